@@ -1,0 +1,309 @@
+/* nfx.h: every layout that crosses the kernel/user line, and the parse helpers all programs share.
+ * Python mirrors the structs once in nfx/layout.py; tests/bpf/test_layout.py checks the mirror
+ * against what BCC parsed. Multi-byte address/port fields are in network byte order, as on the wire.
+ * Bump NFX_LAYOUT_VERSION whenever a struct below changes. */
+#ifndef NFX_H
+#define NFX_H
+
+#define NFX_LAYOUT_VERSION 1
+
+/* ---- flow identity ---------------------------------------------------------------------- */
+/* ICMP echo: the identifier is the "port" on the host side: request sport=id dport=0,
+ * reply sport=0 dport=id, so a reply's key is the request's key reversed. */
+struct nfx_flow_key {
+    __u32 saddr;
+    __u32 daddr;
+    __u16 sport;
+    __u16 dport;
+    __u8  proto;
+    __u8  pad[3];
+};
+
+/* ---- gate: what happens to a flow's packets before the NF logic -------------------------- */
+enum nfx_action {
+    NFX_ACT_PROCESS  = 0,
+    NFX_ACT_STATELET = 1,   /* process, and mirror the state update as a statelet */
+    NFX_ACT_BUFFER   = 2,   /* copy to the buffer ring, drop the original */
+    NFX_ACT_REDIRECT = 3,   /* send to the peer instance in mark.peer */
+    NFX_ACT_TO_CTRL  = 4,   /* copy to the controller ring, drop the original */
+    NFX_ACT_DROP     = 5,
+    NFX_ACT_MAX      = 6,
+};
+
+/* per-flow mark; the gate takes the lock so mark, buffered and released change together */
+struct nfx_mark {
+    struct bpf_spin_lock lock;
+    __u32 action;
+    __u32 buffered;
+    __u32 released;
+    __u32 draining;  /* set by the agent once it starts releasing the backlog */
+    __u32 peer;      /* tx devmap slot of the peer for REDIRECT */
+    __u32 tag;       /* TOS tag stamped on redirected packets */
+    __u32 epoch;     /* which move set the mark */
+};
+
+#define NFX_MAX_FILTERS 8
+#define NFX_FILTER_USED  1
+#define NFX_FILTER_BIDIR 2   /* also match with source and destination swapped */
+
+/* wildcard filter for flows with no per-flow mark; first match in slot order wins */
+struct nfx_filter {
+    __u32 saddr;
+    __u32 smask;
+    __u32 daddr;
+    __u32 dmask;
+    __u16 sport;     /* 0 = any */
+    __u16 dport;     /* 0 = any */
+    __u8  proto;     /* 0 = any */
+    __u8  action;
+    __u8  flags;
+    __u8  pad;
+    __u32 peer;
+    __u32 tag;
+};
+
+/* ---- counters: one per-CPU array per program, verdicts first, then reasons --------------- */
+enum nfx_stat {
+    /* verdicts, indexed by XDP action (tc programs map TC_ACT_* onto the same slots) */
+    NFX_V_ABORTED = 0,
+    NFX_V_DROP = 1,
+    NFX_V_PASS = 2,
+    NFX_V_TX = 3,
+    NFX_V_REDIRECT = 4,
+    /* parse reasons */
+    NFX_R_OK = 8,
+    NFX_R_TRUNC_ETH,
+    NFX_R_VLAN,
+    NFX_R_ARP,
+    NFX_R_IPV6,
+    NFX_R_NON_IP,
+    NFX_R_TRUNC_IP,
+    NFX_R_BAD_VERSION,
+    NFX_R_BAD_IHL,
+    NFX_R_IP_OPTIONS,        /* counted, then processed: options are legal */
+    NFX_R_FRAGMENT,
+    NFX_R_TRUNC_L4,
+    NFX_R_UNSUPP_PROTO,
+    NFX_R_ICMP_NOT_ECHO,
+    NFX_R_EMPTY_PAYLOAD,     /* counted, then processed */
+    /* gate */
+    NFX_R_GATE_DROP,
+    NFX_R_GATE_OTHER,        /* an action this build does not implement yet: dropped */
+    /* forwarding */
+    NFX_R_NO_PORT,           /* ingress interface is neither side of the NF */
+    NFX_R_REDIRECT_FAIL,
+    /* NAT */
+    NFX_R_NAT_NEW,
+    NFX_R_NAT_NOT_INSIDE,
+    NFX_R_NAT_NO_MAPPING,
+    NFX_R_NAT_PORTS_EXHAUSTED,
+    NFX_R_NAT_MAP_FULL,
+    NFX_R_NAT_EXPIRED,       /* an idle mapping evicted by the datapath */
+    /* IDS */
+    NFX_R_IDS_SIG_MATCH,
+    NFX_R_IDS_SCAN_ALERT,
+    NFX_R_IDS_RING_FULL,
+    NFX_R_IDS_MAP_FULL,
+    /* switch */
+    NFX_R_SW_HIT_EXACT,
+    NFX_R_SW_HIT_WILD,
+    NFX_R_SW_MISS,
+    NFX_R_SW_CLONE_FAIL,
+    NFX_R_SW_RING_FULL,
+    /* sink / generator */
+    NFX_R_SINK_FOREIGN,      /* not a generator packet */
+    NFX_R_SINK_BAD_FLOW,
+    NFX_R_GEN_SENT,
+    NFX_STAT_MAX = 64,
+};
+
+/* ---- NF wiring (array of 1, per instance) ------------------------------------------------ */
+#define NFX_SIDE_IN  0   /* tx devmap slot toward the inside (h1) switch */
+#define NFX_SIDE_OUT 1   /* tx devmap slot toward the outside (h2) switch */
+#define NFX_TX_SLOTS 8   /* slots 2.. are peers for REDIRECT */
+
+struct nfx_port_cfg {
+    __u32 ifindex[2];        /* by side */
+    __u8  mac[2][6];         /* our own MAC on each side */
+    __u8  peer_mac[2][6];    /* next hop's MAC on each side */
+};
+
+/* ---- NAT ---------------------------------------------------------------------------------- */
+struct nfx_nat_cfg {
+    __u32 inside_net;        /* network order */
+    __u32 inside_mask;       /* network order */
+    __u32 pool_base;         /* host order: first public address */
+    __u32 pool_count;
+    __u16 port_lo;           /* host order, inclusive */
+    __u16 port_hi;
+    __u32 ncpu;
+    __u64 timeout_ns[4];     /* indexed by enum nfx_nat_timeout */
+};
+
+enum nfx_nat_timeout { NFX_TO_UDP = 0, NFX_TO_TCP = 1, NFX_TO_TCP_CLOSED = 2, NFX_TO_ICMP = 3 };
+
+#define NFX_TCP_FIN 0x01
+#define NFX_TCP_SYN 0x02
+#define NFX_TCP_RST 0x04
+#define NFX_TCP_ACK 0x10
+
+/* value of nat_fwd (key: inside key) and nat_rev (key: key of return packets); `peer` is the
+ * other map's key, so each entry finds its twin */
+struct nfx_nat_entry {
+    struct nfx_flow_key peer;
+    __u64 pkts;
+    __u64 bytes;
+    __u64 created_ns;
+    __u64 last_seen_ns;
+    __u32 tcp_flags;         /* TCP flags seen in this direction, ORed */
+    __u32 pad;
+};
+
+/* port pool allocation: one public (address, port, proto) per connection */
+struct nfx_nat_port {
+    __u32 addr;              /* network order */
+    __u16 port;              /* network order */
+    __u8  proto;
+    __u8  pad;
+};
+
+/* ---- IDS ---------------------------------------------------------------------------------- */
+struct nfx_ids_flow {
+    __u64 pkts;
+    __u64 bytes;
+    __u64 first_ns;
+    __u64 last_ns;
+    __u32 sig_hits;
+    __u32 tcp_flags;
+};
+
+struct nfx_ids_host {
+    __u64 pkts;
+    __u64 bytes;
+    __u32 flows;             /* distinct flows seen from this source */
+    __u32 dports;            /* distinct destination ports seen from this source */
+    __u32 alerts;
+    __u32 scan_alerted;
+};
+
+struct nfx_ids_hostport {    /* key of the (source, destination port) seen-set */
+    __u32 saddr;
+    __u16 dport;
+    __u8  proto;
+    __u8  pad;
+};
+
+#define NFX_IDS_MAX_SIGS 16
+#define NFX_IDS_SIG_LEN  16
+
+struct nfx_ids_sig {
+    __u32 id;
+    __u16 offset;            /* from the start of the L4 payload */
+    __u8  len;               /* 0 = slot unused */
+    __u8  proto;             /* 0 = any */
+    __u8  pattern[NFX_IDS_SIG_LEN];
+};
+
+struct nfx_ids_cfg {
+    __u32 scan_threshold;    /* distinct destination ports from one source */
+    __u32 nsigs;
+};
+
+enum nfx_alert_kind { NFX_ALERT_SIG = 1, NFX_ALERT_SCAN = 2 };
+
+struct nfx_ids_alert {       /* ringbuf record */
+    __u64 ts_ns;
+    struct nfx_flow_key key;
+    __u32 kind;
+    __u32 sig_id;            /* signature id, or distinct port count for a scan */
+};
+
+/* IDS global counters: per-CPU array of NFX_IDS_G_MAX */
+enum nfx_ids_global { NFX_IDS_G_PKTS = 0, NFX_IDS_G_BYTES, NFX_IDS_G_FLOWS, NFX_IDS_G_HOSTS,
+                      NFX_IDS_G_SIG_HITS, NFX_IDS_G_ALERTS, NFX_IDS_G_MAX = 8 };
+
+/* ---- switch ------------------------------------------------------------------------------- */
+#define NFX_SW_MAX_PORTS 4      /* output ports per rule: the first is redirected, the rest cloned */
+#define NFX_SW_MAX_WILD  16
+#define NFX_SW_MAX_RULES 4096   /* rule ids index the rule and counter arrays */
+
+#define NFX_SW_OUTPUT    0x01
+#define NFX_SW_SET_TOS   0x02
+#define NFX_SW_CLEAR_TOS 0x04
+#define NFX_SW_TO_CTRL   0x08
+#define NFX_SW_DROP      0x10
+
+struct nfx_sw_rule {
+    __u32 actions;
+    __u32 nports;
+    __u32 ports[NFX_SW_MAX_PORTS];   /* ifindexes in the switch's netns */
+    __u8  tos;
+    __u8  pad[3];
+    __u32 used;
+};
+
+struct nfx_sw_wild {                 /* a wildcard match; 0 fields match anything */
+    __u32 in_port;
+    __u32 saddr;
+    __u32 smask;
+    __u32 daddr;
+    __u32 dmask;
+    __u16 sport;
+    __u16 dport;
+    __u8  proto;
+    __u8  used;
+    __u16 pad;
+    __u32 rule;                      /* index into the rule array */
+};
+
+struct nfx_sw_counter {
+    __u64 pkts;
+    __u64 bytes;
+};
+
+struct nfx_sw_ctrl_hdr {             /* ringbuf record: header then the packet bytes */
+    __u32 len;
+    __u32 in_port;
+    __u32 rule;
+    __u32 pad;
+    __u64 ts_ns;
+};
+
+/* ---- generator and sink ------------------------------------------------------------------- */
+#define NFX_GEN_MAGIC 0x6e667821u    /* "nfx!" */
+
+struct nfx_gen_payload {             /* first bytes of every generated L4 payload */
+    __u32 magic;
+    __u32 flow;
+    __u32 seq;
+    __u32 pad;
+    __u64 tx_ns;
+};
+
+struct nfx_gen_cfg {
+    __u32 nflows;
+    __u32 flows_per_addr;            /* flows share a source address in runs of this many */
+    __u16 sport_base;                /* host order */
+    __u16 l4_off;                    /* ethernet + IP header length */
+    __u16 frame_len;
+    __u8  proto;
+    __u8  pad;
+    __u32 tx_slot;
+};
+
+struct nfx_gen_tmpl {
+    __u8 hdr[64];                    /* ethernet + IPv4 + UDP/TCP, with checksums for flow 0 */
+};
+
+struct nfx_sink_flow {
+    __u64 received;
+    __u64 dup;
+    __u64 reordered;
+    __u64 window;                    /* bit i: seq (high - i) received */
+    __u32 high;                      /* highest seq + 1, 0 = none yet */
+    __u32 pad;
+};
+
+#define NFX_LAT_BUCKETS 64           /* log2 buckets with 2 sub-buckets each, in ns */
+
+#endif /* NFX_H */

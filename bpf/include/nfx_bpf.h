@@ -1,0 +1,182 @@
+/* nfx_bpf.h: kernel-side helpers every nfx program shares: includes, the verdict/reason
+ * counters, checksum updates, and the eth/IPv4/L4 parser. Layouts live in nfx.h. */
+#ifndef NFX_BPF_H
+#define NFX_BPF_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/pkt_cls.h>
+#include "nfx.h"
+
+/* BCC provides htons() and friends, not libbpf's bpf_endian.h names */
+#ifndef bpf_htons
+#define bpf_htons(x) htons(x)
+#define bpf_ntohs(x) ntohs(x)
+#define bpf_htonl(x) htonl(x)
+#define bpf_ntohl(x) ntohl(x)
+#endif
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+/* one counter array per program; nfx_count() is the only writer */
+BPF_PERCPU_ARRAY(nfx_stats, __u64, NFX_STAT_MAX);
+
+static __always_inline void nfx_count(__u32 i)
+{
+    __u64 *v = nfx_stats.lookup(&i);
+    if (v)
+        (*v)++;
+}
+
+/* ---- checksums (RFC 1624: HC' = ~(~HC + ~m + m')), on raw network-order words ---------- */
+static __always_inline __u16 nfx_csum_fold_add(__u16 a, __u16 b)
+{
+    __u32 s = (__u32)a + b;
+    return (s & 0xffff) + (s >> 16);
+}
+
+static __always_inline void nfx_csum_replace2(__u16 *sum, __u16 old, __u16 new)
+{
+    __u16 c = ~*sum;
+    c = nfx_csum_fold_add(c, ~old);
+    c = nfx_csum_fold_add(c, new);
+    *sum = ~c;
+}
+
+static __always_inline void nfx_csum_replace4(__u16 *sum, __u32 old, __u32 new)
+{
+    nfx_csum_replace2(sum, old >> 16, new >> 16);
+    nfx_csum_replace2(sum, old & 0xffff, new & 0xffff);
+}
+
+/* ---- parsing -------------------------------------------------------------------------- */
+struct nfx_pkt {
+    struct ethhdr *eth;
+    struct iphdr *ip;
+    void *l4;
+    __u16 *l4_csum;          /* NULL for UDP with checksum 0 (none) */
+    __u16 *sport_p;          /* the header word holding key.sport (ICMP: the echo id) */
+    __u16 *dport_p;
+    __u32 payload_off;       /* from the start of the frame */
+    __u32 len;               /* whole frame */
+    __u8  tcp_flags;         /* NFX_TCP_* */
+    __u8  pad[3];
+    struct nfx_flow_key key;
+};
+
+/* Parse eth/IPv4/{TCP,UDP,ICMP echo}. Returns NFX_R_OK or a reason the packet cannot be
+ * handled; NFX_R_IP_OPTIONS and NFX_R_EMPTY_PAYLOAD are counted here and parsing goes on. */
+static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    p->eth = eth;
+    p->len = bpf_xdp_get_buff_len(ctx);
+    if ((void *)(eth + 1) > end)
+        return NFX_R_TRUNC_ETH;
+    __u16 proto = eth->h_proto;
+    if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+        return NFX_R_VLAN;
+    if (proto == bpf_htons(ETH_P_ARP))
+        return NFX_R_ARP;
+    if (proto == bpf_htons(ETH_P_IPV6))
+        return NFX_R_IPV6;
+    if (proto != bpf_htons(ETH_P_IP))
+        return NFX_R_NON_IP;
+
+    struct iphdr *ip = (void *)(eth + 1);
+    p->ip = ip;
+    if ((void *)(ip + 1) > end)
+        return NFX_R_TRUNC_IP;
+    if (ip->version != 4)
+        return NFX_R_BAD_VERSION;
+    __u32 ihl = ip->ihl;
+    if (ihl < 5)
+        return NFX_R_BAD_IHL;
+    __u32 iplen = ihl * 4;
+    if ((void *)ip + iplen > end)
+        return NFX_R_TRUNC_IP;
+    if (bpf_ntohs(ip->tot_len) < iplen)
+        return NFX_R_BAD_IHL;
+    if (ip->frag_off & bpf_htons(0x3fff))       /* MF set or offset != 0 */
+        return NFX_R_FRAGMENT;
+    if (ihl > 5)
+        nfx_count(NFX_R_IP_OPTIONS);
+
+    void *l4 = (void *)ip + iplen;
+    p->l4 = l4;
+    p->key.saddr = ip->saddr;
+    p->key.daddr = ip->daddr;
+    p->key.proto = ip->protocol;
+    p->l4_csum = 0;
+    __u32 l4_off = sizeof(struct ethhdr) + iplen;
+    __u32 hlen;
+    if (ip->protocol == IPPROTO_UDP) {
+        struct udphdr *uh = l4;
+        if ((void *)(uh + 1) > end)
+            return NFX_R_TRUNC_L4;
+        p->key.sport = uh->source;
+        p->key.dport = uh->dest;
+        p->sport_p = &uh->source;
+        p->dport_p = &uh->dest;
+        if (uh->check)
+            p->l4_csum = &uh->check;
+        hlen = sizeof(*uh);
+    } else if (ip->protocol == IPPROTO_TCP) {
+        struct tcphdr *th = l4;
+        if ((void *)(th + 1) > end)
+            return NFX_R_TRUNC_L4;
+        hlen = th->doff * 4;
+        if (hlen < sizeof(*th) || l4 + hlen > end)
+            return NFX_R_TRUNC_L4;
+        p->key.sport = th->source;
+        p->key.dport = th->dest;
+        p->sport_p = &th->source;
+        p->dport_p = &th->dest;
+        p->l4_csum = &th->check;
+        p->tcp_flags = (th->fin ? NFX_TCP_FIN : 0) | (th->syn ? NFX_TCP_SYN : 0) |
+                       (th->rst ? NFX_TCP_RST : 0) | (th->ack ? NFX_TCP_ACK : 0);
+    } else if (ip->protocol == IPPROTO_ICMP) {
+        struct icmphdr *ic = l4;
+        if ((void *)(ic + 1) > end)
+            return NFX_R_TRUNC_L4;
+        if (ic->type == ICMP_ECHO) {
+            p->key.sport = ic->un.echo.id;
+            p->key.dport = 0;
+            p->sport_p = &ic->un.echo.id;
+            p->dport_p = 0;
+        } else if (ic->type == ICMP_ECHOREPLY) {
+            p->key.sport = 0;
+            p->key.dport = ic->un.echo.id;
+            p->sport_p = 0;
+            p->dport_p = &ic->un.echo.id;
+        } else {
+            return NFX_R_ICMP_NOT_ECHO;
+        }
+        p->l4_csum = &ic->checksum;
+        hlen = sizeof(*ic);
+    } else {
+        return NFX_R_UNSUPP_PROTO;
+    }
+    p->payload_off = l4_off + hlen;
+    if (p->payload_off >= sizeof(struct ethhdr) + bpf_ntohs(ip->tot_len))
+        nfx_count(NFX_R_EMPTY_PAYLOAD);
+    return NFX_R_OK;
+}
+
+/* the one exit of every XDP program: count the verdict, return it */
+static __always_inline int nfx_exit(int verdict)
+{
+    nfx_count((__u32)verdict & 7);
+    return verdict;
+}
+
+#endif /* NFX_BPF_H */

@@ -1,0 +1,240 @@
+/* NAT: source NAT for IPv4 TCP, UDP and ICMP echo from the inside prefix to a pool of public
+ * addresses and ports. Inside → outside packets create or use a nat_fwd entry; outside → inside
+ * packets must hit a nat_rev entry. Each connection owns one (public address, port, proto) in
+ * nat_ports, inserted with BPF_NOEXIST so two CPUs can never hand out the same port. */
+#include "nfx_nf.h"
+
+#define NAT_PORT_TRIES 8
+
+BPF_HASH(nat_fwd, struct nfx_flow_key, struct nfx_nat_entry, NFX_MAX_FLOWS);
+BPF_HASH(nat_rev, struct nfx_flow_key, struct nfx_nat_entry, NFX_MAX_FLOWS);
+BPF_HASH(nat_ports, struct nfx_nat_port, struct nfx_flow_key, NFX_MAX_FLOWS);
+BPF_ARRAY(nat_cfg, struct nfx_nat_cfg, 1);
+BPF_PERCPU_ARRAY(nat_cursor, __u32, 1);
+
+static __always_inline __u64 nat_timeout(struct nfx_nat_cfg *c, __u8 proto, __u32 flags)
+{
+    if (proto == IPPROTO_TCP)
+        return (flags & (NFX_TCP_RST | NFX_TCP_FIN)) ? c->timeout_ns[NFX_TO_TCP_CLOSED]
+                                                     : c->timeout_ns[NFX_TO_TCP];
+    if (proto == IPPROTO_ICMP)
+        return c->timeout_ns[NFX_TO_ICMP];
+    return c->timeout_ns[NFX_TO_UDP];
+}
+
+static __always_inline int nat_expired(struct nfx_nat_cfg *c, struct nfx_nat_entry *fwd,
+                                       struct nfx_nat_entry *rev, __u8 proto, __u64 now)
+{
+    __u64 last = fwd->last_seen_ns;
+    __u32 flags = fwd->tcp_flags;
+    if (rev) {
+        if (rev->last_seen_ns > last)
+            last = rev->last_seen_ns;
+        flags |= rev->tcp_flags;
+    }
+    return now - last > nat_timeout(c, proto, flags);
+}
+
+/* Remove a connection: both entries and its port. */
+static __always_inline void nat_evict(struct nfx_flow_key *inside, struct nfx_flow_key *outside)
+{
+    struct nfx_nat_port pk = {};
+    pk.addr = outside->daddr;
+    pk.port = outside->dport;
+    pk.proto = outside->proto;
+    nat_ports.delete(&pk);
+    nat_rev.delete(outside);
+    nat_fwd.delete(inside);
+}
+
+/* Claim a public (address, port) for `in`; on success fills `out` with the return key. */
+static __always_inline int nat_alloc(struct nfx_nat_cfg *c, struct nfx_flow_key *in,
+                                     struct nfx_flow_key *out, __u64 now)
+{
+    __u32 z = 0;
+    __u32 *cur = nat_cursor.lookup(&z);
+    if (!cur || !c->pool_count || c->port_hi < c->port_lo)
+        return -1;
+    __u32 span = (__u32)c->port_hi - c->port_lo + 1;
+    __u32 ncpu = c->ncpu ? c->ncpu : 1;
+    __u32 cpu = bpf_get_smp_processor_id();
+    /* paired pooling: one inside host always leaves by the same public address */
+    __u32 h = bpf_ntohl(in->saddr);
+    h ^= h >> 16;
+    h *= 0x45d9f3b;
+    h ^= h >> 16;
+    __u32 addr = bpf_htonl(c->pool_base + h % c->pool_count);
+    out->saddr = in->daddr;
+    out->daddr = addr;
+    out->proto = in->proto;
+    struct nfx_nat_port pk = {};
+    pk.addr = addr;
+    pk.proto = in->proto;
+    for (int i = 0; i < NAT_PORT_TRIES; i++) {
+        /* per-CPU cursors walk disjoint residues of the range: no shared counter needed */
+        __u32 n = *cur;
+        *cur = n + 1;
+        __u16 port = bpf_htons((__u16)(c->port_lo + (n * ncpu + cpu) % span));
+        pk.port = port;
+        if (nat_ports.insert(&pk, in) == 0)
+            goto claimed;
+        /* taken: reclaim it if its connection has gone idle */
+        struct nfx_flow_key *owner = nat_ports.lookup(&pk);
+        if (!owner)
+            continue;
+        struct nfx_flow_key okey = *owner;
+        struct nfx_nat_entry *of = nat_fwd.lookup(&okey);
+        if (of) {
+            struct nfx_flow_key orev = of->peer;
+            struct nfx_nat_entry *orv = nat_rev.lookup(&orev);
+            if (!nat_expired(c, of, orv, okey.proto, now))
+                continue;
+            nat_rev.delete(&orev);
+            nat_fwd.delete(&okey);
+        }
+        nfx_count(NFX_R_NAT_EXPIRED);
+        if (nat_ports.update(&pk, in) == 0)
+            goto claimed;
+    }
+    return -1;
+claimed:
+    if (in->proto == IPPROTO_ICMP) {
+        out->sport = 0;
+        out->dport = pk.port;
+    } else {
+        out->sport = in->dport;
+        out->dport = pk.port;
+    }
+    return 0;
+}
+
+/* Rewrite one address and one port (or ICMP id) with incremental checksums. */
+static __always_inline void nat_rewrite(struct nfx_pkt *p, __u32 *addr_p, __u16 *port_p,
+                                        __u32 new_addr, __u16 new_port)
+{
+    __u32 old_addr = *addr_p;
+    __u16 old_port = *port_p;
+    *addr_p = new_addr;
+    nfx_csum_replace4(&p->ip->check, old_addr, new_addr);
+    *port_p = new_port;
+    if (!p->l4_csum)
+        return;          /* UDP without checksum stays without */
+    if (p->key.proto != IPPROTO_ICMP)
+        nfx_csum_replace4(p->l4_csum, old_addr, new_addr);   /* pseudo-header */
+    nfx_csum_replace2(p->l4_csum, old_port, new_port);
+    if (p->key.proto == IPPROTO_UDP && *p->l4_csum == 0)
+        *p->l4_csum = 0xffff;
+}
+
+static __always_inline void nat_touch(struct nfx_nat_entry *e, struct nfx_pkt *p, __u64 now)
+{
+    __sync_fetch_and_add(&e->pkts, 1);
+    __sync_fetch_and_add(&e->bytes, p->len);
+    e->last_seen_ns = now;
+    if (p->tcp_flags & ~e->tcp_flags)
+        e->tcp_flags |= p->tcp_flags;
+}
+
+static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_nat_cfg *c,
+                                        struct nfx_port_cfg *pc, __u64 now)
+{
+    if ((p->key.saddr & c->inside_mask) != c->inside_net) {
+        nfx_count(NFX_R_NAT_NOT_INSIDE);
+        return XDP_DROP;
+    }
+    if (p->key.proto == IPPROTO_ICMP && !p->sport_p) {
+        nfx_count(NFX_R_ICMP_NOT_ECHO);      /* an echo reply going out: nothing to map */
+        return XDP_DROP;
+    }
+    struct nfx_nat_entry *e = nat_fwd.lookup(&p->key);
+    if (e) {
+        struct nfx_flow_key rk = e->peer;
+        struct nfx_nat_entry *r = nat_rev.lookup(&rk);
+        if (nat_expired(c, e, r, p->key.proto, now)) {
+            nfx_count(NFX_R_NAT_EXPIRED);
+            nat_evict(&p->key, &rk);
+            e = 0;
+        }
+    }
+    if (!e) {
+        struct nfx_nat_entry fwd = {}, rev = {};
+        if (nat_alloc(c, &p->key, &fwd.peer, now)) {
+            nfx_count(NFX_R_NAT_PORTS_EXHAUSTED);
+            return XDP_DROP;
+        }
+        rev.peer = p->key;
+        fwd.created_ns = rev.created_ns = now;
+        fwd.last_seen_ns = rev.last_seen_ns = now;
+        struct nfx_nat_port pk = {};
+        pk.addr = fwd.peer.daddr;
+        pk.port = fwd.peer.dport;
+        pk.proto = p->key.proto;
+        if (nat_rev.update(&fwd.peer, &rev) || nat_fwd.update(&p->key, &fwd)) {
+            nat_rev.delete(&fwd.peer);
+            nat_ports.delete(&pk);
+            nfx_count(NFX_R_NAT_MAP_FULL);
+            return XDP_DROP;
+        }
+        nfx_count(NFX_R_NAT_NEW);
+        e = nat_fwd.lookup(&p->key);
+        if (!e)
+            return XDP_DROP;
+    }
+    nat_touch(e, p, now);
+    __u32 new_addr = e->peer.daddr;
+    __u16 new_port = e->peer.dport;
+    if (p->sport_p)
+        nat_rewrite(p, &p->ip->saddr, p->sport_p, new_addr, new_port);
+    return nfx_forward(ctx, pc, NFX_SIDE_OUT);
+}
+
+static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_nat_cfg *c,
+                                       struct nfx_port_cfg *pc, __u64 now)
+{
+    struct nfx_nat_entry *r = nat_rev.lookup(&p->key);
+    if (!r || !p->dport_p) {
+        nfx_count(NFX_R_NAT_NO_MAPPING);
+        return XDP_DROP;
+    }
+    nat_touch(r, p, now);
+    __u32 new_addr = r->peer.saddr;
+    __u16 new_port = r->peer.sport;
+    nat_rewrite(p, &p->ip->daddr, p->dport_p, new_addr, new_port);
+    return nfx_forward(ctx, pc, NFX_SIDE_IN);
+}
+
+int nfx_nat(struct xdp_md *ctx)
+{
+    int verdict = XDP_DROP;
+    __u32 z = 0, peer = 0;
+    struct nfx_pkt p = {};
+    struct nfx_port_cfg *pc = nfx_port_cfg.lookup(&z);
+    struct nfx_nat_cfg *c = nat_cfg.lookup(&z);
+    if (!pc || !c)
+        goto out;
+    int side = nfx_ingress_side(ctx, pc);
+    if (side < 0) {
+        nfx_count(NFX_R_NO_PORT);
+        goto out;
+    }
+    __u32 reason = nfx_parse(ctx, &p);
+    nfx_count(reason);
+    if (reason != NFX_R_OK)
+        goto out;
+    __u32 act = nfx_gate(&p.key, &peer);
+    if (act == NFX_ACT_DROP) {
+        nfx_count(NFX_R_GATE_DROP);
+        goto out;
+    }
+    if (act != NFX_ACT_PROCESS) {
+        nfx_count(NFX_R_GATE_OTHER);
+        goto out;
+    }
+    __u64 now = bpf_ktime_get_ns();
+    if (side == NFX_SIDE_IN)
+        verdict = nat_outbound(ctx, &p, c, pc, now);
+    else
+        verdict = nat_inbound(ctx, &p, c, pc, now);
+out:
+    return nfx_exit(verdict);
+}

@@ -1,0 +1,161 @@
+"""The few bpf() commands nfx issues itself (BCC 0.26 lacks or mis-wraps them): pin, get-pinned,
+object info, map element and batch operations, and BPF_PROG_TEST_RUN."""
+import ctypes as ct
+import os
+
+from ..errors import BpfError
+
+_libc = ct.CDLL("libc.so.6", use_errno=True)
+_libc.syscall.restype = ct.c_long
+SYS_BPF = 321
+
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
+OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD = 6, 7, 10, 15
+MAP_LOOKUP_BATCH, MAP_LOOKUP_AND_DELETE_BATCH, MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 24, 25, 26, 27
+
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+MAP_HASH, MAP_ARRAY, MAP_PERCPU_HASH, MAP_PERCPU_ARRAY = 1, 2, 5, 6
+MAP_LRU_HASH, MAP_LRU_PERCPU_HASH, MAP_DEVMAP, MAP_RINGBUF = 9, 10, 14, 27
+PERCPU_TYPES = {MAP_PERCPU_HASH, MAP_PERCPU_ARRAY, MAP_LRU_PERCPU_HASH}
+
+
+def _call(cmd: int, attr) -> int:
+    r = _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
+    if r < 0:
+        e = ct.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+class _ObjAttr(ct.Structure):
+    _fields_ = [("pathname", ct.c_uint64), ("bpf_fd", ct.c_uint32), ("file_flags", ct.c_uint32)]
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ct.create_string_buffer(path.encode())
+    a = _ObjAttr(pathname=ct.addressof(p), bpf_fd=fd)
+    try:
+        _call(OBJ_PIN, a)
+    except OSError as e:
+        raise BpfError(f"cannot pin to {path}: {e.strerror}") from None
+
+
+def obj_get(path: str) -> int:
+    p = ct.create_string_buffer(path.encode())
+    a = _ObjAttr(pathname=ct.addressof(p))
+    try:
+        return _call(OBJ_GET, a)
+    except OSError as e:
+        raise BpfError(f"cannot open pinned object {path}: {e.strerror}") from None
+
+
+class MapInfo(ct.Structure):
+    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
+                ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
+                ("name", ct.c_char * 16), ("_rest", ct.c_uint8 * 64)]
+
+
+class _InfoAttr(ct.Structure):
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    a = _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info))
+    _call(OBJ_GET_INFO_BY_FD, a)
+    return info
+
+
+class _ElemAttr(ct.Structure):
+    _fields_ = [("map_fd", ct.c_uint32), ("_pad", ct.c_uint32), ("key", ct.c_uint64),
+                ("value", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+def map_elem(cmd: int, fd: int, key, value=None, flags: int = 0) -> int:
+    """One element op; returns 0 or the errno (ENOENT on a miss)."""
+    a = _ElemAttr(map_fd=fd, key=ct.addressof(key) if key is not None else 0,
+                  value=ct.addressof(value) if value is not None else 0, flags=flags)
+    try:
+        _call(cmd, a)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+class _BatchAttr(ct.Structure):
+    _fields_ = [("in_batch", ct.c_uint64), ("out_batch", ct.c_uint64), ("keys", ct.c_uint64),
+                ("values", ct.c_uint64), ("count", ct.c_uint32), ("map_fd", ct.c_uint32),
+                ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+def map_batch(cmd: int, fd: int, keys_addr: int, values_addr: int, count: int,
+              in_batch=None, out_batch=None, elem_flags: int = 0) -> tuple[int, int]:
+    """One batch op; returns (entries processed, errno or 0)."""
+    a = _BatchAttr(in_batch=ct.addressof(in_batch) if in_batch is not None else 0,
+                   out_batch=ct.addressof(out_batch) if out_batch is not None else 0,
+                   keys=keys_addr, values=values_addr, count=count, map_fd=fd, elem_flags=elem_flags)
+    try:
+        _call(cmd, a)
+        return a.count, 0
+    except OSError as e:
+        return a.count, e.errno
+
+
+class _TestRunAttr(ct.Structure):
+    _fields_ = [("prog_fd", ct.c_uint32), ("retval", ct.c_uint32),
+                ("data_size_in", ct.c_uint32), ("data_size_out", ct.c_uint32),
+                ("data_in", ct.c_uint64), ("data_out", ct.c_uint64),
+                ("repeat", ct.c_uint32), ("duration", ct.c_uint32),
+                ("ctx_size_in", ct.c_uint32), ("ctx_size_out", ct.c_uint32),
+                ("ctx_in", ct.c_uint64), ("ctx_out", ct.c_uint64),
+                ("flags", ct.c_uint32), ("cpu", ct.c_uint32),
+                ("batch_size", ct.c_uint32), ("_pad", ct.c_uint32)]
+
+
+class XdpMd(ct.Structure):
+    _fields_ = [("data", ct.c_uint32), ("data_end", ct.c_uint32), ("data_meta", ct.c_uint32),
+                ("ingress_ifindex", ct.c_uint32), ("rx_queue_index", ct.c_uint32),
+                ("egress_ifindex", ct.c_uint32)]
+
+
+
+def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1, live: bool = False,
+                  ingress_ifindex: int = 0, meta: bytes = b"", batch_size: int = 0) -> tuple[int, bytes | None, int]:
+    """Run an XDP program on `frame`. Plain mode returns (verdict, output frame, ns per run);
+    live mode really transmits (repeat frames) and returns (verdict, None, duration)."""
+    data = meta + frame
+    inbuf = ct.create_string_buffer(data, len(data))
+    a = _TestRunAttr(prog_fd=prog_fd, data_in=ct.addressof(inbuf), data_size_in=len(data), repeat=repeat)
+    out = None
+    if not live:
+        out = ct.create_string_buffer(len(data) + 4096)
+        a.data_out = ct.addressof(out)
+        a.data_size_out = len(out)
+    ctx = None
+    if live or ingress_ifindex or meta:
+        ctx = XdpMd(data=len(meta), data_end=len(data), ingress_ifindex=ingress_ifindex)
+        a.ctx_in = ct.addressof(ctx)
+        a.ctx_size_in = ct.sizeof(ctx)
+    if live:
+        a.flags = F_TEST_XDP_LIVE_FRAMES
+        a.batch_size = batch_size
+    try:
+        _call(PROG_TEST_RUN, a)
+    except OSError as e:
+        raise BpfError(f"BPF_PROG_TEST_RUN failed: {e.strerror}") from None
+    frame_out = None
+    if out is not None:
+        # the output starts at data_meta; drop the metadata we put in front
+        frame_out = out.raw[len(meta):a.data_size_out]
+    return a.retval, frame_out, a.duration
+
+
+def possible_cpus() -> int:
+    txt = open("/sys/devices/system/cpu/possible").read().strip()
+    n = 0
+    for part in txt.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n

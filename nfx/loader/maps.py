@@ -1,0 +1,151 @@
+"""Typed access to a BPF map by fd, with the layouts from nfx.layout. Bulk paths call the
+kernel's batch commands straight into ctypes arrays (millions of entries/s); per-CPU maps
+read as one value per possible CPU."""
+import ctypes as ct
+import errno
+import os
+
+from ..errors import BpfError
+from . import bpfsys as sys_
+
+
+class Map:
+    def __init__(self, fd: int, key_type, value_type, name: str = "", owns_fd: bool = False):
+        self.fd = fd
+        self.info = sys_.map_info(fd)
+        self.name = name or self.info.name.decode()
+        self.Key = key_type
+        self.Value = value_type
+        self.percpu = self.info.type in sys_.PERCPU_TYPES
+        self.ncpu = sys_.possible_cpus() if self.percpu else 1
+        self._owns = owns_fd
+        if ct.sizeof(key_type) != self.info.key_size or ct.sizeof(value_type) != self.info.value_size:
+            raise BpfError(f"map {self.name}: layout mismatch: kernel has key {self.info.key_size} B / "
+                           f"value {self.info.value_size} B, nfx.layout has {ct.sizeof(key_type)} / "
+                           f"{ct.sizeof(value_type)}: rebuild or restart the instance")
+        # one slot as the kernel hands it over: per-CPU values come as ncpu copies, 8-byte aligned
+        if self.percpu:
+            assert ct.sizeof(value_type) % 8 == 0, "per-CPU values must be 8-byte multiples"
+            self.Slot = value_type * self.ncpu
+        else:
+            self.Slot = value_type
+
+    @classmethod
+    def pinned(cls, path: str, key_type, value_type) -> "Map":
+        return cls(sys_.obj_get(path), key_type, value_type, name=os.path.basename(path), owns_fd=True)
+
+    def close(self):
+        if self._owns and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def max_entries(self) -> int:
+        return self.info.max_entries
+
+    # ---- single entries ----
+    def get(self, key):
+        v = self.Slot()
+        r = sys_.map_elem(sys_.MAP_LOOKUP_ELEM, self.fd, key, v)
+        if r == errno.ENOENT:
+            return None
+        if r:
+            raise BpfError(f"lookup in {self.name}: {os.strerror(r)}")
+        return v
+
+    def put(self, key, value, flags: int = sys_.BPF_ANY) -> None:
+        r = sys_.map_elem(sys_.MAP_UPDATE_ELEM, self.fd, key, value, flags)
+        if r:
+            raise BpfError(f"update of {self.name}: {os.strerror(r)}")
+
+    def delete(self, key) -> bool:
+        r = sys_.map_elem(sys_.MAP_DELETE_ELEM, self.fd, key)
+        if r and r != errno.ENOENT:
+            raise BpfError(f"delete from {self.name}: {os.strerror(r)}")
+        return r == 0
+
+    def keys(self):
+        """Per-entry walk (get-next-key): the slow path, kept for small maps and as a baseline."""
+        k, nxt = self.Key(), self.Key()
+        first = True
+        while sys_.map_elem(sys_.MAP_GET_NEXT_KEY, self.fd, None if first else k, nxt) == 0:
+            first = False
+            ct.memmove(ct.addressof(k), ct.addressof(nxt), ct.sizeof(k))
+            out = self.Key()
+            ct.memmove(ct.addressof(out), ct.addressof(k), ct.sizeof(k))
+            yield out
+
+    def items(self):
+        for k in self.keys():
+            v = self.get(k)
+            if v is not None:
+                yield k, v
+
+    def sum_percpu(self, key, field: str | None = None) -> int:
+        """Sum of a per-CPU counter (or of one field of a per-CPU struct) over CPUs."""
+        v = self.get(key)
+        if v is None:
+            return 0
+        return sum(getattr(x, field) if field else x for x in v) if self.percpu else (getattr(v, field) if field else v)
+
+    # ---- batches ----
+    def export(self, capacity: int | None = None):
+        """All entries as (count, keys array, values array), via BPF_MAP_LOOKUP_BATCH."""
+        cap = capacity or self.max_entries
+        keys, vals = (self.Key * cap)(), (self.Slot * cap)()
+        ksz, vsz = ct.sizeof(self.Key), ct.sizeof(self.Slot)
+        in_b, out_b = ct.c_uint64(0), ct.c_uint64(0)   # hash tokens are u32; u64 fits any map kind
+        total, first = 0, True
+        while total < cap:
+            n, err = sys_.map_batch(sys_.MAP_LOOKUP_BATCH, self.fd, ct.addressof(keys) + total * ksz,
+                                    ct.addressof(vals) + total * vsz, cap - total,
+                                    None if first else in_b, out_b)
+            total += n
+            first = False
+            if err == errno.ENOENT:
+                break
+            if err:
+                raise BpfError(f"batch lookup of {self.name}: {os.strerror(err)}")
+            in_b.value = out_b.value
+        return total, keys, vals
+
+    def update_batch(self, keys, values, count: int | None = None, flags: int = sys_.BPF_ANY) -> int:
+        """Insert/replace `count` entries from ctypes arrays; returns how many the kernel took."""
+        n = len(keys) if count is None else count
+        if n == 0:
+            return 0
+        done, err = sys_.map_batch(sys_.MAP_UPDATE_BATCH, self.fd, ct.addressof(keys), ct.addressof(values),
+                                   n, elem_flags=flags)
+        if err:
+            raise BpfError(f"batch update of {self.name}: {os.strerror(err)} after {done} of {n} entries")
+        return done
+
+    def delete_batch(self, keys, count: int | None = None) -> int:
+        n = len(keys) if count is None else count
+        if n == 0:
+            return 0
+        done, err = sys_.map_batch(sys_.MAP_DELETE_BATCH, self.fd, ct.addressof(keys), 0, n)
+        if err and err != errno.ENOENT:
+            raise BpfError(f"batch delete from {self.name}: {os.strerror(err)} after {done} of {n}")
+        return done
+
+    def clear(self) -> int:
+        n, keys, _ = self.export()
+        if self.info.type in (sys_.MAP_ARRAY, sys_.MAP_PERCPU_ARRAY):
+            zero = (self.Slot * n)()
+            return self.update_batch(keys, zero, n)
+        return self.delete_batch(keys, n)
+
+    def __len__(self) -> int:
+        return self.export()[0]
+
+
+def from_bcc(table, key_type, value_type) -> Map:
+    """Wrap a BCC table (same fd, our mirror types)."""
+    return Map(table.map_fd, key_type, value_type, name=table.name.decode() if isinstance(table.name, bytes) else table.name)
