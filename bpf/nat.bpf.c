@@ -10,7 +10,7 @@ BPF_HASH(nat_fwd, struct nfx_flow_key, struct nfx_nat_entry, NFX_MAX_FLOWS);
 BPF_HASH(nat_rev, struct nfx_flow_key, struct nfx_nat_entry, NFX_MAX_FLOWS);
 BPF_HASH(nat_ports, struct nfx_nat_port, struct nfx_flow_key, NFX_MAX_FLOWS);
 BPF_ARRAY(nat_cfg, struct nfx_nat_cfg, 1);
-BPF_PERCPU_ARRAY(nat_cursor, __u32, 1);
+BPF_PERCPU_ARRAY(nat_cursor, __u64, 1);   /* u64: per-CPU values are 8-byte slots */
 
 static __always_inline __u64 nat_timeout(struct nfx_nat_cfg *c, __u8 proto, __u32 flags)
 {
@@ -52,7 +52,7 @@ static __always_inline int nat_alloc(struct nfx_nat_cfg *c, struct nfx_flow_key 
                                      struct nfx_flow_key *out, __u64 now)
 {
     __u32 z = 0;
-    __u32 *cur = nat_cursor.lookup(&z);
+    __u64 *cur = nat_cursor.lookup(&z);
     if (!cur || !c->pool_count || c->port_hi < c->port_lo)
         return -1;
     __u32 span = (__u32)c->port_hi - c->port_lo + 1;
@@ -71,10 +71,11 @@ static __always_inline int nat_alloc(struct nfx_nat_cfg *c, struct nfx_flow_key 
     pk.addr = addr;
     pk.proto = in->proto;
     for (int i = 0; i < NAT_PORT_TRIES; i++) {
-        /* per-CPU cursors walk disjoint residues of the range: no shared counter needed */
-        __u32 n = *cur;
+        /* each CPU's cursor starts in its own slice of the range: no shared counter needed,
+         * and the insert below settles any overlap */
+        __u32 n = (__u32)*cur;
         *cur = n + 1;
-        __u16 port = bpf_htons((__u16)(c->port_lo + (n * ncpu + cpu) % span));
+        __u16 port = bpf_htons((__u16)(c->port_lo + (cpu * (span / ncpu) + n) % span));
         pk.port = port;
         if (nat_ports.insert(&pk, in) == 0)
             goto claimed;

@@ -96,8 +96,12 @@ SIDE_IN, SIDE_OUT = 0, 1
 TX_SLOTS = 8
 
 
+class Mac(ct.Structure):
+    _fields_ = [("addr", u8 * 6)]
+
+
 class PortCfg(ct.Structure):
-    _fields_ = [("ifindex", u32 * 2), ("mac", (u8 * 6) * 2), ("peer_mac", (u8 * 6) * 2)]
+    _fields_ = [("ifindex", u32 * 2), ("mac", Mac * 2), ("peer_mac", Mac * 2)]
 
 
 class NatTimeout(enum.IntEnum):
@@ -219,7 +223,7 @@ LAT_BUCKETS = 64
 
 # struct name in nfx.h -> mirror; the layout test walks this table
 MIRRORS = {
-    "nfx_flow_key": FlowKey, "nfx_mark": Mark, "nfx_filter": Filter, "nfx_port_cfg": PortCfg,
+    "nfx_flow_key": FlowKey, "nfx_mark": Mark, "nfx_mac": Mac, "nfx_filter": Filter, "nfx_port_cfg": PortCfg,
     "nfx_nat_cfg": NatCfg, "nfx_nat_entry": NatEntry, "nfx_nat_port": NatPort,
     "nfx_ids_flow": IdsFlow, "nfx_ids_host": IdsHost, "nfx_ids_hostport": IdsHostPort,
     "nfx_ids_sig": IdsSig, "nfx_ids_cfg": IdsCfg, "nfx_ids_alert": IdsAlert,

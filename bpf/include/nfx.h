@@ -122,10 +122,14 @@ enum nfx_stat {
 #define NFX_SIDE_OUT 1   /* tx devmap slot toward the outside (h2) switch */
 #define NFX_TX_SLOTS 8   /* slots 2.. are peers for REDIRECT */
 
+struct nfx_mac {             /* a struct, not __u8[2][6]: BCC 0.26 mis-sizes 2-D arrays */
+    __u8 addr[6];
+};
+
 struct nfx_port_cfg {
     __u32 ifindex[2];        /* by side */
-    __u8  mac[2][6];         /* our own MAC on each side */
-    __u8  peer_mac[2][6];    /* next hop's MAC on each side */
+    struct nfx_mac mac[2];   /* our own MAC on each side */
+    struct nfx_mac peer_mac[2];  /* next hop's MAC on each side */
 };
 
 /* ---- NAT ---------------------------------------------------------------------------------- */

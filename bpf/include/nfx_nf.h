@@ -64,8 +64,8 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end || side > 1)
         return XDP_DROP;
-    __builtin_memcpy(eth->h_source, pc->mac[side], ETH_ALEN);
-    __builtin_memcpy(eth->h_dest, pc->peer_mac[side], ETH_ALEN);
+    __builtin_memcpy(eth->h_source, pc->mac[side].addr, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, pc->peer_mac[side].addr, ETH_ALEN);
     int v = nfx_tx.redirect_map(side, 0);
     if (v != XDP_REDIRECT)
         nfx_count(NFX_R_REDIRECT_FAIL);

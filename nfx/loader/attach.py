@@ -16,14 +16,14 @@ def attach_xdp(ns: str | None, ifname: str, fn, allow_generic: bool = True) -> s
     import bcc
     with netns.enter(ns):
         try:
-            bcc.BPF.attach_xdp(ifname, fn, XDP_FLAGS_DRV_MODE)
+            bcc.BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS_DRV_MODE)
             return "native"
         except Exception as e:
             if not allow_generic:
                 raise KernelFeature(f"native XDP on {ifname} failed: {e}") from None
             log.warning("native XDP on %s failed (%s); using generic mode (about 2.5x slower)", ifname, e)
         try:
-            bcc.BPF.attach_xdp(ifname, fn, XDP_FLAGS_SKB_MODE)
+            bcc.BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS_SKB_MODE)
             return "generic"
         except Exception as e:
             raise KernelFeature(f"cannot attach XDP to {ifname} in {ns}: {e}") from None
@@ -36,7 +36,7 @@ def detach_xdp(ns: str | None, ifname: str, mode: str = "native") -> None:
         return
     with netns.enter(ns):
         try:
-            bcc.BPF.remove_xdp(ifname, flags)
+            bcc.BPF.remove_xdp(ifname.encode(), flags)
         except Exception as e:
             # the interface may already be gone with its namespace
             log.debug("detach xdp %s: %s", ifname, e)

@@ -69,7 +69,7 @@ def compile_source(name: str, defines: dict[str, object] | None = None):
     log: list[str] = []
     try:
         with _captured_stderr(log):
-            return bcc.BPF(text=expand_includes(path.read_text()), cflags=cflags)
+            return bcc.BPF(text=expand_includes(path.read_text()).encode(), cflags=cflags)
     except Exception as e:
         diag = "\n".join(l for l in log[0].splitlines() if "error" in l.lower())[-4000:]
         raise BpfError(f"compiling {path.name} failed: {e}\n{diag}") from None
@@ -82,6 +82,6 @@ def load(b, fn_name: str, kind: str = "xdp"):
     log: list[str] = []
     try:
         with _captured_stderr(log):
-            return b.load_func(fn_name, prog_type)
+            return b.load_func(fn_name.encode(), prog_type)
     except Exception as e:
         raise BpfError(f"the verifier rejected {fn_name}: {e}\n{log[0][-6000:]}") from None

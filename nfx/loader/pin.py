@@ -1,0 +1,55 @@
+"""Pin a BCC object's maps under /sys/fs/bpf/nfx/... and find them again from another process."""
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import KernelFeature
+from . import bpfsys
+
+
+def ensure_bpffs() -> None:
+    if not os.path.ismount("/sys/fs/bpf"):
+        raise KernelFeature("bpffs is not mounted at /sys/fs/bpf",
+                            hint="mount -t bpf bpf /sys/fs/bpf (scripts/bootstrap.sh does it)")
+
+
+def pin_maps(b, directory: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Pin every map of a compiled BCC object as <directory>/<map name>."""
+    ensure_bpffs()
+    directory.mkdir(parents=True, exist_ok=True)
+    names = []
+    for n in map_names(b):
+        if n in skip:
+            continue
+        path = directory / n
+        if path.exists():
+            path.unlink()
+        bpfsys.obj_pin(b[n.encode()].map_fd, str(path))
+        names.append(n)
+    return names
+
+
+def map_names(b) -> list[str]:
+    import ctypes as ct
+    from bcc.libbcc import lib
+    lib.bpf_table_name.restype = ct.c_char_p
+    return [lib.bpf_table_name(b.module, i).decode() for i in range(lib.bpf_num_tables(b.module))]
+
+
+def pin_prog(fd: int, path: Path) -> None:
+    ensure_bpffs()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    bpfsys.obj_pin(fd, str(path))
+
+
+def unpin(directory: Path) -> None:
+    """Remove a pin directory; the objects die with their last reference."""
+    if directory.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        # prune empty parents up to the nfx root
+        p = directory.parent
+        while p.name and p != Path("/sys/fs/bpf") and p.exists() and not any(p.iterdir()):
+            p.rmdir()
+            p = p.parent

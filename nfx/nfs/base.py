@@ -1,0 +1,134 @@
+"""What every NF instance shares: compile its program, wire its two sides (MACs, tx devmap),
+attach it, pin its maps under /sys/fs/bpf/nfx/<testbed>/<instance>/, reopen them from any
+process, and read its verdict/reason counters."""
+import ctypes as ct
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import layout as L
+from ..errors import NotFound
+from ..loader import attach, netns, pin
+from ..loader.compile import compile_source, load
+from ..loader.maps import Map
+
+log = logging.getLogger("nfx.nfs")
+
+# maps every NF program has (from nfx_nf.h / nfx_bpf.h)
+COMMON_MAPS = {
+    "nfx_marks": (L.FlowKey, L.Mark),
+    "nfx_filters": (L.u32, L.Filter),
+    "nfx_port_cfg": (L.u32, L.PortCfg),
+    "nfx_stats": (L.u32, L.u64),
+    "nfx_tx": (L.u32, L.u32),
+}
+
+
+@dataclass
+class Wiring:
+    """Where an instance sits: its netns, its interface on each side, and the next hops' MACs."""
+    ns: str
+    ifname: tuple[str, str]           # (inside side, outside side)
+    peer_mac: tuple[bytes, bytes]
+
+
+def stats_dict(m: Map) -> dict[str, int]:
+    """Per-CPU counters summed, by name; zero counters left out."""
+    n, keys, vals = m.export()
+    out = {}
+    names = {s.value: s.name.lower() for s in L.Stat}
+    for i in range(n):
+        total = sum(vals[i])
+        if total:
+            out[names.get(keys[i], f"stat_{keys[i]}")] = total
+    return out
+
+
+class NF:
+    kind = "base"
+    MAPS: dict = {}
+
+    def __init__(self, instance: str, pin_dir: Path, maps: dict[str, Map], bpf=None, fn=None,
+                 wiring: Wiring | None = None):
+        self.instance = instance
+        self.pin_dir = pin_dir
+        self.maps = maps
+        self.bpf = bpf          # set only in the process that compiled it
+        self.fn = fn
+        self.wiring = wiring
+
+    @classmethod
+    def all_maps(cls) -> dict:
+        return {**COMMON_MAPS, **cls.MAPS}
+
+    # ---- lifecycle ----
+    @classmethod
+    def create(cls, instance: str, wiring: Wiring, pin_dir: Path, config=None, max_flows: int = 262144,
+               defines: dict | None = None) -> "NF":
+        """Compile, configure, attach to both sides, pin. On failure nothing stays attached."""
+        b = compile_source(cls.kind, {"NFX_MAX_FLOWS": max_flows, **(defines or {})})
+        fn = load(b, f"nfx_{cls.kind}", "xdp")
+        maps = {name: Map(b[name.encode()].map_fd, k, v, name=name) for name, (k, v) in cls.all_maps().items()}
+        self = cls(instance, pin_dir, maps, bpf=b, fn=fn, wiring=wiring)
+        attached = []
+        try:
+            self._wire(wiring)
+            self.configure(config)
+            for ifname in wiring.ifname:
+                mode = attach.attach_xdp(wiring.ns, ifname, fn)
+                attached.append((ifname, mode))
+            pin.pin_maps(b, pin_dir)
+            pin.pin_prog(fn.fd, pin_dir / "prog")
+        except BaseException:
+            for ifname, mode in attached:
+                attach.detach_xdp(wiring.ns, ifname, mode)
+            pin.unpin(pin_dir)
+            raise
+        return self
+
+    def _wire(self, w: Wiring) -> None:
+        pc = L.PortCfg()
+        with netns.enter(w.ns):
+            for side, ifname in enumerate(w.ifname):
+                idx = netns.ifindex(ifname)
+                pc.ifindex[side] = idx
+                ct.memmove(pc.mac[side].addr, netns.mac(ifname, w.ns), 6)
+                ct.memmove(pc.peer_mac[side].addr, w.peer_mac[side], 6)
+                # devmap entries resolve the ifindex in the caller's netns
+                self.maps["nfx_tx"].put(L.u32(side), L.u32(idx))
+        self.maps["nfx_port_cfg"].put(L.u32(0), pc)
+
+    def configure(self, config) -> None:
+        """Subclasses write their config map here."""
+
+    @classmethod
+    def open(cls, instance: str, pin_dir: Path) -> "NF":
+        """Reopen a running instance's maps from its pins (any process)."""
+        if not pin_dir.exists():
+            raise NotFound(f"instance {instance!r} is not running (no pins at {pin_dir})")
+        maps = {}
+        for name, (k, v) in cls.all_maps().items():
+            path = pin_dir / name
+            if path.exists():
+                maps[name] = Map.pinned(str(path), k, v)
+        return cls(instance, pin_dir, maps)
+
+    @staticmethod
+    def destroy(wiring: Wiring, pin_dir: Path) -> None:
+        for ifname in wiring.ifname:
+            attach.detach_xdp(wiring.ns, ifname)
+        pin.unpin(pin_dir)
+
+    # ---- reading ----
+    def stats(self) -> dict[str, int]:
+        return stats_dict(self.maps["nfx_stats"])
+
+    def set_filter(self, slot: int, f: L.Filter) -> None:
+        self.maps["nfx_filters"].put(L.u32(slot), f)
+
+    def set_mark(self, key: L.FlowKey, action: L.Action, peer: int = 0) -> None:
+        m = L.Mark(action=int(action), peer=peer)
+        self.maps["nfx_marks"].put(key, m)
+
+    def clear_mark(self, key: L.FlowKey) -> None:
+        self.maps["nfx_marks"].delete(key)

@@ -1,0 +1,123 @@
+"""NAT: configuration, the mapping table as people read it, and the idle-entry sweeper.
+The datapath (bpf/nat.bpf.c) also evicts an idle mapping when its flow or port is reused; the
+sweeper reclaims the ones nobody touches again."""
+import ctypes as ct
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+from .. import layout as L
+from ..errors import BadInput
+from ..flows import be_to_ip, be_to_port, ip_to_be, key_fields, PROTO_NAMES
+from ..loader.bpfsys import possible_cpus
+from .base import NF
+
+NS = 1_000_000_000
+
+
+def parse_pool(pool: str) -> tuple[int, int]:
+    """'10.0.2.100-10.0.2.103' or '10.0.2.100/30' → (first address as host int, count)."""
+    try:
+        if "-" in pool:
+            a, b = (ipaddress.IPv4Address(x.strip()) for x in pool.split("-", 1))
+            if int(b) < int(a):
+                raise ValueError
+            return int(a), int(b) - int(a) + 1
+        net = ipaddress.IPv4Network(pool, strict=False)
+        return int(net.network_address), net.num_addresses
+    except ValueError:
+        raise BadInput(f"bad NAT pool {pool!r}: use A.B.C.D-A.B.C.E or a prefix") from None
+
+
+@dataclass
+class NatConfig:
+    inside: str = "10.0.1.0/24"
+    pool: str = "10.0.2.100-10.0.2.103"
+    port_lo: int = 20000
+    port_hi: int = 59999
+    timeouts_s: dict = field(default_factory=lambda: {"udp": 30, "tcp": 300, "tcp_closed": 10, "icmp": 30})
+
+    def to_struct(self) -> L.NatCfg:
+        try:
+            net = ipaddress.IPv4Network(self.inside, strict=False)
+        except ValueError:
+            raise BadInput(f"bad inside prefix {self.inside!r}") from None
+        if not (1 <= self.port_lo <= self.port_hi <= 65535):
+            raise BadInput(f"bad port range {self.port_lo}-{self.port_hi}")
+        base, count = parse_pool(self.pool)
+        c = L.NatCfg(inside_net=ip_to_be(str(net.network_address)), inside_mask=ip_to_be(str(net.netmask)),
+                     pool_base=base, pool_count=count, port_lo=self.port_lo, port_hi=self.port_hi,
+                     ncpu=possible_cpus())
+        for name, t in self.timeouts_s.items():
+            c.timeout_ns[L.NatTimeout[name.upper()]] = int(t * NS)
+        return c
+
+
+def _monotonic_ns() -> int:
+    # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class NAT(NF):
+    kind = "nat"
+    MAPS = {
+        "nat_fwd": (L.FlowKey, L.NatEntry),
+        "nat_rev": (L.FlowKey, L.NatEntry),
+        "nat_ports": (L.NatPort, L.FlowKey),
+        "nat_cfg": (L.u32, L.NatCfg),
+        "nat_cursor": (L.u32, L.u64),
+    }
+
+    def configure(self, config: NatConfig | None) -> None:
+        self.maps["nat_cfg"].put(L.u32(0), (config or NatConfig()).to_struct())
+
+    def config(self) -> L.NatCfg:
+        return self.maps["nat_cfg"].get(L.u32(0))
+
+    def mappings(self) -> list[dict]:
+        """One record per connection: inside flow, public address/port, both directions' counters."""
+        now = _monotonic_ns()
+        n, keys, vals = self.maps["nat_fwd"].export()
+        rev = self.maps["nat_rev"]
+        out = []
+        for i in range(n):
+            k, v = keys[i], vals[i]
+            r = rev.get(v.peer)
+            rec = key_fields(k)
+            rec.update({
+                "public": f"{be_to_ip(v.peer.daddr)}:{be_to_port(v.peer.dport)}",
+                "pkts_out": v.pkts, "bytes_out": v.bytes,
+                "pkts_in": r.pkts if r else 0, "bytes_in": r.bytes if r else 0,
+                "idle_s": round((now - max(v.last_seen_ns, r.last_seen_ns if r else 0)) / NS, 3),
+                "tcp_flags": v.tcp_flags | (r.tcp_flags if r else 0),
+                "complete": r is not None,
+            })
+            out.append(rec)
+        return out
+
+    def sweep(self, now_ns: int | None = None) -> int:
+        """Evict idle connections (both entries and the port), as the datapath would on reuse."""
+        now = now_ns if now_ns is not None else _monotonic_ns()
+        cfg = self.config()
+        to = {p: cfg.timeout_ns[i] for p, i in (("udp", L.NatTimeout.UDP), ("icmp", L.NatTimeout.ICMP))}
+        n, keys, vals = self.maps["nat_fwd"].export()
+        rev = self.maps["nat_rev"]
+        dead_fwd, dead_rev, dead_port = [], [], []
+        for i in range(n):
+            k, v = keys[i], vals[i]
+            r = rev.get(v.peer)
+            last = max(v.last_seen_ns, r.last_seen_ns if r else 0)
+            flags = v.tcp_flags | (r.tcp_flags if r else 0)
+            if k.proto == 6:
+                limit = cfg.timeout_ns[L.NatTimeout.TCP_CLOSED if flags & (L.TCP_FIN | L.TCP_RST) else L.NatTimeout.TCP]
+            else:
+                limit = to.get(PROTO_NAMES.get(k.proto, "udp"), cfg.timeout_ns[L.NatTimeout.UDP])
+            if now - last > limit:
+                dead_fwd.append(k)
+                dead_rev.append(v.peer)
+                dead_port.append(L.NatPort(addr=v.peer.daddr, port=v.peer.dport, proto=k.proto))
+        # per entry: a batch delete stops at the first key the datapath already evicted
+        for name, ks in (("nat_ports", dead_port), ("nat_rev", dead_rev), ("nat_fwd", dead_fwd)):
+            for k in ks:
+                self.maps[name].delete(k)
+        return len(dead_fwd)
