@@ -9,7 +9,7 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "must run as root (XDP, netns and bpffs need CAP_SYS_ADMIN)"; exit 1; }
 
 export DEBIAN_FRONTEND=noninteractive
-need=(python3-bpfcc bpfcc-tools iproute2 ethtool iperf3 nftables tcpdump python3-venv)
+need=(python3-bpfcc bpfcc-tools iproute2 ethtool iperf3 nftables tcpdump iputils-ping python3-venv)
 missing=()
 for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 

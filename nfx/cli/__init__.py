@@ -1,0 +1,40 @@
+"""nfx command line: one sub-app per area; domain errors become a message on stderr and an exit code."""
+import logging
+import sys
+
+import typer
+
+from ..errors import NfxError
+from . import bench, nf, testbed, traffic
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Move live network-function state between XDP NF instances, with measured guarantees.")
+app.add_typer(testbed.app, name="testbed")
+app.add_typer(traffic.app, name="traffic")
+app.add_typer(nf.app, name="nf")
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="nfx: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        app(standalone_mode=False)
+    except NfxError as e:
+        print(f"nfx: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"nfx: hint: {e.hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("nfx: aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("nfx: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

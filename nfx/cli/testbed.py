@@ -1,0 +1,63 @@
+"""nfx testbed up|down|status"""
+import typer
+from rich.table import Table
+
+from ..testbed import builder, state, topology
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, progress
+
+app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove netns testbeds.")
+
+
+@app.command()
+def up(name: str = NameOpt,
+       topology_: str = typer.Option("sharp", "--topology", "-t", help="Topology name in netns/ or a .json file."),
+       nf: str = typer.Option("nat", "--nf", help="NF kind for every instance: nat or ids."),
+       instances: int = typer.Option(None, "--instances", "-i", help="NF instances (default: the topology's)."),
+       max_flows: int = typer.Option(262144, "--max-flows", help="Per-flow map size of every instance."),
+       json_: bool = JsonOpt):
+    """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
+    need_root()
+    topo = topology.load(topology_, instances)
+    builder.nf_class(nf)
+    rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress)
+    if json_:
+        emit_json({"name": name, "status": rec["status"], "topology": topo.name, "nf": nf,
+                   "instances": topo.instances, "netns": rec["created"]["netns"]})
+    else:
+        console.print(f"[green]testbed {name} up[/green]: {topo.name}, {topo.instances} × {nf}")
+
+
+@app.command()
+def down(name: str = NameOpt, json_: bool = JsonOpt):
+    """Remove a testbed and everything it created (namespaces, links, programs, pins)."""
+    need_root()
+    removed = builder.down(name)
+    if json_:
+        emit_json({"name": name, "removed": removed})
+    else:
+        console.print(f"testbed {name} down: {removed['netns']} namespaces, {removed['pins']} pin sets removed")
+
+
+@app.command()
+def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (default: all)."),
+           json_: bool = JsonOpt):
+    """Show testbeds, their nodes and per-instance counters."""
+    need_root()
+    names = [state.check_name(name)] if name else state.names()
+    reports = [builder.status(n) for n in names]
+    if json_:
+        emit_json({"testbeds": reports})
+        return
+    if not reports:
+        console.print("no testbeds")
+        return
+    for r in reports:
+        t = Table(title=f"{r['name']}: {r['topology']} · {r['instances']} × {r['nf']} · {r['status']}")
+        t.add_column("node")
+        t.add_column("role")
+        t.add_column("netns")
+        t.add_column("detail")
+        for node, n in r["nodes"].items():
+            detail = n.get("addr") or ", ".join(f"{k}={v}" for k, v in sorted(n.get("stats", {}).items())[:6])
+            t.add_row(node, n["role"], n["netns"] + ("" if n["alive"] else " [red](gone)[/red]"), detail or "")
+        out.print(t)

@@ -1,0 +1,258 @@
+"""Make a topology real: namespaces, veths, host addressing, switches, NF instances, and the
+management bridge; and take it all down again. Names are <testbed>-<node>, so testbeds with
+different names live side by side."""
+import ipaddress
+import logging
+import time
+from pathlib import Path
+
+from ..errors import NfxError
+from ..loader import attach, netns, pin
+from ..loader.compile import compile_source, load as load_prog
+from . import state
+from .topology import Topology
+
+log = logging.getLogger("nfx.testbed")
+
+# Hosts send to these MACs; switches forward on rules, NFs do not check the destination MAC.
+VGW_IN = "02:00:00:00:01:01"
+VGW_OUT = "02:00:00:00:02:01"
+HOST_IF = "eth0"
+GEN_IF, GEN_PEER = "gen0", "gen1"      # veth pair inside h1 that the generator stays attached to
+
+
+def ns_name(tb: str, node: str) -> str:
+    return f"{tb}-{node}"
+
+
+def ifname(topo: Topology, node: str, peer: str) -> str:
+    """A node's interface toward `peer`: hosts have eth0, everything else names the peer."""
+    return HOST_IF if topo.nodes[node]["role"] == "host" else peer
+
+
+def nf_class(kind: str):
+    if kind == "nat":
+        from ..nfs.nat import NAT
+        return NAT
+    if kind == "ids":
+        from ..nfs.ids import IDS
+        return IDS
+    raise NfxError(f"unknown NF kind {kind!r}", hint="nat or ids")
+
+
+def nf_config(kind: str, topo: Topology):
+    if kind == "nat":
+        from ..nfs.nat import NatConfig
+        return NatConfig(inside=topo.inside, pool=topo.pool)
+    return None
+
+
+def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=lambda msg: None) -> state.Record:
+    pin.ensure_bpffs()
+    rec = state.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
+                    max_flows=max_flows, pin_root=str(state.pin_root(name)), started=time.time())
+    try:
+        _build(rec, topo, kind, max_flows, progress)
+    except BaseException:
+        progress("failed; removing what was created")
+        down(name)
+        raise
+    rec["status"] = "up"
+    rec.save()
+    return rec
+
+
+def _build(rec: state.Record, topo: Topology, kind: str, max_flows: int, progress) -> None:
+    tb = rec["name"]
+    progress(f"namespaces for {len(topo.nodes)} nodes")
+    for node in topo.nodes:
+        ns = ns_name(tb, node)
+        rec.register("netns", ns)
+        netns.add(ns)
+    rec["nodes"] = {n: {"role": s["role"], "ns": ns_name(tb, n),
+                        "ifaces": {p: ifname(topo, n, p) for p in topo.neighbours(n)}} for n, s in topo.nodes.items()}
+    rec.save()
+
+    progress(f"{len(topo.links)} links")
+    for a, b in topo.links:
+        netns.ip("link", "add", ifname(topo, a, b), "netns", ns_name(tb, a), "type", "veth",
+                 "peer", "name", ifname(topo, b, a), "netns", ns_name(tb, b))
+        for n, p in ((a, b), (b, a)):
+            netns.ip("link", "set", ifname(topo, n, p), "up", ns=ns_name(tb, n))
+
+    progress("hosts")
+    stub = _stub_program(rec)
+    for h in topo.role("host"):
+        _host(rec, topo, h, stub)
+
+    for sw in topo.role("switch"):
+        progress(f"switch {sw}")
+        _switch(rec, topo, sw)
+
+    cls = nf_class(kind)
+    for i, nf in enumerate(topo.role("nf")):
+        progress(f"NF {nf} ({kind})")
+        inside, outside = topo.neighbours(nf)
+        from ..nfs.base import Wiring
+        w = Wiring(ns_name(tb, nf), (ifname(topo, nf, inside), ifname(topo, nf, outside)),
+                   (_mac_toward(rec, topo, nf, inside), _mac_toward(rec, topo, nf, outside)))
+        pin_dir = state.pin_root(tb) / nf
+        rec.register("nf", nf)
+        cls.create(nf, w, pin_dir, nf_config(kind, topo), max_flows=max_flows)
+        rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]])
+        rec.save()
+
+    progress("management bridge")
+    _mgmt(rec, topo)
+
+
+def _stub_program(rec):
+    """One XDP_PASS program, pinned, for every interface that receives redirected frames."""
+    b = compile_source("stub")
+    fn = load_prog(b, "nfx_stub", "xdp")
+    path = state.pin_root(rec["name"]) / "stub"
+    rec.register("pin", str(path))
+    pin.pin_prog(fn.fd, path)
+    rec["stub"] = str(path)
+    rec.save()
+    return fn
+
+
+def _host(rec, topo: Topology, h: str, stub) -> None:
+    spec = topo.nodes[h]
+    ns = ns_name(rec["name"], h)
+    netns.ip("addr", "add", spec["addr"], "dev", HOST_IF, ns=ns)
+    # checksums complete in software and no GSO super-frames: XDP NFs see real wire packets
+    netns.run(["ethtool", "-K", HOST_IF, "tx", "off", "tso", "off", "gso", "off", "gro", "off"], ns=ns)
+    net = ipaddress.IPv4Interface(spec["addr"]).network
+    if "gateway" in spec:
+        netns.ip("neigh", "replace", spec["gateway"], "lladdr", VGW_IN, "dev", HOST_IF, "nud", "permanent", ns=ns)
+        netns.ip("route", "add", "default", "via", spec["gateway"], ns=ns)
+    else:
+        # the outside host reaches the NAT pool on its own subnet: pin those addresses to the NF side
+        from ..nfs.nat import parse_pool
+        base, count = parse_pool(topo.pool)
+        for a in range(base, base + count):
+            addr = ipaddress.IPv4Address(a)
+            if addr in net:
+                netns.ip("neigh", "replace", str(addr), "lladdr", VGW_OUT, "dev", HOST_IF, "nud", "permanent", ns=ns)
+        netns.ip("route", "add", topo.inside, "via", str(ipaddress.IPv4Address(base)), ns=ns)
+    attach.attach_xdp(ns, HOST_IF, stub)
+    info = {"addr": spec["addr"], "mac": netns.mac(HOST_IF, ns).hex(":"), "ifname": HOST_IF}
+    if "gateway" in spec:
+        netns.ip("link", "add", GEN_IF, "type", "veth", "peer", "name", GEN_PEER, ns=ns)
+        for d in (GEN_IF, GEN_PEER):
+            netns.ip("link", "set", d, "up", ns=ns)
+        info["gen_if"] = GEN_IF
+    rec["nodes"][h].update(info)
+    rec.save()
+
+
+def _switch(rec, topo: Topology, sw: str) -> None:
+    from ..control.switch import Match, Rule, Switch
+    ns = ns_name(rec["name"], sw)
+    ports = [ifname(topo, sw, p) for p in topo.neighbours(sw)]
+    pin_dir = state.pin_root(rec["name"]) / sw
+    rec.register("switch", sw)
+    s = Switch.create(sw, ns, ports, pin_dir)
+    hosts = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "host"]
+    nfs = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "nf"]
+    # default plan: everything from the host goes to the first instance, everything from an
+    # instance goes to the host; moves install more specific rules above these
+    for h in hosts:
+        if nfs:
+            s.add_wild(Match(in_port=h), Rule(output=[nfs[0]]), prio=1000)
+        s.add_wild(Match(), Rule(output=[h]), prio=2000)
+    rec["nodes"][sw].update(pin=str(pin_dir), ports=ports)
+    rec.save()
+
+
+def _mac_toward(rec, topo: Topology, nf: str, neighbour: str) -> bytes:
+    """The next hop's MAC on one side of an NF: the host behind the switch, or the host itself."""
+    seen, frontier = {nf}, [neighbour]
+    while frontier:
+        n = frontier.pop(0)
+        if topo.nodes[n]["role"] == "host":
+            return bytes.fromhex(rec["nodes"][n]["mac"].replace(":", ""))
+        seen.add(n)
+        frontier += [p for p in topo.neighbours(n) if p not in seen and topo.nodes[p]["role"] != "nf"]
+    raise NfxError(f"no host reachable from {nf} via {neighbour}")
+
+
+def _mgmt(rec, topo: Topology) -> None:
+    tb = rec["name"]
+    ns = ns_name(tb, "mg")
+    rec.register("netns", ns)
+    netns.add(ns)
+    net = ipaddress.IPv4Network(topo.mgmt)
+    hosts = list(net.hosts())
+    netns.ip("link", "add", "br0", "type", "bridge", ns=ns)
+    netns.ip("addr", "add", f"{hosts[-1]}/{net.prefixlen}", "dev", "br0", ns=ns)
+    netns.ip("link", "set", "br0", "up", ns=ns)
+    mg = {"ns": ns, "bridge": "br0", "controller": str(hosts[-1]), "agents": {}}
+    for i, nf in enumerate(topo.role("nf")):
+        nfns = ns_name(tb, nf)
+        netns.ip("link", "add", "mg", "netns", nfns, "type", "veth", "peer", "name", nf, "netns", ns)
+        netns.ip("link", "set", nf, "master", "br0", "up", ns=ns)
+        addr = f"{hosts[10 + i]}/{net.prefixlen}"
+        netns.ip("addr", "add", addr, "dev", "mg", ns=nfns)
+        netns.ip("link", "set", "mg", "up", ns=nfns)
+        mg["agents"][nf] = str(hosts[10 + i])
+    rec["mgmt"] = mg
+    rec.save()
+
+
+def down(name: str) -> dict:
+    """Remove everything the registry lists, newest first; missing pieces are fine."""
+    rec = state.load(name)
+    created = rec.get("created", {})
+    removed = {"netns": 0, "pins": 0}
+    nodes = rec.get("nodes", {})
+    for nf in created.get("nf", []):
+        pin.unpin(state.pin_root(name) / nf)
+        removed["pins"] += 1
+    for sw in created.get("switch", []):
+        pin.unpin(state.pin_root(name) / sw)
+        removed["pins"] += 1
+    for p in created.get("pin", []):
+        Path(p).unlink(missing_ok=True)
+        removed["pins"] += 1
+    # deleting a namespace takes its veths (and their XDP/tc programs) with it
+    for ns in reversed(created.get("netns", [])):
+        if netns.exists(ns):
+            netns.delete(ns)
+            removed["netns"] += 1
+    pin.unpin(state.pin_root(name))
+    state.remove(name)
+    return removed
+
+
+def status(name: str) -> dict:
+    rec = state.load(name)
+    out = {"name": name, "status": rec.get("status"), "topology": rec.get("topology"), "nf": rec.get("nf"),
+           "instances": rec.get("instances"), "nodes": {}}
+    for node, info in rec.get("nodes", {}).items():
+        n = {"role": info["role"], "netns": info["ns"], "alive": netns.exists(info["ns"])}
+        if info["role"] == "nf" and "pin" in info:
+            try:
+                inst = nf_class(info["kind"]).open(node, Path(info["pin"]))
+                n["stats"] = inst.stats()
+            except NfxError as e:
+                n["error"] = str(e)
+        if info["role"] == "host":
+            n["addr"] = info.get("addr")
+        out["nodes"][node] = n
+    return out
+
+
+def instance(name: str, inst: str):
+    """Open a running NF instance of a testbed by node name (nf0, nf1, ...)."""
+    rec = state.load(name)
+    nfs = [n for n, i in rec.get("nodes", {}).items() if i["role"] == "nf"]
+    if inst not in nfs:
+        from ..errors import NotFound
+        raise NotFound(f"no NF instance {inst!r} in testbed {name}", hint=f"instances: {', '.join(nfs) or 'none'}")
+    info = rec["nodes"][inst]
+    nf = nf_class(info["kind"]).open(inst, Path(info["pin"]))
+    nf.wiring_info = info
+    return nf

@@ -1,0 +1,89 @@
+"""Topology files (netns/*.json): nodes by role, links, and the addressing plan. `nf{i}` in a
+node or link name stands for every NF instance 0..N-1."""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BadInput, NotFound
+from ..paths import TOPOLOGY_DIR
+
+ROLES = {"host", "switch", "nf"}
+
+
+@dataclass
+class Topology:
+    name: str
+    about: str
+    nodes: dict[str, dict]           # expanded node name -> spec
+    links: list[tuple[str, str]]     # expanded, in file order
+    inside: str
+    pool: str
+    mgmt: str
+    instances: int
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def role(self, role: str) -> list[str]:
+        return [n for n, spec in self.nodes.items() if spec["role"] == role]
+
+    def neighbours(self, node: str) -> list[str]:
+        """In link order: for an NF, the first is its inside side, the second its outside."""
+        out = []
+        for a, b in self.links:
+            if a == node:
+                out.append(b)
+            elif b == node:
+                out.append(a)
+        return out
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.json"))
+
+
+def load(name_or_file: str, instances: int | None = None) -> Topology:
+    path = Path(name_or_file)
+    if not path.suffix:
+        path = TOPOLOGY_DIR / f"{name_or_file}.json"
+    if not path.exists():
+        raise NotFound(f"no topology {name_or_file!r}", hint=f"available: {', '.join(available())}, or a path to a .json file")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path}: not valid JSON: {e}") from None
+    n = instances if instances is not None else int(raw.get("instances", 1))
+    if not 1 <= n <= 6:
+        raise BadInput(f"instances must be 1..6 (tx devmap has slots for 6 peers), got {n}")
+    try:
+        nodes: dict[str, dict] = {}
+        for name, spec in raw["nodes"].items():
+            if spec.get("role") not in ROLES:
+                raise BadInput(f"{path}: node {name!r} has role {spec.get('role')!r}; roles are {sorted(ROLES)}")
+            for expanded in _expand(name, n):
+                nodes[expanded] = dict(spec)
+        links = []
+        for a, b in raw["links"]:
+            if "{i}" in a and "{i}" in b:
+                raise BadInput(f"{path}: link {a}-{b}: at most one end may be templated")
+            for ea in _expand(a, n):
+                for eb in _expand(b, n):
+                    for end in (ea, eb):
+                        if end not in nodes:
+                            raise BadInput(f"{path}: link {a}-{b} names unknown node {end!r}")
+                    links.append((ea, eb))
+        topo = Topology(name=raw.get("name", path.stem), about=raw.get("about", ""), nodes=nodes, links=links,
+                        inside=raw["inside"], pool=raw["pool"], mgmt=raw.get("mgmt", "10.255.0.0/24"),
+                        instances=n, source=str(path))
+    except KeyError as e:
+        raise BadInput(f"{path}: missing field {e}") from None
+    for nf in topo.role("nf"):
+        if len(topo.neighbours(nf)) != 2:
+            raise BadInput(f"{path}: NF {nf} needs exactly two links (inside, outside)")
+    for h in topo.role("host"):
+        if len(topo.neighbours(h)) != 1:
+            raise BadInput(f"{path}: host {h} needs exactly one link")
+    return topo
+
+
+def _expand(name: str, n: int) -> list[str]:
+    return [name.replace("{i}", str(i)) for i in range(n)] if "{i}" in name else [name]
