@@ -1,0 +1,44 @@
+"""Testbeds for integration tests: unique short names, always taken down."""
+import contextlib
+import json
+import secrets
+import subprocess
+import sys
+
+from nfx.testbed import builder, state, topology
+
+
+def unique_name(prefix: str = "t") -> str:
+    return prefix + secrets.token_hex(3)
+
+
+@contextlib.contextmanager
+def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None = None, max_flows: int = 65536):
+    name = unique_name()
+    try:
+        rec = builder.up(name, topology.load(topo, instances), nf, max_flows)
+        yield rec
+    finally:
+        if state.path(name).exists():
+            builder.down(name)
+
+
+def sh(ns: str, *cmd: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode:
+        raise AssertionError(f"{' '.join(cmd)} in {ns} failed: {r.stderr or r.stdout}")
+    return r
+
+
+def py(ns: str, code: str, timeout: float = 30) -> str:
+    return sh(ns, sys.executable, "-c", code, timeout=timeout).stdout
+
+
+def nfx(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nfx", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def nfx_json(*args: str, timeout: float = 120) -> dict:
+    r = nfx(*args, "--json", timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
