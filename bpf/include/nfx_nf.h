@@ -66,7 +66,7 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
         return XDP_DROP;
     __builtin_memcpy(eth->h_source, pc->mac[side].addr, ETH_ALEN);
     __builtin_memcpy(eth->h_dest, pc->peer_mac[side].addr, ETH_ALEN);
-    int v = nfx_tx.redirect_map(side, 0);
+    int v = nfx_tx.redirect_map(side, XDP_DROP);   /* an empty slot drops, never aborts */
     if (v != XDP_REDIRECT)
         nfx_count(NFX_R_REDIRECT_FAIL);
     return v;
