@@ -187,7 +187,7 @@ class SwRule(ct.Structure):
 
 class SwWild(ct.Structure):
     _fields_ = [("in_port", u32), ("saddr", u32), ("smask", u32), ("daddr", u32), ("dmask", u32),
-                ("sport", u16), ("dport", u16), ("proto", u8), ("used", u8), ("pad", u16), ("rule", u32)]
+                ("sport", u16), ("dport", u16), ("proto", u8), ("used", u8), ("prio", u16), ("rule", u32)]
 
 
 class SwCounter(ct.Structure):
@@ -219,7 +219,8 @@ class SinkFlow(ct.Structure):
                 ("high", u32), ("pad", u32)]
 
 
-LAT_BUCKETS = 64
+LAT_SUB = 4
+LAT_BUCKETS = 128
 
 # struct name in nfx.h -> mirror; the layout test walks this table
 MIRRORS = {

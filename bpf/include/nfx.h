@@ -256,7 +256,7 @@ struct nfx_sw_wild {                 /* a wildcard match; 0 fields match anythin
     __u16 dport;
     __u8  proto;
     __u8  used;
-    __u16 pad;
+    __u16 prio;                      /* user space keeps the slots sorted by it; unused here */
     __u32 rule;                      /* index into the rule array */
 };
 
@@ -276,7 +276,7 @@ struct nfx_sw_ctrl_hdr {             /* ringbuf record: header then the packet b
 /* ---- generator and sink ------------------------------------------------------------------- */
 #define NFX_GEN_MAGIC 0x6e667821u    /* "nfx!" */
 
-struct nfx_gen_payload {             /* first bytes of every generated L4 payload */
+struct nfx_gen_payload {             /* first bytes of every generated L4 payload, host order */
     __u32 magic;
     __u32 flow;
     __u32 seq;
@@ -308,6 +308,10 @@ struct nfx_sink_flow {
     __u32 pad;
 };
 
-#define NFX_LAT_BUCKETS 64           /* log2 buckets with 2 sub-buckets each, in ns */
+/* latency histogram of rx_ns - tx_ns: values below NFX_LAT_SUB have their own bucket; above,
+ * each power of two [2^e, 2^(e+1)) splits into NFX_LAT_SUB equal sub-buckets:
+ * index = NFX_LAT_SUB * (e - 1) + ((v >> (e - 2)) & 3); 128 buckets reach 2^33 ns (8.6 s) */
+#define NFX_LAT_SUB 4
+#define NFX_LAT_BUCKETS 128
 
 #endif /* NFX_H */

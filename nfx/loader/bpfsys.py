@@ -152,6 +152,41 @@ def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1, live: bool = Fals
     return a.retval, frame_out, a.duration
 
 
+class SkBuff(ct.Structure):
+    """struct __sk_buff (uapi). Test-run accepts only mark, priority, ingress_ifindex, ifindex,
+    cb, tstamp, wire_len, gso_segs, gso_size and hwtstamp; every other field must stay 0."""
+    _fields_ = [("len", ct.c_uint32), ("pkt_type", ct.c_uint32), ("mark", ct.c_uint32),
+                ("queue_mapping", ct.c_uint32), ("protocol", ct.c_uint32), ("vlan_present", ct.c_uint32),
+                ("vlan_tci", ct.c_uint32), ("vlan_proto", ct.c_uint32), ("priority", ct.c_uint32),
+                ("ingress_ifindex", ct.c_uint32), ("ifindex", ct.c_uint32), ("tc_index", ct.c_uint32),
+                ("cb", ct.c_uint32 * 5), ("hash", ct.c_uint32), ("tc_classid", ct.c_uint32),
+                ("data", ct.c_uint32), ("data_end", ct.c_uint32), ("napi_id", ct.c_uint32),
+                ("family", ct.c_uint32), ("remote_ip4", ct.c_uint32), ("local_ip4", ct.c_uint32),
+                ("remote_ip6", ct.c_uint32 * 4), ("local_ip6", ct.c_uint32 * 4),
+                ("remote_port", ct.c_uint32), ("local_port", ct.c_uint32), ("data_meta", ct.c_uint32),
+                ("flow_keys", ct.c_uint64), ("tstamp", ct.c_uint64), ("wire_len", ct.c_uint32),
+                ("gso_segs", ct.c_uint32), ("sk", ct.c_uint64), ("gso_size", ct.c_uint32),
+                ("tstamp_type", ct.c_uint8), ("_pad", ct.c_uint8 * 3), ("hwtstamp", ct.c_uint64)]
+
+
+def prog_test_run_skb(prog_fd: int, frame: bytes, ingress_ifindex: int = 0, ifindex: int = 0,
+                      repeat: int = 1) -> tuple[int, bytes, int]:
+    """Run a tc (SCHED_CLS) program on `frame` (from the ethernet header) as an skb; returns
+    (TC_ACT_* verdict, output frame, ns per run). bpf_redirect only sets the verdict here;
+    bpf_clone_redirect really transmits, on `ifindex` of the caller's netns (0: loopback)."""
+    inbuf = ct.create_string_buffer(frame, len(frame))
+    out = ct.create_string_buffer(len(frame) + 4096)
+    ctx = SkBuff(ingress_ifindex=ingress_ifindex, ifindex=ifindex)
+    a = _TestRunAttr(prog_fd=prog_fd, data_in=ct.addressof(inbuf), data_size_in=len(frame),
+                     data_out=ct.addressof(out), data_size_out=len(out), repeat=repeat,
+                     ctx_in=ct.addressof(ctx), ctx_size_in=ct.sizeof(ctx))
+    try:
+        _call(PROG_TEST_RUN, a)
+    except OSError as e:
+        raise BpfError(f"BPF_PROG_TEST_RUN (skb) failed: {e.strerror}") from None
+    return a.retval, out.raw[:a.data_size_out], a.duration
+
+
 def possible_cpus() -> int:
     txt = open("/sys/devices/system/cpu/possible").read().strip()
     n = 0

@@ -1,0 +1,242 @@
+/* switch: an SDN switch on tc clsact ingress of every port. A packet's rule is the exact
+ * 5-tuple entry if there is one, else the first wildcard slot that matches (slot order is
+ * priority), else it misses and is dropped. A rule outputs to one port (redirect) or several
+ * (clones, then a redirect), may rewrite the IPv4 TOS byte, copy the packet to the
+ * controller ring, or drop. Non-IPv4 frames get an all-zero key, so only wildcards that
+ * match on in_port alone (or nothing) switch them: that is how ARP is forwarded. */
+#include "nfx_bpf.h"
+
+#ifndef NFX_SW_MAX_EXACT
+#define NFX_SW_MAX_EXACT 65536
+#endif
+#ifndef NFX_SW_RING_PAGES
+#define NFX_SW_RING_PAGES 256       /* 1 MiB of controller packets waiting to be read */
+#endif
+#define SW_SNAP 1536                /* bytes of a packet copied to the controller */
+#define SW_PULL 134                 /* eth + max IPv4 header + max TCP header */
+
+BPF_HASH(sw_exact, struct nfx_flow_key, __u32, NFX_SW_MAX_EXACT);
+BPF_ARRAY(sw_wild, struct nfx_sw_wild, NFX_SW_MAX_WILD);
+BPF_ARRAY(sw_rules, struct nfx_sw_rule, NFX_SW_MAX_RULES);
+BPF_PERCPU_ARRAY(sw_counters, struct nfx_sw_counter, NFX_SW_MAX_RULES);
+BPF_RINGBUF_OUTPUT(sw_ctrl, NFX_SW_RING_PAGES);
+
+/* a ringbuf record is built here, then output with its real length (a fixed-size reserve
+ * per packet is about 3x slower, PLATFORM.md) */
+struct sw_ctrl_rec {
+    struct nfx_sw_ctrl_hdr hdr;
+    __u8 data[SW_SNAP];
+};
+BPF_PERCPU_ARRAY(sw_scratch, struct sw_ctrl_rec, 1);
+
+/* TC_ACT_* onto the XDP-indexed verdict slots; the one exit of the program */
+static __always_inline int sw_exit(int act)
+{
+    __u32 slot = act == TC_ACT_REDIRECT ? NFX_V_REDIRECT :
+                 act == TC_ACT_SHOT     ? NFX_V_DROP :
+                 act == TC_ACT_OK       ? NFX_V_PASS : NFX_V_ABORTED;
+    nfx_count(slot);
+    return act;
+}
+
+/* eth/IPv4/{TCP,UDP,ICMP echo} into k, the same key nfx_parse builds. Fields are filled as far
+ * as parsing gets, so a fragment or an odd protocol still matches on addresses. *ip_ok says an
+ * IPv4 header whose TOS may be rewritten sits right after the ethernet header. */
+static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key *k, int *ip_ok)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return NFX_R_TRUNC_ETH;
+    __u16 proto = eth->h_proto;
+    if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+        return NFX_R_VLAN;
+    if (proto == bpf_htons(ETH_P_ARP))
+        return NFX_R_ARP;
+    if (proto == bpf_htons(ETH_P_IPV6))
+        return NFX_R_IPV6;
+    if (proto != bpf_htons(ETH_P_IP))
+        return NFX_R_NON_IP;
+
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end)
+        return NFX_R_TRUNC_IP;
+    if (ip->version != 4)
+        return NFX_R_BAD_VERSION;
+    __u32 ihl = ip->ihl;
+    if (ihl < 5)
+        return NFX_R_BAD_IHL;
+    *ip_ok = 1;
+    k->saddr = ip->saddr;
+    k->daddr = ip->daddr;
+    k->proto = ip->protocol;
+    __u32 iplen = ihl * 4;
+    if ((void *)ip + iplen > end)
+        return NFX_R_TRUNC_IP;
+    if (ip->frag_off & bpf_htons(0x3fff))
+        return NFX_R_FRAGMENT;
+    if (ihl > 5)
+        nfx_count(NFX_R_IP_OPTIONS);
+
+    void *l4 = (void *)ip + iplen;
+    if (ip->protocol == IPPROTO_UDP) {
+        struct udphdr *uh = l4;
+        if ((void *)(uh + 1) > end)
+            return NFX_R_TRUNC_L4;
+        k->sport = uh->source;
+        k->dport = uh->dest;
+    } else if (ip->protocol == IPPROTO_TCP) {
+        struct tcphdr *th = l4;
+        if ((void *)(th + 1) > end)
+            return NFX_R_TRUNC_L4;
+        k->sport = th->source;
+        k->dport = th->dest;
+    } else if (ip->protocol == IPPROTO_ICMP) {
+        struct icmphdr *ic = l4;
+        if ((void *)(ic + 1) > end)
+            return NFX_R_TRUNC_L4;
+        if (ic->type == ICMP_ECHO)
+            k->sport = ic->un.echo.id;
+        else if (ic->type == ICMP_ECHOREPLY)
+            k->dport = ic->un.echo.id;
+        else
+            return NFX_R_ICMP_NOT_ECHO;
+    } else {
+        return NFX_R_UNSUPP_PROTO;
+    }
+    return NFX_R_OK;
+}
+
+static __always_inline int sw_wild_match(struct nfx_sw_wild *w, struct nfx_flow_key *k, __u32 in_port)
+{
+    return (!w->in_port || w->in_port == in_port) &&
+           ((k->saddr & w->smask) == w->saddr) && ((k->daddr & w->dmask) == w->daddr) &&
+           (!w->sport || w->sport == k->sport) && (!w->dport || w->dport == k->dport) &&
+           (!w->proto || w->proto == k->proto);
+}
+
+/* the rule id for this packet, or -1 on a miss */
+static __always_inline int sw_lookup(struct nfx_flow_key *k, int exact_ok, __u32 in_port)
+{
+    if (exact_ok) {
+        __u32 *id = sw_exact.lookup(k);
+        if (id) {
+            nfx_count(NFX_R_SW_HIT_EXACT);
+            return *id;
+        }
+    }
+#pragma unroll
+    for (__u32 i = 0; i < NFX_SW_MAX_WILD; i++) {
+        __u32 slot = i;
+        struct nfx_sw_wild *w = sw_wild.lookup(&slot);
+        if (!w || !w->used)
+            continue;
+        if (sw_wild_match(w, k, in_port)) {
+            nfx_count(NFX_R_SW_HIT_WILD);
+            return w->rule;
+        }
+    }
+    return -1;
+}
+
+/* IPv4 TOS := tos, header checksum fixed incrementally over the 16-bit word holding it */
+static __always_inline void sw_set_tos(struct __sk_buff *skb, __u8 tos)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + ETH_HLEN;
+    if ((void *)(ip + 1) > end || ip->tos == tos)
+        return;
+    __u16 old = *(__u16 *)ip;
+    ip->tos = tos;
+    __u16 new = *(__u16 *)ip;
+    bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2);
+}
+
+/* copy the packet (up to SW_SNAP bytes) to the controller ring */
+static __always_inline void sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u32 rule)
+{
+    __u32 z = 0;
+    struct sw_ctrl_rec *r = sw_scratch.lookup(&z);
+    if (!r)
+        return;
+    __u64 len = skb->len;           /* 64-bit: a 32-bit copy would be re-extended and lose its bounds */
+    if (len > SW_SNAP)
+        len = SW_SNAP;
+    /* two separate checks the verifier can follow: the barriers stop LLVM from folding them
+     * into one unsigned range test that loses the lower bound */
+    asm volatile("" : "+r"(len));
+    if (len < 1)
+        return;
+    asm volatile("" : "+r"(len));
+    if (len > SW_SNAP)
+        return;
+    if (bpf_skb_load_bytes(skb, 0, r->data, len))
+        return;
+    r->hdr.len = len;
+    r->hdr.in_port = in_port;
+    r->hdr.rule = rule;
+    r->hdr.pad = 0;
+    r->hdr.ts_ns = bpf_ktime_get_ns();
+    if (sw_ctrl.ringbuf_output(r, sizeof(r->hdr) + len, 0))
+        nfx_count(NFX_R_SW_RING_FULL);
+}
+
+int nfx_switch(struct __sk_buff *skb)
+{
+    __u32 in_port = skb->ingress_ifindex;
+    /* headers may sit past the linear part (e.g. after GRO); make them reachable */
+    __u32 want = skb->len < SW_PULL ? skb->len : SW_PULL;
+    if ((void *)(long)skb->data + want > (void *)(long)skb->data_end)
+        bpf_skb_pull_data(skb, want);
+
+    struct nfx_flow_key k = {};
+    int ip_ok = 0;
+    __u32 reason = sw_parse(skb, &k, &ip_ok);
+    nfx_count(reason);
+
+    int act = TC_ACT_SHOT;
+    int id = sw_lookup(&k, reason == NFX_R_OK, in_port);
+    __u32 rid = id;
+    struct nfx_sw_rule *r = id < 0 ? 0 : sw_rules.lookup(&rid);
+    if (!r || !r->used) {
+        nfx_count(NFX_R_SW_MISS);
+        goto out;
+    }
+    struct nfx_sw_counter *c = sw_counters.lookup(&rid);
+    if (c) {
+        c->pkts++;
+        c->bytes += skb->len;
+    }
+    __u32 a = r->actions;
+    /* the controller sees the packet as it arrived */
+    if (a & NFX_SW_TO_CTRL)
+        sw_to_ctrl(skb, in_port, rid);
+    if (a & NFX_SW_DROP)
+        goto out;
+    if (ip_ok && (a & NFX_SW_SET_TOS))
+        sw_set_tos(skb, r->tos);
+    else if (ip_ok && (a & NFX_SW_CLEAR_TOS))
+        sw_set_tos(skb, 0);
+    if (!(a & NFX_SW_OUTPUT))
+        goto out;                   /* to the controller only, or no action: dropped */
+    __u32 n = r->nports;
+    if (n < 1 || n > NFX_SW_MAX_PORTS) {
+        nfx_count(NFX_R_NO_PORT);
+        goto out;
+    }
+    /* ports[1..] get clones; ports[0] gets the packet itself once we return */
+#pragma unroll
+    for (__u32 i = 1; i < NFX_SW_MAX_PORTS; i++) {
+        if (i < n && bpf_clone_redirect(skb, r->ports[i], 0))
+            nfx_count(NFX_R_SW_CLONE_FAIL);
+    }
+    act = bpf_redirect(r->ports[0], 0);
+    if (act != TC_ACT_REDIRECT) {
+        nfx_count(NFX_R_REDIRECT_FAIL);
+        act = TC_ACT_SHOT;
+    }
+out:
+    return sw_exit(act);
+}

@@ -1,0 +1,426 @@
+"""The SDN switch (bpf/switch.bpf.c): a tc program on every port of a netns, driven by rules.
+
+An exact 5-tuple entry or a wildcard slot points at a rule id; the rule says where the packet
+goes. Rule ids index `sw_rules` and `sw_counters`; id 0 is never handed out. Wildcards live in
+a small array whose slot order is their priority (lower `prio` first); `prio` is stored in the
+slot too, so any process that reopens the pins can keep the order. Ports are interface names
+in the switch's netns (or raw ifindexes).
+
+One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
+against a second writer."""
+import ctypes as ct
+import ipaddress
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from .. import layout as L
+from ..errors import AlreadyExists, BadInput, BpfError, NotFound
+from ..loader import attach, bpfsys, netns, pin
+from ..loader.compile import compile_source, load
+from ..loader.maps import Map
+
+MAPS = {
+    "sw_exact": (L.FlowKey, L.u32),
+    "sw_wild": (L.u32, L.SwWild),
+    "sw_rules": (L.u32, L.SwRule),
+    "sw_counters": (L.u32, L.SwCounter),
+    "nfx_stats": (L.u32, L.u64),
+}
+RING = "sw_ctrl"
+PROTOS = {"icmp": socket.IPPROTO_ICMP, "tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+Port = str | int
+
+
+@dataclass
+class Rule:
+    output: list[Port] = field(default_factory=list)   # 1 port: output; more: duplicate
+    set_tos: int | None = None
+    clear_tos: bool = False
+    to_ctrl: bool = False
+    drop: bool = False
+
+
+@dataclass
+class Match:
+    """A wildcard: None/0 fields match anything."""
+    in_port: Port | None = None
+    src: str | None = None       # "10.0.1.0/24" or an address
+    dst: str | None = None
+    sport: int = 0
+    dport: int = 0
+    proto: int | str = 0
+
+
+@dataclass
+class RuleInfo:
+    id: int
+    kind: str                    # "exact" or "wild"
+    rule: Rule
+    match: Match | tuple | None  # Match for wildcards, (src, dst, sport, dport, proto) for exact
+    prio: int | None = None
+
+
+class CtrlPacket(NamedTuple):
+    in_port: Port                # ifname when it resolves, else the ifindex
+    rule: int
+    data: bytes
+
+
+# ---- conversions between Python values and the wire-order fields in nfx.h ----
+def _addr(a: str) -> int:
+    return struct.unpack("=I", ipaddress.IPv4Address(a).packed)[0]
+
+
+def _addr_str(v: int) -> str:
+    return str(ipaddress.IPv4Address(struct.pack("=I", v)))
+
+
+def _prefix(p: str | None) -> tuple[int, int]:
+    if not p:
+        return 0, 0
+    try:
+        net = ipaddress.IPv4Network(p, strict=False)
+    except ValueError as e:
+        raise BadInput(f"bad prefix {p!r}: {e}") from None
+    return _addr(str(net.network_address)), _addr(str(net.netmask))
+
+
+def _prefix_str(addr: int, mask: int) -> str | None:
+    if not mask:
+        return None
+    plen = bin(struct.unpack("!I", struct.pack("=I", mask))[0]).count("1")
+    return f"{_addr_str(addr)}/{plen}"
+
+
+def _proto(p: int | str) -> int:
+    if isinstance(p, str):
+        if p.lower() not in PROTOS:
+            raise BadInput(f"unknown protocol {p!r} (use {', '.join(PROTOS)} or a number)")
+        return PROTOS[p.lower()]
+    return int(p)
+
+
+def flow_key(src: str, dst: str, sport: int, dport: int, proto: int | str) -> L.FlowKey:
+    """A FlowKey from host-order values (ICMP echo: request sport=id dport=0, reply sport=0 dport=id)."""
+    return L.FlowKey(saddr=_addr(src), daddr=_addr(dst), sport=socket.htons(sport),
+                     dport=socket.htons(dport), proto=_proto(proto))
+
+
+def _key_tuple(k: L.FlowKey) -> tuple:
+    return (_addr_str(k.saddr), _addr_str(k.daddr), socket.ntohs(k.sport), socket.ntohs(k.dport), k.proto)
+
+
+class Switch:
+    def __init__(self, name: str, ns: str | None, pin_dir: Path | None, maps: dict[str, Map],
+                 ring_fd: int, bpf=None, fn=None, ports: list[str] | None = None):
+        self.name = name
+        self.ns = ns
+        self.pin_dir = pin_dir
+        self.maps = maps
+        self.ring_fd = ring_fd
+        self.bpf = bpf          # only in the process that compiled it
+        self.fn = fn
+        self.ports = ports or []
+        self._names: dict[int, str] = {}
+        self._stub = None       # (BPF object, XDP stub program) while this process holds them
+
+    # ---- lifecycle ----
+    @classmethod
+    def load(cls, name: str = "switch", ns: str | None = None, defines: dict | None = None) -> "Switch":
+        """Compile and load, attached nowhere and not pinned (BPF_PROG_TEST_RUN uses this)."""
+        b = compile_source("switch", defines)
+        fn = load(b, "nfx_switch", "tc")
+        maps = {n: Map(b[n].map_fd, k, v, name=n) for n, (k, v) in MAPS.items()}
+        return cls(name, ns, None, maps, b[RING].map_fd, bpf=b, fn=fn)
+
+    @classmethod
+    def create(cls, name: str, ns: str, ports: list[str], pin_dir: Path,
+               defines: dict | None = None) -> "Switch":
+        """Load, attach the tc program on ingress of every port plus the XDP stub (so native
+        XDP redirects from veth peers are received), pin the maps. On failure, undo it all."""
+        if (pin_dir / "sw_rules").exists():
+            raise AlreadyExists(f"switch {name!r} already runs (pins at {pin_dir})")
+        self = cls.load(name, ns, defines)
+        self.ports = list(ports)
+        stub_b = compile_source("stub")
+        self._stub = (stub_b, load(stub_b, "nfx_stub", "xdp"))   # keep the program alive
+        done_tc, done_xdp = [], []
+        try:
+            for p in ports:
+                attach.attach_tc(ns, p, self.fn, "ingress")
+                done_tc.append(p)
+                done_xdp.append((p, attach.attach_xdp(ns, p, self._stub[1])))
+            pin.pin_maps(self.bpf, pin_dir, skip=("sw_scratch",))
+            self.pin_dir = pin_dir
+        except BaseException:
+            for p in done_tc:
+                attach.detach_tc(ns, p)
+            for p, mode in done_xdp:
+                attach.detach_xdp(ns, p, mode)
+            pin.unpin(pin_dir)
+            raise
+        return self
+
+    @classmethod
+    def open(cls, name: str, ns: str | None, pin_dir: Path) -> "Switch":
+        """Reopen a running switch from its pins (any process)."""
+        if not (pin_dir / "sw_rules").exists():
+            raise NotFound(f"switch {name!r} is not running (no pins at {pin_dir})")
+        maps = {n: Map.pinned(str(pin_dir / n), k, v) for n, (k, v) in MAPS.items()}
+        return cls(name, ns, pin_dir, maps, bpfsys.obj_get(str(pin_dir / RING)))
+
+    @staticmethod
+    def destroy(ns: str, ports: list[str], pin_dir: Path) -> None:
+        for p in ports:
+            attach.detach_tc(ns, p)      # drops the clsact qdisc and our filter with it
+            attach.detach_xdp(ns, p, "native")
+            attach.detach_xdp(ns, p, "generic")   # in case create fell back to it
+        pin.unpin(pin_dir)
+
+    # ---- ports ----
+    def ifindex(self, port: Port) -> int:
+        if isinstance(port, int):
+            return port
+        return netns.ifindex(port, self.ns)
+
+    def port_name(self, idx: int) -> Port:
+        if idx not in self._names:
+            try:
+                with netns.enter(self.ns):
+                    self._names[idx] = socket.if_indextoname(idx)
+            except (OSError, NotFound):
+                return idx
+        return self._names[idx]
+
+    # ---- rules ----
+    def _encode(self, rule: Rule) -> L.SwRule:
+        r = L.SwRule(used=1)
+        if rule.set_tos is not None and rule.clear_tos:
+            raise BadInput("a rule cannot both set and clear the TOS")
+        if len(rule.output) > L.SW_MAX_PORTS:
+            raise BadInput(f"at most {L.SW_MAX_PORTS} output ports per rule")
+        if rule.output:
+            r.actions |= L.SW_OUTPUT
+            r.nports = len(rule.output)
+            for i, p in enumerate(rule.output):
+                r.ports[i] = self.ifindex(p)
+        if rule.set_tos is not None:
+            if not 0 <= rule.set_tos <= 255:
+                raise BadInput(f"TOS {rule.set_tos} is not a byte")
+            r.actions |= L.SW_SET_TOS
+            r.tos = rule.set_tos
+        if rule.clear_tos:
+            r.actions |= L.SW_CLEAR_TOS
+        if rule.to_ctrl:
+            r.actions |= L.SW_TO_CTRL
+        if rule.drop:
+            r.actions |= L.SW_DROP
+        return r
+
+    def _decode(self, r: L.SwRule) -> Rule:
+        out = [self.port_name(r.ports[i]) for i in range(min(r.nports, L.SW_MAX_PORTS))] \
+            if r.actions & L.SW_OUTPUT else []
+        return Rule(output=out, set_tos=r.tos if r.actions & L.SW_SET_TOS else None,
+                    clear_tos=bool(r.actions & L.SW_CLEAR_TOS), to_ctrl=bool(r.actions & L.SW_TO_CTRL),
+                    drop=bool(r.actions & L.SW_DROP))
+
+    def _used_rules(self) -> dict[int, L.SwRule]:
+        n, keys, vals = self.maps["sw_rules"].export()
+        return {keys[i]: vals[i] for i in range(n) if vals[i].used}
+
+    def _new_rule(self, rule: Rule) -> int:
+        """Write the rule and zero its counters before anything points at it."""
+        enc = self._encode(rule)
+        used = self._used_rules()
+        rid = next((i for i in range(1, L.SW_MAX_RULES) if i not in used), None)
+        if rid is None:
+            raise BadInput(f"switch {self.name}: all {L.SW_MAX_RULES - 1} rule ids are in use")
+        cm = self.maps["sw_counters"]
+        cm.put(L.u32(rid), cm.Slot())
+        self.maps["sw_rules"].put(L.u32(rid), enc)
+        return rid
+
+    def add_exact(self, key: L.FlowKey | tuple, rule: Rule) -> int:
+        """key: a FlowKey (network order) or (src, dst, sport, dport, proto) in host order.
+        A key that already has a rule is repointed in one update, and its old rule id freed."""
+        k = key if isinstance(key, L.FlowKey) else flow_key(*key)
+        ex = self.maps["sw_exact"]
+        prev = ex.get(k)
+        rid = self._new_rule(rule)
+        try:
+            ex.put(k, L.u32(rid))
+        except BpfError:
+            self.maps["sw_rules"].put(L.u32(rid), L.SwRule())
+            raise
+        if prev is not None:        # exact rules are never shared, so the old id is free now
+            self.maps["sw_rules"].put(L.u32(prev.value), L.SwRule())
+        return rid
+
+    def _wild_list(self) -> list[L.SwWild]:
+        n, _, vals = self.maps["sw_wild"].export()
+        return [L.SwWild.from_buffer_copy(vals[i]) for i in range(n) if vals[i].used]
+
+    def _write_wild(self, old: list[L.SwWild], new: list[L.SwWild]) -> None:
+        """Rewrite the slots so a running packet never misses an entry that is in both lists:
+        growing, write from the end (an entry is briefly in two slots); shrinking, from the start."""
+        m = self.maps["sw_wild"]
+        order = range(len(new) - 1, -1, -1) if len(new) >= len(old) else range(len(new))
+        for i in order:
+            if i >= len(old) or bytes(old[i]) != bytes(new[i]):
+                m.put(L.u32(i), new[i])
+        for i in range(len(new), len(old)):
+            m.put(L.u32(i), L.SwWild())
+
+    def add_wild(self, match: Match, rule: Rule, prio: int = 100) -> int:
+        """Lower prio is matched first; equal prio keeps insertion order."""
+        if not 0 <= prio <= 0xFFFF:
+            raise BadInput("prio must be 0..65535")
+        old = self._wild_list()
+        if len(old) >= L.SW_MAX_WILD:
+            raise BadInput(f"switch {self.name}: all {L.SW_MAX_WILD} wildcard slots are in use")
+        w = L.SwWild(used=1, prio=prio, in_port=self.ifindex(match.in_port) if match.in_port else 0,
+                     sport=socket.htons(match.sport), dport=socket.htons(match.dport), proto=_proto(match.proto))
+        w.saddr, w.smask = _prefix(match.src)
+        w.daddr, w.dmask = _prefix(match.dst)
+        w.rule = self._new_rule(rule)
+        pos = next((i for i, o in enumerate(old) if o.prio > prio), len(old))
+        self._write_wild(old, old[:pos] + [w] + old[pos:])
+        return w.rule
+
+    def remove(self, rule_id: int) -> None:
+        """Unhook the rule (wildcard slot and exact entries), then free its id."""
+        r = self.maps["sw_rules"].get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None
+        if r is None or not r.used:
+            raise NotFound(f"switch {self.name}: no rule {rule_id}")
+        old = self._wild_list()
+        new = [w for w in old if w.rule != rule_id]
+        if len(new) != len(old):
+            self._write_wild(old, new)
+        ex = self.maps["sw_exact"]
+        n, keys, vals = ex.export()
+        for i in range(n):
+            if vals[i] == rule_id:
+                ex.delete(keys[i])
+        self.maps["sw_rules"].put(L.u32(rule_id), L.SwRule())
+
+    def rules(self) -> list[RuleInfo]:
+        used = self._used_rules()
+        out = []
+        for w in self._wild_list():
+            m = Match(in_port=self.port_name(w.in_port) if w.in_port else None,
+                      src=_prefix_str(w.saddr, w.smask), dst=_prefix_str(w.daddr, w.dmask),
+                      sport=socket.ntohs(w.sport), dport=socket.ntohs(w.dport), proto=w.proto)
+            if w.rule in used:
+                out.append(RuleInfo(w.rule, "wild", self._decode(used.pop(w.rule)), m, w.prio))
+        n, keys, vals = self.maps["sw_exact"].export()
+        for i in range(n):
+            rid = vals[i]
+            if rid in used:
+                out.append(RuleInfo(rid, "exact", self._decode(used.pop(rid)), _key_tuple(keys[i])))
+        # written but not (or no longer) reachable: shown so nothing is hidden
+        out += [RuleInfo(rid, "orphan", self._decode(r), None) for rid, r in sorted(used.items())]
+        return out
+
+    # ---- reading ----
+    def counters(self) -> dict[int, tuple[int, int]]:
+        """{rule id: (packets, bytes)} for every rule in use, summed over CPUs."""
+        used = self._used_rules()
+        n, keys, vals = self.maps["sw_counters"].export()
+        out = {}
+        for i in range(n):
+            rid = keys[i]
+            if rid in used:
+                out[rid] = (sum(c.pkts for c in vals[i]), sum(c.bytes for c in vals[i]))
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Verdict and reason counters summed over CPUs, by name; zeros left out."""
+        from ..nfs.base import stats_dict
+        return stats_dict(self.maps["nfx_stats"])
+
+    def ctrl_reader(self) -> "CtrlReader":
+        return CtrlReader(self.ring_fd, self.port_name)
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        if self.bpf is None and self.ring_fd >= 0:    # ours from obj_get, not BCC's
+            os.close(self.ring_fd)
+            self.ring_fd = -1
+
+
+class CtrlReader:
+    """Consumer of the controller ring, on any fd of it (BCC's table or a pin). A ring should
+    have one reader: every reader sees every record."""
+
+    def __init__(self, ring_fd: int, port_name=lambda i: i):
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+        self._lib = lib
+        self._port_name = port_name
+        self._pending: list[tuple[int, int, bytes]] = []     # filled by the callback
+        self._ready: list[CtrlPacket] = []                   # taken, not yet handed out
+        self._cb = _RINGBUF_CB_TYPE(self._on_record)     # referenced for the ring's lifetime
+        self._rb = lib.bpf_new_ringbuf(ring_fd, self._cb, None)
+        if not self._rb:
+            raise BpfError(f"cannot open the controller ring (fd {ring_fd})")
+
+    def _on_record(self, _ctx, data, size):
+        hsz = ct.sizeof(L.SwCtrlHdr)
+        if size >= hsz:
+            h = L.SwCtrlHdr.from_address(data)
+            self._pending.append((h.in_port, h.rule, ct.string_at(data + hsz, min(h.len, size - hsz))))
+        return 0
+
+    def _take(self) -> list[CtrlPacket]:
+        got, self._pending = self._pending, []
+        out, self._ready = self._ready + [CtrlPacket(self._port_name(p), r, d) for p, r, d in got], []
+        return out
+
+    def poll(self, timeout_ms: int = 100) -> list[CtrlPacket]:
+        """Wait up to timeout_ms for records; return what arrived."""
+        if self._lib.bpf_poll_ringbuf(self._rb, timeout_ms) < 0:
+            raise BpfError("polling the controller ring failed")
+        return self._take()
+
+    def drain(self) -> list[CtrlPacket]:
+        """Whatever is in the ring now, without waiting."""
+        self._lib.bpf_consume_ringbuf(self._rb)
+        return self._take()
+
+    def packets(self, count: int | None = None, timeout: float = 1.0) -> Iterator[CtrlPacket]:
+        """Yield packets until `count` arrived or `timeout` seconds pass without enough."""
+        deadline, n = time.monotonic() + timeout, 0
+        while count is None or n < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            got = self._ready or self.poll(max(1, int(left * 1000)))
+            self._ready = []
+            if count is not None:
+                got, self._ready = got[:count - n], got[count - n:]   # keep the rest for later
+            for p in got:
+                n += 1
+                yield p
+
+    def close(self) -> None:
+        if self._rb:
+            self._lib.bpf_free_ringbuf(self._rb)
+            self._rb = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
