@@ -148,7 +148,8 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
         return XDP_DROP;
     }
     struct nfx_nat_entry *e = nat_fwd.lookup(&p->key);
-    if (e) {
+    if (e && nat_expired(c, e, 0, p->key.proto, now)) {
+        /* the forward side alone looks idle: the return side may still be live */
         struct nfx_flow_key rk = e->peer;
         struct nfx_nat_entry *r = nat_rev.lookup(&rk);
         if (nat_expired(c, e, r, p->key.proto, now)) {
@@ -231,7 +232,8 @@ int nfx_nat(struct xdp_md *ctx)
         nfx_count(NFX_R_GATE_OTHER);
         goto out;
     }
-    __u64 now = bpf_ktime_get_ns();
+    /* idle timeouts are seconds: the coarse clock (same CLOCK_MONOTONIC base) is enough */
+    __u64 now = bpf_ktime_get_coarse_ns();
     if (side == NFX_SIDE_IN)
         verdict = nat_outbound(ctx, &p, c, pc, now);
     else

@@ -45,6 +45,10 @@ class Filter(ct.Structure):
                 ("pad", u8), ("peer", u32), ("tag", u32)]
 
 
+class GateCfg(ct.Structure):
+    _fields_ = [("marks", u32), ("filters", u32)]
+
+
 class Stat(enum.IntEnum):
     V_ABORTED = 0
     V_DROP = 1
@@ -88,6 +92,7 @@ class Stat(enum.IntEnum):
     R_SINK_FOREIGN = 42
     R_SINK_BAD_FLOW = 43
     R_GEN_SENT = 44
+    R_SINK_RX = 45
 
 
 STAT_MAX = 64
@@ -224,7 +229,7 @@ LAT_BUCKETS = 128
 
 # struct name in nfx.h -> mirror; the layout test walks this table
 MIRRORS = {
-    "nfx_flow_key": FlowKey, "nfx_mark": Mark, "nfx_mac": Mac, "nfx_filter": Filter, "nfx_port_cfg": PortCfg,
+    "nfx_flow_key": FlowKey, "nfx_mark": Mark, "nfx_mac": Mac, "nfx_filter": Filter, "nfx_gate_cfg": GateCfg, "nfx_port_cfg": PortCfg,
     "nfx_nat_cfg": NatCfg, "nfx_nat_entry": NatEntry, "nfx_nat_port": NatPort,
     "nfx_ids_flow": IdsFlow, "nfx_ids_host": IdsHost, "nfx_ids_hostport": IdsHostPort,
     "nfx_ids_sig": IdsSig, "nfx_ids_cfg": IdsCfg, "nfx_ids_alert": IdsAlert,

@@ -62,6 +62,12 @@ struct nfx_filter {
     __u32 tag;
 };
 
+/* what the gate has to look at; lets the per-packet path skip empty tables (array of 1) */
+struct nfx_gate_cfg {
+    __u32 marks;     /* nonzero while per-flow marks may exist */
+    __u32 filters;   /* used filter slots are below this */
+};
+
 /* ---- counters: one per-CPU array per program, verdicts first, then reasons --------------- */
 enum nfx_stat {
     /* verdicts, indexed by XDP action (tc programs map TC_ACT_* onto the same slots) */
@@ -114,6 +120,7 @@ enum nfx_stat {
     NFX_R_SINK_FOREIGN,      /* not a generator packet */
     NFX_R_SINK_BAD_FLOW,
     NFX_R_GEN_SENT,
+    NFX_R_SINK_RX,           /* generator packets of a known flow, counted by the sink */
     NFX_STAT_MAX = 64,
 };
 

@@ -12,6 +12,7 @@
 
 BPF_HASH(nfx_marks, struct nfx_flow_key, struct nfx_mark, NFX_MAX_FLOWS);
 BPF_ARRAY(nfx_filters, struct nfx_filter, NFX_MAX_FILTERS);
+BPF_ARRAY(nfx_gate_cfg, struct nfx_gate_cfg, 1);
 BPF_ARRAY(nfx_port_cfg, struct nfx_port_cfg, 1);
 BPF_DEVMAP(nfx_tx, NFX_TX_SLOTS);
 
@@ -29,8 +30,12 @@ static __always_inline int nfx_filter_match(struct nfx_filter *f, struct nfx_flo
  * lock, so a live packet can never overtake a buffered one. */
 static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, __u32 *peer)
 {
-    struct nfx_mark *m = nfx_marks.lookup(k);
+    __u32 z = 0;
+    struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);
     __u32 act = NFX_ACT_PROCESS;
+    if (!g)
+        return act;
+    struct nfx_mark *m = g->marks ? nfx_marks.lookup(k) : 0;
     if (m) {
         bpf_spin_lock(&m->lock);
         if (m->action == NFX_ACT_BUFFER && m->draining && m->released == m->buffered)
@@ -42,8 +47,11 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, __u32 *peer)
         bpf_spin_unlock(&m->lock);
         return act;
     }
+    __u32 nf = g->filters;
 #pragma unroll
     for (__u32 i = 0; i < NFX_MAX_FILTERS; i++) {
+        if (i >= nf)
+            break;
         __u32 slot = i;
         struct nfx_filter *f = nfx_filters.lookup(&slot);
         if (!f || !(f->flags & NFX_FILTER_USED))

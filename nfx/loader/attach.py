@@ -13,20 +13,20 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 
 def attach_xdp(ns: str | None, ifname: str, fn, allow_generic: bool = True) -> str:
     """Native mode first; generic only if native fails (with a warning). Returns the mode."""
-    import bcc
+    return attach_xdp_fd(ns, ifname, fn.fd, allow_generic)
+
+
+def attach_xdp_fd(ns: str | None, ifname: str, fd: int, allow_generic: bool = True) -> str:
+    from bcc.libbcc import lib
     with netns.enter(ns):
-        try:
-            bcc.BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS_DRV_MODE)
+        if lib.bpf_attach_xdp(ifname.encode(), fd, XDP_FLAGS_DRV_MODE) == 0:
             return "native"
-        except Exception as e:
-            if not allow_generic:
-                raise KernelFeature(f"native XDP on {ifname} failed: {e}") from None
-            log.warning("native XDP on %s failed (%s); using generic mode (about 2.5x slower)", ifname, e)
-        try:
-            bcc.BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS_SKB_MODE)
+        if not allow_generic:
+            raise KernelFeature(f"native XDP on {ifname} in {ns} failed (see the message above)")
+        log.warning("native XDP on %s failed; using generic mode (about 2.5x slower)", ifname)
+        if lib.bpf_attach_xdp(ifname.encode(), fd, XDP_FLAGS_SKB_MODE) == 0:
             return "generic"
-        except Exception as e:
-            raise KernelFeature(f"cannot attach XDP to {ifname} in {ns}: {e}") from None
+        raise KernelFeature(f"cannot attach XDP to {ifname} in {ns} (see the message above)")
 
 
 def detach_xdp(ns: str | None, ifname: str, mode: str = "native") -> None:
@@ -74,3 +74,15 @@ def detach_tc(ns: str | None, ifname: str) -> None:
             ipr.tc("del", "clsact", idx[0])
         except NetlinkError:
             pass
+
+
+def attach_xdp_pinned(ns: str | None, ifname: str, prog_pin: str) -> str:
+    """Attach a pinned program: how a process that did not compile it puts it back. (Not via
+    `ip netns exec`/`ip -n`: they remount /sys and the pin is not visible there.)"""
+    import os
+    from . import bpfsys
+    fd = bpfsys.obj_get(prog_pin)
+    try:
+        return attach_xdp_fd(ns, ifname, fd)
+    finally:
+        os.close(fd)

@@ -62,7 +62,9 @@ def run(cmd: list[str], ns: str | None = None, check: bool = True, timeout: floa
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
-    return run(["ip", *args], ns=ns, check=check)
+    # `ip -n` switches netns for the netlink socket only; `ip netns exec` would also remount
+    # /sys, hiding bpffs pins
+    return run(["ip", *(["-n", ns] if ns else []), *args], check=check)
 
 
 def add(name: str) -> None:

@@ -18,6 +18,7 @@ log = logging.getLogger("nfx.nfs")
 COMMON_MAPS = {
     "nfx_marks": (L.FlowKey, L.Mark),
     "nfx_filters": (L.u32, L.Filter),
+    "nfx_gate_cfg": (L.u32, L.GateCfg),
     "nfx_port_cfg": (L.u32, L.PortCfg),
     "nfx_stats": (L.u32, L.u64),
     "nfx_tx": (L.u32, L.u32),
@@ -123,10 +124,22 @@ class NF:
     def stats(self) -> dict[str, int]:
         return stats_dict(self.maps["nfx_stats"])
 
+    def _gate_cfg(self) -> L.GateCfg:
+        return self.maps["nfx_gate_cfg"].get(L.u32(0)) or L.GateCfg()
+
     def set_filter(self, slot: int, f: L.Filter) -> None:
         self.maps["nfx_filters"].put(L.u32(slot), f)
+        g = self._gate_cfg()
+        if f.flags & L.FILTER_USED and g.filters <= slot:
+            g.filters = slot + 1
+            self.maps["nfx_gate_cfg"].put(L.u32(0), g)
 
     def set_mark(self, key: L.FlowKey, action: L.Action, peer: int = 0) -> None:
+        g = self._gate_cfg()
+        if not g.marks:
+            # raise the flag before the mark exists, so no packet skips a mark it should see
+            g.marks = 1
+            self.maps["nfx_gate_cfg"].put(L.u32(0), g)
         m = L.Mark(action=int(action), peer=peer)
         self.maps["nfx_marks"].put(key, m)
 

@@ -44,7 +44,7 @@ def test_enums_match(cname, pyenum, prefix):
     ("NFX_SW_MAX_PORTS", L.SW_MAX_PORTS), ("NFX_SW_MAX_WILD", L.SW_MAX_WILD), ("NFX_SW_MAX_RULES", L.SW_MAX_RULES),
     ("NFX_SW_OUTPUT", L.SW_OUTPUT), ("NFX_SW_SET_TOS", L.SW_SET_TOS), ("NFX_SW_CLEAR_TOS", L.SW_CLEAR_TOS),
     ("NFX_SW_TO_CTRL", L.SW_TO_CTRL), ("NFX_SW_DROP", L.SW_DROP), ("NFX_GEN_MAGIC", L.GEN_MAGIC),
-    ("NFX_LAT_BUCKETS", L.LAT_BUCKETS),
+    ("NFX_LAT_BUCKETS", L.LAT_BUCKETS), ("NFX_LAT_SUB", L.LAT_SUB),
 ])
 def test_defines_match(cname, value):
     assert c_define(cname) == value

@@ -1,0 +1,125 @@
+/* gen.bpf.c: traffic generator, run only through BPF_PROG_TEST_RUN with live frames.
+ *
+ * Every run rewrites the whole header from gen_tmpl (live-frame pages are recycled and whatever
+ * ran downstream may have rewritten them), picks flow = n % nflows, derives the flow's source
+ * address and port, writes the nfx_gen_payload fields, patches the IP and L4 checksums
+ * incrementally from the template's (computed for flow 0 with zero flow/seq/tx_ns), and
+ * redirects through gen_tx.
+ *
+ * Concurrency: gen_ctr and gen_seq are plain read-modify-write, not atomics. That is safe
+ * because one live test-run call runs on one CPU with migration disabled, and nfx.traffic.gen
+ * issues calls one at a time from one thread: there is never a second writer. Two processes
+ * driving the same loaded generator at once would break per-flow sequence numbers.
+ *
+ * The payload beyond nfx_gen_payload is whatever the initial frame held (zeros); nothing on
+ * the path writes L4 payload, so the template checksum keeps covering it. */
+#include "nfx_bpf.h"
+
+#ifndef NFX_GEN_FLOWS
+#define NFX_GEN_FLOWS 1
+#endif
+
+#define GEN_L4_OFF   (sizeof(struct ethhdr) + sizeof(struct iphdr))     /* no IP options */
+#define GEN_UDP_PL   (GEN_L4_OFF + sizeof(struct udphdr))
+#define GEN_TCP_PL   (GEN_L4_OFF + sizeof(struct tcphdr))                /* no TCP options */
+
+BPF_ARRAY(gen_cfg, struct nfx_gen_cfg, 1);
+BPF_ARRAY(gen_tmpl, struct nfx_gen_tmpl, 1);
+BPF_ARRAY(gen_ctr, __u64, 1);                  /* packets generated since load (flow picker) */
+BPF_ARRAY(gen_seq, __u32, NFX_GEN_FLOWS);      /* next sequence number per flow = sent so far */
+BPF_DEVMAP(gen_tx, 4);
+
+/* one's-complement accumulation of a 32-bit word as it lies in memory */
+static __always_inline __u64 gen_add32(__u64 acc, __u32 v)
+{
+    return acc + (v >> 16) + (v & 0xffff);
+}
+
+static __always_inline __u16 gen_fold(__u64 acc)
+{
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    return (__u16)acc;
+}
+
+int nfx_gen(struct xdp_md *ctx)
+{
+    __u32 z = 0;
+    struct nfx_gen_cfg *c = gen_cfg.lookup(&z);
+    struct nfx_gen_tmpl *t = gen_tmpl.lookup(&z);
+    __u64 *ctr = gen_ctr.lookup(&z);
+    if (!c || !t || !ctr || !c->nflows || !c->flows_per_addr)
+        return nfx_exit(XDP_ABORTED);
+
+    /* the frame length is the initial frame's; adjust only if a caller passed another size */
+    __u32 len = bpf_xdp_get_buff_len(ctx);
+    if (len != c->frame_len && bpf_xdp_adjust_tail(ctx, (int)c->frame_len - (int)len))
+        return nfx_exit(XDP_ABORTED);
+
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    if (data + sizeof(struct nfx_gen_tmpl) > end)
+        return nfx_exit(XDP_ABORTED);
+    __builtin_memcpy(data, t->hdr, sizeof(struct nfx_gen_tmpl));
+
+    __u64 n = *ctr;
+    *ctr = n + 1;
+    __u32 flow = n % c->nflows;
+    __u32 *seqp = gen_seq.lookup(&flow);
+    if (!seqp)
+        return nfx_exit(XDP_ABORTED);       /* nflows larger than the compiled NFX_GEN_FLOWS */
+    __u32 seq = *seqp;
+    *seqp = seq + 1;
+
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    __u16 *l4_check, *sport_p;
+    struct nfx_gen_payload *pl;
+    int tcp = c->proto == IPPROTO_TCP;
+    if (tcp) {
+        struct tcphdr *th = data + GEN_L4_OFF;
+        l4_check = &th->check;
+        sport_p = &th->source;
+        pl = data + GEN_TCP_PL;
+    } else {
+        struct udphdr *uh = data + GEN_L4_OFF;
+        l4_check = &uh->check;
+        sport_p = &uh->source;
+        pl = data + GEN_UDP_PL;
+    }
+    if ((void *)(pl + 1) > end)
+        return nfx_exit(XDP_ABORTED);
+
+    __u32 old_addr = ip->saddr;
+    __u32 new_addr = bpf_htonl(bpf_ntohl(old_addr) + flow / c->flows_per_addr);
+    __u16 old_port = *sport_p;
+    __u16 new_port = bpf_htons(c->sport_base + flow % c->flows_per_addr);
+    __u64 now = bpf_ktime_get_ns();
+
+    ip->saddr = new_addr;
+    nfx_csum_replace4(&ip->check, old_addr, new_addr);
+    *sport_p = new_port;
+    pl->magic = NFX_GEN_MAGIC;
+    pl->flow = flow;
+    pl->seq = seq;
+    pl->pad = 0;
+    pl->tx_ns = now;
+
+    /* L4: pseudo-header address and port change, flow/seq/tx_ns were zero in the template */
+    __u64 acc = (__u16)~*l4_check;
+    acc = gen_add32(acc, ~old_addr);
+    acc = gen_add32(acc, new_addr);
+    acc += (__u16)~old_port;
+    acc += new_port;
+    acc = gen_add32(acc, flow);
+    acc = gen_add32(acc, seq);
+    acc = gen_add32(acc, (__u32)now);
+    acc = gen_add32(acc, (__u32)(now >> 32));
+    __u16 sum = ~gen_fold(acc);
+    if (!sum && !tcp)
+        sum = 0xffff;                       /* UDP: 0 would mean "no checksum" */
+    *l4_check = sum;
+
+    nfx_count(NFX_R_GEN_SENT);
+    return nfx_exit(gen_tx.redirect_map(c->tx_slot, 0));
+}

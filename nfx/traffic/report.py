@@ -1,0 +1,38 @@
+"""One measurement: reset generator and sink, send, let the path drain, compare."""
+import time
+
+from .gen import Generator
+from .sink import Sink
+
+
+def settle(sink: Sink, expected: int, timeout_s: float = 0.5, poll_s: float = 0.02) -> float:
+    """Wait until the sink has `expected` packets or its count stops moving for two polls
+    (frames still in veth rings or a softirq backlog arrive a little after the last send)."""
+    t0 = time.perf_counter()
+    last, still = -1, 0
+    while time.perf_counter() - t0 < timeout_s:
+        n = sink.received_total()
+        if n >= expected:
+            break
+        still = still + 1 if n == last else 0
+        if still >= 2:
+            break
+        last = n
+        time.sleep(poll_s)
+    return time.perf_counter() - t0
+
+
+def measure(gen: Generator, sink: Sink, rate_pps: float | None, duration_s: float,
+            settle_s: float = 0.5, progress=None) -> dict:
+    """Send for `duration_s` at `rate_pps` (None: flat out) and return the generator's and the
+    sink's view merged: sent, received, lost, duplicated, reordered, latency, achieved pps."""
+    sink.reset()
+    gen.reset()
+    g = gen.run(rate_pps, duration_s, progress=progress)
+    waited = settle(sink, g["sent"], settle_s)
+    s = sink.read(g["per_flow"])
+    out = {k: v for k, v in g.items() if k != "per_flow"}
+    out.update(s)
+    out["settle_s"] = waited
+    out["loss_ratio"] = s["lost"] / g["sent"] if g["sent"] else 0.0
+    return out

@@ -1,0 +1,62 @@
+"""Traffic on a testbed: the generator in h1 (attached to h1's spare veth, sending out eth0) and
+the sink in h2 (in place of the XDP stub, which is put back afterwards)."""
+import contextlib
+
+from ..testbed import state
+from ..testbed.builder import GEN_IF, HOST_IF
+from ..errors import NfxError
+from ..loader import attach, netns
+from .gen import Generator
+from .report import measure
+from .sink import Sink
+
+DPORT = 9000
+
+
+def _hosts(rec) -> tuple[dict, dict]:
+    hosts = {n: i for n, i in rec.get("nodes", {}).items() if i["role"] == "host"}
+    src = [i for i in hosts.values() if "gen_if" in i]
+    dst = [i for i in hosts.values() if "gen_if" not in i]
+    if not src or not dst:
+        raise NfxError(f"testbed {rec['name']} has no generator host and sink host")
+    return src[0], dst[0]
+
+
+@contextlib.contextmanager
+def rig(name: str, flows: int, size: int | None = None, proto: str = "udp"):
+    """Yields (generator, sink) wired into testbed `name`."""
+    rec = state.load(name)
+    if rec.get("status") != "up":
+        raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
+    src, dst = _hosts(rec)
+    # the next hop's real MAC: switches ignore it, a kernel router (the baseline) needs it
+    peer_mac = _peer_mac(rec, src)
+    gen = sink = None
+    try:
+        sink = Sink(dst["ns"], HOST_IF, flows)
+        gen = Generator(src["ns"], GEN_IF, HOST_IF, dst_mac=peer_mac, dst_ip=dst["addr"].split("/")[0],
+                        src_ip=src["addr"].split("/")[0], dport=DPORT, proto=proto, size=size, nflows=flows)
+        yield gen, sink
+    finally:
+        if gen:
+            gen.close()
+        if sink:
+            sink.close()
+            attach.attach_xdp_pinned(dst["ns"], HOST_IF, rec["stub"])
+
+
+def _peer_mac(rec, host: dict) -> bytes:
+    for node, info in rec["nodes"].items():
+        if info["ns"] == host["ns"]:
+            [peer] = info["ifaces"]
+            pinfo = rec["nodes"][peer]
+            return netns.mac(pinfo["ifaces"][node], pinfo["ns"])
+    raise NfxError("host not found in its testbed")
+
+
+def run(name: str, flows: int, rate: float | None, duration: float, size: int | None = None,
+        proto: str = "udp", progress=None) -> dict:
+    with rig(name, flows, size, proto) as (gen, sink):
+        r = measure(gen, sink, rate, duration, progress=progress)
+    r.update(testbed=name, flows=flows, size=gen.size, proto=proto)
+    return r

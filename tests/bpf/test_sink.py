@@ -1,0 +1,177 @@
+"""nfx_sink through plain BPF_PROG_TEST_RUN: crafted generator packets in, verdicts and per-flow
+sequence accounting out."""
+import random
+import time
+
+import pytest
+
+from nfx import layout as L
+from nfx.loader.bpfsys import prog_test_run
+from nfx.traffic.gen import build_frame
+from nfx.traffic.sink import Sink, bucket_bounds, percentile
+
+ABORTED, DROP, PASS = 0, 1, 2
+NFLOWS = 4
+MAC1, MAC2 = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+
+
+def gen_pkt(flow=0, seq=0, proto=17, size=80, tx_ns=None, payload=None):
+    return build_frame(MAC1, MAC2, "10.9.0.1", "10.9.0.2", 9000, proto, size, sport=1000, flow=flow,
+                       seq=seq, tx_ns=time.monotonic_ns() if tx_ns is None else tx_ns, payload=payload)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    s = Sink(None, None, NFLOWS)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sink(loaded):
+    loaded.reset()
+    return loaded
+
+
+def run(sink, frame) -> int:
+    verdict, _, _ = prog_test_run(sink.fn.fd, frame)
+    return verdict
+
+
+# (name, sequence numbers in arrival order, received, dup, reordered)
+SEQ_CASES = [
+    ("in_order", [0, 1, 2, 3, 4], 5, 0, 0),
+    ("duplicate", [0, 1, 1, 2, 0, 2], 6, 3, 0),
+    ("late", [0, 2, 1, 3, 5, 4], 6, 0, 2),
+    ("late_then_dup", [0, 2, 1, 1], 4, 1, 1),
+    ("first_seen_not_zero", [5, 3, 4, 5], 4, 1, 2),
+    # 100 resets the window; 36 is 64 behind (outside), 37 is 63 behind (inside, unseen)
+    ("older_than_window", [0, 100, 36, 37, 100, 37], 6, 2, 2),
+    # 0 stays in the window at 63 behind, drops out at 64 behind
+    ("window_edge", [0, 63, 0, 64, 0], 5, 1, 1),
+    ("big_jump", [0, 1, 200, 1, 199], 5, 0, 2),
+]
+
+
+@pytest.mark.parametrize("name,seqs,received,dup,reordered", SEQ_CASES, ids=[c[0] for c in SEQ_CASES])
+def test_sequence_accounting(sink, name, seqs, received, dup, reordered):
+    flow = 2
+    for s in seqs:
+        assert run(sink, gen_pkt(flow=flow, seq=s)) == DROP
+    f = sink.flows()[flow]
+    assert (f.received, f.dup, f.reordered) == (received, dup, reordered)
+    assert f.high == max(seqs) + 1
+    # no other flow was touched
+    assert all(x.received == 0 for i, x in enumerate(sink.flows()) if i != flow)
+    st = sink.stats()
+    assert st.get("v_drop") == len(seqs) and "v_aborted" not in st
+    assert sink.received_total() == len(seqs)
+
+
+def test_tcp_generator_packets_counted(sink):
+    for s in range(3):
+        assert run(sink, gen_pkt(flow=1, seq=s, proto=6, size=100)) == DROP
+    assert sink.flows()[1].received == 3
+
+
+def test_tcp_options_and_ip_options_still_found(sink):
+    from scapy.all import IP, TCP, UDP, Ether, Raw, raw
+    pl = bytes(L.GenPayload(magic=L.GEN_MAGIC, flow=3, seq=0, tx_ns=time.monotonic_ns()))
+    tcp_opts = raw(Ether(dst="02:00:00:00:00:02") / IP(src="10.9.0.1", dst="10.9.0.2") /
+                   TCP(options=[("MSS", 1460), ("NOP", None), ("NOP", None)]) / Raw(pl))
+    pl1 = bytes(L.GenPayload(magic=L.GEN_MAGIC, flow=3, seq=1, tx_ns=time.monotonic_ns()))
+    ip_opts = raw(Ether(dst="02:00:00:00:00:02") / IP(src="10.9.0.1", dst="10.9.0.2", options=b"\x01\x01\x01\x00") /
+                  UDP() / Raw(pl1))
+    assert run(sink, tcp_opts) == DROP
+    assert run(sink, ip_opts) == DROP
+    f = sink.flows()[3]
+    assert (f.received, f.dup, f.reordered) == (2, 0, 0)
+
+
+def test_read_computes_loss(sink):
+    for s in (0, 1, 2, 5, 5):
+        run(sink, gen_pkt(flow=0, seq=s))
+    run(sink, gen_pkt(flow=1, seq=0))
+    r = sink.read([10, 1, 0, 0])
+    assert r["received"] == 6 and r["duplicated"] == 1 and r["unique"] == 5
+    assert r["sent"] == 11 and r["lost"] == 6 and r["unexpected"] == 0
+    r = sink.read([0, 1, 0, 0])                       # fewer sent than seen: never negative loss
+    assert r["lost"] == 0 and r["unexpected"] == 4
+
+
+def test_latency_histogram(sink):
+    import struct
+    frames = [bytearray(gen_pkt(flow=0, seq=i)) for i in range(10)]
+    for f in frames:                                 # stamp just before sending: ~2 ms old
+        f[58:66] = struct.pack("<Q", time.monotonic_ns() - 2_000_000)
+        run(sink, bytes(f))
+    run(sink, gen_pkt(flow=1, seq=0, tx_ns=time.monotonic_ns() + 10**12))   # from the future: 0
+    hist = sink.histogram()
+    assert sum(hist) == 11 and hist[0] == 1
+    r = sink.read()
+    assert 1500 < r["lat_p50_us"] < 3000
+    assert 2000 <= r["lat_max_us"] < 1_000_000
+
+
+def test_bucket_layout_covers_every_value():
+    prev_hi = 0
+    for i in range(L.LAT_BUCKETS):
+        lo, hi = bucket_bounds(i)
+        assert lo == prev_hi and hi > lo
+        prev_hi = hi
+    assert prev_hi == 1 << 33
+    assert percentile([0] * L.LAT_BUCKETS, 0.5) is None
+
+
+def _foreign_frames():
+    from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Raw, raw
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    ip = IP(src="10.9.0.1", dst="10.9.0.2")
+    good = bytes(L.GenPayload(magic=L.GEN_MAGIC, flow=0, seq=0))
+    bad_magic = bytes(L.GenPayload(magic=L.GEN_MAGIC ^ 1, flow=0, seq=0))
+    return {
+        "udp_no_magic": raw(eth / ip / UDP() / Raw(bad_magic)),
+        "udp_short_payload": raw(eth / ip / UDP() / Raw(good[:20])),
+        "tcp_syn": raw(eth / ip / TCP(flags="S")),
+        "icmp_echo_with_magic": raw(eth / ip / ICMP() / Raw(good)),
+        "arp": raw(eth / ARP(pdst="10.9.0.2", hwdst="00:00:00:00:00:00")),
+        "ipv6_udp": raw(eth / IPv6() / UDP() / Raw(good)),
+        "fragment_with_magic": raw(eth / IP(src="10.9.0.1", dst="10.9.0.2", flags="MF") / UDP() / Raw(good)),
+        "not_ip": raw(Ether(dst="02:00:00:00:00:02", type=0x1234) / Raw(good)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_foreign_frames()))
+def test_foreign_packets_pass(sink, name):
+    assert run(sink, _foreign_frames()[name]) == PASS
+    st = sink.stats()
+    assert st.get("r_sink_foreign") == 1 and st.get("v_pass") == 1
+    assert sink.read()["received"] == 0
+
+
+def test_bad_flow_dropped_and_counted(sink):
+    assert run(sink, gen_pkt(flow=NFLOWS, seq=0)) == DROP
+    assert run(sink, gen_pkt(flow=0xFFFFFFFF, seq=0)) == DROP
+    assert sink.stats().get("r_sink_bad_flow") == 2
+    assert sink.read()["received"] == 0
+
+
+def test_truncated_never_aborted(sink):
+    frame = gen_pkt(flow=0, seq=0, size=80)
+    payload_end = 14 + 20 + 8 + 24
+    for n in range(14, len(frame) + 1):            # test runs need at least an Ethernet header
+        v = run(sink, frame[:n])
+        assert v == (PASS if n < payload_end else DROP), n
+
+
+def test_garbage_never_aborted(sink):
+    rnd = random.Random(7)
+    base = bytearray(gen_pkt(flow=1, seq=0))
+    for i in range(400):
+        f = bytearray(base)
+        for _ in range(rnd.randint(1, 8)):
+            f[rnd.randrange(len(f))] = rnd.randrange(256)
+        f = f[:rnd.randint(14, len(f))]
+        assert run(sink, bytes(f)) in (PASS, DROP)
+        assert run(sink, bytes(rnd.randrange(256) for _ in range(rnd.randint(14, 120)))) in (PASS, DROP)
+    assert "v_aborted" not in sink.stats()
