@@ -32,9 +32,9 @@ def main() -> None:
     except KeyboardInterrupt:
         print("nfx: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # usage errors (typer's bundled click) know how to show themselves
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -47,14 +47,14 @@ def nf_config(kind: str, topo: Topology):
     return None
 
 
-def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=lambda msg: None) -> state.Record:
+def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None) -> state.Record:
+    progress = progress or (lambda msg: None)
     pin.ensure_bpffs()
     rec = state.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
                     max_flows=max_flows, pin_root=str(state.pin_root(name)), started=time.time())
     try:
         _build(rec, topo, kind, max_flows, progress)
     except BaseException:
-        progress("failed; removing what was created")
         down(name)
         raise
     rec["status"] = "up"

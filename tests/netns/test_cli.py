@@ -1,0 +1,94 @@
+"""The CLI contract end to end: testbed up, traffic with the sink's verdict, errors with exit
+codes on stderr, and testbed down leaving no namespace, link or pin behind."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from nfx import layout as L
+from nfx.flows import ip_to_be
+from nfx.loader import netns
+from nfx.paths import PIN_ROOT
+from nfx.testbed import builder, state
+from tests.netns.tbutil import nfx, nfx_json, unique_name
+
+
+@pytest.fixture(scope="module")
+def name():
+    n = unique_name()
+    r = nfx("testbed", "up", "--name", n, "--nf", "nat", "--instances", "2", "--json")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["status"] == "up"
+        yield n
+    finally:
+        if state.path(n).exists():
+            builder.down(n)
+
+
+def test_traffic_10k_flows_200kpps_clean(name):
+    r = nfx_json("traffic", "run", "--name", name, "--flows", "10000", "--rate", "200000", "--duration", "5")
+    assert r["sent"] == 1_000_000
+    assert (r["received"], r["lost"], r["duplicated"], r["reordered"]) == (1_000_000, 0, 0, 0)
+    m = nfx_json("nf", "mappings", "--name", name, "--instance", "nf0", "--limit", "1")
+    assert m["count"] == 10000
+
+
+def test_sink_sees_loss_when_the_nf_drops(name):
+    # drop the generator's flows with even source ports... a filter on one source port range
+    nat = builder.instance(name, "nf0")
+    f = L.Filter(saddr=ip_to_be("10.0.1.2"), smask=0xFFFFFFFF, sport=__import__("socket").htons(1024 + 7),
+                 proto=17, action=int(L.Action.DROP), flags=L.FILTER_USED)
+    # a filter only catches flows with no mark: these flows have none
+    nat.set_filter(0, f)
+    try:
+        r = nfx_json("traffic", "run", "--name", name, "--flows", "100", "--rate", "20000", "--duration", "1")
+    finally:
+        nat.set_filter(0, L.Filter())
+    assert r["lost"] == r["sent"] // 100 and r["lost"] > 0
+    assert r["received"] == r["sent"] - r["lost"]
+
+
+def test_errors_have_exit_codes_and_messages(name):
+    r = nfx("nf", "stats", "--name", name, "--instance", "nf9")
+    assert r.returncode == 3 and "no NF instance 'nf9'" in r.stderr and "nf0, nf1" in r.stderr
+    r = nfx("traffic", "run", "--name", name, "--flows", "0")
+    assert r.returncode == 2 and "--flows" in r.stderr
+    r = nfx("testbed", "up", "--name", name)
+    assert r.returncode == 4 and "already exists" in r.stderr
+    r = nfx("testbed", "up", "--name", "Bad_Name")
+    assert r.returncode == 2
+    r = nfx("testbed", "up", "--name", unique_name(), "--topology", "/nonexistent.json")
+    assert r.returncode == 3 and "no topology" in r.stderr
+    r = nfx("testbed", "up", "--name", unique_name(), "--nf", "firewall")
+    assert r.returncode == 1 and "unknown NF kind" in r.stderr
+
+
+def test_not_root_is_refused():
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        __import__("sys").executable, "-m", "nfx", "testbed", "status"],
+                       capture_output=True, text=True, env={**os.environ, "HOME": "/tmp"})
+    assert r.returncode == 5 and "needs root" in r.stderr
+
+
+def test_status_json(name):
+    s = nfx_json("testbed", "status", "--name", name)
+    [tb] = s["testbeds"]
+    assert tb["status"] == "up" and set(tb["nodes"]) >= {"h1", "h2", "si", "so", "nf0", "nf1"}
+    assert all(n["alive"] for n in tb["nodes"].values())
+
+
+def test_down_leaves_nothing():
+    n = unique_name()
+    assert nfx("testbed", "up", "--name", n, "--instances", "1").returncode == 0
+    rec = state.load(n)
+    nss = rec["created"]["netns"]
+    links_before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    r = nfx_json("testbed", "down", "--name", n)
+    assert r["removed"]["netns"] == len(nss)
+    assert not any(netns.exists(x) for x in nss)
+    assert not (PIN_ROOT / n).exists()
+    assert not state.path(n).exists()
+    # nothing of ours was ever in the root namespace
+    assert n not in links_before
