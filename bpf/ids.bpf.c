@@ -16,13 +16,13 @@
  * (port and proto 0) is a source's "scan alert already sent" token. */
 #define IDS_SCAN_TOKEN_PAD 1
 
-BPF_HASH(ids_flows, struct nfx_flow_key, struct nfx_ids_flow, NFX_MAX_FLOWS);
-BPF_HASH(ids_hosts, __u32, struct nfx_ids_host, NFX_MAX_FLOWS);
-BPF_HASH(ids_hostports, struct nfx_ids_hostport, __u8, NFX_MAX_FLOWS);
-BPF_PERCPU_ARRAY(ids_global, __u64, NFX_IDS_G_MAX);
-BPF_ARRAY(ids_sigs, struct nfx_ids_sig, NFX_IDS_MAX_SIGS);
-BPF_PERCPU_ARRAY(ids_sig_hits, __u64, NFX_IDS_MAX_SIGS);
-BPF_ARRAY(ids_cfg, struct nfx_ids_cfg, 1);
+NFX_TABLE("hash", struct nfx_flow_key, struct nfx_ids_flow, ids_flows, NFX_MAX_FLOWS);
+NFX_TABLE("hash", __u32, struct nfx_ids_host, ids_hosts, NFX_MAX_FLOWS);
+NFX_TABLE("hash", struct nfx_ids_hostport, __u8, ids_hostports, NFX_MAX_FLOWS);
+NFX_TABLE("percpu_array", __u32, __u64, ids_global, NFX_IDS_G_MAX);
+NFX_TABLE("array", __u32, struct nfx_ids_sig, ids_sigs, NFX_IDS_MAX_SIGS);
+NFX_TABLE("percpu_array", __u32, __u64, ids_sig_hits, NFX_IDS_MAX_SIGS);
+NFX_TABLE("array", __u32, struct nfx_ids_cfg, ids_cfg, 1);
 BPF_RINGBUF_OUTPUT(ids_alerts, NFX_IDS_RING_PAGES);
 
 static __always_inline void ids_global_add(__u32 i, __u64 n)

@@ -6,11 +6,11 @@
 
 #define NAT_PORT_TRIES 8
 
-BPF_HASH(nat_fwd, struct nfx_flow_key, struct nfx_nat_entry, NFX_MAX_FLOWS);
-BPF_HASH(nat_rev, struct nfx_flow_key, struct nfx_nat_entry, NFX_MAX_FLOWS);
-BPF_HASH(nat_ports, struct nfx_nat_port, struct nfx_flow_key, NFX_MAX_FLOWS);
-BPF_ARRAY(nat_cfg, struct nfx_nat_cfg, 1);
-BPF_PERCPU_ARRAY(nat_cursor, __u64, 1);   /* u64: per-CPU values are 8-byte slots */
+NFX_TABLE("hash", struct nfx_flow_key, struct nfx_nat_entry, nat_fwd, NFX_MAX_FLOWS);
+NFX_TABLE("hash", struct nfx_flow_key, struct nfx_nat_entry, nat_rev, NFX_MAX_FLOWS);
+NFX_TABLE("hash", struct nfx_nat_port, struct nfx_flow_key, nat_ports, NFX_MAX_FLOWS);
+NFX_TABLE("array", __u32, struct nfx_nat_cfg, nat_cfg, 1);
+NFX_TABLE("percpu_array", __u32, __u64, nat_cursor, 1);   /* u64: per-CPU values are 8-byte slots */
 
 static __always_inline __u64 nat_timeout(struct nfx_nat_cfg *c, __u8 proto, __u32 flags)
 {

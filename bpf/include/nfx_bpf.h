@@ -25,8 +25,17 @@
 #define ETH_P_8021AD 0x88A8
 #endif
 
+/* State maps are declared through NFX_TABLE. Built with NFX_PIN_DIR set, the program opens
+ * the maps already pinned there instead of creating new ones: how a rebuilt program (hot
+ * upgrade) takes over a running instance's state. */
+#ifdef NFX_PIN_DIR
+#define NFX_TABLE(type, key, val, name, n) BPF_TABLE_PINNED(type, key, val, name, n, NFX_PIN_DIR "/" #name)
+#else
+#define NFX_TABLE(type, key, val, name, n) BPF_TABLE(type, key, val, name, n)
+#endif
+
 /* one counter array per program; nfx_count() is the only writer */
-BPF_PERCPU_ARRAY(nfx_stats, __u64, NFX_STAT_MAX);
+NFX_TABLE("percpu_array", __u32, __u64, nfx_stats, NFX_STAT_MAX);
 
 static __always_inline void nfx_count(__u32 i)
 {

@@ -10,10 +10,10 @@
 #define NFX_MAX_FLOWS 262144
 #endif
 
-BPF_HASH(nfx_marks, struct nfx_flow_key, struct nfx_mark, NFX_MAX_FLOWS);
-BPF_ARRAY(nfx_filters, struct nfx_filter, NFX_MAX_FILTERS);
-BPF_ARRAY(nfx_gate_cfg, struct nfx_gate_cfg, 1);
-BPF_ARRAY(nfx_port_cfg, struct nfx_port_cfg, 1);
+NFX_TABLE("hash", struct nfx_flow_key, struct nfx_mark, nfx_marks, NFX_MAX_FLOWS);
+NFX_TABLE("array", __u32, struct nfx_filter, nfx_filters, NFX_MAX_FILTERS);
+NFX_TABLE("array", __u32, struct nfx_gate_cfg, nfx_gate_cfg, 1);
+NFX_TABLE("array", __u32, struct nfx_port_cfg, nfx_port_cfg, 1);
 BPF_DEVMAP(nfx_tx, NFX_TX_SLOTS);
 
 static __always_inline int nfx_filter_match(struct nfx_filter *f, struct nfx_flow_key *k, int swap)
