@@ -222,14 +222,11 @@ int nfx_ids(struct xdp_md *ctx)
     if (reason != NFX_R_OK)
         goto out;
     __u32 act = nfx_gate(&p.key, &peer);
-    if (act == NFX_ACT_DROP) {
-        nfx_count(NFX_R_GATE_DROP);
+    if (act != NFX_ACT_PROCESS && act != NFX_ACT_STATELET) {
+        verdict = nfx_gate_act(ctx, act, peer);
         goto out;
     }
-    if (act != NFX_ACT_PROCESS) {
-        nfx_count(NFX_R_GATE_OTHER);
-        goto out;
-    }
+    int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     ids_inspect(ctx, &p, c);
     verdict = nfx_forward(ctx, pc, side == NFX_SIDE_IN ? NFX_SIDE_OUT : NFX_SIDE_IN);
     /* an empty tx slot makes redirect_map return ABORTED: drop instead (already counted) */

@@ -224,14 +224,11 @@ int nfx_nat(struct xdp_md *ctx)
     if (reason != NFX_R_OK)
         goto out;
     __u32 act = nfx_gate(&p.key, &peer);
-    if (act == NFX_ACT_DROP) {
-        nfx_count(NFX_R_GATE_DROP);
+    if (act != NFX_ACT_PROCESS && act != NFX_ACT_STATELET) {
+        verdict = nfx_gate_act(ctx, act, peer);
         goto out;
     }
-    if (act != NFX_ACT_PROCESS) {
-        nfx_count(NFX_R_GATE_OTHER);
-        goto out;
-    }
+    int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     /* idle timeouts are seconds: the coarse clock (same CLOCK_MONOTONIC base) is enough */
     __u64 now = bpf_ktime_get_coarse_ns();
     if (side == NFX_SIDE_IN)

@@ -64,6 +64,17 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, __u32 *peer)
     return act;
 }
 
+/* What the gate does with a packet the NF does not process: the moves' actions. */
+static __always_inline int nfx_gate_act(struct xdp_md *ctx, __u32 act, __u32 peer)
+{
+    if (act == NFX_ACT_DROP) {
+        nfx_count(NFX_R_GATE_DROP);
+        return XDP_DROP;
+    }
+    nfx_count(NFX_R_GATE_OTHER);
+    return XDP_DROP;
+}
+
 /* Rewrite the MACs for `side` and redirect there. */
 static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *pc, __u32 side)
 {

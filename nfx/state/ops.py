@@ -1,0 +1,231 @@
+"""State operations on one NF instance's maps: export selected entries as chunks (batch lookup,
+vectorised selection, zero-copy slices), import chunks (batch update; per-chunk report), delete,
+readable dumps, state files, and diffs."""
+import ctypes as ct
+import time
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from .. import layout as L
+from ..errors import BadInput, BpfError, NfxError
+from ..flows import be_to_ip, key_fields
+from . import wire
+from .filter import FLOW_DTYPE, Filter
+from .tables import SCOPES, Table, tables
+
+CHUNK_ENTRIES = 65536
+
+
+def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter) -> np.ndarray | None:
+    """Indices of the entries `flt` selects, or None for all of them."""
+    if t.select == "all" or flt.everything:
+        return None
+    if t.select == "key_flow":
+        m = flt.match_flows(np.frombuffer(keys, dtype=FLOW_DTYPE, count=n))
+    elif t.select == "value_flow":
+        # the value starts with the owning flow's key (nfx_nat_entry.peer, nat_ports' owner)
+        raw = np.frombuffer(vals, dtype=np.uint8, count=n * slot_size).reshape(n, slot_size)
+        m = flt.match_flows(raw[:, :16].copy().view(FLOW_DTYPE).reshape(n))
+    elif t.select == "key_host":
+        ksz = ct.sizeof(t.key)
+        raw = np.frombuffer(keys, dtype=np.uint8, count=n * ksz).reshape(n, ksz)
+        m = flt.match_hosts(raw[:, :4].copy().view("<u4").reshape(n))
+    else:
+        raise NfxError(f"table {t.name}: unknown selector {t.select}")
+    return np.flatnonzero(m)
+
+
+def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK_ENTRIES,
+           stats: dict | None = None) -> Iterator[wire.Chunk]:
+    """Chunks of the selected entries of every state table in `scopes`."""
+    layout = L.layout_hash()
+    seq = 0
+    for t in tables(nf.kind, scopes):
+        m = nf.maps.get(t.name)
+        if m is None:
+            raise NfxError(f"instance {nf.instance} has no map {t.name}")
+        t0 = time.perf_counter()
+        n, keys, vals = m.export()
+        ksz, ssz = ct.sizeof(m.Key), ct.sizeof(m.Slot)
+        idx = _select(t, n, keys, vals, ssz, flt)
+        if idx is None:
+            kb = memoryview(keys).cast("B")[:n * ksz]
+            vb = memoryview(vals).cast("B")[:n * ssz]
+            count = n
+        else:
+            count = len(idx)
+            kb = memoryview(np.frombuffer(keys, dtype=np.dtype((np.void, ksz)), count=n)[idx].tobytes())
+            vb = memoryview(np.frombuffer(vals, dtype=np.dtype((np.void, ssz)), count=n)[idx].tobytes())
+        if stats is not None:
+            stats["export_s"] = stats.get("export_s", 0.0) + time.perf_counter() - t0
+            stats["entries"] = stats.get("entries", 0) + count
+        for lo in range(0, count, chunk_entries):
+            hi = min(lo + chunk_entries, count)
+            yield wire.Chunk(t.name, t.scope, nf.kind, hi - lo, ksz, ct.sizeof(m.Value), m.ncpu, layout,
+                             kb[lo * ksz:hi * ksz], vb[lo * ssz:hi * ssz], seq)
+            seq += 1
+
+
+def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
+    if c.layout != layout:
+        raise BadInput(f"chunk {c.seq} ({c.table}) was written with layout {c.layout}; this instance "
+                       f"runs layout {layout}: refusing to import state of another layout")
+    if c.kind != nf.kind:
+        raise BadInput(f"chunk {c.seq} holds {c.kind} state; instance {nf.instance} runs {nf.kind}")
+    t = {t.name: t for t in tables(nf.kind)}.get(c.table)
+    if t is None:
+        raise BadInput(f"chunk {c.seq}: {c.table} is not a state table of {nf.kind}")
+    m = nf.maps[c.table]
+    if (c.key_size, c.value_size) != (ct.sizeof(m.Key), ct.sizeof(m.Value)):
+        raise BadInput(f"chunk {c.seq} ({c.table}): entries of {c.key_size}+{c.value_size} bytes, the map "
+                       f"holds {ct.sizeof(m.Key)}+{ct.sizeof(m.Value)}: refusing")
+    return t, m
+
+
+def _array(T, buf, count):
+    mv = memoryview(buf)
+    if not mv.readonly:
+        return (T * count).from_buffer(mv)
+    return (T * count).from_buffer_copy(mv)
+
+
+def _values(m, c: wire.Chunk):
+    if c.ncpu == m.ncpu:
+        return _array(m.Slot, c.values, c.count)
+    if not m.percpu:
+        raise BadInput(f"chunk {c.seq} ({c.table}): {c.ncpu} CPU copies for a map that is not per-CPU")
+    # another CPU count: fold every entry's per-CPU counters into this machine's CPU 0
+    if m.Value is not L.u64:
+        raise BadInput(f"chunk {c.seq} ({c.table}): cannot fold per-CPU values of {m.Value.__name__}")
+    per = np.frombuffer(c.values, dtype="<u8").reshape(c.count, c.ncpu).sum(axis=1)
+    out = np.zeros((c.count, m.ncpu), dtype="<u8")
+    out[:, 0] = per
+    return _array(m.Slot, bytearray(out.tobytes()), c.count)
+
+
+def put(nf, chunks: Iterable[wire.Chunk], stats: dict | None = None) -> dict:
+    """Apply chunks; every chunk is applied whole or listed in `failed` with the reason."""
+    layout = L.layout_hash()
+    applied, failed, entries = [], [], 0
+    for c in chunks:
+        try:
+            t, m = _check(nf, c, layout)
+            if c.count == 0:
+                applied.append(c.seq)
+                continue
+            t0 = time.perf_counter()
+            keys = _array(m.Key, c.keys, c.count)
+            vals = _values(m, c)
+            m.update_batch(keys, vals, c.count)
+            if stats is not None:
+                stats["import_s"] = stats.get("import_s", 0.0) + time.perf_counter() - t0
+            applied.append(c.seq)
+            entries += c.count
+        except (BadInput, BpfError) as e:
+            failed.append({"seq": c.seq, "table": c.table, "count": c.count, "error": str(e)})
+    return {"applied": applied, "failed": failed, "entries": entries}
+
+
+def delete(nf, scopes=SCOPES, flt: Filter = Filter()) -> dict:
+    """Remove the selected entries (all-flows arrays are zeroed). Returns entries removed by table."""
+    out = {}
+    for c in export(nf, scopes, flt):
+        m = nf.maps[c.table]
+        if m.info.type in (2, 6):      # arrays cannot lose entries: zero them
+            zero = (m.Slot * c.count)()
+            m.update_batch(_array(m.Key, c.keys, c.count), zero, c.count)
+        else:
+            m.delete_batch(_array(m.Key, c.keys, c.count), c.count)
+        out[c.table] = out.get(c.table, 0) + c.count
+    return out
+
+
+# ---- readable records ------------------------------------------------------------------------
+def _plain(v):
+    if isinstance(v, L.FlowKey):
+        return key_fields(v)
+    if isinstance(v, ct.Structure):
+        return {f: _plain(getattr(v, f)) for f, *_ in v._fields_ if f not in ("pad", "_pad")}
+    if isinstance(v, ct.Array):
+        return [_plain(x) for x in v]
+    return v.value if hasattr(v, "value") else v
+
+
+def records(c: wire.Chunk) -> Iterator[dict]:
+    """Entries of a chunk as dicts: key and value decoded by the layout (per-CPU values summed)."""
+    t = {t.name: t for t in tables(c.kind)}[c.table]
+    keys = (t.key * c.count).from_buffer_copy(c.keys)
+    vals = np.frombuffer(c.values, dtype=np.uint8).reshape(c.count, c.value_size * c.ncpu) if c.count else []
+    for i in range(c.count):
+        k = keys[i]
+        if c.ncpu > 1:
+            v = int(np.frombuffer(vals[i].tobytes(), dtype="<u8").sum())
+        else:
+            v = _plain(t.value.from_buffer_copy(vals[i].tobytes()))
+        key = _plain(k)
+        if t.select == "key_host" and isinstance(key, int):
+            key = be_to_ip(key)
+        yield {"table": c.table, "key": key, "value": v}
+
+
+# ---- files ----------------------------------------------------------------------------------
+def save(path: str, meta: dict, chunks: Iterable[wire.Chunk]) -> dict:
+    n = entries = size = 0
+    with open(path, "wb") as f:
+        size += wire.write(f, wire.encode_json({"format": "nfx-state", "wire": wire.VERSION,
+                                                "layout": L.layout_hash(), **meta}))
+        for c in chunks:
+            size += wire.write(f, wire.encode_chunk(c))
+            n += 1
+            entries += c.count
+        end = {"chunks": n, "entries": entries}
+        size += wire.write(f, wire.encode_json(end, wire.END))
+    return {**end, "bytes": size}
+
+
+def load(path: str) -> tuple[dict, list[wire.Chunk]]:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise BadInput(f"cannot read state file {path}: {e.strerror}") from None
+    with f:
+        r = wire.Reader(f)
+        first = r.frame()
+        if not first or first[0] != wire.JSON or first[1].get("format") != "nfx-state":
+            raise BadInput(f"{path} is not an nfx state file")
+        meta, chunks, end = first[1], [], None
+        while (fr := r.frame()) is not None:
+            kind, obj = fr
+            if kind == wire.CHUNK:
+                chunks.append(obj)
+            elif kind == wire.END:
+                end = obj
+                break
+        if end is None or end.get("chunks") != len(chunks):
+            raise BadInput(f"{path} is truncated: {len(chunks)} chunks read, end marker "
+                           f"{'missing' if end is None else 'says ' + str(end.get('chunks'))}")
+    return meta, chunks
+
+
+def index(chunks: Iterable[wire.Chunk]) -> dict[tuple[str, bytes], bytes]:
+    out = {}
+    for c in chunks:
+        ks, vs = c.key_size, c.value_size * c.ncpu
+        kb, vb = bytes(c.keys), bytes(c.values)
+        for i in range(c.count):
+            out[(c.table, kb[i * ks:(i + 1) * ks])] = vb[i * vs:(i + 1) * vs]
+    return out
+
+
+def diff(a: Iterable[wire.Chunk], b: Iterable[wire.Chunk]) -> dict:
+    ia, ib = index(a), index(b)
+    only_a = [k for k in ia if k not in ib]
+    only_b = [k for k in ib if k not in ia]
+    changed = [k for k in ia if k in ib and ia[k] != ib[k]]
+    by_table = {}
+    for name, ks in (("only_a", only_a), ("only_b", only_b), ("changed", changed)):
+        for t, _ in ks:
+            by_table.setdefault(t, {"only_a": 0, "only_b": 0, "changed": 0})[name] += 1
+    return {"same": not (only_a or only_b or changed), "only_a": len(only_a), "only_b": len(only_b),
+            "changed": len(changed), "by_table": by_table}

@@ -1,0 +1,157 @@
+"""The one framing nfx uses on the management network and in state files.
+
+    frame  = header payload
+    header = magic "NFXW" | version u16 | kind u16 | reserved u32 | payload length u64   (little-endian)
+    kind   = 1 JSON (utf-8 object) | 2 CHUNK | 3 END (JSON) | 4 ERROR (JSON {"error": ...})
+    CHUNK  = u32 header length | JSON chunk header | keys (count × key_size) | values (count × value_size)
+
+A chunk header names its table, scope, NF kind, entry count, key and value sizes, CPU count for
+per-CPU values, and the layout hash of nfx.h it was written with: a reader refuses chunks of
+another layout. Keys and values travel as the kernel's raw bytes (what batch ops read and write)."""
+import json
+import struct
+from dataclasses import dataclass
+
+from ..errors import BadInput
+
+MAGIC = b"NFXW"
+VERSION = 1
+HDR = struct.Struct("<4sHHIQ")
+JSON, CHUNK, END, ERROR = 1, 2, 3, 4
+MAX_JSON = 16 << 20
+MAX_PAYLOAD = 1 << 34
+
+
+class WireError(BadInput):
+    pass
+
+
+@dataclass
+class Chunk:
+    table: str
+    scope: str
+    kind: str
+    count: int
+    key_size: int
+    value_size: int
+    ncpu: int
+    layout: str
+    keys: memoryview | bytes
+    values: memoryview | bytes
+    seq: int = 0
+
+    def header(self) -> dict:
+        return {"table": self.table, "scope": self.scope, "kind": self.kind, "count": self.count,
+                "key_size": self.key_size, "value_size": self.value_size, "ncpu": self.ncpu,
+                "layout": self.layout, "seq": self.seq}
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.keys) + len(self.values)
+
+
+def encode_json(obj, kind: int = JSON) -> list[bytes]:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return [HDR.pack(MAGIC, VERSION, kind, 0, len(body)), body]
+
+
+def encode_chunk(c: Chunk) -> list:
+    h = json.dumps(c.header(), separators=(",", ":")).encode()
+    n = 4 + len(h) + len(c.keys) + len(c.values)
+    return [HDR.pack(MAGIC, VERSION, CHUNK, 0, n), struct.pack("<I", len(h)), h, c.keys, c.values]
+
+
+def decode_header(raw: bytes) -> tuple[int, int]:
+    magic, version, kind, _, length = HDR.unpack(raw)
+    if magic != MAGIC:
+        raise WireError(f"not an nfx frame (magic {magic!r})")
+    if version != VERSION:
+        raise WireError(f"wire version {version}, this nfx speaks {VERSION}")
+    if kind not in (JSON, CHUNK, END, ERROR):
+        raise WireError(f"unknown frame kind {kind}")
+    if length > (MAX_JSON if kind != CHUNK else MAX_PAYLOAD):
+        raise WireError(f"frame of {length} bytes is too large")
+    return kind, length
+
+
+def decode_json(payload) -> dict:
+    try:
+        obj = json.loads(bytes(payload))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WireError(f"malformed JSON frame: {e}") from None
+    if not isinstance(obj, dict):
+        raise WireError("a JSON frame must hold an object")
+    return obj
+
+
+def decode_chunk(payload) -> Chunk:
+    mv = memoryview(payload)
+    if len(mv) < 4:
+        raise WireError("truncated chunk")
+    (hl,) = struct.unpack_from("<I", mv, 0)
+    if 4 + hl > len(mv):
+        raise WireError("truncated chunk header")
+    h = decode_json(mv[4:4 + hl])
+    try:
+        count, ks, vs = int(h["count"]), int(h["key_size"]), int(h["value_size"])
+        ncpu = int(h.get("ncpu", 1))
+        body = mv[4 + hl:]
+        if count < 0 or len(body) != count * (ks + vs * ncpu):
+            raise WireError(f"chunk of {h.get('table')}: {len(body)} bytes for {count} entries "
+                            f"of {ks}+{vs}x{ncpu} bytes")
+        return Chunk(h["table"], h["scope"], h["kind"], count, ks, vs, ncpu, h["layout"],
+                     body[:count * ks], body[count * ks:], int(h.get("seq", 0)))
+    except (KeyError, ValueError, TypeError) as e:
+        raise WireError(f"bad chunk header: {e}") from None
+
+
+# ---- streams: a file or a socket ------------------------------------------------------------
+class Reader:
+    """Frames from anything with readinto (a file) or recv_into (a socket)."""
+
+    def __init__(self, src):
+        self._into = getattr(src, "recv_into", None) or src.readinto
+        self._sock = hasattr(src, "recv_into")
+
+    def _exact(self, n: int) -> memoryview:
+        buf = bytearray(n)
+        mv = memoryview(buf)
+        got = 0
+        while got < n:
+            r = self._into(mv[got:], n - got) if self._sock else self._into(mv[got:])
+            if not r:
+                raise WireError(f"stream ended {n - got} bytes short of a frame")
+            got += r
+        return mv
+
+    def frame(self):
+        """(kind, decoded payload): dict for JSON/END/ERROR, Chunk for CHUNK; None at a clean EOF."""
+        first = self._into(hb := bytearray(HDR.size), HDR.size) if self._sock else self._into(hb := bytearray(HDR.size))
+        if not first:
+            return None
+        if first < HDR.size:
+            rest = self._exact(HDR.size - first)
+            hb[first:] = rest
+        kind, length = decode_header(bytes(hb))
+        payload = self._exact(length) if length else memoryview(b"")
+        return kind, (decode_chunk(payload) if kind == CHUNK else decode_json(payload))
+
+
+def write(dst, parts: list) -> int:
+    """Write frame parts to a socket (sendmsg, no joining) or a file."""
+    if hasattr(dst, "sendmsg"):
+        total = sum(len(p) for p in parts)
+        sent = 0
+        views = [memoryview(p).cast("B") for p in parts]
+        while views:
+            n = dst.sendmsg(views[:512])
+            sent += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+        return total
+    for p in parts:
+        dst.write(p)
+    return sum(len(p) for p in parts)
