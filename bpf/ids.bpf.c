@@ -67,7 +67,15 @@ static __always_inline struct nfx_ids_flow *ids_flow_get(struct nfx_flow_key *k,
     return ids_flows.lookup(k);
 }
 
-static __always_inline struct nfx_ids_host *ids_host_get(__u32 saddr)
+/* what a packet changed besides its flow's and host's counters: for its statelets */
+#define IDS_EV_FLAGS    0x01     /* the flow's tcp_flags grew */
+#define IDS_EV_HOST_NEW 0x02     /* the source host's entry was created */
+#define IDS_EV_PORT_NEW 0x04     /* (source, port, proto) joined the seen-set; dports grew */
+#define IDS_EV_SCAN     0x08     /* scan token inserted; scan_alerted set, alerts grew */
+#define IDS_EV_SIG      0x10     /* a signature matched: sig_hits and the host's alerts grew */
+#define IDS_EV_FLOW_NEW 0x20     /* the flow's entry was created */
+
+static __always_inline struct nfx_ids_host *ids_host_get(__u32 saddr, __u32 *ev)
 {
     struct nfx_ids_host *h = ids_hosts.lookup(&saddr);
     if (h)
@@ -75,6 +83,7 @@ static __always_inline struct nfx_ids_host *ids_host_get(__u32 saddr)
     struct nfx_ids_host nh = {};
     int r = ids_hosts.insert(&saddr, &nh);
     if (r == 0) {
+        *ev |= IDS_EV_HOST_NEW;
         ids_global_add(NFX_IDS_G_HOSTS, 1);
     } else if (r != -IDS_EEXIST) {
         nfx_count(NFX_R_IDS_MAP_FULL);
@@ -89,7 +98,7 @@ static __always_inline struct nfx_ids_host *ids_host_get(__u32 saddr)
  * the same trick with a token key, so exactly one CPU sends it even if two cross the threshold
  * together (an atomic fetch-and-add whose result is used crashes LLVM 14). */
 static __always_inline void ids_scan(struct nfx_pkt *p, struct nfx_ids_host *h, struct nfx_ids_cfg *c,
-                                     __u64 now, int maybe_new)
+                                     __u64 now, int maybe_new, __u32 *ev)
 {
     __u8 one = 1;
     int r;
@@ -99,9 +108,10 @@ static __always_inline void ids_scan(struct nfx_pkt *p, struct nfx_ids_host *h, 
         hp.dport = p->key.dport;
         hp.proto = p->key.proto;
         r = ids_hostports.insert(&hp, &one);
-        if (r == 0)
+        if (r == 0) {
             __sync_fetch_and_add(&h->dports, 1);
-        else if (r != -IDS_EEXIST)
+            *ev |= IDS_EV_PORT_NEW;
+        } else if (r != -IDS_EEXIST)
             nfx_count(NFX_R_IDS_MAP_FULL);
     }
     __u32 n = h->dports;
@@ -117,6 +127,7 @@ static __always_inline void ids_scan(struct nfx_pkt *p, struct nfx_ids_host *h, 
         return;
     }
     h->scan_alerted = 1;
+    *ev |= IDS_EV_SCAN;
     nfx_count(NFX_R_IDS_SCAN_ALERT);
     ids_alert(&p->key, NFX_ALERT_SCAN, n, now, h);
 }
@@ -126,7 +137,7 @@ static __always_inline void ids_scan(struct nfx_pkt *p, struct nfx_ids_host *h, 
  * that fits in them; the others load their own bytes (a helper call each). Two masked 8-byte
  * compares per signature: no per-byte loop for the verifier. */
 static __always_inline void ids_match(struct xdp_md *ctx, struct nfx_pkt *p, __u32 l3_end,
-                                      struct nfx_ids_flow *f, struct nfx_ids_host *h, __u64 now)
+                                      struct nfx_ids_flow *f, struct nfx_ids_host *h, __u64 now, __u32 *ev)
 {
     /* zeroed: the verifier wants every byte a variable offset may reach initialised */
     __u8 win[IDS_WIN + NFX_IDS_SIG_LEN] = {};
@@ -171,15 +182,100 @@ static __always_inline void ids_match(struct xdp_md *ctx, struct nfx_pkt *p, __u
             __sync_fetch_and_add(&f->sig_hits, 1);
         ids_global_add(NFX_IDS_G_SIG_HITS, 1);
         nfx_count(NFX_R_IDS_SIG_MATCH);
+        *ev |= IDS_EV_SIG;
         ids_alert(&p->key, NFX_ALERT_SIG, s->id, now, h);
     }
 }
 
-static __always_inline void ids_inspect(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_ids_cfg *c)
+/* ---- statelets (nfx.h): a mirrored packet's changes to ids_flows, ids_hosts, ids_hostports ---- */
+#define IDS_FLOW_ALL   0x3f
+#define IDS_FLOW_TOUCH (NFX_ST_BIT(NFX_STF_FLOW_PKTS) | NFX_ST_BIT(NFX_STF_FLOW_BYTES) | \
+                        NFX_ST_BIT(NFX_STF_FLOW_LAST_NS))
+#define IDS_HOST_ALL   0x3f
+#define IDS_HOST_TOUCH (NFX_ST_BIT(NFX_STF_HOST_PKTS) | NFX_ST_BIT(NFX_STF_HOST_BYTES))
+
+/* a member of the (source, port, proto) seen-set, or a source's scan token */
+static __always_inline void ids_st_hostport(struct nfx_st *s, __u32 saddr, __u16 dport, __u8 proto, __u8 pad)
+{
+    struct nfx_ids_hostport hp = {};
+    hp.saddr = saddr;
+    hp.dport = dport;
+    hp.proto = proto;
+    hp.pad = pad;
+    int k = nfx_st_open(s);
+    if (k < 0)
+        return;
+    nfx_st_word(s, nfx_st_pack8(&hp, sizeof(hp)));
+    nfx_st_word(s, 1);               /* the seen-set's value is always 1 */
+    nfx_st_close(s, k, NFX_ST_IDS_HOSTPORTS, NFX_ST_SET, 1, NFX_ST_BIT(NFX_STF_VALUE));
+}
+
+static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, struct nfx_ids_flow *f,
+                                          struct nfx_ids_host *h, __u32 ev)
+{
+    int k;
+    ev = nfx_st_opaque(s, ev);
+    int created = ev & IDS_EV_FLOW_NEW;
+    if (f && (k = nfx_st_open(s)) >= 0) {
+        __u32 m = created ? IDS_FLOW_ALL : IDS_FLOW_TOUCH |
+                  (ev & IDS_EV_FLAGS ? NFX_ST_BIT(NFX_STF_FLOW_TCP_FLAGS) : 0) |
+                  (ev & IDS_EV_SIG ? NFX_ST_BIT(NFX_STF_FLOW_SIG_HITS) : 0);
+        nfx_st_flow(s, &p->key);
+        if (m & NFX_ST_BIT(NFX_STF_FLOW_PKTS))
+            nfx_st_word(s, f->pkts);
+        if (m & NFX_ST_BIT(NFX_STF_FLOW_BYTES))
+            nfx_st_word(s, f->bytes);
+        if (m & NFX_ST_BIT(NFX_STF_FLOW_FIRST_NS))
+            nfx_st_word(s, f->first_ns);
+        if (m & NFX_ST_BIT(NFX_STF_FLOW_LAST_NS))
+            nfx_st_word(s, f->last_ns);
+        if (m & NFX_ST_BIT(NFX_STF_FLOW_SIG_HITS))
+            nfx_st_word(s, f->sig_hits);
+        if (m & NFX_ST_BIT(NFX_STF_FLOW_TCP_FLAGS))
+            nfx_st_word(s, f->tcp_flags);
+        nfx_st_close(s, k, NFX_ST_IDS_FLOWS, NFX_ST_SET, 2, m);
+    }
+    if (h && (k = nfx_st_open(s)) >= 0) {
+        __u32 m = ev & IDS_EV_HOST_NEW ? IDS_HOST_ALL : IDS_HOST_TOUCH |
+                  (created ? NFX_ST_BIT(NFX_STF_HOST_FLOWS) : 0) |
+                  (ev & IDS_EV_PORT_NEW ? NFX_ST_BIT(NFX_STF_HOST_DPORTS) : 0) |
+                  (ev & (IDS_EV_SCAN | IDS_EV_SIG) ? NFX_ST_BIT(NFX_STF_HOST_ALERTS) : 0) |
+                  (ev & IDS_EV_SCAN ? NFX_ST_BIT(NFX_STF_HOST_SCAN_ALERTED) : 0);
+        nfx_st_word(s, p->key.saddr);
+        if (m & NFX_ST_BIT(NFX_STF_HOST_PKTS))
+            nfx_st_word(s, h->pkts);
+        if (m & NFX_ST_BIT(NFX_STF_HOST_BYTES))
+            nfx_st_word(s, h->bytes);
+        if (m & NFX_ST_BIT(NFX_STF_HOST_FLOWS))
+            nfx_st_word(s, h->flows);
+        if (m & NFX_ST_BIT(NFX_STF_HOST_DPORTS))
+            nfx_st_word(s, h->dports);
+        if (m & NFX_ST_BIT(NFX_STF_HOST_ALERTS))
+            nfx_st_word(s, h->alerts);
+        if (m & NFX_ST_BIT(NFX_STF_HOST_SCAN_ALERTED))
+            nfx_st_word(s, h->scan_alerted);
+        nfx_st_close(s, k, NFX_ST_IDS_HOSTS, NFX_ST_SET, 1, m);
+    }
+    if (ev & IDS_EV_PORT_NEW)
+        ids_st_hostport(s, p->key.saddr, p->key.dport, p->key.proto, 0);
+    if (ev & IDS_EV_SCAN)
+        ids_st_hostport(s, p->key.saddr, 0, 0, IDS_SCAN_TOKEN_PAD);
+}
+
+/* what ids_inspect touched, for the statelets of a mirrored packet */
+struct ids_touched {
+    struct nfx_ids_flow *f;
+    struct nfx_ids_host *h;
+    __u32 ev;                /* IDS_EV_* */
+};
+
+static __always_inline void ids_inspect(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_ids_cfg *c,
+                                        struct ids_touched *t)
 {
     __u64 now = bpf_ktime_get_ns();
     __u32 l3_end = sizeof(struct ethhdr) + bpf_ntohs(p->ip->tot_len);
     int created = 0;
+    __u32 ev = 0;
     ids_global_add(NFX_IDS_G_PKTS, 1);
     ids_global_add(NFX_IDS_G_BYTES, p->len);
 
@@ -188,19 +284,24 @@ static __always_inline void ids_inspect(struct xdp_md *ctx, struct nfx_pkt *p, s
         __sync_fetch_and_add(&f->pkts, 1);
         __sync_fetch_and_add(&f->bytes, p->len);
         f->last_ns = now;
-        if (p->tcp_flags & ~f->tcp_flags)
+        if (p->tcp_flags & ~f->tcp_flags) {
             f->tcp_flags |= p->tcp_flags;
+            ev |= IDS_EV_FLAGS;
+        }
     }
-    struct nfx_ids_host *h = ids_host_get(p->key.saddr);
+    struct nfx_ids_host *h = ids_host_get(p->key.saddr, &ev);
     if (h) {
         __sync_fetch_and_add(&h->pkts, 1);
         __sync_fetch_and_add(&h->bytes, p->len);
         if (created)
             __sync_fetch_and_add(&h->flows, 1);
-        ids_scan(p, h, c, now, created || !f);
+        ids_scan(p, h, c, now, created || !f, &ev);
     }
     if (c->nsigs)             /* kept by user space: no signatures, no payload load */
-        ids_match(ctx, p, l3_end, f, h, now);
+        ids_match(ctx, p, l3_end, f, h, now, &ev);
+    t->f = f;
+    t->h = h;
+    t->ev = ev | (created ? IDS_EV_FLOW_NEW : 0);
 }
 
 int nfx_ids(struct xdp_md *ctx)
@@ -212,7 +313,8 @@ int nfx_ids(struct xdp_md *ctx)
     struct nfx_ids_cfg *c = ids_cfg.lookup(&z);
     if (!pc || !c)
         goto out;
-    int side = nfx_ingress_side(ctx, pc);
+    __u32 rx = 0, rel_seq = 0;
+    int side = nfx_rx(ctx, pc, &rx, &rel_seq);
     if (side < 0) {
         nfx_count(NFX_R_NO_PORT);
         goto out;
@@ -221,13 +323,26 @@ int nfx_ids(struct xdp_md *ctx)
     nfx_count(reason);
     if (reason != NFX_R_OK)
         goto out;
-    __u32 act = nfx_gate(&p.key, &peer);
+    if (nfx_is_ibc(ctx, &p)) {
+        verdict = nfx_ibc(ctx, &p, side, rx);
+        goto out;
+    }
+    struct nfx_mark *mark = 0;
+    __u32 act = nfx_gate(&p.key, side, rx, rel_seq, &peer, &mark);
     if (act != NFX_ACT_PROCESS && act != NFX_ACT_STATELET) {
-        verdict = nfx_gate_act(ctx, act, peer);
+        verdict = nfx_gate_act(ctx, &p.key, act, peer, side, rx, mark);
         goto out;
     }
     int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
-    ids_inspect(ctx, &p, c);
+    struct ids_touched t;
+    ids_inspect(ctx, &p, c, &t);
+    if (mirror) {            /* the only cost to unmirrored packets */
+        struct nfx_st *st = nfx_st_begin();
+        if (st) {
+            ids_statelets(st, &p, t.f, t.h, t.ev);
+            nfx_st_end(st, p.len);
+        }
+    }
     verdict = nfx_forward(ctx, pc, side == NFX_SIDE_IN ? NFX_SIDE_OUT : NFX_SIDE_IN);
     /* an empty tx slot makes redirect_map return ABORTED: drop instead (already counted) */
     if (verdict != XDP_REDIRECT)

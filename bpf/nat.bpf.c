@@ -35,8 +35,48 @@ static __always_inline int nat_expired(struct nfx_nat_cfg *c, struct nfx_nat_ent
     return now - last > nat_timeout(c, proto, flags);
 }
 
+/* ---- statelets (nfx.h): a mirrored packet's changes to nat_fwd, nat_rev and nat_ports ---- */
+#define NAT_STF_ALL   0x3f       /* every field of an entry: what creation wrote */
+#define NAT_STF_TOUCH (NFX_ST_BIT(NFX_STF_NAT_PKTS) | NFX_ST_BIT(NFX_STF_NAT_BYTES) | \
+                       NFX_ST_BIT(NFX_STF_NAT_LAST_SEEN_NS))
+
+/* The new values of the fields in `mask` of entry k -> e of nat_fwd or nat_rev. */
+static __always_inline void nat_st_entry(struct nfx_st *s, __u32 table, struct nfx_flow_key *k,
+                                         struct nfx_nat_entry *e, __u32 mask)
+{
+    int h = nfx_st_open(s);
+    if (h < 0)
+        return;
+    nfx_st_flow(s, k);
+    if (mask & NFX_ST_BIT(NFX_STF_NAT_PEER))
+        nfx_st_flow(s, &e->peer);
+    if (mask & NFX_ST_BIT(NFX_STF_NAT_PKTS))
+        nfx_st_word(s, e->pkts);
+    if (mask & NFX_ST_BIT(NFX_STF_NAT_BYTES))
+        nfx_st_word(s, e->bytes);
+    if (mask & NFX_ST_BIT(NFX_STF_NAT_CREATED_NS))
+        nfx_st_word(s, e->created_ns);
+    if (mask & NFX_ST_BIT(NFX_STF_NAT_LAST_SEEN_NS))
+        nfx_st_word(s, e->last_seen_ns);
+    if (mask & NFX_ST_BIT(NFX_STF_NAT_TCP_FLAGS))
+        nfx_st_word(s, e->tcp_flags);
+    nfx_st_close(s, h, table, NFX_ST_SET, 2, mask);
+}
+
+/* A port allocation: nat_ports[pk] = owner. */
+static __always_inline void nat_st_port(struct nfx_st *s, struct nfx_nat_port *pk, struct nfx_flow_key *owner)
+{
+    int h = nfx_st_open(s);
+    if (h < 0)
+        return;
+    nfx_st_word(s, nfx_st_pack8(pk, sizeof(*pk)));
+    nfx_st_flow(s, owner);
+    nfx_st_close(s, h, NFX_ST_NAT_PORTS, NFX_ST_SET, 1, NFX_ST_BIT(NFX_STF_VALUE));
+}
+
 /* Remove a connection: both entries and its port. */
-static __always_inline void nat_evict(struct nfx_flow_key *inside, struct nfx_flow_key *outside)
+static __always_inline void nat_evict(struct nfx_flow_key *inside, struct nfx_flow_key *outside,
+                                      struct nfx_st *st)
 {
     struct nfx_nat_port pk = {};
     pk.addr = outside->daddr;
@@ -45,11 +85,16 @@ static __always_inline void nat_evict(struct nfx_flow_key *inside, struct nfx_fl
     nat_ports.delete(&pk);
     nat_rev.delete(outside);
     nat_fwd.delete(inside);
+    if (st) {
+        nfx_st_del_word(st, NFX_ST_NAT_PORTS, nfx_st_pack8(&pk, sizeof(pk)));
+        nfx_st_del_flow(st, NFX_ST_NAT_REV, outside);
+        nfx_st_del_flow(st, NFX_ST_NAT_FWD, inside);
+    }
 }
 
 /* Claim a public (address, port) for `in`; on success fills `out` with the return key. */
 static __always_inline int nat_alloc(struct nfx_nat_cfg *c, struct nfx_flow_key *in,
-                                     struct nfx_flow_key *out, __u64 now)
+                                     struct nfx_flow_key *out, __u64 now, struct nfx_st *st)
 {
     __u32 z = 0;
     __u64 *cur = nat_cursor.lookup(&z);
@@ -92,6 +137,10 @@ static __always_inline int nat_alloc(struct nfx_nat_cfg *c, struct nfx_flow_key 
                 continue;
             nat_rev.delete(&orev);
             nat_fwd.delete(&okey);
+            if (st) {
+                nfx_st_del_flow(st, NFX_ST_NAT_REV, &orev);
+                nfx_st_del_flow(st, NFX_ST_NAT_FWD, &okey);
+            }
         }
         nfx_count(NFX_R_NAT_EXPIRED);
         if (nat_ports.update(&pk, in) == 0)
@@ -127,17 +176,25 @@ static __always_inline void nat_rewrite(struct nfx_pkt *p, __u32 *addr_p, __u16 
         *p->l4_csum = 0xffff;
 }
 
-static __always_inline void nat_touch(struct nfx_nat_entry *e, struct nfx_pkt *p, __u64 now)
+/* Count the packet on its entry; returns the statelet bit of tcp_flags if they grew. */
+static __always_inline __u32 nat_touch(struct nfx_nat_entry *e, struct nfx_pkt *p, __u64 now)
 {
     __sync_fetch_and_add(&e->pkts, 1);
     __sync_fetch_and_add(&e->bytes, p->len);
+#ifdef NFX_NAT_V2
+    if (p->len > e->max_len)
+        e->max_len = p->len;
+#endif
     e->last_seen_ns = now;
-    if (p->tcp_flags & ~e->tcp_flags)
+    if (p->tcp_flags & ~e->tcp_flags) {
         e->tcp_flags |= p->tcp_flags;
+        return NFX_ST_BIT(NFX_STF_NAT_TCP_FLAGS);
+    }
+    return 0;
 }
 
 static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_nat_cfg *c,
-                                        struct nfx_port_cfg *pc, __u64 now)
+                                        struct nfx_port_cfg *pc, __u64 now, struct nfx_st *st)
 {
     if ((p->key.saddr & c->inside_mask) != c->inside_net) {
         nfx_count(NFX_R_NAT_NOT_INSIDE);
@@ -154,13 +211,14 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
         struct nfx_nat_entry *r = nat_rev.lookup(&rk);
         if (nat_expired(c, e, r, p->key.proto, now)) {
             nfx_count(NFX_R_NAT_EXPIRED);
-            nat_evict(&p->key, &rk);
+            nat_evict(&p->key, &rk, st);
             e = 0;
         }
     }
+    __u32 created = 0;
     if (!e) {
         struct nfx_nat_entry fwd = {}, rev = {};
-        if (nat_alloc(c, &p->key, &fwd.peer, now)) {
+        if (nat_alloc(c, &p->key, &fwd.peer, now, st)) {
             nfx_count(NFX_R_NAT_PORTS_EXHAUSTED);
             return XDP_DROP;
         }
@@ -175,14 +233,25 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
             nat_rev.delete(&fwd.peer);
             nat_ports.delete(&pk);
             nfx_count(NFX_R_NAT_MAP_FULL);
+            if (st) {
+                nfx_st_del_flow(st, NFX_ST_NAT_REV, &fwd.peer);
+                nfx_st_del_word(st, NFX_ST_NAT_PORTS, nfx_st_pack8(&pk, sizeof(pk)));
+            }
             return XDP_DROP;
         }
         nfx_count(NFX_R_NAT_NEW);
+        if (st) {
+            nat_st_entry(st, NFX_ST_NAT_REV, &fwd.peer, &rev, NAT_STF_ALL);
+            nat_st_port(st, &pk, &p->key);
+        }
+        created = 1;
         e = nat_fwd.lookup(&p->key);
         if (!e)
             return XDP_DROP;
     }
-    nat_touch(e, p, now);
+    __u32 grew = nat_touch(e, p, now);
+    if (st)
+        nat_st_entry(st, NFX_ST_NAT_FWD, &p->key, e, created ? NAT_STF_ALL : NAT_STF_TOUCH | grew);
     __u32 new_addr = e->peer.daddr;
     __u16 new_port = e->peer.dport;
     if (p->sport_p)
@@ -191,14 +260,16 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
 }
 
 static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_nat_cfg *c,
-                                       struct nfx_port_cfg *pc, __u64 now)
+                                       struct nfx_port_cfg *pc, __u64 now, struct nfx_st *st)
 {
     struct nfx_nat_entry *r = nat_rev.lookup(&p->key);
     if (!r || !p->dport_p) {
         nfx_count(NFX_R_NAT_NO_MAPPING);
         return XDP_DROP;
     }
-    nat_touch(r, p, now);
+    __u32 grew = nat_touch(r, p, now);
+    if (st)
+        nat_st_entry(st, NFX_ST_NAT_REV, &p->key, r, NAT_STF_TOUCH | grew);
     __u32 new_addr = r->peer.saddr;
     __u16 new_port = r->peer.sport;
     nat_rewrite(p, &p->ip->daddr, p->dport_p, new_addr, new_port);
@@ -214,7 +285,8 @@ int nfx_nat(struct xdp_md *ctx)
     struct nfx_nat_cfg *c = nat_cfg.lookup(&z);
     if (!pc || !c)
         goto out;
-    int side = nfx_ingress_side(ctx, pc);
+    __u32 rx = 0, rel_seq = 0;
+    int side = nfx_rx(ctx, pc, &rx, &rel_seq);
     if (side < 0) {
         nfx_count(NFX_R_NO_PORT);
         goto out;
@@ -223,18 +295,27 @@ int nfx_nat(struct xdp_md *ctx)
     nfx_count(reason);
     if (reason != NFX_R_OK)
         goto out;
-    __u32 act = nfx_gate(&p.key, &peer);
+    if (nfx_is_ibc(ctx, &p)) {
+        verdict = nfx_ibc(ctx, &p, side, rx);
+        goto out;
+    }
+    struct nfx_mark *mark = 0;
+    __u32 act = nfx_gate(&p.key, side, rx, rel_seq, &peer, &mark);
     if (act != NFX_ACT_PROCESS && act != NFX_ACT_STATELET) {
-        verdict = nfx_gate_act(ctx, act, peer);
+        verdict = nfx_gate_act(ctx, &p.key, act, peer, side, rx, mark);
         goto out;
     }
     int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
+    /* unmirrored packets pay a NULL test where state changes; mirrored ones build a record */
+    struct nfx_st *st = mirror ? nfx_st_begin() : 0;
     /* idle timeouts are seconds: the coarse clock (same CLOCK_MONOTONIC base) is enough */
     __u64 now = bpf_ktime_get_coarse_ns();
     if (side == NFX_SIDE_IN)
-        verdict = nat_outbound(ctx, &p, c, pc, now);
+        verdict = nat_outbound(ctx, &p, c, pc, now, st);
     else
-        verdict = nat_inbound(ctx, &p, c, pc, now);
+        verdict = nat_inbound(ctx, &p, c, pc, now, st);
+    if (st)
+        nfx_st_end(st, p.len);
 out:
     return nfx_exit(verdict);
 }

@@ -36,3 +36,12 @@ class BpfError(NfxError):
 
 class Timeout(NfxError):
     exit_code = 8
+
+
+class Refused(NfxError):
+    """An agent refused a request: missing or wrong testbed token."""
+    exit_code = 9
+
+
+class AgentDown(NotFound):
+    """An NF instance's agent does not answer (not started, killed, or gone with its testbed)."""

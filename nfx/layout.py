@@ -31,7 +31,7 @@ class SpinLock(ct.Structure):
 
 class Mark(ct.Structure):
     _fields_ = [("lock", SpinLock), ("action", u32), ("buffered", u32), ("released", u32),
-                ("draining", u32), ("peer", u32), ("tag", u32), ("epoch", u32)]
+                ("last_release", u32), ("peer", u32), ("tag", u32), ("epoch", u32)]
 
 
 MAX_FILTERS = 8
@@ -93,6 +93,20 @@ class Stat(enum.IntEnum):
     R_SINK_BAD_FLOW = 43
     R_GEN_SENT = 44
     R_SINK_RX = 45
+    R_BUFFERED = 46
+    R_BUF_RING_FULL = 47
+    R_TO_CTRL = 48
+    R_REDIRECTED = 49
+    R_FROM_PEER = 50
+    R_RELEASED = 51
+    R_INJECTED = 52
+    R_RELEASE_BAD = 53
+    R_OP_PRE_IBC = 54
+    R_IBC = 55
+    R_STATELET = 56
+    R_STATELET_RING_FULL = 57
+    R_STATELET_BYTES = 58
+    R_STATELET_PKT_BYTES = 59
 
 
 STAT_MAX = 64
@@ -106,7 +120,39 @@ class Mac(ct.Structure):
 
 
 class PortCfg(ct.Structure):
-    _fields_ = [("ifindex", u32 * 2), ("mac", Mac * 2), ("peer_mac", Mac * 2)]
+    _fields_ = [("ifindex", u32 * 2), ("mac", Mac * 2), ("peer_mac", Mac * 2), ("release_ifindex", u32),
+                ("peer_ifindex", u32 * TX_SLOTS)]
+
+
+TOS_IBC = 0xFC
+IBC_MAGIC = 0x6E666962
+MAX_PKT = 1536
+RELEASE_SLOTS = 4096
+RX_PEER, RX_RELEASED, RX_INJECTED = 1, 2, 4
+
+
+class BufKind(enum.IntEnum):
+    PACKET = 1
+    TO_CTRL = 2
+    IBC = 3
+
+
+class BufHdr(ct.Structure):
+    _fields_ = [("ts_ns", u64), ("key", FlowKey), ("len", u32), ("epoch", u32), ("kind", u8), ("side", u8),
+                ("rx", u8), ("pad", u8 * 5)]
+
+
+class ReleaseSlot(ct.Structure):
+    _fields_ = [("len", u32), ("side", u8), ("rx", u8), ("pad", u16), ("pad2", u32 * 2),
+                ("data", u8 * MAX_PKT)]
+
+
+class MoveCfg(ct.Structure):
+    _fields_ = [("epoch", u32), ("drain_epoch", u32), ("flushed_seq", u32), ("op", u32)]
+
+
+class MoveState(ct.Structure):
+    _fields_ = [("ibc_switch", u32 * 2), ("ibc_peer", u32 * 2), ("release_cursor", u32), ("pad", u32)]
 
 
 class NatTimeout(enum.IntEnum):
@@ -126,6 +172,12 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 
 class NatEntry(ct.Structure):
     _fields_ = [("peer", FlowKey), ("pkts", u64), ("bytes", u64), ("created_ns", u64),
+                ("last_seen_ns", u64), ("tcp_flags", u32), ("pad", u32)]
+
+
+class NatEntryV2(ct.Structure):
+    """struct nfx_nat_entry built with NFX_NAT_V2 (a layout change for hot-upgrade conversions)."""
+    _fields_ = [("peer", FlowKey), ("pkts", u64), ("bytes", u64), ("max_len", u64), ("created_ns", u64),
                 ("last_seen_ns", u64), ("tcp_flags", u32), ("pad", u32)]
 
 
@@ -179,6 +231,59 @@ class IdsGlobal(enum.IntEnum):
 
 IDS_G_MAX = 8
 
+STATELET_WORDS = 128
+
+
+class StTable(enum.IntEnum):
+    """Which map a statelet updates (enum nfx_st_table)."""
+    NAT_FWD = 1
+    NAT_REV = 2
+    NAT_PORTS = 3
+    IDS_FLOWS = 4
+    IDS_HOSTS = 5
+    IDS_HOSTPORTS = 6
+
+
+class StOp(enum.IntEnum):
+    SET = 1
+    DEL = 2
+
+
+class Statelet(ct.Structure):
+    """Header of one entry's statelet; key and value words follow (see nfx.h)."""
+    _fields_ = [("table", u8), ("op", u8), ("nkey", u8), ("nval", u8), ("mask", u32)]
+
+
+class StfNat(enum.IntEnum):
+    """Field bits of a NAT entry statelet: NatEntry's fields in order, pad left out."""
+    PEER = 0
+    PKTS = 1
+    BYTES = 2
+    CREATED_NS = 3
+    LAST_SEEN_NS = 4
+    TCP_FLAGS = 5
+
+
+class StfIdsFlow(enum.IntEnum):
+    PKTS = 0
+    BYTES = 1
+    FIRST_NS = 2
+    LAST_NS = 3
+    SIG_HITS = 4
+    TCP_FLAGS = 5
+
+
+class StfIdsHost(enum.IntEnum):
+    PKTS = 0
+    BYTES = 1
+    FLOWS = 2
+    DPORTS = 3
+    ALERTS = 4
+    SCAN_ALERTED = 5
+
+
+STF_VALUE = 0
+
 SW_MAX_PORTS = 4
 SW_MAX_WILD = 16
 SW_MAX_RULES = 4096
@@ -229,13 +334,14 @@ LAT_BUCKETS = 128
 
 # struct name in nfx.h -> mirror; the layout test walks this table
 MIRRORS = {
-    "nfx_flow_key": FlowKey, "nfx_mark": Mark, "nfx_mac": Mac, "nfx_filter": Filter, "nfx_gate_cfg": GateCfg, "nfx_port_cfg": PortCfg,
+    "nfx_flow_key": FlowKey, "nfx_mark": Mark, "nfx_mac": Mac, "nfx_filter": Filter, "nfx_gate_cfg": GateCfg, "nfx_buf_hdr": BufHdr, "nfx_release_slot": ReleaseSlot, "nfx_move_cfg": MoveCfg, "nfx_move_state": MoveState, "nfx_port_cfg": PortCfg,
     "nfx_nat_cfg": NatCfg, "nfx_nat_entry": NatEntry, "nfx_nat_port": NatPort,
     "nfx_ids_flow": IdsFlow, "nfx_ids_host": IdsHost, "nfx_ids_hostport": IdsHostPort,
     "nfx_ids_sig": IdsSig, "nfx_ids_cfg": IdsCfg, "nfx_ids_alert": IdsAlert,
     "nfx_sw_rule": SwRule, "nfx_sw_wild": SwWild, "nfx_sw_counter": SwCounter,
     "nfx_sw_ctrl_hdr": SwCtrlHdr, "nfx_gen_payload": GenPayload, "nfx_gen_cfg": GenCfg,
     "nfx_gen_tmpl": GenTmpl, "nfx_sink_flow": SinkFlow,
+    "nfx_statelet": Statelet,
 }
 
 

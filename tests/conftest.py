@@ -27,3 +27,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.netns)
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _orphaned_test_testbeds():
+    """A test process that died mid-build (a crash, a kill) could not tear down: clear what it left."""
+    if os.geteuid() == 0:
+        import re
+        from nfx.testbed import builder, state
+        for name in state.names():
+            if re.fullmatch(r"t[0-9a-f]{6}", name) and state.orphaned(name):
+                builder.down(name)
+    yield

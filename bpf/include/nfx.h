@@ -36,9 +36,9 @@ struct nfx_mark {
     __u32 action;
     __u32 buffered;
     __u32 released;
-    __u32 draining;  /* set by the agent once it starts releasing the backlog */
+    __u32 last_release;  /* release sequence number of the flow's latest released packet */
     __u32 peer;      /* tx devmap slot of the peer for REDIRECT */
-    __u32 tag;       /* TOS tag stamped on redirected packets */
+    __u32 tag;       /* reserved */
     __u32 epoch;     /* which move set the mark */
 };
 
@@ -66,6 +66,59 @@ struct nfx_filter {
 struct nfx_gate_cfg {
     __u32 marks;     /* nonzero while per-flow marks may exist */
     __u32 filters;   /* used filter slots are below this */
+};
+
+/* ---- moves: buffering, release, redirect, in-band control ------------------------------- */
+#define NFX_TOS_IBC       0xfc         /* IPv4 TOS of an in-band control packet (DiST's IBCpkt) */
+#define NFX_IBC_MAGIC     0x6e666962u  /* "nfib", first payload word of an IBC packet */
+#define NFX_MAX_PKT       1536
+#define NFX_RELEASE_SLOTS 4096
+
+/* how a packet reached the NF */
+#define NFX_RX_PEER     1   /* over a peer link: redirected by another instance */
+#define NFX_RX_RELEASED 2   /* released from this instance's own buffer */
+#define NFX_RX_INJECTED 4   /* handed in by the agent (the controller's buffer): processed as is */
+
+enum nfx_buf_kind { NFX_BUF_PACKET = 1, NFX_BUF_TO_CTRL = 2, NFX_BUF_IBC = 3 };
+
+/* buffer ringbuf record: this header, then `len` packet bytes */
+struct nfx_buf_hdr {
+    __u64 ts_ns;
+    struct nfx_flow_key key;
+    __u32 len;
+    __u32 epoch;
+    __u8  kind;
+    __u8  side;
+    __u8  rx;
+    __u8  pad[5];
+};
+
+/* one packet for the release path: the agent fills slots, a live test run replays them */
+struct nfx_release_slot {
+    __u32 len;
+    __u8  side;
+    __u8  rx;                /* NFX_RX_RELEASED or NFX_RX_INJECTED */
+    __u16 pad;
+    __u32 pad2[2];
+    __u8  data[NFX_MAX_PKT];
+};
+
+/* the move an instance takes part in (array of 1): written by its agent only */
+struct nfx_move_cfg {
+    __u32 epoch;             /* marks set for this move carry it (0: no move) */
+    __u32 drain_epoch;       /* marks of this epoch may flip to PROCESS once fully released */
+    __u32 flushed_seq;       /* every released packet up to this release sequence number has left */
+    __u32 op;                /* order-preserving: switch-path packets before the switch's IBC drop */
+};
+
+/* what the program records during a move (array of 1): written by the program only, so the
+ * agent never clobbers it; the agent zeroes it between moves */
+struct nfx_move_state {
+    __u32 ibc_switch[2];     /* by side: the IBC arrived from the switch */
+    __u32 ibc_peer[2];       /* by side: the IBC arrived from the source instance */
+    __u32 release_cursor;    /* release slots consumed so far; slot = cursor % NFX_RELEASE_SLOTS,
+                              * release sequence number = cursor + 1 */
+    __u32 pad;
 };
 
 /* ---- counters: one per-CPU array per program, verdicts first, then reasons --------------- */
@@ -121,6 +174,22 @@ enum nfx_stat {
     NFX_R_SINK_BAD_FLOW,
     NFX_R_GEN_SENT,
     NFX_R_SINK_RX,           /* generator packets of a known flow, counted by the sink */
+    /* moves */
+    NFX_R_BUFFERED,
+    NFX_R_BUF_RING_FULL,
+    NFX_R_TO_CTRL,
+    NFX_R_REDIRECTED,
+    NFX_R_FROM_PEER,
+    NFX_R_RELEASED,
+    NFX_R_INJECTED,
+    NFX_R_RELEASE_BAD,       /* a release slot that was empty or malformed */
+    NFX_R_OP_PRE_IBC,        /* op: a copy the other path also carries (see nfx_gate) */
+    NFX_R_IBC,
+    /* statelets (NFX_ACT_STATELET) */
+    NFX_R_STATELET,          /* ring records written: one per mirrored packet that changed state */
+    NFX_R_STATELET_RING_FULL,    /* a mirrored packet's record lost: the ring was full */
+    NFX_R_STATELET_BYTES,    /* bytes of the records written (sum, not a count) */
+    NFX_R_STATELET_PKT_BYTES,    /* bytes of the packets those records mirror (sum) */
     NFX_STAT_MAX = 64,
 };
 
@@ -137,6 +206,8 @@ struct nfx_port_cfg {
     __u32 ifindex[2];        /* by side */
     struct nfx_mac mac[2];   /* our own MAC on each side */
     struct nfx_mac peer_mac[2];  /* next hop's MAC on each side */
+    __u32 release_ifindex;   /* the veth the release path's live test runs name as ingress */
+    __u32 peer_ifindex[NFX_TX_SLOTS];  /* by tx slot: the peer link to another instance */
 };
 
 /* ---- NAT ---------------------------------------------------------------------------------- */
@@ -164,6 +235,9 @@ struct nfx_nat_entry {
     struct nfx_flow_key peer;
     __u64 pkts;
     __u64 bytes;
+#ifdef NFX_NAT_V2
+    __u64 max_len;           /* v2 layout (hot-upgrade conversion test): largest frame seen */
+#endif
     __u64 created_ns;
     __u64 last_seen_ns;
     __u32 tcp_flags;         /* TCP flags seen in this direction, ORed */
@@ -232,6 +306,51 @@ struct nfx_ids_alert {       /* ringbuf record */
 /* IDS global counters: per-CPU array of NFX_IDS_G_MAX */
 enum nfx_ids_global { NFX_IDS_G_PKTS = 0, NFX_IDS_G_BYTES, NFX_IDS_G_FLOWS, NFX_IDS_G_HOSTS,
                       NFX_IDS_G_SIG_HITS, NFX_IDS_G_ALERTS, NFX_IDS_G_MAX = 8 };
+
+/* ---- statelets: the state updates of a mirrored packet ----------------------------------- */
+/* A packet the gate marks NFX_ACT_STATELET writes one record into the nfx_statelets ringbuf, of
+ * its real length: the statelets of every entry the packet created, changed or deleted, back to
+ * back, in the order the datapath made the changes. A record is 8-byte words (little-endian):
+ *     struct nfx_statelet   1 word
+ *     key                   nkey words: the entry's map key, zero-padded (flow keys 2, others 1)
+ *     values                nval words: for each bit set in mask, lowest first, the field's NEW
+ *                           absolute value; a flow-key field (NAT peer, port owner) takes 2 words,
+ *                           any other field 1 (zero-extended)
+ * Field bit i is the i-th field of the table's value struct, pad not counted (enum nfx_stf_*);
+ * a value that is not a struct (nat_ports' owner key, ids_hostports' u8) is field 0.
+ * NFX_ST_SET with every field set is what creation wrote; NFX_ST_DEL carries no values.
+ * Replay is exact and idempotent: values are absolute, and an entry's version, (created_ns or
+ * first_ns, pkts), only grows while one entry's updates are serialised (a flow's packets reach
+ * one RX queue), so a statelet older than the entry it lands on is skipped. */
+#define NFX_STATELET_WORDS 128   /* most words one packet's record can hold */
+
+enum nfx_st_table {
+    NFX_ST_NAT_FWD = 1,
+    NFX_ST_NAT_REV = 2,
+    NFX_ST_NAT_PORTS = 3,
+    NFX_ST_IDS_FLOWS = 4,
+    NFX_ST_IDS_HOSTS = 5,
+    NFX_ST_IDS_HOSTPORTS = 6,
+};
+
+enum nfx_st_op { NFX_ST_SET = 1, NFX_ST_DEL = 2 };
+
+struct nfx_statelet {
+    __u8  table;             /* enum nfx_st_table */
+    __u8  op;                /* enum nfx_st_op */
+    __u8  nkey;              /* key words that follow */
+    __u8  nval;              /* value words after the key */
+    __u32 mask;              /* fields carried: bit i = field i of the table's value */
+};
+
+/* field bits (struct field order) */
+enum nfx_stf_nat { NFX_STF_NAT_PEER = 0, NFX_STF_NAT_PKTS, NFX_STF_NAT_BYTES, NFX_STF_NAT_CREATED_NS,
+                   NFX_STF_NAT_LAST_SEEN_NS, NFX_STF_NAT_TCP_FLAGS };
+enum nfx_stf_ids_flow { NFX_STF_FLOW_PKTS = 0, NFX_STF_FLOW_BYTES, NFX_STF_FLOW_FIRST_NS, NFX_STF_FLOW_LAST_NS,
+                        NFX_STF_FLOW_SIG_HITS, NFX_STF_FLOW_TCP_FLAGS };
+enum nfx_stf_ids_host { NFX_STF_HOST_PKTS = 0, NFX_STF_HOST_BYTES, NFX_STF_HOST_FLOWS, NFX_STF_HOST_DPORTS,
+                        NFX_STF_HOST_ALERTS, NFX_STF_HOST_SCAN_ALERTED };
+#define NFX_STF_VALUE 0          /* the whole value of a table whose value is not a struct */
 
 /* ---- switch ------------------------------------------------------------------------------- */
 #define NFX_SW_MAX_PORTS 4      /* output ports per rule: the first is redirected, the rest cloned */

@@ -34,7 +34,7 @@
 #define NFX_TABLE(type, key, val, name, n) BPF_TABLE(type, key, val, name, n)
 #endif
 
-/* one counter array per program; nfx_count() is the only writer */
+/* one counter array per program; nfx_count() and nfx_count_add() are the only writers */
 NFX_TABLE("percpu_array", __u32, __u64, nfx_stats, NFX_STAT_MAX);
 
 static __always_inline void nfx_count(__u32 i)
@@ -42,6 +42,14 @@ static __always_inline void nfx_count(__u32 i)
     __u64 *v = nfx_stats.lookup(&i);
     if (v)
         (*v)++;
+}
+
+/* for the few slots that sum amounts (bytes) rather than count events */
+static __always_inline void nfx_count_add(__u32 i, __u64 n)
+{
+    __u64 *v = nfx_stats.lookup(&i);
+    if (v)
+        *v += n;
 }
 
 /* ---- checksums (RFC 1624: HC' = ~(~HC + ~m + m')), on raw network-order words ---------- */

@@ -25,53 +25,302 @@ static __always_inline int nfx_filter_match(struct nfx_filter *f, struct nfx_flo
            (!f->proto || f->proto == k->proto);
 }
 
+#ifndef NFX_PKTBUF_PAGES
+#define NFX_PKTBUF_PAGES 16384          /* 64 MiB: about 40k full-size packets in flight */
+#endif
+
+/* what a move needs: the instance's move state, the release slots, and the buffer ring */
+NFX_TABLE("array", __u32, struct nfx_move_cfg, nfx_move_cfg, 1);
+NFX_TABLE("array", __u32, struct nfx_move_state, nfx_move_state, 1);
+NFX_TABLE("array", __u32, struct nfx_release_slot, nfx_release, NFX_RELEASE_SLOTS);
+NFX_TABLE("hash", struct nfx_flow_key, __u32, nfx_drain, NFX_MAX_FLOWS);   /* early release, per flow */
+BPF_RINGBUF_OUTPUT(nfx_pktbuf, NFX_PKTBUF_PAGES);
+
+struct nfx_buf_rec {
+    struct nfx_buf_hdr h;
+    __u8 data[NFX_MAX_PKT];
+};
+BPF_PERCPU_ARRAY(nfx_bufscratch, struct nfx_buf_rec, 1);
+
+#define NFX_ACT_PRE_IBC 100     /* internal: an OP switch-path packet that precedes the IBC */
+#define NFX_PEER_MAC4   0xfe    /* peer-link frames: dst MAC 02:00:00:00:fe:<side> */
+
+/* The release path: a live test run naming the release veth as ingress replays the agent's
+ * release slots, one per frame, through this same program. */
+static __always_inline int nfx_release_load(struct xdp_md *ctx, __u32 *rx, __u32 *seq)
+{
+    __u32 z = 0;
+    struct nfx_move_state *ms = nfx_move_state.lookup(&z);
+    if (!ms)
+        return -1;
+    __u32 n = ms->release_cursor;
+    ms->release_cursor = n + 1;          /* one releaser at a time: the agent serialises */
+    __u32 i = n % NFX_RELEASE_SLOTS;
+    struct nfx_release_slot *s = nfx_release.lookup(&i);
+    if (!s)
+        return -1;
+    __u64 len = s->len;
+    if (len > NFX_MAX_PKT)
+        return -1;
+    asm volatile("" : "+r"(len));        /* keep the verifier's bounds on this register */
+    if (len < sizeof(struct ethhdr))
+        return -1;
+    int cur = bpf_xdp_get_buff_len(ctx);
+    if (bpf_xdp_adjust_tail(ctx, (int)len - cur))
+        return -1;
+    if (bpf_xdp_store_bytes(ctx, 0, s->data, len))
+        return -1;
+    *rx = s->rx & (NFX_RX_RELEASED | NFX_RX_INJECTED);
+    *seq = n + 1;
+    nfx_count(*rx & NFX_RX_RELEASED ? NFX_R_RELEASED : NFX_R_INJECTED);
+    return s->side & 1;
+}
+
+/* Which side a packet belongs to (-1: not ours) and how it arrived. */
+static __always_inline int nfx_rx(struct xdp_md *ctx, struct nfx_port_cfg *pc, __u32 *rx, __u32 *seq)
+{
+    __u32 ifi = ctx->ingress_ifindex;
+    *rx = 0;
+    *seq = 0;
+    if (ifi == pc->ifindex[NFX_SIDE_IN])
+        return NFX_SIDE_IN;
+    if (ifi == pc->ifindex[NFX_SIDE_OUT])
+        return NFX_SIDE_OUT;
+    if (!ifi)
+        return -1;
+    if (ifi == pc->release_ifindex) {
+        int side = nfx_release_load(ctx, rx, seq);
+        if (side < 0)
+            nfx_count(NFX_R_RELEASE_BAD);
+        return side;
+    }
+#pragma unroll
+    for (int i = 2; i < NFX_TX_SLOTS; i++) {
+        if (ifi == pc->peer_ifindex[i]) {
+            void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+            struct ethhdr *eth = data;
+            if ((void *)(eth + 1) > end)
+                return -1;
+            *rx = NFX_RX_PEER;
+            nfx_count(NFX_R_FROM_PEER);
+            return eth->h_dest[5] & 1;   /* the side the packet first arrived on */
+        }
+    }
+    return -1;
+}
+
 /* The flow's action: its per-flow mark if it has one, else the first matching filter, else
- * PROCESS. A BUFFER mark whose backlog has been released flips to PROCESS here, under the
- * lock, so a live packet can never overtake a buffered one. */
-static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, __u32 *peer)
+ * PROCESS. Marks count buffered and released packets under the mark's lock; a BUFFER mark
+ * flips to PROCESS only when its agent has started draining it, all its buffered packets have
+ * been released, and the last of them has left the NF (flushed_seq): so a live packet never
+ * overtakes a buffered one. `*mp` is the mark, for the caller to undo a failed buffering. */
+static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx, __u32 seq, __u32 *peer,
+                                      struct nfx_mark **mp)
 {
     __u32 z = 0;
     struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);
+    struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
+    struct nfx_move_state *ms = nfx_move_state.lookup(&z);
     __u32 act = NFX_ACT_PROCESS;
-    if (!g)
+    *mp = 0;
+    if (!g || !mv || !ms)
+        return act;
+    if (rx & NFX_RX_INJECTED)
         return act;
     struct nfx_mark *m = g->marks ? nfx_marks.lookup(k) : 0;
-    if (m) {
-        bpf_spin_lock(&m->lock);
-        if (m->action == NFX_ACT_BUFFER && m->draining && m->released == m->buffered)
-            m->action = NFX_ACT_PROCESS;
-        if (m->action == NFX_ACT_BUFFER)
-            m->buffered++;
-        act = m->action;
-        *peer = m->peer;
-        bpf_spin_unlock(&m->lock);
-        return act;
-    }
-    __u32 nf = g->filters;
+    if (!m) {
+        if (rx & NFX_RX_RELEASED)
+            return act;                  /* the move was called off: just process it */
+        __u32 nf = g->filters;
+        __u32 epoch = 0;
 #pragma unroll
-    for (__u32 i = 0; i < NFX_MAX_FILTERS; i++) {
-        if (i >= nf)
-            break;
-        __u32 slot = i;
-        struct nfx_filter *f = nfx_filters.lookup(&slot);
-        if (!f || !(f->flags & NFX_FILTER_USED))
-            continue;
-        if (nfx_filter_match(f, k, 0) || ((f->flags & NFX_FILTER_BIDIR) && nfx_filter_match(f, k, 1))) {
-            *peer = f->peer;
-            return f->action;
+        for (__u32 i = 0; i < NFX_MAX_FILTERS; i++) {
+            if (i >= nf)
+                break;
+            __u32 slot = i;
+            struct nfx_filter *f = nfx_filters.lookup(&slot);
+            if (!f || !(f->flags & NFX_FILTER_USED))
+                continue;
+            if (nfx_filter_match(f, k, 0) || ((f->flags & NFX_FILTER_BIDIR) && nfx_filter_match(f, k, 1))) {
+                *peer = f->peer;
+                act = f->action;
+                epoch = f->tag;          /* a filter's tag is the move epoch of the marks it makes */
+                break;
+            }
+        }
+        if (act != NFX_ACT_BUFFER)
+            return act;
+        /* a flow first seen while a BUFFER filter is up gets its own mark, so its packets are
+         * counted like those of the flows that existed when the move began */
+        struct nfx_mark nm = {};
+        nm.action = NFX_ACT_BUFFER;
+        nm.peer = *peer;
+        nm.epoch = epoch;
+        nfx_marks.insert(k, &nm);        /* another CPU may have won: use whichever is there */
+        m = nfx_marks.lookup(k);
+        if (!m)
+            return NFX_ACT_DROP;
+    }
+    __u32 drain = mv->drain_epoch, flushed = mv->flushed_seq, cur_epoch = mv->epoch;
+    /* op: a copy the other path also carries: a switch-path packet before the switch's IBC
+     * (the source has it too), or a peer-path packet after the source's IBC (the switch path
+     * has it); the IBC and the packets share a FIFO, so the cut is exact */
+    __u32 pre_ibc = mv->op && ((!(rx & NFX_RX_PEER) && !ms->ibc_switch[side & 1]) ||
+                               ((rx & NFX_RX_PEER) && ms->ibc_peer[side & 1]));
+    __u32 early = 0;
+    if (!(rx & NFX_RX_RELEASED) && m->action == NFX_ACT_BUFFER && nfx_drain.lookup(k))
+        early = 1;
+    bpf_spin_lock(&m->lock);
+    if (rx & NFX_RX_RELEASED) {
+        m->released++;
+        m->last_release = seq;
+        act = NFX_ACT_PROCESS;
+    } else {
+        if (m->action == NFX_ACT_BUFFER && ((m->epoch && m->epoch == drain) || early) &&
+            m->released == m->buffered && m->last_release <= flushed)
+            m->action = NFX_ACT_PROCESS;
+        act = m->action;
+        if (act == NFX_ACT_BUFFER) {
+            if (pre_ibc && m->epoch == cur_epoch)
+                act = NFX_ACT_PRE_IBC;   /* the source has this packet too and passes it on */
+            else
+                m->buffered++;
         }
     }
+    *peer = m->peer;
+    bpf_spin_unlock(&m->lock);
+    *mp = m;
     return act;
 }
 
-/* What the gate does with a packet the NF does not process: the moves' actions. */
-static __always_inline int nfx_gate_act(struct xdp_md *ctx, __u32 act, __u32 peer)
+/* Copy the packet into the buffer ring (for the agent), behind a header. */
+static __always_inline int nfx_buffer(struct xdp_md *ctx, struct nfx_flow_key *k, __u32 kind, int side,
+                                      __u32 rx, __u32 epoch)
+{
+    __u32 z = 0;
+    struct nfx_buf_rec *r = nfx_bufscratch.lookup(&z);
+    if (!r)
+        return -1;
+    __u64 len = bpf_xdp_get_buff_len(ctx);
+    if (len > NFX_MAX_PKT)
+        return -1;
+    asm volatile("" : "+r"(len));
+    if (len < 1)
+        return -1;
+    r->h.ts_ns = bpf_ktime_get_ns();
+    r->h.key = *k;
+    r->h.len = len;
+    r->h.epoch = epoch;
+    r->h.kind = kind;
+    r->h.side = side;
+    r->h.rx = rx;
+    if (bpf_xdp_load_bytes(ctx, 0, r->data, len))
+        return -1;
+    return nfx_pktbuf.ringbuf_output(r, sizeof(struct nfx_buf_hdr) + len, 0);
+}
+
+/* Send to another instance over the peer link in tx slot `slot`, naming the original side. */
+static __always_inline int nfx_redirect_peer(struct xdp_md *ctx, __u32 slot, int side)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || slot < 2 || slot >= NFX_TX_SLOTS)
+        return XDP_DROP;
+    eth->h_dest[0] = 0x02;
+    eth->h_dest[1] = 0;
+    eth->h_dest[2] = 0;
+    eth->h_dest[3] = 0;
+    eth->h_dest[4] = NFX_PEER_MAC4;
+    eth->h_dest[5] = side & 1;
+    nfx_count(NFX_R_REDIRECTED);
+    return nfx_tx.redirect_map(slot, XDP_DROP);
+}
+
+/* What the gate does with a packet the NF does not process. */
+static __always_inline int nfx_gate_act(struct xdp_md *ctx, struct nfx_flow_key *k, __u32 act, __u32 peer,
+                                        int side, __u32 rx, struct nfx_mark *m)
 {
     if (act == NFX_ACT_DROP) {
         nfx_count(NFX_R_GATE_DROP);
         return XDP_DROP;
     }
+    if (act == NFX_ACT_PRE_IBC) {
+        nfx_count(NFX_R_OP_PRE_IBC);
+        return XDP_DROP;
+    }
+    if (act == NFX_ACT_REDIRECT)
+        return nfx_redirect_peer(ctx, peer, side);
+    if (act == NFX_ACT_BUFFER || act == NFX_ACT_TO_CTRL) {
+        __u32 epoch = m ? m->epoch : 0;
+        if (nfx_buffer(ctx, k, act == NFX_ACT_BUFFER ? NFX_BUF_PACKET : NFX_BUF_TO_CTRL, side, rx, epoch) == 0) {
+            nfx_count(act == NFX_ACT_BUFFER ? NFX_R_BUFFERED : NFX_R_TO_CTRL);
+        } else {
+            nfx_count(NFX_R_BUF_RING_FULL);
+            if (m && act == NFX_ACT_BUFFER) {   /* not buffered after all: keep the counts exact */
+                bpf_spin_lock(&m->lock);
+                m->buffered--;
+                bpf_spin_unlock(&m->lock);
+            }
+        }
+        return XDP_DROP;
+    }
     nfx_count(NFX_R_GATE_OTHER);
+    return XDP_DROP;
+}
+
+/* An in-band control packet: one of the flow's own 5-tuple (so rules and marks treat it as the
+ * flow), TOS NFX_TOS_IBC, payload starting with NFX_IBC_MAGIC. */
+static __always_inline int nfx_is_ibc(struct xdp_md *ctx, struct nfx_pkt *p)
+{
+    if (p->ip->tos != NFX_TOS_IBC)
+        return 0;
+    __u32 magic = 0;
+    if (bpf_xdp_load_bytes(ctx, p->payload_off, &magic, sizeof(magic)))
+        return 0;
+    return magic == bpf_htonl(NFX_IBC_MAGIC);
+}
+
+/* DiST's IBC: it marks the same point in the switch's copies of a flow at both instances. At
+ * the source it follows the flow's packets (to the peer or the controller); at the destination
+ * it records which path it came by, and the agent learns of it through the ring. */
+static __always_inline int nfx_ibc(struct xdp_md *ctx, struct nfx_pkt *p, int side, __u32 rx)
+{
+    __u32 z = 0;
+    struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
+    struct nfx_move_state *ms = nfx_move_state.lookup(&z);
+    nfx_count(NFX_R_IBC);
+    if (!mv || !ms)
+        return XDP_DROP;
+    if (!(rx & (NFX_RX_PEER | NFX_RX_INJECTED))) {
+        /* from the switch: does this instance pass the flow on (source) or take it (destination)? */
+        struct nfx_mark *m = nfx_marks.lookup(&p->key);
+        __u32 act = m ? m->action : NFX_ACT_PROCESS;
+        __u32 peer = m ? m->peer : 0;
+        if (!m) {
+#pragma unroll
+            for (__u32 i = 0; i < NFX_MAX_FILTERS; i++) {
+                __u32 slot = i;
+                struct nfx_filter *f = nfx_filters.lookup(&slot);
+                if (!f || !(f->flags & NFX_FILTER_USED))
+                    continue;
+                if (nfx_filter_match(f, &p->key, 0) || ((f->flags & NFX_FILTER_BIDIR) && nfx_filter_match(f, &p->key, 1))) {
+                    act = f->action;
+                    peer = f->peer;
+                    break;
+                }
+            }
+        }
+        if (act == NFX_ACT_REDIRECT)
+            return nfx_redirect_peer(ctx, peer, side);
+        if (act == NFX_ACT_TO_CTRL) {
+            nfx_buffer(ctx, &p->key, NFX_BUF_IBC, side, rx, mv->epoch);
+            return XDP_DROP;
+        }
+        ms->ibc_switch[side & 1] = 1;
+    } else {
+        ms->ibc_peer[side & 1] = 1;
+    }
+    nfx_buffer(ctx, &p->key, NFX_BUF_IBC, side, rx, mv->epoch);
     return XDP_DROP;
 }
 
@@ -91,15 +340,166 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
     return v;
 }
 
-/* Which side a packet came in on: NFX_SIDE_IN, NFX_SIDE_OUT, or -1. */
-static __always_inline int nfx_ingress_side(struct xdp_md *ctx, struct nfx_port_cfg *pc)
+/* ---- statelets: what a mirrored packet did to the state (record format in nfx.h) ------- */
+#ifndef NFX_STATELET_RING_PAGES
+#define NFX_STATELET_RING_PAGES 4096     /* 16 MiB: about 1.7 s of IDS statelets at 100k pps */
+#endif
+
+/* A ringbuf declared like NFX_TABLE: built with NFX_PIN_DIR, the program reuses the ring pinned
+ * there, so a reader keeps its stream across a hot upgrade. (BCC's BPF_RINGBUF_OUTPUT, with the
+ * pinned section name BPF_TABLE_PINNED uses.) */
+#ifdef NFX_PIN_DIR
+#define NFX_RING(_name, _pages)                                                              \
+struct _name##_table_t {                                                                     \
+    int key;                                                                                 \
+    u32 leaf;                                                                                \
+    int (*ringbuf_output)(void *, u64, u64);                                                 \
+    void *(*ringbuf_reserve)(u64);                                                           \
+    void (*ringbuf_discard)(void *, u64);                                                    \
+    void (*ringbuf_submit)(void *, u64);                                                     \
+    u32 max_entries;                                                                         \
+};                                                                                           \
+__attribute__((section("maps/ringbuf:" NFX_PIN_DIR "/" #_name)))                             \
+struct _name##_table_t _name = { .max_entries = ((_pages) * PAGE_SIZE) }
+#else
+#define NFX_RING(_name, _pages) BPF_RINGBUF_OUTPUT(_name, _pages)
+#endif
+
+NFX_RING(nfx_statelets, NFX_STATELET_RING_PAGES);
+
+/* the record a mirrored packet builds; per-CPU scratch, as it is too big for the stack */
+struct nfx_st {
+    __u32 n;                 /* words written */
+    __u32 lost;              /* a statelet did not fit: the record is dropped and counted */
+    __u32 tmp;               /* for nfx_st_opaque */
+    __u32 pad;
+    __u64 w[NFX_STATELET_WORDS];
+};
+BPF_PERCPU_ARRAY(nfx_st_buf, struct nfx_st, 1);
+
+#define NFX_ST_ENTRY_MAX 10      /* words of the largest statelet: header, flow key, a whole NAT entry */
+#define NFX_ST_BIT(b) (1u << (b))
+
+/* The scratch record for a mirrored packet (NULL if unavailable: the packet is just processed). */
+static __always_inline struct nfx_st *nfx_st_begin(void)
 {
-    __u32 ifi = ctx->ingress_ifindex;
-    if (ifi == pc->ifindex[NFX_SIDE_IN])
-        return NFX_SIDE_IN;
-    if (ifi == pc->ifindex[NFX_SIDE_OUT])
-        return NFX_SIDE_OUT;
-    return -1;
+    __u32 z = 0;
+    struct nfx_st *s = nfx_st_buf.lookup(&z);
+    if (s) {
+        s->n = 0;
+        s->lost = 0;
+    }
+    return s;
+}
+
+/* `v` with its value hidden from the verifier (a round trip through map memory): branching on
+ * an event mask the verifier knows would make it walk the rest of the program once per mask. */
+static __always_inline __u32 nfx_st_opaque(struct nfx_st *s, __u32 v)
+{
+    s->tmp = v;
+    return *(volatile __u32 *)&s->tmp;
+}
+
+/* The index is masked for the verifier; the empty asm stops clang from dropping the mask when
+ * it can prove the index small, which leaves the verifier a register it cannot bound. */
+static __always_inline void nfx_st_word(struct nfx_st *s, __u64 v)
+{
+    __u32 n = s->n;
+    __u32 i = n;
+    asm volatile("" : "+r"(i));
+    s->w[i & (NFX_STATELET_WORDS - 1)] = v;
+    s->n = n + 1;
+}
+
+static __always_inline void nfx_st_flow(struct nfx_st *s, const struct nfx_flow_key *k)
+{
+    __u64 w[2];
+    __builtin_memcpy(w, k, sizeof(w));
+    nfx_st_word(s, w[0]);
+    nfx_st_word(s, w[1]);
+}
+
+/* An 8-byte (or shorter) key or value as one zero-padded word. */
+static __always_inline __u64 nfx_st_pack8(const void *p, __u32 size)
+{
+    __u64 w = 0;
+    if (size == 8)
+        __builtin_memcpy(&w, p, 8);
+    else if (size == 4)
+        __builtin_memcpy(&w, p, 4);
+    return w;
+}
+
+/* Start one entry's statelet; returns its header's word index, or -1 when the record is full
+ * (cannot happen with the NFs' largest packets, but then the record is dropped and counted). */
+static __always_inline int nfx_st_open(struct nfx_st *s)
+{
+    __u32 h = s->n;
+    if (h > NFX_STATELET_WORDS - NFX_ST_ENTRY_MAX) {
+        s->lost = 1;
+        return -1;
+    }
+    nfx_st_word(s, 0);       /* the header, filled in by nfx_st_close */
+    return h;
+}
+
+static __always_inline void nfx_st_close(struct nfx_st *s, int h, __u32 table, __u32 op, __u32 nkey, __u32 mask)
+{
+    struct nfx_statelet hd = {};
+    hd.table = table;
+    hd.op = op;
+    hd.nkey = nkey;
+    hd.nval = s->n - h - 1 - nkey;
+    hd.mask = mask;
+    __u64 w;
+    __builtin_memcpy(&w, &hd, sizeof(w));
+    __u32 i = h;
+    asm volatile("" : "+r"(i));
+    s->w[i & (NFX_STATELET_WORDS - 1)] = w;
+}
+
+/* The entry with flow key `k` of `table` is gone. */
+static __always_inline void nfx_st_del_flow(struct nfx_st *s, __u32 table, const struct nfx_flow_key *k)
+{
+    int h = nfx_st_open(s);
+    if (h < 0)
+        return;
+    nfx_st_flow(s, k);
+    nfx_st_close(s, h, table, NFX_ST_DEL, 2, 0);
+}
+
+/* The entry with the one-word key `kw` of `table` is gone. */
+static __always_inline void nfx_st_del_word(struct nfx_st *s, __u32 table, __u64 kw)
+{
+    int h = nfx_st_open(s);
+    if (h < 0)
+        return;
+    nfx_st_word(s, kw);
+    nfx_st_close(s, h, table, NFX_ST_DEL, 1, 0);
+}
+
+/* Send the packet's record (if it changed anything) and count it. */
+static __always_inline void nfx_st_end(struct nfx_st *s, __u32 pkt_len)
+{
+    __u32 n = s->n;
+    nfx_count_add(NFX_R_STATELET_PKT_BYTES, pkt_len);
+    if (s->lost) {
+        nfx_count(NFX_R_STATELET_RING_FULL);
+        return;
+    }
+    if (n == 0)
+        return;          /* the packet changed nothing */
+    __u64 len = (__u64)n * sizeof(__u64);
+    asm volatile("" : "+r"(len));        /* bound this register itself, for the verifier */
+    if (len > sizeof(s->w))
+        return;
+    /* &s->w[0], not s->w: BCC 0.26's rewriter aborts clang on an array argument to ringbuf_output */
+    if (nfx_statelets.ringbuf_output(&s->w[0], len, 0)) {
+        nfx_count(NFX_R_STATELET_RING_FULL);
+        return;
+    }
+    nfx_count(NFX_R_STATELET);
+    nfx_count_add(NFX_R_STATELET_BYTES, len);
 }
 
 #endif /* NFX_NF_H */

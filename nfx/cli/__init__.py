@@ -5,13 +5,14 @@ import sys
 import typer
 
 from ..errors import NfxError
-from . import bench, nf, testbed, traffic
+from . import bench, nf, state, testbed, traffic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Move live network-function state between XDP NF instances, with measured guarantees.")
 app.add_typer(testbed.app, name="testbed")
 app.add_typer(traffic.app, name="traffic")
 app.add_typer(nf.app, name="nf")
+app.add_typer(state.app, name="state")
 app.add_typer(bench.app, name="bench")
 
 

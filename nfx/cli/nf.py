@@ -2,7 +2,7 @@
 import typer
 from rich.table import Table
 
-from ..errors import BadInput
+from ..errors import BadInput, NfxError
 from ..testbed import builder, state
 from .common import JsonOpt, NameOpt, emit_json, need_root, out
 
@@ -12,18 +12,81 @@ InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.
 
 @app.command("list")
 def list_(name: str = NameOpt, json_: bool = JsonOpt):
-    """List a testbed's NF instances."""
+    """List a testbed's NF instances and their agents (pid, alive, answering)."""
+    from ..agent import lifecycle
+    from ..agent.client import AgentClient
     need_root()
     rec = state.load(name)
-    rows = [{"instance": n, "kind": i.get("kind"), "netns": i["ns"], "pin": i.get("pin")}
-            for n, i in rec["nodes"].items() if i["role"] == "nf"]
+    rows = []
+    for n, i in rec["nodes"].items():
+        if i["role"] != "nf":
+            continue
+        a = lifecycle.status(rec, n) if "pin" in i else {"pid": None, "alive": False}
+        a["answering"] = False
+        if a["alive"]:
+            try:
+                with AgentClient(name, n, timeout=2) as c:
+                    a["answering"] = c.ping()["pid"] == a["pid"]
+            except NfxError:
+                pass
+        rows.append({"instance": n, "kind": i.get("kind"), "netns": i["ns"], "pin": i.get("pin"), "agent": a})
     if json_:
         emit_json({"instances": rows})
         return
-    t = Table("instance", "kind", "netns", "pin")
+    t = Table("instance", "kind", "netns", "agent pid", "alive", "address", "pin")
     for r in rows:
-        t.add_row(r["instance"], r["kind"] or "", r["netns"], r["pin"] or "")
+        a = r["agent"]
+        alive = "[green]yes[/green]" if a["answering"] else ("[yellow]not answering[/yellow]" if a["alive"]
+                                                              else "[red]no[/red]")
+        t.add_row(r["instance"], r["kind"] or "", r["netns"], str(a["pid"] or "-"), alive,
+                  f"{a.get('addr')}:{a.get('port')}" if a.get("addr") else "-", r["pin"] or "")
     out.print(t)
+
+
+def _targets(rec, instance: str | None) -> list[str]:
+    nfs = [n for n, i in rec["nodes"].items() if i["role"] == "nf"]
+    return nfs if instance is None else [instance]
+
+
+@app.command()
+def start(name: str = NameOpt,
+          instance: str = typer.Option(None, "--instance", "-I", help="NF instance (default: every one without a running agent)."),
+          json_: bool = JsonOpt):
+    """Start an instance's agent; it re-adopts the pinned maps and the attached program."""
+    from ..agent import lifecycle
+    need_root()
+    rec = state.load(name)
+    targets = _targets(rec, instance)
+    if instance is None:
+        targets = [n for n in targets if not lifecycle.pid_of(rec, n)]
+    started = lifecycle.start(rec, targets) if targets else {}
+    res = {"started": {n: {"pid": a["pid"], "addr": a["addr"], "port": a["port"], "log": a["log"]}
+                       for n, a in started.items()}}
+    if json_:
+        emit_json(res)
+    elif not started:
+        out.print("every agent already runs")
+    else:
+        for n, a in res["started"].items():
+            out.print(f"agent of {n} started: pid {a['pid']}, {a['addr']}:{a['port']}, log {a['log']}")
+
+
+@app.command()
+def stop(name: str = NameOpt,
+         instance: str = typer.Option(None, "--instance", "-I", help="NF instance (default: every one)."),
+         json_: bool = JsonOpt):
+    """Stop an instance's agent (the NF keeps running: its program stays attached)."""
+    from ..agent import lifecycle
+    need_root()
+    rec = state.load(name)
+    res = [lifecycle.stop(rec, n) for n in _targets(rec, instance)]
+    if json_:
+        emit_json({"stopped": res})
+        return
+    for r in res:
+        what = (f"stopped (pid {', '.join(map(str, r['pids']))})" if r["stopped"] else "did not stop") \
+            if r["was_running"] else "was not running"
+        out.print(f"agent of {r['instance']}: {what}")
 
 
 @app.command()
@@ -71,3 +134,38 @@ def sweep(name: str = NameOpt, instance: str = InstOpt, json_: bool = JsonOpt):
         emit_json({"instance": instance, "evicted": n})
     else:
         out.print(f"evicted {n} idle connections")
+
+
+# ---- hot upgrade (nfx/nfs/upgrade.py) -----------------------------------------------------------
+@app.command()
+def upgrade(name: str = NameOpt, instance: str = InstOpt,
+            source: str = typer.Option(None, "--source", help="A .bpf.c file (default: the NF's own bpf/<kind>.bpf.c)."),
+            define: list[str] = typer.Option(None, "--define", "-D", help="K=V on top of the running build's defines (repeatable)."),
+            undefine: list[str] = typer.Option(None, "--undefine", "-U", help="Drop a define of the running build (repeatable)."),
+            conversion: str = typer.Option(None, "--conversion", help="A built-in table layout conversion (nat-v2, nat-v1); "
+                                           "implies its defines."),
+            json_: bool = JsonOpt):
+    """Replace an instance's XDP program while it runs, keeping every table and losing no packet.
+
+    Without --conversion every table must keep its layout and the new program shares the running one's maps; with it, the converted tables are copied into new maps in two passes around the atomic swap. Any failure before the swap changes nothing."""
+    from ..nfs import upgrade as up
+    from .common import progress
+    need_root()
+    defines = up.parse_defines(define)
+    for k in undefine or []:
+        defines[k] = None
+    r = up.upgrade(name, instance, source=source, defines=defines, conversion=conversion,
+                   progress=None if json_ else progress)
+    if json_:
+        emit_json(r)
+        return
+    sw = r["swap"]
+    out.print(f"{name}/{instance}: program {r['old_prog_id']} -> {r['new_prog_id']} on {', '.join(r['interfaces'])} "
+              f"({r['mode']}); swap {sw['total_us']:.0f} us, sides {sw['sides_apart_us']:.0f} us apart")
+    for p in r["passes"]:
+        out.print(f"  pass {p['pass']:<12} {p['table']:<10} " +
+                  ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("pass", "table")))
+    if r.get("conflicts"):
+        out.print(f"  [yellow]{len(r['conflicts'])} keys were created by both programs: the new program's entries kept[/yellow]")
+    for w in r.get("warnings", []):
+        out.print(f"  [yellow]warning:[/yellow] {w}")

@@ -35,7 +35,8 @@ def down(name: str = NameOpt, json_: bool = JsonOpt):
     if json_:
         emit_json({"name": name, "removed": removed})
     else:
-        console.print(f"testbed {name} down: {removed['netns']} namespaces, {removed['pins']} pin sets removed")
+        console.print(f"testbed {name} down: {removed.get('agents', 0)} agents stopped, {removed['netns']} namespaces, "
+                      f"{removed['pins']} pin sets removed")
 
 
 @app.command()

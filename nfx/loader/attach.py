@@ -86,3 +86,24 @@ def attach_xdp_pinned(ns: str | None, ifname: str, prog_pin: str) -> str:
         return attach_xdp_fd(ns, ifname, fd)
     finally:
         os.close(fd)
+
+
+XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", "xdp": "native", "xdpgeneric": "generic",
+                      "xdpoffload": "offload", "drv": "native", "skb": "generic"}
+
+
+def xdp_attachments(ns: str | None) -> dict[str, tuple[int, str]]:
+    """Every interface of a netns that has an XDP program: ifname -> (program id, mode)."""
+    from pyroute2 import IPRoute
+    out = {}
+    with IPRoute(netns=ns) if ns else IPRoute() as ipr:
+        for link in ipr.get_links():
+            x = link.get_attr("IFLA_XDP")
+            if not x:
+                continue
+            pid = x.get_attr("IFLA_XDP_PROG_ID")
+            if not pid:
+                continue
+            mode = XDP_ATTACHED_MODES.get(x.get_attr("IFLA_XDP_ATTACHED"), "native")
+            out[link.get_attr("IFLA_IFNAME")] = (pid, mode)
+    return out

@@ -194,3 +194,47 @@ def possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         n += int(hi or lo) - int(lo) + 1
     return n
+
+
+class ProgInfo(ct.Structure):
+    """The head of struct bpf_prog_info (uapi), up to the fields nfx reads; the rest stays 0."""
+    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("tag", ct.c_uint8 * 8),
+                ("jited_prog_len", ct.c_uint32), ("xlated_prog_len", ct.c_uint32),
+                ("jited_prog_insns", ct.c_uint64), ("xlated_prog_insns", ct.c_uint64),
+                ("load_time", ct.c_uint64), ("created_by_uid", ct.c_uint32), ("nr_map_ids", ct.c_uint32),
+                ("map_ids", ct.c_uint64), ("name", ct.c_char * 16), ("ifindex", ct.c_uint32),
+                ("flags", ct.c_uint32), ("netns_dev", ct.c_uint64), ("netns_ino", ct.c_uint64),
+                ("_rest", ct.c_uint8 * 160)]
+
+
+def prog_info(fd: int) -> tuple[ProgInfo, list[int]]:
+    """A program's info and the ids of the maps it uses."""
+    ids = (ct.c_uint32 * 256)()
+    info = ProgInfo(nr_map_ids=len(ids), map_ids=ct.addressof(ids))
+    a = _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info))
+    try:
+        _call(OBJ_GET_INFO_BY_FD, a)
+    except OSError as e:
+        raise BpfError(f"cannot read program info: {e.strerror}") from None
+    return info, list(ids[:min(info.nr_map_ids, len(ids))])
+
+
+def fd_kind(fd: int) -> str:
+    """'map', 'prog', 'link' or '' for a bpf fd (from /proc/self/fdinfo)."""
+    try:
+        txt = open(f"/proc/self/fdinfo/{fd}").read()
+    except OSError:
+        return ""
+    for kind, tag in (("map", "map_type:"), ("prog", "prog_type:"), ("link", "link_type:")):
+        if tag in txt:
+            return kind
+    return ""
+
+
+def map_info_path(path: str) -> MapInfo:
+    """map_info of a pinned map, without keeping it open."""
+    fd = obj_get(path)
+    try:
+        return map_info(fd)
+    finally:
+        os.close(fd)

@@ -55,10 +55,11 @@ def expand_includes(text: str, seen: set[str] | None = None) -> str:
     return _QUOTED_INCLUDE.sub(sub, text)
 
 
-def compile_source(name: str, defines: dict[str, object] | None = None):
-    """Compile bpf/<name>.bpf.c; returns a bcc.BPF."""
+def compile_source(name: str, defines: dict[str, object] | None = None, path=None):
+    """Compile bpf/<name>.bpf.c (or the file at `path`, with the project's includes); returns a bcc.BPF."""
     bcc = _bcc()
-    path = BPF_DIR / f"{name}.bpf.c"
+    from pathlib import Path
+    path = Path(path) if path is not None else BPF_DIR / f"{name}.bpf.c"
     if not path.exists():
         raise BpfError(f"no BPF source {path}")
     build = f"/lib/modules/{os.uname().release}/build"
@@ -66,13 +67,12 @@ def compile_source(name: str, defines: dict[str, object] | None = None):
         raise KernelFeature(f"no kernel headers at {build}",
                             hint="run scripts/bootstrap.sh to install and link the nearest Debian headers")
     cflags = ["-w", f"-I{BPF_INCLUDE}"] + [f"-D{k}={v}" for k, v in (defines or {}).items()]
-    log: list[str] = []
+    # compiler diagnostics go straight to stderr: an LLVM assertion aborts the process, and a
+    # captured message would die with it
     try:
-        with _captured_stderr(log):
-            return bcc.BPF(text=expand_includes(path.read_text()).encode(), cflags=cflags)
+        return bcc.BPF(text=expand_includes(path.read_text()).encode(), cflags=cflags)
     except Exception as e:
-        diag = "\n".join(l for l in log[0].splitlines() if "error" in l.lower())[-4000:]
-        raise BpfError(f"compiling {path.name} failed: {e}\n{diag}") from None
+        raise BpfError(f"compiling {path.name} failed: {e} (compiler messages above)") from None
 
 
 def load(b, fn_name: str, kind: str = "xdp"):

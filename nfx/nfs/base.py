@@ -3,7 +3,7 @@ attach it, pin its maps under /sys/fs/bpf/nfx/<testbed>/<instance>/, reopen them
 process, and read its verdict/reason counters."""
 import ctypes as ct
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import layout as L
@@ -11,6 +11,7 @@ from ..errors import NotFound
 from ..loader import attach, netns, pin
 from ..loader.compile import compile_source, load
 from ..loader.maps import Map
+from ..loader.ring import RingStandIn
 
 log = logging.getLogger("nfx.nfs")
 
@@ -19,18 +20,29 @@ COMMON_MAPS = {
     "nfx_marks": (L.FlowKey, L.Mark),
     "nfx_filters": (L.u32, L.Filter),
     "nfx_gate_cfg": (L.u32, L.GateCfg),
+    "nfx_move_cfg": (L.u32, L.MoveCfg),
+    "nfx_move_state": (L.u32, L.MoveState),
+    "nfx_release": (L.u32, L.ReleaseSlot),
+    "nfx_drain": (L.FlowKey, L.u32),
     "nfx_port_cfg": (L.u32, L.PortCfg),
     "nfx_stats": (L.u32, L.u64),
     "nfx_tx": (L.u32, L.u32),
+    "nfx_statelets": (RingStandIn, RingStandIn),   # ringbuf: read it with nfx.state.statelets
 }
 
 
 @dataclass
 class Wiring:
-    """Where an instance sits: its netns, its interface on each side, and the next hops' MACs."""
+    """Where an instance sits: its netns, its interface on each side, the next hops' MACs, and
+    for moves its release veth and its peer links to other instances (tx slot -> interface)."""
     ns: str
     ifname: tuple[str, str]           # (inside side, outside side)
     peer_mac: tuple[bytes, bytes]
+    release: str | None = None
+    peers: dict = field(default_factory=dict)
+
+    def all_ifnames(self) -> list[str]:
+        return list(self.ifname) + ([self.release] if self.release else []) + list(self.peers.values())
 
 
 def stats_dict(m: Map) -> dict[str, int]:
@@ -75,7 +87,7 @@ class NF:
         try:
             self._wire(wiring)
             self.configure(config)
-            for ifname in wiring.ifname:
+            for ifname in wiring.all_ifnames():
                 mode = attach.attach_xdp(wiring.ns, ifname, fn)
                 attached.append((ifname, mode))
             pin.pin_maps(b, pin_dir)
@@ -97,6 +109,12 @@ class NF:
                 ct.memmove(pc.peer_mac[side].addr, w.peer_mac[side], 6)
                 # devmap entries resolve the ifindex in the caller's netns
                 self.maps["nfx_tx"].put(L.u32(side), L.u32(idx))
+            if w.release:
+                pc.release_ifindex = netns.ifindex(w.release)
+            for slot, ifname in w.peers.items():
+                idx = netns.ifindex(ifname)
+                pc.peer_ifindex[slot] = idx
+                self.maps["nfx_tx"].put(L.u32(slot), L.u32(idx))
         self.maps["nfx_port_cfg"].put(L.u32(0), pc)
 
     def configure(self, config) -> None:
@@ -111,12 +129,24 @@ class NF:
         for name, (k, v) in cls.all_maps().items():
             path = pin_dir / name
             if path.exists():
-                maps[name] = Map.pinned(str(path), k, v)
+                maps[name] = cls._open_pinned(name, path, k, v)
         return cls(instance, pin_dir, maps)
+
+    # value layouts a hot-upgraded build may use for a table instead of MAPS' (nfx/nfs/upgrade.py)
+    ALT_VALUES: dict = {}
+
+    @classmethod
+    def _open_pinned(cls, name: str, path: Path, k, v) -> Map:
+        alts = cls.ALT_VALUES.get(name)
+        if alts:
+            from ..loader import bpfsys
+            size = bpfsys.map_info_path(str(path)).value_size
+            v = next((a for a in (v, *alts) if ct.sizeof(a) == size), v)
+        return Map.pinned(str(path), k, v)
 
     @staticmethod
     def destroy(wiring: Wiring, pin_dir: Path) -> None:
-        for ifname in wiring.ifname:
+        for ifname in wiring.all_ifnames():
             attach.detach_xdp(wiring.ns, ifname)
         pin.unpin(pin_dir)
 

@@ -1,19 +1,14 @@
 """IDS: configuration, the run-time signature table, counters as people read them, and an alert
 reader that works on the ids_alerts ringbuf from any process that can open the instance's pins."""
 import ctypes as ct
-import os
 import time
 from dataclasses import dataclass, field
 
 from .. import layout as L
-from ..errors import BadInput, BpfError, NotFound
+from ..errors import BadInput, NotFound
 from ..flows import be_to_ip, key_fields, proto_num
+from ..loader.ring import RingReader, RingStandIn as _Ring
 from .base import NF
-
-
-class _Ring(ct.Structure):
-    """A ringbuf map has no key or value: 0-byte stand-ins so base.NF opens and pins it like the rest."""
-    _fields_ = []
 
 
 @dataclass
@@ -44,36 +39,19 @@ def decode_alert(a: L.IdsAlert) -> Alert:
     return Alert(kind, a.sig_id, key_fields(a.key), a.ts_ns)
 
 
-class AlertReader:
+def _decode_raw_alert(raw: bytes) -> Alert | None:
+    if len(raw) < ct.sizeof(L.IdsAlert):
+        return None
+    return decode_alert(L.IdsAlert.from_buffer_copy(raw[:ct.sizeof(L.IdsAlert)]))
+
+
+class AlertReader(RingReader):
     """Consumes alert records from a ringbuf map fd (ours or one opened from a pin). Each record
-    is consumed once: a second reader on the same ring competes for records, it does not copy them."""
+    is consumed once: a second reader on the same ring competes for records, it does not copy them.
+    poll(timeout_ms) returns the Alerts that arrived, waiting up to timeout_ms for the first."""
 
     def __init__(self, map_fd: int):
-        from bcc.libbcc import lib, _RINGBUF_CB_TYPE
-        self._lib = lib
-        # our own fd: libbpf keeps polling the one it was given, whoever else closes theirs
-        self._fd = os.dup(map_fd)
-        self._pending: list[Alert] = []
-        self._cb = _RINGBUF_CB_TYPE(self._on_record)   # keep a reference: C calls it later
-        self._rb = lib.bpf_new_ringbuf(self._fd, self._cb, None)
-        if not self._rb:
-            os.close(self._fd)
-            raise BpfError(f"cannot open the alert ringbuf (fd {map_fd})")
-
-    def _on_record(self, _ctx, data, size) -> int:
-        if size >= ct.sizeof(L.IdsAlert):
-            self._pending.append(decode_alert(L.IdsAlert.from_buffer_copy(ct.string_at(data, ct.sizeof(L.IdsAlert)))))
-        return 0
-
-    def poll(self, timeout_ms: int = 0) -> list[Alert]:
-        """Alerts that arrived, waiting up to timeout_ms for the first one (0: don't wait)."""
-        if not self._rb:
-            raise BpfError("alert reader is closed")
-        if timeout_ms:
-            self._lib.bpf_poll_ringbuf(self._rb, timeout_ms)
-        self._lib.bpf_consume_ringbuf(self._rb)
-        out, self._pending = self._pending, []
-        return out
+        super().__init__(map_fd, _decode_raw_alert, what="alert")
 
     def follow(self, timeout_s: float | None = None, poll_ms: int = 200):
         """Yield alerts as they come; stop after timeout_s without one (None: never)."""
@@ -85,24 +63,6 @@ class AlertReader:
                 last = time.monotonic()
             elif timeout_s is not None and time.monotonic() - last >= timeout_s:
                 return
-
-    def close(self) -> None:
-        if self._rb:
-            self._lib.bpf_free_ringbuf(self._rb)
-            self._rb = None
-            os.close(self._fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class IDS(NF):

@@ -67,6 +67,7 @@ class NAT(NF):
         "nat_cfg": (L.u32, L.NatCfg),
         "nat_cursor": (L.u32, L.u64),
     }
+    ALT_VALUES = {"nat_fwd": (L.NatEntryV2,), "nat_rev": (L.NatEntryV2,)}   # the NFX_NAT_V2 build
 
     def configure(self, config: NatConfig | None) -> None:
         self.maps["nat_cfg"].put(L.u32(0), (config or NatConfig()).to_struct())

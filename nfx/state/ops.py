@@ -17,8 +17,17 @@ from .tables import SCOPES, Table, tables
 CHUNK_ENTRIES = 65536
 
 
-def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter) -> np.ndarray | None:
-    """Indices of the entries `flt` selects, or None for all of them."""
+def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: set | None = None) -> np.ndarray | None:
+    """Indices of the entries `flt` selects (and, with `keyset`, only flows among those raw
+    16-byte keys), or None for all of them."""
+    if keyset is not None and t.select in ("key_flow", "value_flow"):
+        ksz = ct.sizeof(t.key)
+        if t.select == "key_flow":
+            raw = np.frombuffer(keys, dtype=np.dtype((np.void, ksz)), count=n)
+        else:
+            v = np.frombuffer(vals, dtype=np.uint8, count=n * slot_size).reshape(n, slot_size)
+            raw = v[:, :16].copy().view(np.dtype((np.void, 16))).reshape(n)
+        return np.flatnonzero([bytes(x) in keyset for x in raw])
     if t.select == "all" or flt.everything:
         return None
     if t.select == "key_flow":
@@ -37,8 +46,9 @@ def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter) -> np.nda
 
 
 def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK_ENTRIES,
-           stats: dict | None = None) -> Iterator[wire.Chunk]:
-    """Chunks of the selected entries of every state table in `scopes`."""
+           stats: dict | None = None, keyset: set | None = None) -> Iterator[wire.Chunk]:
+    """Chunks of the selected entries of every state table in `scopes` (per-flow tables
+    restricted to the flows in `keyset`, raw keys, when given)."""
     layout = L.layout_hash()
     seq = 0
     for t in tables(nf.kind, scopes):
@@ -48,7 +58,7 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
         t0 = time.perf_counter()
         n, keys, vals = m.export()
         ksz, ssz = ct.sizeof(m.Key), ct.sizeof(m.Slot)
-        idx = _select(t, n, keys, vals, ssz, flt)
+        idx = _select(t, n, keys, vals, ssz, flt, keyset)
         if idx is None:
             kb = memoryview(keys).cast("B")[:n * ksz]
             vb = memoryview(vals).cast("B")[:n * ssz]
@@ -81,6 +91,12 @@ def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
         raise BadInput(f"chunk {c.seq} ({c.table}): entries of {c.key_size}+{c.value_size} bytes, the map "
                        f"holds {ct.sizeof(m.Key)}+{ct.sizeof(m.Value)}: refusing")
     return t, m
+
+
+def check(nf, c: wire.Chunk) -> None:
+    """Refuse (BadInput) a chunk that `put` could not apply to `nf`: another layout, NF kind or
+    table, or entries of another size. Lets a receiver validate a whole stream before applying."""
+    _check(nf, c, L.layout_hash())
 
 
 def _array(T, buf, count):

@@ -1,6 +1,6 @@
 """Which maps of each NF hold state, in OpenNF's three scopes, and how a filter selects entries:
 per-flow tables by their flow key (or, for a connection's other direction, by the flow key at
-the start of the value), multi-flow tables by host address or owning flow, all-flows whole."""
+the start of the value), multi-flow tables by host address or owning flow, all-flows whole. An instance's own verdict counters (nfx_stats) are not NF state and stay."""
 from dataclasses import dataclass
 
 from .. import layout as L
@@ -23,8 +23,7 @@ TABLES = {
         Table("nat_fwd", "per-flow", L.FlowKey, L.NatEntry, "key_flow"),
         Table("nat_rev", "per-flow", L.FlowKey, L.NatEntry, "value_flow"),   # found by its inside twin
         Table("nat_ports", "multi-flow", L.NatPort, L.FlowKey, "value_flow"),
-        Table("nat_cursor", "all-flows", L.u32, L.u64, "all"),
-        Table("nfx_stats", "all-flows", L.u32, L.u64, "all"),
+        Table("nat_cursor", "all-flows", L.u32, L.u64, "all"),     # the port allocator's position
     ],
     "ids": [
         Table("ids_flows", "per-flow", L.FlowKey, L.IdsFlow, "key_flow"),
@@ -32,7 +31,6 @@ TABLES = {
         Table("ids_hostports", "multi-flow", L.IdsHostPort, L.u8, "key_host"),
         Table("ids_global", "all-flows", L.u32, L.u64, "all"),
         Table("ids_sig_hits", "all-flows", L.u32, L.u64, "all"),
-        Table("nfx_stats", "all-flows", L.u32, L.u64, "all"),
     ],
 }
 

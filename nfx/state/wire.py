@@ -124,17 +124,38 @@ class Reader:
             got += r
         return mv
 
-    def frame(self):
-        """(kind, decoded payload): dict for JSON/END/ERROR, Chunk for CHUNK; None at a clean EOF."""
+    def header(self):
+        """(kind, payload length) of the next frame; None at a clean EOF. A WireError here means
+        the stream is out of step: nothing after it can be trusted."""
         first = self._into(hb := bytearray(HDR.size), HDR.size) if self._sock else self._into(hb := bytearray(HDR.size))
         if not first:
             return None
         if first < HDR.size:
             rest = self._exact(HDR.size - first)
             hb[first:] = rest
-        kind, length = decode_header(bytes(hb))
+        return decode_header(bytes(hb))
+
+    def body(self, kind: int, length: int):
+        """The payload after header(), decoded. A WireError here leaves the stream in step."""
         payload = self._exact(length) if length else memoryview(b"")
-        return kind, (decode_chunk(payload) if kind == CHUNK else decode_json(payload))
+        return decode_chunk(payload) if kind == CHUNK else decode_json(payload)
+
+    def skip(self, length: int) -> None:
+        """Discard a payload after header() without holding it in memory."""
+        buf = memoryview(bytearray(min(length, 1 << 20) or 1))
+        while length:
+            n = min(length, len(buf))
+            r = self._into(buf[:n], n) if self._sock else self._into(buf[:n])
+            if not r:
+                raise WireError(f"stream ended {length} bytes short of a frame")
+            length -= r
+
+    def frame(self):
+        """(kind, decoded payload): dict for JSON/END/ERROR, Chunk for CHUNK; None at a clean EOF."""
+        h = self.header()
+        if h is None:
+            return None
+        return h[0], self.body(*h)
 
 
 def write(dst, parts: list) -> int:

@@ -3,6 +3,7 @@ management bridge; and take it all down again. Names are <testbed>-<node>, so te
 different names live side by side."""
 import ipaddress
 import logging
+import secrets
 import time
 from pathlib import Path
 
@@ -47,13 +48,21 @@ def nf_config(kind: str, topo: Topology):
     return None
 
 
-def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None) -> state.Record:
+def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None,
+       agents: bool = True) -> state.Record:
+    """Build the testbed; with `agents`, start one agent per NF instance once everything exists."""
     progress = progress or (lambda msg: None)
     pin.ensure_bpffs()
+    # every agent request carries this token; the registry file is root-only (0600)
     rec = state.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
-                    max_flows=max_flows, pin_root=str(state.pin_root(name)), started=time.time())
+                    max_flows=max_flows, pin_root=str(state.pin_root(name)), started=time.time(),
+                    token=secrets.token_hex(16))
     try:
         _build(rec, topo, kind, max_flows, progress)
+        if agents and topo.role("nf"):
+            from ..agent import lifecycle
+            progress(f"agents for {', '.join(topo.role('nf'))}")
+            lifecycle.start(rec, topo.role("nf"))
     except BaseException:
         down(name)
         raise
@@ -89,21 +98,59 @@ def _build(rec: state.Record, topo: Topology, kind: str, max_flows: int, progres
         progress(f"switch {sw}")
         _switch(rec, topo, sw)
 
+    progress("peer links and release ports")
+    peers = _move_links(rec, topo)
     cls = nf_class(kind)
     for i, nf in enumerate(topo.role("nf")):
         progress(f"NF {nf} ({kind})")
         inside, outside = topo.neighbours(nf)
         from ..nfs.base import Wiring
         w = Wiring(ns_name(tb, nf), (ifname(topo, nf, inside), ifname(topo, nf, outside)),
-                   (_mac_toward(rec, topo, nf, inside), _mac_toward(rec, topo, nf, outside)))
+                   (_mac_toward(rec, topo, nf, inside), _mac_toward(rec, topo, nf, outside)),
+                   release=RELEASE_IF, peers=peers[nf])
         pin_dir = state.pin_root(tb) / nf
         rec.register("nf", nf)
         cls.create(nf, w, pin_dir, nf_config(kind, topo), max_flows=max_flows)
-        rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]])
+        rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]],
+                                index=i, release_if=RELEASE_IF,
+                                peer_slots={other: slot for slot, other in _slot_owner(peers[nf], topo).items()})
         rec.save()
 
     progress("management bridge")
     _mgmt(rec, topo)
+
+
+RELEASE_IF, RELEASE_PEER = "rl0", "rl1"
+
+
+def peer_slot(index: int) -> int:
+    """tx devmap slot of instance `index` in every other instance (slots 0 and 1 are the sides)."""
+    return 2 + index
+
+
+def _move_links(rec, topo: Topology) -> dict[str, dict[int, str]]:
+    """A veth between every two instances (redirects travel over the data plane) and, inside
+    each instance, a spare veth the release path's live test runs name as their ingress."""
+    nfs = topo.role("nf")
+    peers: dict[str, dict[int, str]] = {nf: {} for nf in nfs}
+    for i, a in enumerate(nfs):
+        ns = ns_name(rec["name"], a)
+        netns.ip("link", "add", RELEASE_IF, "type", "veth", "peer", "name", RELEASE_PEER, ns=ns)
+        for d in (RELEASE_IF, RELEASE_PEER):
+            netns.ip("link", "set", d, "up", ns=ns)
+        for j, b in enumerate(nfs[i + 1:], start=i + 1):
+            netns.ip("link", "add", f"p{j}", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
+                     "netns", ns_name(rec["name"], b))
+            netns.ip("link", "set", f"p{j}", "up", ns=ns)
+            netns.ip("link", "set", f"p{i}", "up", ns=ns_name(rec["name"], b))
+            peers[a][peer_slot(j)] = f"p{j}"
+            peers[b][peer_slot(i)] = f"p{i}"
+    return peers
+
+
+def _slot_owner(slots: dict[int, str], topo: Topology) -> dict[int, str]:
+    nfs = topo.role("nf")
+    return {slot: nfs[slot - 2] for slot in slots}
 
 
 def _stub_program(rec):
@@ -206,7 +253,10 @@ def down(name: str) -> dict:
     """Remove everything the registry lists, newest first; missing pieces are fine."""
     rec = state.load(name)
     created = rec.get("created", {})
-    removed = {"netns": 0, "pins": 0}
+    removed = {"netns": 0, "pins": 0, "agents": 0}
+    # agents first: they hold the maps open and listen in the namespaces about to go
+    from ..agent import lifecycle
+    removed["agents"] = lifecycle.stop_all(name, rec)
     nodes = rec.get("nodes", {})
     for nf in created.get("nf", []):
         pin.unpin(state.pin_root(name) / nf)
@@ -234,6 +284,8 @@ def status(name: str) -> dict:
     for node, info in rec.get("nodes", {}).items():
         n = {"role": info["role"], "netns": info["ns"], "alive": netns.exists(info["ns"])}
         if info["role"] == "nf" and "pin" in info:
+            from ..agent import lifecycle
+            n["agent"] = lifecycle.status(rec, node)
             try:
                 inst = nf_class(info["kind"]).open(node, Path(info["pin"]))
                 n["stats"] = inst.stats()

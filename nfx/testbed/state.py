@@ -31,9 +31,13 @@ class Record(dict):
     """The registry entry; `save()` after every change."""
 
     def save(self) -> None:
+        # 0600: the record holds the token every agent of the testbed asks for
         DIR.mkdir(parents=True, exist_ok=True)
         tmp = path(self["name"]).with_suffix(".tmp")
-        tmp.write_text(json.dumps(self, indent=1))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o600)
+            f.write(json.dumps(self, indent=1))
         os.replace(tmp, path(self["name"]))
 
     def register(self, kind: str, item) -> None:
@@ -45,7 +49,7 @@ def new(name: str, **fields) -> Record:
     check_name(name)
     if path(name).exists():
         raise AlreadyExists(f"testbed {name!r} already exists", hint=f"nfx testbed down --name {name}")
-    r = Record(name=name, status="building", **fields)
+    r = Record(name=name, status="building", owner_pid=os.getpid(), **fields)
     r.save()
     return r
 
@@ -60,6 +64,18 @@ def load(name: str) -> Record:
 
 def names() -> list[str]:
     return sorted(p.stem for p in DIR.glob("*.json")) if DIR.exists() else []
+
+
+def orphaned(name: str) -> bool:
+    """Still 'building' but the process building it is gone (it crashed before cleaning up)."""
+    try:
+        r = load(name)
+    except Exception:
+        return False
+    if r.get("status") != "building":
+        return False
+    pid = r.get("owner_pid")
+    return not pid or not os.path.exists(f"/proc/{pid}")
 
 
 def remove(name: str) -> None:

@@ -29,6 +29,9 @@ def c_define(name: str) -> int:
     ("nfx_stat", L.Stat, "NFX_"), ("nfx_action", L.Action, "NFX_ACT_"),
     ("nfx_nat_timeout", L.NatTimeout, "NFX_TO_"), ("nfx_alert_kind", L.AlertKind, "NFX_ALERT_"),
     ("nfx_ids_global", L.IdsGlobal, "NFX_IDS_G_"),
+    ("nfx_st_table", L.StTable, "NFX_ST_"), ("nfx_st_op", L.StOp, "NFX_ST_"),
+    ("nfx_stf_nat", L.StfNat, "NFX_STF_NAT_"), ("nfx_stf_ids_flow", L.StfIdsFlow, "NFX_STF_FLOW_"),
+    ("nfx_stf_ids_host", L.StfIdsHost, "NFX_STF_HOST_"),
 ])
 def test_enums_match(cname, pyenum, prefix):
     c = {k[len(prefix):]: v for k, v in c_enum(cname).items() if not k.endswith("_MAX")}
@@ -45,6 +48,7 @@ def test_enums_match(cname, pyenum, prefix):
     ("NFX_SW_OUTPUT", L.SW_OUTPUT), ("NFX_SW_SET_TOS", L.SW_SET_TOS), ("NFX_SW_CLEAR_TOS", L.SW_CLEAR_TOS),
     ("NFX_SW_TO_CTRL", L.SW_TO_CTRL), ("NFX_SW_DROP", L.SW_DROP), ("NFX_GEN_MAGIC", L.GEN_MAGIC),
     ("NFX_LAT_BUCKETS", L.LAT_BUCKETS), ("NFX_LAT_SUB", L.LAT_SUB),
+    ("NFX_STATELET_WORDS", L.STATELET_WORDS), ("NFX_STF_VALUE", L.STF_VALUE),
 ])
 def test_defines_match(cname, value):
     assert c_define(cname) == value
@@ -53,3 +57,10 @@ def test_defines_match(cname, value):
 def test_stat_max():
     assert c_enum("nfx_stat")["NFX_STAT_MAX"] == L.STAT_MAX
     assert max(L.Stat) < L.STAT_MAX
+
+
+@pytest.mark.parametrize("stf,struct", [(L.StfNat, L.NatEntry), (L.StfIdsFlow, L.IdsFlow), (L.StfIdsHost, L.IdsHost)])
+def test_statelet_field_bits_follow_struct_order(stf, struct):
+    """Field bit i is the i-th field of the value struct, pad left out (nfx.h, statelets)."""
+    fields = [name for name, _ in struct._fields_ if name != "pad"]
+    assert [m.name.lower() for m in sorted(stf)] == fields

@@ -1,0 +1,360 @@
+"""Client of one agent: its methods mirror the protocol's ops (nfx/agent/PROTOCOL.md).
+
+    with AgentClient("t1", "nf0") as a:
+        chunks = a.get(scopes=("per-flow",), filter="proto=tcp")
+        AgentClient("t1", "nf1").put(chunks)
+
+By default the socket is made inside the testbed's management netns (where the controller
+sits); `ns=None` keeps the caller's netns (an agent pushing to a peer). One connection, opened
+on first use, one request at a time. `delay_ms` emulates a one-way control-channel delay: each
+request leaves `delay_ms` late and each reply (or event) is handed over `delay_ms` after it
+arrived; a reply's chunk stream follows its first frame without further delay."""
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from ..errors import AgentDown, BadInput, NfxError, NotFound, Timeout
+from ..loader import netns
+from ..state import wire
+from .protocol import PORT, raise_error
+
+RETRY_OPS = {"ping", "info", "stats", "get", "marks"}
+
+
+class AgentClient:
+    def __init__(self, testbed: str, instance: str, *, timeout: float = 30.0, delay_ms: float = 0.0,
+                 ns: str | None = "mgmt", addr: str | None = None, port: int | None = None,
+                 token: str | None = None):
+        from ..testbed import state
+        rec = state.load(testbed)
+        nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
+        if instance not in nfs:
+            raise NotFound(f"no NF instance {instance!r} in testbed {testbed}",
+                           hint=f"instances: {', '.join(nfs) or 'none'}")
+        mg = rec.get("mgmt")
+        if not mg or instance not in mg.get("agents", {}):
+            raise NotFound(f"testbed {testbed} has no management address for {instance} (still building?)")
+        if delay_ms < 0:
+            raise BadInput("delay_ms must be >= 0")
+        self.testbed, self.instance = testbed, instance
+        agent = rec["nodes"][instance].get("agent") or {}
+        self.addr = addr or mg["agents"][instance]
+        self.port = port or agent.get("port") or PORT
+        self.ns = mg["ns"] if ns == "mgmt" else ns
+        self.token = token if token is not None else rec.get("token")
+        self.timeout = timeout
+        self.delay = delay_ms / 1000.0
+        self._sock: socket.socket | None = None
+        self._reader: wire.Reader | None = None
+        self.last_send_s = 0.0          # time spent writing the last request (and its chunks)
+
+    # ---- transport ----
+    def _down(self, why: str) -> AgentDown:
+        return AgentDown(f"agent of {self.instance} in testbed {self.testbed} is not answering at "
+                         f"{self.addr}:{self.port} ({why})",
+                         hint=f"start it: nfx nf start --name {self.testbed} --instance {self.instance}")
+
+    def connect(self) -> None:
+        if self._sock is not None:
+            return
+        with netns.enter(self.ns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(min(self.timeout, 5.0))
+        try:
+            s.connect((self.addr, self.port))
+        except ConnectionRefusedError:
+            s.close()
+            raise self._down("connection refused: no agent is listening") from None
+        except socket.timeout:
+            s.close()
+            raise self._down("connect timed out") from None
+        except OSError as e:
+            s.close()
+            raise self._down(e.strerror or str(e)) from None
+        s.settimeout(self.timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._reader = s, wire.Reader(s)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = self._reader = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _write(self, parts) -> None:
+        try:
+            wire.write(self._sock, parts)
+        except socket.timeout:
+            self.close()
+            raise Timeout(f"sending to the agent of {self.instance} timed out after {self.timeout:g} s") from None
+        except OSError as e:
+            self.close()
+            raise self._down(f"connection lost while sending: {e.strerror or e}") from None
+
+    def _frame(self, first: bool = False):
+        try:
+            fr = self._reader.frame()
+        except socket.timeout:
+            self.close()
+            raise Timeout(f"the agent of {self.instance} did not answer within {self.timeout:g} s") from None
+        except wire.WireError as e:
+            self.close()
+            if "short of a frame" in str(e):
+                raise self._down("the connection closed mid-reply") from None
+            raise NfxError(f"bad reply from the agent of {self.instance}: {e}") from None
+        except OSError as e:
+            self.close()
+            raise self._down(f"connection lost: {e.strerror or e}") from None
+        if fr is None:
+            self.close()
+            raise self._down("the agent closed the connection")
+        if first and self.delay:
+            time.sleep(self.delay)
+        return fr
+
+    def _begin(self, op: str, args: dict, parts_after: Iterable | None = None) -> None:
+        """Send one request (and, for put, the frames that follow it)."""
+        req = {"op": op, "token": self.token, **{k: v for k, v in args.items() if v is not None}}
+        if self.delay:
+            time.sleep(self.delay)
+        fresh = self._sock is None
+        self.connect()
+        t0 = time.perf_counter()
+        self._write(wire.encode_json(req))
+        if parts_after is not None:
+            for parts in parts_after:
+                self._write(parts)
+        self.last_send_s = time.perf_counter() - t0
+        return fresh
+
+    def _reply(self, op: str) -> dict:
+        kind, obj = self._frame(first=True)
+        if kind == wire.ERROR:
+            raise_error(obj, f"{self.instance}: ")
+        if kind != wire.JSON:
+            self.close()
+            raise NfxError(f"unexpected reply to {op} from {self.instance}: frame kind {kind}")
+        return obj
+
+    def request(self, op: str, **args) -> dict:
+        """One request, one JSON reply (ERROR raises the matching NfxError)."""
+        fresh = self._begin(op, args)
+        try:
+            return self._reply(op)
+        except AgentDown:
+            if fresh or op not in RETRY_OPS:
+                raise
+        # a kept connection to an agent that was restarted since: once more on a new one
+        self._begin(op, args)
+        return self._reply(op)
+
+    # ---- ops ----
+    def ping(self) -> dict:
+        t0 = time.perf_counter()
+        r = self.request("ping")
+        r["rtt_ms"] = (time.perf_counter() - t0) * 1000
+        return r
+
+    def info(self, entries: bool = False) -> dict:
+        return self.request("info", entries=entries or None)
+
+    def stats(self) -> dict:
+        return self.request("stats")["stats"]
+
+    def iter_get(self, scopes=None, filter: str | None = None, chunk_entries: int | None = None,
+                 head: dict | None = None) -> Iterator[wire.Chunk]:
+        """Chunks as they arrive; `head` (if given) receives the reply and then the END summary.
+        Consume it to the end before the next request."""
+        args = {"scopes": list(scopes) if scopes is not None and not isinstance(scopes, str) else scopes,
+                "filter": filter, "chunk_entries": chunk_entries}
+        fresh = self._begin("get", args)
+        try:
+            r = self._reply("get")
+        except AgentDown:
+            if fresh:
+                raise
+            self._begin("get", args)
+            r = self._reply("get")
+        if head is not None:
+            head.update(r)
+        while True:
+            kind, obj = self._frame()
+            if kind == wire.CHUNK:
+                yield obj
+            elif kind == wire.END:
+                if head is not None:
+                    head["end"] = obj
+                return
+            elif kind == wire.ERROR:
+                raise_error(obj, f"{self.instance}: ")
+            else:
+                self.close()
+                raise NfxError(f"unexpected frame kind {kind} in the state stream from {self.instance}")
+
+    def get(self, scopes=None, filter: str | None = None, on_chunk: Callable | None = None,
+            chunk_entries: int | None = None, head: dict | None = None):
+        """The selected state: a list of chunks, or (with on_chunk) each handed over as it arrives
+        and the reply's summary returned."""
+        h = {} if head is None else head
+        it = self.iter_get(scopes, filter, chunk_entries, h)
+        if on_chunk is None:
+            return list(it)
+        for c in it:
+            on_chunk(c)
+        return h
+
+    def export(self, path: str, scopes=None, filter: str | None = None, meta: dict | None = None,
+               on_chunk: Callable | None = None) -> dict:
+        """Stream the selected state into a state file (ops.save's format)."""
+        from ..state import ops
+        head = {}
+
+        def chunks():
+            for c in self.iter_get(scopes, filter, head=head):
+                if on_chunk:
+                    on_chunk(c)
+                yield c
+        m = {"testbed": self.testbed, "instance": self.instance, "exported_at": time.time(),
+             "filter": filter or "all", "scopes": list(scopes) if scopes and not isinstance(scopes, str) else scopes or "all",
+             **(meta or {})}
+        t0 = time.perf_counter()
+        r = ops.save(path, m, chunks())
+        r["seconds"] = time.perf_counter() - t0
+        r["export_s"] = head.get("export_s")
+        return r
+
+    def put(self, chunks: Iterable[wire.Chunk], parallel: bool | None = None,
+            on_chunk: Callable | None = None) -> dict:
+        """Stream chunks; the agent checks them all, then applies them (all or nothing on a bad
+        chunk). Returns its report: applied, failed, entries, recv_s, apply_s."""
+        count = [0, 0]
+
+        def frames():
+            for c in chunks:
+                count[0] += 1
+                count[1] += c.count
+                yield wire.encode_chunk(c)
+                if on_chunk:
+                    on_chunk(c)
+            yield wire.encode_json({"chunks": count[0], "entries": count[1]}, wire.END)
+        self._begin("put", {"parallel": parallel}, frames())
+        return self._reply("put")
+
+    def delete(self, scopes=None, filter: str | None = None) -> dict:
+        return self.request("del", scopes=_scopes_arg(scopes), filter=filter)
+
+    def push(self, to: str, scopes=None, filter: str | None = None, addr: str | None = None,
+             port: int | None = None, parallel: bool | None = None) -> dict:
+        """Have this agent send its selected state straight to agent `to` (peer to peer)."""
+        return self.request("push", to=to, scopes=_scopes_arg(scopes), filter=filter, addr=addr, port=port,
+                            parallel=parallel, timeout=max(self.timeout, 60))
+
+    def mark(self, action: str | int, flows: list[dict] | None = None, filter: str | None = None,
+             peer: int = 0, tag: int = 0, epoch: int = 0) -> dict:
+        return self.request("mark", action=action, flows=flows, filter=filter, peer=peer, tag=tag, epoch=epoch)
+
+    def unmark(self, flows: list[dict] | None = None, filter: str | None = None, all: bool = False) -> dict:
+        return self.request("unmark", flows=flows, filter=filter, all=all or None)
+
+    def marks(self, limit: int | None = None) -> dict:
+        return self.request("marks", limit=limit)
+
+    def set_filter(self, slot: int, filter: str | None, action: str | int, peer: int = 0, tag: int = 0,
+                   bidir: bool = True) -> dict:
+        return self.request("filter", slot=slot, filter=filter or "all", action=action, peer=peer, tag=tag,
+                            bidir=bidir)
+
+    def clear_filter(self, slot: int) -> dict:
+        return self.request("filter", slot=slot, clear=True)
+
+    def subscribe(self, streams=("stats",), interval: float = 1.0) -> "Subscription":
+        self._begin("subscribe", {"streams": list(streams), "interval": interval})
+        r = self._reply("subscribe")
+        return Subscription(self, r)
+
+
+def _scopes_arg(scopes):
+    if scopes is None or isinstance(scopes, str):
+        return scopes
+    return list(scopes)
+
+
+class Subscription:
+    """Events of a subscribe request: iterate, or next_event(timeout); close() ends it (the
+    connection stays usable)."""
+
+    def __init__(self, client: AgentClient, reply: dict):
+        self.client = client
+        self.streams = reply.get("streams", [])
+        self.unavailable = reply.get("unavailable", {})
+        self.open = True
+        self.summary: dict | None = None
+
+    def next_event(self, timeout: float | None = None) -> dict | None:
+        """The next event, or None if none came within `timeout` seconds."""
+        if not self.open:
+            return None
+        s = self.client._sock
+        if timeout is not None:
+            import select
+            rd, _, _ = select.select([s], [], [], timeout)
+            if not rd:
+                return None
+        kind, obj = self.client._frame(first=True)
+        if kind == wire.ERROR:
+            self.open = False
+            raise_error(obj, f"{self.client.instance}: ")
+        if kind == wire.END:
+            self.open = False
+            self.summary = obj
+            return None
+        return obj
+
+    def __iter__(self):
+        while self.open:
+            ev = self.next_event()
+            if ev is not None:
+                yield ev
+
+    def events(self, seconds: float) -> list[dict]:
+        """Everything that arrives within `seconds`."""
+        out, end = [], time.monotonic() + seconds
+        while self.open and (left := end - time.monotonic()) > 0:
+            ev = self.next_event(left)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def close(self) -> dict | None:
+        """End the subscription: ask the agent to stop and skip events up to its END."""
+        if not self.open:
+            return self.summary
+        self.client._write(wire.encode_json({"op": "stop"}))
+        while self.open:
+            kind, obj = self.client._frame()
+            if kind in (wire.END, wire.ERROR):
+                self.open = False
+                self.summary = obj
+        return self.summary
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.close()
+        except NfxError:
+            self.client.close()

@@ -1,0 +1,61 @@
+"""What agent and client share: the port, the ops, request limits, and errors as ERROR frames
+(nfx/agent/PROTOCOL.md). Frames are nfx/state/wire.py's, on a TCP socket."""
+import json
+
+from .. import errors as E
+from ..state import wire
+
+PORT = 7700
+REQUEST_MAX = 1 << 20          # a JSON request frame larger than this is refused unread
+OPS = ("ping", "info", "stats", "get", "put", "del", "push", "mark", "unmark", "marks", "filter",
+       "subscribe")
+ACTIONS = {"process": 0, "statelet": 1, "buffer": 2, "redirect": 3, "to_ctrl": 4, "drop": 5}
+
+_TYPES = {c.__name__: c for c in (E.NfxError, E.BadInput, E.NotFound, E.AlreadyExists, E.NeedRoot,
+                                  E.KernelFeature, E.BpfError, E.Timeout, E.Refused, E.AgentDown)}
+
+
+def error_obj(e: BaseException, op: str | None = None) -> dict:
+    """An exception as the body of an ERROR frame."""
+    if isinstance(e, E.NfxError):
+        d = {"error": str(e), "type": type(e).__name__ if type(e).__name__ in _TYPES else "NfxError",
+             "code": e.exit_code}
+        if e.hint:
+            d["hint"] = e.hint
+    else:
+        d = {"error": f"internal error: {type(e).__name__}: {e}", "type": "NfxError", "code": 1}
+    if op:
+        d["op"] = op
+    return d
+
+
+def error_frame(e: BaseException, op: str | None = None) -> list:
+    return wire.encode_json(error_obj(e, op), wire.ERROR)
+
+
+def raise_error(obj: dict, where: str = "") -> None:
+    """Turn an ERROR frame's body back into the matching NfxError."""
+    cls = _TYPES.get(obj.get("type"), E.NfxError)
+    msg = str(obj.get("error", "unknown error"))
+    raise cls(f"{where}{msg}", hint=obj.get("hint"))
+
+
+def action_num(a) -> int:
+    if isinstance(a, bool):
+        raise E.BadInput(f"bad action {a!r}")
+    if isinstance(a, int) and a in ACTIONS.values():
+        return a
+    if isinstance(a, str) and a.lower().replace("-", "_") in ACTIONS:
+        return ACTIONS[a.lower().replace("-", "_")]
+    raise E.BadInput(f"unknown action {a!r}: one of {', '.join(ACTIONS)}")
+
+
+def jsonable(obj):
+    """Events may carry bytes or other objects: make them JSON (bytes as hex, the rest as str)."""
+    def default(o):
+        if isinstance(o, (bytes, bytearray, memoryview)):
+            return bytes(o).hex()
+        if hasattr(o, "__dict__"):
+            return o.__dict__
+        return str(o)
+    return json.loads(json.dumps(obj, default=default))

@@ -1,0 +1,620 @@
+"""The agent: one process per NF instance, in the instance's netns. It reopens the instance's
+pinned maps (the XDP program stays attached: the agent never compiles or attaches anything) and
+serves the southbound API on the management network, one thread per connection. A bad request
+gets an ERROR frame; it never ends the agent. See nfx/agent/PROTOCOL.md."""
+import argparse
+import ctypes as ct
+import hmac
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import layout as L
+from ..errors import BadInput, NfxError, NotFound, Refused
+from ..flows import be_to_ip, key_fields, make_key, reverse
+from ..loader import netns
+from ..state import filter as F, ops, wire
+from ..state.tables import SCOPES, parse_scopes, tables
+from . import streams
+from .protocol import ACTIONS, OPS, PORT, REQUEST_MAX, action_num, error_frame, jsonable
+
+log = logging.getLogger("nfx.agent")
+KIND_NAMES = {wire.JSON: "JSON", wire.CHUNK: "CHUNK", wire.END: "END", wire.ERROR: "ERROR"}
+ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+KEY_BYTES = ct.sizeof(L.FlowKey)
+
+
+def _prefix_str(addr: int, mask: int) -> str | None:
+    return f"{be_to_ip(addr)}/{bin(mask).count('1')}" if mask else None
+
+
+class _Closed(Exception):
+    """The peer went away mid-request."""
+
+
+def _send(sock, parts) -> int:
+    return wire.write(sock, parts)
+
+
+def _scopes(req) -> tuple[str, ...]:
+    s = req.get("scopes")
+    if s is None or isinstance(s, str):
+        return parse_scopes(s)
+    if not isinstance(s, list) or not all(isinstance(x, str) for x in s):
+        raise BadInput("scopes: a list of scope names or a comma-separated string")
+    tables("nat", s)          # validates the names
+    return tuple(s)
+
+
+def _filter(req) -> F.Filter:
+    f = req.get("filter")
+    if f is not None and not isinstance(f, str):
+        raise BadInput("filter: a string such as 'proto=udp src=10.0.1.0/24'")
+    return F.parse(f)
+
+
+def _int(req, name, default, lo, hi) -> int:
+    v = req.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise BadInput(f"{name}: an integer in {lo}..{hi}, not {v!r}")
+    return v
+
+
+def _xdp_attached(ns: str, ifname: str) -> int | None:
+    """The XDP program id attached to an interface, None if none (or unknown)."""
+    try:
+        out = subprocess.run(["ip", "-n", ns, "-j", "-d", "link", "show", "dev", ifname],
+                             capture_output=True, text=True, timeout=5).stdout
+        link = json.loads(out)[0]
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+    xdp = link.get("xdp") or {}
+    prog = xdp.get("prog") or {}
+    if not prog and xdp.get("attached"):
+        prog = xdp["attached"][0].get("prog") or {}
+    return prog.get("id")
+
+
+class Agent:
+    def __init__(self, testbed: str, instance: str, port: int | None = None):
+        from ..testbed import state
+        rec = state.load(testbed)
+        node = rec.get("nodes", {}).get(instance)
+        nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
+        if not node or node.get("role") != "nf":
+            raise NotFound(f"no NF instance {instance!r} in testbed {testbed}",
+                           hint=f"instances: {', '.join(nfs) or 'none'}")
+        if "pin" not in node or "kind" not in node:
+            raise NotFound(f"instance {instance} of {testbed} was never built (no pins recorded)")
+        mg = rec.get("mgmt") or {}
+        if instance not in mg.get("agents", {}):
+            raise NotFound(f"testbed {testbed} has no management address for {instance}")
+        if not rec.get("token"):
+            raise NfxError(f"testbed {testbed} has no token (built by an older nfx)", hint="rebuild it")
+        self.testbed, self.instance = testbed, instance
+        self.kind, self.ns, self.pin = node["kind"], node["ns"], Path(node["pin"])
+        self.wiring = node.get("wiring", [])
+        self.addr = mg["agents"][instance]
+        self.port = port or (node.get("agent") or {}).get("port") or PORT
+        self._token = rec["token"].encode()
+        self.started = time.time()
+        self.lock = threading.Lock()          # serialises mark/filter writes (gate config)
+        self.hubs: dict[str, streams.Hub] = {}
+        self.nf = None
+        self.listener: socket.socket | None = None
+        self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
+        self.requests = 0
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        """Enter the instance's netns for good (threads made later inherit it), reopen the pinned
+        maps, and listen on the management address."""
+        from ..testbed.builder import nf_class
+        self._ns = netns.enter(self.ns)
+        self._ns.__enter__()
+        self.nf = nf_class(self.kind).open(self.instance, self.pin)
+        self.layout = L.layout_hash()
+        if not (self.pin / "prog").exists():
+            log.warning("no pinned program at %s: the instance may not be attached", self.pin / "prog")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((self.addr, self.port))
+        except OSError as e:
+            s.close()
+            raise NfxError(f"cannot listen on {self.addr}:{self.port} in {self.ns}: {e.strerror}",
+                           hint="is another agent of this instance running? nfx nf list") from None
+        s.listen(128)
+        self.listener = s
+        log.info("agent %s/%s (%s) pid %d: %d maps from %s, listening on %s:%d in %s, layout %s",
+                 self.testbed, self.instance, self.kind, os.getpid(), len(self.nf.maps), self.pin,
+                 self.addr, self.port, self.ns, self.layout)
+
+    def serve_forever(self) -> None:
+        while True:
+            try:
+                conn, peer = self.listener.accept()
+            except OSError as e:
+                if self.listener.fileno() < 0:
+                    return
+                log.warning("accept: %s", e)
+                time.sleep(0.05)
+                continue
+            threading.Thread(target=self._connection, args=(conn, peer), daemon=True,
+                             name=f"conn-{peer[0]}:{peer[1]}").start()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+    # ---- one connection ----
+    def _connection(self, sock: socket.socket, peer) -> None:
+        who = f"{peer[0]}:{peer[1]}"
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        r = wire.Reader(sock)
+        try:
+            while True:
+                try:
+                    h = r.header()
+                except wire.WireError as e:
+                    # out of step: nothing after this can be trusted
+                    _send(sock, error_frame(BadInput(f"malformed frame: {e}; closing the connection")))
+                    log.warning("%s: malformed frame: %s", who, e)
+                    return
+                if h is None:
+                    return
+                kind, length = h
+                if kind != wire.JSON:
+                    r.skip(length)
+                    _send(sock, error_frame(BadInput(
+                        f"expected a JSON request frame, got a {KIND_NAMES[kind]} frame ({length} bytes): ignored")))
+                    continue
+                if length > REQUEST_MAX:
+                    r.skip(length)
+                    _send(sock, error_frame(BadInput(f"request frame of {length} bytes is over the "
+                                                     f"{REQUEST_MAX}-byte limit: ignored")))
+                    continue
+                try:
+                    req = r.body(kind, length)
+                except wire.WireError as e:
+                    _send(sock, error_frame(BadInput(f"malformed request: {e}")))
+                    continue
+                self._request(sock, r, req, who)
+        except (_Closed, ConnectionError, socket.timeout, wire.WireError) as e:
+            log.info("%s: connection ended: %s", who, e)
+        except OSError as e:
+            log.info("%s: connection ended: %s", who, e)
+        except Exception:
+            log.exception("%s: connection handler failed", who)
+        finally:
+            sock.close()
+
+    def _request(self, sock, r, req: dict, who: str) -> None:
+        op = req.get("op")
+        token = req.get("token")
+        self.requests += 1
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self._token):
+            why = "no token" if token is None else "wrong token"
+            log.warning("%s: %s refused: %s", who, op, why)
+            _send(sock, error_frame(Refused(
+                f"request refused: {why} (every request carries the testbed's token)",
+                hint="the token is in the testbed registry, /run/nfx/testbeds/<name>.json (root only)"), op))
+            if op == "put":
+                self._drain(r)
+            return
+        if not isinstance(op, str) or op not in self.handlers:
+            _send(sock, error_frame(BadInput(f"unknown op {op!r}: ops are {', '.join(OPS)}")))
+            return
+        log.info("%s: %s", who, op)
+        t0 = time.perf_counter()
+        try:
+            res = self.handlers[op](sock, r, req)
+            if res is not None:
+                _send(sock, wire.encode_json({"ok": True, "op": op, **res}))
+        except (_Closed, ConnectionError, BrokenPipeError):
+            raise
+        except NfxError as e:
+            log.warning("%s: %s failed: %s", who, op, e)
+            _send(sock, error_frame(e, op))
+        except Exception as e:
+            log.exception("%s: %s failed", who, op)
+            _send(sock, error_frame(e, op))
+        else:
+            log.info("%s: %s done in %.3f s", who, op, time.perf_counter() - t0)
+
+    def _drain(self, r) -> None:
+        """Skip a refused put's chunks up to its END, so the connection stays in step."""
+        while True:
+            h = r.header()
+            if h is None:
+                raise _Closed("closed during a put")
+            kind, length = h
+            if kind == wire.END:
+                r.skip(length)
+                return
+            r.skip(length)
+
+    # ---- ops ----
+    def op_ping(self, sock, r, req) -> dict:
+        return {"instance": self.instance, "kind": self.kind, "pid": os.getpid(),
+                "uptime_s": round(time.time() - self.started, 3)}
+
+    def op_info(self, sock, r, req) -> dict:
+        maps = {}
+        state_tables = {t.name for t in tables(self.kind)}
+        for name, m in sorted(self.nf.maps.items()):
+            d = {"type": m.info.type, "key_size": m.info.key_size, "value_size": m.info.value_size,
+                 "max_entries": m.max_entries, "percpu": m.percpu}
+            if req.get("entries") and name in state_tables:
+                d["entries"] = m.export()[0]
+            maps[name] = d
+        return {"testbed": self.testbed, "instance": self.instance, "kind": self.kind,
+                "layout": self.layout, "layout_now": L.layout_hash(), "pid": os.getpid(),
+                "ns": self.ns, "addr": self.addr, "port": self.port, "pin": str(self.pin),
+                "started": self.started, "uptime_s": round(time.time() - self.started, 3),
+                "prog_pinned": (self.pin / "prog").exists(),
+                "xdp": {i: _xdp_attached(self.ns, i) for i in self.wiring},
+                "maps": maps, "tables": [{"name": t.name, "scope": t.scope} for t in tables(self.kind)],
+                "streams": sorted(streams.REGISTRY), "requests": self.requests}
+
+    def op_stats(self, sock, r, req) -> dict:
+        return {"instance": self.instance, "stats": self.nf.stats()}
+
+    def _export(self, req) -> tuple[list, dict]:
+        scopes, flt = _scopes(req), _filter(req)
+        ce = _int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22)
+        t0 = time.perf_counter()
+        chunks = list(ops.export(self.nf, scopes, flt, ce))
+        summary = {"chunks": len(chunks), "entries": sum(c.count for c in chunks),
+                   "bytes": sum(c.nbytes for c in chunks), "export_s": time.perf_counter() - t0,
+                   "tables": sorted({c.table for c in chunks}), "scopes": list(scopes), "filter": flt.text,
+                   "layout": self.layout}
+        return chunks, summary
+
+    def op_get(self, sock, r, req) -> None:
+        chunks, summary = self._export(req)
+        _send(sock, wire.encode_json({"ok": True, "op": "get", **summary}))
+        t0 = time.perf_counter()
+        for c in chunks:
+            _send(sock, wire.encode_chunk(c))
+        _send(sock, wire.encode_json({"chunks": summary["chunks"], "entries": summary["entries"],
+                                      "bytes": summary["bytes"], "send_s": time.perf_counter() - t0}, wire.END))
+        return None
+
+    def op_put(self, sock, r, req) -> dict:
+        """Take every chunk up to END, check them all, then apply: a put with one bad chunk (or of
+        another layout) changes nothing."""
+        t0 = time.perf_counter()
+        chunks, problem, end = [], None, None
+        while True:
+            h = r.header()
+            if h is None:
+                raise _Closed("closed during a put")
+            kind, length = h
+            if kind == wire.END:
+                end = r.body(kind, length) if length <= REQUEST_MAX else r.skip(length)
+                break
+            if kind != wire.CHUNK or problem:
+                r.skip(length)
+                problem = problem or f"expected CHUNK or END frames after put, got {KIND_NAMES[kind]}"
+                continue
+            try:
+                c = r.body(kind, length)
+                ops.check(self.nf, c)
+                chunks.append(c)
+            except BadInput as e:
+                problem = str(e)
+                chunks = []
+        recv_s = time.perf_counter() - t0
+        if problem:
+            raise BadInput(f"{problem}; nothing was applied")
+        if isinstance(end, dict) and "chunks" in end and end["chunks"] != len(chunks):
+            raise BadInput(f"put: END says {end['chunks']} chunks, {len(chunks)} arrived; nothing was applied")
+        t1 = time.perf_counter()
+        report = self._apply(chunks, req.get("parallel", True))
+        apply_s = time.perf_counter() - t1
+        return {**report, "chunks": len(chunks), "bytes": sum(c.nbytes for c in chunks),
+                "recv_s": recv_s, "apply_s": apply_s}
+
+    def _apply(self, chunks: list, parallel: bool) -> dict:
+        """ops.put, on two threads when there is enough to do (batch updates release the GIL)."""
+        total = sum(c.count for c in chunks)
+        if not parallel or len(chunks) < 2 or total < 200_000:
+            return ops.put(self.nf, chunks)
+        groups = [[], []]
+        loads = [0, 0]
+        for c in sorted(chunks, key=lambda c: -c.count):
+            i = loads.index(min(loads))
+            groups[i].append(c)
+            loads[i] += c.count
+        out = [None, None]
+
+        def work(i):
+            out[i] = ops.put(self.nf, groups[i])
+        ts = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return {"applied": sorted(out[0]["applied"] + out[1]["applied"]),
+                "failed": out[0]["failed"] + out[1]["failed"], "entries": out[0]["entries"] + out[1]["entries"]}
+
+    def op_del(self, sock, r, req) -> dict:
+        scopes, flt = _scopes(req), _filter(req)
+        d = ops.delete(self.nf, scopes, flt)
+        return {"deleted": d, "entries": sum(d.values())}
+
+    def op_push(self, sock, r, req) -> dict:
+        from .client import AgentClient
+        to, addr = req.get("to"), req.get("addr")
+        if not isinstance(to, str) or not to:
+            raise BadInput("push needs 'to': the instance to send the state to")
+        if to == self.instance and not addr:
+            raise BadInput(f"push: {to} is this instance")
+        port = _int(req, "port", PORT, 1, 65535)
+        timeout = req.get("timeout", 600)
+        t0 = time.perf_counter()
+        chunks, summary = self._export(req)
+        peer = AgentClient(self.testbed, to, ns=None, addr=addr, port=port, timeout=timeout)
+        try:
+            t1 = time.perf_counter()
+            try:
+                report = peer.put(chunks, parallel=req.get("parallel", True))
+            except NfxError as e:
+                raise type(e)(f"push to {to}: {e}", hint=e.hint) from None
+            send_s = peer.last_send_s
+        finally:
+            peer.close()
+        t2 = time.perf_counter()
+        return {"to": to, "entries": summary["entries"], "chunks": summary["chunks"], "bytes": summary["bytes"],
+                "tables": summary["tables"], "export_s": summary["export_s"], "send_s": send_s,
+                "transfer_s": report["recv_s"], "import_s": report["apply_s"], "put_s": t2 - t1,
+                "total_s": t2 - t0, "applied": len(report["applied"]), "failed": report["failed"],
+                "imported": report["entries"]}
+
+    # ---- marks and filters: what moves flip ----
+    def _flow_keys(self, req) -> np.ndarray:
+        """16-byte flow keys (as a uint8 matrix) named by `flows` and/or selected by `filter`,
+        each with its other direction (NAT: the translated key)."""
+        out = []
+        flows = req.get("flows") or []
+        if not isinstance(flows, list):
+            raise BadInput("flows: a list of {src, dst, sport, dport, proto}")
+        for f in flows:
+            if not isinstance(f, dict):
+                raise BadInput(f"flows: {f!r} is not an object")
+            try:
+                k = make_key(f["src"], f["dst"], int(f.get("sport", 0)), int(f.get("dport", 0)), f.get("proto", 0))
+            except KeyError as e:
+                raise BadInput(f"flows: {f} lacks {e}") from None
+            except (TypeError, ValueError):
+                raise BadInput(f"flows: bad port in {f}") from None
+            out.append(bytes(k))
+            if self.kind == "nat":
+                for t in ("nat_fwd", "nat_rev"):
+                    e = self.nf.maps[t].get(k)
+                    if e is not None:
+                        out.append(bytes(e.peer))
+            else:
+                out.append(bytes(reverse(k)))
+        keys = np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, KEY_BYTES) if out else \
+            np.zeros((0, KEY_BYTES), dtype=np.uint8)
+        if req.get("filter") is not None:
+            flt = _filter(req)
+            parts = [keys]
+            for c in ops.export(self.nf, ("per-flow",), flt):
+                if c.key_size != KEY_BYTES:
+                    continue
+                k = np.frombuffer(c.keys, dtype=np.uint8).reshape(c.count, KEY_BYTES)
+                parts.append(k)
+                if c.table in ("nat_fwd", "nat_rev"):
+                    v = np.frombuffer(c.values, dtype=np.uint8).reshape(c.count, -1)[:, :KEY_BYTES]
+                    parts.append(v)
+                elif self.kind != "nat":
+                    rk = k.copy().view(F.FLOW_DTYPE).reshape(c.count)
+                    sw = rk.copy()
+                    sw["saddr"], sw["daddr"] = rk["daddr"], rk["saddr"]
+                    sw["sport"], sw["dport"] = rk["dport"], rk["sport"]
+                    parts.append(sw.view(np.uint8).reshape(c.count, KEY_BYTES))
+            keys = np.concatenate(parts)
+        if len(keys):
+            keys = np.unique(keys, axis=0)
+        return keys
+
+    @staticmethod
+    def _keys_array(keys: np.ndarray):
+        return (L.FlowKey * len(keys)).from_buffer(bytearray(keys.tobytes()))
+
+    def op_mark(self, sock, r, req) -> dict:
+        action = action_num(req.get("action", "process"))
+        peer = _int(req, "peer", 0, 0, 0xFFFFFFFF)
+        tag = _int(req, "tag", 0, 0, 0xFFFFFFFF)
+        epoch = _int(req, "epoch", 0, 0, 0xFFFFFFFF)
+        keys = self._flow_keys(req)
+        n = len(keys)
+        with self.lock:
+            if n:
+                arr = self._keys_array(keys)
+                # set_mark raises the gate's flag before the first mark exists
+                self.nf.set_mark(arr[0], action, peer)
+                vals = (L.Mark * n)()
+                for i in range(n):
+                    vals[i].action, vals[i].peer, vals[i].tag, vals[i].epoch = action, peer, tag, epoch
+                self.nf.maps["nfx_marks"].update_batch(arr, vals, n)
+        return {"marked": n, "action": ACTION_NAMES[action]}
+
+    def op_unmark(self, sock, r, req) -> dict:
+        m = self.nf.maps["nfx_marks"]
+        with self.lock:
+            if req.get("all"):
+                return {"unmarked": m.clear()}
+            want = {bytes(k) for k in self._flow_keys(req)}
+            n, keys, _ = m.export()
+            have = [keys[i] for i in range(n) if bytes(keys[i]) in want]
+            arr = (L.FlowKey * len(have))(*have)
+            done = m.delete_batch(arr, len(have)) if have else 0
+        return {"unmarked": done}
+
+    def op_marks(self, sock, r, req) -> dict:
+        limit = _int(req, "limit", 10000, 0, 1 << 24)
+        n, keys, vals = self.nf.maps["nfx_marks"].export()
+        marks = []
+        for i in range(min(n, limit)):
+            v = vals[i]
+            m = {f: getattr(v, f) for f, _ in L.Mark._fields_ if f not in ("lock", "pad")}
+            m["action"] = ACTION_NAMES.get(v.action, v.action)
+            marks.append({"flow": key_fields(keys[i]), **m})
+        filters = []
+        fm = self.nf.maps["nfx_filters"]
+        for slot in range(L.MAX_FILTERS):
+            f = fm.get(L.u32(slot))
+            if f is not None and f.flags & L.FILTER_USED:
+                filters.append({"slot": slot, "src": _prefix_str(f.saddr, f.smask), "dst": _prefix_str(f.daddr, f.dmask),
+                                "sport": socket.ntohs(f.sport), "dport": socket.ntohs(f.dport), "proto": f.proto,
+                                "action": ACTION_NAMES.get(f.action, f.action), "bidir": bool(f.flags & L.FILTER_BIDIR),
+                                "peer": f.peer, "tag": f.tag})
+        g = self.nf._gate_cfg()
+        return {"count": n, "marks": marks, "filters": filters, "gate": {"marks": g.marks, "filters": g.filters}}
+
+    def op_filter(self, sock, r, req) -> dict:
+        slot = _int(req, "slot", None, 0, L.MAX_FILTERS - 1) if "slot" in req else None
+        if slot is None:
+            raise BadInput(f"filter needs 'slot' (0..{L.MAX_FILTERS - 1})")
+        if req.get("clear"):
+            with self.lock:
+                self.nf.set_filter(slot, L.Filter())
+            return {"slot": slot, "cleared": True}
+        flt = _filter(req)
+        ports = {}
+        for name in ("sport", "dport"):
+            lo, hi = getattr(flt, name)
+            if (lo, hi) == (0, 65535):
+                ports[name] = 0
+            elif lo == hi:
+                ports[name] = socket.htons(lo)
+            else:
+                raise BadInput(f"gate filters match one {name} or any, not the range {lo}-{hi}")
+        action = action_num(req.get("action", "process"))
+        flags = L.FILTER_USED | (L.FILTER_BIDIR if req.get("bidir", True) else 0)
+        f = L.Filter(saddr=flt.src[0], smask=flt.src[1], daddr=flt.dst[0], dmask=flt.dst[1],
+                     sport=ports["sport"], dport=ports["dport"], proto=flt.proto, action=action, flags=flags,
+                     peer=_int(req, "peer", 0, 0, 0xFFFFFFFF), tag=_int(req, "tag", 0, 0, 0xFFFFFFFF))
+        with self.lock:
+            self.nf.set_filter(slot, f)
+        return {"slot": slot, "filter": flt.text, "action": ACTION_NAMES[action], "bidir": bool(flags & L.FILTER_BIDIR)}
+
+    # ---- events ----
+    def _hub(self, st: streams.Stream) -> streams.Hub:
+        with self.lock:
+            if st.name not in self.hubs:
+                self.hubs[st.name] = streams.Hub(st, self.nf)
+            return self.hubs[st.name]
+
+    def op_subscribe(self, sock, r, req) -> None:
+        names = req.get("streams") or ["stats"]
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadInput("streams: a list of stream names")
+        interval = req.get("interval", 1.0)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.05 <= interval <= 3600:
+            raise BadInput("interval: seconds between stats events, 0.05..3600")
+        params = {"interval": float(interval)}
+        own, joined, unavailable = {}, {}, {}
+        try:
+            for n in names:
+                st = streams.REGISTRY.get(n)
+                if st is None:
+                    unavailable[n] = f"unknown stream (streams: {', '.join(sorted(streams.REGISTRY))})"
+                    continue
+                try:
+                    if st.exclusive:
+                        hub = self._hub(st)
+                        joined[n] = (hub, hub.join(params))
+                    else:
+                        own[n] = st.factory(self.nf, params)
+                except Exception as e:
+                    unavailable[n] = str(e)
+            if not own and not joined:
+                raise BadInput("no stream to subscribe to: " +
+                               "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+            _send(sock, wire.encode_json({"ok": True, "op": "subscribe", "streams": list(own) + list(joined),
+                                          "unavailable": unavailable}))
+            events = 0
+            while True:
+                out = []
+                for n, src in own.items():
+                    out += [(n, ev) for ev in src.poll(0)]
+                for n, (hub, q) in joined.items():
+                    while len(out) < 4096:
+                        try:
+                            out.append((n, q.get_nowait()))
+                        except Exception:
+                            break
+                for n, ev in out:
+                    _send(sock, wire.encode_json({"stream": n, "ts": time.time(), **jsonable(ev)}))
+                events += len(out)
+                rd, _, _ = select.select([sock], [], [], 0.01 if out else 0.05)
+                if rd:
+                    # anything from the client ends the subscription; EOF ends the connection
+                    h = r.header()
+                    if h is None:
+                        raise _Closed("subscriber left")
+                    r.skip(h[1])
+                    dropped = sum(hub.dropped for hub, _ in joined.values())
+                    _send(sock, wire.encode_json({"events": events, "dropped": dropped}, wire.END))
+                    return None
+        finally:
+            for n, (hub, q) in joined.items():
+                hub.leave(q)
+            for src in own.values():
+                src.close()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m nfx.agent",
+                                 description="Serve one NF instance's state on the management network.")
+    ap.add_argument("--testbed", required=True)
+    ap.add_argument("--instance", required=True)
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--log", default=None, help="log file (default: stderr)")
+    ap.add_argument("--ready-fd", type=int, default=None, help="write 'ready <pid>' here once serving")
+    a = ap.parse_args(argv)
+    fmt = "%(asctime)s %(process)d %(threadName)s %(levelname)s %(message)s"
+    if a.log:
+        logging.basicConfig(filename=a.log, level=logging.INFO, format=fmt)
+    else:
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=fmt)
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        agent = Agent(a.testbed, a.instance, a.port)
+        agent.start()
+    except NfxError as e:
+        log.error("cannot start: %s%s", e, f" ({e.hint})" if e.hint else "")
+        print(f"nfx agent: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    if a.ready_fd is not None:
+        try:
+            os.write(a.ready_fd, f"ready {os.getpid()}\n".encode())
+            os.close(a.ready_fd)
+        except OSError:
+            pass
+    try:
+        agent.serve_forever()
+    finally:
+        agent.close()
+        log.info("agent %s/%s stopped", a.testbed, a.instance)

@@ -1,0 +1,153 @@
+"""Event streams an agent serves to `subscribe`: a registry of sources by name.
+
+A source has `poll(timeout_ms) -> list[dict]` and `close()`. Sources that consume something
+(a ringbuf: every record goes to one reader) are `exclusive`: the agent runs one of them per
+stream, only while somebody subscribes, and fans its events out to every subscriber. Others are
+made per subscriber. Plug in more with `register(name, factory, exclusive=...)`; a factory that
+raises (NotFound, ImportError, ...) makes the stream unavailable, with its message, to that
+subscriber."""
+import dataclasses
+import logging
+import queue
+import threading
+import time
+
+from ..errors import NotFound
+
+log = logging.getLogger("nfx.agent")
+
+
+@dataclasses.dataclass
+class Stream:
+    name: str
+    factory: object          # (nf, params: dict) -> source
+    exclusive: bool
+
+
+REGISTRY: dict[str, Stream] = {}
+
+
+def register(name: str, factory, exclusive: bool = False) -> None:
+    REGISTRY[name] = Stream(name, factory, exclusive)
+
+
+# ---- stats: counter deltas every interval -------------------------------------------------------
+class StatsSource:
+    def __init__(self, nf, params: dict):
+        self.nf = nf
+        self.interval = max(0.05, float(params.get("interval", 1.0)))
+        self.last = nf.stats()
+        self.t_last = time.monotonic()
+        self.next = self.t_last + self.interval
+
+    def poll(self, timeout_ms: int = 0) -> list[dict]:
+        now = time.monotonic()
+        if now < self.next:
+            wait = min(self.next - now, timeout_ms / 1000)
+            if wait > 0:
+                time.sleep(wait)
+            if time.monotonic() < self.next:
+                return []
+        cur = self.nf.stats()
+        now = time.monotonic()
+        delta = {k: v - self.last.get(k, 0) for k, v in cur.items() if v != self.last.get(k, 0)}
+        ev = {"interval_s": round(now - self.t_last, 4), "delta": delta, "total": cur}
+        self.last, self.t_last = cur, now
+        self.next += self.interval
+        if self.next < now:                     # fell behind: no burst of catch-up events
+            self.next = now + self.interval
+        return [ev]
+
+    def close(self) -> None:
+        pass
+
+
+# ---- IDS alerts: the ids_alerts ringbuf ---------------------------------------------------------
+class AlertSource:
+    def __init__(self, nf, params: dict):
+        if nf.kind != "ids" or "ids_alerts" not in nf.maps:
+            raise NotFound(f"instance {nf.instance} runs {nf.kind}: it has no alert ring")
+        from ..nfs.ids import AlertReader
+        self.reader = AlertReader(nf.maps["ids_alerts"].fd)
+
+    def poll(self, timeout_ms: int = 0) -> list[dict]:
+        return [dataclasses.asdict(a) for a in self.reader.poll(timeout_ms)]
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+# ---- statelets: nfx/state/statelets.py's reader, when it exists ---------------------------------
+def _statelets(nf, params: dict):
+    try:
+        from ..state.statelets import StateletReader   # written separately; optional here
+    except ImportError as e:
+        raise NotFound(f"statelets are not available in this nfx ({e})") from None
+    return StateletReader(nf)
+
+
+register("stats", lambda nf, p: StatsSource(nf, p), exclusive=False)
+register("alerts", lambda nf, p: AlertSource(nf, p), exclusive=True)
+register("statelets", _statelets, exclusive=True)
+
+
+# ---- fan-out for exclusive sources --------------------------------------------------------------
+class Hub:
+    """One source, polled by one thread while it has subscribers; events to every subscriber's queue."""
+
+    QUEUE = 100_000
+
+    def __init__(self, stream: Stream, nf):
+        self.stream = stream
+        self.nf = nf
+        self.lock = threading.Lock()
+        self.subs: set[queue.Queue] = set()
+        self.thread: threading.Thread | None = None
+        self.stop: threading.Event | None = None
+        self.dropped = 0
+
+    def join(self, params: dict) -> queue.Queue:
+        with self.lock:
+            if self.thread is not None and self.stop.is_set():
+                self.thread.join(timeout=2)         # the last one left a moment ago: let it finish
+                self.thread = None
+            if self.thread is None:
+                src = self.stream.factory(self.nf, params)   # raises: the stream is unavailable
+                self.stop = threading.Event()
+                self.thread = threading.Thread(target=self._run, args=(src, self.stop), daemon=True,
+                                               name=f"stream-{self.stream.name}")
+                self.thread.start()
+            q = queue.Queue(self.QUEUE)
+            self.subs.add(q)
+            return q
+
+    def leave(self, q: queue.Queue) -> None:
+        with self.lock:
+            self.subs.discard(q)
+            if not self.subs and self.stop is not None:
+                self.stop.set()
+
+    def _run(self, src, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    evs = src.poll(200)
+                except Exception as e:     # a broken source ends its stream, not the agent
+                    log.exception("stream %s failed", self.stream.name)
+                    evs = [{"error": f"stream failed: {e}"}]
+                    stop.set()
+                if not evs:
+                    continue
+                with self.lock:
+                    subs = list(self.subs)
+                for q in subs:
+                    for ev in evs:
+                        try:
+                            q.put_nowait(ev)
+                        except queue.Full:
+                            self.dropped += 1
+        finally:
+            try:
+                src.close()
+            except Exception:
+                log.exception("closing stream %s", self.stream.name)

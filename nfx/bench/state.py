@@ -1,0 +1,260 @@
+"""nfx bench state: how fast NF state leaves one instance and lands in another.
+
+A sharp testbed with two NAT instances; nf0 is filled (batch update) with N synthetic NAT
+connections that are consistent the way the datapath makes them: a nat_fwd entry keyed by the
+inside flow, a nat_rev entry keyed by the translated return flow, and the public (address,
+port, proto) in nat_ports, with the datapath's paired pooling (one inside host, one public
+address). Then agent nf0 pushes everything to agent nf1 over TCP on the management bridge, and
+three phases are timed separately: export (maps to chunks, in agent nf0), transfer (the chunk
+stream from nf0 until nf1 has all of it) and import (chunks to maps, in agent nf1). The baseline,
+measured in the same run on a sample and extrapolated: per-entry export (get-next-key + lookup)
+and per-entry import (one update per entry). nf1's state is checked equal to nf0's afterwards."""
+import ctypes as ct
+import ipaddress
+import secrets
+import statistics
+import time
+
+import numpy as np
+
+from .. import layout as L
+from ..errors import BadInput, NfxError
+from ..nfs.nat import _monotonic_ns, parse_pool
+
+POOL = "10.0.2.100-10.0.2.163"          # 64 public addresses: 5.1 M (address, port, proto) slots
+INSIDE_HOSTS = 253                       # 10.0.1.2 .. 10.0.1.254
+EPHEMERAL = (32768, 60999)
+# (dport, proto, share): what a busy access network's NAT table holds
+SERVICES = [(443, 6, 0.46), (80, 6, 0.14), (443, 17, 0.12), (53, 17, 0.09), (8080, 6, 0.03), (993, 6, 0.03),
+            (123, 17, 0.03), (5222, 6, 0.02), (22, 6, 0.02), (3478, 17, 0.02), (0, 1, 0.02), (25, 6, 0.02)]
+SYN, ACK, PSH, FIN = L.TCP_SYN, L.TCP_ACK, 0x08, L.TCP_FIN
+
+
+def _be32(host: np.ndarray) -> np.ndarray:
+    return host.astype("<u4").byteswap()
+
+
+def _be16(host: np.ndarray) -> np.ndarray:
+    return host.astype("<u2").byteswap()
+
+
+def _pool_hash(h: np.ndarray) -> np.ndarray:
+    """nat_alloc's paired-pooling hash of the inside address (host order), in u32 arithmetic."""
+    h = h.astype(np.uint64)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x45d9f3b)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    return h
+
+
+def synth_nat(n: int, pool: str = POOL, port_lo: int = 20000, port_hi: int = 59999, seed: int = 7) -> dict:
+    """N connections as the three tables' raw arrays: {table: (keys ndarray, values ndarray)}."""
+    rng = np.random.default_rng(seed)
+    base, count = parse_pool(pool)
+    i = np.arange(n, dtype=np.int64)
+    inside = np.uint32(int(ipaddress.IPv4Address("10.0.1.2"))) + (i % INSIDE_HOSTS).astype(np.uint32)
+    span_e = EPHEMERAL[1] - EPHEMERAL[0] + 1
+    if n > INSIDE_HOSTS * span_e:
+        raise BadInput(f"at most {INSIDE_HOSTS * span_e:,} synthetic connections")
+    sport = (EPHEMERAL[0] + (i // INSIDE_HOSTS) % span_e).astype(np.uint32)   # unique per (host, sport)
+    svc = rng.choice(len(SERVICES), size=n, p=np.array([s[2] for s in SERVICES]) / sum(s[2] for s in SERVICES))
+    dport = np.array([s[0] for s in SERVICES], dtype=np.uint32)[svc]
+    proto = np.array([s[1] for s in SERVICES], dtype=np.uint8)[svc]
+    # servers: 20k addresses spread over public space (skipping 0/8, 10/8, 127/8, 224/4 and up)
+    servers = rng.integers(int(ipaddress.IPv4Address("11.0.0.1")), int(ipaddress.IPv4Address("223.255.255.254")),
+                           size=20000, dtype=np.uint64).astype(np.uint32)
+    remote = servers[rng.integers(0, len(servers), size=n)]
+    # public side: the host's pool address, ports handed out in order per (address, proto)
+    pub = (base + _pool_hash(inside) % np.uint64(count)).astype(np.uint32)
+    span = port_hi - port_lo + 1
+    group = pub.astype(np.uint64) * np.uint64(256) + proto
+    order = np.argsort(group, kind="stable")
+    g_sorted = group[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(g_sorted)) + 1]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    if rank.max(initial=0) >= span:
+        raise BadInput(f"{n:,} connections overflow the port range of one public address; use a larger pool")
+    pport = (port_lo + rank).astype(np.uint32)
+    icmp = proto == 1
+    # ICMP echo: the inside key carries the echo id as sport, dport 0; the outside key has the
+    # public id as dport and sport 0 (as nat_alloc writes it)
+    in_dport = np.where(icmp, 0, dport)
+    out_sport = np.where(icmp, 0, dport)
+
+    K = np.dtype(L.FlowKey)
+    fwd_k = np.zeros(n, K)
+    fwd_k["saddr"], fwd_k["daddr"] = _be32(inside), _be32(remote)
+    fwd_k["sport"], fwd_k["dport"], fwd_k["proto"] = _be16(sport), _be16(in_dport), proto
+    rev_k = np.zeros(n, K)
+    rev_k["saddr"], rev_k["daddr"] = _be32(remote), _be32(pub)
+    rev_k["sport"], rev_k["dport"], rev_k["proto"] = _be16(out_sport), _be16(pport), proto
+
+    now = _monotonic_ns()
+    age = rng.integers(1, 240, size=n, dtype=np.int64) * 1_000_000_000
+    idle = rng.integers(0, 20_000, size=n, dtype=np.int64) * 1_000_000
+    created = np.maximum(now - age, 1).astype(np.uint64)
+    last = np.maximum(now - idle, created.astype(np.int64)).astype(np.uint64)
+    pk_out = rng.integers(1, 2000, size=n, dtype=np.int64).astype(np.uint64)
+    pk_in = (pk_out * rng.uniform(0.5, 3.0, size=n)).astype(np.uint64) + np.uint64(1)
+    flags_out = np.where(proto == 6, SYN | ACK | PSH, 0).astype(np.uint32)
+    flags_in = np.where(proto == 6, SYN | ACK | PSH, 0).astype(np.uint32)
+
+    E = np.dtype(L.NatEntry)
+    fwd_v = np.zeros(n, E)
+    fwd_v["peer"] = rev_k
+    fwd_v["pkts"], fwd_v["bytes"] = pk_out, pk_out * np.uint64(180)
+    fwd_v["created_ns"], fwd_v["last_seen_ns"], fwd_v["tcp_flags"] = created, last, flags_out
+    rev_v = np.zeros(n, E)
+    rev_v["peer"] = fwd_k
+    rev_v["pkts"], rev_v["bytes"] = pk_in, pk_in * np.uint64(900)
+    rev_v["created_ns"], rev_v["last_seen_ns"], rev_v["tcp_flags"] = created, last, flags_in
+
+    P = np.dtype(L.NatPort)
+    port_k = np.zeros(n, P)
+    port_k["addr"], port_k["port"], port_k["proto"] = _be32(pub), _be16(pport), proto
+    return {"nat_fwd": (fwd_k, fwd_v), "nat_rev": (rev_k, rev_v), "nat_ports": (port_k, fwd_k.copy())}
+
+
+def fill(nf, tables: dict, batch: int = 1 << 18) -> float:
+    """Batch-update the synthetic tables into an instance's maps; returns seconds."""
+    t0 = time.perf_counter()
+    for name, (k, v) in tables.items():
+        m = nf.maps[name]
+        kb, vb = bytearray(k.tobytes()), bytearray(v.tobytes())
+        ks, vs = ct.sizeof(m.Key), ct.sizeof(m.Slot)
+        for lo in range(0, len(k), batch):
+            c = min(batch, len(k) - lo)
+            keys = (m.Key * c).from_buffer(kb, lo * ks)
+            vals = (m.Slot * c).from_buffer(vb, lo * vs)
+            m.update_batch(keys, vals, c)
+    return time.perf_counter() - t0
+
+
+# ---- checking ----------------------------------------------------------------------------------
+def _rows(chunks) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    by = {}
+    for c in chunks:
+        by.setdefault(c.table, []).append(c)
+    out = {}
+    for t, cs in by.items():
+        ks, vs = cs[0].key_size, cs[0].value_size * cs[0].ncpu
+        k = np.concatenate([np.frombuffer(c.keys, np.uint8) for c in cs]).reshape(-1, ks)
+        v = np.concatenate([np.frombuffer(c.values, np.uint8) for c in cs]).reshape(-1, vs)
+        order = np.argsort(k.view(f"V{ks}").ravel(), kind="stable")
+        out[t] = (k[order], v[order])
+    return out
+
+
+def compare(a_chunks, b_chunks) -> dict:
+    """Byte-for-byte, table by table, in key order: {table: {"a": n, "b": n, "same": bool}}."""
+    a, b = _rows(a_chunks), _rows(b_chunks)
+    out = {}
+    for t in sorted(set(a) | set(b)):
+        ka, va = a.get(t, (np.zeros((0, 1), np.uint8),) * 2)
+        kb, vb = b.get(t, (np.zeros((0, 1), np.uint8),) * 2)
+        same = ka.shape == kb.shape and va.shape == vb.shape and np.array_equal(ka, kb) and np.array_equal(va, vb)
+        out[t] = {"a": len(ka), "b": len(kb), "same": bool(same)}
+    return out
+
+
+# ---- per-entry baseline ------------------------------------------------------------------------
+def per_entry_export(m, sample: int) -> tuple[int, float]:
+    """Walk with get-next-key, one lookup per key: the way without batch ops."""
+    t0 = time.perf_counter()
+    n = 0
+    for k in m.keys():
+        if m.get(k) is not None:
+            n += 1
+        if n >= sample:
+            break
+    return n, time.perf_counter() - t0
+
+
+def per_entry_import(m, keys: np.ndarray, vals: np.ndarray) -> tuple[int, float]:
+    """One BPF_MAP_UPDATE_ELEM per entry."""
+    n = len(keys)
+    ka = (m.Key * n).from_buffer(bytearray(keys.tobytes()))
+    va = (m.Slot * n).from_buffer(bytearray(vals.tobytes()))
+    t0 = time.perf_counter()
+    for i in range(n):
+        m.put(ka[i], va[i])
+    return n, time.perf_counter() - t0
+
+
+def run(flows: int = 1_000_000, reps: int = 3, sample: int = 100_000, keep: bool = False,
+        parallel: bool = True, progress=None) -> dict:
+    from ..agent.client import AgentClient
+    from ..testbed import builder, state, topology
+    progress = progress or (lambda m: None)
+    if not 1 <= flows <= 4_000_000:
+        raise BadInput("--flows must be 1..4000000")
+    if reps < 1 or sample < 1:
+        raise BadInput("--reps and --sample must be at least 1")
+    name = "bs" + secrets.token_hex(3)
+    topo = topology.load("sharp", 2)
+    topo.pool = POOL
+    max_flows = int(flows * 1.1) + 1024
+    progress(f"testbed {name}: sharp, 2 NAT instances, max_flows {max_flows:,}")
+    t0 = time.perf_counter()
+    builder.up(name, topo, "nat", max_flows, progress=lambda m: progress(f"  {m}"))
+    res = {"testbed": name, "flows": flows, "max_flows": max_flows, "reps": reps, "up_s": time.perf_counter() - t0}
+    try:
+        nf0, nf1 = builder.instance(name, "nf0"), builder.instance(name, "nf1")
+        cfg = nf0.config()
+        progress(f"synthesising {flows:,} NAT connections")
+        tabs = synth_nat(flows, POOL, cfg.port_lo, cfg.port_hi)
+        res["fill_s"] = fill(nf0, tabs)
+        res["fill_entries"] = sum(len(k) for k, _ in tabs.values())
+        progress(f"filled nf0: {res['fill_entries']:,} entries in {res['fill_s']:.2f} s (batch update)")
+        c0 = AgentClient(name, "nf0", timeout=600)
+        c1 = AgentClient(name, "nf1", timeout=600)
+        runs = []
+        for r in range(reps):
+            if r:
+                c1.delete()              # import into empty maps every time
+            progress(f"push nf0 -> nf1, run {r + 1}/{reps}")
+            p = c0.push("nf1", parallel=parallel)
+            if p["failed"]:
+                raise NfxError(f"import into nf1 failed: {p['failed'][:3]}")
+            runs.append(p)
+        entries = runs[0]["entries"]
+
+        def phase(key):
+            secs = [x[key] for x in runs]
+            med = statistics.median(secs)
+            return {"entries": entries, "seconds": med, "entries_per_s": entries / med if med else None,
+                    "runs_s": secs}
+        res["entries"] = entries
+        res["bytes"] = runs[0]["bytes"]
+        res["chunks"] = runs[0]["chunks"]
+        res["export"] = phase("export_s")
+        res["transfer"] = phase("transfer_s")
+        res["import"] = phase("import_s")
+        res["push_total"] = phase("total_s")
+        res["transfer"]["mbytes_per_s"] = res["bytes"] / res["transfer"]["seconds"] / 1e6
+
+        progress("verifying nf1 == nf0")
+        a, b = c0.get(), c1.get()
+        cmp = compare(a, b)
+        res["verify"] = {"same": all(v["same"] for v in cmp.values()), "tables": cmp}
+        del a, b
+
+        progress(f"per-entry baseline on {min(sample, flows):,} entries of nat_fwd")
+        s = min(sample, flows)
+        n, secs = per_entry_export(nf0.maps["nat_fwd"], s)
+        res["per_entry_export"] = {"sample": n, "sample_s": secs, "entries_per_s": n / secs,
+                                   "extrapolated_s": entries * secs / n}
+        k, v = tabs["nat_fwd"]
+        n, secs = per_entry_import(nf1.maps["nat_fwd"], k[:s], v[:s])   # the same values: state unchanged
+        res["per_entry_import"] = {"sample": n, "sample_s": secs, "entries_per_s": n / secs,
+                                   "extrapolated_s": entries * secs / n}
+        res["speedup"] = {"export": res["export"]["entries_per_s"] / res["per_entry_export"]["entries_per_s"],
+                          "import": res["import"]["entries_per_s"] / res["per_entry_import"]["entries_per_s"]}
+        c0.close()
+        c1.close()
+    finally:
+        if not keep and state.path(name).exists():
+            progress(f"testbed {name} down")
+            builder.down(name)
+    return res

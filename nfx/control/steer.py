@@ -1,0 +1,120 @@
+"""Steering a filter's flows between NF instances on a testbed's switches, in one step or in
+DiST's two phases (duplicate to source and destination, cut with an in-band control packet,
+then destination only), and sending that control packet (IBC) into the flow's path."""
+import socket
+import struct
+import threading
+from pathlib import Path
+
+from scapy.all import Ether, IP, Raw, TCP, UDP, raw
+
+from .. import layout as L
+from ..errors import NfxError
+from ..flows import be_to_ip, be_to_port
+from ..loader import netns
+from ..state.filter import Filter
+from ..testbed import state as tbstate
+from .switch import Match, Rule, Switch
+
+PRIO_TOP = 999      # move rules sit above the testbed's defaults (1000, 2000); newer ones higher
+
+
+class Steering:
+    """The switches of one testbed, seen as: which instance gets a filter's flows."""
+
+    def __init__(self, testbed: str):
+        self.rec = tbstate.load(testbed)
+        self.sw: dict[str, Switch] = {}
+        self.host_port: dict[str, str] = {}     # switch -> its host-facing port
+        self.host_of: dict[str, str] = {}       # switch -> host node
+        for node, info in self.rec["nodes"].items():
+            if info["role"] != "switch":
+                continue
+            self.sw[node] = Switch.open(node, info["ns"], Path(info["pin"]))
+            for peer, ifname in info["ifaces"].items():
+                if self.rec["nodes"][peer]["role"] == "host":
+                    self.host_port[node], self.host_of[node] = ifname, peer
+        if not self.sw:
+            raise NfxError(f"testbed {testbed} has no switches to steer (topology {self.rec['topology']})")
+        self.lock = threading.Lock()
+        self.next_prio = PRIO_TOP
+        self.active: dict[str, list[tuple[str, int]]] = {}    # filter text -> (switch, rule id)
+
+    def _port(self, sw: str, nf: str) -> str:
+        return self.rec["nodes"][sw]["ifaces"][nf]
+
+    def _side(self, sw: str) -> int:
+        # the switch in front of the inside host (the one with a gateway) carries the inside side
+        return L.SIDE_IN if "gen_if" in self.rec["nodes"][self.host_of[sw]] else L.SIDE_OUT
+
+    def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None) -> None:
+        """Send the filter's flows to `nfs` (two instances: duplicate). On the inside switch
+        the filter matches as written; on the outside switch return traffic is matched by
+        `outside_keys` (exact, e.g. a NAT's public tuples) or, without them, by the filter
+        reversed. Replaces the filter's previous rules without a gap: new rules go in above
+        the old, then the old go."""
+        with self.lock:
+            new = []
+            prio = self.next_prio
+            self.next_prio -= 1
+            for name, s in self.sw.items():
+                out = [self._port(name, nf) for nf in nfs]
+                inside = self._side(name) == L.SIDE_IN
+                if not inside and outside_keys is not None and not flt.everything:
+                    for k in outside_keys:
+                        new.append((name, s.add_exact(k, Rule(output=out))))
+                    continue
+                m = _match(flt, self.host_port[name], reverse=not inside)
+                new.append((name, s.add_wild(m, Rule(output=out), prio=prio)))
+            old = self.active.get(flt.text, [])
+            self.active[flt.text] = new
+            for name, rid in old:
+                self.sw[name].remove(rid)
+
+    def ibc(self, side: int, key: L.FlowKey, epoch: int) -> None:
+        """Send the IBC from the host in front of `side`, so it enters the switch on the same
+        port, in the same queue, as the flow's own packets: the cut is the same in both copies."""
+        sw = next(n for n in self.sw if self._side(n) == side)
+        host = self.rec["nodes"][self.host_of[sw]]
+        frame = ibc_frame(key, bytes.fromhex(host["mac"].replace(":", "")), epoch)
+        with netns.enter(host["ns"]):
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            try:
+                s.bind((host["ifname"], 0))
+                s.send(frame)
+            finally:
+                s.close()
+
+    def forget(self, flt: Filter) -> None:
+        with self.lock:
+            for name, rid in self.active.pop(flt.text, []):
+                self.sw[name].remove(rid)
+
+
+def _match(flt: Filter, in_port: str, reverse: bool) -> Match:
+    def prefix(p):
+        net, mask = p
+        if not mask:
+            return None
+        bits = bin(struct.unpack(">I", struct.pack("<I", mask))[0]).count("1")
+        return f"{be_to_ip(net)}/{bits}"
+
+    def port(r):
+        return r[0] if r[0] == r[1] else 0
+
+    src, dst = prefix(flt.src), prefix(flt.dst)
+    sp, dpt = port(flt.sport), port(flt.dport)
+    if reverse:
+        src, dst, sp, dpt = dst, src, dpt, sp
+    return Match(in_port=in_port, src=src, dst=dst, sport=sp, dport=dpt, proto=flt.proto)
+
+
+def ibc_frame(key: L.FlowKey, src_mac: bytes, epoch: int) -> bytes:
+    """A packet of the flow (its 5-tuple, so every rule and mark treats it as the flow), told
+    apart by TOS NFX_TOS_IBC and a payload starting with NFX_IBC_MAGIC."""
+    payload = struct.pack("!II", L.IBC_MAGIC, epoch)
+    ip = IP(src=be_to_ip(key.saddr), dst=be_to_ip(key.daddr), tos=L.TOS_IBC)
+    sp, dp = be_to_port(key.sport), be_to_port(key.dport)
+    l4 = TCP(sport=sp, dport=dp, flags="") if key.proto == 6 else UDP(sport=sp, dport=dp)
+    eth = Ether(src=":".join(f"{b:02x}" for b in src_mac), dst="02:00:00:00:00:01")
+    return raw(eth / ip / l4 / Raw(payload))

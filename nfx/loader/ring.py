@@ -1,0 +1,83 @@
+"""Consume a BPF ringbuf from its map fd (the program's own, or one opened from a pin in any
+process) through libbpf's ring_buffer API as libbcc exports it. Records come back in the order
+the kernel committed them: as raw bytes (poll_raw) or through a decode function (poll).
+
+A ringbuf has one consumer position: a second reader on the same ring competes for records, it
+does not get copies. Open one reader per ring and fan out in user space."""
+import ctypes as ct
+import os
+from collections.abc import Callable
+
+from ..errors import BpfError
+
+
+class RingStandIn(ct.Structure):
+    """A ringbuf map has no key or value: a 0-byte stand-in so an NF's map table can name the ring
+    and open and pin it like the rest (read it with a RingReader, not as a map)."""
+    _fields_ = []
+
+
+class RingReader:
+    """RingReader(map_fd, decode=None): poll() returns decode(record) for every record, leaving
+    out the ones decode maps to None (no decode: the raw bytes); poll_raw() the raw bytes."""
+
+    def __init__(self, map_fd: int, decode: Callable[[bytes], object] | None = None, what: str = "ring"):
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+        self._lib = lib
+        self.decode = decode
+        self.what = what
+        self.records = 0          # consumed so far
+        self.bytes = 0
+        self._rb = None
+        # our own fd: libbpf keeps polling the one it was given, whoever else closes theirs
+        self._fd = os.dup(map_fd)
+        self._pending: list[bytes] = []
+        self._cb = _RINGBUF_CB_TYPE(self._on_record)   # keep a reference: C calls it later
+        self._rb = lib.bpf_new_ringbuf(self._fd, self._cb, None)
+        if not self._rb:
+            os.close(self._fd)
+            raise BpfError(f"cannot open the {what} ringbuf (fd {map_fd})")
+
+    def _on_record(self, _ctx, data, size) -> int:
+        self._pending.append(ct.string_at(data, size))
+        return 0
+
+    def poll_raw(self, timeout_ms: int = 0) -> list[bytes]:
+        """Records that arrived, waiting up to timeout_ms for the first one (0: don't wait)."""
+        if not self._rb:
+            raise BpfError(f"{self.what} reader is closed")
+        if timeout_ms:
+            self._lib.bpf_poll_ringbuf(self._rb, timeout_ms)
+        self._lib.bpf_consume_ringbuf(self._rb)
+        out, self._pending = self._pending, []
+        self.records += len(out)
+        self.bytes += sum(map(len, out))
+        return out
+
+    def poll(self, timeout_ms: int = 0) -> list:
+        raw = self.poll_raw(timeout_ms)
+        if self.decode is None:
+            return raw
+        return [x for x in map(self.decode, raw) if x is not None]
+
+    @property
+    def closed(self) -> bool:
+        return not self._rb
+
+    def close(self) -> None:
+        if self._rb:
+            self._lib.bpf_free_ringbuf(self._rb)
+            self._rb = None
+            os.close(self._fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

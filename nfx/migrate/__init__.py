@@ -1,0 +1,1 @@
+"""Moving flows and their state between NF instances."""

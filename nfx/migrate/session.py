@@ -1,0 +1,198 @@
+"""One instance's part in a move, run by its agent: roles, marks and filters, the buffer ring
+consumer, and draining without overtaking.
+
+Roles: a *source* passes the moved flows on (REDIRECT to the destination's peer slot, DiST; or
+TO_CTRL toward the controller, OpenNF). A *destination* buffers them (BUFFER, epoch E) until
+their state is in, then drains. Order preservation (op) follows DiST's IBC cut per side: at the
+destination, switch-path packets before the switch's IBC are dropped by the gate (the source has
+them) and so are peer-path packets after the source's IBC (the switch path has them); the
+drain releases everything that came from the source before switch-path packets."""
+import threading
+import time
+from collections import deque
+
+from .. import layout as L
+from . import dataplane as dp
+
+FILTER_SLOT = 0
+
+
+class MoveSession:
+    def __init__(self, nf, ns: str, release_if: str, epoch: int, role: str, op: bool = False,
+                 on_ctrl=None):
+        """role: 'src-redirect', 'src-ctrl' or 'dst'. on_ctrl(packets) receives what a
+        'src-ctrl' source hands toward the controller (data packets and IBC records)."""
+        if role not in ("src-redirect", "src-ctrl", "dst"):
+            raise ValueError(role)
+        self.nf, self.ns, self.epoch, self.role, self.op = nf, ns, epoch, role, op
+        self.on_ctrl = on_ctrl
+        self.releaser = dp.Releaser(nf, ns, release_if) if role == "dst" else None
+        self.ring = dp.packet_ring(nf)
+        self.lock = threading.Lock()
+        self.peer_q: deque = deque()       # from the source (peer link), arrival order
+        self.switch_q: deque = deque()     # from the switch, arrival order
+        self.ibc_peer = [False, False]     # by side: the source's IBC has arrived
+        self.ibc_switch = [False, False]
+        self.draining = False
+        self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0}
+        self.early_keys: set[bytes] = set()
+        self.rlock = threading.Lock()      # taking from the queues and releasing is one step
+        self._stop = threading.Event()
+        self._thread = None
+        self.first_rx_ns = self.last_rx_ns = 0
+
+    # ---- set up ----
+    def begin(self, keys: list, flt: str | None, peer_slot: int = 0) -> None:
+        """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
+        if self.role == "dst":
+            dp.set_move_cfg(self.nf, epoch=self.epoch, op=int(self.op))
+            action = L.Action.BUFFER
+        else:
+            action = L.Action.REDIRECT if self.role == "src-redirect" else L.Action.TO_CTRL
+        self.start()
+        dp.set_marks(self.nf, keys, action, epoch=self.epoch, peer=peer_slot)
+        if flt is not None:
+            dp.set_filter(self.nf, FILTER_SLOT, flt, action, epoch=self.epoch, peer=peer_slot)
+
+    def mark(self, keys: list, peer_slot: int = 0) -> None:
+        """Late locking: mark more flows as their state goes out."""
+        action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
+        dp.set_marks(self.nf, keys, action, epoch=self.epoch, peer=peer_slot)
+
+    def start(self) -> None:
+        if not self._thread:
+            self._thread = threading.Thread(target=self._consume, daemon=True, name=f"move-{self.epoch}")
+            self._thread.start()
+
+    # ---- the ring ----
+    def _consume(self) -> None:
+        while not self._stop.is_set():
+            pkts = self.ring.poll(5)
+            if pkts:
+                self._take(pkts)
+            if self.draining:
+                self._release_ready()
+            elif self.early_keys:
+                self._early_ready()
+
+    def _take(self, pkts: list) -> None:
+        ctrl = []
+        with self.lock:
+            now = time.monotonic_ns()
+            for p in pkts:
+                if p.kind == L.BufKind.IBC:
+                    self.stats["ibc"] += 1
+                    if self.role == "src-ctrl":
+                        ctrl.append(p)         # the controller needs the source's cut too
+                    elif p.rx & (L.RX_PEER | L.RX_INJECTED):
+                        self.ibc_peer[p.side] = True
+                    else:
+                        self.ibc_switch[p.side] = True
+                    continue
+                if p.kind == L.BufKind.TO_CTRL:
+                    self.stats["to_ctrl"] += 1
+                    ctrl.append(p)
+                    continue
+                self.first_rx_ns = self.first_rx_ns or now
+                self.last_rx_ns = now
+                if p.rx & L.RX_PEER:
+                    self.peer_q.append(p)
+                else:
+                    self.switch_q.append(p)
+                self.stats["buffered"] += 1
+            depth = len(self.peer_q) + len(self.switch_q)
+            self.stats["buffer_peak"] = max(self.stats["buffer_peak"], depth)
+        if ctrl and self.on_ctrl:
+            self.on_ctrl(ctrl)
+
+    def cut_complete(self) -> bool:
+        """op: both sides' IBCs from the source are in (everything the source had is here)."""
+        return all(self.ibc_peer)
+
+    # ---- drain ----
+    def drain(self, keys: list | None = None) -> None:
+        """State is in (and, for op, the source's cut has arrived): release what is held, peer
+        path first, and keep releasing new arrivals until the gate has flipped every flow.
+        With `keys` (early release), only those flows now; the rest wait for a later call."""
+        if keys is None:
+            dp.set_move_cfg(self.nf, drain_epoch=self.epoch)
+            self.draining = True
+            self._release_ready()
+            return
+        self._early(keys)
+
+    def _early(self, keys: list) -> None:
+        raw = {bytes(k) for k in keys}
+        n = len(keys)
+        self.nf.maps["nfx_drain"].update_batch((L.FlowKey * n)(*keys), (L.u32 * n)(*([1] * n)), n)
+        with self.rlock, self.lock:
+            take = [p for p in self.peer_q if p.key in raw] + [p for p in self.switch_q if p.key in raw]
+            self.peer_q = deque(p for p in self.peer_q if p.key not in raw)
+            self.switch_q = deque(p for p in self.switch_q if p.key not in raw)
+            self.early_keys |= raw
+            self._release(take)
+
+    def _early_ready(self) -> None:
+        with self.rlock:
+            with self.lock:
+                take = [p for p in self.peer_q if p.key in self.early_keys] + \
+                       [p for p in self.switch_q if p.key in self.early_keys]
+                if take:
+                    self.peer_q = deque(p for p in self.peer_q if p.key not in self.early_keys)
+                    self.switch_q = deque(p for p in self.switch_q if p.key not in self.early_keys)
+            self._release(take)
+
+    def _release(self, batch: list) -> None:
+        if not batch:
+            return
+        self.releaser.release(batch)
+        now = time.monotonic_ns()
+        self.stats["released"] += len(batch)
+        # how long the oldest of them was held back: the delay this move added
+        self.stats["max_hold_us"] = max(self.stats.get("max_hold_us", 0), (now - min(p.ts_ns for p in batch)) / 1e3)
+
+    def _release_ready(self) -> None:
+        with self.rlock:
+            with self.lock:
+                batch = list(self.peer_q) + list(self.switch_q)
+                self.peer_q.clear()
+                self.switch_q.clear()
+            self._release(batch)
+
+    def inject(self, pkts: list) -> int:
+        """Packets from the controller's buffer (OpenNF): processed here at once, as they are."""
+        data = [p for p in pkts if p.kind != L.BufKind.IBC]
+        if data:
+            if self.releaser is None:
+                raise RuntimeError("only a destination injects")
+            self.releaser.release(data, rx=L.RX_INJECTED)
+        return len(data)
+
+    def settled(self) -> bool:
+        """Everything buffered has been released and has left: each marked flow either processes
+        again or will on its next packet (a flow with no traffic never flips, and need not)."""
+        with self.lock:
+            if self.peer_q or self.switch_q:
+                return False
+        flushed = dp.move_cfg(self.nf).flushed_seq
+        return all(m.action != L.Action.BUFFER or (m.buffered == m.released and m.last_release <= flushed)
+                   for m in dp.marks(self.nf).values())
+
+    # ---- tear down ----
+    def end(self, keep_marks: bool = False) -> dict:
+        dp.clear_filter(self.nf, FILTER_SLOT)
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        # anything still in the ring belongs to this move
+        self._take(self.ring.poll(0))
+        if self.role == "dst" and (self.peer_q or self.switch_q):
+            self._release_ready()
+        if not keep_marks:
+            dp.clear_marks(self.nf)
+        self.nf.maps["nfx_drain"].clear()
+        dp.reset_move(self.nf)
+        self.ring.close()
+        if self.releaser:
+            self.releaser.close()
+        return dict(self.stats)
