@@ -207,7 +207,7 @@ static __always_inline void ids_st_hostport(struct nfx_st *s, __u32 saddr, __u16
         return;
     nfx_st_word(s, nfx_st_pack8(&hp, sizeof(hp)));
     nfx_st_word(s, 1);               /* the seen-set's value is always 1 */
-    nfx_st_close(s, k, NFX_ST_IDS_HOSTPORTS, NFX_ST_SET, 1, NFX_ST_BIT(NFX_STF_VALUE));
+    nfx_st_close(s, k, NFX_ST_IDS_HOSTPORTS, NFX_ST_SET, 1, NFX_ST_BIT(NFX_STF_VALUE), 0);
 }
 
 static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, struct nfx_ids_flow *f,
@@ -233,7 +233,7 @@ static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, s
             nfx_st_word(s, f->sig_hits);
         if (m & NFX_ST_BIT(NFX_STF_FLOW_TCP_FLAGS))
             nfx_st_word(s, f->tcp_flags);
-        nfx_st_close(s, k, NFX_ST_IDS_FLOWS, NFX_ST_SET, 2, m);
+        nfx_st_close(s, k, NFX_ST_IDS_FLOWS, NFX_ST_SET, 2, m, f->first_ns);
     }
     if (h && (k = nfx_st_open(s)) >= 0) {
         __u32 m = ev & IDS_EV_HOST_NEW ? IDS_HOST_ALL : IDS_HOST_TOUCH |
@@ -254,7 +254,7 @@ static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, s
             nfx_st_word(s, h->alerts);
         if (m & NFX_ST_BIT(NFX_STF_HOST_SCAN_ALERTED))
             nfx_st_word(s, h->scan_alerted);
-        nfx_st_close(s, k, NFX_ST_IDS_HOSTS, NFX_ST_SET, 1, m);
+        nfx_st_close(s, k, NFX_ST_IDS_HOSTS, NFX_ST_SET, 1, m, 0);
     }
     if (ev & IDS_EV_PORT_NEW)
         ids_st_hostport(s, p->key.saddr, p->key.dport, p->key.proto, 0);

@@ -60,7 +60,7 @@ static __always_inline void nat_st_entry(struct nfx_st *s, __u32 table, struct n
         nfx_st_word(s, e->last_seen_ns);
     if (mask & NFX_ST_BIT(NFX_STF_NAT_TCP_FLAGS))
         nfx_st_word(s, e->tcp_flags);
-    nfx_st_close(s, h, table, NFX_ST_SET, 2, mask);
+    nfx_st_close(s, h, table, NFX_ST_SET, 2, mask, e->created_ns);
 }
 
 /* A port allocation: nat_ports[pk] = owner. */
@@ -71,12 +71,12 @@ static __always_inline void nat_st_port(struct nfx_st *s, struct nfx_nat_port *p
         return;
     nfx_st_word(s, nfx_st_pack8(pk, sizeof(*pk)));
     nfx_st_flow(s, owner);
-    nfx_st_close(s, h, NFX_ST_NAT_PORTS, NFX_ST_SET, 1, NFX_ST_BIT(NFX_STF_VALUE));
+    nfx_st_close(s, h, NFX_ST_NAT_PORTS, NFX_ST_SET, 1, NFX_ST_BIT(NFX_STF_VALUE), 0);
 }
 
-/* Remove a connection: both entries and its port. */
+/* Remove a connection (created at `created`): both entries and its port. */
 static __always_inline void nat_evict(struct nfx_flow_key *inside, struct nfx_flow_key *outside,
-                                      struct nfx_st *st)
+                                      __u64 created, struct nfx_st *st)
 {
     struct nfx_nat_port pk = {};
     pk.addr = outside->daddr;
@@ -87,8 +87,8 @@ static __always_inline void nat_evict(struct nfx_flow_key *inside, struct nfx_fl
     nat_fwd.delete(inside);
     if (st) {
         nfx_st_del_word(st, NFX_ST_NAT_PORTS, nfx_st_pack8(&pk, sizeof(pk)));
-        nfx_st_del_flow(st, NFX_ST_NAT_REV, outside);
-        nfx_st_del_flow(st, NFX_ST_NAT_FWD, inside);
+        nfx_st_del_flow(st, NFX_ST_NAT_REV, outside, created);
+        nfx_st_del_flow(st, NFX_ST_NAT_FWD, inside, created);
     }
 }
 
@@ -132,14 +132,15 @@ static __always_inline int nat_alloc(struct nfx_nat_cfg *c, struct nfx_flow_key 
         struct nfx_nat_entry *of = nat_fwd.lookup(&okey);
         if (of) {
             struct nfx_flow_key orev = of->peer;
+            __u64 ocreated = of->created_ns;
             struct nfx_nat_entry *orv = nat_rev.lookup(&orev);
             if (!nat_expired(c, of, orv, okey.proto, now))
                 continue;
             nat_rev.delete(&orev);
             nat_fwd.delete(&okey);
             if (st) {
-                nfx_st_del_flow(st, NFX_ST_NAT_REV, &orev);
-                nfx_st_del_flow(st, NFX_ST_NAT_FWD, &okey);
+                nfx_st_del_flow(st, NFX_ST_NAT_REV, &orev, ocreated);
+                nfx_st_del_flow(st, NFX_ST_NAT_FWD, &okey, ocreated);
             }
         }
         nfx_count(NFX_R_NAT_EXPIRED);
@@ -208,10 +209,11 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
     if (e && nat_expired(c, e, 0, p->key.proto, now)) {
         /* the forward side alone looks idle: the return side may still be live */
         struct nfx_flow_key rk = e->peer;
+        __u64 created = e->created_ns;
         struct nfx_nat_entry *r = nat_rev.lookup(&rk);
         if (nat_expired(c, e, r, p->key.proto, now)) {
             nfx_count(NFX_R_NAT_EXPIRED);
-            nat_evict(&p->key, &rk, st);
+            nat_evict(&p->key, &rk, created, st);
             e = 0;
         }
     }
@@ -234,7 +236,7 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
             nat_ports.delete(&pk);
             nfx_count(NFX_R_NAT_MAP_FULL);
             if (st) {
-                nfx_st_del_flow(st, NFX_ST_NAT_REV, &fwd.peer);
+                nfx_st_del_flow(st, NFX_ST_NAT_REV, &fwd.peer, now);
                 nfx_st_del_word(st, NFX_ST_NAT_PORTS, nfx_st_pack8(&pk, sizeof(pk)));
             }
             return XDP_DROP;

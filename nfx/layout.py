@@ -232,6 +232,7 @@ class IdsGlobal(enum.IntEnum):
 IDS_G_MAX = 8
 
 STATELET_WORDS = 128
+STATELET_INC_SHIFT = 10
 
 
 class StTable(enum.IntEnum):
@@ -251,7 +252,7 @@ class StOp(enum.IntEnum):
 
 class Statelet(ct.Structure):
     """Header of one entry's statelet; key and value words follow (see nfx.h)."""
-    _fields_ = [("table", u8), ("op", u8), ("nkey", u8), ("nval", u8), ("mask", u32)]
+    _fields_ = [("table", u8), ("op", u8), ("nval", u8), ("mask", u8), ("inc", u32)]
 
 
 class StfNat(enum.IntEnum):

@@ -152,6 +152,7 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
             return act;
         /* a flow first seen while a BUFFER filter is up gets its own mark, so its packets are
          * counted like those of the flows that existed when the move began */
+        g->marks = 1;                    /* from now on the gate looks marks up */
         struct nfx_mark nm = {};
         nm.action = NFX_ACT_BUFFER;
         nm.peer = *peer;
@@ -443,14 +444,15 @@ static __always_inline int nfx_st_open(struct nfx_st *s)
     return h;
 }
 
-static __always_inline void nfx_st_close(struct nfx_st *s, int h, __u32 table, __u32 op, __u32 nkey, __u32 mask)
+static __always_inline void nfx_st_close(struct nfx_st *s, int h, __u32 table, __u32 op, __u32 nkey,
+                                         __u32 mask, __u64 inc_ns)
 {
     struct nfx_statelet hd = {};
     hd.table = table;
     hd.op = op;
-    hd.nkey = nkey;
     hd.nval = s->n - h - 1 - nkey;
     hd.mask = mask;
+    hd.inc = inc_ns >> NFX_STATELET_INC_SHIFT;
     __u64 w;
     __builtin_memcpy(&w, &hd, sizeof(w));
     __u32 i = h;
@@ -458,14 +460,15 @@ static __always_inline void nfx_st_close(struct nfx_st *s, int h, __u32 table, _
     s->w[i & (NFX_STATELET_WORDS - 1)] = w;
 }
 
-/* The entry with flow key `k` of `table` is gone. */
-static __always_inline void nfx_st_del_flow(struct nfx_st *s, __u32 table, const struct nfx_flow_key *k)
+/* The entry with flow key `k` of `table`, incarnation `inc_ns`, is gone. */
+static __always_inline void nfx_st_del_flow(struct nfx_st *s, __u32 table, const struct nfx_flow_key *k,
+                                            __u64 inc_ns)
 {
     int h = nfx_st_open(s);
     if (h < 0)
         return;
     nfx_st_flow(s, k);
-    nfx_st_close(s, h, table, NFX_ST_DEL, 2, 0);
+    nfx_st_close(s, h, table, NFX_ST_DEL, 2, 0, inc_ns);
 }
 
 /* The entry with the one-word key `kw` of `table` is gone. */
@@ -475,7 +478,7 @@ static __always_inline void nfx_st_del_word(struct nfx_st *s, __u32 table, __u64
     if (h < 0)
         return;
     nfx_st_word(s, kw);
-    nfx_st_close(s, h, table, NFX_ST_DEL, 1, 0);
+    nfx_st_close(s, h, table, NFX_ST_DEL, 1, 0, 0);
 }
 
 /* Send the packet's record (if it changed anything) and count it. */

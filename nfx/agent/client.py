@@ -130,7 +130,6 @@ class AgentClient:
         req = {"op": op, "token": self.token, **{k: v for k, v in args.items() if v is not None}}
         if self.delay:
             time.sleep(self.delay)
-        fresh = self._sock is None
         self.connect()
         t0 = time.perf_counter()
         self._write(wire.encode_json(req))
@@ -138,7 +137,6 @@ class AgentClient:
             for parts in parts_after:
                 self._write(parts)
         self.last_send_s = time.perf_counter() - t0
-        return fresh
 
     def _reply(self, op: str) -> dict:
         kind, obj = self._frame(first=True)
@@ -151,8 +149,9 @@ class AgentClient:
 
     def request(self, op: str, **args) -> dict:
         """One request, one JSON reply (ERROR raises the matching NfxError)."""
-        fresh = self._begin(op, args)
+        fresh = self._sock is None
         try:
+            self._begin(op, args)
             return self._reply(op)
         except AgentDown:
             if fresh or op not in RETRY_OPS:
@@ -180,8 +179,9 @@ class AgentClient:
         Consume it to the end before the next request."""
         args = {"scopes": list(scopes) if scopes is not None and not isinstance(scopes, str) else scopes,
                 "filter": filter, "chunk_entries": chunk_entries}
-        fresh = self._begin("get", args)
+        fresh = self._sock is None
         try:
+            self._begin("get", args)
             r = self._reply("get")
         except AgentDown:
             if fresh:

@@ -30,6 +30,51 @@ def _cmdline(pid: int) -> list[str]:
     return raw.decode(errors="replace").split("\0")
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time) of a process; None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[0], int(fields[19])
+
+
+def gone(pid: int, start: int | None = None) -> bool:
+    """Has the process ended, its files closed? (A dying process loses its command line before
+    it closes its sockets; a zombie has closed them.) `start`: the start time it had, so a reused
+    pid counts as gone."""
+    _reap(pid)
+    st = _stat(pid)
+    if st is None or (start is not None and st[1] != start):
+        return True
+    # the leader turns zombie while other threads may still be exiting with the shared files
+    # (the listening socket) open: gone when every thread is
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if raw[raw.rindex(")") + 2] not in "ZX":
+            return False
+    return True
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    st = _stat(pid)
+    start = st[1] if st else None
+    end = time.monotonic() + timeout
+    while not gone(pid, start):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _reap(pid: int) -> None:
     p = _children.get(pid)
     if p is not None:
@@ -165,9 +210,13 @@ def start(rec, instances: list[str] | str, timeout: float = 30.0) -> dict[str, d
 
 
 def _kill(pid: int, testbed: str, instance: str | None, timeout: float = 5.0) -> bool:
-    """SIGTERM, then SIGKILL; True once the process is gone."""
+    """SIGTERM, then SIGKILL; True once the process is gone (its sockets closed)."""
+    if not is_agent(pid, testbed, instance):
+        return True
+    st = _stat(pid)
+    start = st[1] if st else None
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not is_agent(pid, testbed, instance):
+        if gone(pid, start):
             return True
         try:
             os.kill(pid, sig)
@@ -175,10 +224,10 @@ def _kill(pid: int, testbed: str, instance: str | None, timeout: float = 5.0) ->
             return True
         end = time.monotonic() + wait
         while time.monotonic() < end:
-            if not is_agent(pid, testbed, instance):
+            if gone(pid, start):
                 return True
-            time.sleep(0.02)
-    return not is_agent(pid, testbed, instance)
+            time.sleep(0.01)
+    return gone(pid, start)
 
 
 def stop(rec, instance: str, timeout: float = 5.0) -> dict:

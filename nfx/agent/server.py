@@ -4,6 +4,7 @@ serves the southbound API on the management network, one thread per connection. 
 gets an ERROR frame; it never ends the agent. See nfx/agent/PROTOCOL.md."""
 import argparse
 import ctypes as ct
+import errno
 import hmac
 import json
 import logging
@@ -36,6 +37,22 @@ KEY_BYTES = ct.sizeof(L.FlowKey)
 
 def _prefix_str(addr: int, mask: int) -> str | None:
     return f"{be_to_ip(addr)}/{bin(mask).count('1')}" if mask else None
+
+
+def _linger_close(sock, limit: int = 1 << 20, seconds: float = 1.0) -> None:
+    """Close after an ERROR without a reset: end our side, read what the peer still sends (a
+    little, briefly), so it sees the ERROR and then a clean end of stream."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(seconds)
+        end = time.monotonic() + seconds
+        while limit > 0 and time.monotonic() < end:
+            got = sock.recv(65536)
+            if not got:
+                break
+            limit -= len(got)
+    except OSError:
+        pass
 
 
 class _Closed(Exception):
@@ -128,12 +145,19 @@ class Agent:
             log.warning("no pinned program at %s: the instance may not be attached", self.pin / "prog")
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((self.addr, self.port))
-        except OSError as e:
-            s.close()
-            raise NfxError(f"cannot listen on {self.addr}:{self.port} in {self.ns}: {e.strerror}",
-                           hint="is another agent of this instance running? nfx nf list") from None
+        deadline = time.monotonic() + 3.0
+        while True:
+            try:
+                s.bind((self.addr, self.port))
+                break
+            except OSError as e:
+                # a killed predecessor may still be closing its listener: wait a moment for it
+                if e.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                s.close()
+                raise NfxError(f"cannot listen on {self.addr}:{self.port} in {self.ns}: {e.strerror}",
+                               hint="is another agent of this instance running? nfx nf list") from None
         s.listen(128)
         self.listener = s
         log.info("agent %s/%s (%s) pid %d: %d maps from %s, listening on %s:%d in %s, layout %s",
@@ -170,6 +194,7 @@ class Agent:
                     # out of step: nothing after this can be trusted
                     _send(sock, error_frame(BadInput(f"malformed frame: {e}; closing the connection")))
                     log.warning("%s: malformed frame: %s", who, e)
+                    _linger_close(sock)
                     return
                 if h is None:
                     return
@@ -274,12 +299,37 @@ class Agent:
         scopes, flt = _scopes(req), _filter(req)
         ce = _int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22)
         t0 = time.perf_counter()
-        chunks = list(ops.export(self.nf, scopes, flt, ce))
+        chunks = self._export_chunks(scopes, flt, ce, req.get("parallel", True))
         summary = {"chunks": len(chunks), "entries": sum(c.count for c in chunks),
                    "bytes": sum(c.nbytes for c in chunks), "export_s": time.perf_counter() - t0,
                    "tables": sorted({c.table for c in chunks}), "scopes": list(scopes), "filter": flt.text,
                    "layout": self.layout}
         return chunks, summary
+
+    def _export_chunks(self, scopes, flt, ce, parallel: bool) -> list:
+        """ops.export, one thread per scope when there are several: a batch lookup spends its
+        time in the kernel (per hash bucket) with the GIL released, so scopes overlap on two CPUs."""
+        if not parallel or len(scopes) < 2:
+            return list(ops.export(self.nf, scopes, flt, ce))
+        out: dict[str, list] = {}
+        errors = []
+
+        def work(scope):
+            try:
+                out[scope] = list(ops.export(self.nf, (scope,), flt, ce))
+            except BaseException as e:      # re-raised below, in the request's thread
+                errors.append(e)
+        ts = [threading.Thread(target=work, args=(sc,), name=f"export-{sc}") for sc in scopes]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if errors:
+            raise errors[0]
+        chunks = [c for sc in scopes for c in out[sc]]
+        for i, c in enumerate(chunks):
+            c.seq = i
+        return chunks
 
     def op_get(self, sock, r, req) -> None:
         chunks, summary = self._export(req)
@@ -578,7 +628,8 @@ class Agent:
             for n, (hub, q) in joined.items():
                 hub.leave(q)
             for src in own.values():
-                src.close()
+                if hasattr(src, "close"):
+                    src.close()
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,6 @@
 """Event streams an agent serves to `subscribe`: a registry of sources by name.
 
-A source has `poll(timeout_ms) -> list[dict]` and `close()`. Sources that consume something
+A source has `poll(timeout_ms) -> list[dict]` and, optionally, `close()`. Sources that consume something
 (a ringbuf: every record goes to one reader) are `exclusive`: the agent runs one of them per
 stream, only while somebody subscribes, and fans its events out to every subscriber. Others are
 made per subscriber. Plug in more with `register(name, factory, exclusive=...)`; a factory that
@@ -148,6 +148,8 @@ class Hub:
                             self.dropped += 1
         finally:
             try:
-                src.close()
+                close = getattr(src, "close", None)
+                if close:
+                    close()
             except Exception:
                 log.exception("closing stream %s", self.stream.name)

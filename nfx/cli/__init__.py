@@ -5,7 +5,7 @@ import sys
 import typer
 
 from ..errors import NfxError
-from . import bench, nf, state, testbed, traffic
+from . import bench, move, nf, state, testbed, traffic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Move live network-function state between XDP NF instances, with measured guarantees.")
@@ -14,6 +14,8 @@ app.add_typer(traffic.app, name="traffic")
 app.add_typer(nf.app, name="nf")
 app.add_typer(state.app, name="state")
 app.add_typer(bench.app, name="bench")
+app.add_typer(move.app, name="controller")
+app.command("move")(move.move)
 
 
 def main() -> None:

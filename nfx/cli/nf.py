@@ -144,6 +144,8 @@ def upgrade(name: str = NameOpt, instance: str = InstOpt,
             undefine: list[str] = typer.Option(None, "--undefine", "-U", help="Drop a define of the running build (repeatable)."),
             conversion: str = typer.Option(None, "--conversion", help="A built-in table layout conversion (nat-v2, nat-v1); "
                                            "implies its defines."),
+            keep_agent: bool = typer.Option(False, "--keep-agent", help="Do not restart the instance's agent (it keeps "
+                                            "the replaced maps open until restarted)."),
             json_: bool = JsonOpt):
     """Replace an instance's XDP program while it runs, keeping every table and losing no packet.
 
@@ -155,16 +157,18 @@ def upgrade(name: str = NameOpt, instance: str = InstOpt,
     for k in undefine or []:
         defines[k] = None
     r = up.upgrade(name, instance, source=source, defines=defines, conversion=conversion,
-                   progress=None if json_ else progress)
+                   progress=None if json_ else progress, restart_agent=not keep_agent)
     if json_:
         emit_json(r)
         return
     sw = r["swap"]
     out.print(f"{name}/{instance}: program {r['old_prog_id']} -> {r['new_prog_id']} on {', '.join(r['interfaces'])} "
-              f"({r['mode']}); swap {sw['total_us']:.0f} us, sides {sw['sides_apart_us']:.0f} us apart")
+              f"({r['mode']}); swap {sw['total_us']:.0f} us, sides at most {sw['sides_apart_max_us']:.0f} us apart")
     for p in r["passes"]:
         out.print(f"  pass {p['pass']:<12} {p['table']:<10} " +
                   ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("pass", "table")))
+    if r.get("agent"):
+        out.print(f"  agent restarted: pid {r['agent']['old_pid']} -> {r['agent']['pid']} ({r['agent']['restart_ms']:.0f} ms)")
     if r.get("conflicts"):
         out.print(f"  [yellow]{len(r['conflicts'])} keys were created by both programs: the new program's entries kept[/yellow]")
     for w in r.get("warnings", []):

@@ -177,3 +177,39 @@ class Releaser:
         if rx == L.RX_RELEASED:
             set_move_cfg(self.nf, flushed_seq=end)
         return end
+
+
+# ---- packets on the management network ------------------------------------------------------
+def pack(packets: list[Packet]) -> bytes:
+    """Packets as the buffer ring holds them (header, bytes), back to back."""
+    out = bytearray()
+    for p in packets:
+        h = L.BufHdr(ts_ns=p.ts_ns, len=len(p.data), epoch=p.epoch, kind=p.kind, side=p.side, rx=p.rx)
+        if p.key:
+            ct.memmove(ct.addressof(h.key), p.key, ct.sizeof(L.FlowKey))
+        out += bytes(h) + p.data
+    return bytes(out)
+
+
+def unpack(blob: bytes) -> list[Packet]:
+    out, i = [], 0
+    while i < len(blob):
+        if len(blob) - i < HDR:
+            raise BadInput("truncated packet record")
+        h = L.BufHdr.from_buffer_copy(blob[i:i + HDR])
+        if h.len > L.MAX_PKT or i + HDR + h.len > len(blob):
+            raise BadInput("packet record longer than its blob")
+        out.append(Packet(bytes(blob[i + HDR:i + HDR + h.len]), h.side, bytes(h.key), h.kind, h.rx, h.epoch, h.ts_ns))
+        i += HDR + h.len
+    return out
+
+
+def keys_blob(keys: list) -> bytes:
+    return b"".join(bytes(k) for k in keys)
+
+
+def keys_from_blob(blob: bytes) -> list:
+    n = ct.sizeof(L.FlowKey)
+    if len(blob) % n:
+        raise BadInput("flow keys blob is not a whole number of keys")
+    return list((L.FlowKey * (len(blob) // n)).from_buffer_copy(blob)) if blob else []

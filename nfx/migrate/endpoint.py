@@ -69,7 +69,8 @@ class Local:
 
     # ---- the move session ----
     def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
-              on_ctrl=None) -> None:
+              on_ctrl=None, er: bool = False) -> None:
+        """er: early release happens through push's on_chunk here (the agent does it on put)."""
         slot = self.peer_slots.get(peer, 0) if peer else 0
         self.session = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl)
         self.session.begin(keys, flt.text if flt is not None else None, slot)

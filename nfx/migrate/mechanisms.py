@@ -126,8 +126,9 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
             progress("holding the flows back")
             # dst holds what reaches it until the state is in (for opennf lf nothing reaches it
             # before the switch update, and the controller's packets are injected as they are)
+            er = "er" in opts
             if mechanism == "dist" or op:
-                dst.begin("dst", epoch, op, flows, flt)
+                dst.begin("dst", epoch, op, flows, flt, er=er and mechanism == "dist")
             else:
                 dst.begin("dst", epoch, False, [], None)
             role = "src-redirect" if mechanism == "dist" else "src-ctrl"

@@ -25,13 +25,16 @@ Two modes, chosen by `conversion`:
   program's value unless the new program changed them since the swap. Finally the converted
   tables' pins are replaced (rename in bpffs, atomic) so the pin dir describes the new program.
 
+Before the swap both programs are parked on a spare veth pair, so the kernel's XDP dispatcher
+holds both and each interface's swap is a pointer exchange (tens of us) instead of one RCU grace
+period (10-40 ms) between the first side and the second.
+
 Nothing changes if anything fails before the swap (the staging pins are removed, the new
 program and its fresh maps die with their last fd). If attaching to the n-th interface fails,
-the interfaces already swapped are put back to the old program. Guarantees and limits are in
-`GUARANTEES` below (also printed by `nfx nf upgrade --help`)."""
+the interfaces already swapped are put back to the old program; so are all of them if pass 2
+fails. Guarantees and limits: `GUARANTEES` below."""
 import contextlib
 import ctypes as ct
-import errno
 import fcntl
 import hashlib
 import json
@@ -57,26 +60,33 @@ from ..testbed import state
 log = logging.getLogger("nfx.upgrade")
 
 GUARANTEES = """\
-Shared layout: every packet is processed exactly once, by the old or by the new program, each
-with the same state objects; no table is copied, so no update can be lost. The interfaces are
-swapped one after the other (microseconds apart): for that moment one interface runs the old
-code and another the new, on the same state.
-Converted layout: every entry that exists in the old tables at the swap is in the new tables
-after pass 2, converted; every counter increment the old program made is in the new table,
-added to what the new program counted (atomic in-kernel adds). Not guaranteed: (1) a key first
-created by the old program after the last pre-swap copy (a window of about one catch-up pass,
-~1 ms) whose next packet reaches the new program before pass 2 copies it gets a second, new
-entry from the new program; pass 2 keeps the new program's entry and reports the key under
-`conflicts`. (2) Between the swap and pass 2 the new program does not see such keys.
-(3) Non-counter fields written by both programs in that window keep the new program's value
-(`maxes`/`ors` excepted). (4) Packets the old program is still processing on another CPU at the
-swap are folded in by the second pass 2 after an RCU grace period. (5) The swap of the two sides
-is not simultaneous: for microseconds one side runs the new program on the new tables and the
-other the old program on the old ones; a packet that depends on an entry the other side created
-in that window (a brand-new connection's first reply) misses it.
-Always: ringbufs and the devmap are new objects (the devmap is refilled before the swap;
-readers of a ring must reopen its pin), and other programs built from the old object are not
-upgraded."""
+Shared layout (no conversion): every packet is processed exactly once, by the old or by the new
+program, against the same state objects; no table is copied, so no update can be lost. Both
+programs are parked in the kernel's XDP dispatcher beforehand, so each interface's swap is a
+pointer exchange; the two sides are swapped back to back, measured 50-200 us apart (upper bound),
+and in that moment one side runs the old code and the other the new one, on the same state. (An
+XDP attach or repeated XDP test run elsewhere on the machine at the same moment holds the
+dispatcher's mutex and can stretch that to ~10 ms.)
+Converted layout: every entry the old program holds at the swap is in the new table after
+pass 2, converted; every counter increment the old program made is in the new table, added to
+what the new program counted meanwhile (atomic adds in the kernel, exact per flow). `maxes` keep
+the larger value, `ors` are ORed, other fields keep the new program's value if it changed them
+after the swap, else take the old program's. Not guaranteed: (1) a key the old program creates
+after the last pre-swap copy (the copy-to-pass-2 window: a few ms, growing with table size) and
+that the new program also sees before pass 2 carries it: the new program makes its own entry,
+pass 2 keeps it and reports the key under `conflicts` (for the NAT: that connection gets a
+second public port; the first one stays allocated until it idles out). (2) Until pass 2 the new
+program does not see keys created in that window; until the re-pin, right after pass 2, the
+converted tables' pins still name the old maps. (3) While the two sides are swapped (see above)
+one side works on the old tables and the other on the new ones: a reply that needs an entry the
+other side created in that moment is dropped. (4) Old-program runs still in flight on
+another CPU at the swap are folded in by the second pass 2, after an RCU grace period.
+Always: maps that are not NFX_TABLEs (the devmap, ringbufs, per-CPU scratch) are new objects (the
+devmap is refilled before the swap; readers of a ring must reopen its pin; the instance's agent
+is restarted after the upgrade so it opens the new objects); programs run by test-run from an
+old fd are not upgraded;
+only hash/array tables convert, keys keep their layout, and a table keeps its max_entries unless
+it is converted."""
 
 MEMBARRIER_CMD_GLOBAL = 1          # synchronize_rcu(): no XDP run that began before it is still going
 SYS_MEMBARRIER = 324
@@ -217,6 +227,42 @@ def _void(rows: np.ndarray) -> np.ndarray:
     return rows.view(np.dtype((np.void, rows.shape[1]))).ravel()
 
 
+def _khash(rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per key row (vectorised)."""
+    n, ksz = rows.shape
+    pad = (-ksz) % 8
+    if pad:
+        rows = np.concatenate([rows, np.zeros((n, pad), np.uint8)], axis=1)
+    words = np.ascontiguousarray(rows).view("<u8")
+    h = np.full(n, 0xCBF29CE484222325, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(words.shape[1]):
+            h = (h ^ words[:, j]) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(29)
+    return h
+
+
+def _join(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ia, ib) of the keys present in both a and b (rows of key bytes; each side's keys
+    are unique). Sort-and-search on 64-bit hashes, every match checked on the whole key; exact
+    set operations on the raw keys if two keys of `a` share a hash."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if len(a) == len(b) and np.array_equal(a, b):          # nothing added or removed, same order
+        idx = np.arange(len(a))
+        return idx, idx
+    ha, hb = _khash(a), _khash(b)
+    oa, ob = np.argsort(ha), np.argsort(hb)
+    sa, sb = ha[oa], hb[ob]
+    if len(sa) > 1 and not np.all(sa[1:] != sa[:-1]):
+        _, ia, ib = np.intersect1d(_void(a), _void(b), assume_unique=True, return_indices=True)
+        return ia, ib
+    pos = np.minimum(np.searchsorted(sa, sb), len(sa) - 1)       # sorted queries: a linear walk
+    cand, qb = oa[pos], ob
+    hit = (sa[pos] == sb) & np.all(a[cand] == b[qb], axis=1)
+    return cand[hit], qb[hit]
+
+
 def _hex(b: np.ndarray) -> str:
     return bytes(b).hex()
 
@@ -280,11 +326,11 @@ class _Table:
     def delta(self, keys: np.ndarray, raw: np.ndarray) -> dict:
         """What changed in the old table since the last snapshot: new, changed, deleted rows,
         with the converted values before (base) and now (fin)."""
-        vb, vc = _void(self.keys), _void(keys)
-        _, ib, ic = np.intersect1d(vb, vc, assume_unique=True, return_indices=True)
+        ib, ic = _join(self.keys, keys)
         chg = np.any(self.raw[ib] != raw[ic], axis=1) if len(ib) else np.zeros(0, bool)
-        new = np.setdiff1d(np.arange(len(vc)), ic, assume_unique=True)
-        dele = np.setdiff1d(np.arange(len(vb)), ib, assume_unique=True)
+        seen_c, seen_b = np.zeros(len(keys), bool), np.zeros(len(self.keys), bool)
+        seen_c[ic], seen_b[ib] = True, True
+        new, dele = np.flatnonzero(~seen_c), np.flatnonzero(~seen_b)
         conv_now = np.empty((len(keys), self.nsz), np.uint8)
         conv_now[ic[~chg]] = self.conv_vals[ib[~chg]]
         touched = np.concatenate([new, ic[chg]])
@@ -613,14 +659,14 @@ class _Upgrade:
         t = time.perf_counter()
         self.say(f"compiling {self.src.name} ({', '.join(f'{k}={v}' for k, v in self.defines.items())})")
         self.b = compile_source(self.kind, {**self.defines, "NFX_PIN_DIR": f'"{self.staging}"'}, path=self.src)
-        self.fn = load(self.b, f"nfx_{self.kind}", "xdp")
         self.report["timing"]["compile_s"] = round(time.perf_counter() - t, 3)
 
     def verify(self):
+        """The maps first (BCC created or opened them when it compiled), then the program: the
+        verifier checks accesses against the maps it is given, so a layout mismatch is caught
+        here with a clear message before it can become a verifier log."""
         from ..loader.pin import map_names
         created = {p.name for p in self.staging.iterdir()} - self.staged     # pinned there by BCC
-        pi, used = bpfsys.prog_info(self.fn.fd)
-        self.new_id = pi.id
         self.new_maps, how = {}, {}
         problems, warnings = [], []
         for name in map_names(self.b):
@@ -660,6 +706,13 @@ class _Upgrade:
         for name in self.convs:
             if name not in self.new_maps:
                 problems.append(f"{name}: the new program has no table {name} to convert into")
+        if problems:
+            raise BpfError(f"the new {self.kind} program does not fit {self.instance}'s state:\n  " + "\n  ".join(problems))
+        t = time.perf_counter()
+        self.fn = load(self.b, f"nfx_{self.kind}", "xdp")
+        self.report["timing"]["load_s"] = round(time.perf_counter() - t, 3)
+        pi, used = bpfsys.prog_info(self.fn.fd)
+        self.new_id = pi.id
         ids = {fd_ki[1].id for fd_ki in self.new_maps.values()}
         foreign = set(used) - ids
         if foreign:
@@ -673,6 +726,10 @@ class _Upgrade:
                                    **({"old_id": self.old_maps[n][1].id} if n in self.old_maps else {})}
                                for n in sorted(self.new_maps)}
         self.report["removed_tables"] = self.removed
+        unpinned = self.old_used - {i.id for _, i in self.old_maps.values()}
+        if unpinned:
+            warnings.append(f"the running program uses {len(unpinned)} map(s) with no pin under {self.pin_dir} "
+                            f"(ids {sorted(unpinned)}): their contents are not carried over")
         self.report["warnings"] = warnings
         if self.convs:
             self.tables = [_Table(n, c, self.old_maps[n][0], self.old_maps[n][1], self.new_maps[n][0],
@@ -798,7 +855,9 @@ class _Upgrade:
         self.swapped_at = time.perf_counter()
         us = [(b - a) / 1e3 for a, b in zip(st, st[1:])]
         self.report["swap"] = {"per_interface_us": dict(zip(self.ifaces, [round(u, 1) for u in us])),
-                               "sides_apart_us": round((st[2] - st[1]) / 1e3, 1) if len(st) > 2 else 0.0,
+                               # the first side's new program runs from inside its attach call, the
+                               # second's by the end of its call: an upper bound on the mixed window
+                               "sides_apart_max_us": round((st[2] - st[0]) / 1e3, 1) if len(st) > 2 else 0.0,
                                "total_us": round((st[-1] - st[0]) / 1e3, 1)}
 
     # -- after
@@ -849,14 +908,38 @@ class _Upgrade:
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
+def _agent(testbed: str, instance: str, restart: bool, repinned: list[str]) -> tuple[dict | None, list[str]]:
+    """An agent opens the instance's maps once, when it starts: after an upgrade it holds the
+    objects that were replaced. Restart it (it re-adopts the pins), or say so."""
+    try:
+        from ..agent import lifecycle
+        pid = lifecycle.pid_of(state.load(testbed), instance)
+    except Exception:                       # noqa: BLE001 - no agent support: nothing to do
+        return None, []
+    if not pid or not repinned:
+        return None, []
+    stale = f"still holds the replaced {', '.join(repinned)}"
+    if not restart:
+        return None, [f"the agent of {instance} (pid {pid}) opened its maps before the upgrade and {stale}: "
+                      f"restart it (nfx nf stop / nfx nf start)"]
+    t = time.perf_counter()
+    try:
+        lifecycle.stop(state.load(testbed), instance)
+        new = lifecycle.start(state.load(testbed), instance)[instance]
+    except NfxError as e:
+        return None, [f"restarting the agent of {instance} (pid {pid}, which {stale}) failed: {e}"]
+    return {"old_pid": pid, "pid": new["pid"], "restart_ms": round((time.perf_counter() - t) * 1e3, 1)}, []
+
+
 def upgrade(testbed: str, instance: str, source: str | Path | None = None, defines: dict | None = None,
             conversion=None, progress: Callable[[str], None] | None = None,
-            hook: Callable[[str], None] | None = None) -> dict:
+            hook: Callable[[str], None] | None = None, restart_agent: bool = True) -> dict:
     """Replace the XDP program of `instance` in `testbed` while it runs; returns a report.
     source: a .bpf.c file (default: bpf/<kind>.bpf.c); defines: -D flags on top of the
     instance's current build (None as a value removes one); conversion: {table: function or
     Conversion} or the name of a built-in one (CONVERSIONS), whose defines apply first.
-    hook(stage) is called at 'verified', 'pass1', 'before_swap', 'swapped', 'pass2' (tests)."""
+    hook(stage) is called at 'verified', 'pass1', 'before_swap', 'swapped', 'pass2' (tests).
+    restart_agent: restart the instance's agent, if one runs, so it opens the new objects."""
     say = progress or (lambda msg: None)
     hook = hook or (lambda stage: None)
     if isinstance(conversion, str):
@@ -902,9 +985,15 @@ def upgrade(testbed: str, instance: str, source: str | Path | None = None, defin
         try:
             up.repin()
             up.record()
+        except BaseException as e:
+            raise NfxError(f"program {up.new_id} runs on {', '.join(up.ifaces)} with all state, but recording "
+                           f"the upgrade failed: {e}; the pins under {up.pin_dir} may still name old objects") from e
         finally:
             up.close()
     att = attach.xdp_attachments(up.ns)
+    agent, warn = _agent(testbed, instance, restart_agent, up.report.get("repinned", []))
+    up.report["agent"] = agent
+    up.report["warnings"] += warn
     up.report["attached"] = {i: att.get(i, (None,))[0] for i in up.ifaces}
     up.report["timing"]["total_s"] = round(time.perf_counter() - t_all, 3)
     hook("done")

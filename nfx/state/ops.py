@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import layout as L
 from ..errors import BadInput, BpfError, NfxError
-from ..flows import be_to_ip, key_fields
+from ..flows import PROTO_NAMES, be_to_ip, be_to_port, key_fields
 from . import wire
 from .filter import FLOW_DTYPE, Filter
 from .tables import SCOPES, Table, tables
@@ -161,6 +161,13 @@ def delete(nf, scopes=SCOPES, flt: Filter = Filter()) -> dict:
 def _plain(v):
     if isinstance(v, L.FlowKey):
         return key_fields(v)
+    if isinstance(v, (L.NatPort, L.IdsHostPort)):
+        # network-order address and port, as people read them
+        addr = v.addr if isinstance(v, L.NatPort) else v.saddr
+        port = v.port if isinstance(v, L.NatPort) else v.dport
+        name = "addr" if isinstance(v, L.NatPort) else "saddr"
+        return {name: be_to_ip(addr), "port" if isinstance(v, L.NatPort) else "dport": be_to_port(port),
+                "proto": PROTO_NAMES.get(v.proto, str(v.proto))}
     if isinstance(v, ct.Structure):
         return {f: _plain(getattr(v, f)) for f, *_ in v._fields_ if f not in ("pad", "_pad")}
     if isinstance(v, ct.Array):

@@ -49,6 +49,7 @@ def test_enums_match(cname, pyenum, prefix):
     ("NFX_SW_TO_CTRL", L.SW_TO_CTRL), ("NFX_SW_DROP", L.SW_DROP), ("NFX_GEN_MAGIC", L.GEN_MAGIC),
     ("NFX_LAT_BUCKETS", L.LAT_BUCKETS), ("NFX_LAT_SUB", L.LAT_SUB),
     ("NFX_STATELET_WORDS", L.STATELET_WORDS), ("NFX_STF_VALUE", L.STF_VALUE),
+    ("NFX_STATELET_INC_SHIFT", L.STATELET_INC_SHIFT),
 ])
 def test_defines_match(cname, value):
     assert c_define(cname) == value

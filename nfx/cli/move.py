@@ -1,0 +1,87 @@
+"""nfx move, and nfx controller start|stop|status|moves"""
+import typer
+from rich.table import Table
+
+from ..control import lifecycle
+from ..migrate.mechanisms import GUARANTEES, MECHANISMS
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, out
+
+app = typer.Typer(no_args_is_help=True, help="The testbed's controller (northbound API on 127.0.0.1).")
+
+ROWS = [("move_time_s", "move time (s)"), ("redirect_time_s", "redirect time (s)"), ("total_s", "total (s)"),
+        ("flows", "flows"), ("state_chunks", "state chunks"), ("state_bytes", "state bytes"),
+        ("packets_redirected", "packets redirected"), ("controller_buffer_peak", "controller buffer peak"),
+        ("instance_buffer_peak", "instance buffer peak"), ("max_added_delay_us", "max added delay (µs)"),
+        ("serialization_share", "(de)serialization share")]
+
+
+def move(name: str = NameOpt,
+         src: str = typer.Option(..., "--from", help="Source instance (e.g. nf0)."),
+         dst: str = typer.Option(..., "--to", help="Destination instance."),
+         filter_: str = typer.Option("all", "--filter", "-f", help="Flows to move: proto=udp src=10.0.1.0/24 sport=... (both directions)."),
+         scope: str = typer.Option("all", "--scope", help="per-flow, multi-flow, all-flows (comma-separated) or all."),
+         guarantee: str = typer.Option("lf", "--guarantee", "-g", help=f"{'|'.join(GUARANTEES)}"),
+         opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er."),
+         mechanism: str = typer.Option("dist", "--mechanism", "-m", help=f"{'|'.join(MECHANISMS)}"),
+         timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step may take before the move rolls back."),
+         json_: bool = JsonOpt):
+    """Move flows and their state from one NF instance to another, with the chosen guarantee."""
+    need_root()
+    m = lifecycle.call(name, "POST", "/move", {"src": src, "dst": dst, "filter": filter_, "scopes": scope,
+                                                "guarantee": guarantee, "opts": opt, "mechanism": mechanism,
+                                                "timeout": timeout}, timeout=timeout * 4 + 30)
+    if json_:
+        emit_json(m)
+        return
+    t = Table(title=f"{mechanism} {guarantee.upper()} {'+'.join(m['opts']) or ''} {src} → {dst} ({m['filter']})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, label in ROWS:
+        v = m.get(k)
+        t.add_row(label, "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else f"{v:,}"))
+    out.print(t)
+
+
+@app.command()
+def start(name: str = NameOpt,
+          ctrl_delay_ms: float = typer.Option(0.0, "--ctrl-delay-ms", help="Emulated one-way delay on every control message."),
+          json_: bool = JsonOpt):
+    """Start the testbed's controller (testbed up starts one)."""
+    need_root()
+    c = lifecycle.start(name, ctrl_delay_ms)
+    emit_json(c) if json_ else console.print(f"controller of {name}: pid {c['pid']}, http://127.0.0.1:{c['port']}")
+
+
+@app.command()
+def stop(name: str = NameOpt, json_: bool = JsonOpt):
+    """Stop the testbed's controller."""
+    need_root()
+    ok = lifecycle.stop(name)
+    emit_json({"stopped": ok}) if json_ else console.print("stopped" if ok else "no controller was running")
+
+
+@app.command()
+def status(name: str = NameOpt, json_: bool = JsonOpt):
+    """The controller's state: moves done, the last move, its control-channel delay."""
+    need_root()
+    s = lifecycle.call(name, "GET", "/status")
+    if json_:
+        emit_json(s)
+        return
+    out.print(f"controller of {name}: {s['moves']} moves, ctrl delay {s['ctrl_delay_ms']} ms, "
+              f"{'busy' if s['busy'] else 'idle'}, instances {', '.join(s['instances'])}")
+
+
+@app.command()
+def moves(name: str = NameOpt, json_: bool = JsonOpt):
+    """The move log (JSON lines at /run/nfx/moves-<testbed>.jsonl)."""
+    need_root()
+    ms = lifecycle.call(name, "GET", "/moves")["moves"]
+    if json_:
+        emit_json({"moves": ms})
+        return
+    t = Table("mechanism", "guarantee", "opts", "from", "to", "flows", "move s", "redirected")
+    for m in ms:
+        t.add_row(m["mechanism"], m["guarantee"], ",".join(m["opts"]), m["src"], m["dst"], str(m["flows"]),
+                  f"{m['move_time_s']:.4f}", str(m.get("packets_redirected", "")))
+    out.print(t)

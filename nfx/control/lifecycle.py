@@ -1,0 +1,79 @@
+"""Start, find and stop a testbed's controller process (registered in the testbed's registry)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from ..errors import NfxError, NotFound, Timeout
+from ..testbed import state
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"nfx.control" in f.read()
+    except OSError:
+        return False
+
+
+def start(name: str, ctrl_delay_ms: float = 0.0, timeout: float = 20.0) -> dict:
+    rec = state.load(name)
+    cur = rec.get("controller") or {}
+    if _alive(cur.get("pid")):
+        return cur
+    p = subprocess.Popen([sys.executable, "-m", "nfx.control", "--testbed", name, "--ctrl-delay-ms", str(ctrl_delay_ms)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    rec = state.load(name)
+    rec["controller"] = {"pid": p.pid, "port": None, "ctrl_delay_ms": ctrl_delay_ms}
+    rec.save()        # registered before it is known to work, so down can always stop it
+    t0 = time.monotonic()
+    line = p.stdout.readline().strip()
+    if not line.isdigit():
+        p.kill()
+        raise NfxError(f"the controller for {name} did not start (see /run/nfx/controller-{name}.log)")
+    rec = state.load(name)
+    rec["controller"]["port"] = int(line)
+    rec.save()
+    return rec["controller"]
+
+
+def stop(name: str, rec=None) -> bool:
+    rec = rec or state.load(name)
+    pid = (rec.get("controller") or {}).get("pid")
+    if not _alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def call(name: str, method: str, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+    """One northbound request; errors come back as the matching NfxError."""
+    from ..agent.protocol import raise_error
+    rec = state.load(name)
+    c = rec.get("controller") or {}
+    if not _alive(c.get("pid")) or not c.get("port"):
+        raise NotFound(f"testbed {name} has no running controller", hint=f"nfx controller start --name {name}")
+    req = urllib.request.Request(f"http://127.0.0.1:{c['port']}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        obj = json.loads(e.read() or b"{}")
+        raise_error({"error": obj.get("error", str(e)), "type": obj.get("type", "BadInput" if e.code == 400 else "NfxError"),
+                     "hint": obj.get("hint")})
+    except (urllib.error.URLError, TimeoutError) as e:
+        raise Timeout(f"the controller of {name} did not answer: {e}") from None
