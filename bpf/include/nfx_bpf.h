@@ -34,6 +34,26 @@
 #define NFX_TABLE(type, key, val, name, n) BPF_TABLE(type, key, val, name, n)
 #endif
 
+/* A ringbuf declared like NFX_TABLE: built with NFX_PIN_DIR, the program reuses the ring pinned
+ * there, so a reader keeps its stream across a hot upgrade. (BCC's BPF_RINGBUF_OUTPUT, with the
+ * pinned section name BPF_TABLE_PINNED uses.) */
+#ifdef NFX_PIN_DIR
+#define NFX_RING(_name, _pages)                                                              \
+struct _name##_table_t {                                                                     \
+    int key;                                                                                 \
+    u32 leaf;                                                                                \
+    int (*ringbuf_output)(void *, u64, u64);                                                 \
+    void *(*ringbuf_reserve)(u64);                                                           \
+    void (*ringbuf_discard)(void *, u64);                                                    \
+    void (*ringbuf_submit)(void *, u64);                                                     \
+    u32 max_entries;                                                                         \
+};                                                                                           \
+__attribute__((section("maps/ringbuf:" NFX_PIN_DIR "/" #_name)))                             \
+struct _name##_table_t _name = { .max_entries = ((_pages) * PAGE_SIZE) }
+#else
+#define NFX_RING(_name, _pages) BPF_RINGBUF_OUTPUT(_name, _pages)
+#endif
+
 /* one counter array per program; nfx_count() and nfx_count_add() are the only writers */
 NFX_TABLE("percpu_array", __u32, __u64, nfx_stats, NFX_STAT_MAX);
 

@@ -34,7 +34,7 @@ NFX_TABLE("array", __u32, struct nfx_move_cfg, nfx_move_cfg, 1);
 NFX_TABLE("array", __u32, struct nfx_move_state, nfx_move_state, 1);
 NFX_TABLE("array", __u32, struct nfx_release_slot, nfx_release, NFX_RELEASE_SLOTS);
 NFX_TABLE("hash", struct nfx_flow_key, __u32, nfx_drain, NFX_MAX_FLOWS);   /* early release, per flow */
-BPF_RINGBUF_OUTPUT(nfx_pktbuf, NFX_PKTBUF_PAGES);
+NFX_RING(nfx_pktbuf, NFX_PKTBUF_PAGES);
 
 struct nfx_buf_rec {
     struct nfx_buf_hdr h;
@@ -346,25 +346,6 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
 #define NFX_STATELET_RING_PAGES 4096     /* 16 MiB: about 1.7 s of IDS statelets at 100k pps */
 #endif
 
-/* A ringbuf declared like NFX_TABLE: built with NFX_PIN_DIR, the program reuses the ring pinned
- * there, so a reader keeps its stream across a hot upgrade. (BCC's BPF_RINGBUF_OUTPUT, with the
- * pinned section name BPF_TABLE_PINNED uses.) */
-#ifdef NFX_PIN_DIR
-#define NFX_RING(_name, _pages)                                                              \
-struct _name##_table_t {                                                                     \
-    int key;                                                                                 \
-    u32 leaf;                                                                                \
-    int (*ringbuf_output)(void *, u64, u64);                                                 \
-    void *(*ringbuf_reserve)(u64);                                                           \
-    void (*ringbuf_discard)(void *, u64);                                                    \
-    void (*ringbuf_submit)(void *, u64);                                                     \
-    u32 max_entries;                                                                         \
-};                                                                                           \
-__attribute__((section("maps/ringbuf:" NFX_PIN_DIR "/" #_name)))                             \
-struct _name##_table_t _name = { .max_entries = ((_pages) * PAGE_SIZE) }
-#else
-#define NFX_RING(_name, _pages) BPF_RINGBUF_OUTPUT(_name, _pages)
-#endif
 
 NFX_RING(nfx_statelets, NFX_STATELET_RING_PAGES);
 

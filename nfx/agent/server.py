@@ -25,7 +25,7 @@ from ..errors import BadInput, NfxError, NotFound, Refused
 from ..flows import be_to_ip, key_fields, make_key, reverse
 from ..loader import netns
 from ..state import filter as F, ops, wire
-from ..state.tables import SCOPES, parse_scopes, tables
+from ..state.tables import parse_scopes, tables
 from . import streams
 from .protocol import ACTIONS, OPS, PORT, REQUEST_MAX, action_num, error_frame, jsonable
 
@@ -61,6 +61,17 @@ class _Closed(Exception):
 
 def _send(sock, parts) -> int:
     return wire.write(sock, parts)
+
+
+def _header(r, sock):
+    """The next frame header inside a request (a put's chunks, a subscriber's stop): a stream out
+    of step ends the connection, after an ERROR that says so."""
+    try:
+        return r.header()
+    except wire.WireError as e:
+        _send(sock, error_frame(BadInput(f"malformed frame: {e}; nothing was applied; closing the connection")))
+        _linger_close(sock)
+        raise _Closed(f"malformed frame: {e}") from None
 
 
 def _scopes(req) -> tuple[str, ...]:
@@ -136,10 +147,9 @@ class Agent:
     def start(self) -> None:
         """Enter the instance's netns for good (threads made later inherit it), reopen the pinned
         maps, and listen on the management address."""
-        from ..testbed.builder import nf_class
         self._ns = netns.enter(self.ns)
         self._ns.__enter__()
-        self.nf = nf_class(self.kind).open(self.instance, self.pin)
+        self._adopt()
         self.layout = L.layout_hash()
         if not (self.pin / "prog").exists():
             log.warning("no pinned program at %s: the instance may not be attached", self.pin / "prog")
@@ -163,6 +173,38 @@ class Agent:
         log.info("agent %s/%s (%s) pid %d: %d maps from %s, listening on %s:%d in %s, layout %s",
                  self.testbed, self.instance, self.kind, os.getpid(), len(self.nf.maps), self.pin,
                  self.addr, self.port, self.ns, self.layout)
+
+    def _pins(self) -> dict[str, int]:
+        """Pin name -> inode: a pin replaced by another object gets another inode."""
+        out = {}
+        try:
+            names = os.listdir(self.pin)
+        except OSError:
+            return out
+        for n in names:
+            try:
+                out[n] = os.stat(self.pin / n).st_ino
+            except OSError:
+                pass
+        return out
+
+    def _adopt(self) -> None:
+        from ..testbed.builder import nf_class
+        pins = self._pins()
+        self.nf = nf_class(self.kind).open(self.instance, self.pin)
+        self._pinned = pins
+        self.adoptions = getattr(self, "adoptions", 0) + 1
+
+    def _current(self) -> None:
+        """Re-adopt the pins when they changed under us (a hot upgrade re-pins maps and program)."""
+        if self._pins() == self._pinned:
+            return
+        with self.lock:
+            if self._pins() != self._pinned:
+                log.info("pins under %s changed: re-adopting the instance's maps", self.pin)
+                self._adopt()
+                for h in self.hubs.values():
+                    h.nf = self.nf
 
     def serve_forever(self) -> None:
         while True:
@@ -235,13 +277,22 @@ class Agent:
                 f"request refused: {why} (every request carries the testbed's token)",
                 hint="the token is in the testbed registry, /run/nfx/testbeds/<name>.json (root only)"), op))
             if op == "put":
-                self._drain(r)
+                self._drain(r, sock)
             return
         if not isinstance(op, str) or op not in self.handlers:
             _send(sock, error_frame(BadInput(f"unknown op {op!r}: ops are {', '.join(OPS)}")))
             return
         log.info("%s: %s", who, op)
         t0 = time.perf_counter()
+        if op != "ping":
+            try:
+                self._current()
+            except NfxError as e:
+                log.warning("%s: re-adopting the pins failed: %s", who, e)
+                _send(sock, error_frame(e, op))
+                if op == "put":
+                    self._drain(r, sock)
+                return
         try:
             res = self.handlers[op](sock, r, req)
             if res is not None:
@@ -252,15 +303,18 @@ class Agent:
             log.warning("%s: %s failed: %s", who, op, e)
             _send(sock, error_frame(e, op))
         except Exception as e:
+            # unexpected: say so, then end the connection (a stream may be half read)
             log.exception("%s: %s failed", who, op)
             _send(sock, error_frame(e, op))
+            _linger_close(sock)
+            raise _Closed(f"{op} failed: {e!r}") from None
         else:
             log.info("%s: %s done in %.3f s", who, op, time.perf_counter() - t0)
 
-    def _drain(self, r) -> None:
+    def _drain(self, r, sock) -> None:
         """Skip a refused put's chunks up to its END, so the connection stays in step."""
         while True:
-            h = r.header()
+            h = _header(r, sock)
             if h is None:
                 raise _Closed("closed during a put")
             kind, length = h
@@ -290,7 +344,7 @@ class Agent:
                 "prog_pinned": (self.pin / "prog").exists(),
                 "xdp": {i: _xdp_attached(self.ns, i) for i in self.wiring},
                 "maps": maps, "tables": [{"name": t.name, "scope": t.scope} for t in tables(self.kind)],
-                "streams": sorted(streams.REGISTRY), "requests": self.requests}
+                "streams": sorted(streams.REGISTRY), "requests": self.requests, "adoptions": self.adoptions}
 
     def op_stats(self, sock, r, req) -> dict:
         return {"instance": self.instance, "stats": self.nf.stats()}
@@ -347,12 +401,18 @@ class Agent:
         t0 = time.perf_counter()
         chunks, problem, end = [], None, None
         while True:
-            h = r.header()
+            h = _header(r, sock)
             if h is None:
                 raise _Closed("closed during a put")
             kind, length = h
             if kind == wire.END:
-                end = r.body(kind, length) if length <= REQUEST_MAX else r.skip(length)
+                if length > REQUEST_MAX:
+                    r.skip(length)
+                else:
+                    try:
+                        end = r.body(kind, length)
+                    except wire.WireError as e:
+                        problem = problem or f"malformed END frame: {e}"
                 break
             if kind != wire.CHUNK or problem:
                 r.skip(length)
@@ -376,32 +436,56 @@ class Agent:
         return {**report, "chunks": len(chunks), "bytes": sum(c.nbytes for c in chunks),
                 "recv_s": recv_s, "apply_s": apply_s}
 
-    def _apply(self, chunks: list, parallel: bool) -> dict:
-        """ops.put, on two threads when there is enough to do (batch updates release the GIL)."""
-        total = sum(c.count for c in chunks)
-        if not parallel or len(chunks) < 2 or total < 200_000:
-            return ops.put(self.nf, chunks)
-        groups = [[], []]
-        loads = [0, 0]
+    @staticmethod
+    def _spread(fn, chunks: list, parallel: bool = True, min_entries: int = 200_000) -> list:
+        """fn(group) for groups of chunks balanced by entries, one thread per CPU (at most two),
+        each thread pinned to its CPU. Batch updates and deletes spend their time in the kernel
+        with the GIL released; pinned, each thread takes and returns hash elements on its own
+        CPU's free list instead of both contending for one."""
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        if not parallel or len(cpus) < 2 or len(chunks) < 2 or sum(c.count for c in chunks) < min_entries:
+            return [fn(chunks)]
+        groups, loads = [[] for _ in cpus], [0] * len(cpus)
         for c in sorted(chunks, key=lambda c: -c.count):
             i = loads.index(min(loads))
             groups[i].append(c)
             loads[i] += c.count
-        out = [None, None]
+        out, errors = [None] * len(cpus), []
 
         def work(i):
-            out[i] = ops.put(self.nf, groups[i])
-        ts = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+            try:
+                os.sched_setaffinity(0, {cpus[i]})       # this thread only
+                out[i] = fn(groups[i])
+            except BaseException as e:
+                errors.append(e)
+        ts = [threading.Thread(target=work, args=(i,), name=f"cpu{cpus[i]}") for i in range(len(cpus))]
         for t in ts:
             t.start()
         for t in ts:
             t.join()
-        return {"applied": sorted(out[0]["applied"] + out[1]["applied"]),
-                "failed": out[0]["failed"] + out[1]["failed"], "entries": out[0]["entries"] + out[1]["entries"]}
+        if errors:
+            raise errors[0]
+        return out
+
+    def _apply(self, chunks: list, parallel: bool) -> dict:
+        """ops.put, spread over the CPUs when there is enough to do."""
+        outs = self._spread(lambda g: ops.put(self.nf, g), chunks, parallel)
+        return {"applied": sorted(a for o in outs for a in o["applied"]),
+                "failed": [f for o in outs for f in o["failed"]], "entries": sum(o["entries"] for o in outs)}
 
     def op_del(self, sock, r, req) -> dict:
         scopes, flt = _scopes(req), _filter(req)
-        d = ops.delete(self.nf, scopes, flt)
+        chunks = self._export_chunks(scopes, flt, ops.CHUNK_ENTRIES, True)
+
+        def delete(group):
+            done = {}
+            for c in group:
+                done[c.table] = done.get(c.table, 0) + ops.delete_chunk(self.nf, c)
+            return done
+        d = {}
+        for part in self._spread(delete, chunks, req.get("parallel", True)):
+            for t, n in part.items():
+                d[t] = d.get(t, 0) + n
         return {"deleted": d, "entries": sum(d.values())}
 
     def op_push(self, sock, r, req) -> dict:
@@ -617,7 +701,7 @@ class Agent:
                 rd, _, _ = select.select([sock], [], [], 0.01 if out else 0.05)
                 if rd:
                     # anything from the client ends the subscription; EOF ends the connection
-                    h = r.header()
+                    h = _header(r, sock)
                     if h is None:
                         raise _Closed("subscriber left")
                     r.skip(h[1])

@@ -6,7 +6,6 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .. import layout as L
 from ..errors import BadInput, NfxError
 from ..state import ops
 from ..state.tables import parse_scopes

@@ -75,7 +75,8 @@ after the swap, else take the old program's. Not guaranteed: (1) a key the old p
 after the last pre-swap copy (the copy-to-pass-2 window: a few ms, growing with table size) and
 that the new program also sees before pass 2 carries it: the new program makes its own entry,
 pass 2 keeps it and reports the key under `conflicts` (for the NAT: that connection gets a
-second public port; the first one stays allocated until it idles out). (2) Until pass 2 the new
+second public port; the first port and its return entry stay taken until the datapath
+reclaims the port). (2) Until pass 2 the new
 program does not see keys created in that window; until the re-pin, right after pass 2, the
 converted tables' pins still name the old maps. (3) While the two sides are swapped (see above)
 one side works on the old tables and the other on the new ones: a reply that needs an entry the
@@ -84,9 +85,8 @@ another CPU at the swap are folded in by the second pass 2, after an RCU grace p
 Always: maps that are not NFX_TABLEs (the devmap, ringbufs, per-CPU scratch) are new objects (the
 devmap is refilled before the swap; readers of a ring must reopen its pin; the instance's agent
 is restarted after the upgrade so it opens the new objects); programs run by test-run from an
-old fd are not upgraded;
-only hash/array tables convert, keys keep their layout, and a table keeps its max_entries unless
-it is converted."""
+old fd are not upgraded; only hash/array tables convert, keys keep their layout, and a table
+keeps its max_entries unless it is converted."""
 
 MEMBARRIER_CMD_GLOBAL = 1          # synchronize_rcu(): no XDP run that began before it is still going
 SYS_MEMBARRIER = 324
@@ -97,7 +97,7 @@ CONVERTIBLE = {1: "hash", 2: "array", 9: "lru_hash"}
 DEVMAPS = {14, 17}
 
 OP_NEW, OP_CHG, OP_DEL = 1, 2, 3
-RESULTS = {1: "inserted", 2: "merged", 3: "deleted", 4: "kept", 5: "conflicts", 6: "missing"}
+RESULTS = {1: "inserted", 2: "merged", 3: "deleted", 4: "kept", 5: "conflicts", 6: "missing", 7: "insert_failed"}
 MERGE_CHUNK = 16384
 MERGE_BATCH = 128                  # records per run of the merge program (a bounded loop)
 _DEFINE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -298,9 +298,10 @@ class _Table:
             for f in group:
                 if f not in names:
                     raise BadInput(f"conversion for {self.name}: {T.__name__} has no field {f!r}")
-                size = getattr(T, f).size
-                if size not in ((4, 8) if how == "add" else (1, 2, 4, 8)):
-                    raise BadInput(f"conversion for {self.name}: field {f} of {size} bytes cannot be '{how}'")
+                size, off = getattr(T, f).size, getattr(T, f).offset
+                if size not in ((4, 8) if how == "add" else (1, 2, 4, 8)) or off % size:
+                    raise BadInput(f"conversion for {self.name}: field {f} ({size} bytes at offset {off}) "
+                                   f"cannot be '{how}': it must be an aligned {'u32/u64' if how == 'add' else 'integer'}")
         for n, *_ in T._fields_:
             d = getattr(T, n)
             how = ("add" if n in c.counters else "max" if n in c.maxes else "or" if n in c.ors else "other")
@@ -460,10 +461,10 @@ int nfx_merge{i}(struct xdp_md *ctx)
         __u32 res = 6;
         struct v{i} *v = t{i}.lookup((struct k{i} *)r->key);
         if (r->op == {OP_NEW}) {{
-            if (!v && t{i}.insert((struct k{i} *)r->key, (struct v{i} *)r->fin) == 0)
-                res = 1;
-            else
+            if (v)
                 res = 5;
+            else
+                res = t{i}.insert((struct k{i} *)r->key, (struct v{i} *)r->fin) == 0 ? 1 : 7;
         }} else if (r->op == {OP_DEL}) {{
             if (v) {{
                 if (!({_diff("v", "r->base", 0, t.nsz)})) {{
@@ -486,8 +487,9 @@ int nfx_merge{i}(struct xdp_md *ctx)
 
 
 class _Merger:
-    """Loaded before the swap, run after it: one generated XDP program per converted table,
-    each run once per delta record (BPF_PROG_TEST_RUN, repeat = records)."""
+    """Loaded before the swap, run after it: one generated XDP program per converted table. The
+    delta records go into an array; each BPF_PROG_TEST_RUN (repeat 1) merges up to MERGE_BATCH
+    of them in a bounded loop and writes each record's outcome back into it."""
 
     def __init__(self, tables: list[_Table]):
         import bcc
@@ -816,6 +818,9 @@ class _Upgrade:
             t2 = time.perf_counter()
             res, clash = self.merger.apply(i, rec) if len(rec) else ({}, [])
             conflicts += [{"table": t.name, "key": _hex(k)} for k in clash]
+            if res.get("insert_failed"):
+                self.report["warnings"].append(f"{t.name}: {res['insert_failed']} entries the old program created "
+                                               f"could not be inserted into the new table (full)")
             t.adopt(d)
             self.report["passes"].append({"pass": which, "table": t.name, "new": len(d["new"]),
                                           "changed": len(d["chg_now"]), "deleted": len(d["del"]), **res,

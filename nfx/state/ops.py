@@ -147,14 +147,19 @@ def delete(nf, scopes=SCOPES, flt: Filter = Filter()) -> dict:
     """Remove the selected entries (all-flows arrays are zeroed). Returns entries removed by table."""
     out = {}
     for c in export(nf, scopes, flt):
-        m = nf.maps[c.table]
-        if m.info.type in (2, 6):      # arrays cannot lose entries: zero them
-            zero = (m.Slot * c.count)()
-            m.update_batch(_array(m.Key, c.keys, c.count), zero, c.count)
-        else:
-            m.delete_batch(_array(m.Key, c.keys, c.count), c.count)
-        out[c.table] = out.get(c.table, 0) + c.count
+        out[c.table] = out.get(c.table, 0) + delete_chunk(nf, c)
     return out
+
+
+def delete_chunk(nf, c: wire.Chunk) -> int:
+    """Remove one chunk's keys from its table (arrays: zero them); returns its entry count."""
+    m = nf.maps[c.table]
+    if m.info.type in (2, 6):      # arrays cannot lose entries: zero them
+        zero = (m.Slot * c.count)()
+        m.update_batch(_array(m.Key, c.keys, c.count), zero, c.count)
+    else:
+        m.delete_batch(_array(m.Key, c.keys, c.count), c.count)
+    return c.count
 
 
 # ---- readable records ------------------------------------------------------------------------

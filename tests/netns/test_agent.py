@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -271,6 +270,42 @@ def test_malformed_frames_refused_agent_lives(nat):
     with client(nat, "nf0") as c:
         assert c.ping()["pid"] == pid
         assert c.info(entries=True)["maps"]["nat_fwd"]["entries"] == 200
+
+
+def test_bad_frames_inside_a_put_change_nothing(nat):
+    clear(nat, "nf1")
+    with client(nat, "nf0") as a:
+        chunks = a.get(("per-flow",))
+    raw = Raw(nat, "nf1")
+    try:
+        # a JSON frame among the chunks: the whole put is refused, the connection goes on
+        raw.send(wire.encode_json({"op": "put", "token": raw.token}))
+        raw.send(wire.encode_chunk(chunks[0]))
+        raw.send(wire.encode_json({"op": "ping"}))
+        raw.send(wire.encode_chunk(chunks[1]))
+        raw.send(wire.encode_json({}, wire.END))
+        kind, obj = raw.r.frame()
+        assert kind == wire.ERROR and "expected CHUNK or END" in obj["error"] and "nothing was applied" in obj["error"]
+        assert ping_ok(raw)
+        # a chunk whose header does not parse: refused too
+        raw.send(wire.encode_json({"op": "put", "token": raw.token}))
+        raw.send(wire.encode_chunk(chunks[0]))
+        raw.send([wire.HDR.pack(wire.MAGIC, wire.VERSION, wire.CHUNK, 0, 8), b"\x02\0\0\0{}xx"])
+        raw.send(wire.encode_json({}, wire.END))
+        kind, obj = raw.r.frame()
+        assert kind == wire.ERROR and "nothing was applied" in obj["error"]
+        assert ping_ok(raw)
+        # garbage instead of the next frame header: refused, and this connection ends
+        raw.send(wire.encode_json({"op": "put", "token": raw.token}))
+        raw.send(wire.encode_chunk(chunks[0]))
+        raw.send([b"garbage!" * 8])
+        kind, obj = raw.r.frame()
+        assert kind == wire.ERROR and "malformed frame" in obj["error"] and "nothing was applied" in obj["error"]
+        assert raw.r.frame() is None
+    finally:
+        raw.close()
+    with client(nat, "nf1") as b:
+        assert b.get(("per-flow", "multi-flow")) == []
 
 
 def test_concurrent_clients(nat):

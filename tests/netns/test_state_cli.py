@@ -1,6 +1,5 @@
 """nfx state export|import|dump|diff and nfx nf start|stop|list end to end (subprocesses, --json),
 with their error paths: another layout, not a state file, an unknown instance, a dead agent."""
-import json
 import os
 
 import pytest
