@@ -57,7 +57,7 @@ class MoveOps:
         info = state.load(self.testbed)["nodes"][self.instance]
         self._ctrl_q = queue.Queue() if role == "src-ctrl" else None
         on_ctrl = self._ctrl_q.put if self._ctrl_q is not None else None
-        s = MoveSession(self.nf, info["ns"], info.get("release_if"), epoch, role, bool(req.get("op")), on_ctrl)
+        s = MoveSession(self.nf, info["ns"], info.get("release_if"), epoch, role, bool(req.get("order")), on_ctrl)
         s.er = bool(req.get("er"))
         s.begin(keys, flt, int(req.get("peer", 0)))
         self.session = s

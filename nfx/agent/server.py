@@ -27,6 +27,7 @@ from ..loader import netns
 from ..state import filter as F, ops, wire
 from ..state.tables import parse_scopes, tables
 from . import streams
+from .moves import MOVE_OPS, MoveOps
 from .protocol import ACTIONS, OPS, PORT, REQUEST_MAX, action_num, error_frame, jsonable
 
 log = logging.getLogger("nfx.agent")
@@ -113,7 +114,7 @@ def _xdp_attached(ns: str, ifname: str) -> int | None:
     return prog.get("id")
 
 
-class Agent:
+class Agent(MoveOps):
     def __init__(self, testbed: str, instance: str, port: int | None = None):
         from ..testbed import state
         rec = state.load(testbed)
@@ -140,7 +141,7 @@ class Agent:
         self.hubs: dict[str, streams.Hub] = {}
         self.nf = None
         self.listener: socket.socket | None = None
-        self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
+        self.handlers = {op: getattr(self, "op_" + op) for op in OPS + MOVE_OPS}
         self.requests = 0
 
     # ---- lifecycle ----
@@ -433,6 +434,7 @@ class Agent:
         t1 = time.perf_counter()
         report = self._apply(chunks, req.get("parallel", True))
         apply_s = time.perf_counter() - t1
+        self.er_after_put(chunks)            # a move with early release lets these flows go now
         return {**report, "chunks": len(chunks), "bytes": sum(c.nbytes for c in chunks),
                 "recv_s": recv_s, "apply_s": apply_s}
 

@@ -14,12 +14,14 @@ def up(name: str = NameOpt,
        nf: str = typer.Option("nat", "--nf", help="NF kind for every instance: nat or ids."),
        instances: int = typer.Option(None, "--instances", "-i", help="NF instances (default: the topology's)."),
        max_flows: int = typer.Option(262144, "--max-flows", help="Per-flow map size of every instance."),
+       ctrl_delay_ms: float = typer.Option(0.0, "--ctrl-delay-ms",
+                                           help="Emulated one-way delay on the control channel (controller to agents and switches)."),
        json_: bool = JsonOpt):
     """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
     need_root()
     topo = topology.load(topology_, instances)
     builder.nf_class(nf)
-    rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress)
+    rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms)
     if json_:
         emit_json({"name": name, "status": rec["status"], "topology": topo.name, "nf": nf,
                    "instances": topo.instances, "netns": rec["created"]["netns"]})

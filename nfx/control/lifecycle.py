@@ -22,22 +22,21 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def start(name: str, ctrl_delay_ms: float = 0.0, timeout: float = 20.0) -> dict:
-    rec = state.load(name)
+def start(name: str, ctrl_delay_ms: float = 0.0, rec=None) -> dict:
+    """Start the controller (once). `rec`: the caller's registry record, updated in place so a
+    later save of it keeps the controller's entry."""
+    rec = rec if rec is not None else state.load(name)
     cur = rec.get("controller") or {}
     if _alive(cur.get("pid")):
         return cur
     p = subprocess.Popen([sys.executable, "-m", "nfx.control", "--testbed", name, "--ctrl-delay-ms", str(ctrl_delay_ms)],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    rec = state.load(name)
     rec["controller"] = {"pid": p.pid, "port": None, "ctrl_delay_ms": ctrl_delay_ms}
     rec.save()        # registered before it is known to work, so down can always stop it
-    t0 = time.monotonic()
     line = p.stdout.readline().strip()
     if not line.isdigit():
         p.kill()
         raise NfxError(f"the controller for {name} did not start (see /run/nfx/controller-{name}.log)")
-    rec = state.load(name)
     rec["controller"]["port"] = int(line)
     rec.save()
     return rec["controller"]

@@ -26,9 +26,9 @@ class Remote:
     def close(self):
         self.c.close()
 
-    def _req(self, op, **args) -> dict:
+    def _req(self, name, **args) -> dict:
         with self.lock:
-            return self.c.request(op, **args)
+            return self.c.request(name, **args)
 
     # ---- state ----
     def keys(self, flt: Filter) -> tuple[list, list]:
@@ -80,7 +80,7 @@ class Remote:
     def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
               on_ctrl=None, er: bool = False) -> None:
         slot = self.peer_slots.get(peer, 0) if peer else 0
-        self._req("move_begin", role=role, epoch=epoch, op=op, keys=enc(dp.keys_blob(keys)),
+        self._req("move_begin", role=role, epoch=epoch, order=op, keys=enc(dp.keys_blob(keys)),
                   filter=flt.text if flt is not None else None, peer=slot, er=er)
         self.session = True
         if role == "src-ctrl" and on_ctrl is not None:

@@ -49,8 +49,9 @@ def nf_config(kind: str, topo: Topology):
 
 
 def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None,
-       agents: bool = True) -> state.Record:
-    """Build the testbed; with `agents`, start one agent per NF instance once everything exists."""
+       agents: bool = True, ctrl_delay_ms: float = 0.0) -> state.Record:
+    """Build the testbed; with `agents`, start one agent per NF instance once everything exists,
+    and the controller (its control messages delayed by ctrl_delay_ms, one way)."""
     progress = progress or (lambda msg: None)
     pin.ensure_bpffs()
     # every agent request carries this token; the registry file is root-only (0600)
@@ -63,6 +64,10 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
             from ..agent import lifecycle
             progress(f"agents for {', '.join(topo.role('nf'))}")
             lifecycle.start(rec, topo.role("nf"))
+            if topo.role("switch"):
+                from ..control import lifecycle as controller
+                progress("controller")
+                controller.start(name, ctrl_delay_ms, rec)
     except BaseException:
         down(name)
         raise
@@ -254,7 +259,9 @@ def down(name: str) -> dict:
     rec = state.load(name)
     created = rec.get("created", {})
     removed = {"netns": 0, "pins": 0, "agents": 0}
-    # agents first: they hold the maps open and listen in the namespaces about to go
+    # the controller and the agents first: they hold the maps open and listen in the namespaces about to go
+    from ..control import lifecycle as controller
+    removed["controller"] = controller.stop(name, rec)
     from ..agent import lifecycle
     removed["agents"] = lifecycle.stop_all(name, rec)
     nodes = rec.get("nodes", {})

@@ -308,6 +308,23 @@ def test_bad_frames_inside_a_put_change_nothing(nat):
         assert b.get(("per-flow", "multi-flow")) == []
 
 
+def test_readopts_pins_that_change(nat):
+    """A hot upgrade re-pins maps: the agent notices (another inode) and reopens them."""
+    from pathlib import Path
+    from nfx.loader import bpfsys
+    pin = Path(state.load(nat["name"])["nodes"]["nf0"]["pin"])
+    with client(nat, "nf0") as a:
+        n = a.info()["adoptions"]
+        fd = bpfsys.obj_get(str(pin / "nat_fwd"))
+        try:
+            bpfsys.obj_pin(fd, str(pin / "nat_fwd_repin"))
+            os.replace(pin / "nat_fwd_repin", pin / "nat_fwd")
+        finally:
+            os.close(fd)
+        assert a.info()["adoptions"] == n + 1
+        assert sum(c.count for c in a.get(("per-flow",))) == 400
+
+
 def test_concurrent_clients(nat):
     errors, n = [], []
 
