@@ -148,7 +148,8 @@ class ReleaseSlot(ct.Structure):
 
 
 class MoveCfg(ct.Structure):
-    _fields_ = [("epoch", u32), ("drain_epoch", u32), ("flushed_seq", u32), ("op", u32)]
+    _fields_ = [("epoch", u32), ("drain_epoch", u32), ("flushed_seq", u32), ("op", u32), ("peer_cut", u32),
+                ("pad", u32)]
 
 
 class MoveState(ct.Structure):

@@ -109,6 +109,8 @@ struct nfx_move_cfg {
     __u32 drain_epoch;       /* marks of this epoch may flip to PROCESS once fully released */
     __u32 flushed_seq;       /* every released packet up to this release sequence number has left */
     __u32 op;                /* order-preserving: switch-path packets before the switch's IBC drop */
+    __u32 peer_cut;          /* the source's cut is in, on both sides (opennf: at the controller) */
+    __u32 pad;
 };
 
 /* what the program records during a move (array of 1): written by the program only, so the

@@ -162,12 +162,12 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
         if (!m)
             return NFX_ACT_DROP;
     }
-    __u32 drain = mv->drain_epoch, flushed = mv->flushed_seq, cur_epoch = mv->epoch;
-    /* op: a copy the other path also carries: a switch-path packet before the switch's IBC
-     * (the source has it too), or a peer-path packet after the source's IBC (the switch path
-     * has it); the IBC and the packets share a FIFO, so the cut is exact */
-    __u32 pre_ibc = mv->op && ((!(rx & NFX_RX_PEER) && !ms->ibc_switch[side & 1]) ||
-                               ((rx & NFX_RX_PEER) && ms->ibc_peer[side & 1]));
+    __u32 drain = mv->drain_epoch, flushed = mv->flushed_seq;
+    /* order-preserving move (DiST's two-phase update), per side: the switch's IBC and the
+     * source's IBC each cut a FIFO stream, so these decisions are exact */
+    __u32 op = mv->op && m->epoch == mv->epoch;
+    __u32 from_peer = rx & NFX_RX_PEER;
+    __u32 cut_switch = ms->ibc_switch[side & 1], cut_peer = ms->ibc_peer[side & 1] || mv->peer_cut;
     __u32 early = 0;
     if (!(rx & NFX_RX_RELEASED) && m->action == NFX_ACT_BUFFER && nfx_drain.lookup(k))
         early = 1;
@@ -181,12 +181,15 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
             m->released == m->buffered && m->last_release <= flushed)
             m->action = NFX_ACT_PROCESS;
         act = m->action;
-        if (act == NFX_ACT_BUFFER) {
-            if (pre_ibc && m->epoch == cur_epoch)
-                act = NFX_ACT_PRE_IBC;   /* the source has this packet too and passes it on */
-            else
-                m->buffered++;
+        if (op) {
+            if ((!from_peer && !cut_switch) || (from_peer && cut_peer))
+                act = NFX_ACT_PRE_IBC;   /* a copy the other path carries too */
+            else if (!from_peer && !cut_peer)
+                /* the switch path waits for the source's cut, even for an early-released flow */
+                act = m->action = NFX_ACT_BUFFER;
         }
+        if (act == NFX_ACT_BUFFER)
+            m->buffered++;
     }
     *peer = m->peer;
     bpf_spin_unlock(&m->lock);

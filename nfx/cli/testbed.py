@@ -24,7 +24,9 @@ def up(name: str = NameOpt,
     rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms)
     if json_:
         emit_json({"name": name, "status": rec["status"], "topology": topo.name, "nf": nf,
-                   "instances": topo.instances, "netns": rec["created"]["netns"]})
+                   "instances": topo.instances, "netns": rec["created"]["netns"],
+                   "agents": {n: (i.get("agent") or {}).get("pid") for n, i in rec["nodes"].items()
+                              if i["role"] == "nf"}})
     else:
         console.print(f"[green]testbed {name} up[/green]: {topo.name}, {topo.instances} × {nf}")
 

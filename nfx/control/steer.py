@@ -37,8 +37,10 @@ class Steering:
         if not self.sw:
             raise NfxError(f"testbed {testbed} has no switches to steer (topology {self.rec['topology']})")
         self.lock = threading.Lock()
-        self.next_prio = PRIO_TOP
         self.active: dict[str, list[tuple[str, int]]] = {}    # filter text -> (switch, rule id)
+        # rules an earlier controller left (moves stay in force): the next ones go above them
+        prios = [r.prio for s in self.sw.values() for r in s.rules() if r.kind == "wild" and r.prio < PRIO_TOP + 1]
+        self.next_prio = min(prios + [PRIO_TOP + 1]) - 1
 
     def _port(self, sw: str, nf: str) -> str:
         return self.rec["nodes"][sw]["ifaces"][nf]
@@ -66,7 +68,14 @@ class Steering:
                     continue
                 m = _match(flt, self.host_port[name], reverse=not inside)
                 new.append((name, s.add_wild(m, Rule(output=out), prio=prio)))
-            old = self.active.get(flt.text, [])
+            old = set(self.active.get(flt.text, []))
+            # and any move rule with the same match that an earlier controller installed
+            mine = {rid for _, rid in new}
+            for name, s in self.sw.items():
+                m = _match(flt, self.host_port[name], reverse=self._side(name) != L.SIDE_IN)
+                for r in s.rules():
+                    if r.kind == "wild" and r.prio <= PRIO_TOP and r.id not in mine and r.match == m:
+                        old.add((name, r.id))
             self.active[flt.text] = new
             for name, rid in old:
                 self.sw[name].remove(rid)

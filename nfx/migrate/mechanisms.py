@@ -118,8 +118,13 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     t0 = time.perf_counter()
     passed0 = src.passed_on()
     ctrl = ControllerBuffer(op) if mechanism == "opennf" and lf else None
+    phases = m["phases_ms"] = {}
+
+    def phase(name):
+        phases[name] = round((time.perf_counter() - t0) * 1e3, 2)
     flows, outside = src.keys(flt)
     m["flows"] = len(flows)
+    phase("keys")
     steered = False
     try:
         if lf:
@@ -134,6 +139,7 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
             role = "src-redirect" if mechanism == "dist" else "src-ctrl"
             src.begin(role, epoch, op, [] if "ll" in opts else flows, flt, peer=dst.name,
                       on_ctrl=ctrl.take if ctrl else None)
+            phase("held")
         t_state = time.perf_counter()
         if mechanism == "dist" and not ("ll" in opts and lf):
             r = src.push(dst, scopes, flt, pipelined="pz" in opts,
@@ -142,11 +148,13 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         else:
             chunks, nbytes = _transfer(src, dst, flt, scopes, mechanism, opts, lf, ctrl, flows)
         m.update(state_chunks=chunks, state_bytes=nbytes, transfer_s=time.perf_counter() - t_state)
+        phase("state")
         if lf and not op:
             if mechanism == "dist":
                 dst.drain()
             else:
                 ctrl.release(dst)
+        phase("released" if lf and not op else "pre-steer")
         progress("steering the switches")
         if op:
             steer.point(flt, [src.name, dst.name], outside)            # phase 1: both
@@ -157,6 +165,7 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
             steer.point(flt, [dst.name], outside)
         steered = True
         m["move_time_s"] = time.perf_counter() - t0
+        phase("steered")
         if op:
             progress("waiting for the source's cut")
             if mechanism == "dist":
@@ -166,6 +175,7 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
                 wait_for(ctrl.cut_complete, timeout, "the source's IBC at the controller")
                 ctrl.release(dst)
                 dst.drain()
+        phase("cut" if op else "drained")
         # src drains: whatever was still on its way there has been passed on
         last = [src.passed_on(), time.perf_counter()]
 
@@ -180,9 +190,10 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         if lf:
             wait_for(dst.settled, timeout, "the destination to release everything it held")
         m["packets_redirected"] = src.passed_on() - passed0
+        phase("settled")
     except BaseException as e:
         progress(f"rolling back: {e}")
-        _rollback(src, dst, steer, flt, steered, lf)
+        _rollback(src, dst, steer, flt, steered, lf, ctrl)
         raise NfxError(f"move {src.name} -> {dst.name} aborted and rolled back: {e}") from e
     src_st = src.end() if lf else {}
     dst_st = dst.end() if lf else {}
@@ -258,28 +269,46 @@ def _early(dst, ctrl, c) -> None:
 
 def _ibc_keys(flows: list, outside: list, flt: Filter):
     """One IBC per side, carrying a moved flow's tuple so the move's rules and marks apply."""
-    inside = [k for k in flows if bytes(k) not in {bytes(o) for o in outside}]
-    if inside:
-        yield L.SIDE_IN, inside[0]
+    out = {bytes(o) for o in outside}
+    inside = next((k for k in flows if bytes(k) not in out), None)
+    if inside is not None:
+        yield L.SIDE_IN, inside
         from ..flows import reverse
-        yield L.SIDE_OUT, outside[0] if outside else reverse(inside[0])
+        yield L.SIDE_OUT, outside[0] if outside else reverse(inside)
     else:
         raise NfxError("an order-preserving move needs at least one existing flow to cut "
                        "(nothing matches the filter yet: use lf)")
 
 
-def _rollback(src, dst, steer, flt, steered: bool, lf: bool) -> None:
-    """src keeps (or takes back) the flows; dst forgets whatever it got."""
+def _rollback(src, dst, steer, flt, steered: bool, lf: bool, ctrl=None) -> None:
+    """src keeps (or takes back) the flows; dst forgets whatever it got. The controller's held
+    packets (opennf) go back to src, so a called-off loss-free move loses none of them; what a
+    dead dst held (dist) is gone with it."""
     try:
         if steered:
             steer.point(flt, [src.name], None)
+        if ctrl is not None:
+            with ctrl.lock:
+                held = list(ctrl.held)
+                ctrl.held.clear()
+                ctrl.forward_to = None
+            if held:
+                src.inject(held)
+    except Exception:
+        pass
     finally:
         for ep in (src, dst):
+            if not (lf and ep.session is not None):
+                continue
             try:
-                if lf and ep.session is not None:
-                    ep.end()
+                ep.end()
             except Exception:
-                pass
+                # its agent is gone: clear the instance's move settings through its pins
+                try:
+                    if hasattr(ep, "force_end"):
+                        ep.force_end()
+                except Exception:
+                    pass
         try:
             dst.delete(SCOPES, flt)
         except Exception:

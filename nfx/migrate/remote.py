@@ -107,8 +107,19 @@ class Remote:
     def drain(self, keys: list | None = None) -> None:
         self._req("move_drain", keys=enc(dp.keys_blob(keys)) if keys is not None else None)
 
+    INJECT_BYTES = 512 << 10      # well under the agent's 1 MiB request limit once base64'd
+
     def inject(self, pkts: list) -> int:
-        return self._req("move_inject", packets=enc(dp.pack(pkts)))["injected"]
+        n, batch, size = 0, [], 0
+        for p in pkts:
+            if batch and size + len(p.data) + dp.HDR > self.INJECT_BYTES:
+                n += self._req("move_inject", packets=enc(dp.pack(batch)))["injected"]
+                batch, size = [], 0
+            batch.append(p)
+            size += len(p.data) + dp.HDR
+        if batch:
+            n += self._req("move_inject", packets=enc(dp.pack(batch)))["injected"]
+        return n
 
     def cut_complete(self) -> bool:
         return self._req("move_status")["cut_complete"]
@@ -127,6 +138,18 @@ class Remote:
             self._ctrl_thread.join(timeout=5)
             self._ctrl_thread = None
         return st
+
+    def force_end(self) -> None:
+        """The agent is gone: undo the move's marks, filter and settings straight through the
+        instance's pins, so its dataplane stops holding or passing the flows on."""
+        from ..testbed import builder
+        nf = builder.instance(self.testbed, self.name)
+        from .session import FILTER_SLOT
+        dp.clear_filter(nf, FILTER_SLOT)
+        dp.clear_marks(nf)
+        nf.maps["nfx_drain"].clear()
+        dp.reset_move(nf)
+        self.session = None
 
     def stats(self) -> dict:
         return self._req("stats")["stats"]

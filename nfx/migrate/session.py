@@ -25,6 +25,7 @@ class MoveSession:
         if role not in ("src-redirect", "src-ctrl", "dst"):
             raise ValueError(role)
         self.nf, self.ns, self.epoch, self.role, self.op = nf, ns, epoch, role, op
+        self.release_if = release_if
         self.on_ctrl = on_ctrl
         self.releaser = dp.Releaser(nf, ns, release_if) if role == "dst" else None
         self.ring = dp.packet_ring(nf)
@@ -115,7 +116,8 @@ class MoveSession:
         path first, and keep releasing new arrivals until the gate has flipped every flow.
         With `keys` (early release), only those flows now; the rest wait for a later call."""
         if keys is None:
-            dp.set_move_cfg(self.nf, drain_epoch=self.epoch)
+            # a full drain comes after the source's cut (op), wherever that cut arrived
+            dp.set_move_cfg(self.nf, drain_epoch=self.epoch, peer_cut=1)
             self.draining = True
             self._release_ready()
             return
@@ -126,19 +128,18 @@ class MoveSession:
         n = len(keys)
         self.nf.maps["nfx_drain"].update_batch((L.FlowKey * n)(*keys), (L.u32 * n)(*([1] * n)), n)
         with self.rlock, self.lock:
-            take = [p for p in self.peer_q if p.key in raw] + [p for p in self.switch_q if p.key in raw]
-            self.peer_q = deque(p for p in self.peer_q if p.key not in raw)
-            self.switch_q = deque(p for p in self.switch_q if p.key not in raw)
             self.early_keys |= raw
-            self._release(take)
+        self._early_ready()
 
     def _early_ready(self) -> None:
+        # op: the switch path's packets of an early-released flow still wait for the source's cut
+        switch_too = not self.op or self.cut_complete()
         with self.rlock:
             with self.lock:
-                take = [p for p in self.peer_q if p.key in self.early_keys] + \
-                       [p for p in self.switch_q if p.key in self.early_keys]
-                if take:
-                    self.peer_q = deque(p for p in self.peer_q if p.key not in self.early_keys)
+                take = [p for p in self.peer_q if p.key in self.early_keys]
+                self.peer_q = deque(p for p in self.peer_q if p.key not in self.early_keys)
+                if switch_too:
+                    take += [p for p in self.switch_q if p.key in self.early_keys]
                     self.switch_q = deque(p for p in self.switch_q if p.key not in self.early_keys)
             self._release(take)
 
@@ -163,8 +164,8 @@ class MoveSession:
         """Packets from the controller's buffer (OpenNF): processed here at once, as they are."""
         data = [p for p in pkts if p.kind != L.BufKind.IBC]
         if data:
-            if self.releaser is None:
-                raise RuntimeError("only a destination injects")
+            if self.releaser is None:      # a source takes its packets back when a move is called off
+                self.releaser = dp.Releaser(self.nf, self.ns, self.release_if)
             self.releaser.release(data, rx=L.RX_INJECTED)
         return len(data)
 
@@ -181,16 +182,16 @@ class MoveSession:
     # ---- tear down ----
     def end(self, keep_marks: bool = False) -> dict:
         dp.clear_filter(self.nf, FILTER_SLOT)
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=2)
-        # anything still in the ring belongs to this move
-        self._take(self.ring.poll(0))
-        if self.role == "dst" and (self.peer_q or self.switch_q):
-            self._release_ready()
+        # marks first: from here on nothing is held back, so what the ring holds is all there is
         if not keep_marks:
             dp.clear_marks(self.nf)
         self.nf.maps["nfx_drain"].clear()
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        self._take(self.ring.poll(0))
+        if self.role == "dst" and (self.peer_q or self.switch_q):
+            self._release_ready()
         dp.reset_move(self.nf)
         self.ring.close()
         if self.releaser:

@@ -1,0 +1,155 @@
+"""Moves under load, through the controller and the agents, judged by the sink: LF loses and
+duplicates nothing, OP also reorders nothing, NG may lose. Afterwards the destination's state
+equals what one instance that saw all the traffic would hold. A TCP connection survives moves
+back and forth; a move whose destination dies half way rolls back."""
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from nfx.agent import lifecycle as agents
+from nfx.control import lifecycle as controller
+from nfx.testbed import builder
+from nfx.traffic.report import measure
+from nfx.traffic.rig import rig
+from tests.netns.tbutil import running_testbed, sh
+
+FLOWS, RATE, DURATION, AT = 1000, 50000, 2.0, 0.8
+
+
+@pytest.fixture(scope="module")
+def tb():
+    with running_testbed("sharp", "nat", instances=2) as rec:
+        # give every flow its state on nf0 first
+        with rig(rec["name"], FLOWS) as (gen, sink):
+            measure(gen, sink, 20000, 0.5, 1.0)
+        yield rec
+
+
+def per_flow(name, inst) -> dict[int, int]:
+    return {m["sport"]: m["pkts_out"] for m in builder.instance(name, inst).mappings() if m["dport"] == 9000}
+
+
+def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOWS, rate=RATE, duration=DURATION):
+    out = {}
+    with rig(name, flows) as (gen, sink):
+        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0)))
+        t.start()
+        time.sleep(AT)
+        try:
+            m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "guarantee": guarantee,
+                                                        "mechanism": mechanism, "opts": opts})
+        finally:
+            t.join()
+    return m, out["r"]
+
+
+CASES = [(m, g, o) for m in ("dist", "opennf") for g in ("ng", "lf", "op") for o in ("", "pz,ll,er")
+         if not (g == "ng" and o)]
+
+
+@pytest.mark.parametrize("mechanism,guarantee,opts", CASES, ids=[f"{m}-{g}{'-' + o if o else ''}" for m, g, o in CASES])
+def test_move_there_and_back(tb, mechanism, guarantee, opts):
+    name = tb["name"]
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
+        before = per_flow(name, src)
+        m, r = move_under_traffic(name, src, dst, guarantee, mechanism, opts)
+        assert r["sent"] == RATE * DURATION
+        after = per_flow(name, dst)
+        assert per_flow(name, src) == {}                   # the source let go of the state
+        assert len(after) == FLOWS
+        if guarantee in ("lf", "op"):
+            assert (r["lost"], r["duplicated"]) == (0, 0), (m, {k: r[k] for k in ("sent", "lost", "duplicated", "reordered")},
+                                                             builder.instance(name, src).stats(), builder.instance(name, dst).stats())
+            # exactly once, with the state it should see: a single instance's counters
+            sent = dict(zip(range(1024, 1024 + FLOWS), r.get("per_flow") or [RATE * DURATION // FLOWS] * FLOWS))
+            assert all(after[sp] == before[sp] + sent[sp] for sp in after), "per-flow NAT counters differ"
+        if guarantee == "op":
+            assert r["reordered"] == 0, (m, r)
+        for k in ("move_time_s", "redirect_time_s", "state_chunks", "state_bytes", "packets_redirected",
+                  "controller_buffer_peak", "instance_buffer_peak", "max_added_delay_us", "serialization_share"):
+            assert k in m
+
+
+def test_move_log_is_json_lines(tb):
+    from nfx.control.controller import log_file
+    lines = log_file(tb["name"]).read_text().splitlines()
+    assert lines and all(json.loads(l)["testbed"] == tb["name"] for l in lines)
+
+
+def test_bad_move_requests(tb):
+    from nfx.errors import BadInput
+    for body, msg in (({"src": "nf0", "dst": "nf9"}, "unknown destination"),
+                      ({"src": "nf0", "dst": "nf0"}, "same instance"),
+                      ({"src": "nf0", "dst": "nf1", "guarantee": "xx"}, "guarantee"),
+                      ({"src": "nf0", "dst": "nf1", "opts": "zz"}, "optimisation"),
+                      ({"src": "nf0", "dst": "nf1", "filter": "src=1.2.3.400"}, "IPv4")):
+        with pytest.raises(BadInput, match=msg):
+            controller.call(tb["name"], "POST", "/move", body)
+
+
+def test_tcp_survives_ten_moves(tb):
+    name = tb["name"]
+    h1, h2 = tb["nodes"]["h1"]["ns"], tb["nodes"]["h2"]["ns"]
+    srv = subprocess.Popen(["ip", "netns", "exec", h2, "iperf3", "-s", "-1", "-p", "5202"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        cli = subprocess.Popen(["ip", "netns", "exec", h1, "iperf3", "-c", "10.0.2.2", "-p", "5202", "-t", "8", "-J"],
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        at = "nf0"
+        for i in range(10):
+            to = "nf1" if at == "nf0" else "nf0"
+            controller.call(name, "POST", "/move", {"src": at, "dst": to, "guarantee": "lf",
+                                                    "mechanism": "dist" if i % 2 == 0 else "opennf"})
+            at = to
+            time.sleep(0.3)
+        res = json.loads(cli.communicate(timeout=30)[0])
+    finally:
+        srv.wait(timeout=10)
+    assert "error" not in res, res.get("error")
+    assert res["end"]["sum_received"]["bytes"] > 1_000_000
+    # the connection's NAT mapping moved with it and is where the last move put it
+    assert [m for m in builder.instance(name, at).mappings() if m["dport"] == 5202]
+    assert at == "nf0"
+
+
+def test_destination_dies_half_way_rolls_back(tb):
+    """The destination's agent is killed while the move waits on it: the move is called off, the
+    source keeps the flows and the traffic."""
+    name = tb["name"]
+    rec = __import__("nfx.testbed.state", fromlist=["load"]).load(name)
+    pid = agents.pid_of(rec, "nf1")
+    err = {}
+
+    def slow_move():
+        try:
+            # a slow control channel keeps the move open long enough to kill dst mid-way
+            controller.call(name, "POST", "/move", {"src": "nf0", "dst": "nf1", "guarantee": "lf",
+                                                    "mechanism": "dist", "ctrl_delay_ms": 60, "timeout": 5})
+        except Exception as e:
+            err["e"] = e
+    with rig(name, FLOWS) as (gen, sink):
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, 20000, 3.0, 1.0)))
+        t.start()
+        time.sleep(0.5)
+        mv = threading.Thread(target=slow_move)
+        mv.start()
+        time.sleep(0.25)
+        os.kill(pid, signal.SIGKILL)
+        mv.join()
+        t.join()
+    agents.start(__import__("nfx.testbed.state", fromlist=["load"]).load(name), ["nf1"])
+    assert "e" in err and "rolled back" in str(err["e"])
+    r = out["r"]
+    # src kept processing: the traffic after the failed move went through nf0
+    assert r["received"] > 0.9 * r["sent"]
+    assert len(per_flow(name, "nf0")) == FLOWS and per_flow(name, "nf1") == {}
+    from nfx.migrate import dataplane as dp
+    assert dp.marks(builder.instance(name, "nf0")) == {} and dp.marks(builder.instance(name, "nf1")) == {}
