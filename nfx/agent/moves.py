@@ -13,7 +13,7 @@ from ..migrate.session import MoveSession
 from ..state import ops, wire
 from ..state.filter import parse
 
-MOVE_OPS = ("move_begin", "move_mark", "move_drain", "move_inject", "move_ctrl", "move_status",
+MOVE_OPS = ("move_begin", "move_hold_new", "move_mark", "move_drain", "move_inject", "move_ctrl", "move_status",
             "move_end", "move_get")
 
 
@@ -62,6 +62,12 @@ class MoveOps:
         s.begin(keys, flt, int(req.get("peer", 0)))
         self.session = s
         return {"epoch": epoch, "role": role, "marked": len(keys)}
+
+    def op_move_hold_new(self, sock, r, req) -> dict:
+        flt = req.get("filter")
+        parse(flt)
+        self._session().hold_new(flt, int(req.get("peer", 0)))
+        return {"filter": flt}
 
     def op_move_mark(self, sock, r, req) -> dict:
         keys = dp.keys_from_blob(_b64(req, "keys"))

@@ -5,7 +5,7 @@ import sys
 import typer
 
 from ..errors import NfxError
-from . import bench, move, nf, state, testbed, traffic
+from . import bench, inspect, move, nf, state, testbed, traffic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Move live network-function state between XDP NF instances, with measured guarantees.")
@@ -16,6 +16,7 @@ app.add_typer(state.app, name="state")
 app.add_typer(bench.app, name="bench")
 app.add_typer(move.app, name="controller")
 app.command("move")(move.move)
+app.command("inspect")(inspect.inspect)
 
 
 def main() -> None:

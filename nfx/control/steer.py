@@ -6,11 +6,9 @@ import struct
 import threading
 from pathlib import Path
 
-from scapy.all import Ether, IP, Raw, TCP, UDP, raw
-
 from .. import layout as L
 from ..errors import NfxError
-from ..flows import be_to_ip, be_to_port
+from ..flows import be_to_ip
 from ..loader import netns
 from ..state.filter import Filter
 from ..testbed import state as tbstate
@@ -118,12 +116,30 @@ def _match(flt: Filter, in_port: str, reverse: bool) -> Match:
     return Match(in_port=in_port, src=src, dst=dst, sport=sp, dport=dpt, proto=flt.proto)
 
 
+def _csum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    return ~t & 0xFFFF
+
+
 def ibc_frame(key: L.FlowKey, src_mac: bytes, epoch: int) -> bytes:
     """A packet of the flow (its 5-tuple, so every rule and mark treats it as the flow), told
-    apart by TOS NFX_TOS_IBC and a payload starting with NFX_IBC_MAGIC."""
+    apart by TOS NFX_TOS_IBC and a payload starting with NFX_IBC_MAGIC. Checksums are valid."""
     payload = struct.pack("!II", L.IBC_MAGIC, epoch)
-    ip = IP(src=be_to_ip(key.saddr), dst=be_to_ip(key.daddr), tos=L.TOS_IBC)
-    sp, dp = be_to_port(key.sport), be_to_port(key.dport)
-    l4 = TCP(sport=sp, dport=dp, flags="") if key.proto == 6 else UDP(sport=sp, dport=dp)
-    eth = Ether(src=":".join(f"{b:02x}" for b in src_mac), dst="02:00:00:00:00:01")
-    return raw(eth / ip / l4 / Raw(payload))
+    sa, da = struct.pack("<I", key.saddr), struct.pack("<I", key.daddr)
+    sp, dp = struct.pack("<H", key.sport), struct.pack("<H", key.dport)     # already network order
+    if key.proto == 6:
+        l4 = sp + dp + struct.pack("!IIBBHHH", 0, 0, 5 << 4, 0x10, 65535, 0, 0) + payload
+        ck_at = 16
+    else:
+        l4 = sp + dp + struct.pack("!HH", 8 + len(payload), 0) + payload
+        ck_at = 6
+    pseudo = sa + da + struct.pack("!BBH", 0, key.proto, len(l4))
+    ck = _csum(pseudo + l4) or 0xFFFF
+    l4 = l4[:ck_at] + struct.pack("!H", ck) + l4[ck_at + 2:]
+    ip = struct.pack("!BBHHHBBH", 0x45, L.TOS_IBC, 20 + len(l4), 0, 0x4000, 64, key.proto, 0) + sa + da
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    return bytes.fromhex("020000000001") + src_mac + b"\x08\x00" + ip + l4

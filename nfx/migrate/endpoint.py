@@ -75,6 +75,9 @@ class Local:
         self.session = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl)
         self.session.begin(keys, flt.text if flt is not None else None, slot)
 
+    def hold_new(self, flt: Filter, peer: str | None = None) -> None:
+        self.session.hold_new(flt.text, self.peer_slots.get(peer, 0) if peer else 0)
+
     def mark(self, keys: list, peer: str | None = None) -> None:
         self.session.mark(keys, self.peer_slots.get(peer, 0) if peer else 0)
 

@@ -48,11 +48,12 @@ class ControllerBuffer:
         self.cut = [False, False]
         self.forward_to = None            # once set, packets go straight through
         self.released_keys: set[bytes] = set()
-        self.peak = self.total = self.dropped_after_cut = 0
+        self.peak = self.total = self.dropped_after_cut = self.received = self.injected = 0
         self.max_hold_us = 0.0
 
     def take(self, pkts: list) -> None:
         with self.lock:
+            self.received += len(pkts)
             for p in pkts:
                 if p.kind == L.BufKind.IBC:
                     self.cut[p.side] = True
@@ -94,6 +95,7 @@ class ControllerBuffer:
 
     def _inject(self, pkts: list) -> None:
         self.forward_to.inject(pkts)
+        self.injected += len(pkts)
         held = (time.monotonic_ns() - min(p.ts_ns for p in pkts)) / 1e3   # kernel stamps are CLOCK_MONOTONIC
         self.max_hold_us = max(self.max_hold_us, held)
 
@@ -124,6 +126,10 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         phases[name] = round((time.perf_counter() - t0) * 1e3, 2)
     flows, outside = src.keys(flt)
     m["flows"] = len(flows)
+    # the gate's wildcard filter holds every flow it matches (and makes its mark on the first
+    # packet); explicit marks are only needed for what it cannot see: a NAT's public tuples
+    # when the filter does not match everything
+    explicit = [] if flt.everything else outside
     phase("keys")
     steered = False
     try:
@@ -133,12 +139,13 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
             # before the switch update, and the controller's packets are injected as they are)
             er = "er" in opts
             if mechanism == "dist" or op:
-                dst.begin("dst", epoch, op, flows, flt, er=er and mechanism == "dist")
+                dst.begin("dst", epoch, op, explicit, flt, er=er and mechanism == "dist")
             else:
                 dst.begin("dst", epoch, False, [], None)
             role = "src-redirect" if mechanism == "dist" else "src-ctrl"
-            src.begin(role, epoch, op, [] if "ll" in opts else flows, flt, peer=dst.name,
-                      on_ctrl=ctrl.take if ctrl else None)
+            # late locking: the source holds flows back chunk by chunk (marks), no filter yet
+            src.begin(role, epoch, op, [] if "ll" in opts else explicit, None if "ll" in opts else flt,
+                      peer=dst.name, on_ctrl=ctrl.take if ctrl else None)
             phase("held")
         t_state = time.perf_counter()
         if mechanism == "dist" and not ("ll" in opts and lf):
@@ -201,6 +208,9 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     m["total_s"] = time.perf_counter() - t0
     m["controller_buffer_peak"] = ctrl.peak if ctrl else 0
     m["controller_packets"] = ctrl.total if ctrl else 0
+    if ctrl:
+        m["controller"] = {"received": ctrl.received, "held": ctrl.total, "dropped_after_cut": ctrl.dropped_after_cut,
+                           "injected": ctrl.injected, "left": len(ctrl.held)}
     m["instance_buffer_peak"] = dst_st.get("buffer_peak", 0)
     m["instance_buffered"] = dst_st.get("buffered", 0)
     m["max_added_delay_us"] = max(dst_st.get("max_hold_us", 0), ctrl.max_hold_us if ctrl else 0)
@@ -239,6 +249,7 @@ def _transfer(src, dst, flt, scopes, mechanism, opts, lf, ctrl, flows) -> tuple[
             time.sleep(0.001)    # an XDP run in flight when the mark changed is long done
             if per_flow:
                 send(src.export(per_flow, flt, keys=g))
+        src.hold_new(flt, peer=dst.name)      # flows born during the move
         if rest:
             send(src.export(rest, flt))
     else:

@@ -101,6 +101,9 @@ class Remote:
         finally:
             c.close()
 
+    def hold_new(self, flt: Filter, peer: str | None = None) -> None:
+        self._req("move_hold_new", filter=flt.text, peer=self.peer_slots.get(peer, 0) if peer else 0)
+
     def mark(self, keys: list, peer: str | None = None) -> None:
         self._req("move_mark", keys=enc(dp.keys_blob(keys)), peer=self.peer_slots.get(peer, 0) if peer else 0)
 

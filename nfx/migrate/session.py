@@ -55,6 +55,11 @@ class MoveSession:
         if flt is not None:
             dp.set_filter(self.nf, FILTER_SLOT, flt, action, epoch=self.epoch, peer=peer_slot)
 
+    def hold_new(self, flt: str | None, peer_slot: int = 0) -> None:
+        """Catch flows with no mark (new ones) with the wildcard filter, for this role."""
+        action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
+        dp.set_filter(self.nf, FILTER_SLOT, flt, action, epoch=self.epoch, peer=peer_slot)
+
     def mark(self, keys: list, peer_slot: int = 0) -> None:
         """Late locking: mark more flows as their state goes out."""
         action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
