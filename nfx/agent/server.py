@@ -195,6 +195,7 @@ class Agent(MoveOps):
         self.nf = nf_class(self.kind).open(self.instance, self.pin)
         self._pinned = pins
         self.adoptions = getattr(self, "adoptions", 0) + 1
+        self._warm_ring()
 
     def _current(self) -> None:
         """Re-adopt the pins when they changed under us (a hot upgrade re-pins maps and program)."""

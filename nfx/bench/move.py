@@ -43,6 +43,9 @@ DEFAULT_FLOWS = (1000, 10_000)
 # the full matrix (README): --rates 1000,10000,100000,200000 --flows 100,1000,10000,100000
 FULL_RATES = (1000, 10_000, 100_000, 200_000)
 FULL_FLOWS = (100, 1000, 10_000, 100_000)
+# NF counters that mean a packet went nowhere (v_drop totals them; op's pre-IBC drops are by design)
+DROP_STATS = ("v_aborted", "v_drop", "r_gate_drop", "r_buf_ring_full", "r_redirect_fail", "r_release_bad",
+              "r_no_port", "r_nat_no_mapping", "r_nat_ports_exhausted", "r_nat_map_full", "r_op_pre_ibc")
 WARM_PPS = 200_000           # warm-up and per-cell refresh: one packet per flow at this rate
 PORT_USE = 0.75              # fill at most this much of one public address's port range
 
@@ -79,7 +82,7 @@ COLUMNS = ["mode", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "
            "sent", "received", "lost", "duplicated", "reordered", "unexpected",
            "lat_p50_us", "lat_p99_us", "lat_max_us", "achieved_pps",
            "move_at_s", "move_end_s", "traffic_s", "move_inside_traffic", "refresh_lost", "loadavg",
-           "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_released_ms", "ph_steered_ms", "ph_cut_ms",
+           "nf_drops", "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_released_ms", "ph_steered_ms", "ph_cut_ms",
            "ph_settled_ms"]
 METRICS = ["move_time_s", "redirect_time_s", "total_s", "states", "state_chunks", "state_bytes",
            "packets_redirected", "controller_buffer_peak", "instance_buffer_peak", "max_added_delay_us",
@@ -243,6 +246,13 @@ class Bed:
         """Connections (nat_fwd entries) an instance holds."""
         return len(self.nf[inst].maps["nat_fwd"])
 
+    def drops(self, before: dict | None = None) -> dict:
+        """Drop counters of both instances (deltas from `before` if given)."""
+        now = {i: {k: v for k, v in nf.stats().items() if k in DROP_STATS} for i, nf in self.nf.items()}
+        if before is None:
+            return now
+        return {i: {k: v - before[i].get(k, 0) for k, v in now[i].items() if v - before[i].get(k, 0)} for i in now}
+
     def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0) -> dict:
         from ..control import lifecycle
         return lifecycle.call(self.name, "POST", "/move",
@@ -299,6 +309,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     row["refresh_lost"] = ref["lost"]
     row["loadavg"] = round(os.getloadavg()[0], 2)
     out, err = {}, None
+    d0 = bed.drops()
     t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, settle_s=1.0)))
     t0 = time.perf_counter()
     t.start()
@@ -315,6 +326,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     if r is None:
         raise NfxError("the traffic run did not finish")
     row["traffic_s"] = round(r["elapsed_s"], 4)
+    row["nf_drops"] = " ".join(f"{i}:{k}={v}" for i, d in bed.drops(d0).items() for k, v in sorted(d.items()))
     row["move_inside_traffic"] = row["move_end_s"] <= r["elapsed_s"] + 0.05
     for k in ("move_time_s", "redirect_time_s", "total_s", "transfer_s", "state_chunks", "state_bytes",
               "packets_redirected", "controller_packets", "controller_buffer_peak", "instance_buffer_peak",

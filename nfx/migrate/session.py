@@ -197,8 +197,7 @@ class MoveSession:
         self._take(self.ring.poll(0))
         if self.role == "dst" and (self.peer_q or self.switch_q):
             self._release_ready()
-        dp.reset_move(self.nf)
-        self.ring.close()
+        dp.reset_move(self.nf)            # the ring reader stays open for the next move
         if self.releaser:
             self.releaser.close()
         return dict(self.stats)

@@ -153,3 +153,22 @@ def test_destination_dies_half_way_rolls_back(tb):
     assert len(per_flow(name, "nf0")) == FLOWS and per_flow(name, "nf1") == {}
     from nfx.migrate import dataplane as dp
     assert dp.marks(builder.instance(name, "nf0")) == {} and dp.marks(builder.instance(name, "nf1")) == {}
+
+
+@pytest.mark.parametrize("mechanism", ["dist", "opennf"])
+def test_ids_counters_equal_a_single_instance(mechanism):
+    """IDS per-flow and per-host counters after a loss-free move: what one instance that saw all
+    the traffic would hold."""
+    with running_testbed("sharp", "ids", instances=2) as rec:
+        name = rec["name"]
+        with rig(name, 200) as (gen, sink):
+            warm = measure(gen, sink, 10000, 0.5, 1.0)
+        m, r = move_under_traffic(name, "nf0", "nf1", "lf", mechanism, flows=200, rate=20000, duration=1.5)
+        assert (r["lost"], r["duplicated"]) == (0, 0)
+        ids1 = builder.instance(name, "nf1")
+        flows = {f["sport"]: f["pkts"] for f in ids1.flows() if f["dport"] == 9000}
+        assert len(flows) == 200 and builder.instance(name, "nf0").flows() == []
+        total = warm["sent"] + r["sent"]
+        assert sum(flows.values()) == total
+        [host] = [h for h in ids1.hosts() if h["addr"] == "10.0.1.2"]
+        assert host["pkts"] == total and host["flows"] == 200
