@@ -281,32 +281,16 @@ static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, st
 int nfx_nat(struct xdp_md *ctx)
 {
     int verdict = XDP_DROP;
-    __u32 z = 0, peer = 0;
+    __u32 z = 0;
     struct nfx_pkt p = {};
     struct nfx_port_cfg *pc = nfx_port_cfg.lookup(&z);
     struct nfx_nat_cfg *c = nat_cfg.lookup(&z);
     if (!pc || !c)
         goto out;
-    __u32 rx = 0, rel_seq = 0;
-    int side = nfx_rx(ctx, pc, &rx, &rel_seq);
-    if (side < 0) {
-        nfx_count(NFX_R_NO_PORT);
+    int side = 0;
+    __u32 act = NFX_ACT_PROCESS;
+    if (!nfx_front(ctx, pc, &p, &side, &act, &verdict))
         goto out;
-    }
-    __u32 reason = nfx_parse(ctx, &p);
-    nfx_count(reason);
-    if (reason != NFX_R_OK)
-        goto out;
-    if (nfx_is_ibc(ctx, &p)) {
-        verdict = nfx_ibc(ctx, &p, side, rx);
-        goto out;
-    }
-    struct nfx_mark *mark = 0;
-    __u32 act = nfx_gate(&p.key, side, rx, rel_seq, &peer, &mark);
-    if (act != NFX_ACT_PROCESS && act != NFX_ACT_STATELET) {
-        verdict = nfx_gate_act(ctx, &p.key, act, peer, side, rx, mark);
-        goto out;
-    }
     int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     /* unmirrored packets pay a NULL test where state changes; mirrored ones build a record */
     struct nfx_st *st = mirror ? nfx_st_begin() : 0;

@@ -46,20 +46,11 @@ static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key
 {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end)
-        return NFX_R_TRUNC_ETH;
-    __u16 proto = eth->h_proto;
-    if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
-        return NFX_R_VLAN;
-    if (proto == bpf_htons(ETH_P_ARP))
-        return NFX_R_ARP;
-    if (proto == bpf_htons(ETH_P_IPV6))
-        return NFX_R_IPV6;
-    if (proto != bpf_htons(ETH_P_IP))
-        return NFX_R_NON_IP;
+    __u32 r = nfx_parse_eth(data, end);
+    if (r != NFX_R_OK)
+        return r;
 
-    struct iphdr *ip = (void *)(eth + 1);
+    struct iphdr *ip = data + sizeof(struct ethhdr);
     if ((void *)(ip + 1) > end)
         return NFX_R_TRUNC_IP;
     if (ip->version != 4)

@@ -108,15 +108,10 @@ struct nfx_pkt {
     struct nfx_flow_key key;
 };
 
-/* Parse eth/IPv4/{TCP,UDP,ICMP echo}. Returns NFX_R_OK or a reason the packet cannot be
- * handled; NFX_R_IP_OPTIONS and NFX_R_EMPTY_PAYLOAD are counted here and parsing goes on. */
-static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
+/* The Ethernet header: NFX_R_OK for an untagged IPv4 frame, else why not (XDP and tc alike). */
+static __always_inline __u32 nfx_parse_eth(void *data, void *end)
 {
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
-    p->eth = eth;
-    p->len = bpf_xdp_get_buff_len(ctx);
     if ((void *)(eth + 1) > end)
         return NFX_R_TRUNC_ETH;
     __u16 proto = eth->h_proto;
@@ -128,6 +123,21 @@ static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
         return NFX_R_IPV6;
     if (proto != bpf_htons(ETH_P_IP))
         return NFX_R_NON_IP;
+    return NFX_R_OK;
+}
+
+/* Parse eth/IPv4/{TCP,UDP,ICMP echo}. Returns NFX_R_OK or a reason the packet cannot be
+ * handled; NFX_R_IP_OPTIONS and NFX_R_EMPTY_PAYLOAD are counted here and parsing goes on. */
+static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    p->eth = eth;
+    p->len = bpf_xdp_get_buff_len(ctx);
+    __u32 r = nfx_parse_eth(data, end);
+    if (r != NFX_R_OK)
+        return r;
 
     struct iphdr *ip = (void *)(eth + 1);
     p->ip = ip;

@@ -489,4 +489,33 @@ static __always_inline void nfx_st_end(struct nfx_st *s, __u32 pkt_len)
     nfx_count_add(NFX_R_STATELET_BYTES, len);
 }
 
+/* What every NF's entry runs before its own logic: which side and how the packet came, the
+ * parse, DiST's IBC, and the gate. Returns 1 when the NF processes the packet (act: PROCESS or
+ * STATELET); otherwise *verdict is the packet's verdict. */
+static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc, struct nfx_pkt *p,
+                                     int *side, __u32 *act, int *verdict)
+{
+    __u32 rx = 0, rel_seq = 0, peer = 0;
+    *side = nfx_rx(ctx, pc, &rx, &rel_seq);
+    if (*side < 0) {
+        nfx_count(NFX_R_NO_PORT);
+        return 0;
+    }
+    __u32 reason = nfx_parse(ctx, p);
+    nfx_count(reason);
+    if (reason != NFX_R_OK)
+        return 0;
+    if (nfx_is_ibc(ctx, p)) {
+        *verdict = nfx_ibc(ctx, p, *side, rx);
+        return 0;
+    }
+    struct nfx_mark *mark = 0;
+    *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark);
+    if (*act != NFX_ACT_PROCESS && *act != NFX_ACT_STATELET) {
+        *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark);
+        return 0;
+    }
+    return 1;
+}
+
 #endif /* NFX_NF_H */
