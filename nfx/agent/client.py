@@ -313,7 +313,11 @@ class Subscription:
             rd, _, _ = select.select([s], [], [], timeout)
             if not rd:
                 return None
-        kind, obj = self.client._frame(first=True)
+        try:
+            kind, obj = self.client._frame(first=True)
+        except NfxError:
+            self.open = False             # the connection is gone with it
+            raise
         if kind == wire.ERROR:
             self.open = False
             raise_error(obj, f"{self.client.instance}: ")
@@ -340,7 +344,8 @@ class Subscription:
 
     def close(self) -> dict | None:
         """End the subscription: ask the agent to stop and skip events up to its END."""
-        if not self.open:
+        if not self.open or self.client._sock is None:
+            self.open = False
             return self.summary
         self.client._write(wire.encode_json({"op": "stop"}))
         while self.open:

@@ -3,6 +3,7 @@ import json
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -75,6 +76,7 @@ def inspect(name: str = NameOpt,
     for w in watchers:
         w.start()
     end = time.monotonic() + duration if duration else None
+    term = signal.signal(signal.SIGTERM, _interrupt)      # kill ends it as Ctrl-C does
     try:
         (_json_loop if json_ else _live_loop)(model, q, end, names, top)
     except KeyboardInterrupt:
@@ -82,10 +84,15 @@ def inspect(name: str = NameOpt,
     finally:
         stop.set()
         _finish(watchers, model, q, json_)
+        signal.signal(signal.SIGTERM, term)
     lost = [w for w in watchers if w.down]
     if lost:
         raise AgentDown("; ".join(f"lost the agent of {w.instance}: {w.down}" for w in lost),
                         hint=f"nfx nf list --name {name}")
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
 
 
 def _stream_names(text: str) -> list[str]:

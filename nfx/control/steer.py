@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from .. import layout as L
-from ..errors import NfxError
+from ..errors import BadInput, NfxError, NotFound
 from ..flows import be_to_ip
 from ..loader import netns
 from ..state.filter import Filter
@@ -75,8 +75,15 @@ class Steering:
                     if r.kind == "wild" and r.prio <= PRIO_TOP and r.id not in mine and r.match == m:
                         old.add((name, r.id))
             self.active[flt.text] = new
-            for name, rid in old:
-                self.sw[name].remove(rid)
+            for name, rid in old - set(new):
+                self._remove(name, rid)
+
+    def _remove(self, name: str, rid: int) -> None:
+        # an exact rule whose key was re-added has been repointed, and its old id freed
+        try:
+            self.sw[name].remove(rid)
+        except (BadInput, NotFound):
+            pass
 
     def ibc(self, side: int, key: L.FlowKey, epoch: int) -> None:
         """Send the IBC from the host in front of `side`, so it enters the switch on the same
@@ -95,7 +102,7 @@ class Steering:
     def forget(self, flt: Filter) -> None:
         with self.lock:
             for name, rid in self.active.pop(flt.text, []):
-                self.sw[name].remove(rid)
+                self._remove(name, rid)
 
 
 def _match(flt: Filter, in_port: str, reverse: bool) -> Match:

@@ -5,7 +5,7 @@ import struct
 import time
 
 from .. import layout as L
-from ..flows import PROTO_NAMES, be_to_ip, be_to_port, key_fields, make_key
+from ..flows import be_to_ip, be_to_port, key_fields, make_key
 from ..state.filter import Filter
 
 _ADDRS = struct.Struct("<II")          # saddr, daddr as the kernel stores them (Filter's form)
@@ -136,7 +136,3 @@ class FlowTable:
                          "idle_s": round(max(now_ns - last, 0) / 1e9, 3) if last else None})
         self.prev, self.t_prev = pkts, now
         return {"count": len(flows), "rows": rows}
-
-
-def proto_name(p: int) -> str:
-    return PROTO_NAMES.get(p, str(p))

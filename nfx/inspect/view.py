@@ -44,7 +44,7 @@ def _titled(title: str, t: Table) -> Group:
 def _traffic(i: Instance) -> Group:
     t = _table("verdict", "pps", "watched")
     for v in VERDICTS:
-        style = "red" if v in ("v_drop", "v_aborted") and i.rate(v) else None
+        style = "red" if v in ("v_drop", "v_aborted") and i.drop_pps else None
         t.add_row(Text(v[2:], style=style), _n(i.rate(v)), _n(i.since(v)))
     t.add_row(Text(_spark(i.pps)[-20:], style="cyan"), "", "")
     return _titled(f"packets {_n(i.verdict_pps)} pps", t)
@@ -59,7 +59,8 @@ def _reasons(i: Instance) -> Group:
         t.add_row(Text("none", style="green"), "", "")
     for r in (r for r in NF_EVENTS if i.rate(r) or i.since(r)):
         t.add_row(Text(r[2:], style="dim"), _n(i.rate(r)), _n(i.since(r)))
-    return _titled(f"drops {_n(i.drop_pps)}/s · reasons", t)
+    held = f", {_n(i.held_pps)}/s held by a move" if i.held_pps else ""
+    return _titled(f"drops {_n(i.drop_pps)}/s{held} · reasons", t)
 
 
 def _moves(i: Instance) -> Group:

@@ -113,6 +113,10 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         raise BadInput(f"mechanism must be one of {', '.join(MECHANISMS)}")
     if src.name == dst.name:
         raise BadInput("source and destination are the same instance")
+    for name, (lo, hi) in (("sport", flt.sport), ("dport", flt.dport)):
+        if (lo, hi) != (0, 65535) and lo != hi:
+            # the gate's wildcard filters (which hold the flows back) match single ports
+            raise BadInput(f"a move's filter takes a single {name}, not a range ({lo}-{hi})")
     op, lf = guarantee == "op", guarantee in ("lf", "op")
     epoch = next(_epochs)
     m = {"mechanism": mechanism, "guarantee": guarantee, "opts": sorted(opts), "src": src.name, "dst": dst.name,

@@ -5,7 +5,7 @@ import secrets
 import subprocess
 import sys
 
-from nfx.testbed import builder, state, topology
+from nfx.testbed import builder, state
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -14,10 +14,18 @@ def unique_name(prefix: str = "t") -> str:
 
 @contextlib.contextmanager
 def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None = None, max_flows: int = 65536):
+    """A testbed built by `nfx testbed up` in a child process: BCC keeps every BPF object it loads
+    (and its fds) until its process exits, so building in the test process would leave ~50-120 fds
+    per testbed open for the rest of the run, and past fd 1023 select() fails."""
     name = unique_name()
     try:
-        rec = builder.up(name, topology.load(topo, instances), nf, max_flows)
-        yield rec
+        args = ["testbed", "up", "--name", name, "--topology", topo, "--nf", nf, "--max-flows", str(max_flows)]
+        if instances is not None:
+            args += ["--instances", str(instances)]
+        r = nfx(*args, "--json", timeout=300)
+        if r.returncode:
+            raise AssertionError(f"nfx testbed up failed ({r.returncode}): {r.stderr}")
+        yield state.load(name)
     finally:
         if state.path(name).exists():
             builder.down(name)
