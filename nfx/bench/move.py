@@ -2,9 +2,10 @@
 flows x control-channel delay, each cell judged by the sink; and `--table1`, the DiST paper's
 Table 1 setting (seeds/dist-distributed-state-transfer.txt) measured next to the paper's figures.
 
-One sharp testbed with two NAT instances serves every cell. For each flow count the NAT state is
-cleared and every flow gets its state on nf0 (warm-up: one packet per flow until nf0 holds all
-of them). Each cell then (1) touches every flow once more on nf0 so all start equally fresh,
+Each flow count gets its own sharp testbed with two NAT instances (a controller uses up one
+switch rule priority per steering change, about a thousand in all, so one testbed cannot serve
+the whole full matrix). There every flow first gets its state on nf0 (warm-up: one packet per
+flow until nf0 holds all of them). Each cell then (1) touches every flow once more on nf0 so all start equally fresh,
 (2) runs traffic at the cell's rate and, `at` seconds in, asks the testbed's controller to move
 everything nf0 -> nf1 (its `ctrl_delay_ms` delays every controller <-> agent/switch message one
 way; the data plane gets nothing), (3) reads the move's metrics and the sink's report (sent,
@@ -43,9 +44,11 @@ DEFAULT_FLOWS = (1000, 10_000)
 # the full matrix (README): --rates 1000,10000,100000,200000 --flows 100,1000,10000,100000
 FULL_RATES = (1000, 10_000, 100_000, 200_000)
 FULL_FLOWS = (100, 1000, 10_000, 100_000)
-# NF counters that mean a packet went nowhere (v_drop totals them; op's pre-IBC drops are by design)
-DROP_STATS = ("v_aborted", "v_drop", "r_gate_drop", "r_buf_ring_full", "r_redirect_fail", "r_release_bad",
-              "r_no_port", "r_nat_no_mapping", "r_nat_ports_exhausted", "r_nat_map_full", "r_op_pre_ibc")
+# NF reason counters that mean a packet went nowhere (not v_drop: buffered and to-controller
+# packets are copied to the ring and then dropped; nor r_op_pre_ibc: op drops the switch's copy
+# of what the source already has, by design)
+DROP_STATS = ("v_aborted", "r_gate_drop", "r_buf_ring_full", "r_redirect_fail", "r_release_bad", "r_no_port",
+              "r_nat_no_mapping", "r_nat_ports_exhausted", "r_nat_map_full")
 WARM_PPS = 200_000           # warm-up and per-cell refresh: one packet per flow at this rate
 PORT_USE = 0.75              # fill at most this much of one public address's port range
 
@@ -74,7 +77,7 @@ TABLE1_RATE = 1000
 TABLE1_CONNECTIONS = 1100    # x2 per-flow entries (fwd + rev) = 2200 states
 TABLE1_DELAYS = (10.0, 0.0)
 
-COLUMNS = ["mode", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms",
+COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms",
            "ok", "verdict", "error",
            "move_time_s", "redirect_time_s", "total_s", "transfer_s", "states", "state_chunks", "state_bytes",
            "packets_redirected", "controller_packets", "controller_buffer_peak", "instance_buffer_peak",
@@ -82,7 +85,8 @@ COLUMNS = ["mode", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "
            "sent", "received", "lost", "duplicated", "reordered", "unexpected",
            "lat_p50_us", "lat_p99_us", "lat_max_us", "achieved_pps",
            "move_at_s", "move_end_s", "traffic_s", "move_inside_traffic", "refresh_lost", "loadavg",
-           "nf_drops", "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_released_ms", "ph_steered_ms", "ph_cut_ms",
+           "nf_drops", "ctrl_received", "ctrl_held", "ctrl_dropped_after_cut", "ctrl_injected", "ctrl_left",
+           "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_released_ms", "ph_steered_ms", "ph_cut_ms",
            "ph_settled_ms"]
 METRICS = ["move_time_s", "redirect_time_s", "total_s", "states", "state_chunks", "state_bytes",
            "packets_redirected", "controller_buffer_peak", "instance_buffer_peak", "max_added_delay_us",
@@ -288,9 +292,12 @@ class Bed:
         n0, n1 = self.held("nf0"), self.held("nf1")
         if n1 == 0 and n0 == flows:
             return
-        if n1:
+        try:
+            # also points the switches back at nf0, whatever state nf1 has
             self.move("nf1", "nf0", "ng", "dist", "none", 0.0)
-            n0, n1 = self.held("nf0"), self.held("nf1")
+        except NfxError as e:
+            self.progress(f"  moving back to nf0 failed: {e}")
+        n0, n1 = self.held("nf0"), self.held("nf1")
         if n1 == 0 and n0 == flows:
             return
         self.progress(f"  state not where it should be (nf0 {n0:,}, nf1 {n1:,}): clearing and warming up again")
@@ -301,16 +308,21 @@ class Bed:
 # ---- one run ------------------------------------------------------------------------------------
 def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeout: float = 30.0,
              split_ser: bool = False) -> dict:
-    from ..traffic.report import measure
+    from ..traffic.report import settle
     flows, rate = cell["flows"], cell["rate_pps"]
     bed.home(gen, sink, flows)
     ref = bed.touch(gen, sink, flows)
     row = dict(cell)
     row["refresh_lost"] = ref["lost"]
     row["loadavg"] = round(os.getloadavg()[0], 2)
-    out, err = {}, None
+    err = None
     d0 = bed.drops()
-    t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, settle_s=1.0)))
+    # measure() split in two: the sink is read only once the move has returned, so packets a
+    # move still held when the traffic stopped count as late, not lost
+    sink.reset()
+    gen.reset()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("g", gen.run(rate, duration)))
     t0 = time.perf_counter()
     t.start()
     time.sleep(at)
@@ -322,9 +334,12 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
         err = str(e)
     row["move_end_s"] = round(time.perf_counter() - t0, 4)
     t.join()
-    r = out.get("r")
-    if r is None:
+    g = out.get("g")
+    if g is None:
         raise NfxError("the traffic run did not finish")
+    settle(sink, g["sent"], 1.0)
+    r = sink.read(g["per_flow"])
+    r["elapsed_s"], r["pps"] = g["elapsed_s"], g["pps"]
     row["traffic_s"] = round(r["elapsed_s"], 4)
     row["nf_drops"] = " ".join(f"{i}:{k}={v}" for i, d in bed.drops(d0).items() for k, v in sorted(d.items()))
     row["move_inside_traffic"] = row["move_end_s"] <= r["elapsed_s"] + 0.05
@@ -333,6 +348,8 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
               "instance_buffered", "max_added_delay_us", "serialization_share"):
         row[k] = m.get(k)
     row["states"] = m.get("flows")
+    for k, v in (m.get("controller") or {}).items():
+        row[f"ctrl_{k}"] = v
     ph = m.get("phases_ms") or {}
     for p in ("keys", "held", "state", "steered", "settled"):
         row[f"ph_{p}_ms"] = ph.get(p)
@@ -404,15 +421,35 @@ def _aggregate(rows: list[dict], keys: tuple) -> list[dict]:
         a = dict(zip(keys, gk))
         a["n"] = len(rs)
         a["ok"] = all(r["ok"] for r in rs)
-        a["violations"] = sum(1 for r in rs if not r["ok"])
-        a["verdict"] = "ok" if a["ok"] else "; ".join(sorted({r["verdict"] for r in rs if not r["ok"]}))
-        if all(r["guarantee"] == "ng" for r in rs) and a["ok"]:
-            a["verdict"] = "ng"
+        bad = [r for r in rs if not r["ok"]]
+        a["violations"] = len(bad)
+        a["verdict"] = _verdict(rs, bad)
         for k in METRICS:
             good = [r.get(k) for r in rs if not r.get("error")]
             a[k], a[k + "_ci"] = mean_ci(good)
         out.append(a)
     return out
+
+
+def _verdict(rs: list[dict], bad: list[dict]) -> str:
+    """One line for a cell's runs: ok / ng, or what went wrong in how many of them."""
+    late = sum(1 for r in rs if r.get("move_inside_traffic") is False)
+    tail = f" ({late}/{len(rs)} outlasted the traffic)" if late else ""
+    if not bad:
+        return ("ng" if rs[0]["guarantee"] == "ng" else "ok") + tail
+    parts = []
+    keys = {"ng": (), "lf": ("lost", "duplicated"), "op": ("lost", "duplicated", "reordered")}[rs[0]["guarantee"]]
+    for k in keys:
+        vals = [r[k] for r in bad if r.get(k)]
+        if vals:
+            lo, hi = min(vals), max(vals)
+            parts.append(f"{k} {lo:,}" + (f"-{hi:,}" if hi != lo else ""))
+    fails = sum(1 for r in bad if r.get("error"))
+    if fails:
+        parts.append(f"{fails} move(s) failed")
+    if any("nf1 holds" in r["verdict"] for r in bad):
+        parts.append("state not all at nf1")
+    return f"VIOLATION in {len(bad)}/{len(rs)}: " + ", ".join(parts) + tail
 
 
 def _writer(path: Path):
@@ -436,10 +473,10 @@ def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_R
     if not todo:
         raise BadInput("the selection is empty")
     csv_path = Path(csv_path) if csv_path else default_csv()
-    runs = _run_cells(todo, repeat, duration, at, csv_path, "matrix", timeout, False, progress)
+    runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "matrix", timeout, False, progress)
     keys = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms")
     summary = _aggregate(runs, keys)
-    return {"mode": "matrix", "cells": len(todo), "repeat": repeat, "duration_s": duration, "move_at_s": at,
+    return {"mode": "matrix", "testbeds": names, "aborted": aborted, "cells": len(todo), "repeat": repeat, "duration_s": duration, "move_at_s": at,
             "csv": str(csv_path), "runs": runs, "summary": summary,
             "violations": [r for r in runs if not r["ok"]], "host": _host()}
 
@@ -448,35 +485,49 @@ def _host() -> dict:
     return {"cpus": os.cpu_count(), "kernel": os.uname().release, "loadavg_end": os.getloadavg()}
 
 
-def _run_cells(todo, repeat, duration, at, csv_path, mode, timeout, split_ser, progress) -> list[dict]:
+def _run_cells(todo, repeat, duration, at, csv_path, mode, timeout, split_ser, progress) -> tuple[list, list, list]:
+    """Every cell `repeat` times, on one fresh testbed per flow count (a controller's steering
+    uses up one switch priority per rule change, so a testbed does not serve the whole full
+    matrix). Returns (runs, testbed names, aborted groups)."""
     runs: list[dict] = []
+    names: list[str] = []
+    aborted: list[dict] = []
     f, w = _writer(csv_path)
     total = len(todo) * repeat
     t_start = time.perf_counter()
+    by_flows: dict[int, list[dict]] = {}
+    for c in todo:
+        by_flows.setdefault(c["flows"], []).append(c)
+    i = 0
     try:
-        with _testbed(max(c["flows"] for c in todo), progress) as (name, _):
-            bed = Bed(name, progress)
-            by_flows: dict[int, list[dict]] = {}
-            for c in todo:
-                by_flows.setdefault(c["flows"], []).append(c)
-            i = 0
-            for nflows, group in by_flows.items():
-                progress(f"{nflows:,} flows: clearing state, warming up nf0")
-                with traffic_rig(name, nflows) as (gen, sink):
-                    bed.clear()
-                    bed.establish(gen, sink, nflows)
-                    for rep in range(repeat):
-                        for c in group:
-                            i += 1
-                            row = run_cell(bed, gen, sink, c, duration, at, timeout, split_ser)
-                            row.update(mode=mode, run=i, rep=rep + 1)
-                            runs.append(row)
-                            w.writerow(_csv_row(row))
-                            f.flush()
-                            progress(_line(row, i, total, time.perf_counter() - t_start))
+        for nflows, group in by_flows.items():
+            done = i
+            try:
+                with _testbed(nflows, progress) as (name, _):
+                    names.append(name)
+                    bed = Bed(name, progress)
+                    progress(f"{nflows:,} flows: warming up nf0")
+                    with traffic_rig(name, nflows) as (gen, sink):
+                        bed.clear()
+                        bed.establish(gen, sink, nflows)
+                        for rep in range(repeat):
+                            for c in group:
+                                i += 1
+                                row = run_cell(bed, gen, sink, c, duration, at, timeout, split_ser)
+                                row.update(mode=mode, run=i, rep=rep + 1, testbed=name)
+                                runs.append(row)
+                                w.writerow(_csv_row(row))
+                                f.flush()
+                                progress(_line(row, i, total, time.perf_counter() - t_start))
+            except NfxError as e:
+                # the testbed is in an unknown state: give up on this flow count, go on with the next
+                left = len(group) * repeat - (i - done)
+                aborted.append({"flows": nflows, "after_run": i, "runs_not_done": left, "error": str(e)})
+                progress(f"[bold red]!!! {nflows:,} flows: stopped after run {i} ({left} runs not done): {e}[/bold red]")
+                i = done + len(group) * repeat
     finally:
         f.close()
-    return runs
+    return runs, names, aborted
 
 
 def _csv_row(row: dict) -> dict:
@@ -504,7 +555,7 @@ def table1(repeat: int = 5, delays=TABLE1_DELAYS, connections: int = TABLE1_CONN
     todo = [{"mechanism": m, "guarantee": "lf", "opts": o, "rate_pps": rate, "flows": connections,
              "ctrl_delay_ms": d} for d in delays for m, o in TABLE1_CONFIGS]
     csv_path = Path(csv_path) if csv_path else default_csv(True)
-    runs = _run_cells(todo, repeat, duration, at, csv_path, "table1", timeout, True, progress)
+    runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "table1", timeout, True, progress)
     summary = _aggregate(runs, ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms"))
     for a in summary:
         a["config"] = f"{'OpenNF' if a['mechanism'] == 'opennf' else 'DiST'} LF " + a["opts"].upper().replace(",", "|")
@@ -518,7 +569,7 @@ def table1(repeat: int = 5, delays=TABLE1_DELAYS, connections: int = TABLE1_CONN
                                "dist_move_time_s": di["move_time_s"],
                                "opennf_over_dist": on["move_time_s"] / di["move_time_s"]})
     paper_ratio = {"pz": 7.44 / 0.51, "pz,ll,er": 2.25 / 0.41, "pz,ll,er equal latency (OpenNF*)": 0.78 / 0.41}
-    return {"mode": "table1", "rate_pps": rate, "connections": connections, "repeat": repeat, "delays_ms": list(delays),
+    return {"mode": "table1", "testbeds": names, "aborted": aborted, "rate_pps": rate, "connections": connections, "repeat": repeat, "delays_ms": list(delays),
             "duration_s": duration, "move_at_s": at, "csv": str(csv_path), "runs": runs, "summary": summary,
             "ratios": ratios, "paper": PAPER_TABLE1, "paper_ratios": paper_ratio,
             "violations": [r for r in runs if not r["ok"]], "host": _host(),

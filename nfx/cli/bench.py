@@ -158,6 +158,9 @@ def _move_tables(r: dict) -> None:
                       f"{x['flows']:,} flows {x['ctrl_delay_ms']:g} ms: {x['verdict']} {x.get('error') or ''}[/bold red]")
     else:
         con.print("[green]every LF run lost and duplicated nothing; every OP run also reordered nothing[/green]")
+    for a in r.get("aborted", []):
+        con.print(f"[bold red]!!! {a['flows']:,} flows: stopped after run {a['after_run']}, "
+                  f"{a['runs_not_done']} run(s) not done: {a['error']}[/bold red]")
     con.print(f"CSV: {r['csv']}")
 
 

@@ -1,0 +1,105 @@
+"""nfx bench move, tiny: one rate, 100 flows, LF with both mechanisms. The JSON and the CSV hold
+the same measured runs (nothing hard-coded: state bytes, chunks, move time and the sink's counts
+come from the move and the traffic), LF lost and duplicated nothing, and the bench's testbed is
+gone afterwards. Plus the pure helpers: the matrix, the 95% CI, the source addressing."""
+import csv
+import ipaddress
+import os
+import subprocess
+
+import pytest
+
+from nfx.agent import lifecycle
+from nfx.bench import move as bm
+from nfx.errors import BadInput
+from nfx.testbed import state
+from tests.netns.tbutil import nfx_json
+
+RATE, FLOWS, DURATION = 20000, 100, 1.5
+
+
+def test_bench_move_tiny(tmp_path):
+    path = tmp_path / "sub" / "move.csv"          # the folder is made
+    r = nfx_json("bench", "move", "--mechanisms", "dist,opennf", "--guarantees", "lf", "--opts", "pz",
+                 "--rates", str(RATE), "--flows", str(FLOWS), "--duration", str(DURATION), "--at", "0.6",
+                 "--csv", str(path), timeout=300)
+    assert r["mode"] == "matrix" and r["cells"] == 2 and len(r["runs"]) == 2 and r["csv"] == str(path)
+    assert r["violations"] == []
+    for run in r["runs"]:
+        assert run["guarantee"] == "lf" and run["opts"] == "pz" and run["ok"] and run["verdict"] == "ok", run
+        assert run["sent"] == RATE * DURATION and run["received"] == run["sent"]
+        assert (run["lost"], run["duplicated"]) == (0, 0)
+        assert run["states"] == 2 * FLOWS                      # nat_fwd + nat_rev per connection
+        assert run["state_chunks"] >= 2 and run["state_bytes"] > run["states"] * 16
+        assert 0 < run["move_time_s"] < run["total_s"] < 10
+        assert 0 <= run["serialization_share"] < 1
+        assert run["move_inside_traffic"] and run["lat_p50_us"] > 0
+        assert run["nf_drops"] == ""
+    by = {x["mechanism"]: x for x in r["runs"]}
+    # at 200 pps per flow, some packets of the held flows reach the source during the move
+    assert by["opennf"]["controller_packets"] > 0 and by["opennf"]["instance_buffer_peak"] == 0
+    assert by["dist"]["controller_packets"] == 0 and by["dist"]["packets_redirected"] > 0
+    rows = list(csv.DictReader(path.open()))
+    assert [x["mechanism"] for x in rows] == [x["mechanism"] for x in r["runs"]]
+    for row, run in zip(rows, r["runs"]):
+        assert int(row["sent"]) == run["sent"] and int(row["state_bytes"]) == run["state_bytes"]
+        assert float(row["move_time_s"]) == pytest.approx(run["move_time_s"], rel=1e-5)
+    assert len(r["summary"]) == 2 and all(s["n"] == 1 and s["ok"] for s in r["summary"])
+    assert r["aborted"] == [] and len(r["testbeds"]) == 1          # one testbed per flow count
+    name = r["testbeds"][0]
+    assert not state.path(name).exists() and lifecycle.find(name) == []
+    assert not [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if ns.startswith(name + "-")]
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, name)]
+
+
+def _cmdline_has(pid: str, word: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return word.encode() in f.read()
+    except OSError:
+        return False
+
+
+def test_bench_move_table1_smoke(tmp_path):
+    """--table1 with one run per config and no added delay: 1100 connections = 2200 states, the
+    combined (de)serialisation share split in two, the ratio per optimisation set, the paper's rows."""
+    r = nfx_json("bench", "move", "--table1", "--repeat", "1", "--ctrl-delay-ms", "0", "--duration", "1.5",
+                 "--at", "0.5", "--csv", str(tmp_path / "t1.csv"), timeout=300)
+    assert r["mode"] == "table1" and r["rate_pps"] == 1000 and len(r["runs"]) == 4 and r["violations"] == []
+    for run in r["runs"]:
+        assert run["states"] == 2 * bm.TABLE1_CONNECTIONS and run["sent"] == 1500 and run["lost"] == 0
+        assert run["ser_share"] > 0 and run["deser_share"] > 0
+        assert run["ser_share"] + run["deser_share"] == pytest.approx(run["serialization_share"])
+    assert {(x["ctrl_delay_ms"], x["opts"]) for x in r["ratios"]} == {(0.0, "pz"), (0.0, "pz,ll,er")}
+    assert all(x["opennf_over_dist"] > 0 for x in r["ratios"])
+    assert [p["config"] for p in r["paper"]][0] == "OpenNF LF PZ" and r["paper"][1]["move_time_s"] == [0.51, 0.06]
+    assert len(list(csv.DictReader((tmp_path / "t1.csv").open()))) == 4
+    assert r["aborted"] == [] and not state.path(r["testbeds"][0]).exists()
+
+
+def test_matrix_and_stats_helpers():
+    c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), bm.OPTS, (1000,), (100,), (0.0,))
+    assert len(c) == 2 * (2 + 3 + 3)                               # ng runs without ll/er
+    assert bm.parse_opts_list(["none;pz", "pz|ll|er", "er,pz,ll"]) == ["none", "pz", "pz,ll,er"]
+    with pytest.raises(BadInput):
+        bm.parse_opts_list(["zz"])
+    with pytest.raises(BadInput):
+        bm.cells(("x",), ("lf",), ("none",), (1000,), (100,), (0.0,))
+    m, ci = bm.mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
+    assert bm.mean_ci([5.0]) == (5.0, None) and bm.mean_ci([]) == (None, None)
+    assert bm.judge("op", {"lost": 0, "duplicated": 0, "reordered": 1})[0] is False
+    assert bm.judge("lf", {"lost": 0, "duplicated": 0, "reordered": 1})[0] is True
+
+
+def test_addressing_keeps_each_public_address_within_its_ports():
+    span = 40000
+    assert bm.addressing(10000, "10.0.1.2", "10.0.1.0/24", 4, span) == ("10.0.1.2", 10000)
+    first, fpa = bm.addressing(100000, "10.0.1.2", "10.0.1.0/24", 4, span)
+    k = -(-100000 // fpa)
+    addrs = [int(ipaddress.IPv4Address(first)) + i for i in range(k)]
+    assert fpa <= span * bm.PORT_USE and len({bm._pool_hash(a) % 4 for a in addrs}) == k
+    assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.0.1.0/24") for a in addrs)
+    with pytest.raises(BadInput):
+        bm.addressing(200000, "10.0.1.2", "10.0.1.0/24", 4, span)
