@@ -6,15 +6,18 @@
 
 By default the socket is made inside the testbed's management netns (where the controller
 sits); `ns=None` keeps the caller's netns (an agent pushing to a peer). One connection, opened
-on first use, one request at a time. `delay_ms` emulates a one-way control-channel delay: each
-request leaves `delay_ms` late and each reply (or event) is handed over `delay_ms` after it
-arrived; a reply's chunk stream follows its first frame without further delay."""
+on first use, one request at a time. `delay_ms` (and `rate_mbit`) put the connection behind an
+emulated control link (nfx.control.link): each frame arrives `delay_ms` after it was sent, and
+streams of frames are pipelined through it."""
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 from ..errors import AgentDown, BadInput, NfxError, NotFound, Timeout
 from ..loader import netns
+from ..control import link
 from ..state import wire
 from .protocol import PORT, raise_error
 
@@ -23,7 +26,7 @@ RETRY_OPS = {"ping", "info", "stats", "get", "marks"}
 
 class AgentClient:
     def __init__(self, testbed: str, instance: str, *, timeout: float = 30.0, delay_ms: float = 0.0,
-                 ns: str | None = "mgmt", addr: str | None = None, port: int | None = None,
+                 rate_mbit: float = 0.0, ns: str | None = "mgmt", addr: str | None = None, port: int | None = None,
                  token: str | None = None):
         from ..testbed import state
         rec = state.load(testbed)
@@ -34,8 +37,8 @@ class AgentClient:
         mg = rec.get("mgmt")
         if not mg or instance not in mg.get("agents", {}):
             raise NotFound(f"testbed {testbed} has no management address for {instance} (still building?)")
-        if delay_ms < 0:
-            raise BadInput("delay_ms must be >= 0")
+        if delay_ms < 0 or rate_mbit < 0:
+            raise BadInput("delay_ms and rate_mbit must be >= 0")
         self.testbed, self.instance = testbed, instance
         agent = rec["nodes"][instance].get("agent") or {}
         self.addr = addr or mg["agents"][instance]
@@ -43,9 +46,10 @@ class AgentClient:
         self.ns = mg["ns"] if ns == "mgmt" else ns
         self.token = token if token is not None else rec.get("token")
         self.timeout = timeout
-        self.delay = delay_ms / 1000.0
+        self.links = link.pair((testbed, instance), delay_ms, rate_mbit) if delay_ms or rate_mbit else None
         self._sock: socket.socket | None = None
         self._reader: wire.Reader | None = None
+        self._conn: link.DelayedConn | None = None
         self.last_send_s = 0.0          # time spent writing the last request (and its chunks)
 
     # ---- transport ----
@@ -74,13 +78,17 @@ class AgentClient:
         s.settimeout(self.timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._reader = s, wire.Reader(s)
+        if self.links:
+            self._conn = link.DelayedConn(s, *self.links)
 
     def close(self) -> None:
         if self._sock is not None:
             try:
+                if self._conn is not None:
+                    self._conn.close()
                 self._sock.close()
             finally:
-                self._sock = self._reader = None
+                self._sock = self._reader = self._conn = None
 
     def __enter__(self):
         return self
@@ -96,7 +104,10 @@ class AgentClient:
 
     def _write(self, parts) -> None:
         try:
-            wire.write(self._sock, parts)
+            if self._conn is not None:
+                self._conn.write(parts)
+            else:
+                wire.write(self._sock, parts)
         except socket.timeout:
             self.close()
             raise Timeout(f"sending to the agent of {self.instance} timed out after {self.timeout:g} s") from None
@@ -104,9 +115,22 @@ class AgentClient:
             self.close()
             raise self._down(f"connection lost while sending: {e.strerror or e}") from None
 
-    def _frame(self, first: bool = False):
+    def _frame(self, wait: float | None = None):
+        """The next frame; with `wait`, None if none came in that many seconds."""
         try:
-            fr = self._reader.frame()
+            if self._conn is not None:
+                try:
+                    fr = self._conn.frame(self.timeout if wait is None else wait)
+                except queue.Empty:
+                    if wait is not None:
+                        return None
+                    raise socket.timeout from None
+            else:
+                if wait is not None:
+                    import select
+                    if not select.select([self._sock], [], [], wait)[0]:
+                        return None
+                fr = self._reader.frame()
         except socket.timeout:
             self.close()
             raise Timeout(f"the agent of {self.instance} did not answer within {self.timeout:g} s") from None
@@ -121,15 +145,11 @@ class AgentClient:
         if fr is None:
             self.close()
             raise self._down("the agent closed the connection")
-        if first and self.delay:
-            time.sleep(self.delay)
         return fr
 
     def _begin(self, op: str, args: dict, parts_after: Iterable | None = None) -> None:
         """Send one request (and, for put, the frames that follow it)."""
         req = {"op": op, "token": self.token, **{k: v for k, v in args.items() if v is not None}}
-        if self.delay:
-            time.sleep(self.delay)
         self.connect()
         t0 = time.perf_counter()
         self._write(wire.encode_json(req))
@@ -139,7 +159,7 @@ class AgentClient:
         self.last_send_s = time.perf_counter() - t0
 
     def _reply(self, op: str) -> dict:
-        kind, obj = self._frame(first=True)
+        kind, obj = self._frame()
         if kind == wire.ERROR:
             raise_error(obj, f"{self.instance}: ")
         if kind != wire.JSON:
@@ -253,6 +273,36 @@ class AgentClient:
         self._begin("put", {"parallel": parallel}, frames())
         return self._reply("put")
 
+    def put_each(self, chunks: Iterable[wire.Chunk], on_done: Callable) -> int:
+        """One put per chunk, sent back to back without waiting for the replies (pipelined);
+        on_done(reply, [chunk]) runs as each is acknowledged, in order. Returns the puts sent."""
+        sent: queue.Queue = queue.Queue()
+        err: list = []
+
+        def acks():
+            try:
+                while (c := sent.get()) is not None:
+                    on_done(self._reply("put"), [c])
+            except BaseException as e:
+                err.append(e)
+        t = threading.Thread(target=acks, daemon=True, name="put-acks")
+        t.start()
+        n = 0
+        try:
+            for c in chunks:
+                if err:
+                    break
+                self._begin("put", {}, [wire.encode_chunk(c), wire.encode_json({"chunks": 1, "entries": c.count}, wire.END)])
+                sent.put(c)
+                n += 1
+        finally:
+            sent.put(None)
+            t.join()
+        if err:
+            self.close()          # replies may be left unread: the connection is out of step
+            raise err[0]
+        return n
+
     def delete(self, scopes=None, filter: str | None = None) -> dict:
         return self.request("del", scopes=_scopes_arg(scopes), filter=filter)
 
@@ -307,14 +357,11 @@ class Subscription:
         """The next event, or None if none came within `timeout` seconds."""
         if not self.open:
             return None
-        s = self.client._sock
-        if timeout is not None:
-            import select
-            rd, _, _ = select.select([s], [], [], timeout)
-            if not rd:
-                return None
         try:
-            kind, obj = self.client._frame(first=True)
+            fr = self.client._frame(wait=timeout)
+            if fr is None:
+                return None
+            kind, obj = fr
         except NfxError:
             self.open = False             # the connection is gone with it
             raise

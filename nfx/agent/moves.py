@@ -1,7 +1,10 @@
 """The agent's part in moves (nfx.migrate): one move session at a time per instance. Keys and
 packets travel base64-encoded in the JSON requests (flow keys: 16 bytes each; packets: the
 buffer ring's header then the bytes, back to back). `move_ctrl` streams what a TO_CTRL source
-hands toward the controller, as JSON frames, until the move ends or the client closes."""
+hands toward the controller, as JSON frames, until the move ends or the client closes.
+`move_dist` is DiST's MovePerFlow run here, at the source: this agent begins the move at the
+destination's agent, pushes the state to it directly and releases it, and the controller hears
+from it twice (held, done)."""
 import base64
 import queue
 import threading
@@ -14,7 +17,7 @@ from ..state import ops, wire
 from ..state.filter import parse
 
 MOVE_OPS = ("move_begin", "move_hold_new", "move_mark", "move_drain", "move_inject", "move_ctrl", "move_status",
-            "move_end", "move_get")
+            "move_end", "move_get", "move_dist")
 
 
 def _b64(req, name, default=b"") -> bytes:
@@ -54,8 +57,6 @@ class MoveOps:
         return self.session
 
     def op_move_begin(self, sock, r, req) -> dict:
-        if self.session is not None:
-            raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         role = req.get("role")
         epoch = int(req.get("epoch", 0))
         if role not in ("src-redirect", "src-ctrl", "dst") or epoch <= 0:
@@ -64,15 +65,23 @@ class MoveOps:
         flt = req.get("filter")
         if flt is not None:
             parse(flt)                               # refuse a malformed filter before changing anything
+        self._begin_session(role, epoch, bool(req.get("order")), keys, flt, int(req.get("peer", 0)),
+                            bool(req.get("er")))
+        return {"epoch": epoch, "role": role, "marked": len(keys)}
+
+    def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: str | None, peer: int,
+                       er: bool = False) -> MoveSession:
+        if self.session is not None:
+            raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         from ..testbed import state
         info = state.load(self.testbed)["nodes"][self.instance]
         self._ctrl_q = queue.Queue() if role == "src-ctrl" else None
         on_ctrl = self._ctrl_q.put if self._ctrl_q is not None else None
-        s = MoveSession(self.nf, info["ns"], info.get("release_if"), epoch, role, bool(req.get("order")), on_ctrl)
-        s.er = bool(req.get("er"))
-        s.begin(keys, flt, int(req.get("peer", 0)))
+        s = MoveSession(self.nf, info["ns"], info.get("release_if"), epoch, role, op, on_ctrl)
+        s.er = er
+        s.begin(keys, flt, peer)
         self.session = s
-        return {"epoch": epoch, "role": role, "marked": len(keys)}
+        return s
 
     def op_move_hold_new(self, sock, r, req) -> dict:
         flt = req.get("filter")
@@ -136,18 +145,87 @@ class MoveOps:
         wire.write(sock, wire.encode_json({"sent": sent}, wire.END))
         return None
 
+    def _flows(self, flt) -> tuple[list, list]:
+        """Flow keys of the selected per-flow state, and those on the outside (a NAT's public tuples)."""
+        flows, outside = [], []
+        for c in ops.export(self.nf, ("per-flow",), flt):
+            ks = dp.keys_from_blob(bytes(c.keys))
+            flows += ks
+            if c.table == "nat_rev":
+                outside += ks
+        return flows, outside
+
     def op_move_get(self, sock, r, req) -> None:
-        """Like get, restricted to the per-flow state of the given flows (late locking)."""
-        keys = dp.keys_from_blob(_b64(req, "keys"))
+        """The state a move takes, as chunks: of the given flows (`keys`), or with late locking
+        (`ll`: this source marks the flows group by group as it reads them, then catches new
+        ones), or everything the filter selects."""
         scopes = tuple(req.get("scopes") or ("per-flow",))
         flt = parse(req.get("filter"))
+        t = {}
         t0 = time.perf_counter()
-        chunks = list(ops.export(self.nf, scopes, flt, keyset={bytes(k) for k in keys}))
-        wire.write(sock, wire.encode_json({"ok": True, "op": "move_get", "chunks": len(chunks),
-                                           "export_s": time.perf_counter() - t0}))
+        if req.get("ll"):
+            s = self._session()
+            chunks = s.export_locked(self._flows(flt)[0], flt.text, scopes, int(req.get("peer", 0)), t)
+        else:
+            blob = _b64(req, "keys", None)
+            keyset = {bytes(k) for k in dp.keys_from_blob(blob)} if blob is not None else None
+            chunks = ops.export(self.nf, scopes, flt, stats=t, keyset=keyset)
+        wire.write(sock, wire.encode_json({"ok": True, "op": "move_get"}))
+        n = 0
         for c in chunks:
             wire.write(sock, wire.encode_chunk(c))
-        wire.write(sock, wire.encode_json({"chunks": len(chunks)}, wire.END))
+            n += 1
+        wire.write(sock, wire.encode_json({"chunks": n, "export_s": t.get("export_s", 0.0),
+                                           "total_s": time.perf_counter() - t0}, wire.END))
+        return None
+
+    def op_move_dist(self, sock, r, req) -> None:
+        """DiST's move, run at the source. Frames: the reply once the flows are held (dst buffers
+        them and this source redirects them: the switches may be pointed at dst from then on),
+        then END once the state is in at dst (and, loss-free without order, released there)."""
+        from ..migrate import mechanisms as M
+        from ..state.tables import SCOPES
+        from ..testbed import state
+        from .client import AgentClient
+        dst, epoch, guarantee = req.get("dst"), int(req.get("epoch", 0)), req.get("guarantee", "lf")
+        opts = M.parse_opts(",".join(req.get("opts") or []))
+        if guarantee not in M.GUARANTEES or epoch <= 0 or not isinstance(dst, str):
+            raise BadInput(f"move_dist needs dst, an epoch > 0 and a guarantee ({', '.join(M.GUARANTEES)})")
+        flt = parse(req.get("filter"))
+        scopes = tuple(req.get("scopes") or SCOPES)
+        slot = state.load(self.testbed)["nodes"][self.instance].get("peer_slots", {}).get(dst)
+        if slot is None:
+            raise BadInput(f"{self.instance} has no peer link to {dst}: cannot redirect to it")
+        if self.session is not None:
+            raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
+        lf, op, ll = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts
+        t0 = time.perf_counter()
+        flows, outside = self._flows(flt)
+        explicit = [] if flt.everything else outside
+        ibc = [[side, enc(bytes(k))] for side, k in M._ibc_keys(flows, outside, flt)] if op else []
+        peer = AgentClient(self.testbed, dst, ns=None, timeout=float(req.get("timeout", 30)))
+        try:
+            if lf:
+                peer.request("move_begin", role="dst", epoch=epoch, order=op, keys=enc(dp.keys_blob(explicit)),
+                             filter=flt.text, er="er" in opts)
+                s = self._begin_session("src-redirect", epoch, op, [] if ll else explicit,
+                                        None if ll else flt.text, slot)
+            held_s = time.perf_counter() - t0
+            wire.write(sock, wire.encode_json({
+                "ok": True, "op": "move_dist", "flows": len(flows), "ibc": ibc,
+                "outside": enc(dp.keys_blob(outside)) if not flt.everything else None}))
+            t = {}
+            if ll and lf:
+                chunks = s.export_locked(flows, flt.text, scopes, slot, t)
+            else:
+                chunks = ops.export(self.nf, scopes, flt, stats=t)
+            sent = _push(peer, chunks, pipelined="pz" in opts)
+            if lf and not op:
+                peer.request("move_drain")
+            wire.write(sock, wire.encode_json({**sent, "export_s": t.get("export_s", 0.0), "held_s": held_s,
+                                               "total_s": time.perf_counter() - t0}, wire.END))
+        finally:
+            peer.close()
         return None
 
     def er_after_put(self, chunks) -> None:
@@ -155,7 +233,6 @@ class MoveOps:
         s = self.session
         if s is None or not getattr(s, "er", False) or s.role != "dst":
             return
-        import ctypes as ct
         from .. import layout as L
         keys = []
         for c in chunks:
@@ -163,3 +240,23 @@ class MoveOps:
                 keys += list((L.FlowKey * c.count).from_buffer_copy(c.keys))
         if keys:
             s.drain(keys)
+
+
+def _push(peer, chunks, pipelined: bool) -> dict:
+    """Chunks to the peer agent: each applied as it arrives (pipelined), or all at the end."""
+    out = {"chunks": 0, "bytes": 0, "import_s": 0.0}
+
+    def done(r, cs):
+        if r["failed"]:
+            raise NfxError(f"{peer.instance} did not apply {len(r['failed'])} state chunk(s): "
+                           f"{r['failed'][0]['error']}")
+        out["chunks"] += len(cs)
+        out["bytes"] += sum(c.nbytes for c in cs)
+        out["import_s"] += r.get("apply_s") or 0.0
+    if pipelined:
+        peer.put_each(chunks, done)
+    else:
+        cs = list(chunks)
+        if cs:
+            done(peer.put(cs), cs)
+    return out

@@ -2,13 +2,11 @@
 flows x control-channel delay, each cell judged by the sink; and `--table1`, the DiST paper's
 Table 1 setting (seeds/dist-distributed-state-transfer.txt) measured next to the paper's figures.
 
-Each flow count gets its own sharp testbed with two NAT instances (a controller uses up one
-switch rule priority per steering change, about a thousand in all, so one testbed cannot serve
-the whole full matrix). There every flow first gets its state on nf0 (warm-up: one packet per
+Each flow count gets its own sharp testbed with two NAT instances, sized for it. There every flow first gets its state on nf0 (warm-up: one packet per
 flow until nf0 holds all of them). Each cell then (1) touches every flow once more on nf0 so all start equally fresh,
 (2) runs traffic at the cell's rate and, `at` seconds in, asks the testbed's controller to move
-everything nf0 -> nf1 (its `ctrl_delay_ms` delays every controller <-> agent/switch message one
-way; the data plane gets nothing), (3) reads the move's metrics and the sink's report (sent,
+everything nf0 -> nf1 (`ctrl_delay_ms`, and `ctrl_rate_mbit` if set, put every controller <->
+agent/switch message through an emulated control link; the data plane gets nothing), (3) reads the move's metrics and the sink's report (sent,
 lost, duplicated, reordered, latency), (4) moves everything back nf1 -> nf0 with no traffic
 (ng, no delay) and checks nf0 holds every flow again and nf1 none, so the next cell starts from
 the same situation. LF must show 0 lost and 0 duplicated, OP also 0 reordered: anything else
@@ -75,9 +73,12 @@ PAPER_TABLE1 = [
 TABLE1_CONFIGS = [("opennf", "pz"), ("dist", "pz"), ("opennf", "pz,ll,er"), ("dist", "pz,ll,er")]
 TABLE1_RATE = 1000
 TABLE1_CONNECTIONS = 1100    # x2 per-flow entries (fwd + rev) = 2200 states
-TABLE1_DELAYS = (10.0, 0.0)
+# (one-way delay ms, rate Mbit/s; 0 = unlimited): the latency gap alone, the paper's whole
+# control link (10 ms and 10 Mbit/s against a 100 Mbit/s data plane), no added delay
+TABLE1_LINKS = ((10.0, 0.0), (10.0, 10.0), (0.0, 0.0))
 
 COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms",
+           "ctrl_rate_mbit",
            "ok", "verdict", "error",
            "move_time_s", "redirect_time_s", "total_s", "transfer_s", "states", "state_chunks", "state_bytes",
            "packets_redirected", "controller_packets", "controller_buffer_peak", "instance_buffer_peak",
@@ -140,7 +141,8 @@ def parse_opts_list(values) -> list[str]:
     return out
 
 
-def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool = True) -> list[dict]:
+def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool = True,
+          ctrl_rates=(0.0,)) -> list[dict]:
     for m in mechanisms:
         if m not in MECHANISMS:
             raise BadInput(f"unknown mechanism {m!r}: {', '.join(MECHANISMS)}")
@@ -156,9 +158,12 @@ def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool
     for d in delays:
         if not 0 <= d <= 1000:
             raise BadInput("control delays must be 0..1000 ms")
+    for b in ctrl_rates:
+        if not 0 <= b <= 100_000:
+            raise BadInput("control link rates must be 0..100000 Mbit/s (0: unlimited)")
     out = []
     for f in flows:
-        for d in delays:
+        for d, b in ((d, b) for d in delays for b in ctrl_rates):
             for r in rates:
                 for m in mechanisms:
                     for g in guarantees:
@@ -167,7 +172,7 @@ def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool
                             if skip_ng_opts and g == "ng" and o not in ("none", "pz"):
                                 continue
                             out.append({"mechanism": m, "guarantee": g, "opts": o, "rate_pps": r, "flows": f,
-                                        "ctrl_delay_ms": d})
+                                        "ctrl_delay_ms": d, "ctrl_rate_mbit": b})
     return out
 
 
@@ -257,12 +262,13 @@ class Bed:
             return now
         return {i: {k: v - before[i].get(k, 0) for k, v in now[i].items() if v - before[i].get(k, 0)} for i in now}
 
-    def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0) -> dict:
+    def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0, rate_mbit: float = 0.0) -> dict:
         from ..control import lifecycle
         return lifecycle.call(self.name, "POST", "/move",
                               {"src": src, "dst": dst, "filter": "all", "scopes": "all", "guarantee": guarantee,
                                "opts": "" if opts == "none" else opts, "mechanism": mechanism,
-                               "timeout": timeout, "ctrl_delay_ms": delay_ms}, timeout=timeout * 4 + 60)
+                               "timeout": timeout, "ctrl_delay_ms": delay_ms, "ctrl_rate_mbit": rate_mbit},
+                              timeout=timeout * 4 + 60)
 
     def clear(self) -> None:
         from ..agent.client import AgentClient
@@ -329,7 +335,8 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     m = {}
     row["move_at_s"] = round(time.perf_counter() - t0, 4)
     try:
-        m = bed.move("nf0", "nf1", cell["guarantee"], cell["mechanism"], cell["opts"], cell["ctrl_delay_ms"], timeout)
+        m = bed.move("nf0", "nf1", cell["guarantee"], cell["mechanism"], cell["opts"], cell["ctrl_delay_ms"], timeout,
+                     cell.get("ctrl_rate_mbit", 0.0))
     except NfxError as e:
         err = str(e)
     row["move_end_s"] = round(time.perf_counter() - t0, 4)
@@ -366,7 +373,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
         row["error"] = ""
         if not row["move_inside_traffic"]:
             row["verdict"] += " (move outlasted the traffic)"
-        n0, n1 = bed.held("nf0"), bed.held("nf1")
+        n1 = bed.held("nf1")
         if n1 < flows:
             row["ok"] = False
             row["verdict"] += f"; VIOLATION: nf1 holds {n1:,} of {flows:,} connections after the move"
@@ -463,22 +470,28 @@ def _writer(path: Path):
 
 def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_RATES, flows=DEFAULT_FLOWS,
         delays=(0.0,), repeat: int = 1, duration: float = 2.0, at: float = 0.8, csv_path: Path | None = None,
-        timeout: float = 30.0, progress=lambda m: None) -> dict:
+        timeout: float = 30.0, progress=lambda m: None, ctrl_rates=(0.0,)) -> dict:
     """The matrix. Returns {"runs": [...], "summary": [...], "violations": [...], "csv": path, ...}."""
     if repeat < 1:
         raise BadInput("--repeat must be at least 1")
     if not 0 < at < duration:
         raise BadInput("--at must be inside the traffic run (0 < at < duration)")
-    todo = cells(mechanisms, guarantees, opts, rates, flows, delays)
+    todo = cells(mechanisms, guarantees, opts, rates, flows, delays, ctrl_rates=ctrl_rates)
     if not todo:
         raise BadInput("the selection is empty")
     csv_path = Path(csv_path) if csv_path else default_csv()
     runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "matrix", timeout, False, progress)
-    keys = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms")
-    summary = _aggregate(runs, keys)
+    summary = _aggregate(runs, CELL_KEYS)
     return {"mode": "matrix", "testbeds": names, "aborted": aborted, "cells": len(todo), "repeat": repeat, "duration_s": duration, "move_at_s": at,
             "csv": str(csv_path), "runs": runs, "summary": summary,
             "violations": [r for r in runs if not r["ok"]], "host": _host()}
+
+
+CELL_KEYS = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms", "ctrl_rate_mbit")
+
+
+def link_text(delay_ms: float, rate_mbit: float) -> str:
+    return f"{delay_ms:g} ms" + (f", {rate_mbit:g} Mbit/s" if rate_mbit else "")
 
 
 def _host() -> dict:
@@ -486,9 +499,8 @@ def _host() -> dict:
 
 
 def _run_cells(todo, repeat, duration, at, csv_path, mode, timeout, split_ser, progress) -> tuple[list, list, list]:
-    """Every cell `repeat` times, on one fresh testbed per flow count (a controller's steering
-    uses up one switch priority per rule change, so a testbed does not serve the whole full
-    matrix). Returns (runs, testbed names, aborted groups)."""
+    """Every cell `repeat` times, on one fresh testbed per flow count (its NAT tables sized for
+    it). Returns (runs, testbed names, aborted groups)."""
     runs: list[dict] = []
     names: list[str] = []
     aborted: list[dict] = []
@@ -541,40 +553,46 @@ def _line(r: dict, i: int, total: int, elapsed: float) -> str:
     v = r["verdict"]
     colour = "green" if r["ok"] and v.startswith("ok") else ("yellow" if r["ok"] else "bold red")
     return (f"[{i}/{total} eta {eta:4.0f}s] {r['mechanism']:6} {r['guarantee']} {r['opts']:8} "
-            f"{r['rate_pps']:>7,} pps {r['flows']:>7,} flows {r['ctrl_delay_ms']:g} ms: {mv}, "
+            f"{r['rate_pps']:>7,} pps {r['flows']:>7,} flows {link_text(r['ctrl_delay_ms'], r.get('ctrl_rate_mbit', 0))}: {mv}, "
             f"sent {r['sent']:,} lost {r['lost']:,} dup {r['duplicated']:,} reo {r['reordered']:,} "
             f"[{colour}]{v}[/{colour}]" + (f" [red]{r['error'][:160]}[/red]" if r.get("error") else ""))
 
 
-def table1(repeat: int = 5, delays=TABLE1_DELAYS, connections: int = TABLE1_CONNECTIONS, rate: int = TABLE1_RATE,
+def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNECTIONS, rate: int = TABLE1_RATE,
            duration: float = 3.0, at: float = 1.0, csv_path: Path | None = None, timeout: float = 30.0,
            progress=lambda m: None) -> dict:
-    """The paper's Table 1 setting at each control-channel delay, `repeat` runs per config."""
+    """The paper's Table 1 setting on each control link (delay ms, rate Mbit/s), `repeat` runs per config."""
     if repeat < 1:
         raise BadInput("--repeat must be at least 1")
     todo = [{"mechanism": m, "guarantee": "lf", "opts": o, "rate_pps": rate, "flows": connections,
-             "ctrl_delay_ms": d} for d in delays for m, o in TABLE1_CONFIGS]
+             "ctrl_delay_ms": d, "ctrl_rate_mbit": b} for d, b in links for m, o in TABLE1_CONFIGS]
     csv_path = Path(csv_path) if csv_path else default_csv(True)
     runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "table1", timeout, True, progress)
-    summary = _aggregate(runs, ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms"))
+    summary = _aggregate(runs, CELL_KEYS)
     for a in summary:
         a["config"] = f"{'OpenNF' if a['mechanism'] == 'opennf' else 'DiST'} LF " + a["opts"].upper().replace(",", "|")
     ratios = []
-    for d in delays:
+    for d, b in links:
         for o in ("pz", "pz,ll,er"):
-            on = next((a for a in summary if a["ctrl_delay_ms"] == d and a["opts"] == o and a["mechanism"] == "opennf"), None)
-            di = next((a for a in summary if a["ctrl_delay_ms"] == d and a["opts"] == o and a["mechanism"] == "dist"), None)
+            def pick(mech):
+                return next((a for a in summary if (a["ctrl_delay_ms"], a["ctrl_rate_mbit"]) == (d, b)
+                             and a["opts"] == o and a["mechanism"] == mech), None)
+            on, di = pick("opennf"), pick("dist")
             if on and di and on["move_time_s"] and di["move_time_s"]:
-                ratios.append({"ctrl_delay_ms": d, "opts": o, "opennf_move_time_s": on["move_time_s"],
-                               "dist_move_time_s": di["move_time_s"],
+                ratios.append({"ctrl_delay_ms": d, "ctrl_rate_mbit": b, "opts": o,
+                               "opennf_move_time_s": on["move_time_s"], "dist_move_time_s": di["move_time_s"],
                                "opennf_over_dist": on["move_time_s"] / di["move_time_s"]})
     paper_ratio = {"pz": 7.44 / 0.51, "pz,ll,er": 2.25 / 0.41, "pz,ll,er equal latency (OpenNF*)": 0.78 / 0.41}
-    return {"mode": "table1", "testbeds": names, "aborted": aborted, "rate_pps": rate, "connections": connections, "repeat": repeat, "delays_ms": list(delays),
+    return {"mode": "table1", "testbeds": names, "aborted": aborted, "rate_pps": rate, "connections": connections,
+            "repeat": repeat, "links": [list(x) for x in links],
             "duration_s": duration, "move_at_s": at, "csv": str(csv_path), "runs": runs, "summary": summary,
             "ratios": ratios, "paper": PAPER_TABLE1, "paper_ratios": paper_ratio,
             "violations": [r for r in runs if not r["ok"]], "host": _host(),
             "notes": ["#States = the move's per-flow keys (nat_fwd + nat_rev: 2 per connection)",
                       "Ser%/Deser%: the move reports export+import time as one share of MoveTime; it is split "
                       "by the export:import ratio of a standalone agent push of the same state after each run",
-                      "paper rows marked 10x data: control plane 10x the data plane's latency; "
-                      "ours: ctrl_delay_ms one way on every control message, none on the data plane"]}
+                      "MoveTime: from the controller starting the move until the state is in at dst and the "
+                      "switches' last forwarding update has taken effect",
+                      "paper rows marked 10x data: control links 10 ms one way and 10 Mbit/s, data plane 1 ms and "
+                      "100 Mbit/s; ours: the control link emulated in the control-channel transport (delay, and "
+                      "rate where shown), nothing added on the data plane (veth)"]}

@@ -84,27 +84,34 @@ def move_(mechanisms: str = typer.Option("opennf,dist", "--mechanisms", "-m", he
           flows: str = typer.Option(",".join(map(str, bm.DEFAULT_FLOWS)), "--flows", "-f", help="Flow counts (comma-separated)."),
           ctrl_delay_ms: str = typer.Option(None, "--ctrl-delay-ms",
                                             help="One-way control-channel delay(s) in ms, comma-separated (default 0; "
-                                                 "table1: 10,0; the DiST paper's gap is 10)."),
+                                                 "the DiST paper's gap is 10)."),
+          ctrl_rate_mbit: str = typer.Option(None, "--ctrl-rate-mbit",
+                                             help="Control-link rate(s) in Mbit/s, comma-separated (default 0: unlimited; "
+                                                  "the DiST paper's control links were 10)."),
           repeat: int = typer.Option(None, "--repeat", "-n", help="Runs per cell, mean ± 95% CI when > 1 (default 1; table1 5)."),
           duration: float = typer.Option(None, "--duration", "-d", help="Seconds of traffic per run (default 2; table1 3)."),
           at: float = typer.Option(None, "--at", help="The move starts this many seconds into the traffic (default 0.8; table1 1)."),
           timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step of a move may take."),
           csv_path: str = typer.Option(None, "--csv", help="CSV of every run (default bench/results/move[-table1]-<time>.csv)."),
           table1: bool = typer.Option(False, "--table1", help="The DiST paper's Table 1 setting (1000 pps, ~2200 states, "
-                                      "LF PZ and PZ|LL|ER, ctrl delay 10 and 0 ms) next to the paper's figures."),
+                                      "LF PZ and PZ|LL|ER; control link 10 ms, 10 ms + 10 Mbit/s, none) next to the paper's figures."),
           json_: bool = JsonOpt):
     """Moves under load: mechanism × guarantee × optimisations × rate × flows × control delay, judged by the sink.
 
-    The full matrix: nfx bench move --rates 1000,10000,100000,200000 --flows 100,1000,10000,100000 --ctrl-delay-ms 0,10"""
+    The full matrix: nfx bench move --rates 1000,10000,100000,200000 --flows 100,1000,10000,100000 --ctrl-delay-ms 0,10
+    The paper's control link: --ctrl-delay-ms 10 --ctrl-rate-mbit 10"""
     need_root()
     if table1:
-        r = bm.table1(repeat=repeat or 5,
-                      delays=tuple(bm._split(ctrl_delay_ms, float)) if ctrl_delay_ms else bm.TABLE1_DELAYS,
+        links = bm.TABLE1_LINKS
+        if ctrl_delay_ms or ctrl_rate_mbit:
+            links = tuple((d, b) for d in bm._split(ctrl_delay_ms or "10", float)
+                          for b in bm._split(ctrl_rate_mbit or "0", float))
+        r = bm.table1(repeat=repeat or 5, links=links,
                       duration=duration or 3.0, at=at or 1.0, csv_path=csv_path, timeout=timeout, progress=progress)
     else:
         r = bm.run(bm._split(mechanisms), bm._split(guarantees), bm.parse_opts_list(opts), bm._split(rates, int),
                    bm._split(flows, int), bm._split(ctrl_delay_ms or "0", float), repeat or 1, duration or 2.0, at or 0.8,
-                   csv_path, timeout, progress=progress)
+                   csv_path, timeout, progress=progress, ctrl_rates=bm._split(ctrl_rate_mbit or "0", float))
     if json_:
         emit_json(r)
         return
@@ -130,7 +137,7 @@ def _move_tables(r: dict) -> None:
                         f"{r['duration_s']:g} s traffic, move at {r['move_at_s']:g} s"
                         + (" (mean ± 95% CI)" if n > 1 else ""))
         for c, j in (("mech", "left"), ("g", "left"), ("opts", "left"), ("pps", "right"), ("flows", "right"),
-                     ("ctrl ms", "right"), ("move ms", "right"), ("redir ms", "right"), ("states", "right"),
+                     ("ctrl link", "right"), ("move ms", "right"), ("redir ms", "right"), ("states", "right"),
                      ("state KB", "right"), ("redirected", "right"), ("ctl/inst buf", "right"),
                      ("added µs", "right"), ("ser %", "right"), ("lost", "right"), ("dup", "right"),
                      ("reo", "right"), ("p50/p99 µs", "right"), ("verdict", "left")):
@@ -138,7 +145,7 @@ def _move_tables(r: dict) -> None:
         for a in r["summary"]:
             ok = a["ok"]
             t.add_row(a["mechanism"], a["guarantee"], a["opts"], f"{a['rate_pps']:,}", f"{a['flows']:,}",
-                      f"{a['ctrl_delay_ms']:g}", _pm(a["move_time_s"], a["move_time_s_ci"], scale=1e3),
+                      bm.link_text(a["ctrl_delay_ms"], a["ctrl_rate_mbit"]), _pm(a["move_time_s"], a["move_time_s_ci"], scale=1e3),
                       _pm(a["redirect_time_s"], a["redirect_time_s_ci"], scale=1e3),
                       _pm(a["states"], None, "{:,.0f}"), _pm(a["state_bytes"], None, "{:,.0f}", 1e-3),
                       _pm(a["packets_redirected"], a["packets_redirected_ci"], "{:,.0f}"),
@@ -155,7 +162,7 @@ def _move_tables(r: dict) -> None:
         con.print(f"[bold red]!!! {len(v)} run(s) broke their guarantee or failed:[/bold red]")
         for x in v:
             con.print(f"[bold red]  run {x['run']}: {x['mechanism']} {x['guarantee']} {x['opts']} {x['rate_pps']:,} pps "
-                      f"{x['flows']:,} flows {x['ctrl_delay_ms']:g} ms: {x['verdict']} {x.get('error') or ''}[/bold red]")
+                      f"{x['flows']:,} flows {bm.link_text(x['ctrl_delay_ms'], x.get('ctrl_rate_mbit', 0))}: {x['verdict']} {x.get('error') or ''}[/bold red]")
     else:
         con.print("[green]every LF run lost and duplicated nothing; every OP run also reordered nothing[/green]")
     for a in r.get("aborted", []):
@@ -168,17 +175,18 @@ def _table1(r: dict, con) -> None:
     n = r["repeat"]
     t = Table(title=f"DiST Table 1 setting: {r['rate_pps']:,} pps, {r['connections']:,} NAT connections, "
                     f"{n} runs each (mean ± 95% CI); paper rows are the paper's published figures")
-    for c in ("source", "ctrl delay", "config", "# States", "# Redirected", "MoveTime (s)", "RedirTime (s)",
+    for c in ("source", "ctrl link", "config", "# States", "# Redirected", "MoveTime (s)", "RedirTime (s)",
               "Ser %", "Deser %", "lost/dup", "verdict"):
-        t.add_column(c, justify="left" if c in ("source", "config", "verdict", "ctrl delay") else "right")
+        t.add_column(c, justify="left" if c in ("source", "config", "verdict", "ctrl link") else "right")
     for p in bm.PAPER_TABLE1:
         t.add_row("[dim]paper[/dim]", p["ctrl"], p["config"], f"{p['states'][0]}±{p['states'][1]}",
                   f"{p['redirected'][0]}±{p['redirected'][1]}", f"{p['move_time_s'][0]:.2f}±{p['move_time_s'][1]:.2f}",
                   f"{p['redir_time_s'][0]:.2f}±{p['redir_time_s'][1]:.2f}", f"{p['ser_pct']:.2f}",
                   f"{p['deser_pct']:.2f}", "", "", style="dim")
-    for a in sorted(r["summary"], key=lambda a: (-a["ctrl_delay_ms"], a["opts"], a["mechanism"] != "opennf")):
+    for a in sorted(r["summary"], key=lambda a: (-a["ctrl_delay_ms"], -a["ctrl_rate_mbit"], a["opts"],
+                                                 a["mechanism"] != "opennf")):
         ok = a["ok"]
-        t.add_row("nfx", f"{a['ctrl_delay_ms']:g} ms", a["config"], _pm(a["states"], a["states_ci"], "{:,.0f}"),
+        t.add_row("nfx", bm.link_text(a["ctrl_delay_ms"], a["ctrl_rate_mbit"]), a["config"], _pm(a["states"], a["states_ci"], "{:,.0f}"),
                   _pm(a["packets_redirected"], a["packets_redirected_ci"], "{:,.0f}"),
                   _pm(a["move_time_s"], a["move_time_s_ci"], "{:.4f}"),
                   _pm(a["redirect_time_s"], a["redirect_time_s_ci"], "{:.4f}"),
@@ -187,7 +195,8 @@ def _table1(r: dict, con) -> None:
                   ("[green]" if ok else "[bold red]") + a["verdict"] + ("[/green]" if ok else "[/bold red]"))
     con.print(t)
     for x in r["ratios"]:
-        con.print(f"ctrl delay {x['ctrl_delay_ms']:g} ms, LF {x['opts'].upper().replace(',', '|')}: MoveTime OpenNF / DiST = "
+        con.print(f"ctrl link {bm.link_text(x['ctrl_delay_ms'], x['ctrl_rate_mbit'])}, LF {x['opts'].upper().replace(',', '|')}: "
+                  f"MoveTime OpenNF / DiST = "
                   f"{x['opennf_move_time_s'] * 1e3:.1f} ms / {x['dist_move_time_s'] * 1e3:.1f} ms = "
                   f"[bold]{x['opennf_over_dist']:.2f}x[/bold]")
     con.print("paper: " + ", ".join(f"{k}: {v:.1f}x" for k, v in r["paper_ratios"].items()))

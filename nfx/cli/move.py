@@ -3,6 +3,7 @@ import typer
 from rich.table import Table
 
 from ..control import lifecycle
+from ..errors import BadInput
 from ..migrate.mechanisms import GUARANTEES, MECHANISMS
 from .common import JsonOpt, NameOpt, console, emit_json, need_root, out
 
@@ -45,10 +46,14 @@ def move(name: str = NameOpt,
 @app.command()
 def start(name: str = NameOpt,
           ctrl_delay_ms: float = typer.Option(0.0, "--ctrl-delay-ms", help="Emulated one-way delay on every control message."),
+          ctrl_rate_mbit: float = typer.Option(0.0, "--ctrl-rate-mbit",
+                                               help="Emulated control-link rate, Mbit/s per direction (0: unlimited)."),
           json_: bool = JsonOpt):
     """Start the testbed's controller (testbed up starts one)."""
     need_root()
-    c = lifecycle.start(name, ctrl_delay_ms)
+    if ctrl_delay_ms < 0 or ctrl_rate_mbit < 0:
+        raise BadInput("--ctrl-delay-ms and --ctrl-rate-mbit must be >= 0")
+    c = lifecycle.start(name, ctrl_delay_ms, ctrl_rate_mbit=ctrl_rate_mbit)
     emit_json(c) if json_ else console.print(f"controller of {name}: pid {c['pid']}, http://127.0.0.1:{c['port']}")
 
 
@@ -68,7 +73,8 @@ def status(name: str = NameOpt, json_: bool = JsonOpt):
     if json_:
         emit_json(s)
         return
-    out.print(f"controller of {name}: {s['moves']} moves, ctrl delay {s['ctrl_delay_ms']} ms, "
+    rate = f", {s['ctrl_rate_mbit']:g} Mbit/s" if s.get("ctrl_rate_mbit") else ""
+    out.print(f"controller of {name}: {s['moves']} moves, ctrl link {s['ctrl_delay_ms']:g} ms{rate}, "
               f"{'busy' if s['busy'] else 'idle'}, instances {', '.join(s['instances'])}")
 
 

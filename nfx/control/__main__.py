@@ -1,4 +1,4 @@
-"""python -m nfx.control --testbed NAME [--port P] [--ctrl-delay-ms D]: the controller process."""
+"""python -m nfx.control --testbed NAME [--port P] [--ctrl-delay-ms D] [--ctrl-rate-mbit R]: the controller process."""
 import argparse
 import logging
 import os
@@ -13,6 +13,7 @@ def main() -> None:
     ap.add_argument("--testbed", required=True)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--ctrl-delay-ms", type=float, default=0.0)
+    ap.add_argument("--ctrl-rate-mbit", type=float, default=0.0)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         filename=str(RUN_DIR / f"controller-{a.testbed}.log"))
@@ -22,7 +23,7 @@ def main() -> None:
         sys.stdout.write(f"{port}\n")
         sys.stdout.flush()
         os.close(1)
-    serve(a.testbed, a.port, a.ctrl_delay_ms, ready)
+    serve(a.testbed, a.port, a.ctrl_delay_ms, ready, a.ctrl_rate_mbit)
 
 
 main()

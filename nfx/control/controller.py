@@ -6,6 +6,7 @@ on every control message (agents and switches); the data plane gets none (the ke
 netem, so the delay lives in the control-channel transport)."""
 import json
 import logging
+import queue
 import threading
 import time
 import traceback
@@ -18,33 +19,74 @@ from ..paths import RUN_DIR
 from ..state.filter import parse
 from ..state.tables import parse_scopes
 from ..testbed import state
+from . import link
 from .steer import Steering
 
 log = logging.getLogger("nfx.controller")
 
 
 class DelayedSteering:
-    """The switches behind a control channel: each rule change or packet-out leaves `delay`
-    late and its acknowledgement comes back `delay` later."""
+    """The switches behind a control link (nfx.control.link): rule changes and packet-outs reach
+    the switch side one delay after they are sent and are carried out there in the order sent;
+    a rule change is acknowledged (one more delay), a packet-out is not. `applied_at` is when
+    the last rule change took effect (perf_counter)."""
 
-    def __init__(self, steer: Steering, delay_s: float):
-        self.s, self.delay = steer, delay_s
+    def __init__(self, steer: Steering, delay_ms: float, rate_mbit: float = 0.0):
+        self.s = steer
+        self.up, self.down = link.pair(("switches", steer.rec["name"]), delay_ms, rate_mbit)
+        self.applied_at = 0.0
+        self.q: queue.Queue | None = None
+        if self.up.active:
+            self.q = queue.Queue()
+            threading.Thread(target=self._switch_side, daemon=True, name="switch-side").start()
 
-    def _rt(self, fn, *a):
-        if self.delay:
-            time.sleep(self.delay)
-        r = fn(*a)
-        if self.delay:
-            time.sleep(self.delay)
-        return r
+    def _switch_side(self) -> None:
+        while (item := self.q.get()) is not None:
+            due, fn, args, done = item
+            left = due - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+            self._run(fn, args, done)
+
+    def _send(self, fn, *args) -> dict:
+        done = {"ev": threading.Event()}
+        if self.q is None:
+            self._run(fn, args, done)
+        else:
+            self.q.put((self.up.due(RULE_BYTES), fn, args, done))
+        return done
+
+    @staticmethod
+    def _run(fn, args, done) -> None:
+        try:
+            done["result"] = fn(*args)
+        except BaseException as e:
+            done["error"] = e
+            log.warning("switch side: %s failed: %s", fn.__name__, e)
+        done["at"] = time.perf_counter()
+        done["ev"].set()
 
     def point(self, *a):
-        return self._rt(self.s.point, *a)
+        done = self._send(self.s.point, *a)
+        done["ev"].wait()
+        self.applied_at = done["at"]
+        if "error" in done:
+            raise done["error"]
+        if self.q is not None:
+            self.down.pass_(RULE_BYTES)
+        return done["result"]
 
     def ibc(self, *a):
-        if self.delay:                   # a packet-out is not acknowledged
-            time.sleep(self.delay)
-        return self.s.ibc(*a)
+        done = self._send(self.s.ibc, *a)
+        if self.q is None and "error" in done:
+            raise done["error"]
+
+    def close(self) -> None:
+        if self.q is not None:
+            self.q.put(None)
+
+
+RULE_BYTES = 128       # an OpenFlow flow-mod or packet-out, about
 
 
 def log_file(testbed: str):
@@ -52,10 +94,10 @@ def log_file(testbed: str):
 
 
 class Controller:
-    def __init__(self, testbed: str, ctrl_delay_ms: float = 0.0):
+    def __init__(self, testbed: str, ctrl_delay_ms: float = 0.0, ctrl_rate_mbit: float = 0.0):
         self.testbed = testbed
         self.rec = state.load(testbed)
-        self.delay_ms = ctrl_delay_ms
+        self.delay_ms, self.rate_mbit = ctrl_delay_ms, ctrl_rate_mbit
         self.steer = Steering(testbed)
         self.move_lock = threading.Lock()     # one move at a time
         self.moves = 0
@@ -64,7 +106,7 @@ class Controller:
 
     def status(self) -> dict:
         return {"testbed": self.testbed, "uptime_s": round(time.time() - self.started, 1), "moves": self.moves,
-                "ctrl_delay_ms": self.delay_ms, "busy": self.move_lock.locked(),
+                "ctrl_delay_ms": self.delay_ms, "ctrl_rate_mbit": self.rate_mbit, "busy": self.move_lock.locked(),
                 "instances": [n for n, i in self.rec["nodes"].items() if i["role"] == "nf"],
                 "last_move": self.last}
 
@@ -79,18 +121,22 @@ class Controller:
         opts = M.parse_opts(req.get("opts"))
         guarantee, mechanism = req.get("guarantee", "lf"), req.get("mechanism", "dist")
         delay = float(req.get("ctrl_delay_ms", self.delay_ms))
+        rate = float(req.get("ctrl_rate_mbit", self.rate_mbit))
+        if delay < 0 or rate < 0:
+            raise BadInput("ctrl_delay_ms and ctrl_rate_mbit must be >= 0 (0: no emulated delay or rate limit)")
         if not self.move_lock.acquire(timeout=float(req.get("wait", 0))):
             raise BadInput("another move is in progress (one at a time)")
         try:
-            a = Remote(self.rec, src, delay)
-            b = Remote(self.rec, dst, delay)
+            a = Remote(self.rec, src, delay, rate)
+            b = Remote(self.rec, dst, delay, rate)
+            sw = DelayedSteering(self.steer, delay, rate)
             try:
-                m = M.move(a, b, DelayedSteering(self.steer, delay / 1000), flt, scopes, guarantee, opts,
-                           mechanism, timeout=float(req.get("timeout", 30)))
+                m = M.move(a, b, sw, flt, scopes, guarantee, opts, mechanism, timeout=float(req.get("timeout", 30)))
             finally:
                 a.close()
                 b.close()
-            m.update(testbed=self.testbed, ctrl_delay_ms=delay, at=time.time())
+                sw.close()
+            m.update(testbed=self.testbed, ctrl_delay_ms=delay, ctrl_rate_mbit=rate, at=time.time())
             self.moves += 1
             self.last = m
             with open(log_file(self.testbed), "a") as f:
@@ -143,8 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"error": f"internal error: {type(e).__name__}: {e}", "code": 1})
 
 
-def serve(testbed: str, port: int = 0, ctrl_delay_ms: float = 0.0, ready=None) -> None:
-    ctl = Controller(testbed, ctrl_delay_ms)
+def serve(testbed: str, port: int = 0, ctrl_delay_ms: float = 0.0, ready=None, ctrl_rate_mbit: float = 0.0) -> None:
+    ctl = Controller(testbed, ctrl_delay_ms, ctrl_rate_mbit)
     handler = type("Handler", (_Handler,), {"ctl": ctl})
     httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
     if ready:

@@ -22,16 +22,17 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def start(name: str, ctrl_delay_ms: float = 0.0, rec=None) -> dict:
+def start(name: str, ctrl_delay_ms: float = 0.0, rec=None, ctrl_rate_mbit: float = 0.0) -> dict:
     """Start the controller (once). `rec`: the caller's registry record, updated in place so a
     later save of it keeps the controller's entry."""
     rec = rec if rec is not None else state.load(name)
     cur = rec.get("controller") or {}
     if _alive(cur.get("pid")):
         return cur
-    p = subprocess.Popen([sys.executable, "-m", "nfx.control", "--testbed", name, "--ctrl-delay-ms", str(ctrl_delay_ms)],
+    p = subprocess.Popen([sys.executable, "-m", "nfx.control", "--testbed", name, "--ctrl-delay-ms", str(ctrl_delay_ms),
+                          "--ctrl-rate-mbit", str(ctrl_rate_mbit)],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    rec["controller"] = {"pid": p.pid, "port": None, "ctrl_delay_ms": ctrl_delay_ms}
+    rec["controller"] = {"pid": p.pid, "port": None, "ctrl_delay_ms": ctrl_delay_ms, "ctrl_rate_mbit": ctrl_rate_mbit}
     rec.save()        # registered before it is known to work, so down can always stop it
     line = p.stdout.readline().strip()
     if not line.isdigit():

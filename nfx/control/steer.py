@@ -4,6 +4,7 @@ then destination only), and sending that control packet (IBC) into the flow's pa
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import layout as L
@@ -14,31 +15,56 @@ from ..state.filter import Filter
 from ..testbed import state as tbstate
 from .switch import Match, Rule, Switch
 
-PRIO_TOP = 999      # move rules sit above the testbed's defaults (1000, 2000); newer ones higher
+# move rules sit in PRIO_MIN..PRIO_TOP, above the testbed's defaults (1000, 2000); the newest
+# point() wins (lowest prio). At the floor the rules in force are renumbered back up to the top.
+PRIO_TOP = 999
+PRIO_MIN = 0
+
+
+@dataclass
+class _Wild:
+    prio: int
+    match: Match
+    rule: Rule
 
 
 class Steering:
     """The switches of one testbed, seen as: which instance gets a filter's flows."""
 
     def __init__(self, testbed: str):
-        self.rec = tbstate.load(testbed)
-        self.sw: dict[str, Switch] = {}
+        rec = tbstate.load(testbed)
+        sw = {node: Switch.open(node, info["ns"], Path(info["pin"]))
+              for node, info in rec["nodes"].items() if info["role"] == "switch"}
+        self._setup(rec, sw)
+
+    @classmethod
+    def over(cls, rec, switches: dict) -> "Steering":
+        """On given switch objects (a testbed record's switches; tests pass in-memory ones)."""
+        self = cls.__new__(cls)
+        self._setup(rec, switches)
+        return self
+
+    def _setup(self, rec, switches: dict) -> None:
+        self.rec = rec
+        self.sw: dict[str, Switch] = dict(switches)
         self.host_port: dict[str, str] = {}     # switch -> its host-facing port
         self.host_of: dict[str, str] = {}       # switch -> host node
-        for node, info in self.rec["nodes"].items():
-            if info["role"] != "switch":
-                continue
-            self.sw[node] = Switch.open(node, info["ns"], Path(info["pin"]))
-            for peer, ifname in info["ifaces"].items():
-                if self.rec["nodes"][peer]["role"] == "host":
+        for node in self.sw:
+            for peer, ifname in rec["nodes"][node]["ifaces"].items():
+                if rec["nodes"][peer]["role"] == "host":
                     self.host_port[node], self.host_of[node] = ifname, peer
         if not self.sw:
-            raise NfxError(f"testbed {testbed} has no switches to steer (topology {self.rec['topology']})")
+            raise NfxError(f"testbed {rec['name']} has no switches to steer (topology {rec['topology']})")
         self.lock = threading.Lock()
         self.active: dict[str, list[tuple[str, int]]] = {}    # filter text -> (switch, rule id)
-        # rules an earlier controller left (moves stay in force): the next ones go above them
-        prios = [r.prio for s in self.sw.values() for r in s.rules() if r.kind == "wild" and r.prio < PRIO_TOP + 1]
-        self.next_prio = min(prios + [PRIO_TOP + 1]) - 1
+        # every wildcard rule in the move band, read once: the ones an earlier controller left
+        # (moves stay in force) and, from then on, the ones we add; nobody else writes the band
+        self.wild: dict[str, dict[int, _Wild]] = {
+            name: {r.id: _Wild(r.prio, r.match, r.rule) for r in s.rules()
+                   if r.kind == "wild" and r.prio <= PRIO_TOP}
+            for name, s in self.sw.items()}
+        self._ibc_socks: dict[str, socket.socket] = {}      # host node -> bound AF_PACKET socket
+        self._ibc_lock = threading.Lock()
 
     def _port(self, sw: str, nf: str) -> str:
         return self.rec["nodes"][sw]["ifaces"][nf]
@@ -52,11 +78,10 @@ class Steering:
         the filter matches as written; on the outside switch return traffic is matched by
         `outside_keys` (exact, e.g. a NAT's public tuples) or, without them, by the filter
         reversed. Replaces the filter's previous rules without a gap: new rules go in above
-        the old, then the old go."""
+        the old (and above every other filter's: the latest point wins), then the old go."""
         with self.lock:
+            prio = self._prio()
             new = []
-            prio = self.next_prio
-            self.next_prio -= 1
             for name, s in self.sw.items():
                 out = [self._port(name, nf) for nf in nfs]
                 inside = self._side(name) == L.SIDE_IN
@@ -64,21 +89,55 @@ class Steering:
                     for k in outside_keys:
                         new.append((name, s.add_exact(k, Rule(output=out))))
                     continue
-                m = _match(flt, self.host_port[name], reverse=not inside)
-                new.append((name, s.add_wild(m, Rule(output=out), prio=prio)))
+                new.append((name, self._add_wild(name, _match(flt, self.host_port[name], reverse=not inside),
+                                                 Rule(output=out), prio)))
             old = set(self.active.get(flt.text, []))
             # and any move rule with the same match that an earlier controller installed
-            mine = {rid for _, rid in new}
-            for name, s in self.sw.items():
+            for name in self.sw:
                 m = _match(flt, self.host_port[name], reverse=self._side(name) != L.SIDE_IN)
-                for r in s.rules():
-                    if r.kind == "wild" and r.prio <= PRIO_TOP and r.id not in mine and r.match == m:
-                        old.add((name, r.id))
+                old |= {(name, rid) for rid, w in self.wild[name].items() if w.match == m}
             self.active[flt.text] = new
             for name, rid in old - set(new):
                 self._remove(name, rid)
 
+    def _prio(self) -> int:
+        """A prio above every move rule in force."""
+        top = min((w.prio for ws in self.wild.values() for w in ws.values()), default=PRIO_TOP + 1)
+        if top <= PRIO_MIN:
+            top = self._renumber()
+        return top - 1
+
+    def _renumber(self) -> int:
+        """Move the rules in force back up to the top of the band, oldest first, order kept:
+        each rule set is copied to its new prio, then its old copy goes. Nothing lies between a
+        set's old and new prio (older sets are already above it, newer ones below), and the
+        copy does what the original does, so no packet changes course. Returns the new top."""
+        prios = sorted({w.prio for ws in self.wild.values() for w in ws.values()}, reverse=True)
+        if len(prios) > PRIO_TOP - PRIO_MIN:
+            raise NfxError(f"{len(prios)} steering rule sets in force: no prio left for another")
+        moved: dict[tuple[str, int], tuple[str, int]] = {}
+        try:
+            for to, at in zip(range(PRIO_TOP, PRIO_MIN - 1, -1), prios):
+                if to == at:
+                    continue
+                for name, ws in self.wild.items():
+                    group = [(rid, w) for rid, w in ws.items() if w.prio == at]    # in slot order
+                    for rid, w in group:
+                        moved[(name, rid)] = (name, self._add_wild(name, w.match, w.rule, to))
+                    for rid, _ in group:
+                        self._remove(name, rid)
+        finally:
+            for text, ids in self.active.items():
+                self.active[text] = [moved.get(x, x) for x in ids]
+        return PRIO_TOP - len(prios) + 1
+
+    def _add_wild(self, name: str, m: Match, rule: Rule, prio: int) -> int:
+        rid = self.sw[name].add_wild(m, rule, prio=prio)
+        self.wild[name][rid] = _Wild(prio, m, rule)
+        return rid
+
     def _remove(self, name: str, rid: int) -> None:
+        self.wild[name].pop(rid, None)
         # an exact rule whose key was re-added has been repointed, and its old id freed
         try:
             self.sw[name].remove(rid)
@@ -89,20 +148,53 @@ class Steering:
         """Send the IBC from the host in front of `side`, so it enters the switch on the same
         port, in the same queue, as the flow's own packets: the cut is the same in both copies."""
         sw = next(n for n in self.sw if self._side(n) == side)
-        host = self.rec["nodes"][self.host_of[sw]]
-        frame = ibc_frame(key, bytes.fromhex(host["mac"].replace(":", "")), epoch)
-        with netns.enter(host["ns"]):
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            try:
-                s.bind((host["ifname"], 0))
-                s.send(frame)
-            finally:
-                s.close()
+        host = self.host_of[sw]
+        frame = ibc_frame(key, bytes.fromhex(self.rec["nodes"][host]["mac"].replace(":", "")), epoch)
+        s = self._ibc_sock(host)
+        try:
+            s.send(frame)
+        except OSError:
+            # closed meanwhile, or the interface was recreated (the binding holds the old ifindex)
+            self._drop_ibc_sock(host, s)
+            self._ibc_sock(host).send(frame)
+
+    def _ibc_sock(self, host: str) -> socket.socket:
+        # kept open: closing a packet socket waits out an RCU grace period (7-19 ms). It belongs
+        # to the netns it was made in, so any thread can send on it afterwards.
+        with self._ibc_lock:
+            s = self._ibc_socks.get(host)
+            if s is None:
+                info = self.rec["nodes"][host]
+                with netns.enter(info["ns"]):
+                    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)    # protocol 0: receives nothing
+                    try:
+                        s.bind((info["ifname"], 0))
+                    except BaseException:
+                        s.close()
+                        raise
+                self._ibc_socks[host] = s
+            return s
+
+    def _drop_ibc_sock(self, host: str, s: socket.socket) -> None:
+        with self._ibc_lock:
+            if self._ibc_socks.get(host) is s:
+                del self._ibc_socks[host]
+        s.close()
 
     def forget(self, flt: Filter) -> None:
         with self.lock:
             for name, rid in self.active.pop(flt.text, []):
                 self._remove(name, rid)
+
+    def close(self) -> None:
+        """Close the IBC sockets and the switches' map fds (the rules stay in force). Safe to
+        call twice; the object is not used afterwards."""
+        with self._ibc_lock:
+            socks, self._ibc_socks = list(self._ibc_socks.values()), {}
+        for s in socks:
+            s.close()
+        for s in self.sw.values():
+            s.close()
 
 
 def _match(flt: Filter, in_port: str, reverse: bool) -> Match:

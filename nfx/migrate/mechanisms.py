@@ -13,19 +13,27 @@
 import itertools
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 from .. import layout as L
 from ..errors import BadInput, NfxError
 from ..state.filter import Filter
 from ..state.tables import SCOPES
-from .endpoint import wait_for
 
 GUARANTEES = ("ng", "lf", "op")
 MECHANISMS = ("opennf", "dist")
 OPTIMISATIONS = ("pz", "ll", "er")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
 _epochs = itertools.count(int(time.time()) % 100000 * 10 + 1)
+
+
+def wait_for(cond, timeout: float, what: str, poll: float = 0.002) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll)
+    return time.monotonic() - t0
 
 
 def parse_opts(text: str | None) -> set[str]:
@@ -39,7 +47,9 @@ def parse_opts(text: str | None) -> set[str]:
 class ControllerBuffer:
     """OpenNF's controller-side packet buffer: packets src sent up, held per flow until dst has
     their state, then handed to dst in arrival order. For op it also tracks src's IBC per side:
-    what src sends after its cut, the switch delivered to dst already, so it is dropped."""
+    what src sends after its cut, the switch delivered to dst already, so it is dropped.
+    Handing over runs on its own thread (a packet-out takes the control link's time), in the
+    order packets were let go: picking and queueing them is one step under the lock."""
 
     def __init__(self, op: bool):
         self.op = op
@@ -47,9 +57,14 @@ class ControllerBuffer:
         self.held: deque = deque()
         self.cut = [False, False]
         self.forward_to = None            # once set, packets go straight through
-        self.released_keys: set[bytes] = set()
+        self.released_keys: set[bytes] | None = set()
         self.peak = self.total = self.dropped_after_cut = self.received = self.injected = 0
         self.max_hold_us = 0.0
+        self.out: deque = deque()         # (target, packets) to hand over, in order
+        self.cv = threading.Condition(self.lock)
+        self.busy = False
+        self.error: Exception | None = None
+        self._thread: threading.Thread | None = None
 
     def take(self, pkts: list) -> None:
         with self.lock:
@@ -64,9 +79,7 @@ class ControllerBuffer:
                 self.total += 1
                 self.held.append(p)
             self.peak = max(self.peak, len(self.held))
-            ready = self._ready_locked()
-        if ready and self.forward_to is not None:
-            self._inject(ready)
+            self._queue(self._ready_locked())
 
     def _ready_locked(self) -> list:
         if self.forward_to is None:
@@ -89,24 +102,92 @@ class ControllerBuffer:
             elif self.released_keys is not None:
                 self.released_keys |= {bytes(k) for k in keys}
             ready = self._ready_locked()
-        if ready:
-            self._inject(ready)
+            self._queue(ready)
         return len(ready)
 
-    def _inject(self, pkts: list) -> None:
-        self.forward_to.inject(pkts)
-        self.injected += len(pkts)
-        held = (time.monotonic_ns() - min(p.ts_ns for p in pkts)) / 1e3   # kernel stamps are CLOCK_MONOTONIC
-        self.max_hold_us = max(self.max_hold_us, held)
+    def _queue(self, pkts: list) -> None:
+        if not pkts:
+            return
+        self.out.append((self.forward_to, pkts))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._hand_over, daemon=True, name="ctrl-out")
+            self._thread.start()
+        self.cv.notify_all()
+
+    def _hand_over(self) -> None:
+        while True:
+            with self.lock:
+                self.cv.wait_for(lambda: self.out)
+                target, batch = self.out.popleft()
+                while self.out and self.out[0][0] is target:    # one request for all that waits
+                    batch = batch + self.out.popleft()[1]
+                if target is None:
+                    return
+                self.busy = True
+            try:
+                target.inject(batch)
+                held = (time.monotonic_ns() - min(p.ts_ns for p in batch)) / 1e3   # kernel stamps: CLOCK_MONOTONIC
+                with self.lock:
+                    self.injected += len(batch)
+                    self.max_hold_us = max(self.max_hold_us, held)
+            except Exception as e:
+                with self.lock:
+                    self.error = self.error or e
+            finally:
+                with self.lock:
+                    self.busy = False
+                    self.cv.notify_all()
+
+    def flush(self, timeout: float) -> None:
+        """Wait until everything let go has been handed over."""
+        with self.lock:
+            if not self.cv.wait_for(lambda: not self.out and not self.busy, timeout):
+                raise TimeoutError(f"the controller's packets were not all handed over within {timeout:g} s")
+            if self.error is not None:
+                raise NfxError(f"handing the controller's packets over failed: {self.error}")
+
+    def take_back(self) -> list:
+        """Everything not yet handed over (a move called off), in order; nothing goes on after."""
+        with self.lock:
+            self.forward_to = None
+            out = [p for _, b in self.out for p in b] + list(self.held)
+            self.out.clear()
+            self.held.clear()
+            return out
+
+    def stop(self) -> None:
+        with self.lock:
+            self.out.append((None, []))
+            self.cv.notify_all()
 
     def cut_complete(self) -> bool:
         return all(self.cut)
 
 
+class Ctx:
+    """What the move has done so far, for the metrics and for a rollback."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self.steered = False
+        self.flows = 0
+        self.outside: list = []
+        self.ibc: list = []
+        self.t_state = self.state_at = 0.0
+        self.error: BaseException | None = None
+
+    def phase(self, name: str) -> None:
+        self.phases[name] = round((time.perf_counter() - self.t0) * 1e3, 2)
+
+
 def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opts: set[str] = frozenset(),
          mechanism: str = "dist", timeout: float = 30.0, progress=lambda m: None) -> dict:
-    """Run one move; returns its metrics. src/dst are endpoints (nfx.migrate.endpoint), steer a
-    nfx.control.steer.Steering. On failure the move is rolled back: src keeps the flows."""
+    """Run one move; returns its metrics. src/dst are nfx.migrate.remote endpoints, steer a
+    controller.DelayedSteering. On failure the move is rolled back: src keeps the flows.
+
+    MoveTime ends when both are true: the state is in at dst (as the controller learns it) and
+    the switches' last forwarding update has taken effect."""
     if guarantee not in GUARANTEES:
         raise BadInput(f"guarantee must be one of {', '.join(GUARANTEES)}")
     if mechanism not in MECHANISMS:
@@ -121,62 +202,18 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     epoch = next(_epochs)
     m = {"mechanism": mechanism, "guarantee": guarantee, "opts": sorted(opts), "src": src.name, "dst": dst.name,
          "filter": flt.text, "scopes": list(scopes), "epoch": epoch}
-    t0 = time.perf_counter()
-    passed0 = src.passed_on()
+    passed0 = src.passed_on()         # for the metrics: read before the move's clock starts
+    x = Ctx()
+    m["phases_ms"] = x.phases
     ctrl = ControllerBuffer(op) if mechanism == "opennf" and lf else None
-    phases = m["phases_ms"] = {}
-
-    def phase(name):
-        phases[name] = round((time.perf_counter() - t0) * 1e3, 2)
-    flows, outside = src.keys(flt)
-    m["flows"] = len(flows)
-    # the gate's wildcard filter holds every flow it matches (and makes its mark on the first
-    # packet); explicit marks are only needed for what it cannot see: a NAT's public tuples
-    # when the filter does not match everything
-    explicit = [] if flt.everything else outside
-    phase("keys")
-    steered = False
     try:
-        if lf:
-            progress("holding the flows back")
-            # dst holds what reaches it until the state is in (for opennf lf nothing reaches it
-            # before the switch update, and the controller's packets are injected as they are)
-            er = "er" in opts
-            if mechanism == "dist" or op:
-                dst.begin("dst", epoch, op, explicit, flt, er=er and mechanism == "dist")
-            else:
-                dst.begin("dst", epoch, False, [], None)
-            role = "src-redirect" if mechanism == "dist" else "src-ctrl"
-            # late locking: the source holds flows back chunk by chunk (marks), no filter yet
-            src.begin(role, epoch, op, [] if "ll" in opts else explicit, None if "ll" in opts else flt,
-                      peer=dst.name, on_ctrl=ctrl.take if ctrl else None)
-            phase("held")
-        t_state = time.perf_counter()
-        if mechanism == "dist" and not ("ll" in opts and lf):
-            r = src.push(dst, scopes, flt, pipelined="pz" in opts,
-                         on_chunk=(lambda c: _early(dst, None, c)) if "er" in opts and lf else None)
-            chunks, nbytes = r["chunks"], r["bytes"]
+        if mechanism == "dist":
+            r = _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x, progress)
         else:
-            chunks, nbytes = _transfer(src, dst, flt, scopes, mechanism, opts, lf, ctrl, flows)
-        m.update(state_chunks=chunks, state_bytes=nbytes, transfer_s=time.perf_counter() - t_state)
-        phase("state")
-        if lf and not op:
-            if mechanism == "dist":
-                dst.drain()
-            else:
-                ctrl.release(dst)
-        phase("released" if lf and not op else "pre-steer")
-        progress("steering the switches")
-        if op:
-            steer.point(flt, [src.name, dst.name], outside)            # phase 1: both
-            for side, key in _ibc_keys(flows, outside, flt):
-                steer.ibc(side, key, epoch)
-            steer.point(flt, [dst.name], outside)                       # phase 2: dst only
-        else:
-            steer.point(flt, [dst.name], outside)
-        steered = True
-        m["move_time_s"] = time.perf_counter() - t0
-        phase("steered")
+            r = _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x, progress)
+        m.update(r)
+        m["flows"] = x.flows
+        m["move_time_s"] = max(x.state_at, steer.applied_at) - x.t0
         if op:
             progress("waiting for the source's cut")
             if mechanism == "dist":
@@ -185,8 +222,9 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
             else:
                 wait_for(ctrl.cut_complete, timeout, "the source's IBC at the controller")
                 ctrl.release(dst)
+                ctrl.flush(timeout)
                 dst.drain()
-        phase("cut" if op else "drained")
+        x.phase("cut" if op else "drained")
         # src drains: whatever was still on its way there has been passed on
         last = [src.passed_on(), time.perf_counter()]
 
@@ -197,19 +235,24 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
                 last[:] = [n, now]
             return now - last[1] >= QUIET_S
         wait_for(quiet, timeout, "the source to stop passing packets on")
-        m["redirect_time_s"] = last[1] - t_state
+        m["redirect_time_s"] = last[1] - x.t_state
         if lf:
             wait_for(dst.settled, timeout, "the destination to release everything it held")
         m["packets_redirected"] = src.passed_on() - passed0
-        phase("settled")
+        src_st = src.end(timeout) if lf else {}
+        if ctrl:
+            ctrl.flush(timeout)               # what src's stream still brought goes to dst first
+        dst_st = dst.end() if lf else {}
+        x.phase("settled")
     except BaseException as e:
         progress(f"rolling back: {e}")
-        _rollback(src, dst, steer, flt, steered, lf, ctrl)
+        _rollback(src, dst, steer, flt, x.steered, lf, ctrl)
         raise NfxError(f"move {src.name} -> {dst.name} aborted and rolled back: {e}") from e
-    src_st = src.end() if lf else {}
-    dst_st = dst.end() if lf else {}
+    finally:
+        if ctrl:
+            ctrl.stop()
     src.delete(scopes, flt)
-    m["total_s"] = time.perf_counter() - t0
+    m["total_s"] = time.perf_counter() - x.t0
     m["controller_buffer_peak"] = ctrl.peak if ctrl else 0
     m["controller_packets"] = ctrl.total if ctrl else 0
     if ctrl:
@@ -220,56 +263,153 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     m["max_added_delay_us"] = max(dst_st.get("max_hold_us", 0), ctrl.max_hold_us if ctrl else 0)
     ser = src.timing.get("export_s", 0.0) + dst.timing.get("import_s", 0.0)
     m["serialization_share"] = ser / m["move_time_s"] if m["move_time_s"] else 0.0
+    m["src_stats"] = src_st
     return m
 
 
-def _transfer(src, dst, flt, scopes, mechanism, opts, lf, ctrl, flows) -> tuple[int, int]:
-    """Move the state. pz: each chunk is imported as soon as it is out (else all out, then all
-    in). ll: flows are held back group by group, each just before its state is read. er: a
-    chunk's flows are let go at dst as soon as that chunk is in."""
-    pz, ll, er = "pz" in opts, "ll" in opts, "er" in opts
-    n = nbytes = 0
-    pending = []
+def _steer(steer, flt, src, dst, op: bool, x: Ctx, epoch: int, phase: int = 0) -> None:
+    """Point the filter's flows at dst: for op by DiST's two-phase update (phase 1: both; phase
+    2: the IBC into each side's FIFO, then dst only, the packet-outs and the update back to
+    back, in order on the switch's control link). phase 0: all of it."""
+    x.steered = True
+    if op and phase in (0, 1):
+        steer.point(flt, [src.name, dst.name], x.outside)
+    if op and phase in (0, 2):
+        for side, key in x.ibc:
+            steer.ibc(side, key, epoch)
+    if not op or phase in (0, 2):
+        steer.point(flt, [dst.name], x.outside)
 
-    def send(cs):
-        nonlocal n, nbytes
-        for c in cs:
-            n += 1
-            nbytes += c.nbytes
-            if pz:
-                _put(dst, [c])
-                if er and lf:
-                    _early(dst, ctrl, c)
-            else:
-                pending.append(c)
 
-    if ll and lf:
-        per_flow = [s for s in scopes if s == "per-flow"]
-        rest = [s for s in scopes if s != "per-flow"]
-        group = max(1024, len(flows) // 8)
-        for i in range(0, len(flows), group):
-            g = flows[i:i + group]
-            src.mark(g, peer=dst.name)
-            time.sleep(0.001)    # an XDP run in flight when the mark changed is long done
-            if per_flow:
-                send(src.export(per_flow, flt, keys=g))
-        src.hold_new(flt, peer=dst.name)      # flows born during the move
-        if rest:
-            send(src.export(rest, flt))
-    else:
-        send(src.export(scopes, flt))
-    if pending:
-        _put(dst, pending)
-        if er and lf:
-            for c in pending:
+def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx, progress) -> dict:
+    """DiST: one request to the source's agent, which holds the flows, pushes the state to dst's
+    agent over the data plane and releases it there. Once the flows are held, dst buffers
+    whatever reaches it, so the switches are pointed at dst while the state is still moving
+    (the order DiST's authors suggest). Without a guarantee they wait for the state; for op
+    only the duplication overlaps: the cut waits until the source passes every flow on (with
+    late locking that is once its state is out)."""
+    lf, op = guarantee in ("lf", "op"), guarantee == "op"
+    progress("the source moves the state to the destination")
+    x.t_state = time.perf_counter()
+    run = src.move_dist(dst, epoch, guarantee, opts, flt, scopes, timeout)
+    try:
+        h = run.held()
+        x.flows, x.ibc = h["flows"], h["ibc"]
+        x.outside = None if flt.everything else h["outside"]
+        x.phase("held")
+        if lf:
+            # the switches are pointed at dst while the source's agent moves the state
+            progress("steering the switches")
+            t = threading.Thread(target=_in_thread, args=(_steer, (steer, flt, src, dst, op, x, epoch, 1), x))
+            t.start()
+        d = run.done()
+        x.state_at = time.perf_counter()
+        x.phase("state")
+        if lf:
+            t.join()
+            if x.error is not None:
+                raise x.error
+            x.phase("steered" if not op else "duplicated")
+    finally:
+        run.close()
+    if not lf or op:
+        progress("steering the switches")
+        _steer(steer, flt, src, dst, op, x, epoch, phase=2 if op else 0)
+        x.phase("steered")
+    return {"state_chunks": d.get("chunks", 0), "state_bytes": d.get("bytes", 0),
+            "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0)}
+
+
+def _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x: Ctx, progress) -> dict:
+    """OpenNF: the controller begins the move at both instances, takes the state from src and
+    puts it to dst, holds what src sends up meanwhile, hands it to dst, then steers."""
+    lf, op, ll = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts
+    explicit: list = []
+    if not flt.everything:
+        # a partial filter cannot see a NAT's public tuples: they are marked explicitly
+        _, explicit = src.keys(flt)
+        x.phase("keys")
+    if lf:
+        progress("holding the flows back")
+        _both(lambda: dst.begin("dst", epoch, op, explicit if op else [], flt if op else None),
+              lambda: src.begin("src-ctrl", epoch, op, [] if ll else explicit, None if ll else flt,
+                                on_ctrl=ctrl.take))
+        x.phase("held")
+    x.t_state = time.perf_counter()
+    chunks, nbytes = _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x)
+    x.state_at = time.perf_counter()
+    x.phase("state")
+    if lf and not op:
+        ctrl.release(dst)
+    progress("steering the switches")
+    _steer(steer, flt, src, dst, op, x, epoch)
+    x.phase("steered")
+    return {"state_chunks": chunks, "state_bytes": nbytes, "transfer_s": x.state_at - x.t_state}
+
+
+def _in_thread(fn, args, x: Ctx) -> None:
+    try:
+        fn(*args)
+    except BaseException as e:
+        x.error = e
+
+
+def _both(a, b) -> None:
+    """Two requests to two agents at once (each waits for its own round trip)."""
+    err = []
+
+    def run(f):
+        try:
+            f()
+        except BaseException as e:
+            err.append(e)
+    t = threading.Thread(target=run, args=(a,))
+    t.start()
+    run(b)
+    t.join()
+    if err:
+        raise err[0]
+
+
+def _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x: Ctx) -> tuple[int, int]:
+    """The state through the controller. pz: each chunk is put as it comes from src (puts
+    pipelined), else all out, then all in. ll: src holds flows back group by group as it reads
+    their state. er: a chunk's flows are let go (to dst) as soon as dst has applied it. The
+    chunks also tell the controller the flows' keys (the IBC's, a NAT's public tuples)."""
+    pz, er = "pz" in opts, "er" in opts and lf
+    ll = "ll" in opts and lf
+    got = {"n": 0, "bytes": 0}
+    flows: list = []
+    outside: list = []
+
+    def seen(c):
+        got["n"] += 1
+        got["bytes"] += c.nbytes
+        if c.scope == "per-flow":
+            ks = list((L.FlowKey * c.count).from_buffer_copy(c.keys))
+            flows.extend(ks)
+            if c.table == "nat_rev":
+                outside.extend(ks)
+        return c
+
+    def applied(r, cs):
+        if r["failed"]:
+            raise NfxError(f"{dst.name} did not apply {len(r['failed'])} state chunk(s): {r['failed'][0]['error']}")
+        if er:
+            for c in cs:
                 _early(dst, ctrl, c)
-    return n, nbytes
-
-
-def _put(dst, chunks) -> None:
-    r = dst.put(chunks)
-    if r["failed"]:
-        raise NfxError(f"{dst.name} did not apply {len(r['failed'])} state chunk(s): {r['failed'][0]['error']}")
+    stream = (seen(c) for c in src.export(scopes, flt, ll=ll, peer=dst.name))
+    if pz:
+        dst.put_each(stream, applied)
+    else:
+        cs = list(stream)
+        if cs:
+            applied(dst.put(cs), cs)
+    x.flows = len(flows)
+    x.outside = None if flt.everything else outside
+    if op:
+        x.ibc = list(_ibc_keys(flows, outside, flt))
+    return got["n"], got["bytes"]
 
 
 def _early(dst, ctrl, c) -> None:
@@ -303,10 +443,7 @@ def _rollback(src, dst, steer, flt, steered: bool, lf: bool, ctrl=None) -> None:
         if steered:
             steer.point(flt, [src.name], None)
         if ctrl is not None:
-            with ctrl.lock:
-                held = list(ctrl.held)
-                ctrl.held.clear()
-                ctrl.forward_to = None
+            held = ctrl.take_back()
             if held:
                 src.inject(held)
     except Exception:
@@ -327,4 +464,7 @@ def _rollback(src, dst, steer, flt, steered: bool, lf: bool, ctrl=None) -> None:
         try:
             dst.delete(SCOPES, flt)
         except Exception:
-            pass
+            try:
+                dst.force_delete(SCOPES, flt)
+            except Exception:
+                pass

@@ -1,30 +1,40 @@
-"""A move endpoint served by the instance's agent over the management network: the same
-operations as endpoint.Local, as agent requests (nfx/agent/moves.py, nfx/agent/PROTOCOL.md).
+"""A move endpoint: one NF instance, through its agent over the management network (the
+requests are in nfx/agent/moves.py and nfx/agent/PROTOCOL.md).
 Each endpoint keeps two connections: one for requests, one for the TO_CTRL packet stream."""
+import base64
 import threading
 
 from ..agent.client import AgentClient
 from ..agent.moves import enc
+from ..agent.protocol import raise_error
+from ..errors import NfxError, Timeout
+from ..state import wire
 from ..state.filter import Filter
 from . import dataplane as dp
 
 
 class Remote:
-    def __init__(self, testbed_rec: dict, instance: str, delay_ms: float = 0.0, timeout: float = 60.0):
+    def __init__(self, testbed_rec: dict, instance: str, delay_ms: float = 0.0, rate_mbit: float = 0.0,
+                 timeout: float = 60.0):
         info = testbed_rec["nodes"][instance]
         self.name = instance
         self.testbed = testbed_rec["name"]
         self.index = info.get("index", 0)
         self.peer_slots = info.get("peer_slots", {})
-        self.delay_ms = delay_ms
-        self.c = AgentClient(self.testbed, instance, delay_ms=delay_ms, timeout=timeout)
+        self.delay_ms, self.rate_mbit = delay_ms, rate_mbit
+        self.c = AgentClient(self.testbed, instance, delay_ms=delay_ms, rate_mbit=rate_mbit, timeout=timeout)
         self.timing = {"export_s": 0.0, "import_s": 0.0}
         self.session = None
         self._ctrl_thread = None
+        self.ctrl_error: Exception | None = None
+        self._inject_c: AgentClient | None = None
+        self._inject_lock = threading.Lock()
         self.lock = threading.Lock()          # one request at a time on the request connection
 
     def close(self):
         self.c.close()
+        if self._inject_c is not None:
+            self._inject_c.close()
 
     def _req(self, name, **args) -> dict:
         with self.lock:
@@ -41,24 +51,29 @@ class Remote:
                     outside += ks
         return flows, outside
 
-    def export(self, scopes, flt: Filter, chunk_entries=None, keys: list | None = None) -> list:
-        head = {}
+    def export(self, scopes, flt: Filter, keys: list | None = None, ll: bool = False, peer: str | None = None):
+        """The state, chunk by chunk as it arrives: everything `flt` selects, or of `keys`, or
+        with late locking (`ll`: the source marks flows group by group as it reads them)."""
         with self.lock:
-            if keys is None:
-                out = list(self.c.iter_get(scopes=list(scopes), filter=flt.text, head=head))
-            else:
-                self.c._begin("move_get", {"keys": enc(dp.keys_blob(keys)), "scopes": list(scopes),
-                                           "filter": flt.text})
-                head = self.c._reply("move_get")
-                out = []
-                while True:
-                    kind, obj = self.c._frame()
-                    if kind == 2:
-                        out.append(obj)
-                    else:
-                        break
-        self.timing["export_s"] += head.get("export_s") or 0.0
-        return out
+            args = {"scopes": list(scopes), "filter": flt.text}
+            if ll:
+                args.update(ll=True, peer=self.peer_slots.get(peer, 0) if peer else 0)
+            elif keys is not None:
+                args["keys"] = enc(dp.keys_blob(keys))
+            self.c._begin("move_get", args)
+            self.c._reply("move_get")
+            while True:
+                kind, obj = self.c._frame()
+                if kind == wire.CHUNK:
+                    yield obj
+                elif kind == wire.END:
+                    self.timing["export_s"] += obj.get("export_s") or 0.0
+                    return
+                elif kind == wire.ERROR:
+                    raise_error(obj, f"{self.name}: ")
+                else:
+                    self.c.close()
+                    raise NfxError(f"unexpected frame kind {kind} in {self.name}'s state stream")
 
     def put(self, chunks) -> dict:
         with self.lock:
@@ -66,15 +81,31 @@ class Remote:
         self.timing["import_s"] += r.get("apply_s") or 0.0
         return r
 
+    def put_each(self, chunks, on_done) -> int:
+        """Pipelined puts, one per chunk; on_done(reply, [chunk]) as each is applied."""
+        def done(r, cs):
+            self.timing["import_s"] += r.get("apply_s") or 0.0
+            on_done(r, cs)
+        with self.lock:
+            return self.c.put_each(chunks, done)
+
     def delete(self, scopes, flt: Filter) -> dict:
         return self._req("del", scopes=list(scopes), filter=flt.text)
 
-    def push(self, other: "Remote", scopes, flt: Filter, pipelined: bool = True, on_chunk=None) -> dict:
-        """DiST: this agent sends the state straight to the other agent."""
-        r = self._req("push", to=other.name, scopes=list(scopes), filter=flt.text, timeout=120)
-        self.timing["export_s"] += r.get("export_s") or 0.0
-        other.timing["import_s"] += r.get("apply_s") or r.get("peer_apply_s") or 0.0
-        return {"chunks": r.get("chunks", 0), "bytes": r.get("bytes", 0)}
+    def move_dist(self, dst: "Remote", epoch: int, guarantee: str, opts, flt: Filter, scopes,
+                  timeout: float) -> "DistRun":
+        """DiST's move, run by this (source) agent: see nfx/agent/moves.py op_move_dist."""
+        self.lock.acquire()
+        try:
+            self.c._begin("move_dist", {"dst": dst.name, "epoch": epoch, "guarantee": guarantee,
+                                        "opts": sorted(opts), "filter": flt.text, "scopes": list(scopes),
+                                        "timeout": timeout})
+        except BaseException:
+            self.lock.release()
+            raise
+        if guarantee != "ng":
+            self.session = dst.session = True
+        return DistRun(self, dst)
 
     # ---- the move session ----
     def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
@@ -88,16 +119,18 @@ class Remote:
             self._ctrl_thread.start()
 
     def _ctrl_stream(self, on_ctrl) -> None:
-        """The packets src sends up, over their own connection (and the control channel's delay)."""
-        c = AgentClient(self.testbed, self.name, delay_ms=self.delay_ms, timeout=3600)
+        """The packets src sends up, over their own connection (through the control link)."""
+        c = AgentClient(self.testbed, self.name, delay_ms=self.delay_ms, rate_mbit=self.rate_mbit, timeout=3600)
         try:
             c._begin("move_ctrl", {})
             c._reply("move_ctrl")
             while True:
-                kind, obj = c._frame(first=True)      # each batch crosses the control channel
-                if kind != 1:
+                kind, obj = c._frame()
+                if kind != wire.JSON:
                     break
-                on_ctrl(dp.unpack(__import__("base64").b64decode(obj["packets"])))
+                on_ctrl(dp.unpack(base64.b64decode(obj["packets"])))
+        except Exception as e:
+            self.ctrl_error = e
         finally:
             c.close()
 
@@ -113,16 +146,22 @@ class Remote:
     INJECT_BYTES = 512 << 10      # well under the agent's 1 MiB request limit once base64'd
 
     def inject(self, pkts: list) -> int:
-        n, batch, size = 0, [], 0
-        for p in pkts:
-            if batch and size + len(p.data) + dp.HDR > self.INJECT_BYTES:
-                n += self._req("move_inject", packets=enc(dp.pack(batch)))["injected"]
-                batch, size = [], 0
-            batch.append(p)
-            size += len(p.data) + dp.HDR
-        if batch:
-            n += self._req("move_inject", packets=enc(dp.pack(batch)))["injected"]
-        return n
+        """Packets for this instance to process (the controller's packet-outs), on a connection of
+        their own so they do not wait behind state requests."""
+        with self._inject_lock:
+            if self._inject_c is None:
+                self._inject_c = AgentClient(self.testbed, self.name, delay_ms=self.delay_ms,
+                                             rate_mbit=self.rate_mbit, timeout=self.c.timeout)
+            n, batch, size = 0, [], 0
+            for p in pkts:
+                if batch and size + len(p.data) + dp.HDR > self.INJECT_BYTES:
+                    n += self._inject_c.request("move_inject", packets=enc(dp.pack(batch)))["injected"]
+                    batch, size = [], 0
+                batch.append(p)
+                size += len(p.data) + dp.HDR
+            if batch:
+                n += self._inject_c.request("move_inject", packets=enc(dp.pack(batch)))["injected"]
+            return n
 
     def cut_complete(self) -> bool:
         return self._req("move_status")["cut_complete"]
@@ -134,12 +173,18 @@ class Remote:
         s = self._req("stats")["stats"]
         return s.get("r_redirected", 0) + s.get("r_to_ctrl", 0)
 
-    def end(self) -> dict:
+    def end(self, timeout: float = 30.0) -> dict:
+        """End the move here; a TO_CTRL source's stream has then handed over all it had."""
         st = self._req("move_end")["stats"]
         self.session = None
         if self._ctrl_thread:
-            self._ctrl_thread.join(timeout=5)
+            self._ctrl_thread.join(timeout=timeout)
+            alive = self._ctrl_thread.is_alive()
             self._ctrl_thread = None
+            if alive:
+                raise Timeout(f"{self.name}'s packets toward the controller did not all arrive within {timeout:g} s")
+            if self.ctrl_error is not None:
+                raise NfxError(f"{self.name}'s packet stream toward the controller broke: {self.ctrl_error}")
         return st
 
     def force_end(self) -> None:
@@ -154,5 +199,52 @@ class Remote:
         dp.reset_move(nf)
         self.session = None
 
+    def force_delete(self, scopes, flt: Filter) -> None:
+        """The agent is gone: delete the state straight through the instance's pins."""
+        from ..state import ops
+        from ..testbed import builder
+        ops.delete(builder.instance(self.testbed, self.name), scopes, flt)
+
     def stats(self) -> dict:
         return self._req("stats")["stats"]
+
+
+class DistRun:
+    """A move_dist in flight on the source's request connection (held until done() or close())."""
+
+    def __init__(self, src: Remote, dst: Remote):
+        self.src, self.dst = src, dst
+        self.open = True
+
+    def _next(self, want: int) -> dict:
+        try:
+            kind, obj = self.src.c._frame()
+            if kind == wire.ERROR:
+                raise_error(obj, f"{self.src.name}: ")
+            if kind != want:
+                self.src.c.close()
+                raise NfxError(f"unexpected frame kind {kind} from {self.src.name} during a move")
+            return obj
+        except BaseException:
+            self.close()
+            raise
+
+    def held(self) -> dict:
+        """The flows are held: their count, the IBC keys (op) and outside keys (a partial filter)."""
+        r = self._next(wire.JSON)
+        r["ibc"] = [(side, dp.keys_from_blob(base64.b64decode(k))[0]) for side, k in r.get("ibc") or []]
+        r["outside"] = dp.keys_from_blob(base64.b64decode(r["outside"])) if r.get("outside") else []
+        return r
+
+    def done(self) -> dict:
+        """The state is in at dst: the transfer's figures."""
+        r = self._next(wire.END)
+        self.src.timing["export_s"] += r.get("export_s") or 0.0
+        self.dst.timing["import_s"] += r.get("import_s") or 0.0
+        self.close()
+        return r
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.src.lock.release()

@@ -12,6 +12,8 @@ import time
 from collections import deque
 
 from .. import layout as L
+from ..state import ops
+from ..state.filter import parse
 from . import dataplane as dp
 
 FILTER_SLOT = 0
@@ -64,6 +66,31 @@ class MoveSession:
         """Late locking: mark more flows as their state goes out."""
         action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
         dp.set_marks(self.nf, keys, action, epoch=self.epoch, peer=peer_slot)
+
+    def export_locked(self, flows: list, flt: str, scopes, peer_slot: int = 0, stats: dict | None = None):
+        """Late locking: the state of `flows` in groups, each group marked (held back or passed
+        on) just before its state is read; then flows born meanwhile are caught by the filter and
+        their state follows; then the other scopes. Yields chunks as they are read."""
+        f = parse(flt)
+        per_flow = "per-flow" in scopes
+        rest = [s for s in scopes if s != "per-flow"]
+        group = max(1024, len(flows) // 8)
+        for i in range(0, len(flows), group):
+            g = flows[i:i + group]
+            self.mark(g, peer_slot)
+            time.sleep(0.001)    # an XDP run in flight when the mark changed is long done
+            if per_flow:
+                yield from ops.export(self.nf, ("per-flow",), f, stats=stats, keyset={bytes(k) for k in g})
+        self.hold_new(flt, peer_slot)
+        time.sleep(0.001)
+        if per_flow:
+            known = {bytes(k) for k in flows}
+            born = {bytes(k) for c in ops.export(self.nf, ("per-flow",), f)
+                    for k in (L.FlowKey * c.count).from_buffer_copy(c.keys)} - known
+            if born:
+                yield from ops.export(self.nf, ("per-flow",), f, stats=stats, keyset=born)
+        if rest:
+            yield from ops.export(self.nf, rest, f, stats=stats)
 
     def start(self) -> None:
         if not self._thread:

@@ -1,7 +1,6 @@
 """NAT: configuration, the mapping table as people read it, and the idle-entry sweeper.
 The datapath (bpf/nat.bpf.c) also evicts an idle mapping when its flow or port is reused; the
 sweeper reclaims the ones nobody touches again."""
-import ctypes as ct
 import ipaddress
 import time
 from dataclasses import dataclass, field

@@ -264,7 +264,6 @@ def down(name: str) -> dict:
     removed["controller"] = controller.stop(name, rec)
     from ..agent import lifecycle
     removed["agents"] = lifecycle.stop_all(name, rec)
-    nodes = rec.get("nodes", {})
     for nf in created.get("nf", []):
         pin.unpin(state.pin_root(name) / nf)
         removed["pins"] += 1
