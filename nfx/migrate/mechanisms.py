@@ -398,13 +398,17 @@ def _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x: Ctx) -> tuple[int, i
         if er:
             for c in cs:
                 _early(dst, ctrl, c)
-    stream = (seen(c) for c in src.export(scopes, flt, ll=ll, peer=dst.name))
-    if pz:
-        dst.put_each(stream, applied)
-    else:
-        cs = list(stream)
-        if cs:
-            applied(dst.put(cs), cs)
+    exported = src.export(scopes, flt, ll=ll, peer=dst.name)
+    try:
+        stream = (seen(c) for c in exported)
+        if pz:
+            dst.put_each(stream, applied)
+        else:
+            cs = list(stream)
+            if cs:
+                applied(dst.put(cs), cs)
+    finally:
+        exported.close()          # lets go of src's connection even if dst failed half way
     x.flows = len(flows)
     x.outside = None if flt.everything else outside
     if op:

@@ -62,18 +62,25 @@ class Remote:
                 args["keys"] = enc(dp.keys_blob(keys))
             self.c._begin("move_get", args)
             self.c._reply("move_get")
-            while True:
-                kind, obj = self.c._frame()
-                if kind == wire.CHUNK:
-                    yield obj
-                elif kind == wire.END:
-                    self.timing["export_s"] += obj.get("export_s") or 0.0
-                    return
-                elif kind == wire.ERROR:
-                    raise_error(obj, f"{self.name}: ")
-                else:
-                    self.c.close()
-                    raise NfxError(f"unexpected frame kind {kind} in {self.name}'s state stream")
+            try:
+                yield from self._chunks()
+            except GeneratorExit:
+                self.c.close()            # left mid-stream: the connection is out of step
+                raise
+
+    def _chunks(self):
+        while True:
+            kind, obj = self.c._frame()
+            if kind == wire.CHUNK:
+                yield obj
+            elif kind == wire.END:
+                self.timing["export_s"] += obj.get("export_s") or 0.0
+                return
+            elif kind == wire.ERROR:
+                raise_error(obj, f"{self.name}: ")
+            else:
+                self.c.close()
+                raise NfxError(f"unexpected frame kind {kind} in {self.name}'s state stream")
 
     def put(self, chunks) -> dict:
         with self.lock:

@@ -16,7 +16,7 @@ from nfx.control import lifecycle as controller
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
-from tests.netns.tbutil import running_testbed, sh
+from tests.netns.tbutil import running_testbed
 
 FLOWS, RATE, DURATION, AT = 1000, 50000, 2.0, 0.8
 
@@ -34,7 +34,8 @@ def per_flow(name, inst) -> dict[int, int]:
     return {m["sport"]: m["pkts_out"] for m in builder.instance(name, inst).mappings() if m["dport"] == 9000}
 
 
-def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOWS, rate=RATE, duration=DURATION):
+def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOWS, rate=RATE, duration=DURATION,
+                       **extra):
     out = {}
     with rig(name, flows) as (gen, sink):
         t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0)))
@@ -42,7 +43,7 @@ def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOW
         time.sleep(AT)
         try:
             m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "guarantee": guarantee,
-                                                        "mechanism": mechanism, "opts": opts})
+                                                        "mechanism": mechanism, "opts": opts, **extra})
         finally:
             t.join()
     return m, out["r"]
@@ -73,6 +74,27 @@ def test_move_there_and_back(tb, mechanism, guarantee, opts):
         for k in ("move_time_s", "redirect_time_s", "state_chunks", "state_bytes", "packets_redirected",
                   "controller_buffer_peak", "instance_buffer_peak", "max_added_delay_us", "serialization_share"):
             assert k in m
+
+
+SLOW = [("opennf", "lf", "pz,ll,er"), ("opennf", "op", "pz,ll,er"), ("dist", "op", "pz,ll,er")]
+
+
+@pytest.mark.parametrize("mechanism,guarantee,opts", SLOW, ids=[f"{m}-{g}-{o}" for m, g, o in SLOW])
+def test_move_over_a_slow_control_link(tb, mechanism, guarantee, opts):
+    """10 ms each way on every control message: the packets OpenNF's controller holds still all
+    reach dst, once and (op) in order, though each packet-out takes a round trip."""
+    name = tb["name"]
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
+        m, r = move_under_traffic(name, src, dst, guarantee, mechanism, opts, ctrl_delay_ms=10)
+        assert (r["lost"], r["duplicated"]) == (0, 0), (m, r)
+        if guarantee == "op":
+            assert r["reordered"] == 0, (m, r)
+        assert m["ctrl_delay_ms"] == 10 and m["move_time_s"] >= 0.02     # at least one round trip
+        if mechanism == "opennf":
+            c = m["controller"]
+            # everything src sent up reached the controller, and everything it kept went on to dst
+            assert m["src_stats"]["to_ctrl"] == c["held"] + c["dropped_after_cut"], (m["src_stats"], c)
+            assert c["left"] == 0 and c["injected"] == c["held"], c
 
 
 def test_move_log_is_json_lines(tb):
