@@ -1,6 +1,6 @@
 """A move endpoint: one NF instance, through its agent over the management network (the
 requests are in nfx/agent/moves.py and nfx/agent/PROTOCOL.md).
-Each endpoint keeps two connections: one for requests, one for the TO_CTRL packet stream."""
+Each endpoint keeps up to three connections: requests, the TO_CTRL packet stream, packet-outs."""
 import base64
 import threading
 
