@@ -221,18 +221,12 @@ static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, s
                   (ev & IDS_EV_FLAGS ? NFX_ST_BIT(NFX_STF_FLOW_TCP_FLAGS) : 0) |
                   (ev & IDS_EV_SIG ? NFX_ST_BIT(NFX_STF_FLOW_SIG_HITS) : 0);
         nfx_st_flow(s, &p->key);
-        if (m & NFX_ST_BIT(NFX_STF_FLOW_PKTS))
-            nfx_st_word(s, f->pkts);
-        if (m & NFX_ST_BIT(NFX_STF_FLOW_BYTES))
-            nfx_st_word(s, f->bytes);
-        if (m & NFX_ST_BIT(NFX_STF_FLOW_FIRST_NS))
-            nfx_st_word(s, f->first_ns);
-        if (m & NFX_ST_BIT(NFX_STF_FLOW_LAST_NS))
-            nfx_st_word(s, f->last_ns);
-        if (m & NFX_ST_BIT(NFX_STF_FLOW_SIG_HITS))
-            nfx_st_word(s, f->sig_hits);
-        if (m & NFX_ST_BIT(NFX_STF_FLOW_TCP_FLAGS))
-            nfx_st_word(s, f->tcp_flags);
+        nfx_st_field(s, m, NFX_STF_FLOW_PKTS, f->pkts);
+        nfx_st_field(s, m, NFX_STF_FLOW_BYTES, f->bytes);
+        nfx_st_field(s, m, NFX_STF_FLOW_FIRST_NS, f->first_ns);
+        nfx_st_field(s, m, NFX_STF_FLOW_LAST_NS, f->last_ns);
+        nfx_st_field(s, m, NFX_STF_FLOW_SIG_HITS, f->sig_hits);
+        nfx_st_field(s, m, NFX_STF_FLOW_TCP_FLAGS, f->tcp_flags);
         nfx_st_close(s, k, NFX_ST_IDS_FLOWS, NFX_ST_SET, 2, m, f->first_ns);
     }
     if (h && (k = nfx_st_open(s)) >= 0) {
@@ -242,18 +236,12 @@ static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, s
                   (ev & (IDS_EV_SCAN | IDS_EV_SIG) ? NFX_ST_BIT(NFX_STF_HOST_ALERTS) : 0) |
                   (ev & IDS_EV_SCAN ? NFX_ST_BIT(NFX_STF_HOST_SCAN_ALERTED) : 0);
         nfx_st_word(s, p->key.saddr);
-        if (m & NFX_ST_BIT(NFX_STF_HOST_PKTS))
-            nfx_st_word(s, h->pkts);
-        if (m & NFX_ST_BIT(NFX_STF_HOST_BYTES))
-            nfx_st_word(s, h->bytes);
-        if (m & NFX_ST_BIT(NFX_STF_HOST_FLOWS))
-            nfx_st_word(s, h->flows);
-        if (m & NFX_ST_BIT(NFX_STF_HOST_DPORTS))
-            nfx_st_word(s, h->dports);
-        if (m & NFX_ST_BIT(NFX_STF_HOST_ALERTS))
-            nfx_st_word(s, h->alerts);
-        if (m & NFX_ST_BIT(NFX_STF_HOST_SCAN_ALERTED))
-            nfx_st_word(s, h->scan_alerted);
+        nfx_st_field(s, m, NFX_STF_HOST_PKTS, h->pkts);
+        nfx_st_field(s, m, NFX_STF_HOST_BYTES, h->bytes);
+        nfx_st_field(s, m, NFX_STF_HOST_FLOWS, h->flows);
+        nfx_st_field(s, m, NFX_STF_HOST_DPORTS, h->dports);
+        nfx_st_field(s, m, NFX_STF_HOST_ALERTS, h->alerts);
+        nfx_st_field(s, m, NFX_STF_HOST_SCAN_ALERTED, h->scan_alerted);
         nfx_st_close(s, k, NFX_ST_IDS_HOSTS, NFX_ST_SET, 1, m, 0);
     }
     if (ev & IDS_EV_PORT_NEW)

@@ -50,16 +50,11 @@ static __always_inline void nat_st_entry(struct nfx_st *s, __u32 table, struct n
     nfx_st_flow(s, k);
     if (mask & NFX_ST_BIT(NFX_STF_NAT_PEER))
         nfx_st_flow(s, &e->peer);
-    if (mask & NFX_ST_BIT(NFX_STF_NAT_PKTS))
-        nfx_st_word(s, e->pkts);
-    if (mask & NFX_ST_BIT(NFX_STF_NAT_BYTES))
-        nfx_st_word(s, e->bytes);
-    if (mask & NFX_ST_BIT(NFX_STF_NAT_CREATED_NS))
-        nfx_st_word(s, e->created_ns);
-    if (mask & NFX_ST_BIT(NFX_STF_NAT_LAST_SEEN_NS))
-        nfx_st_word(s, e->last_seen_ns);
-    if (mask & NFX_ST_BIT(NFX_STF_NAT_TCP_FLAGS))
-        nfx_st_word(s, e->tcp_flags);
+    nfx_st_field(s, mask, NFX_STF_NAT_PKTS, e->pkts);
+    nfx_st_field(s, mask, NFX_STF_NAT_BYTES, e->bytes);
+    nfx_st_field(s, mask, NFX_STF_NAT_CREATED_NS, e->created_ns);
+    nfx_st_field(s, mask, NFX_STF_NAT_LAST_SEEN_NS, e->last_seen_ns);
+    nfx_st_field(s, mask, NFX_STF_NAT_TCP_FLAGS, e->tcp_flags);
     nfx_st_close(s, h, table, NFX_ST_SET, 2, mask, e->created_ns);
 }
 

@@ -396,6 +396,13 @@ static __always_inline void nfx_st_word(struct nfx_st *s, __u64 v)
     s->n = n + 1;
 }
 
+/* One field of a statelet, written if its bit is in the statelet's mask. */
+static __always_inline void nfx_st_field(struct nfx_st *s, __u32 mask, __u32 bit, __u64 v)
+{
+    if (mask & NFX_ST_BIT(bit))
+        nfx_st_word(s, v);
+}
+
 static __always_inline void nfx_st_flow(struct nfx_st *s, const struct nfx_flow_key *k)
 {
     __u64 w[2];

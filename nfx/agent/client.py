@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from ..errors import AgentDown, BadInput, NfxError, NotFound, Timeout
 from ..loader import netns
 from ..control import link
+from ..closing import ClosedWhenCollected
 from ..state import wire
 from .protocol import PORT, raise_error
 
 RETRY_OPS = {"ping", "info", "stats", "get", "marks"}
 
 
-class AgentClient:
+class AgentClient(ClosedWhenCollected):
     def __init__(self, testbed: str, instance: str, *, timeout: float = 30.0, delay_ms: float = 0.0,
                  rate_mbit: float = 0.0, ns: str | None = "mgmt", addr: str | None = None, port: int | None = None,
                  token: str | None = None):
@@ -90,17 +91,6 @@ class AgentClient:
             finally:
                 self._sock = self._reader = self._conn = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def _write(self, parts) -> None:
         try:
@@ -272,6 +262,29 @@ class AgentClient:
             yield wire.encode_json({"chunks": count[0], "entries": count[1]}, wire.END)
         self._begin("put", {"parallel": parallel}, frames())
         return self._reply("put")
+
+    def send_state(self, chunks: Iterable[wire.Chunk], pipelined: bool, on_done: Callable | None = None) -> dict:
+        """A move's state to this agent: each chunk applied as it arrives (pipelined puts), or all
+        at the end. on_done(reply, chunks) after each put; a chunk not applied raises. Returns
+        {chunks, bytes, import_s}."""
+        out = {"chunks": 0, "bytes": 0, "import_s": 0.0}
+
+        def done(r, cs):
+            if r["failed"]:
+                raise NfxError(f"{self.instance} did not apply {len(r['failed'])} state chunk(s): "
+                               f"{r['failed'][0]['error']}")
+            out["chunks"] += len(cs)
+            out["bytes"] += sum(c.nbytes for c in cs)
+            out["import_s"] += r.get("apply_s") or 0.0
+            if on_done:
+                on_done(r, cs)
+        if pipelined:
+            self.put_each(chunks, done)
+        else:
+            cs = list(chunks)
+            if cs:
+                done(self.put(cs), cs)
+        return out
 
     def put_each(self, chunks: Iterable[wire.Chunk], on_done: Callable) -> int:
         """One put per chunk, sent back to back without waiting for the replies (pipelined);

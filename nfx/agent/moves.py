@@ -10,14 +10,14 @@ import queue
 import threading
 import time
 
-from ..errors import BadInput, NfxError
+from ..errors import BadInput
 from ..migrate import dataplane as dp
 from ..migrate.session import MoveSession
 from ..state import ops, wire
 from ..state.filter import parse
 
-MOVE_OPS = ("move_begin", "move_hold_new", "move_mark", "move_drain", "move_inject", "move_ctrl", "move_status",
-            "move_end", "move_get", "move_dist")
+MOVE_OPS = ("move_begin", "move_drain", "move_inject", "move_ctrl", "move_status", "move_end", "move_get",
+            "move_dist")
 
 
 def _b64(req, name, default=b"") -> bytes:
@@ -83,17 +83,6 @@ class MoveOps:
         self.session = s
         return s
 
-    def op_move_hold_new(self, sock, r, req) -> dict:
-        flt = req.get("filter")
-        parse(flt)
-        self._session().hold_new(flt, int(req.get("peer", 0)))
-        return {"filter": flt}
-
-    def op_move_mark(self, sock, r, req) -> dict:
-        keys = dp.keys_from_blob(_b64(req, "keys"))
-        self._session().mark(keys, int(req.get("peer", 0)))
-        return {"marked": len(keys)}
-
     def op_move_drain(self, sock, r, req) -> dict:
         blob = _b64(req, "keys", None)
         self._session().drain(dp.keys_from_blob(blob) if blob is not None else None)
@@ -145,31 +134,19 @@ class MoveOps:
         wire.write(sock, wire.encode_json({"sent": sent}, wire.END))
         return None
 
-    def _flows(self, flt) -> tuple[list, list]:
-        """Flow keys of the selected per-flow state, and those on the outside (a NAT's public tuples)."""
-        flows, outside = [], []
-        for c in ops.export(self.nf, ("per-flow",), flt):
-            ks = dp.keys_from_blob(bytes(c.keys))
-            flows += ks
-            if c.table == "nat_rev":
-                outside += ks
-        return flows, outside
-
     def op_move_get(self, sock, r, req) -> None:
-        """The state a move takes, as chunks: of the given flows (`keys`), or with late locking
-        (`ll`: this source marks the flows group by group as it reads them, then catches new
-        ones), or everything the filter selects."""
+        """The state a move takes, as chunks: everything the filter selects, or with late
+        locking (`ll`: this source marks the flows group by group as it reads them, then catches
+        new ones)."""
         scopes = tuple(req.get("scopes") or ("per-flow",))
         flt = parse(req.get("filter"))
         t = {}
         t0 = time.perf_counter()
         if req.get("ll"):
-            s = self._session()
-            chunks = s.export_locked(self._flows(flt)[0], flt.text, scopes, int(req.get("peer", 0)), t)
+            flows = dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
+            chunks = self._session().export_locked(flows, flt.text, scopes, int(req.get("peer", 0)), t)
         else:
-            blob = _b64(req, "keys", None)
-            keyset = {bytes(k) for k in dp.keys_from_blob(blob)} if blob is not None else None
-            chunks = ops.export(self.nf, scopes, flt, stats=t, keyset=keyset)
+            chunks = ops.export(self.nf, scopes, flt, stats=t)
         wire.write(sock, wire.encode_json({"ok": True, "op": "move_get"}))
         n = 0
         for c in chunks:
@@ -200,9 +177,9 @@ class MoveOps:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         lf, op, ll = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts
         t0 = time.perf_counter()
-        flows, outside = self._flows(flt)
+        flows, outside = dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))
         explicit = [] if flt.everything else outside
-        ibc = [[side, enc(bytes(k))] for side, k in M._ibc_keys(flows, outside, flt)] if op else []
+        ibc = [[side, enc(bytes(k))] for side, k in M.ibc_keys(flows, outside, flt)] if op else []
         peer = AgentClient(self.testbed, dst, ns=None, timeout=float(req.get("timeout", 30)))
         try:
             if lf:
@@ -219,7 +196,7 @@ class MoveOps:
                 chunks = s.export_locked(flows, flt.text, scopes, slot, t)
             else:
                 chunks = ops.export(self.nf, scopes, flt, stats=t)
-            sent = _push(peer, chunks, pipelined="pz" in opts)
+            sent = peer.send_state(chunks, pipelined="pz" in opts)
             if lf and not op:
                 peer.request("move_drain")
             wire.write(sock, wire.encode_json({**sent, "export_s": t.get("export_s", 0.0), "held_s": held_s,
@@ -233,30 +210,7 @@ class MoveOps:
         s = self.session
         if s is None or not getattr(s, "er", False) or s.role != "dst":
             return
-        from .. import layout as L
-        keys = []
-        for c in chunks:
-            if c.scope == "per-flow":
-                keys += list((L.FlowKey * c.count).from_buffer_copy(c.keys))
+        keys = dp.flow_keys(chunks)[0]
         if keys:
             s.drain(keys)
 
-
-def _push(peer, chunks, pipelined: bool) -> dict:
-    """Chunks to the peer agent: each applied as it arrives (pipelined), or all at the end."""
-    out = {"chunks": 0, "bytes": 0, "import_s": 0.0}
-
-    def done(r, cs):
-        if r["failed"]:
-            raise NfxError(f"{peer.instance} did not apply {len(r['failed'])} state chunk(s): "
-                           f"{r['failed'][0]['error']}")
-        out["chunks"] += len(cs)
-        out["bytes"] += sum(c.nbytes for c in cs)
-        out["import_s"] += r.get("apply_s") or 0.0
-    if pipelined:
-        peer.put_each(chunks, done)
-    else:
-        cs = list(chunks)
-        if cs:
-            done(peer.put(cs), cs)
-    return out

@@ -214,33 +214,15 @@ def addressing(flows: int, host_ip: str, inside: str, pool_count: int, span: int
     raise BadInput(f"no {k} consecutive inside addresses leave by different public addresses")
 
 
-@contextmanager
 def traffic_rig(name: str, flows: int):
     """nfx.traffic.rig.rig, with the source addresses planned by `addressing`."""
-    from ..loader import attach
     from ..testbed import builder, state
-    from ..testbed.builder import GEN_IF, HOST_IF
-    from ..traffic.gen import Generator
-    from ..traffic.rig import DPORT, _hosts, _peer_mac
-    from ..traffic.sink import Sink
-    rec = state.load(name)
-    src, dst = _hosts(rec)
+    from ..traffic.rig import _hosts, rig
+    src, _ = _hosts(state.load(name))
     cfg = builder.instance(name, "nf0").config()
-    host_ip = src["addr"].split("/")[0]
-    first, fpa = addressing(flows, host_ip, str(ipaddress.IPv4Interface(src["addr"]).network),
+    first, fpa = addressing(flows, src["addr"].split("/")[0], str(ipaddress.IPv4Interface(src["addr"]).network),
                             cfg.pool_count, cfg.port_hi - cfg.port_lo + 1)
-    gen = sink = None
-    try:
-        sink = Sink(dst["ns"], HOST_IF, flows)
-        gen = Generator(src["ns"], GEN_IF, HOST_IF, dst_mac=_peer_mac(rec, src), dst_ip=dst["addr"].split("/")[0],
-                        src_ip=first, dport=DPORT, nflows=flows, flows_per_addr=fpa)
-        yield gen, sink
-    finally:
-        if gen:
-            gen.close()
-        if sink:
-            sink.close()
-            attach.attach_xdp_pinned(dst["ns"], HOST_IF, rec["stub"])
+    return rig(name, flows, src_ip=first, flows_per_addr=fpa)
 
 
 class Bed:

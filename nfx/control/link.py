@@ -69,8 +69,6 @@ class DelayedConn:
         self.rq: queue.Queue = queue.Queue()
         self.wq: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
-        self.pending = 0               # writes not yet on the socket
-        self.cv = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True, name="link-rx")
         self.writer = threading.Thread(target=self._write, daemon=True, name="link-tx")
         self.reader.start()
@@ -100,22 +98,11 @@ class DelayedConn:
                 wire.write(self.sock, parts)
             except BaseException as e:
                 self.error = self.error or e
-            finally:
-                with self.cv:
-                    self.pending -= 1
-                    self.cv.notify_all()
 
     def write(self, parts) -> None:
         if self.error is not None:
             raise self.error
-        with self.cv:
-            self.pending += 1
         self.wq.put((time.monotonic(), list(parts)))
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything written has left (entered the far end)."""
-        with self.cv:
-            return self.cv.wait_for(lambda: self.pending == 0, timeout)
 
     def frame(self, timeout: float | None):
         """The next frame (kind, payload) when due; None at EOF; raises queue.Empty on timeout."""

@@ -22,6 +22,7 @@ from .. import layout as L
 from ..errors import AlreadyExists, BadInput, BpfError, NotFound
 from ..loader import attach, bpfsys, netns, pin
 from ..loader.compile import compile_source, load
+from ..loader.ring import RingReader
 from ..loader.maps import Map
 
 MAPS = {
@@ -355,43 +356,30 @@ class Switch:
             self.ring_fd = -1
 
 
-class CtrlReader:
+class CtrlReader(RingReader):
     """Consumer of the controller ring, on any fd of it (BCC's table or a pin). A ring should
     have one reader: every reader sees every record."""
 
     def __init__(self, ring_fd: int, port_name=lambda i: i):
-        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
-        self._lib = lib
         self._port_name = port_name
-        self._pending: list[tuple[int, int, bytes]] = []     # filled by the callback
         self._ready: list[CtrlPacket] = []                   # taken, not yet handed out
-        self._cb = _RINGBUF_CB_TYPE(self._on_record)     # referenced for the ring's lifetime
-        self._rb = lib.bpf_new_ringbuf(ring_fd, self._cb, None)
-        if not self._rb:
-            raise BpfError(f"cannot open the controller ring (fd {ring_fd})")
+        super().__init__(ring_fd, self._decode, "controller")
 
-    def _on_record(self, _ctx, data, size):
+    def _decode(self, raw: bytes) -> CtrlPacket | None:
         hsz = ct.sizeof(L.SwCtrlHdr)
-        if size >= hsz:
-            h = L.SwCtrlHdr.from_address(data)
-            self._pending.append((h.in_port, h.rule, ct.string_at(data + hsz, min(h.len, size - hsz))))
-        return 0
-
-    def _take(self) -> list[CtrlPacket]:
-        got, self._pending = self._pending, []
-        out, self._ready = self._ready + [CtrlPacket(self._port_name(p), r, d) for p, r, d in got], []
-        return out
+        if len(raw) < hsz:
+            return None
+        h = L.SwCtrlHdr.from_buffer_copy(raw[:hsz])
+        return CtrlPacket(self._port_name(h.in_port), h.rule, raw[hsz:hsz + min(h.len, len(raw) - hsz)])
 
     def poll(self, timeout_ms: int = 100) -> list[CtrlPacket]:
         """Wait up to timeout_ms for records; return what arrived."""
-        if self._lib.bpf_poll_ringbuf(self._rb, timeout_ms) < 0:
-            raise BpfError("polling the controller ring failed")
-        return self._take()
+        out, self._ready = self._ready + super().poll(timeout_ms), []
+        return out
 
     def drain(self) -> list[CtrlPacket]:
         """Whatever is in the ring now, without waiting."""
-        self._lib.bpf_consume_ringbuf(self._rb)
-        return self._take()
+        return self.poll(0)
 
     def packets(self, count: int | None = None, timeout: float = 1.0) -> Iterator[CtrlPacket]:
         """Yield packets until `count` arrived or `timeout` seconds pass without enough."""
@@ -407,20 +395,3 @@ class CtrlReader:
             for p in got:
                 n += 1
                 yield p
-
-    def close(self) -> None:
-        if self._rb:
-            self._lib.bpf_free_ringbuf(self._rb)
-            self._rb = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -8,6 +8,7 @@ import ctypes as ct
 import os
 from collections.abc import Callable
 
+from ..closing import ClosedWhenCollected
 from ..errors import BpfError
 
 
@@ -17,7 +18,7 @@ class RingStandIn(ct.Structure):
     _fields_ = []
 
 
-class RingReader:
+class RingReader(ClosedWhenCollected):
     """RingReader(map_fd, decode=None): poll() returns decode(record) for every record, leaving
     out the ones decode maps to None (no decode: the raw bytes); poll_raw() the raw bytes."""
 
@@ -69,15 +70,3 @@ class RingReader:
             self._lib.bpf_free_ringbuf(self._rb)
             self._rb = None
             os.close(self._fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

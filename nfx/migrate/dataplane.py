@@ -223,6 +223,19 @@ def keys_blob(keys: list) -> bytes:
     return b"".join(bytes(k) for k in keys)
 
 
+def flow_keys(chunks) -> tuple[list, list]:
+    """The flow keys of the per-flow chunks among `chunks`, and those on the outside (a NAT's
+    public tuples, the keys of nat_rev)."""
+    flows, outside = [], []
+    for c in chunks:
+        if c.scope == "per-flow":
+            ks = keys_from_blob(bytes(c.keys))
+            flows += ks
+            if c.table == "nat_rev":
+                outside += ks
+    return flows, outside
+
+
 def keys_from_blob(blob: bytes) -> list:
     n = ct.sizeof(L.FlowKey)
     if len(blob) % n:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 
 from .. import layout as L
+from . import dataplane as dp
 from ..errors import BadInput, NfxError
 from ..state.filter import Filter
 from ..state.tables import SCOPES
@@ -175,7 +176,6 @@ class Ctx:
         self.outside: list = []
         self.ibc: list = []
         self.t_state = self.state_at = 0.0
-        self.error: BaseException | None = None
 
     def phase(self, name: str) -> None:
         self.phases[name] = round((time.perf_counter() - self.t0) * 1e3, 2)
@@ -292,6 +292,7 @@ def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx,
     progress("the source moves the state to the destination")
     x.t_state = time.perf_counter()
     run = src.move_dist(dst, epoch, guarantee, opts, flt, scopes, timeout)
+    steered = None
     try:
         h = run.held()
         x.flows, x.ibc = h["flows"], h["ibc"]
@@ -300,18 +301,16 @@ def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx,
         if lf:
             # the switches are pointed at dst while the source's agent moves the state
             progress("steering the switches")
-            t = threading.Thread(target=_in_thread, args=(_steer, (steer, flt, src, dst, op, x, epoch, 1), x))
-            t.start()
+            steered = _spawn(lambda: _steer(steer, flt, src, dst, op, x, epoch, 1))
         d = run.done()
         x.state_at = time.perf_counter()
         x.phase("state")
-        if lf:
-            t.join()
-            if x.error is not None:
-                raise x.error
-            x.phase("steered" if not op else "duplicated")
     finally:
         run.close()
+        if steered:
+            steered()          # a rollback must not race a steering still under way
+    if lf:
+        x.phase("steered" if not op else "duplicated")
     if not lf or op:
         progress("steering the switches")
         _steer(steer, flt, src, dst, op, x, epoch, phase=2 if op else 0)
@@ -331,9 +330,10 @@ def _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x: Ctx, 
         x.phase("keys")
     if lf:
         progress("holding the flows back")
-        _both(lambda: dst.begin("dst", epoch, op, explicit if op else [], flt if op else None),
-              lambda: src.begin("src-ctrl", epoch, op, [] if ll else explicit, None if ll else flt,
-                                on_ctrl=ctrl.take))
+        # the two requests at once, each waiting for its own round trip
+        began = _spawn(lambda: dst.begin("dst", epoch, op, explicit if op else [], flt if op else None))
+        src.begin("src-ctrl", epoch, op, [] if ll else explicit, None if ll else flt, on_ctrl=ctrl.take)
+        began()
         x.phase("held")
     x.t_state = time.perf_counter()
     chunks, nbytes = _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x)
@@ -347,28 +347,23 @@ def _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x: Ctx, 
     return {"state_chunks": chunks, "state_bytes": nbytes, "transfer_s": x.state_at - x.t_state}
 
 
-def _in_thread(fn, args, x: Ctx) -> None:
-    try:
-        fn(*args)
-    except BaseException as e:
-        x.error = e
-
-
-def _both(a, b) -> None:
-    """Two requests to two agents at once (each waits for its own round trip)."""
+def _spawn(fn):
+    """Run fn on a thread; returns a join that raises what fn raised."""
     err = []
 
-    def run(f):
+    def run():
         try:
-            f()
+            fn()
         except BaseException as e:
             err.append(e)
-    t = threading.Thread(target=run, args=(a,))
+    t = threading.Thread(target=run, daemon=True)
     t.start()
-    run(b)
-    t.join()
-    if err:
-        raise err[0]
+
+    def join():
+        t.join()
+        if err:
+            raise err[0]
+    return join
 
 
 def _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x: Ctx) -> tuple[int, int]:
@@ -376,57 +371,43 @@ def _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x: Ctx) -> tuple[int, i
     pipelined), else all out, then all in. ll: src holds flows back group by group as it reads
     their state. er: a chunk's flows are let go (to dst) as soon as dst has applied it. The
     chunks also tell the controller the flows' keys (the IBC's, a NAT's public tuples)."""
-    pz, er = "pz" in opts, "er" in opts and lf
+    er = "er" in opts and lf
     ll = "ll" in opts and lf
-    got = {"n": 0, "bytes": 0}
-    flows: list = []
-    outside: list = []
-
-    def seen(c):
-        got["n"] += 1
-        got["bytes"] += c.nbytes
-        if c.scope == "per-flow":
-            ks = list((L.FlowKey * c.count).from_buffer_copy(c.keys))
-            flows.extend(ks)
-            if c.table == "nat_rev":
-                outside.extend(ks)
-        return c
+    chunks: list = []
 
     def applied(r, cs):
-        if r["failed"]:
-            raise NfxError(f"{dst.name} did not apply {len(r['failed'])} state chunk(s): {r['failed'][0]['error']}")
         if er:
             for c in cs:
                 _early(dst, ctrl, c)
     exported = src.export(scopes, flt, ll=ll, peer=dst.name)
+
+    def kept():
+        for c in exported:
+            chunks.append(c)
+            yield c
     try:
-        stream = (seen(c) for c in exported)
-        if pz:
-            dst.put_each(stream, applied)
-        else:
-            cs = list(stream)
-            if cs:
-                applied(dst.put(cs), cs)
+        sent = dst.send_state(kept(), "pz" in opts, applied)
     finally:
         exported.close()          # lets go of src's connection even if dst failed half way
+    flows, outside = dp.flow_keys(chunks)
     x.flows = len(flows)
     x.outside = None if flt.everything else outside
     if op:
-        x.ibc = list(_ibc_keys(flows, outside, flt))
-    return got["n"], got["bytes"]
+        x.ibc = list(ibc_keys(flows, outside, flt))
+    return sent["chunks"], sent["bytes"]
 
 
 def _early(dst, ctrl, c) -> None:
-    if c.scope != "per-flow":
+    keys = dp.flow_keys([c])[0]
+    if not keys:
         return
-    keys = list((L.FlowKey * c.count).from_buffer_copy(c.keys))
     if ctrl is not None:
         ctrl.release(dst, keys)
     else:
         dst.drain(keys)
 
 
-def _ibc_keys(flows: list, outside: list, flt: Filter):
+def ibc_keys(flows: list, outside: list, flt: Filter):
     """One IBC per side, carrying a moved flow's tuple so the move's rules and marks apply."""
     out = {bytes(o) for o in outside}
     inside = next((k for k in flows if bytes(k) not in out), None)

@@ -42,24 +42,16 @@ class Remote:
 
     # ---- state ----
     def keys(self, flt: Filter) -> tuple[list, list]:
-        flows, outside = [], []
         with self.lock:
-            for c in self.c.iter_get(scopes=["per-flow"], filter=flt.text):
-                ks = dp.keys_from_blob(bytes(c.keys))
-                flows += ks
-                if c.table == "nat_rev":
-                    outside += ks
-        return flows, outside
+            return dp.flow_keys(self.c.iter_get(scopes=["per-flow"], filter=flt.text))
 
-    def export(self, scopes, flt: Filter, keys: list | None = None, ll: bool = False, peer: str | None = None):
-        """The state, chunk by chunk as it arrives: everything `flt` selects, or of `keys`, or
-        with late locking (`ll`: the source marks flows group by group as it reads them)."""
+    def export(self, scopes, flt: Filter, ll: bool = False, peer: str | None = None):
+        """The state, chunk by chunk as it arrives: everything `flt` selects, with late locking
+        if `ll` (the source marks flows group by group as it reads them)."""
         with self.lock:
             args = {"scopes": list(scopes), "filter": flt.text}
             if ll:
                 args.update(ll=True, peer=self.peer_slots.get(peer, 0) if peer else 0)
-            elif keys is not None:
-                args["keys"] = enc(dp.keys_blob(keys))
             self.c._begin("move_get", args)
             self.c._reply("move_get")
             try:
@@ -82,19 +74,12 @@ class Remote:
                 self.c.close()
                 raise NfxError(f"unexpected frame kind {kind} in {self.name}'s state stream")
 
-    def put(self, chunks) -> dict:
+    def send_state(self, chunks, pipelined: bool, on_done=None) -> dict:
+        """The state to this instance (AgentClient.send_state), counting its import time."""
         with self.lock:
-            r = self.c.put(chunks)
-        self.timing["import_s"] += r.get("apply_s") or 0.0
+            r = self.c.send_state(chunks, pipelined, on_done)
+        self.timing["import_s"] += r["import_s"]
         return r
-
-    def put_each(self, chunks, on_done) -> int:
-        """Pipelined puts, one per chunk; on_done(reply, [chunk]) as each is applied."""
-        def done(r, cs):
-            self.timing["import_s"] += r.get("apply_s") or 0.0
-            on_done(r, cs)
-        with self.lock:
-            return self.c.put_each(chunks, done)
 
     def delete(self, scopes, flt: Filter) -> dict:
         return self._req("del", scopes=list(scopes), filter=flt.text)
@@ -140,12 +125,6 @@ class Remote:
             self.ctrl_error = e
         finally:
             c.close()
-
-    def hold_new(self, flt: Filter, peer: str | None = None) -> None:
-        self._req("move_hold_new", filter=flt.text, peer=self.peer_slots.get(peer, 0) if peer else 0)
-
-    def mark(self, keys: list, peer: str | None = None) -> None:
-        self._req("move_mark", keys=enc(dp.keys_blob(keys)), peer=self.peer_slots.get(peer, 0) if peer else 0)
 
     def drain(self, keys: list | None = None) -> None:
         self._req("move_drain", keys=enc(dp.keys_blob(keys)) if keys is not None else None)

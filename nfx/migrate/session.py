@@ -85,8 +85,7 @@ class MoveSession:
         time.sleep(0.001)
         if per_flow:
             known = {bytes(k) for k in flows}
-            born = {bytes(k) for c in ops.export(self.nf, ("per-flow",), f)
-                    for k in (L.FlowKey * c.count).from_buffer_copy(c.keys)} - known
+            born = {bytes(k) for k in dp.flow_keys(ops.export(self.nf, ("per-flow",), f))[0]} - known
             if born:
                 yield from ops.export(self.nf, ("per-flow",), f, stats=stats, keyset=born)
         if rest:

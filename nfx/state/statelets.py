@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import layout as L
+from ..closing import Closing
 from ..errors import BadInput, NotFound
 from ..flows import be_to_ip, be_to_port, key_fields, make_key
 from ..loader.ring import RingReader
@@ -248,7 +249,7 @@ def updates(statelets) -> Iterable[Update]:
 
 
 # ---- the reader ----------------------------------------------------------------------------------
-class StateletReader:
+class StateletReader(Closing):
     """The consumer of one instance's statelet ring (its own maps or reopened from pins, any
     process). poll() gives one dict per statelet (the agent's stream); poll_raw() the packets'
     records as bytes, for speed (replay them with apply()). One consumer per ring: a second
@@ -301,12 +302,6 @@ class StateletReader:
 
     def close(self) -> None:
         self.ring.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # ---- replay targets -------------------------------------------------------------------------------

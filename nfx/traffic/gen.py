@@ -11,6 +11,7 @@ import threading
 import time
 
 from .. import layout as L
+from ..closing import Closing
 from ..errors import BadInput
 from ..loader import attach, bpfsys, netns
 from ..loader.compile import compile_source, load
@@ -58,7 +59,7 @@ def _mac_str(m: bytes | str) -> str:
     return m if isinstance(m, str) else ":".join(f"{b:02x}" for b in m)
 
 
-class Generator:
+class Generator(Closing):
     def __init__(self, ns: str | None, attach_if: str | None, tx_if: str | None, *, dst_mac: bytes | str,
                  dst_ip: str, src_ip: str, src_mac: bytes | str | None = None, dport: int = 9000,
                  proto: str = "udp", size: int | None = None, nflows: int = 1, sport_base: int = 1024,
@@ -210,9 +211,3 @@ class Generator:
         if getattr(self, "bpf", None) is not None:
             self.bpf.cleanup()
             self.bpf = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -23,8 +23,10 @@ def _hosts(rec) -> tuple[dict, dict]:
 
 
 @contextlib.contextmanager
-def rig(name: str, flows: int, size: int | None = None, proto: str = "udp"):
-    """Yields (generator, sink) wired into testbed `name`."""
+def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_ip: str | None = None,
+        flows_per_addr: int = 0):
+    """Yields (generator, sink) wired into testbed `name`. The flows come from the sending
+    host's address, or from `src_ip` on, `flows_per_addr` flows per address (0: all from one)."""
     rec = state.load(name)
     if rec.get("status") != "up":
         raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
@@ -35,7 +37,8 @@ def rig(name: str, flows: int, size: int | None = None, proto: str = "udp"):
     try:
         sink = Sink(dst["ns"], HOST_IF, flows)
         gen = Generator(src["ns"], GEN_IF, HOST_IF, dst_mac=peer_mac, dst_ip=dst["addr"].split("/")[0],
-                        src_ip=src["addr"].split("/")[0], dport=DPORT, proto=proto, size=size, nflows=flows)
+                        src_ip=src_ip or src["addr"].split("/")[0], dport=DPORT, proto=proto, size=size,
+                        nflows=flows, flows_per_addr=flows_per_addr)
         yield gen, sink
     finally:
         if gen:

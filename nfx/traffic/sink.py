@@ -6,6 +6,7 @@ import re
 import struct
 
 from .. import layout as L
+from ..closing import Closing
 from ..errors import BadInput, NfxError
 from ..loader import attach, netns
 from ..loader.compile import compile_source, load
@@ -42,7 +43,7 @@ def percentile(hist: list[int], q: float) -> float | None:
     return None
 
 
-class Sink:
+class Sink(Closing):
     def __init__(self, ns: str | None, ifname: str | None, nflows: int, pass_gen: bool = False):
         """ifname None: load only (for plain test runs). pass_gen: generator packets go on to the
         stack after counting (tests use it to see them) instead of being dropped."""
@@ -151,9 +152,3 @@ class Sink:
         if getattr(self, "bpf", None) is not None:
             self.bpf.cleanup()
             self.bpf = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
