@@ -3,7 +3,9 @@
  * priority), else it misses and is dropped. A rule outputs to one port (redirect) or several
  * (clones, then a redirect), may rewrite the IPv4 TOS byte, copy the packet to the
  * controller ring, or drop. Non-IPv4 frames get an all-zero key, so only wildcards that
- * match on in_port alone (or nothing) switch them: that is how ARP is forwarded. */
+ * match on in_port alone (or nothing) switch them: that is how ARP is forwarded.
+ * A rule may be armed with a token: it is passed over (lower slots and wildcards decide) until
+ * a trigger carrying that token has arrived on any port. Triggers are consumed here. */
 #include "nfx_bpf.h"
 
 #ifndef NFX_SW_MAX_EXACT
@@ -19,6 +21,7 @@ BPF_HASH(sw_exact, struct nfx_flow_key, __u32, NFX_SW_MAX_EXACT);
 BPF_ARRAY(sw_wild, struct nfx_sw_wild, NFX_SW_MAX_WILD);
 BPF_ARRAY(sw_rules, struct nfx_sw_rule, NFX_SW_MAX_RULES);
 BPF_PERCPU_ARRAY(sw_counters, struct nfx_sw_counter, NFX_SW_MAX_RULES);
+BPF_HASH(sw_fired, __u64, __u64, NFX_SW_MAX_FIRED);     /* token -> ktime it fired */
 BPF_RINGBUF_OUTPUT(sw_ctrl, NFX_SW_RING_PAGES);
 
 /* a ringbuf record is built here, then output with its real length (a fixed-size reserve
@@ -42,7 +45,7 @@ static __always_inline int sw_exit(int act)
 /* eth/IPv4/{TCP,UDP,ICMP echo} into k, the same key nfx_parse builds. Fields are filled as far
  * as parsing gets, so a fragment or an odd protocol still matches on addresses. *ip_ok says an
  * IPv4 header whose TOS may be rewritten sits right after the ethernet header. */
-static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key *k, int *ip_ok)
+static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key *k, int *ip_ok, __u32 *l4_off)
 {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
@@ -71,6 +74,7 @@ static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key
         nfx_count(NFX_R_IP_OPTIONS);
 
     void *l4 = (void *)ip + iplen;
+    *l4_off = ETH_HLEN + iplen;
     if (ip->protocol == IPPROTO_UDP) {
         struct udphdr *uh = l4;
         if ((void *)(uh + 1) > end)
@@ -107,12 +111,22 @@ static __always_inline int sw_wild_match(struct nfx_sw_wild *w, struct nfx_flow_
            (!w->proto || w->proto == k->proto);
 }
 
+/* an armed rule whose token has not fired yet: the packet looks further */
+static __always_inline int sw_armed(__u32 rid)
+{
+    struct nfx_sw_rule *r = sw_rules.lookup(&rid);
+    if (!r || !r->token || sw_fired.lookup(&r->token))
+        return 0;
+    nfx_count(NFX_R_SW_ARMED);
+    return 1;
+}
+
 /* the rule id for this packet, or -1 on a miss */
 static __always_inline int sw_lookup(struct nfx_flow_key *k, int exact_ok, __u32 in_port)
 {
     if (exact_ok) {
         __u32 *id = sw_exact.lookup(k);
-        if (id) {
+        if (id && !sw_armed(*id)) {
             nfx_count(NFX_R_SW_HIT_EXACT);
             return *id;
         }
@@ -123,7 +137,7 @@ static __always_inline int sw_lookup(struct nfx_flow_key *k, int exact_ok, __u32
         struct nfx_sw_wild *w = sw_wild.lookup(&slot);
         if (!w || !w->used)
             continue;
-        if (sw_wild_match(w, k, in_port)) {
+        if (sw_wild_match(w, k, in_port) && !sw_armed(w->rule)) {
             nfx_count(NFX_R_SW_HIT_WILD);
             return w->rule;
         }
@@ -174,6 +188,25 @@ static __always_inline void sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u
         nfx_count(NFX_R_SW_RING_FULL);
 }
 
+/* a trigger (TOS NFX_TOS_FIRE, UDP, payload NFX_FIRE_MAGIC then a token): record that the
+ * token fired. Only the first arrival is kept, so the stamp says when the rules took force. */
+static __always_inline int sw_fire(struct __sk_buff *skb, __u32 l4_off)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + ETH_HLEN;
+    if ((void *)(ip + 1) > end || ip->tos != NFX_TOS_FIRE || l4_off > 128)
+        return 0;
+    struct nfx_fire_payload *f = data + l4_off + sizeof(struct udphdr);
+    if ((void *)(f + 1) > end || f->magic != bpf_htonl(NFX_FIRE_MAGIC) || !f->token)
+        return 0;
+    __u64 token = f->token, now = bpf_ktime_get_ns();
+    if (sw_fired.insert(&token, &now) && !sw_fired.lookup(&token))
+        nfx_count(NFX_R_SW_FIRE_FULL);
+    nfx_count(NFX_R_SW_FIRED);
+    return 1;
+}
+
 int nfx_switch(struct __sk_buff *skb)
 {
     __u32 in_port = skb->ingress_ifindex;
@@ -184,10 +217,13 @@ int nfx_switch(struct __sk_buff *skb)
 
     struct nfx_flow_key k = {};
     int ip_ok = 0;
-    __u32 reason = sw_parse(skb, &k, &ip_ok);
+    __u32 l4_off = 0;
+    __u32 reason = sw_parse(skb, &k, &ip_ok, &l4_off);
     nfx_count(reason);
 
     int act = TC_ACT_SHOT;
+    if (reason == NFX_R_OK && k.proto == IPPROTO_UDP && sw_fire(skb, l4_off))
+        goto out;                   /* consumed */
     int id = sw_lookup(&k, reason == NFX_R_OK, in_port);
     __u32 rid = id;
     struct nfx_sw_rule *r = id < 0 ? 0 : sw_rules.lookup(&rid);

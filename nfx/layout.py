@@ -107,6 +107,9 @@ class Stat(enum.IntEnum):
     R_STATELET_RING_FULL = 57
     R_STATELET_BYTES = 58
     R_STATELET_PKT_BYTES = 59
+    R_SW_FIRED = 60
+    R_SW_FIRE_FULL = 61
+    R_SW_ARMED = 62
 
 
 STAT_MAX = 64
@@ -126,6 +129,12 @@ class PortCfg(ct.Structure):
 
 TOS_IBC = 0xFC
 IBC_MAGIC = 0x6E666962
+TOS_FIRE = 0xF8
+FIRE_MAGIC = 0x6E666672
+
+
+class FirePayload(ct.Structure):
+    _fields_ = [("magic", u32), ("pad", u32), ("token", u64)]
 MAX_PKT = 1536
 RELEASE_SLOTS = 4096
 RX_PEER, RX_RELEASED, RX_INJECTED = 1, 2, 4
@@ -289,12 +298,13 @@ STF_VALUE = 0
 SW_MAX_PORTS = 4
 SW_MAX_WILD = 16
 SW_MAX_RULES = 4096
+SW_MAX_FIRED = 1024
 SW_OUTPUT, SW_SET_TOS, SW_CLEAR_TOS, SW_TO_CTRL, SW_DROP = 0x01, 0x02, 0x04, 0x08, 0x10
 
 
 class SwRule(ct.Structure):
     _fields_ = [("actions", u32), ("nports", u32), ("ports", u32 * SW_MAX_PORTS), ("tos", u8),
-                ("pad", u8 * 3), ("used", u32)]
+                ("pad", u8 * 3), ("used", u32), ("token", u64)]
 
 
 class SwWild(ct.Structure):
@@ -340,7 +350,7 @@ MIRRORS = {
     "nfx_nat_cfg": NatCfg, "nfx_nat_entry": NatEntry, "nfx_nat_port": NatPort,
     "nfx_ids_flow": IdsFlow, "nfx_ids_host": IdsHost, "nfx_ids_hostport": IdsHostPort,
     "nfx_ids_sig": IdsSig, "nfx_ids_cfg": IdsCfg, "nfx_ids_alert": IdsAlert,
-    "nfx_sw_rule": SwRule, "nfx_sw_wild": SwWild, "nfx_sw_counter": SwCounter,
+    "nfx_sw_rule": SwRule, "nfx_fire_payload": FirePayload, "nfx_sw_wild": SwWild, "nfx_sw_counter": SwCounter,
     "nfx_sw_ctrl_hdr": SwCtrlHdr, "nfx_gen_payload": GenPayload, "nfx_gen_cfg": GenCfg,
     "nfx_gen_tmpl": GenTmpl, "nfx_sink_flow": SinkFlow,
     "nfx_statelet": Statelet,

@@ -71,6 +71,16 @@ struct nfx_gate_cfg {
 /* ---- moves: buffering, release, redirect, in-band control ------------------------------- */
 #define NFX_TOS_IBC       0xfc         /* IPv4 TOS of an in-band control packet (DiST's IBCpkt) */
 #define NFX_IBC_MAGIC     0x6e666962u  /* "nfib", first payload word of an IBC packet */
+/* a trigger: an IPv4/UDP packet a source instance sends its switches to fire armed rules */
+#define NFX_TOS_FIRE      0xf8
+#define NFX_FIRE_MAGIC    0x6e666672u  /* "nffr", first payload word of a trigger (network order) */
+
+struct nfx_fire_payload {            /* the trigger's UDP payload */
+    __u32 magic;
+    __u32 pad;
+    __u64 token;                     /* opaque: the armed rules' token, byte for byte */
+};
+
 #define NFX_MAX_PKT       1536
 #define NFX_RELEASE_SLOTS 4096
 
@@ -192,6 +202,10 @@ enum nfx_stat {
     NFX_R_STATELET_RING_FULL,    /* a mirrored packet's record lost: the ring was full */
     NFX_R_STATELET_BYTES,    /* bytes of the records written (sum, not a count) */
     NFX_R_STATELET_PKT_BYTES,    /* bytes of the packets those records mirror (sum) */
+    /* switch: armed rules */
+    NFX_R_SW_FIRED,          /* triggers taken (and consumed) */
+    NFX_R_SW_FIRE_FULL,      /* a trigger not recorded: the fired table was full */
+    NFX_R_SW_ARMED,          /* a packet passed over an armed rule whose token has not fired */
     NFX_STAT_MAX = 64,
 };
 
@@ -362,6 +376,7 @@ enum nfx_stf_ids_host { NFX_STF_HOST_PKTS = 0, NFX_STF_HOST_BYTES, NFX_STF_HOST_
 #define NFX_SW_MAX_PORTS 4      /* output ports per rule: the first is redirected, the rest cloned */
 #define NFX_SW_MAX_WILD  16
 #define NFX_SW_MAX_RULES 4096   /* rule ids index the rule and counter arrays */
+#define NFX_SW_MAX_FIRED 1024   /* tokens fired and not yet forgotten by the controller */
 
 #define NFX_SW_OUTPUT    0x01
 #define NFX_SW_SET_TOS   0x02
@@ -376,6 +391,7 @@ struct nfx_sw_rule {
     __u8  tos;
     __u8  pad[3];
     __u32 used;
+    __u64 token;                     /* nonzero: armed, in force only once sw_fired has it */
 };
 
 struct nfx_sw_wild {                 /* a wildcard match; 0 fields match anything */

@@ -4,9 +4,11 @@ buffer ring's header then the bytes, back to back). `move_ctrl` streams what a T
 hands toward the controller, as JSON frames, until the move ends or the client closes.
 `move_dist` is DiST's MovePerFlow run here, at the source: this agent begins the move at the
 destination's agent, pushes the state to it directly and releases it, and the controller hears
-from it twice (held, done)."""
+from it twice (held, done). With `fire` it also sends the trigger that puts the controller's
+armed rules in force on both switches (nfx/control/frames.py), over the data plane."""
 import base64
 import queue
+import socket
 import threading
 import time
 
@@ -35,10 +37,26 @@ def enc(b: bytes) -> str:
 
 
 class MoveOps:
-    """Mixed into the agent: needs self.nf, self.ns, self.testbed, self.instance."""
+    """Mixed into the agent: needs self.nf, self.ns, self.testbed, self.instance, self.wiring."""
 
     session: MoveSession | None = None
     _ctrl_q: "queue.Queue | None" = None
+    _fire_socks: "dict[str, tuple[socket.socket, bytes]] | None" = None
+
+    def _fire(self, token: int) -> float:
+        """The trigger out of both sides, to the switch at the other end of each: the armed
+        rules take force when it arrives. Returns when it was sent (perf_counter)."""
+        from ..control.frames import trigger_frame
+        if self._fire_socks is None:
+            socks = {}
+            for ifname in self.wiring:
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)     # protocol 0: receives nothing
+                s.bind((ifname, 0))
+                socks[ifname] = (s, s.getsockname()[4])                   # the interface's MAC
+            self._fire_socks = socks            # kept: closing a packet socket waits out an RCU grace period
+        for s, mac in self._fire_socks.values():
+            s.send(trigger_frame(token, mac))
+        return time.perf_counter()
 
     def _warm_ring(self) -> None:
         """Map the buffer ring now, off the request path: the first move would pay ~26 ms."""
@@ -176,10 +194,24 @@ class MoveOps:
         if self.session is not None:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         lf, op, ll = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts
+        fire = req.get("fire")
+        try:
+            token = int(fire, 16) if fire is not None else 0
+        except (TypeError, ValueError):
+            raise BadInput("fire is the armed rules' token, in hex") from None
+        if fire is not None and (op or not 0 < token < 1 << 64):
+            raise BadInput("fire needs a nonzero 64-bit token and a guarantee of ng or lf "
+                           "(op cuts the streams with the two-phase update)")
         t0 = time.perf_counter()
-        flows, outside = dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))
+        fired_at = None
+
+        def keys():
+            return dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))
+        # the hold needs the keys only to mark a partial filter's flows or to cut (op); otherwise
+        # they are read once the filter holds every flow, off the way to the hold (and trigger)
+        keys_first = op or not flt.everything
+        flows, outside = keys() if keys_first else ([], [])
         explicit = [] if flt.everything else outside
-        ibc = [[side, enc(bytes(k))] for side, k in M.ibc_keys(flows, outside, flt)] if op else []
         peer = AgentClient(self.testbed, dst, ns=None, timeout=float(req.get("timeout", 30)))
         try:
             if lf:
@@ -187,6 +219,13 @@ class MoveOps:
                              filter=flt.text, er="er" in opts)
                 s = self._begin_session("src-redirect", epoch, op, [] if ll else explicit,
                                         None if ll else flt.text, slot)
+                if token:
+                    # dst buffers the flows and this source redirects them: the switches may
+                    # send them to dst from now on
+                    fired_at = self._fire(token)
+            if not keys_first:
+                flows, outside = keys()
+            ibc = [[side, enc(bytes(k))] for side, k in M.ibc_keys(flows, outside, flt)] if op else []
             held_s = time.perf_counter() - t0
             wire.write(sock, wire.encode_json({
                 "ok": True, "op": "move_dist", "flows": len(flows), "ibc": ibc,
@@ -197,10 +236,12 @@ class MoveOps:
             else:
                 chunks = ops.export(self.nf, scopes, flt, stats=t)
             sent = peer.send_state(chunks, pipelined="pz" in opts)
+            if token and not lf:
+                fired_at = self._fire(token)        # no guarantee: once dst has the state
             if lf and not op:
                 peer.request("move_drain")
             wire.write(sock, wire.encode_json({**sent, "export_s": t.get("export_s", 0.0), "held_s": held_s,
-                                               "total_s": time.perf_counter() - t0}, wire.END))
+                                               "fired_at": fired_at, "total_s": time.perf_counter() - t0}, wire.END))
         finally:
             peer.close()
         return None

@@ -436,8 +436,9 @@ class Agent(MoveOps):
         report = self._apply(chunks, req.get("parallel", True))
         apply_s = time.perf_counter() - t1
         self.er_after_put(chunks)            # a move with early release lets these flows go now
+        # applied_at: CLOCK_MONOTONIC, comparable with stamps taken elsewhere on this machine
         return {**report, "chunks": len(chunks), "bytes": sum(c.nbytes for c in chunks),
-                "recv_s": recv_s, "apply_s": apply_s}
+                "recv_s": recv_s, "apply_s": apply_s, "applied_at": t1 + apply_s}
 
     @staticmethod
     def _spread(fn, chunks: list, parallel: bool = True, min_entries: int = 200_000) -> list:

@@ -195,8 +195,9 @@ def _table1(r: dict, con) -> None:
                   ("[green]" if ok else "[bold red]") + a["verdict"] + ("[/green]" if ok else "[/bold red]"))
     con.print(t)
     for x in r["ratios"]:
+        dt = " with DT" if x["dist_opts"] != x["opts"] else ""
         con.print(f"ctrl link {bm.link_text(x['ctrl_delay_ms'], x['ctrl_rate_mbit'])}, LF {x['opts'].upper().replace(',', '|')}: "
-                  f"MoveTime OpenNF / DiST = "
+                  f"MoveTime OpenNF / DiST{dt} = "
                   f"{x['opennf_move_time_s'] * 1e3:.1f} ms / {x['dist_move_time_s'] * 1e3:.1f} ms = "
                   f"[bold]{x['opennf_over_dist']:.2f}x[/bold]")
     con.print("paper: " + ", ".join(f"{k}: {v:.1f}x" for k, v in r["paper_ratios"].items()))

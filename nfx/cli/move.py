@@ -22,7 +22,7 @@ def move(name: str = NameOpt,
          filter_: str = typer.Option("all", "--filter", "-f", help="Flows to move: proto=udp src=10.0.1.0/24 sport=... (both directions)."),
          scope: str = typer.Option("all", "--scope", help="per-flow, multi-flow, all-flows (comma-separated) or all."),
          guarantee: str = typer.Option("lf", "--guarantee", "-g", help=f"{'|'.join(GUARANTEES)}"),
-         opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er."),
+         opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er,dt (dt: data-plane trigger; dist, ng or lf, filter all)."),
          mechanism: str = typer.Option("dist", "--mechanism", "-m", help=f"{'|'.join(MECHANISMS)}"),
          timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step may take before the move rolls back."),
          json_: bool = JsonOpt):

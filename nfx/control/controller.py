@@ -76,6 +76,36 @@ class DelayedSteering:
             self.down.pass_(RULE_BYTES)
         return done["result"]
 
+    def arm(self, flt, nfs, token: int) -> float:
+        """Rules for `nfs` that take force when a trigger with `token` reaches each switch
+        (Steering.point); returns when they were in place (perf_counter)."""
+        done = self._send(self.s.point, flt, nfs, None, token)
+        done["ev"].wait()
+        if "error" in done:
+            raise done["error"]
+        if self.q is not None:
+            self.down.pass_(RULE_BYTES)
+        return done["at"]
+
+    def fired(self, token: int) -> list[float | None]:
+        """When each switch took the trigger (perf_counter seconds; the same clock). Read for
+        the metrics, not through the control link."""
+        return [None if ns is None else ns / 1e9 for ns in self.s.fired(token)]
+
+    def settle(self, flt, nfs, token: int) -> None:
+        """After a trigger: the armed rules rewritten as plain ones (the old go with them) and the
+        token forgotten. The flows already take this path, so applied_at stays."""
+        def make_plain():
+            self.s.point(flt, nfs)
+            self.s.forget_token(token)
+        done = self._send(make_plain)
+        done["ev"].wait()
+        if "error" in done:
+            raise done["error"]
+
+    def forget_token(self, token: int) -> None:
+        self._send(self.s.forget_token, token)["ev"].wait()
+
     def ibc(self, *a):
         done = self._send(self.s.ibc, *a)
         if self.q is None and "error" in done:

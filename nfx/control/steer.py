@@ -13,6 +13,7 @@ from ..flows import be_to_ip
 from ..loader import netns
 from ..state.filter import Filter
 from ..testbed import state as tbstate
+from .frames import ibc_frame
 from .switch import Match, Rule, Switch
 
 # move rules sit in PRIO_MIN..PRIO_TOP, above the testbed's defaults (1000, 2000); the newest
@@ -73,12 +74,17 @@ class Steering:
         # the switch in front of the inside host (the one with a gateway) carries the inside side
         return L.SIDE_IN if "gen_if" in self.rec["nodes"][self.host_of[sw]] else L.SIDE_OUT
 
-    def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None) -> None:
+    def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None, token: int = 0) -> None:
         """Send the filter's flows to `nfs` (two instances: duplicate). On the inside switch
         the filter matches as written; on the outside switch return traffic is matched by
         `outside_keys` (exact, e.g. a NAT's public tuples) or, without them, by the filter
         reversed. Replaces the filter's previous rules without a gap: new rules go in above
-        the old (and above every other filter's: the latest point wins), then the old go."""
+        the old (and above every other filter's: the latest point wins), then the old go.
+        With a token the new rules are armed (Switch) and the old stay, deciding until the
+        token fires; the next point of the filter removes both."""
+        if token and outside_keys is not None and not flt.everything:
+            # an exact key has one rule: arming it would drop the rule in force meanwhile
+            raise BadInput("armed rules are wildcards: a move by flow keys cannot be armed")
         with self.lock:
             prio = self._prio()
             new = []
@@ -90,15 +96,25 @@ class Steering:
                         new.append((name, s.add_exact(k, Rule(output=out))))
                     continue
                 new.append((name, self._add_wild(name, _match(flt, self.host_port[name], reverse=not inside),
-                                                 Rule(output=out), prio)))
+                                                 Rule(output=out, token=token), prio)))
             old = set(self.active.get(flt.text, []))
             # and any move rule with the same match that an earlier controller installed
             for name in self.sw:
                 m = _match(flt, self.host_port[name], reverse=self._side(name) != L.SIDE_IN)
                 old |= {(name, rid) for rid, w in self.wild[name].items() if w.match == m}
             self.active[flt.text] = new
+            if token:
+                return
             for name, rid in old - set(new):
                 self._remove(name, rid)
+
+    def fired(self, token: int) -> list[int | None]:
+        """When each switch took the trigger with `token` (CLOCK_MONOTONIC ns, None: not yet)."""
+        return [s.fired(token) for s in self.sw.values()]
+
+    def forget_token(self, token: int) -> None:
+        for s in self.sw.values():
+            s.forget_token(token)
 
     def _prio(self) -> int:
         """A prio above every move rule in force."""
@@ -213,32 +229,3 @@ def _match(flt: Filter, in_port: str, reverse: bool) -> Match:
     if reverse:
         src, dst, sp, dpt = dst, src, dpt, sp
     return Match(in_port=in_port, src=src, dst=dst, sport=sp, dport=dpt, proto=flt.proto)
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while t >> 16:
-        t = (t & 0xFFFF) + (t >> 16)
-    return ~t & 0xFFFF
-
-
-def ibc_frame(key: L.FlowKey, src_mac: bytes, epoch: int) -> bytes:
-    """A packet of the flow (its 5-tuple, so every rule and mark treats it as the flow), told
-    apart by TOS NFX_TOS_IBC and a payload starting with NFX_IBC_MAGIC. Checksums are valid."""
-    payload = struct.pack("!II", L.IBC_MAGIC, epoch)
-    sa, da = struct.pack("<I", key.saddr), struct.pack("<I", key.daddr)
-    sp, dp = struct.pack("<H", key.sport), struct.pack("<H", key.dport)     # already network order
-    if key.proto == 6:
-        l4 = sp + dp + struct.pack("!IIBBHHH", 0, 0, 5 << 4, 0x10, 65535, 0, 0) + payload
-        ck_at = 16
-    else:
-        l4 = sp + dp + struct.pack("!HH", 8 + len(payload), 0) + payload
-        ck_at = 6
-    pseudo = sa + da + struct.pack("!BBH", 0, key.proto, len(l4))
-    ck = _csum(pseudo + l4) or 0xFFFF
-    l4 = l4[:ck_at] + struct.pack("!H", ck) + l4[ck_at + 2:]
-    ip = struct.pack("!BBHHHBBH", 0x45, L.TOS_IBC, 20 + len(l4), 0, 0x4000, 64, key.proto, 0) + sa + da
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
-    return bytes.fromhex("020000000001") + src_mac + b"\x08\x00" + ip + l4

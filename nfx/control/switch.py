@@ -4,7 +4,8 @@ An exact 5-tuple entry or a wildcard slot points at a rule id; the rule says whe
 goes. Rule ids index `sw_rules` and `sw_counters`; id 0 is never handed out. Wildcards live in
 a small array whose slot order is their priority (lower `prio` first); `prio` is stored in the
 slot too, so any process that reopens the pins can keep the order. Ports are interface names
-in the switch's netns (or raw ifindexes).
+in the switch's netns (or raw ifindexes). A rule armed with a token is passed over until a
+trigger with that token (nfx/control/frames.py) has reached the switch.
 
 One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
 against a second writer."""
@@ -30,6 +31,7 @@ MAPS = {
     "sw_wild": (L.u32, L.SwWild),
     "sw_rules": (L.u32, L.SwRule),
     "sw_counters": (L.u32, L.SwCounter),
+    "sw_fired": (L.u64, L.u64),
     "nfx_stats": (L.u32, L.u64),
 }
 RING = "sw_ctrl"
@@ -45,6 +47,7 @@ class Rule:
     clear_tos: bool = False
     to_ctrl: bool = False
     drop: bool = False
+    token: int = 0               # nonzero: armed, in force once a trigger with it arrived
 
 
 @dataclass
@@ -222,6 +225,9 @@ class Switch:
             r.actions |= L.SW_TO_CTRL
         if rule.drop:
             r.actions |= L.SW_DROP
+        if not 0 <= rule.token < 1 << 64:
+            raise BadInput(f"token {rule.token} is not a 64-bit value")
+        r.token = rule.token
         return r
 
     def _decode(self, r: L.SwRule) -> Rule:
@@ -229,7 +235,7 @@ class Switch:
             if r.actions & L.SW_OUTPUT else []
         return Rule(output=out, set_tos=r.tos if r.actions & L.SW_SET_TOS else None,
                     clear_tos=bool(r.actions & L.SW_CLEAR_TOS), to_ctrl=bool(r.actions & L.SW_TO_CTRL),
-                    drop=bool(r.actions & L.SW_DROP))
+                    drop=bool(r.actions & L.SW_DROP), token=r.token)
 
     def _used_rules(self) -> dict[int, L.SwRule]:
         n, keys, vals = self.maps["sw_rules"].export()
@@ -327,6 +333,16 @@ class Switch:
         # written but not (or no longer) reachable: shown so nothing is hidden
         out += [RuleInfo(rid, "orphan", self._decode(r), None) for rid, r in sorted(used.items())]
         return out
+
+    # ---- armed rules ----
+    def fired(self, token: int) -> int | None:
+        """When a trigger with `token` arrived (CLOCK_MONOTONIC ns), or None."""
+        v = self.maps["sw_fired"].get(L.u64(token))
+        return None if v is None else v.value
+
+    def forget_token(self, token: int) -> None:
+        """Drop a token once no rule is armed with it (the table is small)."""
+        self.maps["sw_fired"].delete(L.u64(token))
 
     # ---- reading ----
     def counters(self) -> dict[int, tuple[int, int]]:

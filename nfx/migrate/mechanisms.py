@@ -9,8 +9,13 @@
   order-preserving, by DiST's two-phase update with an in-band control packet (IBC).
 - pz: state chunks are imported as they are exported (pipelined) instead of all at once;
   ll: late locking, flows are held back chunk by chunk as their state goes out;
-  er: early release, a flow's held packets go to dst as soon as its state is in."""
+  er: early release, a flow's held packets go to dst as soon as its state is in;
+  dt (dist, ng/lf, filter all; nfx's, not in the papers): data-plane trigger. The controller
+  arms the switches' rules toward dst along with its request, and the source's agent fires
+  them with a packet once it may (lf: the flows are held; ng: the state is in), so the
+  forwarding update costs no control round trip."""
 import itertools
+import secrets
 import threading
 import time
 from collections import deque
@@ -23,8 +28,9 @@ from ..state.tables import SCOPES
 
 GUARANTEES = ("ng", "lf", "op")
 MECHANISMS = ("opennf", "dist")
-OPTIMISATIONS = ("pz", "ll", "er")
+OPTIMISATIONS = ("pz", "ll", "er", "dt")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
+FIRE_WAIT_S = 1.0        # dt: the trigger left before "done"; past this the controller steers itself
 _epochs = itertools.count(int(time.time()) % 100000 * 10 + 1)
 
 
@@ -41,7 +47,7 @@ def parse_opts(text: str | None) -> set[str]:
     opts = {o.strip().lower() for o in (text or "").replace("|", ",").split(",") if o.strip()}
     bad = opts - set(OPTIMISATIONS)
     if bad:
-        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er (comma-separated)")
+        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er, dt (comma-separated)")
     return opts
 
 
@@ -176,6 +182,8 @@ class Ctx:
         self.outside: list = []
         self.ibc: list = []
         self.t_state = self.state_at = 0.0
+        self.token = 0                    # dt: the armed rules' token
+        self.switched_at = 0.0            # dt: when the armed rules took force on every switch
 
     def phase(self, name: str) -> None:
         self.phases[name] = round((time.perf_counter() - self.t0) * 1e3, 2)
@@ -186,14 +194,18 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     """Run one move; returns its metrics. src/dst are nfx.migrate.remote endpoints, steer a
     controller.DelayedSteering. On failure the move is rolled back: src keeps the flows.
 
-    MoveTime ends when both are true: the state is in at dst (as the controller learns it) and
-    the switches' last forwarding update has taken effect."""
+    MoveTime ends when both are true: the state is in at dst (dst's own stamp: one clock on a
+    testbed) and the switches' last forwarding update has taken effect."""
     if guarantee not in GUARANTEES:
         raise BadInput(f"guarantee must be one of {', '.join(GUARANTEES)}")
     if mechanism not in MECHANISMS:
         raise BadInput(f"mechanism must be one of {', '.join(MECHANISMS)}")
     if src.name == dst.name:
         raise BadInput("source and destination are the same instance")
+    if "dt" in opts and (mechanism != "dist" or guarantee == "op" or not flt.everything):
+        raise BadInput("dt (data-plane trigger) is for dist moves of the whole table (filter all) "
+                       "with guarantee ng or lf: op cuts the streams with the two-phase update, and a "
+                       "partial filter needs the flows' outside keys, which only the source knows")
     for name, (lo, hi) in (("sport", flt.sport), ("dport", flt.dport)):
         if (lo, hi) != (0, 65535) and lo != hi:
             # the gate's wildcard filters (which hold the flows back) match single ports
@@ -213,7 +225,7 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
             r = _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x, progress)
         m.update(r)
         m["flows"] = x.flows
-        m["move_time_s"] = max(x.state_at, steer.applied_at) - x.t0
+        m["move_time_s"] = max(x.state_at, x.switched_at or steer.applied_at) - x.t0
         if op:
             progress("waiting for the source's cut")
             if mechanism == "dist":
@@ -246,7 +258,7 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         x.phase("settled")
     except BaseException as e:
         progress(f"rolling back: {e}")
-        _rollback(src, dst, steer, flt, x.steered, lf, ctrl)
+        _rollback(src, dst, steer, flt, x.steered, lf, ctrl, x.token)
         raise NfxError(f"move {src.name} -> {dst.name} aborted and rolled back: {e}") from e
     finally:
         if ctrl:
@@ -288,35 +300,79 @@ def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx,
     (the order DiST's authors suggest). Without a guarantee they wait for the state; for op
     only the duplication overlaps: the cut waits until the source passes every flow on (with
     late locking that is once its state is out)."""
-    lf, op = guarantee in ("lf", "op"), guarantee == "op"
+    lf, op, dt = guarantee in ("lf", "op"), guarantee == "op", "dt" in opts
     progress("the source moves the state to the destination")
     x.t_state = time.perf_counter()
-    run = src.move_dist(dst, epoch, guarantee, opts, flt, scopes, timeout)
-    steered = None
+    armed = steered = None
+    if dt:
+        # the armed rules travel to the switches alongside the request to the source
+        x.token, x.steered = secrets.randbits(64) or 1, True
+        armed = _spawn(lambda: steer.arm(flt, [dst.name], x.token))
     try:
-        h = run.held()
-        x.flows, x.ibc = h["flows"], h["ibc"]
-        x.outside = None if flt.everything else h["outside"]
-        x.phase("held")
-        if lf:
-            # the switches are pointed at dst while the source's agent moves the state
-            progress("steering the switches")
-            steered = _spawn(lambda: _steer(steer, flt, src, dst, op, x, epoch, 1))
-        d = run.done()
-        x.state_at = time.perf_counter()
-        x.phase("state")
-    finally:
-        run.close()
-        if steered:
-            steered()          # a rollback must not race a steering still under way
+        run = src.move_dist(dst, epoch, guarantee, opts, flt, scopes, timeout, fire=x.token)
+        try:
+            h = run.held()
+            x.flows, x.ibc = h["flows"], h["ibc"]
+            x.outside = None if flt.everything else h["outside"]
+            x.phase("held")
+            if lf and not dt:
+                # the switches are pointed at dst while the source's agent moves the state
+                progress("steering the switches")
+                steered = _spawn(lambda: _steer(steer, flt, src, dst, op, x, epoch, 1))
+            d = run.done()
+            x.state_at = d.get("applied_at") or time.perf_counter()
+            x.phase("state")
+        finally:
+            run.close()
+    except BaseException:
+        # a rollback must not race a steering still under way
+        for join in (steered, armed):
+            try:
+                join and join()
+            except Exception:
+                pass
+        raise
+    if steered:
+        steered()
+    armed_at = armed() if armed else 0.0
+    r = {"state_chunks": d.get("chunks", 0), "state_bytes": d.get("bytes", 0),
+         "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0)}
+    if dt:
+        r["trigger"] = _fired(steer, flt, dst, x, armed_at, d.get("fired_at"), progress)
+        return r
     if lf:
         x.phase("steered" if not op else "duplicated")
     if not lf or op:
         progress("steering the switches")
         _steer(steer, flt, src, dst, op, x, epoch, phase=2 if op else 0)
         x.phase("steered")
-    return {"state_chunks": d.get("chunks", 0), "state_bytes": d.get("bytes", 0),
-            "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0)}
+    return r
+
+
+def _fired(steer, flt, dst, x: Ctx, armed_at: float, sent_at: float | None, progress) -> dict:
+    """dt, after "done": when the armed rules took force (the later of arming and the trigger,
+    on the slower switch). Then they are made plain. A trigger that never arrived (the source
+    sent none, or it was lost) leaves the steering to the controller, as without dt."""
+    fired: list = []
+
+    def all_fired():
+        fired[:] = steer.fired(x.token)
+        return all(f is not None for f in fired)
+    try:
+        wait_for(all_fired, FIRE_WAIT_S, "the trigger at the switches")
+    except TimeoutError:
+        progress("the trigger did not reach every switch: the controller steers")
+        steer.point(flt, [dst.name], None)
+        steer.forget_token(x.token)
+        x.phase("steered")
+        return {"fired": False, "armed_ms": round((armed_at - x.t0) * 1e3, 2)}
+    x.switched_at = max([armed_at] + fired)
+    x.phase("steered")
+    steer.settle(flt, [dst.name], x.token)
+    x.phase("settled_rules")
+    return {"fired": True, "armed_ms": round((armed_at - x.t0) * 1e3, 2),
+            "sent_ms": round((sent_at - x.t0) * 1e3, 2) if sent_at else None,
+            "fired_ms": [round((f - x.t0) * 1e3, 2) for f in fired]}
 
 
 def _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x: Ctx, progress) -> dict:
@@ -336,8 +392,8 @@ def _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x: Ctx, 
         began()
         x.phase("held")
     x.t_state = time.perf_counter()
-    chunks, nbytes = _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x)
-    x.state_at = time.perf_counter()
+    chunks, nbytes, applied_at = _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x)
+    x.state_at = applied_at or time.perf_counter()
     x.phase("state")
     if lf and not op:
         ctrl.release(dst)
@@ -348,12 +404,12 @@ def _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x: Ctx, 
 
 
 def _spawn(fn):
-    """Run fn on a thread; returns a join that raises what fn raised."""
-    err = []
+    """Run fn on a thread; returns a join that returns what fn returned, or raises what it raised."""
+    out, err = [None], []
 
     def run():
         try:
-            fn()
+            out[0] = fn()
         except BaseException as e:
             err.append(e)
     t = threading.Thread(target=run, daemon=True)
@@ -363,10 +419,11 @@ def _spawn(fn):
         t.join()
         if err:
             raise err[0]
+        return out[0]
     return join
 
 
-def _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x: Ctx) -> tuple[int, int]:
+def _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x: Ctx) -> tuple[int, int, float | None]:
     """The state through the controller. pz: each chunk is put as it comes from src (puts
     pipelined), else all out, then all in. ll: src holds flows back group by group as it reads
     their state. er: a chunk's flows are let go (to dst) as soon as dst has applied it. The
@@ -394,7 +451,7 @@ def _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x: Ctx) -> tuple[int, i
     x.outside = None if flt.everything else outside
     if op:
         x.ibc = list(ibc_keys(flows, outside, flt))
-    return sent["chunks"], sent["bytes"]
+    return sent["chunks"], sent["bytes"], sent["applied_at"]
 
 
 def _early(dst, ctrl, c) -> None:
@@ -420,13 +477,15 @@ def ibc_keys(flows: list, outside: list, flt: Filter):
                        "(nothing matches the filter yet: use lf)")
 
 
-def _rollback(src, dst, steer, flt, steered: bool, lf: bool, ctrl=None) -> None:
+def _rollback(src, dst, steer, flt, steered: bool, lf: bool, ctrl=None, token: int = 0) -> None:
     """src keeps (or takes back) the flows; dst forgets whatever it got. The controller's held
     packets (opennf) go back to src, so a called-off loss-free move loses none of them; what a
     dead dst held (dist) is gone with it."""
     try:
         if steered:
             steer.point(flt, [src.name], None)
+            if token:
+                steer.forget_token(token)
         if ctrl is not None:
             held = ctrl.take_back()
             if held:

@@ -85,13 +85,16 @@ class Remote:
         return self._req("del", scopes=list(scopes), filter=flt.text)
 
     def move_dist(self, dst: "Remote", epoch: int, guarantee: str, opts, flt: Filter, scopes,
-                  timeout: float) -> "DistRun":
-        """DiST's move, run by this (source) agent: see nfx/agent/moves.py op_move_dist."""
+                  timeout: float, fire: int = 0) -> "DistRun":
+        """DiST's move, run by this (source) agent: see nfx/agent/moves.py op_move_dist. fire:
+        the token of rules armed on the switches, for the agent to fire once it may."""
         self.lock.acquire()
         try:
-            self.c._begin("move_dist", {"dst": dst.name, "epoch": epoch, "guarantee": guarantee,
-                                        "opts": sorted(opts), "filter": flt.text, "scopes": list(scopes),
-                                        "timeout": timeout})
+            args = {"dst": dst.name, "epoch": epoch, "guarantee": guarantee, "opts": sorted(opts),
+                    "filter": flt.text, "scopes": list(scopes), "timeout": timeout}
+            if fire:
+                args["fire"] = f"{fire:x}"
+            self.c._begin("move_dist", args)
         except BaseException:
             self.lock.release()
             raise

@@ -17,6 +17,7 @@ from ..state.filter import parse
 from . import dataplane as dp
 
 FILTER_SLOT = 0
+SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is long done
 
 
 class MoveSession:
@@ -70,24 +71,35 @@ class MoveSession:
     def export_locked(self, flows: list, flt: str, scopes, peer_slot: int = 0, stats: dict | None = None):
         """Late locking: the state of `flows` in groups, each group marked (held back or passed
         on) just before its state is read; then flows born meanwhile are caught by the filter and
-        their state follows; then the other scopes. Yields chunks as they are read."""
+        their state follows; then the other scopes. Yields chunks as they are read. The next
+        group is marked before this one is read, so reading is what gives an XDP run that
+        missed a mark the time to finish (SETTLE_S at least)."""
         f = parse(flt)
         per_flow = "per-flow" in scopes
         rest = [s for s in scopes if s != "per-flow"]
-        group = max(1024, len(flows) // 8)
-        for i in range(0, len(flows), group):
-            g = flows[i:i + group]
-            self.mark(g, peer_slot)
-            time.sleep(0.001)    # an XDP run in flight when the mark changed is long done
+        size = max(1024, len(flows) // 8)
+        groups = [flows[i:i + size] for i in range(0, len(flows), size)]
+        steps = [lambda g=g: self.mark(g, peer_slot) for g in groups] + [lambda: self.hold_new(flt, peer_slot)]
+        marked = [0.0] * len(steps)
+
+        def mark(i):
+            steps[i]()
+            marked[i] = time.perf_counter()
+
+        def settled(i):
+            left = SETTLE_S - (time.perf_counter() - marked[i])
+            if left > 0:
+                time.sleep(left)
+        mark(0)
+        for i, g in enumerate(groups):
+            mark(i + 1)
+            settled(i)
             if per_flow:
                 yield from ops.export(self.nf, ("per-flow",), f, stats=stats, keyset={bytes(k) for k in g})
-        self.hold_new(flt, peer_slot)
-        time.sleep(0.001)
+        settled(len(groups))
         if per_flow:
-            known = {bytes(k) for k in flows}
-            born = {bytes(k) for k in dp.flow_keys(ops.export(self.nf, ("per-flow",), f))[0]} - known
-            if born:
-                yield from ops.export(self.nf, ("per-flow",), f, stats=stats, keyset=born)
+            # flows born since the move began: the filter holds them now
+            yield from ops.export(self.nf, ("per-flow",), f, stats=stats, skip={bytes(k) for k in flows})
         if rest:
             yield from ops.export(self.nf, rest, f, stats=stats)
 

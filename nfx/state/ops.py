@@ -17,9 +17,10 @@ from .tables import SCOPES, Table, tables
 CHUNK_ENTRIES = 65536
 
 
-def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: set | None = None) -> np.ndarray | None:
+def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: set | None = None,
+            skip: bool = False) -> np.ndarray | None:
     """Indices of the entries `flt` selects (and, with `keyset`, only flows among those raw
-    16-byte keys), or None for all of them."""
+    16-byte keys, or with `skip` only flows not among them), or None for all of them."""
     if keyset is not None and t.select in ("key_flow", "value_flow"):
         ksz = ct.sizeof(t.key)
         if t.select == "key_flow":
@@ -27,7 +28,7 @@ def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: s
         else:
             v = np.frombuffer(vals, dtype=np.uint8, count=n * slot_size).reshape(n, slot_size)
             raw = v[:, :16].copy().view(np.dtype((np.void, 16))).reshape(n)
-        return np.flatnonzero([bytes(x) in keyset for x in raw])
+        return np.flatnonzero([(bytes(x) in keyset) != skip for x in raw])
     if t.select == "all" or flt.everything:
         return None
     if t.select == "key_flow":
@@ -46,9 +47,11 @@ def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: s
 
 
 def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK_ENTRIES,
-           stats: dict | None = None, keyset: set | None = None) -> Iterator[wire.Chunk]:
+           stats: dict | None = None, keyset: set | None = None, skip: set | None = None) -> Iterator[wire.Chunk]:
     """Chunks of the selected entries of every state table in `scopes` (per-flow tables
-    restricted to the flows in `keyset`, raw keys, when given)."""
+    restricted to the flows in `keyset`, or to those not in `skip`: raw 16-byte keys)."""
+    if keyset is not None and skip is not None:
+        raise ValueError("export: keyset or skip, not both")
     layout = L.layout_hash()
     seq = 0
     for t in tables(nf.kind, scopes):
@@ -58,7 +61,7 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
         t0 = time.perf_counter()
         n, keys, vals = m.export()
         ksz, ssz = ct.sizeof(m.Key), ct.sizeof(m.Slot)
-        idx = _select(t, n, keys, vals, ssz, flt, keyset)
+        idx = _select(t, n, keys, vals, ssz, flt, keyset if skip is None else skip, skip is not None)
         if idx is None:
             kb = memoryview(keys).cast("B")[:n * ksz]
             vb = memoryview(vals).cast("B")[:n * ssz]

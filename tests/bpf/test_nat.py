@@ -1,5 +1,4 @@
 """NAT verdicts and output bytes through BPF_PROG_TEST_RUN, checked against scapy."""
-import ctypes as ct
 import time
 
 import pytest

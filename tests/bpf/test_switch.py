@@ -326,3 +326,85 @@ def test_ifindex_and_host_order_helpers():
     k = flow_key("10.0.1.1", "10.0.2.1", 1000, 2000, "udp")
     assert k.sport == socket.htons(1000) and k.proto == 17
     assert bytes(k)[:4] == socket.inet_aton("10.0.1.1")
+
+
+# ---- armed rules and triggers ----
+def trigger(token, in_port=P3):
+    from nfx.control.frames import trigger_frame
+    return trigger_frame(token, bytes.fromhex(MAC_A.replace(":", "")))
+
+
+@pytest.fixture
+def armed(sw):
+    """src (P2) in force; dst (P3) armed above it with token T."""
+    T = 0x1234_5678_9ABC_DEF1
+    old = sw.add_wild(Match(in_port=P1), Rule(output=[P2]), prio=20)
+    new = sw.add_wild(Match(in_port=P1), Rule(output=[P3], token=T), prio=10)
+    yield sw, T, old, new
+    sw.forget_token(T)
+
+
+def test_armed_rule_is_passed_over_until_fired(armed):
+    sw, T, old, new = armed
+    before = sw.stats()
+    assert run(sw, udp())[0] == TC_ACT_REDIRECT
+    assert sw.counters() == {old: (1, len(udp())), new: (0, 0)}
+    assert delta(sw, before, "r_sw_armed") == 1
+    assert sw.fired(T) is None
+    assert [r.rule.token for r in sw.rules() if r.id == new] == [T]
+
+
+def test_trigger_fires_consumed_and_stamped(armed):
+    sw, T, old, new = armed
+    import time
+    t0 = time.monotonic_ns()
+    before = sw.stats()
+    assert run(sw, trigger(T), in_port=P4)[0] == TC_ACT_SHOT     # consumed, on any port
+    assert t0 <= sw.fired(T) <= time.monotonic_ns()
+    assert delta(sw, before, "r_sw_fired") == 1 and delta(sw, before, "v_drop") == 1
+    assert sw.counters()[new] == (0, 0) and sw.counters()[old] == (0, 0)   # matched no rule
+    assert run(sw, udp())[0] == TC_ACT_REDIRECT
+    assert sw.counters()[new][0] == 1 and sw.counters()[old][0] == 0
+    # a second trigger keeps the first stamp
+    first = sw.fired(T)
+    run(sw, trigger(T))
+    assert sw.fired(T) == first
+    sw.forget_token(T)
+    assert sw.fired(T) is None
+    run(sw, udp())
+    assert sw.counters()[old][0] == 1                     # armed again without its token
+
+
+def test_trigger_before_the_rule_still_counts(sw):
+    T = 77
+    run(sw, trigger(T))
+    old = sw.add_wild(Match(), Rule(output=[P2]), prio=20)
+    new = sw.add_exact(("10.0.1.1", "10.0.2.1", 1000, 2000, "udp"), Rule(output=[P3], token=T))
+    run(sw, udp())
+    assert sw.counters()[new][0] == 1 and sw.counters()[old][0] == 0
+    sw.forget_token(T)
+
+
+def test_armed_exact_rule_falls_through_to_wildcards(sw):
+    old = sw.add_wild(Match(), Rule(output=[P2]), prio=20)
+    new = sw.add_exact(("10.0.1.1", "10.0.2.1", 1000, 2000, "udp"), Rule(output=[P3], token=99))
+    run(sw, udp())
+    assert sw.counters()[old][0] == 1 and sw.counters()[new][0] == 0
+
+
+@pytest.mark.parametrize("change", ["token", "magic", "tos"])
+def test_other_triggers_fire_nothing(armed, change):
+    sw, T, old, new = armed
+    f = bytearray(trigger(T if change != "token" else T + 1))
+    if change == "magic":
+        f[42] ^= 0xFF                 # first payload byte (eth 14 + ip 20 + udp 8)
+    if change == "tos":
+        f[15] = 0
+    before = sw.stats()
+    run(sw, bytes(f), in_port=P1)
+    # another token fires that token only; a broken trigger is an ordinary packet
+    assert delta(sw, before, "r_sw_fired") == (change == "token")
+    assert sw.fired(T) is None
+    sw.forget_token(T + 1)
+    run(sw, udp())
+    assert sw.counters()[new][0] == 0

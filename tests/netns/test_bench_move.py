@@ -66,15 +66,17 @@ def test_bench_move_table1_smoke(tmp_path):
     combined (de)serialisation share split in two, the ratio per optimisation set, the paper's rows."""
     r = nfx_json("bench", "move", "--table1", "--repeat", "1", "--ctrl-delay-ms", "0", "--duration", "1.5",
                  "--at", "0.5", "--csv", str(tmp_path / "t1.csv"), timeout=300)
-    assert r["mode"] == "table1" and r["rate_pps"] == 1000 and len(r["runs"]) == 4 and r["violations"] == []
+    n = len(bm.TABLE1_CONFIGS)
+    assert r["mode"] == "table1" and r["rate_pps"] == 1000 and len(r["runs"]) == n and r["violations"] == []
     for run in r["runs"]:
         assert run["states"] == 2 * bm.TABLE1_CONNECTIONS and run["sent"] == 1500 and run["lost"] == 0
         assert run["ser_share"] > 0 and run["deser_share"] > 0
         assert run["ser_share"] + run["deser_share"] == pytest.approx(run["serialization_share"])
-    assert {(x["ctrl_delay_ms"], x["opts"]) for x in r["ratios"]} == {(0.0, "pz"), (0.0, "pz,ll,er")}
+    assert {(x["opts"], x["dist_opts"]) for x in r["ratios"]} == {
+        ("pz", "pz"), ("pz", "pz,dt"), ("pz,ll,er", "pz,ll,er"), ("pz,ll,er", "pz,ll,er,dt")}
     assert all(x["opennf_over_dist"] > 0 for x in r["ratios"])
     assert [p["config"] for p in r["paper"]][0] == "OpenNF LF PZ" and r["paper"][1]["move_time_s"] == [0.51, 0.06]
-    assert len(list(csv.DictReader((tmp_path / "t1.csv").open()))) == 4
+    assert len(list(csv.DictReader((tmp_path / "t1.csv").open()))) == n
     assert r["aborted"] == [] and not state.path(r["testbeds"][0]).exists()
 
 
@@ -82,6 +84,12 @@ def test_matrix_and_stats_helpers():
     c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), bm.OPTS, (1000,), (100,), (0.0,))
     assert len(c) == 2 * (2 + 3 + 3)                               # ng runs without ll/er
     assert bm.parse_opts_list(["none;pz", "pz|ll|er", "er,pz,ll"]) == ["none", "pz", "pz,ll,er"]
+    # dt: dist only, and not op; ng keeps it (it moves the forwarding update), drops ll/er
+    dt = bm.parse_opts_list(["dt,pz", "pz|ll|er|dt"])
+    assert dt == ["pz,dt", "pz,ll,er,dt"]
+    c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), dt, (1000,), (100,), (0.0,))
+    assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in c} == {
+        ("dist", "ng", "pz,dt"), ("dist", "lf", "pz,dt"), ("dist", "lf", "pz,ll,er,dt")}
     with pytest.raises(BadInput):
         bm.parse_opts_list(["zz"])
     with pytest.raises(BadInput):

@@ -50,7 +50,19 @@ def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOW
 
 
 CASES = [(m, g, o) for m in ("dist", "opennf") for g in ("ng", "lf", "op") for o in ("", "pz,ll,er")
-         if not (g == "ng" and o)]
+         if not (g == "ng" and o)] + [("dist", "ng", "dt"), ("dist", "lf", "pz,ll,er,dt")]
+
+
+def no_armed_rules(name):
+    """Every switch rule is plain and no token is left in the fired tables."""
+    from nfx.control.steer import Steering
+    st = Steering(name)
+    try:
+        for s in st.sw.values():
+            assert [r.id for r in s.rules() if r.rule.token] == []
+            assert len(s.maps["sw_fired"]) == 0
+    finally:
+        st.close()
 
 
 @pytest.mark.parametrize("mechanism,guarantee,opts", CASES, ids=[f"{m}-{g}{'-' + o if o else ''}" for m, g, o in CASES])
@@ -74,9 +86,14 @@ def test_move_there_and_back(tb, mechanism, guarantee, opts):
         for k in ("move_time_s", "redirect_time_s", "state_chunks", "state_bytes", "packets_redirected",
                   "controller_buffer_peak", "instance_buffer_peak", "max_added_delay_us", "serialization_share"):
             assert k in m
+        if "dt" in opts:
+            # the source's trigger put the armed rules in force on both switches
+            t = m["trigger"]
+            assert t["fired"] and len(t["fired_ms"]) == 2 and all(f >= 0 for f in t["fired_ms"]), t
+            no_armed_rules(name)
 
 
-SLOW = [("opennf", "lf", "pz,ll,er"), ("opennf", "op", "pz,ll,er"), ("dist", "op", "pz,ll,er")]
+SLOW = [("opennf", "lf", "pz,ll,er"), ("opennf", "op", "pz,ll,er"), ("dist", "op", "pz,ll,er"), ("dist", "lf", "pz,dt")]
 
 
 @pytest.mark.parametrize("mechanism,guarantee,opts", SLOW, ids=[f"{m}-{g}-{o}" for m, g, o in SLOW])
@@ -89,12 +106,21 @@ def test_move_over_a_slow_control_link(tb, mechanism, guarantee, opts):
         assert (r["lost"], r["duplicated"]) == (0, 0), (m, r)
         if guarantee == "op":
             assert r["reordered"] == 0, (m, r)
-        assert m["ctrl_delay_ms"] == 10 and m["move_time_s"] >= 0.02     # at least one round trip
+        # at least a round trip; with dt at least the request's one way
+        assert m["ctrl_delay_ms"] == 10 and m["move_time_s"] >= (0.01 if "dt" in opts else 0.02)
         if mechanism == "opennf":
             c = m["controller"]
             # everything src sent up reached the controller, and everything it kept went on to dst
             assert m["src_stats"]["to_ctrl"] == c["held"] + c["dropped_after_cut"], (m["src_stats"], c)
             assert c["left"] == 0 and c["injected"] == c["held"], c
+        if "dt" in opts:
+            # no control round trip before the switches change: the source sends the trigger
+            # one delay in, the switches take it at once, and no control message follows
+            t = m["trigger"]
+            assert t["fired"] and t["sent_ms"] >= 10 and t["armed_ms"] >= 10, t
+            assert max(t["fired_ms"]) - t["sent_ms"] < 5, t
+            assert m["move_time_s"] * 1e3 < max(t["sent_ms"], t["armed_ms"]) + m["transfer_s"] * 1e3 + 10, m
+            no_armed_rules(name)
 
 
 def test_move_log_is_json_lines(tb):
@@ -109,6 +135,9 @@ def test_bad_move_requests(tb):
                       ({"src": "nf0", "dst": "nf0"}, "same instance"),
                       ({"src": "nf0", "dst": "nf1", "guarantee": "xx"}, "guarantee"),
                       ({"src": "nf0", "dst": "nf1", "opts": "zz"}, "optimisation"),
+                      ({"src": "nf0", "dst": "nf1", "opts": "dt", "mechanism": "opennf"}, "dt"),
+                      ({"src": "nf0", "dst": "nf1", "opts": "dt", "guarantee": "op"}, "dt"),
+                      ({"src": "nf0", "dst": "nf1", "opts": "dt", "filter": "sport=1024"}, "dt"),
                       ({"src": "nf0", "dst": "nf1", "filter": "src=1.2.3.400"}, "IPv4")):
         with pytest.raises(BadInput, match=msg):
             controller.call(tb["name"], "POST", "/move", body)
@@ -141,9 +170,10 @@ def test_tcp_survives_ten_moves(tb):
     assert at == "nf0"
 
 
-def test_destination_dies_half_way_rolls_back(tb):
+@pytest.mark.parametrize("opts", ["", "dt"])
+def test_destination_dies_half_way_rolls_back(tb, opts):
     """The destination's agent is killed while the move waits on it: the move is called off, the
-    source keeps the flows and the traffic."""
+    source keeps the flows and the traffic (dt: whether or not the armed rules fired)."""
     name = tb["name"]
     rec = __import__("nfx.testbed.state", fromlist=["load"]).load(name)
     pid = agents.pid_of(rec, "nf1")
@@ -152,7 +182,7 @@ def test_destination_dies_half_way_rolls_back(tb):
     def slow_move():
         try:
             # a slow control channel keeps the move open long enough to kill dst mid-way
-            controller.call(name, "POST", "/move", {"src": "nf0", "dst": "nf1", "guarantee": "lf",
+            controller.call(name, "POST", "/move", {"src": "nf0", "dst": "nf1", "guarantee": "lf", "opts": opts,
                                                     "mechanism": "dist", "ctrl_delay_ms": 60, "timeout": 5})
         except Exception as e:
             err["e"] = e
@@ -175,6 +205,7 @@ def test_destination_dies_half_way_rolls_back(tb):
     assert len(per_flow(name, "nf0")) == FLOWS and per_flow(name, "nf1") == {}
     from nfx.migrate import dataplane as dp
     assert dp.marks(builder.instance(name, "nf0")) == {} and dp.marks(builder.instance(name, "nf1")) == {}
+    no_armed_rules(name)
 
 
 @pytest.mark.parametrize("mechanism", ["dist", "opennf"])

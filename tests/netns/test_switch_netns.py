@@ -8,14 +8,12 @@ host answers them.
     h3 (e3, 10.77.0.3) --- p3 ┘
 """
 import json
-import os
 import secrets
 import select
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from scapy.all import IP, UDP, Ether, raw

@@ -5,7 +5,6 @@
 
 Namespaces are ttr<random>a/b and are deleted in teardown even when setup fails half-way."""
 import contextlib
-import ctypes as ct
 import secrets
 import socket
 import struct

@@ -2,7 +2,6 @@
 rate spaces them by size, order is kept; and OpenNF's controller buffer hands packets over in
 the order it let them go, off the thread that feeds it."""
 import socket
-import threading
 import time
 
 import pytest

@@ -50,6 +50,8 @@ def test_enums_match(cname, pyenum, prefix):
     ("NFX_LAT_BUCKETS", L.LAT_BUCKETS), ("NFX_LAT_SUB", L.LAT_SUB),
     ("NFX_STATELET_WORDS", L.STATELET_WORDS), ("NFX_STF_VALUE", L.STF_VALUE),
     ("NFX_STATELET_INC_SHIFT", L.STATELET_INC_SHIFT),
+    ("NFX_TOS_IBC", L.TOS_IBC), ("NFX_IBC_MAGIC", L.IBC_MAGIC), ("NFX_TOS_FIRE", L.TOS_FIRE),
+    ("NFX_FIRE_MAGIC", L.FIRE_MAGIC), ("NFX_SW_MAX_FIRED", L.SW_MAX_FIRED),
 ])
 def test_defines_match(cname, value):
     assert c_define(cname) == value
