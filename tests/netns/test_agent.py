@@ -131,6 +131,26 @@ def test_nat_filter_selects_both_directions_and_ports(nat):
         assert {c.table: c.count for c in b.get(("per-flow",))} == {"nat_fwd": 5, "nat_rev": 5}
 
 
+def test_export_by_keyset_and_skip(nat):
+    """Late locking reads a group of flows (keyset) and then the flows it has not seen (skip):
+    per-flow tables by the flow key, NAT's nat_rev by the inside flow in its value."""
+    from nfx.migrate import dataplane as dp
+    nf = builder.instance(nat["name"], "nf0")
+    def picked(**kw):
+        chunks = list(ops.export(nf, ("per-flow",), **kw))
+        fwd = dp.flow_keys([c for c in chunks if c.table == "nat_fwd"])[0]
+        return {c.table: c.count for c in chunks}, {bytes(k) for k in fwd}
+    _, inside = picked()
+    assert len(inside) == 200
+    group = set(sorted(inside)[:50])
+    counts, keys = picked(keyset=group)
+    assert counts == {"nat_fwd": 50, "nat_rev": 50} and keys == group
+    counts, keys = picked(skip=group)
+    assert counts == {"nat_fwd": 150, "nat_rev": 150} and keys == inside - group
+    with pytest.raises(ValueError):
+        picked(keyset=group, skip=group)
+
+
 @pytest.mark.parametrize("scope", SCOPES)
 def test_ids_round_trip_by_scope(ids, scope):
     clear(ids, "nf1")
