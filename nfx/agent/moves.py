@@ -47,16 +47,25 @@ class MoveOps:
         """The trigger out of both sides, to the switch at the other end of each: the armed
         rules take force when it arrives. Returns when it was sent (perf_counter)."""
         from ..control.frames import trigger_frame
-        if self._fire_socks is None:
-            socks = {}
-            for ifname in self.wiring:
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)     # protocol 0: receives nothing
-                s.bind((ifname, 0))
-                socks[ifname] = (s, s.getsockname()[4])                   # the interface's MAC
-            self._fire_socks = socks            # kept: closing a packet socket waits out an RCU grace period
-        for s, mac in self._fire_socks.values():
-            s.send(trigger_frame(token, mac))
-        return time.perf_counter()
+        for attempt in (1, 2):
+            if self._fire_socks is None:
+                socks = {}
+                for ifname in self.wiring:
+                    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)     # protocol 0: receives nothing
+                    s.bind((ifname, 0))
+                    socks[ifname] = (s, s.getsockname()[4])                   # the interface's MAC
+                self._fire_socks = socks        # kept: closing a packet socket waits out an RCU grace period
+            try:
+                for s, mac in self._fire_socks.values():
+                    s.send(trigger_frame(token, mac))
+                return time.perf_counter()
+            except OSError:
+                # an interface recreated under us (the binding holds the old ifindex): bind again
+                for s, _ in self._fire_socks.values():
+                    s.close()
+                self._fire_socks = None
+                if attempt == 2:
+                    raise
 
     def _warm_ring(self) -> None:
         """Map the buffer ring now, off the request path: the first move would pay ~26 ms."""

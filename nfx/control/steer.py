@@ -66,6 +66,8 @@ class Steering:
             for name, s in self.sw.items()}
         self._ibc_socks: dict[str, socket.socket] = {}      # host node -> bound AF_PACKET socket
         self._ibc_lock = threading.Lock()
+        for s in self.sw.values():
+            s.forget_unused_tokens()
 
     def _port(self, sw: str, nf: str) -> str:
         return self.rec["nodes"][sw]["ifaces"][nf]

@@ -344,6 +344,16 @@ class Switch:
         """Drop a token once no rule is armed with it (the table is small)."""
         self.maps["sw_fired"].delete(L.u64(token))
 
+    def forget_unused_tokens(self) -> int:
+        """Drop the fired tokens no rule is armed with (a controller that died mid-move leaves
+        them); returns how many. For a new controller, before any move of its own."""
+        armed = {r.token for r in self._used_rules().values() if r.token}
+        n, keys, _ = self.maps["sw_fired"].export()
+        stale = [keys[i] for i in range(n) if keys[i] not in armed]
+        for t in stale:
+            self.forget_token(t)
+        return len(stale)
+
     # ---- reading ----
     def counters(self) -> dict[int, tuple[int, int]]:
         """{rule id: (packets, bytes)} for every rule in use, summed over CPUs."""

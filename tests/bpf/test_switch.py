@@ -408,3 +408,13 @@ def test_other_triggers_fire_nothing(armed, change):
     sw.forget_token(T + 1)
     run(sw, udp())
     assert sw.counters()[new][0] == 0
+
+
+def test_a_new_controller_forgets_tokens_no_rule_is_armed_with(sw):
+    run(sw, trigger(501))
+    run(sw, trigger(502))
+    kept = sw.add_wild(Match(), Rule(output=[P3], token=502))
+    assert sw.forget_unused_tokens() == 1
+    assert sw.fired(501) is None and sw.fired(502) is not None
+    sw.remove(kept)
+    assert sw.forget_unused_tokens() == 1 and sw.fired(502) is None
