@@ -37,6 +37,8 @@ class Steering:
         sw = {node: Switch.open(node, info["ns"], Path(info["pin"]))
               for node, info in rec["nodes"].items() if info["role"] == "switch"}
         self._setup(rec, sw)
+        for s in self.sw.values():
+            s.forget_unused_tokens()        # a controller that died mid-move left them
 
     @classmethod
     def over(cls, rec, switches: dict) -> "Steering":
@@ -66,8 +68,6 @@ class Steering:
             for name, s in self.sw.items()}
         self._ibc_socks: dict[str, socket.socket] = {}      # host node -> bound AF_PACKET socket
         self._ibc_lock = threading.Lock()
-        for s in self.sw.values():
-            s.forget_unused_tokens()
 
     def _port(self, sw: str, nf: str) -> str:
         return self.rec["nodes"][sw]["ifaces"][nf]
