@@ -15,7 +15,9 @@ from .filter import FLOW_DTYPE, Filter
 from .tables import SCOPES, Table, tables
 
 CHUNK_ENTRIES = 65536
-def member(raw: np.ndarray, keyset: set) -> np.ndarray:
+
+
+def _member(raw: np.ndarray, keyset: set) -> np.ndarray:
     """For n raw keys (n x 16 uint8), which are in `keyset` (16-byte bytes). Slicing one bytes
     object is 2.5x faster than making bytes of each numpy row (and as fast as a vectorised
     hash lookup, measured at 22k entries)."""
@@ -33,7 +35,7 @@ def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: s
             raw = np.frombuffer(keys, dtype=np.uint8, count=n * ksz).reshape(n, ksz)
         else:
             raw = np.frombuffer(vals, dtype=np.uint8, count=n * slot_size).reshape(n, slot_size)
-        return np.flatnonzero(member(raw[:, :16], keyset) != skip)
+        return np.flatnonzero(_member(raw[:, :16], keyset) != skip)
     if t.select == "all" or flt.everything:
         return None
     if t.select == "key_flow":
