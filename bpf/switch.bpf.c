@@ -111,24 +111,29 @@ static __always_inline int sw_wild_match(struct nfx_sw_wild *w, struct nfx_flow_
            (!w->proto || w->proto == k->proto);
 }
 
-/* an armed rule whose token has not fired yet: the packet looks further */
-static __always_inline int sw_armed(__u32 rid)
+/* rule `rid`, or 0 if there is none or it is armed with a token that has not fired yet (the
+ * packet then looks further) */
+static __always_inline struct nfx_sw_rule *sw_rule(__u32 rid)
 {
     struct nfx_sw_rule *r = sw_rules.lookup(&rid);
-    if (!r || !r->token || sw_fired.lookup(&r->token))
+    if (r && r->token && !sw_fired.lookup(&r->token)) {
+        nfx_count(NFX_R_SW_ARMED);
         return 0;
-    nfx_count(NFX_R_SW_ARMED);
-    return 1;
+    }
+    return r;
 }
 
-/* the rule id for this packet, or -1 on a miss */
-static __always_inline int sw_lookup(struct nfx_flow_key *k, int exact_ok, __u32 in_port)
+/* this packet's rule (its id in *rid), or 0 on a miss */
+static __always_inline struct nfx_sw_rule *sw_lookup(struct nfx_flow_key *k, int exact_ok, __u32 in_port,
+                                                     __u32 *rid)
 {
+    struct nfx_sw_rule *r;
     if (exact_ok) {
         __u32 *id = sw_exact.lookup(k);
-        if (id && !sw_armed(*id)) {
+        if (id && (r = sw_rule(*id))) {
             nfx_count(NFX_R_SW_HIT_EXACT);
-            return *id;
+            *rid = *id;
+            return r;
         }
     }
 #pragma unroll
@@ -137,12 +142,13 @@ static __always_inline int sw_lookup(struct nfx_flow_key *k, int exact_ok, __u32
         struct nfx_sw_wild *w = sw_wild.lookup(&slot);
         if (!w || !w->used)
             continue;
-        if (sw_wild_match(w, k, in_port) && !sw_armed(w->rule)) {
+        if (sw_wild_match(w, k, in_port) && (r = sw_rule(w->rule))) {
             nfx_count(NFX_R_SW_HIT_WILD);
-            return w->rule;
+            *rid = w->rule;
+            return r;
         }
     }
-    return -1;
+    return 0;
 }
 
 /* IPv4 TOS := tos, header checksum fixed incrementally over the 16-bit word holding it */
@@ -224,9 +230,8 @@ int nfx_switch(struct __sk_buff *skb)
     int act = TC_ACT_SHOT;
     if (reason == NFX_R_OK && k.proto == IPPROTO_UDP && sw_fire(skb, l4_off))
         goto out;                   /* consumed */
-    int id = sw_lookup(&k, reason == NFX_R_OK, in_port);
-    __u32 rid = id;
-    struct nfx_sw_rule *r = id < 0 ? 0 : sw_rules.lookup(&rid);
+    __u32 rid = 0;
+    struct nfx_sw_rule *r = sw_lookup(&k, reason == NFX_R_OK, in_port, &rid);
     if (!r || !r->used) {
         nfx_count(NFX_R_SW_MISS);
         goto out;

@@ -43,9 +43,7 @@ class DelayedSteering:
     def _switch_side(self) -> None:
         while (item := self.q.get()) is not None:
             due, fn, args, done = item
-            left = due - time.monotonic()
-            if left > 0:
-                time.sleep(left)
+            link.sleep_until(due)
             self._run(fn, args, done)
 
     def _send(self, fn, *args) -> dict:
@@ -66,26 +64,25 @@ class DelayedSteering:
         done["at"] = time.perf_counter()
         done["ev"].set()
 
-    def point(self, *a):
-        done = self._send(self.s.point, *a)
+    def _change(self, fn, *args) -> dict:
+        """A rule change, carried out at the switch side and acknowledged."""
+        done = self._send(fn, *args)
         done["ev"].wait()
-        self.applied_at = done["at"]
         if "error" in done:
             raise done["error"]
         if self.q is not None:
             self.down.pass_(RULE_BYTES)
+        return done
+
+    def point(self, *a):
+        done = self._change(self.s.point, *a)
+        self.applied_at = done["at"]
         return done["result"]
 
     def arm(self, flt, nfs, token: int) -> float:
         """Rules for `nfs` that take force when a trigger with `token` reaches each switch
         (Steering.point); returns when they were in place (perf_counter)."""
-        done = self._send(self.s.point, flt, nfs, None, token)
-        done["ev"].wait()
-        if "error" in done:
-            raise done["error"]
-        if self.q is not None:
-            self.down.pass_(RULE_BYTES)
-        return done["at"]
+        return self._change(self.s.point, flt, nfs, None, token)["at"]
 
     def fired(self, token: int) -> list[float | None]:
         """When each switch took the trigger (perf_counter seconds; the same clock). Read for
@@ -98,13 +95,10 @@ class DelayedSteering:
         def make_plain():
             self.s.point(flt, nfs)
             self.s.forget_token(token)
-        done = self._send(make_plain)
-        done["ev"].wait()
-        if "error" in done:
-            raise done["error"]
+        self._change(make_plain)
 
     def forget_token(self, token: int) -> None:
-        self._send(self.s.forget_token, token)["ev"].wait()
+        self._change(self.s.forget_token, token)
 
     def ibc(self, *a):
         done = self._send(self.s.ibc, *a)

@@ -36,10 +36,10 @@ class Link:
 
     def pass_(self, nbytes: int, entered: float | None = None) -> None:
         """Block until a frame sent now comes out at the far end."""
-        _sleep_until(self.due(nbytes, entered))
+        sleep_until(self.due(nbytes, entered))
 
 
-def _sleep_until(t: float) -> None:
+def sleep_until(t: float) -> None:
     left = t - time.monotonic()
     if left > 0:
         time.sleep(left)
@@ -94,7 +94,7 @@ class DelayedConn:
                 return
             entered, parts = item
             try:
-                _sleep_until(self.up.due(sum(len(p) for p in parts), entered))
+                sleep_until(self.up.due(sum(len(p) for p in parts), entered))
                 wire.write(self.sock, parts)
             except BaseException as e:
                 self.error = self.error or e
@@ -110,7 +110,7 @@ class DelayedConn:
         if isinstance(fr, BaseException):
             self.rq.put((0.0, fr))        # stays broken
             raise fr
-        _sleep_until(due)
+        sleep_until(due)
         return fr
 
     def close(self) -> None:

@@ -19,8 +19,8 @@ CHUNK_ENTRIES = 65536
 
 def _member(raw: np.ndarray, keyset: set) -> np.ndarray:
     """For n raw keys (n x 16 uint8), which are in `keyset` (16-byte bytes). Slicing one bytes
-    object is 2.5x faster than making bytes of each numpy row (and as fast as a vectorised
-    hash lookup, measured at 22k entries)."""
+    object is 2.4x faster than making bytes of each numpy row, and no slower than a vectorised
+    hash lookup (measured at 22k entries: 4.6, 1.9 and 1.7-2.0 ms)."""
     kb = np.ascontiguousarray(raw).tobytes()
     return np.fromiter((kb[i:i + 16] in keyset for i in range(0, len(kb), 16)), dtype=bool, count=len(raw))
 

@@ -3,6 +3,7 @@ rate spaces them by size, order is kept; and OpenNF's controller buffer hands pa
 the order it let them go, off the thread that feeds it."""
 import socket
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -25,14 +26,20 @@ def test_link_fifo_delay_and_rate():
         Link(-1)
 
 
+@contextmanager
 def _pair(delay_s, rate_bps=0.0):
+    """A DelayedConn and the raw socket at its far end, both closed afterwards."""
     a, b = socket.socketpair()
-    return DelayedConn(a, Link(delay_s, rate_bps), Link(delay_s, rate_bps)), b
+    conn = DelayedConn(a, Link(delay_s, rate_bps), Link(delay_s, rate_bps))
+    try:
+        yield conn, b
+    finally:
+        conn.close()
+        b.close()
 
 
 def test_frames_are_pipelined_through_the_delay():
-    conn, far = _pair(0.05)
-    try:
+    with _pair(0.05) as (conn, far):
         t0 = time.monotonic()
         for i in range(20):                    # the far end sends 20 frames back to back
             wire.write(far, wire.encode_json({"i": i}))
@@ -41,14 +48,10 @@ def test_frames_are_pipelined_through_the_delay():
         assert [o["i"] for _, o in got] == list(range(20))
         # one delay for all of them (a per-frame delay would take a second)
         assert 0.045 <= took < 0.4, took
-    finally:
-        conn.close()
-        far.close()
 
 
 def test_writes_leave_one_delay_later_without_blocking():
-    conn, far = _pair(0.05)
-    try:
+    with _pair(0.05) as (conn, far):
         t0 = time.monotonic()
         for i in range(10):
             conn.write(wire.encode_json({"i": i}))
@@ -57,14 +60,10 @@ def test_writes_leave_one_delay_later_without_blocking():
         seen = [r.frame()[1]["i"] for _ in range(10)]
         assert seen == list(range(10))
         assert 0.045 <= time.monotonic() - t0 < 0.4
-    finally:
-        conn.close()
-        far.close()
 
 
 def test_rate_spaces_frames_by_size():
-    conn, far = _pair(0.0, 8e6)                # 1 MB/s
-    try:
+    with _pair(0.0, 8e6) as (conn, far):      # 1 MB/s
         blob = {"x": "a" * 50_000}
         t0 = time.monotonic()
         for _ in range(4):
@@ -72,21 +71,15 @@ def test_rate_spaces_frames_by_size():
         for _ in range(4):
             conn.frame(5)
         assert time.monotonic() - t0 >= 0.19   # 200 kB at 1 MB/s
-    finally:
-        conn.close()
-        far.close()
 
 
 def test_frame_times_out_and_reports_a_closed_peer():
     import queue
-    conn, far = _pair(0.0)
-    try:
+    with _pair(0.0) as (conn, far):
         with pytest.raises(queue.Empty):
             conn.frame(0.05)
         far.close()
         assert conn.frame(1) is None           # EOF
-    finally:
-        conn.close()
 
 
 class SlowDst:
