@@ -133,7 +133,7 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
             return act;                  /* the move was called off: just process it */
         __u32 nf = g->filters;
         __u32 epoch = 0;
-#pragma unroll
+        /* a bounded loop, not unrolled: its early exit on a runtime count defeats LLVM's unroller */
         for (__u32 i = 0; i < NFX_MAX_FILTERS; i++) {
             if (i >= nf)
                 break;

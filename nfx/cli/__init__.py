@@ -1,5 +1,6 @@
 """nfx command line: one sub-app per area; domain errors become a message on stderr and an exit code."""
 import logging
+import os
 import sys
 
 import typer
@@ -9,6 +10,15 @@ from . import bench, inspect, move, nf, state, testbed, traffic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Move live network-function state between XDP NF instances, with measured guarantees.")
+
+
+@app.callback()
+def _global(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                         help="Show the BPF compiler's messages (else in /run/nfx/compile.log).")):
+    if verbose:
+        os.environ["NFX_VERBOSE"] = "1"       # children (agents, controller) inherit it
+
+
 app.add_typer(testbed.app, name="testbed")
 app.add_typer(traffic.app, name="traffic")
 app.add_typer(nf.app, name="nf")

@@ -5,6 +5,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from ..errors import NeedRoot
 
@@ -28,3 +29,17 @@ def emit_json(obj) -> None:
 
 def progress(msg: str) -> None:
     console.print(f"[dim]·[/dim] {msg}")
+
+
+def show(t: Table, console: Console = out) -> None:
+    """Print a table that fits the terminal (80 columns by default): a light frame, and cells
+    that wrap instead of being cut, so an address or a number is never shown with an ellipsis."""
+    t.box = None
+    t.show_edge = False
+    t.pad_edge = False
+    t.padding = (0, 1)
+    t.header_style = "bold underline"
+    t.title_justify = "left"
+    for c in t.columns:
+        c.overflow = "fold"
+    console.print(t)

@@ -4,7 +4,7 @@ from rich.table import Table
 
 from ..errors import BadInput, NfxError
 from ..testbed import builder, state
-from .common import JsonOpt, NameOpt, emit_json, need_root, out
+from .common import JsonOpt, NameOpt, emit_json, need_root, out, show
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and maintain NF instances.")
 InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.g. nf0).")
@@ -40,7 +40,7 @@ def list_(name: str = NameOpt, json_: bool = JsonOpt):
                                                               else "[red]no[/red]")
         t.add_row(r["instance"], r["kind"] or "", r["netns"], str(a["pid"] or "-"), alive,
                   f"{a.get('addr')}:{a.get('port')}" if a.get("addr") else "-", r["pin"] or "")
-    out.print(t)
+    show(t)
 
 
 def _targets(rec, instance: str | None) -> list[str]:
@@ -100,7 +100,7 @@ def stats(name: str = NameOpt, instance: str = InstOpt, json_: bool = JsonOpt):
     t = Table("counter", "value", title=f"{name}/{instance}")
     for k, v in sorted(s.items()):
         t.add_row(k, f"{v:,}")
-    out.print(t)
+    show(t)
 
 
 @app.command()
@@ -119,7 +119,7 @@ def mappings(name: str = NameOpt, instance: str = InstOpt, limit: int = typer.Op
     for m in rows[:limit]:
         t.add_row(m["proto"], f"{m['src']}:{m['sport']}", f"{m['dst']}:{m['dport']}", m["public"],
                   str(m["pkts_out"]), str(m["pkts_in"]), str(m["idle_s"]))
-    out.print(t)
+    show(t)
 
 
 @app.command()

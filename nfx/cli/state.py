@@ -9,7 +9,7 @@ from rich.table import Table
 from ..errors import BadInput, NfxError
 from ..state import ops
 from ..state.tables import parse_scopes
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, out
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, show
 
 app = typer.Typer(no_args_is_help=True, help="Export, import, dump and compare NF state (through the agents).")
 InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.g. nf0).")
@@ -146,7 +146,7 @@ def dump(name: str = NameOpt, instance: str = InstOpt, filter_: str = FilterOpt,
                                           + (f", first {len(t['entries'])}" if len(t["entries"]) < t["count"] else ""))
         for e in t["entries"]:
             tab.add_row(_short(e["key"]), _short(e["value"]))
-        out.print(tab)
+        show(tab)
 
 
 def _short(v) -> str:
@@ -187,4 +187,4 @@ def diff(a: str = typer.Argument(..., help="A state file or instance:NAME."),
     t = Table("table", f"only in {a}", f"only in {b}", "changed", title=f"{a} vs {b}")
     for tname, c in sorted(d["by_table"].items()):
         t.add_row(tname, f"{c['only_a']:,}", f"{c['only_b']:,}", f"{c['changed']:,}")
-    out.print(t)
+    show(t)

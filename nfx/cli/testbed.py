@@ -3,7 +3,7 @@ import typer
 from rich.table import Table
 
 from ..testbed import builder, state, topology
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, progress
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, progress, show
 
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove netns testbeds.")
 
@@ -65,4 +65,4 @@ def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (def
         for node, n in r["nodes"].items():
             detail = n.get("addr") or ", ".join(f"{k}={v}" for k, v in sorted(n.get("stats", {}).items())[:6])
             t.add_row(node, n["role"], n["netns"] + ("" if n["alive"] else " [red](gone)[/red]"), detail or "")
-        out.print(t)
+        show(t)

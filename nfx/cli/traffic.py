@@ -5,7 +5,7 @@ from rich.table import Table
 
 from ..errors import BadInput
 from ..traffic import rig
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, out
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, show
 
 app = typer.Typer(no_args_is_help=True, help="Generate traffic through a testbed and check it at the sink.")
 
@@ -42,4 +42,4 @@ def run(name: str = NameOpt,
         t.add_row(k, f"{r[k]:,.0f}")
     for k in ("lat_p50_us", "lat_p99_us", "lat_max_us"):
         t.add_row(k, "-" if r[k] is None else f"{r[k]:.1f}")
-    out.print(t)
+    show(t)

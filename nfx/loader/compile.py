@@ -6,7 +6,14 @@ import sys
 import tempfile
 
 from ..errors import BpfError, KernelFeature
-from ..paths import BPF_DIR, BPF_INCLUDE
+from ..paths import BPF_DIR, BPF_INCLUDE, RUN_DIR
+
+COMPILE_LOG = RUN_DIR / "compile.log"
+
+
+def verbose() -> bool:
+    """Compiler messages on the terminal (`nfx --verbose`, NFX_VERBOSE=1) instead of COMPILE_LOG."""
+    return os.environ.get("NFX_VERBOSE", "") not in ("", "0")
 
 
 def _bcc():
@@ -34,23 +41,26 @@ def _captured_stderr(keep):
             keep.append(err.read())
 
 
-_QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+_QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 
-def expand_includes(text: str, seen: set[str] | None = None) -> str:
+def expand_includes(text: str, seen: set[str] | None = None, name: str = "main") -> str:
     """Inline the project's quoted includes. BCC rewrites map method calls (`m.lookup()`)
-    only in the main file, so shared helpers that touch maps must be part of it."""
+    only in the main file, so shared helpers that touch maps must be part of it. `#line`
+    markers before and after each inlined file keep diagnostics pointing at the real line."""
     seen = set() if seen is None else seen
 
     def sub(m):
-        name = m.group(1)
-        if name in seen:
+        inc = m.group(1)
+        if inc in seen:
             return ""
-        seen.add(name)
-        path = BPF_INCLUDE / name
+        seen.add(inc)
+        path = BPF_INCLUDE / inc
         if not path.exists():
-            raise BpfError(f"include {name!r} not found in {BPF_INCLUDE}")
-        return f'#line 1 "{name}"\n' + expand_includes(path.read_text(), seen)
+            raise BpfError(f"include {inc!r} not found in {BPF_INCLUDE}")
+        resume = text.count("\n", 0, m.end()) + 2       # the line after the #include
+        return (f'#line 1 "{inc}"\n' + expand_includes(path.read_text(), seen, inc)
+                + f'\n#line {resume} "{name}"')
 
     return _QUOTED_INCLUDE.sub(sub, text)
 
@@ -67,12 +77,46 @@ def compile_source(name: str, defines: dict[str, object] | None = None, path=Non
         raise KernelFeature(f"no kernel headers at {build}",
                             hint="run scripts/bootstrap.sh to install and link the nearest Debian headers")
     cflags = ["-w", f"-I{BPF_INCLUDE}"] + [f"-D{k}={v}" for k, v in (defines or {}).items()]
-    # compiler diagnostics go straight to stderr: an LLVM assertion aborts the process, and a
-    # captured message would die with it
-    try:
-        return bcc.BPF(text=expand_includes(path.read_text()).encode(), cflags=cflags)
-    except Exception as e:
-        raise BpfError(f"compiling {path.name} failed: {e} (compiler messages above)") from None
+    text = expand_includes(path.read_text(), name=path.name).encode()
+    if verbose():
+        try:
+            return bcc.BPF(text=text, cflags=cflags)
+        except Exception as e:
+            raise BpfError(f"compiling {path.name} failed: {e} (compiler messages above)") from None
+    # LLVM's remarks (-w does not silence them) go to a log the user can read; the log is a
+    # file, not a pipe, so what the compiler said survives an LLVM abort of this process
+    with _stderr_to_log(path.name, defines) as log_at:
+        try:
+            return bcc.BPF(text=text, cflags=cflags)
+        except Exception as e:
+            said = _log_tail(log_at)
+            raise BpfError(f"compiling {path.name} failed: {e}\n{said}".rstrip(),
+                           hint=f"the whole compiler output is in {COMPILE_LOG}") from None
+
+
+@contextlib.contextmanager
+def _stderr_to_log(what: str, defines):
+    """fd 2 appended to COMPILE_LOG for the duration; yields the offset this compile starts at."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    big = COMPILE_LOG.exists() and COMPILE_LOG.stat().st_size > (1 << 20)
+    with open(COMPILE_LOG, "w" if big else "a") as log:
+        log.write(f"--- {what} {defines or ''}\n")
+        log.flush()
+        start = log.tell()
+        saved = os.dup(2)
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 2)
+        try:
+            yield start
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _log_tail(start: int, limit: int = 4000) -> str:
+    with open(COMPILE_LOG, errors="replace") as log:
+        log.seek(start)
+        return log.read()[-limit:]
 
 
 def load(b, fn_name: str, kind: str = "xdp"):
