@@ -1,13 +1,23 @@
 /* sink.bpf.c: the receiving host's XDP program. Generator packets (eth/IPv4/UDP|TCP whose
- * payload starts with nfx_gen_payload) are counted per flow, checked for duplicates and
- * reordering against a 64-packet window behind the highest sequence number, timed, and
- * dropped; everything else goes on to the host's stack.
+ * payload starts with nfx_gen_payload) are counted per flow, checked against a per-flow
+ * seen-bitmap (struct nfx_sink_word in nfx.h), timed, and dropped; everything else goes on to
+ * the host's stack.
  *
- * Concurrency: sink_flows is updated with plain read-modify-write. That is safe because the
- * sink sits on a veth with one rx queue: every frame it sees comes through that queue's one
- * NAPI context, which never runs on two CPUs at once, so each flow has one writer. (A veth
- * with several rx queues picks the queue by the sending CPU, which would give a flow two
- * writers; nfx.traffic.sink refuses such an interface.) Latency counters are per-CPU anyway.
+ * Per flow, every packet lands in exactly one of: distinct (its seq's bit was clear: it sets
+ * it), dup (the bit was set), out_of_window (the word holding its block was already reused by
+ * a block NFX_SINK_WORDS * 64 seqs newer, so neither can be told: counted, never guessed).
+ * A distinct packet whose seq is below the flow's highest seen seq is also reordered. Nothing
+ * slides or is cleared per packet: a word is retagged when a newer block reaches it, so the
+ * cost is one word read-modify-write whatever the gap, and a reset only bumps the epoch.
+ * Userspace then has, per flow: lost = sent - distinct seqs below sent, and unexpected =
+ * distinct seqs at or above sent (never generated) -- exact while out_of_window is 0, which is
+ * guaranteed whenever a flow's packets in a run fit NFX_SINK_WORDS * 64.
+ *
+ * Concurrency: sink_flows and sink_bits are updated with plain read-modify-write. That is safe
+ * because the sink sits on a veth with one rx queue: every frame it sees comes through that
+ * queue's one NAPI context, which never runs on two CPUs at once, so each flow has one writer.
+ * (A veth with several rx queues picks the queue by the sending CPU, which would give a flow
+ * two writers; nfx.traffic.sink refuses such an interface.) Latency counters are per-CPU anyway.
  *
  * Sequence numbers are u32 and do not wrap in any realistic run (2^32 packets per flow). */
 #include "nfx_bpf.h"
@@ -15,12 +25,18 @@
 #ifndef NFX_SINK_FLOWS
 #define NFX_SINK_FLOWS 1
 #endif
+/* bitmap words per flow, a power of two: the window is NFX_SINK_WORDS * 64 seqs */
+#ifndef NFX_SINK_WORDS
+#define NFX_SINK_WORDS 1
+#endif
 /* verdict for generator packets: XDP_DROP normally; XDP_PASS lets tests see them in the stack */
 #ifndef NFX_SINK_VERDICT
 #define NFX_SINK_VERDICT XDP_DROP
 #endif
 
 BPF_ARRAY(sink_flows, struct nfx_sink_flow, NFX_SINK_FLOWS);
+BPF_ARRAY(sink_bits, struct nfx_sink_word, NFX_SINK_FLOWS * NFX_SINK_WORDS);
+BPF_ARRAY(sink_cfg, struct nfx_sink_cfg, 1);
 BPF_PERCPU_ARRAY(sink_lat, __u64, NFX_LAT_BUCKETS);
 BPF_PERCPU_ARRAY(sink_lat_max, __u64, 1);
 
@@ -46,27 +62,35 @@ static __always_inline __u32 sink_lat_bucket(__u64 v)
     return i < NFX_LAT_BUCKETS ? i : NFX_LAT_BUCKETS - 1;
 }
 
-static __always_inline void sink_seq(struct nfx_sink_flow *s, __u32 seq)
+static __always_inline void sink_seq(struct nfx_sink_flow *s, __u32 flow, __u32 seq, __u32 epoch)
 {
     s->received++;
-    if (s->high == 0 || seq >= s->high) {           /* new highest: slide the window */
-        __u32 shift = seq + 1 - s->high;
-        s->window = shift >= 64 ? 1 : (s->window << shift) | 1;
-        s->high = seq + 1;
+    __u32 blk = seq >> 6;
+    __u32 idx = flow * NFX_SINK_WORDS + (blk & (NFX_SINK_WORDS - 1));
+    struct nfx_sink_word *w = sink_bits.lookup(&idx);
+    if (!w) {                                       /* never: flow < NFX_SINK_FLOWS */
+        s->out_of_window++;
         return;
     }
-    __u32 behind = s->high - 1 - seq;               /* 0 = the highest itself */
-    if (behind >= 64) {                             /* too old to tell: count it as late */
-        s->reordered++;
+    if (w->epoch != epoch || w->blk < blk) {        /* stale word: this block starts empty */
+        w->bits = 0;
+        w->blk = blk;
+        w->epoch = epoch;
+    } else if (w->blk > blk) {                      /* the block's record is gone */
+        s->out_of_window++;
         return;
     }
-    __u64 bit = 1ULL << behind;
-    if (s->window & bit) {
+    __u64 bit = 1ULL << (seq & 63);
+    if (w->bits & bit) {
         s->dup++;
-    } else {
-        s->window |= bit;
-        s->reordered++;
+        return;
     }
+    w->bits |= bit;
+    s->distinct++;
+    if ((__u64)seq >= s->high)
+        s->high = (__u64)seq + 1;
+    else
+        s->reordered++;
 }
 
 static __always_inline void sink_latency(__u64 tx_ns)
@@ -109,8 +133,10 @@ int nfx_sink(struct xdp_md *ctx)
         nfx_count(NFX_R_SINK_BAD_FLOW);
         return nfx_exit(XDP_DROP);
     }
+    __u32 z = 0;
+    struct nfx_sink_cfg *c = sink_cfg.lookup(&z);
     nfx_count(NFX_R_SINK_RX);
-    sink_seq(s, g->seq);
+    sink_seq(s, flow, g->seq, c ? c->epoch : 0);
     sink_latency(g->tx_ns);
     return nfx_exit(NFX_SINK_VERDICT);
 

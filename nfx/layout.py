@@ -337,8 +337,16 @@ class GenTmpl(ct.Structure):
 
 
 class SinkFlow(ct.Structure):
-    _fields_ = [("received", u64), ("dup", u64), ("reordered", u64), ("window", u64),
-                ("high", u32), ("pad", u32)]
+    _fields_ = [("received", u64), ("dup", u64), ("reordered", u64), ("distinct", u64),
+                ("out_of_window", u64), ("high", u64)]
+
+
+class SinkWord(ct.Structure):
+    _fields_ = [("bits", u64), ("blk", u32), ("epoch", u32)]
+
+
+class SinkCfg(ct.Structure):
+    _fields_ = [("epoch", u32), ("pad", u32)]
 
 
 LAT_SUB = 4
@@ -352,7 +360,7 @@ MIRRORS = {
     "nfx_ids_sig": IdsSig, "nfx_ids_cfg": IdsCfg, "nfx_ids_alert": IdsAlert,
     "nfx_sw_rule": SwRule, "nfx_fire_payload": FirePayload, "nfx_sw_wild": SwWild, "nfx_sw_counter": SwCounter,
     "nfx_sw_ctrl_hdr": SwCtrlHdr, "nfx_gen_payload": GenPayload, "nfx_gen_cfg": GenCfg,
-    "nfx_gen_tmpl": GenTmpl, "nfx_sink_flow": SinkFlow,
+    "nfx_gen_tmpl": GenTmpl, "nfx_sink_flow": SinkFlow, "nfx_sink_word": SinkWord, "nfx_sink_cfg": SinkCfg,
     "nfx_statelet": Statelet,
 }
 

@@ -448,11 +448,27 @@ struct nfx_gen_tmpl {
 };
 
 struct nfx_sink_flow {
-    __u64 received;
-    __u64 dup;
-    __u64 reordered;
-    __u64 window;                    /* bit i: seq (high - i) received */
-    __u32 high;                      /* highest seq + 1, 0 = none yet */
+    __u64 received;                  /* every packet of the flow = distinct + dup + out_of_window */
+    __u64 dup;                       /* a seq whose bit was already set */
+    __u64 reordered;                 /* not a dup, and seq below the highest seen */
+    __u64 distinct;                  /* a seq whose bit this packet set */
+    __u64 out_of_window;             /* seq's bitmap word already reused by a newer block: unjudged */
+    __u64 high;                      /* highest seq + 1 (u64: seq 2^32-1 must not wrap it), 0 = none */
+};
+
+/* The sink's seen-bitmap: NFX_SINK_WORDS words per flow, word (seq / 64) % NFX_SINK_WORDS
+ * of flow f at index f * NFX_SINK_WORDS + that. A word records one 64-seq block, named by
+ * blk = seq / 64 and the sink's epoch (bumped by a reset, so nothing needs clearing); a word
+ * whose tag is older than the arriving block is stale and restarts empty, a newer one means
+ * the block's record is gone and the packet is counted out_of_window, never guessed at. */
+struct nfx_sink_word {
+    __u64 bits;                      /* bit i: seq blk * 64 + i received */
+    __u32 blk;
+    __u32 epoch;
+};
+
+struct nfx_sink_cfg {
+    __u32 epoch;                     /* nonzero; words of another epoch are empty */
     __u32 pad;
 };
 

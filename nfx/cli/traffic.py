@@ -18,7 +18,7 @@ def run(name: str = NameOpt,
         size: int = typer.Option(None, "--size", "-s", help="Frame size in bytes (default: the smallest)."),
         proto: str = typer.Option("udp", "--proto", help="udp or tcp (TCP-flagged segments)."),
         json_: bool = JsonOpt):
-    """Send numbered packets from h1 to h2; report sent/received/lost/reordered/duplicated/latency."""
+    """Send numbered packets from h1 to h2; report sent/received/lost/reordered/duplicated/unexpected/latency."""
     need_root()
     if flows < 1 or flows > 1_000_000:
         raise BadInput("--flows must be 1..1000000")
@@ -38,8 +38,10 @@ def run(name: str = NameOpt,
     t = Table(title=f"{name}: {flows:,} flows, {r['size']} B {proto}, {duration:g} s")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k in ("sent", "received", "lost", "duplicated", "reordered", "pps"):
+    for k in ("sent", "received", "lost", "duplicated", "reordered", "unexpected", "out_of_window", "pps"):
         t.add_row(k, f"{r[k]:,.0f}")
     for k in ("lat_p50_us", "lat_p99_us", "lat_max_us"):
         t.add_row(k, "-" if r[k] is None else f"{r[k]:.1f}")
+    # clean: every packet judged, none lost, duplicated, reordered or unattributable
+    t.add_row("clean", "yes" if r["clean"] else "[red]NO[/red]" + ("" if r["exact"] else " (not exact)"))
     show(t)

@@ -25,7 +25,8 @@ def settle(sink: Sink, expected: int, timeout_s: float = 0.5, poll_s: float = 0.
 def measure(gen: Generator, sink: Sink, rate_pps: float | None, duration_s: float,
             settle_s: float = 0.5, progress=None) -> dict:
     """Send for `duration_s` at `rate_pps` (None: flat out) and return the generator's and the
-    sink's view merged: sent, received, lost, duplicated, reordered, latency, achieved pps."""
+    sink's view merged: sent, received, lost, duplicated, reordered, unexpected, out_of_window,
+    exact, clean (see nfx.traffic.sink), latency, achieved pps."""
     sink.reset()
     gen.reset()
     g = gen.run(rate_pps, duration_s, progress=progress)

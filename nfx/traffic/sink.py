@@ -1,6 +1,15 @@
 """Sequence-checking sink: bpf/sink.bpf.c on the receiving host's interface. Generator packets
-are counted per flow (duplicates, reordering, latency) and dropped in XDP; the host's own
-traffic passes to its stack."""
+are counted per flow against a seen-bitmap (distinct, duplicates, reordering, latency) and
+dropped in XDP; the host's own traffic passes to its stack.
+
+Exact accounting, per flow f that sent s_f packets (seqs 0 .. s_f-1):
+  lost_f       = s_f - distinct seqs below s_f received
+  duplicated_f = received_f - distinct_f - out_of_window_f  (a seq seen again, however late)
+  reordered_f  = distinct packets whose seq was below the flow's highest seen seq
+  unexpected_f = distinct seqs at or above s_f (never generated), plus bad_flow overall
+None can cancel another. out_of_window_f counts packets whose seq's bitmap word was already
+reused by a block `window` seqs newer: they are neither judged dup nor new, and make the run
+not `exact`; that cannot happen when s_f <= window."""
 import ctypes as ct
 import re
 import struct
@@ -13,8 +22,27 @@ from ..loader.compile import compile_source, load
 from ..loader.maps import Map
 
 XDP_DROP, XDP_PASS = 1, 2
-_FLOW_FMT = "=QQQQII"            # struct nfx_sink_flow
+_FLOW_FMT = "=QQQQQQ"            # struct nfx_sink_flow
 assert struct.calcsize(_FLOW_FMT) == ct.sizeof(L.SinkFlow)
+# default bitmap budget, all flows together: 2^21 words of 16 B = 32 MB, 2^27 seqs; a flow gets
+# the largest power of two of words that fits (1000 flows: 131072 seqs each)
+BITMAP_WORDS = 1 << 21
+
+
+def window_words(nflows: int, window: int | None = None) -> int:
+    """Bitmap words per flow: enough for `window` seqs (rounded up to a power of two), or by
+    default the largest power of two that keeps nflows of them within BITMAP_WORDS."""
+    if window is not None:
+        if window < 1:
+            raise BadInput("the sink window must be at least 1 seq")
+        want = -(-window // 64)
+    else:
+        want = max(BITMAP_WORDS // nflows, 1)
+        want = 1 << (want.bit_length() - 1)          # round down to a power of two
+    words = 1 << (want - 1).bit_length()             # (explicit window: round up)
+    if nflows * words > 1 << 31:
+        raise BadInput(f"{nflows} flows x {words * 64} seqs is too large a sink bitmap")
+    return words
 
 
 def bucket_bounds(i: int) -> tuple[int, int]:
@@ -44,25 +72,34 @@ def percentile(hist: list[int], q: float) -> float | None:
 
 
 class Sink(Closing):
-    def __init__(self, ns: str | None, ifname: str | None, nflows: int, pass_gen: bool = False):
+    def __init__(self, ns: str | None, ifname: str | None, nflows: int, pass_gen: bool = False,
+                 window: int | None = None):
         """ifname None: load only (for plain test runs). pass_gen: generator packets go on to the
-        stack after counting (tests use it to see them) instead of being dropped."""
+        stack after counting (tests use it to see them) instead of being dropped. window: seqs
+        per flow the bitmap holds (rounded up to 64 x a power of two; default: see
+        window_words); a flow's run that fits it is judged exactly, whatever the reordering."""
         if nflows < 1:
             raise BadInput("nflows must be at least 1")
         self.ns, self.ifname, self.nflows = ns, ifname, nflows
+        self.words = window_words(nflows, window)
+        self.window = self.words * 64
         self._attached = None
+        self._epoch = 1
         if ifname is not None:
             self._check_one_queue()
-        self.bpf = compile_source("sink", {"NFX_SINK_FLOWS": nflows,
+        self.bpf = compile_source("sink", {"NFX_SINK_FLOWS": nflows, "NFX_SINK_WORDS": self.words,
                                            "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP})
         self.fn = load(self.bpf, "nfx_sink", "xdp")
         b = self.bpf
         self.maps = {
             "sink_flows": Map(b["sink_flows"].map_fd, L.u32, L.SinkFlow),
+            "sink_bits": Map(b["sink_bits"].map_fd, L.u32, L.SinkWord),
+            "sink_cfg": Map(b["sink_cfg"].map_fd, L.u32, L.SinkCfg),
             "sink_lat": Map(b["sink_lat"].map_fd, L.u32, L.u64),
             "sink_lat_max": Map(b["sink_lat_max"].map_fd, L.u32, L.u64),
             "nfx_stats": Map(b["nfx_stats"].map_fd, L.u32, L.u64),
         }
+        self.maps["sink_cfg"].put(L.u32(0), L.SinkCfg(epoch=self._epoch))
         if ifname is not None:
             try:
                 self._attached = attach.attach_xdp(ns, ifname, self.fn)
@@ -92,7 +129,7 @@ class Sink(Closing):
         return [vals[i] for i in range(n)]
 
     def _flow_tuples(self):
-        """(received, dup, reordered, window, high, pad) per flow, without a ctypes object each
+        """(received, dup, reordered, distinct, out_of_window, high) per flow, without a ctypes object each
         (a million flows read in well under a second)."""
         n, _, vals = self.maps["sink_flows"].export()
         return struct.iter_unpack(_FLOW_FMT, ct.string_at(vals, n * ct.sizeof(L.SinkFlow)))
@@ -108,40 +145,76 @@ class Sink(Closing):
         from ..nfs.base import stats_dict
         return stats_dict(self.maps["nfx_stats"])
 
+    def _beyond(self, flow: int, lo: int, high: int, words) -> tuple[int, bool]:
+        """Distinct seqs in [lo, high) of `flow` the bitmap holds, and whether that count is
+        exact (False when a block of the range was overwritten by a newer one, or the range is
+        wider than the window). `words` is the exported bitmap."""
+        first, last = lo >> 6, (high - 1) >> 6
+        exact = last - first < self.words
+        n = 0
+        for blk in range(max(first, last - self.words + 1), last + 1):
+            w = words[flow * self.words + (blk & (self.words - 1))]
+            if w.epoch != self._epoch or w.blk < blk:
+                continue                                    # nothing of this block arrived
+            if w.blk > blk:
+                exact = False
+                continue
+            bits = w.bits
+            if blk == first:
+                bits &= ~((1 << (lo & 63)) - 1)
+            n += bin(bits).count("1")
+        return n, exact
+
     def read(self, sent_per_flow: list[int] | None = None) -> dict:
-        """Totals since attach/reset. With the generator's per-flow counts: lost =
-        sum(sent_f - unique_received_f), and `unexpected` = unique packets beyond what was sent
-        (a duplicate older than the 64-packet window is counted as a late packet, not a dup)."""
+        """Totals since attach/reset (accounting in the module docstring). With the generator's
+        per-flow counts also: sent, lost, unexpected, exact (no packet left unjudged) and clean
+        (exact, and nothing lost, duplicated, reordered, unexpected or aborted)."""
         if sent_per_flow is not None and len(sent_per_flow) != self.nflows:
             raise BadInput(f"sent_per_flow has {len(sent_per_flow)} flows, the sink {self.nflows}")
-        received = dup = reordered = lost = unexpected = 0
+        received = dup = reordered = distinct = oow = lost = beyond = 0
+        exact = True
+        words = None
         sent = iter(sent_per_flow) if sent_per_flow is not None else None
-        for rcv, d, reo, _, _, _ in self._flow_tuples():
+        for f, (rcv, d, reo, dis, ow, high) in enumerate(self._flow_tuples()):
             received += rcv
             dup += d
             reordered += reo
-            if sent is not None:
-                miss = next(sent) - (rcv - d)
-                if miss > 0:
-                    lost += miss
-                else:
-                    unexpected -= miss
-        out = {"received": received, "unique": received - dup, "duplicated": dup, "reordered": reordered}
+            distinct += dis
+            oow += ow
+            if sent is None:
+                continue
+            s_f = next(sent)
+            extra = 0
+            if high > s_f:                                  # seqs never generated arrived
+                if words is None:
+                    words = self.maps["sink_bits"].export()[2]
+                extra, ok = self._beyond(f, s_f, high, words)
+                exact = exact and ok
+            lost += max(s_f - (dis - extra), 0)     # below 0 only when not exact
+            beyond += extra
+        st = self.stats()
+        out = {"received": received, "unique": distinct, "duplicated": dup, "reordered": reordered,
+               "out_of_window": oow, "window": self.window}
         if sent_per_flow is not None:
-            out.update(sent=sum(sent_per_flow), lost=lost, unexpected=unexpected)
+            exact = exact and oow == 0
+            unexpected = beyond + st.get("r_sink_bad_flow", 0)
+            out.update(sent=sum(sent_per_flow), lost=lost, unexpected=unexpected, exact=exact,
+                       clean=exact and not (lost or dup or reordered or unexpected or st.get("v_aborted", 0)))
         hist = self.histogram()
         mx = self.maps["sink_lat_max"].get(L.u32(0))
         p50, p99 = percentile(hist, 0.5), percentile(hist, 0.99)
         out.update(lat_p50_us=None if p50 is None else p50 / 1e3,
                    lat_p99_us=None if p99 is None else p99 / 1e3,
                    lat_max_us=max(mx) / 1e3 if mx is not None else None)
-        st = self.stats()
         out.update(foreign=st.get("r_sink_foreign", 0), bad_flow=st.get("r_sink_bad_flow", 0),
                    aborted=st.get("v_aborted", 0))
         return out
 
     def reset(self) -> None:
-        """Forget every flow's window, the histogram and the counters."""
+        """Forget every flow's counts and bitmap (by a new epoch: nothing to clear), the
+        histogram and the counters."""
+        self._epoch = self._epoch % 0xFFFFFFFF + 1          # never 0
+        self.maps["sink_cfg"].put(L.u32(0), L.SinkCfg(epoch=self._epoch))
         for name in ("sink_flows", "sink_lat", "sink_lat_max", "nfx_stats"):
             self.maps[name].clear()
 

@@ -38,34 +38,142 @@ def run(sink, frame) -> int:
     return verdict
 
 
-# (name, sequence numbers in arrival order, received, dup, reordered)
+# (name, sequence numbers in arrival order, received, dup, reordered); the default window
+# (2^21 words / 4 flows) holds every seq here, so nothing is out_of_window
 SEQ_CASES = [
     ("in_order", [0, 1, 2, 3, 4], 5, 0, 0),
     ("duplicate", [0, 1, 1, 2, 0, 2], 6, 3, 0),
     ("late", [0, 2, 1, 3, 5, 4], 6, 0, 2),
     ("late_then_dup", [0, 2, 1, 1], 4, 1, 1),
     ("first_seen_not_zero", [5, 3, 4, 5], 4, 1, 2),
-    # 100 resets the window; 36 is 64 behind (outside), 37 is 63 behind (inside, unseen)
-    ("older_than_window", [0, 100, 36, 37, 100, 37], 6, 2, 2),
-    # 0 stays in the window at 63 behind, drops out at 64 behind
-    ("window_edge", [0, 63, 0, 64, 0], 5, 1, 1),
-    ("big_jump", [0, 1, 200, 1, 199], 5, 0, 2),
+    ("far_behind", [0, 100, 36, 37, 100, 37], 6, 2, 2),
+    # the old 64-packet window called the last 0 "reordered": it is a duplicate
+    ("dup_64_behind", [0, 63, 0, 64, 0], 5, 2, 0),
+    ("big_jump", [0, 1, 200, 1, 199], 5, 1, 1),
+    ("dup_100k_behind", [0, 100_000, 0, 99_999, 1], 5, 1, 2),
+    ("seq_max", [0, 0xFFFFFFFF, 5, 0xFFFFFFFF], 4, 1, 1),
 ]
+
+
+def send(sink, flow, seqs):
+    for s in seqs:
+        assert run(sink, gen_pkt(flow=flow, seq=s)) == DROP
 
 
 @pytest.mark.parametrize("name,seqs,received,dup,reordered", SEQ_CASES, ids=[c[0] for c in SEQ_CASES])
 def test_sequence_accounting(sink, name, seqs, received, dup, reordered):
     flow = 2
-    for s in seqs:
-        assert run(sink, gen_pkt(flow=flow, seq=s)) == DROP
+    send(sink, flow, seqs)
     f = sink.flows()[flow]
-    assert (f.received, f.dup, f.reordered) == (received, dup, reordered)
+    assert (f.received, f.dup, f.reordered, f.out_of_window) == (received, dup, reordered, 0)
+    assert f.distinct == len(set(seqs)) == f.received - f.dup
     assert f.high == max(seqs) + 1
     # no other flow was touched
     assert all(x.received == 0 for i, x in enumerate(sink.flows()) if i != flow)
     st = sink.stats()
     assert st.get("v_drop") == len(seqs) and "v_aborted" not in st
     assert sink.received_total() == len(seqs)
+
+
+def test_late_duplicate_beside_loss_same_flow(sink):
+    """Seq 50 lost and seq 10 duplicated 190 packets later, in one flow: the old sink called
+    the duplicate reordered (outside its 64-packet window) and let it fill the lost slot."""
+    seqs = [s for s in range(200) if s != 50] + [10]
+    send(sink, 0, seqs)
+    r = sink.read([200, 0, 0, 0])
+    assert (r["sent"], r["received"], r["unique"]) == (200, 200, 199)
+    assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (1, 1, 0, 0), r
+    assert r["exact"] is True and r["clean"] is False
+
+
+def test_reorder_beside_loss_same_flow(sink):
+    """Seq 5 lost, seq 7 arrives 100 packets late: 1 lost, 1 reordered, no duplicate."""
+    seqs = [s for s in range(110) if s not in (5, 7)] + [7]
+    send(sink, 1, seqs)
+    r = sink.read([0, 110, 0, 0])
+    assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (1, 0, 1, 0), r
+    assert r["exact"] is True and r["clean"] is False
+
+
+def test_unexpected_seq_beside_loss_same_flow(sink):
+    """Seq 3 lost and seq 12 (never sent: 10 were) arrives: 1 lost and 1 unexpected, where
+    the old count (unique == sent) showed neither."""
+    send(sink, 3, [0, 1, 2, 4, 5, 6, 7, 8, 9, 12, 12])
+    r = sink.read([0, 0, 0, 10])
+    assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (1, 1, 0, 1), r
+    assert r["clean"] is False
+
+
+def test_bad_flow_is_unexpected(sink):
+    send(sink, 0, range(5))
+    assert run(sink, gen_pkt(flow=NFLOWS, seq=0)) == DROP
+    r = sink.read([5, 0, 0, 0])
+    assert (r["lost"], r["unexpected"], r["bad_flow"]) == (0, 1, 1), r
+    assert r["exact"] is True and r["clean"] is False
+
+
+def test_clean_run(sink):
+    for f in range(NFLOWS):
+        send(sink, f, range(f * 70))
+    r = sink.read([f * 70 for f in range(NFLOWS)])
+    assert r["received"] == r["sent"] == 420 and r["clean"] is True and r["exact"] is True
+
+
+def test_reset_forgets_the_bitmap(sink):
+    send(sink, 0, range(70))
+    sink.reset()
+    send(sink, 0, range(70))
+    r = sink.read([70, 0, 0, 0])
+    assert (r["received"], r["duplicated"], r["lost"], r["clean"]) == (70, 0, 0, True), r
+
+
+@pytest.fixture(scope="module")
+def small_loaded():
+    s = Sink(None, None, 2, window=100)                # rounds up to 2 words: 128 seqs
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def small(small_loaded):
+    small_loaded.reset()
+    return small_loaded
+
+
+def test_window_rounding():
+    from nfx.traffic.sink import window_words
+    assert [window_words(1, w) * 64 for w in (1, 64, 65, 128, 129, 1000)] == [64, 64, 128, 128, 256, 1024]
+    assert window_words(1000) == 2048 and window_words(4) == 1 << 19 and window_words(10**7) == 1
+
+
+def test_out_of_window_counted_not_guessed(small):
+    """With a 128-seq window, seq 300 takes over the word of seqs 0-63: a late 0 (a dup) and a
+    late 1 (new) can no longer be told apart, so both are out_of_window and the run not exact;
+    seq 70 keeps its own word and is judged."""
+    assert small.window == 128
+    send(small, 0, [0, 2, 70, 300, 0, 1, 70, 71])
+    f = small.flows()[0]
+    assert (f.received, f.distinct, f.dup, f.reordered, f.out_of_window) == (8, 5, 1, 1, 2)
+    r = small.read([301, 0])
+    assert r["out_of_window"] == 2 and r["exact"] is False and r["clean"] is False
+
+
+def test_run_fitting_the_window_is_exact(small):
+    """A flow's whole run fits 128 seqs: any order, any lateness, judged exactly."""
+    seqs = list(range(128))
+    random.Random(3).shuffle(seqs)
+    seqs = [s for s in seqs if s != 17] + [seqs[0], 127]
+    send(small, 1, seqs)
+    r = small.read([0, 128])
+    assert (r["lost"], r["duplicated"], r["out_of_window"], r["exact"]) == (1, 2, 0, True), r
+
+
+def test_unexpected_beyond_the_window_not_exact(small):
+    """Seqs 10 and 1000 were never sent (10 were); 1000 is 15 blocks on, wider than the
+    window, so the unexpected count cannot be proven complete."""
+    send(small, 0, list(range(10)) + [10, 1000])
+    r = small.read([10, 0])
+    assert r["unexpected"] >= 1 and r["exact"] is False and r["clean"] is False
 
 
 def test_tcp_generator_packets_counted(sink):
@@ -97,6 +205,8 @@ def test_read_computes_loss(sink):
     assert r["sent"] == 11 and r["lost"] == 6 and r["unexpected"] == 0
     r = sink.read([0, 1, 0, 0])                       # fewer sent than seen: never negative loss
     assert r["lost"] == 0 and r["unexpected"] == 4
+    r = sink.read([3, 1, 0, 0])                       # 0-2 sent and seen; 5 never sent
+    assert r["lost"] == 0 and r["unexpected"] == 1
 
 
 def test_latency_histogram(sink):

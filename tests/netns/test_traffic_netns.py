@@ -76,6 +76,7 @@ def assert_clean(r, sent):
     assert r["received"] == sent, r
     assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (0, 0, 0, 0), r
     assert r["aborted"] == 0 and r["bad_flow"] == 0
+    assert r["out_of_window"] == 0 and r["exact"] is True and r["clean"] is True
 
 
 def test_udp_1000_flows_100k_pps(topo):
@@ -224,6 +225,49 @@ def test_loss_detected(topo):
         assert r["sent"] == 2500 and r["received"] == 2000
         assert (r["lost"], r["duplicated"], r["reordered"]) == (500, 0, 0)
         assert all(f.high == 250 for f in s.flows())
+
+
+def _inject(ns, ifname, frames):
+    """Send raw frames out of `ifname` in `ns` through the kernel (AF_PACKET): real packets."""
+    with netns.enter(ns):
+        sk = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        sk.bind((ifname, 0))
+    with sk:
+        for f in frames:
+            sk.send(f)
+
+
+def test_late_duplicate_loss_and_unexpected_on_the_wire(topo):
+    """Over the veth: 1 packet per flow lost (sink detached), then a copy of flow 0's seq 2
+    arriving ~200 packets late, and a flow-1 seq that was never sent. The sink reports each
+    (the old 64-seq window let the late copy fill the lost slot: 0 lost, 0 duplicated)."""
+    import bcc
+    from nfx.loader import attach
+    from nfx.traffic.gen import build_frame
+    h1, h2 = topo["h1"], topo["h2"]
+    with rig(topo, nflows=2) as (g, s):
+        passer = bcc.BPF(text="int ttr_pass(struct xdp_md *ctx) { return XDP_PASS; }", cflags=["-w"])
+        try:
+            s.reset()
+            g.reset()
+            g.send(10)                                  # seqs 0-4 of each flow
+            attach.attach_xdp(h2, "rx0", passer.load_func("ttr_pass", bcc.BPF.XDP))
+            g.send(2)                                   # seq 5 of each: lost
+            attach.attach_xdp(h2, "rx0", s.fn)
+            g.send(400)                                 # seqs 6-205
+        finally:
+            attach.attach_xdp(h2, "rx0", s.fn)
+            passer.cleanup()
+        src_mac = netns.mac("tx0", h1)
+        late = build_frame(src_mac, topo["rx_mac"], GEN_SRC, H2_IP, DPORT, 17, g.size, sport=1024, flow=0, seq=2)
+        never = build_frame(src_mac, topo["rx_mac"], GEN_SRC, H2_IP, DPORT, 17, g.size, sport=1025, flow=1,
+                            seq=5000)
+        _inject(h1, "tx0", [late, never])
+        time.sleep(0.1)
+        r = s.read(g.per_flow_total())
+        assert (r["sent"], r["received"]) == (412, 412), r
+        assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (2, 1, 0, 1), r
+        assert r["exact"] is True and r["clean"] is False
 
 
 def test_host_stack_still_works(topo):
