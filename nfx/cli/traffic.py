@@ -5,7 +5,7 @@ from rich.table import Table
 
 from ..errors import BadInput
 from ..traffic import rig
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, show
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, show
 
 app = typer.Typer(no_args_is_help=True, help="Generate traffic through a testbed and check it at the sink.")
 
