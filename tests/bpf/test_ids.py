@@ -175,6 +175,27 @@ def test_distinct_ports_and_exactly_one_scan_alert(ids):
     assert ids.global_counters()["alerts"] == 1
 
 
+def test_spoofed_scan_flood_does_not_blind_scan_detection(ids):
+    """A flood from spoofed sources fills every table many times over; the LRU tables give the
+    oldest entries to newcomers, so a new scanner still gets its entries and its alert."""
+    ids.configure(IdsConfig(scan_threshold=5))
+    n = 8 * MAX_FLOWS
+    for i in range(n):                      # one port per spoofed source: below the threshold
+        src = f"10.9.{i // 250}.{i % 250 + 1}"
+        assert run(ids, eth() / IP(src=src, dst=H2) / TCP(sport=1024 + i, dport=1 + i, flags="S"))[0] == XDP_REDIRECT
+    assert ids.reader.poll() == [] and stat(ids, "r_ids_map_full") == 0
+    ev = ids.evictions()
+    assert all(ev[t] >= n - MAX_FLOWS for t in ("ids_flows", "ids_hosts", "ids_hostports")), ev
+    scanner = "10.0.1.77"
+    for port in range(100, 110):
+        assert run(ids, eth() / IP(src=scanner, dst=H2) / TCP(sport=999, dport=port, flags="S"))[0] == XDP_REDIRECT
+    [a] = ids.reader.poll()
+    assert (a.kind, a.sig_id, a.flow["src"]) == ("scan", 5, scanner)
+    assert stat(ids, "r_ids_scan_alert") == 1
+    [h] = [h for h in ids.hosts() if h["addr"] == scanner]
+    assert (h["dports"], h["scan_alerted"]) == (10, True)
+
+
 def test_ports_count_per_protocol_and_per_source(ids):
     ids.configure(IdsConfig(scan_threshold=3))
     run(ids, udp(dport=7))
