@@ -10,7 +10,7 @@ import pytest
 
 from nfx.loader import netns
 from nfx.testbed import builder, state
-from tests.netns.tbutil import running_testbed, sh
+from tests.netns.tbutil import nfx_json, running_testbed, sh
 
 MTU = 1200
 H3 = "10.0.3.2"
@@ -58,3 +58,19 @@ def test_frag_needed_reaches_h1(kind, counter):
         if kind == "nat":
             # the error made no mapping of its own: only the pings' echo flows are there
             assert all(m["proto"] == "icmp" for m in builder.instance(tb["name"], "nf0").mappings())
+        else:
+            cli = nfx_json("nf", "stats", "--name", tb["name"], "--instance", "nf0")
+            assert cli["stats"]["r_ids_uninspected"] == after["r_ids_uninspected"]
+            assert set(cli["evicted"]) == {"ids_flows", "ids_hosts", "ids_hostports"}
+
+
+def test_ids_told_to_drop_uninspected_blocks_the_error():
+    """`nfx testbed up --nf-set drop_uninspected=true` reaches the IDS: the same error is dropped."""
+    with running_testbed("chain", "ids", nf_set=("drop_uninspected=true",)) as tb:
+        add_router_hop(tb)
+        h1 = tb["nodes"]["h1"]["ns"]
+        assert builder.instance(tb["name"], "nf0").config().drop_uninspected == 1
+        r = sh(h1, "ping", "-c", "2", "-i", "0.3", "-W", "1", "-M", "do", "-s", "1400", H3, check=False)
+        assert not re.search(rf"mtu ?= ?{MTU}\b", r.stdout + r.stderr), r.stdout
+        s = builder.instance(tb["name"], "nf0").stats()
+        assert s.get("r_ids_uninspected", 0) >= 1 and s.get("r_icmp_not_echo", 0) >= 1
