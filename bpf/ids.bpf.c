@@ -16,9 +16,14 @@
  * (port and proto 0) is a source's "scan alert already sent" token. */
 #define IDS_SCAN_TOKEN_PAD 1
 
-NFX_TABLE("hash", struct nfx_flow_key, struct nfx_ids_flow, ids_flows, NFX_MAX_FLOWS);
-NFX_TABLE("hash", __u32, struct nfx_ids_host, ids_hosts, NFX_MAX_FLOWS);
-NFX_TABLE("hash", struct nfx_ids_hostport, __u8, ids_hostports, NFX_MAX_FLOWS);
+/* LRU: a full table gives the least recently used entry to a newcomer, so a flood of spoofed
+ * sources or ports cannot fill the tables for good and blind scan detection to new hosts. The
+ * kernel evicts without telling: ids_global counts entries created, and user space reads
+ * evictions as created - present. An evicted entry leaves no statelet: a replica evicts by
+ * itself when its own table fills. */
+NFX_TABLE("lru_hash", struct nfx_flow_key, struct nfx_ids_flow, ids_flows, NFX_MAX_FLOWS);
+NFX_TABLE("lru_hash", __u32, struct nfx_ids_host, ids_hosts, NFX_MAX_FLOWS);
+NFX_TABLE("lru_hash", struct nfx_ids_hostport, __u8, ids_hostports, NFX_MAX_FLOWS);
 NFX_TABLE("percpu_array", __u32, __u64, ids_global, NFX_IDS_G_MAX);
 NFX_TABLE("array", __u32, struct nfx_ids_sig, ids_sigs, NFX_IDS_MAX_SIGS);
 NFX_TABLE("percpu_array", __u32, __u64, ids_sig_hits, NFX_IDS_MAX_SIGS);
@@ -110,6 +115,7 @@ static __always_inline void ids_scan(struct nfx_pkt *p, struct nfx_ids_host *h, 
         r = ids_hostports.insert(&hp, &one);
         if (r == 0) {
             __sync_fetch_and_add(&h->dports, 1);
+            ids_global_add(NFX_IDS_G_PORTS, 1);
             *ev |= IDS_EV_PORT_NEW;
         } else if (r != -IDS_EEXIST)
             nfx_count(NFX_R_IDS_MAP_FULL);
@@ -126,6 +132,7 @@ static __always_inline void ids_scan(struct nfx_pkt *p, struct nfx_ids_host *h, 
             nfx_count(NFX_R_IDS_MAP_FULL);
         return;
     }
+    ids_global_add(NFX_IDS_G_PORTS, 1);
     h->scan_alerted = 1;
     *ev |= IDS_EV_SCAN;
     nfx_count(NFX_R_IDS_SCAN_ALERT);
@@ -261,7 +268,7 @@ static __always_inline void ids_inspect(struct xdp_md *ctx, struct nfx_pkt *p, s
                                         struct ids_touched *t)
 {
     __u64 now = bpf_ktime_get_ns();
-    __u32 l3_end = sizeof(struct ethhdr) + bpf_ntohs(p->ip->tot_len);
+    __u32 l3_end = p->l3_end;
     int created = 0;
     __u32 ev = 0;
     ids_global_add(NFX_IDS_G_PKTS, 1);
@@ -292,6 +299,22 @@ static __always_inline void ids_inspect(struct xdp_md *ctx, struct nfx_pkt *p, s
     t->ev = ev | (created ? IDS_EV_FLOW_NEW : 0);
 }
 
+/* What the IDS cannot inspect: no IPv4 flow to account, or no L4 header to read. Malformed
+ * frames (truncated, bad header or total length) are not among them: those stay dropped. */
+static __always_inline int ids_uninspectable(__u32 reason)
+{
+    return reason == NFX_R_ARP || reason == NFX_R_IPV6 || reason == NFX_R_VLAN || reason == NFX_R_NON_IP ||
+           reason == NFX_R_FRAGMENT || reason == NFX_R_ICMP_NOT_ECHO || reason == NFX_R_UNSUPP_PROTO;
+}
+
+/* to the other side; an empty tx slot makes redirect_map return ABORTED: drop instead
+ * (nfx_forward counted it) */
+static __always_inline int ids_pass(struct xdp_md *ctx, struct nfx_port_cfg *pc, int side)
+{
+    int v = nfx_forward(ctx, pc, side == NFX_SIDE_IN ? NFX_SIDE_OUT : NFX_SIDE_IN);
+    return v == XDP_REDIRECT ? v : XDP_DROP;
+}
+
 int nfx_ids(struct xdp_md *ctx)
 {
     int verdict = XDP_DROP;
@@ -303,8 +326,15 @@ int nfx_ids(struct xdp_md *ctx)
         goto out;
     int side = 0;
     __u32 act = NFX_ACT_PROCESS;
-    if (!nfx_front(ctx, pc, &p, &side, &act, &verdict))
+    if (!nfx_front(ctx, pc, &p, &side, &act, &verdict)) {
+        /* a passive IDS must not break what it cannot read (ARP, IPv6, path-MTU discovery):
+         * forwarded unless configured to drop; counted either way, no state made */
+        if (ids_uninspectable(p.reason)) {
+            nfx_count(NFX_R_IDS_UNINSPECTED);
+            verdict = c->drop_uninspected ? XDP_DROP : ids_pass(ctx, pc, side);
+        }
         goto out;
+    }
     int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     struct ids_touched t;
     ids_inspect(ctx, &p, c, &t);
@@ -315,10 +345,7 @@ int nfx_ids(struct xdp_md *ctx)
             nfx_st_end(st, p.len);
         }
     }
-    verdict = nfx_forward(ctx, pc, side == NFX_SIDE_IN ? NFX_SIDE_OUT : NFX_SIDE_IN);
-    /* an empty tx slot makes redirect_map return ABORTED: drop instead (already counted) */
-    if (verdict != XDP_REDIRECT)
-        verdict = XDP_DROP;
+    verdict = ids_pass(ctx, pc, side);
 out:
     return nfx_exit(verdict);
 }

@@ -11,6 +11,30 @@ NFX_TABLE("hash", struct nfx_flow_key, struct nfx_nat_entry, nat_rev, NFX_MAX_FL
 NFX_TABLE("hash", struct nfx_nat_port, struct nfx_flow_key, nat_ports, NFX_MAX_FLOWS);
 NFX_TABLE("array", __u32, struct nfx_nat_cfg, nat_cfg, 1);
 NFX_TABLE("percpu_array", __u32, __u64, nat_cursor, 1);   /* u64: per-CPU values are 8-byte slots */
+/* mappings held per inside address, for nat_cfg.host_quota: touched only when a mapping is made
+ * or evicted, never by a packet of a known flow. Signed: a count the datapath and the sweeper
+ * both lowered may dip below 0 for a moment, which must not read as a huge count. */
+NFX_TABLE("hash", __u32, __s32, nat_hosts, NFX_MAX_FLOWS);
+
+static __always_inline void nat_host_add(__u32 addr, __s32 d)
+{
+    __s32 *n = nat_hosts.lookup(&addr);
+    if (n) {
+        __sync_fetch_and_add(n, d);
+        return;
+    }
+    if (d > 0 && nat_hosts.insert(&addr, &d) != 0 && (n = nat_hosts.lookup(&addr)))
+        __sync_fetch_and_add(n, d);          /* another CPU made the entry first */
+}
+
+/* the inside host may not open another mapping */
+static __always_inline int nat_over_quota(struct nfx_nat_cfg *c, __u32 addr)
+{
+    if (!c->host_quota)
+        return 0;
+    __s32 *n = nat_hosts.lookup(&addr);
+    return n && *n >= (__s32)c->host_quota;
+}
 
 static __always_inline __u64 nat_timeout(struct nfx_nat_cfg *c, __u8 proto, __u32 flags)
 {
@@ -79,7 +103,8 @@ static __always_inline void nat_evict(struct nfx_flow_key *inside, struct nfx_fl
     pk.proto = outside->proto;
     nat_ports.delete(&pk);
     nat_rev.delete(outside);
-    nat_fwd.delete(inside);
+    if (nat_fwd.delete(inside) == 0)
+        nat_host_add(inside->saddr, -1);
     if (st) {
         nfx_st_del_word(st, NFX_ST_NAT_PORTS, nfx_st_pack8(&pk, sizeof(pk)));
         nfx_st_del_flow(st, NFX_ST_NAT_REV, outside, created);
@@ -132,7 +157,8 @@ static __always_inline int nat_alloc(struct nfx_nat_cfg *c, struct nfx_flow_key 
             if (!nat_expired(c, of, orv, okey.proto, now))
                 continue;
             nat_rev.delete(&orev);
-            nat_fwd.delete(&okey);
+            if (nat_fwd.delete(&okey) == 0)
+                nat_host_add(okey.saddr, -1);
             if (st) {
                 nfx_st_del_flow(st, NFX_ST_NAT_REV, &orev, ocreated);
                 nfx_st_del_flow(st, NFX_ST_NAT_FWD, &okey, ocreated);
@@ -214,6 +240,10 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
     }
     __u32 created = 0;
     if (!e) {
+        if (nat_over_quota(c, p->key.saddr)) {
+            nfx_count(NFX_R_NAT_QUOTA);
+            return XDP_DROP;
+        }
         struct nfx_nat_entry fwd = {}, rev = {};
         if (nat_alloc(c, &p->key, &fwd.peer, now, st)) {
             nfx_count(NFX_R_NAT_PORTS_EXHAUSTED);
@@ -237,6 +267,7 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
             return XDP_DROP;
         }
         nfx_count(NFX_R_NAT_NEW);
+        nat_host_add(p->key.saddr, 1);
         if (st) {
             nat_st_entry(st, NFX_ST_NAT_REV, &fwd.peer, &rev, NAT_STF_ALL);
             nat_st_port(st, &pk, &p->key);
@@ -273,6 +304,124 @@ static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, st
     return nfx_forward(ctx, pc, NFX_SIDE_IN);
 }
 
+/* ---- ICMP errors (RFC 5508): the quoted packet names a mapping; translate it back ---------- */
+/* Rewrite the outer address, the quoted address and port, and every checksum that covers them:
+ * outer IP; quoted IP; quoted L4 (when quoted at all: 8 bytes of TCP hold no checksum); and the
+ * outer ICMP checksum, which covers all the quoted bytes. All words sit at even offsets from
+ * the ICMP header, so each change is one incremental update. */
+static __always_inline void nat_icmp_rewrite(struct nfx_pkt *p, struct iphdr *eip, __u32 *outer_addr,
+                                             __u32 *emb_addr, __u16 *emb_port, __u16 *el4_csum,
+                                             __u32 eproto, __u32 na, __u16 np)
+{
+    struct icmphdr *ic = p->l4;
+    __u32 oa = *emb_addr;
+    __u16 op = *emb_port;
+    nfx_csum_replace4(&p->ip->check, *outer_addr, na);
+    *outer_addr = na;
+    __u16 old_ec = eip->check;
+    nfx_csum_replace4(&eip->check, oa, na);
+    *emb_addr = na;
+    *emb_port = np;
+    nfx_csum_replace4(&ic->checksum, oa, na);
+    nfx_csum_replace2(&ic->checksum, old_ec, eip->check);
+    nfx_csum_replace2(&ic->checksum, op, np);
+    if (!el4_csum)
+        return;
+    __u16 old_lc = *el4_csum;
+    if (eproto != IPPROTO_ICMP)
+        nfx_csum_replace4(el4_csum, oa, na);          /* pseudo-header */
+    nfx_csum_replace2(el4_csum, op, np);
+    if (eproto == IPPROTO_UDP && *el4_csum == 0)
+        *el4_csum = 0xffff;
+    nfx_csum_replace2(&ic->checksum, old_lc, *el4_csum);
+}
+
+/* An ICMP error crossing the NAT. From outside it quotes a packet the NAT sent out (source:
+ * the public tuple): the inside host gets it, addressed and quoted as it sent the packet. From
+ * inside it is a host's answer to a translated packet (quoted destination: the inside tuple):
+ * it leaves as if the public address had answered. The mapping only reads: errors never make,
+ * refresh or end one. Other non-echo ICMP is dropped (counted as NFX_R_ICMP_NOT_ECHO). */
+static __always_inline int nat_icmp_error(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_port_cfg *pc,
+                                          int side)
+{
+    void *end = (void *)(long)ctx->data_end;
+    struct icmphdr *ic = p->l4;
+    if (!ic || (void *)(ic + 1) > end)
+        return XDP_DROP;
+    if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED && ic->type != ICMP_PARAMETERPROB)
+        return XDP_DROP;
+    struct iphdr *eip = (void *)(ic + 1);
+    if ((void *)(eip + 1) > end)
+        goto bad;
+    __u32 eihl = eip->ihl;
+    /* a later fragment quotes no L4 header */
+    if (eip->version != 4 || eihl < 5 || (eip->frag_off & bpf_htons(0x1fff)))
+        goto bad;
+    __u8 *el4 = (void *)eip + eihl * 4;
+    __u32 el4_off = sizeof(struct ethhdr) + p->ip->ihl * 4 + sizeof(*ic) + eihl * 4;
+    if ((void *)(el4 + 8) > end || el4_off + 8 > p->l3_end)
+        goto bad;
+    __u32 eproto = eip->protocol;
+    __u16 *ports = (void *)el4;
+    __u16 *el4_csum = 0;
+    __u16 *emb_port;
+    struct nfx_flow_key k = {};
+    /* the key of the mapping's direction that the quoted packet went the other way in */
+    k.saddr = eip->daddr;
+    k.daddr = eip->saddr;
+    k.proto = eproto;
+    if (eproto == IPPROTO_UDP || eproto == IPPROTO_TCP) {
+        k.sport = ports[1];
+        k.dport = ports[0];
+        emb_port = side == NFX_SIDE_IN ? &ports[1] : &ports[0];
+        if (eproto == IPPROTO_UDP) {
+            if (ports[3])                          /* UDP without checksum stays without */
+                el4_csum = &ports[3];
+        } else if ((void *)(el4 + 18) <= end && el4_off + 18 <= p->l3_end) {
+            el4_csum = &ports[8];
+        }
+    } else if (eproto == IPPROTO_ICMP && side == NFX_SIDE_OUT) {
+        struct icmphdr *eic = (void *)el4;
+        if (eic->type != ICMP_ECHO)                /* only requests leave with a mapping */
+            goto bad;
+        k.dport = eic->un.echo.id;
+        emb_port = &eic->un.echo.id;
+        el4_csum = &eic->checksum;
+    } else {
+        goto bad;
+    }
+    __u32 na;
+    __u16 np;
+    __u32 *outer_addr, *emb_addr;
+    if (side == NFX_SIDE_IN) {
+        struct nfx_nat_entry *e = nat_fwd.lookup(&k);
+        /* a host's own answer; an inside router's would need a mapping of its own */
+        if (!e || p->ip->saddr != eip->daddr)
+            goto none;
+        na = e->peer.daddr;
+        np = e->peer.dport;
+        outer_addr = &p->ip->saddr;
+        emb_addr = &eip->daddr;
+    } else {
+        struct nfx_nat_entry *r = nat_rev.lookup(&k);
+        if (!r || p->ip->daddr != eip->saddr)
+            goto none;
+        na = r->peer.saddr;
+        np = r->peer.sport;
+        outer_addr = &p->ip->daddr;
+        emb_addr = &eip->saddr;
+    }
+    nat_icmp_rewrite(p, eip, outer_addr, emb_addr, emb_port, el4_csum, eproto, na, np);
+    nfx_count(NFX_R_NAT_ICMP_ERR);
+    return nfx_forward(ctx, pc, side == NFX_SIDE_IN ? NFX_SIDE_OUT : NFX_SIDE_IN);
+none:
+    nfx_count(NFX_R_NAT_NO_MAPPING);
+    return XDP_DROP;
+bad:
+    nfx_count(NFX_R_NAT_ICMP_BAD);
+    return XDP_DROP;
+}
+
 int nfx_nat(struct xdp_md *ctx)
 {
     int verdict = XDP_DROP;
@@ -284,8 +433,16 @@ int nfx_nat(struct xdp_md *ctx)
         goto out;
     int side = 0;
     __u32 act = NFX_ACT_PROCESS;
-    if (!nfx_front(ctx, pc, &p, &side, &act, &verdict))
+    if (!nfx_front(ctx, pc, &p, &side, &act, &verdict)) {
+        /* what the front leaves unparsed: ICMP errors are ours to translate; ARP goes to this
+         * namespace's stack, which answers only for addresses it owns; the rest stays dropped
+         * (IPv6 has no NAT here, fragments no port to map) */
+        if (p.reason == NFX_R_ICMP_NOT_ECHO)
+            verdict = nat_icmp_error(ctx, &p, pc, side);
+        else if (p.reason == NFX_R_ARP)
+            verdict = XDP_PASS;
         goto out;
+    }
     int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     /* unmirrored packets pay a NULL test where state changes; mirrored ones build a record */
     struct nfx_st *st = mirror ? nfx_st_begin() : 0;

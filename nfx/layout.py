@@ -6,7 +6,7 @@ import hashlib
 
 from .paths import BPF_INCLUDE
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 u8, u16, u32, u64 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64
 
@@ -110,9 +110,14 @@ class Stat(enum.IntEnum):
     R_SW_FIRED = 60
     R_SW_FIRE_FULL = 61
     R_SW_ARMED = 62
+    R_BAD_TOT_LEN = 63
+    R_NAT_ICMP_ERR = 64
+    R_NAT_ICMP_BAD = 65
+    R_NAT_QUOTA = 66
+    R_IDS_UNINSPECTED = 67
 
 
-STAT_MAX = 64
+STAT_MAX = 96
 
 SIDE_IN, SIDE_OUT = 0, 1
 TX_SLOTS = 8
@@ -174,7 +179,8 @@ class NatTimeout(enum.IntEnum):
 
 class NatCfg(ct.Structure):
     _fields_ = [("inside_net", u32), ("inside_mask", u32), ("pool_base", u32), ("pool_count", u32),
-                ("port_lo", u16), ("port_hi", u16), ("ncpu", u32), ("timeout_ns", u64 * 4)]
+                ("port_lo", u16), ("port_hi", u16), ("ncpu", u32), ("timeout_ns", u64 * 4),
+                ("host_quota", u32), ("pad", u32)]
 
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
@@ -218,7 +224,7 @@ class IdsSig(ct.Structure):
 
 
 class IdsCfg(ct.Structure):
-    _fields_ = [("scan_threshold", u32), ("nsigs", u32)]
+    _fields_ = [("scan_threshold", u32), ("nsigs", u32), ("drop_uninspected", u32), ("pad", u32)]
 
 
 class AlertKind(enum.IntEnum):
@@ -237,6 +243,7 @@ class IdsGlobal(enum.IntEnum):
     HOSTS = 3
     SIG_HITS = 4
     ALERTS = 5
+    PORTS = 6
 
 
 IDS_G_MAX = 8

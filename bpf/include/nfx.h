@@ -5,7 +5,7 @@
 #ifndef NFX_H
 #define NFX_H
 
-#define NFX_LAYOUT_VERSION 1
+#define NFX_LAYOUT_VERSION 2
 
 /* ---- flow identity ---------------------------------------------------------------------- */
 /* ICMP echo: the identifier is the "port" on the host side: request sport=id dport=0,
@@ -206,7 +206,16 @@ enum nfx_stat {
     NFX_R_SW_FIRED,          /* triggers taken (and consumed) */
     NFX_R_SW_FIRE_FULL,      /* a trigger not recorded: the fired table was full */
     NFX_R_SW_ARMED,          /* a packet passed over an armed rule whose token has not fired */
-    NFX_STAT_MAX = 64,
+    /* parse: IPv4 total length beyond the frame or below the header length (no state made) */
+    NFX_R_BAD_TOT_LEN,
+    /* NAT: ICMP errors (dest-unreachable, time-exceeded, parameter-problem) */
+    NFX_R_NAT_ICMP_ERR,      /* translated for the mapping its quoted packet belongs to */
+    NFX_R_NAT_ICMP_BAD,      /* quoted packet unreadable (short, fragment, other protocol): dropped */
+    NFX_R_NAT_QUOTA,         /* a new flow of an inside host at its mapping quota: dropped */
+    /* IDS: a packet it does not inspect (ARP, IPv6, fragment, non-echo ICMP, other protocol,
+     * VLAN, other ethertype), passed or dropped by ids_cfg.drop_uninspected */
+    NFX_R_IDS_UNINSPECTED,
+    NFX_STAT_MAX = 96,
 };
 
 /* ---- NF wiring (array of 1, per instance) ------------------------------------------------ */
@@ -236,6 +245,8 @@ struct nfx_nat_cfg {
     __u16 port_hi;
     __u32 ncpu;
     __u64 timeout_ns[4];     /* indexed by enum nfx_nat_timeout */
+    __u32 host_quota;        /* most mappings one inside address may hold; 0 = no limit */
+    __u32 pad;
 };
 
 enum nfx_nat_timeout { NFX_TO_UDP = 0, NFX_TO_TCP = 1, NFX_TO_TCP_CLOSED = 2, NFX_TO_ICMP = 3 };
@@ -308,6 +319,8 @@ struct nfx_ids_sig {
 struct nfx_ids_cfg {
     __u32 scan_threshold;    /* distinct destination ports from one source */
     __u32 nsigs;
+    __u32 drop_uninspected;  /* 0: forward what the IDS cannot inspect (default), 1: drop it */
+    __u32 pad;
 };
 
 enum nfx_alert_kind { NFX_ALERT_SIG = 1, NFX_ALERT_SCAN = 2 };
@@ -320,8 +333,10 @@ struct nfx_ids_alert {       /* ringbuf record */
 };
 
 /* IDS global counters: per-CPU array of NFX_IDS_G_MAX */
+/* FLOWS, HOSTS, PORTS count entries created in ids_flows, ids_hosts, ids_hostports: those LRU
+ * tables evict without telling, so entries evicted = created - present (nfx/nfs/ids.py) */
 enum nfx_ids_global { NFX_IDS_G_PKTS = 0, NFX_IDS_G_BYTES, NFX_IDS_G_FLOWS, NFX_IDS_G_HOSTS,
-                      NFX_IDS_G_SIG_HITS, NFX_IDS_G_ALERTS, NFX_IDS_G_MAX = 8 };
+                      NFX_IDS_G_SIG_HITS, NFX_IDS_G_ALERTS, NFX_IDS_G_PORTS, NFX_IDS_G_MAX = 8 };
 
 /* ---- statelets: the state updates of a mirrored packet ----------------------------------- */
 /* A packet the gate marks NFX_ACT_STATELET writes one record into the nfx_statelets ringbuf, of

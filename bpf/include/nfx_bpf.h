@@ -103,8 +103,10 @@ struct nfx_pkt {
     __u16 *dport_p;
     __u32 payload_off;       /* from the start of the frame */
     __u32 len;               /* whole frame */
+    __u32 l3_end;            /* from the start of the frame: where the IPv4 total length ends */
     __u8  tcp_flags;         /* NFX_TCP_* */
-    __u8  pad[3];
+    __u8  reason;            /* what nfx_parse returned: lets an NF act on what it did not parse */
+    __u8  pad[2];
     struct nfx_flow_key key;
 };
 
@@ -127,8 +129,9 @@ static __always_inline __u32 nfx_parse_eth(void *data, void *end)
 }
 
 /* Parse eth/IPv4/{TCP,UDP,ICMP echo}. Returns NFX_R_OK or a reason the packet cannot be
- * handled; NFX_R_IP_OPTIONS and NFX_R_EMPTY_PAYLOAD are counted here and parsing goes on. */
-static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
+ * handled; NFX_R_IP_OPTIONS and NFX_R_EMPTY_PAYLOAD are counted here and parsing goes on.
+ * The header fields a reason leaves behind (eth, ip, l4, key addresses) stay set for the NF. */
+static __always_inline __u32 nfx_parse_frame(struct xdp_md *ctx, struct nfx_pkt *p)
 {
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
@@ -151,8 +154,11 @@ static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
     __u32 iplen = ihl * 4;
     if ((void *)ip + iplen > end)
         return NFX_R_TRUNC_IP;
-    if (bpf_ntohs(ip->tot_len) < iplen)
-        return NFX_R_BAD_IHL;
+    /* the datagram must fit the frame: a longer claim would make state from bytes never sent */
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    if (tot < iplen || sizeof(struct ethhdr) + tot > p->len)
+        return NFX_R_BAD_TOT_LEN;
+    p->l3_end = sizeof(struct ethhdr) + tot;
     if (ip->frag_off & bpf_htons(0x3fff))       /* MF set or offset != 0 */
         return NFX_R_FRAGMENT;
     if (ihl > 5)
@@ -214,9 +220,18 @@ static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
         return NFX_R_UNSUPP_PROTO;
     }
     p->payload_off = l4_off + hlen;
-    if (p->payload_off >= sizeof(struct ethhdr) + bpf_ntohs(ip->tot_len))
+    if (p->payload_off > p->l3_end)          /* the L4 header runs into Ethernet padding */
+        return NFX_R_TRUNC_L4;
+    if (p->payload_off == p->l3_end)
         nfx_count(NFX_R_EMPTY_PAYLOAD);
     return NFX_R_OK;
+}
+
+static __always_inline __u32 nfx_parse(struct xdp_md *ctx, struct nfx_pkt *p)
+{
+    __u32 r = nfx_parse_frame(ctx, p);
+    p->reason = r;
+    return r;
 }
 
 /* the one exit of every XDP program: count the verdict, return it */

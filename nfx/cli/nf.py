@@ -93,13 +93,18 @@ def stop(name: str = NameOpt,
 def stats(name: str = NameOpt, instance: str = InstOpt, json_: bool = JsonOpt):
     """Verdict and reason counters of one instance."""
     need_root()
-    s = builder.instance(name, instance).stats()
+    nf = builder.instance(name, instance)
+    s = nf.stats()
+    # the IDS's LRU tables evict silently: shown as created - present per table
+    ev = nf.evictions() if nf.kind == "ids" else {}
     if json_:
-        emit_json({"instance": instance, "stats": s})
+        emit_json({"instance": instance, "stats": s, **({"evicted": ev} if ev else {})})
         return
     t = Table("counter", "value", title=f"{name}/{instance}")
     for k, v in sorted(s.items()):
         t.add_row(k, f"{v:,}")
+    for k, v in ev.items():
+        t.add_row(f"evicted from {k}", f"{v:,}")
     show(t)
 
 

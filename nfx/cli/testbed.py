@@ -16,12 +16,16 @@ def up(name: str = NameOpt,
        max_flows: int = typer.Option(262144, "--max-flows", help="Per-flow map size of every instance."),
        ctrl_delay_ms: float = typer.Option(0.0, "--ctrl-delay-ms",
                                            help="Emulated one-way delay on the control channel (controller to agents and switches)."),
+       nf_set: list[str] = typer.Option(None, "--nf-set",
+                                        help="NF config field as name=value, repeatable: e.g. host_quota=64 (nat), "
+                                             "drop_uninspected=true or scan_threshold=10 (ids)."),
        json_: bool = JsonOpt):
     """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
     need_root()
     topo = topology.load(topology_, instances)
     builder.nf_class(nf)
-    rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms)
+    rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms,
+                     nf_settings=nf_set)
     if json_:
         emit_json({"name": name, "status": rec["status"], "topology": topo.name, "nf": nf,
                    "instances": topo.instances, "netns": rec["created"]["netns"],

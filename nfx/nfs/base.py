@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import layout as L
-from ..errors import NotFound
+from ..errors import BadInput, NotFound
 from ..loader import attach, netns, pin
 from ..loader.compile import compile_source, load
 from ..loader.maps import Map
@@ -43,6 +43,34 @@ class Wiring:
 
     def all_ifnames(self) -> list[str]:
         return list(self.ifname) + ([self.release] if self.release else []) + list(self.peers.values())
+
+
+def apply_settings(config, pairs: list[str]):
+    """Set fields of an NF config dataclass from "name=value" strings (the CLI's --nf-set), typed
+    by the field's default: bool (true/false/1/0), int or float. Returns the config."""
+    import dataclasses
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for pair in pairs or []:
+        name, sep, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            simple = sorted(n for n, v in vars(config).items() if isinstance(v, (bool, int, float)))
+            raise BadInput(f"bad NF setting {pair!r}", hint=f"name=value with name one of: {', '.join(simple)}")
+        cur = getattr(config, name)
+        text = text.strip()
+        try:
+            if isinstance(cur, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                val = text.lower() in ("true", "1", "yes")
+            elif isinstance(cur, (int, float)):
+                val = type(cur)(text)
+            else:
+                raise BadInput(f"NF setting {name!r} cannot be set from the command line")
+        except ValueError:
+            raise BadInput(f"bad value {text!r} for NF setting {name!r} ({type(cur).__name__})") from None
+        setattr(config, name, val)
+    return config
 
 
 def stats_dict(m: Map) -> dict[str, int]:

@@ -24,6 +24,9 @@ class Signature:
 class IdsConfig:
     scan_threshold: int = 20      # distinct destination ports from one source; 0 = no scan alerts
     signatures: list[Signature] = field(default_factory=list)
+    # what the IDS cannot inspect (ARP, IPv6, fragments, non-echo ICMP, other protocols, VLAN):
+    # forwarded by default, so a passive IDS breaks nothing; True drops it (counted either way)
+    drop_uninspected: bool = False
 
 
 @dataclass
@@ -84,17 +87,19 @@ class IDS(NF):
         config = config or IdsConfig()
         if not 0 <= config.scan_threshold <= 0xFFFFFFFF:
             raise BadInput(f"bad scan threshold {config.scan_threshold}")
-        self._put_cfg(scan_threshold=config.scan_threshold)
+        self._put_cfg(scan_threshold=config.scan_threshold, drop_uninspected=config.drop_uninspected)
         for s in config.signatures:
             self.add_signature(s.id, s.pattern, s.offset, s.proto)
 
     def config(self) -> L.IdsCfg:
         return self.maps["ids_cfg"].get(L.u32(0))
 
-    def _put_cfg(self, scan_threshold: int | None = None) -> None:
+    def _put_cfg(self, scan_threshold: int | None = None, drop_uninspected: bool | None = None) -> None:
         c = self.config()
         if scan_threshold is not None:
             c.scan_threshold = scan_threshold
+        if drop_uninspected is not None:
+            c.drop_uninspected = int(bool(drop_uninspected))
         # the datapath skips matching (and its payload load) while nsigs is 0: keep it exact
         c.nsigs = sum(1 for _ in self._used_slots())
         self.maps["ids_cfg"].put(L.u32(0), c)
@@ -172,6 +177,16 @@ class IDS(NF):
     def global_counters(self) -> dict[str, int]:
         m = self.maps["ids_global"]
         return {g.name.lower(): m.sum_percpu(L.u32(g)) for g in L.IdsGlobal}
+
+    # table -> the ids_global counter of entries the datapath created in it
+    CREATED = {"ids_flows": L.IdsGlobal.FLOWS, "ids_hosts": L.IdsGlobal.HOSTS, "ids_hostports": L.IdsGlobal.PORTS}
+
+    def evictions(self) -> dict[str, int]:
+        """Entries the LRU tables gave up to newcomers, per table: created - present. The kernel
+        does not report LRU evictions; entries moved in or out by state transfer skew the
+        difference until reset()."""
+        g = self.maps["ids_global"]
+        return {t: max(0, g.sum_percpu(L.u32(i)) - len(self.maps[t])) for t, i in self.CREATED.items()}
 
     def reset(self) -> None:
         """Forget flows, hosts, port sets (so scan alerts can fire again) and counters; keep

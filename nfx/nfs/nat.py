@@ -1,8 +1,10 @@
 """NAT: configuration, the mapping table as people read it, and the idle-entry sweeper.
 The datapath (bpf/nat.bpf.c) also evicts an idle mapping when its flow or port is reused; the
 sweeper reclaims the ones nobody touches again."""
+import ctypes as ct
 import ipaddress
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .. import layout as L
@@ -35,6 +37,7 @@ class NatConfig:
     port_lo: int = 20000
     port_hi: int = 59999
     timeouts_s: dict = field(default_factory=lambda: {"udp": 30, "tcp": 300, "tcp_closed": 10, "icmp": 30})
+    host_quota: int = 0           # most mappings one inside address may hold; 0 = no limit
 
     def to_struct(self) -> L.NatCfg:
         try:
@@ -43,8 +46,10 @@ class NatConfig:
             raise BadInput(f"bad inside prefix {self.inside!r}") from None
         if not (1 <= self.port_lo <= self.port_hi <= 65535):
             raise BadInput(f"bad port range {self.port_lo}-{self.port_hi}")
+        if not 0 <= self.host_quota <= 0x7FFFFFFF:
+            raise BadInput(f"bad per-host mapping quota {self.host_quota}")
         base, count = parse_pool(self.pool)
-        c = L.NatCfg(inside_net=ip_to_be(str(net.network_address)), inside_mask=ip_to_be(str(net.netmask)),
+        c = L.NatCfg(host_quota=self.host_quota, inside_net=ip_to_be(str(net.network_address)), inside_mask=ip_to_be(str(net.netmask)),
                      pool_base=base, pool_count=count, port_lo=self.port_lo, port_hi=self.port_hi,
                      ncpu=possible_cpus())
         for name, t in self.timeouts_s.items():
@@ -65,6 +70,7 @@ class NAT(NF):
         "nat_ports": (L.NatPort, L.FlowKey),
         "nat_cfg": (L.u32, L.NatCfg),
         "nat_cursor": (L.u32, L.u64),
+        "nat_hosts": (L.u32, ct.c_int32),     # mappings per inside address (host_quota)
     }
     ALT_VALUES = {"nat_fwd": (L.NatEntryV2,), "nat_rev": (L.NatEntryV2,)}   # the NFX_NAT_V2 build
 
@@ -120,4 +126,22 @@ class NAT(NF):
         for name, ks in (("nat_ports", dead_port), ("nat_rev", dead_rev), ("nat_fwd", dead_fwd)):
             for k in ks:
                 self.maps[name].delete(k)
+        self.recount_hosts()
         return len(dead_fwd)
+
+    def recount_hosts(self) -> dict[str, int]:
+        """Set every inside address's mapping count (the quota's) to what nat_fwd holds. The
+        datapath keeps the counts as it makes and evicts mappings; this settles what it cannot
+        see: the sweeper's evictions and flows moved in or out by state transfer."""
+        m = self.maps.get("nat_hosts")
+        if m is None:                      # an instance built before the quota existed
+            return {}
+        n, keys, _ = self.maps["nat_fwd"].export()
+        held = Counter(keys[i].saddr for i in range(n))
+        hn, hkeys, _ = m.export()
+        for i in range(hn):
+            if hkeys[i] not in held:
+                m.delete(L.u32(hkeys[i]))
+        for addr, cnt in held.items():
+            m.put(L.u32(addr), ct.c_int32(cnt))
+        return {be_to_ip(a): c for a, c in held.items()}

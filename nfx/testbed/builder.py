@@ -41,25 +41,33 @@ def nf_class(kind: str):
     raise NfxError(f"unknown NF kind {kind!r}", hint="nat or ids")
 
 
-def nf_config(kind: str, topo: Topology):
+def nf_config(kind: str, topo: Topology, settings: list[str] | None = None):
+    """The config every instance starts with; `settings` ("name=value", the CLI's --nf-set)
+    change fields of it, e.g. host_quota=64 (NAT) or drop_uninspected=true (IDS)."""
+    from ..nfs.base import apply_settings
     if kind == "nat":
         from ..nfs.nat import NatConfig
-        return NatConfig(inside=topo.inside, pool=topo.pool)
+        return apply_settings(NatConfig(inside=topo.inside, pool=topo.pool), settings)
+    if kind == "ids":
+        from ..nfs.ids import IdsConfig
+        return apply_settings(IdsConfig(), settings)
     return None
 
 
 def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None,
-       agents: bool = True, ctrl_delay_ms: float = 0.0) -> state.Record:
+       agents: bool = True, ctrl_delay_ms: float = 0.0, nf_settings: list[str] | None = None) -> state.Record:
     """Build the testbed; with `agents`, start one agent per NF instance once everything exists,
     and the controller (its control messages delayed by ctrl_delay_ms, one way)."""
     progress = progress or (lambda msg: None)
+    config = nf_config(kind, topo, nf_settings)      # bad settings fail before anything exists
     pin.ensure_bpffs()
     # every agent request carries this token; the registry file is root-only (0600)
     rec = state.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
                     max_flows=max_flows, pin_root=str(state.pin_root(name)), started=time.time(),
                     token=secrets.token_hex(16))
     try:
-        _build(rec, topo, kind, max_flows, progress)
+        rec["nf_settings"] = list(nf_settings or [])
+        _build(rec, topo, kind, max_flows, progress, config)
         if agents and topo.role("nf"):
             from ..agent import lifecycle
             progress(f"agents for {', '.join(topo.role('nf'))}")
@@ -76,7 +84,7 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
     return rec
 
 
-def _build(rec: state.Record, topo: Topology, kind: str, max_flows: int, progress) -> None:
+def _build(rec: state.Record, topo: Topology, kind: str, max_flows: int, progress, config=None) -> None:
     tb = rec["name"]
     progress(f"namespaces for {len(topo.nodes)} nodes")
     for node in topo.nodes:
@@ -115,7 +123,7 @@ def _build(rec: state.Record, topo: Topology, kind: str, max_flows: int, progres
                    release=RELEASE_IF, peers=peers[nf])
         pin_dir = state.pin_root(tb) / nf
         rec.register("nf", nf)
-        cls.create(nf, w, pin_dir, nf_config(kind, topo), max_flows=max_flows)
+        cls.create(nf, w, pin_dir, config, max_flows=max_flows)
         rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]],
                                 index=i, release_if=RELEASE_IF,
                                 peer_slots={other: slot for slot, other in _slot_owner(peers[nf], topo).items()})

@@ -137,14 +137,21 @@ def test_each_direction_is_its_own_flow_and_host(ids):
     assert ids.global_counters()["hosts"] == 2
 
 
-def test_flow_table_full_still_forwards(ids):
-    for i in range(MAX_FLOWS + 3):
+def test_flow_table_full_still_forwards_and_evicts(ids):
+    n = 2 * MAX_FLOWS
+    for i in range(n):
         assert run(ids, udp(sport=1000 + i))[0] == XDP_REDIRECT
-    assert len(ids.flows()) == MAX_FLOWS
-    assert stat(ids, "r_ids_map_full") == 3
+    # LRU: a full table hands its least recently used entries to newcomers
+    flows = ids.flows()
+    assert len(flows) <= MAX_FLOWS
+    assert any(f["sport"] == 1000 + n - 1 for f in flows)
+    assert stat(ids, "r_ids_map_full") == 0
     [h] = ids.hosts()
-    assert (h["pkts"], h["flows"]) == (MAX_FLOWS + 3, MAX_FLOWS)
-    assert ids.global_counters()["pkts"] == MAX_FLOWS + 3
+    assert (h["pkts"], h["flows"]) == (n, n)
+    assert ids.global_counters()["pkts"] == n
+    ev = ids.evictions()
+    assert ev["ids_flows"] == n - len(flows) >= MAX_FLOWS
+    assert ev["ids_hosts"] == ev["ids_hostports"] == 0       # one source, one port
 
 
 # ---- scan detection -------------------------------------------------------------------------
@@ -166,6 +173,27 @@ def test_distinct_ports_and_exactly_one_scan_alert(ids):
     assert (a.flow["src"], a.flow["dst"], a.flow["dport"], a.flow["proto"]) == (H1, H2, 5, "tcp")
     assert a.ts_ns >= t0
     assert ids.global_counters()["alerts"] == 1
+
+
+def test_spoofed_scan_flood_does_not_blind_scan_detection(ids):
+    """A flood from spoofed sources fills every table many times over; the LRU tables give the
+    oldest entries to newcomers, so a new scanner still gets its entries and its alert."""
+    ids.configure(IdsConfig(scan_threshold=5))
+    n = 8 * MAX_FLOWS
+    for i in range(n):                      # one port per spoofed source: below the threshold
+        src = f"10.9.{i // 250}.{i % 250 + 1}"
+        assert run(ids, eth() / IP(src=src, dst=H2) / TCP(sport=1024 + i, dport=1 + i, flags="S"))[0] == XDP_REDIRECT
+    assert ids.reader.poll() == [] and stat(ids, "r_ids_map_full") == 0
+    ev = ids.evictions()
+    assert all(ev[t] >= n - MAX_FLOWS for t in ("ids_flows", "ids_hosts", "ids_hostports")), ev
+    scanner = "10.0.1.77"
+    for port in range(100, 110):
+        assert run(ids, eth() / IP(src=scanner, dst=H2) / TCP(sport=999, dport=port, flags="S"))[0] == XDP_REDIRECT
+    [a] = ids.reader.poll()
+    assert (a.kind, a.sig_id, a.flow["src"]) == ("scan", 5, scanner)
+    assert stat(ids, "r_ids_scan_alert") == 1
+    [h] = [h for h in ids.hosts() if h["addr"] == scanner]
+    assert (h["dports"], h["scan_alerted"]) == (10, True)
 
 
 def test_ports_count_per_protocol_and_per_source(ids):
@@ -384,11 +412,16 @@ BAD = [
     ("ihl 4", lambda: Raw(eth_ip() + bytes([0x44]) + raw(IP(src=H1, dst=H2) / UDP())[1:]), "r_bad_ihl"),
     ("ihl 0", lambda: Raw(eth_ip() + bytes([0x40]) + raw(IP(src=H1, dst=H2) / UDP())[1:]), "r_bad_ihl"),
     ("ihl past end", lambda: Raw(eth_ip() + bytes([0x4F]) + raw(IP(src=H1, dst=H2))[1:]), "r_trunc_ip"),
-    ("total length below ihl", lambda: eth() / IP(src=H1, dst=H2, len=12) / UDP() / Raw(b"EVIL"), "r_bad_ihl"),
+    ("total length below ihl", lambda: eth() / IP(src=H1, dst=H2, len=12) / UDP() / Raw(b"EVIL"), "r_bad_tot_len"),
+    ("total length past frame", lambda: eth() / IP(src=H1, dst=H2, len=1400) / UDP(sport=1, dport=2) / Raw(b"EVIL"),
+     "r_bad_tot_len"),
     ("first fragment", lambda: eth() / IP(src=H1, dst=H2, flags="MF") / UDP() / Raw(b"EVIL"), "r_fragment"),
     ("later fragment", lambda: eth() / IP(src=H1, dst=H2, frag=4) / Raw(b"EVIL" * 4), "r_fragment"),
     ("truncated udp", lambda: Raw(raw(eth() / IP(src=H1, dst=H2, proto=17))[:14 + 20] + b"\x00\x01\x00"), "r_trunc_l4"),
-    ("truncated tcp", lambda: Raw(raw(eth() / IP(src=H1, dst=H2) / TCP())[:14 + 20 + 10]), "r_trunc_l4"),
+    # cut short, the frame holds less than the IPv4 total length claims
+    ("truncated tcp", lambda: Raw(raw(eth() / IP(src=H1, dst=H2) / TCP())[:14 + 20 + 10]), "r_bad_tot_len"),
+    ("truncated tcp, total length fits", lambda: Raw(raw(eth() / IP(src=H1, dst=H2, len=30) / TCP())[:14 + 30]),
+     "r_trunc_l4"),
     ("tcp doff past end", lambda: Raw(raw(eth() / IP(src=H1, dst=H2) / TCP(dataofs=15))), "r_trunc_l4"),
     ("tcp doff below 5", lambda: eth() / IP(src=H1, dst=H2) / TCP(dataofs=4) / Raw(b"EVIL"), "r_trunc_l4"),
     ("truncated icmp", lambda: Raw(raw(eth() / IP(src=H1, dst=H2, proto=1))[:14 + 20] + b"\x08\x00"), "r_trunc_l4"),
@@ -397,15 +430,30 @@ BAD = [
 ]
 
 
+# what the IDS cannot inspect but need not break: forwarded by default, dropped on request
+UNINSPECTED = {"r_vlan", "r_arp", "r_ipv6", "r_non_ip", "r_fragment", "r_unsupp_proto", "r_icmp_not_echo"}
+
+
 @pytest.mark.parametrize("name,build,reason", BAD, ids=[b[0] for b in BAD])
 @pytest.mark.parametrize("side", ["in", "out"])
-def test_bad_input_dropped_counted_no_state(ids, name, build, reason, side):
+@pytest.mark.parametrize("drop", [False, True], ids=["pass-uninspected", "drop-uninspected"])
+def test_bad_input_counted_no_state(ids, name, build, reason, side, drop):
     ids.add_signature(1, b"EVIL")
-    ids.configure(IdsConfig(scan_threshold=1))
-    v, _ = run(ids, build(), side)
-    assert v == XDP_DROP
+    ids.configure(IdsConfig(scan_threshold=1, drop_uninspected=drop))
+    frame = raw(build())
+    v, out = run(ids, frame, side)
     s = ids.stats()
-    assert s.get(reason, 0) == 1 and s.get("v_drop", 0) == 1, s
+    if reason in UNINSPECTED:
+        assert s.get("r_ids_uninspected", 0) == 1, s
+        if drop:
+            assert v == XDP_DROP and s.get("v_drop", 0) == 1, s
+        else:
+            to = "out" if side == "in" else "in"
+            assert v == XDP_REDIRECT and s.get("v_redirect", 0) == 1, s
+            assert out == (PEER_OUT if to == "out" else PEER_IN) + ids.mac[to] + frame[12:]
+    else:                                   # malformed: dropped whatever the policy
+        assert v == XDP_DROP and s.get("v_drop", 0) == 1 and "r_ids_uninspected" not in s, s
+    assert s.get(reason, 0) == 1, s
     assert s.get("v_aborted", 0) == 0 and s.get("r_ok", 0) == 0
     assert state_empty(ids)
     assert ids.global_counters()["pkts"] == 0 and ids.sig_hits() == {1: 0}

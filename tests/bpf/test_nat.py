@@ -38,7 +38,7 @@ def nat():
 
 @pytest.fixture(autouse=True)
 def fresh(nat):
-    for m in ("nat_fwd", "nat_rev", "nat_ports", "nfx_marks", "nfx_stats", "nfx_filters"):
+    for m in ("nat_fwd", "nat_rev", "nat_ports", "nat_hosts", "nfx_marks", "nfx_stats", "nfx_filters"):
         nat.maps[m].clear()
     nat.configure(nat.cfg)
     yield
@@ -150,7 +150,6 @@ def test_unknown_inbound_and_foreign_source_dropped(nat):
 BAD = [
     ("ethernet only", lambda: Ether(type=0x0800), "r_trunc_ip"),
     ("vlan tagged", lambda: eth() / Dot1Q(vlan=5) / IP(src=H1, dst=H2) / UDP(), "r_vlan"),
-    ("arp", lambda: eth() / ARP(psrc=H1, pdst=H2), "r_arp"),
     ("ipv6", lambda: eth() / IPv6() / UDP(), "r_ipv6"),
     ("other ethertype", lambda: Ether(type=0x88B5) / Raw(b"x" * 30), "r_non_ip"),
     ("truncated ip", lambda: Raw(raw(eth() / IP(src=H1, dst=H2))[:24]), "r_trunc_ip"),
@@ -160,10 +159,16 @@ BAD = [
     ("first fragment", lambda: eth() / IP(src=H1, dst=H2, flags="MF") / UDP() / Raw(b"f" * 16), "r_fragment"),
     ("later fragment", lambda: eth() / IP(src=H1, dst=H2, frag=4) / Raw(b"f" * 16), "r_fragment"),
     ("truncated udp", lambda: Raw(raw(eth() / IP(src=H1, dst=H2, proto=17))[:14 + 20] + b"\x00\x01\x00"), "r_trunc_l4"),
-    ("truncated tcp", lambda: Raw(raw(eth() / IP(src=H1, dst=H2) / TCP())[:14 + 20 + 10]), "r_trunc_l4"),
+    # cut short, the frame holds less than the IPv4 total length claims
+    ("truncated tcp", lambda: Raw(raw(eth() / IP(src=H1, dst=H2) / TCP())[:14 + 20 + 10]), "r_bad_tot_len"),
+    ("truncated tcp, total length fits", lambda: Raw(raw(eth() / IP(src=H1, dst=H2, len=30) / TCP())[:14 + 30]),
+     "r_trunc_l4"),
     ("tcp doff past end", lambda: Raw(raw(eth() / IP(src=H1, dst=H2) / TCP(dataofs=15))), "r_trunc_l4"),
     ("gre", lambda: eth() / IP(src=H1, dst=H2, proto=47) / Raw(b"g" * 8), "r_unsupp_proto"),
-    ("icmp unreachable", lambda: eth() / IP(src=H1, dst=H2) / ICMP(type=3, code=1) / Raw(b"u" * 28), "r_icmp_not_echo"),
+    ("total length past frame", lambda: eth() / IP(src=H1, dst=H2, len=1400) / UDP(sport=1, dport=2), "r_bad_tot_len"),
+    ("total length below ihl", lambda: eth() / IP(src=H1, dst=H2, len=12) / UDP() / Raw(b"x" * 8), "r_bad_tot_len"),
+    ("udp header past total length", lambda: eth() / IP(src=H1, dst=H2, len=24) / UDP() / Raw(b"x" * 8), "r_trunc_l4"),
+    ("icmp timestamp", lambda: eth() / IP(src=H1, dst=H2) / ICMP(type=13), "r_icmp_not_echo"),
 ]
 
 
@@ -177,6 +182,44 @@ def test_bad_input_counted_never_aborted(nat, name, build, reason, side):
     assert s.get("v_aborted", 0) == 0
     for m in ("nat_fwd", "nat_rev", "nat_ports"):
         assert len(nat.maps[m]) == 0
+
+
+@pytest.mark.parametrize("side", ["in", "out"])
+def test_arp_goes_to_the_local_stack(nat, side):
+    # the NF's own namespace answers ARP for addresses it owns; nothing crosses, nothing is mapped
+    v, _ = run(nat, eth() / ARP(psrc=H1, pdst=H2), side)
+    assert v == XDP_PASS and stat(nat, "r_arp") == 1
+    assert len(nat.maps["nat_fwd"]) == 0
+
+
+def test_host_quota_limits_one_host_only(nat):
+    nat.configure(NatConfig(inside="10.0.1.0/24", pool="10.0.2.100-10.0.2.101", port_lo=20000, port_hi=20999,
+                            host_quota=3))
+    v = [run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=3000 + i, dport=9))[0] for i in range(5)]
+    assert v == [XDP_REDIRECT] * 3 + [XDP_DROP] * 2
+    assert stat(nat, "r_nat_quota") == 2
+    # known flows of that host still pass, and another host is not held back
+    assert run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=3000, dport=9))[0] == XDP_REDIRECT
+    v = [run(nat, eth() / IP(src="10.0.1.3", dst=H2) / UDP(sport=3000 + i, dport=9))[0] for i in range(3)]
+    assert v == [XDP_REDIRECT] * 3
+    assert stat(nat, "r_nat_quota") == 2 and len(nat.maps["nat_fwd"]) == 6
+    assert nat.recount_hosts() == {H1: 3, "10.0.1.3": 3}
+
+
+def test_host_quota_frees_with_expiry(nat):
+    nat.configure(NatConfig(inside="10.0.1.0/24", pool="10.0.2.100-10.0.2.101", port_lo=20000, port_hi=20999,
+                            host_quota=2, timeouts_s={"udp": 0.05, "tcp": 0.05, "tcp_closed": 0.05, "icmp": 0.05}))
+    assert [run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=4000 + i, dport=9))[0] for i in range(3)] == \
+        [XDP_REDIRECT, XDP_REDIRECT, XDP_DROP]
+    time.sleep(0.1)
+    # the datapath evicts an idle mapping when its flow comes back: the host gets the slot back
+    assert run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=4000, dport=9))[0] == XDP_REDIRECT
+    # the sweeper takes the idle rest and settles the count
+    time.sleep(0.1)
+    assert nat.sweep() == 2
+    assert len(nat.maps["nat_hosts"]) == 0
+    assert [run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=4100 + i, dport=9))[0] for i in range(3)] == \
+        [XDP_REDIRECT, XDP_REDIRECT, XDP_DROP]
 
 
 def test_ports_unique_across_many_flows(nat):

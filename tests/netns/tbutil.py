@@ -13,7 +13,8 @@ def unique_name(prefix: str = "t") -> str:
 
 
 @contextlib.contextmanager
-def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None = None, max_flows: int = 65536):
+def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None = None, max_flows: int = 65536,
+                    nf_set: tuple[str, ...] = ()):
     """A testbed built by `nfx testbed up` in a child process: BCC keeps every BPF object it loads
     (and its fds) until its process exits, so building in the test process would leave ~50-120 fds
     per testbed open for the rest of the run, and past fd 1023 select() fails."""
@@ -22,6 +23,8 @@ def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None 
         args = ["testbed", "up", "--name", name, "--topology", topo, "--nf", nf, "--max-flows", str(max_flows)]
         if instances is not None:
             args += ["--instances", str(instances)]
+        for setting in nf_set:
+            args += ["--nf-set", setting]
         r = nfx(*args, "--json", timeout=300)
         if r.returncode:
             raise AssertionError(f"nfx testbed up failed ({r.returncode}): {r.stderr}")
