@@ -63,7 +63,11 @@ class FrontDoor:
                     if key.data is None:
                         self._accept()
                     else:
-                        self._read(key.data)
+                        try:
+                            self._read(key.data)
+                        except Exception:        # one bad connection never ends the front door
+                            log.exception("%s: handshake failed", key.data.who)
+                            self._close(key.data)
                 now = time.monotonic()
                 while self.pending:
                     p = next(iter(self.pending.values()))      # oldest first: deadlines in order

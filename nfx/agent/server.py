@@ -231,8 +231,7 @@ class Agent(MoveOps):
         r = wire.Reader(sock, max_frame=FRAME_MAX)
         try:
             if first is not None:
-                self.requests -= 1   # counted at the front door
-                self._request(sock, r, first, who)
+                self._request(sock, r, first, who, counted=True)    # counted at the front door
             while True:
                 try:
                     h = r.header()
@@ -270,10 +269,10 @@ class Agent(MoveOps):
         finally:
             sock.close()
 
-    def _request(self, sock, r, req: dict, who: str) -> None:
+    def _request(self, sock, r, req: dict, who: str, counted: bool = False) -> None:
         op = req.get("op")
         token = req.get("token")
-        self.requests += 1
+        self.requests += not counted
         if not token_ok(token, self._token):
             log.warning("%s: %s refused: %s", who, op, "no token" if token is None else "wrong token")
             _send(sock, error_frame(refused(token), op))
