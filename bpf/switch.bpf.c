@@ -5,7 +5,9 @@
  * controller ring, or drop. Non-IPv4 frames get an all-zero key, so only wildcards that
  * match on in_port alone (or nothing) switch them: that is how ARP is forwarded.
  * A rule may be armed with a token: it is passed over (lower slots and wildcards decide) until
- * a trigger carrying that token has arrived on any port. Triggers are consumed here. */
+ * a trigger carrying that token has arrived on an NF-facing port. Triggers are consumed here.
+ * nfx's reserved marks (TOS NFX_TOS_IBC, NFX_TOS_FIRE) are dropped where a host could forge
+ * them: see sw_reserved. */
 #include "nfx_bpf.h"
 
 #ifndef NFX_SW_MAX_EXACT
@@ -21,7 +23,10 @@ BPF_HASH(sw_exact, struct nfx_flow_key, __u32, NFX_SW_MAX_EXACT);
 BPF_ARRAY(sw_wild, struct nfx_sw_wild, NFX_SW_MAX_WILD);
 BPF_ARRAY(sw_rules, struct nfx_sw_rule, NFX_SW_MAX_RULES);
 BPF_PERCPU_ARRAY(sw_counters, struct nfx_sw_counter, NFX_SW_MAX_RULES);
-BPF_HASH(sw_fired, __u64, __u64, NFX_SW_MAX_FIRED);     /* token -> ktime it fired */
+/* token -> ktime it fired; LRU so that nothing can fill it for good (only NF ports insert) */
+BPF_TABLE("lru_hash", __u64, __u64, sw_fired, NFX_SW_MAX_FIRED);
+BPF_HASH(sw_ports, __u32, __u32, NFX_SW_PORT_SLOTS);   /* ifindex -> NFX_SW_PORT_* role */
+BPF_ARRAY(sw_cfg, struct nfx_sw_cfg, 1);
 BPF_RINGBUF_OUTPUT(sw_ctrl, NFX_SW_RING_PAGES);
 
 /* a ringbuf record is built here, then output with its real length (a fixed-size reserve
@@ -213,6 +218,54 @@ static __always_inline int sw_fire(struct __sk_buff *skb, __u32 l4_off)
     return 1;
 }
 
+/* the controller's IBC: its magic, then the epoch the controller wrote into sw_cfg before
+ * sending it (both in network order, at the start of the L4 payload) */
+static __always_inline int sw_ibc_expected(struct __sk_buff *skb, __u8 proto, __u32 l4_off)
+{
+    __u32 z = 0;
+    struct nfx_sw_cfg *c = sw_cfg.lookup(&z);
+    if (!c || !c->ibc_epoch || l4_off > 128)
+        return 0;
+    __u32 off = l4_off + 8;
+    if (proto == IPPROTO_TCP) {
+        __u8 doff = 0;
+        if (bpf_skb_load_bytes(skb, l4_off + 12, &doff, 1))
+            return 0;
+        off = l4_off + (doff >> 4) * 4;
+    }
+    __u32 w[2] = {};
+    if (bpf_skb_load_bytes(skb, off, w, sizeof(w)))
+        return 0;
+    return w[0] == bpf_htonl(NFX_IBC_MAGIC) && bpf_ntohl(w[1]) == c->ibc_epoch;
+}
+
+/* nfx's reserved marks, on an IPv4 packet that arrived on a port of role `roles`. Triggers are
+ * taken only from NF-facing ports (the source's agent sends them there); from anywhere else
+ * they are forged. An IBC from a port that does not face an NF is forged unless it is the
+ * controller's: the controller injects its IBCs on the host's veth, so they share the flow's
+ * FIFO into this port, and a host could send the same bytes; what tells them apart is the epoch,
+ * which the controller writes into sw_cfg just before it sends (nfx/control/steer.py). The NF's
+ * gate checks that epoch against the move once more. Returns 1: consumed (a trigger), -1:
+ * forged (drop), 0: an ordinary packet or the controller's IBC. */
+static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8 proto, __u32 l4_off,
+                                       __u32 roles)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + ETH_HLEN;
+    if ((void *)(ip + 1) > end)
+        return 0;
+    __u8 tos = ip->tos;
+    if (tos == NFX_TOS_FIRE) {
+        if (!(roles & NFX_SW_PORT_NF))
+            return -1;
+        return reason == NFX_R_OK && proto == IPPROTO_UDP && sw_fire(skb, l4_off);
+    }
+    if (tos == NFX_TOS_IBC && !(roles & NFX_SW_PORT_NF))
+        return reason == NFX_R_OK && sw_ibc_expected(skb, proto, l4_off) ? 0 : -1;
+    return 0;
+}
+
 int nfx_switch(struct __sk_buff *skb)
 {
     __u32 in_port = skb->ingress_ifindex;
@@ -228,8 +281,14 @@ int nfx_switch(struct __sk_buff *skb)
     nfx_count(reason);
 
     int act = TC_ACT_SHOT;
-    if (reason == NFX_R_OK && k.proto == IPPROTO_UDP && sw_fire(skb, l4_off))
-        goto out;                   /* consumed */
+    if (ip_ok) {
+        __u32 *role = sw_ports.lookup(&in_port);
+        int res = sw_reserved(skb, reason, k.proto, l4_off, role ? *role : 0);
+        if (res < 0)
+            nfx_count(NFX_R_FORGED);
+        if (res)
+            goto out;               /* consumed (a trigger) or forged */
+    }
     __u32 rid = 0;
     struct nfx_sw_rule *r = sw_lookup(&k, reason == NFX_R_OK, in_port, &rid);
     if (!r || !r->used) {

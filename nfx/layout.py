@@ -115,6 +115,7 @@ class Stat(enum.IntEnum):
     R_NAT_ICMP_BAD = 65
     R_NAT_QUOTA = 66
     R_IDS_UNINSPECTED = 67
+    R_FORGED = 68
 
 
 STAT_MAX = 96
@@ -306,6 +307,8 @@ SW_MAX_PORTS = 4
 SW_MAX_WILD = 16
 SW_MAX_RULES = 4096
 SW_MAX_FIRED = 1024
+SW_PORT_SLOTS = 64
+SW_PORT_HOST, SW_PORT_NF = 1, 2
 SW_OUTPUT, SW_SET_TOS, SW_CLEAR_TOS, SW_TO_CTRL, SW_DROP = 0x01, 0x02, 0x04, 0x08, 0x10
 
 
@@ -317,6 +320,10 @@ class SwRule(ct.Structure):
 class SwWild(ct.Structure):
     _fields_ = [("in_port", u32), ("saddr", u32), ("smask", u32), ("daddr", u32), ("dmask", u32),
                 ("sport", u16), ("dport", u16), ("proto", u8), ("used", u8), ("prio", u16), ("rule", u32)]
+
+
+class SwCfg(ct.Structure):
+    _fields_ = [("ibc_epoch", u32), ("pad", u32)]
 
 
 class SwCounter(ct.Structure):
@@ -365,7 +372,7 @@ MIRRORS = {
     "nfx_nat_cfg": NatCfg, "nfx_nat_entry": NatEntry, "nfx_nat_port": NatPort,
     "nfx_ids_flow": IdsFlow, "nfx_ids_host": IdsHost, "nfx_ids_hostport": IdsHostPort,
     "nfx_ids_sig": IdsSig, "nfx_ids_cfg": IdsCfg, "nfx_ids_alert": IdsAlert,
-    "nfx_sw_rule": SwRule, "nfx_fire_payload": FirePayload, "nfx_sw_wild": SwWild, "nfx_sw_counter": SwCounter,
+    "nfx_sw_rule": SwRule, "nfx_fire_payload": FirePayload, "nfx_sw_wild": SwWild, "nfx_sw_counter": SwCounter, "nfx_sw_cfg": SwCfg,
     "nfx_sw_ctrl_hdr": SwCtrlHdr, "nfx_gen_payload": GenPayload, "nfx_gen_cfg": GenCfg,
     "nfx_gen_tmpl": GenTmpl, "nfx_sink_flow": SinkFlow, "nfx_sink_word": SinkWord, "nfx_sink_cfg": SinkCfg,
     "nfx_statelet": Statelet,

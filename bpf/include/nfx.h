@@ -215,6 +215,9 @@ enum nfx_stat {
     /* IDS: a packet it does not inspect (ARP, IPv6, fragment, non-echo ICMP, other protocol,
      * VLAN, other ethertype), passed or dropped by ids_cfg.drop_uninspected */
     NFX_R_IDS_UNINSPECTED,
+    /* a reserved mark (TOS NFX_TOS_IBC / NFX_TOS_FIRE) from where or when nfx sends none: at an
+     * NF an IBC of no running OP move; at a switch one from a host-facing port. Dropped. */
+    NFX_R_FORGED,
     NFX_STAT_MAX = 96,
 };
 
@@ -391,7 +394,10 @@ enum nfx_stf_ids_host { NFX_STF_HOST_PKTS = 0, NFX_STF_HOST_BYTES, NFX_STF_HOST_
 #define NFX_SW_MAX_PORTS 4      /* output ports per rule: the first is redirected, the rest cloned */
 #define NFX_SW_MAX_WILD  16
 #define NFX_SW_MAX_RULES 4096   /* rule ids index the rule and counter arrays */
-#define NFX_SW_MAX_FIRED 1024   /* tokens fired and not yet forgotten by the controller */
+#define NFX_SW_MAX_FIRED 1024   /* tokens fired and not yet forgotten (LRU: the oldest go first) */
+#define NFX_SW_PORT_SLOTS 64    /* ports with a role (sw_ports) */
+#define NFX_SW_PORT_HOST 1      /* faces a host: nfx's reserved marks are dropped there */
+#define NFX_SW_PORT_NF   2      /* faces an NF instance: triggers are taken there */
 
 #define NFX_SW_OUTPUT    0x01
 #define NFX_SW_SET_TOS   0x02
@@ -421,6 +427,11 @@ struct nfx_sw_wild {                 /* a wildcard match; 0 fields match anythin
     __u8  used;
     __u16 prio;                      /* user space keeps the slots sorted by it; unused here */
     __u32 rule;                      /* index into the rule array */
+};
+
+struct nfx_sw_cfg {                  /* array of 1, written by the controller */
+    __u32 ibc_epoch;                 /* the epoch of the IBC the controller is sending (0: none) */
+    __u32 pad;
 };
 
 struct nfx_sw_counter {

@@ -286,20 +286,30 @@ static __always_inline int nfx_is_ibc(struct xdp_md *ctx, struct nfx_pkt *p)
 
 /* DiST's IBC: it marks the same point in the switch's copies of a flow at both instances. At
  * the source it follows the flow's packets (to the peer or the controller); at the destination
- * it records which path it came by, and the agent learns of it through the ring. */
+ * it records which path it came by, and the agent learns of it through the ring.
+ * It counts only within its move: the epoch it carries (after the magic) must be the epoch of
+ * the mark or filter that passes the flow on (source: no move config of its own), or, at the
+ * destination, that of the running order-preserving move. Any other IBC is forged or stale:
+ * dropped and counted, nothing recorded. */
 static __always_inline int nfx_ibc(struct xdp_md *ctx, struct nfx_pkt *p, int side, __u32 rx)
 {
     __u32 z = 0;
     struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
     struct nfx_move_state *ms = nfx_move_state.lookup(&z);
     nfx_count(NFX_R_IBC);
-    if (!mv || !ms)
+    __u32 w[2] = {};
+    if (!mv || !ms || bpf_xdp_load_bytes(ctx, p->payload_off, w, sizeof(w))) {
+        nfx_count(NFX_R_FORGED);
         return XDP_DROP;
+    }
+    __u32 epoch = bpf_ntohl(w[1]);
+    __u32 in_move = epoch && mv->op && epoch == mv->epoch;     /* this destination's OP move */
     if (!(rx & (NFX_RX_PEER | NFX_RX_INJECTED))) {
         /* from the switch: does this instance pass the flow on (source) or take it (destination)? */
         struct nfx_mark *m = nfx_marks.lookup(&p->key);
         __u32 act = m ? m->action : NFX_ACT_PROCESS;
         __u32 peer = m ? m->peer : 0;
+        __u32 tag = m ? m->epoch : 0;
         if (!m) {
 #pragma unroll
             for (__u32 i = 0; i < NFX_MAX_FILTERS; i++) {
@@ -310,18 +320,31 @@ static __always_inline int nfx_ibc(struct xdp_md *ctx, struct nfx_pkt *p, int si
                 if (nfx_filter_match(f, &p->key, 0) || ((f->flags & NFX_FILTER_BIDIR) && nfx_filter_match(f, &p->key, 1))) {
                     act = f->action;
                     peer = f->peer;
+                    tag = f->tag;
                     break;
                 }
             }
         }
-        if (act == NFX_ACT_REDIRECT)
-            return nfx_redirect_peer(ctx, peer, side);
-        if (act == NFX_ACT_TO_CTRL) {
-            nfx_buffer(ctx, &p->key, NFX_BUF_IBC, side, rx, mv->epoch);
+        if (act == NFX_ACT_REDIRECT || act == NFX_ACT_TO_CTRL) {
+            if (!epoch || epoch != tag) {
+                nfx_count(NFX_R_FORGED);
+                return XDP_DROP;
+            }
+            if (act == NFX_ACT_REDIRECT)
+                return nfx_redirect_peer(ctx, peer, side);
+            nfx_buffer(ctx, &p->key, NFX_BUF_IBC, side, rx, epoch);
+            return XDP_DROP;
+        }
+        if (!in_move) {
+            nfx_count(NFX_R_FORGED);
             return XDP_DROP;
         }
         ms->ibc_switch[side & 1] = 1;
     } else {
+        if (!in_move) {
+            nfx_count(NFX_R_FORGED);
+            return XDP_DROP;
+        }
         ms->ibc_peer[side & 1] = 1;
     }
     nfx_buffer(ctx, &p->key, NFX_BUF_IBC, side, rx, mv->epoch);

@@ -7,6 +7,10 @@ from ..state import wire
 
 PORT = 7700
 REQUEST_MAX = 1 << 20          # a JSON request frame larger than this is refused unread
+FRAME_MAX = 1 << 30            # any frame an agent reads (a put's chunks): larger ends the connection
+HANDSHAKE_S = 5.0              # a new connection's first accepted request must be in by then
+IDLE_S = 300.0                 # an authenticated connection may wait this long for the next request
+PENDING_MAX = 256              # connections not yet authenticated; past this the oldest is closed
 OPS = ("ping", "info", "stats", "get", "put", "del", "push", "mark", "unmark", "marks", "filter",
        "subscribe")
 ACTIONS = {"process": 0, "statelet": 1, "buffer": 2, "redirect": 3, "to_ctrl": 4, "drop": 5}

@@ -1,11 +1,11 @@
 """The agent: one process per NF instance, in the instance's netns. It reopens the instance's
 pinned maps (the XDP program stays attached: the agent never compiles or attaches anything) and
-serves the southbound API on the management network, one thread per connection. A bad request
-gets an ERROR frame; it never ends the agent. See nfx/agent/PROTOCOL.md."""
+serves the southbound API on the management network: one thread (nfx/agent/handshake.py) holds
+every connection until it sends a request with the testbed's token, then it gets a thread of its
+own. A bad request gets an ERROR frame; it never ends the agent. See nfx/agent/PROTOCOL.md."""
 import argparse
 import ctypes as ct
 import errno
-import hmac
 import json
 import logging
 import os
@@ -27,8 +27,9 @@ from ..loader import netns
 from ..state import filter as F, ops, wire
 from ..state.tables import parse_scopes, tables
 from . import streams
+from .handshake import FrontDoor, refused, token_ok
 from .moves import MOVE_OPS, MoveOps
-from .protocol import ACTIONS, OPS, PORT, REQUEST_MAX, action_num, error_frame, jsonable
+from .protocol import ACTIONS, FRAME_MAX, IDLE_S, OPS, PORT, REQUEST_MAX, action_num, error_frame, jsonable
 
 log = logging.getLogger("nfx.agent")
 KIND_NAMES = {wire.JSON: "JSON", wire.CHUNK: "CHUNK", wire.END: "END", wire.ERROR: "ERROR"}
@@ -209,28 +210,28 @@ class Agent(MoveOps):
                     h.nf = self.nf
 
     def serve_forever(self) -> None:
-        while True:
-            try:
-                conn, peer = self.listener.accept()
-            except OSError as e:
-                if self.listener.fileno() < 0:
-                    return
-                log.warning("accept: %s", e)
-                time.sleep(0.05)
-                continue
-            threading.Thread(target=self._connection, args=(conn, peer), daemon=True,
-                             name=f"conn-{peer[0]}:{peer[1]}").start()
+        FrontDoor(self.listener, self._token, self._hand_over, self._count).serve_forever()
+
+    def _count(self) -> None:
+        self.requests += 1
+
+    def _hand_over(self, conn, who: str, first: dict) -> None:
+        threading.Thread(target=self._connection, args=(conn, who, first), daemon=True,
+                         name=f"conn-{who}").start()
 
     def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
 
     # ---- one connection ----
-    def _connection(self, sock: socket.socket, peer) -> None:
-        who = f"{peer[0]}:{peer[1]}"
+    def _connection(self, sock: socket.socket, who: str, first: dict | None = None) -> None:
+        """An authenticated connection (its first request, already read, in `first`)."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        r = wire.Reader(sock)
+        sock.settimeout(IDLE_S)      # every read and write; a connection idle that long ends
+        r = wire.Reader(sock, max_frame=FRAME_MAX)
         try:
+            if first is not None:
+                self._request(sock, r, first, who, counted=True)    # counted at the front door
             while True:
                 try:
                     h = r.header()
@@ -268,16 +269,13 @@ class Agent(MoveOps):
         finally:
             sock.close()
 
-    def _request(self, sock, r, req: dict, who: str) -> None:
+    def _request(self, sock, r, req: dict, who: str, counted: bool = False) -> None:
         op = req.get("op")
         token = req.get("token")
-        self.requests += 1
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self._token):
-            why = "no token" if token is None else "wrong token"
-            log.warning("%s: %s refused: %s", who, op, why)
-            _send(sock, error_frame(Refused(
-                f"request refused: {why} (every request carries the testbed's token)",
-                hint="the token is in the testbed registry, /run/nfx/testbeds/<name>.json (root only)"), op))
+        self.requests += not counted
+        if not token_ok(token, self._token):
+            log.warning("%s: %s refused: %s", who, op, "no token" if token is None else "wrong token")
+            _send(sock, error_frame(refused(token), op))
             if op == "put":
                 self._drain(r, sock)
             return
@@ -492,14 +490,32 @@ class Agent(MoveOps):
                 d[t] = d.get(t, 0) + n
         return {"deleted": d, "entries": sum(d.values())}
 
+    def _peer_addr(self, to: str, addr, port) -> tuple[str, int]:
+        """Where instance `to` of this testbed listens, from the registry. State goes to the
+        testbed's own instances only: `addr`/`port`, if given, must be that instance's."""
+        from ..testbed import state
+        rec = state.load(self.testbed)
+        nodes = rec.get("nodes", {})
+        nfs = [n for n, i in nodes.items() if i.get("role") == "nf"]
+        if to not in nfs:
+            raise Refused(f"push: {to!r} is not an instance of testbed {self.testbed} ({', '.join(nfs)})")
+        if to == self.instance:
+            raise BadInput(f"push: {to} is this instance")
+        a = (rec.get("mgmt") or {}).get("agents", {}).get(to)
+        p = (nodes[to].get("agent") or {}).get("port") or PORT
+        if not a:
+            raise NotFound(f"push: testbed {self.testbed} has no management address for {to}")
+        if (addr is not None and addr != a) or (port is not None and port != p):
+            raise Refused(f"push: {addr or a}:{port or p} is not where {to} of testbed {self.testbed} listens "
+                          f"({a}:{p}); state goes to the testbed's own instances only")
+        return a, p
+
     def op_push(self, sock, r, req) -> dict:
         from .client import AgentClient
-        to, addr = req.get("to"), req.get("addr")
+        to = req.get("to")
         if not isinstance(to, str) or not to:
             raise BadInput("push needs 'to': the instance to send the state to")
-        if to == self.instance and not addr:
-            raise BadInput(f"push: {to} is this instance")
-        port = _int(req, "port", PORT, 1, 65535)
+        addr, port = self._peer_addr(to, req.get("addr"), req.get("port"))
         timeout = req.get("timeout", 600)
         t0 = time.perf_counter()
         chunks, summary = self._export(req)

@@ -1,18 +1,22 @@
 """The controller: one process per testbed. Northbound, an HTTP/JSON API on 127.0.0.1 (what the
-`nfx move` and `nfx controller` commands call; documented in nfx/control/API.md). Southbound,
+`nfx move` and `nfx controller` commands call; documented in nfx/control/API.md): every request
+carries the testbed's token (`Authorization: Bearer`), bodies are bounded and reads time out,
+so a local process without the token changes nothing and cannot hold the server. Southbound,
 it programs the switches (their pinned maps) and talks to the agents on the management network.
 It holds OpenNF's packet buffer and reports its peak. `ctrl_delay_ms` emulates a one-way delay
 on every control message (agents and switches); the data plane gets none (the kernel has no
 netem, so the delay lives in the control-channel transport)."""
+import hmac
 import json
 import logging
+import socket
 import queue
 import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..errors import BadInput, NfxError
+from ..errors import BadInput, NfxError, Refused
 from ..migrate import mechanisms as M
 from ..migrate.remote import Remote
 from ..paths import RUN_DIR
@@ -170,21 +174,90 @@ class Controller:
             self.move_lock.release()
 
 
+BODY_MAX = 64 << 10       # a move request is a few hundred bytes
+READ_TIMEOUT_S = 5.0      # each read of a request; a client that stalls longer is dropped
+REQUEST_DEADLINE_S = 15.0  # the whole request (line, headers, body), however it trickles in
+MAX_CONNECTIONS = 32      # served at once; more are closed at once
+
+
 class _Handler(BaseHTTPRequestHandler):
     ctl: Controller = None
+    token: bytes = b""
+    timeout = READ_TIMEOUT_S          # StreamRequestHandler: the socket's timeout for every read
+
+    def setup(self):
+        super().setup()
+        # a slow drip of bytes resets the per-read timeout; this bounds the request as a whole
+        self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _expire(self):
+        log.warning("%s: request not in after %.0f s: closed", self.address_string(), REQUEST_DEADLINE_S)
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self):
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, fmt, *args):
         log.info("%s %s", self.address_string(), fmt % args)
 
-    def _reply(self, code: int, obj: dict) -> None:
+    def _reply(self, code: int, obj: dict, headers: dict | None = None) -> None:
         body = json.dumps(obj, default=str).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
 
+    def _refuse(self, code: int, msg: str, type_: str = "BadInput", exit_code: int = 2, hint: str | None = None):
+        self.close_connection = True
+        self._reply(code, {"error": msg, "type": type_, "code": exit_code, "hint": hint},
+                    {"WWW-Authenticate": "Bearer"} if code == 401 else None)
+
+    def _authorized(self) -> bool:
+        """The testbed's token, as `Authorization: Bearer <token>`; 401 without, 403 if wrong."""
+        h = self.headers.get("Authorization")
+        hint = "the token is in the testbed registry, /run/nfx/testbeds/<name>.json (root only)"
+        if h is None:
+            log.warning("%s: %s %s refused: no token", self.address_string(), self.command, self.path)
+            self._refuse(401, "request refused: no token (send Authorization: Bearer <the testbed's token>)",
+                         "Refused", Refused.exit_code, hint)
+            return False
+        scheme, _, tok = h.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(tok.strip().encode(), self.token):
+            log.warning("%s: %s %s refused: wrong token", self.address_string(), self.command, self.path)
+            self._refuse(403, "request refused: wrong token", "Refused", Refused.exit_code, hint)
+            return False
+        return True
+
+    def _body(self) -> bytes | None:
+        """The request body, at most BODY_MAX bytes; None after refusing it."""
+        n = self.headers.get("Content-Length")
+        if n is None:
+            return b""
+        try:
+            n = int(n)
+            if n < 0:
+                raise ValueError(n)
+        except ValueError:
+            self._refuse(400, f"bad Content-Length {self.headers.get('Content-Length')!r}")
+            return None
+        if n > BODY_MAX:
+            self._refuse(413, f"request body of {n} bytes is over the {BODY_MAX}-byte limit")
+            return None
+        return self.rfile.read(n)
+
     def do_GET(self):
+        if not self._authorized():
+            return
+        self._deadline.cancel()
         if self.path == "/status":
             return self._reply(200, self.ctl.status())
         if self.path.startswith("/moves"):
@@ -194,11 +267,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(404, {"error": f"no such endpoint {self.path}", "code": 3})
 
     def do_POST(self):
+        if not self._authorized():
+            return
         if self.path != "/move":
-            return self._reply(404, {"error": f"no such endpoint {self.path}", "code": 3})
+            return self._refuse(404, f"no such endpoint {self.path}", "NotFound", 3)
+        raw = self._body()
+        if raw is None:
+            return
+        self._deadline.cancel()              # the request is in; the move may take long
         try:
-            n = int(self.headers.get("Content-Length", 0))
-            req = json.loads(self.rfile.read(n) or b"{}")
+            req = json.loads(raw or b"{}")
             if not isinstance(req, dict):
                 raise BadInput("the request body must be a JSON object")
         except (ValueError, BadInput) as e:
@@ -213,10 +291,38 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"error": f"internal error: {type(e).__name__}: {e}", "code": 1})
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once: one more is closed unread."""
+    daemon_threads = True
+
+    def __init__(self, *a, **kw):
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*a, **kw)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            log.warning("%s: %d connections open: closed", client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 def serve(testbed: str, port: int = 0, ctrl_delay_ms: float = 0.0, ready=None, ctrl_rate_mbit: float = 0.0) -> None:
     ctl = Controller(testbed, ctrl_delay_ms, ctrl_rate_mbit)
-    handler = type("Handler", (_Handler,), {"ctl": ctl})
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    if not ctl.rec.get("token"):
+        raise NfxError(f"testbed {testbed} has no token (built by an older nfx)", hint="rebuild it")
+    handler = type("Handler", (_Handler,), {"ctl": ctl, "token": ctl.rec["token"].encode()})
+    httpd = _Server(("127.0.0.1", port), handler)
     if ready:
         ready(httpd.server_address[1])
     httpd.serve_forever()

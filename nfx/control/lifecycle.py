@@ -67,13 +67,15 @@ def call(name: str, method: str, path: str, body: dict | None = None, timeout: f
         raise NotFound(f"testbed {name} has no running controller", hint=f"nfx controller start --name {name}")
     req = urllib.request.Request(f"http://127.0.0.1:{c['port']}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {rec.get('token', '')}"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         obj = json.loads(e.read() or b"{}")
-        raise_error({"error": obj.get("error", str(e)), "type": obj.get("type", "BadInput" if e.code == 400 else "NfxError"),
+        default = {400: "BadInput", 401: "Refused", 403: "Refused", 413: "BadInput"}.get(e.code, "NfxError")
+        raise_error({"error": obj.get("error", str(e)), "type": obj.get("type") or default,
                      "hint": obj.get("hint")})
     except (urllib.error.URLError, TimeoutError) as e:
         raise Timeout(f"the controller of {name} did not answer: {e}") from None

@@ -168,6 +168,10 @@ class Steering:
         sw = next(n for n in self.sw if self._side(n) == side)
         host = self.host_of[sw]
         frame = ibc_frame(key, bytes.fromhex(self.rec["nodes"][host]["mac"].replace(":", "")), epoch)
+        # The host-facing port drops IBCs (a host could forge one) except those of the epoch
+        # written here. It stays set: an IBC of this epoch is only acted on during its move
+        # (the NF's gate checks the epoch against the move), and the next move overwrites it.
+        self.sw[sw].expect_ibc(epoch)
         s = self._ibc_sock(host)
         try:
             s.send(frame)

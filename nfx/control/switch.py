@@ -5,7 +5,10 @@ goes. Rule ids index `sw_rules` and `sw_counters`; id 0 is never handed out. Wil
 a small array whose slot order is their priority (lower `prio` first); `prio` is stored in the
 slot too, so any process that reopens the pins can keep the order. Ports are interface names
 in the switch's netns (or raw ifindexes). A rule armed with a token is passed over until a
-trigger with that token (nfx/control/frames.py) has reached the switch.
+trigger with that token (nfx/control/frames.py) has reached the switch on an NF-facing port.
+Ports have roles (`set_port_role`): a port facing a host drops nfx's reserved marks (IBC and
+trigger TOS) except the controller's IBC of the epoch set with `expect_ibc`; triggers count only
+on ports facing an NF; a port with no role counts as facing a host.
 
 One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
 against a second writer."""
@@ -32,6 +35,8 @@ MAPS = {
     "sw_rules": (L.u32, L.SwRule),
     "sw_counters": (L.u32, L.SwCounter),
     "sw_fired": (L.u64, L.u64),
+    "sw_ports": (L.u32, L.u32),
+    "sw_cfg": (L.u32, L.SwCfg),
     "nfx_stats": (L.u32, L.u64),
 }
 RING = "sw_ctrl"
@@ -201,6 +206,23 @@ class Switch:
             except (OSError, NotFound):
                 return idx
         return self._names[idx]
+
+    ROLES = {"host": L.SW_PORT_HOST, "nf": L.SW_PORT_NF}
+
+    def set_port_role(self, port: Port, role: str) -> None:
+        """'host' (reserved marks dropped) or 'nf' (triggers taken) for one port."""
+        if role not in self.ROLES:
+            raise BadInput(f"unknown port role {role!r}: one of {', '.join(self.ROLES)}")
+        self.maps["sw_ports"].put(L.u32(self.ifindex(port)), L.u32(self.ROLES[role]))
+
+    def port_roles(self) -> dict[Port, str]:
+        names = {v: k for k, v in self.ROLES.items()}
+        n, keys, vals = self.maps["sw_ports"].export()
+        return {self.port_name(keys[i]): names.get(vals[i], str(vals[i])) for i in range(n)}
+
+    def expect_ibc(self, epoch: int) -> None:
+        """The controller is about to send an IBC of `epoch` into a host-facing port (0: none)."""
+        self.maps["sw_cfg"].put(L.u32(0), L.SwCfg(ibc_epoch=epoch))
 
     # ---- rules ----
     def _encode(self, rule: Rule) -> L.SwRule:

@@ -109,9 +109,11 @@ def decode_chunk(payload) -> Chunk:
 class Reader:
     """Frames from anything with readinto (a file) or recv_into (a socket)."""
 
-    def __init__(self, src):
+    def __init__(self, src, max_frame: int | None = None):
+        """max_frame: refuse (WireError, before allocating) a frame whose header claims more."""
         self._into = getattr(src, "recv_into", None) or src.readinto
         self._sock = hasattr(src, "recv_into")
+        self.max_frame = max_frame
 
     def _exact(self, n: int) -> memoryview:
         buf = bytearray(n)
@@ -133,7 +135,10 @@ class Reader:
         if first < HDR.size:
             rest = self._exact(HDR.size - first)
             hb[first:] = rest
-        return decode_header(bytes(hb))
+        kind, length = decode_header(bytes(hb))
+        if self.max_frame is not None and length > self.max_frame:
+            raise WireError(f"frame of {length} bytes is over the {self.max_frame}-byte limit")
+        return kind, length
 
     def body(self, kind: int, length: int):
         """The payload after header(), decoded. A WireError here leaves the stream in step."""

@@ -217,6 +217,9 @@ def _switch(rec, topo: Topology, sw: str) -> None:
     s = Switch.create(sw, ns, ports, pin_dir)
     hosts = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "host"]
     nfs = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "nf"]
+    # roles: a host-facing port drops nfx's reserved marks, an NF-facing one takes triggers
+    for p in topo.neighbours(sw):
+        s.set_port_role(ifname(topo, sw, p), "host" if topo.nodes[p]["role"] == "host" else "nf")
     # default plan: everything from the host goes to the first instance, everything from an
     # instance goes to the host; moves install more specific rules above these
     for h in hosts:

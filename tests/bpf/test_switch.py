@@ -53,6 +53,11 @@ def sw(loaded):
     for r in s.rules():
         s.remove(r.id)
     reader.drain()
+    # P1 faces a host, P2..P4 face NF instances; no IBC expected
+    s.set_port_role(P1, "host")
+    for p in (P2, P3, P4):
+        s.set_port_role(p, "nf")
+    s.expect_ibc(0)
     s.reader = reader
     return s
 
@@ -329,7 +334,7 @@ def test_ifindex_and_host_order_helpers():
 
 
 # ---- armed rules and triggers ----
-def trigger(token, in_port=P3):
+def trigger(token):
     from nfx.control.frames import trigger_frame
     return trigger_frame(token, bytes.fromhex(MAC_A.replace(":", "")))
 
@@ -359,7 +364,7 @@ def test_trigger_fires_consumed_and_stamped(armed):
     import time
     t0 = time.monotonic_ns()
     before = sw.stats()
-    assert run(sw, trigger(T), in_port=P4)[0] == TC_ACT_SHOT     # consumed, on any port
+    assert run(sw, trigger(T), in_port=P4)[0] == TC_ACT_SHOT     # consumed, on any NF port
     assert t0 <= sw.fired(T) <= time.monotonic_ns()
     assert delta(sw, before, "r_sw_fired") == 1 and delta(sw, before, "v_drop") == 1
     assert sw.counters()[new] == (0, 0) and sw.counters()[old] == (0, 0)   # matched no rule
@@ -367,7 +372,7 @@ def test_trigger_fires_consumed_and_stamped(armed):
     assert sw.counters()[new][0] == 1 and sw.counters()[old][0] == 0
     # a second trigger keeps the first stamp
     first = sw.fired(T)
-    run(sw, trigger(T))
+    run(sw, trigger(T), in_port=P3)
     assert sw.fired(T) == first
     sw.forget_token(T)
     assert sw.fired(T) is None
@@ -377,7 +382,7 @@ def test_trigger_fires_consumed_and_stamped(armed):
 
 def test_trigger_before_the_rule_still_counts(sw):
     T = 77
-    run(sw, trigger(T))
+    run(sw, trigger(T), in_port=P3)
     old = sw.add_wild(Match(), Rule(output=[P2]), prio=20)
     new = sw.add_exact(("10.0.1.1", "10.0.2.1", 1000, 2000, "udp"), Rule(output=[P3], token=T))
     run(sw, udp())
@@ -401,7 +406,7 @@ def test_other_triggers_fire_nothing(armed, change):
     if change == "tos":
         f[15] = 0
     before = sw.stats()
-    run(sw, bytes(f), in_port=P1)
+    run(sw, bytes(f), in_port=P3)
     # another token fires that token only; a broken trigger is an ordinary packet
     assert delta(sw, before, "r_sw_fired") == (change == "token")
     assert sw.fired(T) is None
@@ -411,10 +416,83 @@ def test_other_triggers_fire_nothing(armed, change):
 
 
 def test_a_new_controller_forgets_tokens_no_rule_is_armed_with(sw):
-    run(sw, trigger(501))
-    run(sw, trigger(502))
+    run(sw, trigger(501), in_port=P3)
+    run(sw, trigger(502), in_port=P3)
     kept = sw.add_wild(Match(), Rule(output=[P3], token=502))
     assert sw.forget_unused_tokens() == 1
     assert sw.fired(501) is None and sw.fired(502) is not None
     sw.remove(kept)
     assert sw.forget_unused_tokens() == 1 and sw.fired(502) is None
+
+
+# ---- reserved marks from where nfx sends none (nfx issue 9) ----
+P_UNSET = 900005       # a port with no role: treated as facing a host
+
+
+@pytest.mark.parametrize("port", [P1, P_UNSET])
+def test_trigger_from_a_host_port_fires_nothing(armed, port):
+    sw, T, old, new = armed
+    before = sw.stats()
+    assert run(sw, trigger(T), in_port=port)[0] == TC_ACT_SHOT
+    assert delta(sw, before, "r_forged") == 1 and delta(sw, before, "r_sw_fired") == 0
+    assert sw.fired(T) is None and len(sw.maps["sw_fired"]) == 0
+    run(sw, udp())
+    assert sw.counters()[new][0] == 0 and sw.counters()[old][0] == 1     # the armed rule still waits
+
+
+def test_fired_table_is_lru_and_never_full(sw):
+    n = L.SW_MAX_FIRED + 200
+    before = sw.stats()
+    for t in range(1, n + 1):
+        run(sw, trigger(0xABC000 + t), in_port=P3)
+    assert delta(sw, before, "r_sw_fired") == n and delta(sw, before, "r_sw_fire_full") == 0
+    assert len(sw.maps["sw_fired"]) <= L.SW_MAX_FIRED
+    assert sw.fired(0xABC000 + n) is not None           # the newest is kept, the oldest went
+    k, keys, _ = sw.maps["sw_fired"].export()
+    for i in range(k):
+        sw.forget_token(keys[i])
+
+
+def ibc(epoch, proto="udp", src_mac=MAC_A):
+    from nfx.control.frames import ibc_frame
+    k = flow_key("10.0.1.1", "10.0.2.1", 1000, 2000, proto)
+    return ibc_frame(k, bytes.fromhex(src_mac.replace(":", "")), epoch)
+
+
+@pytest.mark.parametrize("expected,sent", [(0, 7), (7, 8), (7, 0)])
+def test_forged_ibc_from_a_host_port_is_dropped(sw, expected, sent):
+    sw.add_wild(Match(in_port=P1), Rule(output=[P2, P3]))
+    sw.expect_ibc(expected)
+    before = sw.stats()
+    assert run(sw, ibc(sent))[0] == TC_ACT_SHOT
+    assert delta(sw, before, "r_forged") == 1 and sum(c for c, _ in sw.counters().values()) == 0
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_the_controllers_ibc_passes_the_host_port(sw, proto):
+    rid = sw.add_wild(Match(in_port=P1), Rule(output=[P2, P3]))
+    sw.expect_ibc(41)
+    before = sw.stats()
+    verdict, out = run(sw, ibc(41, proto))
+    assert verdict == TC_ACT_REDIRECT and out == ibc(41, proto) and sw.counters()[rid][0] == 1
+    assert delta(sw, before, "r_forged") == 0
+
+
+def test_reserved_tos_without_magic_from_a_host_port_is_dropped(sw):
+    sw.add_wild(Match(), Rule(output=[P2]))
+    sw.expect_ibc(5)
+    for tos in (L.TOS_IBC, L.TOS_FIRE):
+        before = sw.stats()
+        assert run(sw, udp(tos=tos), in_port=P1)[0] == TC_ACT_SHOT
+        assert delta(sw, before, "r_forged") == 1
+        # from an NF port the same packet is an ordinary one (a broken trigger included)
+        assert run(sw, udp(tos=tos), in_port=P2)[0] == TC_ACT_REDIRECT
+    # other TOS values from hosts pass untouched
+    assert run(sw, udp(tos=0xB8), in_port=P1)[0] == TC_ACT_REDIRECT
+
+
+def test_port_roles_read_back(sw):
+    roles = sw.port_roles()
+    assert roles[P1] == "host" and roles[P2] == roles[P3] == roles[P4] == "nf"
+    with pytest.raises(BadInput):
+        sw.set_port_role(P1, "trunk")

@@ -473,6 +473,126 @@ def test_kill_9_and_restart_under_traffic(nat):
     assert [x["agent"]["answering"] for x in listed] == [True, True]
 
 
+# ---- the front door: nothing unauthenticated holds a thread, every frame is bounded ---------------
+def _agent_pid(rec, inst="nf0") -> int:
+    return state.load(rec["name"])["nodes"][inst]["agent"]["pid"]
+
+
+def _threads(pid) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _rss_kb(pid) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def _closed_by_peer(s: socket.socket, within: float) -> bool:
+    """The agent ended this connection (EOF or reset) within `within` seconds."""
+    s.settimeout(within)
+    try:
+        while True:
+            got = s.recv(65536)
+            if not got:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_idle_connections_hold_no_thread_and_are_closed(nat):
+    from nfx.agent.protocol import HANDSHAKE_S, PENDING_MAX
+    pid = _agent_pid(nat)
+    with client(nat, "nf0") as c:
+        assert c.ping()["ok"]
+    threads, fds = _threads(pid), len(os.listdir(f"/proc/{pid}/fd"))
+    n = PENDING_MAX + 44
+    socks = []
+    t0 = time.monotonic()
+    try:
+        with netns.enter(nat["mgmt"]["ns"]):
+            for i in range(n):
+                s = socket.socket()
+                s.connect((nat["mgmt"]["agents"]["nf0"], 7700))
+                if i == 0:       # half a frame, then nothing: the same as silence
+                    s.sendall(wire.HDR.pack(wire.MAGIC, wire.VERSION, wire.JSON, 0, 100) + b'{"op":')
+                socks.append(s)
+        time.sleep(0.3)
+        assert _threads(pid) <= threads, "an unauthenticated connection got a thread"
+        # the agent still serves, however many wait
+        with client(nat, "nf0", timeout=5) as c:
+            assert c.ping()["ok"]
+        # past PENDING_MAX the oldest were closed at once; the rest after the deadline
+        assert _closed_by_peer(socks[0], 0.5) and _closed_by_peer(socks[n - PENDING_MAX - 1], 0.5)
+        assert all(_closed_by_peer(s, max(0.1, t0 + HANDSHAKE_S + 3 - time.monotonic())) for s in socks)
+        assert time.monotonic() - t0 < HANDSHAKE_S + 3
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.2)
+    assert len(os.listdir(f"/proc/{pid}/fd")) <= fds and _threads(pid) <= threads
+
+
+def test_an_authenticated_connection_keeps_its_thread_until_it_ends(nat):
+    pid = _agent_pid(nat)
+    threads = _threads(pid)
+    raw = Raw(nat, "nf0")
+    try:
+        assert ping_ok(raw)
+        assert _threads(pid) == threads + 1
+    finally:
+        raw.close()
+    deadline = time.monotonic() + 5
+    while _threads(pid) > threads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _threads(pid) == threads
+
+
+@pytest.mark.parametrize("when", ["before authenticating", "inside a put"])
+def test_oversized_frame_header_refused_without_allocating(nat, when):
+    pid = _agent_pid(nat, "nf1")
+    rss = _rss_kb(pid)
+    huge = 4 << 30
+    raw = Raw(nat, "nf1")
+    try:
+        if when == "before authenticating":
+            raw.send([wire.HDR.pack(wire.MAGIC, wire.VERSION, wire.JSON, 0, huge)])
+        else:
+            assert ping_ok(raw)
+            raw.send(wire.encode_json({"op": "put", "token": raw.token}))
+            raw.send([wire.HDR.pack(wire.MAGIC, wire.VERSION, wire.CHUNK, 0, huge), b"\0" * 64])
+        kind, obj = raw.r.frame()
+        assert kind == wire.ERROR and f"{huge} bytes" in obj["error"], obj
+        assert "limit" in obj["error"] or "too large" in obj["error"], obj
+        assert _closed_by_peer(raw.s, 3)
+    finally:
+        raw.close()
+    assert _rss_kb(pid) < rss + 100_000
+    with client(nat, "nf1") as c:
+        assert c.ping()["ok"]
+
+
+def test_push_goes_only_to_the_testbeds_own_instances(nat):
+    clear(nat, "nf1")
+    rec = state.load(nat["name"])
+    with client(nat, "nf0") as a, client(nat, "nf1") as b:
+        before = b.info(entries=True)["maps"]["nat_fwd"]["entries"]
+        for kw, msg in (({"addr": rec["mgmt"]["controller"]}, "is not where nf1"),
+                        ({"addr": "192.0.2.1"}, "is not where nf1"),
+                        ({"port": 7701}, "is not where nf1")):
+            with pytest.raises(Refused, match=msg):
+                a.push("nf1", **kw)
+        with pytest.raises(Refused, match="not an instance of testbed"):
+            a.push("nf7")
+        with pytest.raises(Refused, match="not an instance of testbed"):
+            a.push("h1")
+        assert b.info(entries=True)["maps"]["nat_fwd"]["entries"] == before == 0
+        # the instance's own address, given explicitly, is fine
+        r = a.push("nf1", addr=rec["mgmt"]["agents"]["nf1"], filter="sport=1024-1030")
+        assert r["failed"] == [] and r["imported"] > 0
+
+
 def json_loads(s):
     import json
     return json.loads(s)

@@ -52,6 +52,7 @@ def test_enums_match(cname, pyenum, prefix):
     ("NFX_STATELET_INC_SHIFT", L.STATELET_INC_SHIFT),
     ("NFX_TOS_IBC", L.TOS_IBC), ("NFX_IBC_MAGIC", L.IBC_MAGIC), ("NFX_TOS_FIRE", L.TOS_FIRE),
     ("NFX_FIRE_MAGIC", L.FIRE_MAGIC), ("NFX_SW_MAX_FIRED", L.SW_MAX_FIRED),
+    ("NFX_SW_PORT_SLOTS", L.SW_PORT_SLOTS), ("NFX_SW_PORT_HOST", L.SW_PORT_HOST), ("NFX_SW_PORT_NF", L.SW_PORT_NF),
 ])
 def test_defines_match(cname, value):
     assert c_define(cname) == value

@@ -1,0 +1,117 @@
+"""The gate acts on an in-band control packet (IBC) only within its move (nfx issue 9): the
+epoch it carries must be the running OP move's (destination) or that of the mark that passes
+the flow on (source). Anything else is dropped and counted as r_forged: no ring record, no cut.
+BPF_PROG_TEST_RUN on an IDS instance (the gate is the same in every NF)."""
+import pytest
+
+from nfx import layout as L
+from nfx.control.frames import ibc_frame
+from nfx.flows import make_key
+from nfx.loader import netns
+from nfx.loader.bpfsys import prog_test_run
+from nfx.migrate import dataplane as dp
+from nfx.nfs.base import Wiring
+from nfx.nfs.ids import IDS, IdsConfig
+from tests.scratch import Scratch, pin_dir
+
+XDP_ABORTED, XDP_DROP = 0, 1
+PEER_IN, PEER_OUT = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+KEY = make_key("10.0.1.2", "10.0.2.2", 5000, 53, 17)
+E = 4242
+
+
+@pytest.fixture(scope="module")
+def nf():
+    s = Scratch("tig")
+    pd = pin_dir("tig")
+    inst = None
+    try:
+        ns = s.ns("n")
+        s.veth("tigin", ns, "tigpin", ns)
+        s.veth("tigout", ns, "tigpout", ns)
+        inst = IDS.create("ids0", Wiring(ns, ("tigin", "tigout"), (PEER_IN, PEER_OUT)), pd, IdsConfig(),
+                          max_flows=64)
+        inst.ns = ns
+        inst.idx = netns.ifindex("tigin", ns)
+        inst.ring = dp.packet_ring(inst)
+        yield inst
+    finally:
+        if inst is not None:
+            inst.ring.close()
+            IDS.destroy(inst.wiring, pd)
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh(nf):
+    for m in ("nfx_stats", "nfx_marks", "nfx_filters"):
+        nf.maps[m].clear()
+    dp.reset_move(nf)
+    nf.ring.poll(0)
+    yield
+
+
+def ibc(epoch: int) -> bytes:
+    return ibc_frame(KEY, bytes.fromhex("020000000aaa"), epoch)
+
+
+def run(nf, frame):
+    with netns.enter(nf.ns):
+        v, _, _ = prog_test_run(nf.fn.fd, frame, ingress_ifindex=nf.idx)
+    assert v != XDP_ABORTED
+    return v
+
+
+def outcome(nf, frame) -> tuple[int, int, list, list]:
+    """(verdict, r_forged added, ring records, ibc_switch) for one IBC from the switch."""
+    before = nf.stats().get("r_forged", 0)
+    v = run(nf, frame)
+    recs = [p for p in nf.ring.poll(0) if p.kind == L.BufKind.IBC]
+    return v, nf.stats().get("r_forged", 0) - before, recs, list(dp.move_state(nf).ibc_switch)
+
+
+def dst_in_move(nf, op=1, epoch=E):
+    dp.set_move_cfg(nf, epoch=epoch, op=op)
+    dp.set_marks(nf, [KEY], L.Action.BUFFER, epoch=epoch)
+
+
+def test_no_move_ibc_is_dropped_unrecorded(nf):
+    v, forged, recs, cut = outcome(nf, ibc(E))
+    assert (v, forged, recs, cut) == (XDP_DROP, 1, [], [0, 0])
+
+
+def test_dst_takes_the_ibc_of_its_op_move(nf):
+    dst_in_move(nf)
+    v, forged, recs, cut = outcome(nf, ibc(E))
+    assert v == XDP_DROP and forged == 0 and cut == [1, 0]
+    assert len(recs) == 1 and recs[0].epoch == E
+
+
+@pytest.mark.parametrize("what", ["other epoch", "zero epoch", "not op"])
+def test_dst_drops_ibcs_not_of_its_op_move(nf, what):
+    dst_in_move(nf, op=0 if what == "not op" else 1)
+    sent = {"other epoch": E + 1, "zero epoch": 0, "not op": E}[what]
+    v, forged, recs, cut = outcome(nf, ibc(sent))
+    assert (v, forged, recs, cut) == (XDP_DROP, 1, [], [0, 0])
+
+
+@pytest.mark.parametrize("action", [L.Action.TO_CTRL, L.Action.REDIRECT])
+def test_src_passes_on_only_the_ibc_of_its_marks_epoch(nf, action):
+    dp.set_marks(nf, [KEY], action, epoch=E, peer=2)
+    before = nf.stats()
+    v, forged, recs, cut = outcome(nf, ibc(E + 7))
+    assert (forged, recs, cut) == (1, [], [0, 0])
+    assert nf.stats().get("r_redirected", 0) == before.get("r_redirected", 0)
+    v, forged, recs, cut = outcome(nf, ibc(E))
+    assert forged == 0 and cut == [0, 0]
+    if action == L.Action.TO_CTRL:
+        assert len(recs) == 1 and recs[0].epoch == E
+    else:
+        assert recs == [] and nf.stats().get("r_redirected", 0) == before.get("r_redirected", 0) + 1
+
+
+def test_src_filter_tag_is_the_epoch_for_new_flows(nf):
+    dp.set_filter(nf, 0, "proto=udp", L.Action.TO_CTRL, epoch=E)
+    assert outcome(nf, ibc(E + 1))[1:3] == (1, [])
+    v, forged, recs, _ = outcome(nf, ibc(E))
+    assert forged == 0 and len(recs) == 1
