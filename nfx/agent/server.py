@@ -141,6 +141,7 @@ class Agent(MoveOps):
         self.lock = threading.Lock()          # serialises mark/filter writes (gate config)
         self.hubs: dict[str, streams.Hub] = {}
         self.nf = None
+        self._settle_lock, self._settle_timer = threading.Lock(), None
         self.listener: socket.socket | None = None
         self.handlers = {op: getattr(self, "op_" + op) for op in OPS + MOVE_OPS}
         self.requests = 0
@@ -434,6 +435,7 @@ class Agent(MoveOps):
         report = self._apply(chunks, req.get("parallel", True))
         apply_s = time.perf_counter() - t1
         self.er_after_put(chunks)            # a move with early release lets these flows go now
+        self._state_changed()
         # applied_at: CLOCK_MONOTONIC, comparable with stamps taken elsewhere on this machine
         return {**report, "chunks": len(chunks), "bytes": sum(c.nbytes for c in chunks),
                 "recv_s": recv_s, "apply_s": apply_s, "applied_at": t1 + apply_s}
@@ -488,7 +490,24 @@ class Agent(MoveOps):
         for part in self._spread(delete, chunks, req.get("parallel", True)):
             for t, n in part.items():
                 d[t] = d.get(t, 0) + n
+        self._state_changed()
         return {"deleted": d, "entries": sum(d.values())}
+
+    def _state_changed(self, after_s: float = 0.3) -> None:
+        """nf.state_changed once the puts and deletes of a move have stopped for after_s: one
+        settling pass per burst, off the path of the move's replies."""
+        with self._settle_lock:
+            if self._settle_timer is not None:
+                self._settle_timer.cancel()
+            self._settle_timer = threading.Timer(after_s, self._settle)
+            self._settle_timer.daemon = True
+            self._settle_timer.start()
+
+    def _settle(self) -> None:
+        try:
+            self.nf.state_changed()
+        except Exception as e:              # a settling pass must never take the agent down
+            log.warning("settling after a state change failed: %s", e)
 
     def _peer_addr(self, to: str, addr, port) -> tuple[str, int]:
         """Where instance `to` of this testbed listens, from the registry. State goes to the

@@ -179,6 +179,10 @@ class NF:
         pin.unpin(pin_dir)
 
     # ---- reading ----
+    def state_changed(self) -> None:
+        """Settle what the datapath derives from tables that state transfer just changed
+        (called by the agent, shortly after a put or a delete); nothing for most NFs."""
+
     def stats(self) -> dict[str, int]:
         return stats_dict(self.maps["nfx_stats"])
 

@@ -129,6 +129,9 @@ class NAT(NF):
         self.recount_hosts()
         return len(dead_fwd)
 
+    def state_changed(self) -> None:
+        self.recount_hosts()               # moved-in or deleted mappings count for the quota
+
     def recount_hosts(self) -> dict[str, int]:
         """Set every inside address's mapping count (the quota's) to what nat_fwd holds. The
         datapath keeps the counts as it makes and evicts mappings; this settles what it cannot
