@@ -256,3 +256,30 @@ def test_range_filter_refused_before_anything_changes(tb):
         controller.call(tb["name"], "POST", "/move", {"src": "nf0", "dst": "nf1", "filter": "sport=1024-1100"})
     from nfx.migrate import dataplane as dp
     assert dp.marks(builder.instance(tb["name"], "nf0")) == {}
+
+
+@pytest.mark.parametrize("opts", ["", "ov", "dt", "ov,dt"])
+def test_dist_order_of_steps(tb, opts):
+    """DiST as published: the switches change only once the state is in at dst (the source's
+    MovePerFlow ack comes first); with ov (nfx's overlap) they change while the state is still
+    on its way. A 30 ms data link (the state push) against a 5 ms control link makes the order
+    plain in the stamps (state_in: dst's agent; switch_update: the switch side). dt without ov
+    fires once the state is in; with ov on hold."""
+    name = tb["name"]
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
+        m, r = move_under_traffic(name, src, dst, "lf", "dist", opts, ctrl_delay_ms=5, data_delay_ms=30)
+        assert (r["lost"], r["duplicated"]) == (0, 0), (m, r)
+        ph = m["phases_ms"]
+        assert m["data_delay_ms"] == 30 and m["data_rate_mbit"] == 0
+        if "ov" in opts:
+            assert ph["switch_update"] < ph["state_in"], ph
+            assert m["go_ms"] is None                     # one request: no separate MovePerFlow
+        else:
+            assert ph["switch_update"] > ph["state_in"], ph
+            # MovePerFlow reached the source one control trip after its ack of the hold
+            assert m["go_ms"] is not None and m["go_ms"] >= 10, m["go_ms"]
+        # the data link's delay is on the push: begin at dst and at least one put, each a round trip
+        assert m["move_time_s"] >= 0.12 if "ov" not in opts else m["move_time_s"] >= 0.09, m
+        if "dt" in opts:
+            assert m["trigger"]["fired"], m["trigger"]
+            no_armed_rules(name)
