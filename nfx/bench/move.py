@@ -70,17 +70,20 @@ PAPER_TABLE1 = [
      "states": (2187, 1), "redirected": (6, 2), "move_time_s": (0.78, 0.02), "redir_time_s": (0.96, 0.17),
      "ser_pct": 26.83, "deser_pct": 22.07},
 ]
-# the paper's four, and DiST with nfx's data-plane trigger (dt; not in the paper)
-TABLE1_CONFIGS = [("opennf", "pz"), ("dist", "pz"), ("dist", "pz,dt"),
-                  ("opennf", "pz,ll,er"), ("dist", "pz,ll,er"), ("dist", "pz,ll,er,dt")]
+# the paper's four (DiST in the paper's order of steps), and DiST with nfx's optimisations, not
+# in the paper: ov (overlap steering with the state push), dt (data-plane trigger), both
+NFX_OPTS = ("ov", "dt", "ov,dt")
+TABLE1_CONFIGS = [(m, o) for base in ("pz", "pz,ll,er")
+                  for m, o in [("opennf", base), ("dist", base)] + [("dist", f"{base},{x}") for x in NFX_OPTS]]
 TABLE1_RATE = 1000
 TABLE1_CONNECTIONS = 1100    # x2 per-flow entries (fwd + rev) = 2200 states
-# (one-way delay ms, rate Mbit/s; 0 = unlimited): the latency gap alone, the paper's whole
-# control link (10 ms and 10 Mbit/s against a 100 Mbit/s data plane), no added delay
-TABLE1_LINKS = ((10.0, 0.0), (10.0, 10.0), (0.0, 0.0))
+# control link (one-way delay ms, rate Mbit/s; 0 = unlimited): the paper's, 10 ms and 10 Mbit/s
+TABLE1_LINKS = ((10.0, 10.0),)
+# the data link between instances (what the agents send each other): the paper's 1 ms, 100 Mbit/s
+TABLE1_DATA = (1.0, 100.0)
 
 COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms",
-           "ctrl_rate_mbit",
+           "ctrl_rate_mbit", "data_delay_ms", "data_rate_mbit",
            "ok", "verdict", "error",
            "move_time_s", "redirect_time_s", "total_s", "transfer_s", "states", "state_chunks", "state_bytes",
            "packets_redirected", "controller_packets", "controller_buffer_peak", "instance_buffer_peak",
@@ -144,7 +147,7 @@ def parse_opts_list(values) -> list[str]:
 
 
 def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool = True,
-          ctrl_rates=(0.0,)) -> list[dict]:
+          ctrl_rates=(0.0,), data=(0.0, 0.0)) -> list[dict]:
     for m in mechanisms:
         if m not in MECHANISMS:
             raise BadInput(f"unknown mechanism {m!r}: {', '.join(MECHANISMS)}")
@@ -176,8 +179,11 @@ def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool
                                 continue
                             if "dt" in oset and (m != "dist" or g == "op"):
                                 continue          # the trigger is dist's, for ng and lf
+                            if "ov" in oset and (m != "dist" or g == "ng"):
+                                continue          # the overlap is dist's, for lf and op
                             out.append({"mechanism": m, "guarantee": g, "opts": o, "rate_pps": r, "flows": f,
-                                        "ctrl_delay_ms": d, "ctrl_rate_mbit": b})
+                                        "ctrl_delay_ms": d, "ctrl_rate_mbit": b,
+                                        "data_delay_ms": data[0], "data_rate_mbit": data[1]})
     return out
 
 
@@ -249,12 +255,14 @@ class Bed:
             return now
         return {i: {k: v - before[i].get(k, 0) for k, v in now[i].items() if v - before[i].get(k, 0)} for i in now}
 
-    def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0, rate_mbit: float = 0.0) -> dict:
+    def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0, rate_mbit: float = 0.0,
+             data=(0.0, 0.0)) -> dict:
         from ..control import lifecycle
         return lifecycle.call(self.name, "POST", "/move",
                               {"src": src, "dst": dst, "filter": "all", "scopes": "all", "guarantee": guarantee,
                                "opts": "" if opts == "none" else opts, "mechanism": mechanism,
-                               "timeout": timeout, "ctrl_delay_ms": delay_ms, "ctrl_rate_mbit": rate_mbit},
+                               "timeout": timeout, "ctrl_delay_ms": delay_ms, "ctrl_rate_mbit": rate_mbit,
+                               "data_delay_ms": data[0], "data_rate_mbit": data[1]},
                               timeout=timeout * 4 + 60)
 
     def clear(self) -> None:
@@ -323,7 +331,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     row["move_at_s"] = round(time.perf_counter() - t0, 4)
     try:
         m = bed.move("nf0", "nf1", cell["guarantee"], cell["mechanism"], cell["opts"], cell["ctrl_delay_ms"], timeout,
-                     cell.get("ctrl_rate_mbit", 0.0))
+                     cell.get("ctrl_rate_mbit", 0.0), (cell.get("data_delay_ms", 0.0), cell.get("data_rate_mbit", 0.0)))
     except NfxError as e:
         err = str(e)
     row["move_end_s"] = round(time.perf_counter() - t0, 4)
@@ -457,13 +465,13 @@ def _writer(path: Path):
 
 def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_RATES, flows=DEFAULT_FLOWS,
         delays=(0.0,), repeat: int = 1, duration: float = 2.0, at: float = 0.8, csv_path: Path | None = None,
-        timeout: float = 30.0, progress=lambda m: None, ctrl_rates=(0.0,)) -> dict:
+        timeout: float = 30.0, progress=lambda m: None, ctrl_rates=(0.0,), data=(0.0, 0.0)) -> dict:
     """The matrix. Returns {"runs": [...], "summary": [...], "violations": [...], "csv": path, ...}."""
     if repeat < 1:
         raise BadInput("--repeat must be at least 1")
     if not 0 < at < duration:
         raise BadInput("--at must be inside the traffic run (0 < at < duration)")
-    todo = cells(mechanisms, guarantees, opts, rates, flows, delays, ctrl_rates=ctrl_rates)
+    todo = cells(mechanisms, guarantees, opts, rates, flows, delays, ctrl_rates=ctrl_rates, data=data)
     if not todo:
         raise BadInput("the selection is empty")
     csv_path = Path(csv_path) if csv_path else default_csv()
@@ -474,7 +482,8 @@ def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_R
             "violations": [r for r in runs if not r["ok"]], "host": _host()}
 
 
-CELL_KEYS = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms", "ctrl_rate_mbit")
+CELL_KEYS = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms", "ctrl_rate_mbit", "data_delay_ms",
+             "data_rate_mbit")
 
 
 def link_text(delay_ms: float, rate_mbit: float) -> str:
@@ -547,17 +556,19 @@ def _line(r: dict, i: int, total: int, elapsed: float) -> str:
 
 def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNECTIONS, rate: int = TABLE1_RATE,
            duration: float = 3.0, at: float = 1.0, csv_path: Path | None = None, timeout: float = 30.0,
-           progress=lambda m: None) -> dict:
-    """The paper's Table 1 setting on each control link (delay ms, rate Mbit/s), `repeat` runs per config."""
+           progress=lambda m: None, data=TABLE1_DATA, configs=TABLE1_CONFIGS) -> dict:
+    """The paper's Table 1 setting on each control link (delay ms, rate Mbit/s) and the data link
+    `data`, `repeat` runs per config."""
     if repeat < 1:
         raise BadInput("--repeat must be at least 1")
     todo = [{"mechanism": m, "guarantee": "lf", "opts": o, "rate_pps": rate, "flows": connections,
-             "ctrl_delay_ms": d, "ctrl_rate_mbit": b} for d, b in links for m, o in TABLE1_CONFIGS]
+             "ctrl_delay_ms": d, "ctrl_rate_mbit": b, "data_delay_ms": data[0], "data_rate_mbit": data[1]}
+            for d, b in links for m, o in configs]
     csv_path = Path(csv_path) if csv_path else default_csv(True)
     runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "table1", timeout, True, progress)
     summary = _aggregate(runs, CELL_KEYS)
     for a in summary:
-        a["config"] = f"{'OpenNF' if a['mechanism'] == 'opennf' else 'DiST'} LF " + a["opts"].upper().replace(",", "|")
+        a["config"] = config_name(a["mechanism"], a["opts"])
     ratios = []
     for d, b in links:
         def pick(mech, o):
@@ -565,7 +576,7 @@ def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNEC
                          and a["opts"] == o and a["mechanism"] == mech), None)
         for o in ("pz", "pz,ll,er"):
             on = pick("opennf", o)
-            for dist_opts in (o, o + ",dt"):
+            for dist_opts in [o] + [f"{o},{x}" for x in NFX_OPTS]:
                 di = pick("dist", dist_opts)
                 if on and di and on["move_time_s"] and di["move_time_s"]:
                     ratios.append({"ctrl_delay_ms": d, "ctrl_rate_mbit": b, "opts": o, "dist_opts": dist_opts,
@@ -573,7 +584,7 @@ def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNEC
                                    "opennf_over_dist": on["move_time_s"] / di["move_time_s"]})
     paper_ratio = {"pz": 7.44 / 0.51, "pz,ll,er": 2.25 / 0.41, "pz,ll,er equal latency (OpenNF*)": 0.78 / 0.41}
     return {"mode": "table1", "testbeds": names, "aborted": aborted, "rate_pps": rate, "connections": connections,
-            "repeat": repeat, "links": [list(x) for x in links],
+            "repeat": repeat, "links": [list(x) for x in links], "data_link": list(data),
             "duration_s": duration, "move_at_s": at, "csv": str(csv_path), "runs": runs, "summary": summary,
             "ratios": ratios, "paper": PAPER_TABLE1, "paper_ratios": paper_ratio,
             "violations": [r for r in runs if not r["ok"]], "host": _host(),
@@ -582,8 +593,15 @@ def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNEC
                       "by the export:import ratio of a standalone agent push of the same state after each run",
                       "MoveTime: from the controller starting the move until the state is in at dst and the "
                       "switches' last forwarding update has taken effect (stamped where each happens: one clock)",
-                      "DT rows are nfx's data-plane trigger, not in the paper: the switches' rules toward dst are "
-                      "armed with the request and the source fires them with a packet once it holds the flows",
-                      "paper rows marked 10x data: control links 10 ms one way and 10 Mbit/s, data plane 1 ms and "
-                      "100 Mbit/s; ours: the control link emulated in the control-channel transport (delay, and "
-                      "rate where shown), nothing added on the data plane (veth)"]}
+                      "DiST rows without OV/DT follow the paper's order: enableEvent, its ack, MovePerFlow, the "
+                      "push and ReleaseBuffer, the ack, then the switch update",
+                      "OV and DT are nfx's, not in the paper: OV points the switches at dst as soon as the flows "
+                      "are held (overlapping the push); DT has the source fire rules the controller armed with its "
+                      "request (no control trip for the update): once the state is in, or with OV on hold",
+                      "links emulated in software (no netem): control messages (controller <-> agents, switches) "
+                      "and what the agents send each other (dist's state push, ReleaseBuffer) get the delay and "
+                      "rate; packets redirected over the peer link and the DT trigger are XDP frames and get none"]}
+
+
+def config_name(mechanism: str, opts: str) -> str:
+    return f"{'OpenNF' if mechanism == 'opennf' else 'DiST'} LF " + opts.upper().replace(",", "|")
