@@ -123,8 +123,12 @@ class MoveOps:
     def op_move_status(self, sock, r, req) -> dict:
         s = self._session()
         st = self.nf.stats()
-        return {"epoch": s.epoch, "cut_complete": s.cut_complete(), "settled": s.settled() if s.role == "dst" else True,
-                "passed_on": st.get("r_redirected", 0) + st.get("r_to_ctrl", 0), "stats": dict(s.stats)}
+        settled = s.settled() if s.role == "dst" else True
+        out = {"epoch": s.epoch, "cut_complete": s.cut_complete(), "settled": settled,
+               "passed_on": st.get("r_redirected", 0) + st.get("r_to_ctrl", 0), "stats": dict(s.stats)}
+        if not settled and req.get("why"):
+            out["unsettled"] = s.unsettled()
+        return out
 
     def op_move_end(self, sock, r, req) -> dict:
         s = self._session()

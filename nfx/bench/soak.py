@@ -20,10 +20,12 @@ SEG_OPTS = {"ng": ("none", "pz", "dt"), "lf": ("none", "pz", "pz,ll,er", "ov", "
 CHUNK_S = 0.25           # the traffic thread sends in runs this long, back to back
 
 
-def plan() -> list[list[tuple[str, str, str]]]:
+def plan(guarantees=("op", "lf", "ng")) -> list[list[tuple[str, str, str]]]:
     """One cycle: an OP, an LF and an NG segment, each every valid (mechanism, opts) once."""
     segs = []
-    for g in ("op", "lf", "ng"):
+    for g in guarantees:
+        if g not in SEG_OPTS:
+            raise BadInput(f"unknown guarantee {g!r}: ng, lf, op")
         segs.append([(m, g, o) for m in bm.MECHANISMS for o in SEG_OPTS[g]
                      if bm.cells([m], [g], [o], [1], [1], [0.0])])
     return segs
@@ -65,10 +67,10 @@ class _Traffic:
 
 
 def run(moves: int = 1000, flows: int = 1000, rate: int = 50_000, timeout: float = 30.0,
-        progress=lambda m: None) -> dict:
+        progress=lambda m: None, guarantees=("op", "lf", "ng")) -> dict:
     if moves < 1:
-        raise BadInput("--soak needs at least one move")
-    segs = plan()
+        raise BadInput("--moves must be at least 1")
+    segs = plan(guarantees)
     rows: list[dict] = []
     seg_rows: list[dict] = []
     t_start = time.perf_counter()

@@ -137,6 +137,7 @@ def soak_(moves: int = typer.Option(1000, "--moves", "-n", help="Consecutive mov
           flows: int = typer.Option(1000, "--flows", "-f", help="Flows (NAT connections)."),
           rate: int = typer.Option(50_000, "--rate", "-r", help="Offered pps."),
           timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step of a move may take."),
+          guarantees: str = typer.Option("op,lf,ng", "--guarantees", "-g", help="Segments to cycle through, in order."),
           json_: bool = JsonOpt):
     """Consecutive moves under traffic, back and forth between nf0 and nf1 (sharp testbed, 2 NAT
     instances), cycling mechanisms, guarantees and optimisations; the sink judges each run of moves
@@ -145,7 +146,7 @@ def soak_(moves: int = typer.Option(1000, "--moves", "-n", help="Consecutive mov
     need_root()
     if not 1 <= flows <= 60_000 or not 1 <= rate <= 2_000_000:
         raise BadInput("--flows must be 1..60000 and --rate 1..2000000")
-    r = soak.run(moves, flows, rate, timeout, progress=progress)
+    r = soak.run(moves, flows, rate, timeout, progress=progress, guarantees=tuple(bm._split(guarantees)))
     if json_:
         emit_json(r)
     else:

@@ -286,7 +286,14 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         wait_for(quiet, timeout, "the source to stop passing packets on")
         m["redirect_time_s"] = last[1] - x.t_state
         if lf:
-            wait_for(dst.settled, timeout, "the destination to release everything it held")
+            try:
+                wait_for(dst.settled, timeout, "the destination to release everything it held")
+            except TimeoutError as e:
+                try:
+                    why = dst.unsettled()
+                except Exception as e2:
+                    why = f"(could not ask: {e2})"
+                raise TimeoutError(f"{e}: {why}") from None
         m["packets_redirected"] = src.passed_on() - passed0
         src_st = src.end(timeout) if lf else {}
         if ctrl:

@@ -160,6 +160,10 @@ class Remote:
     def settled(self) -> bool:
         return self._req("move_status")["settled"]
 
+    def unsettled(self) -> dict:
+        """What keeps this destination from settling (for an error message)."""
+        return self._req("move_status", why=True).get("unsettled") or {}
+
     def passed_on(self) -> int:
         s = self._req("stats")["stats"]
         return s.get("r_redirected", 0) + s.get("r_to_ctrl", 0)
