@@ -109,7 +109,28 @@ def run(moves: int = 1000, flows: int = 1000, rate: int = 50_000, timeout: float
                              + ("" if seg["ok"] else "  VIOLATION"))
                     if i >= moves:
                         break
-    return summarise(rows, seg_rows, moves, flows, rate, name, time.perf_counter() - t_start)
+        logs = _keep_logs(name, progress) if any(r["result"] != "done" for r in rows) else []
+    out = summarise(rows, seg_rows, moves, flows, rate, name, time.perf_counter() - t_start)
+    out["kept_logs"] = logs
+    return out
+
+
+def _keep_logs(name: str, progress) -> list[str]:
+    """A move failed: keep the agents' and the controller's logs (the testbed's go with it)."""
+    import shutil
+    from ..agent import lifecycle
+    from ..paths import RUN_DIR
+    keep = []
+    dest = bm.default_csv().parent
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, tag in [(lifecycle.log_path(name, i), i) for i in ("nf0", "nf1")] + \
+            [(RUN_DIR / f"controller-{name}.log", "controller")]:
+        if src.exists():
+            to = dest / f"soak-{name}-{tag}.log"
+            shutil.copy(src, to)
+            keep.append(str(to))
+    progress(f"  a move failed: logs kept in {', '.join(keep) or '(none found)'}")
+    return keep
 
 
 def _one(bed, src: str, mech: str, g: str, opts: str, flows: int, timeout: float) -> dict:
