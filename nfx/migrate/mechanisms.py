@@ -320,6 +320,8 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     ser = src.timing.get("export_s", 0.0) + dst.timing.get("import_s", 0.0)
     m["serialization_share"] = ser / m["move_time_s"] if m["move_time_s"] else 0.0
     m["src_stats"] = src_st
+    # ring records of an earlier move that this one found and dropped (session._take)
+    m["stale_records"] = src_st.get("stale", 0) + dst_st.get("stale", 0)
     return m
 
 

@@ -41,7 +41,7 @@ class MoveSession:
         self.ibc_peer = [False, False]     # by side: the source's IBC has arrived
         self.ibc_switch = [False, False]
         self.draining = False
-        self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0}
+        self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
         self.early_keys: set[bytes] = set()
         self.rlock = threading.Lock()      # taking from the queues and releasing is one step
         self._stop = threading.Event()
@@ -133,6 +133,13 @@ class MoveSession:
         with self.lock:
             now = time.monotonic_ns()
             for p in pkts:
+                if p.epoch and p.epoch != self.epoch and (p.kind != L.BufKind.IBC or self.role == "dst"):
+                    # an earlier move's: buffered after its session read the ring for the last
+                    # time, or left by an agent that died mid-move. Released now it would be out
+                    # of place and counted against this move's marks (released > buffered). (A
+                    # source's IBC records carry no epoch of its own: the destination sets it.)
+                    self.stats["stale"] += 1
+                    continue
                 if p.kind == L.BufKind.IBC:
                     self.stats["ibc"] += 1
                     if self.role == "src-ctrl":
@@ -255,6 +262,9 @@ class MoveSession:
         if not keep_marks:
             dp.clear_marks(self.nf)
         self.nf.maps["nfx_drain"].clear()
+        # an XDP run that read a mark just before it went may still be buffering: let it finish,
+        # so the last read of the ring below has its packet
+        time.sleep(SETTLE_S)
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)

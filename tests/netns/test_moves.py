@@ -176,10 +176,12 @@ def test_tcp_survives_ten_moves(tb):
     assert at == "nf0"
 
 
-@pytest.mark.parametrize("opts", ["", "dt"])
-def test_destination_dies_half_way_rolls_back(tb, opts):
+@pytest.mark.parametrize("opts,data_delay_ms", [("", 200), ("dt", 200), ("ov,dt", 0)])
+def test_destination_dies_half_way_rolls_back(tb, opts, data_delay_ms):
     """The destination's agent is killed while the move waits on it: the move is called off, the
-    source keeps the flows and the traffic (dt: whether or not the armed rules fired)."""
+    source keeps the flows and the traffic. With a slow data link it dies while the source is
+    still beginning the move there (before any switch changes); with ov,dt the armed rules have
+    fired on the hold, so the switches are pointed back."""
     name = tb["name"]
     rec = __import__("nfx.testbed.state", fromlist=["load"]).load(name)
     pid = agents.pid_of(rec, "nf1")
@@ -189,7 +191,8 @@ def test_destination_dies_half_way_rolls_back(tb, opts):
         try:
             # a slow control channel keeps the move open long enough to kill dst mid-way
             controller.call(name, "POST", "/move", {"src": "nf0", "dst": "nf1", "guarantee": "lf", "opts": opts,
-                                                    "mechanism": "dist", "ctrl_delay_ms": 60, "timeout": 5})
+                                                    "mechanism": "dist", "ctrl_delay_ms": 60, "timeout": 5,
+                                                    "data_delay_ms": data_delay_ms})
         except Exception as e:
             err["e"] = e
     with rig(name, FLOWS) as (gen, sink):

@@ -9,6 +9,7 @@ import pytest
 
 from nfx.agent.client import AgentClient
 from nfx.control import lifecycle as controller
+from nfx.migrate import dataplane as dp
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
@@ -77,9 +78,10 @@ def test_op_filter_matching_nothing_under_traffic(tb, mechanism):
 
 @pytest.mark.parametrize("mechanism,opts", [("dist", ""), ("dist", "pz,ll,er"), ("opennf", "")])
 def test_op_flows_born_during_the_move(tb, mechanism, opts):
-    """No flow when the source reads what to cut; 1000 are born while the move runs (the request
-    takes 10 ms to reach the source, the source's connection to dst 40 ms each way). The made-up
-    cut keeps every one of them in order, and they all end up at dst."""
+    """No flow when the source reads what to cut; 1000 are born while the move runs: the traffic
+    starts once dst has been told of the move (the source read its flows just before; its
+    connection to dst takes 40 ms each way, so the flows are born around the source's hold).
+    The made-up cut keeps every one of them in order, and they all end up at dst."""
     name = tb["name"]
     clear(name)
     src, dst = "nf0", "nf1"
@@ -87,7 +89,10 @@ def test_op_flows_born_during_the_move(tb, mechanism, opts):
     out = {}
     with rig(name, FLOWS) as (gen, sink):
         def traffic():
-            time.sleep(0.03)                 # after the source read its (no) flows, before it holds
+            nf = builder.instance(name, dst)
+            t0 = time.monotonic()
+            while not dp.move_cfg(nf).epoch and time.monotonic() - t0 < 10:
+                time.sleep(0.001)
             out["r"] = measure(gen, sink, RATE, 1.5, 1.0)
         t = threading.Thread(target=traffic)
         t.start()
