@@ -4,6 +4,7 @@ from rich.table import Table
 
 from ..bench import dataplane
 from ..bench import move as bm
+from ..bench import table1 as t1
 from ..errors import BadInput
 from .common import JsonOpt, emit_json, need_root, out, progress
 
@@ -113,13 +114,13 @@ def move_(mechanisms: str = typer.Option("opennf,dist", "--mechanisms", "-m", he
         if v is not None and v < 0:
             raise BadInput("--data-delay-ms and --data-rate-mbit must be >= 0")
     if table1:
-        links = bm.TABLE1_LINKS
+        links = t1.TABLE1_LINKS
         if ctrl_delay_ms or ctrl_rate_mbit:
             links = tuple((d, b) for d in bm._split(ctrl_delay_ms or "10", float)
                           for b in bm._split(ctrl_rate_mbit or "0", float))
-        data = (bm.TABLE1_DATA[0] if data_delay_ms is None else data_delay_ms,
-                bm.TABLE1_DATA[1] if data_rate_mbit is None else data_rate_mbit)
-        r = bm.table1(repeat=repeat or 5, links=links, duration=duration or 3.0, at=at or 1.0, csv_path=csv_path,
+        data = (t1.TABLE1_DATA[0] if data_delay_ms is None else data_delay_ms,
+                t1.TABLE1_DATA[1] if data_rate_mbit is None else data_rate_mbit)
+        r = t1.table1(repeat=repeat or 5, links=links, duration=duration or 3.0, at=at or 1.0, csv_path=csv_path,
                       timeout=timeout, progress=progress, data=data)
     else:
         r = bm.run(bm._split(mechanisms), bm._split(guarantees), bm.parse_opts_list(opts), bm._split(rates, int),
@@ -235,14 +236,14 @@ def _table1(r: dict, con) -> None:
         w.print(f"\n[bold]control link {bm.link_text(d, b)}[/bold]")
         w.print(head)
         for base in ("pz", "pz,ll,er"):
-            for p in bm.PAPER_TABLE1:
+            for p in t1.PAPER_TABLE1:
                 if p["opts"] == base:
                     w.print(f"[dim]{'paper':6}{p['config']:22}{p['states'][0]:>7}{p['redirected'][0]:>7}"
                             f"{p['move_time_s'][0] * 1e3:>14.0f}{p['redir_time_s'][0] * 1e3:>14.0f}[/dim]")
             rows = [a for a in r["summary"] if (a["ctrl_delay_ms"], a["ctrl_rate_mbit"]) == (d, b)
                     and (a["opts"] == base or a["opts"].startswith(base + ",") and
                          not set(a["opts"].split(",")) - set(base.split(",")) - {"ov", "dt"})]
-            order = [base] + [f"{base},{x}" for x in bm.NFX_OPTS]
+            order = [base] + [f"{base},{x}" for x in t1.NFX_OPTS]
             for a in sorted(rows, key=lambda a: (a["mechanism"] != "opennf", order.index(a["opts"])
                                                  if a["opts"] in order else 99)):
                 colour = "green" if a["ok"] else "bold red"
