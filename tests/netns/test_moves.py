@@ -286,3 +286,16 @@ def test_dist_order_of_steps(tb, opts):
         if "dt" in opts:
             assert m["trigger"]["fired"], m["trigger"]
             no_armed_rules(name)
+
+
+def test_data_link_rate_paces_the_push(tb):
+    """The emulated data link's rate is on the state push: at 20 Mbit/s the state takes at least
+    its size over that rate to reach dst (with ov the source pushes at once, so the transfer time
+    is the push's own)."""
+    name = tb["name"]
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
+        m, r = move_under_traffic(name, src, dst, "lf", "dist", "ov", data_rate_mbit=20)
+        assert (r["lost"], r["duplicated"]) == (0, 0), (m, r)
+        floor = m["state_bytes"] * 8 / 20e6
+        assert m["data_rate_mbit"] == 20 and m["transfer_s"] >= 0.9 * floor, (m["transfer_s"], floor)
+        assert m["move_time_s"] >= 0.9 * floor
