@@ -2,9 +2,10 @@
 packets travel base64-encoded in the JSON requests (flow keys: 16 bytes each; packets: the
 buffer ring's header then the bytes, back to back). `move_ctrl` streams what a TO_CTRL source
 hands toward the controller, as JSON frames, until the move ends or the client closes.
-`move_dist` is DiST's MovePerFlow run here, at the source: this agent begins the move at the
-destination's agent, pushes the state to it directly and releases it, and the controller hears
-from it twice (held, done). With `fire` it also sends the trigger that puts the controller's
+`move_dist` is DiST's move run here, at the source, in the paper's order: enableEvent (this
+agent begins the move at the destination's agent and holds the flows; "held" acknowledges it),
+then MovePerFlow (the controller's "go": the state is pushed to dst directly and released
+there; END acknowledges it). With `fire` it also sends the trigger that puts the controller's
 armed rules in force on both switches (nfx/control/frames.py), over the data plane."""
 import base64
 import queue
@@ -122,8 +123,12 @@ class MoveOps:
     def op_move_status(self, sock, r, req) -> dict:
         s = self._session()
         st = self.nf.stats()
-        return {"epoch": s.epoch, "cut_complete": s.cut_complete(), "settled": s.settled() if s.role == "dst" else True,
-                "passed_on": st.get("r_redirected", 0) + st.get("r_to_ctrl", 0), "stats": dict(s.stats)}
+        settled = s.settled() if s.role == "dst" else True
+        out = {"epoch": s.epoch, "cut_complete": s.cut_complete(), "settled": settled,
+               "passed_on": st.get("r_redirected", 0) + st.get("r_to_ctrl", 0), "stats": dict(s.stats)}
+        if not settled and req.get("why"):
+            out["unsettled"] = s.unsettled()
+        return out
 
     def op_move_end(self, sock, r, req) -> dict:
         s = self._session()
@@ -184,9 +189,15 @@ class MoveOps:
         return None
 
     def op_move_dist(self, sock, r, req) -> None:
-        """DiST's move, run at the source. Frames: the reply once the flows are held (dst buffers
-        them and this source redirects them: the switches may be pointed at dst from then on),
-        then END once the state is in at dst (and, loss-free without order, released there)."""
+        """DiST's move, run at the source, in the paper's order (Sec. 3.1). lf/op: the request
+        is enableEvent(filter, drop, dst): begin the move at dst (it buffers) and here (redirect
+        to dst), then the "held" frame acknowledges it. Then the controller's "go" frame is
+        MovePerFlow: push the state to dst, ReleaseBuffer there (lf), and END acknowledges it.
+        ng: the request is MovePerFlow itself ("held" says only that the push starts). ov: no
+        "go" to wait for, the push follows the hold at once. fire: the token of rules the
+        controller armed on the switches, fired from here once they may change (ov: on hold;
+        else once the state is in at dst and, lf, released). data_delay_ms/data_rate_mbit put
+        this agent's connection to dst behind an emulated data link (nfx/control/link.py)."""
         from ..migrate import mechanisms as M
         from ..state.tables import SCOPES
         from ..testbed import state
@@ -197,12 +208,13 @@ class MoveOps:
             raise BadInput(f"move_dist needs dst, an epoch > 0 and a guarantee ({', '.join(M.GUARANTEES)})")
         flt = parse(req.get("filter"))
         scopes = tuple(req.get("scopes") or SCOPES)
+        data_delay, data_rate = M.parse_data_link(req)
         slot = state.load(self.testbed)["nodes"][self.instance].get("peer_slots", {}).get(dst)
         if slot is None:
             raise BadInput(f"{self.instance} has no peer link to {dst}: cannot redirect to it")
         if self.session is not None:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
-        lf, op, ll = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts
+        lf, op, ll, ov = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts, "ov" in opts
         fire = req.get("fire")
         try:
             token = int(fire, 16) if fire is not None else 0
@@ -211,6 +223,7 @@ class MoveOps:
         if fire is not None and (op or not 0 < token < 1 << 64):
             raise BadInput("fire needs a nonzero 64-bit token and a guarantee of ng or lf "
                            "(op cuts the streams with the two-phase update)")
+        timeout = float(req.get("timeout", 30))
         t0 = time.perf_counter()
         fired_at = None
 
@@ -221,39 +234,71 @@ class MoveOps:
         keys_first = op or not flt.everything
         flows, outside = keys() if keys_first else ([], [])
         explicit = [] if flt.everything else outside
-        peer = AgentClient(self.testbed, dst, ns=None, timeout=float(req.get("timeout", 30)))
+        ibc = M.ibc_keys(flows, outside, flt) if op else []
+        synth = []
+        if op and not flt.everything and not any(bytes(k) == bytes(ibc[0][1]) for k in flows):
+            # a made-up cut (no flow matches yet): its outside tuple is marked and steered like
+            # a public tuple (mechanisms.ibc_synthetic)
+            synth = [ibc[1][1]]
+            outside = outside + synth
+        peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
         try:
             if lf:
-                peer.request("move_begin", role="dst", epoch=epoch, order=op, keys=enc(dp.keys_blob(explicit)),
-                             filter=flt.text, er="er" in opts)
+                peer.request("move_begin", role="dst", epoch=epoch, order=op,
+                             keys=enc(dp.keys_blob(explicit + synth)), filter=flt.text, er="er" in opts)
                 s = self._begin_session("src-redirect", epoch, op, [] if ll else explicit,
                                         None if ll else flt.text, slot)
-                if token:
+                if synth:
+                    s.mark(synth, slot)
+                if token and ov:
                     # dst buffers the flows and this source redirects them: the switches may
                     # send them to dst from now on
                     fired_at = self._fire(token)
             if not keys_first:
                 flows, outside = keys()
-            ibc = [[side, enc(bytes(k))] for side, k in M.ibc_keys(flows, outside, flt)] if op else []
             held_s = time.perf_counter() - t0
             wire.write(sock, wire.encode_json({
-                "ok": True, "op": "move_dist", "flows": len(flows), "ibc": ibc,
+                "ok": True, "op": "move_dist", "flows": len(flows),
+                "ibc": [[side, enc(bytes(k))] for side, k in ibc],
                 "outside": enc(dp.keys_blob(outside)) if not flt.everything else None}))
+            go_ms = None
+            if lf and not ov:
+                self._await_go(sock, r, timeout)
+                go_ms = round((time.perf_counter() - t0) * 1e3, 2)
             t = {}
             if ll and lf:
                 chunks = s.export_locked(flows, flt.text, scopes, slot, t)
             else:
                 chunks = ops.export(self.nf, scopes, flt, stats=t)
             sent = peer.send_state(chunks, pipelined="pz" in opts)
-            if token and not lf:
-                fired_at = self._fire(token)        # no guarantee: once dst has the state
             if lf and not op:
-                peer.request("move_drain")
+                peer.request("move_drain")           # ReleaseBuffer
+            if token and not fired_at:
+                fired_at = self._fire(token)        # the state is in (and released) at dst
             wire.write(sock, wire.encode_json({**sent, "export_s": t.get("export_s", 0.0), "held_s": held_s,
-                                               "fired_at": fired_at, "total_s": time.perf_counter() - t0}, wire.END))
+                                               "go_ms": go_ms, "fired_at": fired_at,
+                                               "total_s": time.perf_counter() - t0}, wire.END))
         finally:
             peer.close()
         return None
+
+    @staticmethod
+    def _await_go(sock, r, timeout: float) -> None:
+        """The controller's MovePerFlow on this connection: {"go": true}."""
+        import select
+        if not select.select([sock], [], [], timeout)[0]:
+            raise BadInput(f"no MovePerFlow (go) from the controller within {timeout:g} s")
+        h = r.header()
+        if h is None:
+            raise ConnectionError("the controller closed the connection before MovePerFlow")
+        kind, length = h
+        if kind != wire.JSON:
+            r.skip(length)
+            msg = None
+        else:
+            msg = r.body(kind, length)
+        if not (isinstance(msg, dict) and msg.get("go") is True):
+            raise BadInput(f"expected MovePerFlow ({{\"go\": true}}) after the hold, got {msg!r}")
 
     def er_after_put(self, chunks) -> None:
         """Early release: flows whose state just arrived may go (called after a put applied)."""

@@ -50,37 +50,8 @@ DROP_STATS = ("v_aborted", "r_gate_drop", "r_buf_ring_full", "r_redirect_fail", 
 WARM_PPS = 200_000           # warm-up and per-cell refresh: one packet per flow at this rate
 PORT_USE = 0.75              # fill at most this much of one public address's port range
 
-# ---- the DiST paper's Table 1 (Sec. 4.2): 1000 pps, ~2200 states, 95% confidence intervals.
-# Reference data, copied from the paper; NOT measured here. OpenNF* = equal control- and
-# data-plane latency (the paper's other rows: control plane 10x the data plane's latency).
-PAPER_TABLE1 = [
-    {"config": "OpenNF LF PZ", "mechanism": "opennf", "opts": "pz", "ctrl": "10x data",
-     "states": (2186, 1), "redirected": (6678, 179), "move_time_s": (7.44, 0.21), "redir_time_s": (8.11, 0.17),
-     "ser_pct": 2.63, "deser_pct": 1.95},
-    {"config": "DiST LF PZ", "mechanism": "dist", "opts": "pz", "ctrl": "10x data",
-     "states": (2184, 2), "redirected": (489, 39), "move_time_s": (0.51, 0.06), "redir_time_s": (0.82, 0.04),
-     "ser_pct": 40.22, "deser_pct": 33.01},
-    {"config": "OpenNF LF PZ|LL|ER", "mechanism": "opennf", "opts": "pz,ll,er", "ctrl": "10x data",
-     "states": (2186, 1), "redirected": (17, 5), "move_time_s": (2.25, 0.04), "redir_time_s": (1.51, 0.05),
-     "ser_pct": 7.99, "deser_pct": 6.67},
-    {"config": "DiST LF PZ|LL|ER", "mechanism": "dist", "opts": "pz,ll,er", "ctrl": "10x data",
-     "states": (2204, 2), "redirected": (6, 1), "move_time_s": (0.41, 0.04), "redir_time_s": (0.41, 0.21),
-     "ser_pct": 48.63, "deser_pct": 40.81},
-    {"config": "OpenNF* LF PZ|LL|ER", "mechanism": "opennf", "opts": "pz,ll,er", "ctrl": "equal",
-     "states": (2187, 1), "redirected": (6, 2), "move_time_s": (0.78, 0.02), "redir_time_s": (0.96, 0.17),
-     "ser_pct": 26.83, "deser_pct": 22.07},
-]
-# the paper's four, and DiST with nfx's data-plane trigger (dt; not in the paper)
-TABLE1_CONFIGS = [("opennf", "pz"), ("dist", "pz"), ("dist", "pz,dt"),
-                  ("opennf", "pz,ll,er"), ("dist", "pz,ll,er"), ("dist", "pz,ll,er,dt")]
-TABLE1_RATE = 1000
-TABLE1_CONNECTIONS = 1100    # x2 per-flow entries (fwd + rev) = 2200 states
-# (one-way delay ms, rate Mbit/s; 0 = unlimited): the latency gap alone, the paper's whole
-# control link (10 ms and 10 Mbit/s against a 100 Mbit/s data plane), no added delay
-TABLE1_LINKS = ((10.0, 0.0), (10.0, 10.0), (0.0, 0.0))
-
 COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms",
-           "ctrl_rate_mbit",
+           "ctrl_rate_mbit", "data_delay_ms", "data_rate_mbit",
            "ok", "verdict", "error",
            "move_time_s", "redirect_time_s", "total_s", "transfer_s", "states", "state_chunks", "state_bytes",
            "packets_redirected", "controller_packets", "controller_buffer_peak", "instance_buffer_peak",
@@ -144,7 +115,7 @@ def parse_opts_list(values) -> list[str]:
 
 
 def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool = True,
-          ctrl_rates=(0.0,)) -> list[dict]:
+          ctrl_rates=(0.0,), data=(0.0, 0.0)) -> list[dict]:
     for m in mechanisms:
         if m not in MECHANISMS:
             raise BadInput(f"unknown mechanism {m!r}: {', '.join(MECHANISMS)}")
@@ -176,8 +147,11 @@ def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool
                                 continue
                             if "dt" in oset and (m != "dist" or g == "op"):
                                 continue          # the trigger is dist's, for ng and lf
+                            if "ov" in oset and (m != "dist" or g == "ng"):
+                                continue          # the overlap is dist's, for lf and op
                             out.append({"mechanism": m, "guarantee": g, "opts": o, "rate_pps": r, "flows": f,
-                                        "ctrl_delay_ms": d, "ctrl_rate_mbit": b})
+                                        "ctrl_delay_ms": d, "ctrl_rate_mbit": b,
+                                        "data_delay_ms": data[0], "data_rate_mbit": data[1]})
     return out
 
 
@@ -257,12 +231,14 @@ class Bed:
             return now
         return {i: {k: v - before[i].get(k, 0) for k, v in now[i].items() if v - before[i].get(k, 0)} for i in now}
 
-    def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0, rate_mbit: float = 0.0) -> dict:
+    def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0, rate_mbit: float = 0.0,
+             data=(0.0, 0.0)) -> dict:
         from ..control import lifecycle
         return lifecycle.call(self.name, "POST", "/move",
                               {"src": src, "dst": dst, "filter": "all", "scopes": "all", "guarantee": guarantee,
                                "opts": "" if opts == "none" else opts, "mechanism": mechanism,
-                               "timeout": timeout, "ctrl_delay_ms": delay_ms, "ctrl_rate_mbit": rate_mbit},
+                               "timeout": timeout, "ctrl_delay_ms": delay_ms, "ctrl_rate_mbit": rate_mbit,
+                               "data_delay_ms": data[0], "data_rate_mbit": data[1]},
                               timeout=timeout * 4 + 60)
 
     def clear(self) -> None:
@@ -331,7 +307,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     row["move_at_s"] = round(time.perf_counter() - t0, 4)
     try:
         m = bed.move("nf0", "nf1", cell["guarantee"], cell["mechanism"], cell["opts"], cell["ctrl_delay_ms"], timeout,
-                     cell.get("ctrl_rate_mbit", 0.0))
+                     cell.get("ctrl_rate_mbit", 0.0), (cell.get("data_delay_ms", 0.0), cell.get("data_rate_mbit", 0.0)))
     except NfxError as e:
         err = str(e)
     row["move_end_s"] = round(time.perf_counter() - t0, 4)
@@ -464,13 +440,13 @@ def _writer(path: Path):
 
 def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_RATES, flows=DEFAULT_FLOWS,
         delays=(0.0,), repeat: int = 1, duration: float = 2.0, at: float = 0.8, csv_path: Path | None = None,
-        timeout: float = 30.0, progress=lambda m: None, ctrl_rates=(0.0,)) -> dict:
+        timeout: float = 30.0, progress=lambda m: None, ctrl_rates=(0.0,), data=(0.0, 0.0)) -> dict:
     """The matrix. Returns {"runs": [...], "summary": [...], "violations": [...], "csv": path, ...}."""
     if repeat < 1:
         raise BadInput("--repeat must be at least 1")
     if not 0 < at < duration:
         raise BadInput("--at must be inside the traffic run (0 < at < duration)")
-    todo = cells(mechanisms, guarantees, opts, rates, flows, delays, ctrl_rates=ctrl_rates)
+    todo = cells(mechanisms, guarantees, opts, rates, flows, delays, ctrl_rates=ctrl_rates, data=data)
     if not todo:
         raise BadInput("the selection is empty")
     csv_path = Path(csv_path) if csv_path else default_csv()
@@ -481,7 +457,8 @@ def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_R
             "violations": [r for r in runs if not r["ok"]], "host": _host()}
 
 
-CELL_KEYS = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms", "ctrl_rate_mbit")
+CELL_KEYS = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms", "ctrl_rate_mbit", "data_delay_ms",
+             "data_rate_mbit")
 
 
 def link_text(delay_ms: float, rate_mbit: float) -> str:
@@ -550,47 +527,3 @@ def _line(r: dict, i: int, total: int, elapsed: float) -> str:
             f"{r['rate_pps']:>7,} pps {r['flows']:>7,} flows {link_text(r['ctrl_delay_ms'], r.get('ctrl_rate_mbit', 0))}: {mv}, "
             f"sent {r['sent']:,} lost {r['lost']:,} dup {r['duplicated']:,} reo {r['reordered']:,} "
             f"[{colour}]{v}[/{colour}]" + (f" [red]{r['error'][:160]}[/red]" if r.get("error") else ""))
-
-
-def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNECTIONS, rate: int = TABLE1_RATE,
-           duration: float = 3.0, at: float = 1.0, csv_path: Path | None = None, timeout: float = 30.0,
-           progress=lambda m: None) -> dict:
-    """The paper's Table 1 setting on each control link (delay ms, rate Mbit/s), `repeat` runs per config."""
-    if repeat < 1:
-        raise BadInput("--repeat must be at least 1")
-    todo = [{"mechanism": m, "guarantee": "lf", "opts": o, "rate_pps": rate, "flows": connections,
-             "ctrl_delay_ms": d, "ctrl_rate_mbit": b} for d, b in links for m, o in TABLE1_CONFIGS]
-    csv_path = Path(csv_path) if csv_path else default_csv(True)
-    runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "table1", timeout, True, progress)
-    summary = _aggregate(runs, CELL_KEYS)
-    for a in summary:
-        a["config"] = f"{'OpenNF' if a['mechanism'] == 'opennf' else 'DiST'} LF " + a["opts"].upper().replace(",", "|")
-    ratios = []
-    for d, b in links:
-        def pick(mech, o):
-            return next((a for a in summary if (a["ctrl_delay_ms"], a["ctrl_rate_mbit"]) == (d, b)
-                         and a["opts"] == o and a["mechanism"] == mech), None)
-        for o in ("pz", "pz,ll,er"):
-            on = pick("opennf", o)
-            for dist_opts in (o, o + ",dt"):
-                di = pick("dist", dist_opts)
-                if on and di and on["move_time_s"] and di["move_time_s"]:
-                    ratios.append({"ctrl_delay_ms": d, "ctrl_rate_mbit": b, "opts": o, "dist_opts": dist_opts,
-                                   "opennf_move_time_s": on["move_time_s"], "dist_move_time_s": di["move_time_s"],
-                                   "opennf_over_dist": on["move_time_s"] / di["move_time_s"]})
-    paper_ratio = {"pz": 7.44 / 0.51, "pz,ll,er": 2.25 / 0.41, "pz,ll,er equal latency (OpenNF*)": 0.78 / 0.41}
-    return {"mode": "table1", "testbeds": names, "aborted": aborted, "rate_pps": rate, "connections": connections,
-            "repeat": repeat, "links": [list(x) for x in links],
-            "duration_s": duration, "move_at_s": at, "csv": str(csv_path), "runs": runs, "summary": summary,
-            "ratios": ratios, "paper": PAPER_TABLE1, "paper_ratios": paper_ratio,
-            "violations": [r for r in runs if not r["ok"]], "host": _host(),
-            "notes": ["#States = the move's per-flow keys (nat_fwd + nat_rev: 2 per connection)",
-                      "Ser%/Deser%: the move reports export+import time as one share of MoveTime; it is split "
-                      "by the export:import ratio of a standalone agent push of the same state after each run",
-                      "MoveTime: from the controller starting the move until the state is in at dst and the "
-                      "switches' last forwarding update has taken effect (stamped where each happens: one clock)",
-                      "DT rows are nfx's data-plane trigger, not in the paper: the switches' rules toward dst are "
-                      "armed with the request and the source fires them with a packet once it holds the flows",
-                      "paper rows marked 10x data: control links 10 ms one way and 10 Mbit/s, data plane 1 ms and "
-                      "100 Mbit/s; ours: the control link emulated in the control-channel transport (delay, and "
-                      "rate where shown), nothing added on the data plane (veth)"]}

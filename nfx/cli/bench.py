@@ -4,6 +4,8 @@ from rich.table import Table
 
 from ..bench import dataplane
 from ..bench import move as bm
+from ..bench import table1 as t1
+from ..errors import BadInput
 from .common import JsonOpt, emit_json, need_root, out, progress
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks with a baseline measured in the same run.")
@@ -93,29 +95,75 @@ def move_(mechanisms: str = typer.Option("opennf,dist", "--mechanisms", "-m", he
           at: float = typer.Option(None, "--at", help="The move starts this many seconds into the traffic (default 0.8; table1 1)."),
           timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step of a move may take."),
           csv_path: str = typer.Option(None, "--csv", help="CSV of every run (default bench/results/move[-table1]-<time>.csv)."),
+          data_delay_ms: float = typer.Option(None, "--data-delay-ms",
+                                              help="Emulated one-way delay between the instances, ms (agent to agent: "
+                                                   "dist's state push; default 0, table1 1)."),
+          data_rate_mbit: float = typer.Option(None, "--data-rate-mbit",
+                                               help="Emulated rate between the instances, Mbit/s (default 0: unlimited; table1 100)."),
           table1: bool = typer.Option(False, "--table1", help="The DiST paper's Table 1 setting (1000 pps, ~2200 states, "
-                                      "LF PZ and PZ|LL|ER; control link 10 ms, 10 ms + 10 Mbit/s, none) next to the paper's figures."),
+                                      "LF PZ and PZ|LL|ER, control link 10 ms + 10 Mbit/s, data link 1 ms + 100 Mbit/s): "
+                                      "OpenNF, DiST in the paper's order, and DiST with nfx's ov, dt and both, next to "
+                                      "the paper's figures."),
           json_: bool = JsonOpt):
     """Moves under load: mechanism × guarantee × optimisations × rate × flows × control delay, judged by the sink.
 
     The full matrix: nfx bench move --rates 1000,10000,100000,200000 --flows 100,1000,10000,100000 --ctrl-delay-ms 0,10
     The paper's control link: --ctrl-delay-ms 10 --ctrl-rate-mbit 10"""
     need_root()
+    for v in (data_delay_ms, data_rate_mbit):
+        if v is not None and v < 0:
+            raise BadInput("--data-delay-ms and --data-rate-mbit must be >= 0")
     if table1:
-        links = bm.TABLE1_LINKS
+        links = t1.TABLE1_LINKS
         if ctrl_delay_ms or ctrl_rate_mbit:
             links = tuple((d, b) for d in bm._split(ctrl_delay_ms or "10", float)
                           for b in bm._split(ctrl_rate_mbit or "0", float))
-        r = bm.table1(repeat=repeat or 5, links=links,
-                      duration=duration or 3.0, at=at or 1.0, csv_path=csv_path, timeout=timeout, progress=progress)
+        data = (t1.TABLE1_DATA[0] if data_delay_ms is None else data_delay_ms,
+                t1.TABLE1_DATA[1] if data_rate_mbit is None else data_rate_mbit)
+        r = t1.table1(repeat=repeat or 5, links=links, duration=duration or 3.0, at=at or 1.0, csv_path=csv_path,
+                      timeout=timeout, progress=progress, data=data)
     else:
         r = bm.run(bm._split(mechanisms), bm._split(guarantees), bm.parse_opts_list(opts), bm._split(rates, int),
                    bm._split(flows, int), bm._split(ctrl_delay_ms or "0", float), repeat or 1, duration or 2.0, at or 0.8,
-                   csv_path, timeout, progress=progress, ctrl_rates=bm._split(ctrl_rate_mbit or "0", float))
+                   csv_path, timeout, progress=progress, ctrl_rates=bm._split(ctrl_rate_mbit or "0", float),
+                   data=(data_delay_ms or 0.0, data_rate_mbit or 0.0))
     if json_:
         emit_json(r)
         return
     _move_tables(r)
+
+
+@app.command("soak")
+def soak_(moves: int = typer.Option(1000, "--moves", "-n", help="Consecutive moves."),
+          flows: int = typer.Option(1000, "--flows", "-f", help="Flows (NAT connections)."),
+          rate: int = typer.Option(50_000, "--rate", "-r", help="Offered pps."),
+          timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step of a move may take."),
+          guarantees: str = typer.Option("op,lf,ng", "--guarantees", "-g", help="Segments to cycle through, in order."),
+          json_: bool = JsonOpt):
+    """Consecutive moves under traffic, back and forth between nf0 and nf1 (sharp testbed, 2 NAT
+    instances), cycling mechanisms, guarantees and optimisations; the sink judges each run of moves
+    of one guarantee. Progress on stderr."""
+    from ..bench import soak
+    need_root()
+    if not 1 <= flows <= 60_000 or not 1 <= rate <= 2_000_000:
+        raise BadInput("--flows must be 1..60000 and --rate 1..2000000")
+    r = soak.run(moves, flows, rate, timeout, progress=progress, guarantees=tuple(bm._split(guarantees)))
+    if json_:
+        emit_json(r)
+    else:
+        out.print(f"soak: {r['moves']} moves in {r['elapsed_s']:.0f} s, {r['flows']:,} flows at {r['rate_pps']:,} pps: "
+                  f"{r['done']} done, {r['refused']} refused, {r['failed']} failed, {r['misplaced']} with state "
+                  f"misplaced, {r['empty']} with an empty flow list")
+        for g, b in r["by_guarantee"].items():
+            judged = {"ng": "not judged (may lose by design)", "lf": "lost/dup judged", "op": "lost/dup/reo judged"}[g]
+            out.print(f"  {g}: {b['done']}/{b['moves']} done in {b['segments']} traffic runs, sent {b['sent']:,}, "
+                      f"lost {b['lost']:,} dup {b['duplicated']:,} reo {b['reordered']:,} ({judged}); "
+                      f"{b['violating_segments']} run(s) in violation")
+        for e in r["errors"]:
+            out.print(f"  [red]error: {e}[/red]")
+        out.print("[green]ok[/green]" if r["ok"] else "[bold red]NOT OK[/bold red]")
+    if not r["ok"]:
+        raise typer.Exit(1)
 
 
 def _pm(v, ci, fmt="{:.1f}", scale=1.0):
@@ -172,34 +220,43 @@ def _move_tables(r: dict) -> None:
 
 
 def _table1(r: dict, con) -> None:
+    """Readable in 80 columns: one line per config, the paper's figures above ours."""
     n = r["repeat"]
-    t = Table(title=f"DiST Table 1 setting: {r['rate_pps']:,} pps, {r['connections']:,} NAT connections, "
-                    f"{n} runs each (mean ± 95% CI); paper rows are the paper's published figures")
-    for c in ("source", "ctrl link", "config", "# States", "# Redirected", "MoveTime (s)", "RedirTime (s)",
-              "Ser %", "Deser %", "lost/dup", "verdict"):
-        t.add_column(c, justify="left" if c in ("source", "config", "verdict", "ctrl link") else "right")
-    for p in bm.PAPER_TABLE1:
-        t.add_row("[dim]paper[/dim]", p["ctrl"], p["config"], f"{p['states'][0]}±{p['states'][1]}",
-                  f"{p['redirected'][0]}±{p['redirected'][1]}", f"{p['move_time_s'][0]:.2f}±{p['move_time_s'][1]:.2f}",
-                  f"{p['redir_time_s'][0]:.2f}±{p['redir_time_s'][1]:.2f}", f"{p['ser_pct']:.2f}",
-                  f"{p['deser_pct']:.2f}", "", "", style="dim")
-    for a in sorted(r["summary"], key=lambda a: (-a["ctrl_delay_ms"], -a["ctrl_rate_mbit"], a["opts"],
-                                                 a["mechanism"] != "opennf")):
-        ok = a["ok"]
-        t.add_row("nfx", bm.link_text(a["ctrl_delay_ms"], a["ctrl_rate_mbit"]), a["config"], _pm(a["states"], a["states_ci"], "{:,.0f}"),
-                  _pm(a["packets_redirected"], a["packets_redirected_ci"], "{:,.0f}"),
-                  _pm(a["move_time_s"], a["move_time_s_ci"], "{:.4f}"),
-                  _pm(a["redirect_time_s"], a["redirect_time_s_ci"], "{:.4f}"),
-                  _pm(a["ser_share"], None, "{:.2f}", 100), _pm(a["deser_share"], None, "{:.2f}", 100),
-                  f"{_pm(a['lost'], None, '{:,.0f}')}/{_pm(a['duplicated'], None, '{:,.0f}')}",
-                  ("[green]" if ok else "[bold red]") + a["verdict"] + ("[/green]" if ok else "[/bold red]"))
-    con.print(t)
+    dd, db = r["data_link"]
+    w = out
+    w.print(f"DiST Table 1 setting: {r['rate_pps']:,} pps, {r['connections']:,} NAT connections, LF; "
+            f"{n} run{'s' if n > 1 else ''} each, mean ±95% CI. Data link {bm.link_text(dd, db)}.")
+
+    def ms(v, ci):
+        if v is None:
+            return "-"
+        return f"{v * 1e3:.1f}" + (f"±{ci * 1e3:.1f}" if ci else "")
+    head = f"{'':6}{'config':22}{'#States':>7}{'#Redir':>7}{'MoveTime ms':>14}{'RedirTime ms':>14}  lost/dup"
+    for d, b in r["links"]:
+        w.print(f"\n[bold]control link {bm.link_text(d, b)}[/bold]")
+        w.print(head)
+        for base in ("pz", "pz,ll,er"):
+            for p in t1.PAPER_TABLE1:
+                if p["opts"] == base:
+                    w.print(f"[dim]{'paper':6}{p['config']:22}{p['states'][0]:>7}{p['redirected'][0]:>7}"
+                            f"{p['move_time_s'][0] * 1e3:>14.0f}{p['redir_time_s'][0] * 1e3:>14.0f}[/dim]")
+            rows = [a for a in r["summary"] if (a["ctrl_delay_ms"], a["ctrl_rate_mbit"]) == (d, b)
+                    and (a["opts"] == base or a["opts"].startswith(base + ",") and
+                         not set(a["opts"].split(",")) - set(base.split(",")) - {"ov", "dt"})]
+            order = [base] + [f"{base},{x}" for x in t1.NFX_OPTS]
+            for a in sorted(rows, key=lambda a: (a["mechanism"] != "opennf", order.index(a["opts"])
+                                                 if a["opts"] in order else 99)):
+                colour = "green" if a["ok"] else "bold red"
+                lost = f"{_pm(a['lost'], None, '{:,.0f}')}/{_pm(a['duplicated'], None, '{:,.0f}')}"
+                w.print(f"{'nfx':6}{a['config']:22}{_pm(a['states'], None, '{:.0f}'):>7}"
+                        f"{_pm(a['packets_redirected'], None, '{:,.0f}'):>7}"
+                        f"{ms(a['move_time_s'], a['move_time_s_ci']):>14}{ms(a['redirect_time_s'], a['redirect_time_s_ci']):>14}"
+                        f"  [{colour}]{lost}[/{colour}]")
+    w.print("")
     for x in r["ratios"]:
-        dt = " with DT" if x["dist_opts"] != x["opts"] else ""
-        con.print(f"ctrl link {bm.link_text(x['ctrl_delay_ms'], x['ctrl_rate_mbit'])}, LF {x['opts'].upper().replace(',', '|')}: "
-                  f"MoveTime OpenNF / DiST{dt} = "
-                  f"{x['opennf_move_time_s'] * 1e3:.1f} ms / {x['dist_move_time_s'] * 1e3:.1f} ms = "
-                  f"[bold]{x['opennf_over_dist']:.2f}x[/bold]")
-    con.print("paper: " + ", ".join(f"{k}: {v:.1f}x" for k, v in r["paper_ratios"].items()))
+        extra = x["dist_opts"][len(x["opts"]):].lstrip(",").upper().replace(",", "|")
+        w.print(f"OpenNF / DiST{'|' + extra if extra else ''} LF {x['opts'].upper().replace(',', '|')} "
+                f"({bm.link_text(x['ctrl_delay_ms'], x['ctrl_rate_mbit'])}): [bold]{x['opennf_over_dist']:.2f}x[/bold]")
+    w.print("paper: " + ", ".join(f"{k}: {v:.1f}x" for k, v in r["paper_ratios"].items()))
     for note in r["notes"]:
-        con.print(f"[dim]note: {note}[/dim]")
+        w.print(f"[dim]note: {note}[/dim]")

@@ -22,15 +22,23 @@ def move(name: str = NameOpt,
          filter_: str = typer.Option("all", "--filter", "-f", help="Flows to move: proto=udp src=10.0.1.0/24 sport=... (both directions)."),
          scope: str = typer.Option("all", "--scope", help="per-flow, multi-flow, all-flows (comma-separated) or all."),
          guarantee: str = typer.Option("lf", "--guarantee", "-g", help=f"{'|'.join(GUARANTEES)}"),
-         opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er,dt (dt: data-plane trigger; dist, ng or lf, filter all)."),
+         opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er (the papers'), ov,dt (nfx's, dist only). ov: overlap "
+                                 "steering with the state push (lf, op); dt: data-plane trigger (ng or lf, filter all)."),
          mechanism: str = typer.Option("dist", "--mechanism", "-m", help=f"{'|'.join(MECHANISMS)}"),
          timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step may take before the move rolls back."),
+         data_delay_ms: float = typer.Option(0.0, "--data-delay-ms",
+                                             help="Emulated one-way delay between the instances (agent to agent: dist's state push)."),
+         data_rate_mbit: float = typer.Option(0.0, "--data-rate-mbit",
+                                              help="Emulated rate between the instances, Mbit/s (0: unlimited)."),
          json_: bool = JsonOpt):
     """Move flows and their state from one NF instance to another, with the chosen guarantee."""
     need_root()
+    if data_delay_ms < 0 or data_rate_mbit < 0:
+        raise BadInput("--data-delay-ms and --data-rate-mbit must be >= 0")
     m = lifecycle.call(name, "POST", "/move", {"src": src, "dst": dst, "filter": filter_, "scopes": scope,
                                                 "guarantee": guarantee, "opts": opt, "mechanism": mechanism,
-                                                "timeout": timeout}, timeout=timeout * 4 + 30)
+                                                "timeout": timeout, "data_delay_ms": data_delay_ms,
+                                                "data_rate_mbit": data_rate_mbit}, timeout=timeout * 4 + 30)
     if json_:
         emit_json(m)
         return

@@ -152,6 +152,7 @@ class Controller:
         rate = float(req.get("ctrl_rate_mbit", self.rate_mbit))
         if delay < 0 or rate < 0:
             raise BadInput("ctrl_delay_ms and ctrl_rate_mbit must be >= 0 (0: no emulated delay or rate limit)")
+        data = M.parse_data_link(req)        # the emulated link between instances (agent to agent)
         if not self.move_lock.acquire(timeout=float(req.get("wait", 0))):
             raise BadInput("another move is in progress (one at a time)")
         try:
@@ -159,7 +160,8 @@ class Controller:
             b = Remote(self.rec, dst, delay, rate)
             sw = DelayedSteering(self.steer, delay, rate)
             try:
-                m = M.move(a, b, sw, flt, scopes, guarantee, opts, mechanism, timeout=float(req.get("timeout", 30)))
+                m = M.move(a, b, sw, flt, scopes, guarantee, opts, mechanism, timeout=float(req.get("timeout", 30)),
+                           data_link=data)
             finally:
                 a.close()
                 b.close()

@@ -3,8 +3,10 @@ the buffer ring (packets the gate held back or sent toward the controller), and 
 path that replays packets through the instance's own attached program in one live test run
 per batch, so they are processed exactly as if they had just arrived, in order."""
 import ctypes as ct
+import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from ..errors import BadInput, BpfError
 from ..loader import bpfsys, netns
 from ..loader.ring import RingReader
 
+log = logging.getLogger("nfx.move")
 HDR = ct.sizeof(L.BufHdr)
+RELEASE_TRIES = 5
 FRAME0 = bytes(60)     # the release path grows or shrinks this to each packet
 
 
@@ -183,12 +187,25 @@ class Releaser:
             s.len, s.side, s.rx = len(p.data), p.side, rx
             ct.memmove(s.data, p.data, len(p.data))
         self.nf.maps["nfx_release"].update_batch(keys, slots, n)
-        with netns.enter(self.ns):
-            bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=n, live=True, ingress_ifindex=self.ifindex,
-                                 batch_size=min(batch, n))
-        end = move_state(self.nf).release_cursor
+        # a live run can stop part way (the kernel ends it early on a pending signal, or fails
+        # to set it up): the cursor says how far it got, and only the rest is run again, so no
+        # packet goes twice and none is left in its slot
+        end, err = cur, None
+        for _ in range(RELEASE_TRIES):
+            left = cur + n - end
+            try:
+                with netns.enter(self.ns):
+                    bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=left, live=True, ingress_ifindex=self.ifindex,
+                                         batch_size=min(batch, left))
+            except BpfError as e:
+                err = e
+            end = move_state(self.nf).release_cursor
+            if end == cur + n:
+                break
+            log.warning("release run stopped at %d of %d slots (%s): running the rest again", end - cur, n, err)
+            time.sleep(0.001)
         if end != cur + n:
-            raise BpfError(f"release path consumed {end - cur} of {n} slots")
+            raise BpfError(f"release path consumed {end - cur} of {n} slots" + (f": {err}" if err else ""))
         if rx == L.RX_RELEASED:
             set_move_cfg(self.nf, flushed_seq=end)
         return end

@@ -4,31 +4,47 @@
 - opennf: state goes src → controller → dst; packets arriving at src during the move go to the
   controller (TO_CTRL) and are handed to dst once their state is there.
 - dist: state goes src → dst directly; packets arriving at src are redirected to dst over the
-  peer link and buffered there until the state is in.
+  peer link and buffered there until the state is in. The steps in the paper's order (Sec.
+  3.1): lf/op, enableEvent(filter, drop, dst) to the source (it begins the move at dst and
+  holds the flows) and its ack; then MovePerFlow(filter, dst): the source pushes the state to
+  dst (PutPerFlow), has dst release what it buffered (ReleaseBuffer), and acks; only then does
+  the controller update the switches (op: duplicate, IBC, dst only). ng: MovePerFlow alone.
 - ng: no guarantee (state copied while src keeps processing); lf: loss-free; op: loss-free and
   order-preserving, by DiST's two-phase update with an in-band control packet (IBC).
 - pz: state chunks are imported as they are exported (pipelined) instead of all at once;
   ll: late locking, flows are held back chunk by chunk as their state goes out;
   er: early release, a flow's held packets go to dst as soon as its state is in;
+  ov (dist, lf/op; nfx's, not in the papers): overlap. One request: the source pushes the state
+  as soon as it holds the flows (no separate MovePerFlow), and the controller points the
+  switches at dst on the "held" answer, while the state is still moving (op: only the
+  duplication; the cut waits for the state) - the reordering the paper leaves to future work;
   dt (dist, ng/lf, filter all; nfx's, not in the papers): data-plane trigger. The controller
   arms the switches' rules toward dst along with its request, and the source's agent fires
-  them with a packet once it may (lf: the flows are held; ng: the state is in), so the
-  forwarding update costs no control round trip."""
+  them with a packet once the switches may change: when the state is in (and, lf, released)
+  at dst, or with ov as soon as the flows are held. The forwarding update then costs no
+  control round trip.
+
+The data link between instances (data_delay_ms, data_rate_mbit) is emulated on what the
+agents send each other (dist: the source's requests to dst, its state push and ReleaseBuffer),
+through the same link emulation as the control link (nfx/control/link.py). Packets the source
+redirects over the peer link and the dt trigger are XDP frames: nothing is added to them."""
+import ipaddress
 import itertools
 import secrets
+import socket
 import threading
 import time
-from collections import deque
 
 from .. import layout as L
 from . import dataplane as dp
+from .ctrlbuf import ControllerBuffer
 from ..errors import BadInput, NfxError
 from ..state.filter import Filter
 from ..state.tables import SCOPES
 
 GUARANTEES = ("ng", "lf", "op")
 MECHANISMS = ("opennf", "dist")
-OPTIMISATIONS = ("pz", "ll", "er", "dt")
+OPTIMISATIONS = ("pz", "ll", "er", "ov", "dt")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
 FIRE_WAIT_S = 1.0        # dt: the trigger left before "done"; past this the controller steers itself
 _epochs = itertools.count(int(time.time()) % 100000 * 10 + 1)
@@ -47,128 +63,20 @@ def parse_opts(text: str | None) -> set[str]:
     opts = {o.strip().lower() for o in (text or "").replace("|", ",").split(",") if o.strip()}
     bad = opts - set(OPTIMISATIONS)
     if bad:
-        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er, dt (comma-separated)")
+        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er, ov, dt (comma-separated)")
     return opts
 
 
-class ControllerBuffer:
-    """OpenNF's controller-side packet buffer: packets src sent up, held per flow until dst has
-    their state, then handed to dst in arrival order. For op it also tracks src's IBC per side:
-    what src sends after its cut, the switch delivered to dst already, so it is dropped.
-    Handing over runs on its own thread (a packet-out takes the control link's time), in the
-    order packets were let go: picking and queueing them is one step under the lock."""
-
-    def __init__(self, op: bool):
-        self.op = op
-        self.lock = threading.Lock()
-        self.held: deque = deque()
-        self.cut = [False, False]
-        self.forward_to = None            # once set, packets go straight through
-        self.released_keys: set[bytes] | None = set()
-        self.peak = self.total = self.dropped_after_cut = self.received = self.injected = 0
-        self.max_hold_us = 0.0
-        self.out: deque = deque()         # (target, packets) to hand over, in order
-        self.cv = threading.Condition(self.lock)
-        self.busy = False
-        self.error: Exception | None = None
-        self._thread: threading.Thread | None = None
-
-    def take(self, pkts: list) -> None:
-        with self.lock:
-            self.received += len(pkts)
-            for p in pkts:
-                if p.kind == L.BufKind.IBC:
-                    self.cut[p.side] = True
-                    continue
-                if self.op and self.cut[p.side]:
-                    self.dropped_after_cut += 1
-                    continue
-                self.total += 1
-                self.held.append(p)
-            self.peak = max(self.peak, len(self.held))
-            self._queue(self._ready_locked())
-
-    def _ready_locked(self) -> list:
-        if self.forward_to is None:
-            return []
-        if self.released_keys is None:            # everything may go
-            out = list(self.held)
-            self.held.clear()
-            return out
-        out = [p for p in self.held if p.key in self.released_keys]
-        if out:
-            self.held = deque(p for p in self.held if p.key not in self.released_keys)
-        return out
-
-    def release(self, dst, keys: list | None = None) -> int:
-        """Hand held packets to dst: all (keys None) or those of flows whose state is in (ER)."""
-        with self.lock:
-            self.forward_to = dst
-            if keys is None:
-                self.released_keys = None
-            elif self.released_keys is not None:
-                self.released_keys |= {bytes(k) for k in keys}
-            ready = self._ready_locked()
-            self._queue(ready)
-        return len(ready)
-
-    def _queue(self, pkts: list) -> None:
-        if not pkts:
-            return
-        self.out.append((self.forward_to, pkts))
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._hand_over, daemon=True, name="ctrl-out")
-            self._thread.start()
-        self.cv.notify_all()
-
-    def _hand_over(self) -> None:
-        while True:
-            with self.lock:
-                self.cv.wait_for(lambda: self.out)
-                target, batch = self.out.popleft()
-                while self.out and self.out[0][0] is target:    # one request for all that waits
-                    batch = batch + self.out.popleft()[1]
-                if target is None:
-                    return
-                self.busy = True
-            try:
-                target.inject(batch)
-                held = (time.monotonic_ns() - min(p.ts_ns for p in batch)) / 1e3   # kernel stamps: CLOCK_MONOTONIC
-                with self.lock:
-                    self.injected += len(batch)
-                    self.max_hold_us = max(self.max_hold_us, held)
-            except Exception as e:
-                with self.lock:
-                    self.error = self.error or e
-            finally:
-                with self.lock:
-                    self.busy = False
-                    self.cv.notify_all()
-
-    def flush(self, timeout: float) -> None:
-        """Wait until everything let go has been handed over."""
-        with self.lock:
-            if not self.cv.wait_for(lambda: not self.out and not self.busy, timeout):
-                raise TimeoutError(f"the controller's packets were not all handed over within {timeout:g} s")
-            if self.error is not None:
-                raise NfxError(f"handing the controller's packets over failed: {self.error}")
-
-    def take_back(self) -> list:
-        """Everything not yet handed over (a move called off), in order; nothing goes on after."""
-        with self.lock:
-            self.forward_to = None
-            out = [p for _, b in self.out for p in b] + list(self.held)
-            self.out.clear()
-            self.held.clear()
-            return out
-
-    def stop(self) -> None:
-        with self.lock:
-            self.out.append((None, []))
-            self.cv.notify_all()
-
-    def cut_complete(self) -> bool:
-        return all(self.cut)
+def parse_data_link(req: dict) -> tuple[float, float]:
+    """A move request's emulated data link between instances: (one-way delay ms, rate Mbit/s)."""
+    try:
+        d, r = float(req.get("data_delay_ms") or 0.0), float(req.get("data_rate_mbit") or 0.0)
+    except (TypeError, ValueError):
+        raise BadInput("data_delay_ms and data_rate_mbit are numbers") from None
+    if not (0 <= d <= 10_000 and 0 <= r <= 100_000):
+        raise BadInput("data_delay_ms must be 0..10000 and data_rate_mbit 0..100000 (0: no emulated "
+                       "delay or rate limit)")
+    return d, r
 
 
 class Ctx:
@@ -190,7 +98,8 @@ class Ctx:
 
 
 def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opts: set[str] = frozenset(),
-         mechanism: str = "dist", timeout: float = 30.0, progress=lambda m: None) -> dict:
+         mechanism: str = "dist", timeout: float = 30.0, progress=lambda m: None,
+         data_link: tuple[float, float] = (0.0, 0.0)) -> dict:
     """Run one move; returns its metrics. src/dst are nfx.migrate.remote endpoints, steer a
     controller.DelayedSteering. On failure the move is rolled back: src keeps the flows.
 
@@ -206,6 +115,9 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         raise BadInput("dt (data-plane trigger) is for dist moves of the whole table (filter all) "
                        "with guarantee ng or lf: op cuts the streams with the two-phase update, and a "
                        "partial filter needs the flows' outside keys, which only the source knows")
+    if "ov" in opts and (mechanism != "dist" or guarantee == "ng"):
+        raise BadInput("ov (overlap steering with the state push) is for dist moves with guarantee lf "
+                       "or op: only a destination that holds the flows back may get them before their state")
     for name, (lo, hi) in (("sport", flt.sport), ("dport", flt.dport)):
         if (lo, hi) != (0, 65535) and lo != hi:
             # the gate's wildcard filters (which hold the flows back) match single ports
@@ -213,19 +125,24 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     op, lf = guarantee == "op", guarantee in ("lf", "op")
     epoch = next(_epochs)
     m = {"mechanism": mechanism, "guarantee": guarantee, "opts": sorted(opts), "src": src.name, "dst": dst.name,
-         "filter": flt.text, "scopes": list(scopes), "epoch": epoch}
+         "filter": flt.text, "scopes": list(scopes), "epoch": epoch,
+         "data_delay_ms": data_link[0], "data_rate_mbit": data_link[1]}
     passed0 = src.passed_on()         # for the metrics: read before the move's clock starts
     x = Ctx()
     m["phases_ms"] = x.phases
     ctrl = ControllerBuffer(op) if mechanism == "opennf" and lf else None
     try:
         if mechanism == "dist":
-            r = _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x, progress)
+            r = _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x, progress, data_link)
         else:
             r = _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x, progress)
         m.update(r)
         m["flows"] = x.flows
-        m["move_time_s"] = max(x.state_at, x.switched_at or steer.applied_at) - x.t0
+        switched = x.switched_at or steer.applied_at
+        m["move_time_s"] = max(x.state_at, switched) - x.t0
+        # stamped where they happen (dst's agent, the switch side): the order of the steps
+        x.phases["state_in"] = round((x.state_at - x.t0) * 1e3, 2)
+        x.phases["switch_update"] = round((switched - x.t0) * 1e3, 2)
         if op:
             progress("waiting for the source's cut")
             if mechanism == "dist":
@@ -249,7 +166,14 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
         wait_for(quiet, timeout, "the source to stop passing packets on")
         m["redirect_time_s"] = last[1] - x.t_state
         if lf:
-            wait_for(dst.settled, timeout, "the destination to release everything it held")
+            try:
+                wait_for(dst.settled, timeout, "the destination to release everything it held")
+            except TimeoutError as e:
+                try:
+                    why = dst.unsettled()
+                except Exception as e2:
+                    why = f"(could not ask: {e2})"
+                raise TimeoutError(f"{e}: {why}") from None
         m["packets_redirected"] = src.passed_on() - passed0
         src_st = src.end(timeout) if lf else {}
         if ctrl:
@@ -276,6 +200,8 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
     ser = src.timing.get("export_s", 0.0) + dst.timing.get("import_s", 0.0)
     m["serialization_share"] = ser / m["move_time_s"] if m["move_time_s"] else 0.0
     m["src_stats"] = src_st
+    # ring records of an earlier move that this one found and dropped (session._take)
+    m["stale_records"] = src_st.get("stale", 0) + dst_st.get("stale", 0)
     return m
 
 
@@ -293,14 +219,17 @@ def _steer(steer, flt, src, dst, op: bool, x: Ctx, epoch: int, phase: int = 0) -
         steer.point(flt, [dst.name], x.outside)
 
 
-def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx, progress) -> dict:
-    """DiST: one request to the source's agent, which holds the flows, pushes the state to dst's
-    agent over the data plane and releases it there. Once the flows are held, dst buffers
-    whatever reaches it, so the switches are pointed at dst while the state is still moving
-    (the order DiST's authors suggest). Without a guarantee they wait for the state; for op
-    only the duplication overlaps: the cut waits until the source passes every flow on (with
-    late locking that is once its state is out)."""
-    lf, op, dt = guarantee in ("lf", "op"), guarantee == "op", "dt" in opts
+def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx, progress,
+          data_link=(0.0, 0.0)) -> dict:
+    """DiST, run by the source's agent. In the paper's order (Sec. 3.1; lf/op): the request is
+    enableEvent (the source begins the move at dst and holds the flows), its "held" answer the
+    ack; then MovePerFlow ("go"): the source pushes the state to dst, has it release what it
+    buffered (lf) and answers "done"; then the switches change (op: duplicate, IBC, dst only).
+    ng: the request is MovePerFlow itself. With ov the source pushes right after holding and
+    the switches are pointed at dst on "held" (op: only the duplication overlaps; the cut
+    waits for the state). With dt the source fires the armed rules itself: on "held" with ov,
+    else once the state is in."""
+    lf, op, dt, ov = guarantee in ("lf", "op"), guarantee == "op", "dt" in opts, "ov" in opts
     progress("the source moves the state to the destination")
     x.t_state = time.perf_counter()
     armed = steered = None
@@ -309,16 +238,18 @@ def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx,
         x.token, x.steered = secrets.randbits(64) or 1, True
         armed = _spawn(lambda: steer.arm(flt, [dst.name], x.token))
     try:
-        run = src.move_dist(dst, epoch, guarantee, opts, flt, scopes, timeout, fire=x.token)
+        run = src.move_dist(dst, epoch, guarantee, opts, flt, scopes, timeout, fire=x.token, data_link=data_link)
         try:
             h = run.held()
             x.flows, x.ibc = h["flows"], h["ibc"]
             x.outside = None if flt.everything else h["outside"]
             x.phase("held")
-            if lf and not dt:
+            if lf and ov and not dt:
                 # the switches are pointed at dst while the source's agent moves the state
                 progress("steering the switches")
                 steered = _spawn(lambda: _steer(steer, flt, src, dst, op, x, epoch, 1))
+            elif lf and not ov:
+                run.go()              # MovePerFlow, once enableEvent is acknowledged
             d = run.done()
             x.state_at = d.get("applied_at") or time.perf_counter()
             x.phase("state")
@@ -336,15 +267,15 @@ def _dist(src, dst, steer, flt, scopes, guarantee, opts, epoch, timeout, x: Ctx,
         steered()
     armed_at = armed() if armed else 0.0
     r = {"state_chunks": d.get("chunks", 0), "state_bytes": d.get("bytes", 0),
-         "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0)}
+         "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0), "go_ms": d.get("go_ms")}
     if dt:
         r["trigger"] = _fired(steer, flt, dst, x, armed_at, d.get("fired_at"), progress)
         return r
-    if lf:
+    if steered:
         x.phase("steered" if not op else "duplicated")
-    if not lf or op:
+    if not steered or op:
         progress("steering the switches")
-        _steer(steer, flt, src, dst, op, x, epoch, phase=2 if op else 0)
+        _steer(steer, flt, src, dst, op, x, epoch, phase=2 if steered else 0)
         x.phase("steered")
     return r
 
@@ -380,19 +311,29 @@ def _opennf(src, dst, steer, flt, scopes, guarantee, opts, epoch, ctrl, x: Ctx, 
     puts it to dst, holds what src sends up meanwhile, hands it to dst, then steers."""
     lf, op, ll = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts
     explicit: list = []
+    synth = None
     if not flt.everything:
         # a partial filter cannot see a NAT's public tuples: they are marked explicitly
-        _, explicit = src.keys(flt)
+        flows, explicit = src.keys(flt)
         x.phase("keys")
+        if op and not any(bytes(k) not in {bytes(o) for o in explicit} for k in flows):
+            # nothing to take the cut's tuple from: one made from the filter, whose outside
+            # tuple is marked and steered like a public tuple (ibc_synthetic)
+            synth = ibc_synthetic(flt)
+            explicit = explicit + [synth[1][1]]
     if lf:
         progress("holding the flows back")
         # the two requests at once, each waiting for its own round trip
         began = _spawn(lambda: dst.begin("dst", epoch, op, explicit if op else [], flt if op else None))
-        src.begin("src-ctrl", epoch, op, [] if ll else explicit, None if ll else flt, on_ctrl=ctrl.take)
+        src.begin("src-ctrl", epoch, op, ([] if ll else explicit) + ([synth[1][1]] if synth and ll else []),
+                  None if ll else flt, on_ctrl=ctrl.take)
         began()
         x.phase("held")
     x.t_state = time.perf_counter()
     chunks, nbytes, applied_at = _transfer(src, dst, flt, scopes, opts, lf, op, ctrl, x)
+    if synth:
+        x.ibc = list(synth)
+        x.outside = x.outside + [synth[1][1]]
     x.state_at = applied_at or time.perf_counter()
     x.phase("state")
     if lf and not op:
@@ -464,17 +405,46 @@ def _early(dst, ctrl, c) -> None:
         dst.drain(keys)
 
 
-def ibc_keys(flows: list, outside: list, flt: Filter):
-    """One IBC per side, carrying a moved flow's tuple so the move's rules and marks apply."""
+def ibc_keys(flows: list, outside: list, flt: Filter) -> list:
+    """One IBC per side, [(side, key)], carrying a moved flow's tuple so the move's rules and
+    marks apply; with no flow to take it from, a tuple made from the filter (ibc_synthetic)."""
     out = {bytes(o) for o in outside}
     inside = next((k for k in flows if bytes(k) not in out), None)
-    if inside is not None:
-        yield L.SIDE_IN, inside
-        from ..flows import reverse
-        yield L.SIDE_OUT, outside[0] if outside else reverse(inside)
-    else:
-        raise NfxError("an order-preserving move needs at least one existing flow to cut "
-                       "(nothing matches the filter yet: use lf)")
+    if inside is None:
+        return list(ibc_synthetic(flt))
+    from ..flows import reverse
+    return [(L.SIDE_IN, inside), (L.SIDE_OUT, outside[0] if outside else reverse(inside))]
+
+
+def ibc_synthetic(flt: Filter) -> tuple:
+    """The IBCs of a move with no flow of its own to cut (none matches the filter when the
+    source holds them): a tuple that matches the filter, wildcards filled, and its reverse.
+
+    Why that is enough, and flows born during the move keep their order: the cut is per side,
+    not per flow. Each side's IBC enters the switch on the port the filter's packets enter by,
+    behind them in the same FIFO, and the filter's rule (the same rule for every flow it
+    matches) sends it where those packets go: in phase 1 to both instances. At the source it
+    meets the move's filter (or its mark) like any packet of the filter and is passed on behind
+    them. So it marks the same point in both streams for every flow of the filter, including
+    one born a moment before or after it: at dst, that flow's switch-path packets before the
+    cut are dropped (the source passed them on), those after it wait until everything the
+    source passed on before its cut has gone. Skipping the cut instead would be safe only if
+    no flow could be born during the move, which live traffic never proves.
+
+    On the outside of a partial filter a NAT's return traffic is steered by exact rules on the
+    public tuples, of which there are none yet: the reverse tuple then gets an exact rule and a
+    mark at both instances like a moved flow's public tuple (the caller adds it to the outside
+    keys and the explicit marks), so it too follows a rule of the move."""
+    def host(net_mask, fill):
+        net, mask = net_mask
+        return net if mask else int.from_bytes(ipaddress.IPv4Address(fill).packed, "little")
+
+    def port(r, fill):
+        return socket.htons(r[0] if r[0] == r[1] else fill)
+    k = L.FlowKey(saddr=host(flt.src, "192.0.2.1"), daddr=host(flt.dst, "198.51.100.1"),
+                  sport=port(flt.sport, 65534), dport=port(flt.dport, 9), proto=flt.proto or 17)
+    from ..flows import reverse
+    return (L.SIDE_IN, k), (L.SIDE_OUT, reverse(k))
 
 
 def _rollback(src, dst, steer, flt, steered: bool, lf: bool, ctrl=None, token: int = 0) -> None:

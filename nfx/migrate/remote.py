@@ -85,13 +85,15 @@ class Remote:
         return self._req("del", scopes=list(scopes), filter=flt.text)
 
     def move_dist(self, dst: "Remote", epoch: int, guarantee: str, opts, flt: Filter, scopes,
-                  timeout: float, fire: int = 0) -> "DistRun":
+                  timeout: float, fire: int = 0, data_link=(0.0, 0.0)) -> "DistRun":
         """DiST's move, run by this (source) agent: see nfx/agent/moves.py op_move_dist. fire:
-        the token of rules armed on the switches, for the agent to fire once it may."""
+        the token of rules armed on the switches, for the agent to fire once it may. data_link:
+        (delay ms, rate Mbit/s) of the emulated link the agent sends to dst over."""
         self.lock.acquire()
         try:
             args = {"dst": dst.name, "epoch": epoch, "guarantee": guarantee, "opts": sorted(opts),
-                    "filter": flt.text, "scopes": list(scopes), "timeout": timeout}
+                    "filter": flt.text, "scopes": list(scopes), "timeout": timeout,
+                    "data_delay_ms": data_link[0] or None, "data_rate_mbit": data_link[1] or None}
             if fire:
                 args["fire"] = f"{fire:x}"
             self.c._begin("move_dist", args)
@@ -157,6 +159,10 @@ class Remote:
 
     def settled(self) -> bool:
         return self._req("move_status")["settled"]
+
+    def unsettled(self) -> dict:
+        """What keeps this destination from settling (for an error message)."""
+        return self._req("move_status", why=True).get("unsettled") or {}
 
     def passed_on(self) -> int:
         s = self._req("stats")["stats"]
@@ -224,6 +230,14 @@ class DistRun:
         r["ibc"] = [(side, dp.keys_from_blob(base64.b64decode(k))[0]) for side, k in r.get("ibc") or []]
         r["outside"] = dp.keys_from_blob(base64.b64decode(r["outside"])) if r.get("outside") else []
         return r
+
+    def go(self) -> None:
+        """MovePerFlow, after the "held" answer (enableEvent's ack): the source starts the push."""
+        try:
+            self.src.c._write(wire.encode_json({"go": True}))
+        except BaseException:
+            self.close()
+            raise
 
     def done(self) -> dict:
         """The state is in at dst: the transfer's figures."""

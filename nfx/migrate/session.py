@@ -7,15 +7,18 @@ their state is in, then drains. Order preservation (op) follows DiST's IBC cut p
 destination, switch-path packets before the switch's IBC are dropped by the gate (the source has
 them) and so are peer-path packets after the source's IBC (the switch path has them); the
 drain releases everything that came from the source before switch-path packets."""
+import logging
 import threading
 import time
 from collections import deque
 
 from .. import layout as L
+from ..errors import NfxError
 from ..state import ops
 from ..state.filter import parse
 from . import dataplane as dp
 
+log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0
 SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is long done
 
@@ -38,12 +41,13 @@ class MoveSession:
         self.ibc_peer = [False, False]     # by side: the source's IBC has arrived
         self.ibc_switch = [False, False]
         self.draining = False
-        self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0}
+        self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
         self.early_keys: set[bytes] = set()
         self.rlock = threading.Lock()      # taking from the queues and releasing is one step
         self._stop = threading.Event()
         self._thread = None
         self.first_rx_ns = self.last_rx_ns = 0
+        self.error: BaseException | None = None
 
     # ---- set up ----
     def begin(self, keys: list, flt: str | None, peer_slot: int = 0) -> None:
@@ -110,20 +114,32 @@ class MoveSession:
 
     # ---- the ring ----
     def _consume(self) -> None:
-        while not self._stop.is_set():
-            pkts = self.ring.poll(5)
-            if pkts:
-                self._take(pkts)
-            if self.draining:
-                self._release_ready()
-            elif self.early_keys:
-                self._early_ready()
+        try:
+            while not self._stop.is_set():
+                pkts = self.ring.poll(5)
+                if pkts:
+                    self._take(pkts)
+                if self.draining:
+                    self._release_ready()
+                elif self.early_keys:
+                    self._early_ready()
+        except BaseException as e:
+            # said by settled(): the move fails at once, with the reason, not by a timeout
+            self.error = e
+            log.exception("move %d: the ring consumer failed", self.epoch)
 
     def _take(self, pkts: list) -> None:
         ctrl = []
         with self.lock:
             now = time.monotonic_ns()
             for p in pkts:
+                if p.epoch and p.epoch != self.epoch and (p.kind != L.BufKind.IBC or self.role == "dst"):
+                    # an earlier move's: buffered after its session read the ring for the last
+                    # time, or left by an agent that died mid-move. Released now it would be out
+                    # of place and counted against this move's marks (released > buffered). (A
+                    # source's IBC records carry no epoch of its own: the destination sets it.)
+                    self.stats["stale"] += 1
+                    continue
                 if p.kind == L.BufKind.IBC:
                     self.stats["ibc"] += 1
                     if self.role == "src-ctrl":
@@ -215,12 +231,29 @@ class MoveSession:
     def settled(self) -> bool:
         """Everything buffered has been released and has left: each marked flow either processes
         again or will on its next packet (a flow with no traffic never flips, and need not)."""
+        if self.error is not None:
+            raise NfxError(f"the destination's ring consumer failed: {self.error!r}")
         with self.lock:
             if self.peer_q or self.switch_q:
                 return False
         flushed = dp.move_cfg(self.nf).flushed_seq
         return all(m.action != L.Action.BUFFER or (m.buffered == m.released and m.last_release <= flushed)
                    for m in dp.marks(self.nf).values())
+
+    def unsettled(self, limit: int = 3) -> dict:
+        """Why settled() is false: what waits in the queues, and the marks still holding back."""
+        with self.lock:
+            out = {"peer_q": len(self.peer_q), "switch_q": len(self.switch_q), "draining": self.draining,
+                   "ibc_peer": list(self.ibc_peer), "ibc_switch": list(self.ibc_switch)}
+        cfg = dp.move_cfg(self.nf)
+        st = dp.move_state(self.nf)
+        out.update(flushed=cfg.flushed_seq, drain_epoch=cfg.drain_epoch, epoch=cfg.epoch, peer_cut=cfg.peer_cut,
+                   bpf_ibc_peer=list(st.ibc_peer), bpf_ibc_switch=list(st.ibc_switch), cursor=st.release_cursor)
+        bad = [(m.epoch, m.buffered, m.released, m.last_release) for m in dp.marks(self.nf).values()
+               if m.action == L.Action.BUFFER and (m.buffered != m.released or m.last_release > cfg.flushed_seq)]
+        out["holding_marks"] = len(bad)
+        out["sample"] = bad[:limit]
+        return out
 
     # ---- tear down ----
     def end(self, keep_marks: bool = False) -> dict:
@@ -229,6 +262,9 @@ class MoveSession:
         if not keep_marks:
             dp.clear_marks(self.nf)
         self.nf.maps["nfx_drain"].clear()
+        # an XDP run that read a mark just before it went may still be buffering: let it finish,
+        # so the last read of the ring below has its packet
+        time.sleep(SETTLE_S)
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)

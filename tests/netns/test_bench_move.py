@@ -11,6 +11,7 @@ import pytest
 
 from nfx.agent import lifecycle
 from nfx.bench import move as bm
+from nfx.bench import table1 as t1
 from nfx.errors import BadInput
 from nfx.testbed import state
 from tests.netns.tbutil import nfx_json
@@ -68,14 +69,18 @@ def test_bench_move_table1_smoke(tmp_path):
     combined (de)serialisation share split in two, the ratio per optimisation set, the paper's rows."""
     r = nfx_json("bench", "move", "--table1", "--repeat", "1", "--ctrl-delay-ms", "0", "--duration", "1.5",
                  "--at", "0.5", "--csv", str(tmp_path / "t1.csv"), timeout=300)
-    n = len(bm.TABLE1_CONFIGS)
+    n = len(t1.TABLE1_CONFIGS)
     assert r["mode"] == "table1" and r["rate_pps"] == 1000 and len(r["runs"]) == n and r["violations"] == []
     for run in r["runs"]:
-        assert run["states"] == 2 * bm.TABLE1_CONNECTIONS and run["sent"] == 1500 and run["lost"] == 0
+        assert run["states"] == 2 * t1.TABLE1_CONNECTIONS and run["sent"] == 1500 and run["lost"] == 0
         assert run["ser_share"] > 0 and run["deser_share"] > 0
         assert run["ser_share"] + run["deser_share"] == pytest.approx(run["serialization_share"])
+    # DiST as published, and with nfx's ov, dt and both, against OpenNF
     assert {(x["opts"], x["dist_opts"]) for x in r["ratios"]} == {
-        ("pz", "pz"), ("pz", "pz,dt"), ("pz,ll,er", "pz,ll,er"), ("pz,ll,er", "pz,ll,er,dt")}
+        (b, b + x) for b in ("pz", "pz,ll,er") for x in ("", ",ov", ",dt", ",ov,dt")}
+    # the paper's data link between the instances, on every run
+    assert r["data_link"] == [1.0, 100.0] and all((x["data_delay_ms"], x["data_rate_mbit"]) == (1.0, 100.0)
+                                                  for x in r["runs"])
     assert all(x["opennf_over_dist"] > 0 for x in r["ratios"])
     assert [p["config"] for p in r["paper"]][0] == "OpenNF LF PZ" and r["paper"][1]["move_time_s"] == [0.51, 0.06]
     assert len(list(csv.DictReader((tmp_path / "t1.csv").open()))) == n
@@ -92,6 +97,12 @@ def test_matrix_and_stats_helpers():
     c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), dt, (1000,), (100,), (0.0,))
     assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in c} == {
         ("dist", "ng", "pz,dt"), ("dist", "lf", "pz,dt"), ("dist", "lf", "pz,ll,er,dt")}
+    # ov: dist only, and not ng (only a destination that holds the flows may get them early)
+    ov = bm.parse_opts_list(["ov", "pz,ov,dt"])
+    assert ov == ["ov", "pz,ov,dt"]
+    c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), ov, (1000,), (100,), (0.0,))
+    assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in c} == {
+        ("dist", "lf", "ov"), ("dist", "op", "ov"), ("dist", "lf", "pz,ov,dt")}
     with pytest.raises(BadInput):
         bm.parse_opts_list(["zz"])
     with pytest.raises(BadInput):
@@ -113,3 +124,21 @@ def test_addressing_keeps_each_public_address_within_its_ports():
     assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.0.1.0/24") for a in addrs)
     with pytest.raises(BadInput):
         bm.addressing(200000, "10.0.1.2", "10.0.1.0/24", 4, span)
+
+
+def test_bench_soak_small():
+    """nfx bench soak, small: one OP, one LF and one NG run of moves, back and forth; the sink's
+    counts are per run of one guarantee, and every move is accounted for."""
+    r = nfx_json("bench", "soak", "--moves", "20", "--flows", "200", "--rate", "20000", timeout=600)
+    assert r["mode"] == "soak" and r["moves"] == 20 and len(r["runs"]) == 20
+    assert r["done"] + r["refused"] + r["failed"] == 20
+    assert r["ok"] and r["done"] == 20 and r["misplaced"] == r["empty"] == 0, r["errors"]
+    assert [s["guarantee"] for s in r["segments"]] == ["op", "lf", "ng"]
+    assert sum(s["moves"] for s in r["segments"]) == 20
+    # the moves alternate between the instances, and every kind ran
+    assert all(a["dst"] == b["src"] for a, b in zip(r["runs"], r["runs"][1:]))
+    assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in r["runs"]} >= {
+        ("dist", "op", "ov"), ("dist", "lf", "dt"), ("opennf", "op", "pz,ll,er"), ("dist", "ng", "dt")}
+    op = r["by_guarantee"]["op"]
+    assert op["sent"] > 0 and (op["lost"], op["duplicated"], op["reordered"]) == (0, 0, 0)
+    assert not state.path(r["testbed"]).exists()

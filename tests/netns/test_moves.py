@@ -176,10 +176,12 @@ def test_tcp_survives_ten_moves(tb):
     assert at == "nf0"
 
 
-@pytest.mark.parametrize("opts", ["", "dt"])
-def test_destination_dies_half_way_rolls_back(tb, opts):
+@pytest.mark.parametrize("opts,data_delay_ms", [("", 200), ("dt", 200), ("ov,dt", 0)])
+def test_destination_dies_half_way_rolls_back(tb, opts, data_delay_ms):
     """The destination's agent is killed while the move waits on it: the move is called off, the
-    source keeps the flows and the traffic (dt: whether or not the armed rules fired)."""
+    source keeps the flows and the traffic. With a slow data link it dies while the source is
+    still beginning the move there (before any switch changes); with ov,dt the armed rules have
+    fired on the hold, so the switches are pointed back."""
     name = tb["name"]
     rec = __import__("nfx.testbed.state", fromlist=["load"]).load(name)
     pid = agents.pid_of(rec, "nf1")
@@ -189,7 +191,8 @@ def test_destination_dies_half_way_rolls_back(tb, opts):
         try:
             # a slow control channel keeps the move open long enough to kill dst mid-way
             controller.call(name, "POST", "/move", {"src": "nf0", "dst": "nf1", "guarantee": "lf", "opts": opts,
-                                                    "mechanism": "dist", "ctrl_delay_ms": 60, "timeout": 5})
+                                                    "mechanism": "dist", "ctrl_delay_ms": 60, "timeout": 5,
+                                                    "data_delay_ms": data_delay_ms})
         except Exception as e:
             err["e"] = e
     with rig(name, FLOWS) as (gen, sink):
@@ -256,3 +259,43 @@ def test_range_filter_refused_before_anything_changes(tb):
         controller.call(tb["name"], "POST", "/move", {"src": "nf0", "dst": "nf1", "filter": "sport=1024-1100"})
     from nfx.migrate import dataplane as dp
     assert dp.marks(builder.instance(tb["name"], "nf0")) == {}
+
+
+@pytest.mark.parametrize("opts", ["", "ov", "dt", "ov,dt"])
+def test_dist_order_of_steps(tb, opts):
+    """DiST as published: the switches change only once the state is in at dst (the source's
+    MovePerFlow ack comes first); with ov (nfx's overlap) they change while the state is still
+    on its way. A 30 ms data link (the state push) against a 5 ms control link makes the order
+    plain in the stamps (state_in: dst's agent; switch_update: the switch side). dt without ov
+    fires once the state is in; with ov on hold."""
+    name = tb["name"]
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
+        m, r = move_under_traffic(name, src, dst, "lf", "dist", opts, ctrl_delay_ms=5, data_delay_ms=30)
+        assert (r["lost"], r["duplicated"]) == (0, 0), (m, r)
+        ph = m["phases_ms"]
+        assert m["data_delay_ms"] == 30 and m["data_rate_mbit"] == 0
+        if "ov" in opts:
+            assert ph["switch_update"] < ph["state_in"], ph
+            assert m["go_ms"] is None                     # one request: no separate MovePerFlow
+        else:
+            assert ph["switch_update"] > ph["state_in"], ph
+            # MovePerFlow reached the source one control trip after its ack of the hold
+            assert m["go_ms"] is not None and m["go_ms"] >= 10, m["go_ms"]
+        # the data link's delay is on the push: begin at dst and at least one put, each a round trip
+        assert m["move_time_s"] >= 0.12 if "ov" not in opts else m["move_time_s"] >= 0.09, m
+        if "dt" in opts:
+            assert m["trigger"]["fired"], m["trigger"]
+            no_armed_rules(name)
+
+
+def test_data_link_rate_paces_the_push(tb):
+    """The emulated data link's rate is on the state push: at 20 Mbit/s the state takes at least
+    its size over that rate to reach dst (with ov the source pushes at once, so the transfer time
+    is the push's own)."""
+    name = tb["name"]
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
+        m, r = move_under_traffic(name, src, dst, "lf", "dist", "ov", data_rate_mbit=20)
+        assert (r["lost"], r["duplicated"]) == (0, 0), (m, r)
+        floor = m["state_bytes"] * 8 / 20e6
+        assert m["data_rate_mbit"] == 20 and m["transfer_s"] >= 0.9 * floor, (m["transfer_s"], floor)
+        assert m["move_time_s"] >= 0.9 * floor
