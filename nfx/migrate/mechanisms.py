@@ -29,7 +29,6 @@ agents send each other (dist: the source's requests to dst, its state push and R
 through the same link emulation as the control link (nfx/control/link.py). Packets the source
 redirects over the peer link and the dt trigger are XDP frames: nothing is added to them."""
 import ipaddress
-import itertools
 import secrets
 import socket
 import threading
@@ -47,7 +46,19 @@ MECHANISMS = ("opennf", "dist")
 OPTIMISATIONS = ("pz", "ll", "er", "ov", "dt")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
 FIRE_WAIT_S = 1.0        # dt: the trigger left before "done"; past this the controller steers itself
-_epochs = itertools.count(int(time.time()) % 100000 * 10 + 1)
+
+
+_last_epoch = 0
+
+
+def new_epoch() -> int:
+    """A move's epoch: random (never 0, never the previous one), so a host that sees one move's
+    packets cannot predict the epoch the next move's in-band packets must carry."""
+    global _last_epoch
+    while (e := secrets.randbelow(0x7FFFFFFF) + 1) == _last_epoch:
+        pass
+    _last_epoch = e
+    return e
 
 
 def wait_for(cond, timeout: float, what: str, poll: float = 0.002) -> float:
@@ -123,7 +134,7 @@ def move(src, dst, steer, flt: Filter, scopes=SCOPES, guarantee: str = "lf", opt
             # the gate's wildcard filters (which hold the flows back) match single ports
             raise BadInput(f"a move's filter takes a single {name}, not a range ({lo}-{hi})")
     op, lf = guarantee == "op", guarantee in ("lf", "op")
-    epoch = next(_epochs)
+    epoch = new_epoch()
     m = {"mechanism": mechanism, "guarantee": guarantee, "opts": sorted(opts), "src": src.name, "dst": dst.name,
          "filter": flt.text, "scopes": list(scopes), "epoch": epoch,
          "data_delay_ms": data_link[0], "data_rate_mbit": data_link[1]}
