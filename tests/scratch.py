@@ -1,9 +1,12 @@
 """Throwaway namespaces and veth pairs for root tests: unique short names, everything created is
 registered and removed in teardown, even when the test fails half way."""
+import contextlib
 import os
 import secrets
 
 from nfx.loader import netns
+
+PEER_IN, PEER_OUT = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
 
 class Scratch:
@@ -33,3 +36,26 @@ class Scratch:
 def pin_dir(tag: str):
     from pathlib import Path
     return Path(f"/sys/fs/bpf/nfx/{tag}-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def scratch_nf(cls, tag: str, cfg, **create_kw):
+    """One NF instance of `cls` on two veth pairs (`<tag>i`, `<tag>o`) in a throwaway netns;
+    inst.ns, inst.pd and inst.idx (ifindex of its "in" and "out" ports) set. Destroyed, with
+    the namespace, however the test ends."""
+    from nfx.nfs.base import Wiring
+    s = Scratch(tag)
+    pd = pin_dir(tag)
+    inst = None
+    try:
+        ns = s.ns("n")
+        s.veth(f"{tag}i", ns, f"{tag}I", ns)
+        s.veth(f"{tag}o", ns, f"{tag}O", ns)
+        inst = cls.create(f"{tag}0", Wiring(ns, (f"{tag}i", f"{tag}o"), (PEER_IN, PEER_OUT)), pd, cfg, **create_kw)
+        inst.ns, inst.pd = ns, pd
+        inst.idx = {"in": netns.ifindex(f"{tag}i", ns), "out": netns.ifindex(f"{tag}o", ns)}
+        yield inst
+    finally:
+        if inst is not None:
+            cls.destroy(inst.wiring, pd)
+        s.close()

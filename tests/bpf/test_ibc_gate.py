@@ -10,36 +10,22 @@ from nfx.flows import make_key
 from nfx.loader import netns
 from nfx.loader.bpfsys import prog_test_run
 from nfx.migrate import dataplane as dp
-from nfx.nfs.base import Wiring
 from nfx.nfs.ids import IDS, IdsConfig
-from tests.scratch import Scratch, pin_dir
+from tests.scratch import scratch_nf
 
 XDP_ABORTED, XDP_DROP = 0, 1
-PEER_IN, PEER_OUT = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 KEY = make_key("10.0.1.2", "10.0.2.2", 5000, 53, 17)
 E = 4242
 
 
 @pytest.fixture(scope="module")
 def nf():
-    s = Scratch("tig")
-    pd = pin_dir("tig")
-    inst = None
-    try:
-        ns = s.ns("n")
-        s.veth("tigin", ns, "tigpin", ns)
-        s.veth("tigout", ns, "tigpout", ns)
-        inst = IDS.create("ids0", Wiring(ns, ("tigin", "tigout"), (PEER_IN, PEER_OUT)), pd, IdsConfig(),
-                          max_flows=64)
-        inst.ns = ns
-        inst.idx = netns.ifindex("tigin", ns)
+    with scratch_nf(IDS, "tig", IdsConfig(), max_flows=64) as inst:
         inst.ring = dp.packet_ring(inst)
-        yield inst
-    finally:
-        if inst is not None:
+        try:
+            yield inst
+        finally:
             inst.ring.close()
-            IDS.destroy(inst.wiring, pd)
-        s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +43,7 @@ def ibc(epoch: int) -> bytes:
 
 def run(nf, frame):
     with netns.enter(nf.ns):
-        v, _, _ = prog_test_run(nf.fn.fd, frame, ingress_ifindex=nf.idx)
+        v, _, _ = prog_test_run(nf.fn.fd, frame, ingress_ifindex=nf.idx["in"])
     assert v != XDP_ABORTED
     return v
 

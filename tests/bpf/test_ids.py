@@ -15,39 +15,26 @@ from nfx.errors import BadInput, NotFound
 from nfx.flows import make_key
 from nfx.loader import netns
 from nfx.loader.bpfsys import prog_test_run
-from nfx.nfs.base import Wiring
 from nfx.nfs.ids import IDS, IdsConfig, Signature
 from nfx.paths import REPO
-from tests.scratch import Scratch, pin_dir
+from tests.scratch import PEER_IN, PEER_OUT, scratch_nf
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT = 0, 1, 2, 4
 H1, H2 = "10.0.1.2", "10.0.2.2"
-PEER_IN, PEER_OUT = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 MAX_FLOWS = 64
 RING_RECORDS = 4096 // (ct.sizeof(L.IdsAlert) + 8)     # one page; each record has an 8-byte header
 
 
 @pytest.fixture(scope="module")
 def ids():
-    s = Scratch("tid")
-    pd = pin_dir("tid")
-    inst = None
-    try:
-        ns = s.ns("n")
-        s.veth("tidin", ns, "tidpin", ns)
-        s.veth("tidout", ns, "tidpout", ns)
-        inst = IDS.create("ids0", Wiring(ns, ("tidin", "tidout"), (PEER_IN, PEER_OUT)), pd, IdsConfig(),
-                          max_flows=MAX_FLOWS, defines={"NFX_IDS_RING_PAGES": 1})
-        inst.ns, inst.pd = ns, pd
-        inst.idx = {"in": netns.ifindex("tidin", ns), "out": netns.ifindex("tidout", ns), "lo": 1}
-        inst.mac = {"in": netns.mac("tidin", ns), "out": netns.mac("tidout", ns)}
+    with scratch_nf(IDS, "tid", IdsConfig(), max_flows=MAX_FLOWS, defines={"NFX_IDS_RING_PAGES": 1}) as inst:
+        inst.idx["lo"] = 1
+        inst.mac = {"in": netns.mac("tidi", inst.ns), "out": netns.mac("tido", inst.ns)}
         inst.reader = inst.alerts()
-        yield inst
-    finally:
-        if inst is not None:
+        try:
+            yield inst
+        finally:
             inst.reader.close()
-            IDS.destroy(inst.wiring, pd)
-        s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -372,7 +359,7 @@ READER = """
 import json, sys
 from pathlib import Path
 from nfx.nfs.ids import IDS
-ids = IDS.open("ids0", Path(sys.argv[1]))
+ids = IDS.open(sys.argv[2], Path(sys.argv[1]))
 with ids.alerts() as r:
     got = []
     for a in r.follow(timeout_s=3, poll_ms=100):
@@ -388,7 +375,7 @@ def test_alerts_and_tables_from_another_process(ids):
     run(ids, udp(b"EVIL", sport=1111))
     run(ids, udp(b"xEVIL", sport=2222))
     run(ids, udp(b"EVIL", sport=3333))
-    r = subprocess.run([sys.executable, "-c", READER, str(ids.pd)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", READER, str(ids.pd), ids.instance], capture_output=True, text=True,
                        cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)

@@ -15,42 +15,29 @@ from nfx.errors import BadInput
 from nfx.flows import be_to_ip, be_to_port, key_fields, make_key
 from nfx.loader import netns
 from nfx.loader.bpfsys import prog_test_run
-from nfx.nfs.base import Wiring
 from nfx.nfs.ids import IDS, IdsConfig
 from nfx.nfs.nat import NAT, NatConfig
 from nfx.paths import REPO
 from nfx.state import ops
 from nfx.state import statelets as S
-from tests.scratch import Scratch, pin_dir
+from tests.scratch import scratch_nf
 
 XDP_ABORTED, XDP_DROP, XDP_REDIRECT = 0, 1, 4
 H1, H2 = "10.0.1.2", "10.0.2.2"
-PEER_IN, PEER_OUT = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 SET, DEL = L.StOp.SET, L.StOp.DEL
 STATE = ("per-flow", "multi-flow")
 NAT_CFG = NatConfig(inside="10.0.1.0/24", pool="10.0.2.100-10.0.2.101", port_lo=20000, port_hi=20999)
 
 
 def _instance(cls, tag, cfg):
-    s = Scratch(tag)
-    pd = pin_dir(tag)
-    inst = None
-    try:
-        ns = s.ns("n")
-        s.veth(f"{tag}i", ns, f"{tag}I", ns)
-        s.veth(f"{tag}o", ns, f"{tag}O", ns)
-        # one page: room for ~70 records, so the ring-full test is quick
-        inst = cls.create(f"{tag}0", Wiring(ns, (f"{tag}i", f"{tag}o"), (PEER_IN, PEER_OUT)), pd, cfg,
-                          max_flows=4096, defines={"NFX_STATELET_RING_PAGES": 1})
-        inst.ns, inst.pd, inst.cfg = ns, pd, cfg
-        inst.idx = {"in": netns.ifindex(f"{tag}i", ns), "out": netns.ifindex(f"{tag}o", ns)}
+    # one page: room for ~70 records, so the ring-full test is quick
+    with scratch_nf(cls, tag, cfg, max_flows=4096, defines={"NFX_STATELET_RING_PAGES": 1}) as inst:
+        inst.cfg = cfg
         inst.reader = S.StateletReader(inst)
-        yield inst
-    finally:
-        if inst is not None:
+        try:
+            yield inst
+        finally:
             inst.reader.close()
-            cls.destroy(inst.wiring, pd)
-        s.close()
 
 
 @pytest.fixture(scope="module")
