@@ -18,7 +18,7 @@ from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
 from tests.netns.tbutil import running_testbed
 
-FLOWS, RATE, DURATION, AT = 1000, 50000, 2.0, 0.8
+FLOWS, RATE, DURATION, AT = 1000, 50000, 1.5, 0.8
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_partial_filter_there_and_back(tb):
     """A filter that is not 'all': the NAT's return traffic is steered by exact rules on its
     public tuples; moving back repoints them (no rule ids leak)."""
     name = tb["name"]
-    for src, dst in (("nf0", "nf1"), ("nf1", "nf0"), ("nf0", "nf1"), ("nf1", "nf0")):
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
         m, r = move_under_traffic(name, src, dst, "lf", "dist")
         assert (r["lost"], r["duplicated"]) == (0, 0)
     for src, dst in (("nf0", "nf1"), ("nf1", "nf0"), ("nf0", "nf1"), ("nf1", "nf0")):

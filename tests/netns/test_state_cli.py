@@ -1,10 +1,12 @@
 """nfx state export|import|dump|diff and nfx nf start|stop|list end to end (subprocesses, --json),
 with their error paths: another layout, not a state file, an unknown instance, a dead agent."""
 import os
+import time
 
 import pytest
 
 from nfx.agent import lifecycle
+from nfx.agent.client import AgentClient
 from nfx.state import ops, wire
 from nfx.testbed import builder, state
 from tests.netns.tbutil import nfx, nfx_json, running_testbed, unique_name
@@ -109,6 +111,33 @@ def test_nf_stop_start_list(tb, tmp_path):
     assert nfx_json("state", "dump", "--name", tb, "--instance", "nf1", "--scope", "all-flows")["tables"]
     log = state.load(tb)["nodes"]["nf1"]["agent"]["log"]
     assert "listening on" in open(log).read()
+
+
+def _host_counts(name: str, instance: str) -> dict[int, int]:
+    """nat_hosts: mappings per inside address, as the NAT's quota reads them."""
+    n, keys, vals = builder.instance(name, instance).maps["nat_hosts"].export()
+    return {int(keys[i]): int(vals[i]) for i in range(n) if vals[i]}
+
+
+def _settled(name, instance, want, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while (got := _host_counts(name, instance)) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+def test_quota_counts_follow_put_and_delete(tb):
+    """The NAT's per-host counts follow state transfer: mappings put into an instance count
+    against their hosts there; deleted ones stop counting. (Deletes nf0's state: keep it last.)"""
+    before = _host_counts(tb, "nf0")
+    assert list(before.values()) == [300], before          # one inside host, a mapping per flow
+    with AgentClient(tb, "nf0") as src, AgentClient(tb, "nf1") as dst:
+        dst.delete()
+        assert _settled(tb, "nf1", {}) == {}
+        assert dst.put(src.get())["failed"] == []
+        assert _settled(tb, "nf1", before) == before      # moved-in mappings count at nf1
+        src.delete()
+        assert _settled(tb, "nf0", {}) == {}              # deleted ones no longer count at nf0
 
 
 def test_down_ends_every_agent():
