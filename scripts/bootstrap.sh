@@ -57,8 +57,10 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   refresh_lists
   log "installing: ${missing[*]}"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-    fail "apt-get install ${missing[*]}" "run 'apt-get install ${missing[*]}' to see apt's message, fix it, rerun"
+  mkdir -p /run/nfx
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/run/nfx/apt.log 2>&1 ||
+    { tail -n 20 /run/nfx/apt.log >&2
+      fail "apt-get install ${missing[*]}" "apt's whole output is in /run/nfx/apt.log"; }
 fi
 
 if [ ! -e "$build/include" ]; then
