@@ -248,7 +248,7 @@ static __always_inline int sw_ibc_expected(struct __sk_buff *skb, __u8 proto, __
  * gate checks that epoch against the move once more. Returns 1: consumed (a trigger), -1:
  * forged (drop), 0: an ordinary packet or the controller's IBC. */
 static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8 proto, __u32 l4_off,
-                                       __u32 roles)
+                                       __u32 in_port)
 {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
@@ -256,6 +256,10 @@ static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8
     if ((void *)(ip + 1) > end)
         return 0;
     __u8 tos = ip->tos;
+    if (tos != NFX_TOS_FIRE && tos != NFX_TOS_IBC)
+        return 0;                   /* every ordinary packet: no port lookup */
+    __u32 *role = sw_ports.lookup(&in_port);
+    __u32 roles = role ? *role : 0;
     if (tos == NFX_TOS_FIRE) {
         if (!(roles & NFX_SW_PORT_NF))
             return -1;
@@ -282,8 +286,7 @@ int nfx_switch(struct __sk_buff *skb)
 
     int act = TC_ACT_SHOT;
     if (ip_ok) {
-        __u32 *role = sw_ports.lookup(&in_port);
-        int res = sw_reserved(skb, reason, k.proto, l4_off, role ? *role : 0);
+        int res = sw_reserved(skb, reason, k.proto, l4_off, in_port);
         if (res < 0)
             nfx_count(NFX_R_FORGED);
         if (res)

@@ -23,13 +23,17 @@ def settle(sink: Sink, expected: int, timeout_s: float = 0.5, poll_s: float = 0.
 
 
 def measure(gen: Generator, sink: Sink, rate_pps: float | None, duration_s: float,
-            settle_s: float = 0.5, progress=None) -> dict:
+            settle_s: float = 0.5, progress=None, before_read=None) -> dict:
     """Send for `duration_s` at `rate_pps` (None: flat out) and return the generator's and the
     sink's view merged: sent, received, lost, duplicated, reordered, unexpected, out_of_window,
-    exact, clean (see nfx.traffic.sink), latency, achieved pps."""
+    exact, clean (see nfx.traffic.sink), latency, achieved pps. `before_read`, if given, runs
+    between the last send and the drain: e.g. waiting for a move to end, so that packets it
+    still holds when the traffic stops are judged once released, not counted lost."""
     sink.reset()
     gen.reset()
     g = gen.run(rate_pps, duration_s, progress=progress)
+    if before_read is not None:
+        before_read()
     waited = settle(sink, g["sent"], settle_s)
     s = sink.read(g["per_flow"])
     out = {k: v for k, v in g.items() if k != "per_flow"}

@@ -233,15 +233,17 @@ def test_forged_ibcs_during_an_op_move_change_nothing(tb, mechanism):
     for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
         si = switch(tb)
         sw0 = si.stats().get("r_forged", 0)
-        out = {}
+        out, moved = {}, threading.Event()
         with rig(name, FLOWS) as (gen, sink), Forger(tb) as f:
-            t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, RATE, DURATION, 1.0)))
+            t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, RATE, DURATION, 1.0,
+                                                                            before_read=lambda: moved.wait(60))))
             t.start()
             time.sleep(AT)
             try:
                 m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "guarantee": "op",
                                                             "mechanism": mechanism})
             finally:
+                moved.set()
                 t.join()
         r = out["r"]
         forged = si.stats().get("r_forged", 0) - sw0

@@ -36,15 +36,19 @@ def per_flow(name, inst) -> dict[int, int]:
 
 def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOWS, rate=RATE, duration=DURATION,
                        **extra):
-    out = {}
+    out, moved = {}, threading.Event()
     with rig(name, flows) as (gen, sink):
-        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0)))
+        # the sink is read once the move has ended: what it still held when the traffic stopped
+        # is judged after its release (a slow move on a loaded machine outlasts the traffic)
+        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0,
+                                                                        before_read=lambda: moved.wait(60))))
         t.start()
         time.sleep(AT)
         try:
             m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "guarantee": guarantee,
                                                         "mechanism": mechanism, "opts": opts, **extra})
         finally:
+            moved.set()
             t.join()
     return m, out["r"]
 

@@ -63,12 +63,15 @@ def test_op_filter_matching_nothing_under_traffic(tb, mechanism):
         measure(gen, sink, 20000, 0.5, 1.0)            # every flow gets its state on nf0
         home = "nf0" if held(name, "nf0") == FLOWS else "nf1"
         other = "nf1" if home == "nf0" else "nf0"
-        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, RATE, 1.5, 1.0)))
+        moved = threading.Event()
+        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, RATE, 1.5, 1.0,
+                                                                        before_read=lambda: moved.wait(60))))
         t.start()
         time.sleep(0.5)
         try:
             m = move(name, home, other, mechanism=mechanism, filter="proto=udp sport=7")
         finally:
+            moved.set()
             t.join()
     r = out["r"]
     assert m["flows"] == 0, m
