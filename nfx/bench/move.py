@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import BadInput, NfxError
+from ..traffic.report import measure
 
 MECHANISMS = ("opennf", "dist")
 GUARANTEES = ("ng", "lf", "op")
@@ -249,7 +250,6 @@ class Bed:
 
     def touch(self, gen, sink, flows: int) -> dict:
         """One packet per flow, through wherever the switches send it (nf0 between cells)."""
-        from ..traffic.report import measure
         rate = min(WARM_PPS, max(flows * 10, 1000))
         return measure(gen, sink, rate, (flows + 0.5) / rate, settle_s=0.5)
 
@@ -285,7 +285,6 @@ class Bed:
 # ---- one run ------------------------------------------------------------------------------------
 def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeout: float = 30.0,
              split_ser: bool = False) -> dict:
-    from ..traffic.report import settle
     flows, rate = cell["flows"], cell["rate_pps"]
     bed.home(gen, sink, flows)
     ref = bed.touch(gen, sink, flows)
@@ -294,12 +293,11 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     row["loadavg"] = round(os.getloadavg()[0], 2)
     err = None
     d0 = bed.drops()
-    # measure() split in two: the sink is read only once the move has returned, so packets a
-    # move still held when the traffic stopped count as late, not lost
-    sink.reset()
-    gen.reset()
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("g", gen.run(rate, duration)))
+    # the sink is read only once the move has returned, so packets a move still held when the
+    # traffic stopped count as late, not lost
+    out, moved = {}, threading.Event()
+    t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0,
+                                                                    before_read=lambda: moved.wait(timeout * 4))))
     t0 = time.perf_counter()
     t.start()
     time.sleep(at)
@@ -310,14 +308,13 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
                      cell.get("ctrl_rate_mbit", 0.0), (cell.get("data_delay_ms", 0.0), cell.get("data_rate_mbit", 0.0)))
     except NfxError as e:
         err = str(e)
-    row["move_end_s"] = round(time.perf_counter() - t0, 4)
-    t.join()
-    g = out.get("g")
-    if g is None:
+    finally:
+        row["move_end_s"] = round(time.perf_counter() - t0, 4)
+        moved.set()
+        t.join()
+    r = out.get("r")
+    if r is None:
         raise NfxError("the traffic run did not finish")
-    settle(sink, g["sent"], 1.0)
-    r = sink.read(g["per_flow"])
-    r["elapsed_s"], r["pps"] = g["elapsed_s"], g["pps"]
     row["traffic_s"] = round(r["elapsed_s"], 4)
     row["nf_drops"] = " ".join(f"{i}:{k}={v}" for i, d in bed.drops(d0).items() for k, v in sorted(d.items()))
     row["move_inside_traffic"] = row["move_end_s"] <= r["elapsed_s"] + 0.05
