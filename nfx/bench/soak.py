@@ -119,12 +119,12 @@ def _keep_logs(name: str, progress) -> list[str]:
     """A move failed: keep the agents' and the controller's logs (the testbed's go with it)."""
     import shutil
     from ..agent import lifecycle
-    from ..paths import RUN_DIR
+    from ..control import lifecycle as controller
     keep = []
     dest = bm.default_csv().parent
     dest.mkdir(parents=True, exist_ok=True)
     for src, tag in [(lifecycle.log_path(name, i), i) for i in ("nf0", "nf1")] + \
-            [(RUN_DIR / f"controller-{name}.log", "controller")]:
+            [(controller.log_path(name), "controller")]:
         if src.exists():
             to = dest / f"soak-{name}-{tag}.log"
             shutil.copy(src, to)

@@ -4,8 +4,8 @@ import logging
 import os
 import sys
 
-from ..paths import RUN_DIR
 from .controller import serve
+from .lifecycle import log_path
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     ap.add_argument("--ctrl-rate-mbit", type=float, default=0.0)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        filename=str(RUN_DIR / f"controller-{a.testbed}.log"))
+                        filename=str(log_path(a.testbed)))
 
     def ready(port):
         # the port on stdout, one line, is how `nfx controller start` learns it

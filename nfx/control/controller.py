@@ -19,11 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ..errors import BadInput, NfxError, Refused
 from ..migrate import mechanisms as M
 from ..migrate.remote import Remote
-from ..paths import RUN_DIR
 from ..state.filter import parse
 from ..state.tables import parse_scopes
 from ..testbed import state
 from . import link
+from .lifecycle import moves_path
 from .steer import Steering
 
 log = logging.getLogger("nfx.controller")
@@ -118,7 +118,7 @@ RULE_BYTES = 128       # an OpenFlow flow-mod or packet-out, about
 
 
 def log_file(testbed: str):
-    return RUN_DIR / f"moves-{testbed}.jsonl"
+    return moves_path(testbed)
 
 
 class Controller:

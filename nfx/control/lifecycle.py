@@ -9,7 +9,18 @@ import urllib.error
 import urllib.request
 
 from ..errors import NfxError, NotFound, Timeout
+from ..paths import RUN_DIR
 from ..testbed import state
+
+
+def log_path(testbed: str):
+    """The controller process's log."""
+    return RUN_DIR / f"controller-{testbed}.log"
+
+
+def moves_path(testbed: str):
+    """The move log: one JSON line per move."""
+    return RUN_DIR / f"moves-{testbed}.jsonl"
 
 
 def _alive(pid: int | None) -> bool:
@@ -37,10 +48,16 @@ def start(name: str, ctrl_delay_ms: float = 0.0, rec=None, ctrl_rate_mbit: float
     line = p.stdout.readline().strip()
     if not line.isdigit():
         p.kill()
-        raise NfxError(f"the controller for {name} did not start (see /run/nfx/controller-{name}.log)")
+        raise NfxError(f"the controller for {name} did not start (see {log_path(name)})")
     rec["controller"]["port"] = int(line)
     rec.save()
     return rec["controller"]
+
+
+def remove_logs(name: str) -> None:
+    """For testbed down: the controller's log and the move log go with the testbed."""
+    for p in (log_path(name), moves_path(name)):
+        p.unlink(missing_ok=True)
 
 
 def stop(name: str, rec=None) -> bool:

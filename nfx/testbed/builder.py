@@ -275,6 +275,7 @@ def down(name: str) -> dict:
     removed["controller"] = controller.stop(name, rec)
     from ..agent import lifecycle
     removed["agents"] = lifecycle.stop_all(name, rec)
+    controller.remove_logs(name)
     for nf in created.get("nf", []):
         pin.unpin(state.pin_root(name) / nf)
         removed["pins"] += 1

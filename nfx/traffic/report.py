@@ -5,19 +5,21 @@ from .gen import Generator
 from .sink import Sink
 
 
-def settle(sink: Sink, expected: int, timeout_s: float = 0.5, poll_s: float = 0.02) -> float:
-    """Wait until the sink has `expected` packets or its count stops moving for two polls
-    (frames still in veth rings or a softirq backlog arrive a little after the last send)."""
+def settle(sink: Sink, expected: int, timeout_s: float = 0.5, poll_s: float = 0.02, quiet_s: float = 0.25) -> float:
+    """Wait until the sink has `expected` packets, or its count has not moved for `quiet_s`
+    (frames still in veth rings or a softirq backlog arrive after the last send; on a loaded
+    machine ksoftirqd can sit on them for tens of ms, so a short lull is not the end)."""
     t0 = time.perf_counter()
-    last, still = -1, 0
-    while time.perf_counter() - t0 < timeout_s:
+    last, since = -1, t0
+    while True:
+        now = time.perf_counter()
         n = sink.received_total()
-        if n >= expected:
+        if n >= expected or now - t0 >= timeout_s:
             break
-        still = still + 1 if n == last else 0
-        if still >= 2:
+        if n != last:
+            last, since = n, now
+        elif now - since >= quiet_s:
             break
-        last = n
         time.sleep(poll_s)
     return time.perf_counter() - t0
 

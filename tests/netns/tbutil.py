@@ -53,3 +53,61 @@ def nfx_json(*args: str, timeout: float = 120) -> dict:
     r = nfx(*args, "--json", timeout=timeout)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def path_errors(name: str) -> dict:
+    """Where packets may have gone, for a failed test's message: every nonzero drop or error
+    counter of every interface of the testbed (ethtool -S, cumulative since the testbed came up;
+    a veth counts a full peer ring as xdp_xmit_errors) and each NF instance's reason counters."""
+    out = {}
+    rec = state.load(name)
+    for node, info in rec.get("nodes", {}).items():
+        ns = info.get("ns")
+        if not ns:
+            continue
+        links = json.loads(sh(ns, "ip", "-j", "link", check=False).stdout or "[]")
+        for link in links:
+            stats = sh(ns, "ethtool", "-S", link["ifname"], check=False).stdout
+            for line in stats.splitlines():
+                key, _, val = line.rpartition(":")
+                key = key.strip()
+                if ("drop" in key or "err" in key) and val.strip().isdigit() and int(val) and \
+                        not key.endswith("xdp_drops"):        # XDP_DROP verdicts: the NFs' and the sink's own
+                    out[f"{node}/{link['ifname']}:{key}"] = int(val)
+        if info.get("role") == "nf":
+            try:
+                st = builder.instance(name, node).stats()
+                out[f"{node}/reasons"] = {k: v for k, v in st.items() if v}
+            except Exception as e:        # the message must not hide the failure it explains
+                out[f"{node}/reasons"] = f"unreadable: {e}"
+    return out
+
+
+class Rigs:
+    """Generators and sinks kept open for a test module: opening one compiles two programs
+    (~2.4 s), and a module of moves would pay that on every move. One rig per testbed (the
+    sink replaces the stub on the receiving host); asking for another flow count replaces it."""
+
+    def __init__(self):
+        self.open: dict[str, tuple] = {}
+
+    def get(self, name: str, flows: int):
+        cur = self.open.get(name)
+        if cur and cur[0] != flows:
+            self.drop(name)
+            cur = None
+        if cur is None:
+            from nfx.traffic.rig import rig
+            cm = rig(name, flows)
+            gen, sink = cm.__enter__()
+            self.open[name] = cur = (flows, cm, gen, sink)
+        return cur[2], cur[3]
+
+    def drop(self, name: str) -> None:
+        cur = self.open.pop(name, None)
+        if cur:
+            cur[1].__exit__(None, None, None)
+
+    def close(self) -> None:
+        for name in list(self.open):
+            self.drop(name)

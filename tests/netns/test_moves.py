@@ -15,19 +15,23 @@ from nfx.agent import lifecycle as agents
 from nfx.control import lifecycle as controller
 from nfx.testbed import builder
 from nfx.traffic.report import measure
-from nfx.traffic.rig import rig
-from tests.netns.tbutil import running_testbed
+from tests.netns.tbutil import Rigs, path_errors, running_testbed
 
 FLOWS, RATE, DURATION, AT = 1000, 50000, 1.5, 0.8
+
+
+RIGS = Rigs()
 
 
 @pytest.fixture(scope="module")
 def tb():
     with running_testbed("sharp", "nat", instances=2) as rec:
-        # give every flow its state on nf0 first
-        with rig(rec["name"], FLOWS) as (gen, sink):
-            measure(gen, sink, 20000, 0.5, 1.0)
-        yield rec
+        try:
+            # give every flow its state on nf0 first
+            measure(*RIGS.get(rec["name"], FLOWS), 20000, 0.5, 1.0)
+            yield rec
+        finally:
+            RIGS.close()
 
 
 def per_flow(name, inst) -> dict[int, int]:
@@ -37,20 +41,27 @@ def per_flow(name, inst) -> dict[int, int]:
 def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOWS, rate=RATE, duration=DURATION,
                        **extra):
     out, moved = {}, threading.Event()
-    with rig(name, flows) as (gen, sink):
-        # the sink is read once the move has ended: what it still held when the traffic stopped
-        # is judged after its release (a slow move on a loaded machine outlasts the traffic)
-        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0,
-                                                                        before_read=lambda: moved.wait(60))))
-        t.start()
-        time.sleep(AT)
-        try:
-            m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "guarantee": guarantee,
-                                                        "mechanism": mechanism, "opts": opts, **extra})
-        finally:
-            moved.set()
-            t.join()
-    return m, out["r"]
+    gen, sink = RIGS.get(name, flows)
+    # the sink is read once the move has ended: what it still held when the traffic stopped
+    # is judged after its release (a slow move on a loaded machine outlasts the traffic)
+    t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0,
+                                                                    before_read=lambda: moved.wait(60))))
+    t.start()
+    time.sleep(AT)
+    try:
+        m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "guarantee": guarantee,
+                                                    "mechanism": mechanism, "opts": opts, **extra})
+    finally:
+        moved.set()
+        t.join()
+    r = out["r"]
+    if guarantee != "ng" and (r["lost"] or r["duplicated"] or r["unexpected"]):
+        # for the failure message: packets that arrived after the read, and the path's counters
+        time.sleep(1.0)
+        r["received_1s_later"] = sink.received_total()
+        r["path_errors"] = path_errors(name)
+        print("move with a loss:", json.dumps({"move": m, "result": r}, default=str))   # shown on failure
+    return m, r
 
 
 CASES = [(m, g, o) for m in ("dist", "opennf") for g in ("ng", "lf", "op") for o in ("", "pz,ll,er")
@@ -199,17 +210,17 @@ def test_destination_dies_half_way_rolls_back(tb, opts, data_delay_ms):
                                                     "data_delay_ms": data_delay_ms})
         except Exception as e:
             err["e"] = e
-    with rig(name, FLOWS) as (gen, sink):
-        out = {}
-        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, 20000, 3.0, 1.0)))
-        t.start()
-        time.sleep(0.5)
-        mv = threading.Thread(target=slow_move)
-        mv.start()
-        time.sleep(0.25)
-        os.kill(pid, signal.SIGKILL)
-        mv.join()
-        t.join()
+    gen, sink = RIGS.get(name, FLOWS)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, 20000, 3.0, 1.0)))
+    t.start()
+    time.sleep(0.5)
+    mv = threading.Thread(target=slow_move)
+    mv.start()
+    time.sleep(0.25)
+    os.kill(pid, signal.SIGKILL)
+    mv.join()
+    t.join()
     agents.start(__import__("nfx.testbed.state", fromlist=["load"]).load(name), ["nf1"])
     assert "e" in err and "rolled back" in str(err["e"])
     r = out["r"]
@@ -221,23 +232,34 @@ def test_destination_dies_half_way_rolls_back(tb, opts, data_delay_ms):
     no_armed_rules(name)
 
 
-@pytest.mark.parametrize("mechanism", ["dist", "opennf"])
-def test_ids_counters_equal_a_single_instance(mechanism):
-    """IDS per-flow and per-host counters after a loss-free move: what one instance that saw all
-    the traffic would hold."""
+@pytest.fixture(scope="module")
+def ids_tb():
+    """An IDS testbed whose 200 flows have their state on nf0, and how many packets it has seen."""
     with running_testbed("sharp", "ids", instances=2) as rec:
-        name = rec["name"]
-        with rig(name, 200) as (gen, sink):
-            warm = measure(gen, sink, 10000, 0.5, 1.0)
-        m, r = move_under_traffic(name, "nf0", "nf1", "lf", mechanism, flows=200, rate=20000, duration=1.5)
-        assert (r["lost"], r["duplicated"]) == (0, 0)
-        ids1 = builder.instance(name, "nf1")
-        flows = {f["sport"]: f["pkts"] for f in ids1.flows() if f["dport"] == 9000}
-        assert len(flows) == 200 and builder.instance(name, "nf0").flows() == []
-        total = warm["sent"] + r["sent"]
-        assert sum(flows.values()) == total
-        [host] = [h for h in ids1.hosts() if h["addr"] == "10.0.1.2"]
-        assert host["pkts"] == total and host["flows"] == 200
+        try:
+            warm = measure(*RIGS.get(rec["name"], 200), 10000, 0.5, 1.0)
+            yield {"name": rec["name"], "at": "nf0", "seen": warm["sent"]}
+        finally:
+            RIGS.drop(rec["name"])
+
+
+@pytest.mark.parametrize("mechanism", ["dist", "opennf"])
+def test_ids_counters_equal_a_single_instance(ids_tb, mechanism):
+    """IDS per-flow and per-host counters after a loss-free move: what one instance that saw all
+    the traffic would hold (the flows move on from wherever the previous case left them)."""
+    name, src = ids_tb["name"], ids_tb["at"]
+    dst = "nf1" if src == "nf0" else "nf0"
+    m, r = move_under_traffic(name, src, dst, "lf", mechanism, flows=200, rate=20000, duration=1.5)
+    assert (r["lost"], r["duplicated"]) == (0, 0)
+    ids_tb["at"] = dst
+    ids_tb["seen"] += r["sent"]
+    ids = builder.instance(name, dst)
+    flows = {f["sport"]: f["pkts"] for f in ids.flows() if f["dport"] == 9000}
+    assert len(flows) == 200 and builder.instance(name, src).flows() == []
+    total = ids_tb["seen"]
+    assert sum(flows.values()) == total
+    [host] = [h for h in ids.hosts() if h["addr"] == "10.0.1.2"]
+    assert host["pkts"] == total and host["flows"] == 200
 
 
 def test_partial_filter_there_and_back(tb):
