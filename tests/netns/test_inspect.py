@@ -14,6 +14,7 @@ from nfx.agent.client import AgentClient
 from nfx.migrate import dataplane
 from nfx.testbed import builder, state
 from nfx.traffic import rig
+from nfx.traffic.report import measure
 from tests.netns.tbutil import nfx, py, running_testbed
 
 SIG_SEND = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
@@ -86,14 +87,16 @@ def test_statelets_only_of_matching_flows(nat):
         a.delete(scopes=("per-flow", "multi-flow"), filter=flt)
     dataplane.set_filter(nf, 0, "all", L.Action.STATELET)
     try:
-        p = subprocess.Popen([sys.executable, "-m", "nfx", "inspect", "--name", name, "-I", "nf0", "--json",
-                              "--duration", "4", "--streams", "statelets", "--flow", flt],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = json.loads(p.stdout.readline())
-        assert first["stream"] == "subscribed" and first["streams"] == ["statelets"]
-        with Traffic(name, 100, 20_000, 2.0):
-            pass
-        rest, err = p.communicate(timeout=30)
+        # the generator and sink are compiled before the inspector's 4 s begin: on a loaded
+        # machine compiling them took longer than the whole watch
+        with rig.rig(name, 100) as (gen, sink):
+            p = subprocess.Popen([sys.executable, "-m", "nfx", "inspect", "--name", name, "-I", "nf0", "--json",
+                                  "--duration", "4", "--streams", "statelets", "--flow", flt],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            first = json.loads(p.stdout.readline())
+            assert first["stream"] == "subscribed" and first["streams"] == ["statelets"]
+            measure(gen, sink, 20_000, 2.0)
+            rest, err = p.communicate(timeout=30)
         assert p.returncode == 0, err
     finally:
         dataplane.clear_filter(nf, 0)
