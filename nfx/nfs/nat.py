@@ -31,6 +31,17 @@ def parse_pool(pool: str) -> tuple[int, int]:
         raise BadInput(f"bad NAT pool {pool!r}: use A.B.C.D-A.B.C.E or a prefix") from None
 
 
+def pool_hash(h):
+    """nat_alloc's paired-pooling hash of an inside address (host order), in u32 arithmetic: the
+    host leaves by pool address pool_hash(h) % pool_count. `h` an int, or a numpy array (worked
+    in uint64, so the product does not wrap early)."""
+    if hasattr(h, "astype"):
+        h = h.astype("u8")
+    h = h ^ (h >> 16)
+    h = (h * 0x45D9F3B) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
 @dataclass
 class NatConfig:
     inside: str = "10.0.1.0/24"
