@@ -58,7 +58,7 @@ class MapSet(Mapping):
         self._maps = maps
 
     @classmethod
-    def specs(cls) -> dict[str, MapSpec]:
+    def by_name(cls) -> dict[str, MapSpec]:
         """Every declared map, by name (the parent's first)."""
         out = {}
         for c in reversed(cls.__mro__):
@@ -67,7 +67,7 @@ class MapSet(Mapping):
 
     @classmethod
     def _missing(cls, have) -> None:
-        missing = [s.name for s in cls.specs().values() if not s.optional and not have(s.name)]
+        missing = [s.name for s in cls.by_name().values() if not s.optional and not have(s.name)]
         if missing:
             raise BpfError(f"{cls.__name__}: declared map{'s' if len(missing) > 1 else ''} missing: "
                            f"{', '.join(missing)}", hint="the program was built from other sources: "
@@ -96,7 +96,7 @@ class MapSet(Mapping):
     def _open(cls, one) -> "MapSet":
         maps = {}
         try:
-            for s in cls.specs().values():
+            for s in cls.by_name().values():
                 m = one(s)
                 if m is not None:
                     maps[s.name] = m

@@ -21,7 +21,7 @@ def _fake_pins(tmp_path, names):
 
 
 def test_missing_declared_pins_are_named(tmp_path):
-    specs = NAT_MAPS.specs()
+    specs = NAT_MAPS.by_name()
     gone = {"nfx_marks", "nat_rev"}
     _fake_pins(tmp_path, [n for n in specs if n not in gone])
     with pytest.raises(BpfError) as e:
@@ -33,7 +33,7 @@ def test_missing_declared_pins_are_named(tmp_path):
 
 
 def test_optional_maps_may_be_absent_but_are_declared(tmp_path):
-    specs = NAT_MAPS.specs()
+    specs = NAT_MAPS.by_name()
     assert specs["nat_hosts"].optional and specs["nfx_statelets"].optional
     required = [n for n, s in specs.items() if not s.optional]
     _fake_pins(tmp_path, required[1:])
@@ -42,9 +42,9 @@ def test_optional_maps_may_be_absent_but_are_declared(tmp_path):
 
 
 def test_a_program_declares_the_gate_maps_once_and_its_own():
-    nat, ids = NAT_MAPS.specs(), IDS_MAPS.specs()
-    for name in GATE_MAPS.specs():
-        assert nat[name] is GATE_MAPS.specs()[name] is ids[name]
+    nat, ids = NAT_MAPS.by_name(), IDS_MAPS.by_name()
+    for name in GATE_MAPS.by_name():
+        assert nat[name] is GATE_MAPS.by_name()[name] is ids[name]
     assert "nat_fwd" in nat and "nat_fwd" not in ids and "ids_flows" in ids
     assert NAT_MAPS.nat_fwd.value is L.NatEntry and L.NatEntryV2 in NAT_MAPS.nat_fwd.alt_values
 
@@ -52,7 +52,7 @@ def test_a_program_declares_the_gate_maps_once_and_its_own():
 def test_state_tables_come_from_the_specs():
     for kind, maps in (("nat", NAT_MAPS), ("ids", IDS_MAPS)):
         for t in tables(kind):
-            assert t.spec is maps.specs()[t.name]
+            assert t.spec is maps.by_name()[t.name]
             assert (t.key, t.value) == (t.spec.key, t.spec.value)
 
 
