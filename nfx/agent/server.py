@@ -23,6 +23,7 @@ import numpy as np
 from .. import layout as L
 from ..errors import BadInput, NfxError, NotFound, Refused
 from ..flows import be_to_ip, key_fields, make_key, reverse
+from ..gate import Gate, check_ports
 from ..loader import netns
 from ..state import filter as F, ops, wire
 from ..state.tables import parse_scopes, tables
@@ -614,28 +615,13 @@ class Agent(MoveOps):
         tag = _int(req, "tag", 0, 0, 0xFFFFFFFF)
         epoch = _int(req, "epoch", 0, 0, 0xFFFFFFFF)
         keys = self._flow_keys(req)
-        n = len(keys)
         with self.lock:
-            if n:
-                arr = self._keys_array(keys)
-                # set_mark raises the gate's flag before the first mark exists
-                self.nf.set_mark(arr[0], action, peer)
-                vals = (L.Mark * n)()
-                for i in range(n):
-                    vals[i].action, vals[i].peer, vals[i].tag, vals[i].epoch = action, peer, tag, epoch
-                self.nf.maps["nfx_marks"].update_batch(arr, vals, n)
-        return {"marked": n, "action": ACTION_NAMES[action]}
+            Gate(self.nf).mark(self._keys_array(keys), action, epoch=epoch, peer=peer, tag=tag)
+        return {"marked": len(keys), "action": ACTION_NAMES[action]}
 
     def op_unmark(self, sock, r, req) -> dict:
-        m = self.nf.maps["nfx_marks"]
         with self.lock:
-            if req.get("all"):
-                return {"unmarked": m.clear()}
-            want = {bytes(k) for k in self._flow_keys(req)}
-            n, keys, _ = m.export()
-            have = [keys[i] for i in range(n) if bytes(keys[i]) in want]
-            arr = (L.FlowKey * len(have))(*have)
-            done = m.delete_batch(arr, len(have)) if have else 0
+            done = Gate(self.nf).unmark(None if req.get("all") else self._keys_array(self._flow_keys(req)))
         return {"unmarked": done}
 
     def op_marks(self, sock, r, req) -> dict:
@@ -665,26 +651,16 @@ class Agent(MoveOps):
             raise BadInput(f"filter needs 'slot' (0..{L.MAX_FILTERS - 1})")
         if req.get("clear"):
             with self.lock:
-                self.nf.set_filter(slot, L.Filter())
+                Gate(self.nf).clear_filter(slot)
             return {"slot": slot, "cleared": True}
         flt = _filter(req)
-        ports = {}
-        for name in ("sport", "dport"):
-            lo, hi = getattr(flt, name)
-            if (lo, hi) == (0, 65535):
-                ports[name] = 0
-            elif lo == hi:
-                ports[name] = socket.htons(lo)
-            else:
-                raise BadInput(f"gate filters match one {name} or any, not the range {lo}-{hi}")
+        check_ports(flt)          # refused before anything changes
         action = action_num(req.get("action", "process"))
-        flags = L.FILTER_USED | (L.FILTER_BIDIR if req.get("bidir", True) else 0)
-        f = L.Filter(saddr=flt.src[0], smask=flt.src[1], daddr=flt.dst[0], dmask=flt.dst[1],
-                     sport=ports["sport"], dport=ports["dport"], proto=flt.proto, action=action, flags=flags,
-                     peer=_int(req, "peer", 0, 0, 0xFFFFFFFF), tag=_int(req, "tag", 0, 0, 0xFFFFFFFF))
+        bidir = bool(req.get("bidir", True))
+        peer, tag = _int(req, "peer", 0, 0, 0xFFFFFFFF), _int(req, "tag", 0, 0, 0xFFFFFFFF)
         with self.lock:
-            self.nf.set_filter(slot, f)
-        return {"slot": slot, "filter": flt.text, "action": ACTION_NAMES[action], "bidir": bool(flags & L.FILTER_BIDIR)}
+            Gate(self.nf).set_filter(slot, flt, action, peer=peer, tag=tag, bidir=bidir)
+        return {"slot": slot, "filter": flt.text, "action": ACTION_NAMES[action], "bidir": bidir}
 
     # ---- events ----
     def _hub(self, st: streams.Stream) -> streams.Hub:

@@ -4,7 +4,7 @@ A source has `poll(timeout_ms) -> list[dict]` and, optionally, `close()`. Source
 (a ringbuf: every record goes to one reader) are `exclusive`: the agent runs one of them per
 stream, only while somebody subscribes, and fans its events out to every subscriber. Others are
 made per subscriber. Plug in more with `register(name, factory, exclusive=...)`; a factory that
-raises (NotFound, ImportError, ...) makes the stream unavailable, with its message, to that
+raises (NotFound, ...) makes the stream unavailable, with its message, to that
 subscriber."""
 import dataclasses
 import logging
@@ -13,6 +13,8 @@ import threading
 import time
 
 from ..errors import NotFound
+from ..nfs.ids import AlertReader
+from ..state.statelets import StateletReader
 
 log = logging.getLogger("nfx.agent")
 
@@ -65,10 +67,9 @@ class StatsSource:
 # ---- IDS alerts: the ids_alerts ringbuf ---------------------------------------------------------
 class AlertSource:
     def __init__(self, nf, params: dict):
-        if nf.kind != "ids" or "ids_alerts" not in nf.maps:
+        if nf.kind != "ids" or nf.maps.ids_alerts is None:
             raise NotFound(f"instance {nf.instance} runs {nf.kind}: it has no alert ring")
-        from ..nfs.ids import AlertReader
-        self.reader = AlertReader(nf.maps["ids_alerts"].fd)
+        self.reader = AlertReader(nf.maps.ids_alerts.fd)
 
     def poll(self, timeout_ms: int = 0) -> list[dict]:
         return [dataclasses.asdict(a) for a in self.reader.poll(timeout_ms)]
@@ -77,18 +78,9 @@ class AlertSource:
         self.reader.close()
 
 
-# ---- statelets: nfx/state/statelets.py's reader, when it exists ---------------------------------
-def _statelets(nf, params: dict):
-    try:
-        from ..state.statelets import StateletReader   # written separately; optional here
-    except ImportError as e:
-        raise NotFound(f"statelets are not available in this nfx ({e})") from None
-    return StateletReader(nf)
-
-
 register("stats", lambda nf, p: StatsSource(nf, p), exclusive=False)
 register("alerts", lambda nf, p: AlertSource(nf, p), exclusive=True)
-register("statelets", _statelets, exclusive=True)
+register("statelets", lambda nf, p: StateletReader(nf), exclusive=True)
 
 
 # ---- fan-out for exclusive sources --------------------------------------------------------------

@@ -26,19 +26,22 @@ from .. import layout as L
 from ..errors import AlreadyExists, BadInput, BpfError, NotFound
 from ..loader import attach, bpfsys, netns, pin
 from ..loader.compile import compile_source, load
+from ..loader.maps import stats_dict
 from ..loader.ring import RingReader
-from ..loader.maps import Map
+from ..loader.spec import MapSet, MapSpec
 
-MAPS = {
-    "sw_exact": (L.FlowKey, L.u32),
-    "sw_wild": (L.u32, L.SwWild),
-    "sw_rules": (L.u32, L.SwRule),
-    "sw_counters": (L.u32, L.SwCounter),
-    "sw_fired": (L.u64, L.u64),
-    "sw_ports": (L.u32, L.u32),
-    "sw_cfg": (L.u32, L.SwCfg),
-    "nfx_stats": (L.u32, L.u64),
-}
+class SWITCH_MAPS(MapSet):
+    """The switch program's maps (bpf/switch.bpf.c); its scratch map is its own business."""
+    sw_exact = MapSpec("sw_exact", L.FlowKey, L.u32)
+    sw_wild = MapSpec("sw_wild", L.u32, L.SwWild)
+    sw_rules = MapSpec("sw_rules", L.u32, L.SwRule)
+    sw_counters = MapSpec("sw_counters", L.u32, L.SwCounter)
+    sw_fired = MapSpec("sw_fired", L.u64, L.u64)
+    sw_ports = MapSpec("sw_ports", L.u32, L.u32)
+    sw_cfg = MapSpec("sw_cfg", L.u32, L.SwCfg)
+    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
+
+
 RING = "sw_ctrl"
 PROTOS = {"icmp": socket.IPPROTO_ICMP, "tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
@@ -126,7 +129,7 @@ def _key_tuple(k: L.FlowKey) -> tuple:
 
 
 class Switch:
-    def __init__(self, name: str, ns: str | None, pin_dir: Path | None, maps: dict[str, Map],
+    def __init__(self, name: str, ns: str | None, pin_dir: Path | None, maps: SWITCH_MAPS,
                  ring_fd: int, bpf=None, fn=None, ports: list[str] | None = None):
         self.name = name
         self.ns = ns
@@ -145,8 +148,7 @@ class Switch:
         """Compile and load, attached nowhere and not pinned (BPF_PROG_TEST_RUN uses this)."""
         b = compile_source("switch", defines)
         fn = load(b, "nfx_switch", "tc")
-        maps = {n: Map(b[n].map_fd, k, v, name=n) for n, (k, v) in MAPS.items()}
-        return cls(name, ns, None, maps, b[RING].map_fd, bpf=b, fn=fn)
+        return cls(name, ns, None, SWITCH_MAPS.from_bcc(b), b[RING].map_fd, bpf=b, fn=fn)
 
     @classmethod
     def create(cls, name: str, ns: str, ports: list[str], pin_dir: Path,
@@ -181,8 +183,7 @@ class Switch:
         """Reopen a running switch from its pins (any process)."""
         if not (pin_dir / "sw_rules").exists():
             raise NotFound(f"switch {name!r} is not running (no pins at {pin_dir})")
-        maps = {n: Map.pinned(str(pin_dir / n), k, v) for n, (k, v) in MAPS.items()}
-        return cls(name, ns, pin_dir, maps, bpfsys.obj_get(str(pin_dir / RING)))
+        return cls(name, ns, pin_dir, SWITCH_MAPS.open_pinned(pin_dir), bpfsys.obj_get(str(pin_dir / RING)))
 
     @staticmethod
     def destroy(ns: str, ports: list[str], pin_dir: Path) -> None:
@@ -213,16 +214,16 @@ class Switch:
         """'host' (reserved marks dropped) or 'nf' (triggers taken) for one port."""
         if role not in self.ROLES:
             raise BadInput(f"unknown port role {role!r}: one of {', '.join(self.ROLES)}")
-        self.maps["sw_ports"].put(L.u32(self.ifindex(port)), L.u32(self.ROLES[role]))
+        self.maps.sw_ports.put(L.u32(self.ifindex(port)), L.u32(self.ROLES[role]))
 
     def port_roles(self) -> dict[Port, str]:
         names = {v: k for k, v in self.ROLES.items()}
-        n, keys, vals = self.maps["sw_ports"].export()
+        n, keys, vals = self.maps.sw_ports.export()
         return {self.port_name(keys[i]): names.get(vals[i], str(vals[i])) for i in range(n)}
 
     def expect_ibc(self, epoch: int) -> None:
         """The controller is about to send an IBC of `epoch` into a host-facing port (0: none)."""
-        self.maps["sw_cfg"].put(L.u32(0), L.SwCfg(ibc_epoch=epoch))
+        self.maps.sw_cfg.put(L.u32(0), L.SwCfg(ibc_epoch=epoch))
 
     # ---- rules ----
     def _encode(self, rule: Rule) -> L.SwRule:
@@ -260,7 +261,7 @@ class Switch:
                     drop=bool(r.actions & L.SW_DROP), token=r.token)
 
     def _used_rules(self) -> dict[int, L.SwRule]:
-        n, keys, vals = self.maps["sw_rules"].export()
+        n, keys, vals = self.maps.sw_rules.export()
         return {keys[i]: vals[i] for i in range(n) if vals[i].used}
 
     def _new_rule(self, rule: Rule) -> int:
@@ -270,35 +271,35 @@ class Switch:
         rid = next((i for i in range(1, L.SW_MAX_RULES) if i not in used), None)
         if rid is None:
             raise BadInput(f"switch {self.name}: all {L.SW_MAX_RULES - 1} rule ids are in use")
-        cm = self.maps["sw_counters"]
+        cm = self.maps.sw_counters
         cm.put(L.u32(rid), cm.Slot())
-        self.maps["sw_rules"].put(L.u32(rid), enc)
+        self.maps.sw_rules.put(L.u32(rid), enc)
         return rid
 
     def add_exact(self, key: L.FlowKey | tuple, rule: Rule) -> int:
         """key: a FlowKey (network order) or (src, dst, sport, dport, proto) in host order.
         A key that already has a rule is repointed in one update, and its old rule id freed."""
         k = key if isinstance(key, L.FlowKey) else flow_key(*key)
-        ex = self.maps["sw_exact"]
+        ex = self.maps.sw_exact
         prev = ex.get(k)
         rid = self._new_rule(rule)
         try:
             ex.put(k, L.u32(rid))
         except BpfError:
-            self.maps["sw_rules"].put(L.u32(rid), L.SwRule())
+            self.maps.sw_rules.put(L.u32(rid), L.SwRule())
             raise
         if prev is not None:        # exact rules are never shared, so the old id is free now
-            self.maps["sw_rules"].put(L.u32(prev.value), L.SwRule())
+            self.maps.sw_rules.put(L.u32(prev.value), L.SwRule())
         return rid
 
     def _wild_list(self) -> list[L.SwWild]:
-        n, _, vals = self.maps["sw_wild"].export()
+        n, _, vals = self.maps.sw_wild.export()
         return [L.SwWild.from_buffer_copy(vals[i]) for i in range(n) if vals[i].used]
 
     def _write_wild(self, old: list[L.SwWild], new: list[L.SwWild]) -> None:
         """Rewrite the slots so a running packet never misses an entry that is in both lists:
         growing, write from the end (an entry is briefly in two slots); shrinking, from the start."""
-        m = self.maps["sw_wild"]
+        m = self.maps.sw_wild
         order = range(len(new) - 1, -1, -1) if len(new) >= len(old) else range(len(new))
         for i in order:
             if i >= len(old) or bytes(old[i]) != bytes(new[i]):
@@ -324,19 +325,19 @@ class Switch:
 
     def remove(self, rule_id: int) -> None:
         """Unhook the rule (wildcard slot and exact entries), then free its id."""
-        r = self.maps["sw_rules"].get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None
+        r = self.maps.sw_rules.get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None
         if r is None or not r.used:
             raise NotFound(f"switch {self.name}: no rule {rule_id}")
         old = self._wild_list()
         new = [w for w in old if w.rule != rule_id]
         if len(new) != len(old):
             self._write_wild(old, new)
-        ex = self.maps["sw_exact"]
+        ex = self.maps.sw_exact
         n, keys, vals = ex.export()
         for i in range(n):
             if vals[i] == rule_id:
                 ex.delete(keys[i])
-        self.maps["sw_rules"].put(L.u32(rule_id), L.SwRule())
+        self.maps.sw_rules.put(L.u32(rule_id), L.SwRule())
 
     def rules(self) -> list[RuleInfo]:
         used = self._used_rules()
@@ -347,7 +348,7 @@ class Switch:
                       sport=socket.ntohs(w.sport), dport=socket.ntohs(w.dport), proto=w.proto)
             if w.rule in used:
                 out.append(RuleInfo(w.rule, "wild", self._decode(used.pop(w.rule)), m, w.prio))
-        n, keys, vals = self.maps["sw_exact"].export()
+        n, keys, vals = self.maps.sw_exact.export()
         for i in range(n):
             rid = vals[i]
             if rid in used:
@@ -359,18 +360,18 @@ class Switch:
     # ---- armed rules ----
     def fired(self, token: int) -> int | None:
         """When a trigger with `token` arrived (CLOCK_MONOTONIC ns), or None."""
-        v = self.maps["sw_fired"].get(L.u64(token))
+        v = self.maps.sw_fired.get(L.u64(token))
         return None if v is None else v.value
 
     def forget_token(self, token: int) -> None:
         """Drop a token once no rule is armed with it (the table is small)."""
-        self.maps["sw_fired"].delete(L.u64(token))
+        self.maps.sw_fired.delete(L.u64(token))
 
     def forget_unused_tokens(self) -> int:
         """Drop the fired tokens no rule is armed with (a controller that died mid-move leaves
         them); returns how many. For a new controller, before any move of its own."""
         armed = {r.token for r in self._used_rules().values() if r.token}
-        n, keys, _ = self.maps["sw_fired"].export()
+        n, keys, _ = self.maps.sw_fired.export()
         stale = [keys[i] for i in range(n) if keys[i] not in armed]
         for t in stale:
             self.forget_token(t)
@@ -380,7 +381,7 @@ class Switch:
     def counters(self) -> dict[int, tuple[int, int]]:
         """{rule id: (packets, bytes)} for every rule in use, summed over CPUs."""
         used = self._used_rules()
-        n, keys, vals = self.maps["sw_counters"].export()
+        n, keys, vals = self.maps.sw_counters.export()
         out = {}
         for i in range(n):
             rid = keys[i]
@@ -390,15 +391,13 @@ class Switch:
 
     def stats(self) -> dict[str, int]:
         """Verdict and reason counters summed over CPUs, by name; zeros left out."""
-        from ..nfs.base import stats_dict
-        return stats_dict(self.maps["nfx_stats"])
+        return stats_dict(self.maps.nfx_stats)
 
     def ctrl_reader(self) -> "CtrlReader":
         return CtrlReader(self.ring_fd, self.port_name)
 
     def close(self) -> None:
-        for m in self.maps.values():
-            m.close()
+        self.maps.close()
         if self.bpf is None and self.ring_fd >= 0:    # ours from obj_get, not BCC's
             os.close(self.ring_fd)
             self.ring_fd = -1

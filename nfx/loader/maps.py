@@ -5,6 +5,7 @@ import ctypes as ct
 import errno
 import os
 
+from .. import layout as L
 from ..errors import BpfError
 from . import bpfsys as sys_
 
@@ -171,3 +172,15 @@ class Map:
 def from_bcc(table, key_type, value_type) -> Map:
     """Wrap a BCC table (same fd, our mirror types)."""
     return Map(table.map_fd, key_type, value_type, name=table.name.decode() if isinstance(table.name, bytes) else table.name)
+
+
+def stats_dict(m: Map) -> dict[str, int]:
+    """A program's per-CPU verdict/reason counters (nfx_stats) summed, by name; zeros left out."""
+    n, keys, vals = m.export()
+    out = {}
+    names = {s.value: s.name.lower() for s in L.Stat}
+    for i in range(n):
+        total = sum(vals[i])
+        if total:
+            out[names.get(keys[i], f"stat_{keys[i]}")] = total
+    return out

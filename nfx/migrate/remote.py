@@ -190,7 +190,7 @@ class Remote:
         from .session import FILTER_SLOT
         dp.clear_filter(nf, FILTER_SLOT)
         dp.clear_marks(nf)
-        nf.maps["nfx_drain"].clear()
+        dp.Gate(nf).clear_drain()
         dp.reset_move(nf)
         self.session = None
 

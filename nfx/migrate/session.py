@@ -184,8 +184,7 @@ class MoveSession:
 
     def _early(self, keys: list) -> None:
         raw = {bytes(k) for k in keys}
-        n = len(keys)
-        self.nf.maps["nfx_drain"].update_batch((L.FlowKey * n)(*keys), (L.u32 * n)(*([1] * n)), n)
+        dp.Gate(self.nf).drain(keys)
         with self.rlock, self.lock:
             self.early_keys |= raw
         self._early_ready()
@@ -261,7 +260,7 @@ class MoveSession:
         # marks first: from here on nothing is held back, so what the ring holds is all there is
         if not keep_marks:
             dp.clear_marks(self.nf)
-        self.nf.maps["nfx_drain"].clear()
+        dp.Gate(self.nf).clear_drain()
         # an XDP run that read a mark just before it went may still be buffering: let it finish,
         # so the last read of the ring below has its packet
         time.sleep(SETTLE_S)

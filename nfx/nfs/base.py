@@ -2,33 +2,30 @@
 attach it, pin its maps under /sys/fs/bpf/nfx/<testbed>/<instance>/, reopen them from any
 process, and read its verdict/reason counters."""
 import ctypes as ct
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import layout as L
 from ..errors import BadInput, NotFound
+from ..gate import GATE_MAPS, Gate
 from ..loader import attach, netns, pin
 from ..loader.compile import compile_source, load
-from ..loader.maps import Map
+from ..loader.maps import stats_dict   # moved to the loader; still importable from here until the cleanup
 from ..loader.ring import RingStandIn
+from ..loader.spec import MapSpec
 
 log = logging.getLogger("nfx.nfs")
 
-# maps every NF program has (from nfx_nf.h / nfx_bpf.h)
-COMMON_MAPS = {
-    "nfx_marks": (L.FlowKey, L.Mark),
-    "nfx_filters": (L.u32, L.Filter),
-    "nfx_gate_cfg": (L.u32, L.GateCfg),
-    "nfx_move_cfg": (L.u32, L.MoveCfg),
-    "nfx_move_state": (L.u32, L.MoveState),
-    "nfx_release": (L.u32, L.ReleaseSlot),
-    "nfx_drain": (L.FlowKey, L.u32),
-    "nfx_port_cfg": (L.u32, L.PortCfg),
-    "nfx_stats": (L.u32, L.u64),
-    "nfx_tx": (L.u32, L.u32),
-    "nfx_statelets": (RingStandIn, RingStandIn),   # ringbuf: read it with nfx.state.statelets
-}
+
+class NF_MAPS(GATE_MAPS):
+    """The maps every NF program has (nfx_nf.h, nfx_bpf.h): the gate's and these."""
+    nfx_port_cfg = MapSpec("nfx_port_cfg", L.u32, L.PortCfg)
+    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
+    nfx_tx = MapSpec("nfx_tx", L.u32, L.u32)
+    # ringbuf: read it with nfx.state.statelets; absent from instances built before statelets
+    nfx_statelets = MapSpec("nfx_statelets", RingStandIn, RingStandIn, optional=True)
 
 
 @dataclass
@@ -48,7 +45,6 @@ class Wiring:
 def apply_settings(config, pairs: list[str]):
     """Set fields of an NF config dataclass from "name=value" strings (the CLI's --nf-set), typed
     by the field's default: bool (true/false/1/0), int or float. Returns the config."""
-    import dataclasses
     fields = {f.name: f for f in dataclasses.fields(config)}
     for pair in pairs or []:
         name, sep, text = pair.partition("=")
@@ -73,23 +69,11 @@ def apply_settings(config, pairs: list[str]):
     return config
 
 
-def stats_dict(m: Map) -> dict[str, int]:
-    """Per-CPU counters summed, by name; zero counters left out."""
-    n, keys, vals = m.export()
-    out = {}
-    names = {s.value: s.name.lower() for s in L.Stat}
-    for i in range(n):
-        total = sum(vals[i])
-        if total:
-            out[names.get(keys[i], f"stat_{keys[i]}")] = total
-    return out
-
-
 class NF:
     kind = "base"
-    MAPS: dict = {}
+    MAPS: type[NF_MAPS] = NF_MAPS       # a subclass declares its own tables on top
 
-    def __init__(self, instance: str, pin_dir: Path, maps: dict[str, Map], bpf=None, fn=None,
+    def __init__(self, instance: str, pin_dir: Path, maps: NF_MAPS, bpf=None, fn=None,
                  wiring: Wiring | None = None):
         self.instance = instance
         self.pin_dir = pin_dir
@@ -98,10 +82,6 @@ class NF:
         self.fn = fn
         self.wiring = wiring
 
-    @classmethod
-    def all_maps(cls) -> dict:
-        return {**COMMON_MAPS, **cls.MAPS}
-
     # ---- lifecycle ----
     @classmethod
     def create(cls, instance: str, wiring: Wiring, pin_dir: Path, config=None, max_flows: int = 262144,
@@ -109,7 +89,7 @@ class NF:
         """Compile, configure, attach to both sides, pin. On failure nothing stays attached."""
         b = compile_source(cls.kind, {"NFX_MAX_FLOWS": max_flows, **(defines or {})})
         fn = load(b, f"nfx_{cls.kind}", "xdp")
-        maps = {name: Map(b[name.encode()].map_fd, k, v, name=name) for name, (k, v) in cls.all_maps().items()}
+        maps = cls.MAPS.from_bcc(b)
         self = cls(instance, pin_dir, maps, bpf=b, fn=fn, wiring=wiring)
         attached = []
         try:
@@ -136,41 +116,25 @@ class NF:
                 ct.memmove(pc.mac[side].addr, netns.mac(ifname, w.ns), 6)
                 ct.memmove(pc.peer_mac[side].addr, w.peer_mac[side], 6)
                 # devmap entries resolve the ifindex in the caller's netns
-                self.maps["nfx_tx"].put(L.u32(side), L.u32(idx))
+                self.maps.nfx_tx.put(L.u32(side), L.u32(idx))
             if w.release:
                 pc.release_ifindex = netns.ifindex(w.release)
             for slot, ifname in w.peers.items():
                 idx = netns.ifindex(ifname)
                 pc.peer_ifindex[slot] = idx
-                self.maps["nfx_tx"].put(L.u32(slot), L.u32(idx))
-        self.maps["nfx_port_cfg"].put(L.u32(0), pc)
+                self.maps.nfx_tx.put(L.u32(slot), L.u32(idx))
+        self.maps.nfx_port_cfg.put(L.u32(0), pc)
 
     def configure(self, config) -> None:
         """Subclasses write their config map here."""
 
     @classmethod
     def open(cls, instance: str, pin_dir: Path) -> "NF":
-        """Reopen a running instance's maps from its pins (any process)."""
+        """Reopen a running instance's maps from its pins (any process); BpfError names every
+        declared map without a pin."""
         if not pin_dir.exists():
             raise NotFound(f"instance {instance!r} is not running (no pins at {pin_dir})")
-        maps = {}
-        for name, (k, v) in cls.all_maps().items():
-            path = pin_dir / name
-            if path.exists():
-                maps[name] = cls._open_pinned(name, path, k, v)
-        return cls(instance, pin_dir, maps)
-
-    # value layouts a hot-upgraded build may use for a table instead of MAPS' (nfx/nfs/upgrade.py)
-    ALT_VALUES: dict = {}
-
-    @classmethod
-    def _open_pinned(cls, name: str, path: Path, k, v) -> Map:
-        alts = cls.ALT_VALUES.get(name)
-        if alts:
-            from ..loader import bpfsys
-            size = bpfsys.map_info_path(str(path)).value_size
-            v = next((a for a in (v, *alts) if ct.sizeof(a) == size), v)
-        return Map.pinned(str(path), k, v)
+        return cls(instance, pin_dir, cls.MAPS.open_pinned(pin_dir))
 
     @staticmethod
     def destroy(wiring: Wiring, pin_dir: Path) -> None:
@@ -184,26 +148,22 @@ class NF:
         (called by the agent, shortly after a put or a delete); nothing for most NFs."""
 
     def stats(self) -> dict[str, int]:
-        return stats_dict(self.maps["nfx_stats"])
+        return stats_dict(self.maps.nfx_stats)
 
+    @property
+    def gate(self) -> Gate:
+        """The instance's gate: its only writer (nfx/gate.py)."""
+        return Gate(self)
+
+    # shims for the tests and the other parts' files until the lead's cleanup: the gate writes
     def _gate_cfg(self) -> L.GateCfg:
-        return self.maps["nfx_gate_cfg"].get(L.u32(0)) or L.GateCfg()
+        return self.gate.cfg()
 
     def set_filter(self, slot: int, f: L.Filter) -> None:
-        self.maps["nfx_filters"].put(L.u32(slot), f)
-        g = self._gate_cfg()
-        if f.flags & L.FILTER_USED and g.filters <= slot:
-            g.filters = slot + 1
-            self.maps["nfx_gate_cfg"].put(L.u32(0), g)
+        self.gate.put_filter(slot, f)
 
     def set_mark(self, key: L.FlowKey, action: L.Action, peer: int = 0) -> None:
-        g = self._gate_cfg()
-        if not g.marks:
-            # raise the flag before the mark exists, so no packet skips a mark it should see
-            g.marks = 1
-            self.maps["nfx_gate_cfg"].put(L.u32(0), g)
-        m = L.Mark(action=int(action), peer=peer)
-        self.maps["nfx_marks"].put(key, m)
+        self.gate.mark([key], action, peer=peer)
 
     def clear_mark(self, key: L.FlowKey) -> None:
-        self.maps["nfx_marks"].delete(key)
+        self.gate.unmark([key])

@@ -8,7 +8,8 @@ from .. import layout as L
 from ..errors import BadInput, NotFound
 from ..flows import be_to_ip, key_fields, proto_num
 from ..loader.ring import RingReader, RingStandIn as _Ring
-from .base import NF
+from ..loader.spec import MapSpec
+from .base import NF, NF_MAPS
 
 
 @dataclass
@@ -68,18 +69,20 @@ class AlertReader(RingReader):
                 return
 
 
+class IDS_MAPS(NF_MAPS):
+    ids_flows = MapSpec("ids_flows", L.FlowKey, L.IdsFlow)
+    ids_hosts = MapSpec("ids_hosts", L.u32, L.IdsHost)
+    ids_hostports = MapSpec("ids_hostports", L.IdsHostPort, L.u8)   # seen-set; pad=1 keys are scan-alert tokens
+    ids_global = MapSpec("ids_global", L.u32, L.u64)
+    ids_sigs = MapSpec("ids_sigs", L.u32, L.IdsSig)
+    ids_sig_hits = MapSpec("ids_sig_hits", L.u32, L.u64)
+    ids_cfg = MapSpec("ids_cfg", L.u32, L.IdsCfg)
+    ids_alerts = MapSpec("ids_alerts", _Ring, _Ring, optional=True)   # ringbuf: read it with alerts(), not as a map
+
+
 class IDS(NF):
     kind = "ids"
-    MAPS = {
-        "ids_flows": (L.FlowKey, L.IdsFlow),
-        "ids_hosts": (L.u32, L.IdsHost),
-        "ids_hostports": (L.IdsHostPort, L.u8),   # seen-set; pad=1 keys are scan-alert tokens
-        "ids_global": (L.u32, L.u64),
-        "ids_sigs": (L.u32, L.IdsSig),
-        "ids_sig_hits": (L.u32, L.u64),
-        "ids_cfg": (L.u32, L.IdsCfg),
-        "ids_alerts": (_Ring, _Ring),      # ringbuf: read it with alerts(), not as a map
-    }
+    MAPS = IDS_MAPS
     STATE_MAPS = ("ids_flows", "ids_hosts", "ids_hostports", "ids_global", "ids_sig_hits")
 
     # ---- configuration ----
@@ -92,7 +95,7 @@ class IDS(NF):
             self.add_signature(s.id, s.pattern, s.offset, s.proto)
 
     def config(self) -> L.IdsCfg:
-        return self.maps["ids_cfg"].get(L.u32(0))
+        return self.maps.ids_cfg.get(L.u32(0))
 
     def _put_cfg(self, scan_threshold: int | None = None, drop_uninspected: bool | None = None) -> None:
         c = self.config()
@@ -102,11 +105,11 @@ class IDS(NF):
             c.drop_uninspected = int(bool(drop_uninspected))
         # the datapath skips matching (and its payload load) while nsigs is 0: keep it exact
         c.nsigs = sum(1 for _ in self._used_slots())
-        self.maps["ids_cfg"].put(L.u32(0), c)
+        self.maps.ids_cfg.put(L.u32(0), c)
 
     # ---- signatures ----
     def _used_slots(self):
-        m = self.maps["ids_sigs"]
+        m = self.maps.ids_sigs
         for slot in range(L.IDS_MAX_SIGS):
             s = m.get(L.u32(slot))
             if s is not None and s.len:
@@ -130,10 +133,10 @@ class IDS(NF):
         ct.memmove(s.pattern, pattern, len(pattern))
         # the datapath reads a slot while we write it: disable first, write everything, then
         # enable with a write that changes only len, so no packet sees half a signature
-        self.maps["ids_sigs"].put(L.u32(slot), s)
-        self.maps["ids_sig_hits"].put(L.u32(slot), self.maps["ids_sig_hits"].Slot())
+        self.maps.ids_sigs.put(L.u32(slot), s)
+        self.maps.ids_sig_hits.put(L.u32(slot), self.maps.ids_sig_hits.Slot())
         s.len = len(pattern)
-        self.maps["ids_sigs"].put(L.u32(slot), s)
+        self.maps.ids_sigs.put(L.u32(slot), s)
         self._put_cfg()
         return slot
 
@@ -141,7 +144,7 @@ class IDS(NF):
         """Remove a signature by id; returns the slot it had."""
         for slot, s in self._used_slots():
             if s.id == id:
-                self.maps["ids_sigs"].put(L.u32(slot), L.IdsSig())
+                self.maps.ids_sigs.put(L.u32(slot), L.IdsSig())
                 self._put_cfg()
                 return slot
         raise NotFound(f"no signature with id {id}")
@@ -151,11 +154,11 @@ class IDS(NF):
 
     def sig_hits(self) -> dict[int, int]:
         """Matches per installed signature id, summed over CPUs."""
-        return {s.id: self.maps["ids_sig_hits"].sum_percpu(L.u32(slot)) for slot, s in self._used_slots()}
+        return {s.id: self.maps.ids_sig_hits.sum_percpu(L.u32(slot)) for slot, s in self._used_slots()}
 
     # ---- reading ----
     def flows(self) -> list[dict]:
-        n, keys, vals = self.maps["ids_flows"].export()
+        n, keys, vals = self.maps.ids_flows.export()
         out = []
         for i in range(n):
             v = vals[i]
@@ -166,7 +169,7 @@ class IDS(NF):
         return out
 
     def hosts(self) -> list[dict]:
-        n, keys, vals = self.maps["ids_hosts"].export()
+        n, keys, vals = self.maps.ids_hosts.export()
         out = []
         for i in range(n):
             v = vals[i]
@@ -175,7 +178,7 @@ class IDS(NF):
         return out
 
     def global_counters(self) -> dict[str, int]:
-        m = self.maps["ids_global"]
+        m = self.maps.ids_global
         return {g.name.lower(): m.sum_percpu(L.u32(g)) for g in L.IdsGlobal}
 
     # table -> the ids_global counter of entries the datapath created in it
@@ -185,7 +188,7 @@ class IDS(NF):
         """Entries the LRU tables gave up to newcomers, per table: created - present. The kernel
         does not report LRU evictions; entries moved in or out by state transfer skew the
         difference until reset()."""
-        g = self.maps["ids_global"]
+        g = self.maps.ids_global
         return {t: max(0, g.sum_percpu(L.u32(i)) - len(self.maps[t])) for t, i in self.CREATED.items()}
 
     def reset(self) -> None:
@@ -196,7 +199,7 @@ class IDS(NF):
 
     def alerts(self) -> AlertReader:
         """A reader on this instance's alert ring (works on an instance reopened from its pins)."""
-        m = self.maps.get("ids_alerts")
+        m = self.maps.ids_alerts
         if m is None:
             raise NotFound(f"instance {self.instance!r} has no alert ring")
         return AlertReader(m.fd)

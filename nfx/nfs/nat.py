@@ -11,7 +11,8 @@ from .. import layout as L
 from ..errors import BadInput
 from ..flows import be_to_ip, be_to_port, ip_to_be, key_fields, PROTO_NAMES
 from ..loader.bpfsys import possible_cpus
-from .base import NF
+from ..loader.spec import MapSpec
+from .base import NF, NF_MAPS
 
 NS = 1_000_000_000
 
@@ -28,6 +29,17 @@ def parse_pool(pool: str) -> tuple[int, int]:
         return int(net.network_address), net.num_addresses
     except ValueError:
         raise BadInput(f"bad NAT pool {pool!r}: use A.B.C.D-A.B.C.E or a prefix") from None
+
+
+def pool_hash(h):
+    """nat_alloc's paired-pooling hash of an inside address (host order), in u32 arithmetic: the
+    host leaves by pool address pool_hash(h) % pool_count. `h` an int, or a numpy array (worked
+    in uint64, so the product does not wrap early)."""
+    if hasattr(h, "astype"):
+        h = h.astype("u8")
+    h = h ^ (h >> 16)
+    h = (h * 0x45D9F3B) & 0xFFFFFFFF
+    return h ^ (h >> 16)
 
 
 @dataclass
@@ -62,29 +74,32 @@ def _monotonic_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
+class NAT_MAPS(NF_MAPS):
+    # alt_values: the NFX_NAT_V2 build's entries (a hot upgrade, nfx/nfs/upgrade.py)
+    nat_fwd = MapSpec("nat_fwd", L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
+    nat_rev = MapSpec("nat_rev", L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
+    nat_ports = MapSpec("nat_ports", L.NatPort, L.FlowKey)
+    nat_cfg = MapSpec("nat_cfg", L.u32, L.NatCfg)
+    nat_cursor = MapSpec("nat_cursor", L.u32, L.u64)
+    # mappings per inside address (host_quota); absent from instances built before the quota
+    nat_hosts = MapSpec("nat_hosts", L.u32, ct.c_int32, optional=True)
+
+
 class NAT(NF):
     kind = "nat"
-    MAPS = {
-        "nat_fwd": (L.FlowKey, L.NatEntry),
-        "nat_rev": (L.FlowKey, L.NatEntry),
-        "nat_ports": (L.NatPort, L.FlowKey),
-        "nat_cfg": (L.u32, L.NatCfg),
-        "nat_cursor": (L.u32, L.u64),
-        "nat_hosts": (L.u32, ct.c_int32),     # mappings per inside address (host_quota)
-    }
-    ALT_VALUES = {"nat_fwd": (L.NatEntryV2,), "nat_rev": (L.NatEntryV2,)}   # the NFX_NAT_V2 build
+    MAPS = NAT_MAPS
 
     def configure(self, config: NatConfig | None) -> None:
-        self.maps["nat_cfg"].put(L.u32(0), (config or NatConfig()).to_struct())
+        self.maps.nat_cfg.put(L.u32(0), (config or NatConfig()).to_struct())
 
     def config(self) -> L.NatCfg:
-        return self.maps["nat_cfg"].get(L.u32(0))
+        return self.maps.nat_cfg.get(L.u32(0))
 
     def mappings(self) -> list[dict]:
         """One record per connection: inside flow, public address/port, both directions' counters."""
         now = _monotonic_ns()
-        n, keys, vals = self.maps["nat_fwd"].export()
-        rev = self.maps["nat_rev"]
+        n, keys, vals = self.maps.nat_fwd.export()
+        rev = self.maps.nat_rev
         out = []
         for i in range(n):
             k, v = keys[i], vals[i]
@@ -106,8 +121,8 @@ class NAT(NF):
         now = now_ns if now_ns is not None else _monotonic_ns()
         cfg = self.config()
         to = {p: cfg.timeout_ns[i] for p, i in (("udp", L.NatTimeout.UDP), ("icmp", L.NatTimeout.ICMP))}
-        n, keys, vals = self.maps["nat_fwd"].export()
-        rev = self.maps["nat_rev"]
+        n, keys, vals = self.maps.nat_fwd.export()
+        rev = self.maps.nat_rev
         dead_fwd, dead_rev, dead_port = [], [], []
         for i in range(n):
             k, v = keys[i], vals[i]
@@ -123,9 +138,9 @@ class NAT(NF):
                 dead_rev.append(v.peer)
                 dead_port.append(L.NatPort(addr=v.peer.daddr, port=v.peer.dport, proto=k.proto))
         # per entry: a batch delete stops at the first key the datapath already evicted
-        for name, ks in (("nat_ports", dead_port), ("nat_rev", dead_rev), ("nat_fwd", dead_fwd)):
+        for m, ks in ((self.maps.nat_ports, dead_port), (self.maps.nat_rev, dead_rev), (self.maps.nat_fwd, dead_fwd)):
             for k in ks:
-                self.maps[name].delete(k)
+                m.delete(k)
         self.recount_hosts()
         return len(dead_fwd)
 
@@ -136,10 +151,10 @@ class NAT(NF):
         """Set every inside address's mapping count (the quota's) to what nat_fwd holds. The
         datapath keeps the counts as it makes and evicts mappings; this settles what it cannot
         see: the sweeper's evictions and flows moved in or out by state transfer."""
-        m = self.maps.get("nat_hosts")
+        m = self.maps.nat_hosts
         if m is None:                      # an instance built before the quota existed
             return {}
-        n, keys, _ = self.maps["nat_fwd"].export()
+        n, keys, _ = self.maps.nat_fwd.export()
         held = Counter(keys[i].saddr for i in range(n))
         hn, hkeys, _ = m.export()
         for i in range(hn):

@@ -10,6 +10,7 @@ import numpy as np
 from .. import layout as L
 from ..errors import BadInput, BpfError, NfxError
 from ..flows import PROTO_NAMES, be_to_ip, be_to_port, key_fields
+from ..loader import bpfsys
 from . import wire
 from .filter import FLOW_DTYPE, Filter
 from .tables import SCOPES, Table, tables
@@ -164,7 +165,7 @@ def delete(nf, scopes=SCOPES, flt: Filter = Filter()) -> dict:
 def delete_chunk(nf, c: wire.Chunk) -> int:
     """Remove one chunk's keys from its table (arrays: zero them); returns its entry count."""
     m = nf.maps[c.table]
-    if m.info.type in (2, 6):      # arrays cannot lose entries: zero them
+    if m.info.type in (bpfsys.MAP_ARRAY, bpfsys.MAP_PERCPU_ARRAY):      # arrays cannot lose entries: zero them
         zero = (m.Slot * c.count)()
         m.update_batch(_array(m.Key, c.keys, c.count), zero, c.count)
     else:

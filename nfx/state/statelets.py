@@ -37,7 +37,7 @@ from ..closing import Closing
 from ..errors import BadInput, NotFound
 from ..flows import be_to_ip, be_to_port, key_fields, make_key
 from ..loader.ring import RingReader
-from . import wire
+from . import ops, wire
 from .tables import tables
 
 HDR = struct.Struct("<BBBBI")          # struct nfx_statelet: table, op, nval, mask, inc
@@ -256,7 +256,7 @@ class StateletReader(Closing):
     reader competes for records."""
 
     def __init__(self, nf):
-        m = nf.maps.get("nfx_statelets")
+        m = nf.maps.nfx_statelets
         if m is None:
             raise NotFound(f"instance {getattr(nf, 'instance', '?')} has no statelet ring "
                            "(built before statelets, or its pins lack nfx_statelets)")
@@ -339,7 +339,6 @@ class Tables:
 
     @classmethod
     def from_nf(cls, nf, scopes=STATE_SCOPES) -> "Tables":
-        from . import ops
         return cls.from_chunks(ops.export(nf, scopes), nf.kind)
 
     def chunks(self) -> list[wire.Chunk]:

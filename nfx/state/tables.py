@@ -3,34 +3,46 @@ per-flow tables by their flow key (or, for a connection's other direction, by th
 the start of the value), multi-flow tables by host address or owning flow, all-flows whole. An instance's own verdict counters (nfx_stats) are not NF state and stay."""
 from dataclasses import dataclass
 
-from .. import layout as L
 from ..errors import BadInput
+from ..loader.spec import MapSpec
+from ..nfs.ids import IDS_MAPS
+from ..nfs.nat import NAT_MAPS
 
 SCOPES = ("per-flow", "multi-flow", "all-flows")
 
 
 @dataclass(frozen=True)
 class Table:
-    name: str
+    spec: MapSpec        # the map, as its program declares it
     scope: str
-    key: type
-    value: type
     select: str          # key_flow | value_flow | key_host | all
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> type:
+        return self.spec.key
+
+    @property
+    def value(self) -> type:
+        return self.spec.value
 
 
 TABLES = {
     "nat": [
-        Table("nat_fwd", "per-flow", L.FlowKey, L.NatEntry, "key_flow"),
-        Table("nat_rev", "per-flow", L.FlowKey, L.NatEntry, "value_flow"),   # found by its inside twin
-        Table("nat_ports", "multi-flow", L.NatPort, L.FlowKey, "value_flow"),
-        Table("nat_cursor", "all-flows", L.u32, L.u64, "all"),     # the port allocator's position
+        Table(NAT_MAPS.nat_fwd, "per-flow", "key_flow"),
+        Table(NAT_MAPS.nat_rev, "per-flow", "value_flow"),         # found by its inside twin
+        Table(NAT_MAPS.nat_ports, "multi-flow", "value_flow"),
+        Table(NAT_MAPS.nat_cursor, "all-flows", "all"),            # the port allocator's position
     ],
     "ids": [
-        Table("ids_flows", "per-flow", L.FlowKey, L.IdsFlow, "key_flow"),
-        Table("ids_hosts", "multi-flow", L.u32, L.IdsHost, "key_host"),
-        Table("ids_hostports", "multi-flow", L.IdsHostPort, L.u8, "key_host"),
-        Table("ids_global", "all-flows", L.u32, L.u64, "all"),
-        Table("ids_sig_hits", "all-flows", L.u32, L.u64, "all"),
+        Table(IDS_MAPS.ids_flows, "per-flow", "key_flow"),
+        Table(IDS_MAPS.ids_hosts, "multi-flow", "key_host"),
+        Table(IDS_MAPS.ids_hostports, "multi-flow", "key_host"),
+        Table(IDS_MAPS.ids_global, "all-flows", "all"),
+        Table(IDS_MAPS.ids_sig_hits, "all-flows", "all"),
     ],
 }
 

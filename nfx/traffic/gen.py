@@ -15,7 +15,8 @@ from ..closing import Closing
 from ..errors import BadInput
 from ..loader import attach, bpfsys, netns
 from ..loader.compile import compile_source, load
-from ..loader.maps import Map
+from ..loader.maps import stats_dict
+from ..loader.spec import MapSet, MapSpec
 
 PROTOS = {"udp": 17, "tcp": 6}
 HDR_LEN = {17: 14 + 20 + 8, 6: 14 + 20 + 20}
@@ -59,6 +60,16 @@ def _mac_str(m: bytes | str) -> str:
     return m if isinstance(m, str) else ":".join(f"{b:02x}" for b in m)
 
 
+class GEN_MAPS(MapSet):
+    """The generator program's maps (bpf/gen.bpf.c)."""
+    gen_cfg = MapSpec("gen_cfg", L.u32, L.GenCfg)
+    gen_tmpl = MapSpec("gen_tmpl", L.u32, L.GenTmpl)
+    gen_ctr = MapSpec("gen_ctr", L.u32, L.u64)
+    gen_seq = MapSpec("gen_seq", L.u32, L.u32)
+    gen_tx = MapSpec("gen_tx", L.u32, L.u32)
+    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
+
+
 class Generator(Closing):
     def __init__(self, ns: str | None, attach_if: str | None, tx_if: str | None, *, dst_mac: bytes | str,
                  dst_ip: str, src_ip: str, src_mac: bytes | str | None = None, dport: int = 9000,
@@ -98,18 +109,11 @@ class Generator(Closing):
         self.bpf = compile_source("gen", {"NFX_GEN_FLOWS": nflows})
         self.fn = load(self.bpf, "nfx_gen", "xdp")
         b = self.bpf
-        self.maps = {
-            "gen_cfg": Map(b["gen_cfg"].map_fd, L.u32, L.GenCfg),
-            "gen_tmpl": Map(b["gen_tmpl"].map_fd, L.u32, L.GenTmpl),
-            "gen_ctr": Map(b["gen_ctr"].map_fd, L.u32, L.u64),
-            "gen_seq": Map(b["gen_seq"].map_fd, L.u32, L.u32),
-            "gen_tx": Map(b["gen_tx"].map_fd, L.u32, L.u32),
-            "nfx_stats": Map(b["nfx_stats"].map_fd, L.u32, L.u64),
-        }
+        self.maps = GEN_MAPS.from_bcc(b)
         tmpl = L.GenTmpl()
         ct.memmove(tmpl.hdr, self.frame[:TMPL_LEN], TMPL_LEN)
-        self.maps["gen_tmpl"].put(L.u32(0), tmpl)
-        self.maps["gen_cfg"].put(L.u32(0), L.GenCfg(
+        self.maps.gen_tmpl.put(L.u32(0), tmpl)
+        self.maps.gen_cfg.put(L.u32(0), L.GenCfg(
             nflows=nflows, flows_per_addr=fpa, sport_base=sport_base, l4_off=14 + 20,
             frame_len=self.size, proto=self.proto, tx_slot=0))
         # attach_if/tx_if None: load only, for plain test runs of the program
@@ -119,7 +123,7 @@ class Generator(Closing):
                 # devmap entries and the test-run ifindex resolve in the caller's netns
                 if tx_if is not None:
                     self.tx_ifindex = netns.ifindex(tx_if)
-                    self.maps["gen_tx"].put(L.u32(0), L.u32(self.tx_ifindex))
+                    self.maps.gen_tx.put(L.u32(0), L.u32(self.tx_ifindex))
                 if attach_if is not None:
                     self.ifindex = netns.ifindex(attach_if)
             if attach_if is not None:
@@ -191,18 +195,17 @@ class Generator(Closing):
     # ---- reading / housekeeping ----
     def per_flow_total(self) -> list[int]:
         """Frames sent per flow since load or reset (the program's next sequence numbers)."""
-        n, _, vals = self.maps["gen_seq"].export()
+        n, _, vals = self.maps.gen_seq.export()
         return list(vals[:n])
 
     def stats(self) -> dict[str, int]:
-        from ..nfs.base import stats_dict
-        return stats_dict(self.maps["nfx_stats"])
+        return stats_dict(self.maps.nfx_stats)
 
     def reset(self) -> None:
         """Restart the flow rotation and every flow's sequence at 0 (pair with Sink.reset)."""
         with self._lock:
-            self.maps["gen_seq"].clear()
-            self.maps["gen_ctr"].put(L.u32(0), L.u64(0))
+            self.maps.gen_seq.clear()
+            self.maps.gen_ctr.put(L.u32(0), L.u64(0))
 
     def close(self) -> None:
         if self._attached:

@@ -19,7 +19,8 @@ from ..closing import Closing
 from ..errors import BadInput, NfxError
 from ..loader import attach, netns
 from ..loader.compile import compile_source, load
-from ..loader.maps import Map
+from ..loader.maps import stats_dict
+from ..loader.spec import MapSet, MapSpec
 
 XDP_DROP, XDP_PASS = 1, 2
 _FLOW_FMT = "=QQQQQQ"            # struct nfx_sink_flow
@@ -71,6 +72,16 @@ def percentile(hist: list[int], q: float) -> float | None:
     return None
 
 
+class SINK_MAPS(MapSet):
+    """The sink program's maps (bpf/sink.bpf.c)."""
+    sink_flows = MapSpec("sink_flows", L.u32, L.SinkFlow)
+    sink_bits = MapSpec("sink_bits", L.u32, L.SinkWord)
+    sink_cfg = MapSpec("sink_cfg", L.u32, L.SinkCfg)
+    sink_lat = MapSpec("sink_lat", L.u32, L.u64)
+    sink_lat_max = MapSpec("sink_lat_max", L.u32, L.u64)
+    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
+
+
 class Sink(Closing):
     def __init__(self, ns: str | None, ifname: str | None, nflows: int, pass_gen: bool = False,
                  window: int | None = None):
@@ -91,15 +102,8 @@ class Sink(Closing):
                                            "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP})
         self.fn = load(self.bpf, "nfx_sink", "xdp")
         b = self.bpf
-        self.maps = {
-            "sink_flows": Map(b["sink_flows"].map_fd, L.u32, L.SinkFlow),
-            "sink_bits": Map(b["sink_bits"].map_fd, L.u32, L.SinkWord),
-            "sink_cfg": Map(b["sink_cfg"].map_fd, L.u32, L.SinkCfg),
-            "sink_lat": Map(b["sink_lat"].map_fd, L.u32, L.u64),
-            "sink_lat_max": Map(b["sink_lat_max"].map_fd, L.u32, L.u64),
-            "nfx_stats": Map(b["nfx_stats"].map_fd, L.u32, L.u64),
-        }
-        self.maps["sink_cfg"].put(L.u32(0), L.SinkCfg(epoch=self._epoch))
+        self.maps = SINK_MAPS.from_bcc(b)
+        self.maps.sink_cfg.put(L.u32(0), L.SinkCfg(epoch=self._epoch))
         if ifname is not None:
             try:
                 self._attached = attach.attach_xdp(ns, ifname, self.fn)
@@ -122,28 +126,27 @@ class Sink(Closing):
     # ---- reading ----
     def received_total(self) -> int:
         """Generator packets counted since reset: one per-CPU counter, cheap to poll."""
-        return self.maps["nfx_stats"].sum_percpu(L.u32(L.Stat.R_SINK_RX))
+        return self.maps.nfx_stats.sum_percpu(L.u32(L.Stat.R_SINK_RX))
 
     def flows(self) -> list[L.SinkFlow]:
-        n, _, vals = self.maps["sink_flows"].export()
+        n, _, vals = self.maps.sink_flows.export()
         return [vals[i] for i in range(n)]
 
     def _flow_tuples(self):
         """(received, dup, reordered, distinct, out_of_window, high) per flow, without a ctypes object each
         (a million flows read in well under a second)."""
-        n, _, vals = self.maps["sink_flows"].export()
+        n, _, vals = self.maps.sink_flows.export()
         return struct.iter_unpack(_FLOW_FMT, ct.string_at(vals, n * ct.sizeof(L.SinkFlow)))
 
     def histogram(self) -> list[int]:
-        n, _, vals = self.maps["sink_lat"].export()
+        n, _, vals = self.maps.sink_lat.export()
         hist = [0] * L.LAT_BUCKETS
         for i in range(n):
             hist[i] = sum(vals[i])
         return hist
 
     def stats(self) -> dict[str, int]:
-        from ..nfs.base import stats_dict
-        return stats_dict(self.maps["nfx_stats"])
+        return stats_dict(self.maps.nfx_stats)
 
     def _beyond(self, flow: int, lo: int, high: int, words) -> tuple[int, bool]:
         """Distinct seqs in [lo, high) of `flow` the bitmap holds, and whether that count is
@@ -187,7 +190,7 @@ class Sink(Closing):
             extra = 0
             if high > s_f:                                  # seqs never generated arrived
                 if words is None:
-                    words = self.maps["sink_bits"].export()[2]
+                    words = self.maps.sink_bits.export()[2]
                 extra, ok = self._beyond(f, s_f, high, words)
                 exact = exact and ok
             lost += max(s_f - (dis - extra), 0)     # below 0 only when not exact
@@ -201,7 +204,7 @@ class Sink(Closing):
             out.update(sent=sum(sent_per_flow), lost=lost, unexpected=unexpected, exact=exact,
                        clean=exact and not (lost or dup or reordered or unexpected or st.get("v_aborted", 0)))
         hist = self.histogram()
-        mx = self.maps["sink_lat_max"].get(L.u32(0))
+        mx = self.maps.sink_lat_max.get(L.u32(0))
         p50, p99 = percentile(hist, 0.5), percentile(hist, 0.99)
         out.update(lat_p50_us=None if p50 is None else p50 / 1e3,
                    lat_p99_us=None if p99 is None else p99 / 1e3,
@@ -214,9 +217,9 @@ class Sink(Closing):
         """Forget every flow's counts and bitmap (by a new epoch: nothing to clear), the
         histogram and the counters."""
         self._epoch = self._epoch % 0xFFFFFFFF + 1          # never 0
-        self.maps["sink_cfg"].put(L.u32(0), L.SinkCfg(epoch=self._epoch))
-        for name in ("sink_flows", "sink_lat", "sink_lat_max", "nfx_stats"):
-            self.maps[name].clear()
+        self.maps.sink_cfg.put(L.u32(0), L.SinkCfg(epoch=self._epoch))
+        for m in (self.maps.sink_flows, self.maps.sink_lat, self.maps.sink_lat_max, self.maps.nfx_stats):
+            m.clear()
 
     def close(self) -> None:
         if self._attached:

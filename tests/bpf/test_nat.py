@@ -269,3 +269,16 @@ def test_gate_drop_by_mark_and_by_filter(nat):
     nat.set_filter(0, f)
     assert run(nat, eth() / IP(src=H1, dst=H2) / TCP(sport=1, dport=2))[0] == XDP_DROP
     assert run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=1, dport=2))[0] == XDP_REDIRECT
+
+
+def test_pool_hash_picks_the_public_address(nat):
+    """nfs.nat.pool_hash (the bench's address planning) is the datapath's paired-pooling hash."""
+    import ipaddress
+    from nfx.nfs.nat import parse_pool, pool_hash
+    base, count = parse_pool(nat.cfg.pool)
+    for last in range(2, 40):
+        src = f"10.0.1.{last}"
+        v, o = run(nat, eth() / IP(src=src, dst=H2) / UDP(sport=5000, dport=53) / Raw(b"q" * 20))
+        assert v == XDP_REDIRECT
+        want = base + pool_hash(int(ipaddress.IPv4Address(src))) % count
+        assert o[IP].src == str(ipaddress.IPv4Address(want)), src

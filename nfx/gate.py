@@ -1,0 +1,273 @@
+"""The gate of one NF instance, from user space: the only writer of its marks, wildcard filters,
+gate and move settings, early-release set and release slots, and the reader of its buffer ring.
+NFs, agents and moves all go through a Gate, so the write orders the datapath relies on live
+here once:
+- the gate's `marks` flag is raised before the first mark exists (the datapath skips the mark
+  lookup while it is 0), and a filter's slot is written before the filter count covers it;
+- nfx_move_cfg is read-modify-written under one lock (two agent threads set different fields);
+- the release path replays packets through the instance's own attached program in one live
+  test run per batch, so they are processed exactly as if they had just arrived, in order.
+
+    g = Gate(nf)
+    g.mark(keys, L.Action.BUFFER, epoch=e)
+    g.set_filter(0, state.filter.parse("proto=udp"), L.Action.BUFFER, tag=e)
+"""
+import ctypes as ct
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from . import layout as L
+from .errors import BadInput, BpfError
+from .loader import bpfsys, netns
+from .loader.ring import RingReader, RingStandIn
+from .loader.spec import MapSet, MapSpec
+from .packets import Packet, decode
+from .state.filter import Filter
+
+log = logging.getLogger("nfx.move")
+RELEASE_TRIES = 5
+FRAME0 = bytes(60)     # the release path grows or shrinks this to each packet
+
+
+class GATE_MAPS(MapSet):
+    """The gate's maps in every NF program (bpf/include/nfx_nf.h)."""
+    nfx_marks = MapSpec("nfx_marks", L.FlowKey, L.Mark)
+    nfx_filters = MapSpec("nfx_filters", L.u32, L.Filter)
+    nfx_gate_cfg = MapSpec("nfx_gate_cfg", L.u32, L.GateCfg)
+    nfx_move_cfg = MapSpec("nfx_move_cfg", L.u32, L.MoveCfg)
+    nfx_move_state = MapSpec("nfx_move_state", L.u32, L.MoveState)
+    nfx_release = MapSpec("nfx_release", L.u32, L.ReleaseSlot)
+    nfx_drain = MapSpec("nfx_drain", L.FlowKey, L.u32)
+    nfx_pktbuf = MapSpec("nfx_pktbuf", RingStandIn, RingStandIn)   # ringbuf: read it with Gate.ring()
+
+
+def check_ports(f: Filter) -> tuple[int, int]:
+    """The gate's wildcard filters (and so a move's filter, whose new flows they hold back) match
+    one port or any: (sport, dport) in network order, 0 for any; a port range is refused."""
+    out = []
+    for name in ("sport", "dport"):
+        lo, hi = getattr(f, name)
+        if (lo, hi) == (0, 65535):
+            out.append(0)
+        elif lo == hi:
+            out.append(socket.htons(lo))
+        else:
+            raise BadInput(f"gate filters (and so a move's filter) take a single {name} or any, "
+                           f"not a range ({lo}-{hi})")
+    return out[0], out[1]
+
+
+def _key_array(keys):
+    """Flow keys as one ctypes array (given one, as it is)."""
+    if isinstance(keys, ct.Array) and keys._type_ is L.FlowKey:
+        return keys
+    return (L.FlowKey * len(keys)).from_buffer_copy(b"".join(bytes(k) for k in keys))
+
+
+# one reader per ring and process: mapping a 64 MiB ring costs ~26 ms, too much to pay at the
+# start of every move. Keyed by the ring's map id, so a ring replaced by a hot upgrade gets a new one.
+_RINGS: dict[tuple[str, int], RingReader] = {}
+_RINGS_LOCK = threading.Lock()
+# nfx_move_cfg's read-modify-write: only user space writes it (the program only reads it)
+_CFG_LOCK = threading.Lock()
+
+
+class Gate:
+    def __init__(self, nf):
+        self.nf = nf
+        self.maps = nf.maps
+
+    # ---- marks ----
+    def cfg(self) -> L.GateCfg:
+        return self.maps.nfx_gate_cfg.get(L.u32(0)) or L.GateCfg()
+
+    def mark(self, keys, action: L.Action, epoch: int = 0, peer: int = 0, tag: int = 0) -> int:
+        """Mark many flows at once (batch update); returns how many the kernel took."""
+        n = len(keys)
+        if not n:
+            return 0
+        g = self.cfg()
+        if not g.marks:
+            g.marks = 1          # before any mark exists, so no packet skips one
+            self.maps.nfx_gate_cfg.put(L.u32(0), g)
+        one = L.Mark(action=int(action), epoch=epoch, peer=peer, tag=tag)
+        vals = (L.Mark * n).from_buffer_copy(bytes(one) * n)
+        return self.maps.nfx_marks.update_batch(_key_array(keys), vals, n)
+
+    def unmark(self, keys=None) -> int:
+        """Remove the marks of `keys` (None: every mark); returns how many there were."""
+        m = self.maps.nfx_marks
+        if keys is None:
+            return m.clear()
+        n = len(keys)
+        if not n:
+            return 0
+        arr = _key_array(keys)
+        done = m.delete_batch(arr, n)
+        if done < n:
+            # the kernel ends a batch at the first key with no mark: the rest one by one
+            done += sum(m.delete(arr[i]) for i in range(done + 1, n))
+        return done
+
+    def marks(self) -> dict[bytes, L.Mark]:
+        n, ks, vs = self.maps.nfx_marks.export()
+        return {bytes(ks[i]): vs[i] for i in range(n)}
+
+    # ---- wildcard filters (flows with no mark: those born during a move) ----
+    def put_filter(self, slot: int, f: L.Filter) -> None:
+        """Write a filter slot as it is; the gate's filter count then covers it."""
+        self.maps.nfx_filters.put(L.u32(slot), f)
+        g = self.cfg()
+        if f.flags & L.FILTER_USED and g.filters <= slot:
+            g.filters = slot + 1
+            self.maps.nfx_gate_cfg.put(L.u32(0), g)
+
+    def set_filter(self, slot: int, flt: Filter, action: L.Action, peer: int = 0, tag: int = 0,
+                   bidir: bool = True) -> L.Filter:
+        sport, dport = check_ports(flt)
+        f = L.Filter(saddr=flt.src[0], smask=flt.src[1], daddr=flt.dst[0], dmask=flt.dst[1], sport=sport,
+                     dport=dport, proto=flt.proto, action=int(action),
+                     flags=L.FILTER_USED | (L.FILTER_BIDIR if bidir else 0), peer=peer, tag=tag)
+        self.put_filter(slot, f)
+        return f
+
+    def clear_filter(self, slot: int) -> None:
+        self.maps.nfx_filters.put(L.u32(slot), L.Filter())
+
+    def filters(self) -> dict[int, L.Filter]:
+        """The slots in use."""
+        fm = self.maps.nfx_filters
+        out = {}
+        for slot in range(L.MAX_FILTERS):
+            f = fm.get(L.u32(slot))
+            if f is not None and f.flags & L.FILTER_USED:
+                out[slot] = f
+        return out
+
+    # ---- move settings ----
+    def move_cfg(self) -> L.MoveCfg:
+        return self.maps.nfx_move_cfg.get(L.u32(0)) or L.MoveCfg()
+
+    def set_move_cfg(self, **fields) -> L.MoveCfg:
+        with _CFG_LOCK:
+            c = self.move_cfg()
+            for k, v in fields.items():
+                if not hasattr(c, k):
+                    raise BadInput(f"no move setting {k!r}")
+                setattr(c, k, v)
+            self.maps.nfx_move_cfg.put(L.u32(0), c)
+            return c
+
+    def move_state(self) -> L.MoveState:
+        return self.maps.nfx_move_state.get(L.u32(0)) or L.MoveState()
+
+    def reset_move(self) -> None:
+        """Between moves: no epoch, no IBCs seen (the release cursor keeps counting)."""
+        cur = self.move_state().release_cursor
+        self.maps.nfx_move_state.put(L.u32(0), L.MoveState(release_cursor=cur))
+        with _CFG_LOCK:
+            self.maps.nfx_move_cfg.put(L.u32(0), L.MoveCfg(flushed_seq=self.move_cfg().flushed_seq))
+
+    # ---- early release: flows whose buffered packets may go before the rest ----
+    def drain(self, keys) -> int:
+        n = len(keys)
+        if not n:
+            return 0
+        return self.maps.nfx_drain.update_batch(_key_array(keys), (L.u32 * n)(*([1] * n)), n)
+
+    def clear_drain(self) -> int:
+        return self.maps.nfx_drain.clear()
+
+    # ---- the buffer ring and the release path ----
+    def ring(self) -> RingReader:
+        """Reader of the instance's buffer ring, opened from its pin once per process and kept."""
+        fd = bpfsys.obj_get(str(Path(self.nf.pin_dir) / "nfx_pktbuf"))
+        try:
+            key = (str(self.nf.pin_dir), bpfsys.map_info(fd).id)
+            with _RINGS_LOCK:
+                r = _RINGS.get(key)
+                if r is None or r.closed:
+                    r = _RINGS[key] = RingReader(fd, decode)
+                return r
+        finally:
+            os.close(fd)
+
+    def releaser(self, ns: str, release_if: str) -> "Releaser":
+        return Releaser(self.nf, ns, release_if)
+
+
+class Releaser:
+    """Hands packets back to the instance's program through its release veth. Each call replays
+    up to NFX_RELEASE_SLOTS packets in order in one live test run; when it returns, they have
+    all left the program, and flushed_seq says so to the gate."""
+
+    def __init__(self, nf, ns: str, release_if: str):
+        self.nf, self.ns = nf, ns
+        self.gate = Gate(nf)
+        self.prog_fd = bpfsys.obj_get(str(Path(nf.pin_dir) / "prog"))
+        self.ifindex = netns.ifindex(release_if, ns)
+        self.lock = threading.Lock()
+        self.released = 0
+
+    def close(self):
+        if self.prog_fd >= 0:
+            os.close(self.prog_fd)
+            self.prog_fd = -1
+
+    # A veth's receive ring holds 256 frames: a release burst larger than what the next hop
+    # drains meanwhile overflows it (seen: 158 drops at the egress switch at 100k pps). Each
+    # call stays under half a ring; between calls the softirq drains it.
+    PER_CALL = 128
+
+    def release(self, packets: list[Packet], rx: int = L.RX_RELEASED, batch: int = 32) -> int:
+        """Replay packets (RX_RELEASED: from this instance's buffer, counted by the gate;
+        RX_INJECTED: from elsewhere, processed as they are). Returns the last sequence number."""
+        with self.lock:
+            done = 0
+            last = self.gate.move_state().release_cursor
+            while done < len(packets):
+                part = packets[done:done + self.PER_CALL]
+                last = self._run(part, rx, batch)
+                done += len(part)
+            self.released += len(packets)
+            return last
+
+    def _run(self, part: list[Packet], rx: int, batch: int) -> int:
+        n = len(part)
+        cur = self.gate.move_state().release_cursor
+        keys = (L.u32 * n)()
+        slots = (L.ReleaseSlot * n)()
+        for i, p in enumerate(part):
+            if not 14 <= len(p.data) <= L.MAX_PKT:
+                raise BadInput(f"packet of {len(p.data)} bytes cannot be released")
+            keys[i] = (cur + i) % L.RELEASE_SLOTS
+            s = slots[i]
+            s.len, s.side, s.rx = len(p.data), p.side, rx
+            ct.memmove(s.data, p.data, len(p.data))
+        self.gate.maps.nfx_release.update_batch(keys, slots, n)
+        # a live run can stop part way (the kernel ends it early on a pending signal, or fails
+        # to set it up): the cursor says how far it got, and only the rest is run again, so no
+        # packet goes twice and none is left in its slot
+        end, err = cur, None
+        for _ in range(RELEASE_TRIES):
+            left = cur + n - end
+            try:
+                with netns.enter(self.ns):
+                    bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=left, live=True, ingress_ifindex=self.ifindex,
+                                         batch_size=min(batch, left))
+            except BpfError as e:
+                err = e
+            end = self.gate.move_state().release_cursor
+            if end == cur + n:
+                break
+            log.warning("release run stopped at %d of %d slots (%s): running the rest again", end - cur, n, err)
+            time.sleep(0.001)
+        if end != cur + n:
+            raise BpfError(f"release path consumed {end - cur} of {n} slots" + (f": {err}" if err else ""))
+        if rx == L.RX_RELEASED:
+            self.gate.set_move_cfg(flushed_seq=end)
+        return end
