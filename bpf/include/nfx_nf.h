@@ -1,10 +1,13 @@
 /* nfx_nf.h: what every NF program runs around its own logic: the gate (per-flow marks, then
- * wildcard filters for flows with no mark) and the wiring that forwards a packet out the other
- * side. Layouts are in nfx.h. */
+ * wildcard filters for flows with no mark), moves, statelets, and the wiring that forwards a
+ * packet out the other side. Layouts are in nfx_gate.h, nfx_move.h and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
 
 #include "nfx_bpf.h"
+#include "nfx_gate.h"
+#include "nfx_move.h"
+#include "nfx_statelet.h"
 
 #ifndef NFX_MAX_FLOWS
 #define NFX_MAX_FLOWS 262144
@@ -367,7 +370,7 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
     return v;
 }
 
-/* ---- statelets: what a mirrored packet did to the state (record format in nfx.h) ------- */
+/* ---- statelets: what a mirrored packet did to the state (record format in nfx_statelet.h) */
 #ifndef NFX_STATELET_RING_PAGES
 #define NFX_STATELET_RING_PAGES 4096     /* 16 MiB: about 1.7 s of IDS statelets at 100k pps */
 #endif
@@ -546,6 +549,37 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
         return 0;
     }
     return 1;
+}
+
+/* What nfx_nf_entry found: the packet, the instance's wiring, and, unless the NF's logic is to
+ * run, the packet's verdict so far. */
+struct nfx_entry {
+    struct nfx_pkt p;
+    struct nfx_port_cfg *pc;
+    int side;
+    __u32 act;               /* the gate's action: PROCESS or STATELET when the NF runs */
+    int verdict;
+};
+
+#define NFX_NF_NO_CFG  0     /* the port config or the NF's own config is missing: dropped */
+#define NFX_NF_LEFT    1     /* nfx_front kept the packet (e->verdict); an NF may still act on
+                              * what was not parsed (e->p.reason) */
+#define NFX_NF_PROCESS 2     /* the NF's logic runs */
+
+/* The start of every NF's entry point: its wiring and own config (`cfg`, the NF's config map
+ * value), then nfx_front. The NF then has one exit: nfx_exit(e->verdict). */
+static __always_inline int nfx_nf_entry(struct xdp_md *ctx, struct nfx_entry *e, void *cfg)
+{
+    __u32 z = 0;
+    __builtin_memset(e, 0, sizeof(*e));
+    e->verdict = XDP_DROP;
+    e->act = NFX_ACT_PROCESS;
+    e->pc = nfx_port_cfg.lookup(&z);
+    if (!e->pc || !cfg)
+        return NFX_NF_NO_CFG;
+    if (!nfx_front(ctx, e->pc, &e->p, &e->side, &e->act, &e->verdict))
+        return NFX_NF_LEFT;
+    return NFX_NF_PROCESS;
 }
 
 #endif /* NFX_NF_H */
