@@ -49,9 +49,10 @@ static __always_inline int sw_exit(int act)
     return act;
 }
 
-/* eth/IPv4/{TCP,UDP,ICMP echo} into k, the same key nfx_parse builds, with its IPv4 checks. Fields are filled as far
- * as parsing gets, so a fragment or an odd protocol still matches on addresses. *ip_ok says an
- * IPv4 header whose TOS may be rewritten sits right after the ethernet header. */
+/* eth/IPv4/{TCP,UDP,ICMP echo} into k, the same key nfx_parse builds, with its IPv4 checks.
+ * Fields are filled as far as parsing gets, so a fragment or an odd protocol still matches on
+ * addresses. *ip_ok says an IPv4 header whose TOS may be rewritten sits right after the
+ * ethernet header. */
 static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key *k, int *ip_ok, __u32 *l4_off)
 {
     void *data = (void *)(long)skb->data;
