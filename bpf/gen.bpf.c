@@ -14,6 +14,7 @@
  * The payload beyond nfx_gen_payload is whatever the initial frame held (zeros); nothing on
  * the path writes L4 payload, so the template checksum keeps covering it. */
 #include "nfx_bpf.h"
+#include "nfx_bench.h"
 
 #ifndef NFX_GEN_FLOWS
 #define NFX_GEN_FLOWS 1

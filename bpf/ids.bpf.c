@@ -4,6 +4,7 @@
  * threshold), and matches the L4 payload against a run-time signature table. Alerts go to user
  * space through the ids_alerts ringbuf. */
 #include "nfx_nf.h"
+#include "nfx_ids.h"
 
 #ifndef NFX_IDS_RING_PAGES
 #define NFX_IDS_RING_PAGES 64            /* 256 KiB: about 6500 alert records */
@@ -194,7 +195,7 @@ static __always_inline void ids_match(struct xdp_md *ctx, struct nfx_pkt *p, __u
     }
 }
 
-/* ---- statelets (nfx.h): a mirrored packet's changes to ids_flows, ids_hosts, ids_hostports ---- */
+/* ---- statelets (nfx_statelet.h): a mirrored packet's changes to ids_flows, ids_hosts, ids_hostports ---- */
 #define IDS_FLOW_ALL   0x3f
 #define IDS_FLOW_TOUCH (NFX_ST_BIT(NFX_STF_FLOW_PKTS) | NFX_ST_BIT(NFX_STF_FLOW_BYTES) | \
                         NFX_ST_BIT(NFX_STF_FLOW_LAST_NS))
@@ -317,35 +318,30 @@ static __always_inline int ids_pass(struct xdp_md *ctx, struct nfx_port_cfg *pc,
 
 int nfx_ids(struct xdp_md *ctx)
 {
-    int verdict = XDP_DROP;
     __u32 z = 0;
-    struct nfx_pkt p = {};
-    struct nfx_port_cfg *pc = nfx_port_cfg.lookup(&z);
     struct nfx_ids_cfg *c = ids_cfg.lookup(&z);
-    if (!pc || !c)
-        goto out;
-    int side = 0;
-    __u32 act = NFX_ACT_PROCESS;
-    if (!nfx_front(ctx, pc, &p, &side, &act, &verdict)) {
+    struct nfx_entry e;
+    int r = nfx_nf_entry(ctx, &e, c);
+    if (r != NFX_NF_PROCESS) {
         /* a passive IDS must not break what it cannot read (ARP, IPv6, path-MTU discovery):
          * forwarded unless configured to drop; counted either way, no state made */
-        if (ids_uninspectable(p.reason)) {
+        if (r == NFX_NF_LEFT && ids_uninspectable(e.p.reason)) {
             nfx_count(NFX_R_IDS_UNINSPECTED);
-            verdict = c->drop_uninspected ? XDP_DROP : ids_pass(ctx, pc, side);
+            e.verdict = c->drop_uninspected ? XDP_DROP : ids_pass(ctx, e.pc, e.side);
         }
         goto out;
     }
-    int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
+    int mirror = e.act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     struct ids_touched t;
-    ids_inspect(ctx, &p, c, &t);
+    ids_inspect(ctx, &e.p, c, &t);
     if (mirror) {            /* the only cost to unmirrored packets */
         struct nfx_st *st = nfx_st_begin();
         if (st) {
-            ids_statelets(st, &p, t.f, t.h, t.ev);
-            nfx_st_end(st, p.len);
+            ids_statelets(st, &e.p, t.f, t.h, t.ev);
+            nfx_st_end(st, e.p.len);
         }
     }
-    verdict = ids_pass(ctx, pc, side);
+    e.verdict = ids_pass(ctx, e.pc, e.side);
 out:
-    return nfx_exit(verdict);
+    return nfx_exit(e.verdict);
 }

@@ -3,6 +3,7 @@
  * packets must hit a nat_rev entry. Each connection owns one (public address, port, proto) in
  * nat_ports, inserted with BPF_NOEXIST so two CPUs can never hand out the same port. */
 #include "nfx_nf.h"
+#include "nfx_nat.h"
 
 #define NAT_PORT_TRIES 8
 
@@ -59,7 +60,7 @@ static __always_inline int nat_expired(struct nfx_nat_cfg *c, struct nfx_nat_ent
     return now - last > nat_timeout(c, proto, flags);
 }
 
-/* ---- statelets (nfx.h): a mirrored packet's changes to nat_fwd, nat_rev and nat_ports ---- */
+/* ---- statelets (nfx_statelet.h): a mirrored packet's changes to nat_fwd, nat_rev and nat_ports ---- */
 #define NAT_STF_ALL   0x3f       /* every field of an entry: what creation wrote */
 #define NAT_STF_TOUCH (NFX_ST_BIT(NFX_STF_NAT_PKTS) | NFX_ST_BIT(NFX_STF_NAT_BYTES) | \
                        NFX_ST_BIT(NFX_STF_NAT_LAST_SEEN_NS))
@@ -424,36 +425,31 @@ bad:
 
 int nfx_nat(struct xdp_md *ctx)
 {
-    int verdict = XDP_DROP;
     __u32 z = 0;
-    struct nfx_pkt p = {};
-    struct nfx_port_cfg *pc = nfx_port_cfg.lookup(&z);
     struct nfx_nat_cfg *c = nat_cfg.lookup(&z);
-    if (!pc || !c)
-        goto out;
-    int side = 0;
-    __u32 act = NFX_ACT_PROCESS;
-    if (!nfx_front(ctx, pc, &p, &side, &act, &verdict)) {
+    struct nfx_entry e;
+    int r = nfx_nf_entry(ctx, &e, c);
+    if (r != NFX_NF_PROCESS) {
         /* what the front leaves unparsed: ICMP errors are ours to translate; ARP goes to this
          * namespace's stack, which answers only for addresses it owns; the rest stays dropped
          * (IPv6 has no NAT here, fragments no port to map) */
-        if (p.reason == NFX_R_ICMP_NOT_ECHO)
-            verdict = nat_icmp_error(ctx, &p, pc, side);
-        else if (p.reason == NFX_R_ARP)
-            verdict = XDP_PASS;
+        if (r == NFX_NF_LEFT && e.p.reason == NFX_R_ICMP_NOT_ECHO)
+            e.verdict = nat_icmp_error(ctx, &e.p, e.pc, e.side);
+        else if (r == NFX_NF_LEFT && e.p.reason == NFX_R_ARP)
+            e.verdict = XDP_PASS;
         goto out;
     }
-    int mirror = act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
+    int mirror = e.act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     /* unmirrored packets pay a NULL test where state changes; mirrored ones build a record */
     struct nfx_st *st = mirror ? nfx_st_begin() : 0;
     /* idle timeouts are seconds: the coarse clock (same CLOCK_MONOTONIC base) is enough */
     __u64 now = bpf_ktime_get_coarse_ns();
-    if (side == NFX_SIDE_IN)
-        verdict = nat_outbound(ctx, &p, c, pc, now, st);
+    if (e.side == NFX_SIDE_IN)
+        e.verdict = nat_outbound(ctx, &e.p, c, e.pc, now, st);
     else
-        verdict = nat_inbound(ctx, &p, c, pc, now, st);
+        e.verdict = nat_inbound(ctx, &e.p, c, e.pc, now, st);
     if (st)
-        nfx_st_end(st, p.len);
+        nfx_st_end(st, e.p.len);
 out:
-    return nfx_exit(verdict);
+    return nfx_exit(e.verdict);
 }

@@ -1,6 +1,6 @@
 /* sink.bpf.c: the receiving host's XDP program. Generator packets (eth/IPv4/UDP|TCP whose
  * payload starts with nfx_gen_payload) are counted per flow, checked against a per-flow
- * seen-bitmap (struct nfx_sink_word in nfx.h), timed, and dropped; everything else goes on to
+ * seen-bitmap (struct nfx_sink_word in nfx_bench.h), timed, and dropped; everything else goes on to
  * the host's stack.
  *
  * Per flow, every packet lands in exactly one of: distinct (its seq's bit was clear: it sets
@@ -21,6 +21,7 @@
  *
  * Sequence numbers are u32 and do not wrap in any realistic run (2^32 packets per flow). */
 #include "nfx_bpf.h"
+#include "nfx_bench.h"
 
 #ifndef NFX_SINK_FLOWS
 #define NFX_SINK_FLOWS 1
@@ -52,7 +53,7 @@ static __always_inline __u32 sink_log2(__u64 v)
     return r;
 }
 
-/* layout described at NFX_LAT_BUCKETS in nfx.h */
+/* layout described at NFX_LAT_BUCKETS in nfx_bench.h */
 static __always_inline __u32 sink_lat_bucket(__u64 v)
 {
     if (v < NFX_LAT_SUB)

@@ -9,6 +9,8 @@
  * nfx's reserved marks (TOS NFX_TOS_IBC, NFX_TOS_FIRE) are dropped where a host could forge
  * them: see sw_reserved. */
 #include "nfx_bpf.h"
+#include "nfx_move.h"
+#include "nfx_switch.h"
 
 #ifndef NFX_SW_MAX_EXACT
 #define NFX_SW_MAX_EXACT 65536
@@ -47,9 +49,10 @@ static __always_inline int sw_exit(int act)
     return act;
 }
 
-/* eth/IPv4/{TCP,UDP,ICMP echo} into k, the same key nfx_parse builds. Fields are filled as far
- * as parsing gets, so a fragment or an odd protocol still matches on addresses. *ip_ok says an
- * IPv4 header whose TOS may be rewritten sits right after the ethernet header. */
+/* eth/IPv4/{TCP,UDP,ICMP echo} into k, the same key nfx_parse builds, with its IPv4 checks.
+ * Fields are filled as far as parsing gets, so a fragment or an odd protocol still matches on
+ * addresses. *ip_ok says an IPv4 header whose TOS may be rewritten sits right after the
+ * ethernet header. */
 static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key *k, int *ip_ok, __u32 *l4_off)
 {
     void *data = (void *)(long)skb->data;
@@ -59,24 +62,19 @@ static __always_inline __u32 sw_parse(struct __sk_buff *skb, struct nfx_flow_key
         return r;
 
     struct iphdr *ip = data + sizeof(struct ethhdr);
-    if ((void *)(ip + 1) > end)
-        return NFX_R_TRUNC_IP;
-    if (ip->version != 4)
-        return NFX_R_BAD_VERSION;
-    __u32 ihl = ip->ihl;
-    if (ihl < 5)
-        return NFX_R_BAD_IHL;
+    r = nfx_ipv4_fixed(ip, end);
+    if (r != NFX_R_OK)
+        return r;
     *ip_ok = 1;
     k->saddr = ip->saddr;
     k->daddr = ip->daddr;
     k->proto = ip->protocol;
-    __u32 iplen = ihl * 4;
+    __u32 iplen = ip->ihl * 4;
     if ((void *)ip + iplen > end)
         return NFX_R_TRUNC_IP;
-    if (ip->frag_off & bpf_htons(0x3fff))
-        return NFX_R_FRAGMENT;
-    if (ihl > 5)
-        nfx_count(NFX_R_IP_OPTIONS);
+    r = nfx_ipv4_whole(ip);
+    if (r != NFX_R_OK)
+        return r;
 
     void *l4 = (void *)ip + iplen;
     *l4_off = ETH_HLEN + iplen;

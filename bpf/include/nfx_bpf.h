@@ -1,5 +1,6 @@
 /* nfx_bpf.h: kernel-side helpers every nfx program shares: includes, the verdict/reason
- * counters, checksum updates, and the eth/IPv4/L4 parser. Layouts live in nfx.h. */
+ * counters, checksum updates, and the eth/IPv4/L4 parser. Layouts live in the per-concern
+ * headers (nfx_flow.h here; a program includes the others it uses). */
 #ifndef NFX_BPF_H
 #define NFX_BPF_H
 
@@ -11,7 +12,7 @@
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/icmp.h>
 #include <uapi/linux/pkt_cls.h>
-#include "nfx.h"
+#include "nfx_flow.h"
 
 /* BCC provides htons() and friends, not libbpf's bpf_endian.h names */
 #ifndef bpf_htons
@@ -128,6 +129,29 @@ static __always_inline __u32 nfx_parse_eth(void *data, void *end)
     return NFX_R_OK;
 }
 
+/* The IPv4 header's fixed part right after the Ethernet header: NFX_R_OK, or why it is not one
+ * (XDP and tc alike; the caller then checks that ihl * 4 bytes fit). */
+static __always_inline __u32 nfx_ipv4_fixed(struct iphdr *ip, void *end)
+{
+    if ((void *)(ip + 1) > end)
+        return NFX_R_TRUNC_IP;
+    if (ip->version != 4)
+        return NFX_R_BAD_VERSION;
+    if (ip->ihl < 5)
+        return NFX_R_BAD_IHL;
+    return NFX_R_OK;
+}
+
+/* A whole datagram, not a fragment; options are legal, counted and let through. */
+static __always_inline __u32 nfx_ipv4_whole(struct iphdr *ip)
+{
+    if (ip->frag_off & bpf_htons(0x3fff))       /* MF set or offset != 0 */
+        return NFX_R_FRAGMENT;
+    if (ip->ihl > 5)
+        nfx_count(NFX_R_IP_OPTIONS);
+    return NFX_R_OK;
+}
+
 /* Parse eth/IPv4/{TCP,UDP,ICMP echo}. Returns NFX_R_OK or a reason the packet cannot be
  * handled; NFX_R_IP_OPTIONS and NFX_R_EMPTY_PAYLOAD are counted here and parsing goes on.
  * The header fields a reason leaves behind (eth, ip, l4, key addresses) stay set for the NF. */
@@ -144,14 +168,10 @@ static __always_inline __u32 nfx_parse_frame(struct xdp_md *ctx, struct nfx_pkt 
 
     struct iphdr *ip = (void *)(eth + 1);
     p->ip = ip;
-    if ((void *)(ip + 1) > end)
-        return NFX_R_TRUNC_IP;
-    if (ip->version != 4)
-        return NFX_R_BAD_VERSION;
-    __u32 ihl = ip->ihl;
-    if (ihl < 5)
-        return NFX_R_BAD_IHL;
-    __u32 iplen = ihl * 4;
+    r = nfx_ipv4_fixed(ip, end);
+    if (r != NFX_R_OK)
+        return r;
+    __u32 iplen = ip->ihl * 4;
     if ((void *)ip + iplen > end)
         return NFX_R_TRUNC_IP;
     /* the datagram must fit the frame: a longer claim would make state from bytes never sent */
@@ -159,10 +179,9 @@ static __always_inline __u32 nfx_parse_frame(struct xdp_md *ctx, struct nfx_pkt 
     if (tot < iplen || sizeof(struct ethhdr) + tot > p->len)
         return NFX_R_BAD_TOT_LEN;
     p->l3_end = sizeof(struct ethhdr) + tot;
-    if (ip->frag_off & bpf_htons(0x3fff))       /* MF set or offset != 0 */
-        return NFX_R_FRAGMENT;
-    if (ihl > 5)
-        nfx_count(NFX_R_IP_OPTIONS);
+    r = nfx_ipv4_whole(ip);
+    if (r != NFX_R_OK)
+        return r;
 
     void *l4 = (void *)ip + iplen;
     p->l4 = l4;

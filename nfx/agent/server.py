@@ -154,7 +154,7 @@ class Agent(MoveOps):
         self._ns = netns.enter(self.ns)
         self._ns.__enter__()
         self._adopt()
-        self.layout = L.layout_hash()
+        self.layout = L.layout_hash(self.kind)
         if not (self.pin / "prog").exists():
             log.warning("no pinned program at %s: the instance may not be attached", self.pin / "prog")
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -340,7 +340,7 @@ class Agent(MoveOps):
                 d["entries"] = m.export()[0]
             maps[name] = d
         return {"testbed": self.testbed, "instance": self.instance, "kind": self.kind,
-                "layout": self.layout, "layout_now": L.layout_hash(), "pid": os.getpid(),
+                "layout": self.layout, "layout_now": L.layout_hash(self.kind), "pid": os.getpid(),
                 "ns": self.ns, "addr": self.addr, "port": self.port, "pin": str(self.pin),
                 "started": self.started, "uptime_s": round(time.time() - self.started, 3),
                 "prog_pinned": (self.pin / "prog").exists(),

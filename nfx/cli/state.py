@@ -6,6 +6,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import layout as L
 from ..errors import BadInput, NfxError
 from ..state import ops
 from ..state.tables import parse_scopes
@@ -91,10 +92,11 @@ def import_(file: Path = typer.Argument(..., help="State file written by nfx sta
     c = _client(name, instance, timeout)
     try:
         info = c.info()
-        if meta.get("layout") != info["layout"]:
+        if not L.same_layout(info["kind"], meta.get("layout"), info["layout"]):
             raise BadInput(f"{file} was written with layout {meta.get('layout')}; {instance} runs layout "
-                           f"{info['layout']} (a different bpf/include/nfx.h): refusing to import state of "
-                           f"another layout", hint="export it again from an instance built from the same nfx.h")
+                           f"{info['layout']} (other {info['kind']} headers in bpf/include): refusing to import "
+                           f"state of another layout",
+                           hint="export it again from an instance built from the same headers")
         if meta.get("kind") and meta["kind"] != info["kind"]:
             raise BadInput(f"{file} holds {meta['kind']} state; {instance} runs {info['kind']}")
         t0 = time.perf_counter()

@@ -1,11 +1,11 @@
 """Compile bpf/*.bpf.c with BCC: include path, feature defines, errors that say what failed."""
 import contextlib
 import os
-import re
 import sys
 import tempfile
 
 from ..errors import BpfError, KernelFeature
+from ..layout.hashing import QUOTED_INCLUDE as _QUOTED_INCLUDE
 from ..paths import BPF_DIR, BPF_INCLUDE, RUN_DIR
 
 COMPILE_LOG = RUN_DIR / "compile.log"
@@ -39,9 +39,6 @@ def _captured_stderr(keep):
             os.close(saved)
             err.seek(0)
             keep.append(err.read())
-
-
-_QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 
 def expand_includes(text: str, seen: set[str] | None = None, name: str = "main") -> str:

@@ -60,7 +60,7 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
     restricted to the flows in `keyset`, or to those not in `skip`: raw 16-byte keys)."""
     if keyset is not None and skip is not None:
         raise ValueError("export: keyset or skip, not both")
-    layout = L.layout_hash()
+    layout = L.layout_hash(nf.kind)
     seq = 0
     for t in tables(nf.kind, scopes):
         m = nf.maps.get(t.name)
@@ -89,7 +89,7 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
 
 
 def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
-    if c.layout != layout:
+    if not L.same_layout(nf.kind, c.layout, layout):
         raise BadInput(f"chunk {c.seq} ({c.table}) was written with layout {c.layout}; this instance "
                        f"runs layout {layout}: refusing to import state of another layout")
     if c.kind != nf.kind:
@@ -107,7 +107,7 @@ def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
 def check(nf, c: wire.Chunk) -> None:
     """Refuse (BadInput) a chunk that `put` could not apply to `nf`: another layout, NF kind or
     table, or entries of another size. Lets a receiver validate a whole stream before applying."""
-    _check(nf, c, L.layout_hash())
+    _check(nf, c, L.layout_hash(nf.kind))
 
 
 def _array(T, buf, count):
@@ -133,7 +133,7 @@ def _values(m, c: wire.Chunk):
 
 def put(nf, chunks: Iterable[wire.Chunk], stats: dict | None = None) -> dict:
     """Apply chunks; every chunk is applied whole or listed in `failed` with the reason."""
-    layout = L.layout_hash()
+    layout = L.layout_hash(nf.kind)
     applied, failed, entries = [], [], 0
     for c in chunks:
         try:
@@ -213,7 +213,7 @@ def save(path: str, meta: dict, chunks: Iterable[wire.Chunk]) -> dict:
     n = entries = size = 0
     with open(path, "wb") as f:
         size += wire.write(f, wire.encode_json({"format": "nfx-state", "wire": wire.VERSION,
-                                                "layout": L.layout_hash(), **meta}))
+                                                "layout": L.layout_hash(meta["kind"]) if "kind" in meta else None, **meta}))
         for c in chunks:
             size += wire.write(f, wire.encode_chunk(c))
             n += 1

@@ -342,7 +342,7 @@ class Tables:
         return cls.from_chunks(ops.export(nf, scopes), nf.kind)
 
     def chunks(self) -> list[wire.Chunk]:
-        layout = L.layout_hash()
+        layout = L.layout_hash(self.kind)
         out = []
         for name, d in self.data.items():
             s = BY_NAME[name]

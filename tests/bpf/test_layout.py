@@ -1,22 +1,31 @@
-"""nfx/layout.py must match bpf/include/nfx.h as BCC parses it: every struct's size, and every
-field's offset and size."""
+"""nfx/layout/ must match bpf/include/ as BCC parses it: every struct's size, and every field's
+offset and size, each struct compiled from the one header its mirror module mirrors (so a header
+also compiles on its own, with only what it includes)."""
 import ctypes as ct
 
 import pytest
 
 from nfx import layout as L
 from nfx.loader.compile import expand_includes
+from nfx.paths import BPF_INCLUDE
 
 
 @pytest.fixture(scope="module")
 def parsed():
     import bcc
-    text = '#include "nfx_bpf.h"\n' + "".join(
-        f"BPF_ARRAY(m_{name}, struct {name}, 1);\n" for name in L.MIRRORS)
-    from nfx.paths import BPF_INCLUDE
-    b = bcc.BPF(text=expand_includes(text).encode(), cflags=["-w", f"-I{BPF_INCLUDE}"])
-    yield {name: b[f"m_{name}".encode()].Leaf for name in L.MIRRORS}
-    b.cleanup()
+    out = {}
+    for header, mod in L.MODULES.items():
+        text = f'#include "{header}"\n' + "".join(
+            f"BPF_ARRAY(m_{name}, struct {name}, 1);\n" for name in mod.MIRRORS)
+        b = bcc.BPF(text=expand_includes(text).encode(), cflags=["-w", f"-I{BPF_INCLUDE}"])
+        out.update({name: b[f"m_{name}".encode()].Leaf for name in mod.MIRRORS})
+        b.cleanup()
+    return out
+
+
+def test_every_header_has_structs_mirrored():
+    assert all(mod.MIRRORS for mod in L.MODULES.values())
+    assert sum(len(mod.MIRRORS) for mod in L.MODULES.values()) == len(L.MIRRORS)
 
 
 @pytest.mark.parametrize("name", sorted(L.MIRRORS))

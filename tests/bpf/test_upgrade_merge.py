@@ -17,7 +17,7 @@ from nfx.paths import BPF_INCLUDE
 
 def test_v2_mirror_matches_header_and_default_is_unchanged():
     import bcc
-    text = '#include "nfx_bpf.h"\nBPF_ARRAY(m, struct nfx_nat_entry, 1);\n'
+    text = '#include "nfx_nat.h"\nBPF_ARRAY(m, struct nfx_nat_entry, 1);\n'
     sizes = {}
     for flag in ([], ["-DNFX_NAT_V2=1"]):
         b = bcc.BPF(text=expand_includes(text).encode(), cflags=["-w", f"-I{BPF_INCLUDE}", *flag])
@@ -74,10 +74,10 @@ def table():
     """An old (v1) and a new (v2) table, the new one pinned as the merge program opens it."""
     import bcc
     pin = Path(f"/sys/fs/bpf/nfxmerge{secrets.token_hex(3)}")
-    hdr = open(BPF_INCLUDE / "nfx.h").read()
+    hdr = open(BPF_INCLUDE / "nfx_nat.h").read()
     v2 = hdr[hdr.index("struct nfx_nat_entry {"):]
     v2 = v2[:v2.index("};") + 2].replace("nfx_nat_entry", "nfx_nat_entry_v2")
-    text = '#include "nfx_bpf.h"\n' + f"#define NFX_NAT_V2 1\n{v2}\n#undef NFX_NAT_V2\n" + SRC % pin
+    text = '#include "nfx_bpf.h"\n#include "nfx_nat.h"\n' + f"#define NFX_NAT_V2 1\n{v2}\n#undef NFX_NAT_V2\n" + SRC % pin
     b = bcc.BPF(text=expand_includes(text).encode(), cflags=["-w", f"-I{BPF_INCLUDE}"])
     try:
         old, new = b[b"old"].map_fd, b[b"new"].map_fd

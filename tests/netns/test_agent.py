@@ -93,7 +93,7 @@ def test_agents_up_with_the_testbed(nat):
         assert lifecycle.is_agent(pid, nat["name"], inst)
         with client(nat, inst) as c:
             i = c.info(entries=True)
-        assert (i["instance"], i["kind"], i["pid"], i["layout"]) == (inst, "nat", pid, L.layout_hash())
+        assert (i["instance"], i["kind"], i["pid"], i["layout"]) == (inst, "nat", pid, L.layout_hash("nat"))
         assert i["ns"] == rec["nodes"][inst]["ns"] and i["prog_pinned"]
         assert all(i["xdp"].values()), i["xdp"]            # the program it re-adopted is attached
         assert i["maps"]["nat_fwd"]["max_entries"] == 65536

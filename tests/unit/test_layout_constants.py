@@ -1,4 +1,5 @@
-"""The enums and constants Python mirrors from nfx.h, read straight from the header text."""
+"""The enums and constants Python mirrors from bpf/include/, each read straight from the text of
+the header its mirror module mirrors (nfx_<concern>.h -> nfx/layout/<concern>.py)."""
 import re
 
 import pytest
@@ -6,12 +7,16 @@ import pytest
 from nfx import layout as L
 from nfx.paths import BPF_INCLUDE
 
-HEADER = (BPF_INCLUDE / "nfx.h").read_text()
+HEADER_OF = {mod: header for header, mod in L.MODULES.items()}
+CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h"}   # helpers, no layouts of their own
 
 
-def c_enum(name: str) -> dict[str, int]:
-    body = re.search(r"enum %s\s*\{(.*?)\};" % name, HEADER, re.S).group(1)
-    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+def text(header: str) -> str:
+    return re.sub(r"/\*.*?\*/", "", (BPF_INCLUDE / header).read_text(), flags=re.S)
+
+
+def c_enum(header: str, name: str) -> dict[str, int]:
+    body = re.search(r"enum %s\s*\{(.*?)\};" % name, text(header), re.S).group(1)
     out, nxt = {}, 0
     for item in filter(None, (x.strip() for x in body.split(","))):
         ident, _, val = item.partition("=")
@@ -21,12 +26,25 @@ def c_enum(name: str) -> dict[str, int]:
     return out
 
 
-def c_define(name: str) -> int:
-    return int(re.search(r"#define %s\s+(\w+)" % name, HEADER).group(1).rstrip("u"), 0)
+def c_define(header: str, name: str) -> int:
+    return int(re.search(r"#define %s\s+(\w+)" % name, text(header)).group(1).rstrip("u"), 0)
+
+
+def test_every_header_is_mirrored_or_code():
+    present = {p.name for p in BPF_INCLUDE.glob("*.h")}
+    assert present == set(L.MODULES) | CODE_HEADERS
+    assert set(L.MODULES) == set(L.LAYOUT_HEADERS)
+
+
+@pytest.mark.parametrize("header", sorted(L.MODULES))
+def test_every_struct_of_a_header_is_mirrored_by_its_module(header):
+    structs = set(re.findall(r"^struct (nfx_\w+)\s*\{", text(header), re.M))
+    assert structs == set(L.MODULES[header].MIRRORS)
 
 
 @pytest.mark.parametrize("cname,pyenum,prefix", [
     ("nfx_stat", L.Stat, "NFX_"), ("nfx_action", L.Action, "NFX_ACT_"),
+    ("nfx_buf_kind", L.BufKind, "NFX_BUF_"),
     ("nfx_nat_timeout", L.NatTimeout, "NFX_TO_"), ("nfx_alert_kind", L.AlertKind, "NFX_ALERT_"),
     ("nfx_ids_global", L.IdsGlobal, "NFX_IDS_G_"),
     ("nfx_st_table", L.StTable, "NFX_ST_"), ("nfx_st_op", L.StOp, "NFX_ST_"),
@@ -34,37 +52,46 @@ def c_define(name: str) -> int:
     ("nfx_stf_ids_host", L.StfIdsHost, "NFX_STF_HOST_"),
 ])
 def test_enums_match(cname, pyenum, prefix):
-    c = {k[len(prefix):]: v for k, v in c_enum(cname).items() if not k.endswith("_MAX")}
+    header = "nfx_%s.h" % pyenum.__module__.rsplit(".", 1)[1]
+    c = {k[len(prefix):]: v for k, v in c_enum(header, cname).items() if not k.endswith("_MAX")}
     assert c == {m.name: m.value for m in pyenum}
 
 
-@pytest.mark.parametrize("cname,value", [
-    ("NFX_LAYOUT_VERSION", L.LAYOUT_VERSION), ("NFX_MAX_FILTERS", L.MAX_FILTERS),
-    ("NFX_FILTER_USED", L.FILTER_USED), ("NFX_FILTER_BIDIR", L.FILTER_BIDIR),
-    ("NFX_SIDE_IN", L.SIDE_IN), ("NFX_SIDE_OUT", L.SIDE_OUT), ("NFX_TX_SLOTS", L.TX_SLOTS),
-    ("NFX_TCP_FIN", L.TCP_FIN), ("NFX_TCP_SYN", L.TCP_SYN), ("NFX_TCP_RST", L.TCP_RST), ("NFX_TCP_ACK", L.TCP_ACK),
-    ("NFX_IDS_MAX_SIGS", L.IDS_MAX_SIGS), ("NFX_IDS_SIG_LEN", L.IDS_SIG_LEN),
-    ("NFX_SW_MAX_PORTS", L.SW_MAX_PORTS), ("NFX_SW_MAX_WILD", L.SW_MAX_WILD), ("NFX_SW_MAX_RULES", L.SW_MAX_RULES),
-    ("NFX_SW_OUTPUT", L.SW_OUTPUT), ("NFX_SW_SET_TOS", L.SW_SET_TOS), ("NFX_SW_CLEAR_TOS", L.SW_CLEAR_TOS),
-    ("NFX_SW_TO_CTRL", L.SW_TO_CTRL), ("NFX_SW_DROP", L.SW_DROP), ("NFX_GEN_MAGIC", L.GEN_MAGIC),
-    ("NFX_LAT_BUCKETS", L.LAT_BUCKETS), ("NFX_LAT_SUB", L.LAT_SUB),
-    ("NFX_STATELET_WORDS", L.STATELET_WORDS), ("NFX_STF_VALUE", L.STF_VALUE),
-    ("NFX_STATELET_INC_SHIFT", L.STATELET_INC_SHIFT),
-    ("NFX_TOS_IBC", L.TOS_IBC), ("NFX_IBC_MAGIC", L.IBC_MAGIC), ("NFX_TOS_FIRE", L.TOS_FIRE),
-    ("NFX_FIRE_MAGIC", L.FIRE_MAGIC), ("NFX_SW_MAX_FIRED", L.SW_MAX_FIRED),
-    ("NFX_SW_PORT_SLOTS", L.SW_PORT_SLOTS), ("NFX_SW_PORT_HOST", L.SW_PORT_HOST), ("NFX_SW_PORT_NF", L.SW_PORT_NF),
+@pytest.mark.parametrize("mod,cname,pyname", [
+    (L.flow, "NFX_LAYOUT_VERSION", "LAYOUT_VERSION"), (L.flow, "NFX_SIDE_IN", "SIDE_IN"),
+    (L.flow, "NFX_SIDE_OUT", "SIDE_OUT"), (L.flow, "NFX_TX_SLOTS", "TX_SLOTS"),
+    (L.flow, "NFX_TCP_FIN", "TCP_FIN"), (L.flow, "NFX_TCP_SYN", "TCP_SYN"), (L.flow, "NFX_TCP_RST", "TCP_RST"),
+    (L.flow, "NFX_TCP_ACK", "TCP_ACK"),
+    (L.gate, "NFX_MAX_FILTERS", "MAX_FILTERS"), (L.gate, "NFX_FILTER_USED", "FILTER_USED"),
+    (L.gate, "NFX_FILTER_BIDIR", "FILTER_BIDIR"),
+    (L.move, "NFX_TOS_IBC", "TOS_IBC"), (L.move, "NFX_IBC_MAGIC", "IBC_MAGIC"), (L.move, "NFX_TOS_FIRE", "TOS_FIRE"),
+    (L.move, "NFX_FIRE_MAGIC", "FIRE_MAGIC"), (L.move, "NFX_MAX_PKT", "MAX_PKT"),
+    (L.move, "NFX_RELEASE_SLOTS", "RELEASE_SLOTS"), (L.move, "NFX_RX_PEER", "RX_PEER"),
+    (L.move, "NFX_RX_RELEASED", "RX_RELEASED"), (L.move, "NFX_RX_INJECTED", "RX_INJECTED"),
+    (L.statelet, "NFX_STATELET_WORDS", "STATELET_WORDS"), (L.statelet, "NFX_STF_VALUE", "STF_VALUE"),
+    (L.statelet, "NFX_STATELET_INC_SHIFT", "STATELET_INC_SHIFT"),
+    (L.ids, "NFX_IDS_MAX_SIGS", "IDS_MAX_SIGS"), (L.ids, "NFX_IDS_SIG_LEN", "IDS_SIG_LEN"),
+    (L.switch, "NFX_SW_MAX_PORTS", "SW_MAX_PORTS"), (L.switch, "NFX_SW_MAX_WILD", "SW_MAX_WILD"),
+    (L.switch, "NFX_SW_MAX_RULES", "SW_MAX_RULES"), (L.switch, "NFX_SW_MAX_FIRED", "SW_MAX_FIRED"),
+    (L.switch, "NFX_SW_PORT_SLOTS", "SW_PORT_SLOTS"), (L.switch, "NFX_SW_PORT_HOST", "SW_PORT_HOST"),
+    (L.switch, "NFX_SW_PORT_NF", "SW_PORT_NF"),
+    (L.switch, "NFX_SW_OUTPUT", "SW_OUTPUT"), (L.switch, "NFX_SW_SET_TOS", "SW_SET_TOS"),
+    (L.switch, "NFX_SW_CLEAR_TOS", "SW_CLEAR_TOS"), (L.switch, "NFX_SW_TO_CTRL", "SW_TO_CTRL"),
+    (L.switch, "NFX_SW_DROP", "SW_DROP"),
+    (L.bench, "NFX_GEN_MAGIC", "GEN_MAGIC"), (L.bench, "NFX_LAT_BUCKETS", "LAT_BUCKETS"),
+    (L.bench, "NFX_LAT_SUB", "LAT_SUB"),
 ])
-def test_defines_match(cname, value):
-    assert c_define(cname) == value
+def test_defines_match(mod, cname, pyname):
+    assert c_define(HEADER_OF[mod], cname) == getattr(mod, pyname) == getattr(L, pyname)
 
 
 def test_stat_max():
-    assert c_enum("nfx_stat")["NFX_STAT_MAX"] == L.STAT_MAX
+    assert c_enum("nfx_flow.h", "nfx_stat")["NFX_STAT_MAX"] == L.STAT_MAX
     assert max(L.Stat) < L.STAT_MAX
 
 
 @pytest.mark.parametrize("stf,struct", [(L.StfNat, L.NatEntry), (L.StfIdsFlow, L.IdsFlow), (L.StfIdsHost, L.IdsHost)])
 def test_statelet_field_bits_follow_struct_order(stf, struct):
-    """Field bit i is the i-th field of the value struct, pad left out (nfx.h, statelets)."""
+    """Field bit i is the i-th field of the value struct, pad left out (nfx_statelet.h)."""
     fields = [name for name, _ in struct._fields_ if name != "pad"]
     assert [m.name.lower() for m in sorted(stf)] == fields

@@ -1,0 +1,132 @@
+/* nfx_flow.h: what every nfx program shares: the flow key, the verdict/reason counters, and an
+ * NF instance's wiring. Python mirror: nfx/layout/flow.py. Multi-byte address/port fields are in
+ * network byte order, as on the wire. Each header's text is part of the layout hash of every
+ * program that includes it (nfx/layout/hashing.py): change a struct, change the mirror. */
+#ifndef NFX_FLOW_H
+#define NFX_FLOW_H
+
+#define NFX_LAYOUT_VERSION 2
+
+/* ICMP echo: the identifier is the "port" on the host side: request sport=id dport=0,
+ * reply sport=0 dport=id, so a reply's key is the request's key reversed. */
+struct nfx_flow_key {
+    __u32 saddr;
+    __u32 daddr;
+    __u16 sport;
+    __u16 dport;
+    __u8  proto;
+    __u8  pad[3];
+};
+
+/* TCP flags as the parser and the NFs keep them */
+#define NFX_TCP_FIN 0x01
+#define NFX_TCP_SYN 0x02
+#define NFX_TCP_RST 0x04
+#define NFX_TCP_ACK 0x10
+
+/* ---- counters: one per-CPU array per program, verdicts first, then reasons --------------- */
+enum nfx_stat {
+    /* verdicts, indexed by XDP action (tc programs map TC_ACT_* onto the same slots) */
+    NFX_V_ABORTED = 0,
+    NFX_V_DROP = 1,
+    NFX_V_PASS = 2,
+    NFX_V_TX = 3,
+    NFX_V_REDIRECT = 4,
+    /* parse reasons */
+    NFX_R_OK = 8,
+    NFX_R_TRUNC_ETH,
+    NFX_R_VLAN,
+    NFX_R_ARP,
+    NFX_R_IPV6,
+    NFX_R_NON_IP,
+    NFX_R_TRUNC_IP,
+    NFX_R_BAD_VERSION,
+    NFX_R_BAD_IHL,
+    NFX_R_IP_OPTIONS,        /* counted, then processed: options are legal */
+    NFX_R_FRAGMENT,
+    NFX_R_TRUNC_L4,
+    NFX_R_UNSUPP_PROTO,
+    NFX_R_ICMP_NOT_ECHO,
+    NFX_R_EMPTY_PAYLOAD,     /* counted, then processed */
+    /* gate */
+    NFX_R_GATE_DROP,
+    NFX_R_GATE_OTHER,        /* an action this build does not implement yet: dropped */
+    /* forwarding */
+    NFX_R_NO_PORT,           /* ingress interface is neither side of the NF */
+    NFX_R_REDIRECT_FAIL,
+    /* NAT */
+    NFX_R_NAT_NEW,
+    NFX_R_NAT_NOT_INSIDE,
+    NFX_R_NAT_NO_MAPPING,
+    NFX_R_NAT_PORTS_EXHAUSTED,
+    NFX_R_NAT_MAP_FULL,
+    NFX_R_NAT_EXPIRED,       /* an idle mapping evicted by the datapath */
+    /* IDS */
+    NFX_R_IDS_SIG_MATCH,
+    NFX_R_IDS_SCAN_ALERT,
+    NFX_R_IDS_RING_FULL,
+    NFX_R_IDS_MAP_FULL,
+    /* switch */
+    NFX_R_SW_HIT_EXACT,
+    NFX_R_SW_HIT_WILD,
+    NFX_R_SW_MISS,
+    NFX_R_SW_CLONE_FAIL,
+    NFX_R_SW_RING_FULL,
+    /* sink / generator */
+    NFX_R_SINK_FOREIGN,      /* not a generator packet */
+    NFX_R_SINK_BAD_FLOW,
+    NFX_R_GEN_SENT,
+    NFX_R_SINK_RX,           /* generator packets of a known flow, counted by the sink */
+    /* moves */
+    NFX_R_BUFFERED,
+    NFX_R_BUF_RING_FULL,
+    NFX_R_TO_CTRL,
+    NFX_R_REDIRECTED,
+    NFX_R_FROM_PEER,
+    NFX_R_RELEASED,
+    NFX_R_INJECTED,
+    NFX_R_RELEASE_BAD,       /* a release slot that was empty or malformed */
+    NFX_R_OP_PRE_IBC,        /* op: a copy the other path also carries (see nfx_gate) */
+    NFX_R_IBC,
+    /* statelets (NFX_ACT_STATELET) */
+    NFX_R_STATELET,          /* ring records written: one per mirrored packet that changed state */
+    NFX_R_STATELET_RING_FULL,    /* a mirrored packet's record lost: the ring was full */
+    NFX_R_STATELET_BYTES,    /* bytes of the records written (sum, not a count) */
+    NFX_R_STATELET_PKT_BYTES,    /* bytes of the packets those records mirror (sum) */
+    /* switch: armed rules */
+    NFX_R_SW_FIRED,          /* triggers taken (and consumed) */
+    NFX_R_SW_FIRE_FULL,      /* a trigger not recorded: the fired table was full */
+    NFX_R_SW_ARMED,          /* a packet passed over an armed rule whose token has not fired */
+    /* parse: IPv4 total length beyond the frame or below the header length (no state made) */
+    NFX_R_BAD_TOT_LEN,
+    /* NAT: ICMP errors (dest-unreachable, time-exceeded, parameter-problem) */
+    NFX_R_NAT_ICMP_ERR,      /* translated for the mapping its quoted packet belongs to */
+    NFX_R_NAT_ICMP_BAD,      /* quoted packet unreadable (short, fragment, other protocol): dropped */
+    NFX_R_NAT_QUOTA,         /* a new flow of an inside host at its mapping quota: dropped */
+    /* IDS: a packet it does not inspect (ARP, IPv6, fragment, non-echo ICMP, other protocol,
+     * VLAN, other ethertype), passed or dropped by ids_cfg.drop_uninspected */
+    NFX_R_IDS_UNINSPECTED,
+    /* a reserved mark (TOS NFX_TOS_IBC / NFX_TOS_FIRE) from where or when nfx sends none: at an
+     * NF an IBC of no running OP move; at a switch one from a host-facing port. Dropped. */
+    NFX_R_FORGED,
+    NFX_STAT_MAX = 96,
+};
+
+/* ---- NF wiring (array of 1, per instance) ------------------------------------------------ */
+#define NFX_SIDE_IN  0   /* tx devmap slot toward the inside (h1) switch */
+#define NFX_SIDE_OUT 1   /* tx devmap slot toward the outside (h2) switch */
+#define NFX_TX_SLOTS 8   /* slots 2.. are peers for REDIRECT */
+
+struct nfx_mac {             /* a struct, not __u8[2][6]: BCC 0.26 mis-sizes 2-D arrays */
+    __u8 addr[6];
+};
+
+struct nfx_port_cfg {
+    __u32 ifindex[2];        /* by side */
+    struct nfx_mac mac[2];   /* our own MAC on each side */
+    struct nfx_mac peer_mac[2];  /* next hop's MAC on each side */
+    __u32 release_ifindex;   /* the veth the release path's live test runs name as ingress */
+    __u32 peer_ifindex[NFX_TX_SLOTS];  /* by tx slot: the peer link to another instance */
+};
+
+#endif /* NFX_FLOW_H */

@@ -1,0 +1,72 @@
+/* nfx_move.h: moves: in-band control and trigger frames, the buffer ring's records, the release
+ * path, and an instance's move config and state. Python mirror: nfx/layout/move.py. */
+#ifndef NFX_MOVE_H
+#define NFX_MOVE_H
+
+#include "nfx_flow.h"
+
+#define NFX_TOS_IBC       0xfc         /* IPv4 TOS of an in-band control packet (DiST's IBCpkt) */
+#define NFX_IBC_MAGIC     0x6e666962u  /* "nfib", first payload word of an IBC packet */
+/* a trigger: an IPv4/UDP packet a source instance sends its switches to fire armed rules */
+#define NFX_TOS_FIRE      0xf8
+#define NFX_FIRE_MAGIC    0x6e666672u  /* "nffr", first payload word of a trigger (network order) */
+
+struct nfx_fire_payload {            /* the trigger's UDP payload */
+    __u32 magic;
+    __u32 pad;
+    __u64 token;                     /* opaque: the armed rules' token, byte for byte */
+};
+
+#define NFX_MAX_PKT       1536
+#define NFX_RELEASE_SLOTS 4096
+
+/* how a packet reached the NF */
+#define NFX_RX_PEER     1   /* over a peer link: redirected by another instance */
+#define NFX_RX_RELEASED 2   /* released from this instance's own buffer */
+#define NFX_RX_INJECTED 4   /* handed in by the agent (the controller's buffer): processed as is */
+
+enum nfx_buf_kind { NFX_BUF_PACKET = 1, NFX_BUF_TO_CTRL = 2, NFX_BUF_IBC = 3 };
+
+/* buffer ringbuf record: this header, then `len` packet bytes */
+struct nfx_buf_hdr {
+    __u64 ts_ns;
+    struct nfx_flow_key key;
+    __u32 len;
+    __u32 epoch;
+    __u8  kind;
+    __u8  side;
+    __u8  rx;
+    __u8  pad[5];
+};
+
+/* one packet for the release path: the agent fills slots, a live test run replays them */
+struct nfx_release_slot {
+    __u32 len;
+    __u8  side;
+    __u8  rx;                /* NFX_RX_RELEASED or NFX_RX_INJECTED */
+    __u16 pad;
+    __u32 pad2[2];
+    __u8  data[NFX_MAX_PKT];
+};
+
+/* the move an instance takes part in (array of 1): written by its agent only */
+struct nfx_move_cfg {
+    __u32 epoch;             /* marks set for this move carry it (0: no move) */
+    __u32 drain_epoch;       /* marks of this epoch may flip to PROCESS once fully released */
+    __u32 flushed_seq;       /* every released packet up to this release sequence number has left */
+    __u32 op;                /* order-preserving: switch-path packets before the switch's IBC drop */
+    __u32 peer_cut;          /* the source's cut is in, on both sides (opennf: at the controller) */
+    __u32 pad;
+};
+
+/* what the program records during a move (array of 1): written by the program only, so the
+ * agent never clobbers it; the agent zeroes it between moves */
+struct nfx_move_state {
+    __u32 ibc_switch[2];     /* by side: the IBC arrived from the switch */
+    __u32 ibc_peer[2];       /* by side: the IBC arrived from the source instance */
+    __u32 release_cursor;    /* release slots consumed so far; slot = cursor % NFX_RELEASE_SLOTS,
+                              * release sequence number = cursor + 1 */
+    __u32 pad;
+};
+
+#endif /* NFX_MOVE_H */

@@ -1,0 +1,62 @@
+/* nfx_switch.h: the SDN switch's rules, wildcard matches, counters, config and controller
+ * records. Python mirror: nfx/layout/switch.py. */
+#ifndef NFX_SWITCH_H
+#define NFX_SWITCH_H
+
+#define NFX_SW_MAX_PORTS 4      /* output ports per rule: the first is redirected, the rest cloned */
+#define NFX_SW_MAX_WILD  16
+#define NFX_SW_MAX_RULES 4096   /* rule ids index the rule and counter arrays */
+#define NFX_SW_MAX_FIRED 1024   /* tokens fired and not yet forgotten (LRU: the oldest go first) */
+#define NFX_SW_PORT_SLOTS 64    /* ports with a role (sw_ports) */
+#define NFX_SW_PORT_HOST 1      /* faces a host: nfx's reserved marks are dropped there */
+#define NFX_SW_PORT_NF   2      /* faces an NF instance: triggers are taken there */
+
+#define NFX_SW_OUTPUT    0x01
+#define NFX_SW_SET_TOS   0x02
+#define NFX_SW_CLEAR_TOS 0x04
+#define NFX_SW_TO_CTRL   0x08
+#define NFX_SW_DROP      0x10
+
+struct nfx_sw_rule {
+    __u32 actions;
+    __u32 nports;
+    __u32 ports[NFX_SW_MAX_PORTS];   /* ifindexes in the switch's netns */
+    __u8  tos;
+    __u8  pad[3];
+    __u32 used;
+    __u64 token;                     /* nonzero: armed, in force only once sw_fired has it */
+};
+
+struct nfx_sw_wild {                 /* a wildcard match; 0 fields match anything */
+    __u32 in_port;
+    __u32 saddr;
+    __u32 smask;
+    __u32 daddr;
+    __u32 dmask;
+    __u16 sport;
+    __u16 dport;
+    __u8  proto;
+    __u8  used;
+    __u16 prio;                      /* user space keeps the slots sorted by it; unused here */
+    __u32 rule;                      /* index into the rule array */
+};
+
+struct nfx_sw_cfg {                  /* array of 1, written by the controller */
+    __u32 ibc_epoch;                 /* the epoch of the IBC the controller is sending (0: none) */
+    __u32 pad;
+};
+
+struct nfx_sw_counter {
+    __u64 pkts;
+    __u64 bytes;
+};
+
+struct nfx_sw_ctrl_hdr {             /* ringbuf record: header then the packet bytes */
+    __u32 len;
+    __u32 in_port;
+    __u32 rule;
+    __u32 pad;
+    __u64 ts_ns;
+};
+
+#endif /* NFX_SWITCH_H */
