@@ -70,8 +70,8 @@ one side works on the old tables and the other on the new ones: a reply that nee
 other side created in that moment is dropped. (4) Old-program runs still in flight on
 another CPU at the swap are folded in by the second pass 2, after an RCU grace period.
 Always: maps that are not NFX_TABLEs (the devmap, ringbufs, per-CPU scratch) are new objects (the
-devmap is refilled before the swap; readers of a ring must reopen its pin; the instance's agent
-is restarted after the upgrade so it opens the new objects); programs run by test-run from an
+devmap is refilled before the swap; readers of a ring must reopen its pin; `nfx nf upgrade`
+restarts the instance's agent afterwards so it opens the new objects); programs run by test-run from an
 old fd are not upgraded; only hash/array tables convert, keys keep their layout, and a table
 keeps its max_entries unless it is converted."""
 

@@ -59,8 +59,9 @@ def _read_raw(fd: int, info, key: int):
 
 
 class Upgrade:
-    """One upgrade's steps and what each learns (in the report); close() drops what the swap
-    did not commit: staging pins, the parked pair, the new program if it never ran."""
+    """One upgrade's steps and what each learns (in the report). close() drops what only the
+    upgrade needed: the staging pins, the parked veth pair, its fds and BCC objects (a program
+    still attached somewhere stays: the kernel holds it)."""
 
     def __init__(self, rec, instance, source, defines, convs, say, hook):
         info = rec.get("nodes", {}).get(instance)
