@@ -20,37 +20,21 @@ State counts: a NAT connection is two per-flow entries (nat_fwd, nat_rev), and t
 `flows` metric counts those per-flow keys, so N connections are 2N "states" in the paper's
 sense (plus N nat_ports entries and the port cursor, which move too and are in state_bytes)."""
 import csv
-import ipaddress
-import math
 import os
-import secrets
-import statistics
 import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 from ..traffic.report import measure
+from .ci import mean_ci
+from .move_bed import Bed, testbed, traffic_rig
+from .move_cells import CELL_KEYS, DEFAULT_FLOWS, DEFAULT_RATES, OPTS, cells, judge, link_text, verdict
 
 MECHANISMS = ("opennf", "dist")
 GUARANTEES = ("ng", "lf", "op")
-OPTS = ("none", "pz", "pz,ll,er")
-# the default matrix: 2 x 3 x 3 x 2 x 2 = 72 cells, a few minutes on the 2-vCPU VM
-DEFAULT_RATES = (10_000, 100_000)
-DEFAULT_FLOWS = (1000, 10_000)
-# the full matrix (README): --rates 1000,10000,100000,200000 --flows 100,1000,10000,100000
-FULL_RATES = (1000, 10_000, 100_000, 200_000)
-FULL_FLOWS = (100, 1000, 10_000, 100_000)
-# NF reason counters that mean a packet went nowhere (not v_drop: buffered and to-controller
-# packets are copied to the ring and then dropped; nor r_op_pre_ibc: op drops the switch's copy
-# of what the source already has, by design)
-DROP_STATS = ("v_aborted", "r_gate_drop", "r_buf_ring_full", "r_redirect_fail", "r_release_bad", "r_no_port",
-              "r_nat_no_mapping", "r_nat_ports_exhausted", "r_nat_map_full")
-WARM_PPS = 200_000           # warm-up and per-cell refresh: one packet per flow at this rate
-PORT_USE = 0.75              # fill at most this much of one public address's port range
-
 COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms",
            "ctrl_rate_mbit", "data_delay_ms", "data_rate_mbit",
            "ok", "verdict", "error",
@@ -67,219 +51,6 @@ METRICS = ["move_time_s", "redirect_time_s", "total_s", "states", "state_chunks"
            "packets_redirected", "controller_buffer_peak", "instance_buffer_peak", "max_added_delay_us",
            "serialization_share", "ser_share", "deser_share", "sent", "received", "lost", "duplicated",
            "reordered", "lat_p50_us", "lat_p99_us", "lat_max_us"]
-
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
-
-
-def mean_ci(xs: list) -> tuple[float | None, float | None]:
-    """Mean and the half-width of its 95% confidence interval (Student's t); None for no data."""
-    xs = [float(x) for x in xs if x is not None and x != ""]
-    if not xs:
-        return None, None
-    m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return m, None
-    t = _T975[len(xs) - 2] if len(xs) - 2 < len(_T975) else 1.96
-    return m, t * statistics.stdev(xs) / math.sqrt(len(xs))
-
-
-# ---- choosing what to run -----------------------------------------------------------------------
-def _split(text, cast=str) -> list:
-    items = []
-    for part in (text if isinstance(text, (list, tuple)) else [text]):
-        items += [x.strip() for x in str(part).split(",") if x.strip()]
-    try:
-        return [cast(x) for x in items]
-    except ValueError as e:
-        raise BadInput(f"bad list {text!r}: {e}") from None
-
-
-def parse_opts_list(values) -> list[str]:
-    """--opts: repeatable, each one set ('none', 'pz', 'pz,ll,er' or 'pz|ll|er'); ';' separates
-    several sets in one value."""
-    from ..migrate.mechanisms import OPTIMISATIONS, parse_opts
-    out = []
-    for v in (values if isinstance(values, (list, tuple)) else [values]):
-        for s in str(v).split(";"):
-            s = s.strip().lower()
-            if not s:
-                continue
-            o = set() if s in ("none", "-", "") else parse_opts(s)
-            norm = ",".join(x for x in OPTIMISATIONS if x in o) or "none"
-            if norm not in out:
-                out.append(norm)
-    if not out:
-        raise BadInput("--opts selects nothing")
-    return out
-
-
-def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool = True,
-          ctrl_rates=(0.0,), data=(0.0, 0.0)) -> list[dict]:
-    for m in mechanisms:
-        if m not in MECHANISMS:
-            raise BadInput(f"unknown mechanism {m!r}: {', '.join(MECHANISMS)}")
-    for g in guarantees:
-        if g not in GUARANTEES:
-            raise BadInput(f"unknown guarantee {g!r}: {', '.join(GUARANTEES)}")
-    for r in rates:
-        if not 1 <= r <= 2_000_000:
-            raise BadInput("rates must be 1..2000000 pps")
-    for f in flows:
-        if not 1 <= f <= 200_000:
-            raise BadInput("flows must be 1..200000")
-    for d in delays:
-        if not 0 <= d <= 1000:
-            raise BadInput("control delays must be 0..1000 ms")
-    for b in ctrl_rates:
-        if not 0 <= b <= 100_000:
-            raise BadInput("control link rates must be 0..100000 Mbit/s (0: unlimited)")
-    out = []
-    for f in flows:
-        for d, b in ((d, b) for d in delays for b in ctrl_rates):
-            for r in rates:
-                for m in mechanisms:
-                    for g in guarantees:
-                        for o in opts:
-                            oset = set(o.split(","))
-                            # ng holds nothing back: ll and er do nothing there (pz still pipelines)
-                            if skip_ng_opts and g == "ng" and oset & {"ll", "er"}:
-                                continue
-                            if "dt" in oset and (m != "dist" or g == "op"):
-                                continue          # the trigger is dist's, for ng and lf
-                            if "ov" in oset and (m != "dist" or g == "ng"):
-                                continue          # the overlap is dist's, for lf and op
-                            out.append({"mechanism": m, "guarantee": g, "opts": o, "rate_pps": r, "flows": f,
-                                        "ctrl_delay_ms": d, "ctrl_rate_mbit": b,
-                                        "data_delay_ms": data[0], "data_rate_mbit": data[1]})
-    return out
-
-
-# what each guarantee forbids, as the sink counts it. Every guarantee forbids `unexpected`
-# (packets the sink cannot attribute to a generated flow/seq: the measurement itself is off);
-# LF and OP also `out_of_window` (packets the sink could not judge dup or new prove nothing).
-FORBIDDEN = {"ng": ("unexpected",),
-             "lf": ("lost", "duplicated", "unexpected", "out_of_window"),
-             "op": ("lost", "duplicated", "reordered", "unexpected", "out_of_window")}
-
-
-def judge(guarantee: str, r: dict) -> tuple[bool, str]:
-    """LF: 0 lost, 0 duplicated; OP: also 0 reordered; NG: nothing promised about the flows.
-    All: 0 unexpected; LF, OP: 0 out_of_window (see FORBIDDEN)."""
-    bad = [f"{k} {r[k]:,}" for k in FORBIDDEN[guarantee] if r.get(k)]
-    if bad:
-        return False, "VIOLATION: " + ", ".join(bad)
-    return (True, f"ng (lost {r['lost']:,})") if guarantee == "ng" else (True, "ok")
-
-
-# ---- the testbed ----------------------------------------------------------------------------------
-def _pool_hash(h: int) -> int:
-    """nat_alloc's paired-pooling hash of an inside address (host order), u32 arithmetic."""
-    h ^= h >> 16
-    h = (h * 0x45D9F3B) & 0xFFFFFFFF
-    h ^= h >> 16
-    return h
-
-
-def addressing(flows: int, host_ip: str, inside: str, pool_count: int, span: int) -> tuple[str, int]:
-    """(first source address, flows per address) for `flows` connections: one address (the
-    generator host's own) while a public address's port range holds them comfortably, else k
-    consecutive inside addresses that the paired pooling sends out of k different public addresses."""
-    per = int(span * PORT_USE)
-    k = max(1, math.ceil(flows / per))
-    if k == 1:
-        return host_ip, flows
-    if k > pool_count:
-        raise BadInput(f"{flows:,} flows need {k} public addresses; the NAT pool has {pool_count} "
-                       f"({pool_count * per:,} flows at most)")
-    net = ipaddress.IPv4Network(inside)
-    first = int(ipaddress.IPv4Address(host_ip))
-    last = int(net.broadcast_address) - 1
-    for a in range(first, last - k + 2):
-        if len({_pool_hash(a + i) % pool_count for i in range(k)}) == k:
-            return str(ipaddress.IPv4Address(a)), math.ceil(flows / k)
-    raise BadInput(f"no {k} consecutive inside addresses leave by different public addresses")
-
-
-def traffic_rig(name: str, flows: int):
-    """nfx.traffic.rig.rig, with the source addresses planned by `addressing`."""
-    from ..testbed import builder, state
-    from ..traffic.rig import _hosts, rig
-    src, _ = _hosts(state.load(name))
-    cfg = builder.instance(name, "nf0").config()
-    first, fpa = addressing(flows, src["addr"].split("/")[0], str(ipaddress.IPv4Interface(src["addr"]).network),
-                            cfg.pool_count, cfg.port_hi - cfg.port_lo + 1)
-    return rig(name, flows, src_ip=first, flows_per_addr=fpa)
-
-
-class Bed:
-    """The bench's testbed: its two instances, where the state is, the moves through its controller."""
-
-    def __init__(self, name: str, progress):
-        from ..testbed import builder
-        self.name, self.progress = name, progress
-        self.nf = {i: builder.instance(name, i) for i in ("nf0", "nf1")}
-
-    def held(self, inst: str) -> int:
-        """Connections (nat_fwd entries) an instance holds."""
-        return len(self.nf[inst].maps["nat_fwd"])
-
-    def drops(self, before: dict | None = None) -> dict:
-        """Drop counters of both instances (deltas from `before` if given)."""
-        now = {i: {k: v for k, v in nf.stats().items() if k in DROP_STATS} for i, nf in self.nf.items()}
-        if before is None:
-            return now
-        return {i: {k: v - before[i].get(k, 0) for k, v in now[i].items() if v - before[i].get(k, 0)} for i in now}
-
-    def move(self, src, dst, guarantee, mechanism, opts, delay_ms, timeout=30.0, rate_mbit: float = 0.0,
-             data=(0.0, 0.0)) -> dict:
-        from ..control import lifecycle
-        return lifecycle.call(self.name, "POST", "/move",
-                              {"src": src, "dst": dst, "filter": "all", "scopes": "all", "guarantee": guarantee,
-                               "opts": "" if opts == "none" else opts, "mechanism": mechanism,
-                               "timeout": timeout, "ctrl_delay_ms": delay_ms, "ctrl_rate_mbit": rate_mbit,
-                               "data_delay_ms": data[0], "data_rate_mbit": data[1]},
-                              timeout=timeout * 4 + 60)
-
-    def clear(self) -> None:
-        from ..agent.client import AgentClient
-        for i in ("nf0", "nf1"):
-            with AgentClient(self.name, i, timeout=120) as c:
-                c.delete()
-
-    def touch(self, gen, sink, flows: int) -> dict:
-        """One packet per flow, through wherever the switches send it (nf0 between cells)."""
-        rate = min(WARM_PPS, max(flows * 10, 1000))
-        return measure(gen, sink, rate, (flows + 0.5) / rate, settle_s=0.5)
-
-    def establish(self, gen, sink, flows: int, tries: int = 6) -> None:
-        """Every flow has its state on nf0 and nf1 has none (after a clear)."""
-        for i in range(tries):
-            r = self.touch(gen, sink, flows)
-            n0, n1 = self.held("nf0"), self.held("nf1")
-            self.progress(f"  warm-up pass {i + 1}: nf0 holds {n0:,}/{flows:,} connections "
-                          f"(sink lost {r['lost']:,})")
-            if n0 == flows and n1 == 0:
-                return
-        raise NfxError(f"could not establish {flows:,} flows on nf0 (nf0 {n0:,}, nf1 {n1:,})")
-
-    def home(self, gen, sink, flows: int) -> None:
-        """Back to the starting situation: all state on nf0, none on nf1, steered to nf0."""
-        n0, n1 = self.held("nf0"), self.held("nf1")
-        if n1 == 0 and n0 == flows:
-            return
-        try:
-            # also points the switches back at nf0, whatever state nf1 has
-            self.move("nf1", "nf0", "ng", "dist", "none", 0.0)
-        except NfxError as e:
-            self.progress(f"  moving back to nf0 failed: {e}")
-        n0, n1 = self.held("nf0"), self.held("nf1")
-        if n1 == 0 and n0 == flows:
-            return
-        self.progress(f"  state not where it should be (nf0 {n0:,}, nf1 {n1:,}): clearing and warming up again")
-        self.clear()
-        self.establish(gen, sink, flows)
 
 
 # ---- one run ------------------------------------------------------------------------------------
@@ -355,7 +126,6 @@ def _ser_split(bed: Bed, row: dict) -> dict:
     """The move reports export + import time as one share of its MoveTime. Split it by the
     export : import ratio of a standalone agent push of the same state right after the move:
     nf1 (which now holds it) pushes it into the emptied nf0; the move back then overwrites it."""
-    from ..agent.client import AgentClient
     share = row.get("serialization_share") or 0.0
     with AgentClient(bed.name, "nf1", timeout=120) as c:
         p = c.push("nf0")
@@ -372,22 +142,7 @@ def default_csv(table1: bool = False) -> Path:
     return base / "bench" / "results" / f"move{'-table1' if table1 else ''}-{stamp}.csv"
 
 
-@contextmanager
-def _testbed(max_flow_count: int, progress):
-    from ..testbed import builder, state, topology
-    name = "bm" + secrets.token_hex(3)
-    max_flows = max(65536, 1 << (int(max_flow_count * 2.2)).bit_length())
-    progress(f"testbed {name}: sharp, 2 NAT instances, max_flows {max_flows:,}")
-    builder.up(name, topology.load("sharp", 2), "nat", max_flows, progress=lambda m: progress(f"  {m}"))
-    try:
-        yield name, max_flows
-    finally:
-        if state.path(name).exists():
-            progress(f"testbed {name} down")
-            builder.down(name)
-
-
-def _aggregate(rows: list[dict], keys: tuple) -> list[dict]:
+def aggregate(rows: list[dict], keys: tuple) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -398,32 +153,12 @@ def _aggregate(rows: list[dict], keys: tuple) -> list[dict]:
         a["ok"] = all(r["ok"] for r in rs)
         bad = [r for r in rs if not r["ok"]]
         a["violations"] = len(bad)
-        a["verdict"] = _verdict(rs, bad)
+        a["verdict"] = verdict(rs, bad)
         for k in METRICS:
             good = [r.get(k) for r in rs if not r.get("error")]
             a[k], a[k + "_ci"] = mean_ci(good)
         out.append(a)
     return out
-
-
-def _verdict(rs: list[dict], bad: list[dict]) -> str:
-    """One line for a cell's runs: ok / ng, or what went wrong in how many of them."""
-    late = sum(1 for r in rs if r.get("move_inside_traffic") is False)
-    tail = f" ({late}/{len(rs)} outlasted the traffic)" if late else ""
-    if not bad:
-        return ("ng" if rs[0]["guarantee"] == "ng" else "ok") + tail
-    parts = []
-    for k in FORBIDDEN[rs[0]["guarantee"]]:
-        vals = [r[k] for r in bad if r.get(k)]
-        if vals:
-            lo, hi = min(vals), max(vals)
-            parts.append(f"{k} {lo:,}" + (f"-{hi:,}" if hi != lo else ""))
-    fails = sum(1 for r in bad if r.get("error"))
-    if fails:
-        parts.append(f"{fails} move(s) failed")
-    if any("nf1 holds" in r["verdict"] for r in bad):
-        parts.append("state not all at nf1")
-    return f"VIOLATION in {len(bad)}/{len(rs)}: " + ", ".join(parts) + tail
 
 
 def _writer(path: Path):
@@ -447,26 +182,18 @@ def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_R
     if not todo:
         raise BadInput("the selection is empty")
     csv_path = Path(csv_path) if csv_path else default_csv()
-    runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "matrix", timeout, False, progress)
-    summary = _aggregate(runs, CELL_KEYS)
+    runs, names, aborted = run_cells(todo, repeat, duration, at, csv_path, "matrix", timeout, False, progress)
+    summary = aggregate(runs, CELL_KEYS)
     return {"mode": "matrix", "testbeds": names, "aborted": aborted, "cells": len(todo), "repeat": repeat, "duration_s": duration, "move_at_s": at,
             "csv": str(csv_path), "runs": runs, "summary": summary,
-            "violations": [r for r in runs if not r["ok"]], "host": _host()}
+            "violations": [r for r in runs if not r["ok"]], "host": host_info()}
 
 
-CELL_KEYS = ("mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms", "ctrl_rate_mbit", "data_delay_ms",
-             "data_rate_mbit")
-
-
-def link_text(delay_ms: float, rate_mbit: float) -> str:
-    return f"{delay_ms:g} ms" + (f", {rate_mbit:g} Mbit/s" if rate_mbit else "")
-
-
-def _host() -> dict:
+def host_info() -> dict:
     return {"cpus": os.cpu_count(), "kernel": os.uname().release, "loadavg_end": os.getloadavg()}
 
 
-def _run_cells(todo, repeat, duration, at, csv_path, mode, timeout, split_ser, progress) -> tuple[list, list, list]:
+def run_cells(todo, repeat, duration, at, csv_path, mode, timeout, split_ser, progress) -> tuple[list, list, list]:
     """Every cell `repeat` times, on one fresh testbed per flow count (its NAT tables sized for
     it). Returns (runs, testbed names, aborted groups)."""
     runs: list[dict] = []
@@ -483,7 +210,7 @@ def _run_cells(todo, repeat, duration, at, csv_path, mode, timeout, split_ser, p
         for nflows, group in by_flows.items():
             done = i
             try:
-                with _testbed(nflows, progress) as (name, _):
+                with testbed(nflows, progress) as (name, _):
                     names.append(name)
                     bed = Bed(name, progress)
                     progress(f"{nflows:,} flows: warming up nf0")

@@ -10,11 +10,17 @@ moves may lose packets by design, and their segments are reported but not judged
 move the state is checked: the destination holds every connection and (lf, op) the source none.
 A move that reports no flows while the source held them is counted as `empty` (the symptom of
 issue 9, item 4)."""
+import shutil
 import threading
 import time
 
+from ..agent import lifecycle
+from ..control import lifecycle as controller
 from ..errors import BadInput, NfxError
+from ..traffic.report import settle
 from . import move as bm
+from .move_bed import Bed, testbed, traffic_rig
+from .move_cells import cells
 
 SEG_OPTS = {"ng": ("none", "pz", "dt"), "lf": ("none", "pz", "pz,ll,er", "ov", "dt"), "op": ("none", "pz", "pz,ll,er", "ov")}
 CHUNK_S = 0.25           # the traffic thread sends in runs this long, back to back
@@ -27,7 +33,7 @@ def plan(guarantees=("op", "lf", "ng")) -> list[list[tuple[str, str, str]]]:
         if g not in SEG_OPTS:
             raise BadInput(f"unknown guarantee {g!r}: ng, lf, op")
         segs.append([(m, g, o) for m in bm.MECHANISMS for o in SEG_OPTS[g]
-                     if bm.cells([m], [g], [o], [1], [1], [0.0])])
+                     if cells([m], [g], [o], [1], [1], [0.0])])
     return segs
 
 
@@ -58,7 +64,6 @@ class _Traffic:
         self.t.join()
 
     def judge(self) -> dict:
-        from ..traffic.report import settle
         if self.err:
             raise NfxError(f"the traffic run failed: {self.err[0]}")
         per_flow = self.gen.per_flow_total()
@@ -74,9 +79,9 @@ def run(moves: int = 1000, flows: int = 1000, rate: int = 50_000, timeout: float
     rows: list[dict] = []
     seg_rows: list[dict] = []
     t_start = time.perf_counter()
-    with bm._testbed(flows, progress) as (name, _):
-        bed = bm.Bed(name, progress)
-        with bm.traffic_rig(name, flows) as (gen, sink):
+    with testbed(flows, progress) as (name, _):
+        bed = Bed(name, progress)
+        with traffic_rig(name, flows) as (gen, sink):
             bed.clear()
             bed.establish(gen, sink, flows)
             at = "nf0"
@@ -117,9 +122,6 @@ def run(moves: int = 1000, flows: int = 1000, rate: int = 50_000, timeout: float
 
 def _keep_logs(name: str, progress) -> list[str]:
     """A move failed: keep the agents' and the controller's logs (the testbed's go with it)."""
-    import shutil
-    from ..agent import lifecycle
-    from ..control import lifecycle as controller
     keep = []
     dest = bm.default_csv().parent
     dest.mkdir(parents=True, exist_ok=True)

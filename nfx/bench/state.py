@@ -18,8 +18,11 @@ import time
 import numpy as np
 
 from .. import layout as L
+from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 from ..nfs.nat import _monotonic_ns, parse_pool
+from ..nfs.nat_pool import pool_hash
+from ..testbed import builder, state, topology
 
 POOL = "10.0.2.100-10.0.2.163"          # 64 public addresses: 5.1 M (address, port, proto) slots
 INSIDE_HOSTS = 253                       # 10.0.1.2 .. 10.0.1.254
@@ -38,13 +41,7 @@ def _be16(host: np.ndarray) -> np.ndarray:
     return host.astype("<u2").byteswap()
 
 
-def _pool_hash(h: np.ndarray) -> np.ndarray:
-    """nat_alloc's paired-pooling hash of the inside address (host order), in u32 arithmetic."""
-    h = h.astype(np.uint64)
-    h ^= h >> np.uint64(16)
-    h = (h * np.uint64(0x45d9f3b)) & np.uint64(0xFFFFFFFF)
-    h ^= h >> np.uint64(16)
-    return h
+_pool_hash = pool_hash         # the name tests/unit/test_agent_protocol.py imports
 
 
 def synth_nat(n: int, pool: str = POOL, port_lo: int = 20000, port_hi: int = 59999, seed: int = 7) -> dict:
@@ -65,7 +62,7 @@ def synth_nat(n: int, pool: str = POOL, port_lo: int = 20000, port_hi: int = 599
                            size=20000, dtype=np.uint64).astype(np.uint32)
     remote = servers[rng.integers(0, len(servers), size=n)]
     # public side: the host's pool address, ports handed out in order per (address, proto)
-    pub = (base + _pool_hash(inside) % np.uint64(count)).astype(np.uint32)
+    pub = (base + pool_hash(inside) % np.uint64(count)).astype(np.uint32)
     span = port_hi - port_lo + 1
     group = pub.astype(np.uint64) * np.uint64(256) + proto
     order = np.argsort(group, kind="stable")
@@ -184,8 +181,6 @@ def per_entry_import(m, keys: np.ndarray, vals: np.ndarray) -> tuple[int, float]
 
 def run(flows: int = 1_000_000, reps: int = 3, sample: int = 100_000, keep: bool = False,
         parallel: bool = True, progress=None) -> dict:
-    from ..agent.client import AgentClient
-    from ..testbed import builder, state, topology
     progress = progress or (lambda m: None)
     if not 1 <= flows <= 4_000_000:
         raise BadInput("--flows must be 1..4000000")

@@ -4,7 +4,8 @@ DiST with nfx's optimisations (ov, dt, both), each cell judged by the sink (nfx.
 from pathlib import Path
 
 from ..errors import BadInput
-from .move import CELL_KEYS, _aggregate, _host, _run_cells, default_csv
+from .move import aggregate, default_csv, host_info, run_cells
+from .move_cells import CELL_KEYS
 
 # ---- the DiST paper's Table 1 (Sec. 4.2): 1000 pps, ~2200 states, 95% confidence intervals.
 # Reference data, copied from the paper; NOT measured here. OpenNF* = equal control- and
@@ -50,8 +51,8 @@ def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNEC
              "ctrl_delay_ms": d, "ctrl_rate_mbit": b, "data_delay_ms": data[0], "data_rate_mbit": data[1]}
             for d, b in links for m, o in configs]
     csv_path = Path(csv_path) if csv_path else default_csv(True)
-    runs, names, aborted = _run_cells(todo, repeat, duration, at, csv_path, "table1", timeout, True, progress)
-    summary = _aggregate(runs, CELL_KEYS)
+    runs, names, aborted = run_cells(todo, repeat, duration, at, csv_path, "table1", timeout, True, progress)
+    summary = aggregate(runs, CELL_KEYS)
     for a in summary:
         a["config"] = config_name(a["mechanism"], a["opts"])
     ratios = []
@@ -72,7 +73,7 @@ def table1(repeat: int = 5, links=TABLE1_LINKS, connections: int = TABLE1_CONNEC
             "repeat": repeat, "links": [list(x) for x in links], "data_link": list(data),
             "duration_s": duration, "move_at_s": at, "csv": str(csv_path), "runs": runs, "summary": summary,
             "ratios": ratios, "paper": PAPER_TABLE1, "paper_ratios": paper_ratio,
-            "violations": [r for r in runs if not r["ok"]], "host": _host(),
+            "violations": [r for r in runs if not r["ok"]], "host": host_info(),
             "notes": ["#States = the move's per-flow keys (nat_fwd + nat_rev: 2 per connection)",
                       "Ser%/Deser%: the move reports export+import time as one share of MoveTime; it is split "
                       "by the export:import ratio of a standalone agent push of the same state after each run",

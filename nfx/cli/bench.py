@@ -2,9 +2,11 @@
 import typer
 from rich.table import Table
 
-from ..bench import dataplane
+from ..bench import dataplane, soak
 from ..bench import move as bm
+from ..bench import state as bstate
 from ..bench import table1 as t1
+from ..bench.move_cells import DEFAULT_FLOWS, DEFAULT_RATES, link_text, parse_opts_list, split
 from ..errors import BadInput
 from .common import JsonOpt, emit_json, need_root, out, progress
 
@@ -44,7 +46,6 @@ def state_(flows: int = typer.Option(1_000_000, "--flows", "-f", help="NAT conne
            serial: bool = typer.Option(False, "--serial", help="Import on one thread in the agent."),
            json_: bool = JsonOpt):
     """State export / transfer / import through the agents, each in entries/s, against per-entry map ops."""
-    from ..bench import state as bstate
     need_root()
     r = bstate.run(flows, reps, sample, parallel=not serial, progress=(lambda m: None) if json_ else progress)
     if json_:
@@ -82,8 +83,8 @@ def move_(mechanisms: str = typer.Option("opennf,dist", "--mechanisms", "-m", he
           guarantees: str = typer.Option("ng,lf,op", "--guarantees", "-g", help="ng, lf, op (comma-separated)."),
           opts: list[str] = typer.Option(["none", "pz", "pz,ll,er"], "--opts", "-o",
                                          help="Optimisation sets, repeatable (--opts none --opts pz,ll,er) or ';'-separated."),
-          rates: str = typer.Option(",".join(map(str, bm.DEFAULT_RATES)), "--rates", "-r", help="Offered pps (comma-separated)."),
-          flows: str = typer.Option(",".join(map(str, bm.DEFAULT_FLOWS)), "--flows", "-f", help="Flow counts (comma-separated)."),
+          rates: str = typer.Option(",".join(map(str, DEFAULT_RATES)), "--rates", "-r", help="Offered pps (comma-separated)."),
+          flows: str = typer.Option(",".join(map(str, DEFAULT_FLOWS)), "--flows", "-f", help="Flow counts (comma-separated)."),
           ctrl_delay_ms: str = typer.Option(None, "--ctrl-delay-ms",
                                             help="One-way control-channel delay(s) in ms, comma-separated (default 0; "
                                                  "the DiST paper's gap is 10)."),
@@ -116,16 +117,16 @@ def move_(mechanisms: str = typer.Option("opennf,dist", "--mechanisms", "-m", he
     if table1:
         links = t1.TABLE1_LINKS
         if ctrl_delay_ms or ctrl_rate_mbit:
-            links = tuple((d, b) for d in bm._split(ctrl_delay_ms or "10", float)
-                          for b in bm._split(ctrl_rate_mbit or "0", float))
+            links = tuple((d, b) for d in split(ctrl_delay_ms or "10", float)
+                          for b in split(ctrl_rate_mbit or "0", float))
         data = (t1.TABLE1_DATA[0] if data_delay_ms is None else data_delay_ms,
                 t1.TABLE1_DATA[1] if data_rate_mbit is None else data_rate_mbit)
         r = t1.table1(repeat=repeat or 5, links=links, duration=duration or 3.0, at=at or 1.0, csv_path=csv_path,
                       timeout=timeout, progress=progress, data=data)
     else:
-        r = bm.run(bm._split(mechanisms), bm._split(guarantees), bm.parse_opts_list(opts), bm._split(rates, int),
-                   bm._split(flows, int), bm._split(ctrl_delay_ms or "0", float), repeat or 1, duration or 2.0, at or 0.8,
-                   csv_path, timeout, progress=progress, ctrl_rates=bm._split(ctrl_rate_mbit or "0", float),
+        r = bm.run(split(mechanisms), split(guarantees), parse_opts_list(opts), split(rates, int),
+                   split(flows, int), split(ctrl_delay_ms or "0", float), repeat or 1, duration or 2.0, at or 0.8,
+                   csv_path, timeout, progress=progress, ctrl_rates=split(ctrl_rate_mbit or "0", float),
                    data=(data_delay_ms or 0.0, data_rate_mbit or 0.0))
     if json_:
         emit_json(r)
@@ -143,11 +144,10 @@ def soak_(moves: int = typer.Option(1000, "--moves", "-n", help="Consecutive mov
     """Consecutive moves under traffic, back and forth between nf0 and nf1 (sharp testbed, 2 NAT
     instances), cycling mechanisms, guarantees and optimisations; the sink judges each run of moves
     of one guarantee. Progress on stderr."""
-    from ..bench import soak
     need_root()
     if not 1 <= flows <= 60_000 or not 1 <= rate <= 2_000_000:
         raise BadInput("--flows must be 1..60000 and --rate 1..2000000")
-    r = soak.run(moves, flows, rate, timeout, progress=progress, guarantees=tuple(bm._split(guarantees)))
+    r = soak.run(moves, flows, rate, timeout, progress=progress, guarantees=tuple(split(guarantees)))
     if json_:
         emit_json(r)
     else:
@@ -193,7 +193,7 @@ def _move_tables(r: dict) -> None:
         for a in r["summary"]:
             ok = a["ok"]
             t.add_row(a["mechanism"], a["guarantee"], a["opts"], f"{a['rate_pps']:,}", f"{a['flows']:,}",
-                      bm.link_text(a["ctrl_delay_ms"], a["ctrl_rate_mbit"]), _pm(a["move_time_s"], a["move_time_s_ci"], scale=1e3),
+                      link_text(a["ctrl_delay_ms"], a["ctrl_rate_mbit"]), _pm(a["move_time_s"], a["move_time_s_ci"], scale=1e3),
                       _pm(a["redirect_time_s"], a["redirect_time_s_ci"], scale=1e3),
                       _pm(a["states"], None, "{:,.0f}"), _pm(a["state_bytes"], None, "{:,.0f}", 1e-3),
                       _pm(a["packets_redirected"], a["packets_redirected_ci"], "{:,.0f}"),
@@ -210,7 +210,7 @@ def _move_tables(r: dict) -> None:
         con.print(f"[bold red]!!! {len(v)} run(s) broke their guarantee or failed:[/bold red]")
         for x in v:
             con.print(f"[bold red]  run {x['run']}: {x['mechanism']} {x['guarantee']} {x['opts']} {x['rate_pps']:,} pps "
-                      f"{x['flows']:,} flows {bm.link_text(x['ctrl_delay_ms'], x.get('ctrl_rate_mbit', 0))}: {x['verdict']} {x.get('error') or ''}[/bold red]")
+                      f"{x['flows']:,} flows {link_text(x['ctrl_delay_ms'], x.get('ctrl_rate_mbit', 0))}: {x['verdict']} {x.get('error') or ''}[/bold red]")
     else:
         con.print("[green]every LF run lost and duplicated nothing; every OP run also reordered nothing[/green]")
     for a in r.get("aborted", []):
@@ -225,7 +225,7 @@ def _table1(r: dict, con) -> None:
     dd, db = r["data_link"]
     w = out
     w.print(f"DiST Table 1 setting: {r['rate_pps']:,} pps, {r['connections']:,} NAT connections, LF; "
-            f"{n} run{'s' if n > 1 else ''} each, mean ±95% CI. Data link {bm.link_text(dd, db)}.")
+            f"{n} run{'s' if n > 1 else ''} each, mean ±95% CI. Data link {link_text(dd, db)}.")
 
     def ms(v, ci):
         if v is None:
@@ -233,7 +233,7 @@ def _table1(r: dict, con) -> None:
         return f"{v * 1e3:.1f}" + (f"±{ci * 1e3:.1f}" if ci else "")
     head = f"{'':6}{'config':22}{'#States':>7}{'#Redir':>7}{'MoveTime ms':>14}{'RedirTime ms':>14}  lost/dup"
     for d, b in r["links"]:
-        w.print(f"\n[bold]control link {bm.link_text(d, b)}[/bold]")
+        w.print(f"\n[bold]control link {link_text(d, b)}[/bold]")
         w.print(head)
         for base in ("pz", "pz,ll,er"):
             for p in t1.PAPER_TABLE1:
@@ -256,7 +256,7 @@ def _table1(r: dict, con) -> None:
     for x in r["ratios"]:
         extra = x["dist_opts"][len(x["opts"]):].lstrip(",").upper().replace(",", "|")
         w.print(f"OpenNF / DiST{'|' + extra if extra else ''} LF {x['opts'].upper().replace(',', '|')} "
-                f"({bm.link_text(x['ctrl_delay_ms'], x['ctrl_rate_mbit'])}): [bold]{x['opennf_over_dist']:.2f}x[/bold]")
+                f"({link_text(x['ctrl_delay_ms'], x['ctrl_rate_mbit'])}): [bold]{x['opennf_over_dist']:.2f}x[/bold]")
     w.print("paper: " + ", ".join(f"{k}: {v:.1f}x" for k, v in r["paper_ratios"].items()))
     for note in r["notes"]:
         w.print(f"[dim]note: {note}[/dim]")

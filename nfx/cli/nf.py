@@ -1,7 +1,10 @@
 """nfx nf: look into running NF instances (counters, NAT mappings, idle sweep)."""
+import time
+
 import typer
 from rich.table import Table
 
+from ..agent import lifecycle
 from ..errors import BadInput, NfxError
 from ..testbed import builder, state
 from .common import JsonOpt, NameOpt, emit_json, need_root, out, show
@@ -141,7 +144,34 @@ def sweep(name: str = NameOpt, instance: str = InstOpt, json_: bool = JsonOpt):
         out.print(f"evicted {n} idle connections")
 
 
-# ---- hot upgrade (nfx/nfs/upgrade.py) -----------------------------------------------------------
+# ---- hot upgrade (nfx/upgrade/) ------------------------------------------------------------------
+def restart_stale_agent(name: str, instance: str, report: dict, restart: bool = True) -> None:
+    """An agent opens the instance's maps once, when it starts: after an upgrade it holds the
+    objects that were replaced (report["repinned"]). Restart it (it re-adopts the pins), or say so
+    in report["warnings"]. Sets report["agent"] (old and new pid) if it restarted one."""
+    report["agent"] = None
+    try:
+        pid = lifecycle.pid_of(state.load(name), instance)
+    except Exception:                       # noqa: BLE001 - no agent support: nothing to do
+        return
+    repinned = report.get("repinned", [])
+    if not pid or not repinned:
+        return
+    stale = f"still holds the replaced {', '.join(repinned)}"
+    if not restart:
+        report["warnings"].append(f"the agent of {instance} (pid {pid}) opened its maps before the upgrade and "
+                                  f"{stale}: restart it (nfx nf stop / nfx nf start)")
+        return
+    t = time.perf_counter()
+    try:
+        lifecycle.stop(state.load(name), instance)
+        new = lifecycle.start(state.load(name), instance)[instance]
+    except NfxError as e:
+        report["warnings"].append(f"restarting the agent of {instance} (pid {pid}, which {stale}) failed: {e}")
+        return
+    report["agent"] = {"old_pid": pid, "pid": new["pid"], "restart_ms": round((time.perf_counter() - t) * 1e3, 1)}
+
+
 @app.command()
 def upgrade(name: str = NameOpt, instance: str = InstOpt,
             source: str = typer.Option(None, "--source", help="A .bpf.c file (default: the NF's own bpf/<kind>.bpf.c)."),
@@ -155,14 +185,15 @@ def upgrade(name: str = NameOpt, instance: str = InstOpt,
     """Replace an instance's XDP program while it runs, keeping every table and losing no packet.
 
     Without --conversion every table must keep its layout and the new program shares the running one's maps; with it, the converted tables are copied into new maps in two passes around the atomic swap. Any failure before the swap changes nothing."""
-    from ..nfs import upgrade as up
+    from .. import upgrade as up
     from .common import progress
     need_root()
     defines = up.parse_defines(define)
     for k in undefine or []:
         defines[k] = None
     r = up.upgrade(name, instance, source=source, defines=defines, conversion=conversion,
-                   progress=None if json_ else progress, restart_agent=not keep_agent)
+                   progress=None if json_ else progress)
+    restart_stale_agent(name, instance, r, restart=not keep_agent)
     if json_:
         emit_json(r)
         return

@@ -11,8 +11,10 @@ import pytest
 
 from nfx.agent import lifecycle
 from nfx.bench import move as bm
+from nfx.bench import move_bed, move_cells
 from nfx.bench import table1 as t1
 from nfx.errors import BadInput
+from nfx.nfs.nat_pool import pool_hash
 from nfx.testbed import state
 from tests.netns.tbutil import nfx_json
 
@@ -90,21 +92,21 @@ def test_bench_move_table1_smoke(tmp_path):
 def test_matrix_and_stats_helpers():
     c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), bm.OPTS, (1000,), (100,), (0.0,))
     assert len(c) == 2 * (2 + 3 + 3)                               # ng runs without ll/er
-    assert bm.parse_opts_list(["none;pz", "pz|ll|er", "er,pz,ll"]) == ["none", "pz", "pz,ll,er"]
+    assert move_cells.parse_opts_list(["none;pz", "pz|ll|er", "er,pz,ll"]) == ["none", "pz", "pz,ll,er"]
     # dt: dist only, and not op; ng keeps it (it moves the forwarding update), drops ll/er
-    dt = bm.parse_opts_list(["dt,pz", "pz|ll|er|dt"])
+    dt = move_cells.parse_opts_list(["dt,pz", "pz|ll|er|dt"])
     assert dt == ["pz,dt", "pz,ll,er,dt"]
     c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), dt, (1000,), (100,), (0.0,))
     assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in c} == {
         ("dist", "ng", "pz,dt"), ("dist", "lf", "pz,dt"), ("dist", "lf", "pz,ll,er,dt")}
     # ov: dist only, and not ng (only a destination that holds the flows may get them early)
-    ov = bm.parse_opts_list(["ov", "pz,ov,dt"])
+    ov = move_cells.parse_opts_list(["ov", "pz,ov,dt"])
     assert ov == ["ov", "pz,ov,dt"]
     c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), ov, (1000,), (100,), (0.0,))
     assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in c} == {
         ("dist", "lf", "ov"), ("dist", "op", "ov"), ("dist", "lf", "pz,ov,dt")}
     with pytest.raises(BadInput):
-        bm.parse_opts_list(["zz"])
+        move_cells.parse_opts_list(["zz"])
     with pytest.raises(BadInput):
         bm.cells(("x",), ("lf",), ("none",), (1000,), (100,), (0.0,))
     m, ci = bm.mean_ci([1.0, 2.0, 3.0])
@@ -116,14 +118,14 @@ def test_matrix_and_stats_helpers():
 
 def test_addressing_keeps_each_public_address_within_its_ports():
     span = 40000
-    assert bm.addressing(10000, "10.0.1.2", "10.0.1.0/24", 4, span) == ("10.0.1.2", 10000)
-    first, fpa = bm.addressing(100000, "10.0.1.2", "10.0.1.0/24", 4, span)
+    assert move_bed.addressing(10000, "10.0.1.2", "10.0.1.0/24", 4, span) == ("10.0.1.2", 10000)
+    first, fpa = move_bed.addressing(100000, "10.0.1.2", "10.0.1.0/24", 4, span)
     k = -(-100000 // fpa)
     addrs = [int(ipaddress.IPv4Address(first)) + i for i in range(k)]
-    assert fpa <= span * bm.PORT_USE and len({bm._pool_hash(a) % 4 for a in addrs}) == k
+    assert fpa <= span * move_bed.PORT_USE and len({pool_hash(a) % 4 for a in addrs}) == k
     assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.0.1.0/24") for a in addrs)
     with pytest.raises(BadInput):
-        bm.addressing(200000, "10.0.1.2", "10.0.1.0/24", 4, span)
+        move_bed.addressing(200000, "10.0.1.2", "10.0.1.0/24", 4, span)
 
 
 def test_bench_soak_small():

@@ -22,6 +22,7 @@ from nfx import layout as L
 from nfx.errors import BadInput, BpfError, NfxError, NotFound
 from nfx.flows import be_to_port
 from nfx.loader import attach, bpfsys, netns
+from nfx.loader import swap as live
 from nfx.nfs import upgrade as U
 from nfx.state import ops
 from nfx.testbed import builder, state
@@ -493,16 +494,16 @@ def test_layout_change_without_conversion_is_refused(tb):
 def test_second_interface_failing_rolls_the_first_back(tb, monkeypatch):
     fresh(tb)
     before = _snapshot(tb)
-    real = U._attach_one
+    real = live.replace_xdp
     second = tb["sides"][1]
     old_id = before[0]["prog"]
 
-    def failing(ifname, fd, flags):
+    def failing(ifname, fd, mode):
         if ifname == second and bpfsys.prog_info(fd)[0].id != old_id:
             return -1
-        return real(ifname, fd, flags)
+        return real(ifname, fd, mode)
 
-    monkeypatch.setattr(U, "_attach_one", failing)
+    monkeypatch.setattr(live, "replace_xdp", failing)
     with pytest.raises(BpfError, match=rf"attaching the new program to {second} failed.*{tb['sides'][0]} put back to program {old_id}"):
         U.upgrade(tb["name"], "nf0")
     nothing_changed(tb, *before)
