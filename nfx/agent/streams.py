@@ -13,6 +13,8 @@ import threading
 import time
 
 from ..errors import NotFound
+from ..nfs.ids import AlertReader
+from ..state.statelets import StateletReader
 
 log = logging.getLogger("nfx.agent")
 
@@ -67,7 +69,6 @@ class AlertSource:
     def __init__(self, nf, params: dict):
         if nf.kind != "ids" or "ids_alerts" not in nf.maps:
             raise NotFound(f"instance {nf.instance} runs {nf.kind}: it has no alert ring")
-        from ..nfs.ids import AlertReader
         self.reader = AlertReader(nf.maps["ids_alerts"].fd)
 
     def poll(self, timeout_ms: int = 0) -> list[dict]:
@@ -77,18 +78,9 @@ class AlertSource:
         self.reader.close()
 
 
-# ---- statelets: nfx/state/statelets.py's reader, when it exists ---------------------------------
-def _statelets(nf, params: dict):
-    try:
-        from ..state.statelets import StateletReader   # written separately; optional here
-    except ImportError as e:
-        raise NotFound(f"statelets are not available in this nfx ({e})") from None
-    return StateletReader(nf)
-
-
 register("stats", lambda nf, p: StatsSource(nf, p), exclusive=False)
 register("alerts", lambda nf, p: AlertSource(nf, p), exclusive=True)
-register("statelets", _statelets, exclusive=True)
+register("statelets", lambda nf, p: StateletReader(nf), exclusive=True)       # nfx/state/statelets.py
 
 
 # ---- fan-out for exclusive sources --------------------------------------------------------------
