@@ -59,6 +59,7 @@ def _header(r, sock):
         raise _Closed(f"malformed frame: {e}") from None
 
 
+# ---- request arguments the ops share ----
 def _scopes(req) -> tuple[str, ...]:
     s = req.get("scopes")
     if s is None or isinstance(s, str):
