@@ -19,12 +19,14 @@ from .transport import KIND_NAMES, _Closed, _filter, _header, _int, _scopes, _se
 log = logging.getLogger("nfx.agent")
 
 
-def _xdp_ids(ns: str, ifnames) -> dict:
-    """Each interface's attached XDP program id, None if none (or unknown)."""
+def _xdp_ids(ifnames) -> dict:
+    """Each interface's attached XDP program id, None if none (or unknown). Asked in the agent's
+    own netns (every thread of it runs there): naming the netns would have pyroute2 make an empty
+    one of that name if a teardown had just removed it."""
     try:
-        att = xdp_attachments(ns)
+        att = xdp_attachments(None)
     except Exception as e:       # pyroute2's NetlinkError is no OSError; unknown is None, as ever
-        log.warning("cannot read the XDP attachments in %s: %s", ns, e)
+        log.warning("cannot read the XDP attachments: %s", e)
         att = {}
     return {i: att[i][0] if i in att else None for i in ifnames}
 
@@ -54,7 +56,7 @@ class StateOps:
                 "ns": self.ns, "addr": self.addr, "port": self.port, "pin": str(self.pin),
                 "started": self.started, "uptime_s": round(time.time() - self.started, 3),
                 "prog_pinned": (self.pin / "prog").exists(),
-                "xdp": _xdp_ids(self.ns, self.wiring),
+                "xdp": _xdp_ids(self.wiring),
                 "maps": maps, "tables": [{"name": t.name, "scope": t.scope} for t in tables(self.kind)],
                 "streams": sorted(streams.REGISTRY), "requests": self.requests, "adoptions": self.adoptions}
 
