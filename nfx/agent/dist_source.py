@@ -1,0 +1,156 @@
+"""DiST's source half (`move_dist`): the move run here, at the source, in the paper's order:
+enableEvent (this agent begins the move at the destination's agent and holds the flows; "held"
+acknowledges it), then MovePerFlow (the controller's "go": the state is pushed to dst directly
+and released there; END acknowledges it). With `fire` it also sends the trigger that puts the
+controller's armed rules in force on both switches (nfx/frames.py), over the data plane."""
+import select
+import socket
+import time
+
+from ..errors import BadInput
+from ..frames import trigger_frame
+from ..ibc import ibc_keys
+from ..migrate import dataplane as dp     # key codecs: nfx/packets.py to come
+from ..movespec import GUARANTEES, parse_data_link, parse_opts
+from ..state import ops, wire
+from ..state.filter import parse
+from ..state.tables import SCOPES
+from .client import AgentClient
+from .ops_move import enc
+
+
+class DistSource:
+    """Mixed into the agent (nfx/agent/server.py) with MoveOps (its sessions): needs the instance
+    (nfx/agent/instance.py)."""
+
+    _fire_socks: "dict[str, tuple[socket.socket, bytes]] | None" = None
+
+    def _fire(self, token: int) -> float:
+        """The trigger out of both sides, to the switch at the other end of each: the armed
+        rules take force when it arrives. Returns when it was sent (perf_counter)."""
+        for attempt in (1, 2):
+            if self._fire_socks is None:
+                socks = {}
+                for ifname in self.wiring:
+                    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)     # protocol 0: receives nothing
+                    s.bind((ifname, 0))
+                    socks[ifname] = (s, s.getsockname()[4])                   # the interface's MAC
+                self._fire_socks = socks        # kept: closing a packet socket waits out an RCU grace period
+            try:
+                for s, mac in self._fire_socks.values():
+                    s.send(trigger_frame(token, mac))
+                return time.perf_counter()
+            except OSError:
+                # an interface recreated under us (the binding holds the old ifindex): bind again
+                for s, _ in self._fire_socks.values():
+                    s.close()
+                self._fire_socks = None
+                if attempt == 2:
+                    raise
+
+    def op_move_dist(self, sock, r, req) -> None:
+        """DiST's move, run at the source, in the paper's order (Sec. 3.1). lf/op: the request
+        is enableEvent(filter, drop, dst): begin the move at dst (it buffers) and here (redirect
+        to dst), then the "held" frame acknowledges it. Then the controller's "go" frame is
+        MovePerFlow: push the state to dst, ReleaseBuffer there (lf), and END acknowledges it.
+        ng: the request is MovePerFlow itself ("held" says only that the push starts). ov: no
+        "go" to wait for, the push follows the hold at once. fire: the token of rules the
+        controller armed on the switches, fired from here once they may change (ov: on hold;
+        else once the state is in at dst and, lf, released). data_delay_ms/data_rate_mbit put
+        this agent's connection to dst behind an emulated data link (nfx/agent/link.py)."""
+        dst, epoch, guarantee = req.get("dst"), int(req.get("epoch", 0)), req.get("guarantee", "lf")
+        opts = parse_opts(",".join(req.get("opts") or []))
+        if guarantee not in GUARANTEES or epoch <= 0 or not isinstance(dst, str):
+            raise BadInput(f"move_dist needs dst, an epoch > 0 and a guarantee ({', '.join(GUARANTEES)})")
+        flt = parse(req.get("filter"))
+        scopes = tuple(req.get("scopes") or SCOPES)
+        data_delay, data_rate = parse_data_link(req)
+        slot = self.peer_slots.get(dst)
+        if slot is None:
+            raise BadInput(f"{self.instance} has no peer link to {dst}: cannot redirect to it")
+        if self.session is not None:
+            raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
+        lf, op, ll, ov = guarantee in ("lf", "op"), guarantee == "op", "ll" in opts, "ov" in opts
+        fire = req.get("fire")
+        try:
+            token = int(fire, 16) if fire is not None else 0
+        except (TypeError, ValueError):
+            raise BadInput("fire is the armed rules' token, in hex") from None
+        if fire is not None and (op or not 0 < token < 1 << 64):
+            raise BadInput("fire needs a nonzero 64-bit token and a guarantee of ng or lf "
+                           "(op cuts the streams with the two-phase update)")
+        timeout = float(req.get("timeout", 30))
+        t0 = time.perf_counter()
+        fired_at = None
+
+        def keys():
+            return dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))
+        # the hold needs the keys only to mark a partial filter's flows or to cut (op); otherwise
+        # they are read once the filter holds every flow, off the way to the hold (and trigger)
+        keys_first = op or not flt.everything
+        flows, outside = keys() if keys_first else ([], [])
+        explicit = [] if flt.everything else outside
+        ibc = ibc_keys(flows, outside, flt) if op else []
+        synth = []
+        if op and not flt.everything and not any(bytes(k) == bytes(ibc[0][1]) for k in flows):
+            # a made-up cut (no flow matches yet): its outside tuple is marked and steered like
+            # a public tuple (nfx/ibc.py ibc_synthetic)
+            synth = [ibc[1][1]]
+            outside = outside + synth
+        peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
+        try:
+            if lf:
+                peer.request("move_begin", role="dst", epoch=epoch, order=op,
+                             keys=enc(dp.keys_blob(explicit + synth)), filter=flt.text, er="er" in opts)
+                s = self._begin_session("src-redirect", epoch, op, [] if ll else explicit,
+                                        None if ll else flt.text, slot)
+                if synth:
+                    s.mark(synth, slot)
+                if token and ov:
+                    # dst buffers the flows and this source redirects them: the switches may
+                    # send them to dst from now on
+                    fired_at = self._fire(token)
+            if not keys_first:
+                flows, outside = keys()
+            held_s = time.perf_counter() - t0
+            wire.write(sock, wire.encode_json({
+                "ok": True, "op": "move_dist", "flows": len(flows),
+                "ibc": [[side, enc(bytes(k))] for side, k in ibc],
+                "outside": enc(dp.keys_blob(outside)) if not flt.everything else None}))
+            go_ms = None
+            if lf and not ov:
+                self._await_go(sock, r, timeout)
+                go_ms = round((time.perf_counter() - t0) * 1e3, 2)
+            t = {}
+            if ll and lf:
+                chunks = s.export_locked(flows, flt.text, scopes, slot, t)
+            else:
+                chunks = ops.export(self.nf, scopes, flt, stats=t)
+            sent = peer.send_state(chunks, pipelined="pz" in opts)
+            if lf and not op:
+                peer.request("move_drain")           # ReleaseBuffer
+            if token and not fired_at:
+                fired_at = self._fire(token)        # the state is in (and released) at dst
+            wire.write(sock, wire.encode_json({**sent, "export_s": t.get("export_s", 0.0), "held_s": held_s,
+                                               "go_ms": go_ms, "fired_at": fired_at,
+                                               "total_s": time.perf_counter() - t0}, wire.END))
+        finally:
+            peer.close()
+        return None
+
+    @staticmethod
+    def _await_go(sock, r, timeout: float) -> None:
+        """The controller's MovePerFlow on this connection: {"go": true}."""
+        if not select.select([sock], [], [], timeout)[0]:
+            raise BadInput(f"no MovePerFlow (go) from the controller within {timeout:g} s")
+        h = r.header()
+        if h is None:
+            raise ConnectionError("the controller closed the connection before MovePerFlow")
+        kind, length = h
+        if kind != wire.JSON:
+            r.skip(length)
+            msg = None
+        else:
+            msg = r.body(kind, length)
+        if not (isinstance(msg, dict) and msg.get("go") is True):
+            raise BadInput(f"expected MovePerFlow ({{\"go\": true}}) after the hold, got {msg!r}")

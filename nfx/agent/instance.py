@@ -1,0 +1,92 @@
+"""The NF instance an agent serves. The testbed's registry is read once, when the agent starts:
+what the agent needs from it (the instance's netns, pins, wiring, release interface and peer
+slots; the management addresses and the token) is fixed when the testbed is built. The pinned
+maps are reopened whenever a hot upgrade re-pins them."""
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from .. import layout as L
+from ..errors import NfxError, NotFound
+from ..loader import netns
+from ..testbed import state
+from ..testbed.builder import nf_class
+from .protocol import PORT
+
+log = logging.getLogger("nfx.agent")
+
+
+class Instance:
+    adoptions = 0
+
+    def __init__(self, testbed: str, instance: str, port: int | None = None):
+        rec = state.load(testbed)
+        node = rec.get("nodes", {}).get(instance)
+        nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
+        if not node or node.get("role") != "nf":
+            raise NotFound(f"no NF instance {instance!r} in testbed {testbed}",
+                           hint=f"instances: {', '.join(nfs) or 'none'}")
+        if "pin" not in node or "kind" not in node:
+            raise NotFound(f"instance {instance} of {testbed} was never built (no pins recorded)")
+        mg = rec.get("mgmt") or {}
+        if instance not in mg.get("agents", {}):
+            raise NotFound(f"testbed {testbed} has no management address for {instance}")
+        if not rec.get("token"):
+            raise NfxError(f"testbed {testbed} has no token (built by an older nfx)", hint="rebuild it")
+        self.rec = rec                        # the peers' addresses, for push
+        self.testbed, self.instance = testbed, instance
+        self.kind, self.ns, self.pin = node["kind"], node["ns"], Path(node["pin"])
+        self.wiring = node.get("wiring", [])
+        self.release_if = node.get("release_if")
+        self.peer_slots = node.get("peer_slots", {})
+        self.addr = mg["agents"][instance]
+        self.port = port or (node.get("agent") or {}).get("port") or PORT
+        self._token = rec["token"].encode()
+        self.started = time.time()
+        self.lock = threading.Lock()          # serialises mark/filter writes (gate config)
+        self.nf = None
+
+    def open(self) -> None:
+        """Enter the instance's netns for good (threads made later inherit it) and reopen the
+        pinned maps."""
+        self._ns = netns.enter(self.ns)
+        self._ns.__enter__()
+        self._adopt()
+        self.layout = L.layout_hash(self.kind)
+        if not (self.pin / "prog").exists():
+            log.warning("no pinned program at %s: the instance may not be attached", self.pin / "prog")
+
+    def _pins(self) -> dict[str, int]:
+        """Pin name -> inode: a pin replaced by another object gets another inode."""
+        out = {}
+        try:
+            names = os.listdir(self.pin)
+        except OSError:
+            return out
+        for n in names:
+            try:
+                out[n] = os.stat(self.pin / n).st_ino
+            except OSError:
+                pass
+        return out
+
+    def _adopt(self) -> None:
+        pins = self._pins()
+        self.nf = nf_class(self.kind).open(self.instance, self.pin)
+        self._pinned = pins
+        self.adoptions += 1
+        self._adopted()
+
+    def _adopted(self) -> None:
+        """After the maps were (re)opened: each op family drops what it held of the old ones."""
+
+    def _current(self) -> None:
+        """Re-adopt the pins when they changed under us (a hot upgrade re-pins maps and program)."""
+        if self._pins() == self._pinned:
+            return
+        with self.lock:
+            if self._pins() != self._pinned:
+                log.info("pins under %s changed: re-adopting the instance's maps", self.pin)
+                self._adopt()

@@ -1,0 +1,172 @@
+"""The agent's move ops (nfx.migrate's requests): one move session (nfx/agent/sessions.py) at a
+time per instance. Keys and packets travel base64-encoded in the JSON requests (flow keys: 16
+bytes each; packets: the buffer ring's header then the bytes, back to back). `move_ctrl` streams
+what a TO_CTRL source hands toward the controller, as JSON frames, until the move ends or the
+client closes. `move_dist`, DiST's source half, is nfx/agent/dist_source.py."""
+import base64
+import queue
+import threading
+import time
+
+from ..errors import BadInput
+from ..migrate import dataplane as dp     # codecs and ring: nfx/packets.py, nfx/gate.py to come
+from ..state import ops, wire
+from ..state.filter import parse
+from .sessions import MoveSession
+
+# the protocol's move ops; move_dist's handler is in nfx/agent/dist_source.py
+MOVE_OPS = ("move_begin", "move_drain", "move_inject", "move_ctrl", "move_status", "move_end", "move_get",
+            "move_dist")
+
+
+def _b64(req, name, default=b"") -> bytes:
+    v = req.get(name)
+    if v is None:
+        return default
+    try:
+        return base64.b64decode(v, validate=True)
+    except Exception:
+        raise BadInput(f"{name} is not base64") from None
+
+
+def enc(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+class MoveOps:
+    """Mixed into the agent (nfx/agent/server.py): needs the instance (nfx/agent/instance.py)."""
+
+    session: MoveSession | None = None
+    _ctrl_q: "queue.Queue | None" = None
+
+    def _adopted(self) -> None:
+        super()._adopted()
+        self._warm_ring()
+
+    def _warm_ring(self) -> None:
+        """Map the buffer ring now, off the request path: the first move would pay ~26 ms."""
+        nf = self.nf
+
+        def warm():
+            try:
+                dp.packet_ring(nf)
+            except Exception:
+                pass      # a move will open it (and report why it cannot)
+        threading.Thread(target=warm, daemon=True, name="warm-ring").start()
+
+    def _session(self) -> MoveSession:
+        if self.session is None:
+            raise BadInput("no move in progress on this instance (move_begin first)")
+        return self.session
+
+    def op_move_begin(self, sock, r, req) -> dict:
+        role = req.get("role")
+        epoch = int(req.get("epoch", 0))
+        if role not in ("src-redirect", "src-ctrl", "dst") or epoch <= 0:
+            raise BadInput("move_begin needs role src-redirect|src-ctrl|dst and an epoch > 0")
+        keys = dp.keys_from_blob(_b64(req, "keys"))
+        flt = req.get("filter")
+        if flt is not None:
+            parse(flt)                               # refuse a malformed filter before changing anything
+        self._begin_session(role, epoch, bool(req.get("order")), keys, flt, int(req.get("peer", 0)),
+                            bool(req.get("er")))
+        return {"epoch": epoch, "role": role, "marked": len(keys)}
+
+    def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: str | None, peer: int,
+                       er: bool = False) -> MoveSession:
+        if self.session is not None:
+            raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
+        self._ctrl_q = queue.Queue() if role == "src-ctrl" else None
+        on_ctrl = self._ctrl_q.put if self._ctrl_q is not None else None
+        s = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl)
+        s.er = er
+        s.begin(keys, flt, peer)
+        self.session = s
+        return s
+
+    def op_move_drain(self, sock, r, req) -> dict:
+        blob = _b64(req, "keys", None)
+        self._session().drain(dp.keys_from_blob(blob) if blob is not None else None)
+        return {"draining": blob is None}
+
+    def op_move_inject(self, sock, r, req) -> dict:
+        pkts = dp.unpack(_b64(req, "packets"))
+        return {"injected": self._session().inject(pkts)}
+
+    def op_move_status(self, sock, r, req) -> dict:
+        s = self._session()
+        st = self.nf.stats()
+        settled = s.settled() if s.role == "dst" else True
+        out = {"epoch": s.epoch, "cut_complete": s.cut_complete(), "settled": settled,
+               "passed_on": st.get("r_redirected", 0) + st.get("r_to_ctrl", 0), "stats": dict(s.stats)}
+        if not settled and req.get("why"):
+            out["unsettled"] = s.unsettled()
+        return out
+
+    def op_move_end(self, sock, r, req) -> dict:
+        s = self._session()
+        st = s.end()
+        self.session = None
+        if self._ctrl_q is not None:
+            self._ctrl_q.put(None)                    # ends a move_ctrl stream
+        return {"stats": st}
+
+    def op_move_ctrl(self, sock, r, req) -> None:
+        """Stream the source's TO_CTRL packets: JSON frames {"packets": b64, "n": k}, then END."""
+        q = self._ctrl_q
+        if q is None:
+            raise BadInput("no TO_CTRL move in progress on this instance")
+        wire.write(sock, wire.encode_json({"ok": True, "op": "move_ctrl"}))
+        sent = 0
+        while True:
+            try:
+                first = q.get(timeout=0.5)
+            except queue.Empty:
+                if self.session is None:
+                    break
+                continue
+            if first is None:
+                break
+            batch = list(first)
+            while not q.empty():
+                more = q.get_nowait()
+                if more is None:
+                    q.put(None)
+                    break
+                batch += more
+            wire.write(sock, wire.encode_json({"packets": enc(dp.pack(batch)), "n": len(batch)}))
+            sent += len(batch)
+        wire.write(sock, wire.encode_json({"sent": sent}, wire.END))
+        return None
+
+    def op_move_get(self, sock, r, req) -> None:
+        """The state a move takes, as chunks: everything the filter selects, or with late
+        locking (`ll`: this source marks the flows group by group as it reads them, then catches
+        new ones)."""
+        scopes = tuple(req.get("scopes") or ("per-flow",))
+        flt = parse(req.get("filter"))
+        t = {}
+        t0 = time.perf_counter()
+        if req.get("ll"):
+            flows = dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
+            chunks = self._session().export_locked(flows, flt.text, scopes, int(req.get("peer", 0)), t)
+        else:
+            chunks = ops.export(self.nf, scopes, flt, stats=t)
+        wire.write(sock, wire.encode_json({"ok": True, "op": "move_get"}))
+        n = 0
+        for c in chunks:
+            wire.write(sock, wire.encode_chunk(c))
+            n += 1
+        wire.write(sock, wire.encode_json({"chunks": n, "export_s": t.get("export_s", 0.0),
+                                           "total_s": time.perf_counter() - t0}, wire.END))
+        return None
+
+    def er_after_put(self, chunks) -> None:
+        """Early release: flows whose state just arrived may go (called after a put applied)."""
+        s = self.session
+        if s is None or not getattr(s, "er", False) or s.role != "dst":
+            return
+        keys = dp.flow_keys(chunks)[0]
+        if keys:
+            s.drain(keys)
+

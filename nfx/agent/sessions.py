@@ -1,0 +1,276 @@
+"""One instance's part in a move, run by its agent (the agent side every mechanism shares):
+roles, marks and filters, the buffer ring consumer, and draining without overtaking.
+
+Roles: a *source* passes the moved flows on (REDIRECT to the destination's peer slot, DiST; or
+TO_CTRL toward the controller, OpenNF). A *destination* buffers them (BUFFER, epoch E) until
+their state is in, then drains. Order preservation (op) follows DiST's IBC cut per side: at the
+destination, switch-path packets before the switch's IBC are dropped by the gate (the source has
+them) and so are peer-path packets after the source's IBC (the switch path has them); the
+drain releases everything that came from the source before switch-path packets."""
+import logging
+import threading
+import time
+from collections import deque
+
+from .. import layout as L
+from ..errors import NfxError
+from ..migrate import dataplane as dp     # the gate's writers, until nfx/gate.py has them
+from ..state import ops
+from ..state.filter import parse
+
+log = logging.getLogger("nfx.move")
+FILTER_SLOT = 0
+SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is long done
+
+
+class MoveSession:
+    def __init__(self, nf, ns: str, release_if: str, epoch: int, role: str, op: bool = False,
+                 on_ctrl=None):
+        """role: 'src-redirect', 'src-ctrl' or 'dst'. on_ctrl(packets) receives what a
+        'src-ctrl' source hands toward the controller (data packets and IBC records)."""
+        if role not in ("src-redirect", "src-ctrl", "dst"):
+            raise ValueError(role)
+        self.nf, self.ns, self.epoch, self.role, self.op = nf, ns, epoch, role, op
+        self.release_if = release_if
+        self.on_ctrl = on_ctrl
+        self.releaser = dp.Releaser(nf, ns, release_if) if role == "dst" else None
+        self.ring = dp.packet_ring(nf)
+        self.lock = threading.Lock()
+        self.peer_q: deque = deque()       # from the source (peer link), arrival order
+        self.switch_q: deque = deque()     # from the switch, arrival order
+        self.ibc_peer = [False, False]     # by side: the source's IBC has arrived
+        self.ibc_switch = [False, False]
+        self.draining = False
+        self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
+        self.early_keys: set[bytes] = set()
+        self.rlock = threading.Lock()      # taking from the queues and releasing is one step
+        self._stop = threading.Event()
+        self._thread = None
+        self.first_rx_ns = self.last_rx_ns = 0
+        self.error: BaseException | None = None
+
+    # ---- set up ----
+    def begin(self, keys: list, flt: str | None, peer_slot: int = 0) -> None:
+        """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
+        if self.role == "dst":
+            dp.set_move_cfg(self.nf, epoch=self.epoch, op=int(self.op))
+            action = L.Action.BUFFER
+        else:
+            action = L.Action.REDIRECT if self.role == "src-redirect" else L.Action.TO_CTRL
+        self.start()
+        dp.set_marks(self.nf, keys, action, epoch=self.epoch, peer=peer_slot)
+        if flt is not None:
+            dp.set_filter(self.nf, FILTER_SLOT, flt, action, epoch=self.epoch, peer=peer_slot)
+
+    def hold_new(self, flt: str | None, peer_slot: int = 0) -> None:
+        """Catch flows with no mark (new ones) with the wildcard filter, for this role."""
+        action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
+        dp.set_filter(self.nf, FILTER_SLOT, flt, action, epoch=self.epoch, peer=peer_slot)
+
+    def mark(self, keys: list, peer_slot: int = 0) -> None:
+        """Late locking: mark more flows as their state goes out."""
+        action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
+        dp.set_marks(self.nf, keys, action, epoch=self.epoch, peer=peer_slot)
+
+    def export_locked(self, flows: list, flt: str, scopes, peer_slot: int = 0, stats: dict | None = None):
+        """Late locking: the state of `flows` in groups, each group marked (held back or passed
+        on) just before its state is read; then flows born meanwhile are caught by the filter and
+        their state follows; then the other scopes. Yields chunks as they are read. The next
+        group is marked before this one is read, so reading is what gives an XDP run that
+        missed a mark the time to finish (SETTLE_S at least)."""
+        f = parse(flt)
+        per_flow = "per-flow" in scopes
+        rest = [s for s in scopes if s != "per-flow"]
+        size = max(1024, len(flows) // 8)
+        groups = [flows[i:i + size] for i in range(0, len(flows), size)]
+        steps = [lambda g=g: self.mark(g, peer_slot) for g in groups] + [lambda: self.hold_new(flt, peer_slot)]
+        marked = [0.0] * len(steps)
+
+        def mark(i):
+            steps[i]()
+            marked[i] = time.perf_counter()
+
+        def settled(i):
+            left = SETTLE_S - (time.perf_counter() - marked[i])
+            if left > 0:
+                time.sleep(left)
+        mark(0)
+        for i, g in enumerate(groups):
+            mark(i + 1)
+            settled(i)
+            if per_flow:
+                yield from ops.export(self.nf, ("per-flow",), f, stats=stats, keyset={bytes(k) for k in g})
+        settled(len(groups))
+        if per_flow:
+            # flows born since the move began: the filter holds them now
+            yield from ops.export(self.nf, ("per-flow",), f, stats=stats, skip={bytes(k) for k in flows})
+        if rest:
+            yield from ops.export(self.nf, rest, f, stats=stats)
+
+    def start(self) -> None:
+        if not self._thread:
+            self._thread = threading.Thread(target=self._consume, daemon=True, name=f"move-{self.epoch}")
+            self._thread.start()
+
+    # ---- the ring ----
+    def _consume(self) -> None:
+        try:
+            while not self._stop.is_set():
+                pkts = self.ring.poll(5)
+                if pkts:
+                    self._take(pkts)
+                if self.draining:
+                    self._release_ready()
+                elif self.early_keys:
+                    self._early_ready()
+        except BaseException as e:
+            # said by settled(): the move fails at once, with the reason, not by a timeout
+            self.error = e
+            log.exception("move %d: the ring consumer failed", self.epoch)
+
+    def _take(self, pkts: list) -> None:
+        ctrl = []
+        with self.lock:
+            now = time.monotonic_ns()
+            for p in pkts:
+                if p.epoch and p.epoch != self.epoch and (p.kind != L.BufKind.IBC or self.role == "dst"):
+                    # an earlier move's: buffered after its session read the ring for the last
+                    # time, or left by an agent that died mid-move. Released now it would be out
+                    # of place and counted against this move's marks (released > buffered). (A
+                    # source's IBC records carry no epoch of its own: the destination sets it.)
+                    self.stats["stale"] += 1
+                    continue
+                if p.kind == L.BufKind.IBC:
+                    self.stats["ibc"] += 1
+                    if self.role == "src-ctrl":
+                        ctrl.append(p)         # the controller needs the source's cut too
+                    elif p.rx & (L.RX_PEER | L.RX_INJECTED):
+                        self.ibc_peer[p.side] = True
+                    else:
+                        self.ibc_switch[p.side] = True
+                    continue
+                if p.kind == L.BufKind.TO_CTRL:
+                    self.stats["to_ctrl"] += 1
+                    ctrl.append(p)
+                    continue
+                self.first_rx_ns = self.first_rx_ns or now
+                self.last_rx_ns = now
+                if p.rx & L.RX_PEER:
+                    self.peer_q.append(p)
+                else:
+                    self.switch_q.append(p)
+                self.stats["buffered"] += 1
+            depth = len(self.peer_q) + len(self.switch_q)
+            self.stats["buffer_peak"] = max(self.stats["buffer_peak"], depth)
+        if ctrl and self.on_ctrl:
+            self.on_ctrl(ctrl)
+
+    def cut_complete(self) -> bool:
+        """op: both sides' IBCs from the source are in (everything the source had is here)."""
+        return all(self.ibc_peer)
+
+    # ---- drain ----
+    def drain(self, keys: list | None = None) -> None:
+        """State is in (and, for op, the source's cut has arrived): release what is held, peer
+        path first, and keep releasing new arrivals until the gate has flipped every flow.
+        With `keys` (early release), only those flows now; the rest wait for a later call."""
+        if keys is None:
+            # a full drain comes after the source's cut (op), wherever that cut arrived
+            dp.set_move_cfg(self.nf, drain_epoch=self.epoch, peer_cut=1)
+            self.draining = True
+            self._release_ready()
+            return
+        self._early(keys)
+
+    def _early(self, keys: list) -> None:
+        raw = {bytes(k) for k in keys}
+        dp.Gate(self.nf).drain(keys)
+        with self.rlock, self.lock:
+            self.early_keys |= raw
+        self._early_ready()
+
+    def _early_ready(self) -> None:
+        # op: the switch path's packets of an early-released flow still wait for the source's cut
+        switch_too = not self.op or self.cut_complete()
+        with self.rlock:
+            with self.lock:
+                take = [p for p in self.peer_q if p.key in self.early_keys]
+                self.peer_q = deque(p for p in self.peer_q if p.key not in self.early_keys)
+                if switch_too:
+                    take += [p for p in self.switch_q if p.key in self.early_keys]
+                    self.switch_q = deque(p for p in self.switch_q if p.key not in self.early_keys)
+            self._release(take)
+
+    def _release(self, batch: list) -> None:
+        if not batch:
+            return
+        self.releaser.release(batch)
+        now = time.monotonic_ns()
+        self.stats["released"] += len(batch)
+        # how long the oldest of them was held back: the delay this move added
+        self.stats["max_hold_us"] = max(self.stats.get("max_hold_us", 0), (now - min(p.ts_ns for p in batch)) / 1e3)
+
+    def _release_ready(self) -> None:
+        with self.rlock:
+            with self.lock:
+                batch = list(self.peer_q) + list(self.switch_q)
+                self.peer_q.clear()
+                self.switch_q.clear()
+            self._release(batch)
+
+    def inject(self, pkts: list) -> int:
+        """Packets from the controller's buffer (OpenNF): processed here at once, as they are."""
+        data = [p for p in pkts if p.kind != L.BufKind.IBC]
+        if data:
+            if self.releaser is None:      # a source takes its packets back when a move is called off
+                self.releaser = dp.Releaser(self.nf, self.ns, self.release_if)
+            self.releaser.release(data, rx=L.RX_INJECTED)
+        return len(data)
+
+    def settled(self) -> bool:
+        """Everything buffered has been released and has left: each marked flow either processes
+        again or will on its next packet (a flow with no traffic never flips, and need not)."""
+        if self.error is not None:
+            raise NfxError(f"the destination's ring consumer failed: {self.error!r}")
+        with self.lock:
+            if self.peer_q or self.switch_q:
+                return False
+        flushed = dp.move_cfg(self.nf).flushed_seq
+        return all(m.action != L.Action.BUFFER or (m.buffered == m.released and m.last_release <= flushed)
+                   for m in dp.marks(self.nf).values())
+
+    def unsettled(self, limit: int = 3) -> dict:
+        """Why settled() is false: what waits in the queues, and the marks still holding back."""
+        with self.lock:
+            out = {"peer_q": len(self.peer_q), "switch_q": len(self.switch_q), "draining": self.draining,
+                   "ibc_peer": list(self.ibc_peer), "ibc_switch": list(self.ibc_switch)}
+        cfg = dp.move_cfg(self.nf)
+        st = dp.move_state(self.nf)
+        out.update(flushed=cfg.flushed_seq, drain_epoch=cfg.drain_epoch, epoch=cfg.epoch, peer_cut=cfg.peer_cut,
+                   bpf_ibc_peer=list(st.ibc_peer), bpf_ibc_switch=list(st.ibc_switch), cursor=st.release_cursor)
+        bad = [(m.epoch, m.buffered, m.released, m.last_release) for m in dp.marks(self.nf).values()
+               if m.action == L.Action.BUFFER and (m.buffered != m.released or m.last_release > cfg.flushed_seq)]
+        out["holding_marks"] = len(bad)
+        out["sample"] = bad[:limit]
+        return out
+
+    # ---- tear down ----
+    def end(self, keep_marks: bool = False) -> dict:
+        dp.clear_filter(self.nf, FILTER_SLOT)
+        # marks first: from here on nothing is held back, so what the ring holds is all there is
+        if not keep_marks:
+            dp.clear_marks(self.nf)
+        dp.Gate(self.nf).clear_drain()
+        # an XDP run that read a mark just before it went may still be buffering: let it finish,
+        # so the last read of the ring below has its packet
+        time.sleep(SETTLE_S)
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        self._take(self.ring.poll(0))
+        if self.role == "dst" and (self.peer_q or self.switch_q):
+            self._release_ready()
+        dp.reset_move(self.nf)            # the ring reader stays open for the next move
+        if self.releaser:
+            self.releaser.close()
+        return dict(self.stats)

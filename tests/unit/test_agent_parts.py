@@ -1,0 +1,23 @@
+"""The agent is composed of one part per job (nfx/agent/server.py): every op of the protocol has
+its handler, and the agent's side of a move loads nothing of the controller's side."""
+import subprocess
+import sys
+
+from nfx.agent.ops_move import MOVE_OPS
+from nfx.agent.protocol import OPS
+from nfx.agent.server import Agent
+
+
+def test_every_op_has_a_handler():
+    missing = [op for op in OPS + MOVE_OPS if not callable(getattr(Agent, "op_" + op, None))]
+    assert not missing and Agent.ops == OPS + MOVE_OPS
+
+
+def test_the_agent_loads_nothing_of_the_controller_side():
+    out = subprocess.run([sys.executable, "-c", "import sys, nfx.agent.server; "
+                          "print(' '.join(m for m in sys.modules if m.startswith('nfx.')))"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert "nfx.agent.dist_source" in out
+    controller_side = {"nfx.migrate.mechanisms", "nfx.migrate.remote", "nfx.migrate.ctrlbuf", "nfx.control.frames",
+                       "nfx.control.controller", "nfx.control.steer", "nfx.control.switch"}
+    assert not controller_side & set(out)
