@@ -32,10 +32,9 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import BadInput, NfxError
+from ..migrate import GUARANTEES, MECHANISMS  # nfx.movespec's, filled as nfx.migrate registers them
 from ..traffic.report import measure
 
-MECHANISMS = ("opennf", "dist")
-GUARANTEES = ("ng", "lf", "op")
 OPTS = ("none", "pz", "pz,ll,er")
 # the default matrix: 2 x 3 x 3 x 2 x 2 = 72 cells, a few minutes on the 2-vCPU VM
 DEFAULT_RATES = (10_000, 100_000)
