@@ -8,46 +8,83 @@ By default the socket is made inside the testbed's management netns (where the c
 sits); `ns=None` keeps the caller's netns (an agent pushing to a peer). One connection, opened
 on first use, one request at a time. `delay_ms` (and `rate_mbit`) put the connection behind an
 emulated control link (nfx.control.link): each frame arrives `delay_ms` after it was sent, and
-streams of frames are pipelined through it."""
+streams of frames are pipelined through it. A caller that holds the testbed's record already
+(the controller, once per move) makes its clients with `AgentClient.for_node`, which reads
+nothing from disk. A move's streams have their own calls: move_get, move_dist, move_ctrl
+(the streams that outlast a call are in client_streams.py)."""
+import base64
 import queue
+import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from ..closing import ClosedWhenCollected
+from ..control import link
 from ..errors import AgentDown, BadInput, NfxError, NotFound, Timeout
 from ..loader import netns
-from ..control import link
-from ..closing import ClosedWhenCollected
-from ..state import wire
+from ..state import ops, wire
+from ..testbed import state
+from .client_streams import DistStream, Subscription
 from .protocol import PORT, raise_error
 
 RETRY_OPS = {"ping", "info", "stats", "get", "marks"}
+
+
+def nf_node(rec: dict, instance: str) -> dict:
+    """What a client needs of one NF instance from the testbed's record (the registry): its
+    testbed and name, the agent's address and port on the management network, and the
+    instance's index and peer slots."""
+    testbed = rec["name"]
+    nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
+    if instance not in nfs:
+        raise NotFound(f"no NF instance {instance!r} in testbed {testbed}",
+                       hint=f"instances: {', '.join(nfs) or 'none'}")
+    mg = rec.get("mgmt")
+    if not mg or instance not in mg.get("agents", {}):
+        raise NotFound(f"testbed {testbed} has no management address for {instance} (still building?)")
+    info = rec["nodes"][instance]
+    return {"testbed": testbed, "name": instance, "agent_addr": mg["agents"][instance],
+            "agent_port": (info.get("agent") or {}).get("port") or PORT,
+            "index": info.get("index", 0), "peer_slots": info.get("peer_slots", {})}
+
+
+def _field(node, name: str):
+    return node[name] if isinstance(node, dict) else getattr(node, name)
 
 
 class AgentClient(ClosedWhenCollected):
     def __init__(self, testbed: str, instance: str, *, timeout: float = 30.0, delay_ms: float = 0.0,
                  rate_mbit: float = 0.0, ns: str | None = "mgmt", addr: str | None = None, port: int | None = None,
                  token: str | None = None):
-        from ..testbed import state
+        """The agent of `instance`, found in the testbed's registry (read here, once)."""
         rec = state.load(testbed)
-        nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
-        if instance not in nfs:
-            raise NotFound(f"no NF instance {instance!r} in testbed {testbed}",
-                           hint=f"instances: {', '.join(nfs) or 'none'}")
-        mg = rec.get("mgmt")
-        if not mg or instance not in mg.get("agents", {}):
-            raise NotFound(f"testbed {testbed} has no management address for {instance} (still building?)")
+        node = nf_node(rec, instance)
+        self._setup(node, rec.get("token") if token is None else token, rec["mgmt"]["ns"] if ns == "mgmt" else ns,
+                    timeout, delay_ms, rate_mbit, addr, port)
+
+    @classmethod
+    def for_node(cls, node, token: str | None, mgmt_ns: str | None, *, timeout: float = 30.0,
+                 delay_ms: float = 0.0, rate_mbit: float = 0.0, addr: str | None = None,
+                 port: int | None = None) -> "AgentClient":
+        """The agent of `node` (nf_node's dict, or an object with the same fields), reached from
+        netns `mgmt_ns` (None: the caller's) with the testbed's `token`. Reads no registry."""
+        c = cls.__new__(cls)
+        c._setup(node, token, mgmt_ns, timeout, delay_ms, rate_mbit, addr, port)
+        return c
+
+    def _setup(self, node, token, ns, timeout, delay_ms, rate_mbit, addr, port) -> None:
         if delay_ms < 0 or rate_mbit < 0:
             raise BadInput("delay_ms and rate_mbit must be >= 0")
-        self.testbed, self.instance = testbed, instance
-        agent = rec["nodes"][instance].get("agent") or {}
-        self.addr = addr or mg["agents"][instance]
-        self.port = port or agent.get("port") or PORT
-        self.ns = mg["ns"] if ns == "mgmt" else ns
-        self.token = token if token is not None else rec.get("token")
+        self.testbed, self.instance = _field(node, "testbed"), _field(node, "name")
+        self.addr = addr or _field(node, "agent_addr")
+        self.port = port or _field(node, "agent_port")
+        self.ns = ns
+        self.token = token
         self.timeout = timeout
-        self.links = link.pair((testbed, instance), delay_ms, rate_mbit) if delay_ms or rate_mbit else None
+        self.links = (link.pair((self.testbed, self.instance), delay_ms, rate_mbit)
+                      if delay_ms or rate_mbit else None)
         self._sock: socket.socket | None = None
         self._reader: wire.Reader | None = None
         self._conn: link.DelayedConn | None = None
@@ -117,7 +154,6 @@ class AgentClient(ClosedWhenCollected):
                     raise socket.timeout from None
             else:
                 if wait is not None:
-                    import select
                     if not select.select([self._sock], [], [], wait)[0]:
                         return None
                 fr = self._reader.frame()
@@ -138,8 +174,11 @@ class AgentClient(ClosedWhenCollected):
         return fr
 
     def _begin(self, op: str, args: dict, parts_after: Iterable | None = None) -> None:
-        """Send one request (and, for put, the frames that follow it)."""
-        req = {"op": op, "token": self.token, **{k: v for k, v in args.items() if v is not None}}
+        """Send one request (and, for put, the frames that follow it). Arguments that are None
+        are left out; bytes travel base64-encoded (keys, packets)."""
+        req = {"op": op, "token": self.token,
+               **{k: base64.b64encode(v).decode() if isinstance(v, bytes) else v
+                  for k, v in args.items() if v is not None}}
         self.connect()
         t0 = time.perf_counter()
         self._write(wire.encode_json(req))
@@ -186,33 +225,40 @@ class AgentClient(ClosedWhenCollected):
     def iter_get(self, scopes=None, filter: str | None = None, chunk_entries: int | None = None,
                  head: dict | None = None) -> Iterator[wire.Chunk]:
         """Chunks as they arrive; `head` (if given) receives the reply and then the END summary.
-        Consume it to the end before the next request."""
+        Consume it to the end before the next request (left mid-stream, the connection closes)."""
         args = {"scopes": list(scopes) if scopes is not None and not isinstance(scopes, str) else scopes,
                 "filter": filter, "chunk_entries": chunk_entries}
+        return self._chunks("get", args, head, retry=True)
+
+    def _chunks(self, op: str, args: dict, head: dict | None, retry: bool) -> Iterator[wire.Chunk]:
         fresh = self._sock is None
         try:
-            self._begin("get", args)
-            r = self._reply("get")
+            self._begin(op, args)
+            r = self._reply(op)
         except AgentDown:
-            if fresh:
+            if fresh or not retry:
                 raise
-            self._begin("get", args)
-            r = self._reply("get")
+            self._begin(op, args)
+            r = self._reply(op)
         if head is not None:
             head.update(r)
-        while True:
-            kind, obj = self._frame()
-            if kind == wire.CHUNK:
-                yield obj
-            elif kind == wire.END:
-                if head is not None:
-                    head["end"] = obj
-                return
-            elif kind == wire.ERROR:
-                raise_error(obj, f"{self.instance}: ")
-            else:
-                self.close()
-                raise NfxError(f"unexpected frame kind {kind} in the state stream from {self.instance}")
+        try:
+            while True:
+                kind, obj = self._frame()
+                if kind == wire.CHUNK:
+                    yield obj
+                elif kind == wire.END:
+                    if head is not None:
+                        head["end"] = obj
+                    return
+                elif kind == wire.ERROR:
+                    raise_error(obj, f"{self.instance}: ")
+                else:
+                    self.close()
+                    raise NfxError(f"unexpected frame kind {kind} in the state stream from {self.instance}")
+        except GeneratorExit:
+            self.close()            # left mid-stream: the connection is out of step
+            raise
 
     def get(self, scopes=None, filter: str | None = None, on_chunk: Callable | None = None,
             chunk_entries: int | None = None, head: dict | None = None):
@@ -229,7 +275,6 @@ class AgentClient(ClosedWhenCollected):
     def export(self, path: str, scopes=None, filter: str | None = None, meta: dict | None = None,
                on_chunk: Callable | None = None) -> dict:
         """Stream the selected state into a state file (ops.save's format)."""
-        from ..state import ops
         head = {}
 
         def chunks():
@@ -345,7 +390,42 @@ class AgentClient(ClosedWhenCollected):
     def clear_filter(self, slot: int) -> dict:
         return self.request("filter", slot=slot, clear=True)
 
-    def subscribe(self, streams=("stats",), interval: float = 1.0) -> "Subscription":
+    # ---- a move's streams (nfx/agent/PROTOCOL.md, the move ops) ----
+    def move_get(self, scopes, filter: str, ll: bool = False, peer: int = 0,
+                 head: dict | None = None) -> Iterator[wire.Chunk]:
+        """A move's export: the state `filter` selects, chunk by chunk as it arrives; with `ll`
+        (late locking) the agent holds the flows back group by group as it reads them, toward
+        peer slot `peer`. `head` receives the reply, then the END summary (export_s)."""
+        args = {"scopes": list(scopes), "filter": filter}
+        if ll:
+            args.update(ll=True, peer=peer)
+        return self._chunks("move_get", args, head, retry=False)
+
+    def move_dist(self, dst: str, epoch: int, guarantee: str, opts, filter: str, scopes, timeout: float,
+                  fire: int = 0, data_delay_ms: float = 0.0, data_rate_mbit: float = 0.0) -> DistStream:
+        """DiST's move, run by this (source) agent, on this connection until the stream is
+        closed: fire is the token of rules armed on the switches, for the agent to fire once
+        it may; data_*: the emulated link it sends to dst over."""
+        args = {"dst": dst, "epoch": epoch, "guarantee": guarantee, "opts": sorted(opts), "filter": filter,
+                "scopes": list(scopes), "timeout": timeout,
+                "data_delay_ms": data_delay_ms or None, "data_rate_mbit": data_rate_mbit or None}
+        if fire:
+            args["fire"] = f"{fire:x}"
+        self._begin("move_dist", args)
+        return DistStream(self)
+
+    def move_ctrl(self) -> Iterator[bytes]:
+        """The packets a TO_CTRL source sends up (one blob of buffer records per frame), until
+        its move ends. Use a connection of its own: it stays busy that long."""
+        self._begin("move_ctrl", {})
+        self._reply("move_ctrl")
+        while True:
+            kind, obj = self._frame()
+            if kind != wire.JSON:
+                return
+            yield base64.b64decode(obj["packets"])
+
+    def subscribe(self, streams=("stats",), interval: float = 1.0) -> Subscription:
         self._begin("subscribe", {"streams": list(streams), "interval": interval})
         r = self._reply("subscribe")
         return Subscription(self, r)
@@ -355,73 +435,3 @@ def _scopes_arg(scopes):
     if scopes is None or isinstance(scopes, str):
         return scopes
     return list(scopes)
-
-
-class Subscription:
-    """Events of a subscribe request: iterate, or next_event(timeout); close() ends it (the
-    connection stays usable)."""
-
-    def __init__(self, client: AgentClient, reply: dict):
-        self.client = client
-        self.streams = reply.get("streams", [])
-        self.unavailable = reply.get("unavailable", {})
-        self.open = True
-        self.summary: dict | None = None
-
-    def next_event(self, timeout: float | None = None) -> dict | None:
-        """The next event, or None if none came within `timeout` seconds."""
-        if not self.open:
-            return None
-        try:
-            fr = self.client._frame(wait=timeout)
-            if fr is None:
-                return None
-            kind, obj = fr
-        except NfxError:
-            self.open = False             # the connection is gone with it
-            raise
-        if kind == wire.ERROR:
-            self.open = False
-            raise_error(obj, f"{self.client.instance}: ")
-        if kind == wire.END:
-            self.open = False
-            self.summary = obj
-            return None
-        return obj
-
-    def __iter__(self):
-        while self.open:
-            ev = self.next_event()
-            if ev is not None:
-                yield ev
-
-    def events(self, seconds: float) -> list[dict]:
-        """Everything that arrives within `seconds`."""
-        out, end = [], time.monotonic() + seconds
-        while self.open and (left := end - time.monotonic()) > 0:
-            ev = self.next_event(left)
-            if ev is not None:
-                out.append(ev)
-        return out
-
-    def close(self) -> dict | None:
-        """End the subscription: ask the agent to stop and skip events up to its END."""
-        if not self.open or self.client._sock is None:
-            self.open = False
-            return self.summary
-        self.client._write(wire.encode_json({"op": "stop"}))
-        while self.open:
-            kind, obj = self.client._frame()
-            if kind in (wire.END, wire.ERROR):
-                self.open = False
-                self.summary = obj
-        return self.summary
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self.close()
-        except NfxError:
-            self.client.close()

@@ -9,7 +9,7 @@ import time
 
 from ..errors import BadInput
 from ..frames import trigger_frame
-from ..ibc import ibc_keys
+from ..movespec import ibc_keys
 from ..migrate import dataplane as dp     # key codecs: nfx/packets.py to come
 from ..movespec import GUARANTEES, parse_data_link, parse_opts
 from ..state import ops, wire
@@ -94,7 +94,7 @@ class DistSource:
         synth = []
         if op and not flt.everything and not any(bytes(k) == bytes(ibc[0][1]) for k in flows):
             # a made-up cut (no flow matches yet): its outside tuple is marked and steered like
-            # a public tuple (nfx/ibc.py ibc_synthetic)
+            # a public tuple (nfx/movespec.py ibc_synthetic)
             synth = [ibc[1][1]]
             outside = outside + synth
         peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)

@@ -28,13 +28,12 @@ from pathlib import Path
 
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
+from ..migrate import GUARANTEES, MECHANISMS  # nfx.movespec's, filled as nfx.migrate registers them
 from ..traffic.report import measure
 from .ci import mean_ci
 from .move_bed import Bed, testbed, traffic_rig
 from .move_cells import CELL_KEYS, DEFAULT_FLOWS, DEFAULT_RATES, OPTS, cells, judge, link_text, verdict
 
-MECHANISMS = ("opennf", "dist")
-GUARANTEES = ("ng", "lf", "op")
 COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "rate_pps", "flows", "ctrl_delay_ms",
            "ctrl_rate_mbit", "data_delay_ms", "data_rate_mbit",
            "ok", "verdict", "error",
@@ -45,7 +44,7 @@ COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "r
            "lat_p50_us", "lat_p99_us", "lat_max_us", "achieved_pps",
            "move_at_s", "move_end_s", "traffic_s", "move_inside_traffic", "refresh_lost", "loadavg",
            "nf_drops", "ctrl_received", "ctrl_held", "ctrl_dropped_after_cut", "ctrl_injected", "ctrl_left",
-           "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_released_ms", "ph_steered_ms", "ph_cut_ms",
+           "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_steered_ms", "ph_cut_ms",
            "ph_settled_ms"]
 METRICS = ["move_time_s", "redirect_time_s", "total_s", "states", "state_chunks", "state_bytes",
            "packets_redirected", "controller_buffer_peak", "instance_buffer_peak", "max_added_delay_us",
@@ -99,7 +98,6 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     ph = m.get("phases_ms") or {}
     for p in ("keys", "held", "state", "steered", "settled"):
         row[f"ph_{p}_ms"] = ph.get(p)
-    row["ph_released_ms"] = ph.get("released", ph.get("pre-steer"))
     row["ph_cut_ms"] = ph.get("cut", ph.get("drained"))
     for k in ("sent", "received", "lost", "duplicated", "reordered", "unexpected", "out_of_window", "lat_p50_us",
               "lat_p99_us", "lat_max_us"):

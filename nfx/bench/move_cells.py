@@ -1,7 +1,8 @@
 """The move bench's cells: the matrix chosen on the command line (mechanism x guarantee x
 optimisations x rate x flows x links), and what each guarantee forbids, as the sink counts it."""
 from ..errors import BadInput
-from ..migrate.mechanisms import GUARANTEES, MECHANISMS, OPTIMISATIONS, parse_opts
+from ..migrate import GUARANTEES, MECHANISMS
+from ..movespec import OPTIMISATIONS, parse_opts
 
 OPTS = ("none", "pz", "pz,ll,er")
 # the default matrix: 2 x 3 x 3 x 2 x 2 = 72 cells, a few minutes on the 2-vCPU VM

@@ -4,16 +4,11 @@ from rich.table import Table
 
 from ..control import lifecycle
 from ..errors import BadInput
-from ..migrate.mechanisms import GUARANTEES, MECHANISMS
+from ..migrate import GUARANTEES, MECHANISMS
+from ..movespec import MoveMetrics
 from .common import JsonOpt, NameOpt, console, emit_json, need_root, out
 
 app = typer.Typer(no_args_is_help=True, help="The testbed's controller (northbound API on 127.0.0.1).")
-
-ROWS = [("move_time_s", "move time (s)"), ("redirect_time_s", "redirect time (s)"), ("total_s", "total (s)"),
-        ("flows", "flows"), ("state_chunks", "state chunks"), ("state_bytes", "state bytes"),
-        ("packets_redirected", "packets redirected"), ("controller_buffer_peak", "controller buffer peak"),
-        ("instance_buffer_peak", "instance buffer peak"), ("max_added_delay_us", "max added delay (µs)"),
-        ("serialization_share", "(de)serialization share")]
 
 
 def move(name: str = NameOpt,
@@ -42,12 +37,12 @@ def move(name: str = NameOpt,
     if json_:
         emit_json(m)
         return
-    t = Table(title=f"{mechanism} {guarantee.upper()} {'+'.join(m['opts']) or ''} {src} → {dst} ({m['filter']})")
+    mm = MoveMetrics.from_dict(m)
+    t = Table(title=mm.title())
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k, label in ROWS:
-        v = m.get(k)
-        t.add_row(label, "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else f"{v:,}"))
+    for label, value in mm.rows():
+        t.add_row(label, value)
     out.print(t)
 
 

@@ -16,9 +16,10 @@ import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .. import migrate
 from ..errors import BadInput, NfxError, Refused
-from ..migrate import mechanisms as M
-from ..migrate.remote import Remote
+from ..migrate.endpoint import Remote
+from ..movespec import MoveRequest, parse_data_link, parse_opts
 from ..state.filter import parse
 from ..state.tables import parse_scopes
 from ..testbed import state
@@ -138,40 +139,52 @@ class Controller:
                 "instances": [n for n, i in self.rec["nodes"].items() if i["role"] == "nf"],
                 "last_move": self.last}
 
-    def move(self, req: dict) -> dict:
-        src, dst = req.get("src"), req.get("dst")
-        nfs = [n for n, i in self.rec["nodes"].items() if i["role"] == "nf"]
+    def request(self, rec: dict, body: dict) -> MoveRequest:
+        """A POST /move body as a move, checked (the filter parsed here, once)."""
+        src, dst = body.get("src"), body.get("dst")
+        nfs = [n for n, i in rec["nodes"].items() if i["role"] == "nf"]
         for what, n in (("source", src), ("destination", dst)):
             if n not in nfs:
                 raise BadInput(f"unknown {what} instance {n!r}: instances are {', '.join(nfs)}")
-        flt = parse(req.get("filter"))
-        scopes = parse_scopes(req.get("scopes"))
-        opts = M.parse_opts(req.get("opts"))
-        guarantee, mechanism = req.get("guarantee", "lf"), req.get("mechanism", "dist")
-        delay = float(req.get("ctrl_delay_ms", self.delay_ms))
-        rate = float(req.get("ctrl_rate_mbit", self.rate_mbit))
+        flt = parse(body.get("filter"))
+        scopes = parse_scopes(body.get("scopes"))
+        opts = parse_opts(body.get("opts"))
+        return MoveRequest(src, dst, flt, scopes, guarantee=body.get("guarantee", "lf"),
+                           mechanism=body.get("mechanism", "dist"), opts=frozenset(opts),
+                           timeout=float(body.get("timeout", 30)),
+                           data_link=parse_data_link(body))      # the emulated link between instances
+
+    def _ctrl_link(self, body: dict) -> tuple[float, float]:
+        """This move's emulated control link: (one-way delay ms, rate Mbit/s)."""
+        delay = float(body.get("ctrl_delay_ms", self.delay_ms))
+        rate = float(body.get("ctrl_rate_mbit", self.rate_mbit))
         if delay < 0 or rate < 0:
             raise BadInput("ctrl_delay_ms and ctrl_rate_mbit must be >= 0 (0: no emulated delay or rate limit)")
-        data = M.parse_data_link(req)        # the emulated link between instances (agent to agent)
-        if not self.move_lock.acquire(timeout=float(req.get("wait", 0))):
+        return delay, rate
+
+    def move(self, body: dict) -> dict:
+        rec = state.load(self.testbed)        # once per move: the agents' addresses as they are now
+        req = self.request(rec, body)
+        delay, rate = self._ctrl_link(body)
+        if not self.move_lock.acquire(timeout=float(body.get("wait", 0))):
             raise BadInput("another move is in progress (one at a time)")
         try:
-            a = Remote(self.rec, src, delay, rate)
-            b = Remote(self.rec, dst, delay, rate)
+            a = Remote(rec, req.src, delay, rate)
+            b = Remote(rec, req.dst, delay, rate)
             sw = DelayedSteering(self.steer, delay, rate)
             try:
-                m = M.move(a, b, sw, flt, scopes, guarantee, opts, mechanism, timeout=float(req.get("timeout", 30)),
-                           data_link=data)
+                m = migrate.move(req, a, b, sw)
             finally:
                 a.close()
                 b.close()
                 sw.close()
-            m.update(testbed=self.testbed, ctrl_delay_ms=delay, ctrl_rate_mbit=rate, at=time.time())
+            m.testbed, m.ctrl_delay_ms, m.ctrl_rate_mbit, m.at = self.testbed, delay, rate, time.time()
+            out = m.to_dict()
             self.moves += 1
-            self.last = m
+            self.last = out
             with open(log_file(self.testbed), "a") as f:
-                f.write(json.dumps(m) + "\n")
-            return m
+                f.write(json.dumps(out) + "\n")
+            return out
         finally:
             self.move_lock.release()
 

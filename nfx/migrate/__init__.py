@@ -1,1 +1,12 @@
-"""Moving flows and their state between NF instances."""
+"""Moves, the controller's side: the generic move and its Mechanism interface (mechanism.py),
+one module per mechanism (opennf.py, dist.py), the agents as endpoints (endpoint.py). A
+mechanism is known once registered here; MECHANISMS lists the registered names."""
+from ..movespec import GUARANTEES, MECHANISMS
+from .dist import Dist
+from .mechanism import move, register
+from .opennf import OpenNF
+
+register(OpenNF)
+register(Dist)
+
+__all__ = ["GUARANTEES", "MECHANISMS", "move", "register"]

@@ -1,4 +1,4 @@
-"""OpenNF's controller-side packet buffer (nfx.migrate.mechanisms, mechanism opennf)."""
+"""OpenNF's controller-side packet buffer (nfx.migrate.opennf)."""
 import threading
 import time
 from collections import deque

@@ -1,4 +1,4 @@
-"""The order of DiST's steps as the controller runs them (nfx.migrate.mechanisms._dist), against
+"""The order of DiST's steps as the controller runs them (nfx.migrate.dist.Dist.run), against
 endpoints and switches that log what they are asked: the paper's order (enableEvent's ack, then
 MovePerFlow, its ack, then the switches) and nfx's overlap (ov: the switches on the ack of the
 hold, before the state is in). Plus the options' validation and the IBC a filter makes."""
@@ -8,7 +8,10 @@ import pytest
 
 from nfx import layout as L
 from nfx.errors import BadInput
-from nfx.migrate import mechanisms as M
+from nfx import movespec as S
+from nfx.migrate.dist import Dist
+from nfx.migrate.mechanism import Ctx
+from nfx.movespec import MoveRequest
 from nfx.state.filter import parse
 
 
@@ -63,11 +66,15 @@ class Steer:
         self.log.append(("ibc", side))
 
 
+def run(log, guarantee, opts):
+    req = MoveRequest("nf0", "nf1", parse("all"), ("per-flow",), guarantee=guarantee, mechanism="dist",
+                      opts=frozenset(opts), timeout=5.0, data_link=(1.0, 100.0))
+    Dist().run(Ctx(req, Src(log), Dst(), Steer(log), 7))
+
+
 def steps(guarantee, opts):
     log = Log()
-    x = M.Ctx()
-    M._dist(Src(log), Dst(), Steer(log), parse("all"), ("per-flow",), guarantee, set(opts), 7, 5.0, x,
-            lambda m: None, (1.0, 100.0))
+    run(log, guarantee, opts)
     return [s if isinstance(s, str) else s[:2] for s in log]
 
 
@@ -99,40 +106,34 @@ def test_op_overlap_duplicates_before_the_state():
 
 def test_the_data_link_reaches_the_source():
     log = Log()
-    M._dist(Src(log), Dst(), Steer(log), parse("all"), ("per-flow",), "lf", set(), 7, 5.0, M.Ctx(),
-            lambda m: None, (1.0, 100.0))
+    run(log, "lf", set())
     assert log[0][3] == (1.0, 100.0)
-
-
-class Named:
-    def __init__(self, name):
-        self.name = name
 
 
 @pytest.mark.parametrize("guarantee,mechanism,opts,what", [
     ("ng", "dist", {"ov"}, "ov"), ("lf", "opennf", {"ov"}, "ov"), ("op", "dist", {"dt"}, "dt")])
 def test_options_refused_where_they_do_not_apply(guarantee, mechanism, opts, what):
     with pytest.raises(BadInput, match=what):
-        M.move(Named("nf0"), Named("nf1"), None, parse("all"), guarantee=guarantee, opts=opts, mechanism=mechanism)
+        MoveRequest("nf0", "nf1", parse("all"), ("per-flow",), guarantee=guarantee, opts=opts, mechanism=mechanism)
 
 
 def test_parse_opts_and_data_link():
-    assert M.parse_opts("pz|ov,dt") == {"pz", "ov", "dt"}
+    assert S.parse_opts("pz|ov,dt") == {"pz", "ov", "dt"}
     with pytest.raises(BadInput, match="ov"):
-        M.parse_opts("zz")
-    assert M.parse_data_link({"data_delay_ms": 1, "data_rate_mbit": "100"}) == (1.0, 100.0)
+        S.parse_opts("zz")
+    assert S.parse_data_link({"data_delay_ms": 1, "data_rate_mbit": "100"}) == (1.0, 100.0)
     with pytest.raises(BadInput):
-        M.parse_data_link({"data_delay_ms": -1})
+        S.parse_data_link({"data_delay_ms": -1})
 
 
 def test_ibc_made_from_the_filter_matches_it():
     f = parse("proto=udp src=10.0.1.0/24 dport=9000")
-    (s_in, k), (s_out, r) = M.ibc_synthetic(f)
+    (s_in, k), (s_out, r) = S.ibc_synthetic(f)
     assert (s_in, s_out) == (L.SIDE_IN, L.SIDE_OUT)
     assert k.proto == 17 and (k.saddr & f.src[1]) == f.src[0] and socket.ntohs(k.dport) == 9000
     assert (r.saddr, r.daddr, r.sport, r.dport) == (k.daddr, k.saddr, k.dport, k.sport)
     # no flow at all: the cut comes from the filter; flows only outside: the same
     def raw(pairs):
         return [(side, bytes(key)) for side, key in pairs]
-    assert raw(M.ibc_keys([], [], f)) == raw(M.ibc_synthetic(f))
-    assert raw(M.ibc_keys([k], [k], parse("all"))) == raw(M.ibc_synthetic(parse("all")))
+    assert raw(S.ibc_keys([], [], f)) == raw(S.ibc_synthetic(f))
+    assert raw(S.ibc_keys([k], [k], parse("all"))) == raw(S.ibc_synthetic(parse("all")))

@@ -4,7 +4,10 @@ import time
 
 import pytest
 
-from nfx.migrate import mechanisms as M
+from nfx import movespec
+from nfx.migrate import dist
+from nfx.migrate.mechanism import Ctx
+from nfx.movespec import MoveRequest
 from nfx.state.filter import parse
 
 
@@ -30,35 +33,39 @@ class Dst:
     name = "nf1"
 
 
-def ctx(token=42):
-    x = M.Ctx()
+def ctx(steer, token=42, said=None):
+    req = MoveRequest("nf0", "nf1", parse("all"), ("per-flow",), guarantee="lf", mechanism="dist")
+    x = Ctx(req, None, Dst, steer, progress=(said.append if said is not None else lambda m: None))
     x.token = token
     return x
 
 
 def test_fired_everywhere_settles_and_dates_the_switch():
-    x = ctx()
+    s = FakeSteer([])
+    x = ctx(s)
     armed, fired = x.t0 + 0.010, [x.t0 + 0.012, x.t0 + 0.013]
-    s = FakeSteer(fired)
-    r = M._fired(s, parse("all"), Dst, x, armed, x.t0 + 0.0119, lambda m: None)
+    s._fired = fired
+    r = dist._fired(x, armed, x.t0 + 0.0119)
     assert r["fired"] is True and r["fired_ms"] == [12.0, 13.0] and r["armed_ms"] == 10.0
     assert x.switched_at == fired[1]                  # the slower switch, after the arming
     assert s.calls == [("settle", ["nf1"], 42)]
 
 
 def test_armed_after_the_trigger_counts_from_the_arming():
-    x = ctx()
-    s = FakeSteer([x.t0 + 0.005, x.t0 + 0.006])
-    M._fired(s, parse("all"), Dst, x, x.t0 + 0.020, None, lambda m: None)
+    s = FakeSteer([])
+    x = ctx(s)
+    s._fired = [x.t0 + 0.005, x.t0 + 0.006]
+    dist._fired(x, x.t0 + 0.020, None)
     assert x.switched_at == x.t0 + 0.020
 
 
 def test_a_trigger_that_never_came_leaves_it_to_the_controller(monkeypatch):
-    monkeypatch.setattr(M, "FIRE_WAIT_S", 0.05)
-    x = ctx()
-    s = FakeSteer([x.t0 + 0.01, None])
+    monkeypatch.setattr(movespec, "FIRE_WAIT_S", 0.05)
     said = []
-    r = M._fired(s, parse("all"), Dst, x, x.t0 + 0.01, x.t0 + 0.009, said.append)
+    s = FakeSteer([])
+    x = ctx(s, said=said)
+    s._fired = [x.t0 + 0.01, None]
+    r = dist._fired(x, x.t0 + 0.01, x.t0 + 0.009)
     assert r["fired"] is False and x.switched_at == 0.0
     assert s.calls == [("point", ["nf1"]), ("forget", 42)]
     assert s.applied_at > 0 and any("controller steers" in m for m in said)
@@ -68,5 +75,4 @@ def test_a_trigger_that_never_came_leaves_it_to_the_controller(monkeypatch):
 def test_dt_refused_where_it_cannot_work(mech, g, flt):
     from nfx.errors import BadInput
     with pytest.raises(BadInput, match="dt"):
-        M.move(type("E", (), {"name": "a"})(), type("E", (), {"name": "b"})(), None, parse(flt),
-               guarantee=g, opts={"dt"}, mechanism=mech)
+        MoveRequest("a", "b", parse(flt), ("per-flow",), guarantee=g, opts={"dt"}, mechanism=mech)

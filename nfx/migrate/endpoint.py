@@ -1,0 +1,219 @@
+"""A move endpoint: one NF instance, through its agent over the management network (the
+requests are the agent's move ops, nfx/agent/PROTOCOL.md), by AgentClient's public calls.
+Each endpoint keeps up to three connections: requests, the TO_CTRL packet stream, packet-outs."""
+import base64
+import threading
+from pathlib import Path
+
+from ..agent.client import AgentClient, DistStream, nf_node
+from ..errors import NfxError, Timeout
+from ..state import ops
+from ..state.filter import Filter
+from ..testbed.builder import nf_class
+from . import dataplane as dp
+from .session import FILTER_SLOT
+
+
+class Remote:
+    def __init__(self, testbed_rec: dict, instance: str, delay_ms: float = 0.0, rate_mbit: float = 0.0,
+                 timeout: float = 60.0):
+        """`testbed_rec`: the registry's record, read once by the caller for the whole move."""
+        self.node = nf_node(testbed_rec, instance)
+        self.info = testbed_rec["nodes"][instance]
+        self.name = instance
+        self.testbed = testbed_rec["name"]
+        self.index = self.node["index"]
+        self.peer_slots = self.node["peer_slots"]
+        self.token, self.mgmt_ns = testbed_rec.get("token"), testbed_rec["mgmt"]["ns"]
+        self.delay_ms, self.rate_mbit = delay_ms, rate_mbit
+        self.c = self._client(timeout)
+        self.timing = {"export_s": 0.0, "import_s": 0.0}
+        self.session = None
+        self._ctrl_thread = None
+        self.ctrl_error: Exception | None = None
+        self._inject_c: AgentClient | None = None
+        self._inject_lock = threading.Lock()
+        self.lock = threading.Lock()          # one request at a time on the request connection
+
+    def _client(self, timeout: float) -> AgentClient:
+        """Another connection to this agent, behind the move's control link."""
+        return AgentClient.for_node(self.node, self.token, self.mgmt_ns, timeout=timeout,
+                                    delay_ms=self.delay_ms, rate_mbit=self.rate_mbit)
+
+    def close(self):
+        self.c.close()
+        if self._inject_c is not None:
+            self._inject_c.close()
+
+    def _req(self, name, **args) -> dict:
+        with self.lock:
+            return self.c.request(name, **args)
+
+    # ---- state ----
+    def keys(self, flt: Filter) -> tuple[list, list]:
+        with self.lock:
+            return dp.flow_keys(self.c.iter_get(scopes=["per-flow"], filter=flt.text))
+
+    def export(self, scopes, flt: Filter, ll: bool = False, peer: str | None = None):
+        """The state, chunk by chunk as it arrives: everything `flt` selects, with late locking
+        if `ll` (the source marks flows group by group as it reads them)."""
+        with self.lock:
+            head: dict = {}
+            yield from self.c.move_get(scopes, flt.text, ll=ll, peer=self.peer_slots.get(peer, 0) if peer else 0,
+                                       head=head)
+            self.timing["export_s"] += head["end"].get("export_s") or 0.0
+
+    def send_state(self, chunks, pipelined: bool, on_done=None) -> dict:
+        """The state to this instance (AgentClient.send_state), counting its import time."""
+        with self.lock:
+            r = self.c.send_state(chunks, pipelined, on_done)
+        self.timing["import_s"] += r["import_s"]
+        return r
+
+    def delete(self, scopes, flt: Filter) -> dict:
+        return self._req("del", scopes=list(scopes), filter=flt.text)
+
+    def move_dist(self, dst: "Remote", epoch: int, guarantee: str, opts, flt: Filter, scopes,
+                  timeout: float, fire: int = 0, data_link=(0.0, 0.0)) -> "DistRun":
+        """DiST's move, run by this (source) agent (AgentClient.move_dist). fire: the token of
+        rules armed on the switches, for the agent to fire once it may. data_link: (delay ms,
+        rate Mbit/s) of the emulated link the agent sends to dst over."""
+        self.lock.acquire()
+        try:
+            stream = self.c.move_dist(dst.name, epoch, guarantee, opts, flt.text, scopes, timeout, fire,
+                                      data_link[0], data_link[1])
+        except BaseException:
+            self.lock.release()
+            raise
+        if guarantee != "ng":
+            self.session = dst.session = True
+        return DistRun(self, dst, stream)
+
+    # ---- the move session ----
+    def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
+              on_ctrl=None, er: bool = False) -> None:
+        slot = self.peer_slots.get(peer, 0) if peer else 0
+        self._req("move_begin", role=role, epoch=epoch, order=op, keys=dp.keys_blob(keys),
+                  filter=flt.text if flt is not None else None, peer=slot, er=er)
+        self.session = True
+        if role == "src-ctrl" and on_ctrl is not None:
+            self._ctrl_thread = threading.Thread(target=self._ctrl_stream, args=(on_ctrl,), daemon=True)
+            self._ctrl_thread.start()
+
+    def _ctrl_stream(self, on_ctrl) -> None:
+        """The packets src sends up, over their own connection (through the control link)."""
+        c = self._client(3600)
+        try:
+            for blob in c.move_ctrl():
+                on_ctrl(dp.unpack(blob))
+        except Exception as e:
+            self.ctrl_error = e
+        finally:
+            c.close()
+
+    def drain(self, keys: list | None = None) -> None:
+        self._req("move_drain", keys=dp.keys_blob(keys) if keys is not None else None)
+
+    INJECT_BYTES = 512 << 10      # well under the agent's 1 MiB request limit once base64'd
+
+    def inject(self, pkts: list) -> int:
+        """Packets for this instance to process (the controller's packet-outs), on a connection of
+        their own so they do not wait behind state requests."""
+        with self._inject_lock:
+            if self._inject_c is None:
+                self._inject_c = self._client(self.c.timeout)
+            n, batch, size = 0, [], 0
+            for p in pkts:
+                if batch and size + len(p.data) + dp.HDR > self.INJECT_BYTES:
+                    n += self._inject_c.request("move_inject", packets=dp.pack(batch))["injected"]
+                    batch, size = [], 0
+                batch.append(p)
+                size += len(p.data) + dp.HDR
+            if batch:
+                n += self._inject_c.request("move_inject", packets=dp.pack(batch))["injected"]
+            return n
+
+    def cut_complete(self) -> bool:
+        return self._req("move_status")["cut_complete"]
+
+    def settled(self) -> bool:
+        return self._req("move_status")["settled"]
+
+    def unsettled(self) -> dict:
+        """What keeps this destination from settling (for an error message)."""
+        return self._req("move_status", why=True).get("unsettled") or {}
+
+    def passed_on(self) -> int:
+        s = self._req("stats")["stats"]
+        return s.get("r_redirected", 0) + s.get("r_to_ctrl", 0)
+
+    def end(self, timeout: float = 30.0) -> dict:
+        """End the move here; a TO_CTRL source's stream has then handed over all it had."""
+        st = self._req("move_end")["stats"]
+        self.session = None
+        if self._ctrl_thread:
+            self._ctrl_thread.join(timeout=timeout)
+            alive = self._ctrl_thread.is_alive()
+            self._ctrl_thread = None
+            if alive:
+                raise Timeout(f"{self.name}'s packets toward the controller did not all arrive within {timeout:g} s")
+            if self.ctrl_error is not None:
+                raise NfxError(f"{self.name}'s packet stream toward the controller broke: {self.ctrl_error}")
+        return st
+
+    def _open(self):
+        """The instance straight through its pins (its agent is gone)."""
+        return nf_class(self.info["kind"]).open(self.name, Path(self.info["pin"]))
+
+    def force_end(self) -> None:
+        """The agent is gone: undo the move's marks, filter and settings straight through the
+        instance's pins, so its dataplane stops holding or passing the flows on."""
+        nf = self._open()
+        dp.clear_filter(nf, FILTER_SLOT)
+        dp.clear_marks(nf)
+        dp.Gate(nf).clear_drain()
+        dp.reset_move(nf)
+        self.session = None
+
+    def force_delete(self, scopes, flt: Filter) -> None:
+        """The agent is gone: delete the state straight through the instance's pins."""
+        ops.delete(self._open(), scopes, flt)
+
+    def stats(self) -> dict:
+        return self._req("stats")["stats"]
+
+
+class DistRun:
+    """A move_dist in flight on the source's request connection, which it holds until close()
+    (always, in a finally): the agent's answers decoded, the transfer's times counted."""
+
+    def __init__(self, src: Remote, dst: Remote, stream: DistStream):
+        self.src, self.dst, self.stream = src, dst, stream
+        self.open = True
+
+    def held(self) -> dict:
+        """The flows are held: their count, the IBC keys (op) and outside keys (a partial filter)."""
+        r = self.stream.held()
+        r["ibc"] = [(side, dp.keys_from_blob(base64.b64decode(k))[0]) for side, k in r.get("ibc") or []]
+        r["outside"] = dp.keys_from_blob(base64.b64decode(r["outside"])) if r.get("outside") else []
+        return r
+
+    def go(self) -> None:
+        """MovePerFlow, after the "held" answer (enableEvent's ack): the source starts the push."""
+        self.stream.go()
+
+    def done(self) -> dict:
+        """The state is in at dst: the transfer's figures."""
+        r = self.stream.done()
+        self.src.timing["export_s"] += r.get("export_s") or 0.0
+        self.dst.timing["import_s"] += r.get("import_s") or 0.0
+        self.close()
+        return r
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            try:
+                self.stream.close()
+            finally:
+                self.src.lock.release()

@@ -1,0 +1,100 @@
+"""OpenNF's controller side: the controller begins the move at both instances, takes the state
+from src and puts it to dst, holds what src sends up meanwhile (ControllerBuffer), hands it to
+dst, then steers. Its agent half is the sessions' src-ctrl and dst roles (nfx/agent)."""
+import time
+
+from ..movespec import ibc_keys, ibc_synthetic
+from . import dataplane as dp
+from .ctrlbuf import ControllerBuffer
+from .mechanism import Ctx, Mechanism, spawn, steer_to_dst, wait_for
+
+
+class OpenNF(Mechanism):
+    name = "opennf"
+
+    def run(self, x: Ctx) -> dict:
+        src, dst, flt, op, lf = x.src, x.dst, x.flt, x.op, x.lf
+        ll = "ll" in x.req.opts
+        if lf:
+            x.ctrl = ControllerBuffer(op)
+        explicit: list = []
+        synth = None
+        if not flt.everything:
+            # a partial filter cannot see a NAT's public tuples: they are marked explicitly
+            flows, explicit = src.keys(flt)
+            x.phase("keys")
+            if op and not any(bytes(k) not in {bytes(o) for o in explicit} for k in flows):
+                # nothing to take the cut's tuple from: one made from the filter, whose outside
+                # tuple is marked and steered like a public tuple (ibc_synthetic)
+                synth = ibc_synthetic(flt)
+                explicit = explicit + [synth[1][1]]
+        if lf:
+            x.progress("holding the flows back")
+            # the two requests at once, each waiting for its own round trip
+            began = spawn(lambda: dst.begin("dst", x.epoch, op, explicit if op else [], flt if op else None))
+            src.begin("src-ctrl", x.epoch, op, ([] if ll else explicit) + ([synth[1][1]] if synth and ll else []),
+                      None if ll else flt, on_ctrl=x.ctrl.take)
+            began()
+            x.phase("held")
+        x.t_state = time.perf_counter()
+        chunks, nbytes, applied_at = _transfer(x)
+        if synth:
+            x.ibc = list(synth)
+            x.outside = x.outside + [synth[1][1]]
+        x.state_at = applied_at or time.perf_counter()
+        x.phase("state")
+        if lf and not op:
+            x.ctrl.release(dst)
+        x.progress("steering the switches")
+        steer_to_dst(x)
+        x.phase("steered")
+        return {"state_chunks": chunks, "state_bytes": nbytes, "transfer_s": x.state_at - x.t_state}
+
+    def cut(self, x: Ctx) -> None:
+        """The source sent its IBC up to the controller: what it sent before goes to dst first."""
+        wait_for(x.ctrl.cut_complete, x.req.timeout, "the source's IBC at the controller")
+        x.ctrl.release(x.dst)
+        x.ctrl.flush(x.req.timeout)
+        x.dst.drain()
+
+
+def _transfer(x: Ctx) -> tuple[int, int, float | None]:
+    """The state through the controller. pz: each chunk is put as it comes from src (puts
+    pipelined), else all out, then all in. ll: src holds flows back group by group as it reads
+    their state. er: a chunk's flows are let go (to dst) as soon as dst has applied it. The
+    chunks also tell the controller the flows' keys (the IBC's, a NAT's public tuples)."""
+    src, dst, flt, opts = x.src, x.dst, x.flt, x.req.opts
+    er = "er" in opts and x.lf
+    ll = "ll" in opts and x.lf
+    chunks: list = []
+
+    def applied(r, cs):
+        if er:
+            for c in cs:
+                _early(dst, x.ctrl, c)
+    exported = src.export(x.req.scopes, flt, ll=ll, peer=dst.name)
+
+    def kept():
+        for c in exported:
+            chunks.append(c)
+            yield c
+    try:
+        sent = dst.send_state(kept(), "pz" in opts, applied)
+    finally:
+        exported.close()          # lets go of src's connection even if dst failed half way
+    flows, outside = dp.flow_keys(chunks)
+    x.flows = len(flows)
+    x.outside = None if flt.everything else outside
+    if x.op:
+        x.ibc = list(ibc_keys(flows, outside, flt))
+    return sent["chunks"], sent["bytes"], sent["applied_at"]
+
+
+def _early(dst, ctrl, c) -> None:
+    keys = dp.flow_keys([c])[0]
+    if not keys:
+        return
+    if ctrl is not None:
+        ctrl.release(dst, keys)
+    else:
+        dst.drain(keys)
