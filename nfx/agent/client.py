@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from ..closing import ClosedWhenCollected
-from ..control import link
 from ..errors import AgentDown, BadInput, NfxError, NotFound, Timeout
 from ..loader import netns
 from ..state import ops, wire
 from ..testbed import state
+from . import link
 from .client_streams import DistStream, Subscription
 from .protocol import PORT, raise_error
 

@@ -9,9 +9,8 @@ import time
 
 from ..errors import BadInput
 from ..frames import trigger_frame
-from ..movespec import ibc_keys
-from ..migrate import dataplane as dp     # key codecs: nfx/packets.py to come
-from ..movespec import GUARANTEES, parse_data_link, parse_opts
+from ..movespec import GUARANTEES, ibc_keys, parse_data_link, parse_opts
+from ..packets import flow_keys, keys_blob
 from ..state import ops, wire
 from ..state.filter import parse
 from ..state.tables import SCOPES
@@ -84,7 +83,7 @@ class DistSource:
         fired_at = None
 
         def keys():
-            return dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))
+            return flow_keys(ops.export(self.nf, ("per-flow",), flt))
         # the hold needs the keys only to mark a partial filter's flows or to cut (op); otherwise
         # they are read once the filter holds every flow, off the way to the hold (and trigger)
         keys_first = op or not flt.everything
@@ -101,9 +100,9 @@ class DistSource:
         try:
             if lf:
                 peer.request("move_begin", role="dst", epoch=epoch, order=op,
-                             keys=enc(dp.keys_blob(explicit + synth)), filter=flt.text, er="er" in opts)
+                             keys=enc(keys_blob(explicit + synth)), filter=flt.text, er="er" in opts)
                 s = self._begin_session("src-redirect", epoch, op, [] if ll else explicit,
-                                        None if ll else flt.text, slot)
+                                        None if ll else flt, slot)
                 if synth:
                     s.mark(synth, slot)
                 if token and ov:
@@ -116,14 +115,14 @@ class DistSource:
             wire.write(sock, wire.encode_json({
                 "ok": True, "op": "move_dist", "flows": len(flows),
                 "ibc": [[side, enc(bytes(k))] for side, k in ibc],
-                "outside": enc(dp.keys_blob(outside)) if not flt.everything else None}))
+                "outside": enc(keys_blob(outside)) if not flt.everything else None}))
             go_ms = None
             if lf and not ov:
                 self._await_go(sock, r, timeout)
                 go_ms = round((time.perf_counter() - t0) * 1e3, 2)
             t = {}
             if ll and lf:
-                chunks = s.export_locked(flows, flt.text, scopes, slot, t)
+                chunks = s.export_locked(flows, flt, scopes, slot, t)
             else:
                 chunks = ops.export(self.nf, scopes, flt, stats=t)
             sent = peer.send_state(chunks, pipelined="pz" in opts)

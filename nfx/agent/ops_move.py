@@ -9,9 +9,10 @@ import threading
 import time
 
 from ..errors import BadInput
-from ..migrate import dataplane as dp     # codecs and ring: nfx/packets.py, nfx/gate.py to come
+from .. import packets as pk
+from ..gate import Gate
 from ..state import ops, wire
-from ..state.filter import parse
+from ..state.filter import Filter, parse
 from .sessions import MoveSession
 
 # the protocol's move ops; move_dist's handler is in nfx/agent/dist_source.py
@@ -49,7 +50,7 @@ class MoveOps:
 
         def warm():
             try:
-                dp.packet_ring(nf)
+                Gate(nf).ring()
             except Exception:
                 pass      # a move will open it (and report why it cannot)
         threading.Thread(target=warm, daemon=True, name="warm-ring").start()
@@ -64,15 +65,14 @@ class MoveOps:
         epoch = int(req.get("epoch", 0))
         if role not in ("src-redirect", "src-ctrl", "dst") or epoch <= 0:
             raise BadInput("move_begin needs role src-redirect|src-ctrl|dst and an epoch > 0")
-        keys = dp.keys_from_blob(_b64(req, "keys"))
-        flt = req.get("filter")
-        if flt is not None:
-            parse(flt)                               # refuse a malformed filter before changing anything
+        keys = pk.keys_from_blob(_b64(req, "keys"))
+        text = req.get("filter")
+        flt = parse(text) if text is not None else None     # a malformed one is refused before anything changes
         self._begin_session(role, epoch, bool(req.get("order")), keys, flt, int(req.get("peer", 0)),
                             bool(req.get("er")))
         return {"epoch": epoch, "role": role, "marked": len(keys)}
 
-    def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: str | None, peer: int,
+    def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: int,
                        er: bool = False) -> MoveSession:
         if self.session is not None:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
@@ -86,11 +86,11 @@ class MoveOps:
 
     def op_move_drain(self, sock, r, req) -> dict:
         blob = _b64(req, "keys", None)
-        self._session().drain(dp.keys_from_blob(blob) if blob is not None else None)
+        self._session().drain(pk.keys_from_blob(blob) if blob is not None else None)
         return {"draining": blob is None}
 
     def op_move_inject(self, sock, r, req) -> dict:
-        pkts = dp.unpack(_b64(req, "packets"))
+        pkts = pk.unpack(_b64(req, "packets"))
         return {"injected": self._session().inject(pkts)}
 
     def op_move_status(self, sock, r, req) -> dict:
@@ -134,7 +134,7 @@ class MoveOps:
                     q.put(None)
                     break
                 batch += more
-            wire.write(sock, wire.encode_json({"packets": enc(dp.pack(batch)), "n": len(batch)}))
+            wire.write(sock, wire.encode_json({"packets": enc(pk.pack(batch)), "n": len(batch)}))
             sent += len(batch)
         wire.write(sock, wire.encode_json({"sent": sent}, wire.END))
         return None
@@ -148,8 +148,8 @@ class MoveOps:
         t = {}
         t0 = time.perf_counter()
         if req.get("ll"):
-            flows = dp.flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
-            chunks = self._session().export_locked(flows, flt.text, scopes, int(req.get("peer", 0)), t)
+            flows = pk.flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
+            chunks = self._session().export_locked(flows, flt, scopes, int(req.get("peer", 0)), t)
         else:
             chunks = ops.export(self.nf, scopes, flt, stats=t)
         wire.write(sock, wire.encode_json({"ok": True, "op": "move_get"}))
@@ -166,7 +166,7 @@ class MoveOps:
         s = self.session
         if s is None or not getattr(s, "er", False) or s.role != "dst":
             return
-        keys = dp.flow_keys(chunks)[0]
+        keys = pk.flow_keys(chunks)[0]
         if keys:
             s.drain(keys)
 

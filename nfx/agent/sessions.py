@@ -14,9 +14,9 @@ from collections import deque
 
 from .. import layout as L
 from ..errors import NfxError
-from ..migrate import dataplane as dp     # the gate's writers, until nfx/gate.py has them
+from ..gate import Gate, Releaser
 from ..state import ops
-from ..state.filter import parse
+from ..state.filter import Filter
 
 log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0
@@ -33,8 +33,9 @@ class MoveSession:
         self.nf, self.ns, self.epoch, self.role, self.op = nf, ns, epoch, role, op
         self.release_if = release_if
         self.on_ctrl = on_ctrl
-        self.releaser = dp.Releaser(nf, ns, release_if) if role == "dst" else None
-        self.ring = dp.packet_ring(nf)
+        self.gate = Gate(nf)
+        self.releaser = Releaser(nf, ns, release_if) if role == "dst" else None
+        self.ring = self.gate.ring()
         self.lock = threading.Lock()
         self.peer_q: deque = deque()       # from the source (peer link), arrival order
         self.switch_q: deque = deque()     # from the switch, arrival order
@@ -50,35 +51,34 @@ class MoveSession:
         self.error: BaseException | None = None
 
     # ---- set up ----
-    def begin(self, keys: list, flt: str | None, peer_slot: int = 0) -> None:
+    def begin(self, keys: list, flt: Filter | None, peer_slot: int = 0) -> None:
         """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
         if self.role == "dst":
-            dp.set_move_cfg(self.nf, epoch=self.epoch, op=int(self.op))
+            self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op))
             action = L.Action.BUFFER
         else:
             action = L.Action.REDIRECT if self.role == "src-redirect" else L.Action.TO_CTRL
         self.start()
-        dp.set_marks(self.nf, keys, action, epoch=self.epoch, peer=peer_slot)
+        self.gate.mark(keys, action, epoch=self.epoch, peer=peer_slot)
         if flt is not None:
-            dp.set_filter(self.nf, FILTER_SLOT, flt, action, epoch=self.epoch, peer=peer_slot)
+            self.gate.set_filter(FILTER_SLOT, flt, action, peer=peer_slot, tag=self.epoch)
 
-    def hold_new(self, flt: str | None, peer_slot: int = 0) -> None:
+    def hold_new(self, flt: Filter, peer_slot: int = 0) -> None:
         """Catch flows with no mark (new ones) with the wildcard filter, for this role."""
         action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
-        dp.set_filter(self.nf, FILTER_SLOT, flt, action, epoch=self.epoch, peer=peer_slot)
+        self.gate.set_filter(FILTER_SLOT, flt, action, peer=peer_slot, tag=self.epoch)
 
     def mark(self, keys: list, peer_slot: int = 0) -> None:
         """Late locking: mark more flows as their state goes out."""
         action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
-        dp.set_marks(self.nf, keys, action, epoch=self.epoch, peer=peer_slot)
+        self.gate.mark(keys, action, epoch=self.epoch, peer=peer_slot)
 
-    def export_locked(self, flows: list, flt: str, scopes, peer_slot: int = 0, stats: dict | None = None):
+    def export_locked(self, flows: list, flt: Filter, scopes, peer_slot: int = 0, stats: dict | None = None):
         """Late locking: the state of `flows` in groups, each group marked (held back or passed
         on) just before its state is read; then flows born meanwhile are caught by the filter and
         their state follows; then the other scopes. Yields chunks as they are read. The next
         group is marked before this one is read, so reading is what gives an XDP run that
         missed a mark the time to finish (SETTLE_S at least)."""
-        f = parse(flt)
         per_flow = "per-flow" in scopes
         rest = [s for s in scopes if s != "per-flow"]
         size = max(1024, len(flows) // 8)
@@ -99,13 +99,13 @@ class MoveSession:
             mark(i + 1)
             settled(i)
             if per_flow:
-                yield from ops.export(self.nf, ("per-flow",), f, stats=stats, keyset={bytes(k) for k in g})
+                yield from ops.export(self.nf, ("per-flow",), flt, stats=stats, keyset={bytes(k) for k in g})
         settled(len(groups))
         if per_flow:
             # flows born since the move began: the filter holds them now
-            yield from ops.export(self.nf, ("per-flow",), f, stats=stats, skip={bytes(k) for k in flows})
+            yield from ops.export(self.nf, ("per-flow",), flt, stats=stats, skip={bytes(k) for k in flows})
         if rest:
-            yield from ops.export(self.nf, rest, f, stats=stats)
+            yield from ops.export(self.nf, rest, flt, stats=stats)
 
     def start(self) -> None:
         if not self._thread:
@@ -176,7 +176,7 @@ class MoveSession:
         With `keys` (early release), only those flows now; the rest wait for a later call."""
         if keys is None:
             # a full drain comes after the source's cut (op), wherever that cut arrived
-            dp.set_move_cfg(self.nf, drain_epoch=self.epoch, peer_cut=1)
+            self.gate.set_move_cfg(drain_epoch=self.epoch, peer_cut=1)
             self.draining = True
             self._release_ready()
             return
@@ -184,7 +184,7 @@ class MoveSession:
 
     def _early(self, keys: list) -> None:
         raw = {bytes(k) for k in keys}
-        dp.Gate(self.nf).drain(keys)
+        self.gate.drain(keys)
         with self.rlock, self.lock:
             self.early_keys |= raw
         self._early_ready()
@@ -223,7 +223,7 @@ class MoveSession:
         data = [p for p in pkts if p.kind != L.BufKind.IBC]
         if data:
             if self.releaser is None:      # a source takes its packets back when a move is called off
-                self.releaser = dp.Releaser(self.nf, self.ns, self.release_if)
+                self.releaser = Releaser(self.nf, self.ns, self.release_if)
             self.releaser.release(data, rx=L.RX_INJECTED)
         return len(data)
 
@@ -235,20 +235,20 @@ class MoveSession:
         with self.lock:
             if self.peer_q or self.switch_q:
                 return False
-        flushed = dp.move_cfg(self.nf).flushed_seq
+        flushed = self.gate.move_cfg().flushed_seq
         return all(m.action != L.Action.BUFFER or (m.buffered == m.released and m.last_release <= flushed)
-                   for m in dp.marks(self.nf).values())
+                   for m in self.gate.marks().values())
 
     def unsettled(self, limit: int = 3) -> dict:
         """Why settled() is false: what waits in the queues, and the marks still holding back."""
         with self.lock:
             out = {"peer_q": len(self.peer_q), "switch_q": len(self.switch_q), "draining": self.draining,
                    "ibc_peer": list(self.ibc_peer), "ibc_switch": list(self.ibc_switch)}
-        cfg = dp.move_cfg(self.nf)
-        st = dp.move_state(self.nf)
+        cfg = self.gate.move_cfg()
+        st = self.gate.move_state()
         out.update(flushed=cfg.flushed_seq, drain_epoch=cfg.drain_epoch, epoch=cfg.epoch, peer_cut=cfg.peer_cut,
                    bpf_ibc_peer=list(st.ibc_peer), bpf_ibc_switch=list(st.ibc_switch), cursor=st.release_cursor)
-        bad = [(m.epoch, m.buffered, m.released, m.last_release) for m in dp.marks(self.nf).values()
+        bad = [(m.epoch, m.buffered, m.released, m.last_release) for m in self.gate.marks().values()
                if m.action == L.Action.BUFFER and (m.buffered != m.released or m.last_release > cfg.flushed_seq)]
         out["holding_marks"] = len(bad)
         out["sample"] = bad[:limit]
@@ -256,11 +256,11 @@ class MoveSession:
 
     # ---- tear down ----
     def end(self, keep_marks: bool = False) -> dict:
-        dp.clear_filter(self.nf, FILTER_SLOT)
+        self.gate.clear_filter(FILTER_SLOT)
         # marks first: from here on nothing is held back, so what the ring holds is all there is
         if not keep_marks:
-            dp.clear_marks(self.nf)
-        dp.Gate(self.nf).clear_drain()
+            self.gate.unmark()
+        self.gate.clear_drain()
         # an XDP run that read a mark just before it went may still be buffering: let it finish,
         # so the last read of the ring below has its packet
         time.sleep(SETTLE_S)
@@ -270,7 +270,7 @@ class MoveSession:
         self._take(self.ring.poll(0))
         if self.role == "dst" and (self.peer_q or self.switch_q):
             self._release_ready()
-        dp.reset_move(self.nf)            # the ring reader stays open for the next move
+        self.gate.reset_move()            # the ring reader stays open for the next move
         if self.releaser:
             self.releaser.close()
         return dict(self.stats)
