@@ -142,7 +142,7 @@ class AgentClient(ClosedWhenCollected):
             self.close()
             raise self._down(f"connection lost while sending: {e.strerror or e}") from None
 
-    def _frame(self, wait: float | None = None):
+    def read_frame(self, wait: float | None = None):
         """The next frame; with `wait`, None if none came in that many seconds."""
         try:
             if self._conn is not None:
@@ -188,7 +188,7 @@ class AgentClient(ClosedWhenCollected):
         self.last_send_s = time.perf_counter() - t0
 
     def _reply(self, op: str) -> dict:
-        kind, obj = self._frame()
+        kind, obj = self.read_frame()
         if kind == wire.ERROR:
             raise_error(obj, f"{self.instance}: ")
         if kind != wire.JSON:
@@ -244,7 +244,7 @@ class AgentClient(ClosedWhenCollected):
             head.update(r)
         try:
             while True:
-                kind, obj = self._frame()
+                kind, obj = self.read_frame()
                 if kind == wire.CHUNK:
                     yield obj
                 elif kind == wire.END:
@@ -420,7 +420,7 @@ class AgentClient(ClosedWhenCollected):
         self._begin("move_ctrl", {})
         self._reply("move_ctrl")
         while True:
-            kind, obj = self._frame()
+            kind, obj = self.read_frame()
             if kind != wire.JSON:
                 return
             yield base64.b64decode(obj["packets"])

@@ -23,7 +23,7 @@ class DistStream:
 
     def _next(self, want: int) -> dict:
         c = self.client
-        kind, obj = c._frame()
+        kind, obj = c.read_frame()
         if kind == wire.ERROR:
             self.finished = True
             raise_error(obj, f"{c.instance}: ")
@@ -68,7 +68,7 @@ class Subscription:
         if not self.open:
             return None
         try:
-            fr = self.client._frame(wait=timeout)
+            fr = self.client.read_frame(wait=timeout)
             if fr is None:
                 return None
             kind, obj = fr
@@ -106,7 +106,7 @@ class Subscription:
             return self.summary
         self.client._write(wire.encode_json({"op": "stop"}))
         while self.open:
-            kind, obj = self.client._frame()
+            kind, obj = self.client.read_frame()
             if kind in (wire.END, wire.ERROR):
                 self.open = False
                 self.summary = obj
