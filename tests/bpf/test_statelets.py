@@ -19,6 +19,7 @@ from nfx.nfs.ids import IDS, IdsConfig
 from nfx.nfs.nat import NAT, NatConfig
 from nfx.paths import REPO
 from nfx.state import ops
+from nfx.state import replay as R
 from nfx.state import statelets as S
 from tests.scratch import scratch_nf
 
@@ -161,7 +162,7 @@ def test_nat_mirrored_flow_statelets_match_the_maps(fnat):
     check_entry(nat, u, nat.maps["nat_rev"].get(rk))
     assert nat.maps["nat_rev"].get(rk).pkts == 2
     # the counters: one record per mirrored packet, bytes as read, packet bytes as sent
-    sg = S.sigma(nat)
+    sg = R.sigma(nat)
     assert sg["records"] == 5 and sg["dropped"] == 0
     assert sg["statelet_bytes"] == nat.reader.bytes
     assert sg["packet_bytes"] == sum(sizes)
@@ -231,7 +232,7 @@ def test_nat_eviction_and_port_reclaim_are_statelets(fnat):
                       timeouts_s={"udp": 0.05, "tcp": 0.05, "tcp_closed": 0.05, "icmp": 0.05})
     nat.configure(short)
     nat.set_filter(0, match_all())
-    snap = S.Tables.from_nf(nat)
+    snap = R.Tables.from_nf(nat)
     stream = []
     a, b = make_key(H1, H2, 1, 9, "udp"), make_key(H1, H2, 2, 9, "udp")
     assert run(nat, udp(sport=1, dport=9))[0] == XDP_REDIRECT
@@ -259,12 +260,12 @@ def test_nat_eviction_and_port_reclaim_are_statelets(fnat):
         (L.StTable.NAT_REV, SET), (L.StTable.NAT_PORTS, SET), (L.StTable.NAT_FWD, SET)]
     assert nat.maps["nat_fwd"].get(b).pkts == 1
     live = list(ops.export(nat, STATE))
-    rep = S.apply(snap, stream)
+    rep = R.apply(snap, stream)
     assert rep["orphans"] == 0 and rep["stale"] == 0
     assert ops.diff(snap.chunks(), live)["same"]
     # b's first connection's statelets land on its second (same keys, one port): skipped
-    newest = S.Tables.from_chunks(live)
-    rep = S.apply(newest, stream[1:2])
+    newest = R.Tables.from_chunks(live)
+    rep = R.apply(newest, stream[1:2])
     # (a's deletion names a's connection, not b's second one under the same reverse key)
     assert (rep["stale"], rep["deleted"]) == (3, 0) and ops.diff(newest.chunks(), live)["same"], rep
 
@@ -291,7 +292,7 @@ def test_nat_replay_onto_snapshots_and_maps_is_exact_and_idempotent(fnat):
     _mixed_traffic(nat, 1)                          # state from before mirroring began
     nat.reader.poll_raw()
     nat.set_filter(0, L.Filter(action=int(L.Action.STATELET), flags=L.FILTER_USED))
-    early = S.Tables.from_nf(nat)
+    early = R.Tables.from_nf(nat)
     early_chunks = early.chunks()                   # a copy: apply() changes `early`
     stream = []
     _mixed_traffic(nat, 2)
@@ -302,23 +303,23 @@ def test_nat_replay_onto_snapshots_and_maps_is_exact_and_idempotent(fnat):
     assert stat(nat, "r_statelet_ring_full") == 0 and stat(nat, "r_statelet") == len(stream)
     live = list(ops.export(nat, STATE))
     assert not ops.diff(early.chunks(), live)["same"]          # the test can fail
-    rep = S.apply(early, stream)
+    rep = R.apply(early, stream)
     assert rep["orphans"] == 0 and rep["records"] == len(stream)
     assert ops.diff(early.chunks(), live)["same"], ops.diff(early.chunks(), live)
-    again = S.apply(early, stream)                             # idempotent
+    again = R.apply(early, stream)                             # idempotent
     assert again["applied"] < again["statelets"]               # some skipped as stale
     assert ops.diff(early.chunks(), live)["same"]
-    newest = S.Tables.from_chunks(live)                        # old statelets never regress state
-    rep = S.apply(newest, stream[:len(stream) // 2])
+    newest = R.Tables.from_chunks(live)                        # old statelets never regress state
+    rep = R.apply(newest, stream[:len(stream) // 2])
     assert rep["stale"] > 0 and ops.diff(newest.chunks(), live)["same"]
-    rep = S.apply(middle, stream)                              # a list of chunks works too
+    rep = R.apply(middle, stream)                              # a list of chunks works too
     assert rep["stale"] > 0
     assert ops.diff(rep["tables"].chunks(), live)["same"]
     # and straight onto an instance's maps: wipe, import the early snapshot, replay
     for m in ("nat_fwd", "nat_rev", "nat_ports"):
         nat.maps[m].clear()
     assert not ops.put(nat, early_chunks)["failed"]
-    rep = S.apply(nat, stream)
+    rep = R.apply(nat, stream)
     assert rep["orphans"] == 0
     assert ops.diff(list(ops.export(nat, STATE)), live)["same"]
 
@@ -353,7 +354,7 @@ def test_ring_full_is_counted(fnat):
     assert written + full == n + 1 and full > 100
     got = nat.reader.poll_raw()
     assert len(got) == written
-    assert S.sigma(nat)["dropped"] == full
+    assert R.sigma(nat)["dropped"] == full
     run(nat, udp())                              # room again
     assert len(nat.reader.poll_raw()) == 1
 
@@ -475,7 +476,7 @@ def test_ids_mirrored_flow_statelets_match_the_maps(fids):
     ups = one_record(ids)
     assert ups[0].mask == FLOW_TOUCH | bit(L.StfIdsFlow.TCP_FLAGS)
     check_ids(ids, ups, key)
-    sg = S.sigma(ids)
+    sg = R.sigma(ids)
     assert sg["records"] == 7 and sg["dropped"] == 0 and sg["statelet_bytes"] == ids.reader.bytes
 
 
@@ -499,7 +500,7 @@ def test_ids_replay_is_exact(fids):
     for i in range(4):
         run(ids, udp(src=f"10.0.1.{2 + i}", dport=60 + i))
     ids.set_filter(0, match_all())
-    snap = S.Tables.from_nf(ids)
+    snap = R.Tables.from_nf(ids)
     stream = []
     for r in range(3):
         for i in range(6):
@@ -508,8 +509,8 @@ def test_ids_replay_is_exact(fids):
         stream += ids.reader.poll_raw()
     live = list(ops.export(ids, STATE))
     assert not ops.diff(snap.chunks(), live)["same"]
-    rep = S.apply(snap, stream)
+    rep = R.apply(snap, stream)
     assert rep["orphans"] == 0 and rep["stale"] == 0
     assert ops.diff(snap.chunks(), live)["same"], ops.diff(snap.chunks(), live)
-    S.apply(snap, stream)
+    R.apply(snap, stream)
     assert ops.diff(snap.chunks(), live)["same"]

@@ -11,6 +11,7 @@ import pytest
 
 from nfx import layout as L
 from nfx.state import ops
+from nfx.state import replay as R
 from nfx.state import statelets as S
 from nfx.testbed import builder
 from nfx.traffic.report import measure
@@ -54,12 +55,12 @@ def _run(kind: str, size: int | None = None) -> dict:
             stop.set()
             reader.close()
         live = list(ops.export(nf, STATE))
-        sg = S.sigma(nf, before)
+        sg = R.sigma(nf, before)
         moved = not ops.diff(snapshot, live)["same"]
-        rep = S.apply(snapshot, records)
+        rep = R.apply(snapshot, records)
         diff = ops.diff(rep["tables"].chunks(), live)
         # control: without the last 1000 statelets the replay must come out different
-        short = ops.diff(S.apply(snapshot, records[:-1000])["tables"].chunks(), live)
+        short = ops.diff(R.apply(snapshot, records[:-1000])["tables"].chunks(), live)
         out = {"kind": kind, "sent": traffic.get("sent"), "received": traffic.get("received"),
                "lost": traffic.get("lost"), "pps": round(traffic.get("pps", 0)), "size": gen.size,
                "records_read": len(records), "bytes_read": sum(map(len, records)), **sg,
