@@ -40,6 +40,7 @@ from typing import Protocol
 
 from .. import movespec
 from ..errors import BadInput, NfxError
+from ..gate import check_ports
 from ..movespec import MECHANISMS, MoveMetrics, MoveRequest, new_epoch
 from ..state.filter import Filter
 from ..state.tables import SCOPES
@@ -94,16 +95,6 @@ def register(cls: type[Mechanism]) -> type[Mechanism]:
     if cls.name not in MECHANISMS:
         MECHANISMS.append(cls.name)
     return cls
-
-
-try:
-    from ..gate import check_ports
-except ImportError:       # until nfx.gate (the one writer of the gate) holds the rule
-    def check_ports(flt: Filter) -> None:
-        for name, (lo, hi) in (("sport", flt.sport), ("dport", flt.dport)):
-            if (lo, hi) != (0, 65535) and lo != hi:
-                # the gate's wildcard filters (which hold the flows back) match single ports
-                raise BadInput(f"a move's filter takes a single {name}, not a range ({lo}-{hi})")
 
 
 def wait_for(cond, timeout: float, what: str, poll: float = 0.002) -> float:
