@@ -39,7 +39,7 @@ import time
 from typing import Protocol
 
 from .. import movespec
-from ..errors import BadInput, NfxError
+from ..errors import NfxError
 from ..gate import check_ports
 from ..movespec import MECHANISMS, MoveMetrics, MoveRequest, new_epoch
 from ..state.filter import Filter
