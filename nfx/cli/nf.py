@@ -2,9 +2,13 @@
 import typer
 from rich.table import Table
 
+from .. import registry
+from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
-from ..testbed import builder, state
-from .common import JsonOpt, NameOpt, emit_json, need_root, out, show
+from ..nfs import upgrade as up
+from ..procs import agents
+from ..testbed import builder
+from .common import JsonOpt, NameOpt, emit_json, need_root, out, progress, show
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and maintain NF instances.")
 InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.g. nf0).")
@@ -13,15 +17,13 @@ InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.
 @app.command("list")
 def list_(name: str = NameOpt, json_: bool = JsonOpt):
     """List a testbed's NF instances and their agents (pid, alive, answering)."""
-    from ..agent import lifecycle
-    from ..agent.client import AgentClient
     need_root()
-    rec = state.load(name)
+    rec = registry.load(name)
     rows = []
     for n, i in rec["nodes"].items():
         if i["role"] != "nf":
             continue
-        a = lifecycle.status(rec, n) if "pin" in i else {"pid": None, "alive": False}
+        a = agents.status(rec, n) if "pin" in i else {"pid": None, "alive": False}
         a["answering"] = False
         if a["alive"]:
             try:
@@ -44,8 +46,7 @@ def list_(name: str = NameOpt, json_: bool = JsonOpt):
 
 
 def _targets(rec, instance: str | None) -> list[str]:
-    nfs = [n for n, i in rec["nodes"].items() if i["role"] == "nf"]
-    return nfs if instance is None else [instance]
+    return rec.instances() if instance is None else [instance]
 
 
 @app.command()
@@ -53,13 +54,12 @@ def start(name: str = NameOpt,
           instance: str = typer.Option(None, "--instance", "-I", help="NF instance (default: every one without a running agent)."),
           json_: bool = JsonOpt):
     """Start an instance's agent; it re-adopts the pinned maps and the attached program."""
-    from ..agent import lifecycle
     need_root()
-    rec = state.load(name)
+    rec = registry.load(name)
     targets = _targets(rec, instance)
     if instance is None:
-        targets = [n for n in targets if not lifecycle.pid_of(rec, n)]
-    started = lifecycle.start(rec, targets) if targets else {}
+        targets = [n for n in targets if not agents.pid_of(rec, n)]
+    started = agents.start(rec, targets) if targets else {}
     res = {"started": {n: {"pid": a["pid"], "addr": a["addr"], "port": a["port"], "log": a["log"]}
                        for n, a in started.items()}}
     if json_:
@@ -76,10 +76,9 @@ def stop(name: str = NameOpt,
          instance: str = typer.Option(None, "--instance", "-I", help="NF instance (default: every one)."),
          json_: bool = JsonOpt):
     """Stop an instance's agent (the NF keeps running: its program stays attached)."""
-    from ..agent import lifecycle
     need_root()
-    rec = state.load(name)
-    res = [lifecycle.stop(rec, n) for n in _targets(rec, instance)]
+    rec = registry.load(name)
+    res = [agents.stop(rec, n) for n in _targets(rec, instance)]
     if json_:
         emit_json({"stopped": res})
         return
@@ -155,8 +154,6 @@ def upgrade(name: str = NameOpt, instance: str = InstOpt,
     """Replace an instance's XDP program while it runs, keeping every table and losing no packet.
 
     Without --conversion every table must keep its layout and the new program shares the running one's maps; with it, the converted tables are copied into new maps in two passes around the atomic swap. Any failure before the swap changes nothing."""
-    from ..nfs import upgrade as up
-    from .common import progress
     need_root()
     defines = up.parse_defines(define)
     for k in undefine or []:
