@@ -29,14 +29,14 @@ class Netlink:
     def __init__(self, ns: str | None = None):
         from pyroute2 import IPRoute
         self.ns = ns
-        self.where = f"netns {ns}" if ns else "the root netns"
+        self.where = f"netns {ns or '(root)'}"
         # made while this thread is in `ns`, the socket stays there; pyroute2's own netns= forks a
         # process for every socket
         with netns.enter(ns):
-            self._ipr = IPRoute()
+            self.ipr = IPRoute()      # pyroute2's, for requests not wrapped here (tc, link dumps)
 
     def close(self) -> None:
-        self._ipr.close()
+        self.ipr.close()
 
     def __enter__(self):
         return self
@@ -47,12 +47,12 @@ class Netlink:
     def _do(self, what: str, method: str, *args, **kw):
         from pyroute2 import NetlinkError
         try:
-            return getattr(self._ipr, method)(*args, **kw)
+            return getattr(self.ipr, method)(*args, **kw)
         except NetlinkError as e:
             raise error(e.code, f"{what} in {self.where}") from None
 
     def index(self, ifname: str) -> int:
-        found = self._ipr.link_lookup(ifname=ifname)
+        found = self.ipr.link_lookup(ifname=ifname)
         if not found:
             raise NotFound(f"no interface {ifname!r} in {self.where}")
         return found[0]
@@ -107,7 +107,7 @@ class Netlink:
                  ifindex=self.index(ifname), state=NUD_PERMANENT)
 
     def delete(self, ifname: str, missing_ok: bool = False) -> None:
-        found = self._ipr.link_lookup(ifname=ifname)
+        found = self.ipr.link_lookup(ifname=ifname)
         if not found:
             if missing_ok:
                 return

@@ -34,24 +34,27 @@ def _setns(fd: int, what: str) -> None:
 @contextlib.contextmanager
 def enter(name: str | None):
     """Run the body in netns `name` (None: stay). BCC resolves interface names in the calling
-    thread's netns, so attach/devmap/test-run calls go inside this."""
-    if name is None:
+    thread's netns, so attach/devmap/test-run calls go inside this. Nests: leaving returns to
+    the netns the thread was in before (its fd is held open by the outer call)."""
+    prev = getattr(_local, "current", None)          # (name, fd) of the enclosing enter
+    if name is None or (prev and prev[0] == name):
         yield
         return
     root = _root_fd()
-    path = f"{NETNS_RUN}/{name}"
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(f"{NETNS_RUN}/{name}", os.O_RDONLY)
     except FileNotFoundError:
         raise NotFound(f"network namespace {name!r} does not exist") from None
     try:
         _setns(fd, name)
+        _local.current = (name, fd)
+        try:
+            yield
+        finally:
+            _local.current = prev
+            _setns(prev[1] if prev else root, prev[0] if prev else "(original)")
     finally:
         os.close(fd)
-    try:
-        yield
-    finally:
-        _setns(root, "(original)")
 
 
 def exists(name: str) -> bool:
