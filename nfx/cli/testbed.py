@@ -5,7 +5,7 @@ from rich.table import Table
 from .. import registry
 from ..nfs import nf_class
 from ..testbed import builder, topology
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, progress, show
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, show
 
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove netns testbeds.")
 

@@ -1,6 +1,6 @@
-"""Network namespaces: create and delete them (pyroute2, no process per call), enter one for the
-calling thread, look up an interface in one, and run the tools netlink does not replace (ethtool,
-nft, sysctl) inside one."""
+"""Network namespaces: create (pyroute2) and delete them without a process per call, enter one for
+the calling thread, look up an interface in one, and run the tools netlink does not replace
+(ethtool, nft, sysctl) inside one."""
 import contextlib
 import ctypes
 import fcntl
@@ -108,12 +108,18 @@ def add(name: str) -> None:
         raise NfxError(f"cannot create network namespace {name}: {failed[0]}")
 
 
+MNT_DETACH = 2
+
+
 def delete(name: str) -> None:
-    """Unmount and remove the name; the netns goes with its last user (veths and their programs with it)."""
-    from pyroute2 import netns as pyns
+    """Unmount and remove the name, as `ip netns del` and pyroute2's netns.remove do (done here:
+    `testbed down` need not load pyroute2 for it); the netns goes with its last user, its veths
+    and their programs with it."""
+    path = f"{NETNS_RUN}/{name}"
     if exists(name):
+        _libc.umount2(path.encode(), MNT_DETACH)
         with contextlib.suppress(OSError):
-            pyns.remove(name)
+            os.unlink(path)
 
 
 def ifindex(ifname: str, ns: str | None = None) -> int:
