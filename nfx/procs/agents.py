@@ -178,7 +178,7 @@ def wait_ready(rec, instance: str, p: subprocess.Popen, rfd: int, timeout: float
             left = deadline - time.monotonic()
             rd, _, _ = select.select([rfd], [], [], max(left, 0))
             if not rd:
-                _kill(p.pid, rec["name"], instance)
+                _kill([p.pid], rec["name"], instance)
                 raise Timeout(f"the agent of {instance} did not come up within {timeout:g} s",
                               hint=f"its log: {log_path(rec['name'], instance)}")
             got = os.read(rfd, 128)
@@ -209,25 +209,30 @@ def start(rec, instances: list[str] | str, timeout: float = 30.0) -> dict[str, d
     return out
 
 
-def _kill(pid: int, testbed: str, instance: str | None, timeout: float = 5.0) -> bool:
-    """SIGTERM, then SIGKILL; True once the process is gone (its sockets closed)."""
-    if not is_agent(pid, testbed, instance):
-        return True
-    st = _stat(pid)
-    start = st[1] if st else None
+def _kill(pids, testbed: str, instance: str | None, timeout: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL; how many of `pids` are gone (their sockets closed). All are
+    signalled before any is waited for: a testbed's agents shut down side by side."""
+    start = {}
+    for pid in pids:
+        if is_agent(pid, testbed, instance):
+            st = _stat(pid)
+            start[pid] = st[1] if st else None
+    left = set(start)
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if gone(pid, start):
-            return True
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
+        left = {p for p in left if not gone(p, start[p])}
+        for pid in list(left):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                left.discard(pid)
         end = time.monotonic() + wait
         while time.monotonic() < end:
-            if gone(pid, start):
-                return True
+            left = {p for p in left if not gone(p, start[p])}
+            if not left:
+                return len(pids)
             time.sleep(0.01)
-    return gone(pid, start)
+    left = {p for p in left if not gone(p, start[p])}
+    return len(pids) - len(left)
 
 
 def stop(rec, instance: str, timeout: float = 5.0) -> dict:
@@ -239,7 +244,7 @@ def stop(rec, instance: str, timeout: float = 5.0) -> dict:
     reg = ((rec["nodes"][instance].get("agent")) or {}).get("pid")
     if is_agent(reg, rec["name"], instance):
         pids.add(reg)
-    stopped = all(_kill(p, rec["name"], instance, timeout) for p in sorted(pids))
+    stopped = _kill(sorted(pids), rec["name"], instance, timeout) == len(pids)
     if rec["nodes"][instance].get("agent"):
         rec["nodes"][instance]["agent"]["pid"] = None
         rec.save()
@@ -254,10 +259,7 @@ def stop_all(name: str, rec=None) -> int:
             pid = ((rec.get("nodes", {}).get(inst) or {}).get("agent") or {}).get("pid")
             if is_agent(pid, name, inst):
                 pids.add(pid)
-    n = 0
-    for p in sorted(pids):
-        if _kill(p, name, None):
-            n += 1
+    n = _kill(sorted(pids), name, None)
     d = AGENT_DIR / name
     if d.exists():
         for f in d.iterdir():

@@ -66,12 +66,12 @@ def stop(name: str, rec=None) -> bool:
     if not _alive(pid):
         return False
     os.kill(pid, signal.SIGTERM)
-    for _ in range(50):
-        if not _alive(pid):
+    end = time.monotonic() + 2.5
+    while _alive(pid):
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
             break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
     return True
 
 
