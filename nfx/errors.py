@@ -45,3 +45,29 @@ class Refused(NfxError):
 
 class AgentDown(NotFound):
     """An NF instance's agent does not answer (not started, killed, or gone with its testbed)."""
+
+
+# ---- the codec: an error as a JSON object on the wire (agent ERROR frames, controller HTTP bodies) ----
+_TYPES = {c.__name__: c for c in (NfxError, BadInput, NotFound, AlreadyExists, NeedRoot, KernelFeature, BpfError,
+                                  Timeout, Refused, AgentDown)}
+
+
+def to_wire(e: BaseException, op: str | None = None) -> dict:
+    """An exception as a JSON object: its message, type name, exit code, hint (and the op it ended)."""
+    if isinstance(e, NfxError):
+        d = {"error": str(e), "type": type(e).__name__ if type(e).__name__ in _TYPES else "NfxError",
+             "code": e.exit_code}
+        if e.hint:
+            d["hint"] = e.hint
+    else:
+        d = {"error": f"internal error: {type(e).__name__}: {e}", "type": "NfxError", "code": 1}
+    if op:
+        d["op"] = op
+    return d
+
+
+def from_wire(obj: dict, where: str = "") -> None:
+    """Raise the NfxError a `to_wire` object stands for; `where` prefixes the message (e.g. "nf0: ")."""
+    cls = _TYPES.get(obj.get("type"), NfxError)
+    msg = str(obj.get("error", "unknown error"))
+    raise cls(f"{where}{msg}", hint=obj.get("hint"))

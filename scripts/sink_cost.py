@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 
-from nfx.loader import bpfsys, netns
+from nfx.loader import bpfsys, netlink, netns
 from nfx.traffic.gen import Generator
 from nfx.traffic.report import measure
 from nfx.traffic.sink import Sink
@@ -46,11 +46,9 @@ def main():
         for n in (h1, h2):
             made.append(n)
             netns.add(n)
-        netns.ip("link", "add", "tx0", "type", "veth", "peer", "name", "rx0", "netns", h2, ns=h1)
-        netns.ip("link", "add", "ga0", "type", "veth", "peer", "name", "ga1", ns=h1)
-        for d in ("tx0", "ga0", "ga1"):
-            netns.ip("link", "set", d, "up", ns=h1)
-        netns.ip("link", "set", "rx0", "up", ns=h2)
+        with netlink.Netlink(h1) as n1, netlink.Netlink(h2) as n2:
+            n1.veth("tx0", "rx0", n2)
+            n1.veth("ga0", "ga1")
         sfd = enable_stats()
         with Sink(h2, "rx0", a.flows) as s, \
                 Generator(h1, "ga0", "tx0", dst_mac=netns.mac("rx0", h2), dst_ip="10.77.0.2",

@@ -3,9 +3,9 @@
 import json
 
 from .. import errors as E
+from ..registry import AGENT_PORT as PORT  # noqa: F401 (the agents' port, defined with the registry)
 from ..state import wire
 
-PORT = 7700
 REQUEST_MAX = 1 << 20          # a JSON request frame larger than this is refused unread
 FRAME_MAX = 1 << 30            # any frame an agent reads (a put's chunks): larger ends the connection
 HANDSHAKE_S = 5.0              # a new connection's first accepted request must be in by then
@@ -15,33 +15,12 @@ OPS = ("ping", "info", "stats", "get", "put", "del", "push", "mark", "unmark", "
        "subscribe")
 ACTIONS = {"process": 0, "statelet": 1, "buffer": 2, "redirect": 3, "to_ctrl": 4, "drop": 5}
 
-_TYPES = {c.__name__: c for c in (E.NfxError, E.BadInput, E.NotFound, E.AlreadyExists, E.NeedRoot,
-                                  E.KernelFeature, E.BpfError, E.Timeout, E.Refused, E.AgentDown)}
-
-
-def error_obj(e: BaseException, op: str | None = None) -> dict:
-    """An exception as the body of an ERROR frame."""
-    if isinstance(e, E.NfxError):
-        d = {"error": str(e), "type": type(e).__name__ if type(e).__name__ in _TYPES else "NfxError",
-             "code": e.exit_code}
-        if e.hint:
-            d["hint"] = e.hint
-    else:
-        d = {"error": f"internal error: {type(e).__name__}: {e}", "type": "NfxError", "code": 1}
-    if op:
-        d["op"] = op
-    return d
+# the codec lives in nfx/errors.py; these names stay for the agent's callers
+error_obj, raise_error, _TYPES = E.to_wire, E.from_wire, E._TYPES
 
 
 def error_frame(e: BaseException, op: str | None = None) -> list:
-    return wire.encode_json(error_obj(e, op), wire.ERROR)
-
-
-def raise_error(obj: dict, where: str = "") -> None:
-    """Turn an ERROR frame's body back into the matching NfxError."""
-    cls = _TYPES.get(obj.get("type"), E.NfxError)
-    msg = str(obj.get("error", "unknown error"))
-    raise cls(f"{where}{msg}", hint=obj.get("hint"))
+    return wire.encode_json(E.to_wire(e, op), wire.ERROR)
 
 
 def action_num(a) -> int:

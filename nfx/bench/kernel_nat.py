@@ -3,7 +3,7 @@ nftables masquerade (conntrack NAT), on the same veths the XDP NAT used."""
 import subprocess
 
 from ..errors import KernelFeature
-from ..loader import attach, netns
+from ..loader import attach, netlink, netns
 
 RULESET = """
 table ip nfxbench {
@@ -27,12 +27,12 @@ def to_kernel_router(rec, nf: str = "nf0") -> None:
     in_host = _host_behind(rec, nf, inside)
     out_host = _host_behind(rec, nf, outside)
     gw = rec["nodes"][in_host].get("gateway_addr", "10.0.1.1")
-    netns.ip("addr", "add", f"{gw}/24", "dev", inside, ns=ns)
     out_addr = rec["nodes"][out_host]["addr"].split("/")[0].rsplit(".", 1)[0] + ".1/24"
-    netns.ip("addr", "add", out_addr, "dev", outside, ns=ns)
-    # the router resolves h2 without ARP in the measured window
-    netns.ip("neigh", "replace", rec["nodes"][out_host]["addr"].split("/")[0], "lladdr",
-             rec["nodes"][out_host]["mac"], "dev", outside, "nud", "permanent", ns=ns)
+    with netlink.Netlink(ns) as nl:
+        nl.addr(inside, f"{gw}/24")
+        nl.addr(outside, out_addr)
+        # the router resolves h2 without ARP in the measured window
+        nl.neigh(rec["nodes"][out_host]["addr"].split("/")[0], rec["nodes"][out_host]["mac"], outside)
     netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=ns)
 
 

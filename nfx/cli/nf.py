@@ -4,9 +4,11 @@ import time
 import typer
 from rich.table import Table
 
-from ..agent import lifecycle
+from .. import registry
+from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
-from ..testbed import builder, state
+from ..procs import agents
+from ..testbed import builder
 from .common import JsonOpt, NameOpt, emit_json, need_root, out, show
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and maintain NF instances.")
@@ -16,15 +18,13 @@ InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.
 @app.command("list")
 def list_(name: str = NameOpt, json_: bool = JsonOpt):
     """List a testbed's NF instances and their agents (pid, alive, answering)."""
-    from ..agent import lifecycle
-    from ..agent.client import AgentClient
     need_root()
-    rec = state.load(name)
+    rec = registry.load(name)
     rows = []
     for n, i in rec["nodes"].items():
         if i["role"] != "nf":
             continue
-        a = lifecycle.status(rec, n) if "pin" in i else {"pid": None, "alive": False}
+        a = agents.status(rec, n) if "pin" in i else {"pid": None, "alive": False}
         a["answering"] = False
         if a["alive"]:
             try:
@@ -47,8 +47,7 @@ def list_(name: str = NameOpt, json_: bool = JsonOpt):
 
 
 def _targets(rec, instance: str | None) -> list[str]:
-    nfs = [n for n, i in rec["nodes"].items() if i["role"] == "nf"]
-    return nfs if instance is None else [instance]
+    return rec.instances() if instance is None else [instance]
 
 
 @app.command()
@@ -56,13 +55,12 @@ def start(name: str = NameOpt,
           instance: str = typer.Option(None, "--instance", "-I", help="NF instance (default: every one without a running agent)."),
           json_: bool = JsonOpt):
     """Start an instance's agent; it re-adopts the pinned maps and the attached program."""
-    from ..agent import lifecycle
     need_root()
-    rec = state.load(name)
+    rec = registry.load(name)
     targets = _targets(rec, instance)
     if instance is None:
-        targets = [n for n in targets if not lifecycle.pid_of(rec, n)]
-    started = lifecycle.start(rec, targets) if targets else {}
+        targets = [n for n in targets if not agents.pid_of(rec, n)]
+    started = agents.start(rec, targets) if targets else {}
     res = {"started": {n: {"pid": a["pid"], "addr": a["addr"], "port": a["port"], "log": a["log"]}
                        for n, a in started.items()}}
     if json_:
@@ -79,10 +77,9 @@ def stop(name: str = NameOpt,
          instance: str = typer.Option(None, "--instance", "-I", help="NF instance (default: every one)."),
          json_: bool = JsonOpt):
     """Stop an instance's agent (the NF keeps running: its program stays attached)."""
-    from ..agent import lifecycle
     need_root()
-    rec = state.load(name)
-    res = [lifecycle.stop(rec, n) for n in _targets(rec, instance)]
+    rec = registry.load(name)
+    res = [agents.stop(rec, n) for n in _targets(rec, instance)]
     if json_:
         emit_json({"stopped": res})
         return
@@ -151,7 +148,7 @@ def restart_stale_agent(name: str, instance: str, report: dict, restart: bool = 
     in report["warnings"]. Sets report["agent"] (old and new pid) if it restarted one."""
     report["agent"] = None
     try:
-        pid = lifecycle.pid_of(state.load(name), instance)
+        pid = agents.pid_of(registry.load(name), instance)
     except Exception:                       # noqa: BLE001 - no agent support: nothing to do
         return
     repinned = report.get("repinned", [])
@@ -164,8 +161,8 @@ def restart_stale_agent(name: str, instance: str, report: dict, restart: bool = 
         return
     t = time.perf_counter()
     try:
-        lifecycle.stop(state.load(name), instance)
-        new = lifecycle.start(state.load(name), instance)[instance]
+        agents.stop(registry.load(name), instance)
+        new = agents.start(registry.load(name), instance)[instance]
     except NfxError as e:
         report["warnings"].append(f"restarting the agent of {instance} (pid {pid}, which {stale}) failed: {e}")
         return

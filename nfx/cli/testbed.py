@@ -2,8 +2,10 @@
 import typer
 from rich.table import Table
 
-from ..testbed import builder, state, topology
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, out, progress, show
+from .. import registry
+from ..nfs import nf_class
+from ..testbed import builder, topology
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, show
 
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove netns testbeds.")
 
@@ -23,7 +25,7 @@ def up(name: str = NameOpt,
     """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
     need_root()
     topo = topology.load(topology_, instances)
-    builder.nf_class(nf)
+    nf_class(nf)                     # an unknown kind fails before anything is built
     rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms,
                      nf_settings=nf_set)
     if json_:
@@ -52,7 +54,7 @@ def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (def
            json_: bool = JsonOpt):
     """Show testbeds, their nodes and per-instance counters."""
     need_root()
-    names = [state.check_name(name)] if name else state.names()
+    names = [registry.check_name(name)] if name else registry.names()
     reports = [builder.status(n) for n in names]
     if json_:
         emit_json({"testbeds": reports})

@@ -1,8 +1,9 @@
 """Attach and detach XDP programs and tc clsact filters inside a named netns."""
 import logging
+import os
 
-from ..errors import KernelFeature, NfxError
-from . import netns
+from ..errors import KernelFeature
+from . import bpfsys, netlink, netns
 
 log = logging.getLogger("nfx.loader")
 
@@ -44,34 +45,32 @@ def detach_xdp(ns: str | None, ifname: str, mode: str = "native") -> None:
 
 def attach_tc(ns: str | None, ifname: str, fn, direction: str = "ingress") -> None:
     """clsact qdisc plus a direct-action cls_bpf filter."""
-    from pyroute2 import IPRoute, NetlinkError
+    from pyroute2 import NetlinkError
     parent = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}[direction]
-    with IPRoute(netns=ns) if ns else IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise NfxError(f"no interface {ifname} in {ns}")
+    with netlink.Netlink(ns) as nl:
+        idx = nl.index(ifname)
         try:
-            ipr.tc("add", "clsact", idx[0])
+            nl.ipr.tc("add", "clsact", idx)
         except NetlinkError as e:
             if e.code != 17:        # EEXIST: clsact already there
                 raise KernelFeature(f"cannot add clsact on {ifname}: {e}") from None
         try:
-            ipr.tc("add-filter", "bpf", idx[0], ":1", fd=fn.fd, name=fn.name, parent=parent,
-                   classid=1, direct_action=True)
+            nl.ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name, parent=parent,
+                      classid=1, direct_action=True)
         except NetlinkError as e:
             raise KernelFeature(f"cannot add tc bpf filter on {ifname}: {e}") from None
 
 
 def detach_tc(ns: str | None, ifname: str) -> None:
-    from pyroute2 import IPRoute, NetlinkError
+    from pyroute2 import NetlinkError
     if ns is not None and not netns.exists(ns):
         return
-    with IPRoute(netns=ns) if ns else IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
+    with netlink.Netlink(ns) as nl:
+        idx = nl.ipr.link_lookup(ifname=ifname)
         if not idx:
             return
         try:
-            ipr.tc("del", "clsact", idx[0])
+            nl.ipr.tc("del", "clsact", idx[0])
         except NetlinkError:
             pass
 
@@ -79,8 +78,6 @@ def detach_tc(ns: str | None, ifname: str) -> None:
 def attach_xdp_pinned(ns: str | None, ifname: str, prog_pin: str) -> str:
     """Attach a pinned program: how a process that did not compile it puts it back. (Not via
     `ip netns exec`/`ip -n`: they remount /sys and the pin is not visible there.)"""
-    import os
-    from . import bpfsys
     fd = bpfsys.obj_get(prog_pin)
     try:
         return attach_xdp_fd(ns, ifname, fd)
@@ -94,10 +91,9 @@ XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", "xdp": "native", 
 
 def xdp_attachments(ns: str | None) -> dict[str, tuple[int, str]]:
     """Every interface of a netns that has an XDP program: ifname -> (program id, mode)."""
-    from pyroute2 import IPRoute
     out = {}
-    with IPRoute(netns=ns) if ns else IPRoute() as ipr:
-        for link in ipr.get_links():
+    with netlink.Netlink(ns) as nl:
+        for link in nl.ipr.get_links():
             x = link.get_attr("IFLA_XDP")
             if not x:
                 continue

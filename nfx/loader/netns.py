@@ -1,11 +1,16 @@
-"""Network namespaces: enter one for the calling thread, run commands in one, create and delete."""
+"""Network namespaces: create (pyroute2) and delete them without a process per call, enter one for
+the calling thread, look up an interface in one, and run the tools netlink does not replace
+(ethtool, nft, sysctl) inside one."""
 import contextlib
 import ctypes
+import fcntl
 import os
+import socket
+import struct
 import subprocess
 import threading
 
-from ..errors import NfxError, NotFound
+from ..errors import AlreadyExists, NfxError, NotFound
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 CLONE_NEWNET = 0x40000000
@@ -29,24 +34,27 @@ def _setns(fd: int, what: str) -> None:
 @contextlib.contextmanager
 def enter(name: str | None):
     """Run the body in netns `name` (None: stay). BCC resolves interface names in the calling
-    thread's netns, so attach/devmap/test-run calls go inside this."""
-    if name is None:
+    thread's netns, so attach/devmap/test-run calls go inside this. Nests: leaving returns to
+    the netns the thread was in before (its fd is held open by the outer call)."""
+    prev = getattr(_local, "current", None)          # (name, fd) of the enclosing enter
+    if name is None or (prev and prev[0] == name):
         yield
         return
     root = _root_fd()
-    path = f"{NETNS_RUN}/{name}"
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(f"{NETNS_RUN}/{name}", os.O_RDONLY)
     except FileNotFoundError:
         raise NotFound(f"network namespace {name!r} does not exist") from None
     try:
         _setns(fd, name)
+        _local.current = (name, fd)
+        try:
+            yield
+        finally:
+            _local.current = prev
+            _setns(prev[1] if prev else root, prev[0] if prev else "(original)")
     finally:
         os.close(fd)
-    try:
-        yield
-    finally:
-        _setns(root, "(original)")
 
 
 def exists(name: str) -> bool:
@@ -62,25 +70,59 @@ def run(cmd: list[str], ns: str | None = None, check: bool = True, timeout: floa
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
+    """`ip` itself, for tests and one-off checks; nfx changes links through loader/netlink.py."""
     # `ip -n` switches netns for the netlink socket only; `ip netns exec` would also remount
     # /sys, hiding bpffs pins
     return run(["ip", *(["-n", ns] if ns else []), *args], check=check)
 
 
 def add(name: str) -> None:
-    run(["ip", "netns", "add", name])
-    ip("link", "set", "lo", "up", ns=name)
-    # no IPv6 neighbour discovery or MLD noise in the counters
-    run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], ns=name)
+    """A new netns with lo up and IPv6 off (no neighbour discovery or MLD noise in the counters).
+    A short-lived thread unshares into it, so the sysctls and lo are set from inside without a
+    process; pyroute2 bind-mounts it by name as `ip netns add` does."""
+    from pyroute2 import IPRoute, netns as pyns
+    if exists(name):
+        raise AlreadyExists(f"network namespace {name!r} already exists")
+    failed: list[BaseException] = []
+
+    def make():
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+            pyns.attach(name, threading.get_native_id())
+            # /proc/sys/net is the calling thread's netns: this one's
+            for conf in ("all", "default"):
+                with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                    f.write("1")
+            with IPRoute() as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        except BaseException as e:
+            failed.append(e)
+
+    t = threading.Thread(target=make, name=f"netns-{name}")
+    t.start()
+    t.join()
+    if failed:
+        delete(name)
+        raise NfxError(f"cannot create network namespace {name}: {failed[0]}")
+
+
+MNT_DETACH = 2
 
 
 def delete(name: str) -> None:
+    """Unmount and remove the name, as `ip netns del` and pyroute2's netns.remove do (done here:
+    `testbed down` need not load pyroute2 for it); the netns goes with its last user, its veths
+    and their programs with it."""
+    path = f"{NETNS_RUN}/{name}"
     if exists(name):
-        run(["ip", "netns", "del", name], check=False)
+        _libc.umount2(path.encode(), MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def ifindex(ifname: str, ns: str | None = None) -> int:
-    import socket
     with enter(ns):
         try:
             return socket.if_nametoindex(ifname)
@@ -88,6 +130,13 @@ def ifindex(ifname: str, ns: str | None = None) -> int:
             raise NotFound(f"no interface {ifname!r} in netns {ns or '(root)'}") from None
 
 
+SIOCGIFHWADDR = 0x8927
+
+
 def mac(ifname: str, ns: str | None = None) -> bytes:
-    out = ip("-o", "link", "show", "dev", ifname, ns=ns)
-    return bytes.fromhex(out.split("link/ether")[1].split()[0].replace(":", ""))
+    with enter(ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            ifr = fcntl.ioctl(s, SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
+        except OSError:
+            raise NotFound(f"no interface {ifname!r} in netns {ns or '(root)'}") from None
+    return ifr[18:24]         # struct ifreq: name[16], then sockaddr (family u16, data)

@@ -7,10 +7,16 @@ import secrets
 import time
 from pathlib import Path
 
+from .. import registry
+from ..control.switch import Match, Rule, Switch
 from ..errors import NfxError
-from ..loader import attach, netns, pin
+from ..loader import attach, netlink, netns, pin
 from ..loader.compile import compile_source, load as load_prog
-from . import state
+from ..nfs import nf_class, open_node
+from ..nfs.base import Wiring, apply_settings
+from ..nfs.ids import IdsConfig
+from ..nfs.nat import NatConfig, parse_pool
+from ..procs import agents as agent_procs, controller
 from .topology import Topology
 
 log = logging.getLogger("nfx.testbed")
@@ -31,49 +37,34 @@ def ifname(topo: Topology, node: str, peer: str) -> str:
     return HOST_IF if topo.nodes[node]["role"] == "host" else peer
 
 
-def nf_class(kind: str):
-    if kind == "nat":
-        from ..nfs.nat import NAT
-        return NAT
-    if kind == "ids":
-        from ..nfs.ids import IDS
-        return IDS
-    raise NfxError(f"unknown NF kind {kind!r}", hint="nat or ids")
-
-
 def nf_config(kind: str, topo: Topology, settings: list[str] | None = None):
     """The config every instance starts with; `settings` ("name=value", the CLI's --nf-set)
     change fields of it, e.g. host_quota=64 (NAT) or drop_uninspected=true (IDS)."""
-    from ..nfs.base import apply_settings
     if kind == "nat":
-        from ..nfs.nat import NatConfig
         return apply_settings(NatConfig(inside=topo.inside, pool=topo.pool), settings)
     if kind == "ids":
-        from ..nfs.ids import IdsConfig
         return apply_settings(IdsConfig(), settings)
     return None
 
 
 def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None,
-       agents: bool = True, ctrl_delay_ms: float = 0.0, nf_settings: list[str] | None = None) -> state.Record:
+       agents: bool = True, ctrl_delay_ms: float = 0.0, nf_settings: list[str] | None = None) -> registry.Testbed:
     """Build the testbed; with `agents`, start one agent per NF instance once everything exists,
     and the controller (its control messages delayed by ctrl_delay_ms, one way)."""
     progress = progress or (lambda msg: None)
     config = nf_config(kind, topo, nf_settings)      # bad settings fail before anything exists
     pin.ensure_bpffs()
     # every agent request carries this token; the registry file is root-only (0600)
-    rec = state.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
-                    max_flows=max_flows, pin_root=str(state.pin_root(name)), started=time.time(),
-                    token=secrets.token_hex(16))
+    rec = registry.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
+                       max_flows=max_flows, pin_root=str(registry.pin_root(name)), started=time.time(),
+                       token=secrets.token_hex(16))
     try:
         rec["nf_settings"] = list(nf_settings or [])
         _build(rec, topo, kind, max_flows, progress, config)
         if agents and topo.role("nf"):
-            from ..agent import lifecycle
             progress(f"agents for {', '.join(topo.role('nf'))}")
-            lifecycle.start(rec, topo.role("nf"))
+            agent_procs.start(rec, topo.role("nf"))
             if topo.role("switch"):
-                from ..control import lifecycle as controller
                 progress("controller")
                 controller.start(name, ctrl_delay_ms, rec)
     except BaseException:
@@ -84,7 +75,7 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
     return rec
 
 
-def _build(rec: state.Record, topo: Topology, kind: str, max_flows: int, progress, config=None) -> None:
+def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, progress, config=None) -> None:
     tb = rec["name"]
     progress(f"namespaces for {len(topo.nodes)} nodes")
     for node in topo.nodes:
@@ -95,42 +86,40 @@ def _build(rec: state.Record, topo: Topology, kind: str, max_flows: int, progres
                         "ifaces": {p: ifname(topo, n, p) for p in topo.neighbours(n)}} for n, s in topo.nodes.items()}
     rec.save()
 
-    progress(f"{len(topo.links)} links")
-    for a, b in topo.links:
-        netns.ip("link", "add", ifname(topo, a, b), "netns", ns_name(tb, a), "type", "veth",
-                 "peer", "name", ifname(topo, b, a), "netns", ns_name(tb, b))
-        for n, p in ((a, b), (b, a)):
-            netns.ip("link", "set", ifname(topo, n, p), "up", ns=ns_name(tb, n))
+    # one netlink socket per namespace for the whole build
+    with netlink.Sockets() as nls:
+        progress(f"{len(topo.links)} links")
+        for a, b in topo.links:
+            nls[ns_name(tb, a)].veth(ifname(topo, a, b), ifname(topo, b, a), nls[ns_name(tb, b)])
 
-    progress("hosts")
-    stub = _stub_program(rec)
-    for h in topo.role("host"):
-        _host(rec, topo, h, stub)
+        progress("hosts")
+        stub = _stub_program(rec)
+        for h in topo.role("host"):
+            _host(rec, topo, h, stub, nls[ns_name(tb, h)])
 
-    for sw in topo.role("switch"):
-        progress(f"switch {sw}")
-        _switch(rec, topo, sw)
+        for sw in topo.role("switch"):
+            progress(f"switch {sw}")
+            _switch(rec, topo, sw)
 
-    progress("peer links and release ports")
-    peers = _move_links(rec, topo)
-    cls = nf_class(kind)
-    for i, nf in enumerate(topo.role("nf")):
-        progress(f"NF {nf} ({kind})")
-        inside, outside = topo.neighbours(nf)
-        from ..nfs.base import Wiring
-        w = Wiring(ns_name(tb, nf), (ifname(topo, nf, inside), ifname(topo, nf, outside)),
-                   (_mac_toward(rec, topo, nf, inside), _mac_toward(rec, topo, nf, outside)),
-                   release=RELEASE_IF, peers=peers[nf])
-        pin_dir = state.pin_root(tb) / nf
-        rec.register("nf", nf)
-        cls.create(nf, w, pin_dir, config, max_flows=max_flows)
-        rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]],
-                                index=i, release_if=RELEASE_IF,
-                                peer_slots={other: slot for slot, other in _slot_owner(peers[nf], topo).items()})
-        rec.save()
+        progress("peer links and release ports")
+        peers = _move_links(rec, topo, nls)
+        cls = nf_class(kind)
+        for i, nf in enumerate(topo.role("nf")):
+            progress(f"NF {nf} ({kind})")
+            inside, outside = topo.neighbours(nf)
+            w = Wiring(ns_name(tb, nf), (ifname(topo, nf, inside), ifname(topo, nf, outside)),
+                       (_mac_toward(rec, topo, nf, inside), _mac_toward(rec, topo, nf, outside)),
+                       release=RELEASE_IF, peers=peers[nf])
+            pin_dir = registry.pin_root(tb) / nf
+            rec.register("nf", nf)
+            cls.create(nf, w, pin_dir, config, max_flows=max_flows)
+            rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]],
+                                    index=i, release_if=RELEASE_IF,
+                                    peer_slots={other: slot for slot, other in _slot_owner(peers[nf], topo).items()})
+            rec.save()
 
-    progress("management bridge")
-    _mgmt(rec, topo)
+        progress("management bridge")
+        _mgmt(rec, topo, nls)
 
 
 RELEASE_IF, RELEASE_PEER = "rl0", "rl1"
@@ -141,21 +130,16 @@ def peer_slot(index: int) -> int:
     return 2 + index
 
 
-def _move_links(rec, topo: Topology) -> dict[str, dict[int, str]]:
+def _move_links(rec, topo: Topology, nls: netlink.Sockets) -> dict[str, dict[int, str]]:
     """A veth between every two instances (redirects travel over the data plane) and, inside
     each instance, a spare veth the release path's live test runs name as their ingress."""
     nfs = topo.role("nf")
     peers: dict[str, dict[int, str]] = {nf: {} for nf in nfs}
     for i, a in enumerate(nfs):
-        ns = ns_name(rec["name"], a)
-        netns.ip("link", "add", RELEASE_IF, "type", "veth", "peer", "name", RELEASE_PEER, ns=ns)
-        for d in (RELEASE_IF, RELEASE_PEER):
-            netns.ip("link", "set", d, "up", ns=ns)
+        nl = nls[ns_name(rec["name"], a)]
+        nl.veth(RELEASE_IF, RELEASE_PEER)
         for j, b in enumerate(nfs[i + 1:], start=i + 1):
-            netns.ip("link", "add", f"p{j}", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
-                     "netns", ns_name(rec["name"], b))
-            netns.ip("link", "set", f"p{j}", "up", ns=ns)
-            netns.ip("link", "set", f"p{i}", "up", ns=ns_name(rec["name"], b))
+            nl.veth(f"p{j}", f"p{i}", nls[ns_name(rec["name"], b)])
             peers[a][peer_slot(j)] = f"p{j}"
             peers[b][peer_slot(i)] = f"p{i}"
     return peers
@@ -170,7 +154,7 @@ def _stub_program(rec):
     """One XDP_PASS program, pinned, for every interface that receives redirected frames."""
     b = compile_source("stub")
     fn = load_prog(b, "nfx_stub", "xdp")
-    path = state.pin_root(rec["name"]) / "stub"
+    path = registry.pin_root(rec["name"]) / "stub"
     rec.register("pin", str(path))
     pin.pin_prog(fn.fd, path)
     rec["stub"] = str(path)
@@ -178,41 +162,37 @@ def _stub_program(rec):
     return fn
 
 
-def _host(rec, topo: Topology, h: str, stub) -> None:
+def _host(rec, topo: Topology, h: str, stub, nl: netlink.Netlink) -> None:
     spec = topo.nodes[h]
     ns = ns_name(rec["name"], h)
-    netns.ip("addr", "add", spec["addr"], "dev", HOST_IF, ns=ns)
+    nl.addr(HOST_IF, spec["addr"])
     # checksums complete in software and no GSO super-frames: XDP NFs see real wire packets
     netns.run(["ethtool", "-K", HOST_IF, "tx", "off", "tso", "off", "gso", "off", "gro", "off"], ns=ns)
     net = ipaddress.IPv4Interface(spec["addr"]).network
     if "gateway" in spec:
-        netns.ip("neigh", "replace", spec["gateway"], "lladdr", VGW_IN, "dev", HOST_IF, "nud", "permanent", ns=ns)
-        netns.ip("route", "add", "default", "via", spec["gateway"], ns=ns)
+        nl.neigh(spec["gateway"], VGW_IN, HOST_IF)
+        nl.route("default", spec["gateway"])
     else:
         # the outside host reaches the NAT pool on its own subnet: pin those addresses to the NF side
-        from ..nfs.nat import parse_pool
         base, count = parse_pool(topo.pool)
         for a in range(base, base + count):
             addr = ipaddress.IPv4Address(a)
             if addr in net:
-                netns.ip("neigh", "replace", str(addr), "lladdr", VGW_OUT, "dev", HOST_IF, "nud", "permanent", ns=ns)
-        netns.ip("route", "add", topo.inside, "via", str(ipaddress.IPv4Address(base)), ns=ns)
+                nl.neigh(str(addr), VGW_OUT, HOST_IF)
+        nl.route(topo.inside, str(ipaddress.IPv4Address(base)))
     attach.attach_xdp(ns, HOST_IF, stub)
     info = {"addr": spec["addr"], "mac": netns.mac(HOST_IF, ns).hex(":"), "ifname": HOST_IF}
     if "gateway" in spec:
-        netns.ip("link", "add", GEN_IF, "type", "veth", "peer", "name", GEN_PEER, ns=ns)
-        for d in (GEN_IF, GEN_PEER):
-            netns.ip("link", "set", d, "up", ns=ns)
+        nl.veth(GEN_IF, GEN_PEER)
         info["gen_if"] = GEN_IF
     rec["nodes"][h].update(info)
     rec.save()
 
 
 def _switch(rec, topo: Topology, sw: str) -> None:
-    from ..control.switch import Match, Rule, Switch
     ns = ns_name(rec["name"], sw)
     ports = [ifname(topo, sw, p) for p in topo.neighbours(sw)]
-    pin_dir = state.pin_root(rec["name"]) / sw
+    pin_dir = registry.pin_root(rec["name"]) / sw
     rec.register("switch", sw)
     s = Switch.create(sw, ns, ports, pin_dir)
     hosts = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "host"]
@@ -242,24 +222,24 @@ def _mac_toward(rec, topo: Topology, nf: str, neighbour: str) -> bytes:
     raise NfxError(f"no host reachable from {nf} via {neighbour}")
 
 
-def _mgmt(rec, topo: Topology) -> None:
+def _mgmt(rec, topo: Topology, nls: netlink.Sockets) -> None:
     tb = rec["name"]
     ns = ns_name(tb, "mg")
     rec.register("netns", ns)
     netns.add(ns)
     net = ipaddress.IPv4Network(topo.mgmt)
     hosts = list(net.hosts())
-    netns.ip("link", "add", "br0", "type", "bridge", ns=ns)
-    netns.ip("addr", "add", f"{hosts[-1]}/{net.prefixlen}", "dev", "br0", ns=ns)
-    netns.ip("link", "set", "br0", "up", ns=ns)
+    mgl = nls[ns]
+    mgl.bridge("br0")
+    mgl.addr("br0", f"{hosts[-1]}/{net.prefixlen}")
+    mgl.up("br0")
     mg = {"ns": ns, "bridge": "br0", "controller": str(hosts[-1]), "agents": {}}
     for i, nf in enumerate(topo.role("nf")):
-        nfns = ns_name(tb, nf)
-        netns.ip("link", "add", "mg", "netns", nfns, "type", "veth", "peer", "name", nf, "netns", ns)
-        netns.ip("link", "set", nf, "master", "br0", "up", ns=ns)
-        addr = f"{hosts[10 + i]}/{net.prefixlen}"
-        netns.ip("addr", "add", addr, "dev", "mg", ns=nfns)
-        netns.ip("link", "set", "mg", "up", ns=nfns)
+        nfl = nls[ns_name(tb, nf)]
+        nfl.veth("mg", nf, mgl, up=False)
+        mgl.master(nf, "br0")
+        nfl.addr("mg", f"{hosts[10 + i]}/{net.prefixlen}")
+        nfl.up("mg")
         mg["agents"][nf] = str(hosts[10 + i])
     rec["mgmt"] = mg
     rec.save()
@@ -267,20 +247,18 @@ def _mgmt(rec, topo: Topology) -> None:
 
 def down(name: str) -> dict:
     """Remove everything the registry lists, newest first; missing pieces are fine."""
-    rec = state.load(name)
+    rec = registry.load(name)
     created = rec.get("created", {})
     removed = {"netns": 0, "pins": 0, "agents": 0}
     # the controller and the agents first: they hold the maps open and listen in the namespaces about to go
-    from ..control import lifecycle as controller
     removed["controller"] = controller.stop(name, rec)
-    from ..agent import lifecycle
-    removed["agents"] = lifecycle.stop_all(name, rec)
+    removed["agents"] = agent_procs.stop_all(name, rec)
     controller.remove_logs(name)
     for nf in created.get("nf", []):
-        pin.unpin(state.pin_root(name) / nf)
+        pin.unpin(registry.pin_root(name) / nf)
         removed["pins"] += 1
     for sw in created.get("switch", []):
-        pin.unpin(state.pin_root(name) / sw)
+        pin.unpin(registry.pin_root(name) / sw)
         removed["pins"] += 1
     for p in created.get("pin", []):
         Path(p).unlink(missing_ok=True)
@@ -290,23 +268,21 @@ def down(name: str) -> dict:
         if netns.exists(ns):
             netns.delete(ns)
             removed["netns"] += 1
-    pin.unpin(state.pin_root(name))
-    state.remove(name)
+    pin.unpin(registry.pin_root(name))
+    registry.remove(name)
     return removed
 
 
 def status(name: str) -> dict:
-    rec = state.load(name)
+    rec = registry.load(name)
     out = {"name": name, "status": rec.get("status"), "topology": rec.get("topology"), "nf": rec.get("nf"),
            "instances": rec.get("instances"), "nodes": {}}
     for node, info in rec.get("nodes", {}).items():
         n = {"role": info["role"], "netns": info["ns"], "alive": netns.exists(info["ns"])}
         if info["role"] == "nf" and "pin" in info:
-            from ..agent import lifecycle
-            n["agent"] = lifecycle.status(rec, node)
+            n["agent"] = agent_procs.status(rec, node)
             try:
-                inst = nf_class(info["kind"]).open(node, Path(info["pin"]))
-                n["stats"] = inst.stats()
+                n["stats"] = open_node(rec.nf(node)).stats()
             except NfxError as e:
                 n["error"] = str(e)
         if info["role"] == "host":
@@ -317,12 +293,4 @@ def status(name: str) -> dict:
 
 def instance(name: str, inst: str):
     """Open a running NF instance of a testbed by node name (nf0, nf1, ...)."""
-    rec = state.load(name)
-    nfs = [n for n, i in rec.get("nodes", {}).items() if i["role"] == "nf"]
-    if inst not in nfs:
-        from ..errors import NotFound
-        raise NotFound(f"no NF instance {inst!r} in testbed {name}", hint=f"instances: {', '.join(nfs) or 'none'}")
-    info = rec["nodes"][inst]
-    nf = nf_class(info["kind"]).open(inst, Path(info["pin"]))
-    nf.wiring_info = info
-    return nf
+    return open_node(registry.load(name).nf(inst))

@@ -1,0 +1,134 @@
+"""Links, addresses, routes and neighbours through rtnetlink (pyroute2): one socket per namespace,
+no `ip` process per change, and failures as NfxError subclasses that say what was being done."""
+import errno
+import os
+
+from ..errors import AlreadyExists, KernelFeature, NeedRoot, NfxError, NotFound
+from . import netns
+
+NUD_PERMANENT = 0x80
+
+
+def error(code: int, what: str) -> NfxError:
+    """The NfxError for a netlink errno while doing `what`."""
+    msg = f"cannot {what}: {os.strerror(code)}"
+    if code == errno.EEXIST:
+        return AlreadyExists(msg)
+    if code in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
+        return NotFound(msg)
+    if code in (errno.EPERM, errno.EACCES):
+        return NeedRoot(msg, hint="run as root")
+    if code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+        return KernelFeature(msg)
+    return NfxError(msg)
+
+
+class Netlink:
+    """An rtnetlink socket in netns `ns` (None: the caller's). Use as a context manager."""
+
+    def __init__(self, ns: str | None = None):
+        from pyroute2 import IPRoute
+        self.ns = ns
+        self.where = f"netns {ns or '(root)'}"
+        # made while this thread is in `ns`, the socket stays there; pyroute2's own netns= forks a
+        # process for every socket
+        with netns.enter(ns):
+            self.ipr = IPRoute()      # pyroute2's, for requests not wrapped here (tc, link dumps)
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _do(self, what: str, method: str, *args, **kw):
+        from pyroute2 import NetlinkError
+        try:
+            return getattr(self.ipr, method)(*args, **kw)
+        except NetlinkError as e:
+            raise error(e.code, f"{what} in {self.where}") from None
+
+    def index(self, ifname: str) -> int:
+        found = self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise NotFound(f"no interface {ifname!r} in {self.where}")
+        return found[0]
+
+    def veth(self, name: str, peer: str, peer_at: "Netlink | None" = None, up: bool = True) -> None:
+        """A veth pair: `name` here, `peer` in the netns of socket `peer_at` (None: here too); both up
+        unless `up` is False."""
+        at = peer_at or self
+        p: dict = {"ifname": peer}
+        fd = None
+        if at.ns != self.ns:
+            try:
+                fd = os.open(f"{netns.NETNS_RUN}/{at.ns}", os.O_RDONLY)
+            except FileNotFoundError:
+                raise NotFound(f"network namespace {at.ns!r} does not exist") from None
+            p["net_ns_fd"] = fd
+        try:
+            self._do(f"add veth {name} (peer {peer} in {at.where})", "link", "add", ifname=name, kind="veth", peer=p,
+                     **({"state": "up"} if up else {}))
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if up:
+            at.up(peer)         # pyroute2 sends the peer's attributes only, not its flags
+
+    def bridge(self, name: str) -> None:
+        self._do(f"add bridge {name}", "link", "add", ifname=name, kind="bridge")
+
+    def up(self, *ifnames: str) -> None:
+        for n in ifnames:
+            self._do(f"set {n} up", "link", "set", index=self.index(n), state="up")
+
+    def master(self, ifname: str, bridge: str) -> None:
+        """Enslave `ifname` to `bridge` and set it up."""
+        self._do(f"set {ifname} master {bridge}", "link", "set", index=self.index(ifname),
+                 master=self.index(bridge), state="up")
+
+    def addr(self, ifname: str, cidr: str) -> None:
+        """An IPv4 address "a.b.c.d/len" on `ifname`."""
+        address, _, plen = cidr.partition("/")
+        self._do(f"add address {cidr} to {ifname}", "addr", "add", index=self.index(ifname), address=address,
+                 prefixlen=int(plen or 32))
+
+    def route(self, dst: str, via: str) -> None:
+        """A route to `dst` ("default" or "a.b.c.d/len") through gateway `via`."""
+        where = {} if dst == "default" else {"dst": dst}
+        self._do(f"add route {dst} via {via}", "route", "add", gateway=via, **where)
+
+    def neigh(self, addr: str, lladdr: str, ifname: str) -> None:
+        """A permanent neighbour entry (replacing any): `addr` is at `lladdr` on `ifname`."""
+        self._do(f"set neighbour {addr} lladdr {lladdr} on {ifname}", "neigh", "replace", dst=addr, lladdr=lladdr,
+                 ifindex=self.index(ifname), state=NUD_PERMANENT)
+
+    def delete(self, ifname: str, missing_ok: bool = False) -> None:
+        found = self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            if missing_ok:
+                return
+            raise NotFound(f"no interface {ifname!r} in {self.where}")
+        self._do(f"delete {ifname}", "link", "del", index=found[0])
+
+
+class Sockets(dict):
+    """One Netlink per namespace, opened on first use; for a build that touches many."""
+
+    def __missing__(self, ns: str | None) -> Netlink:
+        nl = self[ns] = Netlink(ns)
+        return nl
+
+    def close(self) -> None:
+        for nl in self.values():
+            nl.close()
+        self.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,1 @@
+"""Process managers: start, find and stop a testbed's agents (agents.py) and controller (controller.py)."""
