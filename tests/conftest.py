@@ -34,8 +34,9 @@ def _orphaned_test_testbeds():
     """A test process that died mid-build (a crash, a kill) could not tear down: clear what it left."""
     if os.geteuid() == 0:
         import re
-        from nfx.testbed import builder, state
-        for name in state.names():
-            if re.fullmatch(r"t[0-9a-f]{6}", name) and state.orphaned(name):
+        from nfx import registry
+        from nfx.testbed import builder
+        for name in registry.names():
+            if re.fullmatch(r"t[0-9a-f]{6}", name) and registry.orphaned(name):
                 builder.down(name)
     yield

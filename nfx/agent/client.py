@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from ..closing import ClosedWhenCollected
-from ..errors import AgentDown, BadInput, NfxError, NotFound, Timeout
+from ..errors import AgentDown, BadInput, NfxError, NotFound, Timeout, from_wire
 from ..loader import netns
 from ..state import ops, wire
-from ..testbed import state
+from .. import registry
 from . import link
 from .client_streams import DistStream, Subscription
-from .protocol import PORT, raise_error
+from .protocol import PORT
 
 RETRY_OPS = {"ping", "info", "stats", "get", "marks"}
 
@@ -59,7 +59,7 @@ class AgentClient(ClosedWhenCollected):
                  rate_mbit: float = 0.0, ns: str | None = "mgmt", addr: str | None = None, port: int | None = None,
                  token: str | None = None):
         """The agent of `instance`, found in the testbed's registry (read here, once)."""
-        rec = state.load(testbed)
+        rec = registry.load(testbed)
         node = nf_node(rec, instance)
         self._setup(node, rec.get("token") if token is None else token, rec["mgmt"]["ns"] if ns == "mgmt" else ns,
                     timeout, delay_ms, rate_mbit, addr, port)
@@ -190,7 +190,7 @@ class AgentClient(ClosedWhenCollected):
     def _reply(self, op: str) -> dict:
         kind, obj = self.read_frame()
         if kind == wire.ERROR:
-            raise_error(obj, f"{self.instance}: ")
+            from_wire(obj, f"{self.instance}: ")
         if kind != wire.JSON:
             self.close()
             raise NfxError(f"unexpected reply to {op} from {self.instance}: frame kind {kind}")
@@ -252,7 +252,7 @@ class AgentClient(ClosedWhenCollected):
                         head["end"] = obj
                     return
                 elif kind == wire.ERROR:
-                    raise_error(obj, f"{self.instance}: ")
+                    from_wire(obj, f"{self.instance}: ")
                 else:
                     self.close()
                     raise NfxError(f"unexpected frame kind {kind} in the state stream from {self.instance}")

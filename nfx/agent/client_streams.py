@@ -4,9 +4,8 @@ client's own transport; the client opens them (AgentClient.move_dist, .subscribe
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import NfxError
+from ..errors import NfxError, from_wire
 from ..state import wire
-from .protocol import raise_error
 
 if TYPE_CHECKING:
     from .client import AgentClient
@@ -26,7 +25,7 @@ class DistStream:
         kind, obj = c.read_frame()
         if kind == wire.ERROR:
             self.finished = True
-            raise_error(obj, f"{c.instance}: ")
+            from_wire(obj, f"{c.instance}: ")
         if kind != want:
             c.close()
             raise NfxError(f"unexpected frame kind {kind} from {c.instance} during a move")
@@ -77,7 +76,7 @@ class Subscription:
             raise
         if kind == wire.ERROR:
             self.open = False
-            raise_error(obj, f"{self.client.instance}: ")
+            from_wire(obj, f"{self.client.instance}: ")
         if kind == wire.END:
             self.open = False
             self.summary = obj

@@ -11,8 +11,8 @@ from pathlib import Path
 from .. import layout as L
 from ..errors import NfxError, NotFound
 from ..loader import netns
-from ..testbed import state
-from ..testbed.builder import nf_class
+from .. import registry
+from ..nfs import nf_class
 from .protocol import PORT
 
 log = logging.getLogger("nfx.agent")
@@ -22,7 +22,7 @@ class Instance:
     adoptions = 0
 
     def __init__(self, testbed: str, instance: str, port: int | None = None):
-        rec = state.load(testbed)
+        rec = registry.load(testbed)
         node = rec.get("nodes", {}).get(instance)
         nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
         if not node or node.get("role") != "nf":

@@ -15,10 +15,6 @@ OPS = ("ping", "info", "stats", "get", "put", "del", "push", "mark", "unmark", "
        "subscribe")
 ACTIONS = {"process": 0, "statelet": 1, "buffer": 2, "redirect": 3, "to_ctrl": 4, "drop": 5}
 
-# the codec lives in nfx/errors.py; these names stay for the agent's callers
-error_obj, raise_error, _TYPES = E.to_wire, E.from_wire, E._TYPES
-
-
 def error_frame(e: BaseException, op: str | None = None) -> list:
     return wire.encode_json(E.to_wire(e, op), wire.ERROR)
 

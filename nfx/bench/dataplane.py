@@ -4,7 +4,9 @@ with the same generator and sink, in one run."""
 import secrets
 import statistics
 
-from ..testbed import builder, state, topology
+from .. import registry
+
+from ..testbed import builder, topology
 from ..traffic.rig import rig
 from ..traffic.report import measure
 from . import kernel_nat
@@ -16,7 +18,7 @@ def run(flows: int = 1000, duration: float = 3.0, size: int | None = None, reps:
     results: dict[str, list[dict]] = {}
     builder.up(name, topology.load("chain"), "nat", max_flows=max(65536, flows * 2))
     try:
-        rec = state.load(name)
+        rec = registry.load(name)
         with rig(name, flows, size) as (gen, sink):
             def series(label):
                 results[label] = []

@@ -7,10 +7,11 @@ import secrets
 from contextlib import contextmanager
 
 from ..agent.client import AgentClient
-from ..control import lifecycle as controller
+from ..procs import controller
 from ..errors import BadInput, NfxError
-from ..nfs.nat_pool import pool_hash
-from ..testbed import builder, state, topology
+from ..nfs.nat import pool_hash
+from .. import registry
+from ..testbed import builder, topology
 from ..traffic.report import measure
 from ..traffic.rig import _hosts, rig
 
@@ -45,7 +46,7 @@ def addressing(flows: int, host_ip: str, inside: str, pool_count: int, span: int
 
 def traffic_rig(name: str, flows: int):
     """nfx.traffic.rig.rig, with the source addresses planned by `addressing`."""
-    src, _ = _hosts(state.load(name))
+    src, _ = _hosts(registry.load(name))
     cfg = builder.instance(name, "nf0").config()
     first, fpa = addressing(flows, src["addr"].split("/")[0], str(ipaddress.IPv4Interface(src["addr"]).network),
                             cfg.pool_count, cfg.port_hi - cfg.port_lo + 1)
@@ -129,6 +130,6 @@ def testbed(max_flow_count: int, progress):
     try:
         yield name, max_flows
     finally:
-        if state.path(name).exists():
+        if registry.path(name).exists():
             progress(f"testbed {name} down")
             builder.down(name)

@@ -14,8 +14,8 @@ import shutil
 import threading
 import time
 
-from ..agent import lifecycle
-from ..control import lifecycle as controller
+from ..procs import agents
+from ..procs import controller
 from ..errors import BadInput, NfxError
 from ..traffic.report import settle
 from . import move as bm
@@ -125,7 +125,7 @@ def _keep_logs(name: str, progress) -> list[str]:
     keep = []
     dest = bm.default_csv().parent
     dest.mkdir(parents=True, exist_ok=True)
-    for src, tag in [(lifecycle.log_path(name, i), i) for i in ("nf0", "nf1")] + \
+    for src, tag in [(agents.log_path(name, i), i) for i in ("nf0", "nf1")] + \
             [(controller.log_path(name), "controller")]:
         if src.exists():
             to = dest / f"soak-{name}-{tag}.log"

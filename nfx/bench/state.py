@@ -21,8 +21,9 @@ from .. import layout as L
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 from ..nfs.nat import _monotonic_ns, parse_pool
-from ..nfs.nat_pool import pool_hash
-from ..testbed import builder, state, topology
+from ..nfs.nat import pool_hash
+from .. import registry
+from ..testbed import builder, topology
 
 POOL = "10.0.2.100-10.0.2.163"          # 64 public addresses: 5.1 M (address, port, proto) slots
 INSIDE_HOSTS = 253                       # 10.0.1.2 .. 10.0.1.254
@@ -41,7 +42,6 @@ def _be16(host: np.ndarray) -> np.ndarray:
     return host.astype("<u2").byteswap()
 
 
-_pool_hash = pool_hash         # the name tests/unit/test_agent_protocol.py imports
 
 
 def synth_nat(n: int, pool: str = POOL, port_lo: int = 20000, port_hi: int = 59999, seed: int = 7) -> dict:
@@ -252,7 +252,7 @@ def run(flows: int = 1_000_000, reps: int = 3, sample: int = 100_000, keep: bool
         c0.close()
         c1.close()
     finally:
-        if not keep and state.path(name).exists():
+        if not keep and registry.path(name).exists():
             progress(f"testbed {name} down")
             builder.down(name)
     return res

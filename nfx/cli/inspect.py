@@ -16,7 +16,7 @@ from ..inspect.flows import FlowMatch
 from ..inspect.model import Model
 from ..inspect.watch import Watcher, subscribe
 from ..state import filter as F
-from ..testbed import state
+from .. import registry
 from .common import NameOpt, console, need_root, out
 
 STREAMS = "stats,alerts,statelets"
@@ -46,7 +46,7 @@ def inspect(name: str = NameOpt,
     if not 1 <= top <= 1000:
         raise BadInput(f"--top: 1..1000, not {top}")
     need_root()
-    rec = state.load(name)
+    rec = registry.load(name)
     nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
     targets = list(dict.fromkeys(instance)) if instance else nfs
     for n in targets:

@@ -2,7 +2,7 @@
 import typer
 from rich.table import Table
 
-from ..control import lifecycle
+from ..procs import controller
 from ..errors import BadInput
 from ..migrate import GUARANTEES, MECHANISMS
 from ..movespec import MoveMetrics
@@ -30,7 +30,7 @@ def move(name: str = NameOpt,
     need_root()
     if data_delay_ms < 0 or data_rate_mbit < 0:
         raise BadInput("--data-delay-ms and --data-rate-mbit must be >= 0")
-    m = lifecycle.call(name, "POST", "/move", {"src": src, "dst": dst, "filter": filter_, "scopes": scope,
+    m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "filter": filter_, "scopes": scope,
                                                 "guarantee": guarantee, "opts": opt, "mechanism": mechanism,
                                                 "timeout": timeout, "data_delay_ms": data_delay_ms,
                                                 "data_rate_mbit": data_rate_mbit}, timeout=timeout * 4 + 30)
@@ -56,7 +56,7 @@ def start(name: str = NameOpt,
     need_root()
     if ctrl_delay_ms < 0 or ctrl_rate_mbit < 0:
         raise BadInput("--ctrl-delay-ms and --ctrl-rate-mbit must be >= 0")
-    c = lifecycle.start(name, ctrl_delay_ms, ctrl_rate_mbit=ctrl_rate_mbit)
+    c = controller.start(name, ctrl_delay_ms, ctrl_rate_mbit=ctrl_rate_mbit)
     emit_json(c) if json_ else console.print(f"controller of {name}: pid {c['pid']}, http://127.0.0.1:{c['port']}")
 
 
@@ -64,7 +64,7 @@ def start(name: str = NameOpt,
 def stop(name: str = NameOpt, json_: bool = JsonOpt):
     """Stop the testbed's controller."""
     need_root()
-    ok = lifecycle.stop(name)
+    ok = controller.stop(name)
     emit_json({"stopped": ok}) if json_ else console.print("stopped" if ok else "no controller was running")
 
 
@@ -72,7 +72,7 @@ def stop(name: str = NameOpt, json_: bool = JsonOpt):
 def status(name: str = NameOpt, json_: bool = JsonOpt):
     """The controller's state: moves done, the last move, its control-channel delay."""
     need_root()
-    s = lifecycle.call(name, "GET", "/status")
+    s = controller.call(name, "GET", "/status")
     if json_:
         emit_json(s)
         return
@@ -85,7 +85,7 @@ def status(name: str = NameOpt, json_: bool = JsonOpt):
 def moves(name: str = NameOpt, json_: bool = JsonOpt):
     """The move log (JSON lines at /run/nfx/moves-<testbed>.jsonl)."""
     need_root()
-    ms = lifecycle.call(name, "GET", "/moves")["moves"]
+    ms = controller.call(name, "GET", "/moves")["moves"]
     if json_:
         emit_json({"moves": ms})
         return

@@ -1,5 +1,4 @@
 """nfx nf: look into running NF instances (counters, NAT mappings, idle sweep)."""
-import time
 
 import typer
 from rich.table import Table
@@ -142,33 +141,6 @@ def sweep(name: str = NameOpt, instance: str = InstOpt, json_: bool = JsonOpt):
 
 
 # ---- hot upgrade (nfx/upgrade/) ------------------------------------------------------------------
-def restart_stale_agent(name: str, instance: str, report: dict, restart: bool = True) -> None:
-    """An agent opens the instance's maps once, when it starts: after an upgrade it holds the
-    objects that were replaced (report["repinned"]). Restart it (it re-adopts the pins), or say so
-    in report["warnings"]. Sets report["agent"] (old and new pid) if it restarted one."""
-    report["agent"] = None
-    try:
-        pid = agents.pid_of(registry.load(name), instance)
-    except Exception:                       # noqa: BLE001 - no agent support: nothing to do
-        return
-    repinned = report.get("repinned", [])
-    if not pid or not repinned:
-        return
-    stale = f"still holds the replaced {', '.join(repinned)}"
-    if not restart:
-        report["warnings"].append(f"the agent of {instance} (pid {pid}) opened its maps before the upgrade and "
-                                  f"{stale}: restart it (nfx nf stop / nfx nf start)")
-        return
-    t = time.perf_counter()
-    try:
-        agents.stop(registry.load(name), instance)
-        new = agents.start(registry.load(name), instance)[instance]
-    except NfxError as e:
-        report["warnings"].append(f"restarting the agent of {instance} (pid {pid}, which {stale}) failed: {e}")
-        return
-    report["agent"] = {"old_pid": pid, "pid": new["pid"], "restart_ms": round((time.perf_counter() - t) * 1e3, 1)}
-
-
 @app.command()
 def upgrade(name: str = NameOpt, instance: str = InstOpt,
             source: str = typer.Option(None, "--source", help="A .bpf.c file (default: the NF's own bpf/<kind>.bpf.c)."),
@@ -190,7 +162,7 @@ def upgrade(name: str = NameOpt, instance: str = InstOpt,
         defines[k] = None
     r = up.upgrade(name, instance, source=source, defines=defines, conversion=conversion,
                    progress=None if json_ else progress)
-    restart_stale_agent(name, instance, r, restart=not keep_agent)
+    agents.restart_stale(name, instance, r, restart=not keep_agent)
     if json_:
         emit_json(r)
         return

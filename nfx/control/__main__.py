@@ -5,7 +5,7 @@ import os
 import sys
 
 from .controller import serve
-from .lifecycle import log_path
+from ..procs.controller import log_path
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ from ..migrate.endpoint import Remote
 from ..movespec import MoveRequest, parse_data_link, parse_opts
 from ..state.filter import parse
 from ..state.tables import parse_scopes
-from ..testbed import state
-from . import link
-from .lifecycle import moves_path
+from .. import registry
+from ..agent import link
+from ..procs.controller import moves_path
 from .steer import Steering
 
 log = logging.getLogger("nfx.controller")
@@ -125,7 +125,7 @@ def log_file(testbed: str):
 class Controller:
     def __init__(self, testbed: str, ctrl_delay_ms: float = 0.0, ctrl_rate_mbit: float = 0.0):
         self.testbed = testbed
-        self.rec = state.load(testbed)
+        self.rec = registry.load(testbed)
         self.delay_ms, self.rate_mbit = ctrl_delay_ms, ctrl_rate_mbit
         self.steer = Steering(testbed)
         self.move_lock = threading.Lock()     # one move at a time
@@ -163,7 +163,7 @@ class Controller:
         return delay, rate
 
     def move(self, body: dict) -> dict:
-        rec = state.load(self.testbed)        # once per move: the agents' addresses as they are now
+        rec = registry.load(self.testbed)        # once per move: the agents' addresses as they are now
         req = self.request(rec, body)
         delay, rate = self._ctrl_link(body)
         if not self.move_lock.acquire(timeout=float(body.get("wait", 0))):

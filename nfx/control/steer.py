@@ -12,8 +12,8 @@ from ..errors import BadInput, NfxError, NotFound
 from ..flows import be_to_ip
 from ..loader import netns
 from ..state.filter import Filter
-from ..testbed import state as tbstate
-from .frames import ibc_frame
+from .. import registry
+from ..frames import ibc_frame
 from .switch import Match, Rule, Switch
 
 # move rules sit in PRIO_MIN..PRIO_TOP, above the testbed's defaults (1000, 2000); the newest
@@ -33,7 +33,7 @@ class Steering:
     """The switches of one testbed, seen as: which instance gets a filter's flows."""
 
     def __init__(self, testbed: str):
-        rec = tbstate.load(testbed)
+        rec = registry.load(testbed)
         sw = {node: Switch.open(node, info["ns"], Path(info["pin"]))
               for node, info in rec["nodes"].items() if info["role"] == "switch"}
         self._setup(rec, sw)

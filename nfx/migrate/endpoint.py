@@ -9,9 +9,10 @@ from ..agent.client import AgentClient, DistStream, nf_node
 from ..errors import NfxError, Timeout
 from ..state import ops
 from ..state.filter import Filter
-from ..testbed.builder import nf_class
-from . import dataplane as dp
-from .session import FILTER_SLOT
+from ..nfs import nf_class
+from ..gate import Gate
+from .. import packets as pk
+from ..agent.sessions import FILTER_SLOT
 
 
 class Remote:
@@ -52,7 +53,7 @@ class Remote:
     # ---- state ----
     def keys(self, flt: Filter) -> tuple[list, list]:
         with self.lock:
-            return dp.flow_keys(self.c.iter_get(scopes=["per-flow"], filter=flt.text))
+            return pk.flow_keys(self.c.iter_get(scopes=["per-flow"], filter=flt.text))
 
     def export(self, scopes, flt: Filter, ll: bool = False, peer: str | None = None):
         """The state, chunk by chunk as it arrives: everything `flt` selects, with late locking
@@ -93,7 +94,7 @@ class Remote:
     def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
               on_ctrl=None, er: bool = False) -> None:
         slot = self.peer_slots.get(peer, 0) if peer else 0
-        self._req("move_begin", role=role, epoch=epoch, order=op, keys=dp.keys_blob(keys),
+        self._req("move_begin", role=role, epoch=epoch, order=op, keys=pk.keys_blob(keys),
                   filter=flt.text if flt is not None else None, peer=slot, er=er)
         self.session = True
         if role == "src-ctrl" and on_ctrl is not None:
@@ -105,14 +106,14 @@ class Remote:
         c = self._client(3600)
         try:
             for blob in c.move_ctrl():
-                on_ctrl(dp.unpack(blob))
+                on_ctrl(pk.unpack(blob))
         except Exception as e:
             self.ctrl_error = e
         finally:
             c.close()
 
     def drain(self, keys: list | None = None) -> None:
-        self._req("move_drain", keys=dp.keys_blob(keys) if keys is not None else None)
+        self._req("move_drain", keys=pk.keys_blob(keys) if keys is not None else None)
 
     INJECT_BYTES = 512 << 10      # well under the agent's 1 MiB request limit once base64'd
 
@@ -124,13 +125,13 @@ class Remote:
                 self._inject_c = self._client(self.c.timeout)
             n, batch, size = 0, [], 0
             for p in pkts:
-                if batch and size + len(p.data) + dp.HDR > self.INJECT_BYTES:
-                    n += self._inject_c.request("move_inject", packets=dp.pack(batch))["injected"]
+                if batch and size + len(p.data) + pk.HDR > self.INJECT_BYTES:
+                    n += self._inject_c.request("move_inject", packets=pk.pack(batch))["injected"]
                     batch, size = [], 0
                 batch.append(p)
-                size += len(p.data) + dp.HDR
+                size += len(p.data) + pk.HDR
             if batch:
-                n += self._inject_c.request("move_inject", packets=dp.pack(batch))["injected"]
+                n += self._inject_c.request("move_inject", packets=pk.pack(batch))["injected"]
             return n
 
     def cut_complete(self) -> bool:
@@ -169,10 +170,10 @@ class Remote:
         """The agent is gone: undo the move's marks, filter and settings straight through the
         instance's pins, so its dataplane stops holding or passing the flows on."""
         nf = self._open()
-        dp.clear_filter(nf, FILTER_SLOT)
-        dp.clear_marks(nf)
-        dp.Gate(nf).clear_drain()
-        dp.reset_move(nf)
+        Gate(nf).clear_filter(FILTER_SLOT)
+        Gate(nf).unmark()
+        Gate(nf).clear_drain()
+        Gate(nf).reset_move()
         self.session = None
 
     def force_delete(self, scopes, flt: Filter) -> None:
@@ -194,8 +195,8 @@ class DistRun:
     def held(self) -> dict:
         """The flows are held: their count, the IBC keys (op) and outside keys (a partial filter)."""
         r = self.stream.held()
-        r["ibc"] = [(side, dp.keys_from_blob(base64.b64decode(k))[0]) for side, k in r.get("ibc") or []]
-        r["outside"] = dp.keys_from_blob(base64.b64decode(r["outside"])) if r.get("outside") else []
+        r["ibc"] = [(side, pk.keys_from_blob(base64.b64decode(k))[0]) for side, k in r.get("ibc") or []]
+        r["outside"] = pk.keys_from_blob(base64.b64decode(r["outside"])) if r.get("outside") else []
         return r
 
     def go(self) -> None:

@@ -4,7 +4,7 @@ dst, then steers. Its agent half is the sessions' src-ctrl and dst roles (nfx/ag
 import time
 
 from ..movespec import ibc_keys, ibc_synthetic
-from . import dataplane as dp
+from .. import packets as pk
 from .ctrlbuf import ControllerBuffer
 from .mechanism import Ctx, Mechanism, spawn, steer_to_dst, wait_for
 
@@ -82,7 +82,7 @@ def _transfer(x: Ctx) -> tuple[int, int, float | None]:
         sent = dst.send_state(kept(), "pz" in opts, applied)
     finally:
         exported.close()          # lets go of src's connection even if dst failed half way
-    flows, outside = dp.flow_keys(chunks)
+    flows, outside = pk.flow_keys(chunks)
     x.flows = len(flows)
     x.outside = None if flt.everything else outside
     if x.op:
@@ -91,7 +91,7 @@ def _transfer(x: Ctx) -> tuple[int, int, float | None]:
 
 
 def _early(dst, ctrl, c) -> None:
-    keys = dp.flow_keys([c])[0]
+    keys = pk.flow_keys([c])[0]
     if not keys:
         return
     if ctrl is not None:

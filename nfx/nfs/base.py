@@ -154,16 +154,3 @@ class NF:
     def gate(self) -> Gate:
         """The instance's gate: its only writer (nfx/gate.py)."""
         return Gate(self)
-
-    # shims for the tests and the other parts' files until the lead's cleanup: the gate writes
-    def _gate_cfg(self) -> L.GateCfg:
-        return self.gate.cfg()
-
-    def set_filter(self, slot: int, f: L.Filter) -> None:
-        self.gate.put_filter(slot, f)
-
-    def set_mark(self, key: L.FlowKey, action: L.Action, peer: int = 0) -> None:
-        self.gate.mark([key], action, peer=peer)
-
-    def clear_mark(self, key: L.FlowKey) -> None:
-        self.gate.unmark([key])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import AlreadyExists, NfxError, NotFound, Timeout
 from ..paths import REPO, RUN_DIR
-from ..registry import AGENT_PORT
+from ..registry import AGENT_PORT, load
 
 AGENT_DIR = RUN_DIR / "agents"
 _children: dict[int, subprocess.Popen] = {}      # started by this process: reaped when they end
@@ -273,3 +273,30 @@ def status(rec, instance: str) -> dict:
     pid = pid_of(rec, instance)
     return {"pid": pid, "alive": pid is not None, "addr": a.get("addr") or (rec.get("mgmt") or {}).get("agents", {}).get(instance),
             "port": a.get("port", AGENT_PORT), "log": a.get("log")}
+
+
+def restart_stale(name: str, instance: str, report: dict, restart: bool = True) -> None:
+    """An agent opens the instance's maps once, when it starts: after an upgrade it holds the
+    objects that were replaced (report["repinned"]). Restart it (it re-adopts the pins), or say so
+    in report["warnings"]. Sets report["agent"] (old and new pid) if it restarted one."""
+    report["agent"] = None
+    try:
+        pid = pid_of(load(name), instance)
+    except Exception:                       # noqa: BLE001 - no agent support: nothing to do
+        return
+    repinned = report.get("repinned", [])
+    if not pid or not repinned:
+        return
+    stale = f"still holds the replaced {', '.join(repinned)}"
+    if not restart:
+        report["warnings"].append(f"the agent of {instance} (pid {pid}) opened its maps before the upgrade and "
+                                  f"{stale}: restart it (nfx nf stop / nfx nf start)")
+        return
+    t = time.perf_counter()
+    try:
+        stop(load(name), instance)
+        new = start(load(name), instance)[instance]
+    except NfxError as e:
+        report["warnings"].append(f"restarting the agent of {instance} (pid {pid}, which {stale}) failed: {e}")
+        return
+    report["agent"] = {"old_pid": pid, "pid": new["pid"], "restart_ms": round((time.perf_counter() - t) * 1e3, 1)}

@@ -2,7 +2,7 @@
 the sink in h2 (in place of the XDP stub, which is put back afterwards)."""
 import contextlib
 
-from ..testbed import state
+from .. import registry
 from ..testbed.builder import GEN_IF, HOST_IF
 from ..errors import NfxError
 from ..loader import attach, netns
@@ -27,7 +27,7 @@ def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_
         flows_per_addr: int = 0):
     """Yields (generator, sink) wired into testbed `name`. The flows come from the sending
     host's address, or from `src_ip` on, `flows_per_addr` flows per address (0: all from one)."""
-    rec = state.load(name)
+    rec = registry.load(name)
     if rec.get("status") != "up":
         raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
     src, dst = _hosts(rec)

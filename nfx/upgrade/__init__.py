@@ -40,7 +40,7 @@ from pathlib import Path
 from ..errors import BpfError, NfxError
 from ..loader import attach
 from ..loader.swap import rcu_sync
-from ..testbed import state
+from .. import registry
 from .convert import CONVERSIONS, Conversion, by_field, conversions, implied_defines, parse_defines
 from .swap import Upgrade, locked
 
@@ -91,7 +91,7 @@ def upgrade(testbed: str, instance: str, source: str | Path | None = None, defin
     defines = implied_defines(conversion, defines)
     convs = conversions(conversion)
     t_all = time.perf_counter()
-    up = Upgrade(state.load(testbed), instance, source, defines, convs, say, hook)
+    up = Upgrade(registry.load(testbed), instance, source, defines, convs, say, hook)
     with locked(up.pin_dir, instance):
         try:
             up.inspect_old()

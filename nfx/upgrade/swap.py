@@ -23,7 +23,7 @@ from ..loader import swap as live
 from ..loader.compile import compile_source, expand_includes, load
 from ..loader.pin import map_names
 from ..paths import BPF_DIR
-from ..testbed import state
+from .. import registry
 from .delta import Table, raw_t
 from .merge import CONVERTIBLE, Merger
 
@@ -357,7 +357,7 @@ class Upgrade:
         self.report["repinned"] = moved
 
     def record(self):
-        rec = state.load(self.rec["name"])
+        rec = registry.load(self.rec["name"])
         node = rec["nodes"][self.instance]
         entry = {"time": time.time(), "old_prog_id": self.old_id, "prog_id": self.new_id,
                  "source": str(self.src), "source_sha256": self.report["source_sha256"],

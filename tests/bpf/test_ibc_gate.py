@@ -5,11 +5,12 @@ BPF_PROG_TEST_RUN on an IDS instance (the gate is the same in every NF)."""
 import pytest
 
 from nfx import layout as L
-from nfx.control.frames import ibc_frame
+from nfx.frames import ibc_frame
 from nfx.flows import make_key
 from nfx.loader import netns
 from nfx.loader.bpfsys import prog_test_run
-from nfx.migrate import dataplane as dp
+from nfx.gate import Gate
+from nfx.state.filter import parse
 from nfx.nfs.ids import IDS, IdsConfig
 from tests.scratch import scratch_nf
 
@@ -21,7 +22,7 @@ E = 4242
 @pytest.fixture(scope="module")
 def nf():
     with scratch_nf(IDS, "tig", IdsConfig(), max_flows=64) as inst:
-        inst.ring = dp.packet_ring(inst)
+        inst.ring = Gate(inst).ring()
         try:
             yield inst
         finally:
@@ -32,7 +33,7 @@ def nf():
 def fresh(nf):
     for m in ("nfx_stats", "nfx_marks", "nfx_filters"):
         nf.maps[m].clear()
-    dp.reset_move(nf)
+    Gate(nf).reset_move()
     nf.ring.poll(0)
     yield
 
@@ -53,12 +54,12 @@ def outcome(nf, frame) -> tuple[int, int, list, list]:
     before = nf.stats().get("r_forged", 0)
     v = run(nf, frame)
     recs = [p for p in nf.ring.poll(0) if p.kind == L.BufKind.IBC]
-    return v, nf.stats().get("r_forged", 0) - before, recs, list(dp.move_state(nf).ibc_switch)
+    return v, nf.stats().get("r_forged", 0) - before, recs, list(Gate(nf).move_state().ibc_switch)
 
 
 def dst_in_move(nf, op=1, epoch=E):
-    dp.set_move_cfg(nf, epoch=epoch, op=op)
-    dp.set_marks(nf, [KEY], L.Action.BUFFER, epoch=epoch)
+    Gate(nf).set_move_cfg(epoch=epoch, op=op)
+    Gate(nf).mark([KEY], L.Action.BUFFER, epoch=epoch)
 
 
 def test_no_move_ibc_is_dropped_unrecorded(nf):
@@ -83,7 +84,7 @@ def test_dst_drops_ibcs_not_of_its_op_move(nf, what):
 
 @pytest.mark.parametrize("action", [L.Action.TO_CTRL, L.Action.REDIRECT])
 def test_src_passes_on_only_the_ibc_of_its_marks_epoch(nf, action):
-    dp.set_marks(nf, [KEY], action, epoch=E, peer=2)
+    Gate(nf).mark([KEY], action, epoch=E, peer=2)
     before = nf.stats()
     v, forged, recs, cut = outcome(nf, ibc(E + 7))
     assert (forged, recs, cut) == (1, [], [0, 0])
@@ -97,7 +98,7 @@ def test_src_passes_on_only_the_ibc_of_its_marks_epoch(nf, action):
 
 
 def test_src_filter_tag_is_the_epoch_for_new_flows(nf):
-    dp.set_filter(nf, 0, "proto=udp", L.Action.TO_CTRL, epoch=E)
+    Gate(nf).set_filter(0, parse("proto=udp"), L.Action.TO_CTRL, tag=E)
     assert outcome(nf, ibc(E + 1))[1:3] == (1, [])
     v, forged, recs, _ = outcome(nf, ibc(E))
     assert forged == 0 and len(recs) == 1

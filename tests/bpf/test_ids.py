@@ -466,10 +466,10 @@ def test_unknown_ingress_port_dropped(ids):
 
 
 def test_gate_drop_and_buffer(ids):
-    ids.set_mark(make_key(H1, H2, 5000, 53, "udp"), L.Action.DROP)
+    ids.gate.mark([make_key(H1, H2, 5000, 53, "udp")], L.Action.DROP)
     assert run(ids, udp())[0] == XDP_DROP
     assert stat(ids, "r_gate_drop") == 1 and state_empty(ids)
-    ids.set_mark(make_key(H1, H2, 5000, 53, "udp"), L.Action.BUFFER)
+    ids.gate.mark([make_key(H1, H2, 5000, 53, "udp")], L.Action.BUFFER)
     assert run(ids, udp())[0] == XDP_DROP
     # buffered (a copy went to the ring for the agent), not inspected here
     assert stat(ids, "r_buffered") == 1 and state_empty(ids)

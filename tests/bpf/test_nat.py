@@ -259,14 +259,14 @@ def test_idle_mapping_evicted_by_datapath_and_sweeper(nat):
 
 def test_gate_drop_by_mark_and_by_filter(nat):
     key = make_key(H1, H2, 5555, 53, "udp")
-    nat.set_mark(key, L.Action.DROP)
+    nat.gate.mark([key], L.Action.DROP)
     assert run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=5555, dport=53))[0] == XDP_DROP
     assert stat(nat, "r_gate_drop") == 1
-    nat.clear_mark(key)
+    nat.gate.unmark([key])
     assert run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=5555, dport=53))[0] == XDP_REDIRECT
     f = L.Filter(saddr=ip_to_be("10.0.1.0"), smask=ip_to_be("255.255.255.0"), proto=6,
                  action=int(L.Action.DROP), flags=L.FILTER_USED)
-    nat.set_filter(0, f)
+    nat.gate.put_filter(0, f)
     assert run(nat, eth() / IP(src=H1, dst=H2) / TCP(sport=1, dport=2))[0] == XDP_DROP
     assert run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=1, dport=2))[0] == XDP_REDIRECT
 

@@ -122,7 +122,7 @@ def fnat(nat):
 def test_nat_mirrored_flow_statelets_match_the_maps(fnat):
     nat = fnat
     key = make_key(H1, H2, 5000, 53, "udp")
-    nat.set_mark(key, L.Action.STATELET)
+    nat.gate.mark([key], L.Action.STATELET)
     sizes = []
     # 1: a new connection: its reverse entry and port allocation, then the forward entry, whole
     p = udp()
@@ -154,7 +154,7 @@ def test_nat_mirrored_flow_statelets_match_the_maps(fnat):
     reply = eth() / IP(src=H2, dst=be_to_ip(rk.daddr)) / UDP(sport=53, dport=be_to_port(rk.dport)) / Raw(b"a")
     assert run(nat, reply, "out")[0] == XDP_REDIRECT
     no_record(nat)
-    nat.set_mark(rk, L.Action.STATELET)
+    nat.gate.mark([rk], L.Action.STATELET)
     run(nat, reply, "out")
     sizes.append(len(reply))
     [u] = one_record(nat)
@@ -173,7 +173,7 @@ def test_nat_mirrored_flow_statelets_match_the_maps(fnat):
 def test_nat_tcp_flags_only_when_they_grow(fnat):
     nat = fnat
     key = make_key(H1, H2, 40000, 80, "tcp")
-    nat.set_mark(key, L.Action.STATELET)
+    nat.gate.mark([key], L.Action.STATELET)
     run(nat, eth() / IP(src=H1, dst=H2) / TCP(sport=40000, dport=80, flags="S"))
     fwd_u = one_record(nat)[-1]
     assert fwd_u.mask == 0x3f and S.fields_of(fwd_u)["tcp_flags"] == L.TCP_SYN
@@ -189,8 +189,8 @@ def test_nat_tcp_flags_only_when_they_grow(fnat):
 
 def test_nat_unmirrored_flows_write_nothing(fnat):
     nat = fnat
-    nat.set_mark(make_key(H1, H2, 7777, 53, "udp"), L.Action.STATELET)   # some other flow
-    nat.set_mark(make_key(H1, H2, 5001, 53, "udp"), L.Action.PROCESS)
+    nat.gate.mark([make_key(H1, H2, 7777, 53, "udp")], L.Action.STATELET)   # some other flow
+    nat.gate.mark([make_key(H1, H2, 5001, 53, "udp")], L.Action.PROCESS)
     for sport in (5000, 5001, 5000):
         assert run(nat, udp(sport=sport))[0] == XDP_REDIRECT
     run(nat, eth() / IP(src=H1, dst=H2) / ICMP(type=8, id=5, seq=1))
@@ -201,7 +201,7 @@ def test_nat_unmirrored_flows_write_nothing(fnat):
 
 def test_nat_mirrored_packet_that_changes_nothing_writes_nothing(fnat):
     nat = fnat
-    nat.set_filter(0, match_all())
+    nat.gate.put_filter(0, match_all())
     assert run(nat, eth() / IP(src=H2, dst="10.0.2.100") / UDP(sport=53, dport=20001), "out")[0] == XDP_DROP
     no_record(nat)
     assert stat(nat, "r_statelet") == 0 and stat(nat, "r_statelet_pkt_bytes") > 0
@@ -209,7 +209,7 @@ def test_nat_mirrored_packet_that_changes_nothing_writes_nothing(fnat):
 
 def test_wildcard_filter_catches_new_flows(fnat):
     nat = fnat
-    nat.set_filter(0, match_all())
+    nat.gate.put_filter(0, match_all())
     for sport in range(6000, 6005):
         run(nat, udp(sport=sport))
         ups = one_record(nat)
@@ -217,9 +217,9 @@ def test_wildcard_filter_catches_new_flows(fnat):
                                                   (L.StTable.NAT_FWD, SET)]
         assert ups[-1].key == bytes(make_key(H1, H2, sport, 53, "udp"))
     # a PROCESS filter in front of it: not mirrored
-    nat.set_filter(0, L.Filter(saddr=make_key(H1, H2, 0, 0, 17).saddr, smask=0xFFFFFFFF,
+    nat.gate.put_filter(0, L.Filter(saddr=make_key(H1, H2, 0, 0, 17).saddr, smask=0xFFFFFFFF,
                                action=int(L.Action.PROCESS), flags=L.FILTER_USED))
-    nat.set_filter(1, match_all())
+    nat.gate.put_filter(1, match_all())
     run(nat, udp(sport=6100))
     no_record(nat)
     run(nat, udp(src="10.0.1.9", sport=6100))
@@ -231,7 +231,7 @@ def test_nat_eviction_and_port_reclaim_are_statelets(fnat):
     short = NatConfig(inside="10.0.1.0/24", pool="10.0.2.100-10.0.2.100", port_lo=30000, port_hi=30000,
                       timeouts_s={"udp": 0.05, "tcp": 0.05, "tcp_closed": 0.05, "icmp": 0.05})
     nat.configure(short)
-    nat.set_filter(0, match_all())
+    nat.gate.put_filter(0, match_all())
     snap = R.Tables.from_nf(nat)
     stream = []
     a, b = make_key(H1, H2, 1, 9, "udp"), make_key(H1, H2, 2, 9, "udp")
@@ -291,7 +291,7 @@ def test_nat_replay_onto_snapshots_and_maps_is_exact_and_idempotent(fnat):
     nat = fnat
     _mixed_traffic(nat, 1)                          # state from before mirroring began
     nat.reader.poll_raw()
-    nat.set_filter(0, L.Filter(action=int(L.Action.STATELET), flags=L.FILTER_USED))
+    nat.gate.put_filter(0, L.Filter(action=int(L.Action.STATELET), flags=L.FILTER_USED))
     early = R.Tables.from_nf(nat)
     early_chunks = early.chunks()                   # a copy: apply() changes `early`
     stream = []
@@ -326,7 +326,7 @@ def test_nat_replay_onto_snapshots_and_maps_is_exact_and_idempotent(fnat):
 
 def test_dicts_round_trip(fnat):
     nat = fnat
-    nat.set_filter(0, match_all())
+    nat.gate.put_filter(0, match_all())
     run(nat, udp())
     run(nat, eth() / IP(src=H1, dst=H2) / TCP(sport=40001, dport=80, flags="S"))
     recs = nat.reader.poll_raw()
@@ -345,7 +345,7 @@ def test_dicts_round_trip(fnat):
 
 def test_ring_full_is_counted(fnat):
     nat = fnat
-    nat.set_filter(0, match_all())
+    nat.gate.put_filter(0, match_all())
     run(nat, udp())
     n = 200                                      # 56 ring bytes each: a 4 KiB ring holds ~73
     for _ in range(n):
@@ -383,7 +383,7 @@ def test_reader_in_another_process_from_pins(fnat):
                                 cwd=str(REPO))
         try:
             assert proc.stdout.readline().strip() == "ready"
-            nat.set_filter(0, match_all())
+            nat.gate.put_filter(0, match_all())
             run(nat, udp(sport=5555))
             ds = json.loads(proc.stdout.readline())
         finally:
@@ -434,7 +434,7 @@ def check_ids(ids, ups, key):
 def test_ids_mirrored_flow_statelets_match_the_maps(fids):
     ids = fids
     ids.add_signature(77, b"EVIL", offset=0, proto="udp")
-    ids.set_filter(0, match_all())
+    ids.gate.put_filter(0, match_all())
     key = make_key(H1, H2, 5000, 53, "udp")
     # a new flow from a new host: flow and host whole, the port joins the seen-set
     run(ids, udp())
@@ -482,7 +482,7 @@ def test_ids_mirrored_flow_statelets_match_the_maps(fids):
 
 def test_ids_unmirrored_flows_write_nothing(fids):
     ids = fids
-    ids.set_mark(make_key(H1, H2, 1234, 53, "udp"), L.Action.STATELET)
+    ids.gate.mark([make_key(H1, H2, 1234, 53, "udp")], L.Action.STATELET)
     for dport in (53, 54, 55, 56):
         assert run(ids, udp(dport=dport))[0] == XDP_REDIRECT
     no_record(ids)
@@ -499,7 +499,7 @@ def test_ids_replay_is_exact(fids):
     ids.add_signature(5, b"BAD", proto="udp")
     for i in range(4):
         run(ids, udp(src=f"10.0.1.{2 + i}", dport=60 + i))
-    ids.set_filter(0, match_all())
+    ids.gate.put_filter(0, match_all())
     snap = R.Tables.from_nf(ids)
     stream = []
     for r in range(3):

@@ -335,7 +335,7 @@ def test_ifindex_and_host_order_helpers():
 
 # ---- armed rules and triggers ----
 def trigger(token):
-    from nfx.control.frames import trigger_frame
+    from nfx.frames import trigger_frame
     return trigger_frame(token, bytes.fromhex(MAC_A.replace(":", "")))
 
 
@@ -454,7 +454,7 @@ def test_fired_table_is_lru_and_never_full(sw):
 
 
 def ibc(epoch, proto="udp", src_mac=MAC_A):
-    from nfx.control.frames import ibc_frame
+    from nfx.frames import ibc_frame
     k = flow_key("10.0.1.1", "10.0.2.1", 1000, 2000, proto)
     return ibc_frame(k, bytes.fromhex(src_mac.replace(":", "")), epoch)
 

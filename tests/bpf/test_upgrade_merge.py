@@ -11,7 +11,9 @@ import pytest
 from nfx import layout as L
 from nfx.loader import bpfsys
 from nfx.loader.compile import compile_source, expand_includes
-from nfx.nfs import upgrade as U
+from nfx import upgrade as U
+from nfx.upgrade.delta import Table
+from nfx.upgrade.merge import Merger
 from nfx.paths import BPF_INCLUDE
 
 
@@ -81,10 +83,10 @@ def table():
     b = bcc.BPF(text=expand_includes(text).encode(), cflags=["-w", f"-I{BPF_INCLUDE}"])
     try:
         old, new = b[b"old"].map_fd, b[b"new"].map_fd
-        t = U._Table("nat_fwd", U.CONVERSIONS["nat-v2"][1]["nat_fwd"], old, bpfsys.map_info(old), new,
+        t = Table("nat_fwd", U.CONVERSIONS["nat-v2"][1]["nat_fwd"], old, bpfsys.map_info(old), new,
                      bpfsys.map_info(new), pin)
         assert (t.osz, t.nsz) == (56, 64)
-        m = U._Merger([t])
+        m = Merger([t])
         yield t, m
         m.close()
     finally:

@@ -5,7 +5,9 @@ import secrets
 import subprocess
 import sys
 
-from nfx.testbed import builder, state
+from nfx import registry
+
+from nfx.testbed import builder
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -28,9 +30,9 @@ def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None 
         r = nfx(*args, "--json", timeout=300)
         if r.returncode:
             raise AssertionError(f"nfx testbed up failed ({r.returncode}): {r.stderr}")
-        yield state.load(name)
+        yield registry.load(name)
     finally:
-        if state.path(name).exists():
+        if registry.path(name).exists():
             builder.down(name)
 
 
@@ -60,7 +62,7 @@ def path_errors(name: str) -> dict:
     counter of every interface of the testbed (ethtool -S, cumulative since the testbed came up;
     a veth counts a full peer ring as xdp_xmit_errors) and each NF instance's reason counters."""
     out = {}
-    rec = state.load(name)
+    rec = registry.load(name)
     for node, info in rec.get("nodes", {}).items():
         ns = info.get("ns")
         if not ns:

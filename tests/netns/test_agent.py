@@ -15,13 +15,14 @@ import time
 import pytest
 
 from nfx import layout as L
-from nfx.agent import lifecycle
+from nfx.procs import agents
 from nfx.agent.client import AgentClient
 from nfx.errors import AgentDown, BadInput, Refused
 from nfx.loader import netns
 from nfx.state import ops, wire
 from nfx.state.tables import SCOPES
-from nfx.testbed import builder, state
+from nfx import registry
+from nfx.testbed import builder
 from nfx.traffic import rig
 from tests.netns.tbutil import nfx, nfx_json, py, running_testbed
 
@@ -85,12 +86,12 @@ def ping_ok(raw: Raw) -> bool:
 
 # ---- lifecycle and info ----------------------------------------------------------------------
 def test_agents_up_with_the_testbed(nat):
-    rec = state.load(nat["name"])
+    rec = registry.load(nat["name"])
     assert len(rec["token"]) == 32
-    assert stat.S_IMODE(os.stat(state.path(nat["name"])).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(registry.path(nat["name"])).st_mode) == 0o600
     for inst in ("nf0", "nf1"):
         pid = rec["nodes"][inst]["agent"]["pid"]
-        assert lifecycle.is_agent(pid, nat["name"], inst)
+        assert agents.is_agent(pid, nat["name"], inst)
         with client(nat, inst) as c:
             i = c.info(entries=True)
         assert (i["instance"], i["kind"], i["pid"], i["layout"]) == (inst, "nat", pid, L.layout_hash("nat"))
@@ -134,11 +135,11 @@ def test_nat_filter_selects_both_directions_and_ports(nat):
 def test_export_by_keyset_and_skip(nat):
     """Late locking reads a group of flows (keyset) and then the flows it has not seen (skip):
     per-flow tables by the flow key, NAT's nat_rev by the inside flow in its value."""
-    from nfx.migrate import dataplane as dp
+    from nfx import packets as pk
     nf = builder.instance(nat["name"], "nf0")
     def picked(**kw):
         chunks = list(ops.export(nf, ("per-flow",), **kw))
-        fwd = dp.flow_keys([c for c in chunks if c.table == "nat_fwd"])[0]
+        fwd = pk.flow_keys([c for c in chunks if c.table == "nat_fwd"])[0]
         return {c.table: c.count for c in chunks}, {bytes(k) for k in fwd}
     _, inside = picked()
     assert len(inside) == 200
@@ -181,14 +182,14 @@ def test_push_peer_to_peer(nat):
 
 def test_push_to_a_dead_peer_says_so(nat):
     with client(nat, "nf0") as a:
-        rec = state.load(nat["name"])
-        lifecycle.stop(rec, "nf1")
+        rec = registry.load(nat["name"])
+        agents.stop(rec, "nf1")
         try:
             with pytest.raises(AgentDown, match="push to nf1.*not answering"):
                 a.push("nf1")
             assert a.ping()["ok"]                 # the pushing agent is fine
         finally:
-            lifecycle.start(state.load(nat["name"]), "nf1")
+            agents.start(registry.load(nat["name"]), "nf1")
 
 
 # ---- refusals -----------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def test_readopts_pins_that_change(nat):
     """A hot upgrade re-pins maps: the agent notices (another inode) and reopens them."""
     from pathlib import Path
     from nfx.loader import bpfsys
-    pin = Path(state.load(nat["name"])["nodes"]["nf0"]["pin"])
+    pin = Path(registry.load(nat["name"])["nodes"]["nf0"]["pin"])
     with client(nat, "nf0") as a:
         n = a.info()["adoptions"]
         fd = bpfsys.obj_get(str(pin / "nat_fwd"))
@@ -436,7 +437,7 @@ def test_alerts_unavailable_on_nat(nat):
 # ---- kill -9 under traffic --------------------------------------------------------------------
 def test_kill_9_and_restart_under_traffic(nat):
     name = nat["name"]
-    rec = state.load(name)
+    rec = registry.load(name)
     pid = rec["nodes"]["nf0"]["agent"]["pid"]
     kept = client(nat, "nf0")                   # a connection that outlives the agent
     before = kept.get(("per-flow", "multi-flow"))
@@ -446,15 +447,15 @@ def test_kill_9_and_restart_under_traffic(nat):
     try:
         time.sleep(2.0)
         os.kill(pid, signal.SIGKILL)
-        assert lifecycle.wait_gone(pid)
-        assert not lifecycle.is_agent(pid, name, "nf0")
+        assert agents.wait_gone(pid)
+        assert not agents.is_agent(pid, name, "nf0")
         with pytest.raises(AgentDown, match="not answering.*connection refused") as e:
             client(nat, "nf0", timeout=2).ping()
         assert e.value.hint == f"start it: nfx nf start --name {name} --instance nf0"
         r = nfx("nf", "start", "--name", name, "--instance", "nf0", "--json")
         assert r.returncode == 0, r.stderr
         new = json_loads(r.stdout)["started"]["nf0"]["pid"]
-        assert new != pid and lifecycle.is_agent(new, name, "nf0")
+        assert new != pid and agents.is_agent(new, name, "nf0")
         out, err = traffic.communicate(timeout=60)
     finally:
         if traffic.poll() is None:
@@ -475,7 +476,7 @@ def test_kill_9_and_restart_under_traffic(nat):
 
 # ---- the front door: nothing unauthenticated holds a thread, every frame is bounded ---------------
 def _agent_pid(rec, inst="nf0") -> int:
-    return state.load(rec["name"])["nodes"][inst]["agent"]["pid"]
+    return registry.load(rec["name"])["nodes"][inst]["agent"]["pid"]
 
 
 def _threads(pid) -> int:
@@ -575,7 +576,7 @@ def test_oversized_frame_header_refused_without_allocating(nat, when):
 
 def test_push_goes_only_to_the_testbeds_own_instances(nat):
     clear(nat, "nf1")
-    rec = state.load(nat["name"])
+    rec = registry.load(nat["name"])
     with client(nat, "nf0") as a, client(nat, "nf1") as b:
         before = b.info(entries=True)["maps"]["nat_fwd"]["entries"]
         for kw, msg in (({"addr": rec["mgmt"]["controller"]}, "is not where nf1"),

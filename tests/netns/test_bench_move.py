@@ -9,13 +9,13 @@ import subprocess
 
 import pytest
 
-from nfx.agent import lifecycle
+from nfx.procs import agents
 from nfx.bench import move as bm
 from nfx.bench import move_bed, move_cells
 from nfx.bench import table1 as t1
 from nfx.errors import BadInput
-from nfx.nfs.nat_pool import pool_hash
-from nfx.testbed import state
+from nfx.nfs.nat import pool_hash
+from nfx import registry
 from tests.netns.tbutil import nfx_json
 
 RATE, FLOWS, DURATION = 20000, 100, 1.5
@@ -52,7 +52,7 @@ def test_bench_move_tiny(tmp_path):
     assert len(r["summary"]) == 2 and all(s["n"] == 1 and s["ok"] for s in r["summary"])
     assert r["aborted"] == [] and len(r["testbeds"]) == 1          # one testbed per flow count
     name = r["testbeds"][0]
-    assert not state.path(name).exists() and lifecycle.find(name) == []
+    assert not registry.path(name).exists() and agents.find(name) == []
     assert not [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
                 if ns.startswith(name + "-")]
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, name)]
@@ -86,7 +86,7 @@ def test_bench_move_table1_smoke(tmp_path):
     assert all(x["opennf_over_dist"] > 0 for x in r["ratios"])
     assert [p["config"] for p in r["paper"]][0] == "OpenNF LF PZ" and r["paper"][1]["move_time_s"] == [0.51, 0.06]
     assert len(list(csv.DictReader((tmp_path / "t1.csv").open()))) == n
-    assert r["aborted"] == [] and not state.path(r["testbeds"][0]).exists()
+    assert r["aborted"] == [] and not registry.path(r["testbeds"][0]).exists()
 
 
 def test_matrix_and_stats_helpers():
@@ -143,4 +143,4 @@ def test_bench_soak_small():
         ("dist", "op", "ov"), ("dist", "lf", "dt"), ("opennf", "op", "pz,ll,er"), ("dist", "ng", "dt")}
     op = r["by_guarantee"]["op"]
     assert op["sent"] > 0 and (op["lost"], op["duplicated"], op["reordered"]) == (0, 0, 0)
-    assert not state.path(r["testbed"]).exists()
+    assert not registry.path(r["testbed"]).exists()

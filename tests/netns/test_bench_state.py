@@ -1,7 +1,7 @@
 """nfx bench state, small: the three phases are timed, the baseline is there, nf1 ends equal to
 nf0, and the bench's testbed is gone afterwards."""
-from nfx.agent import lifecycle
-from nfx.testbed import state
+from nfx.procs import agents
+from nfx import registry
 from tests.netns.tbutil import nfx_json
 
 
@@ -14,4 +14,4 @@ def test_bench_state_small():
     for base in ("per_entry_export", "per_entry_import"):
         assert r[base]["sample"] == 2000 and r[base]["entries_per_s"] > 0
     assert r["verify"]["same"] and r["verify"]["tables"]["nat_fwd"] == {"a": 20000, "b": 20000, "same": True}
-    assert not state.path(r["testbed"]).exists() and lifecycle.find(r["testbed"]) == []
+    assert not registry.path(r["testbed"]).exists() and agents.find(r["testbed"]) == []

@@ -10,7 +10,8 @@ from nfx import layout as L
 from nfx.flows import ip_to_be
 from nfx.loader import netns
 from nfx.paths import PIN_ROOT
-from nfx.testbed import builder, state
+from nfx import registry
+from nfx.testbed import builder
 from tests.netns.tbutil import nfx, nfx_json, unique_name
 
 
@@ -23,7 +24,7 @@ def name():
         assert json.loads(r.stdout)["status"] == "up"
         yield n
     finally:
-        if state.path(n).exists():
+        if registry.path(n).exists():
             builder.down(n)
 
 
@@ -41,11 +42,11 @@ def test_sink_sees_loss_when_the_nf_drops(name):
     f = L.Filter(saddr=ip_to_be("10.0.1.2"), smask=0xFFFFFFFF, sport=__import__("socket").htons(1024 + 7),
                  proto=17, action=int(L.Action.DROP), flags=L.FILTER_USED)
     # a filter only catches flows with no mark: these flows have none
-    nat.set_filter(0, f)
+    nat.gate.put_filter(0, f)
     try:
         r = nfx_json("traffic", "run", "--name", name, "--flows", "100", "--rate", "20000", "--duration", "1")
     finally:
-        nat.set_filter(0, L.Filter())
+        nat.gate.put_filter(0, L.Filter())
     assert r["lost"] == r["sent"] // 100 and r["lost"] > 0
     assert r["received"] == r["sent"] - r["lost"]
 
@@ -82,13 +83,13 @@ def test_status_json(name):
 def test_down_leaves_nothing():
     n = unique_name()
     assert nfx("testbed", "up", "--name", n, "--instances", "1").returncode == 0
-    rec = state.load(n)
+    rec = registry.load(n)
     nss = rec["created"]["netns"]
     links_before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     r = nfx_json("testbed", "down", "--name", n)
     assert r["removed"]["netns"] == len(nss)
     assert not any(netns.exists(x) for x in nss)
     assert not (PIN_ROOT / n).exists()
-    assert not state.path(n).exists()
+    assert not registry.path(n).exists()
     # nothing of ours was ever in the root namespace
     assert n not in links_before

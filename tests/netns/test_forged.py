@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from nfx import layout as L
-from nfx.control import lifecycle as controller
+from nfx.procs import controller
 from nfx.control.controller import BODY_MAX, READ_TIMEOUT_S
-from nfx.control.frames import ibc_frame, trigger_frame
+from nfx.frames import ibc_frame, trigger_frame
 from nfx.control.switch import Match, Rule, Switch
 from nfx.errors import Refused
 from nfx.flows import make_key
 from nfx.loader import netns
-from nfx.migrate import dataplane as dp
-from nfx.testbed import builder, state
+from nfx.gate import Gate
+from nfx import registry
+from nfx.testbed import builder
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
 from tests.netns.tbutil import running_testbed
@@ -38,7 +39,7 @@ def tb():
 
 
 def switch(rec, node="si") -> Switch:
-    info = state.load(rec["name"])["nodes"][node]
+    info = registry.load(rec["name"])["nodes"][node]
     return Switch.open(node, info["ns"], Path(info["pin"]))
 
 
@@ -60,7 +61,7 @@ def ibc_epoch(rec, node="si") -> int:
 
 # ---- the northbound API --------------------------------------------------------------------------
 def api(rec, method, path, body=b"", headers=None, timeout=10):
-    port = state.load(rec["name"])["controller"]["port"]
+    port = registry.load(rec["name"])["controller"]["port"]
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request(method, path, body=body, headers=headers or {})
@@ -89,7 +90,7 @@ def test_move_without_the_token_is_refused_and_changes_nothing(tb):
 
 
 def test_wrong_token_through_the_client_raises_refused(tb, monkeypatch):
-    real = state.load
+    real = registry.load
 
     def load(n):
         r = real(n)
@@ -103,7 +104,7 @@ def test_wrong_token_through_the_client_raises_refused(tb, monkeypatch):
 
 def test_body_over_the_limit_is_refused_unread(tb):
     auth = {"Authorization": "Bearer " + tb["token"]}
-    port = state.load(tb["name"])["controller"]["port"]
+    port = registry.load(tb["name"])["controller"]["port"]
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         s.sendall(f"POST /move HTTP/1.0\r\nAuthorization: {auth['Authorization']}\r\n"
@@ -119,7 +120,7 @@ def test_body_over_the_limit_is_refused_unread(tb):
 
 
 def test_a_stalled_client_is_dropped(tb):
-    port = state.load(tb["name"])["controller"]["port"]
+    port = registry.load(tb["name"])["controller"]["port"]
     t0 = time.monotonic()
     s = socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S + 10)
     try:
@@ -135,7 +136,7 @@ def test_a_stalled_client_is_dropped(tb):
 
 def test_a_slow_drip_is_dropped_at_the_deadline(tb):
     from nfx.control.controller import REQUEST_DEADLINE_S
-    port = state.load(tb["name"])["controller"]["port"]
+    port = registry.load(tb["name"])["controller"]["port"]
     t0 = time.monotonic()
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     closed = False
@@ -161,7 +162,7 @@ def test_a_slow_drip_is_dropped_at_the_deadline(tb):
 # ---- forged IBCs and triggers from h1 ------------------------------------------------------------
 def nf_view(name, inst):
     nf = builder.instance(name, inst)
-    st = dp.move_state(nf)
+    st = Gate(nf).move_state()
     return nf.stats(), list(st.ibc_switch) + list(st.ibc_peer)
 
 
@@ -170,7 +171,7 @@ def test_forged_ibc_outside_a_move_changes_nothing(tb):
     E = 777001
     si = switch(tb)
     si.expect_ibc(E)          # what a move leaves behind: the last IBC's epoch stays set
-    rings = {i: dp.packet_ring(builder.instance(name, i)) for i in ("nf0", "nf1")}
+    rings = {i: Gate(builder.instance(name, i)).ring() for i in ("nf0", "nf1")}
     for r in rings.values():
         r.poll(0)
     sw0 = si.stats()

@@ -9,10 +9,12 @@ import time
 import pytest
 
 from nfx import layout as L
-from nfx.agent import lifecycle
+from nfx.procs import agents
 from nfx.agent.client import AgentClient
-from nfx.migrate import dataplane
-from nfx.testbed import builder, state
+from nfx.gate import Gate
+from nfx.state.filter import parse
+from nfx import registry
+from nfx.testbed import builder
 from nfx.traffic import rig
 from nfx.traffic.report import measure
 from tests.netns.tbutil import nfx, py, running_testbed
@@ -85,7 +87,7 @@ def test_statelets_only_of_matching_flows(nat):
     flt = "sport=1024-1030"
     with AgentClient(name, "nf0") as a:         # these connections start again: creation statelets too
         a.delete(scopes=("per-flow", "multi-flow"), filter=flt)
-    dataplane.set_filter(nf, 0, "all", L.Action.STATELET)
+    Gate(nf).set_filter(0, parse("all"), L.Action.STATELET)
     try:
         # the generator and sink are compiled before the inspector's 4 s begin: on a loaded
         # machine compiling them took longer than the whole watch
@@ -99,7 +101,7 @@ def test_statelets_only_of_matching_flows(nat):
             rest, err = p.communicate(timeout=30)
         assert p.returncode == 0, err
     finally:
-        dataplane.clear_filter(nf, 0)
+        Gate(nf).clear_filter(0)
     evs = [json.loads(x) for x in rest.splitlines()]
     sls = [e for e in evs if e["stream"] == "statelets"]
     [end] = [e for e in evs if e["stream"] == "end"]
@@ -151,10 +153,10 @@ def test_agent_lost_and_back(nat):
     try:
         assert json.loads(p.stdout.readline())["stream"] == "subscribed"
         time.sleep(0.5)
-        rec = state.load(name)
-        assert lifecycle.stop(rec, "nf1")["stopped"]
+        rec = registry.load(name)
+        assert agents.stop(rec, "nf1")["stopped"]
         time.sleep(1.0)
-        lifecycle.start(state.load(name), ["nf1"])
+        agents.start(registry.load(name), ["nf1"])
         rest, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
@@ -183,11 +185,11 @@ def test_refusals(nat):
             nfx("inspect", *args, "--json")
         assert (r.returncode, r.stdout) == (code, ""), (args, r.returncode, r.stdout, r.stderr)
         assert msg in r.stderr, (args, r.stderr)
-    rec = state.load(name)
-    lifecycle.stop(rec, "nf1")
+    rec = registry.load(name)
+    agents.stop(rec, "nf1")
     try:
         r = nfx("inspect", "--name", name, "--json", "--duration", "1")
         assert r.returncode == 3 and r.stdout == ""
         assert "agent of nf1" in r.stderr and "not answering" in r.stderr and "nfx nf start" in r.stderr
     finally:
-        lifecycle.start(state.load(name), ["nf1"])
+        agents.start(registry.load(name), ["nf1"])

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from nfx.agent import lifecycle as agents
-from nfx.control import lifecycle as controller
+from nfx import registry
+from nfx.procs import agents, controller
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 from tests.netns.tbutil import Rigs, path_errors, running_testbed
@@ -74,8 +74,7 @@ def no_armed_rules(name):
     from pathlib import Path
 
     from nfx.control.switch import Switch
-    from nfx.testbed import state as tbstate
-    for node, info in tbstate.load(name)["nodes"].items():
+    for node, info in registry.load(name)["nodes"].items():
         if info["role"] != "switch":
             continue
         s = Switch.open(node, info["ns"], Path(info["pin"]))
@@ -198,7 +197,7 @@ def test_destination_dies_half_way_rolls_back(tb, opts, data_delay_ms):
     still beginning the move there (before any switch changes); with ov,dt the armed rules have
     fired on the hold, so the switches are pointed back."""
     name = tb["name"]
-    rec = __import__("nfx.testbed.state", fromlist=["load"]).load(name)
+    rec = registry.load(name)
     pid = agents.pid_of(rec, "nf1")
     err = {}
 
@@ -221,14 +220,14 @@ def test_destination_dies_half_way_rolls_back(tb, opts, data_delay_ms):
     os.kill(pid, signal.SIGKILL)
     mv.join()
     t.join()
-    agents.start(__import__("nfx.testbed.state", fromlist=["load"]).load(name), ["nf1"])
+    agents.start(registry.load(name), ["nf1"])
     assert "e" in err and "rolled back" in str(err["e"])
     r = out["r"]
     # src kept processing: the traffic after the failed move went through nf0
     assert r["received"] > 0.9 * r["sent"]
     assert len(per_flow(name, "nf0")) == FLOWS and per_flow(name, "nf1") == {}
-    from nfx.migrate import dataplane as dp
-    assert dp.marks(builder.instance(name, "nf0")) == {} and dp.marks(builder.instance(name, "nf1")) == {}
+    from nfx.gate import Gate
+    assert Gate(builder.instance(name, "nf0")).marks() == {} and Gate(builder.instance(name, "nf1")).marks() == {}
     no_armed_rules(name)
 
 
@@ -283,8 +282,7 @@ def test_range_filter_refused_before_anything_changes(tb):
     from nfx.errors import BadInput
     with pytest.raises(BadInput, match="single sport"):
         controller.call(tb["name"], "POST", "/move", {"src": "nf0", "dst": "nf1", "filter": "sport=1024-1100"})
-    from nfx.migrate import dataplane as dp
-    assert dp.marks(builder.instance(tb["name"], "nf0")) == {}
+    assert Gate(builder.instance(tb["name"], "nf0")).marks() == {}
 
 
 @pytest.mark.parametrize("opts", ["", "ov", "dt", "ov,dt"])

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from nfx.agent.client import AgentClient
-from nfx.control import lifecycle as controller
-from nfx.migrate import dataplane as dp
+from nfx.procs import controller
+from nfx.gate import Gate
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
@@ -94,7 +94,7 @@ def test_op_flows_born_during_the_move(tb, mechanism, opts):
         def traffic():
             nf = builder.instance(name, dst)
             t0 = time.monotonic()
-            while not dp.move_cfg(nf).epoch and time.monotonic() - t0 < 10:
+            while not Gate(nf).move_cfg().epoch and time.monotonic() - t0 < 10:
                 time.sleep(0.001)
             out["r"] = measure(gen, sink, RATE, 1.5, 1.0)
         t = threading.Thread(target=traffic)

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from nfx.errors import AlreadyExists
-from nfx.testbed import builder, state, topology
+from nfx import registry
+from nfx.testbed import builder, topology
 from nfx.loader import netns
 from tests.netns.tbutil import py, running_testbed, sh, unique_name
 
@@ -112,8 +113,8 @@ def test_two_testbeds_side_by_side_then_gone():
         created = list(other["created"]["netns"])
         assert all(netns.exists(n) for n in created)
     assert not any(netns.exists(n) for n in created)
-    assert not state.path(name).exists()
-    assert not state.pin_root(name).exists()
+    assert not registry.path(name).exists()
+    assert not registry.pin_root(name).exists()
 
 
 def test_failure_half_way_removes_everything(monkeypatch):
@@ -127,5 +128,5 @@ def test_failure_half_way_removes_everything(monkeypatch):
         builder.up(name, topology.load("sharp", 2), "nat", 4096)
     leftovers = [n for n in os.listdir("/var/run/netns") if n.startswith(name + "-")] if os.path.isdir("/var/run/netns") else []
     assert leftovers == []
-    assert not state.pin_root(name).exists()
-    assert not state.path(name).exists()
+    assert not registry.pin_root(name).exists()
+    assert not registry.path(name).exists()

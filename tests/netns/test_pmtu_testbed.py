@@ -9,7 +9,8 @@ import re
 import pytest
 
 from nfx.loader import netns
-from nfx.testbed import builder, state
+from nfx import registry
+from nfx.testbed import builder
 from tests.netns.tbutil import nfx_json, running_testbed, sh
 
 MTU = 1200
@@ -21,7 +22,7 @@ def add_router_hop(tb) -> str:
     registered with the testbed first, so taking the testbed down removes it."""
     name = tb["name"]
     h2, h3 = tb["nodes"]["h2"]["ns"], builder.ns_name(name, "h3")
-    rec = state.load(name)
+    rec = registry.load(name)
     rec.register("netns", h3)
     rec.save()
     netns.add(h3)

@@ -6,10 +6,11 @@ import time
 import pytest
 
 from nfx import layout as L
-from nfx.agent import lifecycle
+from nfx.procs import agents
 from nfx.agent.client import AgentClient
 from nfx.state import ops, wire
-from nfx.testbed import builder, state
+from nfx import registry
+from nfx.testbed import builder
 from tests.netns.tbutil import nfx, nfx_json, running_testbed, unique_name
 
 
@@ -112,7 +113,7 @@ def test_nf_stop_start_list(tb, tmp_path):
     old = rows[1]["agent"]["pid"]
     s = nfx_json("nf", "stop", "--name", tb, "--instance", "nf1")["stopped"]
     assert s == [{"instance": "nf1", "pids": [old], "stopped": True, "was_running": True}]
-    assert not lifecycle.is_agent(old, tb)
+    assert not agents.is_agent(old, tb)
     r = nfx("state", "export", "--name", tb, "--instance", "nf1", "-o", str(tmp_path / "y"))
     assert r.returncode == 3 and "not answering" in r.stderr and f"nfx nf start --name {tb} --instance nf1" in r.stderr
     assert nfx_json("nf", "list", "--name", tb)["instances"][1]["agent"]["alive"] is False
@@ -121,7 +122,7 @@ def test_nf_stop_start_list(tb, tmp_path):
     r = nfx("nf", "start", "--name", tb, "--instance", "nf1")
     assert r.returncode == 4 and "already runs" in r.stderr
     assert nfx_json("state", "dump", "--name", tb, "--instance", "nf1", "--scope", "all-flows")["tables"]
-    log = state.load(tb)["nodes"]["nf1"]["agent"]["log"]
+    log = registry.load(tb)["nodes"]["nf1"]["agent"]["log"]
     assert "listening on" in open(log).read()
 
 
@@ -155,9 +156,9 @@ def test_quota_counts_follow_put_and_delete(tb):
 def test_down_ends_every_agent():
     with running_testbed("chain", "nat") as rec:
         name = rec["name"]
-        pids = lifecycle.find(name)
+        pids = agents.find(name)
         assert len(pids) == 1 and os.path.exists(f"/proc/{pids[0]}")
         status = builder.status(name)["nodes"]["nf0"]["agent"]
         assert status["alive"] and status["pid"] == pids[0]
-    assert lifecycle.find(name) == []
-    assert not (lifecycle.AGENT_DIR / name).exists()
+    assert agents.find(name) == []
+    assert not (agents.AGENT_DIR / name).exists()

@@ -41,7 +41,7 @@ def _run(kind: str, size: int | None = None) -> dict:
                 sender.start()
                 time.sleep(1.0)                           # every flow has state by now
                 before = nf.stats()
-                nf.set_filter(0, L.Filter(action=int(L.Action.STATELET), flags=L.FILTER_USED))
+                nf.gate.put_filter(0, L.Filter(action=int(L.Action.STATELET), flags=L.FILTER_USED))
                 time.sleep(0.3)
                 t0 = time.perf_counter()
                 snapshot = list(ops.export(nf, STATE))    # mid-traffic, statelets flowing

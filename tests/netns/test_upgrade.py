@@ -23,9 +23,11 @@ from nfx.errors import BadInput, BpfError, NfxError, NotFound
 from nfx.flows import be_to_port
 from nfx.loader import attach, bpfsys, netns
 from nfx.loader import swap as live
-from nfx.nfs import upgrade as U
+from nfx import registry
+from nfx import upgrade as U
+from nfx.procs import agents
 from nfx.state import ops
-from nfx.testbed import builder, state
+from nfx.testbed import builder
 from nfx.traffic.report import settle
 from nfx.traffic.rig import rig
 from tests.netns.tbutil import nfx, nfx_json, running_testbed
@@ -47,15 +49,22 @@ def nat(tb):
     return builder.instance(tb["name"], "nf0")
 
 
+def upgrade(testbed: str, instance: str, *args, **kw) -> dict:
+    """What `nfx nf upgrade` does: the swap, then the agent restarted on the new objects."""
+    r = U.upgrade(testbed, instance, *args, **kw)
+    agents.restart_stale(testbed, instance, r)
+    return r
+
+
 def is_v2(tb) -> bool:
-    node = state.load(tb["name"])["nodes"]["nf0"]
+    node = registry.load(tb["name"])["nodes"]["nf0"]
     return "NFX_NAT_V2" in node.get("build", {}).get("defines", {})
 
 
 def fresh(tb, v2: bool = False) -> None:
     """Empty NAT tables (no traffic is running) on the wanted layout."""
     if is_v2(tb) != v2:
-        U.upgrade(tb["name"], "nf0", conversion="nat-v2" if v2 else "nat-v1")
+        upgrade(tb["name"], "nf0", conversion="nat-v2" if v2 else "nat-v1")
     n = nat(tb)
     for t in ("nat_fwd", "nat_rev", "nat_ports"):
         n.maps[t].clear()
@@ -155,7 +164,7 @@ def prog_maps(tb) -> set[int]:
 def nothing_changed(tb, before_pins: dict, before_att: dict, upgrades: int):
     assert pinned_ids(tb) == before_pins
     assert attached_ids(tb) == before_att
-    node = state.load(tb["name"])["nodes"]["nf0"]
+    node = registry.load(tb["name"])["nodes"]["nf0"]
     assert len(node.get("upgrades", [])) == upgrades
     assert not (tb["pin"].parent / "upgrade-nf0").exists()
     assert "upg0" not in netns.ip("-o", "link", "show", ns=tb["ns"])
@@ -169,12 +178,12 @@ def test_same_layout_upgrade_under_traffic(tb):
     pins0, att0 = pinned_ids(tb), attached_ids(tb)
     old_id = pins0["prog"]
     assert all(att0[s] == old_id for s in tb["sides"])
-    n_up = len(state.load(tb["name"])["nodes"]["nf0"].get("upgrades", []))
+    n_up = len(registry.load(tb["name"])["nodes"]["nf0"].get("upgrades", []))
     snap = {}
 
     def during():
         snap["before"] = ops.index(ops.export(nat(tb), ("per-flow", "multi-flow")))
-        return U.upgrade(tb["name"], "nf0")
+        return upgrade(tb["name"], "nf0")
 
     r, g, s = with_traffic(tb, during)
     print(f"\nshared upgrade: swap {r['swap']}, timing {r['timing']}, agent {r['agent']}")
@@ -208,15 +217,14 @@ def test_same_layout_upgrade_under_traffic(tb):
         assert b.pkts >= a.pkts and b.bytes >= a.bytes and b.last_seen_ns >= a.last_seen_ns
 
     # the instance's agent was restarted on the new objects, and answers
-    from nfx.agent import lifecycle
     from nfx.agent.client import AgentClient
     assert r["agent"] and r["agent"]["pid"] != r["agent"]["old_pid"]
-    assert lifecycle.pid_of(state.load(tb["name"]), "nf0") == r["agent"]["pid"]
+    assert agents.pid_of(registry.load(tb["name"]), "nf0") == r["agent"]["pid"]
     with AgentClient(tb["name"], "nf0", timeout=5) as c:
         assert c.ping()["pid"] == r["agent"]["pid"]
 
     # recorded: program id, time, source hash
-    node = state.load(tb["name"])["nodes"]["nf0"]
+    node = registry.load(tb["name"])["nodes"]["nf0"]
     last = node["upgrades"][-1]
     assert len(node["upgrades"]) == n_up + 1 and node["prog_id"] == new_id
     assert last["prog_id"] == new_id and last["old_prog_id"] == old_id and abs(last["time"] - time.time()) < 60
@@ -283,7 +291,7 @@ def test_tcp_connection_survives_upgrade(tb, conversion):
         local_port = int(cli.stdout.readline().split()[1])
         time.sleep(0.8)
         [before] = [m for m in nat(tb).mappings() if m["proto"] == "tcp" and m["sport"] == local_port]
-        r = U.upgrade(tb["name"], "nf0", conversion=conversion)
+        r = upgrade(tb["name"], "nf0", conversion=conversion)
         c_out = cli.communicate(timeout=30)[0].split()
         s_out = srv.communicate(timeout=30)[0].split()
     finally:
@@ -331,7 +339,7 @@ def test_layout_change_with_conversion_under_traffic(tb):
 
     def during():
         snap["before"] = list(ops.export(nat(tb), ("per-flow", "multi-flow")))
-        return U.upgrade(tb["name"], "nf0", conversion="nat-v2", hook=hook)
+        return upgrade(tb["name"], "nf0", conversion="nat-v2", hook=hook)
 
     r, g, s = with_traffic(tb, during)
     print(f"\nconverted upgrade: swap {r['swap']}, timing {r['timing']}\n  passes {r['passes']}")
@@ -371,7 +379,7 @@ def test_layout_change_with_conversion_under_traffic(tb):
     p2 = [p for p in r["passes"] if p["pass"] == "2" and p["table"] == "nat_fwd"][0]
     assert p2["changed"] > 100 and p2["merged"] == p2["changed"], p2      # pass 2 carried real traffic
     assert r["conflicts"] == []
-    assert state.load(tb["name"])["nodes"]["nf0"]["build"]["defines"]["NFX_NAT_V2"] == 1
+    assert registry.load(tb["name"])["nodes"]["nf0"]["build"]["defines"]["NFX_NAT_V2"] == 1
 
 
 UDP_SINK = r"""
@@ -422,7 +430,7 @@ def test_keys_created_between_copy_and_swap_are_carried(tb):
                 udp(42000, "b1")
                 wait_for(lambda: count(41000) == 5 and count(42000) == 1, "the old program")
 
-        r = U.upgrade(tb["name"], "nf0", conversion="nat-v2", hook=hook)
+        r = upgrade(tb["name"], "nf0", conversion="nat-v2", hook=hook)
         udp(42000, "b2")
         udp(41000, "a6", "end")
         lines = [srv.stdout.readline().split() for _ in range(9)]
@@ -444,7 +452,7 @@ def test_keys_created_between_copy_and_swap_are_carried(tb):
 
 # ---- (d) ----------------------------------------------------------------------------------------
 def _snapshot(tb):
-    return pinned_ids(tb), attached_ids(tb), len(state.load(tb["name"])["nodes"]["nf0"].get("upgrades", []))
+    return pinned_ids(tb), attached_ids(tb), len(registry.load(tb["name"])["nodes"]["nf0"].get("upgrades", []))
 
 
 def test_source_that_does_not_compile_changes_nothing(tb, tmp_path):
@@ -453,7 +461,7 @@ def test_source_that_does_not_compile_changes_nothing(tb, tmp_path):
     bad.write_text((Path(__file__).parents[2] / "bpf" / "nat.bpf.c").read_text() + "\nint oops( {\n")
     before = _snapshot(tb)
     with pytest.raises(BpfError, match="compiling nat_broken.bpf.c failed"):
-        U.upgrade(tb["name"], "nf0", source=str(bad))
+        upgrade(tb["name"], "nf0", source=str(bad))
     nothing_changed(tb, *before)
 
 
@@ -470,7 +478,7 @@ def test_conversion_that_raises_under_traffic_changes_nothing(tb):
 
     def during():
         with pytest.raises(BadInput, match="conversion of nat_fwd raised ValueError: boom"):
-            U.upgrade(tb["name"], "nf0", defines={"NFX_NAT_V2": 1}, conversion={"nat_fwd": flaky, "nat_rev": good})
+            upgrade(tb["name"], "nf0", defines={"NFX_NAT_V2": 1}, conversion={"nat_fwd": flaky, "nat_rev": good})
 
     _, g, s = with_traffic(tb, during)
     assert_no_loss(g, s)
@@ -482,12 +490,12 @@ def test_layout_change_without_conversion_is_refused(tb):
     fresh(tb)
     before = _snapshot(tb)
     with pytest.raises(BpfError, match=r"nat_fwd: .*value 64 B.*value 56 B.*give a conversion for nat_fwd"):
-        U.upgrade(tb["name"], "nf0", defines={"NFX_NAT_V2": 1})
+        upgrade(tb["name"], "nf0", defines={"NFX_NAT_V2": 1})
     nothing_changed(tb, *before)
     with pytest.raises(BadInput, match="no table nat_nope"):
-        U.upgrade(tb["name"], "nf0", conversion={"nat_nope": lambda v: v})
+        upgrade(tb["name"], "nf0", conversion={"nat_nope": lambda v: v})
     with pytest.raises(NotFound):
-        U.upgrade(tb["name"], "nf9")
+        upgrade(tb["name"], "nf9")
     nothing_changed(tb, *before)
 
 
@@ -505,7 +513,7 @@ def test_second_interface_failing_rolls_the_first_back(tb, monkeypatch):
 
     monkeypatch.setattr(live, "replace_xdp", failing)
     with pytest.raises(BpfError, match=rf"attaching the new program to {second} failed.*{tb['sides'][0]} put back to program {old_id}"):
-        U.upgrade(tb["name"], "nf0")
+        upgrade(tb["name"], "nf0")
     nothing_changed(tb, *before)
 
 
@@ -519,7 +527,7 @@ def test_failure_after_the_swap_rolls_back(tb):
             raise RuntimeError("injected after the swap")
 
     with pytest.raises(NfxError, match="rolled back to program"):
-        U.upgrade(tb["name"], "nf0", conversion="nat-v2", hook=hook)
+        upgrade(tb["name"], "nf0", conversion="nat-v2", hook=hook)
     nothing_changed(tb, *before)
     assert len(nat(tb).maps["nat_fwd"]) == FLOWS
 

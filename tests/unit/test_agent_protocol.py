@@ -8,7 +8,8 @@ import pytest
 from nfx import errors as E
 from nfx import layout as L
 from nfx.agent import protocol as P
-from nfx.bench.state import _pool_hash, synth_nat
+from nfx.bench.state import synth_nat
+from nfx.nfs.nat import pool_hash
 from nfx.state import wire
 
 
@@ -20,15 +21,15 @@ def test_errors_round_trip_through_an_error_frame(cls):
     kind, obj = wire.Reader(buf).frame()
     assert kind == wire.ERROR and obj["op"] == "get" and obj["code"] == cls.exit_code
     with pytest.raises(cls, match="nf0: it broke") as e:
-        P.raise_error(obj, "nf0: ")
+        E.from_wire(obj, "nf0: ")
     assert e.value.hint == "do this" and e.value.exit_code == cls.exit_code
 
 
 def test_unexpected_exceptions_become_internal_errors():
-    obj = P.error_obj(KeyError("x"))
+    obj = E.to_wire(KeyError("x"))
     assert obj["type"] == "NfxError" and obj["code"] == 1 and "internal error: KeyError" in obj["error"]
     with pytest.raises(E.NfxError):
-        P.raise_error({"error": "?", "type": "SomethingElse"})
+        E.from_wire({"error": "?", "type": "SomethingElse"})
 
 
 def test_actions():
@@ -63,7 +64,7 @@ def test_synthetic_nat_state_is_consistent():
     inside = fk["saddr"].byteswap()
     pub = rk["daddr"].byteswap()
     base = int.from_bytes(bytes([10, 0, 2, 100]), "big")
-    assert (pub == base + _pool_hash(inside) % 8).all()
+    assert (pub == base + pool_hash(inside) % 8).all()
     port = pk["port"].byteswap()
     assert port.min() >= 20000 and port.max() <= 59999
     icmp = fk["proto"] == 1

@@ -48,7 +48,7 @@ class Agent:
 
 
 def client(agent, monkeypatch):
-    monkeypatch.setattr(C.state, "load", lambda name: pytest.fail("for_node read the registry"))
+    monkeypatch.setattr(C.registry, "load", lambda name: pytest.fail("for_node read the registry"))
     return C.AgentClient.for_node({**NODE, "agent_port": agent.port}, "tok", None, timeout=5)
 
 

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 import pytest
 
 from nfx import layout as L
-from nfx.control.link import DelayedConn, Link
-from nfx.migrate.dataplane import Packet
-from nfx.migrate.mechanisms import ControllerBuffer
+from nfx.agent.link import DelayedConn, Link
+from nfx.packets import Packet
+from nfx.migrate.ctrlbuf import ControllerBuffer
 from nfx.state import wire
 
 

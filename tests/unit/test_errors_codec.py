@@ -6,7 +6,6 @@ import os
 import pytest
 
 from nfx import errors as E
-from nfx.agent import protocol as P
 from nfx.loader import netlink
 
 
@@ -27,10 +26,6 @@ def test_unknown_types_and_foreign_exceptions():
     assert obj == {"error": "internal error: ValueError: bad", "type": "NfxError", "code": 1}
     with pytest.raises(E.NfxError, match="unknown error"):
         E.from_wire({"type": "Nope"})
-
-
-def test_the_agent_protocol_names_are_the_codec():
-    assert P.error_obj is E.to_wire and P.raise_error is E.from_wire
 
 
 @pytest.mark.parametrize("code, cls", [

@@ -8,7 +8,8 @@ from nfx.errors import BadInput
 from nfx.nfs.base import apply_settings
 from nfx.nfs.ids import IdsConfig
 from nfx.nfs.nat import NatConfig
-from nfx.testbed import builder, state, topology
+from nfx import registry
+from nfx.testbed import builder, topology
 from tests.netns.tbutil import nfx
 
 
@@ -43,4 +44,4 @@ def test_quota_out_of_range_refused():
 def test_cli_refuses_a_bad_setting_before_building():
     r = nfx("testbed", "up", "--name", "tnfset", "--topology", "chain", "--nf", "ids", "--nf-set", "bogus=1")
     assert r.returncode == 2 and "bad NF setting" in r.stderr, (r.returncode, r.stderr)
-    assert not state.path("tnfset").exists()
+    assert not registry.path("tnfset").exists()

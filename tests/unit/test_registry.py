@@ -8,7 +8,7 @@ import pytest
 
 from nfx import errors as E
 from nfx import registry
-from nfx.testbed import state
+from nfx import registry
 
 # a built two-instance sharp testbed's record, trimmed to what the views read
 RECORD = {
@@ -106,8 +106,3 @@ def test_missing_testbed_and_bad_names(regdir):
     for bad in ("Tb", "1tb", "toolongname", "a-b"):
         with pytest.raises(E.BadInput):
             registry.load(bad)
-
-
-def test_the_old_module_name_is_the_registry(regdir):
-    assert state.load is registry.load and state.Record is registry.Testbed
-    assert isinstance(state.load("tbx"), registry.Testbed)
