@@ -10,7 +10,7 @@ here once:
 
     g = Gate(nf)
     g.mark(keys, L.Action.BUFFER, epoch=e)
-    g.set_filter(0, state.filter.parse("proto=udp"), L.Action.BUFFER, tag=e)
+    g.set_filter(0, filter.parse("proto=udp"), L.Action.BUFFER, tag=e)
 """
 import ctypes as ct
 import logging
@@ -26,7 +26,7 @@ from .loader import bpfsys, netns
 from .loader.ring import RingReader, RingStandIn
 from .loader.spec import MapSet, MapSpec
 from .packets import Packet, decode
-from .state.filter import Filter
+from .filter import Filter
 
 log = logging.getLogger("nfx.move")
 RELEASE_TRIES = 5

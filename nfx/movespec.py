@@ -18,7 +18,7 @@ from .errors import BadInput
 from .flows import reverse
 
 if TYPE_CHECKING:
-    from .state.filter import Filter
+    from .filter import Filter
 
 GUARANTEES = ("ng", "lf", "op")
 MECHANISMS: list[str] = []       # the registered ones, in order (nfx.migrate registers opennf, dist)

@@ -12,7 +12,7 @@ from ..frames import trigger_frame
 from ..movespec import GUARANTEES, ibc_keys, parse_data_link, parse_opts
 from ..packets import flow_keys, keys_blob
 from ..state import ops, wire
-from ..state.filter import parse
+from ..filter import parse
 from ..state.tables import SCOPES
 from .client import AgentClient
 from .ops_move import enc

@@ -10,7 +10,8 @@ from .. import layout as L
 from ..errors import BadInput
 from ..flows import be_to_ip, key_fields, make_key, reverse
 from ..gate import Gate, check_ports
-from ..state import filter as F, ops
+from .. import filter as F
+from ..state import ops
 from .protocol import ACTIONS, action_num
 from .transport import _filter, _int
 

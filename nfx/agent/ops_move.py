@@ -12,7 +12,7 @@ from ..errors import BadInput
 from .. import packets as pk
 from ..gate import Gate
 from ..state import ops, wire
-from ..state.filter import Filter, parse
+from ..filter import Filter, parse
 from .sessions import MoveSession
 
 # the protocol's move ops; move_dist's handler is in nfx/agent/dist_source.py

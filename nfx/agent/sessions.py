@@ -16,7 +16,7 @@ from .. import layout as L
 from ..errors import NfxError
 from ..gate import Gate, Releaser
 from ..state import ops
-from ..state.filter import Filter
+from ..filter import Filter
 
 log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0

@@ -15,7 +15,8 @@ import threading
 import time
 
 from ..errors import BadInput, NfxError
-from ..state import filter as F, wire
+from .. import filter as F
+from ..state import wire
 from ..state.tables import parse_scopes, tables
 from .handshake import FrontDoor, refused, token_ok
 from .protocol import FRAME_MAX, IDLE_S, OPS, REQUEST_MAX, error_frame

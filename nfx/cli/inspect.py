@@ -15,7 +15,7 @@ from ..inspect import view
 from ..inspect.flows import FlowMatch
 from ..inspect.model import Model
 from ..inspect.watch import Watcher, subscribe
-from ..state import filter as F
+from .. import filter as F
 from .. import registry
 from .common import NameOpt, console, need_root, out
 

@@ -20,7 +20,7 @@ from .. import migrate
 from ..errors import BadInput, NfxError, Refused
 from ..migrate.endpoint import Remote
 from ..movespec import MoveRequest, parse_data_link, parse_opts
-from ..state.filter import parse
+from ..filter import parse
 from ..state.tables import parse_scopes
 from .. import registry
 from ..agent import link

@@ -11,7 +11,7 @@ from .. import layout as L
 from ..errors import BadInput, NfxError, NotFound
 from ..flows import be_to_ip
 from ..loader import netns
-from ..state.filter import Filter
+from ..filter import Filter
 from .. import registry
 from ..frames import ibc_frame
 from .switch import Match, Rule, Switch

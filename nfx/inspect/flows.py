@@ -6,7 +6,7 @@ import time
 
 from .. import layout as L
 from ..flows import be_to_ip, be_to_port, key_fields, make_key
-from ..state.filter import Filter
+from ..filter import Filter
 
 _ADDRS = struct.Struct("<II")          # saddr, daddr as the kernel stores them (Filter's form)
 _PORTS = struct.Struct("!HHB")         # sport, dport in network order, proto

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..agent.client import AgentClient, DistStream, nf_node
 from ..errors import NfxError, Timeout
 from ..state import ops
-from ..state.filter import Filter
+from ..filter import Filter
 from ..nfs import nf_class
 from ..gate import Gate
 from .. import packets as pk

@@ -42,7 +42,7 @@ from .. import movespec
 from ..errors import NfxError
 from ..gate import check_ports
 from ..movespec import MECHANISMS, MoveMetrics, MoveRequest, new_epoch
-from ..state.filter import Filter
+from ..filter import Filter
 from ..state.tables import SCOPES
 from .ctrlbuf import ControllerBuffer
 

@@ -12,7 +12,7 @@ from ..errors import BadInput, BpfError, NfxError
 from ..flows import PROTO_NAMES, be_to_ip, be_to_port, key_fields
 from ..loader import bpfsys
 from . import wire
-from .filter import FLOW_DTYPE, Filter
+from ..filter import FLOW_DTYPE, Filter
 from .tables import SCOPES, Table, tables
 
 CHUNK_ENTRIES = 65536

@@ -14,7 +14,7 @@ from nfx.gate import Gate
 from nfx.loader import bpfsys, netns, pin
 from nfx.loader.bpfsys import prog_test_run
 from nfx.nfs.nat import NAT, NAT_MAPS, NatConfig
-from nfx.state.filter import parse
+from nfx.filter import parse
 from tests.scratch import pin_dir, scratch_nf
 
 XDP_DROP, XDP_REDIRECT = 1, 4

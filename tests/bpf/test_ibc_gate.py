@@ -10,7 +10,7 @@ from nfx.flows import make_key
 from nfx.loader import netns
 from nfx.loader.bpfsys import prog_test_run
 from nfx.gate import Gate
-from nfx.state.filter import parse
+from nfx.filter import parse
 from nfx.nfs.ids import IDS, IdsConfig
 from tests.scratch import scratch_nf
 

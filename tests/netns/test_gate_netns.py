@@ -7,7 +7,7 @@ import pytest
 
 from nfx import layout as L
 from nfx.gate import Gate, Releaser
-from nfx.state.filter import parse
+from nfx.filter import parse
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig

@@ -12,7 +12,7 @@ from nfx import layout as L
 from nfx.procs import agents
 from nfx.agent.client import AgentClient
 from nfx.gate import Gate
-from nfx.state.filter import parse
+from nfx.filter import parse
 from nfx import registry
 from nfx.testbed import builder
 from nfx.traffic import rig

@@ -13,7 +13,7 @@ from nfx import layout as L
 from nfx.control.steer import PRIO_MIN, PRIO_TOP, Steering
 from nfx.control.switch import flow_key
 from nfx.loader import netns
-from nfx.state.filter import parse
+from nfx.filter import parse
 from nfx.testbed import builder
 from tests.netns.tbutil import py, running_testbed
 

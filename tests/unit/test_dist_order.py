@@ -12,7 +12,7 @@ from nfx import movespec as S
 from nfx.migrate.dist import Dist
 from nfx.migrate.mechanism import Ctx
 from nfx.movespec import MoveRequest
-from nfx.state.filter import parse
+from nfx.filter import parse
 
 
 class Log(list):

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from nfx.state.filter import FLOW_DTYPE, parse
+from nfx.filter import FLOW_DTYPE, parse
 
 ADDRS = ["10.0.1.2", "10.0.1.77", "10.0.2.2", "10.0.2.100", "192.168.5.5"]
 

@@ -12,7 +12,7 @@ from nfx.inspect import view
 from nfx.inspect.flows import FlowMatch
 from nfx.inspect.model import Model, changed
 from nfx.state import statelets as S
-from nfx.state.filter import FLOW_DTYPE, parse
+from nfx.filter import FLOW_DTYPE, parse
 
 ADDRS = ["10.0.1.2", "10.0.1.77", "10.0.2.2", "10.0.2.100"]
 FILTERS = ["all", "proto=udp", "sport=1024-1030", "dport=9000", "src=10.0.1.0/24 dport=9000-9001",

@@ -10,7 +10,7 @@ from nfx.gate import GATE_MAPS, check_ports
 from nfx.loader.spec import MapSet, MapSpec
 from nfx.nfs.ids import IDS_MAPS
 from nfx.nfs.nat import NAT_MAPS
-from nfx.state.filter import parse
+from nfx.filter import parse
 from nfx.state.tables import tables
 
 

@@ -6,7 +6,7 @@ import pytest
 from nfx.errors import BadInput
 from nfx.migrate import MECHANISMS, mechanism
 from nfx.movespec import MoveMetrics, MoveRequest
-from nfx.state.filter import parse
+from nfx.filter import parse
 
 HEAD = ["mechanism", "guarantee", "opts", "src", "dst", "filter", "scopes", "epoch", "data_delay_ms",
         "data_rate_mbit", "phases_ms", "state_chunks", "state_bytes", "transfer_s"]

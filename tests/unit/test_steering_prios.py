@@ -14,7 +14,7 @@ from nfx.control import steer
 from nfx.control.steer import PRIO_MIN, PRIO_TOP, Steering
 from nfx.control.switch import Match, Rule, RuleInfo
 from nfx.errors import BadInput, NfxError, NotFound
-from nfx.state.filter import FLOW_DTYPE, parse
+from nfx.filter import FLOW_DTYPE, parse
 
 
 class FakeSwitch:

@@ -8,7 +8,7 @@ from nfx import movespec
 from nfx.migrate import dist
 from nfx.migrate.mechanism import Ctx
 from nfx.movespec import MoveRequest
-from nfx.state.filter import parse
+from nfx.filter import parse
 
 
 class FakeSteer:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from nfx.state import wire
-from nfx.state.filter import parse
+from nfx.filter import parse
 from nfx.errors import BadInput
 
 

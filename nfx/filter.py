@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BadInput
-from ..flows import ip_to_be, proto_num
+from .errors import BadInput
+from .flows import ip_to_be, proto_num
 
 FLOW_DTYPE = np.dtype([("saddr", "<u4"), ("daddr", "<u4"), ("sport", "<u2"), ("dport", "<u2"),
                        ("proto", "u1"), ("pad", "u1", 3)])
