@@ -7,7 +7,7 @@
 By default the socket is made inside the testbed's management netns (where the controller
 sits); `ns=None` keeps the caller's netns (an agent pushing to a peer). One connection, opened
 on first use, one request at a time. `delay_ms` (and `rate_mbit`) put the connection behind an
-emulated control link (nfx.control.link): each frame arrives `delay_ms` after it was sent, and
+emulated link (nfx/agent/link.py): each frame arrives `delay_ms` after it was sent, and
 streams of frames are pipelined through it. A caller that holds the testbed's record already
 (the controller, once per move) makes its clients with `AgentClient.for_node`, which reads
 nothing from disk. A move's streams have their own calls: move_get, move_dist, move_ctrl

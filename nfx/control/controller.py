@@ -31,7 +31,7 @@ log = logging.getLogger("nfx.controller")
 
 
 class DelayedSteering:
-    """The switches behind a control link (nfx.control.link): rule changes and packet-outs reach
+    """The switches behind a control link (nfx/agent/link.py): rule changes and packet-outs reach
     the switch side one delay after they are sent and are carried out there in the order sent;
     a rule change is acknowledged (one more delay), a packet-out is not. `applied_at` is when
     the last rule change took effect (perf_counter)."""

@@ -5,7 +5,7 @@ goes. Rule ids index `sw_rules` and `sw_counters`; id 0 is never handed out. Wil
 a small array whose slot order is their priority (lower `prio` first); `prio` is stored in the
 slot too, so any process that reopens the pins can keep the order. Ports are interface names
 in the switch's netns (or raw ifindexes). A rule armed with a token is passed over until a
-trigger with that token (nfx/control/frames.py) has reached the switch on an NF-facing port.
+trigger with that token (nfx/frames.py) has reached the switch on an NF-facing port.
 Ports have roles (`set_port_role`): a port facing a host drops nfx's reserved marks (IBC and
 trigger TOS) except the controller's IBC of the epoch set with `expect_ibc`; triggers count only
 on ports facing an NF; a port with no role counts as facing a host.
@@ -84,7 +84,7 @@ class CtrlPacket(NamedTuple):
     data: bytes
 
 
-# ---- conversions between Python values and the wire-order fields in nfx.h ----
+# ---- conversions between Python values and the wire-order fields in nfx_switch.h ----
 def _addr(a: str) -> int:
     return struct.unpack("=I", ipaddress.IPv4Address(a).packed)[0]
 

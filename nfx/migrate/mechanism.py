@@ -29,7 +29,7 @@ source to go quiet and the destination to settle, the steering, the rollback. Wh
 
 The data link between instances (data_delay_ms, data_rate_mbit) is emulated on what the
 agents send each other (dist: the source's requests to dst, its state push and ReleaseBuffer),
-through the same link emulation as the control link (nfx/control/link.py). Packets the source
+through the same link emulation as the control link (nfx/agent/link.py). Packets the source
 redirects over the peer link and the dt trigger are XDP frames: nothing is added to them.
 
 Adding a mechanism: a module here with a Mechanism subclass (its controller side), its agent

@@ -75,7 +75,7 @@ def _monotonic_ns() -> int:
 
 
 class NAT_MAPS(NF_MAPS):
-    # alt_values: the NFX_NAT_V2 build's entries (a hot upgrade, nfx/nfs/upgrade.py)
+    # alt_values: the NFX_NAT_V2 build's entries (a hot upgrade, nfx/upgrade/)
     nat_fwd = MapSpec("nat_fwd", L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
     nat_rev = MapSpec("nat_rev", L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
     nat_ports = MapSpec("nat_ports", L.NatPort, L.FlowKey)

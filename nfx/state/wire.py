@@ -6,8 +6,8 @@
     CHUNK  = u32 header length | JSON chunk header | keys (count × key_size) | values (count × value_size)
 
 A chunk header names its table, scope, NF kind, entry count, key and value sizes, CPU count for
-per-CPU values, and the layout hash of nfx.h it was written with: a reader refuses chunks of
-another layout. Keys and values travel as the kernel's raw bytes (what batch ops read and write)."""
+per-CPU values, and the layout hash of the NF kind's headers it was written with: a reader
+refuses chunks of another layout. Keys and values travel as the kernel's raw bytes (what batch ops read and write)."""
 import json
 import struct
 from dataclasses import dataclass

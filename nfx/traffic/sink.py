@@ -47,7 +47,7 @@ def window_words(nflows: int, window: int | None = None) -> int:
 
 
 def bucket_bounds(i: int) -> tuple[int, int]:
-    """[low, high) in ns of latency bucket i (layout described in nfx.h)."""
+    """[low, high) in ns of latency bucket i (layout described in nfx_bench.h)."""
     s = L.LAT_SUB
     if i < s:
         return i, i + 1
