@@ -26,7 +26,7 @@ from ..loader import netns
 from ..state import ops, wire
 from .. import registry
 from . import link
-from .client_streams import DistStream, Subscription
+from .client_streams import Channel, DistStream, Subscription
 from .protocol import PORT
 
 RETRY_OPS = {"ping", "info", "stats", "get", "marks"}
@@ -412,7 +412,7 @@ class AgentClient(ClosedWhenCollected):
         if fire:
             args["fire"] = f"{fire:x}"
         self._begin("move_dist", args)
-        return DistStream(self)
+        return DistStream(self._channel())
 
     def move_ctrl(self) -> Iterator[bytes]:
         """The packets a TO_CTRL source sends up (one blob of buffer records per frame), until
@@ -425,10 +425,13 @@ class AgentClient(ClosedWhenCollected):
                 return
             yield base64.b64decode(obj["packets"])
 
+    def _channel(self) -> Channel:
+        return Channel(self.read_frame, self._write, self.close, lambda: self._sock is not None, self.instance)
+
     def subscribe(self, streams=("stats",), interval: float = 1.0) -> Subscription:
         self._begin("subscribe", {"streams": list(streams), "interval": interval})
         r = self._reply("subscribe")
-        return Subscription(self, r)
+        return Subscription(self._channel(), r)
 
 
 def _scopes_arg(scopes):

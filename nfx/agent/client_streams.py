@@ -1,14 +1,22 @@
 """The streams that hold an AgentClient's connection while they last: a move_dist in flight
 (DistStream) and a subscription's events (Subscription). Both read and write through the
-client's own transport; the client opens them (AgentClient.move_dist, .subscribe)."""
+client's connection, handed to them as a Channel; the client opens them (AgentClient.move_dist,
+.subscribe)."""
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ..errors import NfxError, from_wire
 from ..state import wire
 
-if TYPE_CHECKING:
-    from .client import AgentClient
+
+class Channel(NamedTuple):
+    """A client's connection as a stream uses it."""
+    read: Callable            # read(wait=None) -> (kind, obj), or None if nothing came in `wait` s
+    write: Callable           # write(frames)
+    close: Callable           # close the connection
+    is_open: Callable         # is_open() -> bool
+    peer: str                 # the instance, for messages
 
 
 class DistStream:
@@ -16,19 +24,18 @@ class DistStream:
     close() in any case. Closed before done, while the agent has more to send, it closes the
     connection: it is out of step."""
 
-    def __init__(self, client: "AgentClient"):
-        self.client = client
+    def __init__(self, ch: Channel):
+        self.ch = ch
         self.finished = False
 
     def _next(self, want: int) -> dict:
-        c = self.client
-        kind, obj = c.read_frame()
+        kind, obj = self.ch.read()
         if kind == wire.ERROR:
             self.finished = True
-            from_wire(obj, f"{c.instance}: ")
+            from_wire(obj, f"{self.ch.peer}: ")
         if kind != want:
-            c.close()
-            raise NfxError(f"unexpected frame kind {kind} from {c.instance} during a move")
+            self.ch.close()
+            raise NfxError(f"unexpected frame kind {kind} from {self.ch.peer} during a move")
         return obj
 
     def held(self) -> dict:
@@ -37,7 +44,7 @@ class DistStream:
 
     def go(self) -> None:
         """MovePerFlow, after held(): the source starts the push."""
-        self.client._write(wire.encode_json({"go": True}))
+        self.ch.write(wire.encode_json({"go": True}))
 
     def done(self) -> dict:
         """The state is in at dst: the transfer's figures (END)."""
@@ -48,15 +55,15 @@ class DistStream:
     def close(self) -> None:
         if not self.finished:
             self.finished = True
-            self.client.close()
+            self.ch.close()
 
 
 class Subscription:
     """Events of a subscribe request: iterate, or next_event(timeout); close() ends it (the
     connection stays usable)."""
 
-    def __init__(self, client: "AgentClient", reply: dict):
-        self.client = client
+    def __init__(self, ch: Channel, reply: dict):
+        self.ch = ch
         self.streams = reply.get("streams", [])
         self.unavailable = reply.get("unavailable", {})
         self.open = True
@@ -67,7 +74,7 @@ class Subscription:
         if not self.open:
             return None
         try:
-            fr = self.client.read_frame(wait=timeout)
+            fr = self.ch.read(wait=timeout)
             if fr is None:
                 return None
             kind, obj = fr
@@ -76,7 +83,7 @@ class Subscription:
             raise
         if kind == wire.ERROR:
             self.open = False
-            from_wire(obj, f"{self.client.instance}: ")
+            from_wire(obj, f"{self.ch.peer}: ")
         if kind == wire.END:
             self.open = False
             self.summary = obj
@@ -100,12 +107,12 @@ class Subscription:
 
     def close(self) -> dict | None:
         """End the subscription: ask the agent to stop and skip events up to its END."""
-        if not self.open or self.client._sock is None:
+        if not self.open or not self.ch.is_open():
             self.open = False
             return self.summary
-        self.client._write(wire.encode_json({"op": "stop"}))
+        self.ch.write(wire.encode_json({"op": "stop"}))
         while self.open:
-            kind, obj = self.client.read_frame()
+            kind, obj = self.ch.read()
             if kind in (wire.END, wire.ERROR):
                 self.open = False
                 self.summary = obj
@@ -118,4 +125,4 @@ class Subscription:
         try:
             self.close()
         except NfxError:
-            self.client.close()
+            self.ch.close()
