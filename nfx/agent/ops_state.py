@@ -31,6 +31,26 @@ def _xdp_ids(ifnames) -> dict:
     return {i: att[i][0] if i in att else None for i in ifnames}
 
 
+
+def _in_threads(fns: list, names: list[str]) -> list:
+    """Each fn on a thread of its own; their results in order, or the first error, raised here in
+    the request's thread."""
+    out, errors = [None] * len(fns), []
+
+    def work(i):
+        try:
+            out[i] = fns[i]()
+        except BaseException as e:
+            errors.append(e)
+    ts = [threading.Thread(target=work, args=(i,), name=names[i]) for i in range(len(fns))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
 class StateOps:
     """Mixed into the agent (nfx/agent/server.py): needs the instance (nfx/agent/instance.py)."""
 
@@ -79,22 +99,9 @@ class StateOps:
         time in the kernel (per hash bucket) with the GIL released, so scopes overlap on two CPUs."""
         if not parallel or len(scopes) < 2:
             return list(ops.export(self.nf, scopes, flt, ce))
-        out: dict[str, list] = {}
-        errors = []
-
-        def work(scope):
-            try:
-                out[scope] = list(ops.export(self.nf, (scope,), flt, ce))
-            except BaseException as e:      # re-raised below, in the request's thread
-                errors.append(e)
-        ts = [threading.Thread(target=work, args=(sc,), name=f"export-{sc}") for sc in scopes]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        if errors:
-            raise errors[0]
-        chunks = [c for sc in scopes for c in out[sc]]
+        out = _in_threads([lambda sc=sc: list(ops.export(self.nf, (sc,), flt, ce)) for sc in scopes],
+                          [f"export-{sc}" for sc in scopes])
+        chunks = [c for part in out for c in part]
         for i, c in enumerate(chunks):
             c.seq = i
         return chunks
@@ -167,22 +174,10 @@ class StateOps:
             i = loads.index(min(loads))
             groups[i].append(c)
             loads[i] += c.count
-        out, errors = [None] * len(cpus), []
-
-        def work(i):
-            try:
-                os.sched_setaffinity(0, {cpus[i]})       # this thread only
-                out[i] = fn(groups[i])
-            except BaseException as e:
-                errors.append(e)
-        ts = [threading.Thread(target=work, args=(i,), name=f"cpu{cpus[i]}") for i in range(len(cpus))]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        if errors:
-            raise errors[0]
-        return out
+        def on_cpu(i):
+            os.sched_setaffinity(0, {cpus[i]})           # this thread only
+            return fn(groups[i])
+        return _in_threads([lambda i=i: on_cpu(i) for i in range(len(cpus))], [f"cpu{c}" for c in cpus])
 
     def _apply(self, chunks: list, parallel: bool) -> dict:
         """ops.put, spread over the CPUs when there is enough to do."""
