@@ -9,6 +9,7 @@ import time
 from . import bpfsys, netns
 from .attach import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
 from .compile import _captured_stderr
+from .netlink import Netlink
 
 MAP_DEVMAP_HASH = 17
 MAP_TYPE_NAMES = {bpfsys.MAP_HASH: "hash", bpfsys.MAP_ARRAY: "array", bpfsys.MAP_PERCPU_HASH: "percpu_hash",
@@ -53,8 +54,9 @@ def park(ns: str, new_fd: int, old_fd: int, mode: str) -> tuple[bool, float, str
     the attach call; parked, a swap is a pointer exchange. Returns (ok, ms the attaches took,
     the failure's message). The pair exists from here on: `unpark` removes it."""
     a, b = PARK
-    netns.ip("link", "del", a, ns=ns, check=False)
-    netns.ip("link", "add", a, "type", "veth", "peer", "name", b, ns=ns)
+    with Netlink(ns) as nl:
+        nl.delete(a, missing_ok=True)
+        nl.veth(a, b, up=False)
     log_: list[str] = []
     t = time.perf_counter()
     with netns.enter(ns), _captured_stderr(log_):
@@ -64,7 +66,8 @@ def park(ns: str, new_fd: int, old_fd: int, mode: str) -> tuple[bool, float, str
 
 def unpark(ns: str) -> None:
     if netns.exists(ns):
-        netns.ip("link", "del", PARK[0], ns=ns, check=False)
+        with Netlink(ns) as nl:
+            nl.delete(PARK[0], missing_ok=True)
 
 
 def rcu_sync() -> float:
