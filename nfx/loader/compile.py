@@ -26,7 +26,7 @@ def _bcc():
 
 
 @contextlib.contextmanager
-def _captured_stderr(keep):
+def captured_stderr(keep):
     """BCC and the verifier print on fd 2; collect it so an error can carry it."""
     with tempfile.TemporaryFile(mode="w+") as err:
         saved = os.dup(2)
@@ -122,7 +122,7 @@ def load(b, fn_name: str, kind: str = "xdp"):
     prog_type = {"xdp": bcc.BPF.XDP, "tc": bcc.BPF.SCHED_CLS}[kind]
     log: list[str] = []
     try:
-        with _captured_stderr(log):
+        with captured_stderr(log):
             return b.load_func(fn_name.encode(), prog_type)
     except Exception as e:
         raise BpfError(f"the verifier rejected {fn_name}: {e}\n{log[0][-6000:]}") from None

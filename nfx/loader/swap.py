@@ -8,7 +8,7 @@ import time
 
 from . import bpfsys, netns
 from .attach import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
-from .compile import _captured_stderr
+from .compile import captured_stderr
 from .netlink import Netlink
 
 MAP_DEVMAP_HASH = 17
@@ -38,7 +38,7 @@ def replace_all(ns: str, ifaces: list[str], fd: int, modes: dict[str, str]) -> t
     succeeded, perf_counter_ns before the first and after each success, the failure's message)."""
     done = 0
     log_: list[str] = []
-    with netns.enter(ns), _captured_stderr(log_):
+    with netns.enter(ns), captured_stderr(log_):
         stamps = [time.perf_counter_ns()]
         for ifn in ifaces:
             if replace_xdp(ifn, fd, modes[ifn]) != 0:
@@ -59,7 +59,7 @@ def park(ns: str, new_fd: int, old_fd: int, mode: str) -> tuple[bool, float, str
         nl.veth(a, b, up=False)
     log_: list[str] = []
     t = time.perf_counter()
-    with netns.enter(ns), _captured_stderr(log_):
+    with netns.enter(ns), captured_stderr(log_):
         ok = replace_xdp(a, new_fd, mode) == 0 and replace_xdp(b, old_fd, mode) == 0
     return ok, (time.perf_counter() - t) * 1e3, (log_ or [""])[0].strip()
 
