@@ -13,7 +13,7 @@ from ..gate import Gate, check_ports
 from .. import filter as F
 from ..state import ops
 from .protocol import ACTIONS, action_num
-from .transport import _filter, _int
+from .transport import arg_filter, arg_int
 
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
 KEY_BYTES = ct.sizeof(L.FlowKey)
@@ -53,7 +53,7 @@ class GateOps:
         keys = np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, KEY_BYTES) if out else \
             np.zeros((0, KEY_BYTES), dtype=np.uint8)
         if req.get("filter") is not None:
-            flt = _filter(req)
+            flt = arg_filter(req)
             parts = [keys]
             for c in ops.export(self.nf, ("per-flow",), flt):
                 if c.key_size != KEY_BYTES:
@@ -80,9 +80,9 @@ class GateOps:
 
     def op_mark(self, sock, r, req) -> dict:
         action = action_num(req.get("action", "process"))
-        peer = _int(req, "peer", 0, 0, 0xFFFFFFFF)
-        tag = _int(req, "tag", 0, 0, 0xFFFFFFFF)
-        epoch = _int(req, "epoch", 0, 0, 0xFFFFFFFF)
+        peer = arg_int(req, "peer", 0, 0, 0xFFFFFFFF)
+        tag = arg_int(req, "tag", 0, 0, 0xFFFFFFFF)
+        epoch = arg_int(req, "epoch", 0, 0, 0xFFFFFFFF)
         keys = self._flow_keys(req)
         with self.lock:
             Gate(self.nf).mark(self._keys_array(keys), action, epoch=epoch, peer=peer, tag=tag)
@@ -94,7 +94,7 @@ class GateOps:
         return {"unmarked": done}
 
     def op_marks(self, sock, r, req) -> dict:
-        limit = _int(req, "limit", 10000, 0, 1 << 24)
+        limit = arg_int(req, "limit", 10000, 0, 1 << 24)
         n, keys, vals = self.nf.maps["nfx_marks"].export()
         marks = []
         for i in range(min(n, limit)):
@@ -115,18 +115,18 @@ class GateOps:
         return {"count": n, "marks": marks, "filters": filters, "gate": {"marks": g.marks, "filters": g.filters}}
 
     def op_filter(self, sock, r, req) -> dict:
-        slot = _int(req, "slot", None, 0, L.MAX_FILTERS - 1) if "slot" in req else None
+        slot = arg_int(req, "slot", None, 0, L.MAX_FILTERS - 1) if "slot" in req else None
         if slot is None:
             raise BadInput(f"filter needs 'slot' (0..{L.MAX_FILTERS - 1})")
         if req.get("clear"):
             with self.lock:
                 Gate(self.nf).clear_filter(slot)
             return {"slot": slot, "cleared": True}
-        flt = _filter(req)
+        flt = arg_filter(req)
         check_ports(flt)          # refused before anything changes
         action = action_num(req.get("action", "process"))
         bidir = bool(req.get("bidir", True))
-        peer, tag = _int(req, "peer", 0, 0, 0xFFFFFFFF), _int(req, "tag", 0, 0, 0xFFFFFFFF)
+        peer, tag = arg_int(req, "peer", 0, 0, 0xFFFFFFFF), arg_int(req, "tag", 0, 0, 0xFFFFFFFF)
         with self.lock:
             Gate(self.nf).set_filter(slot, flt, action, peer=peer, tag=tag, bidir=bidir)
         return {"slot": slot, "filter": flt.text, "action": ACTION_NAMES[action], "bidir": bidir}

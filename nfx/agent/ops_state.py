@@ -14,7 +14,7 @@ from ..state.tables import tables
 from . import streams
 from .client import AgentClient
 from .protocol import PORT, REQUEST_MAX
-from .transport import KIND_NAMES, _Closed, _filter, _header, _int, _scopes, _send
+from .transport import KIND_NAMES, Closed, arg_filter, arg_int, arg_scopes, read_header, send_frames
 
 log = logging.getLogger("nfx.agent")
 
@@ -84,8 +84,8 @@ class StateOps:
         return {"instance": self.instance, "stats": self.nf.stats()}
 
     def _export(self, req) -> tuple[list, dict]:
-        scopes, flt = _scopes(req), _filter(req)
-        ce = _int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22)
+        scopes, flt = arg_scopes(req), arg_filter(req)
+        ce = arg_int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22)
         t0 = time.perf_counter()
         chunks = self._export_chunks(scopes, flt, ce, req.get("parallel", True))
         summary = {"chunks": len(chunks), "entries": sum(c.count for c in chunks),
@@ -108,11 +108,11 @@ class StateOps:
 
     def op_get(self, sock, r, req) -> None:
         chunks, summary = self._export(req)
-        _send(sock, wire.encode_json({"ok": True, "op": "get", **summary}))
+        send_frames(sock, wire.encode_json({"ok": True, "op": "get", **summary}))
         t0 = time.perf_counter()
         for c in chunks:
-            _send(sock, wire.encode_chunk(c))
-        _send(sock, wire.encode_json({"chunks": summary["chunks"], "entries": summary["entries"],
+            send_frames(sock, wire.encode_chunk(c))
+        send_frames(sock, wire.encode_json({"chunks": summary["chunks"], "entries": summary["entries"],
                                       "bytes": summary["bytes"], "send_s": time.perf_counter() - t0}, wire.END))
         return None
 
@@ -122,9 +122,9 @@ class StateOps:
         t0 = time.perf_counter()
         chunks, problem, end = [], None, None
         while True:
-            h = _header(r, sock)
+            h = read_header(r, sock)
             if h is None:
-                raise _Closed("closed during a put")
+                raise Closed("closed during a put")
             kind, length = h
             if kind == wire.END:
                 if length > REQUEST_MAX:
@@ -186,7 +186,7 @@ class StateOps:
                 "failed": [f for o in outs for f in o["failed"]], "entries": sum(o["entries"] for o in outs)}
 
     def op_del(self, sock, r, req) -> dict:
-        scopes, flt = _scopes(req), _filter(req)
+        scopes, flt = arg_scopes(req), arg_filter(req)
         chunks = self._export_chunks(scopes, flt, ops.CHUNK_ENTRIES, True)
 
         def delete(group):

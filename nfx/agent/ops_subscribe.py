@@ -8,7 +8,7 @@ from ..errors import BadInput
 from ..state import wire
 from . import streams
 from .protocol import jsonable
-from .transport import _Closed, _header, _send
+from .transport import Closed, read_header, send_frames
 
 
 class SubscribeOps:
@@ -57,7 +57,7 @@ class SubscribeOps:
             if not own and not joined:
                 raise BadInput("no stream to subscribe to: " +
                                "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
-            _send(sock, wire.encode_json({"ok": True, "op": "subscribe", "streams": list(own) + list(joined),
+            send_frames(sock, wire.encode_json({"ok": True, "op": "subscribe", "streams": list(own) + list(joined),
                                           "unavailable": unavailable}))
             events = 0
             while True:
@@ -71,17 +71,17 @@ class SubscribeOps:
                         except Exception:
                             break
                 for n, ev in out:
-                    _send(sock, wire.encode_json({"stream": n, "ts": time.time(), **jsonable(ev)}))
+                    send_frames(sock, wire.encode_json({"stream": n, "ts": time.time(), **jsonable(ev)}))
                 events += len(out)
                 rd, _, _ = select.select([sock], [], [], 0.01 if out else 0.05)
                 if rd:
                     # anything from the client ends the subscription; EOF ends the connection
-                    h = _header(r, sock)
+                    h = read_header(r, sock)
                     if h is None:
-                        raise _Closed("subscriber left")
+                        raise Closed("subscriber left")
                     r.skip(h[1])
                     dropped = sum(hub.dropped for hub, _ in joined.values())
-                    _send(sock, wire.encode_json({"events": events, "dropped": dropped}, wire.END))
+                    send_frames(sock, wire.encode_json({"events": events, "dropped": dropped}, wire.END))
                     return None
         finally:
             for n, (hub, q) in joined.items():

@@ -41,27 +41,27 @@ def _linger_close(sock, limit: int = 1 << 20, seconds: float = 1.0) -> None:
         pass
 
 
-class _Closed(Exception):
+class Closed(Exception):
     """The peer went away mid-request."""
 
 
-def _send(sock, parts) -> int:
+def send_frames(sock, parts) -> int:
     return wire.write(sock, parts)
 
 
-def _header(r, sock):
+def read_header(r, sock):
     """The next frame header inside a request (a put's chunks, a subscriber's stop): a stream out
     of step ends the connection, after an ERROR that says so."""
     try:
         return r.header()
     except wire.WireError as e:
-        _send(sock, error_frame(BadInput(f"malformed frame: {e}; nothing was applied; closing the connection")))
+        send_frames(sock, error_frame(BadInput(f"malformed frame: {e}; nothing was applied; closing the connection")))
         _linger_close(sock)
-        raise _Closed(f"malformed frame: {e}") from None
+        raise Closed(f"malformed frame: {e}") from None
 
 
 # ---- request arguments the ops share ----
-def _scopes(req) -> tuple[str, ...]:
+def arg_scopes(req) -> tuple[str, ...]:
     s = req.get("scopes")
     if s is None or isinstance(s, str):
         return parse_scopes(s)
@@ -71,14 +71,14 @@ def _scopes(req) -> tuple[str, ...]:
     return tuple(s)
 
 
-def _filter(req) -> F.Filter:
+def arg_filter(req) -> F.Filter:
     f = req.get("filter")
     if f is not None and not isinstance(f, str):
         raise BadInput("filter: a string such as 'proto=udp src=10.0.1.0/24'")
     return F.parse(f)
 
 
-def _int(req, name, default, lo, hi) -> int:
+def arg_int(req, name, default, lo, hi) -> int:
     v = req.get(name, default)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise BadInput(f"{name}: an integer in {lo}..{hi}, not {v!r}")
@@ -147,7 +147,7 @@ class Transport:
                     h = r.header()
                 except wire.WireError as e:
                     # out of step: nothing after this can be trusted
-                    _send(sock, error_frame(BadInput(f"malformed frame: {e}; closing the connection")))
+                    send_frames(sock, error_frame(BadInput(f"malformed frame: {e}; closing the connection")))
                     log.warning("%s: malformed frame: %s", who, e)
                     _linger_close(sock)
                     return
@@ -156,21 +156,21 @@ class Transport:
                 kind, length = h
                 if kind != wire.JSON:
                     r.skip(length)
-                    _send(sock, error_frame(BadInput(
+                    send_frames(sock, error_frame(BadInput(
                         f"expected a JSON request frame, got a {KIND_NAMES[kind]} frame ({length} bytes): ignored")))
                     continue
                 if length > REQUEST_MAX:
                     r.skip(length)
-                    _send(sock, error_frame(BadInput(f"request frame of {length} bytes is over the "
+                    send_frames(sock, error_frame(BadInput(f"request frame of {length} bytes is over the "
                                                      f"{REQUEST_MAX}-byte limit: ignored")))
                     continue
                 try:
                     req = r.body(kind, length)
                 except wire.WireError as e:
-                    _send(sock, error_frame(BadInput(f"malformed request: {e}")))
+                    send_frames(sock, error_frame(BadInput(f"malformed request: {e}")))
                     continue
                 self._request(sock, r, req, who)
-        except (_Closed, ConnectionError, socket.timeout, wire.WireError) as e:
+        except (Closed, ConnectionError, socket.timeout, wire.WireError) as e:
             log.info("%s: connection ended: %s", who, e)
         except OSError as e:
             log.info("%s: connection ended: %s", who, e)
@@ -185,12 +185,12 @@ class Transport:
         self.requests += not counted
         if not token_ok(token, self._token):
             log.warning("%s: %s refused: %s", who, op, "no token" if token is None else "wrong token")
-            _send(sock, error_frame(refused(token), op))
+            send_frames(sock, error_frame(refused(token), op))
             if op == "put":
                 self._drain(r, sock)
             return
         if not isinstance(op, str) or op not in self.handlers:
-            _send(sock, error_frame(BadInput(f"unknown op {op!r}: ops are {', '.join(OPS)}")))
+            send_frames(sock, error_frame(BadInput(f"unknown op {op!r}: ops are {', '.join(OPS)}")))
             return
         log.info("%s: %s", who, op)
         t0 = time.perf_counter()
@@ -199,34 +199,34 @@ class Transport:
                 self._current()
             except NfxError as e:
                 log.warning("%s: re-adopting the pins failed: %s", who, e)
-                _send(sock, error_frame(e, op))
+                send_frames(sock, error_frame(e, op))
                 if op == "put":
                     self._drain(r, sock)
                 return
         try:
             res = self.handlers[op](sock, r, req)
             if res is not None:
-                _send(sock, wire.encode_json({"ok": True, "op": op, **res}))
-        except (_Closed, ConnectionError, BrokenPipeError):
+                send_frames(sock, wire.encode_json({"ok": True, "op": op, **res}))
+        except (Closed, ConnectionError, BrokenPipeError):
             raise
         except NfxError as e:
             log.warning("%s: %s failed: %s", who, op, e)
-            _send(sock, error_frame(e, op))
+            send_frames(sock, error_frame(e, op))
         except Exception as e:
             # unexpected: say so, then end the connection (a stream may be half read)
             log.exception("%s: %s failed", who, op)
-            _send(sock, error_frame(e, op))
+            send_frames(sock, error_frame(e, op))
             _linger_close(sock)
-            raise _Closed(f"{op} failed: {e!r}") from None
+            raise Closed(f"{op} failed: {e!r}") from None
         else:
             log.info("%s: %s done in %.3f s", who, op, time.perf_counter() - t0)
 
     def _drain(self, r, sock) -> None:
         """Skip a refused put's chunks up to its END, so the connection stays in step."""
         while True:
-            h = _header(r, sock)
+            h = read_header(r, sock)
             if h is None:
-                raise _Closed("closed during a put")
+                raise Closed("closed during a put")
             kind, length = h
             if kind == wire.END:
                 r.skip(length)
