@@ -13,7 +13,7 @@ from ..nfs.nat import pool_hash
 from .. import registry
 from ..testbed import builder, topology
 from ..traffic.report import measure
-from ..traffic.rig import _hosts, rig
+from ..traffic.rig import gen_and_sink_hosts, rig
 
 # NF reason counters that mean a packet went nowhere (not v_drop: buffered and to-controller
 # packets are copied to the ring and then dropped; nor r_op_pre_ibc: op drops the switch's copy
@@ -46,7 +46,7 @@ def addressing(flows: int, host_ip: str, inside: str, pool_count: int, span: int
 
 def traffic_rig(name: str, flows: int):
     """nfx.traffic.rig.rig, with the source addresses planned by `addressing`."""
-    src, _ = _hosts(registry.load(name))
+    src, _ = gen_and_sink_hosts(registry.load(name))
     cfg = builder.instance(name, "nf0").config()
     first, fpa = addressing(flows, src["addr"].split("/")[0], str(ipaddress.IPv4Interface(src["addr"]).network),
                             cfg.pool_count, cfg.port_hi - cfg.port_lo + 1)

@@ -20,7 +20,7 @@ import numpy as np
 from .. import layout as L
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
-from ..nfs.nat import _monotonic_ns, parse_pool
+from ..nfs.nat import monotonic_ns, parse_pool
 from ..nfs.nat import pool_hash
 from .. import registry
 from ..testbed import builder, topology
@@ -87,7 +87,7 @@ def synth_nat(n: int, pool: str = POOL, port_lo: int = 20000, port_hi: int = 599
     rev_k["saddr"], rev_k["daddr"] = _be32(remote), _be32(pub)
     rev_k["sport"], rev_k["dport"], rev_k["proto"] = _be16(out_sport), _be16(pport), proto
 
-    now = _monotonic_ns()
+    now = monotonic_ns()
     age = rng.integers(1, 240, size=n, dtype=np.int64) * 1_000_000_000
     idle = rng.integers(0, 20_000, size=n, dtype=np.int64) * 1_000_000
     created = np.maximum(now - age, 1).astype(np.uint64)

@@ -69,7 +69,7 @@ class NatConfig:
         return c
 
 
-def _monotonic_ns() -> int:
+def monotonic_ns() -> int:
     # bpf_ktime_get_ns() is CLOCK_MONOTONIC
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
@@ -97,7 +97,7 @@ class NAT(NF):
 
     def mappings(self) -> list[dict]:
         """One record per connection: inside flow, public address/port, both directions' counters."""
-        now = _monotonic_ns()
+        now = monotonic_ns()
         n, keys, vals = self.maps.nat_fwd.export()
         rev = self.maps.nat_rev
         out = []
@@ -118,7 +118,7 @@ class NAT(NF):
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Evict idle connections (both entries and the port), as the datapath would on reuse."""
-        now = now_ns if now_ns is not None else _monotonic_ns()
+        now = now_ns if now_ns is not None else monotonic_ns()
         cfg = self.config()
         to = {p: cfg.timeout_ns[i] for p, i in (("udp", L.NatTimeout.UDP), ("icmp", L.NatTimeout.ICMP))}
         n, keys, vals = self.maps.nat_fwd.export()

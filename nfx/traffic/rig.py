@@ -13,7 +13,7 @@ from .sink import Sink
 DPORT = 9000
 
 
-def _hosts(rec) -> tuple[dict, dict]:
+def gen_and_sink_hosts(rec) -> tuple[dict, dict]:
     hosts = {n: i for n, i in rec.get("nodes", {}).items() if i["role"] == "host"}
     src = [i for i in hosts.values() if "gen_if" in i]
     dst = [i for i in hosts.values() if "gen_if" not in i]
@@ -30,7 +30,7 @@ def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_
     rec = registry.load(name)
     if rec.get("status") != "up":
         raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
-    src, dst = _hosts(rec)
+    src, dst = gen_and_sink_hosts(rec)
     # the next hop's real MAC: switches ignore it, a kernel router (the baseline) needs it
     peer_mac = _peer_mac(rec, src)
     gen = sink = None
