@@ -95,23 +95,19 @@ class GateOps:
 
     def op_marks(self, sock, r, req) -> dict:
         limit = arg_int(req, "limit", 10000, 0, 1 << 24)
-        n, keys, vals = self.nf.maps["nfx_marks"].export()
+        gate = Gate(self.nf)
+        held = gate.marks()
+        n = len(held)
         marks = []
-        for i in range(min(n, limit)):
-            v = vals[i]
+        for k, v in list(held.items())[:limit]:
             m = {f: getattr(v, f) for f, _ in L.Mark._fields_ if f not in ("lock", "pad")}
             m["action"] = ACTION_NAMES.get(v.action, v.action)
-            marks.append({"flow": key_fields(keys[i]), **m})
-        filters = []
-        fm = self.nf.maps["nfx_filters"]
-        for slot in range(L.MAX_FILTERS):
-            f = fm.get(L.u32(slot))
-            if f is not None and f.flags & L.FILTER_USED:
-                filters.append({"slot": slot, "src": _prefix_str(f.saddr, f.smask), "dst": _prefix_str(f.daddr, f.dmask),
-                                "sport": socket.ntohs(f.sport), "dport": socket.ntohs(f.dport), "proto": f.proto,
-                                "action": ACTION_NAMES.get(f.action, f.action), "bidir": bool(f.flags & L.FILTER_BIDIR),
-                                "peer": f.peer, "tag": f.tag})
-        g = self.nf._gate_cfg()
+            marks.append({"flow": key_fields(L.FlowKey.from_buffer_copy(k)), **m})
+        filters = [{"slot": slot, "src": _prefix_str(f.saddr, f.smask), "dst": _prefix_str(f.daddr, f.dmask),
+                    "sport": socket.ntohs(f.sport), "dport": socket.ntohs(f.dport), "proto": f.proto,
+                    "action": ACTION_NAMES.get(f.action, f.action), "bidir": bool(f.flags & L.FILTER_BIDIR),
+                    "peer": f.peer, "tag": f.tag} for slot, f in gate.filters().items()]
+        g = gate.cfg()
         return {"count": n, "marks": marks, "filters": filters, "gate": {"marks": g.marks, "filters": g.filters}}
 
     def op_filter(self, sock, r, req) -> dict:

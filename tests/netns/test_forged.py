@@ -96,7 +96,7 @@ def test_wrong_token_through_the_client_raises_refused(tb, monkeypatch):
         r = real(n)
         r["token"] = "f" * 32
         return r
-    monkeypatch.setattr(state, "load", load)
+    monkeypatch.setattr(registry, "load", load)
     with pytest.raises(Refused, match="wrong token") as e:
         controller.call(tb["name"], "GET", "/status")
     assert e.value.exit_code == 9
