@@ -3,6 +3,7 @@ the same measured runs (nothing hard-coded: state bytes, chunks, move time and t
 come from the move and the traffic), LF lost and duplicated nothing, and the bench's testbed is
 gone afterwards. Plus the pure helpers: the matrix, the 95% CI, the source addressing."""
 import csv
+import json
 import ipaddress
 import os
 import subprocess
@@ -29,7 +30,7 @@ def test_bench_move_tiny(tmp_path):
                  # window is about a millisecond, and a pause of the generator's can leave it empty
                  "--ctrl-delay-ms", "5", "--csv", str(path), timeout=300)
     assert r["mode"] == "matrix" and r["cells"] == 2 and len(r["runs"]) == 2 and r["csv"] == str(path)
-    assert r["violations"] == []
+    assert r["violations"] == [], json.dumps(r["violations"])
     for run in r["runs"]:
         assert run["guarantee"] == "lf" and run["opts"] == "pz" and run["ok"] and run["verdict"] == "ok", run
         assert run["sent"] == RATE * DURATION and run["received"] == run["sent"]

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from nfx import registry
+from nfx.gate import Gate
 from nfx.procs import agents, controller
 from nfx.testbed import builder
 from nfx.traffic.report import measure
@@ -226,7 +227,6 @@ def test_destination_dies_half_way_rolls_back(tb, opts, data_delay_ms):
     # src kept processing: the traffic after the failed move went through nf0
     assert r["received"] > 0.9 * r["sent"]
     assert len(per_flow(name, "nf0")) == FLOWS and per_flow(name, "nf1") == {}
-    from nfx.gate import Gate
     assert Gate(builder.instance(name, "nf0")).marks() == {} and Gate(builder.instance(name, "nf1")).marks() == {}
     no_armed_rules(name)
 
