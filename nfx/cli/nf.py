@@ -4,11 +4,12 @@ import typer
 from rich.table import Table
 
 from .. import registry
+from .. import upgrade as up
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 from ..procs import agents
 from ..testbed import builder
-from .common import JsonOpt, NameOpt, emit_json, need_root, out, show
+from .common import JsonOpt, NameOpt, emit_json, need_root, out, progress, show
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and maintain NF instances.")
 InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.g. nf0).")
@@ -154,8 +155,6 @@ def upgrade(name: str = NameOpt, instance: str = InstOpt,
     """Replace an instance's XDP program while it runs, keeping every table and losing no packet.
 
     Without --conversion every table must keep its layout and the new program shares the running one's maps; with it, the converted tables are copied into new maps in two passes around the atomic swap. Any failure before the swap changes nothing."""
-    from .. import upgrade as up
-    from .common import progress
     need_root()
     defines = up.parse_defines(define)
     for k in undefine or []:

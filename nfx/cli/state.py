@@ -7,6 +7,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .. import layout as L
+from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 from ..state import ops
 from ..state.tables import parse_scopes
@@ -22,7 +23,6 @@ TimeoutOpt = typer.Option(120.0, "--timeout", help="Seconds to wait for the agen
 
 
 def _client(name: str, instance: str, timeout: float):
-    from ..agent.client import AgentClient
     return AgentClient(name, instance, timeout=timeout)
 
 
