@@ -41,12 +41,34 @@ def includes(kind: str, bpf_dir: Path = BPF_DIR) -> list[str]:
     return seen
 
 
+_HASHES: dict[tuple[str, str], tuple[tuple, str]] = {}
+
+
+def _stamp(kind: str, bpf_dir: Path) -> tuple:
+    """What the hash depends on, cheaply: the program's and the headers' size and mtime."""
+    files = [bpf_dir / f"{kind}.bpf.c"] + sorted((bpf_dir / "include").glob("*.h"))
+    return tuple((f.name, s.st_mtime_ns, s.st_size) for f in files if (s := _stat(f)))
+
+
+def _stat(f: Path):
+    try:
+        return f.stat()
+    except OSError:
+        return None
+
+
 def layout_hash(kind: str, bpf_dir: Path = BPF_DIR) -> str:
-    """Hash of the text of the layout headers bpf/<kind>.bpf.c includes."""
+    """Hash of the text of the layout headers bpf/<kind>.bpf.c includes. Every state chunk asks
+    for it: kept per process, and worked out again only when a header file changes."""
+    key, stamp = (kind, str(bpf_dir)), _stamp(kind, bpf_dir)
+    hit = _HASHES.get(key)
+    if hit and hit[0] == stamp:
+        return hit[1]
     h = hashlib.sha256()
     for name in sorted(set(includes(kind, bpf_dir)) & set(LAYOUT_HEADERS)):
         h.update(name.encode() + b"\0" + (bpf_dir / "include" / name).read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    _HASHES[key] = (stamp, h.hexdigest()[:16])
+    return _HASHES[key][1]
 
 
 def same_layout(kind: str, written: str | None, running: str) -> bool:
