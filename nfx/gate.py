@@ -35,14 +35,14 @@ FRAME0 = bytes(60)     # the release path grows or shrinks this to each packet
 
 class GATE_MAPS(MapSet):
     """The gate's maps in every NF program (bpf/include/nfx_nf.h)."""
-    nfx_marks = MapSpec("nfx_marks", L.FlowKey, L.Mark)
-    nfx_filters = MapSpec("nfx_filters", L.u32, L.Filter)
-    nfx_gate_cfg = MapSpec("nfx_gate_cfg", L.u32, L.GateCfg)
-    nfx_move_cfg = MapSpec("nfx_move_cfg", L.u32, L.MoveCfg)
-    nfx_move_state = MapSpec("nfx_move_state", L.u32, L.MoveState)
-    nfx_release = MapSpec("nfx_release", L.u32, L.ReleaseSlot)
-    nfx_drain = MapSpec("nfx_drain", L.FlowKey, L.u32)
-    nfx_pktbuf = MapSpec("nfx_pktbuf", RingStandIn, RingStandIn)   # ringbuf: read it with Gate.ring()
+    nfx_marks = MapSpec(L.FlowKey, L.Mark)
+    nfx_filters = MapSpec(L.u32, L.Filter)
+    nfx_gate_cfg = MapSpec(L.u32, L.GateCfg)
+    nfx_move_cfg = MapSpec(L.u32, L.MoveCfg)
+    nfx_move_state = MapSpec(L.u32, L.MoveState)
+    nfx_release = MapSpec(L.u32, L.ReleaseSlot)
+    nfx_drain = MapSpec(L.FlowKey, L.u32)
+    nfx_pktbuf = MapSpec(RingStandIn, RingStandIn)   # ringbuf: read it with Gate.ring()
 
 
 def check_ports(f: Filter) -> tuple[int, int]:

@@ -32,14 +32,14 @@ from ..loader.spec import MapSet, MapSpec
 
 class SWITCH_MAPS(MapSet):
     """The switch program's maps (bpf/switch.bpf.c); its scratch map is its own business."""
-    sw_exact = MapSpec("sw_exact", L.FlowKey, L.u32)
-    sw_wild = MapSpec("sw_wild", L.u32, L.SwWild)
-    sw_rules = MapSpec("sw_rules", L.u32, L.SwRule)
-    sw_counters = MapSpec("sw_counters", L.u32, L.SwCounter)
-    sw_fired = MapSpec("sw_fired", L.u64, L.u64)
-    sw_ports = MapSpec("sw_ports", L.u32, L.u32)
-    sw_cfg = MapSpec("sw_cfg", L.u32, L.SwCfg)
-    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
+    sw_exact = MapSpec(L.FlowKey, L.u32)
+    sw_wild = MapSpec(L.u32, L.SwWild)
+    sw_rules = MapSpec(L.u32, L.SwRule)
+    sw_counters = MapSpec(L.u32, L.SwCounter)
+    sw_fired = MapSpec(L.u64, L.u64)
+    sw_ports = MapSpec(L.u32, L.u32)
+    sw_cfg = MapSpec(L.u32, L.SwCfg)
+    nfx_stats = MapSpec(L.u32, L.u64)
 
 
 RING = "sw_ctrl"

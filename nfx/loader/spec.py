@@ -4,7 +4,7 @@ or from its BCC object, fails naming every declared map that is not there (a mis
 be skipped, and the first use failed far away), and gives typed handles:
 
     class GenMaps(MapSet):
-        gen_cfg = MapSpec("gen_cfg", L.u32, L.GenCfg)
+        gen_cfg = MapSpec(L.u32, L.GenCfg)      # the attribute is the C map's name
     maps = GenMaps.from_bcc(b)
     maps.gen_cfg.put(...)          # a loader.maps.Map
     maps["gen_cfg"]                # the same, through the read-only mapping view
@@ -12,7 +12,7 @@ be skipped, and the first use failed far away), and gives typed handles:
 A subclass adds maps to its parent's (an NF's own tables on top of the maps every NF has)."""
 import ctypes as ct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BpfError
@@ -22,15 +22,14 @@ from .maps import Map
 
 @dataclass(frozen=True)
 class MapSpec:
-    name: str                 # the C map's name: its pin's file name too
     key: type
     value: type
     alt_values: tuple = ()    # value layouts another build may use (a hot upgrade's), told apart by size
     optional: bool = False    # may be absent (instances built before the map existed)
+    name: str = field(default="", init=False)   # the C map's name (its pin's file name): the attribute's
 
     def __set_name__(self, owner, attr: str) -> None:
-        if attr != self.name:
-            raise TypeError(f"{owner.__name__}.{attr}: a map spec's attribute is its map's name ({self.name})")
+        object.__setattr__(self, "name", attr)
 
     def __get__(self, maps, owner=None):
         # on the class: the spec; on an opened set: the map (None for an absent optional one)

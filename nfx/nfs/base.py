@@ -21,11 +21,11 @@ log = logging.getLogger("nfx.nfs")
 
 class NF_MAPS(GATE_MAPS):
     """The maps every NF program has (nfx_nf.h, nfx_bpf.h): the gate's and these."""
-    nfx_port_cfg = MapSpec("nfx_port_cfg", L.u32, L.PortCfg)
-    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
-    nfx_tx = MapSpec("nfx_tx", L.u32, L.u32)
+    nfx_port_cfg = MapSpec(L.u32, L.PortCfg)
+    nfx_stats = MapSpec(L.u32, L.u64)
+    nfx_tx = MapSpec(L.u32, L.u32)
     # ringbuf: read it with nfx.state.statelets; absent from instances built before statelets
-    nfx_statelets = MapSpec("nfx_statelets", RingStandIn, RingStandIn, optional=True)
+    nfx_statelets = MapSpec(RingStandIn, RingStandIn, optional=True)
 
 
 @dataclass

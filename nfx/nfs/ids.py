@@ -70,14 +70,14 @@ class AlertReader(RingReader):
 
 
 class IDS_MAPS(NF_MAPS):
-    ids_flows = MapSpec("ids_flows", L.FlowKey, L.IdsFlow)
-    ids_hosts = MapSpec("ids_hosts", L.u32, L.IdsHost)
-    ids_hostports = MapSpec("ids_hostports", L.IdsHostPort, L.u8)   # seen-set; pad=1 keys are scan-alert tokens
-    ids_global = MapSpec("ids_global", L.u32, L.u64)
-    ids_sigs = MapSpec("ids_sigs", L.u32, L.IdsSig)
-    ids_sig_hits = MapSpec("ids_sig_hits", L.u32, L.u64)
-    ids_cfg = MapSpec("ids_cfg", L.u32, L.IdsCfg)
-    ids_alerts = MapSpec("ids_alerts", _Ring, _Ring, optional=True)   # ringbuf: read it with alerts(), not as a map
+    ids_flows = MapSpec(L.FlowKey, L.IdsFlow)
+    ids_hosts = MapSpec(L.u32, L.IdsHost)
+    ids_hostports = MapSpec(L.IdsHostPort, L.u8)   # seen-set; pad=1 keys are scan-alert tokens
+    ids_global = MapSpec(L.u32, L.u64)
+    ids_sigs = MapSpec(L.u32, L.IdsSig)
+    ids_sig_hits = MapSpec(L.u32, L.u64)
+    ids_cfg = MapSpec(L.u32, L.IdsCfg)
+    ids_alerts = MapSpec(_Ring, _Ring, optional=True)   # ringbuf: read it with alerts(), not as a map
 
 
 class IDS(NF):

@@ -76,13 +76,13 @@ def monotonic_ns() -> int:
 
 class NAT_MAPS(NF_MAPS):
     # alt_values: the NFX_NAT_V2 build's entries (a hot upgrade, nfx/upgrade/)
-    nat_fwd = MapSpec("nat_fwd", L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
-    nat_rev = MapSpec("nat_rev", L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
-    nat_ports = MapSpec("nat_ports", L.NatPort, L.FlowKey)
-    nat_cfg = MapSpec("nat_cfg", L.u32, L.NatCfg)
-    nat_cursor = MapSpec("nat_cursor", L.u32, L.u64)
+    nat_fwd = MapSpec(L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
+    nat_rev = MapSpec(L.FlowKey, L.NatEntry, alt_values=(L.NatEntryV2,))
+    nat_ports = MapSpec(L.NatPort, L.FlowKey)
+    nat_cfg = MapSpec(L.u32, L.NatCfg)
+    nat_cursor = MapSpec(L.u32, L.u64)
     # mappings per inside address (host_quota); absent from instances built before the quota
-    nat_hosts = MapSpec("nat_hosts", L.u32, ct.c_int32, optional=True)
+    nat_hosts = MapSpec(L.u32, ct.c_int32, optional=True)
 
 
 class NAT(NF):

@@ -62,12 +62,12 @@ def _mac_str(m: bytes | str) -> str:
 
 class GEN_MAPS(MapSet):
     """The generator program's maps (bpf/gen.bpf.c)."""
-    gen_cfg = MapSpec("gen_cfg", L.u32, L.GenCfg)
-    gen_tmpl = MapSpec("gen_tmpl", L.u32, L.GenTmpl)
-    gen_ctr = MapSpec("gen_ctr", L.u32, L.u64)
-    gen_seq = MapSpec("gen_seq", L.u32, L.u32)
-    gen_tx = MapSpec("gen_tx", L.u32, L.u32)
-    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
+    gen_cfg = MapSpec(L.u32, L.GenCfg)
+    gen_tmpl = MapSpec(L.u32, L.GenTmpl)
+    gen_ctr = MapSpec(L.u32, L.u64)
+    gen_seq = MapSpec(L.u32, L.u32)
+    gen_tx = MapSpec(L.u32, L.u32)
+    nfx_stats = MapSpec(L.u32, L.u64)
 
 
 class Generator(Closing):

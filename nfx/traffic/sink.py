@@ -74,12 +74,12 @@ def percentile(hist: list[int], q: float) -> float | None:
 
 class SINK_MAPS(MapSet):
     """The sink program's maps (bpf/sink.bpf.c)."""
-    sink_flows = MapSpec("sink_flows", L.u32, L.SinkFlow)
-    sink_bits = MapSpec("sink_bits", L.u32, L.SinkWord)
-    sink_cfg = MapSpec("sink_cfg", L.u32, L.SinkCfg)
-    sink_lat = MapSpec("sink_lat", L.u32, L.u64)
-    sink_lat_max = MapSpec("sink_lat_max", L.u32, L.u64)
-    nfx_stats = MapSpec("nfx_stats", L.u32, L.u64)
+    sink_flows = MapSpec(L.u32, L.SinkFlow)
+    sink_bits = MapSpec(L.u32, L.SinkWord)
+    sink_cfg = MapSpec(L.u32, L.SinkCfg)
+    sink_lat = MapSpec(L.u32, L.u64)
+    sink_lat_max = MapSpec(L.u32, L.u64)
+    nfx_stats = MapSpec(L.u32, L.u64)
 
 
 class Sink(Closing):
