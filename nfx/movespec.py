@@ -181,6 +181,8 @@ class MoveMetrics:
     instance_buffer_peak: int | None = None
     instance_buffered: int | None = None
     max_added_delay_us: float | None = None
+    # dst's releases that waited for the next hop's veth ring to drain, and for how long (ms)
+    release_ring_waits: dict | None = field(default=None, metadata={"optional": True})
     serialization_share: float | None = None
     src_stats: dict | None = None
     stale_records: int | None = None

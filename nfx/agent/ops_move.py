@@ -78,7 +78,7 @@ class MoveOps:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         self._ctrl_q = queue.Queue() if role == "src-ctrl" else None
         on_ctrl = self._ctrl_q.put if self._ctrl_q is not None else None
-        s = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl)
+        s = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl, egress=self.wiring)
         s.er = er
         s.begin(keys, flt, peer)
         self.session = s

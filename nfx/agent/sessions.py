@@ -25,16 +25,16 @@ SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is
 
 class MoveSession:
     def __init__(self, nf, ns: str, release_if: str, epoch: int, role: str, op: bool = False,
-                 on_ctrl=None):
+                 on_ctrl=None, egress: tuple[str, ...] = ()):
         """role: 'src-redirect', 'src-ctrl' or 'dst'. on_ctrl(packets) receives what a
         'src-ctrl' source hands toward the controller (data packets and IBC records)."""
         if role not in ("src-redirect", "src-ctrl", "dst"):
             raise ValueError(role)
         self.nf, self.ns, self.epoch, self.role, self.op = nf, ns, epoch, role, op
-        self.release_if = release_if
+        self.release_if, self.egress = release_if, tuple(egress)
         self.on_ctrl = on_ctrl
         self.gate = Gate(nf)
-        self.releaser = Releaser(nf, ns, release_if) if role == "dst" else None
+        self.releaser = Releaser(nf, ns, release_if, self.egress) if role == "dst" else None
         self.ring = self.gate.ring()
         self.lock = threading.Lock()
         self.peer_q: deque = deque()       # from the source (peer link), arrival order
@@ -205,6 +205,7 @@ class MoveSession:
         if not batch:
             return
         self.releaser.release(batch)
+        self._ring_stats()
         now = time.monotonic_ns()
         self.stats["released"] += len(batch)
         # how long the oldest of them was held back: the delay this move added
@@ -223,9 +224,15 @@ class MoveSession:
         data = [p for p in pkts if p.kind != L.BufKind.IBC]
         if data:
             if self.releaser is None:      # a source takes its packets back when a move is called off
-                self.releaser = Releaser(self.nf, self.ns, self.release_if)
+                self.releaser = Releaser(self.nf, self.ns, self.release_if, self.egress)
             self.releaser.release(data, rx=L.RX_INJECTED)
+            self._ring_stats()
         return len(data)
+
+    def _ring_stats(self) -> None:
+        # how often a release waited for the next hop's ring to drain (Releaser), and how long
+        self.stats["ring_waits"] = self.releaser.ring_waits
+        self.stats["ring_wait_ms"] = round(self.releaser.ring_wait_s * 1e3, 3)
 
     def settled(self) -> bool:
         """Everything buffered has been released and has left: each marked flow either processes

@@ -162,6 +162,8 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
     m.instance_buffer_peak = dst_st.get("buffer_peak", 0)
     m.instance_buffered = dst_st.get("buffered", 0)
     m.max_added_delay_us = max(dst_st.get("max_hold_us", 0), ctrl.max_hold_us if ctrl else 0)
+    if dst_st.get("ring_waits"):
+        m.release_ring_waits = {"calls": dst_st["ring_waits"], "ms": dst_st["ring_wait_ms"]}
     ser = src.timing.get("export_s", 0.0) + dst.timing.get("import_s", 0.0)
     m.serialization_share = ser / m.move_time_s if m.move_time_s else 0.0
     m.src_stats = src_st

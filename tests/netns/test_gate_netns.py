@@ -1,5 +1,6 @@
 """The gate's move actions with real traffic: buffering and release without a packet lost,
 duplicated or overtaken; redirect to another instance over the peer link."""
+import os
 import threading
 import time
 
@@ -7,10 +8,12 @@ import pytest
 
 from nfx import layout as L
 from nfx.gate import Gate, Releaser
+from nfx.loader.ifstats import IfCounters
 from nfx.filter import parse
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
+from tests.netns.stall import stalled_napi
 from tests.netns.tbutil import running_testbed
 
 
@@ -88,3 +91,69 @@ def test_redirect_over_peer_link(tb):
     assert b.get("r_from_peer", 0) - before1.get("r_from_peer", 0) == r["sent"]
     # nf1 translated them: its own mappings for the 200 flows
     assert len([m for m in nf1.mappings() if m["dport"] == 9000]) == 200
+
+
+def _hold(nf, tb_name: str, tag: int, want: int) -> list:
+    """Buffer traffic at nf's gate until `want` packets are held; the traffic then stops."""
+    ring = Gate(nf).ring()
+    held = []
+    try:
+        with rig(tb_name, 200) as (gen, sink):
+            t, _ = in_thread(measure, gen, sink, 20000, 0.6, 0.2)
+            Gate(nf).set_filter(0, parse("all"), L.Action.BUFFER, tag=tag)
+            t_end = time.monotonic() + 2.0
+            while len(held) < want and time.monotonic() < t_end:
+                held += ring.poll(20)
+            Gate(nf).clear_filter(0)
+            t.join()
+        held += ring.poll(50)
+    finally:
+        ring.close()
+    Gate(nf).set_move_cfg(drain_epoch=tag)
+    return held
+
+
+def _xmit(ns: str, ifname: str) -> tuple[int, int]:
+    c = IfCounters(ifname, ns)
+    try:
+        return c.ethtool("tx_queue_0_xdp_xmit", "tx_queue_0_xdp_xmit_errors")
+    finally:
+        c.close()
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs a CPU to stall and another to release from")
+def test_release_waits_for_a_stalled_next_hop(tb):
+    """The next hop's ring is not drained while a release runs (its NAPI is held on another
+    CPU): a release blind to the ring loses what does not fit (xdp_xmit_errors), the Releaser
+    waits for room and loses nothing."""
+    nf0 = builder.instance(tb["name"], "nf0")
+    info = tb["nodes"]["nf0"]
+    out_if = info["wiring"][1]
+    sw = tb["nodes"][next(n for n, i in info["ifaces"].items() if i == out_if)]   # the next hop
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    results = {}
+    try:
+        for tag, egress in ((21, ()), (22, tuple(info["wiring"]))):
+            held = _hold(nf0, tb["name"], tag, 1500)
+            assert len(held) >= 1000, len(held)
+            rel = Releaser(nf0, info["ns"], info["release_if"], egress)
+            x0 = _xmit(info["ns"], out_if)
+            try:
+                with stalled_napi(sw["ns"], sw["ifaces"]["nf0"], cpu=1, seconds=0.4):
+                    rel.release(held)
+            finally:
+                rel.close()
+            time.sleep(0.3)
+            x1 = _xmit(info["ns"], out_if)
+            results[tag] = {"held": len(held), "xmit": x1[0] - x0[0], "errors": x1[1] - x0[1],
+                            "waits": rel.ring_waits, "wait_s": rel.ring_wait_s}
+            Gate(nf0).unmark()
+            Gate(nf0).reset_move()
+    finally:
+        os.sched_setaffinity(0, mine)
+    blind, watched = results[21], results[22]
+    print("release under a stalled next hop:", results)
+    assert blind["errors"] > 0, results          # the stall is real: a blind release overflows
+    assert watched["errors"] == 0 and watched["xmit"] == watched["held"], results
+    assert watched["waits"] > 0, results
