@@ -109,6 +109,8 @@ enum nfx_stat {
     /* a reserved mark (TOS NFX_TOS_IBC / NFX_TOS_FIRE) from where or when nfx sends none: at an
      * NF an IBC of no running OP move; at a switch one from a host-facing port. Dropped. */
     NFX_R_FORGED,
+    /* SHarP: a handover message (TOS NFX_TOS_HSL) passed to the stack, where the agent reads it */
+    NFX_R_HSL,
     NFX_STAT_MAX = 96,
 };
 

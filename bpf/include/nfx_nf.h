@@ -8,6 +8,7 @@
 #include "nfx_bpf.h"
 #include "nfx_gate.h"
 #include "nfx_move.h"
+#include "nfx_hsl.h"
 #include "nfx_st_write.h"
 
 #ifndef NFX_MAX_FLOWS
@@ -288,6 +289,20 @@ static __always_inline int nfx_is_ibc(struct xdp_md *ctx, struct nfx_pkt *p)
     return magic == bpf_htonl(NFX_IBC_MAGIC);
 }
 
+/* SHarP's handover message (nfx_hsl.h) from the switch: the agent's handover support layer
+ * reads it from a packet socket, so the program passes it to the stack untouched (the netns has
+ * no address: the stack drops it after the socket's copy). Only from a switch port: nothing
+ * else sends them here. */
+static __always_inline int nfx_is_hsl(struct xdp_md *ctx, struct nfx_pkt *p, __u32 rx)
+{
+    if (p->ip->tos != NFX_TOS_HSL || p->key.proto != IPPROTO_UDP || rx)
+        return 0;
+    __u32 magic = 0;
+    if (bpf_xdp_load_bytes(ctx, p->payload_off, &magic, sizeof(magic)))
+        return 0;
+    return magic == bpf_htonl(NFX_HSL_MAGIC);
+}
+
 /* DiST's IBC: it marks the same point in the switch's copies of a flow at both instances. At
  * the source it follows the flow's packets (to the peer or the controller); at the destination
  * it records which path it came by, and the agent learns of it through the ring.
@@ -389,6 +404,11 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
         return 0;
     if (nfx_is_ibc(ctx, p)) {
         *verdict = nfx_ibc(ctx, p, *side, rx);
+        return 0;
+    }
+    if (nfx_is_hsl(ctx, p, rx)) {
+        nfx_count(NFX_R_HSL);
+        *verdict = XDP_PASS;
         return 0;
     }
     struct nfx_mark *mark = 0;

@@ -92,7 +92,7 @@ def import_(file: Path = typer.Argument(..., help="State file written by nfx sta
     c = _client(name, instance, timeout)
     try:
         info = c.info()
-        if not L.same_layout(info["kind"], meta.get("layout"), info["layout"]):
+        if meta.get("layout") != info["layout"]:
             raise BadInput(f"{file} was written with layout {meta.get('layout')}; {instance} runs layout "
                            f"{info['layout']} (other {info['kind']} headers in bpf/include): refusing to import "
                            f"state of another layout",

@@ -15,15 +15,7 @@ QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M
 # nfx_st_write.h hold code, not layouts: their includes are followed, their text is not hashed
 # (as before the split)
 LAYOUT_HEADERS = ("nfx_flow.h", "nfx_gate.h", "nfx_move.h", "nfx_statelet.h", "nfx_nat.h", "nfx_ids.h",
-                  "nfx_switch.h", "nfx_bench.h")
-
-# State written before the split carries the hash of the one nfx.h every program included (as of
-# e4c861a). Its structs are byte for byte those of the split headers, so such a file still fits
-# an instance whose headers hash as they did at the split (SPLIT_HASHES); any edit since ends
-# that. Drop both after the next release.
-LEGACY_NFX_H = "fa75e3cae4020820"
-SPLIT_HASHES = {"nat": "7a0e081b8998df4c", "ids": "2c2f63ebe5e39495"}
-
+                  "nfx_switch.h", "nfx_bench.h", "nfx_hsl.h")
 
 def includes(kind: str, bpf_dir: Path = BPF_DIR) -> list[str]:
     """The project headers bpf/<kind>.bpf.c includes, directly or through another, first seen first."""
@@ -69,8 +61,3 @@ def layout_hash(kind: str, bpf_dir: Path = BPF_DIR) -> str:
         h.update(name.encode() + b"\0" + (bpf_dir / "include" / name).read_bytes() + b"\0")
     _HASHES[key] = (stamp, h.hexdigest()[:16])
     return _HASHES[key][1]
-
-
-def same_layout(kind: str, written: str | None, running: str) -> bool:
-    """Whether state written with layout `written` fits an instance of `kind` running layout `running`."""
-    return written == running or (written == LEGACY_NFX_H and SPLIT_HASHES.get(kind) == running)

@@ -89,7 +89,7 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
 
 
 def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
-    if not L.same_layout(nf.kind, c.layout, layout):
+    if c.layout != layout:
         raise BadInput(f"chunk {c.seq} ({c.table}) was written with layout {c.layout}; this instance "
                        f"runs layout {layout}: refusing to import state of another layout")
     if c.kind != nf.kind:

@@ -73,17 +73,6 @@ def test_import_of_another_layout_is_refused(tb, tmp_path):
     assert nfx_json("state", "dump", "--name", tb, "--instance", "nf1", "--limit", "0") == before
 
 
-def test_import_of_state_written_with_the_one_nfx_h(tb, tmp_path):
-    """Files exported before the headers were split carry the hash of the one nfx.h: same bytes,
-    so they import while the split headers stand (nfx/layout/hashing.py)."""
-    f = tmp_path / "a.state"
-    e = nfx_json("state", "export", "--name", tb, "--instance", "nf0", "-o", str(f))
-    old = tmp_path / "legacy.state"
-    _rewrite(f, old, meta_layout=L.hashing.LEGACY_NFX_H, chunk_layout=L.hashing.LEGACY_NFX_H)
-    i = nfx_json("state", "import", "--name", tb, "--instance", "nf1", str(old))
-    assert i["failed"] == [] and i["entries"] == e["entries"]
-
-
 def test_cli_error_paths(tb, tmp_path):
     r = nfx("state", "import", "--name", tb, "--instance", "nf1", str(tmp_path / "missing.state"))
     assert r.returncode == 2 and "cannot read state file" in r.stderr

@@ -49,7 +49,7 @@ def test_every_struct_of_a_header_is_mirrored_by_its_module(header):
     ("nfx_ids_global", L.IdsGlobal, "NFX_IDS_G_"),
     ("nfx_st_table", L.StTable, "NFX_ST_"), ("nfx_st_op", L.StOp, "NFX_ST_"),
     ("nfx_stf_nat", L.StfNat, "NFX_STF_NAT_"), ("nfx_stf_ids_flow", L.StfIdsFlow, "NFX_STF_FLOW_"),
-    ("nfx_stf_ids_host", L.StfIdsHost, "NFX_STF_HOST_"),
+    ("nfx_stf_ids_host", L.StfIdsHost, "NFX_STF_HOST_"), ("nfx_hsl_kind", L.HslKind, "NFX_HSL_"),
 ])
 def test_enums_match(cname, pyenum, prefix):
     header = "nfx_%s.h" % pyenum.__module__.rsplit(".", 1)[1]
@@ -78,6 +78,8 @@ def test_enums_match(cname, pyenum, prefix):
     (L.switch, "NFX_SW_OUTPUT", "SW_OUTPUT"), (L.switch, "NFX_SW_SET_TOS", "SW_SET_TOS"),
     (L.switch, "NFX_SW_CLEAR_TOS", "SW_CLEAR_TOS"), (L.switch, "NFX_SW_TO_CTRL", "SW_TO_CTRL"),
     (L.switch, "NFX_SW_DROP", "SW_DROP"),
+    (L.hsl, "NFX_TOS_HSL", "TOS_HSL"), (L.hsl, "NFX_HSL_MAGIC", "HSL_MAGIC"), (L.hsl, "NFX_HSL_PORT", "HSL_PORT"),
+    (L.hsl, "NFX_HSL_EPOCHS", "HSL_EPOCHS"),
     (L.bench, "NFX_GEN_MAGIC", "GEN_MAGIC"), (L.bench, "NFX_LAT_BUCKETS", "LAT_BUCKETS"),
     (L.bench, "NFX_LAT_SUB", "LAT_SUB"),
 ])

@@ -30,7 +30,7 @@ def edit(bpf, header):
 
 def test_includes_follow_headers_transitively():
     assert set(L.hashing.includes("nat")) == {"nfx_nf.h", "nfx_bpf.h", "nfx_st_write.h", "nfx_flow.h", "nfx_gate.h",
-                                              "nfx_move.h", "nfx_statelet.h", "nfx_nat.h"}
+                                              "nfx_move.h", "nfx_hsl.h", "nfx_statelet.h", "nfx_nat.h"}
     assert set(L.hashing.includes("sink")) == {"nfx_bpf.h", "nfx_flow.h", "nfx_bench.h"}
     assert set(L.hashing.includes("switch")) == {"nfx_bpf.h", "nfx_flow.h", "nfx_move.h", "nfx_switch.h"}
 
@@ -52,25 +52,13 @@ def test_editing_the_sinks_header_leaves_nat_state_valid(bpf):
 
 @pytest.mark.parametrize("header,changed", [
     ("nfx_nat.h", {"nat"}), ("nfx_ids.h", {"ids"}), ("nfx_gate.h", {"nat", "ids"}),
-    ("nfx_move.h", {"nat", "ids", "switch"}), ("nfx_flow.h", set(KINDS)),
+    ("nfx_move.h", {"nat", "ids", "switch"}), ("nfx_hsl.h", {"nat", "ids"}), ("nfx_flow.h", set(KINDS)),
     ("nfx_nf.h", set()), ("nfx_bpf.h", set()), ("nfx_st_write.h", set()),   # code, not layouts
 ])
 def test_an_edit_changes_the_hash_of_the_kinds_that_include_it(bpf, header, changed):
     before = {k: L.layout_hash(k, bpf) for k in KINDS}
     edit(bpf, header)
     assert {k for k in KINDS if L.layout_hash(k, bpf) != before[k]} == changed
-
-
-def test_state_of_the_one_nfx_h_is_accepted_while_the_split_headers_stand(bpf):
-    for kind in ("nat", "ids"):
-        now = L.layout_hash(kind)
-        assert L.hashing.SPLIT_HASHES[kind] == now, "headers edited since the split: drop the legacy hash"
-        assert L.same_layout(kind, now, now) and L.same_layout(kind, L.hashing.LEGACY_NFX_H, now)
-        assert not L.same_layout(kind, "feedfacefeedface", now) and not L.same_layout(kind, None, now)
-    assert not L.same_layout("sink", L.hashing.LEGACY_NFX_H, L.layout_hash("sink"))
-    edit(bpf, "nfx_nat.h")
-    assert not L.same_layout("nat", L.hashing.LEGACY_NFX_H, L.layout_hash("nat", bpf))
-    assert L.same_layout("ids", L.hashing.LEGACY_NFX_H, L.layout_hash("ids", bpf))
 
 
 def _chunk(layout, kind="nat"):
@@ -82,7 +70,6 @@ def test_import_checks_use_the_kinds_hash():
     """What the agent runs before applying a chunk (state.ops.check)."""
     nf = SimpleNamespace(kind="nat", instance="nf0", maps={"nat_fwd": SimpleNamespace(Key=L.FlowKey, Value=L.NatEntry)})
     ops.check(nf, _chunk(L.layout_hash("nat")))
-    ops.check(nf, _chunk(L.hashing.LEGACY_NFX_H))
     with pytest.raises(BadInput, match="layout feedfacefeedface.*refusing to import state of another layout"):
         ops.check(nf, _chunk("feedfacefeedface"))
     with pytest.raises(BadInput, match="refusing"):
