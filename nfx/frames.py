@@ -1,9 +1,13 @@
 """The packets the control side puts into the data plane, built by the controller and by an
-agent: DiST's in-band control packet (IBC), which travels with a flow, and the trigger that fires
-a switch's armed rules (bpf/switch.bpf.c)."""
+agent: DiST's in-band control packet (IBC), which travels with a flow, the trigger that fires
+a switch's armed rules (bpf/switch.bpf.c), and SHarP's handover messages."""
+import ctypes as ct
+import json
+import socket
 import struct
 
 from . import layout as L
+from .errors import BadInput
 
 
 def _csum(b: bytes) -> int:
@@ -45,3 +49,72 @@ def trigger_frame(token: int, src_mac: bytes) -> bytes:
     payload = struct.pack("!II", L.FIRE_MAGIC, 0) + bytes(L.u64(token))
     l4 = struct.pack("!HHHH", TRIGGER_PORT, TRIGGER_PORT, 8 + len(payload), 0) + payload
     return b"\xff" * 6 + src_mac + b"\x08\x00" + _ipv4(b"\0" * 4, b"\0" * 4, 17, L.TOS_FIRE, l4, 6)
+
+
+# SHarP: the controller's tag on the packets it releases toward the destination (their source
+# MAC, which the destination's program rewrites on the way out): the agent keeps them apart
+# from what the switch sends straight (ctrl_buff and sw_buff)
+CTRL_TAG_MAC = bytes.fromhex("026e66637472")       # 02:"nfctr"
+
+
+def hsl_frame(kind: int, epoch: int, side: int, body: dict | None, src_mac: bytes,
+              dst_mac: bytes = b"\xff" * 6) -> bytes:
+    """A SHarP handover message (bpf/include/nfx_hsl.h): IPv4/UDP, TOS NFX_TOS_HSL, port
+    NFX_HSL_PORT both ends, payload struct nfx_hsl_hdr then `body` as JSON."""
+    data = json.dumps(body or {}, separators=(",", ":")).encode()
+    if len(data) > HSL_BODY_MAX:
+        raise BadInput(f"a handover message body of {len(data)} bytes is over {HSL_BODY_MAX}")
+    hdr = L.HslHdr(magic=socket.htonl(L.HSL_MAGIC), epoch=epoch, kind=kind, side=side, len=len(data))
+    payload = bytes(hdr) + data
+    l4 = struct.pack("!HHHH", L.HSL_PORT, L.HSL_PORT, 8 + len(payload), 0) + payload
+    return dst_mac + src_mac + b"\x08\x00" + _ipv4(b"\0" * 4, b"\xff" * 4, 17, L.TOS_HSL, l4, 6)
+
+
+HSL_BODY_MAX = 1200
+
+
+def parse_hsl(frame: bytes) -> tuple[int, int, int, dict] | None:
+    """(kind, epoch, side, body) of a handover message, None for any other frame."""
+    if len(frame) < 14 + 20 + 8 + ct.sizeof(L.HslHdr) or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    if frame[15] != L.TOS_HSL or frame[23] != 17 or ihl < 20:
+        return None
+    off = 14 + ihl + 8
+    if len(frame) < off + ct.sizeof(L.HslHdr):
+        return None
+    h = L.HslHdr.from_buffer_copy(frame, off)
+    if socket.ntohl(h.magic) != L.HSL_MAGIC:
+        return None
+    raw = frame[off + ct.sizeof(L.HslHdr):off + ct.sizeof(L.HslHdr) + h.len]
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        return None
+    return h.kind, h.epoch, h.side, body if isinstance(body, dict) else {}
+
+
+def frame_key(frame: bytes) -> L.FlowKey | None:
+    """The flow key of an Ethernet/IPv4 frame as the switch keys it (UDP/TCP ports, ICMP echo id;
+    fields in network order), None for anything else."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    proto = frame[23]
+    k = L.FlowKey(saddr=struct.unpack_from("<I", frame, 26)[0], daddr=struct.unpack_from("<I", frame, 30)[0],
+                  proto=proto)
+    l4 = 14 + ihl
+    if proto in (6, 17) and len(frame) >= l4 + 4:
+        k.sport, k.dport = struct.unpack_from("<HH", frame, l4)
+    elif proto == 1 and len(frame) >= l4 + 8:
+        ident = struct.unpack_from("<H", frame, l4 + 4)[0]
+        if frame[l4] == 8:
+            k.sport = ident
+        elif frame[l4] == 0:
+            k.dport = ident
+    return k
+
+
+def tagged(frame: bytes) -> bytes:
+    """The frame as the controller releases it toward a handover's destination (CTRL_TAG_MAC)."""
+    return frame[:6] + CTRL_TAG_MAC + frame[12:]

@@ -9,9 +9,11 @@ attaches anything) and serves the southbound API on the management network
     ops_gate.py       mark, unmark, marks, filter
     ops_subscribe.py  subscribe (event streams, streams.py)
     ops_move.py       the move session's ops (sessions.py)
-    dist_source.py    move_dist, DiST's source half"""
+    dist_source.py    move_dist, DiST's source half
+    hsl.py            SHarP's handover support layer (in-band START_HO/END, hsl_state_in)"""
 from . import transport
 from .dist_source import DistSource
+from .hsl import HSL_OPS, HslOps
 from .instance import Instance
 from .ops_gate import GateOps
 from .ops_move import MOVE_OPS, MoveOps
@@ -21,8 +23,8 @@ from .protocol import OPS
 from .transport import Transport
 
 
-class Agent(Transport, StateOps, GateOps, SubscribeOps, MoveOps, DistSource, Instance):
-    ops = OPS + MOVE_OPS
+class Agent(Transport, StateOps, GateOps, SubscribeOps, HslOps, MoveOps, DistSource, Instance):
+    ops = OPS + MOVE_OPS + HSL_OPS
 
 
 def main(argv=None) -> None:

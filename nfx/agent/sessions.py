@@ -14,6 +14,7 @@ from collections import deque
 
 from .. import layout as L
 from ..errors import NfxError
+from ..frames import CTRL_TAG_MAC
 from ..gate import Gate, Releaser
 from ..state import ops
 from ..filter import Filter
@@ -49,6 +50,10 @@ class MoveSession:
         self._thread = None
         self.first_rx_ns = self.last_rx_ns = 0
         self.error: BaseException | None = None
+        # SHarP's destination (nfx/agent/hsl.py): the controller's tagged packets (ctrl_buff) go
+        # where a source's redirected ones go otherwise, first; the switch's (sw_buff) after
+        self.sharp = False
+        self._drain_when_read = False
 
     # ---- set up ----
     def begin(self, keys: list, flt: Filter | None, peer_slot: int = 0) -> None:
@@ -119,6 +124,9 @@ class MoveSession:
                 pkts = self.ring.poll(5)
                 if pkts:
                     self._take(pkts)
+                elif self._drain_when_read:
+                    self._drain_when_read = False
+                    self.drain()
                 if self.draining:
                     self._release_ready()
                 elif self.early_keys:
@@ -155,15 +163,21 @@ class MoveSession:
                     continue
                 self.first_rx_ns = self.first_rx_ns or now
                 self.last_rx_ns = now
-                if p.rx & L.RX_PEER:
-                    self.peer_q.append(p)
-                else:
-                    self.switch_q.append(p)
+                first = p.data[6:12] == CTRL_TAG_MAC if self.sharp else p.rx & L.RX_PEER
+                (self.peer_q if first else self.switch_q).append(p)
                 self.stats["buffered"] += 1
             depth = len(self.peer_q) + len(self.switch_q)
             self.stats["buffer_peak"] = max(self.stats["buffer_peak"], depth)
+            if self.sharp:
+                self.stats["ctrl_buff_peak"] = max(self.stats.get("ctrl_buff_peak", 0), len(self.peer_q))
+                self.stats["sw_buff_peak"] = max(self.stats.get("sw_buff_peak", 0), len(self.switch_q))
         if ctrl and self.on_ctrl:
             self.on_ctrl(ctrl)
+
+    def drain_when_read(self) -> None:
+        """drain() once the ring has been read empty: everything that reached the gate before
+        the call is in the queues, so the first release already has it all in order."""
+        self._drain_when_read = True
 
     def cut_complete(self) -> bool:
         """op: both sides' IBCs from the source are in (everything the source had is here)."""

@@ -26,6 +26,7 @@ app.add_typer(state.app, name="state")
 app.add_typer(bench.app, name="bench")
 app.add_typer(move.app, name="controller")
 app.command("move")(move.move)
+app.command("handover")(move.handover)
 app.command("inspect")(inspect.inspect)
 
 

@@ -12,14 +12,15 @@ app = typer.Typer(no_args_is_help=True, help="The testbed's controller (northbou
 
 
 def move(name: str = NameOpt,
-         src: str = typer.Option(..., "--from", help="Source instance (e.g. nf0)."),
+         src: str = typer.Option(None, "--from", help="Source instance (e.g. nf0); SHarP finds it itself."),
          dst: str = typer.Option(..., "--to", help="Destination instance."),
          filter_: str = typer.Option("all", "--filter", "-f", help="Flows to move: proto=udp src=10.0.1.0/24 sport=... (both directions)."),
          scope: str = typer.Option("all", "--scope", help="per-flow, multi-flow, all-flows (comma-separated) or all."),
          guarantee: str = typer.Option("lf", "--guarantee", "-g", help=f"{'|'.join(GUARANTEES)}"),
          opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er (the papers'), ov,dt (nfx's, dist only). ov: overlap "
                                  "steering with the state push (lf, op); dt: data-plane trigger (ng or lf, filter all)."),
-         mechanism: str = typer.Option("dist", "--mechanism", "-m", help=f"{'|'.join(MECHANISMS)}"),
+         mechanism: str = typer.Option("dist", "--mechanism", "-m", help=f"{'|'.join(MECHANISMS + ['sharp'])} "
+                                       "(sharp: `nfx handover`, priority 0)"),
          timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step may take before the move rolls back."),
          data_delay_ms: float = typer.Option(0.0, "--data-delay-ms",
                                              help="Emulated one-way delay between the instances (agent to agent: dist's state push)."),
@@ -30,6 +31,16 @@ def move(name: str = NameOpt,
     need_root()
     if data_delay_ms < 0 or data_rate_mbit < 0:
         raise BadInput("--data-delay-ms and --data-rate-mbit must be >= 0")
+    if mechanism == "sharp":
+        if guarantee not in ("lf", "op"):
+            raise BadInput("SHarP hands flows over loss-free and order-preserving (op) only")
+        body = {"filter": filter_, "priority": 0, "dst": dst, "scopes": scope, "timeout": timeout}
+        if src is not None:
+            body["src"] = src
+        _show_handover(controller.call(name, "POST", "/handover", body, timeout=timeout * 4 + 30), json_)
+        return
+    if src is None:
+        raise BadInput("--from is needed: only SHarP (--mechanism sharp) finds the source itself")
     m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "filter": filter_, "scopes": scope,
                                                 "guarantee": guarantee, "opts": opt, "mechanism": mechanism,
                                                 "timeout": timeout, "data_delay_ms": data_delay_ms,
@@ -43,6 +54,47 @@ def move(name: str = NameOpt,
     t.add_column("value", justify="right")
     for label, value in mm.rows():
         t.add_row(label, value)
+    out.print(t)
+
+
+def handover(name: str = NameOpt,
+             filter_: str = typer.Option("all", "--filter", "-f", help="Flows to hand over (a wildcard or one flow)."),
+             priority: int = typer.Option(0, "--priority", "-r", help="r: a higher r overrides a lower one where they overlap."),
+             dst: str = typer.Option(..., "--to", help="Destination instance (the source is where the flows go today)."),
+             scope: str = typer.Option("all", "--scope", help="State to move: per-flow, multi-flow, all-flows or all."),
+             max_silence_ms: float = typer.Option(50.0, "--max-silence-ms",
+                                                  help="Detection ends after this long without a packet of the filter."),
+             state_delay_ms: float = typer.Option(0.0, "--state-delay-ms",
+                                                  help="Emulated: the sources wait this long before pushing the state."),
+             timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step may take before it rolls back."),
+             json_: bool = JsonOpt):
+    """SHarP: hand flows over to another instance, loss-free and in order, buffering at the destination."""
+    need_root()
+    if max_silence_ms <= 0 or state_delay_ms < 0 or timeout <= 0:
+        raise BadInput("--max-silence-ms and --timeout must be > 0, --state-delay-ms >= 0")
+    body = {"filter": filter_, "priority": priority, "dst": dst, "scopes": scope, "max_silence_ms": max_silence_ms,
+            "state_delay_ms": state_delay_ms, "timeout": timeout}
+    _show_handover(controller.call(name, "POST", "/handover", body, timeout=timeout * 4 + 30), json_)
+
+
+HANDOVER_ROWS = [("handover_s", "handover duration (s)"), ("flows", "flows"),
+                 ("controller_buffer_peak", "controller buffer peak"), ("controller_packets", "controller packets"),
+                 ("instance_buffered", "buffered at the destination"), ("max_added_delay_us", "max added delay (µs)"),
+                 ("state_chunks", "state chunks"), ("state_bytes", "state bytes"), ("transfer_s", "state transfer (s)")]
+
+
+def _show_handover(m: dict, json_: bool) -> None:
+    if json_:
+        emit_json(m)
+        return
+    t = Table(title=f"sharp handover {m['filter']} (r={m['priority']}): {', '.join(m['srcs'])} -> {m['dst']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for key, label in HANDOVER_ROWS:
+        v = m.get(key)
+        t.add_row(label, f"{v:,.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+    ib = m.get("instance_buffer_peak") or {}
+    t.add_row("instance buffer peak (ctrl_buff / sw_buff)", f"{ib.get('ctrl_buff', 0):,} / {ib.get('sw_buff', 0):,}")
     out.print(t)
 
 
@@ -91,6 +143,10 @@ def moves(name: str = NameOpt, json_: bool = JsonOpt):
         return
     t = Table("mechanism", "guarantee", "opts", "from", "to", "flows", "move s", "redirected")
     for m in ms:
+        if m.get("mechanism") == "sharp":
+            t.add_row("sharp", "op", f"r={m['priority']}", ",".join(m["srcs"]), m["dst"], str(m["flows"]),
+                      f"{m['handover_s']:.4f}", str(m.get("instance_buffered", "")))
+            continue
         t.add_row(m["mechanism"], m["guarantee"], ",".join(m["opts"]), m["src"], m["dst"], str(m["flows"]),
                   f"{m['move_time_s']:.4f}", str(m.get("packets_redirected", "")))
     out.print(t)

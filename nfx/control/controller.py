@@ -25,6 +25,7 @@ from ..state.tables import parse_scopes
 from .. import registry
 from ..agent import link
 from ..procs.controller import moves_path
+from .handover import Handovers
 from .steer import Steering
 
 log = logging.getLogger("nfx.controller")
@@ -129,6 +130,7 @@ class Controller:
         self.delay_ms, self.rate_mbit = ctrl_delay_ms, ctrl_rate_mbit
         self.steer = Steering(testbed)
         self.move_lock = threading.Lock()     # one move at a time
+        self.handovers = Handovers(self)      # SHarP's: several at once (nfx/control/handover.py)
         self.moves = 0
         self.started = time.time()
         self.last: dict | None = None
@@ -137,7 +139,7 @@ class Controller:
         return {"testbed": self.testbed, "uptime_s": round(time.time() - self.started, 1), "moves": self.moves,
                 "ctrl_delay_ms": self.delay_ms, "ctrl_rate_mbit": self.rate_mbit, "busy": self.move_lock.locked(),
                 "instances": [n for n, i in self.rec["nodes"].items() if i["role"] == "nf"],
-                "last_move": self.last}
+                "last_move": self.last, "handovers": self.handovers.status()}
 
     def request(self, rec: dict, body: dict) -> MoveRequest:
         """A POST /move body as a move, checked (the filter parsed here, once)."""
@@ -162,7 +164,17 @@ class Controller:
             raise BadInput("ctrl_delay_ms and ctrl_rate_mbit must be >= 0 (0: no emulated delay or rate limit)")
         return delay, rate
 
+    def handover(self, body: dict) -> dict:
+        """A SHarP handover (POST /handover): filter, priority, dst; the source is found here."""
+        if body.get("guarantee") not in (None, "op"):
+            raise BadInput("SHarP hands flows over loss-free and order-preserving (op) only")
+        out = self.handovers.run(body)
+        self.last = out
+        return out
+
     def move(self, body: dict) -> dict:
+        if body.get("mechanism") == "sharp":
+            return self.handover(body)
         rec = registry.load(self.testbed)        # once per move: the agents' addresses as they are now
         req = self.request(rec, body)
         delay, rate = self._ctrl_link(body)
@@ -284,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self._authorized():
             return
-        if self.path != "/move":
+        if self.path not in ("/move", "/handover"):
             return self._refuse(404, f"no such endpoint {self.path}", "NotFound", 3)
         raw = self._body()
         if raw is None:
@@ -297,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, BadInput) as e:
             return self._reply(400, {"error": f"bad request: {e}", "code": 2})
         try:
-            self._reply(200, self.ctl.move(req))
+            self._reply(200, self.ctl.handover(req) if self.path == "/handover" else self.ctl.move(req))
         except NfxError as e:
             self._reply(400 if isinstance(e, BadInput) else 500,
                         {"error": str(e), "type": type(e).__name__, "code": e.exit_code, "hint": e.hint})

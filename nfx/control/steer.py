@@ -18,8 +18,9 @@ from .switch import Match, Rule, Switch
 
 # move rules sit in PRIO_MIN..PRIO_TOP, above the testbed's defaults (1000, 2000); the newest
 # point() wins (lowest prio). At the floor the rules in force are renumbered back up to the top.
+# Below PRIO_MIN lies SHarP's handover band (nfx/control/sharp_plane.py), above every move.
 PRIO_TOP = 999
-PRIO_MIN = 0
+PRIO_MIN = 512
 
 
 @dataclass
@@ -64,15 +65,15 @@ class Steering:
         # (moves stay in force) and, from then on, the ones we add; nobody else writes the band
         self.wild: dict[str, dict[int, _Wild]] = {
             name: {r.id: _Wild(r.prio, r.match, r.rule) for r in s.rules()
-                   if r.kind == "wild" and r.prio <= PRIO_TOP}
+                   if r.kind == "wild" and PRIO_MIN <= r.prio <= PRIO_TOP}
             for name, s in self.sw.items()}
         self._ibc_socks: dict[str, socket.socket] = {}      # host node -> bound AF_PACKET socket
         self._ibc_lock = threading.Lock()
 
-    def _port(self, sw: str, nf: str) -> str:
+    def port_of(self, sw: str, nf: str) -> str:
         return self.rec["nodes"][sw]["ifaces"][nf]
 
-    def _side(self, sw: str) -> int:
+    def side_of(self, sw: str) -> int:
         # the switch in front of the inside host (the one with a gateway) carries the inside side
         return L.SIDE_IN if "gen_if" in self.rec["nodes"][self.host_of[sw]] else L.SIDE_OUT
 
@@ -91,24 +92,24 @@ class Steering:
             prio = self._prio()
             new = []
             for name, s in self.sw.items():
-                out = [self._port(name, nf) for nf in nfs]
-                inside = self._side(name) == L.SIDE_IN
+                out = [self.port_of(name, nf) for nf in nfs]
+                inside = self.side_of(name) == L.SIDE_IN
                 if not inside and outside_keys is not None and not flt.everything:
                     for k in outside_keys:
                         new.append((name, s.add_exact(k, Rule(output=out))))
                     continue
-                new.append((name, self._add_wild(name, _match(flt, self.host_port[name], reverse=not inside),
+                new.append((name, self.add_wild(name, filter_match(flt, self.host_port[name], reverse=not inside),
                                                  Rule(output=out, token=token), prio)))
             old = set(self.active.get(flt.text, []))
             # and any move rule with the same match that an earlier controller installed
             for name in self.sw:
-                m = _match(flt, self.host_port[name], reverse=self._side(name) != L.SIDE_IN)
+                m = filter_match(flt, self.host_port[name], reverse=self.side_of(name) != L.SIDE_IN)
                 old |= {(name, rid) for rid, w in self.wild[name].items() if w.match == m}
             self.active[flt.text] = new
             if token:
                 return
             for name, rid in old - set(new):
-                self._remove(name, rid)
+                self.remove_rule(name, rid)
 
     def fired(self, token: int) -> list[int | None]:
         """When each switch took the trigger with `token` (CLOCK_MONOTONIC ns, None: not yet)."""
@@ -141,20 +142,20 @@ class Steering:
                 for name, ws in self.wild.items():
                     group = [(rid, w) for rid, w in ws.items() if w.prio == at]    # in slot order
                     for rid, w in group:
-                        moved[(name, rid)] = (name, self._add_wild(name, w.match, w.rule, to))
+                        moved[(name, rid)] = (name, self.add_wild(name, w.match, w.rule, to))
                     for rid, _ in group:
-                        self._remove(name, rid)
+                        self.remove_rule(name, rid)
         finally:
             for text, ids in self.active.items():
                 self.active[text] = [moved.get(x, x) for x in ids]
         return PRIO_TOP - len(prios) + 1
 
-    def _add_wild(self, name: str, m: Match, rule: Rule, prio: int) -> int:
+    def add_wild(self, name: str, m: Match, rule: Rule, prio: int) -> int:
         rid = self.sw[name].add_wild(m, rule, prio=prio)
         self.wild[name][rid] = _Wild(prio, m, rule)
         return rid
 
-    def _remove(self, name: str, rid: int) -> None:
+    def remove_rule(self, name: str, rid: int) -> None:
         self.wild[name].pop(rid, None)
         # an exact rule whose key was re-added has been repointed, and its old id freed
         try:
@@ -165,22 +166,22 @@ class Steering:
     def ibc(self, side: int, key: L.FlowKey, epoch: int) -> None:
         """Send the IBC from the host in front of `side`, so it enters the switch on the same
         port, in the same queue, as the flow's own packets: the cut is the same in both copies."""
-        sw = next(n for n in self.sw if self._side(n) == side)
+        sw = next(n for n in self.sw if self.side_of(n) == side)
         host = self.host_of[sw]
         frame = ibc_frame(key, bytes.fromhex(self.rec["nodes"][host]["mac"].replace(":", "")), epoch)
         # The host-facing port drops IBCs (a host could forge one) except those of the epoch
         # written here. It stays set: an IBC of this epoch is only acted on during its move
         # (the NF's gate checks the epoch against the move), and the next move overwrites it.
         self.sw[sw].expect_ibc(epoch)
-        s = self._ibc_sock(host)
+        s = self.host_socket(host)
         try:
             s.send(frame)
         except OSError:
             # closed meanwhile, or the interface was recreated (the binding holds the old ifindex)
             self._drop_ibc_sock(host, s)
-            self._ibc_sock(host).send(frame)
+            self.host_socket(host).send(frame)
 
-    def _ibc_sock(self, host: str) -> socket.socket:
+    def host_socket(self, host: str) -> socket.socket:
         # kept open: closing a packet socket waits out an RCU grace period (7-19 ms). It belongs
         # to the netns it was made in, so any thread can send on it afterwards.
         with self._ibc_lock:
@@ -206,7 +207,7 @@ class Steering:
     def forget(self, flt: Filter) -> None:
         with self.lock:
             for name, rid in self.active.pop(flt.text, []):
-                self._remove(name, rid)
+                self.remove_rule(name, rid)
 
     def close(self) -> None:
         """Close the IBC sockets and the switches' map fds (the rules stay in force). Safe to
@@ -219,7 +220,7 @@ class Steering:
             s.close()
 
 
-def _match(flt: Filter, in_port: str, reverse: bool) -> Match:
+def filter_match(flt: Filter, in_port: str, reverse: bool) -> Match:
     def prefix(p):
         net, mask = p
         if not mask:

@@ -264,13 +264,18 @@ class Switch:
         n, keys, vals = self.maps.sw_rules.export()
         return {keys[i]: vals[i] for i in range(n) if vals[i].used}
 
-    def _new_rule(self, rule: Rule) -> int:
+    # rule ids from here up are shared by many exact entries (SHarP's per-flow entries: one rule
+    # per handover and step, pointed at by every flow it learnt); below, an exact rule has one key
+    SHARED_RULES = L.SW_MAX_RULES - 256
+
+    def _new_rule(self, rule: Rule, shared: bool = False) -> int:
         """Write the rule and zero its counters before anything points at it."""
         enc = self._encode(rule)
         used = self._used_rules()
-        rid = next((i for i in range(1, L.SW_MAX_RULES) if i not in used), None)
+        ids = range(self.SHARED_RULES, L.SW_MAX_RULES) if shared else range(1, self.SHARED_RULES)
+        rid = next((i for i in ids if i not in used), None)
         if rid is None:
-            raise BadInput(f"switch {self.name}: all {L.SW_MAX_RULES - 1} rule ids are in use")
+            raise BadInput(f"switch {self.name}: all {len(ids)} {'shared ' if shared else ''}rule ids are in use")
         cm = self.maps.sw_counters
         cm.put(L.u32(rid), cm.Slot())
         self.maps.sw_rules.put(L.u32(rid), enc)
@@ -288,9 +293,35 @@ class Switch:
         except BpfError:
             self.maps.sw_rules.put(L.u32(rid), L.SwRule())
             raise
-        if prev is not None:        # exact rules are never shared, so the old id is free now
+        if prev is not None and prev.value < self.SHARED_RULES:   # its only key moved on: free
             self.maps.sw_rules.put(L.u32(prev.value), L.SwRule())
         return rid
+
+    def shared_rule(self, rule: Rule) -> int:
+        """A rule for many exact entries (point_exact), pointed at by none yet."""
+        return self._new_rule(rule, shared=True)
+
+    def set_rule(self, rule_id: int, rule: Rule) -> None:
+        """Change what a rule does, in one update: every entry pointing at it follows at once."""
+        if self.maps.sw_rules.get(L.u32(rule_id)) is None:
+            raise NotFound(f"switch {self.name}: no rule {rule_id}")
+        self.maps.sw_rules.put(L.u32(rule_id), self._encode(rule))
+
+    def point_exact(self, keys: list[L.FlowKey], rule_id: int) -> None:
+        """These flows' exact entries point at shared rule `rule_id` (one batch update)."""
+        if not keys:
+            return
+        if not self.SHARED_RULES <= rule_id < L.SW_MAX_RULES:
+            raise BadInput(f"rule {rule_id} is not a shared rule")
+        n = len(keys)
+        ka = (L.FlowKey * n)(*keys)
+        va = (L.u32 * n)(*([rule_id] * n))
+        self.maps.sw_exact.update_batch(ka, va, n)
+
+    def unpoint_exact(self, keys: list[L.FlowKey]) -> None:
+        """Remove these flows' exact entries (those not there are skipped)."""
+        for k in keys:
+            self.maps.sw_exact.delete(k)
 
     def _wild_list(self) -> list[L.SwWild]:
         n, _, vals = self.maps.sw_wild.export()
@@ -328,6 +359,10 @@ class Switch:
         r = self.maps.sw_rules.get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None
         if r is None or not r.used:
             raise NotFound(f"switch {self.name}: no rule {rule_id}")
+        self._unhook(rule_id)
+        self.maps.sw_rules.put(L.u32(rule_id), L.SwRule())
+
+    def _unhook(self, rule_id: int) -> None:
         old = self._wild_list()
         new = [w for w in old if w.rule != rule_id]
         if len(new) != len(old):
@@ -337,7 +372,6 @@ class Switch:
         for i in range(n):
             if vals[i] == rule_id:
                 ex.delete(keys[i])
-        self.maps.sw_rules.put(L.u32(rule_id), L.SwRule())
 
     def rules(self) -> list[RuleInfo]:
         used = self._used_rules()

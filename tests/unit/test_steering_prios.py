@@ -79,7 +79,7 @@ class FakeSwitch:
         return []
 
     def band(self) -> list[int]:
-        return [p for p, _, _ in self.slots if p <= PRIO_TOP]
+        return [p for p, _, _ in self.slots if steer.PRIO_MIN <= p <= steer.PRIO_TOP]
 
 
 def _hits(m: Match, in_port, pkt) -> bool:
@@ -244,6 +244,7 @@ def test_exact_rules_on_the_outside_switch_do_not_leak():
 
 def test_renumbering_gives_up_only_when_the_band_is_full(monkeypatch):
     monkeypatch.setattr(steer, "PRIO_TOP", 3)    # prios 0..3: room for four rule sets
+    monkeypatch.setattr(steer, "PRIO_MIN", 0)
     rec, sw = sharp()
     ck = Checker(sw)
     st = Steering.over(rec, sw)
