@@ -73,6 +73,7 @@ class MoveRequest:
     opts: frozenset[str] = frozenset()
     timeout: float = 30.0
     data_link: tuple[float, float] = (0.0, 0.0)    # (one-way delay ms, rate Mbit/s) between the instances
+    state_delay_s: float = 0.0      # opennf: emulated, the controller waits this long before taking the state
 
     def __post_init__(self):
         object.__setattr__(self, "opts", frozenset(self.opts))
@@ -86,6 +87,9 @@ class MoveRequest:
             raise BadInput("dt (data-plane trigger) is for dist moves of the whole table (filter all) "
                            "with guarantee ng or lf: op cuts the streams with the two-phase update, and a "
                            "partial filter needs the flows' outside keys, which only the source knows")
+        if self.state_delay_s and (self.mechanism != "opennf" or not 0 < self.state_delay_s <= 60):
+            raise BadInput("state_delay_ms (an emulated slower state transfer, 0-60000) is for opennf moves; "
+                           "SHarP's handovers take it too")
         if "ov" in self.opts and (self.mechanism != "dist" or not self.lf):
             raise BadInput("ov (overlap steering with the state push) is for dist moves with guarantee lf "
                            "or op: only a destination that holds the flows back may get them before their state")

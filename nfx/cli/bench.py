@@ -1,8 +1,11 @@
 """nfx bench"""
+import json
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
-from ..bench import dataplane, soak
+from ..bench import dataplane, sharp, sharp_plot, soak
 from ..bench import move as bm
 from ..bench import state as bstate
 from ..bench import table1 as t1
@@ -163,6 +166,33 @@ def soak_(moves: int = typer.Option(1000, "--moves", "-n", help="Consecutive mov
             out.print(f"  [red]error: {e}[/red]")
         out.print("[green]ok[/green]" if r["ok"] else "[bold red]NOT OK[/bold red]")
     if not r["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("sharp")
+def sharp_(rates: str = typer.Option(",".join(map(str, sharp.DEFAULT_RATES)), "--rates",
+                                     help="Fig. 5's packet rates (pps, comma-separated)."),
+           delays: str = typer.Option(",".join(map(str, sharp.DEFAULT_DELAYS_MS)), "--delays",
+                                      help="Fig. 7's added state-transfer durations (ms, comma-separated)."),
+           repeat: int = typer.Option(3, "--repeat", help="Runs per point."),
+           timeout: float = typer.Option(30.0, "--timeout", help="Seconds any one step may take."),
+           plot_dir: str = typer.Option("bench/results", "--plot", help="Where the PNGs, the table and the raw rows go."),
+           json_: bool = JsonOpt):
+    """SHarP's evaluation (Fig. 5: rate; Fig. 7: state-transfer duration) with OpenNF (op) beside it,
+    on a testbed of its own. Writes sharp-fig5.png, sharp-fig7.png, sharp.md and sharp.json."""
+    need_root()
+    r = sharp.run(split(rates, int), split(delays, float), repeat, timeout=timeout, progress=progress)
+    d = Path(plot_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "sharp.json").write_text(json.dumps(r, indent=1, default=str))
+    (d / "sharp.md").write_text(sharp_plot.table(r))
+    r["plots"] = [str(p) for p in sharp_plot.plot(r, d)]
+    if json_:
+        emit_json(r)
+    else:
+        out.print(sharp_plot.table(r))
+        out.print(f"plots: {', '.join(r['plots'])}; raw rows: {d / 'sharp.json'}")
+    if r["violations"]:
         raise typer.Exit(1)
 
 

@@ -119,6 +119,13 @@ class DelayedSteering:
 RULE_BYTES = 128       # an OpenFlow flow-mod or packet-out, about
 
 
+def _float(body: dict, key: str, default: float = 0.0) -> float:
+    try:
+        return float(body.get(key, default))
+    except (TypeError, ValueError):
+        raise BadInput(f"{key} must be a number, not {body.get(key)!r}") from None
+
+
 def log_file(testbed: str):
     return moves_path(testbed)
 
@@ -154,7 +161,8 @@ class Controller:
         return MoveRequest(src, dst, flt, scopes, guarantee=body.get("guarantee", "lf"),
                            mechanism=body.get("mechanism", "dist"), opts=frozenset(opts),
                            timeout=float(body.get("timeout", 30)),
-                           data_link=parse_data_link(body))      # the emulated link between instances
+                           data_link=parse_data_link(body),      # the emulated link between instances
+                           state_delay_s=_float(body, "state_delay_ms") / 1e3)
 
     def _ctrl_link(self, body: dict) -> tuple[float, float]:
         """This move's emulated control link: (one-way delay ms, rate Mbit/s)."""

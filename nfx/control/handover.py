@@ -10,16 +10,22 @@ sharp`): several at once, each on its own thread (nfx/migrate/sharp.py runs one)
 - The sources are the instances the filter's flows reach when it starts, by the rules below its
   own entries: what a higher handover holds is not its to take."""
 import json
+import logging
 import threading
 import time
 
 from ..errors import BadInput
 from ..filter import Filter, parse
 from ..movespec import new_epoch
+from ..migrate.endpoint import end_session
 from ..migrate.sharp import Handover, HandoverRequest
 from ..state.tables import parse_scopes
 from ..procs.controller import moves_path
+from .. import registry
 from .sharp_plane import MAX_PRIORITY, Plane, filter_overlap, prio
+
+
+log = logging.getLogger("nfx.controller")
 
 
 class Handovers:
@@ -81,6 +87,14 @@ class Handovers:
         h = Handover(req, self.plane, srcs, epoch, progress)
         try:
             out = h.run()
+        except BaseException:
+            # the switches are back (Handover's rollback); the destination lets go of what it held
+            rec = registry.load(self.ctl.testbed)
+            try:
+                end_session(rec, req.dst)
+            except Exception as e:
+                log.warning("handover %d: clearing %s's move settings failed: %s", epoch, req.dst, e)
+            raise
         finally:
             with self.cv:
                 self.running.pop(epoch, None)

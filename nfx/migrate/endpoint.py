@@ -15,6 +15,29 @@ from .. import packets as pk
 from ..agent.sessions import FILTER_SLOT
 
 
+def force_end(info: dict, instance: str) -> None:
+    """A move's marks, filter and settings at `instance` (its registry node `info`) undone
+    straight through its pins: for an instance whose agent is gone."""
+    gate = Gate(nf_class(info["kind"]).open(instance, Path(info["pin"])))
+    gate.clear_filter(FILTER_SLOT)
+    gate.unmark()
+    gate.clear_drain()
+    gate.reset_move()
+
+
+def end_session(rec: dict, instance: str) -> None:
+    """End whatever move session `instance` has, through its agent, or through its pins if the
+    agent does not answer."""
+    try:
+        c = AgentClient.for_node(nf_node(rec, instance), rec.get("token"), rec["mgmt"]["ns"], timeout=5)
+        try:
+            c.request("move_end")
+        finally:
+            c.close()
+    except Exception:
+        force_end(rec["nodes"][instance], instance)
+
+
 class Remote:
     def __init__(self, testbed_rec: dict, instance: str, delay_ms: float = 0.0, rate_mbit: float = 0.0,
                  timeout: float = 60.0):
@@ -169,11 +192,7 @@ class Remote:
     def force_end(self) -> None:
         """The agent is gone: undo the move's marks, filter and settings straight through the
         instance's pins, so its dataplane stops holding or passing the flows on."""
-        nf = self._open()
-        Gate(nf).clear_filter(FILTER_SLOT)
-        Gate(nf).unmark()
-        Gate(nf).clear_drain()
-        Gate(nf).reset_move()
+        force_end(self.info, self.name)
         self.session = None
 
     def force_delete(self, scopes, flt: Filter) -> None:

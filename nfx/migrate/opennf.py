@@ -37,6 +37,7 @@ class OpenNF(Mechanism):
             began()
             x.phase("held")
         x.t_state = time.perf_counter()
+        time.sleep(x.req.state_delay_s)     # emulated: a slower state transfer (bench sharp, Fig. 7)
         chunks, nbytes, applied_at = _transfer(x)
         if synth:
             x.ibc = list(synth)
