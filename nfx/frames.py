@@ -1,9 +1,11 @@
 """The packets the control side puts into the data plane, built by the controller and by an
-agent: DiST's in-band control packet (IBC), which travels with a flow, and the trigger that fires
-a switch's armed rules (bpf/switch.bpf.c)."""
+agent: DiST's in-band control packet (IBC), which travels with a flow, the trigger that fires
+a switch's armed rules (bpf/switch.bpf.c), and SHarP's in-band handover messages (nfx_hsl.h)."""
+import ctypes as ct
 import struct
 
 from . import layout as L
+from .errors import BadInput
 
 
 def _csum(b: bytes) -> int:
@@ -45,3 +47,43 @@ def trigger_frame(token: int, src_mac: bytes) -> bytes:
     payload = struct.pack("!II", L.FIRE_MAGIC, 0) + bytes(L.u64(token))
     l4 = struct.pack("!HHHH", TRIGGER_PORT, TRIGGER_PORT, 8 + len(payload), 0) + payload
     return b"\xff" * 6 + src_mac + b"\x08\x00" + _ipv4(b"\0" * 4, b"\0" * 4, 17, L.TOS_FIRE, l4, 6)
+
+
+HSL_BODY_MAX = 1500 - 20 - 8 - ct.sizeof(L.HslHdr)   # one frame on a 1500-byte MTU
+
+
+def hsl_frame(kind: int, epoch: int, side: int, body: bytes, src_mac: bytes,
+              dst_mac: bytes = b"\xff" * 6) -> bytes:
+    """An HSL message: IPv4/UDP 0.0.0.0 -> 255.255.255.255, ports NFX_HSL_PORT, TOS NFX_TOS_HSL,
+    then struct nfx_hsl_hdr (magic in network order, the rest in host order) and `body`.
+    Checksums are valid."""
+    if kind not in set(L.HslKind):
+        raise BadInput(f"unknown HSL message kind {kind!r}: one of {', '.join(k.name for k in L.HslKind)}")
+    if not 0 <= epoch < 1 << 32 or not 0 <= side < 256:
+        raise BadInput(f"HSL epoch {epoch} or side {side} out of range")
+    if len(body) > HSL_BODY_MAX:
+        raise BadInput(f"HSL body of {len(body)} bytes: at most {HSL_BODY_MAX} fit one frame")
+    magic = struct.unpack("=I", struct.pack("!I", L.HSL_MAGIC))[0]
+    hdr = bytes(L.HslHdr(magic=magic, epoch=epoch, kind=kind, side=side, len=len(body)))
+    payload = hdr + bytes(body)
+    l4 = struct.pack("!HHHH", L.HSL_PORT, L.HSL_PORT, 8 + len(payload), 0) + payload
+    return bytes(dst_mac) + bytes(src_mac) + b"\x08\x00" + _ipv4(b"\0" * 4, b"\xff" * 4, 17, L.TOS_HSL, l4, 6)
+
+
+def parse_hsl(frame: bytes) -> tuple[int, int, int, bytes] | None:
+    """(kind, epoch, side, body) of an HSL message (an ethernet frame: TOS NFX_TOS_HSL, UDP,
+    NFX_HSL_MAGIC first), or None for any other frame. The body is cut to the header's `len`
+    and to what the frame holds (a controller-ring copy stops at 1536 bytes)."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[14] >> 4 != 4:
+        return None
+    ihl = (frame[14] & 0xF) * 4
+    if frame[15] != L.TOS_HSL or frame[23] != 17 or ihl < 20:
+        return None
+    at = 14 + ihl + 8
+    hsz = ct.sizeof(L.HslHdr)
+    if len(frame) < at + hsz:
+        return None
+    h = L.HslHdr.from_buffer_copy(frame[at:at + hsz])
+    if struct.pack("=I", h.magic) != struct.pack("!I", L.HSL_MAGIC):
+        return None
+    return h.kind, h.epoch, h.side, bytes(frame[at + hsz:at + hsz + h.len])

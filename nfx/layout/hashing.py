@@ -15,7 +15,7 @@ QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M
 # nfx_st_write.h hold code, not layouts: their includes are followed, their text is not hashed
 # (as before the split)
 LAYOUT_HEADERS = ("nfx_flow.h", "nfx_gate.h", "nfx_move.h", "nfx_statelet.h", "nfx_nat.h", "nfx_ids.h",
-                  "nfx_switch.h", "nfx_bench.h")
+                  "nfx_switch.h", "nfx_bench.h", "nfx_hsl.h")
 
 # State written before the split carries the hash of the one nfx.h every program included (as of
 # e4c861a). Its structs are byte for byte those of the split headers, so such a file still fits
