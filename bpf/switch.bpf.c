@@ -183,13 +183,13 @@ static __always_inline void sw_set_tos(struct __sk_buff *skb, __u8 tos)
     bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2);
 }
 
-/* copy the packet (up to SW_SNAP bytes) to the controller ring */
-static __always_inline void sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u32 rule)
+/* copy the packet (up to SW_SNAP bytes) to the controller ring; 1: copied */
+static __always_inline int sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u32 rule)
 {
     __u32 z = 0;
     struct sw_ctrl_rec *r = sw_scratch.lookup(&z);
     if (!r)
-        return;
+        return 0;
     __u64 len = skb->len;           /* 64-bit: a 32-bit copy would be re-extended and lose its bounds */
     if (len > SW_SNAP)
         len = SW_SNAP;
@@ -197,19 +197,22 @@ static __always_inline void sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u
      * into one unsigned range test that loses the lower bound */
     asm volatile("" : "+r"(len));
     if (len < 1)
-        return;
+        return 0;
     asm volatile("" : "+r"(len));
     if (len > SW_SNAP)
-        return;
+        return 0;
     if (bpf_skb_load_bytes(skb, 0, r->data, len))
-        return;
+        return 0;
     r->hdr.len = len;
     r->hdr.in_port = in_port;
     r->hdr.rule = rule;
     r->hdr.pad = 0;
     r->hdr.ts_ns = bpf_ktime_get_ns();
-    if (sw_ctrl.ringbuf_output(r, sizeof(r->hdr) + len, 0))
+    if (sw_ctrl.ringbuf_output(r, sizeof(r->hdr) + len, 0)) {
         nfx_count(NFX_R_SW_RING_FULL);
+        return 0;
+    }
+    return 1;
 }
 
 /* a trigger (TOS NFX_TOS_FIRE, UDP, payload NFX_FIRE_MAGIC then a token): record that the
@@ -267,8 +270,8 @@ static __always_inline int sw_hsl(struct __sk_buff *skb, __u32 reason, __u8 prot
     if (roles & NFX_SW_PORT_NF) {
         if (!ok)
             return 0;
-        sw_to_ctrl(skb, in_port, NFX_SW_RULE_HSL);
-        sw_note(NFX_SW_R_HSL);
+        if (sw_to_ctrl(skb, in_port, NFX_SW_RULE_HSL))
+            sw_note(NFX_SW_R_HSL);  /* else lost to a full ring, counted there */
         return 1;
     }
     __u32 epoch = h.epoch;
@@ -276,8 +279,8 @@ static __always_inline int sw_hsl(struct __sk_buff *skb, __u32 reason, __u8 prot
         sw_note(NFX_SW_R_HSL_FORGED);
         return -1;
     }
-    sw_to_ctrl(skb, in_port, NFX_SW_RULE_HSL);
-    sw_note(NFX_SW_R_HSL_TEST);
+    if (sw_to_ctrl(skb, in_port, NFX_SW_RULE_HSL))
+        sw_note(NFX_SW_R_HSL_TEST);
     return 1;
 }
 

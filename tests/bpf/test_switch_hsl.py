@@ -225,3 +225,17 @@ def test_expected_epochs_are_bounded_and_checked(sw):
     with pytest.raises(BadInput, match="at most"):
         sw.expect_test(L.HSL_EPOCHS + 1)
     assert sw.expected_tests() == list(range(1, L.HSL_EPOCHS + 1))
+
+
+def test_a_message_lost_to_a_full_ring_is_counted_there():
+    small = Switch.load("tsw-hslring", defines={"NFX_SW_RING_PAGES": 1})    # a 4 KiB ring
+    small.set_port_role(P_NF, "nf")
+    f = hsl(L.HslKind.DONE, 8, body=b"z" * 200)
+    for _ in range(50):
+        assert run(small, f, P_NF)[0] == TC_ACT_SHOT
+    st = small.stats()
+    with small.ctrl_reader() as rd:
+        got = rd.drain()
+    assert 0 < st.get("r_sw_ring_full", 0) < 50
+    assert len(got) == st["r_sw_hsl"] == 50 - st["r_sw_ring_full"]
+    assert all(p.hsl and p.data == f for p in got)
