@@ -6,11 +6,16 @@
  * match on in_port alone (or nothing) switch them: that is how ARP is forwarded.
  * A rule may be armed with a token: it is passed over (lower slots and wildcards decide) until
  * a trigger carrying that token has arrived on an NF-facing port. Triggers are consumed here.
- * nfx's reserved marks (TOS NFX_TOS_IBC, NFX_TOS_FIRE) are dropped where a host could forge
- * them: see sw_reserved. */
+ * nfx's reserved marks (TOS NFX_TOS_IBC, NFX_TOS_FIRE, NFX_TOS_HSL) are dropped where a host
+ * could forge them: see sw_reserved. SHarP's HSL messages (nfx_hsl.h) from an instance, and the
+ * controller's test packet, go to the controller ring and no further.
+ * Each rule's counter stamps its last hit (per CPU), for the controller's idle timeouts. */
 #include "nfx_bpf.h"
 #include "nfx_move.h"
 #include "nfx_switch.h"
+#include "nfx_hsl.h"
+
+_Static_assert(NFX_SW_RULE_HSL >= NFX_SW_MAX_RULES, "the HSL record id must be no rule's");
 
 #ifndef NFX_SW_MAX_EXACT
 #define NFX_SW_MAX_EXACT 65536
@@ -29,6 +34,9 @@ BPF_PERCPU_ARRAY(sw_counters, struct nfx_sw_counter, NFX_SW_MAX_RULES);
 BPF_TABLE("lru_hash", __u64, __u64, sw_fired, NFX_SW_MAX_FIRED);
 BPF_HASH(sw_ports, __u32, __u32, NFX_SW_PORT_SLOTS);   /* ifindex -> NFX_SW_PORT_* role */
 BPF_ARRAY(sw_cfg, struct nfx_sw_cfg, 1);
+/* epoch -> 1: the test packets the controller is about to inject on a host port */
+BPF_HASH(sw_hsl_epochs, __u32, __u32, NFX_HSL_EPOCHS);
+BPF_PERCPU_ARRAY(sw_reasons, __u64, NFX_SW_R_MAX);
 BPF_RINGBUF_OUTPUT(sw_ctrl, NFX_SW_RING_PAGES);
 
 /* a ringbuf record is built here, then output with its real length (a fixed-size reserve
@@ -38,6 +46,13 @@ struct sw_ctrl_rec {
     __u8 data[SW_SNAP];
 };
 BPF_PERCPU_ARRAY(sw_scratch, struct sw_ctrl_rec, 1);
+
+static __always_inline void sw_note(__u32 i)
+{
+    __u64 *v = sw_reasons.lookup(&i);
+    if (v)
+        (*v)++;
+}
 
 /* TC_ACT_* onto the XDP-indexed verdict slots; the one exit of the program */
 static __always_inline int sw_exit(int act)
@@ -168,13 +183,13 @@ static __always_inline void sw_set_tos(struct __sk_buff *skb, __u8 tos)
     bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2);
 }
 
-/* copy the packet (up to SW_SNAP bytes) to the controller ring */
-static __always_inline void sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u32 rule)
+/* copy the packet (up to SW_SNAP bytes) to the controller ring; 1: copied */
+static __always_inline int sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u32 rule)
 {
     __u32 z = 0;
     struct sw_ctrl_rec *r = sw_scratch.lookup(&z);
     if (!r)
-        return;
+        return 0;
     __u64 len = skb->len;           /* 64-bit: a 32-bit copy would be re-extended and lose its bounds */
     if (len > SW_SNAP)
         len = SW_SNAP;
@@ -182,19 +197,22 @@ static __always_inline void sw_to_ctrl(struct __sk_buff *skb, __u32 in_port, __u
      * into one unsigned range test that loses the lower bound */
     asm volatile("" : "+r"(len));
     if (len < 1)
-        return;
+        return 0;
     asm volatile("" : "+r"(len));
     if (len > SW_SNAP)
-        return;
+        return 0;
     if (bpf_skb_load_bytes(skb, 0, r->data, len))
-        return;
+        return 0;
     r->hdr.len = len;
     r->hdr.in_port = in_port;
     r->hdr.rule = rule;
     r->hdr.pad = 0;
     r->hdr.ts_ns = bpf_ktime_get_ns();
-    if (sw_ctrl.ringbuf_output(r, sizeof(r->hdr) + len, 0))
+    if (sw_ctrl.ringbuf_output(r, sizeof(r->hdr) + len, 0)) {
         nfx_count(NFX_R_SW_RING_FULL);
+        return 0;
+    }
+    return 1;
 }
 
 /* a trigger (TOS NFX_TOS_FIRE, UDP, payload NFX_FIRE_MAGIC then a token): record that the
@@ -237,14 +255,44 @@ static __always_inline int sw_ibc_expected(struct __sk_buff *skb, __u8 proto, __
     return w[0] == bpf_htonl(NFX_IBC_MAGIC) && bpf_ntohl(w[1]) == c->ibc_epoch;
 }
 
+/* an HSL message (TOS NFX_TOS_HSL, UDP, NFX_HSL_MAGIC first). From an NF port (an agent's ACK
+ * or DONE) any kind goes to the controller. From anywhere else only the controller's TEST of an
+ * epoch it put in sw_hsl_epochs is taken: it was injected on the host's veth so that it queues
+ * behind the flows' packets, and its arrival here tells the controller they all passed. Returns
+ * 1: consumed, -1: forged, 0: an ordinary packet (a malformed message from an NF port). */
+static __always_inline int sw_hsl(struct __sk_buff *skb, __u32 reason, __u8 proto, __u32 l4_off,
+                                  __u32 in_port, __u32 roles)
+{
+    struct nfx_hsl_hdr h = {};
+    int ok = reason == NFX_R_OK && proto == IPPROTO_UDP && l4_off <= 128 &&
+             !bpf_skb_load_bytes(skb, l4_off + sizeof(struct udphdr), &h, sizeof(h)) &&
+             h.magic == bpf_htonl(NFX_HSL_MAGIC);
+    if (roles & NFX_SW_PORT_NF) {
+        if (!ok)
+            return 0;
+        if (sw_to_ctrl(skb, in_port, NFX_SW_RULE_HSL))
+            sw_note(NFX_SW_R_HSL);  /* else lost to a full ring, counted there */
+        return 1;
+    }
+    __u32 epoch = h.epoch;
+    if (!ok || h.kind != NFX_HSL_TEST || !sw_hsl_epochs.lookup(&epoch)) {
+        sw_note(NFX_SW_R_HSL_FORGED);
+        return -1;
+    }
+    if (sw_to_ctrl(skb, in_port, NFX_SW_RULE_HSL))
+        sw_note(NFX_SW_R_HSL_TEST);
+    return 1;
+}
+
 /* nfx's reserved marks, on an IPv4 packet that arrived on a port of role `roles`. Triggers are
  * taken only from NF-facing ports (the source's agent sends them there); from anywhere else
  * they are forged. An IBC from a port that does not face an NF is forged unless it is the
  * controller's: the controller injects its IBCs on the host's veth, so they share the flow's
  * FIFO into this port, and a host could send the same bytes; what tells them apart is the epoch,
  * which the controller writes into sw_cfg just before it sends (nfx/control/steer.py). The NF's
- * gate checks that epoch against the move once more. Returns 1: consumed (a trigger), -1:
- * forged (drop), 0: an ordinary packet or the controller's IBC. */
+ * gate checks that epoch against the move once more. HSL messages: see sw_hsl. Returns 1:
+ * consumed (a trigger, an HSL message), -1: forged (drop), 0: an ordinary packet or the
+ * controller's IBC. */
 static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8 proto, __u32 l4_off,
                                        __u32 in_port)
 {
@@ -254,10 +302,12 @@ static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8
     if ((void *)(ip + 1) > end)
         return 0;
     __u8 tos = ip->tos;
-    if (tos != NFX_TOS_FIRE && tos != NFX_TOS_IBC)
+    if (tos != NFX_TOS_FIRE && tos != NFX_TOS_IBC && tos != NFX_TOS_HSL)
         return 0;                   /* every ordinary packet: no port lookup */
     __u32 *role = sw_ports.lookup(&in_port);
     __u32 roles = role ? *role : 0;
+    if (tos == NFX_TOS_HSL)
+        return sw_hsl(skb, reason, proto, l4_off, in_port, roles);
     if (tos == NFX_TOS_FIRE) {
         if (!(roles & NFX_SW_PORT_NF))
             return -1;
@@ -288,7 +338,7 @@ int nfx_switch(struct __sk_buff *skb)
         if (res < 0)
             nfx_count(NFX_R_FORGED);
         if (res)
-            goto out;               /* consumed (a trigger) or forged */
+            goto out;               /* consumed (a trigger, an HSL message) or forged */
     }
     __u32 rid = 0;
     struct nfx_sw_rule *r = sw_lookup(&k, reason == NFX_R_OK, in_port, &rid);
@@ -300,6 +350,7 @@ int nfx_switch(struct __sk_buff *skb)
     if (c) {
         c->pkts++;
         c->bytes += skb->len;
+        c->last_ns = bpf_ktime_get_ns();   /* idle timeouts: user space takes the max over CPUs */
     }
     __u32 a = r->actions;
     /* the controller sees the packet as it arrived */

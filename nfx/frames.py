@@ -3,7 +3,6 @@ agent: DiST's in-band control packet (IBC), which travels with a flow, the trigg
 a switch's armed rules (bpf/switch.bpf.c), and SHarP's handover messages."""
 import ctypes as ct
 import json
-import socket
 import struct
 
 from . import layout as L
@@ -57,41 +56,61 @@ def trigger_frame(token: int, src_mac: bytes) -> bytes:
 CTRL_TAG_MAC = bytes.fromhex("026e66637472")       # 02:"nfctr"
 
 
-def hsl_frame(kind: int, epoch: int, side: int, body: dict | None, src_mac: bytes,
+HSL_BODY_MAX = 1500 - 20 - 8 - ct.sizeof(L.HslHdr)   # one frame on a 1500-byte MTU
+
+
+def hsl_frame(kind: int, epoch: int, side: int, body: bytes, src_mac: bytes,
               dst_mac: bytes = b"\xff" * 6) -> bytes:
-    """A SHarP handover message (bpf/include/nfx_hsl.h): IPv4/UDP, TOS NFX_TOS_HSL, port
-    NFX_HSL_PORT both ends, payload struct nfx_hsl_hdr then `body` as JSON."""
-    data = json.dumps(body or {}, separators=(",", ":")).encode()
-    if len(data) > HSL_BODY_MAX:
-        raise BadInput(f"a handover message body of {len(data)} bytes is over {HSL_BODY_MAX}")
-    hdr = L.HslHdr(magic=socket.htonl(L.HSL_MAGIC), epoch=epoch, kind=kind, side=side, len=len(data))
-    payload = bytes(hdr) + data
+    """An HSL message: IPv4/UDP 0.0.0.0 -> 255.255.255.255, ports NFX_HSL_PORT, TOS NFX_TOS_HSL,
+    then struct nfx_hsl_hdr (magic in network order, the rest in host order) and `body`.
+    Checksums are valid."""
+    if kind not in set(L.HslKind):
+        raise BadInput(f"unknown HSL message kind {kind!r}: one of {', '.join(k.name for k in L.HslKind)}")
+    if not 0 <= epoch < 1 << 32 or not 0 <= side < 256:
+        raise BadInput(f"HSL epoch {epoch} or side {side} out of range")
+    if len(body) > HSL_BODY_MAX:
+        raise BadInput(f"HSL body of {len(body)} bytes: at most {HSL_BODY_MAX} fit one frame")
+    magic = struct.unpack("=I", struct.pack("!I", L.HSL_MAGIC))[0]
+    hdr = bytes(L.HslHdr(magic=magic, epoch=epoch, kind=kind, side=side, len=len(body)))
+    payload = hdr + bytes(body)
     l4 = struct.pack("!HHHH", L.HSL_PORT, L.HSL_PORT, 8 + len(payload), 0) + payload
-    return dst_mac + src_mac + b"\x08\x00" + _ipv4(b"\0" * 4, b"\xff" * 4, 17, L.TOS_HSL, l4, 6)
+    return bytes(dst_mac) + bytes(src_mac) + b"\x08\x00" + _ipv4(b"\0" * 4, b"\xff" * 4, 17, L.TOS_HSL, l4, 6)
 
 
-HSL_BODY_MAX = 1200
-
-
-def parse_hsl(frame: bytes) -> tuple[int, int, int, dict] | None:
-    """(kind, epoch, side, body) of a handover message, None for any other frame."""
-    if len(frame) < 14 + 20 + 8 + ct.sizeof(L.HslHdr) or frame[12:14] != b"\x08\x00":
+def parse_hsl(frame: bytes) -> tuple[int, int, int, bytes] | None:
+    """(kind, epoch, side, body) of an HSL message (an ethernet frame: TOS NFX_TOS_HSL, UDP,
+    NFX_HSL_MAGIC first), or None for any other frame. The body is cut to the header's `len`
+    and to what the frame holds (a controller-ring copy stops at 1536 bytes)."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[14] >> 4 != 4:
         return None
-    ihl = (frame[14] & 0x0F) * 4
+    ihl = (frame[14] & 0xF) * 4
     if frame[15] != L.TOS_HSL or frame[23] != 17 or ihl < 20:
         return None
-    off = 14 + ihl + 8
-    if len(frame) < off + ct.sizeof(L.HslHdr):
+    at = 14 + ihl + 8
+    hsz = ct.sizeof(L.HslHdr)
+    if len(frame) < at + hsz:
         return None
-    h = L.HslHdr.from_buffer_copy(frame, off)
-    if socket.ntohl(h.magic) != L.HSL_MAGIC:
+    h = L.HslHdr.from_buffer_copy(frame[at:at + hsz])
+    if struct.pack("=I", h.magic) != struct.pack("!I", L.HSL_MAGIC):
         return None
-    raw = frame[off + ct.sizeof(L.HslHdr):off + ct.sizeof(L.HslHdr) + h.len]
+    return h.kind, h.epoch, h.side, bytes(frame[at + hsz:at + hsz + h.len])
+
+
+def hsl_message(kind: int, epoch: int, side: int, body: dict, src_mac: bytes, dst_mac: bytes = b"\xff" * 6) -> bytes:
+    """An HSL message whose body is a JSON object (what the controller and the agents say)."""
+    return hsl_frame(kind, epoch, side, json.dumps(body, separators=(",", ":")).encode(), src_mac, dst_mac)
+
+
+def parse_hsl_message(frame: bytes) -> tuple[int, int, int, dict] | None:
+    """(kind, epoch, side, body) of an HSL message with a JSON object body, else None."""
+    m = parse_hsl(frame)
+    if m is None:
+        return None
     try:
-        body = json.loads(raw) if raw else {}
+        body = json.loads(m[3]) if m[3] else {}
     except ValueError:
         return None
-    return h.kind, h.epoch, h.side, body if isinstance(body, dict) else {}
+    return m[0], m[1], m[2], body if isinstance(body, dict) else {}
 
 
 def frame_key(frame: bytes) -> L.FlowKey | None:
@@ -118,3 +137,4 @@ def frame_key(frame: bytes) -> L.FlowKey | None:
 def tagged(frame: bytes) -> bytes:
     """The frame as the controller releases it toward a handover's destination (CTRL_TAG_MAC)."""
     return frame[:6] + CTRL_TAG_MAC + frame[12:]
+

@@ -17,6 +17,19 @@
 #define NFX_SW_TO_CTRL   0x08
 #define NFX_SW_DROP      0x10
 
+/* the `rule` of a controller-ring record that holds an HSL message (nfx_hsl.h), not a packet
+ * a rule sent: rule ids stop below NFX_SW_MAX_RULES, so no rule has it */
+#define NFX_SW_RULE_HSL  4096
+
+/* the switch's own reasons, counted in sw_reasons beside nfx_stats: kept out of enum nfx_stat
+ * so the NFs' layout hash (and the state files it guards) stays as it is */
+enum nfx_sw_reason {
+    NFX_SW_R_HSL,                    /* an HSL message from an NF port, copied to the controller */
+    NFX_SW_R_HSL_TEST,               /* the controller's test packet (expected epoch), taken */
+    NFX_SW_R_HSL_FORGED,             /* an HSL mark from a host port that is no expected test */
+    NFX_SW_R_MAX = 8,
+};
+
 struct nfx_sw_rule {
     __u32 actions;
     __u32 nports;
@@ -49,6 +62,7 @@ struct nfx_sw_cfg {                  /* array of 1, written by the controller */
 struct nfx_sw_counter {
     __u64 pkts;
     __u64 bytes;
+    __u64 last_ns;                   /* bpf_ktime_get_ns of the last hit on this CPU (0: none) */
 };
 
 struct nfx_sw_ctrl_hdr {             /* ringbuf record: header then the packet bytes */

@@ -23,7 +23,7 @@ import time
 from .. import layout as L
 from ..errors import BadInput
 from ..filter import parse
-from ..frames import hsl_frame, parse_hsl
+from ..frames import hsl_message, parse_hsl_message
 from ..state import ops
 from ..state.tables import SCOPES
 from .client import AgentClient
@@ -79,7 +79,7 @@ class HslOps:
                     continue
                 if addr[2] == socket.PACKET_OUTGOING:
                     continue                       # our own ACK/DONE on its way out
-                msg = parse_hsl(frame)
+                msg = parse_hsl_message(frame)
                 if msg is None:
                     continue
                 try:
@@ -94,7 +94,7 @@ class HslOps:
         ifname = self.wiring[side]
         s = self._hsl_socks[ifname]
         body = {"instance": self.instance, **body}
-        s.send(hsl_frame(kind, epoch, side, body, s.getsockname()[4]))
+        s.send(hsl_message(kind, epoch, side, body, s.getsockname()[4]))
 
     def _hsl_message(self, ifname: str, kind: int, epoch: int, side: int, body: dict) -> None:
         side = self.wiring.index(ifname)

@@ -12,7 +12,7 @@ import time
 from .. import layout as L
 from ..errors import BadInput, NfxError, NotFound
 from ..filter import Filter
-from ..frames import frame_key, hsl_frame, parse_hsl
+from ..frames import frame_key, hsl_message, parse_hsl_message
 from ..loader import netns
 from .steer import PRIO_MIN, Steering, filter_match
 from .switch import Rule
@@ -167,7 +167,7 @@ class Plane:
                 time.sleep(0.0005)
 
     def _dispatch(self, sw: str, p) -> None:
-        msg = parse_hsl(p.data)
+        msg = parse_hsl_message(p.data) if p.hsl else None
         with self.lock:
             h = self._by_epoch.get(msg[1]) if msg else self._by_rule.get((sw, p.rule))
         if h is None:
@@ -210,7 +210,7 @@ class Plane:
 
     def message(self, sw: str, nf: str, kind: int, epoch: int, body: dict) -> None:
         s = self._sock(sw, self.port(sw, nf))
-        self.packet_out(sw, nf, [hsl_frame(kind, epoch, self.side(sw), body, s.getsockname()[4])])
+        self.packet_out(sw, nf, [hsl_message(kind, epoch, self.side(sw), body, s.getsockname()[4])])
 
     def test_packet(self, sw: str, epoch: int) -> None:
         """SHarP's test packet, from the host side of `sw`: it enters the switch behind every
@@ -218,7 +218,7 @@ class Plane:
         self.steer.sw[sw].expect_test(epoch)
         host = self.steer.host_of[sw]
         s = self.steer.host_socket(host)
-        s.send(hsl_frame(L.HslKind.TEST, epoch, self.side(sw), {}, s.getsockname()[4] if s.getsockname()[4]
+        s.send(hsl_message(L.HslKind.TEST, epoch, self.side(sw), {}, s.getsockname()[4] if s.getsockname()[4]
                          else b"\x02" + bytes(5)))
 
     def test_seen(self, sw: str, epoch: int) -> None:

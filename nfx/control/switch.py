@@ -9,6 +9,10 @@ trigger with that token (nfx/frames.py) has reached the switch on an NF-facing p
 Ports have roles (`set_port_role`): a port facing a host drops nfx's reserved marks (IBC and
 trigger TOS) except the controller's IBC of the epoch set with `expect_ibc`; triggers count only
 on ports facing an NF; a port with no role counts as facing a host.
+SHarP's HSL messages (nfx/frames.py hsl_frame) from an NF port, and the controller's TEST of an
+epoch announced with `expect_test` from a host port, reach the controller ring (CtrlPacket.hsl)
+and go no further; any other HSL mark from a host port is dropped as forged. Every rule's
+counter stamps its last hit (`last_hit_ns`), for idle timeouts.
 
 One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
 against a second writer."""
@@ -39,6 +43,8 @@ class SWITCH_MAPS(MapSet):
     sw_fired = MapSpec(L.u64, L.u64)
     sw_ports = MapSpec(L.u32, L.u32)
     sw_cfg = MapSpec(L.u32, L.SwCfg)
+    sw_hsl_epochs = MapSpec(L.u32, L.u32)
+    sw_reasons = MapSpec(L.u32, L.u64)
     nfx_stats = MapSpec(L.u32, L.u64)
 
 
@@ -80,8 +86,13 @@ class RuleInfo:
 
 class CtrlPacket(NamedTuple):
     in_port: Port                # ifname when it resolves, else the ifindex
-    rule: int
+    rule: int                    # L.SW_RULE_HSL for an HSL message
     data: bytes
+
+    @property
+    def hsl(self) -> bool:
+        """An HSL message the switch took (nfx/frames.py parse_hsl reads it), not a rule's copy."""
+        return self.rule == L.SW_RULE_HSL
 
 
 # ---- conversions between Python values and the wire-order fields in nfx_switch.h ----
@@ -224,6 +235,25 @@ class Switch:
     def expect_ibc(self, epoch: int) -> None:
         """The controller is about to send an IBC of `epoch` into a host-facing port (0: none)."""
         self.maps.sw_cfg.put(L.u32(0), L.SwCfg(ibc_epoch=epoch))
+
+    # ---- SHarP's test packets ----
+    def expect_test(self, epoch: int) -> None:
+        """The controller is about to inject the TEST message of handover `epoch` on a host port."""
+        if not 0 < epoch < 1 << 32:
+            raise BadInput(f"HSL epoch {epoch} is not a nonzero 32-bit value")
+        try:
+            self.maps.sw_hsl_epochs.put(L.u32(epoch), L.u32(1))
+        except BpfError as e:
+            raise BadInput(f"switch {self.name}: cannot expect test {epoch} ({e}): at most "
+                           f"{L.HSL_EPOCHS} at once, forget_test the finished ones") from None
+
+    def forget_test(self, epoch: int) -> None:
+        """The test of `epoch` arrived or was given up: a host sending it again is forged."""
+        self.maps.sw_hsl_epochs.delete(L.u32(epoch))
+
+    def expected_tests(self) -> list[int]:
+        n, keys, _ = self.maps.sw_hsl_epochs.export()
+        return sorted(keys[i] for i in range(n))
 
     # ---- rules ----
     def _encode(self, rule: Rule) -> L.SwRule:
@@ -423,9 +453,26 @@ class Switch:
                 out[rid] = (sum(c.pkts for c in vals[i]), sum(c.bytes for c in vals[i]))
         return out
 
+    def last_hit_ns(self, rule_id: int) -> int | None:
+        """When rule `rule_id` last matched a packet (CLOCK_MONOTONIC ns, as time.monotonic_ns()),
+        or None if it has not since it was added. The latest stamp over CPUs."""
+        r = self.maps.sw_rules.get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None
+        if r is None or not r.used:
+            raise NotFound(f"switch {self.name}: no rule {rule_id}")
+        v = self.maps.sw_counters.get(L.u32(rule_id))
+        last = max((c.last_ns for c in v), default=0) if v is not None else 0
+        return last or None
+
     def stats(self) -> dict[str, int]:
-        """Verdict and reason counters summed over CPUs, by name; zeros left out."""
-        return stats_dict(self.maps.nfx_stats)
+        """Verdict and reason counters summed over CPUs, by name; zeros left out. The switch's
+        own reasons (sw_reasons) are among them as r_sw_<reason>."""
+        out = stats_dict(self.maps.nfx_stats)
+        n, keys, vals = self.maps.sw_reasons.export()
+        names = {r.value: f"r_sw_{r.name.lower()}" for r in L.SwReason}
+        for i in range(n):
+            if sum(vals[i]):
+                out[names.get(keys[i], f"sw_reason_{keys[i]}")] = sum(vals[i])
+        return out
 
     def ctrl_reader(self) -> "CtrlReader":
         return CtrlReader(self.ring_fd, self.port_name)

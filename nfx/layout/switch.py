@@ -1,5 +1,6 @@
 """Mirror of bpf/include/nfx_switch.h: the switch's rules, matches, counters and records."""
 import ctypes as ct
+import enum
 
 from .flow import u8, u16, u32, u64
 
@@ -10,6 +11,17 @@ SW_MAX_FIRED = 1024
 SW_PORT_SLOTS = 64
 SW_PORT_HOST, SW_PORT_NF = 1, 2
 SW_OUTPUT, SW_SET_TOS, SW_CLEAR_TOS, SW_TO_CTRL, SW_DROP = 0x01, 0x02, 0x04, 0x08, 0x10
+SW_RULE_HSL = 4096
+
+
+class SwReason(enum.IntEnum):
+    """enum nfx_sw_reason: the switch's own reasons (sw_reasons), read as r_sw_<name>."""
+    HSL = 0
+    HSL_TEST = 1
+    HSL_FORGED = 2
+
+
+SW_R_MAX = 8
 
 
 class SwRule(ct.Structure):
@@ -27,7 +39,7 @@ class SwCfg(ct.Structure):
 
 
 class SwCounter(ct.Structure):
-    _fields_ = [("pkts", u64), ("bytes", u64)]
+    _fields_ = [("pkts", u64), ("bytes", u64), ("last_ns", u64)]
 
 
 class SwCtrlHdr(ct.Structure):

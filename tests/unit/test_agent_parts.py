@@ -3,14 +3,15 @@ its handler, and the agent's side of a move loads nothing of the controller's si
 import subprocess
 import sys
 
+from nfx.agent.hsl import HSL_OPS
 from nfx.agent.ops_move import MOVE_OPS
 from nfx.agent.protocol import OPS
 from nfx.agent.server import Agent
 
 
 def test_every_op_has_a_handler():
-    missing = [op for op in OPS + MOVE_OPS if not callable(getattr(Agent, "op_" + op, None))]
-    assert not missing and Agent.ops == OPS + MOVE_OPS
+    missing = [op for op in OPS + MOVE_OPS + HSL_OPS if not callable(getattr(Agent, "op_" + op, None))]
+    assert not missing and Agent.ops == OPS + MOVE_OPS + HSL_OPS
 
 
 def test_the_agent_loads_nothing_of_the_controller_side():

@@ -49,7 +49,8 @@ def test_every_struct_of_a_header_is_mirrored_by_its_module(header):
     ("nfx_ids_global", L.IdsGlobal, "NFX_IDS_G_"),
     ("nfx_st_table", L.StTable, "NFX_ST_"), ("nfx_st_op", L.StOp, "NFX_ST_"),
     ("nfx_stf_nat", L.StfNat, "NFX_STF_NAT_"), ("nfx_stf_ids_flow", L.StfIdsFlow, "NFX_STF_FLOW_"),
-    ("nfx_stf_ids_host", L.StfIdsHost, "NFX_STF_HOST_"), ("nfx_hsl_kind", L.HslKind, "NFX_HSL_"),
+    ("nfx_stf_ids_host", L.StfIdsHost, "NFX_STF_HOST_"),
+    ("nfx_hsl_kind", L.HslKind, "NFX_HSL_"), ("nfx_sw_reason", L.SwReason, "NFX_SW_R_"),
 ])
 def test_enums_match(cname, pyenum, prefix):
     header = "nfx_%s.h" % pyenum.__module__.rsplit(".", 1)[1]
@@ -77,7 +78,7 @@ def test_enums_match(cname, pyenum, prefix):
     (L.switch, "NFX_SW_PORT_NF", "SW_PORT_NF"),
     (L.switch, "NFX_SW_OUTPUT", "SW_OUTPUT"), (L.switch, "NFX_SW_SET_TOS", "SW_SET_TOS"),
     (L.switch, "NFX_SW_CLEAR_TOS", "SW_CLEAR_TOS"), (L.switch, "NFX_SW_TO_CTRL", "SW_TO_CTRL"),
-    (L.switch, "NFX_SW_DROP", "SW_DROP"),
+    (L.switch, "NFX_SW_DROP", "SW_DROP"), (L.switch, "NFX_SW_RULE_HSL", "SW_RULE_HSL"),
     (L.hsl, "NFX_TOS_HSL", "TOS_HSL"), (L.hsl, "NFX_HSL_MAGIC", "HSL_MAGIC"), (L.hsl, "NFX_HSL_PORT", "HSL_PORT"),
     (L.hsl, "NFX_HSL_EPOCHS", "HSL_EPOCHS"),
     (L.bench, "NFX_GEN_MAGIC", "GEN_MAGIC"), (L.bench, "NFX_LAT_BUCKETS", "LAT_BUCKETS"),
@@ -90,6 +91,12 @@ def test_defines_match(mod, cname, pyname):
 def test_stat_max():
     assert c_enum("nfx_flow.h", "nfx_stat")["NFX_STAT_MAX"] == L.STAT_MAX
     assert max(L.Stat) < L.STAT_MAX
+    assert c_enum("nfx_switch.h", "nfx_sw_reason")["NFX_SW_R_MAX"] == L.SW_R_MAX
+    assert max(L.SwReason) < L.SW_R_MAX
+
+
+def test_the_hsl_record_id_is_no_rules():
+    assert L.SW_RULE_HSL >= L.SW_MAX_RULES
 
 
 @pytest.mark.parametrize("stf,struct", [(L.StfNat, L.NatEntry), (L.StfIdsFlow, L.IdsFlow), (L.StfIdsHost, L.IdsHost)])

@@ -213,7 +213,7 @@ def test_earlier_controllers_rules_are_kept_in_order_and_replaced():
     renumbers them, order kept, and pointing the same filter replaces the old set."""
     rec, sw = sharp()
     for n, h in (("si", "h1"), ("so", "h2")):
-        sw[n].add_wild(Match(in_port=h, proto=17), Rule(output=["nf1"]), prio=5)       # older
+        sw[n].add_wild(Match(in_port=h, proto=17), Rule(output=["nf1"]), prio=PRIO_MIN + 5)   # older
         sw[n].add_wild(Match(in_port=h), Rule(output=["nf0", "nf1"]), prio=PRIO_MIN)    # newer: wins
     ck = Checker(sw)
     ck.pointed = {"proto=udp": ["nf1"], "all": ["nf0", "nf1"]}
