@@ -121,10 +121,13 @@ class MoveSession:
     def _consume(self) -> None:
         try:
             while not self._stop.is_set():
+                asked = self._drain_when_read
                 pkts = self.ring.poll(5)
                 if pkts:
                     self._take(pkts)
-                elif self._drain_when_read:
+                if asked:
+                    # this read began after drain_when_read(): it took every record committed
+                    # before the call (libbpf consumes up to where the producer is)
                     self._drain_when_read = False
                     self.drain()
                 if self.draining:
@@ -175,8 +178,8 @@ class MoveSession:
             self.on_ctrl(ctrl)
 
     def drain_when_read(self) -> None:
-        """drain() once the ring has been read empty: everything that reached the gate before
-        the call is in the queues, so the first release already has it all in order."""
+        """drain() after the ring's next read: everything that reached the gate before this call
+        is then in the queues, so the first release already has it all, in order."""
         self._drain_when_read = True
 
     def cut_complete(self) -> bool:
