@@ -21,7 +21,8 @@ _Static_assert(NFX_SW_RULE_HSL >= NFX_SW_MAX_RULES, "the HSL record id must be n
 #define NFX_SW_MAX_EXACT 65536
 #endif
 #ifndef NFX_SW_RING_PAGES
-#define NFX_SW_RING_PAGES 256       /* 1 MiB of controller packets waiting to be read */
+#define NFX_SW_RING_PAGES 4096      /* 16 MiB of controller packets waiting to be read: SHarP's detection
+                                     * at 100k pps sends the controller tens of thousands */
 #endif
 #define SW_SNAP 1536                /* bytes of a packet copied to the controller */
 #define SW_PULL 134                 /* eth + max IPv4 header + max TCP header */
