@@ -109,8 +109,6 @@ enum nfx_stat {
     /* a reserved mark (TOS NFX_TOS_IBC / NFX_TOS_FIRE) from where or when nfx sends none: at an
      * NF an IBC of no running OP move; at a switch one from a host-facing port. Dropped. */
     NFX_R_FORGED,
-    /* sink built with NFX_SINK_ECHO: a counted generator packet reflected back (XDP_TX) */
-    NFX_R_SINK_ECHO,
     NFX_STAT_MAX = 96,
 };
 

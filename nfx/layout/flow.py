@@ -82,7 +82,6 @@ class Stat(enum.IntEnum):
     R_NAT_QUOTA = 66
     R_IDS_UNINSPECTED = 67
     R_FORGED = 68
-    R_SINK_ECHO = 69
 
 
 STAT_MAX = 96

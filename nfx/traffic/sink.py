@@ -139,8 +139,8 @@ class Sink(Closing):
         return self.maps.nfx_stats.sum_percpu(L.u32(L.Stat.R_SINK_RX))
 
     def echoed_total(self) -> int:
-        """Generator packets reflected since reset (an echo sink's NFX_R_SINK_ECHO)."""
-        return self.maps.nfx_stats.sum_percpu(L.u32(L.Stat.R_SINK_ECHO))
+        """Generator packets reflected since reset: an echo sink's XDP_TX verdicts (its only ones)."""
+        return self.maps.nfx_stats.sum_percpu(L.u32(L.Stat.V_TX))
 
     def flows(self) -> list[L.SinkFlow]:
         n, _, vals = self.maps.sink_flows.export()
