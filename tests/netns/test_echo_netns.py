@@ -71,3 +71,13 @@ def test_cli_echo(tb):
                 "--echo", timeout=120)
     assert table.returncode == 0, table.stderr
     assert "echo rtt_p50_us" in table.stdout and "echo lost" in table.stdout
+
+
+def test_echo_tcp(tb):
+    """TCP-flagged segments come back through the NAT's TCP mappings too."""
+    out = json.loads(nfx("traffic", "run", "--name", tb["name"], "--flows", "20", "--rate", "5000",
+                         "--duration", "0.4", "--proto", "tcp", "--size", "120", "--echo", "--json",
+                         timeout=120).stdout)
+    e = out["echo"]
+    assert out["lost"] == 0 and e["received"] == out["sent"] == 2000 and e["clean"], out
+    assert e["rtt_p50_us"] > out["lat_p50_us"]
