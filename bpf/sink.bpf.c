@@ -19,7 +19,13 @@
  * (A veth with several rx queues picks the queue by the sending CPU, which would give a flow
  * two writers; nfx.traffic.sink refuses such an interface.) Latency counters are per-CPU anyway.
  *
- * Sequence numbers are u32 and do not wrap in any realistic run (2^32 packets per flow). */
+ * Sequence numbers are u32 and do not wrap in any realistic run (2^32 packets per flow).
+ *
+ * Echo (built with NFX_SINK_ECHO): a counted generator packet is not dropped but reflected out
+ * of the interface it came in on (XDP_TX) with MACs, IPv4 addresses and L4 ports swapped and the
+ * payload untouched, so a second sink at the sender reads the round trip from its tx_ns.
+ * Echoes are counted by their verdict (NFX_V_TX): no other packet leaves the sink that way,
+ * and a reason of their own would change nfx_flow.h, the layout hash of every NF's state. */
 #include "nfx_bpf.h"
 #include "nfx_bench.h"
 
@@ -33,6 +39,10 @@
 /* verdict for generator packets: XDP_DROP normally; XDP_PASS lets tests see them in the stack */
 #ifndef NFX_SINK_VERDICT
 #define NFX_SINK_VERDICT XDP_DROP
+#endif
+#ifdef NFX_SINK_ECHO
+#undef NFX_SINK_VERDICT
+#define NFX_SINK_VERDICT XDP_TX
 #endif
 
 BPF_ARRAY(sink_flows, struct nfx_sink_flow, NFX_SINK_FLOWS);
@@ -108,8 +118,30 @@ static __always_inline void sink_latency(__u64 tx_ns)
         *m = lat;
 }
 
+#ifdef NFX_SINK_ECHO
+/* Swap source and destination at every layer. Both checksums stay valid without an update:
+ * the IPv4 header sum and the UDP/TCP sum (over the pseudo-header's two addresses and the two
+ * ports) are one's-complement sums, which do not depend on the order of the words swapped. */
+static __always_inline void sink_reflect(struct nfx_pkt *p)
+{
+    struct ethhdr *eth = p->eth;
+    __u8 mac[ETH_ALEN];
+    __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+    struct iphdr *ip = p->ip;
+    __u32 a = ip->saddr;
+    ip->saddr = ip->daddr;
+    ip->daddr = a;
+    __u16 port = *p->sport_p;
+    *p->sport_p = *p->dport_p;
+    *p->dport_p = port;
+}
+#endif
+
 int nfx_sink(struct xdp_md *ctx)
 {
+    int verdict = XDP_PASS;
     struct nfx_pkt p = {};
     __u32 r = nfx_parse(ctx, &p);
     if (r != NFX_R_OK) {
@@ -132,16 +164,22 @@ int nfx_sink(struct xdp_md *ctx)
     struct nfx_sink_flow *s = sink_flows.lookup(&flow);
     if (!s) {
         nfx_count(NFX_R_SINK_BAD_FLOW);
-        return nfx_exit(XDP_DROP);
+        verdict = XDP_DROP;
+        goto out;
     }
     __u32 z = 0;
     struct nfx_sink_cfg *c = sink_cfg.lookup(&z);
     nfx_count(NFX_R_SINK_RX);
     sink_seq(s, flow, g->seq, c ? c->epoch : 0);
     sink_latency(g->tx_ns);
-    return nfx_exit(NFX_SINK_VERDICT);
+#ifdef NFX_SINK_ECHO
+    sink_reflect(&p);
+#endif
+    verdict = NFX_SINK_VERDICT;
+    goto out;
 
 foreign:
     nfx_count(NFX_R_SINK_FOREIGN);
-    return nfx_exit(XDP_PASS);
+out:
+    return nfx_exit(verdict);
 }

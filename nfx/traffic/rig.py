@@ -1,5 +1,7 @@
 """Traffic on a testbed: the generator in h1 (attached to h1's spare veth, sending out eth0) and
-the sink in h2 (in place of the XDP stub, which is put back afterwards)."""
+the sink in h2 (in place of the XDP stub, which is put back afterwards). With echo, h2's sink
+reflects every packet it counts and a second sink on h1's eth0 (in place of its stub, put back
+too) counts the echoes: its latency is the round-trip time, on h1's clock alone."""
 import contextlib
 
 from .. import registry
@@ -24,28 +26,32 @@ def gen_and_sink_hosts(rec) -> tuple[dict, dict]:
 
 @contextlib.contextmanager
 def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_ip: str | None = None,
-        flows_per_addr: int = 0):
-    """Yields (generator, sink) wired into testbed `name`. The flows come from the sending
-    host's address, or from `src_ip` on, `flows_per_addr` flows per address (0: all from one)."""
+        flows_per_addr: int = 0, echo: bool = False):
+    """Yields (generator, sink) wired into testbed `name`, or with echo (generator, sink,
+    echo sink). The flows come from the sending host's address, or from `src_ip` on,
+    `flows_per_addr` flows per address (0: all from one)."""
     rec = registry.load(name)
     if rec.get("status") != "up":
         raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
     src, dst = gen_and_sink_hosts(rec)
     # the next hop's real MAC: switches ignore it, a kernel router (the baseline) needs it
     peer_mac = _peer_mac(rec, src)
-    gen = sink = None
+    gen = sink = back = None
     try:
-        sink = Sink(dst["ns"], HOST_IF, flows)
+        sink = Sink(dst["ns"], HOST_IF, flows, echo=echo)
+        if echo:
+            back = Sink(src["ns"], HOST_IF, flows)
         gen = Generator(src["ns"], GEN_IF, HOST_IF, dst_mac=peer_mac, dst_ip=dst["addr"].split("/")[0],
                         src_ip=src_ip or src["addr"].split("/")[0], dport=DPORT, proto=proto, size=size,
                         nflows=flows, flows_per_addr=flows_per_addr)
-        yield gen, sink
+        yield (gen, sink, back) if echo else (gen, sink)
     finally:
         if gen:
             gen.close()
-        if sink:
-            sink.close()
-            attach.attach_xdp_pinned(dst["ns"], HOST_IF, rec["stub"])
+        for s, host in ((sink, dst), (back, src)):
+            if s:
+                s.close()
+                attach.attach_xdp_pinned(host["ns"], HOST_IF, rec["stub"])
 
 
 def _peer_mac(rec, host: dict) -> bytes:
@@ -58,8 +64,9 @@ def _peer_mac(rec, host: dict) -> bytes:
 
 
 def run(name: str, flows: int, rate: float | None, duration: float, size: int | None = None,
-        proto: str = "udp", progress=None) -> dict:
-    with rig(name, flows, size, proto) as (gen, sink):
-        r = measure(gen, sink, rate, duration, progress=progress)
+        proto: str = "udp", progress=None, echo: bool = False) -> dict:
+    with rig(name, flows, size, proto, echo=echo) as sides:
+        gen, sink = sides[:2]
+        r = measure(gen, sink, rate, duration, progress=progress, echo=sides[2] if echo else None)
     r.update(testbed=name, flows=flows, size=gen.size, proto=proto)
     return r

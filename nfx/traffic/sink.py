@@ -9,7 +9,11 @@ Exact accounting, per flow f that sent s_f packets (seqs 0 .. s_f-1):
   unexpected_f = distinct seqs at or above s_f (never generated), plus bad_flow overall
 None can cancel another. out_of_window_f counts packets whose seq's bitmap word was already
 reused by a block `window` seqs newer: they are neither judged dup nor new, and make the run
-not `exact`; that cannot happen when s_f <= window."""
+not `exact`; that cannot happen when s_f <= window.
+
+With echo=True every counted generator packet is reflected back out of the interface (XDP_TX,
+addresses and ports swapped, payload kept): a second Sink on the sending host then counts the
+echoes per flow and its latency histogram is the round-trip time (one clock: the sender's)."""
 import ctypes as ct
 import re
 import struct
@@ -22,7 +26,7 @@ from ..loader.compile import compile_source, load
 from ..loader.maps import stats_dict
 from ..loader.spec import MapSet, MapSpec
 
-XDP_DROP, XDP_PASS = 1, 2
+XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
 _FLOW_FMT = "=QQQQQQ"            # struct nfx_sink_flow
 assert struct.calcsize(_FLOW_FMT) == ct.sizeof(L.SinkFlow)
 # default bitmap budget, all flows together: 2^21 words of 16 B = 32 MB, 2^27 seqs; a flow gets
@@ -84,22 +88,28 @@ class SINK_MAPS(MapSet):
 
 class Sink(Closing):
     def __init__(self, ns: str | None, ifname: str | None, nflows: int, pass_gen: bool = False,
-                 window: int | None = None):
+                 window: int | None = None, echo: bool = False):
         """ifname None: load only (for plain test runs). pass_gen: generator packets go on to the
-        stack after counting (tests use it to see them) instead of being dropped. window: seqs
+        stack after counting (tests use it to see them) instead of being dropped. echo: they are
+        reflected back out of `ifname` instead (see the module docstring). window: seqs
         per flow the bitmap holds (rounded up to 64 x a power of two; default: see
         window_words); a flow's run that fits it is judged exactly, whatever the reordering."""
         if nflows < 1:
             raise BadInput("nflows must be at least 1")
-        self.ns, self.ifname, self.nflows = ns, ifname, nflows
+        if pass_gen and echo:
+            raise BadInput("a sink either passes generator packets to the stack or echoes them, not both")
+        self.ns, self.ifname, self.nflows, self.echo = ns, ifname, nflows, echo
         self.words = window_words(nflows, window)
         self.window = self.words * 64
         self._attached = None
         self._epoch = 1
         if ifname is not None:
             self._check_one_queue()
-        self.bpf = compile_source("sink", {"NFX_SINK_FLOWS": nflows, "NFX_SINK_WORDS": self.words,
-                                           "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP})
+        defines = {"NFX_SINK_FLOWS": nflows, "NFX_SINK_WORDS": self.words,
+                   "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP}
+        if echo:
+            defines["NFX_SINK_ECHO"] = 1        # a build of its own: a plain sink pays nothing for it
+        self.bpf = compile_source("sink", defines)
         self.fn = load(self.bpf, "nfx_sink", "xdp")
         b = self.bpf
         self.maps = SINK_MAPS.from_bcc(b)
@@ -127,6 +137,10 @@ class Sink(Closing):
     def received_total(self) -> int:
         """Generator packets counted since reset: one per-CPU counter, cheap to poll."""
         return self.maps.nfx_stats.sum_percpu(L.u32(L.Stat.R_SINK_RX))
+
+    def echoed_total(self) -> int:
+        """Generator packets reflected since reset: an echo sink's XDP_TX verdicts (its only ones)."""
+        return self.maps.nfx_stats.sum_percpu(L.u32(L.Stat.V_TX))
 
     def flows(self) -> list[L.SinkFlow]:
         n, _, vals = self.maps.sink_flows.export()
@@ -211,6 +225,8 @@ class Sink(Closing):
                    lat_max_us=max(mx) / 1e3 if mx is not None else None)
         out.update(foreign=st.get("r_sink_foreign", 0), bad_flow=st.get("r_sink_bad_flow", 0),
                    aborted=st.get("v_aborted", 0))
+        if self.echo:
+            out["echoed"] = self.echoed_total()
         return out
 
     def reset(self) -> None:
