@@ -27,7 +27,6 @@ DEFAULT_DELAYS_MS = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 SIZE = 1000                   # bytes per packet, the paper's
 DURATION_S, AT_S = 2.0, 0.6   # traffic per run; the handover starts this far into it
 FIG7_RATE = 1000
-RIG_ECHO: dict = {}           # {"echo": True} once the rig echoes (RTT at h1)
 METRICS = ("handover_s", "max_delay_ms", "controller_buffer_peak", "instance_buffer_peak", "lost", "reordered",
            "duplicated")
 
@@ -39,13 +38,14 @@ def _owner(name: str) -> str:
     return held[0]
 
 
-def one(name: str, gen, sink, mechanism: str, rate: int, state_delay_ms: float, timeout: float) -> dict:
+def one(name: str, gen, sink, echo, mechanism: str, rate: int, state_delay_ms: float, timeout: float) -> dict:
     """One handover (or OpenNF move) of the flow under traffic; the row of figures."""
     src = _owner(name)
     dst = "nf1" if src == "nf0" else "nf0"
     out, done = {}, threading.Event()
     t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, DURATION_S, 1.0,
-                                                                    before_read=lambda: done.wait(timeout * 4))))
+                                                                    before_read=lambda: done.wait(timeout * 4),
+                                                                    echo=echo)))
     t.start()
     time.sleep(AT_S)
     try:
@@ -61,19 +61,20 @@ def one(name: str, gen, sink, mechanism: str, rate: int, state_delay_ms: float, 
         done.set()
         t.join()
     r = out["r"]
-    echo = r.get("echo") or {}
+    back = r.get("echo") or {}
     ib = m.get("instance_buffer_peak")
     row = {"mechanism": mechanism, "rate_pps": rate, "state_delay_ms": state_delay_ms, "src": src, "dst": dst,
            "handover_s": m.get("handover_s") if mechanism == "sharp" else m.get("total_s"),
-           "max_delay_ms": (echo["rtt_max_us"] / 1e3) if echo.get("rtt_max_us") else m.get("max_added_delay_us", 0) / 1e3,
-           "delay_source": "rtt" if echo.get("rtt_max_us") else "held",
+           "max_delay_ms": (back["rtt_max_us"] / 1e3) if back.get("rtt_max_us") else m.get("max_added_delay_us", 0) / 1e3,
+           "delay_source": "rtt" if back.get("rtt_max_us") else "held",
            "controller_buffer_peak": m.get("controller_buffer_peak"),
            "instance_buffer_peak": ib["both"] if isinstance(ib, dict) else ib,
            "ctrl_buff_peak": ib.get("ctrl_buff") if isinstance(ib, dict) else None,
            "sw_buff_peak": ib.get("sw_buff") if isinstance(ib, dict) else None,
            "lost": r["lost"], "reordered": r["reordered"], "duplicated": r["duplicated"], "sent": r["sent"]}
-    if echo:
-        row.update(echo_lost=echo.get("lost"), rtt_p50_ms=(echo.get("rtt_p50_us") or 0) / 1e3)
+    if back:
+        row.update(echo_lost=back.get("lost"), echo_reordered=back.get("reordered"),
+                   rtt_p50_ms=(back.get("rtt_p50_us") or 0) / 1e3)
     return row
 
 
@@ -88,8 +89,8 @@ def run(rates=DEFAULT_RATES, delays_ms=DEFAULT_DELAYS_MS, repeat: int = 3, mecha
     plan = ([("fig5", r, 0.0) for r in rates] + [("fig7", FIG7_RATE, float(d)) for d in delays_ms])
     rows = []
     with testbed(1, progress) as (name, _):
-        with rig(name, 1, size=SIZE, **RIG_ECHO) as (gen, sink):
-            measure(gen, sink, 1000, 0.2, 1.0)           # the flow's state on nf0
+        with rig(name, 1, size=SIZE, echo=True) as (gen, sink, echo):
+            measure(gen, sink, 1000, 0.2, 1.0, echo=echo)     # the flow's state on nf0
             total = len(plan) * repeat * len(mechanisms)
             n = 0
             for fig, rate, delay in plan:
@@ -97,11 +98,12 @@ def run(rates=DEFAULT_RATES, delays_ms=DEFAULT_DELAYS_MS, repeat: int = 3, mecha
                     for mech in mechanisms:
                         n += 1
                         progress(f"[{n}/{total}] {fig}: {mech} at {rate} pps, +{delay:g} ms state transfer")
-                        row = one(name, gen, sink, mech, rate, delay, timeout)
+                        row = one(name, gen, sink, echo, mech, rate, delay, timeout)
                         row.update(fig=fig, rep=rep)
                         rows.append(row)
-    return {"rows": rows, "summary": summarize(rows), "violations": [r for r in rows if r["lost"] or r["reordered"]
-                                                                    or r["duplicated"]],
+    bad = [r for r in rows if r["lost"] or r["reordered"] or r["duplicated"] or r.get("echo_lost")
+           or r.get("echo_reordered")]
+    return {"rows": rows, "summary": summarize(rows), "violations": bad,
             "packet_size": SIZE, "repeat": repeat}
 
 
