@@ -32,6 +32,7 @@ log = logging.getLogger("nfx.hsl")
 HSL_OPS = ("hsl_state_in",)
 ETH_P_IP = 0x0800
 SETTLE_TIMEOUT_S = 30.0
+SETTLE_POLL_S = 0.005
 
 
 class Handover:
@@ -205,7 +206,9 @@ class HslOps:
             while not s.settled():
                 if time.monotonic() > t_end:
                     raise TimeoutError(f"not settled after {SETTLE_TIMEOUT_S:g} s: {s.unsettled()}")
-                time.sleep(0.002)
+                # settled() reads every mark once its queues are empty: not too often, or it
+                # takes the CPU from the release it waits for
+                time.sleep(SETTLE_POLL_S)
             st = s.end()
             out = {"role": "dst", "ok": True, "stats": st}
         except Exception as e:

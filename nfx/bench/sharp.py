@@ -11,16 +11,19 @@ other one while the traffic runs, and the sink judges it. The figures, per run: 
 duration, maximum added delay (the RTT's, when the rig echoes; else the longest a packet was
 held), controller buffer peak, instance buffer peak (SHarP: ctrl_buff and sw_buff), lost,
 reordered, duplicated. bench/sharp_plot.py draws them."""
+import secrets
 import threading
 import time
+from contextlib import contextmanager
 
 from ..errors import BadInput, NfxError
 from ..procs import controller
-from ..testbed import builder
+from .. import registry
+from ..testbed import builder, topology
 from ..traffic.report import measure
 from ..traffic.rig import rig
 from .ci import mean_ci
-from .move_bed import testbed
+from .move_bed import testbed, traffic_rig
 
 DEFAULT_RATES = (1000, 2000, 5000, 10000, 20000)
 DEFAULT_DELAYS_MS = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
@@ -119,3 +122,62 @@ def summarize(rows: list[dict]) -> list[dict]:
             s[k], s[k + "_ci"] = mean_ci([r.get(k) for r in rs])
         out.append(s)
     return out
+
+
+MATRIX_FLOWS = (1, 1000, 10000)
+MATRIX_RATES = (10000, 100000)
+MATRIX_NFS = ("nat", "ids")
+
+
+@contextmanager
+def _bed(nf: str, flows: int, progress):
+    name = "bs" + secrets.token_hex(3)
+    max_flows = max(65536, 1 << int(flows * 2.2).bit_length())
+    progress(f"testbed {name}: sharp, 2 {nf.upper()} instances")
+    builder.up(name, topology.load("sharp", 2), nf, max_flows, progress=lambda m: progress(f"  {m}"))
+    try:
+        yield name
+    finally:
+        if registry.path(name).exists():
+            progress(f"testbed {name} down")
+            builder.down(name)
+
+
+def matrix(flows=MATRIX_FLOWS, rates=MATRIX_RATES, nfs=MATRIX_NFS, duration: float = 2.0, timeout: float = 60.0,
+           progress=lambda m: None) -> dict:
+    """The issue's grid: handovers of every flow count at every rate, for each NF, under traffic
+    that the sink judges after the handover has ended. One row per cell."""
+    rows = []
+    for nf in nfs:
+        with _bed(nf, max(flows), progress) as name:
+            at = "nf0"
+            for n in flows:
+                with (traffic_rig(name, n) if nf == "nat" else rig(name, n)) as (gen, sink):
+                    measure(gen, sink, min(200_000, max(1000, n * 20)), 0.3, 1.0)   # every flow has its state on `at`
+                    for rate in rates:
+                        dst = "nf1" if at == "nf0" else "nf0"
+                        progress(f"{nf}: {n:,} flows at {rate:,} pps, {at} -> {dst}")
+                        out, done = {}, threading.Event()
+                        t = threading.Thread(target=lambda: out.setdefault("r", measure(
+                            gen, sink, rate, duration, 1.0, before_read=lambda: done.wait(timeout * 4))))
+                        t.start()
+                        time.sleep(duration / 3)
+                        try:
+                            m = controller.call(name, "POST", "/handover", {"filter": "all", "dst": dst, "priority": 1,
+                                                                            "timeout": timeout}, timeout=timeout * 4)
+                        finally:
+                            done.set()
+                            t.join()
+                        r = out["r"]
+                        ib = m["instance_buffer_peak"]
+                        rows.append({"nf": nf, "flows": n, "rate_pps": rate, "src": at, "dst": dst,
+                                     "sent": r["sent"], "lost": r["lost"], "duplicated": r["duplicated"],
+                                     "reordered": r["reordered"], "unexpected": r["unexpected"],
+                                     "learnt": m["flows"], "handover_s": m["handover_s"],
+                                     "controller_buffer_peak": m["controller_buffer_peak"],
+                                     "ctrl_buff_peak": ib["ctrl_buff"], "sw_buff_peak": ib["sw_buff"],
+                                     "max_added_delay_ms": m["max_added_delay_us"] / 1e3,
+                                     "release_ring_waits": m.get("release_ring_waits")})
+                        at = dst
+    bad = [r for r in rows if r["lost"] or r["duplicated"] or r["reordered"] or r["unexpected"]]
+    return {"rows": rows, "violations": bad, "duration_s": duration}

@@ -50,7 +50,7 @@ class Handovers:
         try:
             req = HandoverRequest(filter=parse(body.get("filter")), priority=r, dst=body.get("dst"),
                                   scopes=parse_scopes(body.get("scopes")),
-                                  max_silence_s=float(body.get("max_silence_ms", 50)) / 1e3,
+                                  max_silence_s=float(body.get("max_silence_ms", 10)) / 1e3,
                                   timeout=float(body.get("timeout", 30)),
                                   state_delay_s=float(body.get("state_delay_ms", 0)) / 1e3)
         except (TypeError, ValueError) as e:

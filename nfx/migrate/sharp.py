@@ -40,7 +40,7 @@ class HandoverRequest:
     priority: int
     dst: str
     scopes: tuple = SCOPES
-    max_silence_s: float = 0.05      # the detection entry's idle timeout
+    max_silence_s: float = 0.01      # the detection entry's idle timeout
     timeout: float = 30.0
     state_delay_s: float = 0.0       # emulated: the sources wait this long before pushing (Fig. 7)
 
@@ -312,6 +312,7 @@ class Handover:
                                      "both": st.get("buffer_peak", 0)},
             "instance_buffered": st.get("buffered", 0),
             "max_added_delay_us": max(st.get("max_hold_us", 0.0), self.max_hold_ns / 1e3),
+            "release_ring_waits": {"calls": st.get("ring_waits", 0), "ms": st.get("ring_wait_ms", 0.0)},
             "state_chunks": chunks, "state_bytes": sum(x.get("bytes", 0) for x in src),
             "transfer_s": max((x.get("transfer_s", 0.0) for x in src), default=0.0),
             # the paper's counts: 2T + C on the control channel, V + 2R + C on the data plane
