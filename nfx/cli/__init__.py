@@ -1,6 +1,7 @@
 """nfx command line: one sub-app per area; domain errors become a message on stderr and an exit code."""
 import logging
 import os
+import signal
 import sys
 
 import typer
@@ -30,8 +31,14 @@ app.command("handover")(move.handover)
 app.command("inspect")(inspect.inspect)
 
 
+def _terminated(signum, frame):
+    # a SIGTERM (kill, a CI timeout) unwinds like ^C: what a command made is taken down on the way out
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="nfx: %(levelname)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app(standalone_mode=False)
     except NfxError as e:

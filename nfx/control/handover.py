@@ -15,9 +15,9 @@ import threading
 import time
 
 from ..errors import BadInput
-from ..filter import Filter, parse
+from ..filter import parse
 from ..movespec import new_epoch
-from ..migrate.endpoint import end_session
+from ..migrate.endpoint import Remote, end_session
 from ..migrate.sharp import Handover, HandoverRequest
 from ..state.tables import parse_scopes
 from ..procs.controller import moves_path
@@ -84,7 +84,7 @@ class Handovers:
             epoch = new_epoch()
             me["instances"] = set(srcs) | {req.dst}
             self.running[epoch] = me
-        h = Handover(req, self.plane, srcs, epoch, progress)
+        h = Handover(req, self.plane, srcs, epoch, progress, self._outside(req, srcs))
         try:
             out = h.run()
         except BaseException:
@@ -109,6 +109,21 @@ class Handovers:
             f.write(json.dumps(out) + "\n")
         return out
 
+    def _outside(self, req: HandoverRequest, srcs: list[str]) -> list | None:
+        """A NAT's public tuples of a partial filter's flows, from the sources (None: the
+        filter reversed matches the return traffic: filter all, or an NF that does not translate)."""
+        if req.filter.everything or self.ctl.rec["nodes"][req.dst].get("kind") != "nat":
+            return None
+        rec = registry.load(self.ctl.testbed)
+        out = []
+        for src in srcs:
+            r = Remote(rec, src)
+            try:
+                out += r.keys(req.filter)[1]
+            finally:
+                r.close()
+        return out
+
     def _drop(self, me) -> None:
         if me in self.waiting:
             self.waiting.remove(me)
@@ -129,7 +144,7 @@ class Handovers:
         for h in sorted(self.finished, key=lambda h: h.req.priority):
             if any(a.priority < h.req.priority and filter_overlap(a.filter, h.req.filter) for a in active):
                 break          # keeps its entry, and so do those of higher r behind it
-            self.plane.point(h.req.filter, [h.req.dst])
+            self.plane.point(h.req.filter, [h.req.dst], h.outside)
             for sw, rid in h.forward_entries():
                 self.plane.remove(sw, rid)
             self.finished.remove(h)

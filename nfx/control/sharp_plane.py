@@ -132,9 +132,10 @@ class Plane:
     def last_hit_ns(self, sw: str, rid: int) -> int | None:
         return self.steer.sw[sw].last_hit_ns(rid)
 
-    def point(self, flt: Filter, nfs: list[str]) -> None:
-        """The final forwarding, in the move band (the newest wins there)."""
-        self.steer.point(flt, nfs)
+    def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None) -> None:
+        """The final forwarding, in the move band (the newest wins there); a NAT's return
+        traffic by its public tuples when they are given."""
+        self.steer.point(flt, nfs, outside_keys)
 
     # ---- the ring ----
     def listen(self, epoch: int, handover) -> None:

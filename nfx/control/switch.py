@@ -16,23 +16,20 @@ counter stamps its last hit (`last_hit_ns`), for idle timeouts.
 
 One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
 against a second writer."""
-import ctypes as ct
 import ipaddress
 import os
 import socket
 import struct
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
 
 from .. import layout as L
 from ..errors import AlreadyExists, BadInput, BpfError, NotFound
 from ..loader import attach, bpfsys, netns, pin
 from ..loader.compile import compile_source, load
 from ..loader.maps import stats_dict
-from ..loader.ring import RingReader
 from ..loader.spec import MapSet, MapSpec
+from .switch_ring import CtrlReader, Port
 
 class SWITCH_MAPS(MapSet):
     """The switch program's maps (bpf/switch.bpf.c); its scratch map is its own business."""
@@ -50,8 +47,6 @@ class SWITCH_MAPS(MapSet):
 
 RING = "sw_ctrl"
 PROTOS = {"icmp": socket.IPPROTO_ICMP, "tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
-
-Port = str | int
 
 
 @dataclass
@@ -82,17 +77,6 @@ class RuleInfo:
     rule: Rule
     match: Match | tuple | None  # Match for wildcards, (src, dst, sport, dport, proto) for exact
     prio: int | None = None
-
-
-class CtrlPacket(NamedTuple):
-    in_port: Port                # ifname when it resolves, else the ifindex
-    rule: int                    # L.SW_RULE_HSL for an HSL message
-    data: bytes
-
-    @property
-    def hsl(self) -> bool:
-        """An HSL message the switch took (nfx/frames.py parse_hsl reads it), not a rule's copy."""
-        return self.rule == L.SW_RULE_HSL
 
 
 # ---- conversions between Python values and the wire-order fields in nfx_switch.h ----
@@ -482,44 +466,3 @@ class Switch:
         if self.bpf is None and self.ring_fd >= 0:    # ours from obj_get, not BCC's
             os.close(self.ring_fd)
             self.ring_fd = -1
-
-
-class CtrlReader(RingReader):
-    """Consumer of the controller ring, on any fd of it (BCC's table or a pin). A ring should
-    have one reader: every reader sees every record."""
-
-    def __init__(self, ring_fd: int, port_name=lambda i: i):
-        self._port_name = port_name
-        self._ready: list[CtrlPacket] = []                   # taken, not yet handed out
-        super().__init__(ring_fd, self._decode, "controller")
-
-    def _decode(self, raw: bytes) -> CtrlPacket | None:
-        hsz = ct.sizeof(L.SwCtrlHdr)
-        if len(raw) < hsz:
-            return None
-        h = L.SwCtrlHdr.from_buffer_copy(raw[:hsz])
-        return CtrlPacket(self._port_name(h.in_port), h.rule, raw[hsz:hsz + min(h.len, len(raw) - hsz)])
-
-    def poll(self, timeout_ms: int = 100) -> list[CtrlPacket]:
-        """Wait up to timeout_ms for records; return what arrived."""
-        out, self._ready = self._ready + super().poll(timeout_ms), []
-        return out
-
-    def drain(self) -> list[CtrlPacket]:
-        """Whatever is in the ring now, without waiting."""
-        return self.poll(0)
-
-    def packets(self, count: int | None = None, timeout: float = 1.0) -> Iterator[CtrlPacket]:
-        """Yield packets until `count` arrived or `timeout` seconds pass without enough."""
-        deadline, n = time.monotonic() + timeout, 0
-        while count is None or n < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            got = self._ready or self.poll(max(1, int(left * 1000)))
-            self._ready = []
-            if count is not None:
-                got, self._ready = got[:count - n], got[count - n:]   # keep the rest for later
-            for p in got:
-                n += 1
-                yield p

@@ -73,8 +73,13 @@ TEST = object()                      # in the held queue: the switch's test pack
 
 
 class Handover:
-    def __init__(self, req: HandoverRequest, plane, srcs: list[str], epoch: int, progress=lambda m: None):
+    def __init__(self, req: HandoverRequest, plane, srcs: list[str], epoch: int, progress=lambda m: None,
+                 outside: list | None = None):
+        """outside: for a partial filter on a NAT, the public tuples of its flows (the sources
+        know them): the switch on the outside side matches those, exactly, from the start,
+        since the filter reversed would not match a translated packet."""
         self.req, self.plane, self.srcs, self.epoch = req, plane, list(srcs), epoch
+        self.outside = outside
         self.progress = progress
         self.sw = {name: _Switch() for name in plane.switches}
         self.sides = sorted({plane.side(n) for n in plane.switches})
@@ -161,6 +166,13 @@ class Handover:
             s.exact_rule = s.to_ctrl
             plane.own(name, s.to_ctrl, self)
             plane.own(name, s.follow, self)
+            if self.outside is not None and plane.side(name) != L.SIDE_IN:
+                # a NAT's return traffic by its public tuples: known, so not detected
+                s.keys = list(self.outside)
+                s.seen = {bytes(k) for k in s.keys}
+                plane.point_exact(name, s.keys, s.to_ctrl)
+                self.n["rule_changes"] += 1
+                continue
             # detection first: with the forward entry alone for a moment, a packet would pass by
             s.detect = plane.add_detection(name, req.filter, req.priority)
             plane.own(name, s.detect, self)
@@ -172,7 +184,7 @@ class Handover:
         t_end = time.monotonic() + req.timeout
         while True:
             now = time.monotonic_ns()
-            idle = [now - max(plane.last_hit_ns(n, s.detect) or 0, s.detect_since_ns) >= silence
+            idle = [not s.detect or now - max(plane.last_hit_ns(n, s.detect) or 0, s.detect_since_ns) >= silence
                     for n, s in self.sw.items()]
             if all(idle):
                 break
@@ -212,9 +224,10 @@ class Handover:
                 plane.point_exact(name, s.keys, s.follow)
                 self.n["rule_changes"] += 1
         for name, s in self.sw.items():
-            plane.remove(name, s.detect)
-            s.detect = 0
-            self.n["rule_changes"] += 1
+            if s.detect:
+                plane.remove(name, s.detect)
+                s.detect = 0
+                self.n["rule_changes"] += 1
         self.phase("redirected")
         for name, s in self.sw.items():
             plane.test_packet(name, self.epoch)
@@ -256,14 +269,20 @@ class Handover:
             raise NfxError("; ".join(f"{k}: {v.get('error')}" for k, v in bad.items()))
         self.phase("released")
         for name, s in self.sw.items():
-            plane.unpoint_exact(name, s.keys)
             plane.remove(name, s.to_ctrl)
+            if not s.forward:
+                # the public tuples keep their entries (to dst) until the final forwarding
+                # replaces them one by one (control/handover.py)
+                continue
+            plane.unpoint_exact(name, s.keys)
             plane.remove(name, s.follow)
             self.n["rule_changes"] += 1
         self.phase("final")
 
     def forward_entries(self) -> list[tuple[str, int]]:
-        return [(n, s.forward) for n, s in self.sw.items() if s.forward]
+        """What stays after the handover as its forwarding: (switch, rule id) of the wildcard
+        forward entries and of the shared rule the public tuples point at."""
+        return [(n, s.forward or s.follow) for n, s in self.sw.items()]
 
     def _rollback(self) -> None:
         """Back to the sources: the handover's entries go, and what the controller still holds

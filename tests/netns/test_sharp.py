@@ -212,3 +212,34 @@ def test_ids_counters_after_a_handover_equal_a_single_instance():
                 assert host["pkts"] == seen and host["flows"] == 200
         finally:
             RIGS.drop(name)
+
+
+def test_one_flow_of_a_nat_with_its_return_traffic(tb):
+    """A one-flow filter on a NAT, with the sink echoing every packet back: the return traffic
+    is matched by the flow's public tuple (from the source), handed over with it, and nothing is
+    lost, duplicated or reordered either way."""
+    from nfx.traffic.rig import rig
+    name = tb["name"]
+    RIGS.drop(name)                                         # the echo rig takes the hosts' programs
+    with rig(name, 20, echo=True) as (gen, sink, echo):
+        measure(gen, sink, 5000, 0.3, 1.0, echo=echo)
+        src = owner(name, 1030)
+        dst = next(n for n in ("nf0", "nf1", "nf2") if n != src)
+        out, done = {}, threading.Event()
+        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, 10000, 1.5, 1.0, echo=echo,
+                                                                        before_read=lambda: done.wait(60))))
+        t.start()
+        time.sleep(0.6)
+        try:
+            m = handover(name, filter="proto=udp sport=1030", dst=dst, priority=3)
+        finally:
+            done.set()
+            t.join()
+        r = out["r"]
+        assert (r["lost"], r["duplicated"], r["reordered"]) == (0, 0, 0), (m, r)
+        e = r["echo"]
+        assert (e["lost"], e["duplicated"], e["reordered"]) == (0, 0, 0), (m, e)
+        assert m["flows"] == 2                              # one each way: inside tuple, public tuple
+        assert 1030 in per_flow(name, dst) and 1030 not in per_flow(name, src)
+        measure(gen, sink, 5000, 0.3, 1.0, echo=echo)       # afterwards too, through the final rules
+        assert per_flow(name, dst)[1030] > 0
