@@ -4,10 +4,13 @@ import json
 import secrets
 import subprocess
 import sys
+import threading
+import time
 
 from nfx import registry
 
 from nfx.testbed import builder
+from nfx.traffic.report import measure
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -113,3 +116,30 @@ class Rigs:
     def close(self) -> None:
         for name in list(self.open):
             self.drop(name)
+
+
+def under_traffic(name: str, gen, sink, rate: float, duration: float, at: float, action, judged=lambda r, a: True,
+                  what: str = "action", echo=None):
+    """Run `action()` `at` seconds into `duration` s of traffic at `rate`; the sink is read once
+    the action has ended (what it still held when the traffic stopped is judged after its
+    release: a slow move on a loaded machine outlasts the traffic). Returns (what action
+    returned, the sink's figures); what it raises comes out once the traffic is over. When `judged(result, returned)` says the
+    run went wrong, the path's counters and a late count of the sink are printed (shown by
+    pytest on failure)."""
+    out, done = {}, threading.Event()
+    t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0, echo=echo,
+                                                                    before_read=lambda: done.wait(60))))
+    t.start()
+    time.sleep(at)
+    try:
+        a = action()
+    finally:
+        done.set()
+        t.join()
+    r = out["r"]
+    if not judged(r, a):
+        time.sleep(1.0)
+        r["received_1s_later"] = sink.received_total()
+        r["path_errors"] = path_errors(name)
+        print(f"{what} with a loss:", json.dumps({what: a, "result": r}, default=str))
+    return a, r

@@ -16,7 +16,7 @@ from nfx.gate import Gate
 from nfx.procs import agents, controller
 from nfx.testbed import builder
 from nfx.traffic.report import measure
-from tests.netns.tbutil import Rigs, path_errors, running_testbed
+from tests.netns.tbutil import Rigs, running_testbed, under_traffic
 
 FLOWS, RATE, DURATION, AT = 1000, 50000, 1.5, 0.8
 
@@ -41,28 +41,11 @@ def per_flow(name, inst) -> dict[int, int]:
 
 def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOWS, rate=RATE, duration=DURATION,
                        **extra):
-    out, moved = {}, threading.Event()
     gen, sink = RIGS.get(name, flows)
-    # the sink is read once the move has ended: what it still held when the traffic stopped
-    # is judged after its release (a slow move on a loaded machine outlasts the traffic)
-    t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0,
-                                                                    before_read=lambda: moved.wait(60))))
-    t.start()
-    time.sleep(AT)
-    try:
-        m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "guarantee": guarantee,
-                                                    "mechanism": mechanism, "opts": opts, **extra})
-    finally:
-        moved.set()
-        t.join()
-    r = out["r"]
-    if guarantee != "ng" and (r["lost"] or r["duplicated"] or r["unexpected"]):
-        # for the failure message: packets that arrived after the read, and the path's counters
-        time.sleep(1.0)
-        r["received_1s_later"] = sink.received_total()
-        r["path_errors"] = path_errors(name)
-        print("move with a loss:", json.dumps({"move": m, "result": r}, default=str))   # shown on failure
-    return m, r
+    return under_traffic(name, gen, sink, rate, duration, AT, lambda: controller.call(
+        name, "POST", "/move", {"src": src, "dst": dst, "guarantee": guarantee, "mechanism": mechanism,
+                                "opts": opts, **extra}),
+        judged=lambda r, m: guarantee == "ng" or not (r["lost"] or r["duplicated"] or r["unexpected"]), what="move")
 
 
 CASES = [(m, g, o) for m in ("dist", "opennf") for g in ("ng", "lf", "op") for o in ("", "pz,ll,er")

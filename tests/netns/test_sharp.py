@@ -4,7 +4,6 @@ that saw all the traffic would hold; the controller buffers only during detectio
 destination the rest. Also: flows born during detection, a detection that times out before a
 silent flow speaks again, two overlapping requests of different priority, a destination that
 dies half way."""
-import json
 import os
 import signal
 import threading
@@ -16,7 +15,7 @@ from nfx import registry
 from nfx.procs import agents, controller
 from nfx.testbed import builder
 from nfx.traffic.report import measure
-from tests.netns.tbutil import Rigs, path_errors, running_testbed
+from tests.netns.tbutil import Rigs, running_testbed, under_traffic
 
 RIGS = Rigs()
 
@@ -39,26 +38,16 @@ def handover(name, **body) -> dict:
 
 
 def handover_under_traffic(name, flows, rate, duration, at, **body):
-    out, done = {}, threading.Event()
     gen, sink = RIGS.get(name, flows)
-    t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0,
-                                                                    before_read=lambda: done.wait(60))))
-    t.start()
-    time.sleep(at)
-    try:
-        m = handover(name, **body)
-    except Exception as e:
-        m = {"error": str(e)}
-    finally:
-        done.set()
-        t.join()
-    r = out["r"]
-    if r["lost"] or r["duplicated"] or r["reordered"] or r["unexpected"] or "error" in m:
-        time.sleep(1.0)
-        r["received_1s_later"] = sink.received_total()
-        r["path_errors"] = path_errors(name)
-        print("handover:", json.dumps({"handover": m, "result": r}, default=str))
-    return m, r
+
+    def call():
+        try:
+            return handover(name, **body)
+        except Exception as e:
+            return {"error": str(e)}
+    return under_traffic(name, gen, sink, rate, duration, at, call, what="handover",
+                         judged=lambda r, m: not (r["lost"] or r["duplicated"] or r["reordered"] or r["unexpected"]
+                                                  or "error" in m))
 
 
 def owner(name, sport: int = 1025) -> str:
@@ -225,17 +214,8 @@ def test_one_flow_of_a_nat_with_its_return_traffic(tb):
         measure(gen, sink, 5000, 0.3, 1.0, echo=echo)
         src = owner(name, 1030)
         dst = next(n for n in ("nf0", "nf1", "nf2") if n != src)
-        out, done = {}, threading.Event()
-        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, 10000, 1.5, 1.0, echo=echo,
-                                                                        before_read=lambda: done.wait(60))))
-        t.start()
-        time.sleep(0.6)
-        try:
-            m = handover(name, filter="proto=udp sport=1030", dst=dst, priority=3)
-        finally:
-            done.set()
-            t.join()
-        r = out["r"]
+        m, r = under_traffic(name, gen, sink, 10000, 1.5, 0.6, lambda: handover(
+            name, filter="proto=udp sport=1030", dst=dst, priority=3), what="handover", echo=echo)
         assert (r["lost"], r["duplicated"], r["reordered"]) == (0, 0, 0), (m, r)
         e = r["echo"]
         assert (e["lost"], e["duplicated"], e["reordered"]) == (0, 0, 0), (m, e)
