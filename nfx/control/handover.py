@@ -81,6 +81,9 @@ class Handovers:
             self.waiting.remove(me)
             # the sources again: a handover that finished while this one waited changed them
             srcs = sorted(self.plane.sources(req.filter, below) - {req.dst})
+            if not srcs:
+                self.cv.notify_all()
+                raise BadInput(f"the filter's flows went to {req.dst} meanwhile: nothing to hand over")
             epoch = new_epoch()
             me["instances"] = set(srcs) | {req.dst}
             self.running[epoch] = me

@@ -73,8 +73,12 @@ class Plane:
         names = {p: nf for nf, p in self.rec["nodes"][sw]["ifaces"].items()
                  if self.rec["nodes"][nf]["role"] == "nf"}
         out: set[str] = set()
-        for info in sorted((r for r in self.steer.sw[sw].rules() if r.kind == "wild" and r.prio > below),
-                           key=lambda r: r.prio):
+        with self.lock:
+            running = {rid for (name, rid) in self._by_rule if name == sw}
+        # a running handover's entries are in flux (detection, a destination not reached yet):
+        # its flows are still where the rules under them send them
+        for info in sorted((r for r in self.steer.sw[sw].rules()
+                            if r.kind == "wild" and r.prio > below and r.id not in running), key=lambda r: r.prio):
             m = info.match
             if not _overlaps(m, want):
                 continue

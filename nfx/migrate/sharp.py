@@ -178,6 +178,7 @@ class Handover:
             plane.own(name, s.detect, self)
             s.detect_since_ns = time.monotonic_ns()
             s.forward = plane.add_forward(name, req.filter, req.priority, req.dst)
+            plane.own(name, s.forward, self)      # in flux until this handover ends
             self.n["rule_changes"] += 2
         self.phase("detecting")
         silence = int(req.max_silence_s * 1e9)

@@ -32,6 +32,7 @@ def test_traffic_10k_flows_200kpps_clean(name):
     r = nfx_json("traffic", "run", "--name", name, "--flows", "10000", "--rate", "200000", "--duration", "5")
     assert r["sent"] == 1_000_000
     assert (r["received"], r["lost"], r["duplicated"], r["reordered"]) == (1_000_000, 0, 0, 0)
+    assert "echo" not in r and "echoed" not in r              # only `--echo` adds the return path
     m = nfx_json("nf", "mappings", "--name", name, "--instance", "nf0", "--limit", "1")
     assert m["count"] == 10000
 

@@ -244,6 +244,26 @@ def test_ids_counters_equal_a_single_instance(ids_tb, mechanism):
     assert host["pkts"] == total and host["flows"] == 200
 
 
+def test_ids_counters_after_a_sharp_handover_equal_a_single_instance(ids_tb):
+    """The same after a SHarP handover: the source is found by the controller, the state goes by
+    the sources' push (nfx/agent/hsl.py)."""
+    name, src = ids_tb["name"], ids_tb["at"]
+    dst = "nf1" if src == "nf0" else "nf0"
+    gen, sink = RIGS.get(name, 200)
+    m, r = under_traffic(name, gen, sink, 20000, 1.5, 0.6, lambda: controller.call(
+        name, "POST", "/handover", {"filter": "all", "dst": dst, "priority": 1}), what="handover",
+        judged=lambda r, m: not (r["lost"] or r["duplicated"] or r["reordered"]))
+    assert m["srcs"] == [src] and (r["lost"], r["duplicated"], r["reordered"]) == (0, 0, 0), (m, r)
+    ids_tb["at"] = dst
+    ids_tb["seen"] += r["sent"]
+    ids = builder.instance(name, dst)
+    flows = {f["sport"]: f["pkts"] for f in ids.flows() if f["dport"] == 9000}
+    assert len(flows) == 200 and builder.instance(name, src).flows() == []
+    assert sum(flows.values()) == ids_tb["seen"]
+    [host] = [h for h in ids.hosts() if h["addr"] == "10.0.1.2"]
+    assert host["pkts"] == ids_tb["seen"] and host["flows"] == 200
+
+
 def test_partial_filter_there_and_back(tb):
     """A filter that is not 'all': the NAT's return traffic is steered by exact rules on its
     public tuples; moving back repoints them (no rule ids leak)."""

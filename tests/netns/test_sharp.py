@@ -57,7 +57,7 @@ def owner(name, sport: int = 1025) -> str:
     return held[0]
 
 
-@pytest.mark.parametrize("flows,rate", [(1, 10000), (1000, 10000), (1000, 100000)])
+@pytest.mark.parametrize("flows,rate", [(1, 10000), (1000, 100000)])   # the whole grid: nfx bench sharp --matrix
 def test_handover_loses_nothing_and_keeps_order(tb, flows, rate):
     name = tb["name"]
     measure(*RIGS.get(name, flows), 5000, 0.4, 1.0)        # every flow has its state somewhere
@@ -178,29 +178,6 @@ def _error(fn) -> str:
     except Exception as e:
         return str(e)
     return ""
-
-
-def test_ids_counters_after_a_handover_equal_a_single_instance():
-    """IDS per-flow and per-host counters after handovers there and back: what one instance
-    that saw all the traffic would hold."""
-    with running_testbed("sharp", "ids", instances=2) as rec:
-        name = rec["name"]
-        try:
-            gen, sink = RIGS.get(name, 200)
-            seen = measure(gen, sink, 10000, 0.5, 1.0)["sent"]
-            for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
-                m, r = handover_under_traffic(name, 200, 20000, 1.5, 0.6, filter="all", dst=dst, priority=1)
-                assert "error" not in m and m["srcs"] == [src], m
-                assert (r["lost"], r["duplicated"], r["reordered"]) == (0, 0, 0), r
-                seen += r["sent"]
-                ids = builder.instance(name, dst)
-                flows = {f["sport"]: f["pkts"] for f in ids.flows() if f["dport"] == 9000}
-                assert len(flows) == 200 and builder.instance(name, src).flows() == []
-                assert sum(flows.values()) == seen
-                [host] = [h for h in ids.hosts() if h["addr"] == "10.0.1.2"]
-                assert host["pkts"] == seen and host["flows"] == 200
-        finally:
-            RIGS.drop(name)
 
 
 def test_one_flow_of_a_nat_with_its_return_traffic(tb):
