@@ -35,7 +35,7 @@ SETTLE_TIMEOUT_S = 30.0
 SETTLE_POLL_S = 0.005
 
 
-class Handover:
+class HandoverPart:
     """One handover as this instance takes part in it."""
 
     def __init__(self, epoch: int, role: str, body: dict):
@@ -53,7 +53,7 @@ class HslOps:
     instance (nfx/agent/instance.py)."""
 
     _hsl_socks: "dict[str, socket.socket] | None" = None
-    _handovers: "dict[int, Handover] | None" = None
+    _handovers: "dict[int, HandoverPart] | None" = None
 
     def _adopted(self) -> None:
         super()._adopted()
@@ -86,8 +86,7 @@ class HslOps:
                 try:
                     self._hsl_message(name, *msg)
                 except Exception as e:
-                    log.exception("handover %d: %s failed", msg[1], L.HslKind(msg[0]).name if msg[0] in
-                                  L.HslKind._value2member_map_ else msg[0])
+                    log.exception("handover %d: message kind %d failed", msg[1], msg[0])
                     self._hsl_say(L.HslKind.DONE, msg[1], {"role": "?", "ok": False, "error": str(e)})
 
     def _hsl_say(self, kind: int, epoch: int, body: dict, side: int = L.SIDE_IN) -> None:
@@ -111,7 +110,7 @@ class HslOps:
         with self._hsl_lock:
             h = self._handovers.get(epoch)
             if h is None:
-                h = self._handovers[epoch] = Handover(epoch, role, body)
+                h = self._handovers[epoch] = HandoverPart(epoch, role, body)
             h.sides_seen.add(side)
             if h.started or not sides <= h.sides_seen:
                 return
@@ -132,7 +131,7 @@ class HslOps:
         else:
             raise BadInput(f"START_HO with role {role!r}")
 
-    def _hsl_push(self, h: Handover) -> None:
+    def _hsl_push(self, h: HandoverPart) -> None:
         """The source's state transfer, then DONE to the controller."""
         body = h.body
         flt = parse(body.get("filter"))
@@ -182,7 +181,7 @@ class HslOps:
             h.ends.add(side)
         self._hsl_maybe_release(h)
 
-    def _hsl_maybe_release(self, h: Handover) -> None:
+    def _hsl_maybe_release(self, h: HandoverPart) -> None:
         with self._hsl_lock:
             ready = (not h.draining and set(h.body.get("sides") or [L.SIDE_IN]) <= h.ends
                      and set(h.body.get("srcs") or []) <= h.state_from)
@@ -198,7 +197,7 @@ class HslOps:
         s.drain_when_read()
         threading.Thread(target=self._hsl_settle, args=(h,), daemon=True, name=f"hsl-settle-{h.epoch}").start()
 
-    def _hsl_settle(self, h: Handover) -> None:
+    def _hsl_settle(self, h: HandoverPart) -> None:
         s = self.session
         out = {"role": "dst", "ok": False}
         try:

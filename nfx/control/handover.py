@@ -101,6 +101,8 @@ class Handovers:
         finally:
             with self.cv:
                 self.running.pop(epoch, None)
+                # a failed one may have been what kept a finished one's entry up
+                self._settle_forwarding()
                 self.cv.notify_all()
         with self.cv:
             self.finished.append(h)
