@@ -147,21 +147,25 @@ class Switch:
 
     @classmethod
     def create(cls, name: str, ns: str, ports: list[str], pin_dir: Path,
-               defines: dict | None = None) -> "Switch":
+               defines: dict | None = None, stub=None) -> "Switch":
         """Load, attach the tc program on ingress of every port plus the XDP stub (so native
-        XDP redirects from veth peers are received), pin the maps. On failure, undo it all."""
+        XDP redirects from veth peers are received), pin the maps. On failure, undo it all.
+        `stub`: an XDP_PASS program already loaded (a testbed's, compiled once for all its
+        hosts and switches: a compile costs about a second); else one is compiled here."""
         if (pin_dir / "sw_rules").exists():
             raise AlreadyExists(f"switch {name!r} already runs (pins at {pin_dir})")
         self = cls.load(name, ns, defines)
         self.ports = list(ports)
-        stub_b = compile_source("stub")
-        self._stub = (stub_b, load(stub_b, "nfx_stub", "xdp"))   # keep the program alive
+        if stub is None:
+            stub_b = compile_source("stub")
+            stub = load(stub_b, "nfx_stub", "xdp")
+            self._stub = (stub_b, stub)        # keep the program alive while attached
         done_tc, done_xdp = [], []
         try:
             for p in ports:
                 attach.attach_tc(ns, p, self.fn, "ingress")
                 done_tc.append(p)
-                done_xdp.append((p, attach.attach_xdp(ns, p, self._stub[1])))
+                done_xdp.append((p, attach.attach_xdp(ns, p, stub)))
             pin.pin_maps(self.bpf, pin_dir, skip=("sw_scratch",))
             self.pin_dir = pin_dir
         except BaseException:

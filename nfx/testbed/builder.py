@@ -99,7 +99,7 @@ def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, pro
 
         for sw in topo.role("switch"):
             progress(f"switch {sw}")
-            _switch(rec, topo, sw)
+            _switch(rec, topo, sw, stub)
 
         progress("peer links and release ports")
         peers = _move_links(rec, topo, nls)
@@ -189,12 +189,12 @@ def _host(rec, topo: Topology, h: str, stub, nl: netlink.Netlink) -> None:
     rec.save()
 
 
-def _switch(rec, topo: Topology, sw: str) -> None:
+def _switch(rec, topo: Topology, sw: str, stub) -> None:
     ns = ns_name(rec["name"], sw)
     ports = [ifname(topo, sw, p) for p in topo.neighbours(sw)]
     pin_dir = registry.pin_root(rec["name"]) / sw
     rec.register("switch", sw)
-    s = Switch.create(sw, ns, ports, pin_dir)
+    s = Switch.create(sw, ns, ports, pin_dir, stub=stub)
     hosts = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "host"]
     nfs = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "nf"]
     # roles: a host-facing port drops nfx's reserved marks, an NF-facing one takes triggers
