@@ -45,7 +45,6 @@ class HandoverPart:
         self.state_from: set[str] = set()
         self.started = False
         self.draining = False
-        self.t0 = time.monotonic()
 
 
 class HslOps:
@@ -96,8 +95,8 @@ class HslOps:
         body = {"instance": self.instance, **body}
         s.send(hsl_message(kind, epoch, side, body, s.getsockname()[4]))
 
-    def _hsl_message(self, ifname: str, kind: int, epoch: int, side: int, body: dict) -> None:
-        side = self.wiring.index(ifname)
+    def _hsl_message(self, ifname: str, kind: int, epoch: int, _side: int, body: dict) -> None:
+        side = self.wiring.index(ifname)       # the port it came in by, whatever the sender wrote
         if kind == L.HslKind.START:
             self._hsl_start(epoch, side, body)
         elif kind == L.HslKind.END:

@@ -11,15 +11,12 @@ other one while the traffic runs, and the sink judges it. The figures, per run: 
 duration, maximum added delay (the RTT's, when the rig echoes; else the longest a packet was
 held), controller buffer peak, instance buffer peak (SHarP: ctrl_buff and sw_buff), lost,
 reordered, duplicated. bench/sharp_plot.py draws them."""
-import secrets
 import threading
 import time
-from contextlib import contextmanager
 
 from ..errors import BadInput, NfxError
 from ..procs import controller
-from .. import registry
-from ..testbed import builder, topology
+from ..testbed import builder
 from ..traffic.report import measure
 from ..traffic.rig import rig
 from .ci import mean_ci
@@ -129,27 +126,13 @@ MATRIX_RATES = (10000, 100000)
 MATRIX_NFS = ("nat", "ids")
 
 
-@contextmanager
-def _bed(nf: str, flows: int, progress):
-    name = "bs" + secrets.token_hex(3)
-    max_flows = max(65536, 1 << int(flows * 2.2).bit_length())
-    progress(f"testbed {name}: sharp, 2 {nf.upper()} instances")
-    builder.up(name, topology.load("sharp", 2), nf, max_flows, progress=lambda m: progress(f"  {m}"))
-    try:
-        yield name
-    finally:
-        if registry.path(name).exists():
-            progress(f"testbed {name} down")
-            builder.down(name)
-
-
 def matrix(flows=MATRIX_FLOWS, rates=MATRIX_RATES, nfs=MATRIX_NFS, duration: float = 2.0, timeout: float = 60.0,
            progress=lambda m: None) -> dict:
     """The issue's grid: handovers of every flow count at every rate, for each NF, under traffic
     that the sink judges after the handover has ended. One row per cell."""
     rows = []
     for nf in nfs:
-        with _bed(nf, max(flows), progress) as name:
+        with testbed(max(flows), progress, nf) as (name, _):
             at = "nf0"
             for n in flows:
                 with (traffic_rig(name, n) if nf == "nat" else rig(name, n)) as (gen, sink):

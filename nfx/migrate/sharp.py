@@ -337,7 +337,8 @@ class Handover:
             "transfer_s": max((x.get("transfer_s", 0.0) for x in src), default=0.0),
             # the paper's counts: 2T + C on the control channel, V + 2R + C on the data plane
             "messages": {
-                "control": {"to_controller": self.n["to_controller"], "packet_outs": self.n["packet_outs"],
+                "control": {"to_controller": self.n["to_controller"], "follow_ups": self.n["follow_ups"],
+                            "packet_outs": self.n["packet_outs"],
                             "rule_changes": self.n["rule_changes"], "hsl_in": self.n["hsl_in"],
                             "hsl_out": self.n["hsl_out"]},
                 "data_plane": {"state_chunks": chunks, "redirected": st.get("buffered", 0)}},
