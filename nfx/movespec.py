@@ -74,6 +74,7 @@ class MoveRequest:
     timeout: float = 30.0
     data_link: tuple[float, float] = (0.0, 0.0)    # (one-way delay ms, rate Mbit/s) between the instances
     state_delay_s: float = 0.0      # opennf: emulated, the controller waits this long before taking the state
+    stall_reader_s: float = 0.0     # slim: emulated, the source reads nothing from its statelet ring this long
 
     def __post_init__(self):
         object.__setattr__(self, "opts", frozenset(self.opts))
@@ -90,6 +91,18 @@ class MoveRequest:
         if self.state_delay_s and (self.mechanism != "opennf" or not 0 < self.state_delay_s <= 60):
             raise BadInput("state_delay_ms (an emulated slower state transfer, 0-60000) is for opennf moves; "
                            "SHarP's handovers take it too")
+        if self.mechanism == "slim":
+            # what statelets mirror; all-flows state (an allocator's position, global counters) stays
+            mirrored = tuple(s for s in self.scopes if s in ("per-flow", "multi-flow"))
+            if not mirrored:
+                raise BadInput("a SLiM move carries per-flow and multi-flow state (what statelets mirror)")
+            object.__setattr__(self, "scopes", mirrored)
+            if not 0 <= self.stall_reader_s <= 60:
+                raise BadInput("stall_reader_ms (an emulated slow statelet reader) is 0-60000")
+            if self.opts:
+                raise BadInput(f"SLiM takes no options ({', '.join(sorted(self.opts))}): they are OpenNF's and DiST's")
+        elif self.stall_reader_s:
+            raise BadInput("stall_reader_ms (an emulated slow statelet reader) is for slim moves")
         if "ov" in self.opts and (self.mechanism != "dist" or not self.lf):
             raise BadInput("ov (overlap steering with the state push) is for dist moves with guarantee lf "
                            "or op: only a destination that holds the flows back may get them before their state")

@@ -153,6 +153,11 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
                 break;
             }
         }
+        /* SLiM's source (its filter catches the flows): after this side's IBC the destination
+         * has the flow's packets (the switch duplicates until it points at the destination
+         * alone), so processing them here would mirror them twice */
+        if (act == NFX_ACT_STATELET && epoch && epoch == mv->epoch && mv->op && ms->ibc_switch[side & 1])
+            return NFX_ACT_PRE_IBC;
         if (act != NFX_ACT_BUFFER)
             return act;
         /* a flow first seen while a BUFFER filter is up gets its own mark, so its packets are
@@ -186,7 +191,11 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
             m->released == m->buffered && m->last_release <= flushed)
             m->action = NFX_ACT_PROCESS;
         act = m->action;
-        if (op) {
+        if (op && act == NFX_ACT_STATELET) {
+            /* SLiM's source, for its marked flows: the same cut as its filter's, above */
+            if (!from_peer && cut_switch)
+                act = NFX_ACT_PRE_IBC;
+        } else if (op) {
             if ((!from_peer && !cut_switch) || (from_peer && cut_peer))
                 act = NFX_ACT_PRE_IBC;   /* a copy the other path carries too */
             else if (!from_peer && !cut_peer)

@@ -414,6 +414,18 @@ class AgentClient(ClosedWhenCollected):
         self._begin("move_dist", args)
         return DistStream(self._channel())
 
+    def move_slim(self, dst: str, epoch: int, guarantee: str, filter: str, scopes, timeout: float,
+                  ready_statelets: int = 0, data_delay_ms: float = 0.0, data_rate_mbit: float = 0.0,
+                  stall_reader_ms: float = 0.0) -> DistStream:
+        """SLiM's move, run by this (source) agent, on this connection until the stream is closed:
+        held() is the "mirroring" answer, then "ready" (relayed from dst), go(), done()."""
+        args = {"dst": dst, "epoch": epoch, "guarantee": guarantee, "filter": filter, "scopes": list(scopes),
+                "timeout": timeout, "ready_statelets": ready_statelets or None,
+                "data_delay_ms": data_delay_ms or None, "data_rate_mbit": data_rate_mbit or None,
+                "stall_reader_ms": stall_reader_ms or None}
+        self._begin("move_slim", args)
+        return DistStream(self._channel())
+
     def move_ctrl(self) -> Iterator[bytes]:
         """The packets a TO_CTRL source sends up (one blob of buffer records per frame), until
         its move ends. Use a connection of its own: it stays busy that long."""

@@ -21,7 +21,8 @@ class Channel(NamedTuple):
 
 class DistStream:
     """A move_dist in flight (AgentClient.move_dist): held(), go() (lf/op without ov), done();
-    close() in any case. Closed before done, while the agent has more to send, it closes the
+    close() in any case. A move_slim is the same exchange with one more JSON answer between
+    held() and go(): its "ready" (read with held() again). Closed before done, while the agent has more to send, it closes the
     connection: it is out of step."""
 
     def __init__(self, ch: Channel):

@@ -18,7 +18,7 @@ from ..state import wire
 from .protocol import HANDSHAKE_S, PENDING_MAX, REQUEST_MAX, error_frame
 
 log = logging.getLogger("nfx.agent")
-KIND_NAMES = {wire.JSON: "JSON", wire.CHUNK: "CHUNK", wire.END: "END", wire.ERROR: "ERROR"}
+KIND_NAMES = wire.KIND_NAMES
 MAX_REFUSALS = 16       # ERROR answers one unauthenticated connection gets before it is closed
 
 

@@ -10,6 +10,7 @@ attaches anything) and serves the southbound API on the management network
     ops_subscribe.py  subscribe (event streams, streams.py)
     ops_move.py       the move session's ops (sessions.py)
     dist_source.py    move_dist, DiST's source half
+    slim_source.py    move_slim, SLiM's source half; slim_dest.py slim_in, its destination half
     hsl.py            SHarP's handover support layer (in-band START_HO/END, hsl_state_in)"""
 from . import transport
 from .dist_source import DistSource
@@ -20,11 +21,14 @@ from .ops_move import MOVE_OPS, MoveOps
 from .ops_state import StateOps
 from .ops_subscribe import SubscribeOps
 from .protocol import OPS
+from .slim_dest import SLIM_OPS, SlimDest
+from .slim_source import SlimSource
 from .transport import Transport
 
 
-class Agent(Transport, StateOps, GateOps, SubscribeOps, HslOps, MoveOps, DistSource, Instance):
-    ops = OPS + MOVE_OPS + HSL_OPS
+class Agent(Transport, StateOps, GateOps, SubscribeOps, HslOps, MoveOps, DistSource, SlimSource, SlimDest,
+            Instance):
+    ops = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS
 
 
 def main(argv=None) -> None:

@@ -2,7 +2,8 @@
 roles, marks and filters, the buffer ring consumer, and draining without overtaking.
 
 Roles: a *source* passes the moved flows on (REDIRECT to the destination's peer slot, DiST; or
-TO_CTRL toward the controller, OpenNF). A *destination* buffers them (BUFFER, epoch E) until
+TO_CTRL toward the controller, OpenNF), or keeps processing them and mirrors what they do to the
+state as statelets until its cut (STATELET, SLiM: nfx/agent/slim_source.py). A *destination* buffers them (BUFFER, epoch E) until
 their state is in, then drains. Order preservation (op) follows DiST's IBC cut per side: at the
 destination, switch-path packets before the switch's IBC are dropped by the gate (the source has
 them) and so are peer-path packets after the source's IBC (the switch path has them); the
@@ -22,6 +23,9 @@ from ..filter import Filter
 log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0
 SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is long done
+# what a role's marks and filter do with the moved flows
+ROLE_ACTIONS = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL,
+                "src-slim": L.Action.STATELET}
 
 
 class MoveSession:
@@ -29,7 +33,7 @@ class MoveSession:
                  on_ctrl=None, egress: tuple[str, ...] = ()):
         """role: 'src-redirect', 'src-ctrl' or 'dst'. on_ctrl(packets) receives what a
         'src-ctrl' source hands toward the controller (data packets and IBC records)."""
-        if role not in ("src-redirect", "src-ctrl", "dst"):
+        if role not in ROLE_ACTIONS:
             raise ValueError(role)
         self.nf, self.ns, self.epoch, self.role, self.op = nf, ns, epoch, role, op
         self.release_if, self.egress = release_if, tuple(egress)
@@ -60,9 +64,10 @@ class MoveSession:
         """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
         if self.role == "dst":
             self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op))
-            action = L.Action.BUFFER
-        else:
-            action = L.Action.REDIRECT if self.role == "src-redirect" else L.Action.TO_CTRL
+        elif self.role == "src-slim" and self.op:
+            # the switch's IBC of this epoch counts here: it is the source's cut (nfx_ibc)
+            self.gate.set_move_cfg(epoch=self.epoch, op=1)
+        action = ROLE_ACTIONS[self.role]
         self.start()
         self.gate.mark(keys, action, epoch=self.epoch, peer=peer_slot)
         if flt is not None:
@@ -70,12 +75,12 @@ class MoveSession:
 
     def hold_new(self, flt: Filter, peer_slot: int = 0) -> None:
         """Catch flows with no mark (new ones) with the wildcard filter, for this role."""
-        action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
+        action = ROLE_ACTIONS[self.role]
         self.gate.set_filter(FILTER_SLOT, flt, action, peer=peer_slot, tag=self.epoch)
 
     def mark(self, keys: list, peer_slot: int = 0) -> None:
         """Late locking: mark more flows as their state goes out."""
-        action = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL}[self.role]
+        action = ROLE_ACTIONS[self.role]
         self.gate.mark(keys, action, epoch=self.epoch, peer=peer_slot)
 
     def export_locked(self, flows: list, flt: Filter, scopes, peer_slot: int = 0, stats: dict | None = None):

@@ -22,7 +22,7 @@ from .handshake import FrontDoor, refused, token_ok
 from .protocol import FRAME_MAX, IDLE_S, OPS, REQUEST_MAX, error_frame
 
 log = logging.getLogger("nfx.agent")
-KIND_NAMES = {wire.JSON: "JSON", wire.CHUNK: "CHUNK", wire.END: "END", wire.ERROR: "ERROR"}
+KIND_NAMES = wire.KIND_NAMES
 
 
 def _linger_close(sock, limit: int = 1 << 20, seconds: float = 1.0) -> None:

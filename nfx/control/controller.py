@@ -162,7 +162,8 @@ class Controller:
                            mechanism=body.get("mechanism", "dist"), opts=frozenset(opts),
                            timeout=float(body.get("timeout", 30)),
                            data_link=parse_data_link(body),      # the emulated link between instances
-                           state_delay_s=_float(body, "state_delay_ms") / 1e3)
+                           state_delay_s=_float(body, "state_delay_ms") / 1e3,
+                           stall_reader_s=_float(body, "stall_reader_ms") / 1e3)
 
     def _ctrl_link(self, body: dict) -> tuple[float, float]:
         """This move's emulated control link: (one-way delay ms, rate Mbit/s)."""

@@ -105,6 +105,11 @@ class Steering:
             for name in self.sw:
                 m = filter_match(flt, self.host_port[name], reverse=self.side_of(name) != L.SIDE_IN)
                 old |= {(name, rid) for rid, w in self.wild[name].items() if w.match == m}
+            if flt.everything and not token:
+                # every flow is the new rules' now: an earlier partial move's rules (its exact
+                # rules on the public tuples above all) would otherwise still decide for theirs
+                for text in [t for t in self.active if t != flt.text]:
+                    old |= set(self.active.pop(text))
             self.active[flt.text] = new
             if token:
                 return

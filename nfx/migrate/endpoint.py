@@ -113,6 +113,22 @@ class Remote:
             self.session = dst.session = True
         return DistRun(self, dst, stream)
 
+    def move_slim(self, dst: "Remote", epoch: int, guarantee: str, flt: Filter, scopes, timeout: float,
+                  ready_statelets: int = 0, data_link=(0.0, 0.0), stall_reader_ms: float = 0.0) -> "DistRun":
+        """SLiM's move, run by this (source) agent (AgentClient.move_slim): held() says the flows
+        mirror, ready() that dst has caught up, go() that the switches point at dst, done()
+        that dst applied the last statelets."""
+        self.lock.acquire()
+        try:
+            stream = self.c.move_slim(dst.name, epoch, guarantee, flt.text, scopes, timeout, ready_statelets,
+                                      data_link[0], data_link[1], stall_reader_ms)
+        except BaseException:
+            self.lock.release()
+            raise
+        if guarantee != "ng":
+            self.session = dst.session = True
+        return DistRun(self, dst, stream)
+
     # ---- the move session ----
     def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
               on_ctrl=None, er: bool = False) -> None:
@@ -218,8 +234,13 @@ class DistRun:
         r["outside"] = pk.keys_from_blob(base64.b64decode(r["outside"])) if r.get("outside") else []
         return r
 
+    def ready(self) -> dict:
+        """SLiM: dst has caught up with the statelets (its answer, relayed by the source)."""
+        return self.stream.held()["ready"]
+
     def go(self) -> None:
-        """MovePerFlow, after the "held" answer (enableEvent's ack): the source starts the push."""
+        """MovePerFlow, after the "held" answer (enableEvent's ack): the source starts the push.
+        SLiM: the switches point at dst."""
         self.stream.go()
 
     def done(self) -> dict:

@@ -3,6 +3,7 @@
     frame  = header payload
     header = magic "NFXW" | version u16 | kind u16 | reserved u32 | payload length u64   (little-endian)
     kind   = 1 JSON (utf-8 object) | 2 CHUNK | 3 END (JSON) | 4 ERROR (JSON {"error": ...})
+             | 5 STATELETS (statelet records back to back, as the ring holds them: SLiM's stream)
     CHUNK  = u32 header length | JSON chunk header | keys (count × key_size) | values (count × value_size)
 
 A chunk header names its table, scope, NF kind, entry count, key and value sizes, CPU count for
@@ -17,7 +18,8 @@ from ..errors import BadInput
 MAGIC = b"NFXW"
 VERSION = 1
 HDR = struct.Struct("<4sHHIQ")
-JSON, CHUNK, END, ERROR = 1, 2, 3, 4
+JSON, CHUNK, END, ERROR, STATELETS = 1, 2, 3, 4, 5
+KIND_NAMES = {JSON: "JSON", CHUNK: "CHUNK", END: "END", ERROR: "ERROR", STATELETS: "STATELETS"}
 MAX_JSON = 16 << 20
 MAX_PAYLOAD = 1 << 34
 
@@ -61,15 +63,20 @@ def encode_chunk(c: Chunk) -> list:
     return [HDR.pack(MAGIC, VERSION, CHUNK, 0, n), struct.pack("<I", len(h)), h, c.keys, c.values]
 
 
+def encode_statelets(records: list) -> list:
+    """Statelet ring records (bytes, 8-byte words) as one frame: their statelets back to back."""
+    return [HDR.pack(MAGIC, VERSION, STATELETS, 0, sum(len(r) for r in records)), *records]
+
+
 def decode_header(raw: bytes) -> tuple[int, int]:
     magic, version, kind, _, length = HDR.unpack(raw)
     if magic != MAGIC:
         raise WireError(f"not an nfx frame (magic {magic!r})")
     if version != VERSION:
         raise WireError(f"wire version {version}, this nfx speaks {VERSION}")
-    if kind not in (JSON, CHUNK, END, ERROR):
+    if kind not in (JSON, CHUNK, END, ERROR, STATELETS):
         raise WireError(f"unknown frame kind {kind}")
-    if length > (MAX_JSON if kind != CHUNK else MAX_PAYLOAD):
+    if length > (MAX_JSON if kind not in (CHUNK, STATELETS) else MAX_PAYLOAD):
         raise WireError(f"frame of {length} bytes is too large")
     return kind, length
 
@@ -143,6 +150,8 @@ class Reader:
     def body(self, kind: int, length: int):
         """The payload after header(), decoded. A WireError here leaves the stream in step."""
         payload = self._exact(length) if length else memoryview(b"")
+        if kind == STATELETS:
+            return payload
         return decode_chunk(payload) if kind == CHUNK else decode_json(payload)
 
     def skip(self, length: int) -> None:
@@ -156,7 +165,8 @@ class Reader:
             length -= r
 
     def frame(self):
-        """(kind, decoded payload): dict for JSON/END/ERROR, Chunk for CHUNK; None at a clean EOF."""
+        """(kind, decoded payload): dict for JSON/END/ERROR, Chunk for CHUNK, a memoryview for
+        STATELETS; None at a clean EOF."""
         h = self.header()
         if h is None:
             return None

@@ -1,6 +1,7 @@
 """Make a topology real: namespaces, veths, host addressing, switches, NF instances, and the
 management bridge; and take it all down again. Names are <testbed>-<node>, so testbeds with
 different names live side by side."""
+import dataclasses
 import ipaddress
 import logging
 import secrets
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .. import registry
 from ..control.switch import Match, Rule, Switch
-from ..errors import NfxError
+from ..errors import BadInput, NfxError
 from ..loader import attach, netlink, netns, pin
 from ..loader.compile import compile_source, load as load_prog
 from ..nfs import nf_class, open_node
@@ -47,12 +48,39 @@ def nf_config(kind: str, topo: Topology, settings: list[str] | None = None):
     return None
 
 
+def instance_config(config, index: int, count: int):
+    """Instance `index` of `count`'s config: a NAT's own slice of the port range, so the public
+    ports of two instances never collide and moving flows onto one that runs others merges
+    their mappings as they are."""
+    if not isinstance(config, NatConfig) or count < 2:
+        return config
+    span = config.port_hi - config.port_lo + 1
+    if span < count:
+        raise BadInput(f"the NAT's port range {config.port_lo}-{config.port_hi} cannot give {count} instances a port each")
+    lo = config.port_lo + index * span // count
+    hi = config.port_lo + (index + 1) * span // count - 1
+    return dataclasses.replace(config, port_lo=lo, port_hi=hi)
+
+
+def nf_defines(statelet_ring_kib: int | None) -> dict:
+    """The NF programs' build settings: the statelet ring's size (a power of two, 4 KiB pages)."""
+    if statelet_ring_kib is None:
+        return {}
+    kib = statelet_ring_kib
+    if kib < 4 or kib & (kib - 1) or kib > (1 << 20):
+        raise BadInput(f"the statelet ring is a power of two from 4 KiB to 1 GiB, not {kib} KiB")
+    return {"NFX_STATELET_RING_PAGES": kib // 4}
+
+
 def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None,
-       agents: bool = True, ctrl_delay_ms: float = 0.0, nf_settings: list[str] | None = None) -> registry.Testbed:
+       agents: bool = True, ctrl_delay_ms: float = 0.0, nf_settings: list[str] | None = None,
+       statelet_ring_kib: int | None = None) -> registry.Testbed:
     """Build the testbed; with `agents`, start one agent per NF instance once everything exists,
     and the controller (its control messages delayed by ctrl_delay_ms, one way)."""
     progress = progress or (lambda msg: None)
     config = nf_config(kind, topo, nf_settings)      # bad settings fail before anything exists
+    instance_config(config, 0, len(topo.role("nf")))
+    defines = nf_defines(statelet_ring_kib)
     pin.ensure_bpffs()
     # every agent request carries this token; the registry file is root-only (0600)
     rec = registry.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
@@ -60,7 +88,7 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
                        token=secrets.token_hex(16))
     try:
         rec["nf_settings"] = list(nf_settings or [])
-        _build(rec, topo, kind, max_flows, progress, config)
+        _build(rec, topo, kind, max_flows, progress, config, defines)
         if agents and topo.role("nf"):
             progress(f"agents for {', '.join(topo.role('nf'))}")
             agent_procs.start(rec, topo.role("nf"))
@@ -75,7 +103,8 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
     return rec
 
 
-def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, progress, config=None) -> None:
+def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, progress, config=None,
+           defines: dict | None = None) -> None:
     tb = rec["name"]
     progress(f"namespaces for {len(topo.nodes)} nodes")
     for node in topo.nodes:
@@ -104,7 +133,8 @@ def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, pro
         progress("peer links and release ports")
         peers = _move_links(rec, topo, nls)
         cls = nf_class(kind)
-        for i, nf in enumerate(topo.role("nf")):
+        nfs = topo.role("nf")
+        for i, nf in enumerate(nfs):
             progress(f"NF {nf} ({kind})")
             inside, outside = topo.neighbours(nf)
             w = Wiring(ns_name(tb, nf), (ifname(topo, nf, inside), ifname(topo, nf, outside)),
@@ -112,7 +142,9 @@ def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, pro
                        release=RELEASE_IF, peers=peers[nf])
             pin_dir = registry.pin_root(tb) / nf
             rec.register("nf", nf)
-            cls.create(nf, w, pin_dir, config, max_flows=max_flows)
+            cls.create(nf, w, pin_dir, instance_config(config, i, len(nfs)), max_flows=max_flows, defines=defines)
+            if defines:
+                rec["nodes"][nf]["build"] = {"defines": dict(defines)}    # an upgrade builds with them too
             rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]],
                                     index=i, release_if=RELEASE_IF,
                                     peer_slots={other: slot for slot, other in _slot_owner(peers[nf], topo).items()})

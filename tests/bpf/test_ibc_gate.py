@@ -102,3 +102,54 @@ def test_src_filter_tag_is_the_epoch_for_new_flows(nf):
     assert outcome(nf, ibc(E + 1))[1:3] == (1, [])
     v, forged, recs, _ = outcome(nf, ibc(E))
     assert forged == 0 and len(recs) == 1
+
+
+# ---- SLiM's source (nfx/agent/slim_source.py): its IBC is its cut ----------------------------------
+def data(sport: int = 5000) -> bytes:
+    from scapy.all import IP, UDP, Ether, raw
+    return raw(Ether(src="02:00:00:00:0a:aa", dst="02:00:00:00:0b:bb") / IP(src="10.0.1.2", dst="10.0.2.2") /
+               UDP(sport=sport, dport=53) / (b"x" * 32))
+
+
+def slim_source(nf, how: str, op: int = 1):
+    g = Gate(nf)
+    g.set_move_cfg(epoch=E, op=op)
+    if how == "mark":
+        g.mark([KEY], L.Action.STATELET, epoch=E)
+    else:
+        g.set_filter(0, parse("proto=udp"), L.Action.STATELET, tag=E)
+
+
+def seen(nf, frame) -> tuple[int, int, int]:
+    """(verdict, statelet records written, packets dropped as the other path's) for one packet."""
+    before = nf.stats()
+    v = run(nf, frame)
+    after = nf.stats()
+    return (v, after.get("r_statelet", 0) - before.get("r_statelet", 0),
+            after.get("r_op_pre_ibc", 0) - before.get("r_op_pre_ibc", 0))
+
+
+@pytest.mark.parametrize("how", ["mark", "filter"])
+def test_slim_source_mirrors_until_its_ibc_then_drops(nf, how):
+    """Before this side's IBC a marked (or filtered) flow is processed and mirrored; the IBC is
+    recorded as the cut; after it the flow's packets are the destination's copies: dropped,
+    counted, not mirrored. The other side is not cut yet."""
+    slim_source(nf, how)
+    v, st, pre = seen(nf, data())
+    assert v != XDP_DROP and (st, pre) == (1, 0)
+    v, forged, recs, cut = outcome(nf, ibc(E))
+    assert forged == 0 and cut == [1, 0] and len(recs) == 1
+    assert seen(nf, data()) == (XDP_DROP, 0, 1)
+    v, st, pre = seen(nf, data(5001))          # another flow: the filter's (cut too) or no move's
+    if how == "filter":
+        assert (v, st, pre) == (XDP_DROP, 0, 1)
+    else:
+        assert v != XDP_DROP and (st, pre) == (0, 0)
+
+
+def test_slim_source_without_a_cut_keeps_processing(nf):
+    """ng: no move config of its own, so no IBC counts and the flow is never cut."""
+    slim_source(nf, "mark", op=0)
+    assert outcome(nf, ibc(E))[1] == 1                      # forged: not this instance's cut
+    v, st, pre = seen(nf, data())
+    assert v != XDP_DROP and (st, pre) == (1, 0)

@@ -49,7 +49,8 @@ def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOW
 
 
 CASES = [(m, g, o) for m in ("dist", "opennf") for g in ("ng", "lf", "op") for o in ("", "pz,ll,er")
-         if not (g == "ng" and o)] + [("dist", "ng", "dt"), ("dist", "lf", "pz,ll,er,dt")]
+         if not (g == "ng" and o)] + [("dist", "ng", "dt"), ("dist", "lf", "pz,ll,er,dt")] + \
+    [("slim", g, "") for g in ("ng", "lf", "op")]
 
 
 def no_armed_rules(name):
@@ -225,7 +226,7 @@ def ids_tb():
             RIGS.drop(rec["name"])
 
 
-@pytest.mark.parametrize("mechanism", ["dist", "opennf"])
+@pytest.mark.parametrize("mechanism", ["dist", "opennf", "slim"])
 def test_ids_counters_equal_a_single_instance(ids_tb, mechanism):
     """IDS per-flow and per-host counters after a loss-free move: what one instance that saw all
     the traffic would hold (the flows move on from wherever the previous case left them)."""

@@ -1,0 +1,116 @@
+"""SLiM's destination half (`slim_in`): one ordered stream from the source's agent
+(nfx/agent/slim_source.py) carries the snapshot, then the statelets, then END.
+
+    request   {op: slim_in, epoch, guarantee, filter, scopes, keys, ready_statelets}
+    CHUNK...  JSON {snapshot: n}         installed once all n are in (a resync first sends
+                                         {resync: true}: what this instance has of the filter goes)
+    STATELETS...                         replayed in order (nfx/state/replay.py: incarnation tags
+                                         and per-entry order skip what the snapshot already holds)
+    END                                  the source's last statelets: replayed, then (lf/op) the
+                                         held packets are released
+Back to the source: JSON {ok}, JSON {ready: {...}} once, when a batch after the snapshot was
+smaller than ready_statelets and nothing else was waiting (the backlog is small: the source
+relays it to the controller, which redirects), and END with this side's figures.
+
+lf/op: from the start the flows are marked BUFFER with this move's epoch and the order-preserving
+cut on (nfx_gate): switch-path packets before the switch's IBC are the source's (dropped here),
+those after it are held until END has been replayed. There is no peer path, so the source's side
+of the cut is the stream's end (peer_cut from the start).
+
+Merge: per-flow entries are the moving flows' own. A multi-flow entry this instance already had
+(an IDS host whose other flows run here) takes the source's counters on top of its own: the
+snapshot and the statelets are kept apart (`_Merge`) and added once, after END."""
+import select
+import time
+
+from ..errors import BadInput
+from ..filter import parse
+from ..packets import keys_from_blob
+from ..state import ops, wire
+from ..state.tables import SCOPES
+from .ops_move import _b64
+from .protocol import REQUEST_MAX
+from .slim_merge import Merge
+from .transport import Closed, KIND_NAMES, read_header
+
+SLIM_OPS = ("move_slim", "slim_in")
+
+
+class SlimDest:
+    """Mixed into the agent (nfx/agent/server.py) with MoveOps (its sessions)."""
+
+    def op_slim_in(self, sock, r, req) -> None:
+        epoch, guarantee = int(req.get("epoch", 0)), req.get("guarantee", "lf")
+        if guarantee not in ("ng", "lf", "op") or epoch <= 0:
+            raise BadInput("slim_in needs an epoch > 0 and a guarantee (ng, lf, op)")
+        flt = parse(req.get("filter"))
+        scopes = tuple(req.get("scopes") or SCOPES)
+        keys = keys_from_blob(_b64(req, "keys"))
+        ready_statelets = int(req.get("ready_statelets") or 1)
+        lf = guarantee != "ng"
+        if lf:
+            s = self._begin_session("dst", epoch, True, keys, flt, 0)
+            s.gate.set_move_cfg(peer_cut=1)       # no peer path: the stream's end is the source's cut
+        wire.write(sock, wire.encode_json({"ok": True, "op": "slim_in"}))
+        t0 = time.perf_counter()
+        merge = Merge(self.nf, scopes, flt)
+        report: dict = {}
+        fig = {"snapshots": 0, "install_s": 0.0, "statelet_frames": 0, "statelet_bytes": 0, "ready_ms": None}
+        chunks: list = []
+        installed = False
+        while True:
+            h = read_header(r, sock)
+            if h is None:
+                raise Closed("the source closed the SLiM stream")
+            kind, length = h
+            if kind == wire.CHUNK:
+                c = r.body(kind, length)
+                ops.check(self.nf, c)
+                chunks.append(c)
+            elif kind == wire.STATELETS:
+                blob = bytes(r.body(kind, length))
+                fig["statelet_frames"] += 1
+                fig["statelet_bytes"] += len(blob)
+                merge.apply(blob, report)
+                if installed and fig["ready_ms"] is None and len(blob) < ready_statelets * 8 * 4 \
+                        and report.get("last_statelets", 0) < ready_statelets \
+                        and not select.select([sock], [], [], 0)[0]:
+                    fig["ready_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+                    wire.write(sock, wire.encode_json({"ready": {"applied": report.get("statelets", 0),
+                                                                 "at_ms": fig["ready_ms"]}}))
+            elif kind == wire.JSON:
+                msg = r.body(kind, length) if length <= REQUEST_MAX else r.skip(length)
+                if not isinstance(msg, dict):
+                    raise BadInput("a SLiM stream's JSON frame must be an object")
+                if msg.get("resync"):
+                    merge.forget()
+                    installed, chunks = False, []
+                elif "snapshot" in msg:
+                    if msg["snapshot"] != len(chunks):
+                        raise BadInput(f"the snapshot says {msg['snapshot']} chunks, {len(chunks)} arrived")
+                    t1 = time.perf_counter()
+                    merge.install(chunks)
+                    fig["install_s"] += time.perf_counter() - t1
+                    fig["snapshots"] += 1
+                    installed, chunks = True, []
+            elif kind == wire.END:
+                r.body(kind, length)
+                t_end = time.perf_counter()
+                break
+            else:
+                r.skip(length)
+                raise BadInput(f"unexpected {KIND_NAMES.get(kind, kind)} frame in a SLiM stream")
+        if not installed:
+            raise BadInput("the SLiM stream ended without a snapshot")
+        merge.finish(report)
+        applied_at = time.perf_counter()
+        if lf:
+            self.session.drain()                  # the held packets go, in order
+        fig["end_ms"] = {"applied": round((applied_at - t_end) * 1e3, 3),
+                         "released": round((time.perf_counter() - t_end) * 1e3, 3)}
+        self._state_changed()
+        wire.write(sock, wire.encode_json({
+            **fig, "install_s": round(fig["install_s"], 6), "applied_at": applied_at,
+            "replay": {k: v for k, v in report.items() if k != "tables" and k != "last_statelets"},
+            "merged": merge.merged}, wire.END))
+        return None

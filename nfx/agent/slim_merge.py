@@ -1,0 +1,110 @@
+"""What a SLiM destination does with the state it receives (nfx/agent/slim_dest.py): install the
+snapshot, replay the statelets, and merge where the destination already had an entry.
+
+Per-flow entries are the moving flows' own: installed and replayed onto the maps. A multi-flow
+entry the destination already had before the move is the merge case:
+- an IDS host (ids_hosts): the source's values are kept aside (snapshot, then its statelets) and
+  added to the destination's once the stream has ended: packets, bytes, flows and alerts add,
+  the distinct ports add less those both had seen (ids_hostports), scan_alerted is ORed;
+- an IDS (host, port) seen-mark (ids_hostports): seen by either is seen;
+- a NAT public port (nat_ports) held by another connection: a collision, refused. nfx gives each
+  instance of a testbed its own slice of the port range, so a merge never meets one.
+The final add is one read-modify-write per merged host: a packet of the destination's own flows
+of that host in those microseconds is not counted in the host's totals."""
+import struct
+
+from ..errors import BadInput
+from ..state import ops, replay
+from ..state.statelets import BY_NAME, SCHEMAS, updates
+
+MERGE_TABLES = ("ids_hosts", "ids_hostports", "nat_ports")
+
+
+class Merge:
+    def __init__(self, nf, scopes, flt):
+        bad = set(scopes) - set(replay.STATE_SCOPES)
+        if bad:
+            raise BadInput("a SLiM move carries what statelets mirror: per-flow and multi-flow state "
+                           f"({', '.join(sorted(bad))} is not mirrored: leave it out with --scopes per-flow,multi-flow)")
+        self.nf, self.kind, self.scopes, self.flt = nf, nf.kind, tuple(scopes), flt
+        self.aside = replay.Tables(self.kind)        # the source's values of entries merged later
+        self.own: set[tuple[str, bytes]] = set()      # multi-flow entries this instance had before
+        self.merged = 0
+        self._last = 0
+
+    def install(self, chunks: list) -> None:
+        """The snapshot: per-flow entries as they are; multi-flow ones this instance already had
+        set aside for the merge (a NAT port held here is refused)."""
+        snap = replay.Tables.from_chunks(chunks, self.kind)
+        if snap.other:
+            raise BadInput(f"a SLiM snapshot holds only per-flow and multi-flow state, not {snap.other[0].table}")
+        here = ops.index(ops.export(self.nf, ("multi-flow",)))
+        self.own = {(n, k) for n, k in here} if not self.own else self.own
+        for name in MERGE_TABLES:
+            d = snap.data.get(name)
+            if not d:
+                continue
+            for k in [k for k in d if (name, k) in self.own]:
+                v = d.pop(k)
+                if name == "nat_ports":
+                    raise BadInput(f"NAT public port {k.hex()} is in use here by another connection: the "
+                                   "instances' port ranges overlap (give each its own slice), nothing merged")
+                self.aside.data[name][k] = v
+        ops.put(self.nf, snap.chunks())
+
+    def apply(self, blob: bytes, report: dict) -> None:
+        """One frame of statelets, in order; those of merged entries go to the aside copy."""
+        n0 = report.get("statelets", 0)
+        if not self.own:
+            replay.apply(self.nf, [blob], report)
+        else:
+            direct, aside = [], []
+            for u in updates([blob]):
+                (aside if (SCHEMAS[u.table].name, u.key) in self.own else direct).append(u)
+            replay.apply(self.nf, direct, report)
+            if aside:
+                replay.apply(self.aside, aside, {})
+        report["last_statelets"] = report.get("statelets", 0) - n0
+
+    def forget(self) -> None:
+        """A resync follows: what was installed of the filter goes, and the aside copy."""
+        ops.delete(self.nf, ("per-flow",), self.flt)
+        mine = replay.Tables.from_chunks(list(ops.export(self.nf, ("multi-flow",), self.flt)), self.kind)
+        for name, d in mine.data.items():
+            for k in [k for k in d if (name, k) in self.own]:
+                del d[k]
+        for c in mine.chunks():
+            if c.count:
+                ops.delete_chunk(self.nf, c)
+        for d in self.aside.data.values():
+            d.clear()
+
+    def finish(self, report: dict) -> None:
+        """The stream has ended: add the source's part of every merged entry to this instance's."""
+        hosts = self.aside.data.get("ids_hosts") or {}
+        ports = self.aside.data.get("ids_hostports") or {}
+        if not hosts and not ports:
+            return
+        m_hosts = self.nf.maps.get("ids_hosts")
+        # ports both had seen: counted once in the merged host's distinct ports
+        both: dict[int, int] = {}
+        for k in ports:
+            saddr = struct.unpack_from("<I", k)[0]
+            both[saddr] = both.get(saddr, 0) + 1
+        for k, src in hosts.items():
+            key = BY_NAME["ids_hosts"].key.from_buffer_copy(k)
+            cur = m_hosts.get(key)
+            if cur is None:
+                m_hosts.put(key, src)
+                continue
+            saddr = struct.unpack_from("<I", k)[0]
+            cur.pkts += src.pkts
+            cur.bytes += src.bytes
+            cur.flows += src.flows
+            cur.alerts += src.alerts
+            cur.dports += max(0, src.dports - both.get(saddr, 0))
+            cur.scan_alerted |= src.scan_alerted
+            m_hosts.put(key, cur)
+            self.merged += 1
+        self.merged += len(ports)
+
