@@ -7,11 +7,12 @@ from nfx.agent.hsl import HSL_OPS
 from nfx.agent.ops_move import MOVE_OPS
 from nfx.agent.protocol import OPS
 from nfx.agent.server import Agent
+from nfx.agent.slim_dest import SLIM_OPS
 
 
 def test_every_op_has_a_handler():
-    missing = [op for op in OPS + MOVE_OPS + HSL_OPS if not callable(getattr(Agent, "op_" + op, None))]
-    assert not missing and Agent.ops == OPS + MOVE_OPS + HSL_OPS
+    missing = [op for op in OPS + MOVE_OPS + HSL_OPS + SLIM_OPS if not callable(getattr(Agent, "op_" + op, None))]
+    assert not missing and Agent.ops == OPS + MOVE_OPS + HSL_OPS + SLIM_OPS
 
 
 def test_the_agent_loads_nothing_of_the_controller_side():

@@ -134,6 +134,7 @@ class Checker:
     def __init__(self, sw, keys=()):
         self.sw, self.keys = sw, list(keys)
         self.pointed: dict[str, list] = {}       # filter text -> targets, oldest point first
+        self.earlier: set[str] = set()           # filters an earlier controller pointed
         self.during: dict = {}
         self.changes = 0
         for s in sw.values():
@@ -156,7 +157,11 @@ class Checker:
             assert self.sw["so"].where("h2", k) in ok, ("exact", k, ok)
 
     def point(self, st, flt, nfs):
-        after = {f: t for f, t in self.pointed.items() if f != flt.text} | {flt.text: nfs}
+        # pointing everything retires what this controller pointed before (an earlier
+        # controller's sets it does not know stay, below)
+        keep = (lambda f: f in self.earlier) if flt.everything else (lambda f: True)
+        after = {f: t for f, t in self.pointed.items() if f != flt.text and keep(f)} | {flt.text: nfs}
+        self.earlier.discard(flt.text)
         self.during = {p: self.want(p, after) for p in PROBES} | {"keys": nfs}
         st.point(flt, nfs, self.keys or None)
         self.pointed, self.during = after, {}
@@ -217,14 +222,16 @@ def test_earlier_controllers_rules_are_kept_in_order_and_replaced():
         sw[n].add_wild(Match(in_port=h), Rule(output=["nf0", "nf1"]), prio=PRIO_MIN)    # newer: wins
     ck = Checker(sw)
     ck.pointed = {"proto=udp": ["nf1"], "all": ["nf0", "nf1"]}
+    ck.earlier = set(ck.pointed)
     ck.check()
     st = Steering.over(rec, sw)
     ck.point(st, FILTERS[2], ["nf1"])
     assert sorted(sw["si"].band()) == [PRIO_TOP - 2, PRIO_TOP - 1, PRIO_TOP]
-    ck.point(st, FILTERS[0], ["nf0"])            # replaces the earlier controller's "all" set
-    assert len(sw["si"].band()) == 3 and len(sw["so"].band()) == 3
-    ck.point(st, FILTERS[1], ["nf1"])
-    assert len(sw["si"].band()) == 3 and len(sw["so"].band()) == 3
+    # replaces the earlier controller's "all" set, and retires this controller's dport=9000
+    ck.point(st, FILTERS[0], ["nf0"])
+    assert len(sw["si"].band()) == 2 and len(sw["so"].band()) == 2
+    ck.point(st, FILTERS[1], ["nf1"])            # replaces the earlier controller's proto=udp set
+    assert len(sw["si"].band()) == 2 and len(sw["so"].band()) == 2
     assert sum(s.rules_calls for s in sw.values()) == 2
 
 
