@@ -79,6 +79,7 @@ class SlimSource:
         reader.drain(idle_ms=0, timeout_s=1.0)  # records of no move of ours (an earlier one's) go
         peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
         run = _Run(self, sock, r, peer, reader, lf, op, timeout)
+        run.got(req)                             # the controller's request
         try:
             stats0 = self.nf.stats()
             s = self._begin_session("src-slim", epoch, lf, explicit, flt, 0)
@@ -86,8 +87,8 @@ class SlimSource:
             peer._begin("slim_in", {"epoch": epoch, "guarantee": guarantee, "filter": flt.text,
                                     "scopes": list(scopes), "keys": keys_blob(explicit),
                                     "ready_statelets": ready_statelets})
-            peer._reply("slim_in")
-            wire.write(sock, wire.encode_json({
+            run.got(peer._reply("slim_in"))
+            run.ctl(sock, wire.encode_json({
                 "ok": True, "op": "move_slim", "flows": len(flows),
                 "ibc": [[side, enc(bytes(k))] for side, k in ibc],
                 "outside": enc(keys_blob(outside)) if not flt.everything else None}))
@@ -125,10 +126,23 @@ class _Run:
         self.peer, self.reader, self.lf, self.op, self.timeout = peer, reader, lf, op, timeout
         self.t0 = time.perf_counter()
         self.figures = {"snapshot_chunks": 0, "snapshot_bytes": 0, "snapshot_entries": 0, "statelet_records": 0,
-                        "statelet_bytes": 0, "resyncs": 0, "export_s": 0.0, "phases_ms": {}}
+                        "statelet_bytes": 0, "resyncs": 0, "export_s": 0.0, "phases_ms": {},
+                        "control_bytes": 0}
         self.ready = None
         self.redirected = False
         self._egress: list[VethRing] = []
+
+    def ctl(self, dst, parts: list) -> None:
+        """A control frame, to dst's agent (dst None) or the controller, counted as control bytes."""
+        self.figures["control_bytes"] += sum(len(p) for p in parts)
+        if dst is None:
+            self.peer._write(parts)
+        else:
+            wire.write(dst, parts)
+
+    def got(self, obj) -> None:
+        """A control frame that came in (its JSON, re-encoded to count its size)."""
+        self.figures["control_bytes"] += sum(len(p) for p in wire.encode_json(obj if isinstance(obj, dict) else {}))
 
     def phase(self, name: str) -> None:
         self.figures["phases_ms"][name] = round((time.perf_counter() - self.t0) * 1e3, 2)
@@ -139,11 +153,13 @@ class _Run:
         t = {}
         n = 0
         for c in ops.export(self.nf, scopes, flt, stats=t):
-            self.peer._write(wire.encode_chunk(c))
+            parts = wire.encode_chunk(c)
+            self.peer._write(parts)
             self.figures["snapshot_bytes"] += c.nbytes
+            self.figures["control_bytes"] += sum(len(p) for p in parts) - c.nbytes     # its frame's header
             self.figures["snapshot_entries"] += c.count
             n += 1
-        self.peer._write(wire.encode_json({"snapshot": n}))
+        self.ctl(None, wire.encode_json({"snapshot": n}))
         self.figures["snapshot_chunks"] += n
         self.figures["export_s"] += t.get("export_s", 0.0)
         self.phase("snapshot" if not self.figures["resyncs"] else f"resync{self.figures['resyncs']}")
@@ -152,6 +168,7 @@ class _Run:
     def _send(self, recs: list) -> None:
         if recs:
             self.peer._write(wire.encode_statelets(recs))
+            self.figures["control_bytes"] += wire.HDR.size
             self.figures["statelet_records"] += len(recs)
             self.figures["statelet_bytes"] += sum(len(x) for x in recs)
 
@@ -163,14 +180,16 @@ class _Run:
                 from_peer = obj.get("error") if isinstance(obj, dict) else obj
                 raise NfxError(f"the destination gave up: {from_peer}")
             if kind == wire.JSON and isinstance(obj, dict) and "ready" in obj:
+                self.got(obj)
                 self.ready = obj["ready"]
                 self.phase("ready")
-                wire.write(self.sock, wire.encode_json({"ready": self.ready}))
+                self.ctl(self.sock, wire.encode_json({"ready": self.ready}))
         if self.ready is not None and not self.redirected and select.select([self.sock], [], [], 0)[0]:
             h = self.r.header()
             if h is None:
                 raise ConnectionError("the controller closed the connection during the move")
             msg = self.r.body(*h)
+            self.got(msg)
             if not (h[0] == wire.JSON and isinstance(msg, dict) and msg.get("go") is True):
                 raise BadInput(f"expected {{\"go\": true}} once the switches point at the destination, got {msg!r}")
             self.redirected = True
@@ -201,7 +220,7 @@ class _Run:
                                        "it fills faster than a snapshot goes out (a larger --statelet-ring-kib, "
                                        "or less traffic); the move is called off, the source keeps the flows")
                     self.figures["resyncs"] += 1
-                    self.peer._write(wire.encode_json({"resync": True, "dropped": drops - self.drops0}))
+                    self.ctl(None, wire.encode_json({"resync": True, "dropped": drops - self.drops0}))
                     self.snapshot(self._scopes, self._flt)
             self._frames()
             if self.lf and self.ready is not None:
@@ -237,7 +256,7 @@ class _Run:
     def finish(self) -> dict:
         """The last statelets are sent: END, then dst's figures once it applied them; and the
         controller's "go" (lf/op: sent once the switches point at dst alone)."""
-        self.peer._write(wire.encode_json({"records": self.figures["statelet_records"]}, wire.END))
+        self.ctl(None, wire.encode_json({"records": self.figures["statelet_records"]}, wire.END))
         kind, obj = self.peer.read_frame()
         while kind == wire.JSON and isinstance(obj, dict) and "ready" in obj:
             kind, obj = self.peer.read_frame()
@@ -245,6 +264,7 @@ class _Run:
             raise NfxError(f"the destination failed to apply the move: {obj.get('error') if isinstance(obj, dict) else obj}")
         if kind != wire.END:
             raise NfxError(f"unexpected frame kind {kind} from the destination at the end of the move")
+        self.got(obj)          # dst's figures: counted, though they are the move's report as much as control
         self.phase("applied")
         if not self.redirected:
             if not select.select([self.sock], [], [], self.timeout)[0]:

@@ -54,7 +54,20 @@ def move(name: str = NameOpt,
     t.add_column("value", justify="right")
     for label, value in mm.rows():
         t.add_row(label, value)
+    for label, value in slim_rows(m):
+        t.add_row(label, value)
     out.print(t)
+
+
+def slim_rows(m: dict) -> list[tuple[str, str]]:
+    """A SLiM move's own figures: what went on the wire and how much the statelets weigh."""
+    s, w = m.get("slim"), m.get("bytes_on_wire")
+    if not s or not w:
+        return []
+    return [("snapshot entries", f"{s['snapshot_entries']:,}"), ("statelet records", f"{s['statelet_records']:,}"),
+            ("statelet factor σ", f"{s['sigma']:.3f}" if s.get("sigma") is not None else "-"),
+            ("bytes on the wire (snapshot + statelets)", f"{w['snapshot']:,} + {w['statelets']:,}"),
+            ("ring drops → fresh snapshots", f"{s['statelet_ring_drops']:,} → {s['resyncs']}")]
 
 
 def handover(name: str = NameOpt,
