@@ -11,6 +11,7 @@ from ..bench import state as bstate
 from ..bench import table1 as t1
 from ..bench.move_cells import DEFAULT_FLOWS, DEFAULT_RATES, link_text, parse_opts_list, split
 from ..errors import BadInput
+from .bench_slim import slim_
 from .common import JsonOpt, emit_json, need_root, out, progress
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks with a baseline measured in the same run.")
@@ -167,6 +168,9 @@ def soak_(moves: int = typer.Option(1000, "--moves", "-n", help="Consecutive mov
         out.print("[green]ok[/green]" if r["ok"] else "[bold red]NOT OK[/bold red]")
     if not r["ok"]:
         raise typer.Exit(1)
+
+
+app.command("slim")(slim_)
 
 
 @app.command("sharp")

@@ -76,6 +76,12 @@ def percentile(hist: list[int], q: float) -> float | None:
     return None
 
 
+def over(hist: list[int], limit_ns: int) -> int:
+    """Samples in buckets wholly above `limit_ns` (short by at most the bucket `limit_ns` falls
+    in: a bucket is 1/NFX_LAT_SUB of its power of two wide)."""
+    return sum(c for i, c in enumerate(hist) if c and bucket_bounds(i)[0] >= limit_ns)
+
+
 class SINK_MAPS(MapSet):
     """The sink program's maps (bpf/sink.bpf.c)."""
     sink_flows = MapSpec(L.u32, L.SinkFlow)

@@ -1,0 +1,176 @@
+"""`nfx bench slim`: SLiM's evaluation (seeds/slim-statelets-summary.txt, Sec. 6) re-measured on
+nfx's dataplane, with packet duplication (the baseline SLiM is measured against) in the same runs:
+migration duration, seconds of loss, seconds of RTT over 15 ms and bytes on the wire against the
+data rate (Mbit/s of frames of 512 and 1400 bytes), for the NAT and the IDS. Each run moves every
+flow from the instance that has them to the other while the traffic runs; the sink judges it,
+and the rig echoes every packet back through the NF so the round trip is measured (Fig. 6).
+
+- seconds of loss: packets lost / packet rate (the paper's metric);
+- seconds of RTT > 15 ms: round trips slower than 15 ms / packet rate (from the echo sink's
+  latency histogram: buckets wholly above 15 ms, so at most one bucket's width short);
+- bytes on the wire: snapshot, statelets (SLiM) or duplicated packets (dup), control;
+- σ: the move's statelet bytes over the bytes of the packets they mirror (the NF's counters).
+
+`scale()` is the issue's acceptance run: SLiM moves of 10,000 flows at 100k pps for each NF,
+with the destination's state checked against what one instance that saw all the traffic holds.
+bench/slim_plot.py draws the figures, Fig. 3's bound included."""
+import threading
+import time
+
+from ..errors import BadInput, NfxError
+from ..migrate import MECHANISMS
+from ..procs import controller
+from ..testbed import builder
+from ..traffic.report import measure
+from ..traffic.rig import rig
+from ..traffic.sink import over
+from .move_bed import testbed
+
+RATES_MBIT = (100, 300, 500, 700, 900)
+SIZES = (512, 1400)
+NFS = ("nat", "ids")
+FLOWS = 1000
+DURATION_S, AT_S = 2.5, 0.5
+RTT_LIMIT_NS = 15_000_000
+CAPPED = 0.9              # a rate the generator reached less than 90% of is the machine's limit
+
+
+def _pps(mbit: float, size: int) -> int:
+    return max(1, round(mbit * 1e6 / (size * 8)))
+
+
+def one(name: str, gen, sink, echo, mechanism: str, src: str, dst: str, pps: int, timeout: float,
+        duration: float = DURATION_S, at: float = AT_S) -> tuple[dict, dict]:
+    """One move of every flow under traffic: (the move's metrics, the sink's figures)."""
+    out, done = {}, threading.Event()
+    t = threading.Thread(target=lambda: out.setdefault("r", measure(
+        gen, sink, pps, duration, 1.0, before_read=lambda: done.wait(timeout * 4), echo=echo)))
+    t.start()
+    time.sleep(at)
+    try:
+        m = controller.call(name, "POST", "/move", {"src": src, "dst": dst, "filter": "all", "guarantee": "op",
+                                                    "mechanism": mechanism, "scopes": "per-flow,multi-flow",
+                                                    "timeout": timeout}, timeout=timeout * 4)
+    except NfxError as e:
+        # a move that could not finish (rolled back: the source keeps the flows) is a result too
+        m = {"src": src, "dst": dst, "error": str(e)}
+    finally:
+        done.set()
+        t.join()
+    return m, out["r"]
+
+
+def row(nf: str, size: int, mbit: float, mechanism: str, m: dict, r: dict, rtt_hist: list | None) -> dict:
+    pps = r["pps"] or 1
+    back = r.get("echo") or {}
+    w = m.get("bytes_on_wire") or {}
+    s = m.get("slim") or {}
+    lost = r["lost"] + (back.get("lost") or 0)
+    return {"mechanism": mechanism, "nf": nf, "size": size, "rate_mbit": mbit, "rate_pps": r["rate_pps"],
+            "error": m.get("error"),
+            "achieved_pps": round(r["pps"]), "capped": r["pps"] < CAPPED * r["rate_pps"],
+            "src": m["src"], "dst": m["dst"], "flows": m.get("flows"),
+            "migration_s": m.get("move_time_s"), "total_s": m.get("total_s"),
+            "lost": r["lost"], "echo_lost": back.get("lost"), "duplicated": r["duplicated"],
+            "reordered": r["reordered"], "seconds_of_loss": lost / pps,
+            "rtt_over_15ms": over(rtt_hist, RTT_LIMIT_NS) if rtt_hist else None,
+            "seconds_rtt_over_15ms": over(rtt_hist, RTT_LIMIT_NS) / pps if rtt_hist else None,
+            "rtt_max_ms": (back.get("rtt_max_us") or 0) / 1e3 or None,
+            "max_added_delay_ms": (m.get("max_added_delay_us") or 0) / 1e3,
+            "dst_hold_peak": m.get("instance_buffer_peak"),
+            "bytes_snapshot": w.get("snapshot"), "bytes_statelets": w.get("statelets"),
+            "bytes_duplicated": w.get("duplicated"), "bytes_control": w.get("control"),
+            "bytes_total": w.get("total"), "sigma": s.get("sigma"),
+            "resyncs": s.get("resyncs"), "statelet_ring_drops": s.get("statelet_ring_drops")}
+
+
+def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"), flows: int = FLOWS,
+        timeout: float = 60.0, progress=lambda m: None) -> dict:
+    """Every (NF, size, rate), each mechanism in turn on the same testbed and rig, moving the
+    flows back and forth. A rate the generator cannot reach is measured once and ends that
+    size's sweep (the most this machine carries). Returns {"rows", "violations", ...}."""
+    bad = [m for m in mechanisms if m not in MECHANISMS]
+    if bad:
+        raise BadInput(f"unknown mechanism {bad}: registered are {', '.join(MECHANISMS)}")
+    if any(r <= 0 for r in rates_mbit) or any(s < 64 or s > 1514 for s in sizes) or flows < 1:
+        raise BadInput("rates must be > 0 Mbit/s, sizes 64-1514 bytes, flows >= 1")
+    rows = []
+    total = len(nfs) * len(sizes) * len(rates_mbit) * len(mechanisms)
+    n = 0
+    for nf in nfs:
+        with testbed(flows, progress, nf) as (name, _):
+            for size in sizes:
+                with rig(name, flows, size=size, echo=True) as (gen, sink, echo):
+                    measure(gen, sink, 20000, 0.3, 1.0, echo=echo)    # every flow's state on nf0
+                    at = "nf0"
+                    for mbit in rates_mbit:
+                        capped = False
+                        for mech in mechanisms:
+                            n += 1
+                            dst = "nf1" if at == "nf0" else "nf0"
+                            pps = _pps(mbit, size)
+                            progress(f"[{n}/{total}] {nf}, {size} B at {mbit} Mbit/s ({pps:,} pps): {mech} {at} -> {dst}")
+                            m, r = one(name, gen, sink, echo, mech, at, dst, pps, timeout)
+                            rows.append(row(nf, size, mbit, mech, m, r, echo.histogram()))
+                            capped |= rows[-1]["capped"]
+                            if not m.get("error"):
+                                at = dst
+                            else:
+                                progress(f"  did not complete: {m['error']}")
+                        if capped:
+                            progress(f"  {nf}, {size} B: the generator reached less than {CAPPED:.0%} of "
+                                     f"{mbit} Mbit/s: higher rates are past what this machine carries")
+                            break
+    violations = [r for r in rows if r["lost"] or r["duplicated"] or r["reordered"] or r.get("echo_lost")]
+    incomplete = [r for r in rows if r["error"]]
+    return {"rows": rows, "violations": violations, "incomplete": incomplete, "flows": flows, "duration_s": DURATION_S,
+            "rtt_limit_ms": RTT_LIMIT_NS / 1e6}
+
+
+SCALE_FLOWS, SCALE_PPS = 10_000, 100_000
+
+
+def _single_instance_check(name: str, nf: str, inst: str, per_flow_sent: int, flows: int) -> dict:
+    """Does `inst` hold what one instance that saw all the traffic would: every flow's packet
+    count (the generator goes round the flows, one packet each), and for the IDS the host's?"""
+    i = builder.instance(name, inst)
+    if nf == "nat":
+        got = [m["pkts_out"] for m in i.mappings() if m["dport"] == 9000]
+    else:
+        got = [f["pkts"] for f in i.flows() if f["dport"] == 9000]
+    out = {"flows_found": len(got), "flows_equal": sum(1 for g in got if g == per_flow_sent)}
+    if nf == "ids":
+        out["host_pkts"] = sum(h["pkts"] for h in i.hosts())
+        out["host_pkts_expected"] = per_flow_sent * flows
+    out["equal"] = out["flows_found"] == flows == out["flows_equal"] and \
+        out.get("host_pkts") == out.get("host_pkts_expected")
+    return out
+
+
+def scale(nfs=NFS, flows: int = SCALE_FLOWS, pps: int = SCALE_PPS, duration: float = 3.0, timeout: float = 60.0,
+          progress=lambda m: None) -> dict:
+    """The issue's acceptance: a SLiM move of `flows` flows at `pps` for each NF, 0 lost, at most
+    5 ms added to any packet, and the destination's state equal to a single instance's."""
+    rows = []
+    for nf in nfs:
+        with testbed(flows, progress, nf) as (name, _):
+            with rig(name, flows) as (gen, sink):
+                warm = measure(gen, sink, min(200_000, flows * 20), 0.5, 1.0)
+                if warm["lost"] or warm["sent"] % flows:
+                    raise NfxError(f"the warm-up lost {warm['lost']} packets or did not go round the flows evenly")
+                seen = warm["sent"] // flows
+                progress(f"{nf}: SLiM move of {flows:,} flows at {pps:,} pps")
+                m, r = one(name, gen, sink, None, "slim", "nf0", "nf1", pps, timeout, duration, duration / 3)
+                if r["sent"] % flows:
+                    raise NfxError(f"{r['sent']} packets do not go round {flows} flows evenly: pick a rate and "
+                                   "duration whose product is a multiple of the flow count")
+                check = _single_instance_check(name, nf, "nf1", seen + r["sent"] // flows, flows)
+                rows.append({"nf": nf, "flows": flows, "rate_pps": pps, "achieved_pps": round(r["pps"]),
+                             "sent": r["sent"], "lost": r["lost"], "duplicated": r["duplicated"],
+                             "reordered": r["reordered"], "migration_s": m["move_time_s"],
+                             "max_added_delay_ms": m["max_added_delay_us"] / 1e3,
+                             "dst_hold_peak": m["instance_buffer_peak"], "sigma": m["slim"]["sigma"],
+                             "resyncs": m["slim"]["resyncs"], "state": check,
+                             "ok": not (r["lost"] or r["duplicated"] or r["reordered"]) and check["equal"]
+                             and m["max_added_delay_us"] <= 5000})
+    return {"rows": rows, "ok": all(r["ok"] for r in rows)}

@@ -1,0 +1,58 @@
+"""`nfx bench slim`: SLiM beside duplication (nfx/bench/slim.py), and its acceptance run (--scale)."""
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..bench import slim, slim_plot
+from ..bench.move_cells import split
+from .common import JsonOpt, emit_json, need_root, out, progress
+
+
+def slim_(rates: str = typer.Option(",".join(map(str, slim.RATES_MBIT)), "--rates",
+                                    help="Data rates in Mbit/s of frames (comma-separated)."),
+          sizes: str = typer.Option(",".join(map(str, slim.SIZES)), "--sizes", help="Frame sizes in bytes (comma-separated)."),
+          nfs: str = typer.Option(",".join(slim.NFS), "--nfs", help="NF kinds: nat, ids (comma-separated)."),
+          mechanisms: str = typer.Option("slim,dup", "--mechanisms", "-m", help="Mechanisms in each run (comma-separated)."),
+          flows: int = typer.Option(slim.FLOWS, "--flows", "-f", help="Flows, all moved in each run."),
+          timeout: float = typer.Option(60.0, "--timeout", help="Seconds any one step may take."),
+          plot_dir: str = typer.Option("bench/results", "--plot", help="Where the PNGs, the table and the raw rows go."),
+          scale: bool = typer.Option(False, "--scale", help="Instead: SLiM moves of 10,000 flows at 100k pps for each NF, "
+                                     "checked against a single instance's state (writes slim-scale.json)."),
+          json_: bool = JsonOpt):
+    """SLiM's evaluation (duration, seconds of loss, seconds of RTT > 15 ms, bytes on the wire
+    against the data rate) with duplication in the same runs, on testbeds of their own. Writes
+    slim-nat.png, slim-ids.png, slim-fig3.png, slim.md and slim.json."""
+    need_root()
+    d = Path(plot_dir)
+    if scale:
+        r = slim.scale(split(nfs, str), progress=progress, timeout=timeout)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "slim-scale.json").write_text(json.dumps(r, indent=1, default=str))
+        if json_:
+            emit_json(r)
+        else:
+            t = Table("nf", "flows", "pps reached", "lost", "dup", "reo", "migration s", "max added ms", "hold peak",
+                      "σ", "state = single instance")
+            for x in r["rows"]:
+                t.add_row(x["nf"], f"{x['flows']:,}", f"{x['achieved_pps']:,}", str(x["lost"]), str(x["duplicated"]),
+                          str(x["reordered"]), f"{x['migration_s']:.3f}", f"{x['max_added_delay_ms']:.2f}",
+                          f"{x['dst_hold_peak']:,}", f"{x['sigma']:.2f}", "yes" if x["state"]["equal"] else "NO")
+            out.print(t)
+        if not r["ok"]:
+            raise typer.Exit(1)
+        return
+    r = slim.run(split(rates, float), split(sizes, int), split(nfs, str), split(mechanisms, str), flows, timeout,
+                 progress=progress)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "slim.json").write_text(json.dumps(r, indent=1, default=str))
+    (d / "slim.md").write_text(slim_plot.table(r))
+    r["plots"] = [str(p) for p in slim_plot.plot(r, d)]
+    if json_:
+        emit_json(r)
+    else:
+        out.print(slim_plot.table(r))
+        out.print(f"plots: {', '.join(r['plots'])}; raw rows: {d / 'slim.json'}")
+    if r["violations"]:
+        raise typer.Exit(1)
