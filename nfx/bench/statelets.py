@@ -41,7 +41,7 @@ TARGET = 1_000_000
 STATE = ("per-flow", "multi-flow")
 DST_IP = "10.0.2.2"
 PEER_IN, PEER_OUT = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
-BATCH_BYTES = 1 << 20
+BATCH_KIB = 4096
 
 
 def _csum(b: bytes) -> int:
@@ -133,11 +133,16 @@ def _leg(name: str, statelets: int, records: int, seconds: float, drops: int = 0
             "drops": drops, "meets_1m": rate >= TARGET, **extra}
 
 
-def run(kind: str = "nat", flows: int = 10_000, pkts: int = 5, progress=lambda m: None) -> dict:
+def run(kind: str = "nat", flows: int = 10_000, pkts: int = 5, batch_kib: int = BATCH_KIB,
+        progress=lambda m: None) -> dict:
     if kind not in ("nat", "ids"):
         raise BadInput(f"--nf must be nat or ids, not {kind!r}")
-    if not 2 <= flows <= 60_000 or not 1 <= pkts <= 50:
-        raise BadInput("--flows must be 2..60000 and packets per flow 1..50")
+    if not 2 <= flows <= 60_000:
+        raise BadInput(f"--flows must be 2..60000, not {flows}")
+    if not 1 <= pkts <= 50:
+        raise BadInput(f"--packets must be 1..50, not {pkts}")
+    if not 16 <= batch_kib <= 16384:
+        raise BadInput(f"--batch-kib must be 16..16384, not {batch_kib}")
     cls = NAT if kind == "nat" else IDS
     cfg = NatConfig(inside="10.0.1.0/24", pool="10.0.2.100-10.0.2.103") if kind == "nat" else IdsConfig()
     tag = f"sb{os.getpid() % 10000}"
@@ -158,14 +163,12 @@ def run(kind: str = "nat", flows: int = 10_000, pkts: int = 5, progress=lambda m
             inst[role] = cls.create(f"{tag}{role}", w, pins / role, cfg, max_flows=max(4096, 2 * flows))
             made.append((cls, w, pins / role))
         src, dst = inst["s"], inst["d"]
-        if kind == "ids":
-            src.add_signature(77, b"EVIL", offset=0, proto="udp")
         fr = frames(kind, flows)
         with netns.enter(ns):
             runner = _Runner(src.fn.fd, netns.ifindex(f"{tag}si"), fr)
         reader = StateletReader(src)
         try:
-            return _measure(kind, flows, pkts, src, dst, cfg, runner, reader, ns, progress)
+            return _measure(kind, flows, pkts, batch_kib << 10, src, dst, cfg, runner, reader, ns, progress)
         finally:
             reader.close()
     finally:
@@ -174,17 +177,34 @@ def run(kind: str = "nat", flows: int = 10_000, pkts: int = 5, progress=lambda m
         netns.delete(ns)
 
 
-def _measure(kind, flows, pkts, src, dst, cfg, runner, reader, ns, progress) -> dict:
+def _reset(src, kind, cfg) -> None:
+    _fresh(src, cfg)
+    if kind == "ids":
+        src.add_signature(77, b"EVIL", offset=0, proto="udp")
+
+
+def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progress) -> dict:
+    load = os.getloadavg()[0]
+    # ---- the same traffic without mirroring: what the program costs anyway
+    progress("ring: the traffic unmirrored, for the program's own cost")
+    _reset(src, kind, cfg)
+    with netns.enter(ns):
+        runner.run(list(range(flows // 2)))
+        plain_ns = runner.run(list(range(flows)) * pkts)
+    _reset(src, kind, cfg)
     # ---- ring: a consumer takes records while the program writes them
     progress("ring: mirrored traffic with a concurrent consumer")
     taken, stop = [], threading.Event()
 
     def consume():
+        # every millisecond, not on every wakeup: a consumer that is always caught up makes the
+        # kernel queue a wakeup (irq_work) for every record, ~3 us each on this VM
         while not stop.is_set():
-            got = reader.ring.take(5)
-            if got[1]:
+            got = reader.ring.take(0)
+            if len(got[1]):
                 taken.append(got)
-        while (got := reader.ring.take(0))[1]:
+            stop.wait(0.001)
+        while len((got := reader.ring.take(0))[1]):
             taken.append(got)
 
     before = src.stats()
@@ -199,13 +219,12 @@ def _measure(kind, flows, pkts, src, dst, cfg, runner, reader, ns, progress) -> 
     drops = st.get("r_statelet_ring_full", 0) - before.get("r_statelet_ring_full", 0)
     n_st = sum(len(parse_span(*t)) for t in taken)
     n_rec = sum(len(t[1]) for t in taken)
+    npk = flows * pkts
     ring = _leg("ring", n_st, recs, kns / 1e9, drops, wall_s=wall, wall_statelets_per_s=n_st / wall,
-                packets=flows * pkts, taken_records=n_rec)
+                packets=npk, taken_records=n_rec, ns_per_packet=kns / npk, unmirrored_ns_per_packet=plain_ns / npk)
     # ---- reader: the same traffic again into a ring nobody reads, then taken out in batches
     progress("reader: refilling the ring, then reading it")
-    _fresh(src, cfg)
-    if kind == "ids":
-        src.add_signature(77, b"EVIL", offset=0, proto="udp")
+    _reset(src, kind, cfg)
     with netns.enter(ns):
         _, _, snap = _traffic(src, runner, flows, pkts)
     live = list(ops.export(src, STATE))
@@ -214,7 +233,7 @@ def _measure(kind, flows, pkts, src, dst, cfg, runner, reader, ns, progress) -> 
     t0 = time.perf_counter()
     batches = []
     while True:
-        b = reader.poll_batch(0, BATCH_BYTES)
+        b = reader.poll_batch(0, batch)
         if not b.records:
             break
         batches.append(b)
@@ -226,10 +245,10 @@ def _measure(kind, flows, pkts, src, dst, cfg, runner, reader, ns, progress) -> 
     recs_b = _records(batches)
     t0 = time.perf_counter()
     n_old = sum(len(parse_record(x)) for x in recs_b)
-    base_parse = _leg("reader baseline: parse_record per record", n_old, len(recs_b), time.perf_counter() - t0)
+    base_parse = _leg("reader baseline: parse_record", n_old, len(recs_b), time.perf_counter() - t0)
     # ---- apply: onto dst's maps through a StreamApplier, then onto a Tables
     progress("apply: snapshot into dst, then the batches")
-    sa = StreamApplier(dst)
+    sa = StreamApplier(dst, background=False)
     t0 = time.perf_counter()
     sa.install(snap)
     t_inst = time.perf_counter() - t0
@@ -237,7 +256,9 @@ def _measure(kind, flows, pkts, src, dst, cfg, runner, reader, ns, progress) -> 
     t0 = time.perf_counter()
     for b in batches:
         sa.apply(b, rep)
+    sa.sync()
     t_apply = time.perf_counter() - t0
+    sa.close()
     same = ops.diff(list(ops.export(dst, STATE)), live)["same"]
     app = _leg("apply", st2, rec2, t_apply, same=same, install_s=t_inst,
                report={k: rep[k] for k in ("applied", "stale", "deleted", "absent_deletes", "orphans")})
@@ -245,14 +266,15 @@ def _measure(kind, flows, pkts, src, dst, cfg, runner, reader, ns, progress) -> 
     t0 = time.perf_counter()
     for b in batches:
         apply_fast(tab, b)
-    app_t = _leg("apply onto a Tables", st2, rec2, time.perf_counter() - t0,
+    app_t = _leg("apply (Tables)", st2, rec2, time.perf_counter() - t0,
                  same=ops.diff(tab.chunks(), live)["same"])
     slow = R.Tables.from_chunks(snap)
     t0 = time.perf_counter()
     R.apply_slow(slow, recs_b)
-    base_apply = _leg("apply baseline: apply_slow onto a Tables", n_old, len(recs_b), time.perf_counter() - t0,
+    base_apply = _leg("apply baseline: apply_slow", n_old, len(recs_b), time.perf_counter() - t0,
                       same=ops.diff(slow.chunks(), live)["same"])
-    return {"nf": kind, "flows": flows, "packets_per_flow": pkts, "target_per_s": TARGET,
+    return {"nf": kind, "flows": flows, "packets_per_flow": pkts, "batch_kib": batch >> 10, "target_per_s": TARGET,
+            "loadavg_1m": load,
             "entries_live": sum(c.count for c in live), "legs": [ring, rdr, app, app_t],
             "baselines": [base_parse, base_apply],
             "same": same and app_t["same"] and base_apply["same"]}
@@ -264,3 +286,21 @@ def _records(batches) -> list[bytes]:
     for b in batches:
         out += b.raw_records()
     return out
+
+
+def note(leg: dict) -> str:
+    """A leg's extra figures, in a few words."""
+    if leg["leg"] == "ring":
+        return (f"kernel time; {leg['ns_per_packet']:.0f} ns/pkt mirrored vs {leg['unmirrored_ns_per_packet']:.0f} "
+                f"unmirrored; wall {leg['wall_statelets_per_s'] / 1e6:.2f} M/s (a syscall per packet)")
+    if leg["leg"] == "reader":
+        return f"{leg['batches']} batches, {leg['ring_bytes'] / 1e6:.1f} MB in the ring"
+    if leg["leg"] == "apply":
+        return f"onto dst's maps (StreamApplier); snapshot install {leg['install_s'] * 1e3:.0f} ms"
+    if leg["leg"] == "apply (Tables)":
+        return "replay.apply onto a Tables snapshot; " + ("state equal" if leg["same"] else "STATE DIFFERS")
+    if "parse_record" in leg["leg"]:
+        return "one record at a time, the same records"
+    if "apply_slow" in leg["leg"]:
+        return "one statelet at a time onto a Tables; " + ("state equal" if leg["same"] else "STATE DIFFERS")
+    return ""

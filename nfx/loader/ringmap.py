@@ -15,6 +15,8 @@ import os
 import select
 import struct
 
+import numpy as np
+
 from ..closing import ClosedWhenCollected
 from ..errors import BpfError
 from . import bpfsys as sys_
@@ -72,7 +74,18 @@ class MmapRing(ClosedWhenCollected):
         start = self._page + (cons & self.mask)
         span = prod - cons if not max_bytes else min(prod - cons, max_bytes + 8 + (1 << 16))
         buf = self._data[start:start + span]     # one copy; the double mapping unwraps it
-        u32 = memoryview(buf).cast("I") if len(buf) % 4 == 0 else None
+        got = self._walk_np(buf, cons, max_bytes) if len(buf) >= 4096 else None
+        offs, lens, at = got if got is not None else self._walk(buf, max_bytes)
+        if at:
+            _POS.pack_into(self._cons, 0, cons + at)      # x86 stores are ordered: a release
+        self.records += len(offs)
+        self.bytes += int(sum(lens))
+        return buf, offs, lens
+
+    @staticmethod
+    def _walk(buf, max_bytes: int):
+        """Record by record: (offsets, lengths, bytes consumed)."""
+        u32 = memoryview(buf).cast("I")
         offs, lens = [], []
         at, end = 0, len(buf)
         limit = max_bytes or end
@@ -87,11 +100,43 @@ class MmapRing(ClosedWhenCollected):
                 offs.append(at + HDR)
                 lens.append(n)
             at += (n + HDR + 7) & ~7
-        if at:
-            _POS.pack_into(self._cons, 0, cons + at)      # x86 stores are ordered: a release
-        self.records += len(offs)
-        self.bytes += sum(lens)
-        return buf, offs, lens
+        return offs, lens, at
+
+    def _walk_np(self, buf, cons: int, max_bytes: int):
+        """The same walk vectorised, or None (then _walk does it). A record header is a word whose
+        high half is the page offset the kernel stores in it (its page in the ring plus a
+        constant, learnt from the first header) and whose low half is a plausible length; the
+        headers found must chain exactly (each one's length leads to the next, from the first
+        to the end or to a record still being written), else None: a value word that looks
+        like a header can only cost the fast path, never a wrong record."""
+        W = np.frombuffer(buf, np.uint64)
+        lo = (W & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        hi = (W >> np.uint64(32)).astype(np.int64)
+        idx = np.arange(len(W), dtype=np.int64)
+        page = ((cons + 8 * idx) & self.mask) >> 12
+        n = lo & ~(BUSY | DISCARD)
+        cand = np.flatnonzero((hi - page == hi[0] - page[0]) & (n & 7 == 0) & (n <= self.size))
+        if not len(cand) or cand[0] != 0:
+            return None
+        c = cand * 8
+        nn = n[cand]
+        nxt = c + HDR + nn
+        busy = np.flatnonzero(lo[cand] & BUSY)
+        k = int(busy[0]) if len(busy) else len(cand)
+        if max_bytes:
+            k = min(k, int(np.searchsorted(c, max_bytes, "left")))
+        if not k:
+            return None
+        chain = nxt[:k - 1] == c[1:k]
+        if not chain.all():
+            return None
+        if k < len(cand):
+            if nxt[k - 1] != c[k]:
+                return None
+        elif nxt[k - 1] != len(buf):
+            return None
+        keep = (lo[cand[:k]] & DISCARD) == 0
+        return (c[:k] + HDR)[keep], nn[:k][keep], int(nxt[k - 1])
 
     def take_raw(self, timeout_ms: int = 0) -> list[bytes]:
         buf, offs, lens = self.take(timeout_ms)

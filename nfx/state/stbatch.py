@@ -32,49 +32,57 @@ class Batch:
         return [bytes(self.buf[o:o + n]) for o, n in zip(self.offs, self.lens)]
 
 
-def _walk(buf, offs, lens) -> list[int]:
-    W = memoryview(buf).cast("Q") if len(buf) % WORD == 0 else None
-    starts = []
-    add = starts.append
-    nk = NKEY
+NKEY_NP = np.array(NKEY, np.int64)
+
+
+def _bad(buf, offs, lens, word: int, why: str):
+    """Raise parse_record's error for the record holding `word` (or ours)."""
     for o, n in zip(offs, lens):
-        if o % WORD or n % WORD or W is None:
-            parse_record(bytes(memoryview(buf)[o:o + n]))      # raises
-            raise BadInput("statelet record not aligned to 8-byte words")
-        i, end = o >> 3, (o + n) >> 3
-        while i < end:
-            h = W[i]
-            add(i)
-            i += 1 + nk[h & 0xFF] + (h >> 16 & 0xFF)
-        if i != end:
-            parse_record(bytes(memoryview(buf)[o:o + n]))      # raises
-            raise BadInput(f"statelet record of {n} bytes does not end on a statelet")
-    return starts
+        if o <= word * WORD < o + max(n, 1):
+            parse_record(bytes(memoryview(buf)[o:o + n]))
+    raise BadInput(why)
 
 
 def parse_span(buf, offs, lens) -> Batch:
-    """The statelets of the records at buf[offs[i]:offs[i] + lens[i]] (as MmapRing.take gives)."""
-    starts = _walk(buf, offs, lens)
+    """The statelets of the records at buf[offs[i]:offs[i] + lens[i]] (as MmapRing.take gives).
+    All records are walked at once: pass k takes the k-th statelet of every record still open."""
+    o, n = np.asarray(offs, np.int64), np.asarray(lens, np.int64)
+    if len(buf) % WORD or (len(o) and ((o | n) % WORD).any()):
+        bad = np.flatnonzero((o | n) % WORD) if len(o) else []
+        i = int(bad[0]) if len(bad) else 0
+        if len(o):
+            parse_record(bytes(memoryview(buf)[offs[i]:offs[i] + lens[i]]))
+        raise BadInput("statelet records not in whole 8-byte words")
+    W = np.frombuffer(buf, np.uint64) if len(buf) else np.zeros(0, np.uint64)
+    pos, end = o // WORD, (o + n) // WORD
+    found = []
+    while len(pos):
+        live = pos < end
+        pos, end = pos[live], end[live]
+        if not len(pos):
+            break
+        found.append(pos)
+        h = W[pos]
+        pos = pos + 1 + NKEY_NP[(h & 0xFF).astype(np.int64)] + (h >> 16 & 0xFF).astype(np.int64)
+        over = pos > end
+        if over.any():
+            _bad(buf, offs, lens, int(found[-1][np.argmax(over)]), "statelet record does not end on a statelet")
+    start = np.sort(np.concatenate(found)) if found else np.zeros(0, np.int64)
     b = Batch()
-    b.W = np.frombuffer(buf, np.uint64) if len(buf) else np.zeros(0, np.uint64)
-    b.start = np.asarray(starts, np.int64)
-    h = b.W[b.start]
+    b.W, b.start = W, start
+    h = W[start]
     b.table = (h & 0xFF).astype(np.int64)
     b.op = (h >> 8 & 0xFF).astype(np.int64)
     b.nval = (h >> 16 & 0xFF).astype(np.int64)
     b.mask = (h >> 24 & 0xFF).astype(np.int64)
     b.inc = (h >> 32).astype(np.int64)
     b.records = len(offs)
-    b.nbytes = sum(lens)
+    b.nbytes = int(n.sum())
     b.buf, b.offs, b.lens = buf, offs, lens
     bad = (NVAL[b.table, b.mask] != b.nval) | ((b.op != L.StOp.SET) & (b.op != L.StOp.DEL)) | \
           ((b.op == L.StOp.DEL) & (b.mask != 0)) | (~INCARN[b.table] & (b.inc != 0))
     if bad.any():
-        first = int(b.start[np.argmax(bad)]) * WORD
-        for o, n in zip(offs, lens):
-            if o <= first < o + n:
-                parse_record(bytes(memoryview(buf)[o:o + n]))  # raises with the details
-        raise BadInput(f"malformed statelet at byte {first}")
+        _bad(buf, offs, lens, int(start[np.argmax(bad)]), "malformed statelet")
     return b
 
 
