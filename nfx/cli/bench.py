@@ -319,24 +319,26 @@ def statelets_(nf: str = typer.Option("nat", "--nf", help="nat or ids."),
                flows: int = typer.Option(10_000, "--flows", "-f", help="Distinct flows (half created while mirrored)."),
                packets: int = typer.Option(5, "--packets", "-p", help="Mirrored packets per flow."),
                batch_kib: int = typer.Option(bstl.BATCH_KIB, "--batch-kib", help="Most KiB the reader takes per poll."),
+               reps: int = typer.Option(3, "--reps", help="Runs (median reported per leg)."),
                json_: bool = JsonOpt):
     """Statelets written (ring), read (reader) and applied (apply), each leg measured on its own,
     against 1 M statelets/s; baselines (one record / one statelet at a time) from the same run."""
     need_root()
-    r = bstl.run(nf, flows, packets, batch_kib, progress=(lambda m: None) if json_ else progress)
+    r = bstl.run(nf, flows, packets, batch_kib, reps, progress=(lambda m: None) if json_ else progress)
     if json_:
         emit_json(r)
         return
     t = Table(title=f"statelets: {nf}, {flows:,} flows x {packets} packets, batches <= {batch_kib} KiB, "
-                    f"load {r['loadavg_1m']:.1f}")
+                    f"median of {reps}, load {r['loadavg_1m']:.1f}")
     for c, j in (("leg", "left"), ("M statelets/s", "right"), ("M records/s", "right"), ("statelets", "right"),
-                 ("drops", "right"), (">= 1 M/s", "center")):
+                 ("drops", "right"), (">= 1 M/s", "center"), ("runs (M/s)", "right")):
         t.add_column(c, justify=j)
     for leg in r["legs"] + r["baselines"]:
         base = "baseline" in leg["leg"]
         ok = "" if base else ("[green]yes[/green]" if leg["meets_1m"] else "[red]no[/red]")
         t.add_row(leg["leg"], f"{leg['statelets_per_s'] / 1e6:.2f}", f"{leg['records_per_s'] / 1e6:.2f}",
-                  f"{leg['statelets']:,}", f"{leg['drops']:,}", ok)
+                  f"{leg['statelets']:,}", f"{leg['drops']:,}", ok,
+                  " ".join(f"{x / 1e6:.2f}" for x in leg["runs_statelets_per_s"]))
     out.print(t)
     for leg in r["legs"] + r["baselines"]:
         if bstl.note(leg):

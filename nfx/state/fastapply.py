@@ -147,7 +147,7 @@ class Mirror:
             self.alive[got] = True
             self.in_map[got] = False
             self.index.update(zip(keys[new].tolist(), got.tolist()))
-        self.vals[rows] = vals
+        _raw(self.vals)[rows] = _raw(vals)
         if dirty:
             self.dirty.append(rows)
         return rows
@@ -215,6 +215,11 @@ def write(m, changes) -> tuple[int, int]:
             raise BpfError(f"batch update of {m.name}: {errno.errorcode.get(err, err)} after {n} "
                            f"of {len(keys)} entries")
     return nd, len(keys)
+
+
+def _raw(a: np.ndarray) -> np.ndarray:
+    """Rows as opaque bytes: numpy copies structured rows field by field, opaque ones whole."""
+    return a.view(f"V{a.dtype.itemsize}")
 
 
 def _delete_keys(m, keys: np.ndarray) -> int:
@@ -319,16 +324,17 @@ def _apply_table(mir: Mirror, b: Batch, sel: np.ndarray, r: dict, pending: dict)
         return
     full = s.full_mask
     mo, inco = mask[order], inc[order]
-    is_del = (op[order] == DEL).astype(np.int8)
+    is_del = op[order] == DEL
     ok = inco.copy()                                     # the incarnation the values name, if carried
     if s.incarnation:
         ibit = next(f.bit for f in s.fields if f.name == s.incarnation)
         io = OFFS[t][ibit][mo]
         carried = io >= 0
         ok[carried] = (W[vat[order][carried] + io[carried]] >> np.uint64(L.STATELET_INC_SHIFT)).astype(np.int64) & INC_MASK
-    uniform = (np.maximum.reduceat(is_del, gstart) == 0) & (np.minimum.reduceat(inco, gstart) == np.maximum.reduceat(inco, gstart)) \
-        & (np.minimum.reduceat((ok == inco).astype(np.int8), gstart) == 1)
     ginc = inco[gstart]
+    mixed = is_del | (inco != ginc[gs]) | (ok != inco)   # a deletion, another incarnation
+    uniform = np.ones(len(keys), bool)
+    uniform[gs[mixed]] = False
     have = rows >= 0
     base_inc = np.zeros(len(keys), np.int64)
     if s.incarnation and have.any():
@@ -347,7 +353,7 @@ def _apply_table(mir: Mirror, b: Batch, sel: np.ndarray, r: dict, pending: dict)
     if not ab.any():
         return
     base = np.zeros(len(keys), mir.dt)
-    base[case_a] = mir.vals[rows[case_a]]
+    _raw(base)[case_a] = _raw(mir.vals)[rows[case_a]]
     if case_b.any():
         fb = order[gstart[case_b]]
         for f in s.fields:
