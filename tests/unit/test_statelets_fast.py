@@ -7,13 +7,11 @@ record-by-record walk finds, and gives up (correctly) when a value looks like a 
 import random
 import struct
 
-import numpy as np
 import pytest
 
 from nfx import layout as L
 from nfx.errors import BadInput
 from nfx.loader.ringmap import BUSY, DISCARD, MmapRing
-from nfx.state import fastapply as F
 from nfx.state import replay as R
 from nfx.state import statelets as S
 from nfx.state import stbatch as SB
