@@ -206,7 +206,7 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
 
     def consume():
         # every millisecond, not on every wakeup: a consumer that is always caught up makes the
-        # kernel queue a wakeup (irq_work) for every record, ~3 us each on this VM
+        # kernel queue a wakeup (irq_work) for every record it writes
         while not stop.is_set():
             got = reader.ring.take(0)
             if len(got[1]):
