@@ -238,6 +238,7 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
     live = list(ops.export(src, STATE))
     drops2 = src.stats().get("r_statelet_ring_full", 0)
     pend = reader.ring.pending()
+    w0 = dict(reader.ring.walks)
     t0 = time.perf_counter()
     batches = []
     while True:
@@ -248,7 +249,8 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
     t_read = time.perf_counter() - t0
     st2 = sum(map(len, batches))
     rec2 = sum(b.records for b in batches)
-    rdr = _leg("reader", st2, rec2, t_read, drops2, batches=len(batches), ring_bytes=pend)
+    rdr = _leg("reader", st2, rec2, t_read, drops2, batches=len(batches), ring_bytes=pend,
+               walks={k: v - w0[k] for k, v in reader.ring.walks.items()})
     # baseline: the old parse, one record at a time (records rebuilt from the batches' words)
     recs_b = _records(batches)
     t0 = time.perf_counter()

@@ -34,6 +34,7 @@ class MmapRing(ClosedWhenCollected):
         self.what = what
         self.records = 0
         self.bytes = 0
+        self.walks = {"vector": 0, "loop": 0}     # how takes found their records
         self._fd = os.dup(map_fd)
         self._cons = self._data = None
         try:
@@ -75,6 +76,7 @@ class MmapRing(ClosedWhenCollected):
         span = prod - cons if not max_bytes else min(prod - cons, max_bytes + 8 + (1 << 16))
         buf = self._data[start:start + span]     # one copy; the double mapping unwraps it
         got = self._walk_np(buf, cons, max_bytes) if len(buf) >= 4096 else None
+        self.walks["loop" if got is None else "vector"] += 1
         offs, lens, at = got if got is not None else self._walk(buf, max_bytes)
         if at:
             _POS.pack_into(self._cons, 0, cons + at)      # x86 stores are ordered: a release
@@ -113,7 +115,7 @@ class MmapRing(ClosedWhenCollected):
         lo = (W & np.uint64(0xFFFFFFFF)).astype(np.int64)
         hi = (W >> np.uint64(32)).astype(np.int64)
         idx = np.arange(len(W), dtype=np.int64)
-        page = ((cons + 8 * idx) & self.mask) >> 12
+        page = ((cons + 8 * idx) & self.mask) >> (self._page.bit_length() - 1)
         n = lo & ~(BUSY | DISCARD)
         cand = np.flatnonzero((hi - page == hi[0] - page[0]) & (n & 7 == 0) & (n <= self.size))
         if not len(cand) or cand[0] != 0:

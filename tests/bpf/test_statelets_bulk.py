@@ -138,6 +138,7 @@ def test_bench_statelets_small(kind):
     assert ring["records"] == ring["taken_records"] == rdr["records"] == 400 * 3   # every packet changed state
     assert ring["statelets"] == rdr["statelets"] == app["statelets"] > ring["records"]
     assert app["report"]["applied"] + app["report"]["stale"] == app["statelets"] and app["report"]["orphans"] == 0
+    assert rdr["walks"] == {"vector": rdr["batches"], "loop": 0}   # real headers found vectorised
     for x in r["legs"]:
         assert x["statelets_per_s"] > 0 and x["meets_1m"] == (x["statelets_per_s"] >= 1e6)
 

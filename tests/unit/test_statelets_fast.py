@@ -190,7 +190,7 @@ def ring_span(records: list[bytes], cons: int, size: int = 1 << 16, c: int = 2, 
 
 def ring(size: int = 1 << 16) -> MmapRing:
     r = MmapRing.__new__(MmapRing)
-    r.size, r.mask, r._fd, r._cons, r._data = size, size - 1, None, None, None
+    r.size, r.mask, r._fd, r._cons, r._data, r._page = size, size - 1, None, None, None, 4096
     return r
 
 
