@@ -8,6 +8,7 @@ from rich.table import Table
 from ..bench import dataplane, sharp, sharp_plot, soak
 from ..bench import move as bm
 from ..bench import state as bstate
+from ..bench import statelets as bstl
 from ..bench import table1 as t1
 from ..bench.move_cells import DEFAULT_FLOWS, DEFAULT_RATES, link_text, parse_opts_list, split
 from ..errors import BadInput
@@ -315,3 +316,35 @@ def _table1(r: dict, con) -> None:
     w.print("paper: " + ", ".join(f"{k}: {v:.1f}x" for k, v in r["paper_ratios"].items()))
     for note in r["notes"]:
         w.print(f"[dim]note: {note}[/dim]")
+
+
+@app.command("statelets")
+def statelets_(nf: str = typer.Option("nat", "--nf", help="nat or ids."),
+               flows: int = typer.Option(10_000, "--flows", "-f", help="Distinct flows (half created while mirrored)."),
+               packets: int = typer.Option(5, "--packets", "-p", help="Mirrored packets per flow."),
+               batch_kib: int = typer.Option(bstl.BATCH_KIB, "--batch-kib", help="Most KiB the reader takes per poll."),
+               reps: int = typer.Option(3, "--reps", help="Runs (median reported per leg)."),
+               json_: bool = JsonOpt):
+    """Statelets written (ring), read (reader) and applied (apply), each leg measured on its own,
+    against 1 M statelets/s; baselines (one record / one statelet at a time) from the same run."""
+    need_root()
+    r = bstl.run(nf, flows, packets, batch_kib, reps, progress=(lambda m: None) if json_ else progress)
+    if json_:
+        emit_json(r)
+        return
+    t = Table(title=f"statelets: {nf}, {flows:,} flows x {packets} packets, batches <= {batch_kib} KiB, "
+                    f"median of {reps}, load {r['loadavg_1m']:.1f}")
+    for c, j in (("leg", "left"), ("M statelets/s", "right"), ("M records/s", "right"), ("statelets", "right"),
+                 ("drops", "right"), (">= 1 M/s", "center"), ("runs (M/s)", "right")):
+        t.add_column(c, justify=j)
+    for leg in r["legs"] + r["baselines"]:
+        base = "baseline" in leg["leg"]
+        ok = "" if base else ("[green]yes[/green]" if leg["meets_1m"] else "[red]no[/red]")
+        t.add_row(leg["leg"], f"{leg['statelets_per_s'] / 1e6:.2f}", f"{leg['records_per_s'] / 1e6:.2f}",
+                  f"{leg['statelets']:,}", f"{leg['drops']:,}", ok,
+                  " ".join(f"{x / 1e6:.2f}" for x in leg["runs_statelets_per_s"]))
+    out.print(t)
+    for leg in r["legs"] + r["baselines"]:
+        if bstl.note(leg):
+            out.print(f"  {leg['leg']}: {bstl.note(leg)}")
+    out.print("state after apply == source's: " + ("[green]yes[/green]" if r["same"] else "[red]NO[/red]"))

@@ -187,11 +187,62 @@ def _fresh(s: Schema, plan: _Plan, vals: tuple):
     return v if v is not None else s.value()
 
 
+def _step(store, s: Schema, u, r: dict, pending: dict) -> None:
+    """One statelet onto `store` (the rules in apply's docstring)."""
+    cur = store._get(s, u.key)
+    cur_inc = inc_tag(getattr(cur, s.incarnation)) if cur is not None and s.incarnation else 0
+    if u.op != L.StOp.SET:
+        if cur is None:
+            r["absent_deletes"] += 1
+            if pending.get((u.table, u.key)) == u.inc:
+                del pending[(u.table, u.key)]     # an incarnation that died: nothing to miss
+        elif u.inc != cur_inc:
+            r["stale"] += 1                   # another incarnation under the same key: keep it
+        else:
+            store._delete(s, u.key)
+            r["deleted"] += 1
+        return
+    plan = _plan(s, u.mask)
+    vals = u.vals
+    full = u.mask == s.full_mask
+    if cur is None or s.fields[0].merge == WHOLE:
+        if cur is None and not full:
+            pending[(u.table, u.key)] = u.inc
+            return
+        store._put(s, u.key, _fresh(s, plan, vals))
+        r["applied"] += 1
+        return
+    if u.inc != cur_inc:
+        newer_inc = (vals[plan.inc] > getattr(cur, s.incarnation)) if plan.inc >= 0 else u.inc > cur_inc
+        if newer_inc and full:                # a later incarnation, whole: it replaces the entry
+            store._put(s, u.key, _fresh(s, plan, vals))
+            r["applied"] += 1
+        elif newer_inc:                       # a later incarnation whose creation we never saw
+            pending[(u.table, u.key)] = u.inc
+        else:
+            r["stale"] += 1
+        return
+    newer = plan.order < 0 or vals[plan.order] >= getattr(cur, s.order)
+    for name, i, flow, merge in plan.setters:
+        if merge == MAX:
+            if vals[i] > getattr(cur, name):
+                setattr(cur, name, vals[i])
+        elif merge == OR:
+            setattr(cur, name, getattr(cur, name) | vals[i])
+        elif newer:
+            setattr(cur, name, _word(s, flow, vals, i))
+    store._put(s, u.key, cur)
+    r["applied" if newer else "stale"] += 1
+
+
+COUNTS = ("applied", "stale", "deleted", "absent_deletes", "orphans", "statelets", "records")
+
+
 def apply(target, statelets, report: dict | None = None) -> dict:
     """Replay statelets, in order, onto `target`: a Tables snapshot, a list of chunks (turned into
     Tables; report["tables"] holds the result), or an NF instance (its maps, written at the end).
-    `statelets`: ring records (bytes, as StateletReader.poll_raw/drain return them), dicts (poll),
-    or Updates.
+    `statelets`: ring records (bytes, as StateletReader.poll_raw/drain return them), a parsed
+    stbatch.Batch (poll_batch), dicts (poll), or Updates.
 
     Per entry: a statelet of another incarnation than the entry's is skipped (a whole one of a
     later incarnation replaces the entry); within an incarnation counters take the larger value,
@@ -203,68 +254,33 @@ def apply(target, statelets, report: dict | None = None) -> dict:
 
     Returns counts: applied, stale (older than the entry it met), deleted, absent_deletes,
     orphans (partial statelets whose entry the target never had: the stream or the snapshot is
-    incomplete), statelets, records, apply_s."""
+    incomplete), statelets, records, apply_s.
+
+    The work is done in bulk by nfx/state/fastapply.py (one pass per table, entries coalesced);
+    apply_slow is the statelet-by-statelet reference it is tested against."""
+    from .fastapply import apply_fast
+    return apply_fast(target, statelets, report)
+
+
+def apply_slow(target, statelets, report: dict | None = None) -> dict:
+    """apply(), one statelet at a time: the reference implementation of the rules."""
     if isinstance(target, (list, tuple)):
         target = Tables.from_chunks(target)
     store = target if isinstance(target, Tables) else _MapStore(target)
     kind = target.kind if isinstance(target, Tables) else getattr(target, "kind", None)
     r = report if report is not None else {}
-    for k in ("applied", "stale", "deleted", "absent_deletes", "orphans", "statelets", "records"):
+    for k in COUNTS:
         r.setdefault(k, 0)
     t0 = time.perf_counter()
     records = statelets if isinstance(statelets, list) else list(statelets)
     r["records"] += sum(1 for x in records if isinstance(x, (bytes, bytearray, memoryview)))
     pending: dict[tuple[int, bytes], int] = {}    # partial statelets with no entry: (table, key) -> inc
-    SET = L.StOp.SET
     for u in updates(records):
         r["statelets"] += 1
         s = SCHEMAS[u.table]
         if kind is not None and s.kind != kind:
             raise BadInput(f"a {s.kind} statelet ({s.name}) for a {kind} instance")
-        cur = store._get(s, u.key)
-        cur_inc = inc_tag(getattr(cur, s.incarnation)) if cur is not None and s.incarnation else 0
-        if u.op != SET:
-            if cur is None:
-                r["absent_deletes"] += 1
-                if pending.get((u.table, u.key)) == u.inc:
-                    del pending[(u.table, u.key)]     # an incarnation that died: nothing to miss
-            elif u.inc != cur_inc:
-                r["stale"] += 1                   # another incarnation under the same key: keep it
-            else:
-                store._delete(s, u.key)
-                r["deleted"] += 1
-            continue
-        plan = _plan(s, u.mask)
-        vals = u.vals
-        full = u.mask == s.full_mask
-        if cur is None or s.fields[0].merge == WHOLE:
-            if cur is None and not full:
-                pending[(u.table, u.key)] = u.inc
-                continue
-            store._put(s, u.key, _fresh(s, plan, vals))
-            r["applied"] += 1
-            continue
-        if u.inc != cur_inc:
-            newer_inc = (vals[plan.inc] > getattr(cur, s.incarnation)) if plan.inc >= 0 else u.inc > cur_inc
-            if newer_inc and full:                # a later incarnation, whole: it replaces the entry
-                store._put(s, u.key, _fresh(s, plan, vals))
-                r["applied"] += 1
-            elif newer_inc:                       # a later incarnation whose creation we never saw
-                pending[(u.table, u.key)] = u.inc
-            else:
-                r["stale"] += 1
-            continue
-        newer = plan.order < 0 or vals[plan.order] >= getattr(cur, s.order)
-        for name, i, flow, merge in plan.setters:
-            if merge == MAX:
-                if vals[i] > getattr(cur, name):
-                    setattr(cur, name, vals[i])
-            elif merge == OR:
-                setattr(cur, name, getattr(cur, name) | vals[i])
-            elif newer:
-                setattr(cur, name, _word(s, flow, vals, i))
-        store._put(s, u.key, cur)
-        r["applied" if newer else "stale"] += 1
+        _step(store, s, u, r, pending)
     store._flush()
     r["orphans"] += len(pending)
     r["apply_s"] = r.get("apply_s", 0.0) + time.perf_counter() - t0

@@ -20,7 +20,7 @@ from .. import layout as L
 from ..closing import Closing
 from ..errors import BadInput, NotFound
 from ..flows import be_to_ip, be_to_port, key_fields, make_key
-from ..loader.ring import RingReader
+from ..loader.ringmap import MmapRing
 from .tables import tables
 
 HDR = struct.Struct("<BBBBI")          # struct nfx_statelet: table, op, nval, mask, inc
@@ -235,8 +235,9 @@ def updates(statelets) -> Iterable[Update]:
 class StateletReader(Closing):
     """The consumer of one instance's statelet ring (its own maps or reopened from pins, any
     process). poll() gives one dict per statelet (the agent's stream); poll_raw() the packets'
-    records as bytes, for speed (replay them with apply()). One consumer per ring: a second
-    reader competes for records."""
+    records as bytes, for speed (replay them with apply()); poll_batch() them parsed in bulk
+    (nfx/state/stbatch.py), fastest. The ring is read from its mmapped pages in bulk
+    (nfx/loader/ringmap.py). One consumer per ring: a second reader competes for records."""
 
     def __init__(self, nf):
         m = nf.maps.nfx_statelets
@@ -244,7 +245,7 @@ class StateletReader(Closing):
             raise NotFound(f"instance {getattr(nf, 'instance', '?')} has no statelet ring "
                            "(built before statelets, or its pins lack nfx_statelets)")
         self.nf = nf
-        self.ring = RingReader(m.fd, what="statelet")
+        self.ring = MmapRing(m.fd, what="statelet")
         self.seq = 0              # packet records seen (poll's dicts carry theirs)
         self.updates = 0          # statelets decoded by poll()
 
@@ -257,9 +258,17 @@ class StateletReader(Closing):
         return self.ring.bytes
 
     def poll_raw(self, timeout_ms: int = 0) -> list[bytes]:
-        recs = self.ring.poll_raw(timeout_ms)
+        recs = self.ring.take_raw(timeout_ms)
         self.seq += len(recs)
         return recs
+
+    def poll_batch(self, timeout_ms: int = 0, max_bytes: int = 0):
+        """The records that arrived, parsed in bulk: a stbatch.Batch (len() statelets,
+        .records records); replay it with fastapply.StreamApplier.apply or replay.apply."""
+        from .stbatch import parse_span
+        buf, offs, lens = self.ring.take(timeout_ms, max_bytes)
+        self.seq += len(offs)
+        return parse_span(buf, offs, lens)
 
     def poll(self, timeout_ms: int = 0) -> list[dict]:
         seq0 = self.seq
