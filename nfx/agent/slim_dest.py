@@ -34,6 +34,8 @@ from .slim_merge import Merge
 from .transport import Closed, KIND_NAMES, read_header
 
 SLIM_OPS = ("move_slim", "slim_in")
+GATHER_BYTES = 8 << 20      # most statelet bytes replayed at once
+READY_QUIET_S = 0.005       # caught up, whatever the last batch's size, if nothing follows it this long
 
 
 class SlimDest:
@@ -58,8 +60,9 @@ class SlimDest:
         fig = {"snapshots": 0, "install_s": 0.0, "statelet_frames": 0, "statelet_bytes": 0, "ready_ms": None}
         chunks: list = []
         installed = False
+        ahead = None                              # a header read while gathering statelets
         while True:
-            h = read_header(r, sock)
+            h, ahead = ahead or read_header(r, sock), None
             if h is None:
                 raise Closed("the source closed the SLiM stream")
             kind, length = h
@@ -68,13 +71,26 @@ class SlimDest:
                 ops.check(self.nf, c)
                 chunks.append(c)
             elif kind == wire.STATELETS:
-                blob = bytes(r.body(kind, length))
-                fig["statelet_frames"] += 1
-                fig["statelet_bytes"] += len(blob)
-                merge.apply(blob, report)
-                if installed and fig["ready_ms"] is None and len(blob) < ready_statelets * 8 * 4 \
-                        and report.get("last_statelets", 0) < ready_statelets \
-                        and not select.select([sock], [], [], 0)[0]:
+                # what has queued up meanwhile goes in one replay: a batch costs about the same
+                # whatever its size, so a destination that fell behind catches up in big steps
+                frames = [wire.decode_statelets(r.body(kind, length))]
+                while sum(len(f[0]) for f in frames) < GATHER_BYTES and select.select([sock], [], [], 0)[0]:
+                    ahead = read_header(r, sock)
+                    if ahead is None or ahead[0] != wire.STATELETS:
+                        break
+                    frames.append(wire.decode_statelets(r.body(*ahead)))
+                    ahead = None
+                buf = b"".join(f[0] for f in frames)
+                lens = [n for f in frames for n in f[1]]
+                fig["statelet_frames"] += len(frames)
+                fig["statelet_bytes"] += len(buf)
+                merge.apply(buf, lens, report)
+                # caught up: nothing more is waiting, and the source's last batch was small (or
+                # nothing follows it for a moment: a source whose traffic stopped sends nothing)
+                if installed and fig["ready_ms"] is None and ahead is None \
+                        and not select.select([sock], [], [], 0)[0] \
+                        and (report.get("last_statelets", 0) < ready_statelets
+                             or not select.select([sock], [], [], READY_QUIET_S)[0]):
                     fig["ready_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
                     wire.write(sock, wire.encode_json({"ready": {"applied": report.get("statelets", 0),
                                                                  "at_ms": fig["ready_ms"]}}))

@@ -11,13 +11,17 @@ entry the destination already had before the move is the merge case:
   instance of a testbed its own slice of the port range, so a merge never meets one.
 The final add is one read-modify-write per merged host: a packet of the destination's own flows
 of that host in those microseconds is not counted in the host's totals."""
+import itertools
 import struct
 
 from ..errors import BadInput
 from ..state import ops, replay
+from ..state.fastapply import StreamApplier
+from ..state.stbatch import parse_span
 from ..state.statelets import BY_NAME, SCHEMAS, updates
 
 MERGE_TABLES = ("ids_hosts", "ids_hostports", "nat_ports")
+ADDED = ("ids_hosts", "ids_hostports")     # merged by adding the source's part; a NAT port is refused
 
 
 class Merge:
@@ -30,7 +34,7 @@ class Merge:
         self.aside = replay.Tables(self.kind)        # the source's values of entries merged later
         self.own: set[tuple[str, bytes]] = set()      # multi-flow entries this instance had before
         self.merged = 0
-        self._last = 0
+        self.sa = StreamApplier(nf)                  # the moving entries: this instance owns them
 
     def install(self, chunks: list) -> None:
         """The snapshot: per-flow entries as they are; multi-flow ones this instance already had
@@ -39,29 +43,31 @@ class Merge:
         if snap.other:
             raise BadInput(f"a SLiM snapshot holds only per-flow and multi-flow state, not {snap.other[0].table}")
         here = ops.index(ops.export(self.nf, ("multi-flow",)))
-        self.own = {(n, k) for n, k in here} if not self.own else self.own
+        self.own = {(n, k) for n, k in here if n in ADDED} if not self.own else self.own
         for name in MERGE_TABLES:
             d = snap.data.get(name)
             if not d:
                 continue
-            for k in [k for k in d if (name, k) in self.own]:
+            for k in [k for k in d if (name, k) in self.own or (name == "nat_ports" and (name, k) in here)]:
                 v = d.pop(k)
                 if name == "nat_ports":
                     raise BadInput(f"NAT public port {k.hex()} is in use here by another connection: the "
                                    "instances' port ranges overlap (give each its own slice), nothing merged")
                 self.aside.data[name][k] = v
-        ops.put(self.nf, snap.chunks())
+        self.sa.install(snap.chunks())
 
-    def apply(self, blob: bytes, report: dict) -> None:
-        """One frame of statelets, in order; those of merged entries go to the aside copy."""
+    def apply(self, buf: bytes, lens: list[int], report: dict) -> None:
+        """Statelet records (back to back in buf, of lengths lens), in order; those of merged
+        entries go to the aside copy."""
         n0 = report.get("statelets", 0)
         if not self.own:
-            replay.apply(self.nf, [blob], report)
+            offs = list(itertools.accumulate(lens, initial=0))[:-1]
+            self.sa.apply(parse_span(buf, offs, lens), report)
         else:
             direct, aside = [], []
-            for u in updates([blob]):
+            for u in updates([buf]):
                 (aside if (SCHEMAS[u.table].name, u.key) in self.own else direct).append(u)
-            replay.apply(self.nf, direct, report)
+            self.sa.apply(direct, report)
             if aside:
                 replay.apply(self.aside, aside, {})
         report["last_statelets"] = report.get("statelets", 0) - n0
@@ -78,6 +84,7 @@ class Merge:
                 ops.delete_chunk(self.nf, c)
         for d in self.aside.data.values():
             d.clear()
+        self.sa = StreamApplier(self.nf)
 
     def finish(self, report: dict) -> None:
         """The stream has ended: add the source's part of every merged entry to this instance's."""

@@ -3,7 +3,7 @@
     frame  = header payload
     header = magic "NFXW" | version u16 | kind u16 | reserved u32 | payload length u64   (little-endian)
     kind   = 1 JSON (utf-8 object) | 2 CHUNK | 3 END (JSON) | 4 ERROR (JSON {"error": ...})
-             | 5 STATELETS (statelet records back to back, as the ring holds them: SLiM's stream)
+             | 5 STATELETS (u32 count, u32 record lengths, then statelet ring records: SLiM's stream)
     CHUNK  = u32 header length | JSON chunk header | keys (count × key_size) | values (count × value_size)
 
 A chunk header names its table, scope, NF kind, entry count, key and value sizes, CPU count for
@@ -64,8 +64,25 @@ def encode_chunk(c: Chunk) -> list:
 
 
 def encode_statelets(records: list) -> list:
-    """Statelet ring records (bytes, 8-byte words) as one frame: their statelets back to back."""
-    return [HDR.pack(MAGIC, VERSION, STATELETS, 0, sum(len(r) for r in records)), *records]
+    """Statelet ring records (bytes, 8-byte words) as one frame: u32 count, each record's length
+    (u32), then the records back to back (a reader parses them all at once: nfx/state/stbatch.py)."""
+    lens = struct.pack(f"<I{len(records)}I", len(records), *(len(r) for r in records))
+    return [HDR.pack(MAGIC, VERSION, STATELETS, 0, len(lens) + sum(len(r) for r in records)), lens, *records]
+
+
+def decode_statelets(payload) -> tuple[memoryview, list[int]]:
+    """A STATELETS payload as (the records back to back, their lengths)."""
+    mv = memoryview(payload)
+    if len(mv) < 4:
+        raise WireError("truncated statelet frame")
+    (n,) = struct.unpack_from("<I", mv, 0)
+    if 4 + 4 * n > len(mv):
+        raise WireError(f"statelet frame of {len(mv)} bytes cannot hold {n} record lengths")
+    lens = list(struct.unpack_from(f"<{n}I", mv, 4))
+    body = mv[4 + 4 * n:]
+    if sum(lens) != len(body):
+        raise WireError(f"statelet frame: lengths add up to {sum(lens)}, {len(body)} bytes follow")
+    return body, lens
 
 
 def decode_header(raw: bytes) -> tuple[int, int]:

@@ -68,7 +68,7 @@ def test_ids_host_counters_add_and_moved_flows_arrive_whole(pair):
     m.install(snap)
     report: dict = {}
     for r in recs:
-        m.apply(r, report)
+        m.apply(r, [len(r)], report)
     m.finish(report)
     assert report["orphans"] == 0 and m.merged >= 1
     assert len(moved_src) == 15 and flows(dst, 7000, 7009) == moved_src      # the moved flows, whole
