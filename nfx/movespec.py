@@ -6,7 +6,7 @@ the CLI's table). The mechanisms themselves are in nfx/migrate (controller side)
 
 Options, after OpenNF and DiST (nfx/migrate/mechanism.py says what each does): pz pipelined
 import, ll late locking, er early release (the papers'); ov overlap steering with the state push,
-dt data-plane trigger (nfx's, dist only)."""
+dt data-plane trigger (nfx's, dist only); rt: SLiM's cut at real-time priority (nfx's, slim only)."""
 import ipaddress
 import secrets
 import socket
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 GUARANTEES = ("ng", "lf", "op")
 MECHANISMS: list[str] = []       # the registered ones, in order (nfx.migrate registers opennf, dist)
-OPTIMISATIONS = ("pz", "ll", "er", "ov", "dt")
+OPTIMISATIONS = ("pz", "ll", "er", "ov", "dt", "rt")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
 FIRE_WAIT_S = 1.0        # dt: the trigger left before "done"; past this the controller steers itself
 
@@ -43,7 +43,7 @@ def parse_opts(text: str | None) -> set[str]:
     opts = {o.strip().lower() for o in (text or "").replace("|", ",").split(",") if o.strip()}
     bad = opts - set(OPTIMISATIONS)
     if bad:
-        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er, ov, dt (comma-separated)")
+        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er, ov, dt, rt (comma-separated)")
     return opts
 
 
@@ -99,10 +99,10 @@ class MoveRequest:
             object.__setattr__(self, "scopes", mirrored)
             if not 0 <= self.stall_reader_s <= 60:
                 raise BadInput("stall_reader_ms (an emulated slow statelet reader) is 0-60000")
-            if self.opts:
-                raise BadInput(f"SLiM takes no options ({', '.join(sorted(self.opts))}): they are OpenNF's and DiST's")
-        elif self.stall_reader_s:
-            raise BadInput("stall_reader_ms (an emulated slow statelet reader) is for slim moves")
+            if self.opts - {"rt"}:
+                raise BadInput(f"SLiM takes only rt ({', '.join(sorted(self.opts - {'rt'}))} are OpenNF's and DiST's)")
+        elif self.stall_reader_s or "rt" in self.opts:
+            raise BadInput("rt and stall_reader_ms (an emulated slow statelet reader) are for slim moves")
         if "ov" in self.opts and (self.mechanism != "dist" or not self.lf):
             raise BadInput("ov (overlap steering with the state push) is for dist moves with guarantee lf "
                            "or op: only a destination that holds the flows back may get them before their state")

@@ -416,13 +416,13 @@ class AgentClient(ClosedWhenCollected):
 
     def move_slim(self, dst: str, epoch: int, guarantee: str, filter: str, scopes, timeout: float,
                   ready_statelets: int = 0, data_delay_ms: float = 0.0, data_rate_mbit: float = 0.0,
-                  stall_reader_ms: float = 0.0) -> DistStream:
+                  stall_reader_ms: float = 0.0, rt: bool = False) -> DistStream:
         """SLiM's move, run by this (source) agent, on this connection until the stream is closed:
         held() is the "mirroring" answer, then "ready" (relayed from dst), go(), done()."""
         args = {"dst": dst, "epoch": epoch, "guarantee": guarantee, "filter": filter, "scopes": list(scopes),
                 "timeout": timeout, "ready_statelets": ready_statelets or None,
                 "data_delay_ms": data_delay_ms or None, "data_rate_mbit": data_rate_mbit or None,
-                "stall_reader_ms": stall_reader_ms or None}
+                "stall_reader_ms": stall_reader_ms or None, "rt": rt or None}
         self._begin("move_slim", args)
         return DistStream(self._channel())
 

@@ -1,16 +1,18 @@
 """SLiM's destination half (`slim_in`): one ordered stream from the source's agent
 (nfx/agent/slim_source.py) carries the snapshot, then the statelets, then END.
 
-    request   {op: slim_in, epoch, guarantee, filter, scopes, keys, ready_statelets}
+    request   {op: slim_in, epoch, guarantee, filter, scopes, keys, ready_statelets, rt}
     CHUNK...  JSON {snapshot: n}         installed once all n are in (a resync first sends
                                          {resync: true}: what this instance has of the filter goes)
     STATELETS...                         replayed in order (nfx/state/replay.py: incarnation tags
                                          and per-entry order skip what the snapshot already holds)
     END                                  the source's last statelets: replayed, then (lf/op) the
                                          held packets are released
-Back to the source: JSON {ok}, JSON {ready: {...}} once, when a batch after the snapshot was
-smaller than ready_statelets and nothing else was waiting (the backlog is small: the source
-relays it to the controller, which redirects), and END with this side's figures.
+Back to the source: JSON {ok}; JSON {ready: {applied_records, ...}} each time it has caught up
+after the snapshot (a batch smaller than ready_statelets, or none for 5 ms, and nothing else
+waiting: the source relays the first to the controller, which starts the redirect, and then the
+first that covers what it had sent when the switches duplicated: the controller then cuts); and
+END with this side's figures.
 
 lf/op: from the start the flows are marked BUFFER with this move's epoch and the order-preserving
 cut on (nfx_gate): switch-path packets before the switch's IBC are the source's (dropped here),
@@ -29,6 +31,7 @@ from ..packets import keys_from_blob
 from ..state import ops, wire
 from ..state.tables import SCOPES
 from .ops_move import _b64
+from .prio import enter_rt, leave_rt
 from .protocol import REQUEST_MAX
 from .slim_merge import Merge
 from .transport import Closed, KIND_NAMES, read_header
@@ -49,7 +52,13 @@ class SlimDest:
         scopes = tuple(req.get("scopes") or SCOPES)
         keys = keys_from_blob(_b64(req, "keys"))
         ready_statelets = int(req.get("ready_statelets") or 1)
-        lf = guarantee != "ng"
+        lf, rt = guarantee != "ng", bool(req.get("rt"))
+        try:
+            self._slim_in(sock, r, epoch, lf, rt, flt, scopes, keys, ready_statelets)
+        finally:
+            leave_rt()
+
+    def _slim_in(self, sock, r, epoch: int, lf: bool, rt: bool, flt, scopes, keys, ready_statelets: int) -> None:
         if lf:
             s = self._begin_session("dst", epoch, True, keys, flt, 0)
             s.gate.set_move_cfg(peer_cut=1)       # no peer path: the stream's end is the source's cut
@@ -57,7 +66,8 @@ class SlimDest:
         t0 = time.perf_counter()
         merge = Merge(self.nf, scopes, flt)
         report: dict = {}
-        fig = {"snapshots": 0, "install_s": 0.0, "statelet_frames": 0, "statelet_bytes": 0, "ready_ms": None}
+        fig = {"snapshots": 0, "install_s": 0.0, "statelet_frames": 0, "statelet_bytes": 0, "ready_ms": None,
+               "records_applied": 0}
         chunks: list = []
         installed = False
         ahead = None                              # a header read while gathering statelets
@@ -85,15 +95,21 @@ class SlimDest:
                 fig["statelet_frames"] += len(frames)
                 fig["statelet_bytes"] += len(buf)
                 merge.apply(buf, lens, report)
+                fig["records_applied"] += len(lens)
                 # caught up: nothing more is waiting, and the source's last batch was small (or
-                # nothing follows it for a moment: a source whose traffic stopped sends nothing)
-                if installed and fig["ready_ms"] is None and ahead is None \
-                        and not select.select([sock], [], [], 0)[0] \
+                # nothing follows it for a moment: a source whose traffic stopped sends nothing).
+                # Said every time: the source relays the first (the controller starts phase 1)
+                # and the first that covers what it had sent when phase 1 was done
+                if installed and ahead is None and not select.select([sock], [], [], 0)[0] \
                         and (report.get("last_statelets", 0) < ready_statelets
                              or not select.select([sock], [], [], READY_QUIET_S)[0]):
-                    fig["ready_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+                    at = round((time.perf_counter() - t0) * 1e3, 2)
+                    if rt and fig["ready_ms"] is None:
+                        fig["rt"] = enter_rt()    # until the stream ends: the cut comes soon
+                    fig["ready_ms"] = fig["ready_ms"] or at
                     wire.write(sock, wire.encode_json({"ready": {"applied": report.get("statelets", 0),
-                                                                 "at_ms": fig["ready_ms"]}}))
+                                                                 "applied_records": fig["records_applied"],
+                                                                 "at_ms": at}}))
             elif kind == wire.JSON:
                 msg = r.body(kind, length) if length <= REQUEST_MAX else r.skip(length)
                 if not isinstance(msg, dict):
@@ -107,6 +123,7 @@ class SlimDest:
                     t1 = time.perf_counter()
                     merge.install(chunks)
                     fig["install_s"] += time.perf_counter() - t1
+
                     fig["snapshots"] += 1
                     installed, chunks = True, []
             elif kind == wire.END:

@@ -5,7 +5,7 @@ connection (`slim_in`, nfx/agent/slim_dest.py), until the destination has caught
 controller has pointed the switches at it.
 
 On this connection to the controller, in order:
-    request   {op: move_slim, dst, epoch, guarantee, filter, scopes, timeout, ready_statelets}
+    request   {op: move_slim, dst, epoch, guarantee, filter, scopes, timeout, ready_statelets, rt}
     JSON      {ok, flows, ibc, outside}            the flows mirror from now on
     JSON      {ready: {...}}                       relayed from dst: it has caught up
     (controller) {go: true}                        the switches point at dst (lf/op: after the
@@ -36,11 +36,14 @@ from ..state.replay import sigma
 from ..state.statelets import StateletReader
 from ..state.tables import SCOPES
 from .client import AgentClient
+from .prio import enter_rt, leave_rt
 from .ops_move import enc
 from .sessions import SETTLE_S
 
 READY_STATELETS = 2000      # dst asks for the redirect when a batch had fewer statelets than this
 POLL_MS = 1                 # the ring is read at least this often
+SEND_EVERY_S = 0.001        # statelets go out at least this often,
+SEND_RECORDS = 512          # or once this many records are in hand
 DROP_CHECK_S = 0.02         # how often the NF's ring-full counter is read
 EGRESS_WAIT_S = 0.05        # op: how long the cut waits for the egress rings to empty
 MAX_RESYNCS = 8             # fresh snapshots after ring overflows before the move is called off
@@ -59,6 +62,7 @@ class SlimSource:
         timeout = float(req.get("timeout", 30))
         ready_statelets = int(req.get("ready_statelets") or READY_STATELETS)
         stall_s = float(req.get("stall_reader_ms") or 0) / 1e3
+        rt = bool(req.get("rt"))
         if ready_statelets < 1:
             raise BadInput("ready_statelets must be at least 1")
         data_delay, data_rate = parse_data_link(req)
@@ -79,6 +83,7 @@ class SlimSource:
         reader.drain(idle_ms=0, timeout_s=1.0)  # records of no move of ours (an earlier one's) go
         peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
         run = _Run(self, sock, r, peer, reader, lf, op, timeout)
+        run.rt = rt
         run.got(req)                             # the controller's request
         try:
             stats0 = self.nf.stats()
@@ -86,7 +91,7 @@ class SlimSource:
             time.sleep(SETTLE_S)                 # a packet that read no mark has been processed
             peer._begin("slim_in", {"epoch": epoch, "guarantee": guarantee, "filter": flt.text,
                                     "scopes": list(scopes), "keys": keys_blob(explicit),
-                                    "ready_statelets": ready_statelets})
+                                    "ready_statelets": ready_statelets, "rt": rt or None})
             run.got(peer._reply("slim_in"))
             run.ctl(sock, wire.encode_json({
                 "ok": True, "op": "move_slim", "flows": len(flows),
@@ -104,6 +109,7 @@ class SlimSource:
                 self._end_own_session()
             raise
         finally:
+            leave_rt()
             reader.close()
             peer.close()
             run.close()
@@ -129,7 +135,11 @@ class _Run:
                         "statelet_bytes": 0, "resyncs": 0, "export_s": 0.0, "phases_ms": {},
                         "control_bytes": 0}
         self.ready = None
+        self.rt = False
         self.redirected = False
+        self.dst_applied = 0          # records dst has said it applied
+        self.dup_mark: int | None = None    # records sent when the switches began to duplicate
+        self.caught_up = False
         self._egress: list[VethRing] = []
 
     def ctl(self, dst, parts: list) -> None:
@@ -173,27 +183,48 @@ class _Run:
             self.figures["statelet_bytes"] += sum(len(x) for x in recs)
 
     def _frames(self) -> None:
-        """dst's "ready" (relayed to the controller) and the controller's "go", if they came."""
-        while self.ready is None and (fr := self.peer.read_frame(wait=0)) is not None:
+        """dst's "ready" frames (the first relayed to the controller, then the first that covers
+        what was sent when the switches duplicated: "caught_up"), and the controller's
+        "duplicating" and "go", if they came."""
+        while (fr := self.peer.read_frame(wait=0)) is not None:
             kind, obj = fr
             if kind == wire.ERROR:
                 from_peer = obj.get("error") if isinstance(obj, dict) else obj
                 raise NfxError(f"the destination gave up: {from_peer}")
-            if kind == wire.JSON and isinstance(obj, dict) and "ready" in obj:
-                self.got(obj)
+            if not (kind == wire.JSON and isinstance(obj, dict) and "ready" in obj):
+                raise NfxError(f"unexpected frame (kind {kind}) from the destination during the move")
+            self.got(obj)
+            self.dst_applied = max(self.dst_applied, int(obj["ready"].get("applied_records", 0)))
+            if self.ready is None:
                 self.ready = obj["ready"]
                 self.phase("ready")
                 self.ctl(self.sock, wire.encode_json({"ready": self.ready}))
-        if self.ready is not None and not self.redirected and select.select([self.sock], [], [], 0)[0]:
+        self._caught_up()
+        while self.ready is not None and not self.redirected and select.select([self.sock], [], [], 0)[0]:
             h = self.r.header()
             if h is None:
                 raise ConnectionError("the controller closed the connection during the move")
             msg = self.r.body(*h)
             self.got(msg)
+            if h[0] == wire.JSON and isinstance(msg, dict) and msg.get("duplicating") is True and self.dup_mark is None:
+                # dst's next "ready" that covers what was sent so far has every statelet of the
+                # packets before the duplication: then the controller cuts
+                self.dup_mark = self.figures["statelet_records"]
+                self.phase("duplicating")
+                if self.rt:
+                    self.figures["rt"] = enter_rt()      # the cut and the last statelets: no waiting
+                self._caught_up()
+                continue
             if not (h[0] == wire.JSON and isinstance(msg, dict) and msg.get("go") is True):
-                raise BadInput(f"expected {{\"go\": true}} once the switches point at the destination, got {msg!r}")
+                raise BadInput(f"expected {{\"duplicating\": true}} or {{\"go\": true}} from the controller, got {msg!r}")
             self.redirected = True
             self.phase("redirected")
+
+    def _caught_up(self) -> None:
+        if self.dup_mark is not None and not self.caught_up and self.dst_applied >= self.dup_mark:
+            self.caught_up = True
+            self.phase("caught_up")
+            self.ctl(self.sock, wire.encode_json({"caught_up": {"applied_records": self.dst_applied}}))
 
     def stream(self, session) -> None:
         """Statelets until the cut (lf/op: both sides' IBCs in after the redirect; ng: the
@@ -201,12 +232,17 @@ class _Run:
         if self.op:
             self._egress = [VethRing(i) for i in self.agent.wiring]
         deadline = time.monotonic() + self.timeout
+        held, last_send = [], 0.0
         next_drop_check = 0.0
         quiet_since = None
         while True:
             recs = self.reader.poll_raw(POLL_MS)
-            self._send(recs)
+            held += recs
             now = time.monotonic()
+            if len(held) >= SEND_RECORDS or (held and now - last_send >= SEND_EVERY_S):
+                # a frame per poll would be a few records each: dst pays per frame, so gather
+                self._send(held)
+                held, last_send = [], now
             if now > deadline:
                 raise TimeoutError(f"move_slim: no cut within {self.timeout:g} s "
                                    f"(ready: {self.ready is not None}, redirected: {self.redirected})")
@@ -220,6 +256,8 @@ class _Run:
                                        "it fills faster than a snapshot goes out (a larger --statelet-ring-kib, "
                                        "or less traffic); the move is called off, the source keeps the flows")
                     self.figures["resyncs"] += 1
+                    self._send(held)             # what was read before the fresh snapshot goes first
+                    held = []
                     self.ctl(None, wire.encode_json({"resync": True, "dropped": drops - self.drops0}))
                     self.snapshot(self._scopes, self._flt)
             self._frames()
@@ -237,11 +275,12 @@ class _Run:
                     quiet_since = None
                 elif now - quiet_since > 0.05:
                     break
+        # the last statelets go at once (dst applies them while the egress rings empty)
+        self._send(held + self.reader.drain(idle_ms=0, timeout_s=1.0))
+        self.phase("sent")
         if self.op:
             self._egress_empty()
             self.phase("egress_empty")
-        self._send(self.reader.drain(idle_ms=0, timeout_s=1.0))
-        self.phase("sent")
         if self.nf.stats().get("r_statelet_ring_full", 0) > self.drops0:
             # lost at the very end: dst cannot be trusted with this stream; the move is called off
             raise NfxError("the statelet ring overflowed at the cut: the move is called off (the source keeps the flows)")
@@ -259,6 +298,7 @@ class _Run:
         self.ctl(None, wire.encode_json({"records": self.figures["statelet_records"]}, wire.END))
         kind, obj = self.peer.read_frame()
         while kind == wire.JSON and isinstance(obj, dict) and "ready" in obj:
+            self.got(obj)
             kind, obj = self.peer.read_frame()
         if kind == wire.ERROR:
             raise NfxError(f"the destination failed to apply the move: {obj.get('error') if isinstance(obj, dict) else obj}")

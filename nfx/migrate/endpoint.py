@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..agent.client import AgentClient, DistStream, nf_node
 from ..errors import NfxError, Timeout
-from ..state import ops
+from ..state import ops, wire
 from ..filter import Filter
 from ..nfs import nf_class
 from ..gate import Gate
@@ -114,14 +114,15 @@ class Remote:
         return DistRun(self, dst, stream)
 
     def move_slim(self, dst: "Remote", epoch: int, guarantee: str, flt: Filter, scopes, timeout: float,
-                  ready_statelets: int = 0, data_link=(0.0, 0.0), stall_reader_ms: float = 0.0) -> "DistRun":
+                  ready_statelets: int = 0, data_link=(0.0, 0.0), stall_reader_ms: float = 0.0,
+                  rt: bool = False) -> "DistRun":
         """SLiM's move, run by this (source) agent (AgentClient.move_slim): held() says the flows
         mirror, ready() that dst has caught up, go() that the switches point at dst, done()
         that dst applied the last statelets."""
         self.lock.acquire()
         try:
             stream = self.c.move_slim(dst.name, epoch, guarantee, flt.text, scopes, timeout, ready_statelets,
-                                      data_link[0], data_link[1], stall_reader_ms)
+                                      data_link[0], data_link[1], stall_reader_ms, rt)
         except BaseException:
             self.lock.release()
             raise
@@ -237,6 +238,14 @@ class DistRun:
     def ready(self) -> dict:
         """SLiM: dst has caught up with the statelets (its answer, relayed by the source)."""
         return self.stream.held()["ready"]
+
+    def send(self, obj: dict) -> None:
+        """SLiM: a control frame to the source ({"duplicating": true})."""
+        self.stream.ch.write(wire.encode_json(obj))
+
+    def caught_up(self) -> dict:
+        """SLiM: dst has applied what the source sent until the switches duplicated."""
+        return self.stream.held()["caught_up"]
 
     def go(self) -> None:
         """MovePerFlow, after the "held" answer (enableEvent's ack): the source starts the push.

@@ -3,13 +3,17 @@ runs the move (nfx/agent/slim_source.py; the destination's half is nfx/agent/sli
 source keeps processing the flows and streams a snapshot then statelets to the destination;
 nothing is held while that goes on. When the destination has caught up it says "ready" (through
 the source), and the controller points the switches at it:
-- lf/op: by the two-phase update (both instances, the IBC on each side, the destination alone).
-  The IBC is the source's cut: it processes what came before and drops the copies after (the
+- lf/op: by the two-phase update (both instances; once the destination has caught up again, the
+  IBC on each side; the destination alone). The IBC is the source's cut: it processes what came before and drops the copies after (the
   destination has them), and the destination holds the packets after it until the source's last
   statelets are applied: SLiM's mutual exclusion, for as long as the last statelets take.
 - ng: straight to the destination, which processes at once; statelets still on their way may
   then land on entries that moved on (counters keep the larger value).
-Then "go" tells the source the switches have changed; it sends the rest of its ring and ends."""
+Then "go" tells the source the switches have changed; it sends the rest of its ring and ends.
+
+rt (nfx's option): both agents run the window from the duplication to the last statelets at
+real-time priority (nfx/agent/prio.py), so on a machine the traffic keeps busy the destination's
+hold is the work it takes, not the agents' wait for a CPU."""
 import time
 
 from .mechanism import Ctx, Mechanism
@@ -22,7 +26,7 @@ class Slim(Mechanism):
         req, steer, flt, src, dst = x.req, x.steer, x.flt, x.src, x.dst
         x.progress("the source mirrors the flows and streams their state to the destination")
         run = src.move_slim(dst, x.epoch, req.guarantee, flt, req.scopes, req.timeout, data_link=req.data_link,
-                            stall_reader_ms=req.stall_reader_s * 1e3)
+                            stall_reader_ms=req.stall_reader_s * 1e3, rt="rt" in req.opts)
         try:
             h = run.held()
             x.flows, x.ibc = h["flows"], h["ibc"]
@@ -35,8 +39,15 @@ class Slim(Mechanism):
             x.steered = True
             if x.lf:
                 steer.point(flt, [src.name, dst.name], x.outside)
+                x.phase("duplicating")
+                # the cut starts dst's hold: it waits until dst has caught up with what the
+                # source sent while the switches changed, so the hold is the last statelets' time
+                run.send({"duplicating": True})
+                run.caught_up()
+                x.phase("caught_up")
                 for side, key in x.ibc:
                     steer.ibc(side, key, x.epoch)
+                x.phase("ibc_sent")
             steer.point(flt, [dst.name], x.outside)
             x.phase("steered")
             run.go()
