@@ -1,12 +1,14 @@
 """Moves, the controller's side: the generic move and its Mechanism interface (mechanism.py),
-one module per mechanism (opennf.py, dist.py), the agents as endpoints (endpoint.py). A
+one module per mechanism (opennf.py, dist.py, dup.py), the agents as endpoints (endpoint.py). A
 mechanism is known once registered here; MECHANISMS lists the registered names."""
 from ..movespec import GUARANTEES, MECHANISMS
 from .dist import Dist
+from .dup import Dup
 from .mechanism import move, register
 from .opennf import OpenNF
 
 register(OpenNF)
 register(Dist)
+register(Dup)
 
 __all__ = ["GUARANTEES", "MECHANISMS", "move", "register"]
