@@ -463,6 +463,7 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     struct nfx_mark *mark = 0;
     *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark);
     if (*act != NFX_ACT_PROCESS && *act != NFX_ACT_STATELET) {
+        *shadow = 0;                    /* held (or passed on), not processed: shadowed when it is */
         *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark);
         return 0;
     }

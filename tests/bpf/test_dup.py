@@ -214,6 +214,11 @@ def test_shadow_changes_state_and_drops_the_output(nf, gate):
     assert pkts(nf) == 3                                  # the state moved on
     assert stat(nf, "r_shadow") == 3 and stat(nf, "r_shadow_bytes") == 3 * len(f)
     assert stat(nf, "r_dup_copy_dst") == 3 and stat(nf, "v_drop") == 3 and stat(nf, "v_redirect") == 0
+    # held while dst waits for the snapshot: not yet shadow traffic; its release is
+    gate.mark([KEY], L.Action.BUFFER, epoch=E)
+    assert run(nf, f) == XDP_DROP and pkts(nf) == 3 and stat(nf, "r_shadow") == 3
+    assert stat(nf, "r_buffered") == 1 and stat(nf, "r_dup_copy_dst") == 4
+    gate.unmark()
     # untagged (after the repoint): processed and output for real
     assert run(nf, udp()) == XDP_REDIRECT and pkts(nf) == 4 and stat(nf, "r_shadow") == 3
 
