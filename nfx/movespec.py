@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .filter import Filter
 
 GUARANTEES = ("ng", "lf", "op")
-MECHANISMS: list[str] = []       # the registered ones, in order (nfx.migrate registers opennf, dist)
+MECHANISMS: list[str] = []       # the registered ones, in order (nfx.migrate registers opennf, dist, dup)
 OPTIMISATIONS = ("pz", "ll", "er", "ov", "dt")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
 FIRE_WAIT_S = 1.0        # dt: the trigger left before "done"; past this the controller steers itself
