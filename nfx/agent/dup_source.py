@@ -29,9 +29,17 @@ class DupSource:
         s = self.session
         if s is not None and (s.role != "src-dup" or s.epoch != epoch):
             raise BadInput(f"the move here (epoch {s.epoch}, {s.role}) is not dup move {epoch}'s source")
-        if s is not None and not s.cut_complete():
-            raise BadInput("the source's cut is not in: the switch's IBC has not arrived on both sides")
         t0 = time.perf_counter()
+        # the controller sends this right behind its IBCs: the cut is waited for here, no
+        # control round trip between the two
+        while s is not None and not s.cut_complete():
+            if s.error is not None:
+                raise BadInput(f"the source's ring consumer failed: {s.error!r}")
+            if time.perf_counter() - t0 > timeout:
+                raise BadInput(f"the source's cut did not come within {timeout:g} s: the switch's IBC "
+                               f"has not arrived on both sides ({s.ibc_switch})")
+            time.sleep(0.0005)
+        cut_at = time.perf_counter()
         t: dict = {}
         # all of it read before the held copies go: they change the state
         chunks = list(ops.export(self.nf, scopes, flt, stats=t))
@@ -45,5 +53,6 @@ class DupSource:
             peer.request("move_drain")              # the destination processes its copies in shadow
         finally:
             peer.close()
-        return {**sent, "export_s": t.get("export_s", 0.0), "read_ms": round((read_at - t0) * 1e3, 2),
+        return {**sent, "export_s": t.get("export_s", 0.0), "cut_at": cut_at if s is not None else None,
+                "read_ms": round((read_at - t0) * 1e3, 2),
                 "drain_ms": round((released_at - t0) * 1e3, 2), "total_s": time.perf_counter() - t0}

@@ -31,7 +31,7 @@ import time
 
 from ..errors import NfxError
 from ..movespec import ibc_keys, ibc_synthetic
-from .mechanism import Ctx, Mechanism, wait_for
+from .mechanism import Ctx, Mechanism, spawn, wait_for
 
 SETTLE_S = 0.002      # an XDP run that counted a packet is done with it
 
@@ -72,9 +72,12 @@ class Dup(Mechanism):
     def _run(self, x: Ctx, explicit: list, base_src: dict, base_dst: dict) -> dict:
         src, dst, flt, steer, lf, req = x.src, x.dst, x.flt, x.steer, x.lf, x.req
         x.progress("holding the flows at both ends")
-        dst.begin("dst", x.epoch, False, explicit, flt, dup=True)
-        if lf:
-            src.begin("src-dup", x.epoch, False, explicit, flt)
+        began = spawn(lambda: dst.begin("dst", x.epoch, False, explicit, flt, dup=True))
+        try:
+            if lf:
+                src.begin("src-dup", x.epoch, False, explicit, flt)
+        finally:
+            began()
         x.phase("held")
         x.progress("duplicating the flows to both instances")
         x.steered = True
@@ -83,10 +86,11 @@ class Dup(Mechanism):
         if lf:
             for side, key in x.ibc:
                 steer.ibc(side, key, x.epoch)
-            wait_for(src.cut_complete, req.timeout, "the IBC at the source on both sides")
-            x.phase("src_cut")
         x.t_state = time.perf_counter()
+        # the source's agent waits for its cut (lf), then reads, releases and pushes
         pushed = src.dup_push(dst, x.epoch, flt, req.scopes, req.opts, req.timeout, req.data_link)
+        if pushed.get("cut_at"):
+            x.phases["src_cut"] = round((pushed["cut_at"] - x.t0) * 1e3, 2)     # stamped by the source
         x.state_at = pushed.get("applied_at") or time.perf_counter()
         x.phase("snapshot_sent")
         src_hold = {}

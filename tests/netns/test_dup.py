@@ -86,6 +86,24 @@ def test_lf_there_and_back(tb):
         assert not tagged_rules(name)
 
 
+def test_lf_one_flow_there_and_back(tb):
+    """A partial filter: one flow, whose return traffic the outside switch steers by its NAT
+    public tuple (exact rules, tagged too); the other flows stay where they are, untouched."""
+    name = tb["name"]
+    for src, dst in (("nf0", "nf1"), ("nf1", "nf0")):
+        before, others = per_flow(name, src), per_flow(name, dst)
+        m, r = dup_move(name, src, dst, "lf", filter="sport=1024")
+        assert (r["lost"], r["duplicated"], r["unexpected"]) == (0, 0, 0), (m, r)
+        sent = dict(zip(range(1024, 1024 + FLOWS), r.get("per_flow") or [RATE * DURATION // FLOWS] * FLOWS))
+        after_src, after_dst = per_flow(name, src), per_flow(name, dst)
+        assert 1024 not in after_src and after_dst[1024] == before[1024] + sent[1024]
+        assert set(after_src) == set(before) - {1024} and set(after_dst) == set(others) | {1024}
+        d = m["dup"]
+        assert d["src_copies"] == d["dst_copies"] > 2 and d["shadow_pkts"] == d["dst_copies"] - 2, d
+        assert d["dst_copies"] - 2 <= 2 * sent[1024]          # copies of that one flow only
+        assert not tagged_rules(name)
+
+
 def test_ng_outputs_nothing_twice(tb):
     name = tb["name"]
     at = "nf0" if per_flow(name, "nf0") else "nf1"
