@@ -1,6 +1,6 @@
 /* nfx_nf.h: what every NF program runs around its own logic: the gate (per-flow marks, then
  * wildcard filters for flows with no mark), moves, and the wiring that forwards a packet out the
- * other side; statelets are written by nfx_st_write.h. Layouts are in nfx_gate.h, nfx_move.h
+ * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by nfx_dup.h. Layouts are in nfx_gate.h, nfx_move.h
  * and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
@@ -10,6 +10,7 @@
 #include "nfx_move.h"
 #include "nfx_hsl.h"
 #include "nfx_st_write.h"
+#include "nfx_dup.h"
 
 #ifndef NFX_MAX_FLOWS
 #define NFX_MAX_FLOWS 262144
@@ -377,40 +378,6 @@ static __always_inline int nfx_ibc(struct xdp_md *ctx, struct nfx_pkt *p, int si
     return XDP_DROP;
 }
 
-/* dup (nfx_move.h): which copy of a tagged duplication this is, into *rx (from a switch port,
- * counted, or released from this instance's buffer). A destination's copy is processed in
- * shadow (*shadow) while this instance's dup move says so; anywhere else it is a copy whose
- * original another instance outputs: returns 1, and the caller drops it untouched. */
-static __always_inline int nfx_dup(struct xdp_md *ctx, __u32 *rx, __u32 *shadow)
-{
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end || (*rx & (NFX_RX_PEER | NFX_RX_INJECTED)))
-        return 0;
-    __u32 hi = 0;
-    __builtin_memcpy(&hi, eth->h_source, 4);
-    __u8 last = eth->h_source[5];
-    if (hi != bpf_htonl(NFX_DUP_TAG_HI) || eth->h_source[4] != NFX_DUP_TAG_B4 ||
-        (last != NFX_DUP_TAG_SRC && last != NFX_DUP_TAG_DST))
-        return 0;
-    int from_switch = !(*rx & NFX_RX_RELEASED);
-    if (last == NFX_DUP_TAG_SRC) {
-        *rx |= NFX_RX_DUP_SRC;
-        if (from_switch)
-            nfx_count(NFX_R_DUP_COPY_SRC);
-        return 0;
-    }
-    *rx |= NFX_RX_DUP_DST;
-    if (from_switch)
-        nfx_count(NFX_R_DUP_COPY_DST);
-    __u32 z = 0;
-    struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
-    if (!mv || !(mv->dup & NFX_DUP_SHADOW))
-        return 1;
-    *shadow = 1;
-    return 0;
-}
-
 /* Rewrite the MACs for `side` and redirect there. */
 static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *pc, __u32 side)
 {
@@ -441,7 +408,8 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     }
     /* before the parse: what the NF does with a packet it cannot parse (an ICMP error it
      * translates) is output too */
-    if (nfx_dup(ctx, &rx, shadow)) {
+    __u32 z = 0;
+    if (nfx_dup(ctx, nfx_move_cfg.lookup(&z), &rx, shadow)) {
         nfx_count(NFX_R_FORGED);        /* a destination's copy where no dup move shadows it */
         p->reason = NFX_R_FORGED;       /* nothing for the NF to act on */
         return 0;
