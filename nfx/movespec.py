@@ -90,10 +90,6 @@ class MoveRequest:
         if self.state_delay_s and (self.mechanism != "opennf" or not 0 < self.state_delay_s <= 60):
             raise BadInput("state_delay_ms (an emulated slower state transfer, 0-60000) is for opennf moves; "
                            "SHarP's handovers take it too")
-        if self.mechanism == "dup" and self.op:
-            raise BadInput("dup (the duplication baseline) is loss-free at best (ng or lf), not op: the "
-                           "source's last outputs and the destination's first leave by two veths, and "
-                           "nothing orders them")
         if self.mechanism == "dup" and self.opts - {"pz"}:
             raise BadInput(f"dup takes no optimisation but pz (pipelined import), not {sorted(self.opts - {'pz'})}")
         if "ov" in self.opts and (self.mechanism != "dist" or not self.lf):

@@ -37,6 +37,8 @@ struct nfx_fire_payload {            /* the trigger's UDP payload */
 /* nfx_move_cfg.dup */
 #define NFX_DUP_SOURCE  1              /* this source's IBC of the move's epoch counts (the cut) */
 #define NFX_DUP_SHADOW  2              /* destination: tagged copies change state, output nothing */
+#define NFX_DUP_HOLD_OWN 4             /* destination (op): its own (untagged) packets wait until the
+                                        * source's last output has left */
 
 enum nfx_buf_kind { NFX_BUF_PACKET = 1, NFX_BUF_TO_CTRL = 2, NFX_BUF_IBC = 3 };
 

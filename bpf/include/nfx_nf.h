@@ -199,6 +199,11 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
          * that came before the duplication (untagged) are processed as usual */
         if (act == NFX_ACT_DUP_HOLD)
             act = (rx & NFX_RX_DUP_SRC) ? NFX_ACT_BUFFER : NFX_ACT_PROCESS;
+        /* dup op, destination: after the repoint its own packets wait (the source's last
+         * outputs are still on their way out); its copies go on in shadow */
+        else if (act == NFX_ACT_PROCESS && (mv->dup & NFX_DUP_HOLD_OWN) && m->epoch == mv->epoch &&
+                 !(rx & NFX_RX_DUP_DST))
+            act = m->action = NFX_ACT_BUFFER;
         if (act == NFX_ACT_BUFFER)
             m->buffered++;
     }

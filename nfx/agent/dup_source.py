@@ -17,6 +17,15 @@ from .client import AgentClient
 class DupSource:
     """Mixed into the agent (nfx/agent/server.py) with MoveOps (its session)."""
 
+    def op_move_dup_go(self, sock, r, req) -> dict:
+        """dup op, at the destination: the source's last output has left, its own packets may go."""
+        s = self.session
+        if s is None or not (s.dup and s.role == "dst"):
+            raise BadInput("no dup move's destination here")
+        held = s.hold_own
+        s.release_own()
+        return {"released_own": held}
+
     def op_move_dup_push(self, sock, r, req) -> dict:
         dst, epoch = req.get("dst"), int(req.get("epoch", 0))
         if epoch <= 0 or not isinstance(dst, str):

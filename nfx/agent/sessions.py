@@ -57,6 +57,7 @@ class MoveSession:
         self.ibc_switch = [False, False]
         self.ibc_final = [False, False]    # dup's destination: by side, the untagged IBC after the repoint
         self.dup = False                   # a dup move's destination (shadow); set before begin()
+        self.hold_own = False              # ... op: its own packets wait for release_own(); set before begin()
         self.draining = False
         self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
         self.early_keys: set[bytes] = set()
@@ -74,7 +75,8 @@ class MoveSession:
     def begin(self, keys: list, flt: Filter | None, peer_slot: int = 0) -> None:
         """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
         if self.role == "dst":
-            self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op), dup=L.DUP_SHADOW if self.dup else 0)
+            dup = (L.DUP_SHADOW | (L.DUP_HOLD_OWN if self.hold_own else 0)) if self.dup else 0
+            self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op), dup=dup)
         elif self.role == "src-dup":
             # its switch IBC counts (the cut before the snapshot)
             self.gate.set_move_cfg(epoch=self.epoch, dup=L.DUP_SOURCE)
@@ -185,6 +187,8 @@ class MoveSession:
                 first = p.data[6:12] == CTRL_TAG_MAC if self.sharp else p.rx & L.RX_PEER
                 (self.peer_q if first else self.switch_q).append(p)
                 self.stats["buffered"] += 1
+                if self.dup and not p.rx & L.RX_DUP_DST:
+                    self.stats["own_buffered"] = self.stats.get("own_buffered", 0) + 1   # op: held after the repoint
             depth = len(self.peer_q) + len(self.switch_q)
             self.stats["buffer_peak"] = max(self.stats["buffer_peak"], depth)
             if self.sharp:
@@ -254,10 +258,29 @@ class MoveSession:
     def _release_ready(self) -> None:
         with self.rlock:
             with self.lock:
-                batch = list(self.peer_q) + list(self.switch_q)
-                self.peer_q.clear()
-                self.switch_q.clear()
+                if self.hold_own:
+                    # dup op: only its copies go (in shadow); its own packets (each flow's come
+                    # after all its copies: one switch port's FIFO) wait for release_own()
+                    batch = [p for p in self.switch_q if p.rx & L.RX_DUP_DST]
+                    self.switch_q = deque(p for p in self.switch_q if not p.rx & L.RX_DUP_DST)
+                    batch = list(self.peer_q) + batch
+                    self.peer_q.clear()
+                else:
+                    batch = list(self.peer_q) + list(self.switch_q)
+                    self.peer_q.clear()
+                    self.switch_q.clear()
             self._release(batch)
+
+    def release_own(self) -> None:
+        """dup op: the source's last output has left: this destination's own packets may go."""
+        self.gate.set_move_cfg(dup=L.DUP_SHADOW)       # the gate first: nothing more is held for it
+        with self.rlock:
+            self.hold_own = False
+        self._release_ready()
+
+    def egress_fill(self) -> int:
+        """Frames this instance has put into its next hops' rings and they have not taken yet."""
+        return max((r.fill() for r in self.releaser.rings), default=0) if self.releaser else 0
 
     def inject(self, pkts: list) -> int:
         """Packets from the controller's buffer (OpenNF): processed here at once, as they are."""

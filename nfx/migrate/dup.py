@@ -24,7 +24,11 @@ lf, step by step:
    both sessions and deletes the state at src.
 ng: no hold and no cut at src (copies only): the snapshot is read while src goes on processing,
 so dst's state may miss or double what src processed meanwhile; nothing is output twice.
-op is refused (movespec): src's last outputs and dst's first leave by two egress veths.
+op: src's last outputs and dst's first leave by two egress veths, which nothing orders. So dst
+also holds its own (untagged) packets after the repoint (NFX_DUP_HOLD_OWN; its copies go on in
+shadow) until src has received its last copy and its next hops have taken every frame it
+output (its egress veths' rings are empty, as the releases' wait reads them: VethRing); then
+they go, in order (move_dup_go).
 A flow born during the move is processed at both, each instance picking what it picks: a NAT's
 public port for it may differ between them."""
 import time
@@ -38,6 +42,9 @@ SETTLE_S = 0.002      # an XDP run that counted a packet is done with it
 
 class Dup(Mechanism):
     name = "dup"
+
+    def cut(self, x: Ctx) -> None:
+        """op's cut is run()'s: the destination's own packets went once the source's had left."""
 
     def run(self, x: Ctx) -> dict:
         src, dst, flt, steer, lf = x.src, x.dst, x.flt, x.steer, x.lf
@@ -72,7 +79,7 @@ class Dup(Mechanism):
     def _run(self, x: Ctx, explicit: list, base_src: dict, base_dst: dict) -> dict:
         src, dst, flt, steer, lf, req = x.src, x.dst, x.flt, x.steer, x.lf, x.req
         x.progress("holding the flows at both ends")
-        began = spawn(lambda: dst.begin("dst", x.epoch, False, explicit, flt, dup=True))
+        began = spawn(lambda: dst.begin("dst", x.epoch, False, explicit, flt, dup=True, hold_own=x.op))
         try:
             if lf:
                 src.begin("src-dup", x.epoch, False, explicit, flt)
@@ -93,7 +100,7 @@ class Dup(Mechanism):
             x.phases["src_cut"] = round((pushed["cut_at"] - x.t0) * 1e3, 2)     # stamped by the source
         x.state_at = pushed.get("applied_at") or time.perf_counter()
         x.phase("snapshot_sent")
-        src_hold = {}
+        src_hold, own = {}, None
         if lf:
             wait_for(src.settled, req.timeout, "the source to release the copies it held")
             x.phase("src_released")
@@ -118,6 +125,15 @@ class Dup(Mechanism):
             raise NfxError(f"{e}: it has {got}; a copy was lost on the way (switch r_sw_clone_fail?)") from None
         time.sleep(SETTLE_S)
         x.phase("copies_in")
+        if x.op:
+            # src's last outputs and dst's first leave by two veths: dst's wait until src's next
+            # hops have taken all of src's (then a poll of theirs is done with them)
+            wait_for(lambda: src.egress_fill() == 0, req.timeout, "the source's last outputs to leave")
+            time.sleep(SETTLE_S)
+            x.phase("src_flushed")
+            dst.dup_go()
+            x.phase("own_released")
+            own = dst.move_stats().get("own_buffered", 0)
         after = dst.stats()
         if not lf:
             dst.end()
@@ -129,7 +145,8 @@ class Dup(Mechanism):
                         "snapshot_chunks": pushed.get("chunks", 0), "snapshot_bytes": pushed.get("bytes", 0),
                         "src_held": src_hold.get("held", 0), "src_max_hold_us": src_hold.get("max_hold_us", 0.0),
                         "dst_buffer_peak": dst_st.get("buffer_peak", 0),
-                        "dst_max_hold_us": round(dst_st.get("max_hold_us", 0.0), 1)}}
+                        "dst_max_hold_us": round(dst_st.get("max_hold_us", 0.0), 1),
+                        **({"dst_own_held": own} if own is not None else {})}}
 
 
 def _delta(now: dict, before: dict, key: str) -> int:

@@ -115,10 +115,11 @@ class Remote:
 
     # ---- the move session ----
     def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
-              on_ctrl=None, er: bool = False, dup: bool = False) -> None:
+              on_ctrl=None, er: bool = False, dup: bool = False, hold_own: bool = False) -> None:
         slot = self.peer_slots.get(peer, 0) if peer else 0
         self._req("move_begin", role=role, epoch=epoch, order=op, keys=pk.keys_blob(keys),
-                  filter=flt.text if flt is not None else None, peer=slot, er=er, **({"dup": True} if dup else {}))
+                  filter=flt.text if flt is not None else None, peer=slot, er=er,
+                  **({"dup": True} if dup else {}), **({"hold_own": True} if hold_own else {}))
         self.session = True
         if role == "src-ctrl" and on_ctrl is not None:
             self._ctrl_thread = threading.Thread(target=self._ctrl_stream, args=(on_ctrl,), daemon=True)
@@ -163,6 +164,14 @@ class Remote:
     def final_cut(self) -> bool:
         """dup's destination: the untagged IBC after the repoint is in on both sides."""
         return self._req("move_status")["final_cut"]
+
+    def egress_fill(self) -> int:
+        """dup's source: frames it has output that its next hops have not taken yet."""
+        return self._req("move_status")["egress_fill"]
+
+    def dup_go(self) -> None:
+        """dup op, the destination: its own packets may go (the source's last output has left)."""
+        self._req("move_dup_go")
 
     def move_stats(self) -> dict:
         """The move session's figures so far (buffered, released, buffer_peak, max_hold_us...)."""

@@ -223,6 +223,29 @@ def test_shadow_changes_state_and_drops_the_output(nf, gate):
     assert run(nf, udp()) == XDP_REDIRECT and pkts(nf) == 4 and stat(nf, "r_shadow") == 3
 
 
+def test_op_destination_holds_its_own_packets_not_its_copies(nf, gate):
+    """dup op after the repoint: a flow's own (untagged) packet is held, and the flow with it;
+    a copy of a flow still processing goes on in shadow; with the hold off the flow flips back
+    once its backlog is out."""
+    other = make_key("10.0.1.2", "10.0.2.2", 5001, 9000, 17)
+    gate.set_move_cfg(epoch=E, dup=L.DUP_SHADOW | L.DUP_HOLD_OWN, drain_epoch=E)
+    gate.mark([KEY, other], L.Action.PROCESS, epoch=E)
+    assert run(nf, udp()) == XDP_DROP and pkts(nf) == 0
+    assert stat(nf, "r_buffered") == 1 and stat(nf, "r_shadow") == 0
+    assert gate.marks()[bytes(KEY)].action == L.Action.BUFFER
+    assert run(nf, udp(src_mac=TAG_DST, sport=5001)) == XDP_DROP
+    assert stat(nf, "r_shadow") == 1 and pkts(nf) == 0 and gate.marks()[bytes(other)].action == L.Action.PROCESS
+    [rec] = [p for p in nf.ring.poll(0) if p.kind == L.BufKind.PACKET]
+    assert not rec.rx & (L.RX_DUP_DST | L.RX_DUP_SRC)
+    # a mark of another move is none of this hold's business
+    gate.mark([other], L.Action.PROCESS, epoch=E + 1)
+    assert run(nf, udp(sport=5001)) == XDP_REDIRECT
+    # the hold off, nothing held any more (buffered == released): the flow processes again
+    gate.set_move_cfg(dup=L.DUP_SHADOW)
+    gate.mark([KEY], L.Action.BUFFER, epoch=E)
+    assert run(nf, udp()) == XDP_REDIRECT and gate.marks()[bytes(KEY)].action == L.Action.PROCESS
+
+
 def test_a_destinations_copy_with_no_dup_move_is_dropped_untouched(nf, gate):
     """Forged, or late: its original is another instance's to output."""
     for cfg in ({}, {"epoch": E, "dup": L.DUP_SOURCE}, {"epoch": E, "op": 1}):

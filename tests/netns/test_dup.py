@@ -1,8 +1,8 @@
 """The duplication baseline (nfx/migrate/dup.py) under load, through the CLI, the controller and
 the agents, judged by the sink: lf loses and duplicates nothing and leaves the destination with
 what one instance that saw all the traffic would hold (NAT and IDS); ng duplicates nothing; op
-is refused; a destination killed while the switches duplicate rolls the move back with nothing
-lost. One testbed per NF for the module."""
+reorders nothing either; a destination killed while the switches duplicate rolls the move back
+with nothing lost. One testbed per NF for the module."""
 import json
 import os
 import signal
@@ -100,8 +100,9 @@ def test_lf_one_flow_there_and_back(tb):
         assert 1024 not in after_src and after_dst[1024] == before[1024] + sent[1024]
         assert set(after_src) == set(before) - {1024} and set(after_dst) == set(others) | {1024}
         d = m["dup"]
-        assert d["src_copies"] == d["dst_copies"] > 2 and d["shadow_pkts"] == d["dst_copies"] - 2, d
-        assert d["dst_copies"] - 2 <= 2 * sent[1024]          # copies of that one flow only
+        # the one flow has 50 pps: the duplication (tens of ms) may catch none of its packets
+        assert d["src_copies"] == d["dst_copies"] >= 2 and d["shadow_pkts"] == d["dst_copies"] - 2, d
+        assert d["dst_copies"] - 2 <= sent[1024]              # copies of that one flow only
         assert not tagged_rules(name)
 
 
@@ -116,8 +117,25 @@ def test_ng_outputs_nothing_twice(tb):
     assert Gate(builder.instance(name, to)).move_cfg().dup == 0
 
 
-def test_op_and_options_are_refused(tb):
-    for body, msg in (({"guarantee": "op"}, "not op"), ({"opts": "ll"}, "no optimisation")):
+def test_op_there_and_back(tb):
+    """op: also nothing reordered, though the source's last outputs and the destination's first
+    leave by two veths (the destination holds its own until the source's have left)."""
+    name = tb["name"]
+    at = "nf0" if per_flow(name, "nf0") else "nf1"
+    for src, dst in ((at, "nf1" if at == "nf0" else "nf0"), ("nf1" if at == "nf0" else "nf0", at)):
+        before = per_flow(name, src)
+        m, r = dup_move(name, src, dst, "op")
+        assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (0, 0, 0, 0), (m, r)
+        after = per_flow(name, dst)
+        sent = dict(zip(range(1024, 1024 + FLOWS), r.get("per_flow") or [RATE * DURATION // FLOWS] * FLOWS))
+        assert per_flow(name, src) == {} and all(after[sp] == before[sp] + sent[sp] for sp in after)
+        ph = m["phases_ms"]
+        assert ph["repointed"] <= ph["copies_in"] <= ph["src_flushed"] <= ph["own_released"], ph
+        assert m["dup"]["dst_own_held"] > 0, m["dup"]                # its own packets were held too
+
+
+def test_options_are_refused(tb):
+    for body, msg in (({"opts": "ll"}, "no optimisation"), ({"opts": "pz,er", "guarantee": "op"}, "no optimisation")):
         with pytest.raises(BadInput, match=msg):
             controller.call(tb["name"], "POST", "/move", {"src": "nf0", "dst": "nf1", "mechanism": "dup", **body})
 

@@ -73,6 +73,7 @@ def test_enums_match(cname, pyenum, prefix):
     (L.move, "NFX_DUP_TAG_HI", "DUP_TAG_HI"), (L.move, "NFX_DUP_TAG_B4", "DUP_TAG_B4"),
     (L.move, "NFX_DUP_TAG_SRC", "DUP_TAG_SRC"), (L.move, "NFX_DUP_TAG_DST", "DUP_TAG_DST"),
     (L.move, "NFX_DUP_SOURCE", "DUP_SOURCE"), (L.move, "NFX_DUP_SHADOW", "DUP_SHADOW"),
+    (L.move, "NFX_DUP_HOLD_OWN", "DUP_HOLD_OWN"),
     (L.statelet, "NFX_STATELET_WORDS", "STATELET_WORDS"), (L.statelet, "NFX_STF_VALUE", "STF_VALUE"),
     (L.statelet, "NFX_STATELET_INC_SHIFT", "STATELET_INC_SHIFT"),
     (L.ids, "NFX_IDS_MAX_SIGS", "IDS_MAX_SIGS"), (L.ids, "NFX_IDS_SIG_LEN", "IDS_SIG_LEN"),
