@@ -134,6 +134,42 @@ def test_op_there_and_back(tb):
         assert m["dup"]["dst_own_held"] > 0, m["dup"]                # its own packets were held too
 
 
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs a CPU to stall and another to run on")
+def test_op_when_the_sources_next_hop_lags(tb):
+    """The race op guards against, made certain: the next hop of the source's output (the outside
+    switch's port facing it) is not drained for 0.5 s around the move, so the source's last
+    outputs wait there while the destination's first would leave by its own veth at once. The
+    destination holds its own until the source's have left: nothing reordered (10 flows, 250 pps:
+    what piles up stays under the ring's 256 frames, and under the releases' wait threshold)."""
+    from tests.netns.stall import stalled_napi
+    name = tb["name"]
+    src = "nf0" if per_flow(name, "nf0") else "nf1"
+    dst = "nf1" if src == "nf0" else "nf0"
+    so = next(n for n, i in tb["nodes"].items() if i["role"] == "switch" and src in i["ifaces"] and
+              "h2" in i["ifaces"])
+    gen, sink = RIGS.get(name, 10)
+    out = {}
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, 250, 1.5, 1.0,
+                                                                        before_read=lambda: mv.join())))
+        mv = threading.Thread(target=lambda: out.setdefault("m", controller.call(
+            name, "POST", "/move", {"src": src, "dst": dst, "guarantee": "op", "mechanism": "dup"})))
+        t.start()
+        time.sleep(0.4)
+        with stalled_napi(tb["nodes"][so]["ns"], tb["nodes"][so]["ifaces"][src], cpu=1, seconds=0.5):
+            mv.start()
+            time.sleep(0.45)
+        t.join()
+    finally:
+        os.sched_setaffinity(0, mine)
+    r, m = out["r"], out.get("m")
+    assert m is not None, "the move failed"
+    assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (0, 0, 0, 0), (m, r)
+    assert m["dup"]["dst_own_held"] > 0 and m["phases_ms"]["own_released"] - m["phases_ms"]["copies_in"] > 50, m
+
+
 def test_options_are_refused(tb):
     for body, msg in (({"opts": "ll"}, "no optimisation"), ({"opts": "pz,er", "guarantee": "op"}, "no optimisation")):
         with pytest.raises(BadInput, match=msg):
