@@ -14,7 +14,8 @@ source to go quiet and the destination to settle, the steering, the rollback. Wh
   the controller update the switches (op: duplicate, IBC, dst only). ng: MovePerFlow alone.
 - dup: the duplication baseline (issue 12; dup.py): the switches duplicate the flows to both,
   tagged; dst processes its copies in shadow (output dropped) on top of src's snapshot, and the
-  switches are repointed at dst once it has caught up. ng and lf; op is refused.
+  switches are repointed at dst once it has caught up (op: dst's own packets wait until src's
+  last outputs have left).
 - ng: no guarantee (state copied while src keeps processing); lf: loss-free; op: loss-free and
   order-preserving, by DiST's two-phase update with an in-band control packet (IBC).
 - pz: state chunks are imported as they are exported (pipelined) instead of all at once;
