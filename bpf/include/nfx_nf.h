@@ -1,7 +1,7 @@
 /* nfx_nf.h: what every NF program runs around its own logic: the gate (per-flow marks, then
  * wildcard filters for flows with no mark), moves, and the wiring that forwards a packet out the
- * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by nfx_dup.h. Layouts are in nfx_gate.h, nfx_move.h
- * and nfx_statelet.h. */
+ * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by
+ * nfx_dup.h. Layouts are in nfx_gate.h, nfx_move.h and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
 

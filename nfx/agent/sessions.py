@@ -338,6 +338,7 @@ class MoveSession:
         if self._thread:
             self._thread.join(timeout=2)
         self._take(self.ring.poll(0))
+        self.hold_own = False             # a called-off op dup move: its own packets go too
         if self.role in HOLDERS and (self.peer_q or self.switch_q):
             self._release_ready()
         self.gate.reset_move()            # the ring reader stays open for the next move
