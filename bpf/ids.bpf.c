@@ -343,5 +343,5 @@ int nfx_ids(struct xdp_md *ctx)
     }
     e.verdict = ids_pass(ctx, e.pc, e.side);
 out:
-    return nfx_exit(e.verdict);
+    return nfx_nf_exit(ctx, &e);
 }

@@ -451,5 +451,5 @@ int nfx_nat(struct xdp_md *ctx)
     if (st)
         nfx_st_end(st, e.p.len);
 out:
-    return nfx_exit(e.verdict);
+    return nfx_nf_exit(ctx, &e);
 }

@@ -9,7 +9,10 @@
  * nfx's reserved marks (TOS NFX_TOS_IBC, NFX_TOS_FIRE, NFX_TOS_HSL) are dropped where a host
  * could forge them: see sw_reserved. SHarP's HSL messages (nfx_hsl.h) from an instance, and the
  * controller's test packet, go to the controller ring and no further.
- * Each rule's counter stamps its last hit (per CPU), for the controller's idle timeouts. */
+ * Each rule's counter stamps its last hit (per CPU), for the controller's idle timeouts.
+ * dup: a rule with NFX_SW_TAG gives each port's copy its tag as Ethernet source MAC (nfx_move.h:
+ * the first port's copy is the move's source's, the second its destination's); a frame that
+ * arrives already carrying a tag is forged (no NF sends one) and dropped. */
 #include "nfx_bpf.h"
 #include "nfx_move.h"
 #include "nfx_switch.h"
@@ -319,6 +322,28 @@ static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8
     return 0;
 }
 
+/* 1: the frame carries a dup tag as its source MAC */
+static __always_inline int sw_dup_tagged(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return 0;
+    __u32 hi = 0;
+    __builtin_memcpy(&hi, eth->h_source, 4);
+    return hi == bpf_htonl(NFX_DUP_TAG_HI) && eth->h_source[4] == NFX_DUP_TAG_B4 &&
+           eth->h_source[5] >= NFX_DUP_TAG_SRC && eth->h_source[5] <= NFX_SW_MAX_PORTS;
+}
+
+/* the copy to the rule's port i (0-based) carries tag i + 1 */
+static __always_inline void sw_tag(struct __sk_buff *skb, __u32 i)
+{
+    __u8 mac[6] = {NFX_DUP_TAG_HI >> 24, (NFX_DUP_TAG_HI >> 16) & 0xff, (NFX_DUP_TAG_HI >> 8) & 0xff,
+                   NFX_DUP_TAG_HI & 0xff, NFX_DUP_TAG_B4, i + 1};
+    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), mac, 6, 0);
+}
+
 int nfx_switch(struct __sk_buff *skb)
 {
     __u32 in_port = skb->ingress_ifindex;
@@ -334,6 +359,10 @@ int nfx_switch(struct __sk_buff *skb)
     nfx_count(reason);
 
     int act = TC_ACT_SHOT;
+    if (sw_dup_tagged(skb)) {
+        nfx_count(NFX_R_FORGED);
+        goto out;
+    }
     if (ip_ok) {
         int res = sw_reserved(skb, reason, k.proto, l4_off, in_port);
         if (res < 0)
@@ -371,11 +400,18 @@ int nfx_switch(struct __sk_buff *skb)
         goto out;
     }
     /* ports[1..] get clones; ports[0] gets the packet itself once we return */
+    __u32 tag = a & NFX_SW_TAG;
 #pragma unroll
     for (__u32 i = 1; i < NFX_SW_MAX_PORTS; i++) {
-        if (i < n && bpf_clone_redirect(skb, r->ports[i], 0))
-            nfx_count(NFX_R_SW_CLONE_FAIL);
+        if (i < n) {
+            if (tag)
+                sw_tag(skb, i);
+            if (bpf_clone_redirect(skb, r->ports[i], 0))
+                nfx_count(NFX_R_SW_CLONE_FAIL);
+        }
     }
+    if (tag)
+        sw_tag(skb, 0);
     act = bpf_redirect(r->ports[0], 0);
     if (act != TC_ACT_REDIRECT) {
         nfx_count(NFX_R_REDIRECT_FAIL);

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .filter import Filter
 
 GUARANTEES = ("ng", "lf", "op")
-MECHANISMS: list[str] = []       # the registered ones, in order (nfx.migrate registers opennf, dist)
+MECHANISMS: list[str] = []       # the registered ones, in order (nfx.migrate registers opennf, dist, dup, slim)
 OPTIMISATIONS = ("pz", "ll", "er", "ov", "dt", "rt")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
 FIRE_WAIT_S = 1.0        # dt: the trigger left before "done"; past this the controller steers itself
@@ -91,7 +91,9 @@ class MoveRequest:
         if self.state_delay_s and (self.mechanism != "opennf" or not 0 < self.state_delay_s <= 60):
             raise BadInput("state_delay_ms (an emulated slower state transfer, 0-60000) is for opennf moves; "
                            "SHarP's handovers take it too")
-        if self.mechanism == "slim":
+        if self.mechanism == "dup" and self.opts - {"pz"}:
+            raise BadInput(f"dup takes no optimisation but pz (pipelined import), not {sorted(self.opts - {'pz'})}")
+        elif self.mechanism == "slim":
             # what statelets mirror; all-flows state (an allocator's position, global counters) stays
             mirrored = tuple(s for s in self.scopes if s in ("per-flow", "multi-flow"))
             if not mirrored:

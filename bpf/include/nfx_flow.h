@@ -111,6 +111,12 @@ enum nfx_stat {
     NFX_R_FORGED,
     /* SHarP: a handover message (TOS NFX_TOS_HSL) passed to the stack, where the agent reads it */
     NFX_R_HSL,
+    /* dup: the switch's tagged copies that arrived (source's, destination's), the destination's
+     * copies processed in shadow (state changed, output dropped), and their bytes (a sum) */
+    NFX_R_DUP_COPY_SRC,
+    NFX_R_DUP_COPY_DST,
+    NFX_R_SHADOW,
+    NFX_R_SHADOW_BYTES,
     NFX_STAT_MAX = 96,
 };
 

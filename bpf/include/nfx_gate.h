@@ -10,7 +10,8 @@ enum nfx_action {
     NFX_ACT_REDIRECT = 3,   /* send to the peer instance in mark.peer */
     NFX_ACT_TO_CTRL  = 4,   /* copy to the controller ring, drop the original */
     NFX_ACT_DROP     = 5,
-    NFX_ACT_MAX      = 6,
+    NFX_ACT_DUP_HOLD = 6,   /* dup's source: buffer the switch's tagged copies, process the rest */
+    NFX_ACT_MAX      = 7,
 };
 
 /* per-flow mark; the gate takes the lock so mark, buffered and released change together */

@@ -24,6 +24,21 @@ struct nfx_fire_payload {            /* the trigger's UDP payload */
 #define NFX_RX_PEER     1   /* over a peer link: redirected by another instance */
 #define NFX_RX_RELEASED 2   /* released from this instance's own buffer */
 #define NFX_RX_INJECTED 4   /* handed in by the agent (the controller's buffer): processed as is */
+#define NFX_RX_DUP_SRC  8   /* dup: a switch's copy tagged for the move's source */
+#define NFX_RX_DUP_DST  16  /* dup: a switch's copy tagged for the move's destination (shadow) */
+
+/* dup: a rule that duplicates with tags (NFX_SW_TAG) gives the copy to its i-th port the
+ * Ethernet source MAC 02:6e:66:64:75:<i+1> ("nfdu"); the NF rewrites MACs when it forwards, so
+ * hosts never see one. Its first port is the source, its second the destination. */
+#define NFX_DUP_TAG_HI  0x026e6664u    /* the tag's first four bytes, in network order */
+#define NFX_DUP_TAG_B4  0x75
+#define NFX_DUP_TAG_SRC 1              /* the tag's last byte on the source's copy */
+#define NFX_DUP_TAG_DST 2              /* ... on the destination's copy */
+/* nfx_move_cfg.dup */
+#define NFX_DUP_SOURCE  1              /* this source's IBC of the move's epoch counts (the cut) */
+#define NFX_DUP_SHADOW  2              /* destination: tagged copies change state, output nothing */
+#define NFX_DUP_HOLD_OWN 4             /* destination (op): its own (untagged) packets wait until the
+                                        * source's last output has left */
 
 enum nfx_buf_kind { NFX_BUF_PACKET = 1, NFX_BUF_TO_CTRL = 2, NFX_BUF_IBC = 3 };
 
@@ -56,7 +71,7 @@ struct nfx_move_cfg {
     __u32 flushed_seq;       /* every released packet up to this release sequence number has left */
     __u32 op;                /* order-preserving: switch-path packets before the switch's IBC drop */
     __u32 peer_cut;          /* the source's cut is in, on both sides (opennf: at the controller) */
-    __u32 pad;
+    __u32 dup;               /* dup's role: NFX_DUP_SOURCE, NFX_DUP_SHADOW (0: no dup move) */
 };
 
 /* what the program records during a move (array of 1): written by the program only, so the

@@ -1,7 +1,7 @@
 /* nfx_nf.h: what every NF program runs around its own logic: the gate (per-flow marks, then
  * wildcard filters for flows with no mark), moves, and the wiring that forwards a packet out the
- * other side; statelets are written by nfx_st_write.h. Layouts are in nfx_gate.h, nfx_move.h
- * and nfx_statelet.h. */
+ * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by
+ * nfx_dup.h. Layouts are in nfx_gate.h, nfx_move.h and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
 
@@ -10,6 +10,7 @@
 #include "nfx_move.h"
 #include "nfx_hsl.h"
 #include "nfx_st_write.h"
+#include "nfx_dup.h"
 
 #ifndef NFX_MAX_FLOWS
 #define NFX_MAX_FLOWS 262144
@@ -158,13 +159,13 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
          * alone), so processing them here would mirror them twice */
         if (act == NFX_ACT_STATELET && epoch && epoch == mv->epoch && mv->op && ms->ibc_switch[side & 1])
             return NFX_ACT_PRE_IBC;
-        if (act != NFX_ACT_BUFFER)
+        if (act != NFX_ACT_BUFFER && act != NFX_ACT_DUP_HOLD)
             return act;
-        /* a flow first seen while a BUFFER filter is up gets its own mark, so its packets are
-         * counted like those of the flows that existed when the move began */
+        /* a flow first seen while a BUFFER (or DUP_HOLD) filter is up gets its own mark, so its
+         * packets are counted like those of the flows that existed when the move began */
         g->marks = 1;                    /* from now on the gate looks marks up */
         struct nfx_mark nm = {};
-        nm.action = NFX_ACT_BUFFER;
+        nm.action = act;
         nm.peer = *peer;
         nm.epoch = epoch;
         nfx_marks.insert(k, &nm);        /* another CPU may have won: use whichever is there */
@@ -187,7 +188,8 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
         m->last_release = seq;
         act = NFX_ACT_PROCESS;
     } else {
-        if (m->action == NFX_ACT_BUFFER && ((m->epoch && m->epoch == drain) || early) &&
+        if ((m->action == NFX_ACT_BUFFER || m->action == NFX_ACT_DUP_HOLD) &&
+            ((m->epoch && m->epoch == drain) || early) &&
             m->released == m->buffered && m->last_release <= flushed)
             m->action = NFX_ACT_PROCESS;
         act = m->action;
@@ -202,6 +204,15 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
                 /* the switch path waits for the source's cut, even for an early-released flow */
                 act = m->action = NFX_ACT_BUFFER;
         }
+        /* dup's source: the switch's copies tagged for it wait for the snapshot; the packets
+         * that came before the duplication (untagged) are processed as usual */
+        if (act == NFX_ACT_DUP_HOLD)
+            act = (rx & NFX_RX_DUP_SRC) ? NFX_ACT_BUFFER : NFX_ACT_PROCESS;
+        /* dup op, destination: after the repoint its own packets wait (the source's last
+         * outputs are still on their way out); its copies go on in shadow */
+        else if (act == NFX_ACT_PROCESS && (mv->dup & NFX_DUP_HOLD_OWN) && m->epoch == mv->epoch &&
+                 !(rx & NFX_RX_DUP_DST))
+            act = m->action = NFX_ACT_BUFFER;
         if (act == NFX_ACT_BUFFER)
             m->buffered++;
     }
@@ -331,7 +342,9 @@ static __always_inline int nfx_ibc(struct xdp_md *ctx, struct nfx_pkt *p, int si
         return XDP_DROP;
     }
     __u32 epoch = bpf_ntohl(w[1]);
-    __u32 in_move = epoch && mv->op && epoch == mv->epoch;     /* this destination's OP move */
+    /* this destination's OP move, or either end of a dup move (its source's cut, its
+     * destination's last copy) */
+    __u32 in_move = epoch && (mv->op || mv->dup) && epoch == mv->epoch;
     if (!(rx & (NFX_RX_PEER | NFX_RX_INJECTED))) {
         /* from the switch: does this instance pass the flow on (source) or take it (destination)? */
         struct nfx_mark *m = nfx_marks.lookup(&p->key);
@@ -399,7 +412,7 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
  * parse, DiST's IBC, and the gate. Returns 1 when the NF processes the packet (act: PROCESS or
  * STATELET); otherwise *verdict is the packet's verdict. */
 static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc, struct nfx_pkt *p,
-                                     int *side, __u32 *act, int *verdict)
+                                     int *side, __u32 *act, int *verdict, __u32 *shadow)
 {
     __u32 rx = 0, rel_seq = 0, peer = 0;
     *side = nfx_rx(ctx, pc, &rx, &rel_seq);
@@ -407,11 +420,20 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
         nfx_count(NFX_R_NO_PORT);
         return 0;
     }
+    /* before the parse: what the NF does with a packet it cannot parse (an ICMP error it
+     * translates) is output too */
+    __u32 z = 0;
+    if (nfx_dup(ctx, nfx_move_cfg.lookup(&z), &rx, shadow)) {
+        nfx_count(NFX_R_FORGED);        /* a destination's copy where no dup move shadows it */
+        p->reason = NFX_R_FORGED;       /* nothing for the NF to act on */
+        return 0;
+    }
     __u32 reason = nfx_parse(ctx, p);
     nfx_count(reason);
     if (reason != NFX_R_OK)
         return 0;
     if (nfx_is_ibc(ctx, p)) {
+        *shadow = 0;                    /* a control packet, never output: not shadow traffic */
         *verdict = nfx_ibc(ctx, p, *side, rx);
         return 0;
     }
@@ -423,6 +445,7 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     struct nfx_mark *mark = 0;
     *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark);
     if (*act != NFX_ACT_PROCESS && *act != NFX_ACT_STATELET) {
+        *shadow = 0;                    /* held (or passed on), not processed: shadowed when it is */
         *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark);
         return 0;
     }
@@ -437,6 +460,7 @@ struct nfx_entry {
     int side;
     __u32 act;               /* the gate's action: PROCESS or STATELET when the NF runs */
     int verdict;
+    __u32 shadow;            /* dup's destination: the NF's output is dropped (nfx_nf_exit) */
 };
 
 #define NFX_NF_NO_CFG  0     /* the port config or the NF's own config is missing: dropped */
@@ -455,9 +479,21 @@ static __always_inline int nfx_nf_entry(struct xdp_md *ctx, struct nfx_entry *e,
     e->pc = nfx_port_cfg.lookup(&z);
     if (!e->pc || !cfg)
         return NFX_NF_NO_CFG;
-    if (!nfx_front(ctx, e->pc, &e->p, &e->side, &e->act, &e->verdict))
+    if (!nfx_front(ctx, e->pc, &e->p, &e->side, &e->act, &e->verdict, &e->shadow))
         return NFX_NF_LEFT;
     return NFX_NF_PROCESS;
+}
+
+/* The one exit of every NF: a shadow packet (dup's destination) has changed the NF's state
+ * like any other, and is dropped here instead of leaving, counted with its bytes. */
+static __always_inline int nfx_nf_exit(struct xdp_md *ctx, struct nfx_entry *e)
+{
+    if (e->shadow) {
+        nfx_count(NFX_R_SHADOW);
+        nfx_count_add(NFX_R_SHADOW_BYTES, bpf_xdp_get_buff_len(ctx));
+        e->verdict = XDP_DROP;
+    }
+    return nfx_exit(e->verdict);
 }
 
 #endif /* NFX_NF_H */

@@ -16,6 +16,7 @@
 #define NFX_SW_CLEAR_TOS 0x04
 #define NFX_SW_TO_CTRL   0x08
 #define NFX_SW_DROP      0x10
+#define NFX_SW_TAG       0x20   /* dup: each port's copy gets its tag MAC (nfx_move.h) */
 
 /* the `rule` of a controller-ring record that holds an HSL message (nfx_hsl.h), not a packet
  * a rule sent: rule ids stop below NFX_SW_MAX_RULES, so no rule has it */

@@ -2,7 +2,8 @@
 time per instance. Keys and packets travel base64-encoded in the JSON requests (flow keys: 16
 bytes each; packets: the buffer ring's header then the bytes, back to back). `move_ctrl` streams
 what a TO_CTRL source hands toward the controller, as JSON frames, until the move ends or the
-client closes. `move_dist`, DiST's source half, is nfx/agent/dist_source.py."""
+client closes. `move_dist`, DiST's source half, is nfx/agent/dist_source.py; `move_dup_push`,
+the duplication baseline's snapshot, nfx/agent/dup_source.py."""
 import base64
 import queue
 import threading
@@ -13,11 +14,12 @@ from .. import packets as pk
 from ..gate import Gate
 from ..state import ops, wire
 from ..filter import Filter, parse
-from .sessions import MoveSession
+from .sessions import HOLDERS, ROLES, MoveSession
 
-# the protocol's move ops; move_dist's handler is in nfx/agent/dist_source.py
+# the protocol's move ops; move_dist's handler is in nfx/agent/dist_source.py, move_dup_push's
+# in nfx/agent/dup_source.py
 MOVE_OPS = ("move_begin", "move_drain", "move_inject", "move_ctrl", "move_status", "move_end", "move_get",
-            "move_dist")
+            "move_dist", "move_dup_push", "move_dup_go")
 
 
 def _b64(req, name, default=b"") -> bytes:
@@ -63,23 +65,27 @@ class MoveOps:
     def op_move_begin(self, sock, r, req) -> dict:
         role = req.get("role")
         epoch = int(req.get("epoch", 0))
-        if role not in ("src-redirect", "src-ctrl", "dst") or epoch <= 0:
-            raise BadInput("move_begin needs role src-redirect|src-ctrl|dst and an epoch > 0")
+        if role not in ROLES or epoch <= 0:
+            raise BadInput(f"move_begin needs role {'|'.join(ROLES)} and an epoch > 0")
+        if (req.get("dup") or req.get("hold_own")) and role != "dst":
+            raise BadInput("dup (shadow the tagged copies) and hold_own are a destination's settings")
+        if req.get("hold_own") and not req.get("dup"):
+            raise BadInput("hold_own is for a dup move's destination (dup: true)")
         keys = pk.keys_from_blob(_b64(req, "keys"))
         text = req.get("filter")
         flt = parse(text) if text is not None else None     # a malformed one is refused before anything changes
         self._begin_session(role, epoch, bool(req.get("order")), keys, flt, int(req.get("peer", 0)),
-                            bool(req.get("er")))
+                            bool(req.get("er")), dup=bool(req.get("dup")), hold_own=bool(req.get("hold_own")))
         return {"epoch": epoch, "role": role, "marked": len(keys)}
 
     def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: int,
-                       er: bool = False) -> MoveSession:
+                       er: bool = False, dup: bool = False, hold_own: bool = False) -> MoveSession:
         if self.session is not None:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         self._ctrl_q = queue.Queue() if role == "src-ctrl" else None
         on_ctrl = self._ctrl_q.put if self._ctrl_q is not None else None
         s = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl, egress=self.wiring)
-        s.er = er
+        s.er, s.dup, s.hold_own = er, dup, hold_own
         s.begin(keys, flt, peer)
         self.session = s
         return s
@@ -96,8 +102,9 @@ class MoveOps:
     def op_move_status(self, sock, r, req) -> dict:
         s = self._session()
         st = self.nf.stats()
-        settled = s.settled() if s.role == "dst" else True
-        out = {"epoch": s.epoch, "cut_complete": s.cut_complete(), "settled": settled,
+        settled = s.settled() if s.role in HOLDERS else True
+        out = {"epoch": s.epoch, "cut_complete": s.cut_complete(), "final_cut": s.final_cut(), "settled": settled,
+               "egress_fill": s.egress_fill() if s.role == "src-dup" else 0,
                "passed_on": st.get("r_redirected", 0) + st.get("r_to_ctrl", 0), "stats": dict(s.stats)}
         if not settled and req.get("why"):
             out["unsettled"] = s.unsettled()

@@ -13,7 +13,7 @@ IDLE_S = 300.0                 # an authenticated connection may wait this long 
 PENDING_MAX = 256              # connections not yet authenticated; past this the oldest is closed
 OPS = ("ping", "info", "stats", "get", "put", "del", "push", "mark", "unmark", "marks", "filter",
        "subscribe")
-ACTIONS = {"process": 0, "statelet": 1, "buffer": 2, "redirect": 3, "to_ctrl": 4, "drop": 5}
+ACTIONS = {"process": 0, "statelet": 1, "buffer": 2, "redirect": 3, "to_ctrl": 4, "drop": 5, "dup_hold": 6}
 
 def error_frame(e: BaseException, op: str | None = None) -> list:
     return wire.encode_json(E.to_wire(e, op), wire.ERROR)

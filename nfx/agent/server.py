@@ -10,10 +10,12 @@ attaches anything) and serves the southbound API on the management network
     ops_subscribe.py  subscribe (event streams, streams.py)
     ops_move.py       the move session's ops (sessions.py)
     dist_source.py    move_dist, DiST's source half
+    dup_source.py     move_dup_push, the duplication baseline's snapshot
     slim_source.py    move_slim, SLiM's source half; slim_dest.py slim_in, its destination half
     hsl.py            SHarP's handover support layer (in-band START_HO/END, hsl_state_in)"""
 from . import transport
 from .dist_source import DistSource
+from .dup_source import DupSource
 from .hsl import HSL_OPS, HslOps
 from .instance import Instance
 from .ops_gate import GateOps
@@ -26,8 +28,8 @@ from .slim_source import SlimSource
 from .transport import Transport
 
 
-class Agent(Transport, StateOps, GateOps, SubscribeOps, HslOps, MoveOps, DistSource, SlimSource, SlimDest,
-            Instance):
+class Agent(Transport, StateOps, GateOps, SubscribeOps, HslOps, MoveOps, DistSource, DupSource, SlimSource,
+            SlimDest, Instance):
     ops = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS
 
 

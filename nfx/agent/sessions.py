@@ -7,7 +7,14 @@ state as statelets until its cut (STATELET, SLiM: nfx/agent/slim_source.py). A *
 their state is in, then drains. Order preservation (op) follows DiST's IBC cut per side: at the
 destination, switch-path packets before the switch's IBC are dropped by the gate (the source has
 them) and so are peer-path packets after the source's IBC (the switch path has them); the
-drain releases everything that came from the source before switch-path packets."""
+drain releases everything that came from the source before switch-path packets.
+
+dup (nfx/migrate/dup.py): the switches duplicate the flows, tagging each copy (layout.dup_tag).
+A *src-dup* source holds its tagged copies (DUP_HOLD) until its snapshot is out, then releases
+them; its cut is the switch's IBC on both sides (every untagged packet is processed). Its
+destination (role dst, `dup`) buffers its copies like any destination and processes them in
+shadow (output dropped, bpf/include/nfx_nf.h) once drained; after the repoint the switch's
+untagged IBC on both sides (`final_cut`) says its last copy has arrived."""
 import logging
 import threading
 import time
@@ -23,29 +30,35 @@ from ..filter import Filter
 log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0
 SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is long done
-# what a role's marks and filter do with the moved flows
-ROLE_ACTIONS = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL,
-                "src-slim": L.Action.STATELET}
+# what each role's marks and filter do to the flows, and the roles that hold packets back
+ACTIONS = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL,
+           "src-dup": L.Action.DUP_HOLD, "src-slim": L.Action.STATELET}
+ROLES = tuple(ACTIONS)
+HOLDERS = ("dst", "src-dup")
+HOLDING = (L.Action.BUFFER, L.Action.DUP_HOLD)
 
 
 class MoveSession:
     def __init__(self, nf, ns: str, release_if: str, epoch: int, role: str, op: bool = False,
                  on_ctrl=None, egress: tuple[str, ...] = ()):
-        """role: 'src-redirect', 'src-ctrl' or 'dst'. on_ctrl(packets) receives what a
+        """role: 'src-redirect', 'src-ctrl', 'src-dup' or 'dst'. on_ctrl(packets) receives what a
         'src-ctrl' source hands toward the controller (data packets and IBC records)."""
-        if role not in ROLE_ACTIONS:
+        if role not in ROLES:
             raise ValueError(role)
         self.nf, self.ns, self.epoch, self.role, self.op = nf, ns, epoch, role, op
         self.release_if, self.egress = release_if, tuple(egress)
         self.on_ctrl = on_ctrl
         self.gate = Gate(nf)
-        self.releaser = Releaser(nf, ns, release_if, self.egress) if role == "dst" else None
+        self.releaser = Releaser(nf, ns, release_if, self.egress) if role in HOLDERS else None
         self.ring = self.gate.ring()
         self.lock = threading.Lock()
         self.peer_q: deque = deque()       # from the source (peer link), arrival order
         self.switch_q: deque = deque()     # from the switch, arrival order
         self.ibc_peer = [False, False]     # by side: the source's IBC has arrived
         self.ibc_switch = [False, False]
+        self.ibc_final = [False, False]    # dup's destination: by side, the untagged IBC after the repoint
+        self.dup = False                   # a dup move's destination (shadow); set before begin()
+        self.hold_own = False              # ... op: its own packets wait for release_own(); set before begin()
         self.draining = False
         self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
         self.early_keys: set[bytes] = set()
@@ -63,11 +76,15 @@ class MoveSession:
     def begin(self, keys: list, flt: Filter | None, peer_slot: int = 0) -> None:
         """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
         if self.role == "dst":
-            self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op))
+            dup = (L.DUP_SHADOW | (L.DUP_HOLD_OWN if self.hold_own else 0)) if self.dup else 0
+            self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op), dup=dup)
+        elif self.role == "src-dup":
+            # its switch IBC counts (the cut before the snapshot)
+            self.gate.set_move_cfg(epoch=self.epoch, dup=L.DUP_SOURCE)
         elif self.role == "src-slim" and self.op:
             # the switch's IBC of this epoch counts here: it is the source's cut (nfx_ibc)
             self.gate.set_move_cfg(epoch=self.epoch, op=1)
-        action = ROLE_ACTIONS[self.role]
+        action = ACTIONS[self.role]
         self.start()
         self.gate.mark(keys, action, epoch=self.epoch, peer=peer_slot)
         if flt is not None:
@@ -75,13 +92,11 @@ class MoveSession:
 
     def hold_new(self, flt: Filter, peer_slot: int = 0) -> None:
         """Catch flows with no mark (new ones) with the wildcard filter, for this role."""
-        action = ROLE_ACTIONS[self.role]
-        self.gate.set_filter(FILTER_SLOT, flt, action, peer=peer_slot, tag=self.epoch)
+        self.gate.set_filter(FILTER_SLOT, flt, ACTIONS[self.role], peer=peer_slot, tag=self.epoch)
 
     def mark(self, keys: list, peer_slot: int = 0) -> None:
         """Late locking: mark more flows as their state goes out."""
-        action = ROLE_ACTIONS[self.role]
-        self.gate.mark(keys, action, epoch=self.epoch, peer=peer_slot)
+        self.gate.mark(keys, ACTIONS[self.role], epoch=self.epoch, peer=peer_slot)
 
     def export_locked(self, flows: list, flt: Filter, scopes, peer_slot: int = 0, stats: dict | None = None):
         """Late locking: the state of `flows` in groups, each group marked (held back or passed
@@ -160,6 +175,8 @@ class MoveSession:
                     self.stats["ibc"] += 1
                     if self.role == "src-ctrl":
                         ctrl.append(p)         # the controller needs the source's cut too
+                    elif self.dup and not p.rx & (L.RX_PEER | L.RX_INJECTED | L.RX_DUP_DST):
+                        self.ibc_final[p.side] = True
                     elif p.rx & (L.RX_PEER | L.RX_INJECTED):
                         self.ibc_peer[p.side] = True
                     else:
@@ -174,6 +191,8 @@ class MoveSession:
                 first = p.data[6:12] == CTRL_TAG_MAC if self.sharp else p.rx & L.RX_PEER
                 (self.peer_q if first else self.switch_q).append(p)
                 self.stats["buffered"] += 1
+                if self.dup and not p.rx & L.RX_DUP_DST:
+                    self.stats["own_buffered"] = self.stats.get("own_buffered", 0) + 1   # op: held after the repoint
             depth = len(self.peer_q) + len(self.switch_q)
             self.stats["buffer_peak"] = max(self.stats["buffer_peak"], depth)
             if self.sharp:
@@ -188,8 +207,15 @@ class MoveSession:
         self._drain_when_read = True
 
     def cut_complete(self) -> bool:
-        """op: both sides' IBCs from the source are in (everything the source had is here)."""
+        """op: both sides' IBCs from the source are in (everything the source had is here).
+        dup's source: the switch's IBC on both sides (every untagged packet is processed)."""
+        if self.role == "src-dup":
+            return all(self.ibc_switch)
         return all(self.ibc_peer)
+
+    def final_cut(self) -> bool:
+        """dup's destination: the untagged IBC on both sides (its last tagged copy is in)."""
+        return all(self.ibc_final)
 
     # ---- drain ----
     def drain(self, keys: list | None = None) -> None:
@@ -236,10 +262,29 @@ class MoveSession:
     def _release_ready(self) -> None:
         with self.rlock:
             with self.lock:
-                batch = list(self.peer_q) + list(self.switch_q)
-                self.peer_q.clear()
-                self.switch_q.clear()
+                if self.hold_own:
+                    # dup op: only its copies go (in shadow); its own packets (each flow's come
+                    # after all its copies: one switch port's FIFO) wait for release_own()
+                    batch = [p for p in self.switch_q if p.rx & L.RX_DUP_DST]
+                    self.switch_q = deque(p for p in self.switch_q if not p.rx & L.RX_DUP_DST)
+                    batch = list(self.peer_q) + batch
+                    self.peer_q.clear()
+                else:
+                    batch = list(self.peer_q) + list(self.switch_q)
+                    self.peer_q.clear()
+                    self.switch_q.clear()
             self._release(batch)
+
+    def release_own(self) -> None:
+        """dup op: the source's last output has left: this destination's own packets may go."""
+        self.gate.set_move_cfg(dup=L.DUP_SHADOW)       # the gate first: nothing more is held for it
+        with self.rlock:
+            self.hold_own = False
+        self._release_ready()
+
+    def egress_fill(self) -> int:
+        """Frames this instance has put into its next hops' rings and they have not taken yet."""
+        return max((r.fill() for r in self.releaser.rings), default=0) if self.releaser else 0
 
     def inject(self, pkts: list) -> int:
         """Packets from the controller's buffer (OpenNF): processed here at once, as they are."""
@@ -265,7 +310,7 @@ class MoveSession:
             if self.peer_q or self.switch_q:
                 return False
         flushed = self.gate.move_cfg().flushed_seq
-        return all(m.action != L.Action.BUFFER or (m.buffered == m.released and m.last_release <= flushed)
+        return all(m.action not in HOLDING or (m.buffered == m.released and m.last_release <= flushed)
                    for m in self.gate.marks().values())
 
     def unsettled(self, limit: int = 3) -> dict:
@@ -278,7 +323,7 @@ class MoveSession:
         out.update(flushed=cfg.flushed_seq, drain_epoch=cfg.drain_epoch, epoch=cfg.epoch, peer_cut=cfg.peer_cut,
                    bpf_ibc_peer=list(st.ibc_peer), bpf_ibc_switch=list(st.ibc_switch), cursor=st.release_cursor)
         bad = [(m.epoch, m.buffered, m.released, m.last_release) for m in self.gate.marks().values()
-               if m.action == L.Action.BUFFER and (m.buffered != m.released or m.last_release > cfg.flushed_seq)]
+               if m.action in HOLDING and (m.buffered != m.released or m.last_release > cfg.flushed_seq)]
         out["holding_marks"] = len(bad)
         out["sample"] = bad[:limit]
         return out
@@ -297,7 +342,8 @@ class MoveSession:
         if self._thread:
             self._thread.join(timeout=2)
         self._take(self.ring.poll(0))
-        if self.role == "dst" and (self.peer_q or self.switch_q):
+        self.hold_own = False             # a called-off op dup move: its own packets go too
+        if self.role in HOLDERS and (self.peer_q or self.switch_q):
             self._release_ready()
         self.gate.reset_move()            # the ring reader stays open for the next move
         if self.releaser:

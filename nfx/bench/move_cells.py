@@ -79,6 +79,8 @@ def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool
                                 continue          # the trigger is dist's, for ng and lf
                             if "ov" in oset and (m != "dist" or g == "ng"):
                                 continue          # the overlap is dist's, for lf and op
+                            if m == "dup" and oset - {"none", "pz"}:
+                                continue          # the duplication baseline takes pz at most
                             out.append({"mechanism": m, "guarantee": g, "opts": o, "rate_pps": r, "flows": f,
                                         "ctrl_delay_ms": d, "ctrl_rate_mbit": b,
                                         "data_delay_ms": data[0], "data_rate_mbit": data[1]})

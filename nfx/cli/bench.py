@@ -84,7 +84,7 @@ def state_(flows: int = typer.Option(1_000_000, "--flows", "-f", help="NAT conne
 
 
 @app.command("move")
-def move_(mechanisms: str = typer.Option("opennf,dist", "--mechanisms", "-m", help="opennf, dist (comma-separated)."),
+def move_(mechanisms: str = typer.Option("opennf,dist", "--mechanisms", "-m", help="opennf, dist, dup (comma-separated)."),
           guarantees: str = typer.Option("ng,lf,op", "--guarantees", "-g", help="ng, lf, op (comma-separated)."),
           opts: list[str] = typer.Option(["none", "pz", "pz,ll,er"], "--opts", "-o",
                                          help="Optimisation sets, repeatable (--opts none --opts pz,ll,er) or ';'-separated."),

@@ -77,14 +77,16 @@ class Steering:
         # the switch in front of the inside host (the one with a gateway) carries the inside side
         return L.SIDE_IN if "gen_if" in self.rec["nodes"][self.host_of[sw]] else L.SIDE_OUT
 
-    def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None, token: int = 0) -> None:
+    def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None, token: int = 0,
+              tagged: bool = False) -> None:
         """Send the filter's flows to `nfs` (two instances: duplicate). On the inside switch
         the filter matches as written; on the outside switch return traffic is matched by
         `outside_keys` (exact, e.g. a NAT's public tuples) or, without them, by the filter
         reversed. Replaces the filter's previous rules without a gap: new rules go in above
         the old (and above every other filter's: the latest point wins), then the old go.
         With a token the new rules are armed (Switch) and the old stay, deciding until the
-        token fires; the next point of the filter removes both."""
+        token fires; the next point of the filter removes both. tagged (dup): each instance's
+        copy carries its tag (Switch), the first instance's layout.dup_tag(0)."""
         if token and outside_keys is not None and not flt.everything:
             # an exact key has one rule: arming it would drop the rule in force meanwhile
             raise BadInput("armed rules are wildcards: a move by flow keys cannot be armed")
@@ -96,10 +98,10 @@ class Steering:
                 inside = self.side_of(name) == L.SIDE_IN
                 if not inside and outside_keys is not None and not flt.everything:
                     for k in outside_keys:
-                        new.append((name, s.add_exact(k, Rule(output=out))))
+                        new.append((name, s.add_exact(k, Rule(output=out, tagged=tagged))))
                     continue
                 new.append((name, self.add_wild(name, filter_match(flt, self.host_port[name], reverse=not inside),
-                                                 Rule(output=out, token=token), prio)))
+                                                 Rule(output=out, token=token, tagged=tagged), prio)))
             old = set(self.active.get(flt.text, []))
             # and any move rule with the same match that an earlier controller installed
             for name in self.sw:

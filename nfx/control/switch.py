@@ -13,6 +13,8 @@ SHarP's HSL messages (nfx/frames.py hsl_frame) from an NF port, and the controll
 epoch announced with `expect_test` from a host port, reach the controller ring (CtrlPacket.hsl)
 and go no further; any other HSL mark from a host port is dropped as forged. Every rule's
 counter stamps its last hit (`last_hit_ns`), for idle timeouts.
+A tagged rule (dup) gives the copy to its i-th port the source MAC layout.dup_tag(i); a frame
+arriving with such a MAC is dropped as forged.
 
 One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
 against a second writer."""
@@ -57,6 +59,7 @@ class Rule:
     to_ctrl: bool = False
     drop: bool = False
     token: int = 0               # nonzero: armed, in force once a trigger with it arrived
+    tagged: bool = False         # dup: output[i]'s copy gets source MAC layout.dup_tag(i)
 
 
 @dataclass
@@ -266,6 +269,10 @@ class Switch:
             r.actions |= L.SW_TO_CTRL
         if rule.drop:
             r.actions |= L.SW_DROP
+        if rule.tagged:
+            if len(rule.output) < 2:
+                raise BadInput("a tagged rule duplicates: it needs two output ports or more")
+            r.actions |= L.SW_TAG
         if not 0 <= rule.token < 1 << 64:
             raise BadInput(f"token {rule.token} is not a 64-bit value")
         r.token = rule.token
@@ -276,7 +283,7 @@ class Switch:
             if r.actions & L.SW_OUTPUT else []
         return Rule(output=out, set_tos=r.tos if r.actions & L.SW_SET_TOS else None,
                     clear_tos=bool(r.actions & L.SW_CLEAR_TOS), to_ctrl=bool(r.actions & L.SW_TO_CTRL),
-                    drop=bool(r.actions & L.SW_DROP), token=r.token)
+                    drop=bool(r.actions & L.SW_DROP), token=r.token, tagged=bool(r.actions & L.SW_TAG))
 
     def _used_rules(self) -> dict[int, L.SwRule]:
         n, keys, vals = self.maps.sw_rules.export()

@@ -83,6 +83,10 @@ class Stat(enum.IntEnum):
     R_IDS_UNINSPECTED = 67
     R_FORGED = 68
     R_HSL = 69
+    R_DUP_COPY_SRC = 70
+    R_DUP_COPY_DST = 71
+    R_SHADOW = 72
+    R_SHADOW_BYTES = 73
 
 
 STAT_MAX = 96

@@ -12,6 +12,7 @@ class Action(enum.IntEnum):
     REDIRECT = 3
     TO_CTRL = 4
     DROP = 5
+    DUP_HOLD = 6
 
 
 class SpinLock(ct.Structure):

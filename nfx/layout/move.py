@@ -18,6 +18,15 @@ class FirePayload(ct.Structure):
 MAX_PKT = 1536
 RELEASE_SLOTS = 4096
 RX_PEER, RX_RELEASED, RX_INJECTED = 1, 2, 4
+RX_DUP_SRC, RX_DUP_DST = 8, 16
+DUP_TAG_HI, DUP_TAG_B4 = 0x026E6664, 0x75
+DUP_TAG_SRC, DUP_TAG_DST = 1, 2
+DUP_SOURCE, DUP_SHADOW, DUP_HOLD_OWN = 1, 2, 4
+
+
+def dup_tag(i: int) -> bytes:
+    """The source MAC a tagged duplication gives the copy to its i-th port (0: source, 1: dst)."""
+    return DUP_TAG_HI.to_bytes(4, "big") + bytes([DUP_TAG_B4, i + 1])
 
 
 class BufKind(enum.IntEnum):
@@ -38,7 +47,7 @@ class ReleaseSlot(ct.Structure):
 
 class MoveCfg(ct.Structure):
     _fields_ = [("epoch", u32), ("drain_epoch", u32), ("flushed_seq", u32), ("op", u32), ("peer_cut", u32),
-                ("pad", u32)]
+                ("dup", u32)]
 
 
 class MoveState(ct.Structure):

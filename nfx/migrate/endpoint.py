@@ -132,10 +132,11 @@ class Remote:
 
     # ---- the move session ----
     def begin(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: str | None = None,
-              on_ctrl=None, er: bool = False) -> None:
+              on_ctrl=None, er: bool = False, dup: bool = False, hold_own: bool = False) -> None:
         slot = self.peer_slots.get(peer, 0) if peer else 0
         self._req("move_begin", role=role, epoch=epoch, order=op, keys=pk.keys_blob(keys),
-                  filter=flt.text if flt is not None else None, peer=slot, er=er)
+                  filter=flt.text if flt is not None else None, peer=slot, er=er,
+                  **({"dup": True} if dup else {}), **({"hold_own": True} if hold_own else {}))
         self.session = True
         if role == "src-ctrl" and on_ctrl is not None:
             self._ctrl_thread = threading.Thread(target=self._ctrl_stream, args=(on_ctrl,), daemon=True)
@@ -176,6 +177,33 @@ class Remote:
 
     def cut_complete(self) -> bool:
         return self._req("move_status")["cut_complete"]
+
+    def final_cut(self) -> bool:
+        """dup's destination: the untagged IBC after the repoint is in on both sides."""
+        return self._req("move_status")["final_cut"]
+
+    def egress_fill(self) -> int:
+        """dup's source: frames it has output that its next hops have not taken yet."""
+        return self._req("move_status")["egress_fill"]
+
+    def dup_go(self) -> None:
+        """dup op, the destination: its own packets may go (the source's last output has left)."""
+        self._req("move_dup_go")
+
+    def move_stats(self) -> dict:
+        """The move session's figures so far (buffered, released, buffer_peak, max_hold_us...)."""
+        return self._req("move_status")["stats"]
+
+    def dup_push(self, dst: "Remote", epoch: int, flt: Filter, scopes, opts, timeout: float,
+                 data_link=(0.0, 0.0)) -> dict:
+        """dup: this source's snapshot to dst (nfx/agent/dup_source.py), over the data link;
+        its held copies go meanwhile. Returns {chunks, bytes, import_s, applied_at, export_s, ...}."""
+        r = self._req("move_dup_push", dst=dst.name, epoch=epoch, filter=flt.text, scopes=list(scopes),
+                      opts=sorted(opts), timeout=timeout, data_delay_ms=data_link[0] or None,
+                      data_rate_mbit=data_link[1] or None)
+        self.timing["export_s"] += r.get("export_s") or 0.0
+        dst.timing["import_s"] += r.get("import_s") or 0.0
+        return r
 
     def settled(self) -> bool:
         return self._req("move_status")["settled"]

@@ -2,7 +2,7 @@
 (seeds/dist-distributed-state-transfer.txt), on nfx's dataplane: the controller's side. What
 every mechanism shares is here: the move from request to metrics (`move`), the waits for the
 source to go quiet and the destination to settle, the steering, the rollback. What differs is a
-`Mechanism` (opennf.py, dist.py; their agent halves in nfx/agent), registered by name.
+`Mechanism` (opennf.py, dist.py, dup.py; their agent halves in nfx/agent), registered by name.
 
 - opennf: state goes src → controller → dst; packets arriving at src during the move go to the
   controller (TO_CTRL) and are handed to dst once their state is there.
@@ -12,6 +12,10 @@ source to go quiet and the destination to settle, the steering, the rollback. Wh
   holds the flows) and its ack; then MovePerFlow(filter, dst): the source pushes the state to
   dst (PutPerFlow), has dst release what it buffered (ReleaseBuffer), and acks; only then does
   the controller update the switches (op: duplicate, IBC, dst only). ng: MovePerFlow alone.
+- dup: the duplication baseline (issue 12; dup.py): the switches duplicate the flows to both,
+  tagged; dst processes its copies in shadow (output dropped) on top of src's snapshot, and the
+  switches are repointed at dst once it has caught up (op: dst's own packets wait until src's
+  last outputs have left).
 - ng: no guarantee (state copied while src keeps processing); lf: loss-free; op: loss-free and
   order-preserving, by DiST's two-phase update with an in-band control packet (IBC).
 - pz: state chunks are imported as they are exported (pipelined) instead of all at once;

@@ -8,7 +8,7 @@ from nfx import layout as L
 from nfx.paths import BPF_INCLUDE
 
 HEADER_OF = {mod: header for header, mod in L.MODULES.items()}
-CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h"}   # helpers, no layouts of their own
+CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h"}   # helpers, no layouts of their own
 
 
 def text(header: str) -> str:
@@ -69,6 +69,11 @@ def test_enums_match(cname, pyenum, prefix):
     (L.move, "NFX_FIRE_MAGIC", "FIRE_MAGIC"), (L.move, "NFX_MAX_PKT", "MAX_PKT"),
     (L.move, "NFX_RELEASE_SLOTS", "RELEASE_SLOTS"), (L.move, "NFX_RX_PEER", "RX_PEER"),
     (L.move, "NFX_RX_RELEASED", "RX_RELEASED"), (L.move, "NFX_RX_INJECTED", "RX_INJECTED"),
+    (L.move, "NFX_RX_DUP_SRC", "RX_DUP_SRC"), (L.move, "NFX_RX_DUP_DST", "RX_DUP_DST"),
+    (L.move, "NFX_DUP_TAG_HI", "DUP_TAG_HI"), (L.move, "NFX_DUP_TAG_B4", "DUP_TAG_B4"),
+    (L.move, "NFX_DUP_TAG_SRC", "DUP_TAG_SRC"), (L.move, "NFX_DUP_TAG_DST", "DUP_TAG_DST"),
+    (L.move, "NFX_DUP_SOURCE", "DUP_SOURCE"), (L.move, "NFX_DUP_SHADOW", "DUP_SHADOW"),
+    (L.move, "NFX_DUP_HOLD_OWN", "DUP_HOLD_OWN"),
     (L.statelet, "NFX_STATELET_WORDS", "STATELET_WORDS"), (L.statelet, "NFX_STF_VALUE", "STF_VALUE"),
     (L.statelet, "NFX_STATELET_INC_SHIFT", "STATELET_INC_SHIFT"),
     (L.ids, "NFX_IDS_MAX_SIGS", "IDS_MAX_SIGS"), (L.ids, "NFX_IDS_SIG_LEN", "IDS_SIG_LEN"),
@@ -78,7 +83,7 @@ def test_enums_match(cname, pyenum, prefix):
     (L.switch, "NFX_SW_PORT_NF", "SW_PORT_NF"),
     (L.switch, "NFX_SW_OUTPUT", "SW_OUTPUT"), (L.switch, "NFX_SW_SET_TOS", "SW_SET_TOS"),
     (L.switch, "NFX_SW_CLEAR_TOS", "SW_CLEAR_TOS"), (L.switch, "NFX_SW_TO_CTRL", "SW_TO_CTRL"),
-    (L.switch, "NFX_SW_DROP", "SW_DROP"), (L.switch, "NFX_SW_RULE_HSL", "SW_RULE_HSL"),
+    (L.switch, "NFX_SW_DROP", "SW_DROP"), (L.switch, "NFX_SW_TAG", "SW_TAG"), (L.switch, "NFX_SW_RULE_HSL", "SW_RULE_HSL"),
     (L.hsl, "NFX_TOS_HSL", "TOS_HSL"), (L.hsl, "NFX_HSL_MAGIC", "HSL_MAGIC"), (L.hsl, "NFX_HSL_PORT", "HSL_PORT"),
     (L.hsl, "NFX_HSL_EPOCHS", "HSL_EPOCHS"),
     (L.bench, "NFX_GEN_MAGIC", "GEN_MAGIC"), (L.bench, "NFX_LAT_BUCKETS", "LAT_BUCKETS"),
