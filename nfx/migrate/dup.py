@@ -146,7 +146,12 @@ class Dup(Mechanism):
                         "src_held": src_hold.get("held", 0), "src_max_hold_us": src_hold.get("max_hold_us", 0.0),
                         "dst_buffer_peak": dst_st.get("buffer_peak", 0),
                         "dst_max_hold_us": round(dst_st.get("max_hold_us", 0.0), 1),
-                        **({"dst_own_held": own} if own is not None else {})}}
+                        **({"dst_own_held": own} if own is not None else {})},
+                # the copies the destination shadowed crossed the wire as whole frames; the
+                # agents' few control frames are not counted (SLiM's control bytes are)
+                "bytes_on_wire": {"snapshot": pushed.get("bytes", 0),
+                                  "duplicated": _delta(after, base_dst, "r_shadow_bytes"), "control": None,
+                                  "total": pushed.get("bytes", 0) + _delta(after, base_dst, "r_shadow_bytes")}}
 
 
 def _delta(now: dict, before: dict, key: str) -> int:
