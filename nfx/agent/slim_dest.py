@@ -71,6 +71,22 @@ class SlimDest:
         chunks: list = []
         installed = False
         ahead = None                              # a header read while gathering statelets
+
+        def say_ready() -> None:
+            """Caught up: nothing more is waiting, and the source's last batch was small (or
+            nothing follows it for a moment: a source whose traffic stopped sends nothing). Said
+            every time: the source relays the first (the controller starts phase 1) and the
+            first that covers what it had sent when the switches duplicated (then it cuts)."""
+            if not installed or ahead is not None or select.select([sock], [], [], 0)[0]:
+                return
+            if report.get("last_statelets", 0) >= ready_statelets and select.select([sock], [], [], READY_QUIET_S)[0]:
+                return
+            at = round((time.perf_counter() - t0) * 1e3, 2)
+            if rt and fig["ready_ms"] is None:
+                fig["rt"] = enter_rt()            # until the stream ends: the cut comes soon
+            fig["ready_ms"] = fig["ready_ms"] or at
+            wire.write(sock, wire.encode_json({"ready": {"applied": report.get("statelets", 0),
+                                                         "applied_records": fig["records_applied"], "at_ms": at}}))
         while True:
             h, ahead = ahead or read_header(r, sock), None
             if h is None:
@@ -96,20 +112,7 @@ class SlimDest:
                 fig["statelet_bytes"] += len(buf)
                 merge.apply(buf, lens, report)
                 fig["records_applied"] += len(lens)
-                # caught up: nothing more is waiting, and the source's last batch was small (or
-                # nothing follows it for a moment: a source whose traffic stopped sends nothing).
-                # Said every time: the source relays the first (the controller starts phase 1)
-                # and the first that covers what it had sent when phase 1 was done
-                if installed and ahead is None and not select.select([sock], [], [], 0)[0] \
-                        and (report.get("last_statelets", 0) < ready_statelets
-                             or not select.select([sock], [], [], READY_QUIET_S)[0]):
-                    at = round((time.perf_counter() - t0) * 1e3, 2)
-                    if rt and fig["ready_ms"] is None:
-                        fig["rt"] = enter_rt()    # until the stream ends: the cut comes soon
-                    fig["ready_ms"] = fig["ready_ms"] or at
-                    wire.write(sock, wire.encode_json({"ready": {"applied": report.get("statelets", 0),
-                                                                 "applied_records": fig["records_applied"],
-                                                                 "at_ms": at}}))
+                say_ready()
             elif kind == wire.JSON:
                 msg = r.body(kind, length) if length <= REQUEST_MAX else r.skip(length)
                 if not isinstance(msg, dict):
@@ -126,6 +129,8 @@ class SlimDest:
 
                     fig["snapshots"] += 1
                     installed, chunks = True, []
+                    report["last_statelets"] = 0
+                    say_ready()                   # a source whose flows are idle sends no statelets
             elif kind == wire.END:
                 r.body(kind, length)
                 t_end = time.perf_counter()

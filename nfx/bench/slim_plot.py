@@ -121,4 +121,9 @@ def table(result: dict) -> str:
                      f"{_f(d.get('bytes_total'))} | {_f(br, 2)} | {_f(s.get('sigma'), 2)} | "
                      f"{_f(s.get('lost'))} / {_f(d.get('lost'))} | "
                      f"{_f(s.get('seconds_rtt_over_15ms'), 4)} / {_f(d.get('seconds_rtt_over_15ms'), 4)} |")
+    stops = [b for b in result.get("baselines", []) if b["lost"] or b["achieved_pps"] < 0.95 * b["rate_pps"]]
+    if stops:
+        lines += ["", "Where the sweep stopped (the same traffic with no move: what the machine itself loses):", ""]
+        lines += [f"- {b['nf']}, {b['size']} B at {b['rate_mbit']:g} Mbit/s ({b['rate_pps']:,} pps, echoed): "
+                  f"{b['achieved_pps']:,} pps sent, {b['lost']:,} lost" for b in stops]
     return "\n".join(lines) + "\n"

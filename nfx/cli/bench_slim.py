@@ -23,7 +23,8 @@ def slim_(rates: str = typer.Option(",".join(map(str, slim.RATES_MBIT)), "--rate
           nfs: str = typer.Option(",".join(slim.NFS), "--nfs", help="NF kinds: nat, ids (comma-separated)."),
           mechanisms: str = typer.Option("slim,dup", "--mechanisms", "-m", help="Mechanisms in each run (comma-separated)."),
           flows: int = typer.Option(slim.FLOWS, "--flows", "-f", help="Flows, all moved in each run."),
-          timeout: float = typer.Option(60.0, "--timeout", help="Seconds any one step may take."),
+          timeout: float = typer.Option(20.0, "--timeout", help="Seconds any one step of a move may take (then it "
+                                        "is rolled back and reported as not finished)."),
           plot_dir: str = typer.Option("bench/results", "--plot", help="Where the PNGs, the table and the raw rows go."),
           scale: bool = typer.Option(False, "--scale", help="Instead: SLiM moves (as published, and with rt) of 10,000 "
                                      "flows at 100k pps for each NF, checked against a single instance's state; exit 1 "
