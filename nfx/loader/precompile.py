@@ -117,9 +117,11 @@ def _read_image(sock: socket.socket) -> Image | None:
         lic, kern, funcs, maps, fd_names, btf_ids = pickle.loads(data)
         if len(btf_ids) != len(fds):
             raise EOFError
-    except EOFError:
+    except BaseException as e:       # a short read, or Ctrl-C while reading: the fds go back
         for fd in fds:
             os.close(fd)
-        return None
+        if isinstance(e, EOFError):
+            return None
+        raise
     return Image(lic, kern, funcs, {n: bpfsys.MapInfo.from_buffer_copy(b) for n, b in maps.items()},
                  fd_names, dict(zip(btf_ids, fds)))
