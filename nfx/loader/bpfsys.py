@@ -10,7 +10,8 @@ _libc.syscall.restype = ct.c_long
 SYS_BPF = 321
 
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
-OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD = 6, 7, 10, 15
+MAP_CREATE, PROG_LOAD = 0, 5
+OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD, BTF_GET_FD_BY_ID = 6, 7, 10, 15, 19
 MAP_LOOKUP_BATCH, MAP_LOOKUP_AND_DELETE_BATCH, MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 24, 25, 26, 27
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
@@ -52,9 +53,13 @@ def obj_get(path: str) -> int:
 
 
 class MapInfo(ct.Structure):
+    """struct bpf_map_info (uapi), up to map_extra."""
     _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
                 ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
-                ("name", ct.c_char * 16), ("_rest", ct.c_uint8 * 64)]
+                ("name", ct.c_char * 16), ("ifindex", ct.c_uint32), ("btf_vmlinux_value_type_id", ct.c_uint32),
+                ("netns_dev", ct.c_uint64), ("netns_ino", ct.c_uint64), ("btf_id", ct.c_uint32),
+                ("btf_key_type_id", ct.c_uint32), ("btf_value_type_id", ct.c_uint32), ("_pad", ct.c_uint32),
+                ("map_extra", ct.c_uint64), ("_rest", ct.c_uint8 * 16)]
 
 
 class _InfoAttr(ct.Structure):
@@ -66,6 +71,67 @@ def map_info(fd: int) -> MapInfo:
     a = _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info))
     _call(OBJ_GET_INFO_BY_FD, a)
     return info
+
+
+class _MapCreateAttr(ct.Structure):
+    _fields_ = [("map_type", ct.c_uint32), ("key_size", ct.c_uint32), ("value_size", ct.c_uint32),
+                ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32), ("inner_map_fd", ct.c_uint32),
+                ("numa_node", ct.c_uint32), ("map_name", ct.c_char * 16), ("map_ifindex", ct.c_uint32),
+                ("btf_fd", ct.c_uint32), ("btf_key_type_id", ct.c_uint32), ("btf_value_type_id", ct.c_uint32),
+                ("btf_vmlinux_value_type_id", ct.c_uint32), ("map_extra", ct.c_uint64)]
+
+
+F_RDONLY_PROG, MAP_DEVMAP_HASH = 1 << 7, 25
+
+
+def map_create(like: MapInfo, btf_fd: int = 0) -> int:
+    """A new, empty map of the same kind as `like` (type, sizes, flags, name, BTF types); returns its fd."""
+    flags = like.map_flags
+    if like.type in (MAP_DEVMAP, MAP_DEVMAP_HASH):
+        flags &= ~F_RDONLY_PROG         # a devmap gets it from the kernel, which refuses it from us
+    a = _MapCreateAttr(map_type=like.type, key_size=like.key_size, value_size=like.value_size,
+                       max_entries=like.max_entries, map_flags=flags, map_name=like.name,
+                       map_extra=like.map_extra)
+    if like.btf_id:
+        a.btf_fd, a.btf_key_type_id, a.btf_value_type_id = btf_fd, like.btf_key_type_id, like.btf_value_type_id
+    try:
+        return _call(MAP_CREATE, a)
+    except OSError as e:
+        raise BpfError(f"cannot create map {like.name.decode()}: {e.strerror}") from None
+
+
+def btf_fd_by_id(btf_id: int) -> int:
+    a = (ct.c_uint32 * 3)(btf_id, 0, 0)
+    try:
+        return _call(BTF_GET_FD_BY_ID, a)
+    except OSError as e:
+        raise BpfError(f"cannot open BTF object {btf_id}: {e.strerror}") from None
+
+
+class _ProgLoadAttr(ct.Structure):
+    _fields_ = [("prog_type", ct.c_uint32), ("insn_cnt", ct.c_uint32), ("insns", ct.c_uint64),
+                ("license", ct.c_uint64), ("log_level", ct.c_uint32), ("log_size", ct.c_uint32),
+                ("log_buf", ct.c_uint64), ("kern_version", ct.c_uint32), ("prog_flags", ct.c_uint32),
+                ("prog_name", ct.c_char * 16), ("prog_ifindex", ct.c_uint32),
+                ("expected_attach_type", ct.c_uint32)]
+
+
+def prog_load(prog_type: int, insns: bytes, name: str, license: bytes, kern_version: int = 0) -> int:
+    """Load raw instructions (map fds already in them); on a rejection the verifier's log is in the error."""
+    buf = ct.create_string_buffer(insns, len(insns))
+    lic = ct.create_string_buffer(license)
+    a = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ct.addressof(buf),
+                      license=ct.addressof(lic), kern_version=kern_version, prog_name=name.encode()[:15])
+    try:
+        return _call(PROG_LOAD, a)
+    except OSError:
+        pass
+    log = ct.create_string_buffer(1 << 20)      # again, to say why
+    a.log_level, a.log_size, a.log_buf = 1, len(log), ct.addressof(log)
+    try:
+        return _call(PROG_LOAD, a)
+    except OSError as e:
+        raise BpfError(f"cannot load {name}: {e.strerror}\n{log.value.decode(errors='replace')[-6000:]}") from None
 
 
 class _ElemAttr(ct.Structure):

@@ -7,6 +7,7 @@ import tempfile
 from ..errors import BpfError, KernelFeature
 from ..layout.hashing import QUOTED_INCLUDE as _QUOTED_INCLUDE
 from ..paths import BPF_DIR, BPF_INCLUDE, RUN_DIR
+from .image import Image
 
 COMPILE_LOG = RUN_DIR / "compile.log"
 
@@ -62,9 +63,36 @@ def expand_includes(text: str, seen: set[str] | None = None, name: str = "main")
     return _QUOTED_INCLUDE.sub(sub, text)
 
 
+# (file, text, cflags) -> Image of the first compile in this process: a program compiled again
+# with the same source and defines (two switches, two NF instances, a second rig) is loaded as
+# a copy with fresh maps instead (loader/image.py)
+_compiled: dict[tuple, Image] = {}
+# key -> a call that waits for a child compiling it (loader/precompile.py): its Image or None
+_pending: dict[tuple, object] = {}
+
+
 def compile_source(name: str, defines: dict[str, object] | None = None, path=None):
-    """Compile bpf/<name>.bpf.c (or the file at `path`, with the project's includes); returns a bcc.BPF."""
+    """Compile bpf/<name>.bpf.c (or the file at `path`, with the project's includes); returns a
+    bcc.BPF, or a loader.image.Copy (fresh maps, same instructions) when this process compiled
+    the same text with the same defines before (or a child did for it: loader/precompile.py).
+    Built with NFX_PIN_DIR (maps taken over from pins) it always compiles: a copy would make
+    fresh maps where the compile opens the pinned."""
     bcc = _bcc()
+    path, text, cflags, key = source_key(name, defines, path)
+    if key in _pending:
+        img = _pending.pop(key)()
+        if img is not None:
+            _compiled[key] = img
+    if key in _compiled:
+        return _compiled[key].load()
+    b = _compile(bcc, path, text, cflags, defines)
+    if key is not None:
+        _compiled[key] = Image.of(b)
+    return b
+
+
+def source_key(name: str, defines: dict | None = None, path=None):
+    """(path, text, cflags, cache key); the key is None for a build that must always compile."""
     from pathlib import Path
     path = Path(path) if path is not None else BPF_DIR / f"{name}.bpf.c"
     if not path.exists():
@@ -75,6 +103,15 @@ def compile_source(name: str, defines: dict[str, object] | None = None, path=Non
                             hint="run scripts/bootstrap.sh to install and link the nearest Debian headers")
     cflags = ["-w", f"-I{BPF_INCLUDE}"] + [f"-D{k}={v}" for k, v in (defines or {}).items()]
     text = expand_includes(path.read_text(), name=path.name).encode()
+    key = None if "NFX_PIN_DIR" in (defines or {}) else (str(path), text, tuple(cflags))
+    return path, text, cflags, key
+
+
+def cached(key) -> bool:
+    return key in _compiled or key in _pending
+
+
+def _compile(bcc, path, text: bytes, cflags: list[str], defines):
     if verbose():
         try:
             return bcc.BPF(text=text, cflags=cflags)

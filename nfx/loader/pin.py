@@ -30,6 +30,8 @@ def pin_maps(b, directory: Path, skip: tuple[str, ...] = ()) -> list[str]:
 
 
 def map_names(b) -> list[str]:
+    if hasattr(b, "table_names"):       # a loader.image.Copy
+        return b.table_names()
     import ctypes as ct
     from bcc.libbcc import lib
     lib.bpf_table_name.restype = ct.c_char_p

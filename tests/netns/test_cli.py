@@ -2,6 +2,7 @@
 codes on stderr, and testbed down leaving no namespace, link or pin behind."""
 import json
 import os
+import signal
 import subprocess
 
 import pytest
@@ -94,3 +95,50 @@ def test_down_leaves_nothing():
     assert not registry.path(n).exists()
     # nothing of ours was ever in the root namespace
     assert n not in links_before
+
+
+def _ours(name: str) -> list[int]:
+    """Processes whose command line names testbed `name` (the CLI, compile children, agents)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if f"\0{name}\0".encode() in f.read():
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.parametrize("sig,step", [(signal.SIGINT, "links"), (signal.SIGINT, "hosts"),
+                                      (signal.SIGTERM, "links"), (signal.SIGINT, "NF nf0")])
+def test_interrupted_build_leaves_nothing(sig, step):
+    """Ctrl-C (to the whole process group, as a terminal sends it) or SIGTERM while the build
+    runs, with the programs still compiling in children or being loaded: no namespace, pin,
+    registry entry or process stays."""
+    import sys
+    n = unique_name()
+    p = subprocess.Popen([sys.executable, "-m", "nfx", "testbed", "up", "--name", n, "--instances", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    try:
+        for line in p.stdout:
+            seen.append(line)
+            if step in line:
+                os.killpg(p.pid, sig) if sig == signal.SIGINT else p.send_signal(sig)
+                break
+        p.wait(timeout=120)           # not communicate(): a stray child would hold stdout open
+        assert _ours(n) == []
+        assert any(step in line for line in seen), seen
+        assert not registry.path(n).exists()
+        assert not (PIN_ROOT / n).exists()
+        assert not [x for x in os.listdir("/run/netns") if x.startswith(f"{n}-")]
+    finally:
+        p.stdout.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if registry.path(n).exists():
+            builder.down(n)
