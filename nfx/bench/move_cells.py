@@ -81,6 +81,8 @@ def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool
                                 continue          # the overlap is dist's, for lf and op
                             if m == "dup" and oset - {"none", "pz"}:
                                 continue          # the duplication baseline takes pz at most
+                            if (m == "slim" and oset - {"none", "rt"}) or (m != "slim" and "rt" in oset):
+                                continue          # SLiM takes rt at most, and rt is SLiM's
                             out.append({"mechanism": m, "guarantee": g, "opts": o, "rate_pps": r, "flows": f,
                                         "ctrl_delay_ms": d, "ctrl_rate_mbit": b,
                                         "data_delay_ms": data[0], "data_rate_mbit": data[1]})

@@ -13,7 +13,7 @@ from ..bench import table1 as t1
 from ..bench.move_cells import DEFAULT_FLOWS, DEFAULT_RATES, link_text, parse_opts_list, split
 from ..errors import BadInput
 from .bench_slim import slim_
-from .common import JsonOpt, emit_json, need_root, out, progress
+from .common import JsonOpt, emit_json, need_root, out, progress, write_bench
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks with a baseline measured in the same run.")
 
@@ -208,16 +208,7 @@ def sharp_(rates: str = typer.Option(",".join(map(str, sharp.DEFAULT_RATES)), "-
             raise typer.Exit(1)
         return
     r = sharp.run(split(rates, int), split(delays, float), repeat, timeout=timeout, progress=progress)
-    d = Path(plot_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "sharp.json").write_text(json.dumps(r, indent=1, default=str))
-    (d / "sharp.md").write_text(sharp_plot.table(r))
-    r["plots"] = [str(p) for p in sharp_plot.plot(r, d)]
-    if json_:
-        emit_json(r)
-    else:
-        out.print(sharp_plot.table(r))
-        out.print(f"plots: {', '.join(r['plots'])}; raw rows: {d / 'sharp.json'}")
+    write_bench(plot_dir, "sharp", r, sharp_plot.table, sharp_plot.plot, json_)
     if r["violations"]:
         raise typer.Exit(1)
 

@@ -8,7 +8,7 @@ from rich.table import Table
 from ..bench import slim, slim_plot
 from ..bench.move_cells import split
 from ..errors import BadInput
-from .common import JsonOpt, emit_json, need_root, out, progress
+from .common import JsonOpt, emit_json, need_root, out, progress, write_bench
 
 
 def wide():
@@ -61,14 +61,6 @@ def slim_(rates: str = typer.Option(",".join(map(str, slim.RATES_MBIT)), "--rate
         return
     r = slim.run(split(rates, float), split(sizes, int), split(nfs, str), split(mechanisms, str), flows, timeout,
                  progress=progress)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "slim.json").write_text(json.dumps(r, indent=1, default=str))
-    (d / "slim.md").write_text(slim_plot.table(r))
-    r["plots"] = [str(p) for p in slim_plot.plot(r, d)]
-    if json_:
-        emit_json(r)
-    else:
-        out.print(slim_plot.table(r))
-        out.print(f"plots: {', '.join(r['plots'])}; raw rows: {d / 'slim.json'}")
+    write_bench(plot_dir, "slim", r, slim_plot.table, slim_plot.plot, json_)
     if r["violations"]:
         raise typer.Exit(1)

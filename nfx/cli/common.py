@@ -43,3 +43,20 @@ def show(t: Table, console: Console = out) -> None:
     for c in t.columns:
         c.overflow = "fold"
     console.print(t)
+
+
+def write_bench(plot_dir: str, stem: str, result: dict, table, plot, json_: bool) -> None:
+    """A bench's results: the raw rows (<stem>.json), its markdown table (<stem>.md) and its
+    PNGs in plot_dir; then the table (or, --json, the whole result) on stdout."""
+    import json
+    from pathlib import Path
+    d = Path(plot_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    (d / f"{stem}.md").write_text(table(result))
+    result["plots"] = [str(p) for p in plot(result, d)]
+    if json_:
+        emit_json(result)
+    else:
+        out.print(table(result))
+        out.print(f"plots: {', '.join(result['plots'])}; raw rows: {d / (stem + '.json')}")

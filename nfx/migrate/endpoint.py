@@ -102,16 +102,8 @@ class Remote:
         """DiST's move, run by this (source) agent (AgentClient.move_dist). fire: the token of
         rules armed on the switches, for the agent to fire once it may. data_link: (delay ms,
         rate Mbit/s) of the emulated link the agent sends to dst over."""
-        self.lock.acquire()
-        try:
-            stream = self.c.move_dist(dst.name, epoch, guarantee, opts, flt.text, scopes, timeout, fire,
-                                      data_link[0], data_link[1])
-        except BaseException:
-            self.lock.release()
-            raise
-        if guarantee != "ng":
-            self.session = dst.session = True
-        return DistRun(self, dst, stream)
+        return self._run(dst, guarantee, lambda: self.c.move_dist(
+            dst.name, epoch, guarantee, opts, flt.text, scopes, timeout, fire, data_link[0], data_link[1]))
 
     def move_slim(self, dst: "Remote", epoch: int, guarantee: str, flt: Filter, scopes, timeout: float,
                   ready_statelets: int = 0, data_link=(0.0, 0.0), stall_reader_ms: float = 0.0,
@@ -119,10 +111,16 @@ class Remote:
         """SLiM's move, run by this (source) agent (AgentClient.move_slim): held() says the flows
         mirror, ready() that dst has caught up, go() that the switches point at dst, done()
         that dst applied the last statelets."""
+        return self._run(dst, guarantee, lambda: self.c.move_slim(
+            dst.name, epoch, guarantee, flt.text, scopes, timeout, ready_statelets, data_link[0], data_link[1],
+            stall_reader_ms, rt))
+
+    def _run(self, dst: "Remote", guarantee: str, open_stream) -> "DistRun":
+        """A move the source's agent runs on this client's connection, which it holds (the lock)
+        until the DistRun is closed; both instances take part in a session unless ng."""
         self.lock.acquire()
         try:
-            stream = self.c.move_slim(dst.name, epoch, guarantee, flt.text, scopes, timeout, ready_statelets,
-                                      data_link[0], data_link[1], stall_reader_ms, rt)
+            stream = open_stream()
         except BaseException:
             self.lock.release()
             raise
