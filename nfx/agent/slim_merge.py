@@ -18,7 +18,7 @@ from ..errors import BadInput
 from ..state import ops, replay
 from ..state.fastapply import StreamApplier
 from ..state.stbatch import parse_span
-from ..state.statelets import BY_NAME, SCHEMAS, updates
+from ..state.statelets import BY_NAME, SCHEMAS, STATE_SCOPES, updates
 
 MERGE_TABLES = ("ids_hosts", "ids_hostports", "nat_ports")
 ADDED = ("ids_hosts", "ids_hostports")     # merged by adding the source's part; a NAT port is refused
@@ -26,7 +26,7 @@ ADDED = ("ids_hosts", "ids_hostports")     # merged by adding the source's part;
 
 class Merge:
     def __init__(self, nf, scopes, flt):
-        bad = set(scopes) - set(replay.STATE_SCOPES)
+        bad = set(scopes) - set(STATE_SCOPES)
         if bad:
             raise BadInput("a SLiM move carries what statelets mirror: per-flow and multi-flow state "
                            f"({', '.join(sorted(bad))} is not mirrored: leave it out with --scopes per-flow,multi-flow)")

@@ -11,7 +11,7 @@ are created in the stream.
           come (so the ring never fills): statelets and records per second of kernel time (the
           test runs' own duration), drops (r_statelet_ring_full). Wall time, with one
           test-run syscall per packet from Python, is shown beside it.
-  reader  StateletReader.poll_batch on a ring filled by the same traffic again (src reset):
+  reader  stbatch.poll_batch on a ring filled by the same traffic again (src reset):
           the mmapped ring taken in batches of <= 1 MiB and parsed into statelet arrays.
   apply   StreamApplier(dst).install(snapshot), then .apply(batch) for each of those batches,
           maps written batch by batch; dst's state must then equal src's. Also onto a Tables.
@@ -35,7 +35,7 @@ from ..state import ops
 from ..state import replay as R
 from ..state.fastapply import StreamApplier, apply_fast
 from ..state.statelets import StateletReader, parse_record
-from ..state.stbatch import parse_span
+from ..state.stbatch import parse_span, poll_batch
 
 TARGET = 1_000_000
 STATE = ("per-flow", "multi-flow")
@@ -242,7 +242,7 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
     t0 = time.perf_counter()
     batches = []
     while True:
-        b = reader.poll_batch(0, batch)
+        b = poll_batch(reader, 0, batch)
         if not b.records:
             break
         batches.append(b)

@@ -40,7 +40,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="nfx: %(levelname)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        app(standalone_mode=False)
+        # outside standalone mode click returns a command's typer.Exit code instead of exiting
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except NfxError as e:
         print(f"nfx: error: {e}", file=sys.stderr)
         if e.hint:

@@ -8,7 +8,7 @@ before it (the entry's and the group's earlier ones), which is what the one-by-o
 Groups on that path: all SETs of one incarnation onto an entry of that incarnation (A), or the
 same after a whole SET that creates the entry (B); whole-value tables (nat_ports,
 ids_hostports) take the group's last op. Anything else (a deletion or a change of incarnation
-inside the group, a partial statelet before the creation) goes through replay._step, one
+inside the group, a partial statelet before the creation) goes through replay_one._step, one
 statelet at a time, on the same in-memory entries: rare, and exact by construction.
 
 The entries live in a Mirror per table (nfx/state/mirror.py: numpy rows, a dict from key bytes
@@ -26,7 +26,7 @@ import numpy as np
 from .. import layout as L
 from ..errors import BadInput, NotFound
 from . import ops
-from .replay import COUNTS, Tables, _step
+from .replay_one import COUNTS, Tables, _step
 from .mirror import INC_MASK, OFFS, Mirror, _raw
 from .statelets import BY_NAME, MAX, OR, SCHEMAS, WHOLE, Schema, Update, encode, from_dict
 from .stbatch import Batch, parse_records

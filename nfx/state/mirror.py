@@ -134,7 +134,7 @@ class Mirror:
             self.alive[row] = self.in_map[row] = False
             self.free.append(row)
 
-    # the store interface replay._step uses (one entry at a time)
+    # the store interface replay_one._step uses (one entry at a time)
     def _get(self, s: Schema, key: bytes):
         row = self.index.get(key)
         return None if row is None else s.value.from_buffer_copy(self.vals[row].tobytes())

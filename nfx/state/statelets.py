@@ -235,7 +235,7 @@ def updates(statelets) -> Iterable[Update]:
 class StateletReader(Closing):
     """The consumer of one instance's statelet ring (its own maps or reopened from pins, any
     process). poll() gives one dict per statelet (the agent's stream); poll_raw() the packets'
-    records as bytes, for speed (replay them with apply()); poll_batch() them parsed in bulk
+    records as bytes, for speed (replay them with apply()); poll_span() them for stbatch.poll_batch to parse in bulk
     (nfx/state/stbatch.py), fastest. The ring is read from its mmapped pages in bulk
     (nfx/loader/ringmap.py). One consumer per ring: a second reader competes for records."""
 
@@ -262,13 +262,12 @@ class StateletReader(Closing):
         self.seq += len(recs)
         return recs
 
-    def poll_batch(self, timeout_ms: int = 0, max_bytes: int = 0):
-        """The records that arrived, parsed in bulk: a stbatch.Batch (len() statelets,
-        .records records); replay it with fastapply.StreamApplier.apply or replay.apply."""
-        from .stbatch import parse_span
+    def poll_span(self, timeout_ms: int = 0, max_bytes: int = 0) -> tuple:
+        """The records that arrived, as one buffer and their offsets and lengths in it (what
+        stbatch.poll_batch parses in bulk)."""
         buf, offs, lens = self.ring.take(timeout_ms, max_bytes)
         self.seq += len(offs)
-        return parse_span(buf, offs, lens)
+        return buf, offs, lens
 
     def poll(self, timeout_ms: int = 0) -> list[dict]:
         seq0 = self.seq

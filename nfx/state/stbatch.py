@@ -100,3 +100,9 @@ def parse_records(records) -> Batch:
 def parse_updates(ups) -> Batch:
     """A Batch from Updates (one record each)."""
     return parse_records([encode(u) for u in ups])
+
+
+def poll_batch(reader, timeout_ms: int = 0, max_bytes: int = 0) -> Batch:
+    """What a StateletReader's ring holds, parsed in bulk (len() statelets, .records records);
+    replay it with fastapply.StreamApplier.apply or replay.apply."""
+    return parse_span(*reader.poll_span(timeout_ms, max_bytes))

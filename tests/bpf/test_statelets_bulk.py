@@ -1,5 +1,5 @@
 """The bulk statelet path on streams the real NAT and IDS programs write (BPF_PROG_TEST_RUN):
-poll_batch reads the mmapped ring in batches; replay.apply (bulk) and replay.apply_slow (one at a
+stbatch.poll_batch reads the mmapped ring in batches; replay.apply (bulk) and replay.apply_slow (one at a
 time) agree with each other and with the live maps, on a snapshot from before mirroring and on
 one taken mid-stream; a StreamApplier installs the snapshot into a second instance and replays
 the batches onto its maps, which then equal the source's. NAT streams include evictions, port
@@ -19,6 +19,7 @@ from nfx.nfs.nat import NAT, NatConfig
 from nfx.paths import REPO
 from nfx.state import ops
 from nfx.state import replay as R
+from nfx.state.stbatch import poll_batch
 from nfx.state import statelets as S
 from nfx.state.fastapply import StreamApplier
 from tests.bpf.test_statelets import eth, match_all, run
@@ -92,7 +93,7 @@ def test_nat_stream_with_evictions_and_recreations(nat):
             if r == 2 and i == 2:
                 snaps.append(list(ops.export(src, STATE)))     # a snapshot mid-stream
         run(src, eth() / IP(src="10.0.1.2", dst="10.0.2.2") / TCP(sport=4000, dport=80, flags="SA"[r % 2]))
-        batches.append(src.reader.poll_batch())
+        batches.append(poll_batch(src.reader))
         time.sleep(0.06 if r % 2 else 0)
     assert src.stats().get("r_statelet_ring_full", 0) == 0
     tot = check(src, dst, snaps, batches)
@@ -113,7 +114,7 @@ def test_ids_hosts_updated_by_many_flows(ids):
             run(src, udp(f"10.0.1.{2 + f % 3}", 1000 + f, 60 + f % 11, b"BAD" if f % 7 == r else b"ok"))
         if r == 1:
             snaps.append(list(ops.export(src, STATE)))
-        batches.append(src.reader.poll_batch())
+        batches.append(poll_batch(src.reader))
     assert max(len(b) for b in batches) > 40
     check(src, dst, snaps, batches)
     host = src.maps["ids_hosts"].get(L.u32.from_buffer_copy(bytes([10, 0, 1, 2])))
