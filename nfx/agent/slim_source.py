@@ -8,15 +8,17 @@ On this connection to the controller, in order:
     request   {op: move_slim, dst, epoch, guarantee, filter, scopes, timeout, ready_statelets, rt}
     JSON      {ok, flows, ibc, outside}            the flows mirror from now on
     JSON      {ready: {...}}                       relayed from dst: it has caught up
+    (controller) {duplicating: true}               lf/op: the switches send the flows to both
+    JSON      {caught_up: {...}}                   dst has applied what was sent until then
     (controller) {go: true}                        the switches point at dst (lf/op: after the
-                                                   two-phase update and the IBC on each side)
+                                                   IBC on each side)
     END       the move's figures                   dst applied the last statelets (and, lf/op,
                                                    released what it held)
 SLiM's mutual exclusion (lf/op): the IBC of each side is this source's cut. Packets before it are
 processed here and mirrored; those after it are copies the destination has too (the switch
 duplicates until phase 2), dropped by the gate (nfx_gate, a STATELET mark or filter after the
-cut). Once both IBCs are in, the source waits for its egress rings to empty (op: its last packets
-leave before the destination's first), sends what its statelet ring still holds and ends the
+cut). Once both IBCs are in, the source sends what its statelet ring still holds, waits for its
+egress rings to empty (op: its last packets leave before the destination's first) and ends the
 stream; the destination holds the moving flows' packets until it has applied that.
 
 A full statelet ring loses records (counted by the NF): the source then sends a fresh snapshot
@@ -227,8 +229,8 @@ class _Run:
             self.ctl(self.sock, wire.encode_json({"caught_up": {"applied_records": self.dst_applied}}))
 
     def stream(self, session) -> None:
-        """Statelets until the cut (lf/op: both sides' IBCs in after the redirect; ng: the
-        redirect, then a quiet ring)."""
+        """Statelets until the cut (lf/op: both sides' IBCs in, which come after dst's "ready";
+        ng: the controller's "go", then a quiet ring)."""
         if self.op:
             self._egress = [VethRing(i) for i in self.agent.wiring]
         deadline = time.monotonic() + self.timeout
