@@ -140,7 +140,7 @@ class SlimDest:
                 raise BadInput(f"unexpected {KIND_NAMES.get(kind, kind)} frame in a SLiM stream")
         if not installed:
             raise BadInput("the SLiM stream ended without a snapshot")
-        merge.finish(report)
+        merge.finish()
         applied_at = time.perf_counter()
         if lf:
             self.session.drain()                  # the held packets go, in order

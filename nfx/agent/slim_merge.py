@@ -86,7 +86,7 @@ class Merge:
             d.clear()
         self.sa = StreamApplier(self.nf)
 
-    def finish(self, report: dict) -> None:
+    def finish(self) -> None:
         """The stream has ended: add the source's part of every merged entry to this instance's."""
         hosts = self.aside.data.get("ids_hosts") or {}
         ports = self.aside.data.get("ids_hostports") or {}

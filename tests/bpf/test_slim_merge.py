@@ -69,7 +69,7 @@ def test_ids_host_counters_add_and_moved_flows_arrive_whole(pair):
     report: dict = {}
     for r in recs:
         m.apply(r, [len(r)], report)
-    m.finish(report)
+    m.finish()
     assert report["orphans"] == 0 and m.merged >= 1
     assert len(moved_src) == 15 and flows(dst, 7000, 7009) == moved_src      # the moved flows, whole
     h = host(dst)
