@@ -237,10 +237,13 @@ class _Run:
         held, last_send = [], 0.0
         next_drop_check = 0.0
         quiet_since = None
+        prev = time.monotonic()
         while True:
             recs = self.reader.poll_raw(POLL_MS)
             held += recs
             now = time.monotonic()
+            self.figures["max_poll_gap_ms"] = max(self.figures.get("max_poll_gap_ms", 0), round((now - prev) * 1e3, 2))
+            prev = now
             if len(held) >= SEND_RECORDS or (held and now - last_send >= SEND_EVERY_S):
                 # a frame per poll would be a few records each: dst pays per frame, so gather
                 self._send(held)

@@ -66,7 +66,7 @@ class Slim(Mechanism):
                          "statelet_ring_drops": d.get("statelet_ring_drops", 0), "ready": ready,
                          "source_phases_ms": d.get("phases_ms"), "replay": dst_fig.get("replay"),
                          "merged": dst_fig.get("merged", 0), "install_s": dst_fig.get("install_s"),
-                         "dst_end_ms": dst_fig.get("end_ms")},
+                         "dst_end_ms": dst_fig.get("end_ms"), "max_poll_gap_ms": d.get("max_poll_gap_ms")},
                 "bytes_on_wire": {**wire, "total": sum(wire.values())}}
 
     def cut(self, x: Ctx) -> None:
