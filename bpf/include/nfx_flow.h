@@ -90,7 +90,7 @@ enum nfx_stat {
     NFX_R_IBC,
     /* statelets (NFX_ACT_STATELET) */
     NFX_R_STATELET,          /* ring records written: one per mirrored packet that changed state */
-    NFX_R_STATELET_RING_FULL,    /* a mirrored packet's record lost: the ring was full */
+    NFX_R_STATELET_RING_FULL,    /* a mirrored packet's record lost: the ring would not take it */
     NFX_R_STATELET_BYTES,    /* bytes of the records written (sum, not a count) */
     NFX_R_STATELET_PKT_BYTES,    /* bytes of the packets those records mirror (sum) */
     /* switch: armed rules */
@@ -117,6 +117,9 @@ enum nfx_stat {
     NFX_R_DUP_COPY_DST,
     NFX_R_SHADOW,
     NFX_R_SHADOW_BYTES,
+    /* statelets: a mirrored packet's record lost because its statelets did not fit one record
+     * (NFX_STATELET_WORDS), told apart from a ring that would not take it */
+    NFX_R_STATELET_TOO_BIG,
     NFX_STAT_MAX = 96,
 };
 

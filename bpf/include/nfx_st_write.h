@@ -138,7 +138,7 @@ static __always_inline void nfx_st_end(struct nfx_st *s, __u32 pkt_len)
     __u32 n = s->n;
     nfx_count_add(NFX_R_STATELET_PKT_BYTES, pkt_len);
     if (s->lost) {
-        nfx_count(NFX_R_STATELET_RING_FULL);
+        nfx_count(NFX_R_STATELET_TOO_BIG);
         return;
     }
     if (n == 0)

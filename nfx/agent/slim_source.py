@@ -35,7 +35,7 @@ from ..movespec import GUARANTEES, ibc_keys, parse_data_link
 from ..packets import flow_keys, keys_blob
 from ..state import ops, wire
 from ..state.replay import sigma
-from ..state.statelets import StateletReader
+from ..state.statelets import StateletReader, lost
 from ..state.tables import SCOPES
 from .client import AgentClient
 from .prio import enter_rt, leave_rt
@@ -161,7 +161,7 @@ class _Run:
 
     def snapshot(self, scopes, flt) -> None:
         """The filter's state, exported now, to dst: installed in place of what it had of it."""
-        self.drops0 = self.nf.stats().get("r_statelet_ring_full", 0)
+        self.drops0 = lost(self.nf.stats())
         t = {}
         n = 0
         for c in ops.export(self.nf, scopes, flt, stats=t):
@@ -253,7 +253,7 @@ class _Run:
                                    f"(ready: {self.ready is not None}, redirected: {self.redirected})")
             if now >= next_drop_check:
                 next_drop_check = now + DROP_CHECK_S
-                drops = self.nf.stats().get("r_statelet_ring_full", 0)
+                drops = lost(self.nf.stats())
                 if drops > self.drops0:
                     # records are lost: a fresh snapshot replaces what dst has of the filter
                     if self.figures["resyncs"] >= MAX_RESYNCS:
@@ -286,7 +286,7 @@ class _Run:
         if self.op:
             self._egress_empty()
             self.phase("egress_empty")
-        if self.nf.stats().get("r_statelet_ring_full", 0) > self.drops0:
+        if lost(self.nf.stats()) > self.drops0:
             # lost at the very end: dst cannot be trusted with this stream; the move is called off
             raise NfxError("the statelet ring overflowed at the cut: the move is called off (the source keeps the flows)")
 

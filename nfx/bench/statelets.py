@@ -9,7 +9,7 @@ are created in the stream.
 
   ring    the NF's program writing records into the ring, a consumer thread taking them as they
           come (so the ring never fills): statelets and records per second of kernel time (the
-          test runs' own duration), drops (r_statelet_ring_full). Wall time, with one
+          test runs' own duration), drops (r_statelet_ring_full and r_statelet_too_big). Wall time, with one
           test-run syscall per packet from Python, is shown beside it.
   reader  stbatch.poll_batch on a ring filled by the same traffic again (src reset):
           the mmapped ring taken in batches of <= 1 MiB and parsed into statelet arrays.
@@ -34,7 +34,7 @@ from ..nfs.nat import NAT, NatConfig
 from ..state import ops
 from ..state import replay as R
 from ..state.fastapply import StreamApplier, apply_fast
-from ..state.statelets import StateletReader, parse_record
+from ..state.statelets import StateletReader, lost, parse_record
 from ..state.stbatch import parse_span, poll_batch
 
 TARGET = 1_000_000
@@ -224,7 +224,7 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
     th.join()
     st = src.stats()
     recs = st.get("r_statelet", 0) - before.get("r_statelet", 0)
-    drops = st.get("r_statelet_ring_full", 0) - before.get("r_statelet_ring_full", 0)
+    drops = lost(st) - lost(before)
     n_st = sum(len(parse_span(*t)) for t in taken)
     n_rec = sum(len(t[1]) for t in taken)
     npk = flows * pkts
@@ -236,7 +236,7 @@ def _measure(kind, flows, pkts, batch, src, dst, cfg, runner, reader, ns, progre
     with netns.enter(ns):
         _, _, snap = _traffic(src, runner, flows, pkts)
     live = list(ops.export(src, STATE))
-    drops2 = src.stats().get("r_statelet_ring_full", 0)
+    drops2 = lost(src.stats())
     pend = reader.ring.pending()
     w0 = dict(reader.ring.walks)
     t0 = time.perf_counter()

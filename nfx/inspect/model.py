@@ -17,7 +17,7 @@ DROPS = ("r_trunc_eth", "r_vlan", "r_arp", "r_ipv6", "r_non_ip", "r_trunc_ip", "
 HELD = ("r_buffered", "r_to_ctrl")
 # what the NF did besides forwarding (not drops)
 NF_EVENTS = ("r_nat_new", "r_nat_expired", "r_ids_sig_match", "r_ids_scan_alert", "r_ids_ring_full",
-             "r_ids_map_full", "r_ip_options", "r_empty_payload", "r_statelet_ring_full")
+             "r_ids_map_full", "r_ip_options", "r_empty_payload", "r_statelet_ring_full", "r_statelet_too_big")
 # moves (nfx/gate.py, nfx/agent/sessions.py): the gate's buffer/redirect/controller paths
 MOVES = ("r_buffered", "r_released", "r_redirected", "r_to_ctrl", "r_from_peer", "r_injected",
          "r_op_pre_ibc", "r_ibc")

@@ -87,6 +87,7 @@ class Stat(enum.IntEnum):
     R_DUP_COPY_DST = 71
     R_SHADOW = 72
     R_SHADOW_BYTES = 73
+    R_STATELET_TOO_BIG = 74
 
 
 STAT_MAX = 96

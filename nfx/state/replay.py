@@ -20,7 +20,7 @@ either way.
 """
 from .fastapply import apply_fast
 from .replay_one import COUNTS, Tables, apply_slow
-from .statelets import RINGBUF_HDR
+from .statelets import RINGBUF_HDR, lost
 
 __all__ = ["COUNTS", "Tables", "apply", "apply_slow", "sigma"]
 
@@ -59,7 +59,8 @@ def sigma(src, before: dict | None = None) -> dict:
     def d(k):
         return s.get(k, 0) - b.get(k, 0)
 
-    recs, sb, pb, drops = d("r_statelet"), d("r_statelet_bytes"), d("r_statelet_pkt_bytes"), d("r_statelet_ring_full")
+    recs, sb, pb = d("r_statelet"), d("r_statelet_bytes"), d("r_statelet_pkt_bytes")
+    drops = lost(s) - lost(b)
     return {"records": recs, "statelet_bytes": sb, "packet_bytes": pb, "dropped": drops,
             "sigma": sb / pb if pb else 0.0, "ring_bytes": sb + RINGBUF_HDR * recs,
             "bytes_per_record": sb / recs if recs else 0.0}

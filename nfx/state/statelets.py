@@ -27,6 +27,13 @@ HDR = struct.Struct("<BBBBI")          # struct nfx_statelet: table, op, nval, m
 WORD = 8
 RINGBUF_HDR = 8                        # the kernel's per-record header in the ring
 STATE_SCOPES = ("per-flow", "multi-flow")
+# the NF's counters of mirrored packets whose record it could not write (nfx_st_write.h)
+LOST_REASONS = ("r_statelet_ring_full", "r_statelet_too_big")
+
+
+def lost(stats: dict) -> int:
+    """Statelet records an instance could not write, from its stats (NF.stats())."""
+    return sum(stats.get(k, 0) for k in LOST_REASONS)
 
 
 # ---- the schema: which map each table id names, and its fields' bits ------------------------------
@@ -289,7 +296,7 @@ class StateletReader(Closing):
 
     def dropped(self) -> int:
         """Records the instance could not write (ring full), since it was loaded."""
-        return self.nf.stats().get("r_statelet_ring_full", 0)
+        return lost(self.nf.stats())
 
     def close(self) -> None:
         self.ring.close()
