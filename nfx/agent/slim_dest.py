@@ -34,7 +34,7 @@ from .ops_move import _b64
 from .prio import enter_rt, leave_rt
 from .protocol import REQUEST_MAX
 from .slim_merge import Merge
-from .transport import Closed, KIND_NAMES, read_header
+from .transport import Closed, read_header
 
 SLIM_OPS = ("move_slim", "slim_in")
 GATHER_BYTES = 8 << 20      # most statelet bytes replayed at once
@@ -137,7 +137,7 @@ class SlimDest:
                 break
             else:
                 r.skip(length)
-                raise BadInput(f"unexpected {KIND_NAMES.get(kind, kind)} frame in a SLiM stream")
+                raise BadInput(f"unexpected {wire.KIND_NAMES.get(kind, kind)} frame in a SLiM stream")
         if not installed:
             raise BadInput("the SLiM stream ended without a snapshot")
         merge.finish()

@@ -43,7 +43,8 @@ class Merge:
         if snap.other:
             raise BadInput(f"a SLiM snapshot holds only per-flow and multi-flow state, not {snap.other[0].table}")
         here = ops.index(ops.export(self.nf, ("multi-flow",)))
-        self.own = {(n, k) for n, k in here if n in ADDED} if not self.own else self.own
+        # what is here now is this instance's own (a resync has removed what the last snapshot put)
+        self.own = {(n, k) for n, k in here if n in ADDED}
         for name in MERGE_TABLES:
             d = snap.data.get(name)
             if not d:

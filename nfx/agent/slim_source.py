@@ -84,8 +84,7 @@ class SlimSource:
         reader = StateletReader(self.nf)
         reader.drain(idle_ms=0, timeout_s=1.0)  # records of no move of ours (an earlier one's) go
         peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
-        run = _Run(self, sock, r, peer, reader, lf, op, timeout)
-        run.rt = rt
+        run = _Run(self, sock, r, peer, reader, lf, op, rt, timeout)
         run.got(req)                             # the controller's request
         try:
             stats0 = self.nf.stats()
@@ -128,7 +127,7 @@ class SlimSource:
 class _Run:
     """One move_slim's stream: the snapshot, the statelets, the controller's and dst's frames."""
 
-    def __init__(self, agent, sock, r, peer: AgentClient, reader: StateletReader, lf: bool, op: bool,
+    def __init__(self, agent, sock, r, peer: AgentClient, reader: StateletReader, lf: bool, op: bool, rt: bool,
                  timeout: float):
         self.agent, self.nf, self.sock, self.r = agent, agent.nf, sock, r
         self.peer, self.reader, self.lf, self.op, self.timeout = peer, reader, lf, op, timeout
@@ -137,7 +136,7 @@ class _Run:
                         "statelet_bytes": 0, "resyncs": 0, "export_s": 0.0, "phases_ms": {},
                         "control_bytes": 0}
         self.ready = None
-        self.rt = False
+        self.rt = rt
         self.redirected = False
         self.dst_applied = 0          # records dst has said it applied
         self.dup_mark: int | None = None    # records sent when the switches began to duplicate
