@@ -16,6 +16,7 @@ import ctypes as ct
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ from .filter import Filter
 log = logging.getLogger("nfx.move")
 RELEASE_TRIES = 5
 FRAME0 = bytes(60)     # the release path grows or shrinks this to each packet
+SLOT_SIZE = ct.sizeof(L.ReleaseSlot)
+SLOT_DATA = L.ReleaseSlot.data.offset
+SLOT_HEAD = struct.Struct("<IBB")      # nfx_release_slot's len, side, rx (tests/unit checks it)
 
 
 class GATE_MAPS(MapSet):
@@ -42,6 +46,8 @@ class GATE_MAPS(MapSet):
     nfx_move_cfg = MapSpec(L.u32, L.MoveCfg)
     nfx_move_state = MapSpec(L.u32, L.MoveState)
     nfx_release = MapSpec(L.u32, L.ReleaseSlot)
+    nfx_hold = MapSpec(L.u32, L.ReleaseSlot)          # the hold FIFO: the program alone writes both
+    nfx_hold_state = MapSpec(L.u32, L.HoldState)
     nfx_drain = MapSpec(L.FlowKey, L.u32)
     nfx_pktbuf = MapSpec(RingStandIn, RingStandIn)   # ringbuf: read it with Gate.ring()
 
@@ -166,10 +172,15 @@ class Gate:
     def move_state(self) -> L.MoveState:
         return self.maps.nfx_move_state.get(L.u32(0)) or L.MoveState()
 
+    def hold_state(self) -> L.HoldState:
+        """The gate's hold FIFO (bpf/include/nfx_hold.h): written by the program only."""
+        return self.maps.nfx_hold_state.get(L.u32(0)) or L.HoldState()
+
     def reset_move(self) -> None:
-        """Between moves: no epoch, no IBCs seen (the release cursor keeps counting)."""
-        cur = self.move_state().release_cursor
-        self.maps.nfx_move_state.put(L.u32(0), L.MoveState(release_cursor=cur))
+        """Between moves: no epoch, no IBCs seen (the release cursor and sequence keep counting)."""
+        st = self.move_state()
+        self.maps.nfx_move_state.put(L.u32(0), L.MoveState(release_cursor=st.release_cursor,
+                                                           release_seq=st.release_seq))
         with _CFG_LOCK:
             self.maps.nfx_move_cfg.put(L.u32(0), L.MoveCfg(flushed_seq=self.move_cfg().flushed_seq))
 
@@ -225,6 +236,10 @@ class Releaser:
         self.released = 0
         self.ring_waits = 0         # calls that had to wait for a ring
         self.ring_wait_s = 0.0
+        # one call's slots, reused: filled with struct and slice copies, a few times cheaper
+        # per packet than ctypes field writes
+        self._slots = bytearray(SLOT_SIZE * self.PER_CALL)
+        self._keys = (L.u32 * self.PER_CALL)()
 
     def close(self):
         if self.prog_fd >= 0:
@@ -234,19 +249,45 @@ class Releaser:
             r.close()
         self.rings = []
 
-    def release(self, packets: list[Packet], rx: int = L.RX_RELEASED, batch: int = 32) -> int:
-        """Replay packets (RX_RELEASED: from this instance's buffer, counted by the gate;
-        RX_INJECTED: from elsewhere, processed as they are). Returns the last sequence number."""
+    def release_held(self, batch: int = 32) -> int:
+        """Replay what waits in the gate's hold FIFO (move_cfg.hold), in order, PER_CALL at a time
+        with room in the egress rings; stop at a slot not committed yet (the next call takes it).
+        Returns how many packets went."""
         with self.lock:
             done = 0
-            last = self.gate.move_state().release_cursor
+            while True:
+                hs = self.gate.hold_state()
+                waiting = (hs.head - hs.cursor) & 0xFFFFFFFF
+                if not waiting:
+                    break
+                self._wait_for_room()
+                n = min(waiting, self.PER_CALL)
+                with netns.enter(self.ns):
+                    bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=n, live=True, ingress_ifindex=self.ifindex,
+                                         batch_size=min(batch, n))
+                took = (self.gate.hold_state().cursor - hs.cursor) & 0xFFFFFFFF
+                self.gate.set_move_cfg(flushed_seq=self.gate.move_state().release_seq)
+                done += took
+                if took < n:
+                    break                # a slot reserved, not yet written: it is the next call's
+            self.released += done
+            return done
+
+    def release(self, packets: list[Packet], rx: int = L.RX_RELEASED, batch: int = 32) -> int:
+        """Replay packets (RX_RELEASED: from this instance's buffer, counted by the gate;
+        RX_INJECTED: from elsewhere, processed as they are) through the release slots; not while
+        the gate holds in its own FIFO (move_cfg.hold), which the release path then reads."""
+        with self.lock:
+            if self.gate.move_cfg().hold:
+                raise BpfError("the gate holds in its FIFO: its release path does not read release slots now")
+            done = 0
             while done < len(packets):
                 self._wait_for_room()
                 part = packets[done:done + self.PER_CALL]
-                last = self._run(part, rx, batch)
+                self._run(part, rx, batch)
                 done += len(part)
             self.released += len(packets)
-            return last
+            return done
 
     def _wait_for_room(self) -> None:
         if not self.rings or max(r.fill() for r in self.rings) <= self.ROOM:
@@ -261,19 +302,19 @@ class Releaser:
             time.sleep(0.0001)
         self.ring_wait_s += time.monotonic() - t0
 
-    def _run(self, part: list[Packet], rx: int, batch: int) -> int:
+    def _run(self, part: list[Packet], rx: int, batch: int) -> None:
         n = len(part)
         cur = self.gate.move_state().release_cursor
-        keys = (L.u32 * n)()
-        slots = (L.ReleaseSlot * n)()
+        buf, keys = self._slots, self._keys
         for i, p in enumerate(part):
-            if not 14 <= len(p.data) <= L.MAX_PKT:
-                raise BadInput(f"packet of {len(p.data)} bytes cannot be released")
+            size = len(p.data)
+            if not 14 <= size <= L.MAX_PKT:
+                raise BadInput(f"packet of {size} bytes cannot be released")
             keys[i] = (cur + i) % L.RELEASE_SLOTS
-            s = slots[i]
-            s.len, s.side, s.rx = len(p.data), p.side, rx
-            ct.memmove(s.data, p.data, len(p.data))
-        self.gate.maps.nfx_release.update_batch(keys, slots, n)
+            at = i * SLOT_SIZE
+            SLOT_HEAD.pack_into(buf, at, size, p.side, rx)
+            buf[at + SLOT_DATA:at + SLOT_DATA + size] = p.data
+        self.gate.maps.nfx_release.update_batch(keys, (L.ReleaseSlot * n).from_buffer(buf), n)
         # a live run can stop part way (the kernel ends it early on a pending signal, or fails
         # to set it up): the cursor says how far it got, and only the rest is run again, so no
         # packet goes twice and none is left in its slot
@@ -294,5 +335,4 @@ class Releaser:
         if end != cur + n:
             raise BpfError(f"release path consumed {end - cur} of {n} slots" + (f": {err}" if err else ""))
         if rx == L.RX_RELEASED:
-            self.gate.set_move_cfg(flushed_seq=end)
-        return end
+            self.gate.set_move_cfg(flushed_seq=self.gate.move_state().release_seq)

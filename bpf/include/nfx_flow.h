@@ -120,6 +120,10 @@ enum nfx_stat {
     /* statelets: a mirrored packet's record lost because its statelets did not fit one record
      * (NFX_STATELET_WORDS), told apart from a ring that would not take it */
     NFX_R_STATELET_TOO_BIG,
+    /* the hold FIFO (nfx_hold.h): a packet to hold found it full (dropped, like BUF_RING_FULL);
+     * the release path reached a slot reserved but not yet written (it runs again) */
+    NFX_R_HOLD_FULL,
+    NFX_R_RELEASE_WAIT,
     NFX_STAT_MAX = 96,
 };
 

@@ -1,5 +1,6 @@
 /* nfx_move.h: moves: in-band control and trigger frames, the buffer ring's records, the release
- * path, and an instance's move config and state. Python mirror: nfx/layout/move.py. */
+ * path and the hold FIFO's slots, and an instance's move config and state. Python mirror:
+ * nfx/layout/move.py. */
 #ifndef NFX_MOVE_H
 #define NFX_MOVE_H
 
@@ -19,6 +20,9 @@ struct nfx_fire_payload {            /* the trigger's UDP payload */
 
 #define NFX_MAX_PKT       1536
 #define NFX_RELEASE_SLOTS 4096
+#ifndef NFX_HOLD_SLOTS
+#define NFX_HOLD_SLOTS    16384        /* the hold FIFO (nfx_hold.h): 25 MiB, 100 ms at 160k pps */
+#endif
 
 /* how a packet reached the NF */
 #define NFX_RX_PEER     1   /* over a peer link: redirected by another instance */
@@ -54,14 +58,28 @@ struct nfx_buf_hdr {
     __u8  pad[5];
 };
 
-/* one packet for the release path: the agent fills slots, a live test run replays them */
+/* one packet for the release path: the agent fills release slots, the gate fills hold slots
+ * (nfx_hold.h); a live test run replays them */
 struct nfx_release_slot {
     __u32 len;
     __u8  side;
     __u8  rx;                /* NFX_RX_RELEASED or NFX_RX_INJECTED */
     __u16 pad;
-    __u32 pad2[2];
+    __u32 seq;               /* hold slots: the reservation's number + 1, written last (committed) */
+    __u32 pad2;
+    __u64 ts_ns;             /* hold slots: when the gate held it */
     __u8  data[NFX_MAX_PKT];
+};
+
+/* the hold FIFO's positions (array of 1): written by the program only */
+struct nfx_hold_state {
+    struct bpf_spin_lock lock;   /* reservations: any CPU may hold a packet */
+    __u32 head;              /* slots reserved so far (slot = head % NFX_HOLD_SLOTS) */
+    __u32 cursor;            /* slots the release path has taken (it alone writes it) */
+    __u32 peak;              /* most slots in use at once, in this epoch */
+    __u32 epoch;             /* the move epoch peak and max_wait_ns are for */
+    __u32 pad;
+    __u64 max_wait_ns;       /* the longest a released packet of this epoch was held */
 };
 
 /* the move an instance takes part in (array of 1): written by its agent only */
@@ -72,6 +90,8 @@ struct nfx_move_cfg {
     __u32 op;                /* order-preserving: switch-path packets before the switch's IBC drop */
     __u32 peer_cut;          /* the source's cut is in, on both sides (opennf: at the controller) */
     __u32 dup;               /* dup's role: NFX_DUP_SOURCE, NFX_DUP_SHADOW (0: no dup move) */
+    __u32 hold;              /* destination: held packets wait in the gate's hold FIFO (nfx_hold.h),
+                              * not in the agent; the release path replays from it */
 };
 
 /* what the program records during a move (array of 1): written by the program only, so the
@@ -79,9 +99,9 @@ struct nfx_move_cfg {
 struct nfx_move_state {
     __u32 ibc_switch[2];     /* by side: the IBC arrived from the switch */
     __u32 ibc_peer[2];       /* by side: the IBC arrived from the source instance */
-    __u32 release_cursor;    /* release slots consumed so far; slot = cursor % NFX_RELEASE_SLOTS,
-                              * release sequence number = cursor + 1 */
-    __u32 pad;
+    __u32 release_cursor;    /* release slots consumed so far; slot = cursor % NFX_RELEASE_SLOTS */
+    __u32 release_seq;       /* packets released so far, from either source: a released packet's
+                              * sequence number (compared with flushed_seq) */
 };
 
 #endif /* NFX_MOVE_H */

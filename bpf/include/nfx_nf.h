@@ -1,7 +1,8 @@
 /* nfx_nf.h: what every NF program runs around its own logic: the gate (per-flow marks, then
  * wildcard filters for flows with no mark), moves, and the wiring that forwards a packet out the
  * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by
- * nfx_dup.h. Layouts are in nfx_gate.h, nfx_move.h and nfx_statelet.h. */
+ * nfx_dup.h, held packets kept in the gate by nfx_hold.h. Layouts are in nfx_gate.h, nfx_move.h
+ * and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
 
@@ -11,6 +12,7 @@
 #include "nfx_hsl.h"
 #include "nfx_st_write.h"
 #include "nfx_dup.h"
+#include "nfx_hold.h"
 
 #ifndef NFX_MAX_FLOWS
 #define NFX_MAX_FLOWS 262144
@@ -51,38 +53,54 @@ BPF_PERCPU_ARRAY(nfx_bufscratch, struct nfx_buf_rec, 1);
 #define NFX_ACT_PRE_IBC 100     /* internal: an OP switch-path packet that precedes the IBC */
 #define NFX_PEER_MAC4   0xfe    /* peer-link frames: dst MAC 02:00:00:00:fe:<side> */
 
-/* The release path: a live test run naming the release veth as ingress replays the agent's
- * release slots, one per frame, through this same program. */
+/* The release path: a live test run naming the release veth as ingress replays, one per frame,
+ * the agent's release slots, or (move_cfg.hold) the gate's hold FIFO, through this same
+ * program. Returns the packet's side, -1 for a slot that was empty or malformed (skipped), -2
+ * for a hold slot not committed yet (left for the next run). */
 static __always_inline int nfx_release_load(struct xdp_md *ctx, __u32 *rx, __u32 *seq)
 {
     __u32 z = 0;
     struct nfx_move_state *ms = nfx_move_state.lookup(&z);
-    if (!ms)
+    struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
+    if (!ms || !mv)
         return -1;
-    __u32 n = ms->release_cursor;
-    ms->release_cursor = n + 1;          /* one releaser at a time: the agent serialises */
-    __u32 i = n % NFX_RELEASE_SLOTS;
-    struct nfx_release_slot *s = nfx_release.lookup(&i);
+    struct nfx_hold_state *hs = 0;
+    struct nfx_release_slot *s = 0;
+    if (mv->hold) {
+        int wait = 0;
+        s = nfx_hold_next(&hs, &wait);
+        if (wait)
+            return -2;
+    } else {
+        __u32 n = ms->release_cursor;
+        ms->release_cursor = n + 1;      /* one releaser at a time: the agent serialises */
+        __u32 i = n % NFX_RELEASE_SLOTS;
+        s = nfx_release.lookup(&i);
+    }
     if (!s)
         return -1;
+    int side = -1;
     __u64 len = s->len;
     if (len > NFX_MAX_PKT)
-        return -1;
+        len = 0;
     asm volatile("" : "+r"(len));        /* keep the verifier's bounds on this register */
-    if (len < sizeof(struct ethhdr))
-        return -1;
-    int cur = bpf_xdp_get_buff_len(ctx);
-    if (bpf_xdp_adjust_tail(ctx, (int)len - cur))
-        return -1;
-    if (bpf_xdp_store_bytes(ctx, 0, s->data, len))
+    if (len >= sizeof(struct ethhdr)) {
+        int cur = bpf_xdp_get_buff_len(ctx);
+        if (!bpf_xdp_adjust_tail(ctx, (int)len - cur) && !bpf_xdp_store_bytes(ctx, 0, s->data, len))
+            side = s->side & 1;
+    }
+    if (hs)
+        nfx_hold_done(hs, s);            /* copied out (or skipped): the slot may be reused */
+    if (side < 0)
         return -1;
     *rx = s->rx & (NFX_RX_RELEASED | NFX_RX_INJECTED);
-    *seq = n + 1;
+    *seq = ++ms->release_seq;
     nfx_count(*rx & NFX_RX_RELEASED ? NFX_R_RELEASED : NFX_R_INJECTED);
-    return s->side & 1;
+    return side;
 }
 
-/* Which side a packet belongs to (-1: not ours) and how it arrived. */
+/* Which side a packet belongs to (-1: not ours; -2: a release run's frame with no packet,
+ * counted) and how it arrived. */
 static __always_inline int nfx_rx(struct xdp_md *ctx, struct nfx_port_cfg *pc, __u32 *rx, __u32 *seq)
 {
     __u32 ifi = ctx->ingress_ifindex;
@@ -96,8 +114,10 @@ static __always_inline int nfx_rx(struct xdp_md *ctx, struct nfx_port_cfg *pc, _
         return -1;
     if (ifi == pc->release_ifindex) {
         int side = nfx_release_load(ctx, rx, seq);
-        if (side < 0)
-            nfx_count(NFX_R_RELEASE_BAD);
+        if (side < 0) {
+            nfx_count(side == -2 ? NFX_R_RELEASE_WAIT : NFX_R_RELEASE_BAD);
+            side = -2;
+        }
         return side;
     }
 #pragma unroll
@@ -280,11 +300,16 @@ static __always_inline int nfx_gate_act(struct xdp_md *ctx, struct nfx_flow_key 
     if (act == NFX_ACT_REDIRECT)
         return nfx_redirect_peer(ctx, peer, side);
     if (act == NFX_ACT_BUFFER || act == NFX_ACT_TO_CTRL) {
-        __u32 epoch = m ? m->epoch : 0;
-        if (nfx_buffer(ctx, k, act == NFX_ACT_BUFFER ? NFX_BUF_PACKET : NFX_BUF_TO_CTRL, side, rx, epoch) == 0) {
+        __u32 epoch = m ? m->epoch : 0, z = 0;
+        struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
+        /* a destination that holds in the gate: its held packets never reach the agent */
+        int in_gate = act == NFX_ACT_BUFFER && mv && mv->hold;
+        int held = in_gate ? nfx_hold_put(ctx, side, epoch)
+                           : nfx_buffer(ctx, k, act == NFX_ACT_BUFFER ? NFX_BUF_PACKET : NFX_BUF_TO_CTRL, side, rx, epoch);
+        if (held == 0) {
             nfx_count(act == NFX_ACT_BUFFER ? NFX_R_BUFFERED : NFX_R_TO_CTRL);
         } else {
-            nfx_count(NFX_R_BUF_RING_FULL);
+            nfx_count(in_gate ? NFX_R_HOLD_FULL : NFX_R_BUF_RING_FULL);
             if (m && act == NFX_ACT_BUFFER) {   /* not buffered after all: keep the counts exact */
                 bpf_spin_lock(&m->lock);
                 m->buffered--;
@@ -417,7 +442,8 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     __u32 rx = 0, rel_seq = 0, peer = 0;
     *side = nfx_rx(ctx, pc, &rx, &rel_seq);
     if (*side < 0) {
-        nfx_count(NFX_R_NO_PORT);
+        if (*side == -1)
+            nfx_count(NFX_R_NO_PORT);
         return 0;
     }
     /* before the parse: what the NF does with a packet it cannot parse (an ICMP error it

@@ -79,13 +79,14 @@ class MoveOps:
         return {"epoch": epoch, "role": role, "marked": len(keys)}
 
     def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: int,
-                       er: bool = False, dup: bool = False, hold_own: bool = False) -> MoveSession:
+                       er: bool = False, dup: bool = False, hold_own: bool = False,
+                       in_gate: bool = False) -> MoveSession:
         if self.session is not None:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         self._ctrl_q = queue.Queue() if role == "src-ctrl" else None
         on_ctrl = self._ctrl_q.put if self._ctrl_q is not None else None
         s = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl, egress=self.wiring)
-        s.er, s.dup, s.hold_own = er, dup, hold_own
+        s.er, s.dup, s.hold_own, s.in_gate = er, dup, hold_own, in_gate
         s.begin(keys, flt, peer)
         self.session = s
         return s

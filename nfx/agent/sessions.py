@@ -14,7 +14,11 @@ A *src-dup* source holds its tagged copies (DUP_HOLD) until its snapshot is out,
 them; its cut is the switch's IBC on both sides (every untagged packet is processed). Its
 destination (role dst, `dup`) buffers its copies like any destination and processes them in
 shadow (output dropped, bpf/include/nfx_nf.h) once drained; after the repoint the switch's
-untagged IBC on both sides (`final_cut`) says its last copy has arrived."""
+untagged IBC on both sides (`final_cut`) says its last copy has arrived.
+
+A destination whose held packets go in arrival order (SLiM's: no peer path, no early release)
+may hold them in the gate itself (`in_gate`, bpf/include/nfx_hold.h): the release path replays
+them from the gate's FIFO and none passes through this process; the ring then carries only IBCs."""
 import logging
 import threading
 import time
@@ -59,6 +63,8 @@ class MoveSession:
         self.ibc_final = [False, False]    # dup's destination: by side, the untagged IBC after the repoint
         self.dup = False                   # a dup move's destination (shadow); set before begin()
         self.hold_own = False              # ... op: its own packets wait for release_own(); set before begin()
+        self.in_gate = False               # dst: held packets wait in the gate's FIFO; set before begin()
+        self._hold0 = None                 # the FIFO's head when this move began
         self.draining = False
         self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
         self.early_keys: set[bytes] = set()
@@ -77,7 +83,10 @@ class MoveSession:
         """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
         if self.role == "dst":
             dup = (L.DUP_SHADOW | (L.DUP_HOLD_OWN if self.hold_own else 0)) if self.dup else 0
-            self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op), dup=dup)
+            if self.in_gate and (self.dup or self.sharp):
+                raise ValueError("only a destination that releases in arrival order holds in the gate")
+            self._hold0 = self.gate.hold_state().head if self.in_gate else None
+            self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op), dup=dup, hold=int(self.in_gate))
         elif self.role == "src-dup":
             # its switch IBC counts (the cut before the snapshot)
             self.gate.set_move_cfg(epoch=self.epoch, dup=L.DUP_SOURCE)
@@ -142,15 +151,19 @@ class MoveSession:
         try:
             while not self._stop.is_set():
                 asked = self._drain_when_read
-                pkts = self.ring.poll(5)
+                # draining from the gate's FIFO: the ring has only IBCs, so it is not waited on
+                gate_drain = self.in_gate and self.draining
+                pkts = self.ring.poll(0 if gate_drain else 5)
                 if pkts:
                     self._take(pkts)
+                if gate_drain and not self._release_held():
+                    time.sleep(0.0002)
                 if asked:
                     # this read began after drain_when_read(): it took every record committed
                     # before the call (libbpf consumes up to where the producer is)
                     self._drain_when_read = False
                     self.drain()
-                if self.draining:
+                if self.draining and not self.in_gate:
                     self._release_ready()
                 elif self.early_keys:
                     self._early_ready()
@@ -259,7 +272,24 @@ class MoveSession:
         # how long the oldest of them was held back: the delay this move added
         self.stats["max_hold_us"] = max(self.stats.get("max_hold_us", 0), (now - min(p.ts_ns for p in batch)) / 1e3)
 
+    def _release_held(self) -> int:
+        """in_gate: replay what waits in the gate's FIFO; the figures come from the gate."""
+        with self.rlock:
+            n = self.releaser.release_held()
+            if n:
+                self._ring_stats()
+                self.stats["released"] += n
+            hs = self.gate.hold_state()
+            self.stats["buffered"] = (hs.head - self._hold0) & 0xFFFFFFFF
+            if hs.epoch == self.epoch:
+                self.stats["buffer_peak"] = hs.peak
+                self.stats["max_hold_us"] = hs.max_wait_ns / 1e3
+            return n
+
     def _release_ready(self) -> None:
+        if self.in_gate:
+            self._release_held()
+            return
         with self.rlock:
             with self.lock:
                 if self.hold_own:
@@ -309,6 +339,10 @@ class MoveSession:
         with self.lock:
             if self.peer_q or self.switch_q:
                 return False
+        if self.in_gate:
+            hs = self.gate.hold_state()
+            if hs.head != hs.cursor:
+                return False
         flushed = self.gate.move_cfg().flushed_seq
         return all(m.action not in HOLDING or (m.buffered == m.released and m.last_release <= flushed)
                    for m in self.gate.marks().values())
@@ -318,6 +352,9 @@ class MoveSession:
         with self.lock:
             out = {"peer_q": len(self.peer_q), "switch_q": len(self.switch_q), "draining": self.draining,
                    "ibc_peer": list(self.ibc_peer), "ibc_switch": list(self.ibc_switch)}
+        if self.in_gate:
+            hs = self.gate.hold_state()
+            out["hold_fifo"] = {"head": hs.head, "cursor": hs.cursor}
         cfg = self.gate.move_cfg()
         st = self.gate.move_state()
         out.update(flushed=cfg.flushed_seq, drain_epoch=cfg.drain_epoch, epoch=cfg.epoch, peer_cut=cfg.peer_cut,
@@ -343,7 +380,7 @@ class MoveSession:
             self._thread.join(timeout=2)
         self._take(self.ring.poll(0))
         self.hold_own = False             # a called-off op dup move: its own packets go too
-        if self.role in HOLDERS and (self.peer_q or self.switch_q):
+        if self.role in HOLDERS and (self.peer_q or self.switch_q or self.in_gate):
             self._release_ready()
         self.gate.reset_move()            # the ring reader stays open for the next move
         if self.releaser:

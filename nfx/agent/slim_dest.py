@@ -60,7 +60,8 @@ class SlimDest:
 
     def _slim_in(self, sock, r, epoch: int, lf: bool, rt: bool, flt, scopes, keys, ready_statelets: int) -> None:
         if lf:
-            s = self._begin_session("dst", epoch, True, keys, flt, 0)
+            # held in arrival order (one path in): in the gate, so none passes through here
+            s = self._begin_session("dst", epoch, True, keys, flt, 0, in_gate=True)
             s.gate.set_move_cfg(peer_cut=1)       # no peer path: the stream's end is the source's cut
         wire.write(sock, wire.encode_json({"ok": True, "op": "slim_in"}))
         t0 = time.perf_counter()

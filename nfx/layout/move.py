@@ -17,6 +17,7 @@ class FirePayload(ct.Structure):
 
 MAX_PKT = 1536
 RELEASE_SLOTS = 4096
+HOLD_SLOTS = 16384
 RX_PEER, RX_RELEASED, RX_INJECTED = 1, 2, 4
 RX_DUP_SRC, RX_DUP_DST = 8, 16
 DUP_TAG_HI, DUP_TAG_B4 = 0x026E6664, 0x75
@@ -41,18 +42,24 @@ class BufHdr(ct.Structure):
 
 
 class ReleaseSlot(ct.Structure):
-    _fields_ = [("len", u32), ("side", u8), ("rx", u8), ("pad", u16), ("pad2", u32 * 2),
-                ("data", u8 * MAX_PKT)]
+    _fields_ = [("len", u32), ("side", u8), ("rx", u8), ("pad", u16), ("seq", u32), ("pad2", u32),
+                ("ts_ns", u64), ("data", u8 * MAX_PKT)]
+
+
+class HoldState(ct.Structure):
+    _fields_ = [("lock", u32), ("head", u32), ("cursor", u32), ("peak", u32), ("epoch", u32), ("pad", u32),
+                ("max_wait_ns", u64)]
 
 
 class MoveCfg(ct.Structure):
     _fields_ = [("epoch", u32), ("drain_epoch", u32), ("flushed_seq", u32), ("op", u32), ("peer_cut", u32),
-                ("dup", u32)]
+                ("dup", u32), ("hold", u32)]
 
 
 class MoveState(ct.Structure):
-    _fields_ = [("ibc_switch", u32 * 2), ("ibc_peer", u32 * 2), ("release_cursor", u32), ("pad", u32)]
+    _fields_ = [("ibc_switch", u32 * 2), ("ibc_peer", u32 * 2), ("release_cursor", u32), ("release_seq", u32)]
 
 
 MIRRORS = {"nfx_fire_payload": FirePayload, "nfx_buf_hdr": BufHdr, "nfx_release_slot": ReleaseSlot,
+           "nfx_hold_state": HoldState,
            "nfx_move_cfg": MoveCfg, "nfx_move_state": MoveState}

@@ -8,7 +8,7 @@ from nfx import layout as L
 from nfx.paths import BPF_INCLUDE
 
 HEADER_OF = {mod: header for header, mod in L.MODULES.items()}
-CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h"}   # helpers, no layouts of their own
+CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h"}   # helpers, no layouts of their own
 
 
 def text(header: str) -> str:
@@ -67,7 +67,8 @@ def test_enums_match(cname, pyenum, prefix):
     (L.gate, "NFX_FILTER_BIDIR", "FILTER_BIDIR"),
     (L.move, "NFX_TOS_IBC", "TOS_IBC"), (L.move, "NFX_IBC_MAGIC", "IBC_MAGIC"), (L.move, "NFX_TOS_FIRE", "TOS_FIRE"),
     (L.move, "NFX_FIRE_MAGIC", "FIRE_MAGIC"), (L.move, "NFX_MAX_PKT", "MAX_PKT"),
-    (L.move, "NFX_RELEASE_SLOTS", "RELEASE_SLOTS"), (L.move, "NFX_RX_PEER", "RX_PEER"),
+    (L.move, "NFX_RELEASE_SLOTS", "RELEASE_SLOTS"), (L.move, "NFX_HOLD_SLOTS", "HOLD_SLOTS"),
+    (L.move, "NFX_RX_PEER", "RX_PEER"),
     (L.move, "NFX_RX_RELEASED", "RX_RELEASED"), (L.move, "NFX_RX_INJECTED", "RX_INJECTED"),
     (L.move, "NFX_RX_DUP_SRC", "RX_DUP_SRC"), (L.move, "NFX_RX_DUP_DST", "RX_DUP_DST"),
     (L.move, "NFX_DUP_TAG_HI", "DUP_TAG_HI"), (L.move, "NFX_DUP_TAG_B4", "DUP_TAG_B4"),

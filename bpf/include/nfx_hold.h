@@ -1,0 +1,94 @@
+/* nfx_hold.h: the gate's hold FIFO. A destination that releases its held packets in arrival
+ * order (SLiM's: one path in) keeps them here instead of handing them to its agent through the
+ * buffer ring; the release path's live test runs replay them straight from these slots, so a
+ * held packet never passes through user space.
+ *
+ * Any CPU may hold a packet: it reserves the next slot under the lock, fills it, and commits it
+ * by writing the slot's sequence number last (x86 keeps stores in order, and the JIT keeps the
+ * program's). The release path (one releaser at a time: its agent serialises) takes slots in
+ * reservation order, waits at one not committed yet (the agent runs it again), and moves the
+ * cursor only once it has copied the packet out, so a slot is never rewritten while read.
+ * Layouts: nfx_move.h (nfx_hold_state, nfx_release_slot). */
+#ifndef NFX_HOLD_H
+#define NFX_HOLD_H
+
+#include "nfx_bpf.h"
+#include "nfx_move.h"
+
+NFX_TABLE("array", __u32, struct nfx_release_slot, nfx_hold, NFX_HOLD_SLOTS);
+NFX_TABLE("array", __u32, struct nfx_hold_state, nfx_hold_state, 1);
+
+/* Hold the packet for move `epoch`: 0 held, -1 not (the FIFO is full). */
+static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 epoch)
+{
+    __u32 z = 0;
+    struct nfx_hold_state *hs = nfx_hold_state.lookup(&z);
+    if (!hs)
+        return -1;
+    __u64 len = bpf_xdp_get_buff_len(ctx);
+    if (len > NFX_MAX_PKT)
+        return -1;
+    asm volatile("" : "+r"(len));        /* keep the verifier's bounds on this register */
+    if (len < 1)
+        return -1;
+    bpf_spin_lock(&hs->lock);
+    if (hs->epoch != epoch) {            /* a new move: its own figures */
+        hs->epoch = epoch;
+        hs->peak = 0;
+        hs->max_wait_ns = 0;
+    }
+    __u32 at = hs->head, depth = at - hs->cursor;
+    int room = depth < NFX_HOLD_SLOTS;
+    if (room) {
+        hs->head = at + 1;
+        if (depth + 1 > hs->peak)
+            hs->peak = depth + 1;
+    }
+    bpf_spin_unlock(&hs->lock);
+    if (!room)
+        return -1;
+    __u32 i = at % NFX_HOLD_SLOTS;
+    struct nfx_release_slot *s = nfx_hold.lookup(&i);
+    if (!s)
+        return -1;                       /* cannot be: i is in range */
+    int ok = bpf_xdp_load_bytes(ctx, 0, s->data, len) == 0;
+    s->len = ok ? len : 0;               /* committed empty: the release path skips it */
+    s->side = side;
+    s->rx = NFX_RX_RELEASED;
+    s->ts_ns = bpf_ktime_get_ns();
+    asm volatile("" ::: "memory");
+    s->seq = at + 1;
+    return ok ? 0 : -1;
+}
+
+/* The release path's next hold slot: the slot, or 0 with *wait set when it is reserved but not
+ * committed yet (or 0 alone: no hold state). The caller copies the packet out, then calls
+ * nfx_hold_done. */
+static __always_inline struct nfx_release_slot *nfx_hold_next(struct nfx_hold_state **hsp, int *wait)
+{
+    __u32 z = 0;
+    struct nfx_hold_state *hs = nfx_hold_state.lookup(&z);
+    *hsp = hs;
+    *wait = 0;
+    if (!hs)
+        return 0;
+    __u32 n = hs->cursor, i = n % NFX_HOLD_SLOTS;
+    struct nfx_release_slot *s = nfx_hold.lookup(&i);
+    if (!s)
+        return 0;
+    if (s->seq != n + 1) {
+        *wait = 1;
+        return 0;
+    }
+    return s;
+}
+
+static __always_inline void nfx_hold_done(struct nfx_hold_state *hs, struct nfx_release_slot *s)
+{
+    __u64 waited = bpf_ktime_get_ns() - s->ts_ns;
+    if (waited > hs->max_wait_ns)
+        hs->max_wait_ns = waited;
+    hs->cursor += 1;                     /* only now may the slot be reserved again */
+}
+
+#endif /* NFX_HOLD_H */
