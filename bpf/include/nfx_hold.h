@@ -1,7 +1,7 @@
-/* nfx_hold.h: the gate's hold FIFO. A destination that releases its held packets in arrival
- * order (SLiM's: one path in) keeps them here instead of handing them to its agent through the
- * buffer ring; the release path's live test runs replay them straight from these slots, so a
- * held packet never passes through user space.
+/* nfx_hold.h: the gate's hold FIFO. An instance whose held packets go in arrival order (SLiM's
+ * destination, dup's source and destination: one path in) keeps them here instead of handing
+ * them to its agent through the buffer ring; the release path's live test runs replay them
+ * straight from these slots, so a held packet never passes through user space.
  *
  * Any CPU may hold a packet: it reserves the next slot under the lock, fills it, and commits it
  * by writing the slot's sequence number last (x86 keeps stores in order, and the JIT keeps the
@@ -18,8 +18,8 @@
 NFX_TABLE("array", __u32, struct nfx_release_slot, nfx_hold, NFX_HOLD_SLOTS);
 NFX_TABLE("array", __u32, struct nfx_hold_state, nfx_hold_state, 1);
 
-/* Hold the packet for move `epoch`: 0 held, -1 not (the FIFO is full). */
-static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 epoch)
+/* Hold the packet (arrived as `rx`) for move `epoch`: 0 held, -1 not (the FIFO is full). */
+static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 rx, __u32 epoch)
 {
     __u32 z = 0;
     struct nfx_hold_state *hs = nfx_hold_state.lookup(&z);
@@ -35,6 +35,7 @@ static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 epoc
     if (hs->epoch != epoch) {            /* a new move: its own figures */
         hs->epoch = epoch;
         hs->peak = 0;
+        hs->untagged = 0;
         hs->max_wait_ns = 0;
     }
     __u32 at = hs->head, depth = at - hs->cursor;
@@ -43,6 +44,8 @@ static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 epoc
         hs->head = at + 1;
         if (depth + 1 > hs->peak)
             hs->peak = depth + 1;
+        if (!(rx & NFX_RX_DUP_DST))
+            hs->untagged++;
     }
     bpf_spin_unlock(&hs->lock);
     if (!room)
@@ -54,7 +57,7 @@ static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 epoc
     int ok = bpf_xdp_load_bytes(ctx, 0, s->data, len) == 0;
     s->len = ok ? len : 0;               /* committed empty: the release path skips it */
     s->side = side;
-    s->rx = NFX_RX_RELEASED;
+    s->rx = NFX_RX_RELEASED | (rx & NFX_RX_DUP_DST);   /* a dup copy: see nfx_hold_next */
     s->ts_ns = bpf_ktime_get_ns();
     asm volatile("" ::: "memory");
     s->seq = at + 1;
@@ -62,9 +65,11 @@ static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 epoc
 }
 
 /* The release path's next hold slot: the slot, or 0 with *wait set when it is reserved but not
- * committed yet (or 0 alone: no hold state). The caller copies the packet out, then calls
- * nfx_hold_done. */
-static __always_inline struct nfx_release_slot *nfx_hold_next(struct nfx_hold_state **hsp, int *wait)
+ * committed yet, or when it is a dup op destination's own packet while its own packets wait
+ * (NFX_DUP_HOLD_OWN: its copies ahead of it go, it and what follows wait); 0 alone: no hold
+ * state. The caller copies the packet out, then calls nfx_hold_done. */
+static __always_inline struct nfx_release_slot *nfx_hold_next(struct nfx_move_cfg *mv, struct nfx_hold_state **hsp,
+                                                              int *wait)
 {
     __u32 z = 0;
     struct nfx_hold_state *hs = nfx_hold_state.lookup(&z);
@@ -76,7 +81,7 @@ static __always_inline struct nfx_release_slot *nfx_hold_next(struct nfx_hold_st
     struct nfx_release_slot *s = nfx_hold.lookup(&i);
     if (!s)
         return 0;
-    if (s->seq != n + 1) {
+    if (s->seq != n + 1 || ((mv->dup & NFX_DUP_HOLD_OWN) && !(s->rx & NFX_RX_DUP_DST))) {
         *wait = 1;
         return 0;
     }

@@ -63,7 +63,8 @@ struct nfx_buf_hdr {
 struct nfx_release_slot {
     __u32 len;
     __u8  side;
-    __u8  rx;                /* NFX_RX_RELEASED or NFX_RX_INJECTED */
+    __u8  rx;                /* NFX_RX_RELEASED or NFX_RX_INJECTED (hold slots: RELEASED, and
+                              * NFX_RX_DUP_DST for a dup copy) */
     __u16 pad;
     __u32 seq;               /* hold slots: the reservation's number + 1, written last (committed) */
     __u32 pad2;
@@ -77,8 +78,9 @@ struct nfx_hold_state {
     __u32 head;              /* slots reserved so far (slot = head % NFX_HOLD_SLOTS) */
     __u32 cursor;            /* slots the release path has taken (it alone writes it) */
     __u32 peak;              /* most slots in use at once, in this epoch */
-    __u32 epoch;             /* the move epoch peak and max_wait_ns are for */
-    __u32 pad;
+    __u32 epoch;             /* the move epoch peak, untagged and max_wait_ns are for */
+    __u32 untagged;          /* held in this epoch and not a dup copy for this instance (a dup op
+                              * destination's own packets, held after the repoint) */
     __u64 max_wait_ns;       /* the longest a released packet of this epoch was held */
 };
 
@@ -90,8 +92,8 @@ struct nfx_move_cfg {
     __u32 op;                /* order-preserving: switch-path packets before the switch's IBC drop */
     __u32 peer_cut;          /* the source's cut is in, on both sides (opennf: at the controller) */
     __u32 dup;               /* dup's role: NFX_DUP_SOURCE, NFX_DUP_SHADOW (0: no dup move) */
-    __u32 hold;              /* destination: held packets wait in the gate's hold FIFO (nfx_hold.h),
-                              * not in the agent; the release path replays from it */
+    __u32 hold;              /* held packets wait in the gate's hold FIFO (nfx_hold.h), not in the
+                              * agent; the release path replays from it */
 };
 
 /* what the program records during a move (array of 1): written by the program only, so the

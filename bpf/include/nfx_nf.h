@@ -68,7 +68,7 @@ static __always_inline int nfx_release_load(struct xdp_md *ctx, __u32 *rx, __u32
     struct nfx_release_slot *s = 0;
     if (mv->hold) {
         int wait = 0;
-        s = nfx_hold_next(&hs, &wait);
+        s = nfx_hold_next(mv, &hs, &wait);
         if (wait)
             return -2;
     } else {
@@ -302,9 +302,9 @@ static __always_inline int nfx_gate_act(struct xdp_md *ctx, struct nfx_flow_key 
     if (act == NFX_ACT_BUFFER || act == NFX_ACT_TO_CTRL) {
         __u32 epoch = m ? m->epoch : 0, z = 0;
         struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
-        /* a destination that holds in the gate: its held packets never reach the agent */
+        /* an instance that holds in the gate: its held packets never reach the agent */
         int in_gate = act == NFX_ACT_BUFFER && mv && mv->hold;
-        int held = in_gate ? nfx_hold_put(ctx, side, epoch)
+        int held = in_gate ? nfx_hold_put(ctx, side, rx, epoch)
                            : nfx_buffer(ctx, k, act == NFX_ACT_BUFFER ? NFX_BUF_PACKET : NFX_BUF_TO_CTRL, side, rx, epoch);
         if (held == 0) {
             nfx_count(act == NFX_ACT_BUFFER ? NFX_R_BUFFERED : NFX_R_TO_CTRL);

@@ -74,8 +74,11 @@ class MoveOps:
         keys = pk.keys_from_blob(_b64(req, "keys"))
         text = req.get("filter")
         flt = parse(text) if text is not None else None     # a malformed one is refused before anything changes
+        dup = bool(req.get("dup"))
+        # dup's holders take their packets in arrival order (one path in): held in the gate
         self._begin_session(role, epoch, bool(req.get("order")), keys, flt, int(req.get("peer", 0)),
-                            bool(req.get("er")), dup=bool(req.get("dup")), hold_own=bool(req.get("hold_own")))
+                            bool(req.get("er")), dup=dup, hold_own=bool(req.get("hold_own")),
+                            in_gate=role == "src-dup" or dup)
         return {"epoch": epoch, "role": role, "marked": len(keys)}
 
     def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: int,

@@ -16,9 +16,11 @@ destination (role dst, `dup`) buffers its copies like any destination and proces
 shadow (output dropped, bpf/include/nfx_nf.h) once drained; after the repoint the switch's
 untagged IBC on both sides (`final_cut`) says its last copy has arrived.
 
-A destination whose held packets go in arrival order (SLiM's: no peer path, no early release)
-may hold them in the gate itself (`in_gate`, bpf/include/nfx_hold.h): the release path replays
-them from the gate's FIFO and none passes through this process; the ring then carries only IBCs."""
+An instance whose held packets go in arrival order (SLiM's destination, dup's source and
+destination: one path in, no early release) may hold them in the gate itself (`in_gate`,
+bpf/include/nfx_hold.h): the release path replays them from the gate's FIFO and none passes
+through this process; the ring then carries only IBCs. A dup op destination's own packets wait
+there too, and the release path stops at the first of them until release_own()."""
 import logging
 import threading
 import time
@@ -63,7 +65,7 @@ class MoveSession:
         self.ibc_final = [False, False]    # dup's destination: by side, the untagged IBC after the repoint
         self.dup = False                   # a dup move's destination (shadow); set before begin()
         self.hold_own = False              # ... op: its own packets wait for release_own(); set before begin()
-        self.in_gate = False               # dst: held packets wait in the gate's FIFO; set before begin()
+        self.in_gate = False               # held packets wait in the gate's FIFO; set before begin()
         self._hold0 = None                 # the FIFO's head when this move began
         self.draining = False
         self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
@@ -81,15 +83,15 @@ class MoveSession:
     # ---- set up ----
     def begin(self, keys: list, flt: Filter | None, peer_slot: int = 0) -> None:
         """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
+        if self.in_gate and (self.role not in HOLDERS or self.sharp or getattr(self, "er", False)):
+            raise ValueError("only an instance that releases in arrival order holds in the gate")
+        self._hold0 = self.gate.hold_state().head if self.in_gate else None
         if self.role == "dst":
             dup = (L.DUP_SHADOW | (L.DUP_HOLD_OWN if self.hold_own else 0)) if self.dup else 0
-            if self.in_gate and (self.dup or self.sharp):
-                raise ValueError("only a destination that releases in arrival order holds in the gate")
-            self._hold0 = self.gate.hold_state().head if self.in_gate else None
             self.gate.set_move_cfg(epoch=self.epoch, op=int(self.op), dup=dup, hold=int(self.in_gate))
         elif self.role == "src-dup":
             # its switch IBC counts (the cut before the snapshot)
-            self.gate.set_move_cfg(epoch=self.epoch, dup=L.DUP_SOURCE)
+            self.gate.set_move_cfg(epoch=self.epoch, dup=L.DUP_SOURCE, hold=int(self.in_gate))
         elif self.role == "src-slim" and self.op:
             # the switch's IBC of this epoch counts here: it is the source's cut (nfx_ibc)
             self.gate.set_move_cfg(epoch=self.epoch, op=1)
@@ -284,6 +286,8 @@ class MoveSession:
             if hs.epoch == self.epoch:
                 self.stats["buffer_peak"] = hs.peak
                 self.stats["max_hold_us"] = hs.max_wait_ns / 1e3
+                if self.dup:
+                    self.stats["own_buffered"] = hs.untagged     # op: held after the repoint
             return n
 
     def _release_ready(self) -> None:

@@ -85,19 +85,20 @@ def row(nf: str, size: int, mbit: float, mechanism: str, m: dict, r: dict, rtt_h
 
 
 def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"), flows: int = FLOWS,
-        timeout: float = 20.0, progress=lambda m: None) -> dict:
+        timeout: float = 20.0, progress=lambda m: None, repeat: int = 1) -> dict:
     """Every (NF, size, rate), each mechanism in turn on the same testbed and rig, moving the
-    flows back and forth. Each rate first runs with no move: a rate at which the machine itself
-    loses packets (or the generator falls short) ends that size's sweep, as the most this
-    machine carries. A move that does not finish within `timeout` is rolled back and reported
-    as such. Returns {"rows", "baselines", "violations", "incomplete", ...}."""
+    flows back and forth, `repeat` times (a move of 1,000 flows takes about 0.1 s, so one run
+    alone is noisy; slim_plot reports the median). Each rate first runs with no move: a rate at
+    which the machine itself loses packets (or the generator falls short) ends that size's
+    sweep, as the most this machine carries. A move that does not finish within `timeout` is
+    rolled back and reported as such. Returns {"rows", "baselines", "violations", "incomplete", ...}."""
     bad = [m for m in mechanisms if m not in MECHANISMS]
     if bad:
         raise BadInput(f"unknown mechanism {bad}: registered are {', '.join(MECHANISMS)}")
-    if any(r <= 0 for r in rates_mbit) or any(s < 64 or s > 1514 for s in sizes) or flows < 1:
-        raise BadInput("rates must be > 0 Mbit/s, sizes 64-1514 bytes, flows >= 1")
+    if any(r <= 0 for r in rates_mbit) or any(s < 64 or s > 1514 for s in sizes) or flows < 1 or repeat < 1:
+        raise BadInput("rates must be > 0 Mbit/s, sizes 64-1514 bytes, flows >= 1, repeat >= 1")
     rows, baselines = [], []
-    total = len(nfs) * len(sizes) * len(rates_mbit) * len(mechanisms)
+    total = len(nfs) * len(sizes) * len(rates_mbit) * len(mechanisms) * repeat
     n = 0
     for nf in nfs:
         with testbed(flows, progress, nf) as (name, _):
@@ -115,9 +116,9 @@ def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"),
                         if base["lost"] or b["pps"] < CAPPED * pps:
                             progress(f"  {nf}, {size} B at {mbit} Mbit/s: with no move the machine lost {base['lost']:,} "
                                      f"and sent {b['pps']:,.0f} pps: this rate and higher are past what it carries")
-                            n += len(mechanisms) * (len(rates_mbit) - rates_mbit.index(mbit))
+                            n += len(mechanisms) * repeat * (len(rates_mbit) - rates_mbit.index(mbit))
                             break
-                        for mech in mechanisms:
+                        for mech in [m for _ in range(repeat) for m in mechanisms]:
                             n += 1
                             dst = "nf1" if at == "nf0" else "nf0"
                             progress(f"[{n}/{total}] {nf}, {size} B at {mbit} Mbit/s ({pps:,} pps): {mech} {at} -> {dst}")
@@ -130,7 +131,7 @@ def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"),
     violations = [r for r in rows if r["lost"] or r["duplicated"] or r["reordered"] or r.get("echo_lost")]
     incomplete = [r for r in rows if r["error"]]
     return {"rows": rows, "baselines": baselines, "violations": violations, "incomplete": incomplete,
-            "flows": flows, "duration_s": DURATION_S,
+            "flows": flows, "repeat": repeat, "duration_s": DURATION_S,
             "rtt_limit_ms": RTT_LIMIT_NS / 1e6}
 
 

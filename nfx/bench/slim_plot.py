@@ -15,9 +15,38 @@ PANELS = [("total_s", "migration duration (s), until dst released all it held"),
 STYLE = {("slim", 512): "o-", ("slim", 1400): "s-", ("dup", 512): "o--", ("dup", 1400): "s--"}
 
 
-def _series(rows, nf, mech, size, key):
-    return sorted((r["rate_mbit"], r[key]) for r in rows
-                  if r["nf"] == nf and r["mechanism"] == mech and r["size"] == size and r.get(key) is not None)
+def _median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def summary(rows) -> dict[tuple, dict]:
+    """The runs of each (NF, size, rate, mechanism) as one: medians of the finished runs'
+    duration, bytes and σ; the worst hold, loss and RTT figures of all runs; how many finished."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["nf"], r["size"], r["rate_mbit"], r["mechanism"]), []).append(r)
+    out = {}
+    for k, rs in groups.items():
+        done = [r for r in rs if not r.get("error")]
+        out[k] = {"runs": len(rs), "finished": len(done), "error": None if done else rs[0].get("error"),
+                  "total_s": _median(r.get("total_s") for r in done),
+                  "bytes_total": _median(r.get("bytes_total") for r in done),
+                  "sigma": _median(r.get("sigma") for r in done),
+                  "max_added_delay_ms": max((float(r.get("max_added_delay_ms") or 0) for r in done), default=None),
+                  "lost": sum(r["lost"] for r in rs),
+                  "seconds_of_loss": max(float(r["seconds_of_loss"]) for r in rs),
+                  "seconds_rtt_over_15ms": max(float(r.get("seconds_rtt_over_15ms") or 0) for r in rs),
+                  "achieved_pps": min(r["achieved_pps"] for r in rs)}
+    return out
+
+
+def _series(agg, nf, mech, size, key):
+    return sorted((k[2], v[key]) for k, v in agg.items()
+                  if k[0] == nf and k[3] == mech and k[1] == size and v.get(key) is not None)
 
 
 def plot(result: dict, out_dir: Path) -> list[Path]:
@@ -26,13 +55,14 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
+    agg = summary(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     for nf in sorted({r["nf"] for r in rows}):
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
         for ax, (key, label) in zip(axes.flat, PANELS):
             for (mech, size), style in STYLE.items():
-                pts = _series(rows, nf, mech, size, key)
+                pts = _series(agg, nf, mech, size, key)
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
                             label=f"{'SLiM' if mech == 'slim' else 'duplication'}, {size} B")
@@ -46,7 +76,8 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(f"SLiM vs duplication on nfx, {nf.upper()}: every flow ({result.get('flows')}) moved under "
-                     f"traffic, echoed, order-preserving; a missing point: the move did not finish\n{machine()}",
+                     f"traffic, echoed, order-preserving; median of {result.get('repeat', 1)} run(s); a missing point: "
+                     f"no run finished\n{machine()}",
                      fontsize=9)
         fig.tight_layout()
         p = out_dir / f"slim-{nf}.png"
@@ -97,33 +128,40 @@ def _f(v, digits=3) -> str:
     return "-" if v is None else f"{v:,.{digits}f}" if isinstance(v, float) else f"{v:,}"
 
 
-def _t(r: dict) -> str:
-    """A run's migration duration, or that it did not finish (rolled back)."""
-    return "did not finish" if r.get("error") else _f(r.get("total_s"))
+def _t(a: dict) -> str:
+    """A point's migration duration (the median of the runs that finished, and how many did when
+    some did not), or that none finished (rolled back)."""
+    if not a:
+        return "-"
+    if not a["finished"]:
+        return "did not finish"
+    t = _f(a["total_s"])
+    return t if a["finished"] == a["runs"] else f"{t} ({a['finished']} of {a['runs']} finished)"
 
 
 def table(result: dict) -> str:
     """Markdown: one line per (NF, size, rate), SLiM beside duplication, and the ratio of their
-    durations and bytes; the paper's claims in the header."""
-    rows = result["rows"]
+    durations and bytes (medians over the runs); the paper's claims in the header."""
+    agg = summary(result["rows"])
+    n = result.get("repeat", 1)
+    runs = f"median of {n} runs each; " if n > 1 else ""
     lines = [f"SLiM vs duplication on nfx, {machine()}; {result.get('flows')} flows, all moved under traffic, "
              f"order-preserving. Paper: SLiM takes about a third of duplication's time at high rates and under "
              f"1 s at 100 Mbit/s; duplication puts about 3x the statelets' bytes on the wire.", "",
-             "Migration: from the request until the destination has released everything it held.", "",
+             f"Migration: from the request until the destination has released everything it held ({runs}"
+             f"max held, lost and RTT: the worst run).", "",
              "| NF | size | Mbit/s | pps reached | SLiM s | dup s | SLiM/dup time | SLiM bytes | dup bytes | "
              "SLiM/dup bytes | σ | max held ms (SLiM/dup) | lost (SLiM/dup) | s of RTT>15 ms (SLiM/dup) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    pairs: dict[tuple, dict] = {}
-    for r in rows:
-        pairs.setdefault((r["nf"], r["size"], r["rate_mbit"]), {})[r["mechanism"]] = r
-    for (nf, size, mbit), p in sorted(pairs.items()):
-        s, d = p.get("slim") or {}, p.get("dup") or {}
+    points = sorted({k[:3] for k in agg})
+    for nf, size, mbit in points:
+        s, d = agg.get((nf, size, mbit, "slim")) or {}, agg.get((nf, size, mbit, "dup")) or {}
         tr = s["total_s"] / d["total_s"] if s.get("total_s") and d.get("total_s") else None
         br = s["bytes_total"] / d["bytes_total"] if s.get("bytes_total") and d.get("bytes_total") else None
-        reached = min((x["achieved_pps"] for x in p.values()), default=None)
+        reached = min((x["achieved_pps"] for x in (s, d) if x), default=None)
         lines.append(f"| {nf} | {size} | {mbit:g} | {_f(reached)} | {_t(s)} | {_t(d)} | {_f(tr, 2)} | {_f(s.get('bytes_total'))} | "
                      f"{_f(d.get('bytes_total'))} | {_f(br, 2)} | {_f(s.get('sigma'), 2)} | "
-                     f"{_f(s.get('max_added_delay_ms'), 1)} / {_f(None if d.get('error') else d.get('max_added_delay_ms'), 1)} | "
+                     f"{_f(s.get('max_added_delay_ms'), 1)} / {_f(d.get('max_added_delay_ms'), 1)} | "
                      f"{_f(s.get('lost'))} / {_f(d.get('lost'))} | "
                      f"{_f(s.get('seconds_rtt_over_15ms'), 4)} / {_f(d.get('seconds_rtt_over_15ms'), 4)} |")
     stops = [b for b in result.get("baselines", []) if b["lost"] or b["achieved_pps"] < 0.95 * b["rate_pps"]]

@@ -29,17 +29,18 @@ def slim_(rates: str = typer.Option(",".join(map(str, slim.RATES_MBIT)), "--rate
           scale: bool = typer.Option(False, "--scale", help="Instead: SLiM moves (as published, and with rt) of 10,000 "
                                      "flows at 100k pps for each NF, checked against a single instance's state; exit 1 "
                                      "if one lost, reordered or differed (writes slim-scale.json)."),
-          repeat: int = typer.Option(3, "--repeat", help="--scale: moves per NF and variant."),
+          repeat: int = typer.Option(None, "--repeat", help="Moves per mechanism and rate (default 1), or with "
+                                     "--scale per NF and variant (default 3); the table and plots show medians."),
           json_: bool = JsonOpt):
     """SLiM's evaluation (duration, seconds of loss, seconds of RTT > 15 ms, bytes on the wire
     against the data rate) with duplication in the same runs, on testbeds of their own. Writes
     slim-nat.png, slim-ids.png, slim-fig3.png, slim.md and slim.json."""
     need_root()
     d = Path(plot_dir)
+    if repeat is not None and repeat < 1:
+        raise BadInput("--repeat must be at least 1")
     if scale:
-        if repeat < 1:
-            raise BadInput("--repeat must be at least 1")
-        r = slim.scale(split(nfs, str), progress=progress, timeout=timeout, repeat=repeat)
+        r = slim.scale(split(nfs, str), progress=progress, timeout=timeout, repeat=repeat or 3)
         d.mkdir(parents=True, exist_ok=True)
         (d / "slim-scale.json").write_text(json.dumps(r, indent=1, default=str))
         if json_:
@@ -60,7 +61,7 @@ def slim_(rates: str = typer.Option(",".join(map(str, slim.RATES_MBIT)), "--rate
             raise typer.Exit(1)
         return
     r = slim.run(split(rates, float), split(sizes, int), split(nfs, str), split(mechanisms, str), flows, timeout,
-                 progress=progress)
+                 progress=progress, repeat=repeat or 1)
     write_bench(plot_dir, "slim", r, slim_plot.table, slim_plot.plot, json_)
     if r["violations"]:
         raise typer.Exit(1)

@@ -47,7 +47,7 @@ class ReleaseSlot(ct.Structure):
 
 
 class HoldState(ct.Structure):
-    _fields_ = [("lock", u32), ("head", u32), ("cursor", u32), ("peak", u32), ("epoch", u32), ("pad", u32),
+    _fields_ = [("lock", u32), ("head", u32), ("cursor", u32), ("peak", u32), ("epoch", u32), ("untagged", u32),
                 ("max_wait_ns", u64)]
 
 

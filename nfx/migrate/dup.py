@@ -42,6 +42,7 @@ SETTLE_S = 0.002      # an XDP run that counted a packet is done with it
 
 class Dup(Mechanism):
     name = "dup"
+    passes_on = False          # the source keeps processing; the switches copy or repoint
 
     def cut(self, x: Ctx) -> None:
         """op's cut is run()'s: the destination's own packets went once the source's had left."""

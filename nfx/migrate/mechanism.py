@@ -80,8 +80,11 @@ class Mechanism(Protocol):
     """A mechanism's controller side. run() holds the flows, moves their state and steers the
     switches, stamping phases on the Ctx, and returns its figures (state_chunks, state_bytes,
     transfer_s, then its own). cut() (op) waits for the source's IBC on both sides and lets go
-    of what was held behind it; by default the source redirected to dst, so dst sees the cut."""
+    of what was held behind it; by default the source redirected to dst, so dst sees the cut.
+    passes_on: whether the source passes packets on during the move (redirect or controller);
+    one that never does has nothing to drain after the cut."""
     name: str
+    passes_on: bool = True
 
     def run(self, x: Ctx) -> dict: ...
 
@@ -139,7 +142,8 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
             progress("waiting for the source's cut")
             mech.cut(x)
         x.phase("cut" if x.op else "drained")
-        m.redirect_time_s = _quiet(x) - x.t_state
+        # a source that passes nothing on (slim, dup) has nothing on its way to wait for
+        m.redirect_time_s = _quiet(x) - x.t_state if mech.passes_on else 0.0
         if x.lf:
             _settled(x)
         m.packets_redirected = src.passed_on() - passed0

@@ -21,6 +21,7 @@ from .mechanism import Ctx, Mechanism
 
 class Slim(Mechanism):
     name = "slim"
+    passes_on = False          # the source keeps processing; the switches copy or repoint
 
     def run(self, x: Ctx) -> dict:
         req, steer, flt, src, dst = x.req, x.steer, x.flt, x.src, x.dst
