@@ -252,7 +252,7 @@ class Releaser:
     def release_held(self, batch: int = 32) -> int:
         """Replay what waits in the gate's hold FIFO (move_cfg.hold), in order, PER_CALL at a time
         with room in the egress rings; stop at a slot not committed yet (the next call takes it).
-        Returns how many packets went."""
+        Returns how many slots it took: released, or dropped as an earlier move's (r_hold_stale)."""
         with self.lock:
             done = 0
             while True:

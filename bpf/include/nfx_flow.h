@@ -120,10 +120,14 @@ enum nfx_stat {
     /* statelets: a mirrored packet's record lost because its statelets did not fit one record
      * (NFX_STATELET_WORDS), told apart from a ring that would not take it */
     NFX_R_STATELET_TOO_BIG,
-    /* the hold FIFO (nfx_hold.h): a packet to hold found it full (dropped, like BUF_RING_FULL);
-     * the release path reached a slot reserved but not yet written (it runs again) */
-    NFX_R_HOLD_FULL,
+    /* the hold FIFO (nfx_hold.h): a packet held in the buffer ring instead, because the FIFO had
+     * filled in this move (then the rest of the move's do too); the release path reached a slot
+     * reserved but not yet written (it runs again) */
+    NFX_R_HOLD_SPILLED,
     NFX_R_RELEASE_WAIT,
+    /* the release path found a held packet of an earlier move (its agent died mid-move): dropped,
+     * as the agent drops an earlier move's buffer-ring records */
+    NFX_R_HOLD_STALE,
     NFX_STAT_MAX = 96,
 };
 

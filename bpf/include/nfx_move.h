@@ -21,7 +21,7 @@ struct nfx_fire_payload {            /* the trigger's UDP payload */
 #define NFX_MAX_PKT       1536
 #define NFX_RELEASE_SLOTS 4096
 #ifndef NFX_HOLD_SLOTS
-#define NFX_HOLD_SLOTS    16384        /* the hold FIFO (nfx_hold.h): 25 MiB, 100 ms at 160k pps */
+#define NFX_HOLD_SLOTS    16384        /* the hold FIFO (nfx_hold.h), a power of two: 25 MiB */
 #endif
 
 /* how a packet reached the NF */
@@ -67,7 +67,7 @@ struct nfx_release_slot {
                               * NFX_RX_DUP_DST for a dup copy) */
     __u16 pad;
     __u32 seq;               /* hold slots: the reservation's number + 1, written last (committed) */
-    __u32 pad2;
+    __u32 epoch;             /* hold slots: the move that held it */
     __u64 ts_ns;             /* hold slots: when the gate held it */
     __u8  data[NFX_MAX_PKT];
 };
@@ -81,6 +81,9 @@ struct nfx_hold_state {
     __u32 epoch;             /* the move epoch peak, untagged and max_wait_ns are for */
     __u32 untagged;          /* held in this epoch and not a dup copy for this instance (a dup op
                               * destination's own packets, held after the repoint) */
+    __u32 spilled;           /* this epoch's packets that went to the buffer ring once the FIFO was
+                              * full (from then on every one of them does, so order holds) */
+    __u32 pad;
     __u64 max_wait_ns;       /* the longest a released packet of this epoch was held */
 };
 

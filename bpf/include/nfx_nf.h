@@ -56,7 +56,8 @@ BPF_PERCPU_ARRAY(nfx_bufscratch, struct nfx_buf_rec, 1);
 /* The release path: a live test run naming the release veth as ingress replays, one per frame,
  * the agent's release slots, or (move_cfg.hold) the gate's hold FIFO, through this same
  * program. Returns the packet's side, -1 for a slot that was empty or malformed (skipped), -2
- * for a hold slot not committed yet (left for the next run). */
+ * for a hold slot not committed yet (left for the next run), -3 for an earlier move's held
+ * packet (skipped). */
 static __always_inline int nfx_release_load(struct xdp_md *ctx, __u32 *rx, __u32 *seq)
 {
     __u32 z = 0;
@@ -66,9 +67,10 @@ static __always_inline int nfx_release_load(struct xdp_md *ctx, __u32 *rx, __u32
         return -1;
     struct nfx_hold_state *hs = 0;
     struct nfx_release_slot *s = 0;
+    int stale = 0;
     if (mv->hold) {
         int wait = 0;
-        s = nfx_hold_next(mv, &hs, &wait);
+        s = nfx_hold_next(mv, &hs, &wait, &stale);
         if (wait)
             return -2;
     } else {
@@ -84,15 +86,15 @@ static __always_inline int nfx_release_load(struct xdp_md *ctx, __u32 *rx, __u32
     if (len > NFX_MAX_PKT)
         len = 0;
     asm volatile("" : "+r"(len));        /* keep the verifier's bounds on this register */
-    if (len >= sizeof(struct ethhdr)) {
+    if (len >= sizeof(struct ethhdr) && !stale) {
         int cur = bpf_xdp_get_buff_len(ctx);
         if (!bpf_xdp_adjust_tail(ctx, (int)len - cur) && !bpf_xdp_store_bytes(ctx, 0, s->data, len))
             side = s->side & 1;
     }
     if (hs)
-        nfx_hold_done(hs, s);            /* copied out (or skipped): the slot may be reused */
+        nfx_hold_done(hs, s, side >= 0); /* copied out (or skipped): the slot may be reused */
     if (side < 0)
-        return -1;
+        return stale ? -3 : -1;
     *rx = s->rx & (NFX_RX_RELEASED | NFX_RX_INJECTED);
     *seq = ++ms->release_seq;
     nfx_count(*rx & NFX_RX_RELEASED ? NFX_R_RELEASED : NFX_R_INJECTED);
@@ -115,7 +117,7 @@ static __always_inline int nfx_rx(struct xdp_md *ctx, struct nfx_port_cfg *pc, _
     if (ifi == pc->release_ifindex) {
         int side = nfx_release_load(ctx, rx, seq);
         if (side < 0) {
-            nfx_count(side == -2 ? NFX_R_RELEASE_WAIT : NFX_R_RELEASE_BAD);
+            nfx_count(side == -2 ? NFX_R_RELEASE_WAIT : side == -3 ? NFX_R_HOLD_STALE : NFX_R_RELEASE_BAD);
             side = -2;
         }
         return side;
@@ -302,14 +304,20 @@ static __always_inline int nfx_gate_act(struct xdp_md *ctx, struct nfx_flow_key 
     if (act == NFX_ACT_BUFFER || act == NFX_ACT_TO_CTRL) {
         __u32 epoch = m ? m->epoch : 0, z = 0;
         struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
-        /* an instance that holds in the gate: its held packets never reach the agent */
-        int in_gate = act == NFX_ACT_BUFFER && mv && mv->hold;
-        int held = in_gate ? nfx_hold_put(ctx, side, rx, epoch)
-                           : nfx_buffer(ctx, k, act == NFX_ACT_BUFFER ? NFX_BUF_PACKET : NFX_BUF_TO_CTRL, side, rx, epoch);
+        /* an instance that holds in the gate: its held packets never reach the agent, unless
+         * the gate's FIFO has filled in this move (then they spill to the ring) */
+        int held = 1;
+        if (act == NFX_ACT_BUFFER && mv && mv->hold) {
+            held = nfx_hold_put(ctx, side, rx, epoch);
+            if (held > 0)
+                nfx_count(NFX_R_HOLD_SPILLED);
+        }
+        if (held > 0)
+            held = nfx_buffer(ctx, k, act == NFX_ACT_BUFFER ? NFX_BUF_PACKET : NFX_BUF_TO_CTRL, side, rx, epoch);
         if (held == 0) {
             nfx_count(act == NFX_ACT_BUFFER ? NFX_R_BUFFERED : NFX_R_TO_CTRL);
         } else {
-            nfx_count(in_gate ? NFX_R_HOLD_FULL : NFX_R_BUF_RING_FULL);
+            nfx_count(NFX_R_BUF_RING_FULL);
             if (m && act == NFX_ACT_BUFFER) {   /* not buffered after all: keep the counts exact */
                 bpf_spin_lock(&m->lock);
                 m->buffered--;

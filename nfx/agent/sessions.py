@@ -67,6 +67,7 @@ class MoveSession:
         self.hold_own = False              # ... op: its own packets wait for release_own(); set before begin()
         self.in_gate = False               # held packets wait in the gate's FIFO; set before begin()
         self._hold0 = None                 # the FIFO's head when this move began
+        self._ring_held = self._ring_own = 0   # in_gate: what spilled to the ring (own: dup op's)
         self.draining = False
         self.stats = {"buffered": 0, "released": 0, "to_ctrl": 0, "buffer_peak": 0, "ibc": 0, "stale": 0}
         self.early_keys: set[bytes] = set()
@@ -153,20 +154,20 @@ class MoveSession:
         try:
             while not self._stop.is_set():
                 asked = self._drain_when_read
-                # draining from the gate's FIFO: the ring has only IBCs, so it is not waited on
+                # draining from the gate's FIFO: the ring has only IBCs (and what spilled), so
+                # it is not waited on
                 gate_drain = self.in_gate and self.draining
                 pkts = self.ring.poll(0 if gate_drain else 5)
                 if pkts:
                     self._take(pkts)
-                if gate_drain and not self._release_held():
-                    time.sleep(0.0002)
                 if asked:
                     # this read began after drain_when_read(): it took every record committed
                     # before the call (libbpf consumes up to where the producer is)
                     self._drain_when_read = False
                     self.drain()
-                if self.draining and not self.in_gate:
-                    self._release_ready()
+                if self.draining:
+                    if not self._release_ready() and gate_drain:
+                        time.sleep(0.0002)
                 elif self.early_keys:
                     self._early_ready()
         except BaseException as e:
@@ -206,7 +207,9 @@ class MoveSession:
                 first = p.data[6:12] == CTRL_TAG_MAC if self.sharp else p.rx & L.RX_PEER
                 (self.peer_q if first else self.switch_q).append(p)
                 self.stats["buffered"] += 1
+                self._ring_held += 1
                 if self.dup and not p.rx & L.RX_DUP_DST:
+                    self._ring_own += 1
                     self.stats["own_buffered"] = self.stats.get("own_buffered", 0) + 1   # op: held after the repoint
             depth = len(self.peer_q) + len(self.switch_q)
             self.stats["buffer_peak"] = max(self.stats["buffer_peak"], depth)
@@ -264,36 +267,50 @@ class MoveSession:
                     self.switch_q = deque(p for p in self.switch_q if p.key not in self.early_keys)
             self._release(take)
 
-    def _release(self, batch: list) -> None:
+    def _release(self, batch: list) -> int:
         if not batch:
-            return
+            return 0
         self.releaser.release(batch)
         self._ring_stats()
         now = time.monotonic_ns()
         self.stats["released"] += len(batch)
         # how long the oldest of them was held back: the delay this move added
         self.stats["max_hold_us"] = max(self.stats.get("max_hold_us", 0), (now - min(p.ts_ns for p in batch)) / 1e3)
+        return len(batch)
 
-    def _release_held(self) -> int:
-        """in_gate: replay what waits in the gate's FIFO; the figures come from the gate."""
+    def _release_held(self) -> tuple[int, bool]:
+        """in_gate: replay what waits in the gate's FIFO; the figures come from the gate (and
+        the ring, for what spilled). Returns (slots taken, whether the FIFO is now empty and
+        the gate spilled: what waits in the ring goes next)."""
         with self.rlock:
             n = self.releaser.release_held()
             if n:
                 self._ring_stats()
                 self.stats["released"] += n
             hs = self.gate.hold_state()
-            self.stats["buffered"] = (hs.head - self._hold0) & 0xFFFFFFFF
-            if hs.epoch == self.epoch:
-                self.stats["buffer_peak"] = hs.peak
-                self.stats["max_hold_us"] = hs.max_wait_ns / 1e3
+            self.stats["buffered"] = ((hs.head - self._hold0) & 0xFFFFFFFF) + self._ring_held
+            mine = hs.epoch == self.epoch
+            if mine:
+                self.stats["buffer_peak"] = max(self.stats["buffer_peak"], hs.peak)
+                self.stats["max_hold_us"] = max(self.stats.get("max_hold_us", 0), hs.max_wait_ns / 1e3)
+                if hs.spilled:
+                    self.stats["spilled"] = hs.spilled
                 if self.dup:
-                    self.stats["own_buffered"] = hs.untagged     # op: held after the repoint
-            return n
+                    self.stats["own_buffered"] = hs.untagged + self._ring_own    # op: held after the repoint
+            return n, mine and bool(hs.spilled) and hs.head == hs.cursor
 
-    def _release_ready(self) -> None:
+    def _release_ready(self) -> int:
+        """Release what may go now; returns how many went."""
+        n = 0
         if self.in_gate:
-            self._release_held()
-            return
+            n, spilled = self._release_held()
+            if not spilled:
+                return n
+            # the FIFO filled and is empty now: the rest of the move went to the ring, and goes
+            # as any ring's does (the gate keeps spilling this epoch, so nothing comes after)
+            self.gate.set_move_cfg(hold=0)
+            self.in_gate = False
+            log.info("move %d: the gate's FIFO filled (%d spilled to the ring)", self.epoch, self.stats["spilled"])
         with self.rlock:
             with self.lock:
                 if self.hold_own:
@@ -307,7 +324,7 @@ class MoveSession:
                     batch = list(self.peer_q) + list(self.switch_q)
                     self.peer_q.clear()
                     self.switch_q.clear()
-            self._release(batch)
+            return n + self._release(batch)
 
     def release_own(self) -> None:
         """dup op: the source's last output has left: this destination's own packets may go."""

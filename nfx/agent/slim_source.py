@@ -24,7 +24,9 @@ stream; the destination holds the moving flows' packets until it has applied tha
 A full statelet ring loses records (counted by the NF): the source then sends a fresh snapshot
 (`resync`), which the destination installs in place of what it had of the filter, and goes on
 with the statelets after it. Statelets are absolute and their replay idempotent, so the ring's
-records from before the new snapshot only meet newer entries and change nothing."""
+records from before the new snapshot only meet newer entries and change nothing. Records lost by
+the cut (op) get one last fresh snapshot, exact since the source processes none of the flows past
+its cut; lf and ng call the move off then."""
 import select
 import time
 
@@ -285,9 +287,18 @@ class _Run:
         if self.op:
             self._egress_empty()
             self.phase("egress_empty")
-        if lost(self.nf.stats()) > self.drops0:
-            # lost at the very end: dst cannot be trusted with this stream; the move is called off
-            raise NfxError("the statelet ring overflowed at the cut: the move is called off (the source keeps the flows)")
+        drops = lost(self.nf.stats())
+        if drops > self.drops0:
+            if not self.op:
+                # lf/ng: the source may still process the flows after this, so no snapshot now is
+                # the last word; dst cannot be trusted with this stream: the move is called off
+                raise NfxError("the statelet ring overflowed at the cut: the move is called off (the source keeps "
+                               "the flows)")
+            # op: past its cut the source processes none of the flows (its gate drops them), so
+            # their state here is final and a fresh snapshot of it is exact
+            self.figures["resyncs"] += 1
+            self.ctl(None, wire.encode_json({"resync": True, "dropped": drops - self.drops0, "at_cut": True}))
+            self.snapshot(self._scopes, self._flt)
 
     def _egress_empty(self) -> None:
         """op: the last packets processed here have left the egress rings, so none of them meets

@@ -18,8 +18,8 @@ from ..traffic.rig import gen_and_sink_hosts, rig
 # NF reason counters that mean a packet went nowhere (not v_drop: buffered and to-controller
 # packets are copied to the ring and then dropped; nor r_op_pre_ibc: op drops the switch's copy
 # of what the source already has, by design)
-DROP_STATS = ("v_aborted", "r_gate_drop", "r_buf_ring_full", "r_hold_full", "r_redirect_fail", "r_release_bad",
-              "r_no_port", "r_nat_no_mapping", "r_nat_ports_exhausted", "r_nat_map_full")
+DROP_STATS = ("v_aborted", "r_gate_drop", "r_buf_ring_full", "r_hold_stale", "r_redirect_fail",
+              "r_release_bad", "r_no_port", "r_nat_no_mapping", "r_nat_ports_exhausted", "r_nat_map_full")
 WARM_PPS = 200_000           # warm-up and per-cell refresh: one packet per flow at this rate
 PORT_USE = 0.75              # fill at most this much of one public address's port range
 

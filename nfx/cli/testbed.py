@@ -24,13 +24,17 @@ def up(name: str = NameOpt,
        statelet_ring_kib: int = typer.Option(None, "--statelet-ring-kib",
                                              help="Size of every instance's statelet ring (SLiM's moves), a power of two "
                                                   "(default 16384: about 1.7 s of IDS statelets at 100k pps)."),
+       hold_slots: int = typer.Option(None, "--hold-slots",
+                                      help="Packet slots of every instance's hold FIFO (held packets kept in the gate), "
+                                           "a power of two, 16-65536 (default 16384: 25 MiB; a move that fills it "
+                                           "goes on through the buffer ring)."),
        json_: bool = JsonOpt):
     """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
     need_root()
     topo = topology.load(topology_, instances)
     nf_class(nf)                     # an unknown kind fails before anything is built
     rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms,
-                     nf_settings=nf_set, statelet_ring_kib=statelet_ring_kib)
+                     nf_settings=nf_set, statelet_ring_kib=statelet_ring_kib, hold_slots=hold_slots)
     if json_:
         emit_json({"name": name, "status": rec["status"], "topology": topo.name, "nf": nf,
                    "instances": topo.instances, "netns": rec["created"]["netns"],

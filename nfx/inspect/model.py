@@ -12,13 +12,13 @@ VERDICTS = ("v_tx", "v_redirect", "v_pass", "v_drop", "v_aborted")
 DROPS = ("r_trunc_eth", "r_vlan", "r_arp", "r_ipv6", "r_non_ip", "r_trunc_ip", "r_bad_version", "r_bad_ihl",
          "r_fragment", "r_trunc_l4", "r_unsupp_proto", "r_icmp_not_echo", "r_no_port", "r_gate_drop",
          "r_gate_other", "r_redirect_fail", "r_nat_not_inside", "r_nat_no_mapping", "r_nat_ports_exhausted",
-         "r_nat_map_full", "r_buf_ring_full", "r_hold_full", "r_release_bad", "r_op_pre_ibc")
+         "r_nat_map_full", "r_buf_ring_full", "r_hold_stale", "r_release_bad", "r_op_pre_ibc")
 # dropped by XDP but kept: a move's buffer ring (released later) or the controller's
 HELD = ("r_buffered", "r_to_ctrl")
 # what the NF did besides forwarding (not drops)
 NF_EVENTS = ("r_nat_new", "r_nat_expired", "r_ids_sig_match", "r_ids_scan_alert", "r_ids_ring_full",
              "r_ids_map_full", "r_ip_options", "r_empty_payload", "r_statelet_ring_full", "r_statelet_too_big",
-             "r_release_wait")
+             "r_release_wait", "r_hold_spilled")
 # moves (nfx/gate.py, nfx/agent/sessions.py): the gate's buffer/redirect/controller paths
 MOVES = ("r_buffered", "r_released", "r_redirected", "r_to_ctrl", "r_from_peer", "r_injected",
          "r_op_pre_ibc", "r_ibc")

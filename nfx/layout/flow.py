@@ -88,8 +88,9 @@ class Stat(enum.IntEnum):
     R_SHADOW = 72
     R_SHADOW_BYTES = 73
     R_STATELET_TOO_BIG = 74
-    R_HOLD_FULL = 75
+    R_HOLD_SPILLED = 75
     R_RELEASE_WAIT = 76
+    R_HOLD_STALE = 77
 
 
 STAT_MAX = 96

@@ -42,13 +42,13 @@ class BufHdr(ct.Structure):
 
 
 class ReleaseSlot(ct.Structure):
-    _fields_ = [("len", u32), ("side", u8), ("rx", u8), ("pad", u16), ("seq", u32), ("pad2", u32),
+    _fields_ = [("len", u32), ("side", u8), ("rx", u8), ("pad", u16), ("seq", u32), ("epoch", u32),
                 ("ts_ns", u64), ("data", u8 * MAX_PKT)]
 
 
 class HoldState(ct.Structure):
     _fields_ = [("lock", u32), ("head", u32), ("cursor", u32), ("peak", u32), ("epoch", u32), ("untagged", u32),
-                ("max_wait_ns", u64)]
+                ("spilled", u32), ("pad", u32), ("max_wait_ns", u64)]
 
 
 class MoveCfg(ct.Structure):

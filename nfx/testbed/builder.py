@@ -63,25 +63,31 @@ def instance_config(config, index: int, count: int):
     return dataclasses.replace(config, port_lo=lo, port_hi=hi)
 
 
-def nf_defines(statelet_ring_kib: int | None) -> dict:
-    """The NF programs' build settings: the statelet ring's size (a power of two, 4 KiB pages)."""
-    if statelet_ring_kib is None:
-        return {}
-    kib = statelet_ring_kib
-    if kib < 4 or kib & (kib - 1) or kib > (1 << 20):
-        raise BadInput(f"the statelet ring is a power of two from 4 KiB to 1 GiB, not {kib} KiB")
-    return {"NFX_STATELET_RING_PAGES": kib // 4}
+def nf_defines(statelet_ring_kib: int | None, hold_slots: int | None = None) -> dict:
+    """The NF programs' build settings: the statelet ring's size (a power of two, 4 KiB pages)
+    and the slots of the gate's hold FIFO (a power of two: its positions wrap at 2^32)."""
+    out = {}
+    if statelet_ring_kib is not None:
+        kib = statelet_ring_kib
+        if kib < 4 or kib & (kib - 1) or kib > (1 << 20):
+            raise BadInput(f"the statelet ring is a power of two from 4 KiB to 1 GiB, not {kib} KiB")
+        out["NFX_STATELET_RING_PAGES"] = kib // 4
+    if hold_slots is not None:
+        if hold_slots < 16 or hold_slots & (hold_slots - 1) or hold_slots > (1 << 16):
+            raise BadInput(f"the hold FIFO has a power of two of slots from 16 to 65536, not {hold_slots}")
+        out["NFX_HOLD_SLOTS"] = hold_slots
+    return out
 
 
 def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, progress=None,
        agents: bool = True, ctrl_delay_ms: float = 0.0, nf_settings: list[str] | None = None,
-       statelet_ring_kib: int | None = None) -> registry.Testbed:
+       statelet_ring_kib: int | None = None, hold_slots: int | None = None) -> registry.Testbed:
     """Build the testbed; with `agents`, start one agent per NF instance once everything exists,
     and the controller (its control messages delayed by ctrl_delay_ms, one way)."""
     progress = progress or (lambda msg: None)
     config = nf_config(kind, topo, nf_settings)      # bad settings fail before anything exists
     instance_config(config, 0, len(topo.role("nf")))
-    defines = nf_defines(statelet_ring_kib)
+    defines = nf_defines(statelet_ring_kib, hold_slots)
     pin.ensure_bpffs()
     # every agent request carries this token; the registry file is root-only (0600)
     rec = registry.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,

@@ -2,7 +2,9 @@
 the agents, judged by the sink: lf loses and duplicates nothing and leaves the destination with
 what one instance that saw all the traffic would hold (NAT and IDS); ng duplicates nothing; op
 reorders nothing either; a destination killed while the switches duplicate rolls the move back
-with nothing lost. One testbed per NF for the module."""
+with nothing lost. One testbed per NF for the module. Its hold FIFOs are tiny (16 packets), so
+every move's holds outgrow them and go on through the buffer ring (the destination's copies, and
+with op its own packets): the results must not change."""
 import json
 import os
 import signal
@@ -27,7 +29,7 @@ RIGS = Rigs()
 
 @pytest.fixture(scope="module")
 def tb():
-    with running_testbed("sharp", "nat", instances=2) as rec:
+    with running_testbed("sharp", "nat", instances=2, hold_slots=16) as rec:
         try:
             measure(*RIGS.get(rec["name"], FLOWS), 20000, 0.5, 1.0)      # every flow's state on nf0
             yield rec
@@ -61,6 +63,7 @@ def test_lf_there_and_back(tb):
     name = tb["name"]
     for src, dst, cli in (("nf0", "nf1", True), ("nf1", "nf0", False)):
         before = per_flow(name, src)
+        spilled = {i: builder.instance(name, i).stats().get("r_hold_spilled", 0) for i in (src, dst)}
         m, r = dup_move(name, src, dst, "lf", via_cli=cli)
         print(json.dumps({"move": m, "sink": {k: r[k] for k in ("sent", "received", "lost", "duplicated")}}))
         assert (r["lost"], r["duplicated"], r["unexpected"]) == (0, 0, 0), (m, r)
@@ -73,8 +76,10 @@ def test_lf_there_and_back(tb):
         # dst processed every copy it received in shadow, once (but the IBC's, one per side)
         assert d["src_copies"] == d["dst_copies"] > 2 and d["shadow_pkts"] == d["dst_copies"] - 2, d
         assert d["shadow_bytes"] >= 60 * d["shadow_pkts"] and d["snapshot_chunks"] == m["state_chunks"] > 0
-        # both held copies back (the destination's released ones counted in shadow above)
+        # both held copies back (the destination's released ones counted in shadow above), more
+        # than their FIFOs took
         assert d["src_held"] > 0 and d["src_max_hold_us"] > 0 and d["dst_buffer_peak"] > 0, d
+        assert builder.instance(name, dst).stats().get("r_hold_spilled", 0) > spilled[dst]
         ph = m["phases_ms"]
         order = ["held", "dup_on", "src_cut", "snapshot_sent", "src_released", "caught_up", "repointed", "copies_in"]
         assert [ph[k] for k in order] == sorted(ph[k] for k in order), ph
@@ -132,6 +137,7 @@ def test_op_there_and_back(tb):
         ph = m["phases_ms"]
         assert ph["repointed"] <= ph["copies_in"] <= ph["src_flushed"] <= ph["own_released"], ph
         assert m["dup"]["dst_own_held"] > 0, m["dup"]                # its own packets were held too
+        assert builder.instance(name, dst).stats().get("r_hold_spilled", 0) > 0
 
 
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs a CPU to stall and another to run on")

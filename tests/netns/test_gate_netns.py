@@ -110,12 +110,44 @@ def test_hold_in_the_gate_then_release_in_order(tb):
         held = (hs.head - head0) & 0xFFFFFFFF
         assert held > 5000 and hs.head == hs.cursor                 # it held traffic, and all of it went
         assert s["r_buffered"] == s["r_released"] == released == held
-        assert s.get("r_hold_full", 0) == 0 and s.get("r_buf_ring_full", 0) == 0
+        assert s.get("r_hold_spilled", 0) == 0 and s.get("r_buf_ring_full", 0) == 0
         assert ring.poll(0) == []
         assert 0 < hs.peak <= held and hs.epoch == 9 and hs.max_wait_ns >= 100e6   # held since the filter went up
         assert all(m.action == L.Action.PROCESS and m.buffered == m.released for m in g.marks().values())
     finally:
         ring.close()
+        rel.close()
+        g.clear_filter(0)
+        g.unmark()
+        g.reset_move()
+
+
+def test_held_packets_of_an_earlier_move_are_dropped_not_released(tb):
+    """An agent that died mid-move leaves its held packets in the gate's FIFO: the next move's
+    release path drops them (counted), as a session drops an earlier move's ring records, instead
+    of releasing them out of place."""
+    nf0 = builder.instance(tb["name"], "nf0")
+    info = tb["nodes"]["nf0"]
+    g = Gate(nf0)
+    rel = Releaser(nf0, info["ns"], info["release_if"], tuple(info["wiring"]))
+    before = nf0.stats()
+    try:
+        g.set_move_cfg(epoch=31, hold=1)
+        g.set_filter(0, parse("all"), L.Action.BUFFER, tag=31)
+        with rig(tb["name"], 50) as (gen, sink):
+            measure(gen, sink, 5000, 0.2, 0.3)
+        g.clear_filter(0)
+        hs = g.hold_state()
+        left = (hs.head - hs.cursor) & 0xFFFFFFFF
+        assert left > 500
+        g.unmark()
+        g.set_move_cfg(epoch=32, drain_epoch=32)          # the next move, held packets still in
+        assert rel.release_held() == left
+        s = {k: v - before.get(k, 0) for k, v in nf0.stats().items()}
+        assert s["r_hold_stale"] == left and s.get("r_released", 0) == 0
+        hs = g.hold_state()
+        assert hs.head == hs.cursor and hs.max_wait_ns == 0
+    finally:
         rel.close()
         g.clear_filter(0)
         g.unmark()
