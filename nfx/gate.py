@@ -250,15 +250,18 @@ class Releaser:
         self.rings = []
 
     def release_held(self, batch: int = 32) -> int:
-        """Replay what waits in the gate's hold FIFO (move_cfg.hold), in order, PER_CALL at a time
-        with room in the egress rings; stop at a slot not committed yet (the next call takes it).
-        Returns how many slots it took: released, or dropped as an earlier move's (r_hold_stale)."""
+        """Replay what waited in the gate's hold FIFO (move_cfg.hold) when called, in order,
+        PER_CALL at a time with room in the egress rings; stop at a slot not committed yet (the
+        next call takes it). What arrives meanwhile is the next call's: under traffic that comes
+        as fast as it goes, one call would otherwise never return. Returns how many slots it took:
+        released, or dropped as an earlier move's (r_hold_stale)."""
         with self.lock:
             done = 0
+            end = self.gate.hold_state().head
             while True:
                 hs = self.gate.hold_state()
-                waiting = (hs.head - hs.cursor) & 0xFFFFFFFF
-                if not waiting:
+                waiting = (end - hs.cursor) & 0xFFFFFFFF
+                if not waiting or waiting > L.HOLD_SLOTS_MAX:
                     break
                 self._wait_for_room()
                 n = min(waiting, self.PER_CALL)

@@ -23,6 +23,10 @@ def _median(xs):
     return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
+def _int(x):
+    return None if x is None else int(round(x))
+
+
 def summary(rows) -> dict[tuple, dict]:
     """The runs of each (NF, size, rate, mechanism) as one: medians of the finished runs'
     duration, bytes and σ; the worst hold, loss and RTT figures of all runs; how many finished."""
@@ -34,7 +38,7 @@ def summary(rows) -> dict[tuple, dict]:
         done = [r for r in rs if not r.get("error")]
         out[k] = {"runs": len(rs), "finished": len(done), "error": None if done else rs[0].get("error"),
                   "total_s": _median(r.get("total_s") for r in done),
-                  "bytes_total": _median(r.get("bytes_total") for r in done),
+                  "bytes_total": _int(_median(r.get("bytes_total") for r in done)),
                   "sigma": _median(r.get("sigma") for r in done),
                   "max_added_delay_ms": max((float(r.get("max_added_delay_ms") or 0) for r in done), default=None),
                   "lost": sum(r["lost"] for r in rs),

@@ -18,6 +18,7 @@ class FirePayload(ct.Structure):
 MAX_PKT = 1536
 RELEASE_SLOTS = 4096
 HOLD_SLOTS = 16384
+HOLD_SLOTS_MAX = 1 << 16     # what --hold-slots may ask for (nfx/testbed/builder.py)
 RX_PEER, RX_RELEASED, RX_INJECTED = 1, 2, 4
 RX_DUP_SRC, RX_DUP_DST = 8, 16
 DUP_TAG_HI, DUP_TAG_B4 = 0x026E6664, 0x75

@@ -8,7 +8,7 @@ import secrets
 import time
 from pathlib import Path
 
-from .. import registry
+from .. import layout as L, registry
 from ..control.switch import Match, Rule, Switch
 from ..errors import BadInput, NfxError
 from ..loader import attach, netlink, netns, pin
@@ -73,7 +73,7 @@ def nf_defines(statelet_ring_kib: int | None, hold_slots: int | None = None) -> 
             raise BadInput(f"the statelet ring is a power of two from 4 KiB to 1 GiB, not {kib} KiB")
         out["NFX_STATELET_RING_PAGES"] = kib // 4
     if hold_slots is not None:
-        if hold_slots < 16 or hold_slots & (hold_slots - 1) or hold_slots > (1 << 16):
+        if hold_slots < 16 or hold_slots & (hold_slots - 1) or hold_slots > L.HOLD_SLOTS_MAX:
             raise BadInput(f"the hold FIFO has a power of two of slots from 16 to 65536, not {hold_slots}")
         out["NFX_HOLD_SLOTS"] = hold_slots
     return out
