@@ -6,6 +6,7 @@ import os
 import fcntl
 import socket
 import struct
+import threading
 
 from ..errors import NfxError, NotFound
 from . import netns
@@ -29,7 +30,12 @@ VETH_RING = 256
 
 class IfCounters:
     """One interface's counters. `ethtool(name)` is a driver statistic by its ethtool -S name,
-    `tx_packets()` the link's count of packets sent."""
+    `tx_packets()` the link's count of packets sent. Safe to share between threads (a move's
+    releases and its status read the same rings): each read holds the object's lock, because
+    two threads on one netlink socket take each other's answers, and one of them then waits
+    forever (seen: an agent that stopped answering for 60 s)."""
+
+    TIMEOUT_S = 2.0        # an answer the kernel never gives is an error, not a hang
 
     def __init__(self, ifname: str, ns: str | None = None):
         self.ifname, self.ns = ifname, ns
@@ -40,6 +46,8 @@ class IfCounters:
                 raise NotFound(f"no interface {ifname!r} in netns {ns or '(current)'}") from None
             self._ioc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # bound to this netns
             self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._nl.settimeout(self.TIMEOUT_S)
+        self._lock = threading.Lock()
         self._seq = 0
         self.names = self._strings()
         self._index = {n: i for i, n in enumerate(self.names)}
@@ -71,11 +79,19 @@ class IfCounters:
             idx = [self._index[n] for n in names]
         except KeyError as e:
             raise NotFound(f"{self.ifname} has no ethtool statistic {e.args[0]!r}") from None
-        struct.pack_into("=II", self._stats, 0, ETHTOOL_GSTATS, len(self.names))
-        self._ethtool(self._stats)
-        return tuple(struct.unpack_from("=Q", self._stats, 8 + 8 * i)[0] for i in idx)
+        with self._lock:
+            struct.pack_into("=II", self._stats, 0, ETHTOOL_GSTATS, len(self.names))
+            self._ethtool(self._stats)
+            return tuple(struct.unpack_from("=Q", self._stats, 8 + 8 * i)[0] for i in idx)
 
     def tx_packets(self) -> int:
+        with self._lock:
+            try:
+                return self._tx_packets()
+            except socket.timeout:
+                raise NfxError(f"link statistics of {self.ifname}: no answer within {self.TIMEOUT_S:g} s") from None
+
+    def _tx_packets(self) -> int:
         self._seq += 1
         body = struct.pack("=BBHII", socket.AF_UNSPEC, 0, 0, self.ifindex, 1 << (IFLA_STATS_LINK_64 - 1))
         self._nl.send(struct.pack("=IHHII", 16 + len(body), RTM_GETSTATS, NLM_F_REQUEST, self._seq, 0) + body)
