@@ -1,7 +1,7 @@
 /* nfx_nf.h: what every NF program runs around its own logic: the gate (per-flow marks, then
  * wildcard filters for flows with no mark), moves, and the wiring that forwards a packet out the
  * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by
- * nfx_dup.h, held packets kept in the gate by nfx_hold.h. Layouts are in nfx_gate.h, nfx_move.h
+ * nfx_dup.h, held packets kept and let go by nfx_release.h. Layouts are in nfx_gate.h, nfx_move.h
  * and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
@@ -12,7 +12,7 @@
 #include "nfx_hsl.h"
 #include "nfx_st_write.h"
 #include "nfx_dup.h"
-#include "nfx_hold.h"
+#include "nfx_release.h"
 
 #ifndef NFX_MAX_FLOWS
 #define NFX_MAX_FLOWS 262144
@@ -33,73 +33,10 @@ static __always_inline int nfx_filter_match(struct nfx_filter *f, struct nfx_flo
            (!f->proto || f->proto == k->proto);
 }
 
-#ifndef NFX_PKTBUF_PAGES
-#define NFX_PKTBUF_PAGES 16384          /* 64 MiB: about 40k full-size packets in flight */
-#endif
-
-/* what a move needs: the instance's move state, the release slots, and the buffer ring */
-NFX_TABLE("array", __u32, struct nfx_move_cfg, nfx_move_cfg, 1);
-NFX_TABLE("array", __u32, struct nfx_move_state, nfx_move_state, 1);
-NFX_TABLE("array", __u32, struct nfx_release_slot, nfx_release, NFX_RELEASE_SLOTS);
 NFX_TABLE("hash", struct nfx_flow_key, __u32, nfx_drain, NFX_MAX_FLOWS);   /* early release, per flow */
-NFX_RING(nfx_pktbuf, NFX_PKTBUF_PAGES);
-
-struct nfx_buf_rec {
-    struct nfx_buf_hdr h;
-    __u8 data[NFX_MAX_PKT];
-};
-BPF_PERCPU_ARRAY(nfx_bufscratch, struct nfx_buf_rec, 1);
 
 #define NFX_ACT_PRE_IBC 100     /* internal: an OP switch-path packet that precedes the IBC */
 #define NFX_PEER_MAC4   0xfe    /* peer-link frames: dst MAC 02:00:00:00:fe:<side> */
-
-/* The release path: a live test run naming the release veth as ingress replays, one per frame,
- * the agent's release slots, or (move_cfg.hold) the gate's hold FIFO, through this same
- * program. Returns the packet's side, -1 for a slot that was empty or malformed (skipped), -2
- * for a hold slot not committed yet (left for the next run), -3 for an earlier move's held
- * packet (skipped). */
-static __always_inline int nfx_release_load(struct xdp_md *ctx, __u32 *rx, __u32 *seq)
-{
-    __u32 z = 0;
-    struct nfx_move_state *ms = nfx_move_state.lookup(&z);
-    struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
-    if (!ms || !mv)
-        return -1;
-    struct nfx_hold_state *hs = 0;
-    struct nfx_release_slot *s = 0;
-    int stale = 0;
-    if (mv->hold) {
-        int wait = 0;
-        s = nfx_hold_next(mv, &hs, &wait, &stale);
-        if (wait)
-            return -2;
-    } else {
-        __u32 n = ms->release_cursor;
-        ms->release_cursor = n + 1;      /* one releaser at a time: the agent serialises */
-        __u32 i = n % NFX_RELEASE_SLOTS;
-        s = nfx_release.lookup(&i);
-    }
-    if (!s)
-        return -1;
-    int side = -1;
-    __u64 len = s->len;
-    if (len > NFX_MAX_PKT)
-        len = 0;
-    asm volatile("" : "+r"(len));        /* keep the verifier's bounds on this register */
-    if (len >= sizeof(struct ethhdr) && !stale) {
-        int cur = bpf_xdp_get_buff_len(ctx);
-        if (!bpf_xdp_adjust_tail(ctx, (int)len - cur) && !bpf_xdp_store_bytes(ctx, 0, s->data, len))
-            side = s->side & 1;
-    }
-    if (hs)
-        nfx_hold_done(hs, s, side >= 0); /* copied out (or skipped): the slot may be reused */
-    if (side < 0)
-        return stale ? -3 : -1;
-    *rx = s->rx & (NFX_RX_RELEASED | NFX_RX_INJECTED);
-    *seq = ++ms->release_seq;
-    nfx_count(*rx & NFX_RX_RELEASED ? NFX_R_RELEASED : NFX_R_INJECTED);
-    return side;
-}
 
 /* Which side a packet belongs to (-1: not ours; -2: a release run's frame with no packet,
  * counted) and how it arrived. */
@@ -242,32 +179,6 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
     bpf_spin_unlock(&m->lock);
     *mp = m;
     return act;
-}
-
-/* Copy the packet into the buffer ring (for the agent), behind a header. */
-static __always_inline int nfx_buffer(struct xdp_md *ctx, struct nfx_flow_key *k, __u32 kind, int side,
-                                      __u32 rx, __u32 epoch)
-{
-    __u32 z = 0;
-    struct nfx_buf_rec *r = nfx_bufscratch.lookup(&z);
-    if (!r)
-        return -1;
-    __u64 len = bpf_xdp_get_buff_len(ctx);
-    if (len > NFX_MAX_PKT)
-        return -1;
-    asm volatile("" : "+r"(len));
-    if (len < 1)
-        return -1;
-    r->h.ts_ns = bpf_ktime_get_ns();
-    r->h.key = *k;
-    r->h.len = len;
-    r->h.epoch = epoch;
-    r->h.kind = kind;
-    r->h.side = side;
-    r->h.rx = rx;
-    if (bpf_xdp_load_bytes(ctx, 0, r->data, len))
-        return -1;
-    return nfx_pktbuf.ringbuf_output(r, sizeof(struct nfx_buf_hdr) + len, 0);
 }
 
 /* Send to another instance over the peer link in tx slot `slot`, naming the original side. */

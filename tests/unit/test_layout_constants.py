@@ -8,7 +8,7 @@ from nfx import layout as L
 from nfx.paths import BPF_INCLUDE
 
 HEADER_OF = {mod: header for header, mod in L.MODULES.items()}
-CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h"}   # helpers, no layouts of their own
+CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h", "nfx_release.h"}   # helpers, no layouts of their own
 
 
 def text(header: str) -> str:
