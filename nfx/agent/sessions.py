@@ -401,8 +401,16 @@ class MoveSession:
             self._thread.join(timeout=2)
         self._take(self.ring.poll(0))
         self.hold_own = False             # a called-off op dup move: its own packets go too
+        if self.in_gate and self.dup and self.role == "dst":
+            self.gate.set_move_cfg(dup=L.DUP_SHADOW)  # ... in the gate too (nfx_hold_next stops at them)
         if self.role in HOLDERS and (self.peer_q or self.switch_q or self.in_gate):
             self._release_ready()
+            for _ in range(5):            # a slot reserved just before the marks went: its turn
+                hs = self.gate.hold_state() if self.in_gate else None
+                if hs is None or hs.head == hs.cursor:
+                    break
+                time.sleep(SETTLE_S)
+                self._release_ready()
         self.gate.reset_move()            # the ring reader stays open for the next move
         if self.releaser:
             self.releaser.close()

@@ -110,3 +110,15 @@ def test_statelet_field_bits_follow_struct_order(stf, struct):
     """Field bit i is the i-th field of the value struct, pad left out (nfx_statelet.h)."""
     fields = [name for name, _ in struct._fields_ if name != "pad"]
     assert [m.name.lower() for m in sorted(stf)] == fields
+
+
+def test_release_slot_head_as_the_releaser_packs_it():
+    """nfx/gate.py fills release slots with struct (SLOT_HEAD) and slice copies, not ctypes."""
+    import ctypes as ct
+    from nfx.gate import SLOT_DATA, SLOT_HEAD, SLOT_SIZE
+    buf = bytearray(SLOT_SIZE)
+    SLOT_HEAD.pack_into(buf, 0, 1234, 1, L.RX_INJECTED)
+    buf[SLOT_DATA:SLOT_DATA + 3] = b"abc"
+    s = L.ReleaseSlot.from_buffer(buf)
+    assert (s.len, s.side, s.rx, bytes(s.data[:3])) == (1234, 1, L.RX_INJECTED, b"abc")
+    assert SLOT_SIZE == ct.sizeof(L.ReleaseSlot)
