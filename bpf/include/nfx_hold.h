@@ -23,7 +23,8 @@ NFX_TABLE("array", __u32, struct nfx_hold_state, nfx_hold_state, 1);
 
 /* Hold the packet (arrived as `rx`) for move `epoch`: 0 held here; 1 not: the FIFO has filled
  * in this move, and this packet, like every later one of the move, goes to the buffer ring (its
- * agent releases those after the FIFO's, so arrival order holds). */
+ * agent releases those after the FIFO's, so arrival order holds); -1: its bytes could not be
+ * read (its slot is committed empty, the caller counts the packet as not held). */
 static __always_inline int nfx_hold_put(struct xdp_md *ctx, int side, __u32 rx, __u32 epoch)
 {
     __u32 z = 0;
