@@ -23,7 +23,10 @@ from . import bpfsys as sys_
 
 BUSY, DISCARD = 1 << 31, 1 << 30
 HDR = 8
-_POS = struct.Struct("<Q")
+# native "Q": one 8-byte load or store (CPython copies it with memcpy); "<Q" goes byte by byte,
+# and the kernel, reading the consumer position while it is half written, may see a ring that
+# looks full (a torn write crossing a carry can put it megabytes behind) and refuse a record
+_POS = struct.Struct("Q")
 
 
 class MmapRing(ClosedWhenCollected):
