@@ -21,7 +21,7 @@ struct nfx_fire_payload {            /* the trigger's UDP payload */
 #define NFX_MAX_PKT       1536
 #define NFX_RELEASE_SLOTS 4096
 #ifndef NFX_HOLD_SLOTS
-#define NFX_HOLD_SLOTS    16384        /* the hold FIFO (nfx_hold.h), a power of two: 25 MiB */
+#define NFX_HOLD_SLOTS    16384        /* the hold FIFO (nfx_hold.h), a power of two: 24 MiB */
 #endif
 
 /* how a packet reached the NF */

@@ -80,11 +80,10 @@ static __always_inline int nfx_rx(struct xdp_md *ctx, struct nfx_port_cfg *pc, _
  * been released, and the last of them has left the NF (flushed_seq): so a live packet never
  * overtakes a buffered one. `*mp` is the mark, for the caller to undo a failed buffering. */
 static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx, __u32 seq, __u32 *peer,
-                                      struct nfx_mark **mp)
+                                      struct nfx_mark **mp, struct nfx_move_cfg *mv)
 {
     __u32 z = 0;
     struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);
-    struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
     struct nfx_move_state *ms = nfx_move_state.lookup(&z);
     __u32 act = NFX_ACT_PROCESS;
     *mp = 0;
@@ -200,7 +199,7 @@ static __always_inline int nfx_redirect_peer(struct xdp_md *ctx, __u32 slot, int
 
 /* What the gate does with a packet the NF does not process. */
 static __always_inline int nfx_gate_act(struct xdp_md *ctx, struct nfx_flow_key *k, __u32 act, __u32 peer,
-                                        int side, __u32 rx, struct nfx_mark *m)
+                                        int side, __u32 rx, struct nfx_mark *m, struct nfx_move_cfg *mv)
 {
     if (act == NFX_ACT_DROP) {
         nfx_count(NFX_R_GATE_DROP);
@@ -213,8 +212,7 @@ static __always_inline int nfx_gate_act(struct xdp_md *ctx, struct nfx_flow_key 
     if (act == NFX_ACT_REDIRECT)
         return nfx_redirect_peer(ctx, peer, side);
     if (act == NFX_ACT_BUFFER || act == NFX_ACT_TO_CTRL) {
-        __u32 epoch = m ? m->epoch : 0, z = 0;
-        struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);
+        __u32 epoch = m ? m->epoch : 0;
         /* an instance that holds in the gate: its held packets never reach the agent, unless
          * the gate's FIFO has filled in this move (then they spill to the ring) */
         int held = 1;
@@ -368,7 +366,8 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     /* before the parse: what the NF does with a packet it cannot parse (an ICMP error it
      * translates) is output too */
     __u32 z = 0;
-    if (nfx_dup(ctx, nfx_move_cfg.lookup(&z), &rx, shadow)) {
+    struct nfx_move_cfg *mv = nfx_move_cfg.lookup(&z);   /* once: the gate and its actions read it too */
+    if (nfx_dup(ctx, mv, &rx, shadow)) {
         nfx_count(NFX_R_FORGED);        /* a destination's copy where no dup move shadows it */
         p->reason = NFX_R_FORGED;       /* nothing for the NF to act on */
         return 0;
@@ -388,10 +387,10 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
         return 0;
     }
     struct nfx_mark *mark = 0;
-    *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark);
+    *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark, mv);
     if (*act != NFX_ACT_PROCESS && *act != NFX_ACT_STATELET) {
         *shadow = 0;                    /* held (or passed on), not processed: shadowed when it is */
-        *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark);
+        *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark, mv);
         return 0;
     }
     return 1;

@@ -65,6 +65,7 @@ class MoveSession:
         self.ibc_final = [False, False]    # dup's destination: by side, the untagged IBC after the repoint
         self.dup = False                   # a dup move's destination (shadow); set before begin()
         self.hold_own = False              # ... op: its own packets wait for release_own(); set before begin()
+        self.er = False                    # early release (dist's er option); set before begin()
         self.in_gate = False               # held packets wait in the gate's FIFO; set before begin()
         self._hold0 = None                 # the FIFO's head when this move began
         self._ring_held = self._ring_own = 0   # in_gate: what spilled to the ring (own: dup op's)
@@ -84,7 +85,7 @@ class MoveSession:
     # ---- set up ----
     def begin(self, keys: list, flt: Filter | None, peer_slot: int = 0) -> None:
         """Mark the flows (existing keys) and catch new ones with a wildcard filter."""
-        if self.in_gate and (self.role not in HOLDERS or self.sharp or getattr(self, "er", False)):
+        if self.in_gate and (self.role not in HOLDERS or self.sharp or self.er):
             raise ValueError("only an instance that releases in arrival order holds in the gate")
         self._hold0 = self.gate.hold_state().head if self.in_gate else None
         if self.role == "dst":

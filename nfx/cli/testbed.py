@@ -26,7 +26,7 @@ def up(name: str = NameOpt,
                                                   "(default 16384: about 1.7 s of IDS statelets at 100k pps)."),
        hold_slots: int = typer.Option(None, "--hold-slots",
                                       help="Packet slots of every instance's hold FIFO (held packets kept in the gate), "
-                                           "a power of two, 16-65536 (default 16384: 25 MiB; a move that fills it "
+                                           "a power of two, 16-65536 (default 16384: 24 MiB; a move that fills it "
                                            "goes on through the buffer ring)."),
        json_: bool = JsonOpt):
     """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
