@@ -154,6 +154,7 @@ class StateOps:
         t1 = time.perf_counter()
         report = self._apply(chunks, req.get("parallel", True))
         apply_s = time.perf_counter() - t1
+        self.shared_put(chunks)              # a cluster's members hold it before these flows run here
         self.er_after_put(chunks)            # a move with early release lets these flows go now
         self._state_changed()
         # applied_at: CLOCK_MONOTONIC, comparable with stamps taken elsewhere on this machine

@@ -12,7 +12,8 @@ attaches anything) and serves the southbound API on the management network
     dist_source.py    move_dist, DiST's source half
     dup_source.py     move_dup_push, the duplication baseline's snapshot
     slim_source.py    move_slim, SLiM's source half; slim_dest.py slim_in, its destination half
-    hsl.py            SHarP's handover support layer (in-band START_HO/END, hsl_state_in)"""
+    hsl.py            SHarP's handover support layer (in-band START_HO/END, hsl_state_in)
+    share.py          a cluster's batched sharing (sharer.py) and the replicas it feeds"""
 from . import transport
 from .dist_source import DistSource
 from .dup_source import DupSource
@@ -24,13 +25,14 @@ from .ops_state import StateOps
 from .ops_subscribe import SubscribeOps
 from .protocol import OPS
 from .slim_dest import SLIM_OPS, SlimDest
+from .share import SHARE_OPS, ShareOps
 from .slim_source import SlimSource
 from .transport import Transport
 
 
 class Agent(Transport, StateOps, GateOps, SubscribeOps, HslOps, MoveOps, DistSource, DupSource, SlimSource,
-            SlimDest, Instance):
-    ops = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS
+            SlimDest, ShareOps, Instance):
+    ops = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS + SHARE_OPS
 
 
 def main(argv=None) -> None:

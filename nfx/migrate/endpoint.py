@@ -58,6 +58,9 @@ class Remote:
         self._inject_c: AgentClient | None = None
         self._inject_lock = threading.Lock()
         self.lock = threading.Lock()          # one request at a time on the request connection
+        # its cluster (issue 13), and whether the cluster's members share their state in batches
+        self.cluster = next((c for c, ms in (testbed_rec.get("clusters") or {}).items() if instance in ms), None)
+        self.shares = bool(testbed_rec.get("sharing")) and self.cluster is not None
 
     def _client(self, timeout: float) -> AgentClient:
         """Another connection to this agent, behind the move's control link."""
@@ -92,6 +95,16 @@ class Remote:
         with self.lock:
             r = self.c.send_state(chunks, pipelined, on_done)
         self.timing["import_s"] += r["import_s"]
+        return r
+
+    def share_flush(self) -> dict:
+        """Batched sharing: every pending batch to the cluster's members now (nfx/agent/sharer.py)."""
+        return self._req("share_flush")
+
+    def replica_promote(self, flt: Filter, src: str) -> dict:
+        """The flows `flt` selects, from this member's replicas of `src` into its maps."""
+        r = self._req("replica_promote", filter=flt.text, src=src)
+        self.timing["import_s"] += r.get("apply_s") or 0.0
         return r
 
     def delete(self, scopes, flt: Filter) -> dict:

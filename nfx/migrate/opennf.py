@@ -1,10 +1,12 @@
 """OpenNF's controller side: the controller begins the move at both instances, takes the state
 from src and puts it to dst, holds what src sends up meanwhile (ControllerBuffer), hands it to
 dst, then steers. Its agent half is the sessions' src-ctrl and dst roles (nfx/agent)."""
+import base64
 import time
 
 from ..movespec import ibc_keys, ibc_synthetic
 from .. import packets as pk
+from ..errors import NfxError
 from .ctrlbuf import ControllerBuffer
 from .mechanism import Ctx, Mechanism, spawn, steer_to_dst, wait_for
 
@@ -38,7 +40,8 @@ class OpenNF(Mechanism):
             x.phase("held")
         x.t_state = time.perf_counter()
         time.sleep(x.req.state_delay_s)     # emulated: a slower state transfer (bench sharp, Fig. 7)
-        chunks, nbytes, applied_at = _transfer(x)
+        inside = src.shares and dst.shares and src.cluster == dst.cluster and not ll
+        chunks, nbytes, applied_at, cluster = (_transfer_inside if inside else _transfer)(x)
         if synth:
             x.ibc = list(synth)
             x.outside = x.outside + [synth[1][1]]
@@ -49,7 +52,11 @@ class OpenNF(Mechanism):
         x.progress("steering the switches")
         steer_to_dst(x)
         x.phase("steered")
-        return {"state_chunks": chunks, "state_bytes": nbytes, "transfer_s": x.state_at - x.t_state}
+        out = {"state_chunks": chunks, "state_bytes": nbytes, "transfer_s": x.state_at - x.t_state}
+        if src.cluster is not None or dst.cluster is not None:
+            out["cluster"] = {"kind": "inside" if inside else "across", "src": src.cluster, "dst": dst.cluster,
+                              "sharing": src.shares and dst.shares, **cluster}
+        return out
 
     def cut(self, x: Ctx) -> None:
         """The source sent its IBC up to the controller: what it sent before goes to dst first."""
@@ -59,7 +66,35 @@ class OpenNF(Mechanism):
         x.dst.drain()
 
 
-def _transfer(x: Ctx) -> tuple[int, int, float | None]:
+def _transfer_inside(x: Ctx) -> tuple[int, int, float | None, dict]:
+    """A move inside a cluster whose members share in batches (issue 13): the source sends each
+    flow's pending batch (what changed since its last one) to every member, then dst writes the
+    moved flows from its replicas into its maps. Only the last batch crosses during the move."""
+    src, dst, flt = x.src, x.dst, x.flt
+    sent = src.share_flush()
+    if sent.get("errors"):
+        raise NfxError(f"{src.name}'s batches to {', '.join(sent['errors'])} failed ({next(iter(sent['errors'].values()))}): "
+                       "their replicas are incomplete; the move is called off")
+    got = dst.replica_promote(flt, src.name)
+    if got.get("failed"):
+        raise NfxError(f"{dst.name} could not write the replicas of {len(got['failed'])} chunks: {got['failed'][0]}")
+    flows, outside = pk.keys_from_blob(_raw(got["flows"])), pk.keys_from_blob(_raw(got["outside"]))
+    x.flows = len(flows)
+    x.outside = None if flt.everything else outside
+    if x.op:
+        x.ibc = list(ibc_keys(flows, outside, flt))
+    members = max(1, len(sent.get("members") or ()))
+    figures = {"batches": sent["batches"], "batch_statelets": sent["statelets"], "batch_flows": sent["flows"],
+               "batch_bytes_per_member": sent["bytes"], "batch_bytes": sent["bytes"] * members,
+               "members": members, "replica_entries": got["entries"], "replica_bytes": got["bytes"]}
+    return len(got.get("applied") or []), sent["bytes"], got.get("applied_at"), figures
+
+
+def _raw(b64: str | None) -> bytes:
+    return base64.b64decode(b64) if b64 else b""
+
+
+def _transfer(x: Ctx) -> tuple[int, int, float | None, dict]:
     """The state through the controller. pz: each chunk is put as it comes from src (puts
     pipelined), else all out, then all in. ll: src holds flows back group by group as it reads
     their state. er: a chunk's flows are let go (to dst) as soon as dst has applied it. The
@@ -88,7 +123,8 @@ def _transfer(x: Ctx) -> tuple[int, int, float | None]:
     x.outside = None if flt.everything else outside
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, flt))
-    return sent["chunks"], sent["bytes"], sent["applied_at"]
+    entries = sum(c.count for c in chunks)
+    return sent["chunks"], sent["bytes"], sent["applied_at"], {"entries": entries}
 
 
 def _early(dst, ctrl, c) -> None:

@@ -88,6 +88,26 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
             seq += 1
 
 
+def select_chunks(chunks: Iterable[wire.Chunk], flt: Filter) -> list[wire.Chunk]:
+    """The entries of `chunks` that `flt` selects, by the same rules as export (a replica store's
+    chunks, nfx/state/replicas.py, are selected like an instance's maps)."""
+    out = []
+    for c in chunks:
+        t = next((t for t in tables(c.kind) if t.name == c.table), None)
+        if t is None:
+            raise BadInput(f"no state table {c.table!r} for NF kind {c.kind!r}")
+        slot = c.value_size * c.ncpu
+        idx = _select(t, c.count, c.keys, c.values, slot, flt)
+        if idx is None:
+            out.append(c)
+            continue
+        ks = c.key_size
+        kb = np.frombuffer(c.keys, dtype=np.dtype((np.void, ks)), count=c.count)[idx].tobytes()
+        vb = np.frombuffer(c.values, dtype=np.dtype((np.void, slot)), count=c.count)[idx].tobytes()
+        out.append(wire.Chunk(c.table, c.scope, c.kind, len(idx), ks, c.value_size, c.ncpu, c.layout, kb, vb, c.seq))
+    return out
+
+
 def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
     if c.layout != layout:
         raise BadInput(f"chunk {c.seq} ({c.table}) was written with layout {c.layout}; this instance "

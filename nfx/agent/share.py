@@ -1,0 +1,129 @@
+"""The agent's cluster ops (issue 13): batched sharing and the replicas it feeds.
+
+    share_start {members, batch, idle_ms}   the gate's share flag on; this instance's state as a
+                                            base to every member; then the sharer (sharer.py)
+    share_stop                              the flag off, the sharer's last batches out
+    share_status                            what the sharer sent, what the replicas hold
+    share_put {src, blob | base | add}      from a member: its batches (coalesce.py), its base
+                                            (wire chunks), or state a put wrote there, into this
+                                            instance's replicas
+    share_flush                             a move inside the cluster: every pending batch out now
+    replica_promote {src, filter, scopes}   a move inside the cluster, at its destination: the
+                                            moved flows' replicas (src's last batch already in)
+                                            written into the maps, as a put writes them
+A ring has one reader: while this instance shares, a SLiM move from it and `nfx inspect`'s
+statelet stream are refused."""
+import time
+
+from ..errors import BadInput
+from ..filter import parse
+from ..gate import Gate
+from ..packets import flow_keys, keys_blob
+from ..state import ops
+from ..state.replicas import Replicas, chunks_blob
+from ..state.statelets import StateletReader
+from .ops_move import _b64, enc
+from .sessions import SETTLE_S
+from .sharer import Sharer
+
+SHARE_OPS = ("share_start", "share_stop", "share_status", "share_put", "share_flush", "replica_promote")
+BASE_SCOPES = ("per-flow", "multi-flow")
+
+
+class ShareOps:
+    """Mixed into the agent (nfx/agent/server.py); needs the instance (instance.py)."""
+    sharer: Sharer | None = None
+    _replicas: Replicas | None = None
+
+    @property
+    def replicas(self) -> Replicas:
+        if self._replicas is None:
+            self._replicas = Replicas(self.kind)
+        return self._replicas
+
+    def op_share_start(self, sock, r, req) -> dict:
+        members = req.get("members")
+        batch, idle_ms = int(req.get("batch", 30)), float(req.get("idle_ms", 200))
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members) or self.instance in members:
+            raise BadInput("share_start needs members: the other instances of the cluster (names)")
+        if not 1 <= batch <= 1 << 20 or not 1 <= idle_ms <= 600_000:
+            raise BadInput(f"share_start: batch must be 1..1048576 packets and idle_ms 1..600000, not {batch}, {idle_ms:g}")
+        if self.sharer is not None:
+            raise BadInput(f"{self.instance} already shares with {', '.join(self.sharer.members)}: share_stop first")
+        if getattr(self, "session", None) is not None:
+            raise BadInput(f"a move (epoch {self.session.epoch}) is in progress here")
+        hub = getattr(self, "hubs", {}).get("statelets")
+        if hub is not None and hub.subs:
+            raise BadInput(f"{self.instance}'s statelets are being watched (nfx inspect): the ring has one reader")
+        reader = StateletReader(self.nf)
+        reader.drain(idle_ms=0, timeout_s=1.0)          # records of no one's (an earlier move's) go
+        Gate(self.nf).set_share(True)
+        try:
+            time.sleep(SETTLE_S)
+            # the base is read after mirroring began: replaying the ring onto it is exact
+            t0 = time.perf_counter()
+            chunks = list(ops.export(self.nf, BASE_SCOPES))
+            blob = chunks_blob(chunks)
+            sharer = Sharer(self, members, batch, idle_ms / 1e3, reader)
+            for m, c in sharer.peers.items():
+                c.request("share_put", src=self.instance, base=blob)
+            sharer.start()
+        except BaseException:
+            Gate(self.nf).set_share(False)
+            reader.close()
+            raise
+        self.sharer = sharer
+        return {"members": members, "batch": batch, "base_entries": sum(c.count for c in chunks),
+                "base_bytes": len(blob), "base_s": time.perf_counter() - t0}
+
+    def op_share_stop(self, sock, r, req) -> dict:
+        s = self.sharer
+        if s is None:
+            return {"stopped": False}
+        Gate(self.nf).set_share(False)
+        s.stop()
+        s.reader.close()
+        self.sharer = None
+        return {"stopped": True, **s.status()}
+
+    def op_share_status(self, sock, r, req) -> dict:
+        return {"sharing": self.sharer.status() if self.sharer else None,
+                "replicas": {**self.replicas.counts, **self.replicas.entries()}}
+
+    def op_share_put(self, sock, r, req) -> dict:
+        src = req.get("src")
+        if not isinstance(src, str) or not src:
+            raise BadInput("share_put needs src: the member that sends")
+        if req.get("base") is not None:
+            return {"base_entries": self.replicas.base(src, _b64(req, "base"))}
+        if req.get("add") is not None:
+            return {"base_entries": self.replicas.base(src, _b64(req, "add"), replace=False)}
+        return self.replicas.apply(src, _b64(req, "blob"))
+
+    def shared_put(self, chunks) -> None:
+        """After a put (nfx/agent/ops_state.py): what it wrote joins the members' replicas."""
+        if self.sharer is not None and chunks:
+            r = self.sharer.add_base(chunks_blob(chunks))
+            if r["errors"]:
+                raise BadInput(f"{self.instance} wrote the state but could not share it with "
+                               f"{', '.join(r['errors'])}: {next(iter(r['errors'].values()))}")
+
+    def op_share_flush(self, sock, r, req) -> dict:
+        if self.sharer is None:
+            raise BadInput(f"{self.instance} does not share its state (nfx cluster up starts sharing)")
+        time.sleep(SETTLE_S)                          # a packet that read no mark has been processed
+        return self.sharer.flush()
+
+    def op_replica_promote(self, sock, r, req) -> dict:
+        src = req.get("src")
+        if not isinstance(src, str) or not src:
+            raise BadInput("replica_promote needs src: the member the flows move from")
+        flt = parse(req.get("filter"))
+        t0 = time.perf_counter()
+        chunks = self.replicas.select(flt, src)
+        report = self._apply(chunks, True)
+        self._state_changed()
+        flows, outside = flow_keys(chunks)
+        return {**report, "entries": sum(c.count for c in chunks), "bytes": sum(c.nbytes for c in chunks),
+                "apply_s": time.perf_counter() - t0, "applied_at": time.perf_counter(),
+                "flows": enc(keys_blob(flows)), "outside": enc(keys_blob(outside))}

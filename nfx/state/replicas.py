@@ -1,0 +1,116 @@
+"""A cluster member's replicas (issue 13): what the other members of its cluster share in batches
+(nfx/state/coalesce.py), held here, not in the maps: the member does not process these flows.
+
+Per-flow entries go into one store, whoever sent them: a flow's entries are its own, and after a
+move its new instance's batches land on what its old one shared (values are absolute, incarnations
+tagged, so a replay lands on an entry exactly). Multi-flow entries (an IDS host's counters, a NAT
+public port's owner) are kept per sender: each instance's host counters count that instance's
+packets. Batches are applied in stamp order per flow: one older than what a flow's replica already
+holds is skipped (counted `stale`).
+
+A move to this member takes the moved flows from here (`select`, by the filter, as an export
+would select them from maps) plus the source's last batch, which the move sends first."""
+import io
+import threading
+
+from ..filter import Filter
+from . import ops, wire
+from .coalesce import decode_batches
+from .replay_one import Tables, apply_slow
+from .statelets import SCHEMAS
+from .tables import tables
+
+PER_FLOW = "per-flow"
+
+
+class Replicas:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.per_flow = {t.name for t in tables(kind, (PER_FLOW,))}
+        self.flows = Tables(kind)
+        self.multi: dict[str, Tables] = {}
+        self.stamps: dict[bytes, int] = {}         # flow -> stamp of the last batch applied
+        self.lock = threading.Lock()
+        self.counts = {"batches": 0, "stale": 0, "statelets": 0, "bytes": 0, "bases": 0, "orphans": 0}
+
+    def _mine(self, src: str) -> Tables:
+        t = self.multi.get(src)
+        if t is None:
+            t = self.multi[src] = Tables(self.kind)
+        return t
+
+    def apply(self, src: str, blob) -> dict:
+        """Batches from member `src`, in order. Returns what this call applied."""
+        got = {"batches": 0, "stale": 0, "statelets": 0}
+        rep: dict = {}
+        with self.lock:
+            multi = self._mine(src)
+            for b in decode_batches(blob):
+                last = self.stamps.get(b.flow, 0)
+                if b.stamp and b.stamp < last:
+                    got["stale"] += 1
+                    continue
+                if b.stamp:
+                    self.stamps[b.flow] = b.stamp
+                pf = [u for u in b.updates if _name(u) in self.per_flow]
+                mf = [u for u in b.updates if _name(u) not in self.per_flow]
+                if pf:
+                    apply_slow(self.flows, pf, rep)
+                if mf:
+                    apply_slow(multi, mf, rep)
+                got["batches"] += 1
+                got["statelets"] += len(b.updates)
+            for k in ("batches", "stale", "statelets"):
+                self.counts[k] += got[k]
+            self.counts["bytes"] += len(blob)
+            self.counts["orphans"] += rep.get("orphans", 0)
+        return got
+
+    def base(self, src: str, blob, replace: bool = True) -> int:
+        """A member's state when it began sharing (wire chunks back to back): its per-flow entries
+        join the store, its multi-flow entries replace what this member held of it (or, not
+        `replace`: state a put wrote there, its multi-flow entries join)."""
+        chunks = _chunks(blob)
+        n = 0
+        with self.lock:
+            multi = Tables(self.kind) if replace else self._mine(src)
+            snap = Tables.from_chunks(chunks, self.kind) if chunks else Tables(self.kind)
+            for name, d in snap.data.items():
+                (self.flows if name in self.per_flow else multi).data[name].update(d)
+                n += len(d)
+            self.multi[src] = multi
+            self.counts["bases"] += 1
+            self.counts["bytes"] += len(blob)
+        return n
+
+    def select(self, flt: Filter, src: str) -> list[wire.Chunk]:
+        """The replicas `flt` selects: per-flow entries, and `src`'s multi-flow ones."""
+        with self.lock:
+            chunks = [c for c in self.flows.chunks() if c.table in self.per_flow and c.count]
+            if src in self.multi:
+                chunks += [c for c in self.multi[src].chunks() if c.table not in self.per_flow and c.count]
+        return ops.select_chunks(chunks, flt)
+
+    def entries(self) -> dict:
+        with self.lock:
+            return {"per_flow": sum(len(d) for n, d in self.flows.data.items() if n in self.per_flow),
+                    "multi_flow": {s: t.entries() for s, t in self.multi.items()}}
+
+
+def _name(u) -> str:
+    return SCHEMAS[u.table].name
+
+
+def chunks_blob(chunks) -> bytes:
+    return b"".join(bytes(p) for c in chunks for p in wire.encode_chunk(c))
+
+
+def _chunks(blob) -> list[wire.Chunk]:
+    r = wire.Reader(io.BytesIO(bytes(blob)))
+    out = []
+    while (f := r.frame()) is not None:
+        kind, c = f
+        if kind != wire.CHUNK:
+            raise wire.WireError(f"a replica base holds state chunks, not frames of kind {kind}")
+        out.append(c)
+    return out
