@@ -66,7 +66,8 @@ class GlobalState:
                         ka.stop()
                     if rec.get("lease"):
                         self.etcd.revoke(rec["lease"])       # its key goes with it
-                    n += self.etcd.delete(self.key("members", c, i))
+                    self.etcd.delete(self.key("members", c, i))
+                    n += 1
         return n
 
     def member_records(self, cluster: str | None = None) -> dict[str, dict[str, dict]]:
