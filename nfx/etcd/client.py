@@ -248,7 +248,9 @@ class Etcd:
         """Read-modify-write with strong consistency: `fn(current value or None)` gives the new
         value, written only if nobody wrote the key in between (compare on mod_revision, or on absence);
         on a conflict the failure branch reads the new value and `fn` runs again. `fn` may raise to
-        give up. Returns (new value, revision, attempts); Timeout after `deadline_s` of conflicts."""
+        give up. Returns (new value, revision, attempts); Timeout after `deadline_s` of conflicts.
+        A Timeout or EtcdDown while a write is in flight leaves its outcome unknown (it may have been
+        applied): read the key before deciding to apply a non-idempotent change again."""
         end = time.monotonic() + deadline_s
         kv, attempts = self.get_kv(key), 0
         while True:

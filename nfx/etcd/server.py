@@ -2,6 +2,7 @@
 loopback ports (never the default 2379/2380, so a system etcd does not clash) with a temporary data
 dir, up once /health answers, terminated (then killed) and its data dir removed by stop()."""
 import atexit
+import ctypes
 import os
 import shutil
 import signal
@@ -15,6 +16,13 @@ from ..errors import KernelFeature, NfxError, Timeout
 from .client import Etcd
 
 _RUNNING: "weakref.WeakSet[LocalEtcd]" = weakref.WeakSet()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the thread that started it ends (a killed test run)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def find_etcd() -> str:
@@ -44,11 +52,15 @@ def _tail(path: str, lines: int = 15) -> str:
 
 class LocalEtcd:
     """`with LocalEtcd() as e: Etcd(e.url)`. Short heartbeat/election times make it elect itself
-    fast and let leases as short as 1 s be granted as asked (etcd's minimum TTL is 1.5 elections)."""
+    fast and let leases as short as 1 s be granted as asked (etcd's minimum TTL is 1.5 elections).
+    With `die_with_parent` (the default) the kernel ends etcd when the thread that started it ends,
+    even if Python is killed; `nfx cluster up`, whose etcd outlives the command, passes False and
+    detach()es it."""
 
     def __init__(self, start_timeout_s: float = 15.0, heartbeat_ms: int = 50, election_ms: int = 500,
-                 data_dir: str | None = None, name: str = "nfx"):
+                 data_dir: str | None = None, name: str = "nfx", die_with_parent: bool = True):
         self.binary = find_etcd()
+        self.die_with_parent = die_with_parent
         self.start_timeout_s, self.heartbeat_ms, self.election_ms, self.name = start_timeout_s, heartbeat_ms, election_ms, name
         self._own_dir = data_dir is None
         self.dir = data_dir or tempfile.mkdtemp(prefix="nfx-etcd-")
@@ -93,7 +105,8 @@ class LocalEtcd:
                "--logger", "zap", "--log-outputs", "stderr"]
         with open(self.log_path, "ab") as log:
             # its own session: a Ctrl-C to the test run or CLI does not kill it before stop() does
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                         preexec_fn=_die_with_parent if self.die_with_parent else None)
         _RUNNING.add(self)
         c = Etcd(self.url, timeout=1.0)
         end = time.monotonic() + self.start_timeout_s

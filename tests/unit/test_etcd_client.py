@@ -188,3 +188,32 @@ def test_local_etcd_stop_ends_the_process(local_etcd):
     local_etcd.stop(grace_s=3)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     local_etcd.stop()                                    # idempotent
+
+
+def test_local_etcd_dies_with_a_killed_parent(tmp_path):
+    """A test run killed before it can stop() its etcd does not leave etcd running."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    code = ("import json, sys, time\nfrom nfx.etcd import LocalEtcd\ne = LocalEtcd()\n"
+            "print(json.dumps(e.info()), flush=True)\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    info = None
+    try:
+        info = json.loads(p.stdout.readline())
+        assert Etcd(info["url"]).health()
+        p.send_signal(signal.SIGKILL)                    # no atexit, no stop()
+        p.wait(5)
+        t0 = time.monotonic()
+        while os.path.exists(f"/proc/{info['pid']}") and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{info['pid']}"), "etcd outlived its killed parent"
+        with pytest.raises(E.EtcdDown):
+            Etcd(info["url"], timeout=1).health()
+    finally:
+        p.kill()
+        p.wait(5)
+        if info:
+            LocalEtcd.stop_detached(info)                # its data dir (and etcd, had it lived)
+            assert not os.path.exists(info["dir"])
