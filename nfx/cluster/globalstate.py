@@ -12,6 +12,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 
 from ..errors import AlreadyExists, BadInput, NotFound
 from ..etcd import Etcd, KeepAlive
@@ -39,9 +40,12 @@ class GlobalState:
         return self.prefix + "/".join(parts)
 
     # ---- membership ----
-    def join(self, cluster: str, instance: str, ttl_s: int = 10, mgmt: str | None = None) -> KeepAlive:
+    def join(self, cluster: str, instance: str, ttl_s: int = 10, mgmt: str | None = None,
+             on_lost: Callable[[int], None] | None = None) -> KeepAlive:
         """Put the instance in the cluster under a lease this process keeps alive (until leave() or
-        close()); if this process dies the member disappears within ttl_s. Joining again moves it."""
+        close()); if this process dies the member disappears within ttl_s. Joining again moves it.
+        The KeepAlive returned says if etcd is out of reach (`error`) or the lease was lost (`lost`,
+        `on_lost`: etcd was away longer than the TTL)."""
         _name("cluster", cluster), _name("instance", instance)
         self.leave(instance=instance)
         lease, granted = self.etcd.grant(ttl_s)
@@ -49,7 +53,7 @@ class GlobalState:
         if mgmt:
             rec["mgmt"] = mgmt
         self.etcd.put_json(self.key("members", cluster, instance), rec, lease=lease)
-        ka = KeepAlive(self.etcd, lease, granted)
+        ka = KeepAlive(self.etcd, lease, granted, on_lost)
         with self._lock:
             self._members[(cluster, instance)] = ka
         return ka
@@ -81,6 +85,16 @@ class GlobalState:
     def members(self, cluster: str | None = None) -> dict[str, list[str]]:
         """{cluster: [instances, sorted]} of the live members."""
         return {c: sorted(m) for c, m in sorted(self.member_records(cluster).items())}
+
+    def watch_members(self, callback: Callable[[str, str, str], None], on_error=None):
+        """Call `callback(event, cluster, instance)` ("PUT" joined, "DELETE" left or expired) for each
+        membership change from now on; a Watch (stop() it)."""
+        p = self.key("members") + "/"
+
+        def on_event(ev):
+            c, i = ev.key.decode()[len(p):].split("/", 1)
+            callback(ev.type, c, i)
+        return self.etcd.watch(p, on_event, on_error=on_error)
 
     # ---- NAT pool ownership (strong) ----
     def owners(self) -> dict[str, tuple[int, int]]:

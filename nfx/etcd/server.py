@@ -92,15 +92,16 @@ class LocalEtcd:
                 return
         raise NfxError(f"etcd did not start (ports kept clashing); its log:\n{_tail(self.log_path)}")
 
-    def _launch(self) -> bool:
+    def _launch(self, fresh: bool = True) -> bool:
         """Start etcd and wait for /health: True once it answers, False on a port clash."""
         peer = f"http://127.0.0.1:{self.peer_port}"
         data = os.path.join(self.dir, "data")
-        shutil.rmtree(data, ignore_errors=True)
+        if fresh:
+            shutil.rmtree(data, ignore_errors=True)
         cmd = [self.binary, "--name", self.name, "--data-dir", data,
                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-               "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+               "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new" if fresh else "existing",
                "--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(self.election_ms),
                "--logger", "zap", "--log-outputs", "stderr"]
         with open(self.log_path, "ab") as log:
@@ -147,6 +148,16 @@ class LocalEtcd:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+    def restart(self) -> None:
+        """Start a kill()ed etcd again on the same ports with the data it had (an outage, for tests)."""
+        if self.running:
+            raise NfxError(f"etcd at {self.url} is running: kill() it first")
+        if not os.path.isdir(os.path.join(self.dir, "data")):
+            raise NfxError(f"etcd at {self.url}: its data dir is gone (stop() removed it)")
+        if not self._launch(fresh=False):
+            raise NfxError(f"etcd cannot listen on {self.url} again (the port was taken meanwhile); its log:\n"
+                           f"{_tail(self.log_path)}")
 
     def detach(self) -> dict:
         """Let etcd outlive this process (for `nfx cluster up`): info() for stop_detached() later."""

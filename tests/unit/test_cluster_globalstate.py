@@ -162,3 +162,52 @@ def test_global_state_on_a_dead_etcd_says_so(local_etcd):
                  lambda: gs.publish_counters("nf0", "t", {"a": 1})):
         with pytest.raises(E.EtcdDown, match=local_etcd.url):
             call()
+
+
+def test_watch_members_sees_joins_leaves_and_expiries(etcd):
+    gs = GlobalState(etcd, "tbw")
+    seen, four = [], threading.Event()
+
+    def cb(ev, c, i):
+        seen.append((ev, c, i))
+        if len(seen) == 4:
+            four.set()
+    w = gs.watch_members(cb)
+    try:
+        gs.join("c0", "nf0", ttl_s=1)
+        ka = gs.join("c0", "nf1", ttl_s=1)
+        gs.leave(instance="nf0")
+        ka.stop()                                    # nf1 "dies": its lease expires
+        assert four.wait(5)
+    finally:
+        w.stop()
+        gs.close()
+    assert seen == [("PUT", "c0", "nf0"), ("PUT", "c0", "nf1"), ("DELETE", "c0", "nf0"), ("DELETE", "c0", "nf1")]
+
+
+def test_an_etcd_outage_is_reported_and_membership_survives_a_short_one(local_etcd):
+    """etcd killed mid-run: every call says EtcdDown with the URL, the keepalive records the error
+    and keeps trying; etcd back on the same ports with its data: the member is still there (a new
+    leader renews leases) and the keepalive recovers."""
+    gs = GlobalState(local_etcd.client(timeout=1), "tbo")
+    lost = []
+    try:
+        ka = gs.join("c0", "nf0", ttl_s=2, on_lost=lost.append)
+        gs.claim_ports("nf0", 100, 200)
+        local_etcd.kill()
+        with pytest.raises(E.EtcdDown, match=local_etcd.url):
+            gs.members()
+        t0 = time.monotonic()
+        while ka.error is None and time.monotonic() - t0 < 3:
+            time.sleep(0.05)
+        assert isinstance(ka.error, E.EtcdDown) and local_etcd.url in ka.error.hint
+        local_etcd.restart()
+        assert gs.members() == {"c0": ["nf0"]} and gs.owners() == {"nf0": (100, 200)}
+        t0 = time.monotonic()
+        while ka.error is not None and time.monotonic() - t0 < 3:
+            time.sleep(0.05)
+        assert ka.error is None and ka.alive and not lost
+        time.sleep(2.5)                              # past the TTL: still kept alive
+        assert gs.members() == {"c0": ["nf0"]}
+    finally:
+        gs.close()
