@@ -8,13 +8,14 @@
                                    read (merged eventually: each instance publishes its own key)
     strong/<name>                  an integer changed only by CAS transactions (ordered global updates)
 """
+import contextlib
 import json
 import re
 import threading
 import time
 from collections.abc import Callable
 
-from ..errors import AlreadyExists, BadInput, NotFound
+from ..errors import AlreadyExists, BadInput, NfxError
 from ..etcd import Etcd, KeepAlive
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -52,7 +53,12 @@ class GlobalState:
         rec = {"instance": instance, "cluster": cluster, "joined": time.time(), "lease": lease, "ttl_s": granted}
         if mgmt:
             rec["mgmt"] = mgmt
-        self.etcd.put_json(self.key("members", cluster, instance), rec, lease=lease)
+        try:
+            self.etcd.put_json(self.key("members", cluster, instance), rec, lease=lease)
+        except BaseException:
+            with contextlib.suppress(NfxError):      # the lease would expire anyway
+                self.etcd.revoke(lease)
+            raise
         ka = KeepAlive(self.etcd, lease, granted, on_lost)
         with self._lock:
             self._members[(cluster, instance)] = ka
@@ -181,14 +187,15 @@ class GlobalState:
         return self.etcd.delete(self.prefix, prefix=True)
 
     def close(self, revoke: bool = True) -> None:
-        """Stop the keepalives of the members this object joined (revoking their leases, so they leave now)."""
+        """Stop the keepalives of the members this object joined (revoking their leases, so they leave
+        now). Best effort: with etcd out of reach the leases expire on their own after their TTL."""
         with self._lock:
             kas, self._members = list(self._members.values()), {}
         for ka in kas:
             try:
                 ka.stop(revoke=revoke)
-            except NotFound:
-                pass
+            except NfxError:
+                ka.stop(revoke=False)
 
     def __enter__(self) -> "GlobalState":
         return self
