@@ -47,9 +47,13 @@ class AgentDown(NotFound):
     """An NF instance's agent does not answer (not started, killed, or gone with its testbed)."""
 
 
+class EtcdDown(NotFound):
+    """The etcd holding a testbed's global state does not answer (its hint names the URL tried)."""
+
+
 # ---- the codec: an error as a JSON object on the wire (agent ERROR frames, controller HTTP bodies) ----
 _TYPES = {c.__name__: c for c in (NfxError, BadInput, NotFound, AlreadyExists, NeedRoot, KernelFeature, BpfError,
-                                  Timeout, Refused, AgentDown)}
+                                  Timeout, Refused, AgentDown, EtcdDown)}
 
 
 def to_wire(e: BaseException, op: str | None = None) -> dict:

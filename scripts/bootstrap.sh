@@ -23,7 +23,8 @@ refresh_lists() {
   lists_fresh=1
 }
 
-need=(python3-bpfcc bpfcc-tools iproute2 ethtool iperf3 nftables tcpdump iputils-ping python3-venv)
+# etcd-server: the etcd that clusters keep global state in (nfx starts its own on free ports)
+need=(python3-bpfcc bpfcc-tools iproute2 ethtool iperf3 nftables tcpdump iputils-ping python3-venv etcd-server)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -61,7 +62,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/run/nfx/apt.log 2>&1 ||
     { tail -n 20 /run/nfx/apt.log >&2
       fail "apt-get install ${missing[*]}" "apt's whole output is in /run/nfx/apt.log"; }
+  # etcd-server's postinst starts a system etcd on 2379 where systemd runs: nfx does not use it
+  # (it starts private ones on free ports), so the one this run installed does not stay running
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || log "could not stop the system etcd service (harmless: nfx does not use port 2379)"
+  fi
 fi
+/usr/bin/etcd --version >/dev/null 2>&1 ||
+  fail "/usr/bin/etcd does not run" "reinstall it: apt-get install --reinstall etcd-server"
 
 if [ ! -e "$build/include" ]; then
   common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1 || true)
