@@ -121,11 +121,14 @@ class DistSource:
                 self._await_go(sock, r, timeout)
                 go_ms = round((time.perf_counter() - t0) * 1e3, 2)
             t = {}
-            if ll and lf:
-                chunks = s.export_locked(flows, flt, scopes, slot, t)
+            if req.get("cluster_inside") and not ll:
+                sent = self.cluster_push(peer, flt)     # only the last batch: dst holds the rest
             else:
-                chunks = ops.export(self.nf, scopes, flt, stats=t)
-            sent = peer.send_state(chunks, pipelined="pz" in opts)
+                if ll and lf:
+                    chunks = s.export_locked(flows, flt, scopes, slot, t)
+                else:
+                    chunks = ops.export(self.nf, scopes, flt, stats=t)
+                sent = peer.send_state(chunks, pipelined="pz" in opts)
             if lf and not op:
                 peer.request("move_drain")           # ReleaseBuffer
             if token and not fired_at:

@@ -1,8 +1,11 @@
 """The agent's cluster ops (issue 13): batched sharing and the replicas it feeds.
 
-    share_start {members, batch, idle_ms}   the gate's share flag on; this instance's state as a
-                                            base to every member; then the sharer (sharer.py)
-    share_stop                              the flag off, the sharer's last batches out
+    share_start {members, batch, idle_ms,   the gate's share flag on; this instance's state as a
+                 etcd, cluster}             base to every member; then the sharer (sharer.py);
+                                            with etcd: membership under this agent's lease, and
+                                            its counters published there
+    share_stop                              the flag off, the sharer's last batches out, the
+                                            membership ended
     share_status                            what the sharer sent, what the replicas hold
     share_put {src, blob | base | add}      from a member: its batches (coalesce.py), its base
                                             (wire chunks), or state a put wrote there, into this
@@ -15,24 +18,29 @@ A ring has one reader: while this instance shares, a SLiM move from it and `nfx 
 statelet stream are refused."""
 import time
 
-from ..errors import BadInput
+from ..errors import BadInput, NfxError
+from ..etcd import Etcd
+from ..etcd.globalstate import GlobalState
 from ..filter import parse
 from ..gate import Gate
 from ..packets import flow_keys, keys_blob
 from ..state import ops
 from ..state.replicas import Replicas, chunks_blob
 from ..state.statelets import StateletReader
+from .global_counters import COUNTER_TABLES, publish_instance_counters
 from .ops_move import _b64, enc
 from .sessions import SETTLE_S
 from .sharer import Sharer
 
 SHARE_OPS = ("share_start", "share_stop", "share_status", "share_put", "share_flush", "replica_promote")
 BASE_SCOPES = ("per-flow", "multi-flow")
+MEMBER_TTL_S = 10          # a member whose agent is gone leaves etcd within this (issue 14 detects failures)
 
 
 class ShareOps:
     """Mixed into the agent (nfx/agent/server.py); needs the instance (instance.py)."""
     sharer: Sharer | None = None
+    global_state: GlobalState | None = None
     _replicas: Replicas | None = None
 
     @property
@@ -55,6 +63,21 @@ class ShareOps:
         hub = getattr(self, "hubs", {}).get("statelets")
         if hub is not None and hub.subs:
             raise BadInput(f"{self.instance}'s statelets are being watched (nfx inspect): the ring has one reader")
+        etcd, cluster = req.get("etcd"), req.get("cluster")
+        gs = None
+        if etcd is not None:
+            if not isinstance(etcd, str) or not isinstance(cluster, str):
+                raise BadInput("share_start: etcd is a URL and cluster the cluster's name")
+            gs = GlobalState(Etcd(etcd), self.testbed)
+            gs.join(cluster, self.instance, ttl_s=MEMBER_TTL_S, mgmt=self.addr)
+        try:
+            return self._share_start(members, batch, idle_ms, gs)
+        except BaseException:
+            if gs is not None:
+                gs.close()
+            raise
+
+    def _share_start(self, members, batch, idle_ms, gs) -> dict:
         reader = StateletReader(self.nf)
         reader.drain(idle_ms=0, timeout_s=1.0)          # records of no one's (an earlier move's) go
         Gate(self.nf).set_share(True)
@@ -64,7 +87,9 @@ class ShareOps:
             t0 = time.perf_counter()
             chunks = list(ops.export(self.nf, BASE_SCOPES))
             blob = chunks_blob(chunks)
-            sharer = Sharer(self, members, batch, idle_ms / 1e3, reader)
+            publish = (lambda: publish_instance_counters(gs, self.testbed, self.instance, self.nf)) \
+                if gs is not None and self.kind in COUNTER_TABLES else None
+            sharer = Sharer(self, members, batch, idle_ms / 1e3, reader, publish)
             for m, c in sharer.peers.items():
                 c.request("share_put", src=self.instance, base=blob)
             sharer.start()
@@ -72,7 +97,7 @@ class ShareOps:
             Gate(self.nf).set_share(False)
             reader.close()
             raise
-        self.sharer = sharer
+        self.sharer, self.global_state = sharer, gs
         return {"members": members, "batch": batch, "base_entries": sum(c.count for c in chunks),
                 "base_bytes": len(blob), "base_s": time.perf_counter() - t0}
 
@@ -83,7 +108,9 @@ class ShareOps:
         Gate(self.nf).set_share(False)
         s.stop()
         s.reader.close()
-        self.sharer = None
+        if self.global_state is not None:
+            self.global_state.close()           # revokes the membership's lease
+        self.sharer = self.global_state = None
         return {"stopped": True, **s.status()}
 
     def op_share_status(self, sock, r, req) -> dict:
@@ -114,6 +141,22 @@ class ShareOps:
         time.sleep(SETTLE_S)                          # a packet that read no mark has been processed
         return self.sharer.flush()
 
+    def cluster_push(self, peer, flt) -> dict:
+        """DiST's state push inside a cluster (dist_source.py): this instance's pending batches to
+        every member, then dst writes the moved flows from its replicas. Answers like a put."""
+        if self.sharer is None:
+            raise BadInput(f"{self.instance} does not share its state: a move inside a cluster needs sharing on")
+        time.sleep(SETTLE_S)
+        sent = self.sharer.flush()
+        if sent["errors"]:
+            raise NfxError(f"{self.instance}'s batches to {', '.join(sent['errors'])} failed: "
+                           "their replicas are incomplete; the move is called off")
+        got = peer.request("replica_promote", filter=flt.text, src=self.instance)
+        if got.get("failed"):
+            raise NfxError(f"the destination could not write {len(got['failed'])} replica chunks: {got['failed'][0]}")
+        return {"chunks": len(got.get("applied") or []), "bytes": sent["bytes"], "import_s": got["apply_s"],
+                "applied_at": got["applied_at"], "cluster": cluster_figures(sent, got)}
+
     def op_replica_promote(self, sock, r, req) -> dict:
         src = req.get("src")
         if not isinstance(src, str) or not src:
@@ -127,3 +170,12 @@ class ShareOps:
         return {**report, "entries": sum(c.count for c in chunks), "bytes": sum(c.nbytes for c in chunks),
                 "apply_s": time.perf_counter() - t0, "applied_at": time.perf_counter(),
                 "flows": enc(keys_blob(flows)), "outside": enc(keys_blob(outside))}
+
+
+def cluster_figures(sent: dict, got: dict) -> dict:
+    """What a move inside a cluster sent (the source's last batches, to every member) and what
+    the destination took from its replicas."""
+    members = max(1, len(sent.get("members") or ()))
+    return {"batches": sent["batches"], "batch_statelets": sent["statelets"], "batch_flows": sent["flows"],
+            "batch_bytes_per_member": sent["bytes"], "batch_bytes": sent["bytes"] * members, "members": members,
+            "replica_entries": got["entries"], "replica_bytes": got["bytes"]}

@@ -26,19 +26,21 @@ POLL_MS = 2
 SEND_EVERY_S = 0.005
 SEND_MAX = 512 << 10          # batch bytes per request (a request stops at 1 MiB, base64 adds a third)
 IDLE_CHECK_S = 0.02
+COUNTERS_EVERY_S = 1.0        # the instance's commutative counters to etcd (merged eventually)
 SET = int(L.StOp.SET)
 AT_ONCE = {int(L.StTable.NAT_FWD), int(L.StTable.NAT_REV)}     # a NAT mapping's creation
 
 
 class Sharer:
-    def __init__(self, agent, members: list[str], batch: int, idle_s: float, reader: StateletReader):
+    def __init__(self, agent, members: list[str], batch: int, idle_s: float, reader: StateletReader,
+                 publish=None):
         self.nf, self.me, self.testbed = agent.nf, agent.instance, agent.testbed
         self.members, self.batch, self.idle_s = list(members), batch, idle_s
         self.reader = reader
         self.pending: dict[bytes, Delta] = {}
         self.outbox: list[bytes] = []
         self.out_bytes = 0
-        self.peers = {m: AgentClient(self.testbed, m, timeout=10.0) for m in self.members}
+        self.peers = {m: AgentClient(self.testbed, m, ns=None, timeout=10.0) for m in self.members}   # from this netns
         self.counts = {"records": 0, "unstamped": 0, "batches": 0, "statelets": 0, "bytes": 0, "sends": 0,
                        "at_once": 0, "idle": 0, "flushes": 0}
         self.errors: dict[str, str] = {}           # member -> its last send error (sharing with it is broken)
@@ -46,6 +48,8 @@ class Sharer:
         self.stopping = threading.Event()
         self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="sharer", daemon=True)
+        self.publish = publish                     # () -> None: counters to etcd, or None
+        self.publish_error: str | None = None
 
     def start(self) -> None:
         self.thread.start()
@@ -80,11 +84,12 @@ class Sharer:
     def status(self) -> dict:
         return {"members": self.members, "batch": self.batch, "idle_ms": self.idle_s * 1e3,
                 "pending_flows": len(self.pending), **self.counts, "errors": dict(self.errors),
-                "alive": self.thread.is_alive(), "failed": repr(self.failed) if self.failed else None}
+                "alive": self.thread.is_alive(), "failed": repr(self.failed) if self.failed else None,
+                "publish_error": self.publish_error}
 
     # ---- the loop ----
     def _run(self) -> None:
-        last_send = last_idle = time.monotonic()
+        last_send = last_idle = last_pub = time.monotonic()
         try:
             while not self.stopping.is_set():
                 self._take(self.reader.poll_raw(POLL_MS))
@@ -101,6 +106,9 @@ class Sharer:
                 if self.outbox and (now - last_send >= SEND_EVERY_S or self.out_bytes >= SEND_MAX):
                     self._send()
                     last_send = now
+                if self.publish is not None and now - last_pub >= COUNTERS_EVERY_S:
+                    self._publish()
+                    last_pub = now
             self._take(self.reader.poll_raw(0))
             self._flush_all()
         except BaseException as e:
@@ -160,6 +168,14 @@ class Sharer:
         return {"flows": flows, "batches": self.counts["batches"] - c0["batches"],
                 "statelets": self.counts["statelets"] - c0["statelets"], "bytes": self.counts["bytes"] - c0["bytes"],
                 "members": self.members, "errors": dict(self.errors)}
+
+    def _publish(self) -> None:
+        try:
+            self.publish()
+            self.counts["published"] = self.counts.get("published", 0) + 1
+            self.publish_error = None
+        except Exception as e:   # noqa: BLE001 (etcd away: counters merge late, nothing else waits)
+            self.publish_error = str(e)
 
     def _send_base(self, blob: bytes) -> dict:
         self._send()

@@ -1,6 +1,5 @@
-"""Clusters of NF instances (issue 13). globalstate.py: a testbed's global state in etcd (membership
-under leases, NAT pool ownership by CAS, counters merged eventually, strong counters). Sits above
-nfx.agent in the import order: it may use nfx.etcd, nfx.state and nfx.agent, nothing above."""
-from .globalstate import GlobalState
-
-__all__ = ["GlobalState"]
+"""Clusters of NF instances (issue 13): sharing.py runs a testbed's batched sharing across its
+agents; manage.py brings clusters up and down (etcd, membership, the NAT pool's owners, the
+stamper). The global state's schema in etcd is nfx/etcd/globalstate.py, below the agents, which
+keep their own membership leases and publish their counters. Sits above nfx.agent in the import
+order."""

@@ -148,6 +148,21 @@ class Controller:
                 "instances": [n for n, i in self.rec["nodes"].items() if i["role"] == "nf"],
                 "last_move": self.last, "handovers": self.handovers.status()}
 
+    def stamp(self, body: dict) -> dict:
+        """The stamper on every switch on or off (POST /stamp {on}: nfx cluster up|down). Between
+        moves: a move writes the switches' config too (its IBC epoch)."""
+        on = body.get("on")
+        if not isinstance(on, bool):
+            raise BadInput("POST /stamp needs on: true or false")
+        if not self.move_lock.acquire(timeout=float(body.get("wait", 30))):
+            raise BadInput("a move is in progress: the stamper changes between moves")
+        try:
+            for sw in self.steer.sw.values():
+                sw.set_stamp(on)
+        finally:
+            self.move_lock.release()
+        return {"stamp": on, "switches": sorted(self.steer.sw)}
+
     def request(self, rec: dict, body: dict) -> MoveRequest:
         """A POST /move body as a move, checked (the filter parsed here, once)."""
         src, dst = body.get("src"), body.get("dst")
@@ -305,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self._authorized():
             return
-        if self.path not in ("/move", "/handover"):
+        if self.path not in ("/move", "/handover", "/stamp"):
             return self._refuse(404, f"no such endpoint {self.path}", "NotFound", 3)
         raw = self._body()
         if raw is None:
@@ -318,7 +333,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, BadInput) as e:
             return self._reply(400, {"error": f"bad request: {e}", "code": 2})
         try:
-            self._reply(200, self.ctl.handover(req) if self.path == "/handover" else self.ctl.move(req))
+            act = {"/handover": self.ctl.handover, "/stamp": self.ctl.stamp}.get(self.path, self.ctl.move)
+            self._reply(200, act(req))
         except NfxError as e:
             self._reply(400 if isinstance(e, BadInput) else 500,
                         {"error": str(e), "type": type(e).__name__, "code": e.exit_code, "hint": e.hint})

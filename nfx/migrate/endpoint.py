@@ -111,12 +111,13 @@ class Remote:
         return self._req("del", scopes=list(scopes), filter=flt.text)
 
     def move_dist(self, dst: "Remote", epoch: int, guarantee: str, opts, flt: Filter, scopes,
-                  timeout: float, fire: int = 0, data_link=(0.0, 0.0)) -> "DistRun":
+                  timeout: float, fire: int = 0, data_link=(0.0, 0.0), cluster_inside: bool = False) -> "DistRun":
         """DiST's move, run by this (source) agent (AgentClient.move_dist). fire: the token of
         rules armed on the switches, for the agent to fire once it may. data_link: (delay ms,
         rate Mbit/s) of the emulated link the agent sends to dst over."""
         return self._run(dst, guarantee, lambda: self.c.move_dist(
-            dst.name, epoch, guarantee, opts, flt.text, scopes, timeout, fire, data_link[0], data_link[1]))
+            dst.name, epoch, guarantee, opts, flt.text, scopes, timeout, fire, data_link[0], data_link[1],
+            cluster_inside))
 
     def move_slim(self, dst: "Remote", epoch: int, guarantee: str, flt: Filter, scopes, timeout: float,
                   ready_statelets: int = 0, data_link=(0.0, 0.0), stall_reader_ms: float = 0.0,

@@ -6,6 +6,7 @@ import time
 
 from ..movespec import ibc_keys, ibc_synthetic
 from .. import packets as pk
+from ..agent.share import cluster_figures
 from ..errors import NfxError
 from .ctrlbuf import ControllerBuffer
 from .mechanism import Ctx, Mechanism, spawn, steer_to_dst, wait_for
@@ -83,11 +84,7 @@ def _transfer_inside(x: Ctx) -> tuple[int, int, float | None, dict]:
     x.outside = None if flt.everything else outside
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, flt))
-    members = max(1, len(sent.get("members") or ()))
-    figures = {"batches": sent["batches"], "batch_statelets": sent["statelets"], "batch_flows": sent["flows"],
-               "batch_bytes_per_member": sent["bytes"], "batch_bytes": sent["bytes"] * members,
-               "members": members, "replica_entries": got["entries"], "replica_bytes": got["bytes"]}
-    return len(got.get("applied") or []), sent["bytes"], got.get("applied_at"), figures
+    return len(got.get("applied") or []), sent["bytes"], got.get("applied_at"), cluster_figures(sent, got)
 
 
 def _raw(b64: str | None) -> bytes:

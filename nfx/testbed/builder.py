@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import layout as L, registry
 from ..control.switch import Match, Rule, Switch
 from ..errors import BadInput, NfxError
+from ..etcd import LocalEtcd
 from ..loader import attach, netlink, netns, pin
 from ..loader.compile import compile_source, load as load_prog
 from ..loader.precompile import Precompiled
@@ -302,6 +303,10 @@ def down(name: str) -> dict:
     # the controller and the agents first: they hold the maps open and listen in the namespaces about to go
     removed["controller"] = controller.stop(name, rec)
     removed["agents"] = agent_procs.stop_all(name, rec)
+    # the etcd `nfx cluster up` started for this testbed, if any (one given by URL is the user's)
+    local_etcd = (rec.get("cluster") or {}).get("local_etcd")
+    if local_etcd:
+        removed["etcd"] = LocalEtcd.stop_detached(local_etcd)
     controller.remove_logs(name)
     for nf in created.get("nf", []):
         pin.unpin(registry.pin_root(name) / nf)

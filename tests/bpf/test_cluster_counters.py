@@ -4,8 +4,8 @@ instance's maps held at each publish, read the other way (per-CPU lookups)."""
 import pytest
 from scapy.all import IP, UDP, Ether, Raw, raw
 
-from nfx.cluster import GlobalState
-from nfx.cluster.counters import instance_counters, publish_instance_counters
+from nfx.etcd.globalstate import GlobalState
+from nfx.agent.global_counters import instance_counters, publish_instance_counters
 from nfx.loader import netns
 from nfx.loader.bpfsys import prog_test_run
 from nfx.nfs.ids import IDS, IdsConfig

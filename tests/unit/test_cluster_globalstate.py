@@ -7,7 +7,7 @@ import time
 import pytest
 
 from nfx import errors as E
-from nfx.cluster import GlobalState
+from nfx.etcd.globalstate import GlobalState
 from nfx.etcd import Etcd
 
 from .etcd_fixture import etcd, local_etcd  # noqa: F401  (fixtures)

@@ -1,4 +1,5 @@
-"""A testbed's global state in etcd, under /nfx/<testbed>/:
+"""A testbed's global state in etcd (issue 13), under /nfx/<testbed>/; used by the agents (their
+membership, their counters) and by nfx/cluster (the NAT pool's owners, status):
 
     members/<cluster>/<instance>   JSON {instance, cluster, joined, mgmt}, under a lease kept alive
                                    while the instance is up: a member that dies disappears
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import AlreadyExists, BadInput, NfxError
-from ..etcd import Etcd, KeepAlive
+from .client import Etcd, KeepAlive
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -3,7 +3,7 @@ chunks a move sends) and published to the testbed's global state, where merged_c
 from .. import layout as L
 from ..etcd import Etcd
 from ..state import ops
-from .globalstate import GlobalState
+from ..etcd.globalstate import GlobalState
 
 # all-flows tables that hold counters (summing them over instances means something); NAT's
 # nat_cursor is an allocator position, not a counter
@@ -36,10 +36,10 @@ def instance_counters(nf) -> dict[str, dict[str, int]]:
     return out
 
 
-def publish_instance_counters(etcd: Etcd, tb: str, instance_name: str, nf) -> dict[str, dict[str, int]]:
+def publish_instance_counters(etcd: Etcd | GlobalState, tb: str, instance_name: str, nf) -> dict[str, dict[str, int]]:
     """Publish the instance's counters in testbed `tb`'s global state under its name, one key per
     table; what was published."""
-    gs = GlobalState(etcd, tb)
+    gs = etcd if isinstance(etcd, GlobalState) else GlobalState(etcd, tb)
     got = instance_counters(nf)
     for table, counters in got.items():
         gs.publish_counters(instance_name, table, counters)

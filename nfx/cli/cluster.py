@@ -1,0 +1,69 @@
+"""nfx cluster up|down|status"""
+import typer
+from rich.table import Table
+
+from ..cluster import manage
+from ..cluster.sharing import DEFAULT_BATCH, DEFAULT_IDLE_MS
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, show
+
+app = typer.Typer(no_args_is_help=True,
+                  help="Clusters of NF instances: batched state sharing inside each, global state on etcd.")
+
+
+@app.command()
+def up(name: str = NameOpt,
+       clusters: str = typer.Option(None, "--clusters",
+                                    help="Which instances form which cluster, e.g. nf0,nf1/nf2,nf3 "
+                                         "(default: the topology's clusters)."),
+       batch: int = typer.Option(DEFAULT_BATCH, "--batch", help="S_batch: a flow's deltas go to the cluster's "
+                                 "members after every this many of its packets (and when it idles or ends)."),
+       idle_ms: float = typer.Option(DEFAULT_IDLE_MS, "--idle-ms", help="A flow idle this long sends its deltas."),
+       etcd: str = typer.Option(None, "--etcd", help="An etcd to use (http://host:port); default: start a local "
+                                "one on free ports, stopped by cluster down or testbed down."),
+       stamp: bool = typer.Option(True, "--stamp/--no-stamp", help="The switches stamp each flow's packet count "
+                                  "on its packets (batches follow the stamps)."),
+       json_: bool = JsonOpt):
+    """Bring a testbed's clusters up: etcd, the NAT pool's owners, the stamper, batched sharing."""
+    need_root()
+    r = manage.up(name, clusters, batch, idle_ms, etcd, stamp, progress=(lambda m: None) if json_ else progress)
+    if json_:
+        emit_json(r)
+        return
+    console.print(f"[green]clusters of {name} up[/green]: "
+                  + "; ".join(f"{c}: {', '.join(ms)}" for c, ms in r["clusters"].items())
+                  + f" · S_batch {batch} · etcd {r['etcd']}" + (" (local)" if r["local_etcd"] else ""))
+
+
+@app.command()
+def down(name: str = NameOpt, json_: bool = JsonOpt):
+    """Stop sharing, turn the stamper off, remove the testbed's keys from etcd, stop a local etcd."""
+    need_root()
+    r = manage.down(name)
+    if json_:
+        emit_json(r)
+    else:
+        console.print(f"clusters of {name} down")
+
+
+@app.command()
+def status(name: str = NameOpt, json_: bool = JsonOpt):
+    """Clusters, members in etcd, the NAT pool's owners, and what each member shared and holds."""
+    need_root()
+    r = manage.status(name)
+    if json_:
+        emit_json(r)
+        return
+    if not r["up"]:
+        console.print(f"{name}: clusters not up" + (f" (topology clusters: {r['clusters']})" if r["clusters"] else ""))
+        return
+    t = Table(title=f"{name}: S_batch {r['batch']} · etcd {r['etcd']}")
+    for col in ("instance", "cluster", "in etcd", "batches sent", "bytes sent", "replica flows", "errors"):
+        t.add_column(col)
+    members = {m for ms in (r.get("etcd_members") or {}).values() for m in ms}
+    for inst, s in r["instances"].items():
+        sh = s.get("sharing") or {}
+        rp = s.get("replicas") or {}
+        t.add_row(inst, s["cluster"], "yes" if inst in members else "no", str(sh.get("batches", "-")),
+                  str(sh.get("bytes", "-")), str(rp.get("per_flow", "-")),
+                  s.get("error") or ", ".join(sh.get("errors") or {}) or "")
+    show(t)

@@ -1,0 +1,96 @@
+"""A testbed's clusters and their batched sharing, across the agents (issue 13): which instances
+form which cluster, and each instance sharing its flows' deltas with the other members of its
+own (nfx/agent/share.py). What runs is recorded in the testbed's registry record
+(rec["sharing"]), where the controller reads it per move: a move between two sharing members of
+one cluster carries only the last batch (nfx/migrate/opennf.py, dist.py)."""
+from ..agent.client import AgentClient
+from ..errors import BadInput, NfxError
+
+DEFAULT_BATCH = 30           # S_batch of the slides' runs
+DEFAULT_IDLE_MS = 200
+
+
+def parse_clusters(text: str, instances: list[str]) -> dict[str, list[str]]:
+    """'nf0,nf1/nf2,nf3' -> {"c0": [nf0, nf1], "c1": [nf2, nf3]} (every name an instance, none twice)."""
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for i, part in enumerate(p for p in text.split("/") if p.strip()):
+        names = [n.strip() for n in part.split(",") if n.strip()]
+        for n in names:
+            if n not in instances:
+                raise BadInput(f"cluster {i}: {n!r} is not an instance of the testbed ({', '.join(instances)})")
+            if n in seen:
+                raise BadInput(f"{n} is in two clusters")
+            seen.add(n)
+        out[f"c{i}"] = names
+    if not out:
+        raise BadInput("no clusters in --clusters: give them as nf0,nf1/nf2,nf3")
+    return out
+
+
+def check_clusters(clusters: dict, instances: list[str]) -> None:
+    seen: set[str] = set()
+    for c, ms in clusters.items():
+        for m in ms:
+            if m not in instances:
+                raise BadInput(f"cluster {c}: {m!r} is not an instance of the testbed")
+            if m in seen:
+                raise BadInput(f"{m} is in two clusters")
+            seen.add(m)
+
+
+def start(rec, clusters: dict[str, list[str]], batch: int, idle_ms: float, etcd: str | None = None) -> dict:
+    """Every member of every cluster shares with the others of its own; all or nothing."""
+    if rec.get("sharing"):
+        raise BadInput(f"testbed {rec['name']}'s clusters already share (nfx cluster down first)")
+    check_clusters(clusters, _nfs(rec))
+    started, out = [], {}
+    try:
+        for c, ms in clusters.items():
+            for m in ms:
+                with AgentClient(rec["name"], m, timeout=30.0) as a:
+                    out[m] = a.request("share_start", members=[o for o in ms if o != m], batch=batch, idle_ms=idle_ms,
+                                       etcd=etcd, cluster=c if etcd else None)
+                started.append(m)
+    except BaseException:
+        for m in started:
+            try:
+                with AgentClient(rec["name"], m, timeout=10.0) as a:
+                    a.request("share_stop")
+            except NfxError:
+                pass
+        raise
+    rec["clusters"] = clusters
+    rec["sharing"] = {"batch": batch, "idle_ms": idle_ms}
+    rec.save()
+    return out
+
+
+def stop(rec) -> dict:
+    out = {}
+    for c, ms in (rec.get("clusters") or {}).items():
+        for m in ms:
+            try:
+                with AgentClient(rec["name"], m, timeout=10.0) as a:
+                    out[m] = a.request("share_stop")
+            except NfxError as e:
+                out[m] = {"error": str(e)}
+    rec.pop("sharing", None)
+    rec.save()
+    return out
+
+
+def status(rec) -> dict:
+    out = {}
+    for c, ms in (rec.get("clusters") or {}).items():
+        for m in ms:
+            try:
+                with AgentClient(rec["name"], m, timeout=10.0) as a:
+                    out[m] = {"cluster": c, **a.request("share_status")}
+            except NfxError as e:
+                out[m] = {"cluster": c, "error": str(e)}
+    return out
+
+
+def _nfs(rec) -> list[str]:
+    return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
