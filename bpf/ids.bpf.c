@@ -335,7 +335,7 @@ int nfx_ids(struct xdp_md *ctx)
     struct ids_touched t;
     ids_inspect(ctx, &e.p, c, &t);
     if (mirror) {            /* the only cost to unmirrored packets */
-        struct nfx_st *st = nfx_st_begin();
+        struct nfx_st *st = nfx_st_begin_pkt(&e.p);
         if (st) {
             ids_statelets(st, &e.p, t.f, t.h, t.ev);
             nfx_st_end(st, e.p.len);

@@ -441,7 +441,7 @@ int nfx_nat(struct xdp_md *ctx)
     }
     int mirror = e.act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
     /* unmirrored packets pay a NULL test where state changes; mirrored ones build a record */
-    struct nfx_st *st = mirror ? nfx_st_begin() : 0;
+    struct nfx_st *st = mirror ? nfx_st_begin_pkt(&e.p) : 0;
     /* idle timeouts are seconds: the coarse clock (same CLOCK_MONOTONIC base) is enough */
     __u64 now = bpf_ktime_get_coarse_ns();
     if (e.side == NFX_SIDE_IN)

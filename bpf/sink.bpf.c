@@ -21,6 +21,12 @@
  *
  * Sequence numbers are u32 and do not wrap in any realistic run (2^32 packets per flow).
  *
+ * Bytes: a generator frame is exactly its IPv4 datagram (the smallest is 66 B, no Ethernet
+ * padding), and its payload past nfx_gen_payload is zeros, as is the payload's pad word. A
+ * counted packet in a longer frame (e.g. the stamper's trailer leaked past an NF) is also
+ * counted NFX_R_SINK_BAD_LEN; one whose pad word or last 8 payload bytes are not zero
+ * NFX_R_SINK_BAD_PAYLOAD (a spot check: two loads, not a scan of the payload).
+ *
  * Echo (built with NFX_SINK_ECHO): a counted generator packet is not dropped but reflected out
  * of the interface it came in on (XDP_TX) with MACs, IPv4 addresses and L4 ports swapped and the
  * payload untouched, so a second sink at the sender reads the round trip from its tx_ns.
@@ -118,6 +124,21 @@ static __always_inline void sink_latency(__u64 tx_ns)
         *m = lat;
 }
 
+/* the frame and payload checks of a counted generator packet (see the top of the file) */
+static __always_inline void sink_check_bytes(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_gen_payload *g)
+{
+    if (p->len != p->l3_end)
+        nfx_count(NFX_R_SINK_BAD_LEN);
+    __u64 tail = 0;
+    __u32 hdr_end = p->payload_off + sizeof(*g);
+    int bad = g->pad != 0;
+    if (p->l3_end >= hdr_end + sizeof(tail) &&
+        (bpf_xdp_load_bytes(ctx, p->l3_end - sizeof(tail), &tail, sizeof(tail)) || tail))
+        bad = 1;
+    if (bad)
+        nfx_count(NFX_R_SINK_BAD_PAYLOAD);
+}
+
 #ifdef NFX_SINK_ECHO
 /* Swap source and destination at every layer. Both checksums stay valid without an update:
  * the IPv4 header sum and the UDP/TCP sum (over the pseudo-header's two addresses and the two
@@ -170,6 +191,7 @@ int nfx_sink(struct xdp_md *ctx)
     __u32 z = 0;
     struct nfx_sink_cfg *c = sink_cfg.lookup(&z);
     nfx_count(NFX_R_SINK_RX);
+    sink_check_bytes(ctx, &p, g);
     sink_seq(s, flow, g->seq, c ? c->epoch : 0);
     sink_latency(g->tx_ns);
 #ifdef NFX_SINK_ECHO

@@ -4,6 +4,7 @@ NFs, agents and moves all go through a Gate, so the write orders the datapath re
 here once:
 - the gate's `marks` flag is raised before the first mark exists (the datapath skips the mark
   lookup while it is 0), and a filter's slot is written before the filter count covers it;
+- the gate's config (marks, filters, share) is read-modify-written under one lock;
 - nfx_move_cfg is read-modify-written under one lock (two agent threads set different fields);
 - the release path replays packets through the instance's own attached program in one live
   test run per batch, so they are processed exactly as if they had just arrived, in order.
@@ -81,6 +82,8 @@ _RINGS: dict[tuple[str, int], RingReader] = {}
 _RINGS_LOCK = threading.Lock()
 # nfx_move_cfg's read-modify-write: only user space writes it (the program only reads it)
 _CFG_LOCK = threading.Lock()
+# nfx_gate_cfg's: the program also raises its `marks` flag (see set_share)
+_GATE_LOCK = threading.Lock()
 
 
 class Gate:
@@ -97,10 +100,11 @@ class Gate:
         n = len(keys)
         if not n:
             return 0
-        g = self.cfg()
-        if not g.marks:
-            g.marks = 1          # before any mark exists, so no packet skips one
-            self.maps.nfx_gate_cfg.put(L.u32(0), g)
+        with _GATE_LOCK:
+            g = self.cfg()
+            if not g.marks:
+                g.marks = 1          # before any mark exists, so no packet skips one
+                self.maps.nfx_gate_cfg.put(L.u32(0), g)
         one = L.Mark(action=int(action), epoch=epoch, peer=peer, tag=tag)
         vals = (L.Mark * n).from_buffer_copy(bytes(one) * n)
         return self.maps.nfx_marks.update_batch(_key_array(keys), vals, n)
@@ -128,10 +132,11 @@ class Gate:
     def put_filter(self, slot: int, f: L.Filter) -> None:
         """Write a filter slot as it is; the gate's filter count then covers it."""
         self.maps.nfx_filters.put(L.u32(slot), f)
-        g = self.cfg()
-        if f.flags & L.FILTER_USED and g.filters <= slot:
-            g.filters = slot + 1
-            self.maps.nfx_gate_cfg.put(L.u32(0), g)
+        with _GATE_LOCK:
+            g = self.cfg()
+            if f.flags & L.FILTER_USED and g.filters <= slot:
+                g.filters = slot + 1
+                self.maps.nfx_gate_cfg.put(L.u32(0), g)
 
     def set_filter(self, slot: int, flt: Filter, action: L.Action, peer: int = 0, tag: int = 0,
                    bidir: bool = True) -> L.Filter:
@@ -154,6 +159,25 @@ class Gate:
             if f is not None and f.flags & L.FILTER_USED:
                 out[slot] = f
         return out
+
+    # ---- sharing ----
+    def set_share(self, on: bool) -> L.GateCfg:
+        """Share state: every packet the NF processes with plain PROCESS writes its statelet record
+        as if marked STATELET, led by a STAMP statelet with its flow key and stamp (SLiM's STATELET
+        marks and filters are left as they are). The records go to the instance's statelet ring."""
+        with _GATE_LOCK:
+            g = self.cfg()
+            g.share = 1 if on else 0
+            # the program raises `marks` itself for a flow first seen under a BUFFER filter; it
+            # may do so between this read and write, so with filters in use the flag stays up
+            # (a spare mark lookup per packet, never a skipped mark)
+            if g.filters:
+                g.marks = 1
+            self.maps.nfx_gate_cfg.put(L.u32(0), g)
+            return g
+
+    def sharing(self) -> bool:
+        return bool(self.cfg().share)
 
     # ---- move settings ----
     def move_cfg(self) -> L.MoveCfg:

@@ -107,8 +107,11 @@ struct nfx_pkt {
     __u32 l3_end;            /* from the start of the frame: where the IPv4 total length ends */
     __u8  tcp_flags;         /* NFX_TCP_* */
     __u8  reason;            /* what nfx_parse returned: lets an NF act on what it did not parse */
-    __u8  pad[2];
+    __u8  stamped;           /* it came with the stamper's trailer, now off (nfx_stamp.h) */
+    __u8  shared;            /* mirrored because the gate shares state (nfx_gate_cfg.share) */
     struct nfx_flow_key key;
+    __u32 stamp;             /* the trailer's count (struct nfx_stamp), if stamped */
+    __u32 pad;
 };
 
 /* The Ethernet header: NFX_R_OK for an untagged IPv4 frame, else why not (XDP and tc alike). */

@@ -128,7 +128,36 @@ enum nfx_stat {
     /* the release path found a held packet of an earlier move (its agent died mid-move): dropped,
      * as the agent drops an earlier move's buffer-ring records */
     NFX_R_HOLD_STALE,
+    /* the stamper (struct nfx_stamp below; nfx_stamp.h): a frame that arrived at an NF with a
+     * trailer, which came off before anything read the packet; one the gate kept or passed on
+     * (buffered, held, to the controller, to a peer) with its trailer put back; one whose
+     * trailer could not be put back (it goes on unstamped); one whose trailer could not come
+     * off (dropped: no frame leaves an NF with one) */
+    NFX_R_STAMPED,
+    NFX_R_STAMP_KEPT,
+    NFX_R_STAMP_LOST,
+    NFX_R_STAMP_TRIM_FAIL,
+    /* a PROCESS packet mirrored because the gate shares its state (nfx_gate_cfg.share) */
+    NFX_R_SHARED,
+    /* sink: a generator packet in a frame longer than its IPv4 datagram (a trailer that leaked,
+     * or padding), one whose payload is not the generator's (pad word or tail not zero) */
+    NFX_R_SINK_BAD_LEN,
+    NFX_R_SINK_BAD_PAYLOAD,
     NFX_STAT_MAX = 96,
+};
+
+/* ---- the stamper's trailer ----------------------------------------------------------------
+ * With the switch's stamper on (nfx_sw_cfg.stamp), a flow packet that arrives on a host port
+ * and goes to NF ports leaves the switch with these 8 bytes appended right after its IPv4
+ * datagram (the total length unchanged, Ethernet padding dropped): the flow's packet count
+ * there, 1 for its first packet, per direction (the switch counts by 5-tuple). Both words in
+ * network order. An NF takes it off before its logic runs (nfx_stamp.h). */
+#define NFX_STAMP_MAGIC 0x6e667873u   /* "nfxs" */
+#define NFX_STAMP_LEN   8
+
+struct nfx_stamp {
+    __u32 magic;             /* NFX_STAMP_MAGIC */
+    __u32 count;             /* the flow's packets through the switch so far, this one included */
 };
 
 /* ---- NF wiring (array of 1, per instance) ------------------------------------------------ */

@@ -50,6 +50,8 @@ struct nfx_filter {
 struct nfx_gate_cfg {
     __u32 marks;     /* nonzero while per-flow marks may exist */
     __u32 filters;   /* used filter slots are below this */
+    __u32 share;     /* nonzero: every PROCESS packet is mirrored as if marked STATELET, its
+                      * record led by a STAMP statelet (nfx_statelet.h) */
 };
 
 #endif /* NFX_GATE_H */

@@ -1,8 +1,8 @@
 /* nfx_nf.h: what every NF program runs around its own logic: the gate (per-flow marks, then
  * wildcard filters for flows with no mark), moves, and the wiring that forwards a packet out the
  * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by
- * nfx_dup.h, held packets kept and let go by nfx_release.h. Layouts are in nfx_gate.h, nfx_move.h
- * and nfx_statelet.h. */
+ * nfx_dup.h, held packets kept and let go by nfx_release.h, the stamper's trailer taken off and
+ * put back by nfx_stamp.h. Layouts are in nfx_gate.h, nfx_move.h and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
 
@@ -13,6 +13,7 @@
 #include "nfx_st_write.h"
 #include "nfx_dup.h"
 #include "nfx_release.h"
+#include "nfx_stamp.h"
 
 #ifndef NFX_MAX_FLOWS
 #define NFX_MAX_FLOWS 262144
@@ -350,9 +351,18 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
     return v;
 }
 
+/* 1: the gate shares state (nfx_gate_cfg.share): every PROCESS packet is mirrored */
+static __always_inline int nfx_sharing(void)
+{
+    __u32 z = 0;
+    struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);
+    return g && g->share;
+}
+
 /* What every NF's entry runs before its own logic: which side and how the packet came, the
- * parse, DiST's IBC, and the gate. Returns 1 when the NF processes the packet (act: PROCESS or
- * STATELET); otherwise *verdict is the packet's verdict. */
+ * stamper's trailer taken off, the parse, DiST's IBC, and the gate. Returns 1 when the NF
+ * processes the packet (act: PROCESS or STATELET); otherwise *verdict is the packet's verdict,
+ * and the return 2 when the gate kept or passed it on, 0 when the front left it. */
 static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc, struct nfx_pkt *p,
                                      int *side, __u32 *act, int *verdict, __u32 *shadow)
 {
@@ -361,6 +371,10 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     if (*side < 0) {
         if (*side == -1)
             nfx_count(NFX_R_NO_PORT);
+        return 0;
+    }
+    if (nfx_stamp_take(ctx, p)) {
+        p->reason = NFX_R_STAMP_TRIM_FAIL;  /* nothing for the NF to act on: dropped */
         return 0;
     }
     /* before the parse: what the NF does with a packet it cannot parse (an ICMP error it
@@ -390,8 +404,16 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark, mv);
     if (*act != NFX_ACT_PROCESS && *act != NFX_ACT_STATELET) {
         *shadow = 0;                    /* held (or passed on), not processed: shadowed when it is */
+        if (*act == NFX_ACT_BUFFER || *act == NFX_ACT_TO_CTRL || *act == NFX_ACT_REDIRECT)
+            nfx_stamp_put(ctx, p);      /* whoever processes it later reads the same stamp */
         *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark, mv);
-        return 0;
+        return 2;                       /* p's packet pointers may be stale: see NFX_NF_GATED */
+    }
+    /* only plain PROCESS: SLiM's STATELET (and the cuts above) stay as they are */
+    if (*act == NFX_ACT_PROCESS && nfx_sharing()) {
+        *act = NFX_ACT_STATELET;
+        p->shared = 1;
+        nfx_count(NFX_R_SHARED);
     }
     return 1;
 }
@@ -411,6 +433,9 @@ struct nfx_entry {
 #define NFX_NF_LEFT    1     /* nfx_front kept the packet (e->verdict); an NF may still act on
                               * what was not parsed (e->p.reason) */
 #define NFX_NF_PROCESS 2     /* the NF's logic runs */
+#define NFX_NF_GATED   3     /* the gate kept or passed the packet on (e->verdict): nothing for the
+                              * NF to act on, and p's packet pointers are stale when its trailer
+                              * went back on (the verifier holds an NF to that) */
 
 /* The start of every NF's entry point: its wiring and own config (`cfg`, the NF's config map
  * value), then nfx_front. The NF then has one exit: nfx_exit(e->verdict). */
@@ -423,7 +448,10 @@ static __always_inline int nfx_nf_entry(struct xdp_md *ctx, struct nfx_entry *e,
     e->pc = nfx_port_cfg.lookup(&z);
     if (!e->pc || !cfg)
         return NFX_NF_NO_CFG;
-    if (!nfx_front(ctx, e->pc, &e->p, &e->side, &e->act, &e->verdict, &e->shadow))
+    int f = nfx_front(ctx, e->pc, &e->p, &e->side, &e->act, &e->verdict, &e->shadow);
+    if (f == 2)
+        return NFX_NF_GATED;
+    if (!f)
         return NFX_NF_LEFT;
     return NFX_NF_PROCESS;
 }

@@ -16,7 +16,14 @@
  * `inc` names the entry's incarnation in tables whose keys can come back after a deletion
  * (NAT: created_ns, IDS flows: first_ns, >> NFX_STATELET_INC_SHIFT), so a statelet of an earlier
  * connection never lands on a later one under the same key. Replay is exact and idempotent:
- * values are absolute; within an incarnation counters only grow and pkts orders the rest. */
+ * values are absolute; within an incarnation counters only grow and pkts orders the rest.
+ *
+ * STAMP (NFX_ST_STAMP) names no map: it says which packet the record is. The record of a packet
+ * mirrored because the gate shares state (nfx_gate_cfg.share), and the record of every packet
+ * that came stamped (struct nfx_stamp in nfx_flow.h), start with one: op SET, nval 1, mask 1
+ * (field 0), inc 0, key = the packet's flow key as the gate saw it (2 words), value = its stamp
+ * (0: it came unstamped). Such a record is written even when the packet changed nothing.
+ * Replay skips it. */
 #ifndef NFX_STATELET_H
 #define NFX_STATELET_H
 
@@ -29,6 +36,7 @@ enum nfx_st_table {
     NFX_ST_IDS_FLOWS = 4,
     NFX_ST_IDS_HOSTS = 5,
     NFX_ST_IDS_HOSTPORTS = 6,
+    NFX_ST_STAMP = 7,        /* no map: the packet's flow key and stamp (above) */
 };
 
 enum nfx_st_op { NFX_ST_SET = 1, NFX_ST_DEL = 2 };

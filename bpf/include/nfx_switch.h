@@ -10,6 +10,7 @@
 #define NFX_SW_PORT_SLOTS 64    /* ports with a role (sw_ports) */
 #define NFX_SW_PORT_HOST 1      /* faces a host: nfx's reserved marks are dropped there */
 #define NFX_SW_PORT_NF   2      /* faces an NF instance: triggers are taken there */
+#define NFX_SW_MAX_STAMPS 65536 /* flows (per direction) the stamper counts; LRU: the idlest go */
 
 #define NFX_SW_OUTPUT    0x01
 #define NFX_SW_SET_TOS   0x02
@@ -28,6 +29,12 @@ enum nfx_sw_reason {
     NFX_SW_R_HSL,                    /* an HSL message from an NF port, copied to the controller */
     NFX_SW_R_HSL_TEST,               /* the controller's test packet (expected epoch), taken */
     NFX_SW_R_HSL_FORGED,             /* an HSL mark from a host port that is no expected test */
+    /* the stamper (nfx_sw_cfg.stamp), on packets from a host port to NF ports only: stamped;
+     * could not be (the skb would not grow, or the trailer not be written); not stamped as no
+     * flow packet (not parsed, a reserved mark, a datagram longer than the frame, GSO) */
+    NFX_SW_R_STAMPED,
+    NFX_SW_R_STAMP_FAIL,
+    NFX_SW_R_STAMP_SKIPPED,
     NFX_SW_R_MAX = 8,
 };
 
@@ -57,7 +64,7 @@ struct nfx_sw_wild {                 /* a wildcard match; 0 fields match anythin
 
 struct nfx_sw_cfg {                  /* array of 1, written by the controller */
     __u32 ibc_epoch;                 /* the epoch of the IBC the controller is sending (0: none) */
-    __u32 pad;
+    __u32 stamp;                     /* nonzero: the stamper is on (struct nfx_stamp, nfx_flow.h) */
 };
 
 struct nfx_sw_counter {

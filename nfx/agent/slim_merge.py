@@ -18,7 +18,7 @@ from ..errors import BadInput
 from ..state import ops, replay
 from ..state.fastapply import StreamApplier
 from ..state.stbatch import parse_span
-from ..state.statelets import BY_NAME, SCHEMAS, STATE_SCOPES, updates
+from ..state.statelets import BY_NAME, SCHEMAS, STATE_SCOPES, replayable, updates
 
 MERGE_TABLES = ("ids_hosts", "ids_hostports", "nat_ports")
 ADDED = ("ids_hosts", "ids_hostports")     # merged by adding the source's part; a NAT port is refused
@@ -66,7 +66,7 @@ class Merge:
             self.sa.apply(parse_span(buf, offs, lens), report)
         else:
             direct, aside = [], []
-            for u in updates([buf]):
+            for u in replayable(updates([buf])):
                 (aside if (SCHEMAS[u.table].name, u.key) in self.own else direct).append(u)
             self.sa.apply(direct, report)
             if aside:

@@ -41,7 +41,8 @@ def run(name: str = NameOpt,
     t = Table(title=f"{name}: {flows:,} flows, {r['size']} B {proto}, {duration:g} s")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k in ("sent", "received", "lost", "duplicated", "reordered", "unexpected", "out_of_window", "pps"):
+    for k in ("sent", "received", "lost", "duplicated", "reordered", "unexpected", "out_of_window", "bad_len",
+              "bad_payload", "pps"):
         t.add_row(k, f"{r[k]:,.0f}")
     for k in ("lat_p50_us", "lat_p99_us", "lat_max_us"):
         t.add_row(k, "-" if r[k] is None else f"{r[k]:.1f}")

@@ -15,6 +15,9 @@ and go no further; any other HSL mark from a host port is dropped as forged. Eve
 counter stamps its last hit (`last_hit_ns`), for idle timeouts.
 A tagged rule (dup) gives the copy to its i-th port the source MAC layout.dup_tag(i); a frame
 arriving with such a MAC is dropped as forged.
+With the stamper on (`set_stamp`), a flow packet from a host port that goes to NF ports only
+leaves with the flow's packet count (per direction) as an 8-byte trailer past its IPv4 datagram,
+which the NF takes off before its logic runs (bpf/include/nfx_stamp.h).
 
 One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
 against a second writer."""
@@ -22,6 +25,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +48,12 @@ class SWITCH_MAPS(MapSet):
     sw_cfg = MapSpec(L.u32, L.SwCfg)
     sw_hsl_epochs = MapSpec(L.u32, L.u32)
     sw_reasons = MapSpec(L.u32, L.u64)
+    sw_stamps = MapSpec(L.FlowKey, L.u64)
     nfx_stats = MapSpec(L.u32, L.u64)
 
 
 RING = "sw_ctrl"
+_CFG_LOCK = threading.Lock()        # sw_cfg's read-modify-write, within this process
 PROTOS = {"icmp": socket.IPPROTO_ICMP, "tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
@@ -223,9 +229,35 @@ class Switch:
         n, keys, vals = self.maps.sw_ports.export()
         return {self.port_name(keys[i]): names.get(vals[i], str(vals[i])) for i in range(n)}
 
+    def _cfg(self) -> L.SwCfg:
+        return self.maps.sw_cfg.get(L.u32(0)) or L.SwCfg()
+
+    def _set_cfg(self, **fields) -> None:
+        # sw_cfg is one value: a read-modify-write keeps the other fields (the program only reads it)
+        with _CFG_LOCK:
+            c = self._cfg()
+            for k, v in fields.items():
+                setattr(c, k, v)
+            self.maps.sw_cfg.put(L.u32(0), c)
+
     def expect_ibc(self, epoch: int) -> None:
         """The controller is about to send an IBC of `epoch` into a host-facing port (0: none)."""
-        self.maps.sw_cfg.put(L.u32(0), L.SwCfg(ibc_epoch=epoch))
+        self._set_cfg(ibc_epoch=epoch)
+
+    # ---- the stamper ----
+    def set_stamp(self, on: bool) -> None:
+        """The stamper on or off: a flow packet from a host port to NF ports only leaves with the
+        flow's packet count as a trailer past its IPv4 datagram (struct nfx_stamp, nfx_flow.h),
+        which the NF takes off (bpf/include/nfx_stamp.h)."""
+        self._set_cfg(stamp=1 if on else 0)
+
+    def stamping(self) -> bool:
+        return bool(self._cfg().stamp)
+
+    def stamp_counts(self) -> dict[tuple, int]:
+        """The stamper's count per flow (src, dst, sport, dport, proto), one direction each."""
+        n, keys, vals = self.maps.sw_stamps.export()
+        return {_key_tuple(keys[i]): vals[i] for i in range(n)}
 
     # ---- SHarP's test packets ----
     def expect_test(self, epoch: int) -> None:

@@ -91,9 +91,25 @@ class Stat(enum.IntEnum):
     R_HOLD_SPILLED = 75
     R_RELEASE_WAIT = 76
     R_HOLD_STALE = 77
+    R_STAMPED = 78
+    R_STAMP_KEPT = 79
+    R_STAMP_LOST = 80
+    R_STAMP_TRIM_FAIL = 81
+    R_SHARED = 82
+    R_SINK_BAD_LEN = 83
+    R_SINK_BAD_PAYLOAD = 84
 
 
 STAT_MAX = 96
+
+# the stamper's trailer, past the IPv4 datagram (both words in network order)
+STAMP_MAGIC = 0x6e667873
+STAMP_LEN = 8
+
+
+class Stamp(ct.Structure):
+    _fields_ = [("magic", u32), ("count", u32)]
+
 
 SIDE_IN, SIDE_OUT = 0, 1
 TX_SLOTS = 8
@@ -108,4 +124,4 @@ class PortCfg(ct.Structure):
                 ("peer_ifindex", u32 * TX_SLOTS)]
 
 
-MIRRORS = {"nfx_flow_key": FlowKey, "nfx_mac": Mac, "nfx_port_cfg": PortCfg}
+MIRRORS = {"nfx_flow_key": FlowKey, "nfx_mac": Mac, "nfx_port_cfg": PortCfg, "nfx_stamp": Stamp}

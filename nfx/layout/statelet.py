@@ -17,6 +17,7 @@ class StTable(enum.IntEnum):
     IDS_FLOWS = 4
     IDS_HOSTS = 5
     IDS_HOSTPORTS = 6
+    STAMP = 7            # no map: the packet's flow key and stamp (nfx_statelet.h)
 
 
 class StOp(enum.IntEnum):

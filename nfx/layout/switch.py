@@ -10,6 +10,7 @@ SW_MAX_RULES = 4096
 SW_MAX_FIRED = 1024
 SW_PORT_SLOTS = 64
 SW_PORT_HOST, SW_PORT_NF = 1, 2
+SW_MAX_STAMPS = 65536
 SW_OUTPUT, SW_SET_TOS, SW_CLEAR_TOS, SW_TO_CTRL, SW_DROP = 0x01, 0x02, 0x04, 0x08, 0x10
 SW_TAG = 0x20
 SW_RULE_HSL = 4096
@@ -20,6 +21,9 @@ class SwReason(enum.IntEnum):
     HSL = 0
     HSL_TEST = 1
     HSL_FORGED = 2
+    STAMPED = 3
+    STAMP_FAIL = 4
+    STAMP_SKIPPED = 5
 
 
 SW_R_MAX = 8
@@ -36,7 +40,7 @@ class SwWild(ct.Structure):
 
 
 class SwCfg(ct.Structure):
-    _fields_ = [("ibc_epoch", u32), ("pad", u32)]
+    _fields_ = [("ibc_epoch", u32), ("stamp", u32)]
 
 
 class SwCounter(ct.Structure):

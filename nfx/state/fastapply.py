@@ -28,7 +28,7 @@ from ..errors import BadInput, NotFound
 from . import ops
 from .replay_one import COUNTS, Tables, _step
 from .mirror import INC_MASK, OFFS, Mirror, _raw
-from .statelets import BY_NAME, MAX, OR, SCHEMAS, WHOLE, Schema, Update, encode, from_dict
+from .statelets import BY_NAME, MAX, OR, SCHEMAS, STAMP, WHOLE, Schema, Update, encode, from_dict
 from .stbatch import Batch, parse_records
 
 SET, DEL = int(L.StOp.SET), int(L.StOp.DEL)
@@ -219,6 +219,7 @@ def _replay(mirrors: dict[int, Mirror], kind: str | None, statelets, r: dict, pe
     r["records"] += nrec
     r["statelets"] += len(b)
     present = np.flatnonzero(np.bincount(b.table, minlength=256)).tolist() if len(b) else []
+    present = [t for t in present if t != STAMP.table]      # names no map: nothing to replay
     for t in present:
         if kind is not None and SCHEMAS[t].kind != kind:
             raise BadInput(f"a {SCHEMAS[t].kind} statelet ({SCHEMAS[t].name}) for a {kind} instance")

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from .. import layout as L
 from ..errors import BadInput, NotFound
 from . import ops, wire
-from .statelets import (BY_NAME, MAX, OR, SCHEMAS, STATE_SCOPES, WHOLE, Schema, flow_of, inc_tag,
+from .statelets import (BY_NAME, MAX, OR, SCHEMAS, STAMP, STATE_SCOPES, WHOLE, Schema, flow_of, inc_tag,
                         updates)
 from .tables import tables
 
@@ -237,6 +237,8 @@ def apply_slow(target, statelets, report: dict | None = None) -> dict:
     pending: dict[tuple[int, bytes], int] = {}    # partial statelets with no entry: (table, key) -> inc
     for u in updates(records):
         r["statelets"] += 1
+        if u.table == STAMP.table:
+            continue                          # names no map: nothing to replay
         s = SCHEMAS[u.table]
         if kind is not None and s.kind != kind:
             raise BadInput(f"a {s.kind} statelet ({s.name}) for a {kind} instance")

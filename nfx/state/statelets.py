@@ -8,6 +8,11 @@ created, changed or deleted, in the order the datapath made the changes (bpf/inc
 has the format). A statelet names the table, the entry's key, a bitmask of the fields it carries
 and their NEW absolute values; creation carries every field (for NAT also the port allocation,
 for the IDS the host counters and the port seen-set).
+
+A record may start with a STAMP statelet (table 7, no map): the packet's flow key and the
+stamper's count it came with (0: none). The gate writes one in front of the record of every
+packet it mirrors because it shares state (Gate.set_share), and of every stamped packet's;
+stamp_of() reads it, and replay skips it.
 """
 import ctypes as ct
 import struct
@@ -104,6 +109,11 @@ def _schemas() -> dict[int, Schema]:
 
 SCHEMAS = _schemas()
 BY_NAME = {s.name: s for s in SCHEMAS.values()}
+# the STAMP statelet names no map: kept out of SCHEMAS (what replay walks), parsed like the rest
+STAMP = Schema(int(L.StTable.STAMP), "stamp", "stamp", L.FlowKey, L.u64, 2,
+               (Field(None, L.STF_VALUE, 1, False, WHOLE),), None, None)
+ANY = {**SCHEMAS, STAMP.table: STAMP}
+ANY_BY_NAME = {s.name: s for s in ANY.values()}
 
 
 # ---- records -------------------------------------------------------------------------------------
@@ -141,7 +151,7 @@ def parse_record(buf) -> list[Update]:
         raise BadInput(f"statelet record of {n} bytes is not whole 8-byte words")
     while off < n:
         table, op, nval, mask, inc = HDR.unpack_from(mv, off)
-        s = SCHEMAS.get(table)
+        s = ANY.get(table)
         end = off + WORD * (1 + (s.nkey if s else 0) + nval)
         if s is None or op not in (L.StOp.SET, L.StOp.DEL) or end > n or nval != _value_words(s, mask) or \
                 (op == L.StOp.DEL and mask) or (not s.incarnation and inc):
@@ -157,7 +167,7 @@ def parse_record(buf) -> list[Update]:
 
 def encode(u: Update) -> bytes:
     """The wire form of one Update (inverse of parse_record for a single statelet)."""
-    s = SCHEMAS[u.table]
+    s = ANY[u.table]
     key = u.key + bytes(WORD * s.nkey - len(u.key))
     return HDR.pack(u.table, u.op, len(u.vals), u.mask, u.inc) + key + struct.pack(f"<{len(u.vals)}Q", *u.vals)
 
@@ -181,7 +191,7 @@ def _key_view(s: Schema, key: bytes):
 
 def fields_of(u: Update) -> dict:
     """The values an Update carries, by field name (`value` for a whole value); flow keys as dicts."""
-    s = SCHEMAS[u.table]
+    s = ANY[u.table]
     out, i = {}, 0
     for f in s.fields:
         if not u.mask >> f.bit & 1:
@@ -194,7 +204,7 @@ def fields_of(u: Update) -> dict:
 
 def to_dict(u: Update, seq: int | None = None) -> dict:
     """JSON-friendly and lossless (key_hex; flow-key values as 5-tuples)."""
-    s = SCHEMAS[u.table]
+    s = ANY[u.table]
     d = {"table": s.name, "op": "set" if u.op == L.StOp.SET else "del", "key": _key_view(s, u.key),
          "key_hex": u.key.hex(), "mask": u.mask, "inc": u.inc, "fields": fields_of(u)}
     if seq is not None:
@@ -203,7 +213,7 @@ def to_dict(u: Update, seq: int | None = None) -> dict:
 
 
 def from_dict(d: dict) -> Update:
-    s = BY_NAME.get(d.get("table"))
+    s = ANY_BY_NAME.get(d.get("table"))
     if s is None:
         raise BadInput(f"statelet for unknown table {d.get('table')!r}")
     op = {"set": L.StOp.SET, "del": L.StOp.DEL}.get(d.get("op"))
@@ -223,6 +233,23 @@ def from_dict(d: dict) -> Update:
         else:
             vals.append(int(v))
     return Update(s.table, int(op), key, mask, tuple(vals), int(d.get("inc", 0)))
+
+
+def stamp_of(ups) -> tuple[bytes, int] | None:
+    """(flow key bytes, stamp) of one packet's record (its Updates, or the record's bytes): what
+    its leading STAMP statelet says, or None when it has none (stamp 0: the packet came unstamped)."""
+    if isinstance(ups, (bytes, bytearray, memoryview)):
+        ups = parse_record(ups)
+    for u in ups:
+        if u.table == STAMP.table:
+            return u.key, u.vals[0]
+        return None
+    return None
+
+
+def replayable(ups) -> Iterable[Update]:
+    """Updates without the STAMP statelets (which name no map), for replay."""
+    return (u for u in ups if u.table != STAMP.table)
 
 
 def updates(statelets) -> Iterable[Update]:

@@ -6,12 +6,12 @@ import numpy as np
 
 from .. import layout as L
 from ..errors import BadInput
-from .statelets import SCHEMAS, WORD, _value_words, encode, parse_record
+from .statelets import ANY, WORD, _value_words, encode, parse_record
 
 NKEY = [0] * 256                   # key words by table id (0: unknown, refused below)
 NVAL = np.zeros((256, 256), np.int64) - 1      # value words by (table, mask), -1: no such table
 INCARN = np.zeros(256, bool)       # tables whose statelets carry incarnations
-for _t, _s in SCHEMAS.items():
+for _t, _s in ANY.items():            # STAMP too: parsed here, skipped by replay
     NKEY[_t] = _s.nkey
     INCARN[_t] = bool(_s.incarnation)
     for _m in range(256):

@@ -7,7 +7,10 @@ Exact accounting, per flow f that sent s_f packets (seqs 0 .. s_f-1):
   duplicated_f = received_f - distinct_f - out_of_window_f  (a seq seen again, however late)
   reordered_f  = distinct packets whose seq was below the flow's highest seen seq
   unexpected_f = distinct seqs at or above s_f (never generated), plus bad_flow overall
-None can cancel another. out_of_window_f counts packets whose seq's bitmap word was already
+None can cancel another. Every counted packet is also checked for its bytes: bad_len (a frame
+longer than its IPv4 datagram: e.g. a stamper's trailer an NF let through) and bad_payload (the
+generator's zero pad word or payload tail is not zero); either makes a run not clean.
+out_of_window_f counts packets whose seq's bitmap word was already
 reused by a block `window` seqs newer: they are neither judged dup nor new, and make the run
 not `exact`; that cannot happen when s_f <= window.
 
@@ -191,7 +194,7 @@ class Sink(Closing):
     def read(self, sent_per_flow: list[int] | None = None) -> dict:
         """Totals since attach/reset (accounting in the module docstring). With the generator's
         per-flow counts also: sent, lost, unexpected, exact (no packet left unjudged) and clean
-        (exact, and nothing lost, duplicated, reordered, unexpected or aborted)."""
+        (exact, and nothing lost, duplicated, reordered, unexpected, aborted, bad_len or bad_payload)."""
         if sent_per_flow is not None and len(sent_per_flow) != self.nflows:
             raise BadInput(f"sent_per_flow has {len(sent_per_flow)} flows, the sink {self.nflows}")
         received = dup = reordered = distinct = oow = lost = beyond = 0
@@ -216,13 +219,15 @@ class Sink(Closing):
             lost += max(s_f - (dis - extra), 0)     # below 0 only when not exact
             beyond += extra
         st = self.stats()
+        bad_len, bad_payload = st.get("r_sink_bad_len", 0), st.get("r_sink_bad_payload", 0)
         out = {"received": received, "unique": distinct, "duplicated": dup, "reordered": reordered,
                "out_of_window": oow, "window": self.window}
         if sent_per_flow is not None:
             exact = exact and oow == 0
             unexpected = beyond + st.get("r_sink_bad_flow", 0)
             out.update(sent=sum(sent_per_flow), lost=lost, unexpected=unexpected, exact=exact,
-                       clean=exact and not (lost or dup or reordered or unexpected or st.get("v_aborted", 0)))
+                       clean=exact and not (lost or dup or reordered or unexpected or st.get("v_aborted", 0) or
+                                            bad_len or bad_payload))
         hist = self.histogram()
         mx = self.maps.sink_lat_max.get(L.u32(0))
         p50, p99 = percentile(hist, 0.5), percentile(hist, 0.99)
@@ -230,7 +235,7 @@ class Sink(Closing):
                    lat_p99_us=None if p99 is None else p99 / 1e3,
                    lat_max_us=max(mx) / 1e3 if mx is not None else None)
         out.update(foreign=st.get("r_sink_foreign", 0), bad_flow=st.get("r_sink_bad_flow", 0),
-                   aborted=st.get("v_aborted", 0))
+                   aborted=st.get("v_aborted", 0), bad_len=bad_len, bad_payload=bad_payload)
         if self.echo:
             out["echoed"] = self.echoed_total()
         return out

@@ -8,7 +8,8 @@ from nfx import layout as L
 from nfx.paths import BPF_INCLUDE
 
 HEADER_OF = {mod: header for header, mod in L.MODULES.items()}
-CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h", "nfx_release.h"}   # helpers, no layouts of their own
+CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h", "nfx_release.h",
+                "nfx_stamp.h"}   # helpers, no layouts of their own
 
 
 def text(header: str) -> str:
@@ -62,7 +63,8 @@ def test_enums_match(cname, pyenum, prefix):
     (L.flow, "NFX_LAYOUT_VERSION", "LAYOUT_VERSION"), (L.flow, "NFX_SIDE_IN", "SIDE_IN"),
     (L.flow, "NFX_SIDE_OUT", "SIDE_OUT"), (L.flow, "NFX_TX_SLOTS", "TX_SLOTS"),
     (L.flow, "NFX_TCP_FIN", "TCP_FIN"), (L.flow, "NFX_TCP_SYN", "TCP_SYN"), (L.flow, "NFX_TCP_RST", "TCP_RST"),
-    (L.flow, "NFX_TCP_ACK", "TCP_ACK"),
+    (L.flow, "NFX_TCP_ACK", "TCP_ACK"), (L.flow, "NFX_STAMP_MAGIC", "STAMP_MAGIC"),
+    (L.flow, "NFX_STAMP_LEN", "STAMP_LEN"),
     (L.gate, "NFX_MAX_FILTERS", "MAX_FILTERS"), (L.gate, "NFX_FILTER_USED", "FILTER_USED"),
     (L.gate, "NFX_FILTER_BIDIR", "FILTER_BIDIR"),
     (L.move, "NFX_TOS_IBC", "TOS_IBC"), (L.move, "NFX_IBC_MAGIC", "IBC_MAGIC"), (L.move, "NFX_TOS_FIRE", "TOS_FIRE"),
@@ -81,7 +83,7 @@ def test_enums_match(cname, pyenum, prefix):
     (L.switch, "NFX_SW_MAX_PORTS", "SW_MAX_PORTS"), (L.switch, "NFX_SW_MAX_WILD", "SW_MAX_WILD"),
     (L.switch, "NFX_SW_MAX_RULES", "SW_MAX_RULES"), (L.switch, "NFX_SW_MAX_FIRED", "SW_MAX_FIRED"),
     (L.switch, "NFX_SW_PORT_SLOTS", "SW_PORT_SLOTS"), (L.switch, "NFX_SW_PORT_HOST", "SW_PORT_HOST"),
-    (L.switch, "NFX_SW_PORT_NF", "SW_PORT_NF"),
+    (L.switch, "NFX_SW_PORT_NF", "SW_PORT_NF"), (L.switch, "NFX_SW_MAX_STAMPS", "SW_MAX_STAMPS"),
     (L.switch, "NFX_SW_OUTPUT", "SW_OUTPUT"), (L.switch, "NFX_SW_SET_TOS", "SW_SET_TOS"),
     (L.switch, "NFX_SW_CLEAR_TOS", "SW_CLEAR_TOS"), (L.switch, "NFX_SW_TO_CTRL", "SW_TO_CTRL"),
     (L.switch, "NFX_SW_DROP", "SW_DROP"), (L.switch, "NFX_SW_TAG", "SW_TAG"), (L.switch, "NFX_SW_RULE_HSL", "SW_RULE_HSL"),
