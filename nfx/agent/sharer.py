@@ -17,7 +17,7 @@ import time
 
 from .. import layout as L
 from ..state.coalesce import Delta, encode_batch
-from ..state.statelets import SCHEMAS, StateletReader, parse_record, stamp_of
+from ..state.statelets import SCHEMAS, StateletReader, parse_record, replayable, stamp_of
 from .client import AgentClient
 
 log = logging.getLogger("nfx.agent.share")
@@ -125,7 +125,7 @@ class Sharer:
                 self.counts["unstamped"] += 1      # not written for sharing (a SLiM mark): nothing to share
                 continue
             flow, stamp = st
-            ups = [u for u in ups if u.table in SCHEMAS]
+            ups = list(replayable(ups))
             d = self.pending.get(flow)
             if d is None:
                 d = self.pending[flow] = Delta()
