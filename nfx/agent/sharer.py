@@ -16,6 +16,7 @@ import threading
 import time
 
 from .. import layout as L
+from ..errors import NfxError
 from ..state.coalesce import Delta, encode_batch
 from ..state.statelets import SCHEMAS, StateletReader, parse_record, replayable, stamp_of
 from .client import AgentClient
@@ -71,6 +72,8 @@ class Sharer:
         return self._call(lambda: self._send_base(blob), timeout)
 
     def _call(self, fn, timeout: float) -> dict:
+        if not self.thread.is_alive():
+            raise NfxError(f"the sharing of {self.me} has stopped ({self.failed!r}): share_stop, then cluster up again")
         done: queue.Queue = queue.Queue()
         self.cmds.put((fn, done))
         try:

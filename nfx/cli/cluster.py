@@ -57,7 +57,7 @@ def status(name: str = NameOpt, json_: bool = JsonOpt):
         console.print(f"{name}: clusters not up" + (f" (topology clusters: {r['clusters']})" if r["clusters"] else ""))
         return
     t = Table(title=f"{name}: S_batch {r['batch']} · etcd {r['etcd']}")
-    for col in ("instance", "cluster", "in etcd", "batches sent", "bytes sent", "replica flows", "errors"):
+    for col in ("instance", "cluster", "in etcd", "batches sent", "bytes sent", "replica entries", "errors"):
         t.add_column(col)
     members = {m for ms in (r.get("etcd_members") or {}).values() for m in ms}
     for inst, s in r["instances"].items():

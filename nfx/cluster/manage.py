@@ -13,6 +13,7 @@ from .. import registry
 from ..errors import BadInput, NfxError
 from ..etcd import Etcd, LocalEtcd
 from ..etcd.globalstate import GlobalState
+from ..loader import netns
 from ..nfs import open_node
 from ..procs import controller
 from . import sharing
@@ -43,13 +44,16 @@ def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT
     gs = None
     if etcd_url is None:
         progress("a local etcd")
-        local = LocalEtcd(die_with_parent=False).detach()      # outlives this command: down stops it
+        # on the management network, where the agents are; outlives this command: down stops it
+        mg = rec["mgmt"]
+        local = LocalEtcd(die_with_parent=False, ns=mg["ns"], host=mg["controller"],
+                          enter=_enter(rec, mg["controller"])).detach()
         etcd_url = local["url"]
     # in the record before anything else: whatever happens next, down (or testbed down) finds it
     rec["cluster"] = {"etcd": etcd_url, "local_etcd": local, "batch": batch, "idle_ms": idle_ms, "stamp": stamp}
     rec.save()
     try:
-        etcd = Etcd(etcd_url)
+        etcd = _etcd(rec, etcd_url)
         if not etcd.health():
             raise NfxError(f"etcd at {etcd_url} answers but is not healthy")
         gs = GlobalState(etcd, name)
@@ -70,6 +74,19 @@ def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT
         raise
     return {"name": name, "clusters": clusters, "etcd": etcd_url, "local_etcd": bool(local), "batch": batch,
             "idle_ms": idle_ms, "stamp": stamp, "nat_pool": gs.owners(), "members": shared}
+
+
+def _enter(rec, host: str):
+    """Connections to an etcd on the testbed's management network are made from its namespace."""
+    if host != rec["mgmt"]["controller"]:
+        return None
+    return lambda: netns.enter(rec["mgmt"]["ns"])
+
+
+def _etcd(rec, url: str) -> Etcd:
+    e = Etcd(url)
+    e.enter = _enter(rec, e.host)
+    return e
 
 
 def _undo(name, rec, gs, done) -> None:
@@ -102,7 +119,7 @@ def down(name: str) -> dict:
         except NfxError as e:
             out["stamp"] = {"error": str(e)}
     try:
-        out["etcd_keys_removed"] = GlobalState(Etcd(cl["etcd"]), name).wipe()
+        out["etcd_keys_removed"] = GlobalState(_etcd(rec, cl["etcd"]), name).wipe()
     except NfxError as e:
         out["etcd_keys_removed"] = {"error": str(e)}
     if cl.get("local_etcd"):
@@ -120,7 +137,7 @@ def status(name: str) -> dict:
         return out
     out.update(etcd=cl["etcd"], batch=cl["batch"], idle_ms=cl["idle_ms"], stamp=cl["stamp"])
     try:
-        gs = GlobalState(Etcd(cl["etcd"]), name)
+        gs = GlobalState(_etcd(rec, cl["etcd"]), name)
         out["etcd_members"] = gs.members()
         out["nat_pool"] = gs.owners()
         if rec.get("nf") == "ids":

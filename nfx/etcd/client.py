@@ -2,6 +2,7 @@
 standard library only. Every failure is an nfx error: a dead or unreachable etcd is EtcdDown with the
 URL that was tried, a slow one Timeout, a refused request the class etcd's gRPC status maps to."""
 import base64
+import contextlib
 import http.client
 import json
 import random
@@ -115,13 +116,16 @@ class Etcd:
     """One etcd endpoint (`url` like http://127.0.0.1:2379). Safe to share between threads: each
     request is its own HTTP connection (no hidden retries, so a CAS is never applied twice)."""
 
-    def __init__(self, url: str = "http://127.0.0.1:2379", timeout: float = 5.0):
+    def __init__(self, url: str = "http://127.0.0.1:2379", timeout: float = 5.0, enter=None):
+        """`enter`: a context manager factory the connections are made in (e.g. entering the
+        network namespace where etcd's address is reachable); None: the caller's."""
         u = urllib.parse.urlsplit(url)
         if u.scheme != "http" or not u.hostname:
             raise BadInput(f"etcd URL {url!r}: expected http://HOST:PORT", hint="nfx talks plain HTTP to etcd's gateway")
         self.url = url.rstrip("/")
         self.host, self.port = u.hostname, u.port or 2379
         self.timeout = timeout
+        self.enter = enter
 
     def __repr__(self):
         return f"Etcd({self.url!r})"
@@ -133,7 +137,8 @@ class Etcd:
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         c = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
-            c.connect()
+            with self.enter() if self.enter else contextlib.nullcontext():
+                c.connect()
         except (TimeoutError, socket.timeout) as e:
             c.close()
             raise Timeout(f"etcd at {self.url}: no connection within {timeout} s", hint=f"tried {self.url}") from e

@@ -55,11 +55,15 @@ class LocalEtcd:
     fast and let leases as short as 1 s be granted as asked (etcd's minimum TTL is 1.5 elections).
     With `die_with_parent` (the default) the kernel ends etcd when the thread that started it ends,
     even if Python is killed; `nfx cluster up`, whose etcd outlives the command, passes False and
-    detach()es it."""
+    detach()es it. `ns`/`host`: run it in that network namespace (ip netns exec), listening on
+    that address there (a testbed's management network, where its agents reach it); `enter`
+    makes this process's connections to it there (Etcd's `enter`)."""
 
     def __init__(self, start_timeout_s: float = 15.0, heartbeat_ms: int = 50, election_ms: int = 500,
-                 data_dir: str | None = None, name: str = "nfx", die_with_parent: bool = True):
+                 data_dir: str | None = None, name: str = "nfx", die_with_parent: bool = True,
+                 ns: str | None = None, host: str = "127.0.0.1", enter=None):
         self.binary = find_etcd()
+        self.ns, self.host, self.enter = ns, host, enter
         self.die_with_parent = die_with_parent
         self.start_timeout_s, self.heartbeat_ms, self.election_ms, self.name = start_timeout_s, heartbeat_ms, election_ms, name
         self._own_dir = data_dir is None
@@ -75,10 +79,10 @@ class LocalEtcd:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     def client(self, timeout: float = 5.0) -> Etcd:
-        return Etcd(self.url, timeout)
+        return Etcd(self.url, timeout, enter=self.enter)
 
     def info(self) -> dict:
         return {"pid": self.proc.pid if self.proc else None, "url": self.url, "dir": self.dir, "log": self.log_path}
@@ -94,11 +98,11 @@ class LocalEtcd:
 
     def _launch(self, fresh: bool = True) -> bool:
         """Start etcd and wait for /health: True once it answers, False on a port clash."""
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         data = os.path.join(self.dir, "data")
         if fresh:
             shutil.rmtree(data, ignore_errors=True)
-        cmd = [self.binary, "--name", self.name, "--data-dir", data,
+        cmd = (["ip", "netns", "exec", self.ns] if self.ns else []) + [self.binary, "--name", self.name, "--data-dir", data,
                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new" if fresh else "existing",
@@ -109,7 +113,7 @@ class LocalEtcd:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                          preexec_fn=_die_with_parent if self.die_with_parent else None)
         _RUNNING.add(self)
-        c = Etcd(self.url, timeout=1.0)
+        c = Etcd(self.url, timeout=1.0, enter=self.enter)
         end = time.monotonic() + self.start_timeout_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:

@@ -63,7 +63,8 @@ class Dist(Mechanism):
              "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0), "go_ms": d.get("go_ms")}
         if src.cluster is not None or dst.cluster is not None:
             r["cluster"] = {"kind": "inside" if inside else "across", "src": src.cluster, "dst": dst.cluster,
-                            "sharing": src.shares and dst.shares, **(d.get("cluster") or {})}
+                            "sharing": src.shares and dst.shares,
+                            **(d.get("cluster") or {"entries": d.get("entries")})}
         if dt:
             r["trigger"] = _fired(x, armed_at, d.get("fired_at"))
             return r
