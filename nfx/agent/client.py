@@ -311,15 +311,16 @@ class AgentClient(ClosedWhenCollected):
     def send_state(self, chunks: Iterable[wire.Chunk], pipelined: bool, on_done: Callable | None = None) -> dict:
         """A move's state to this agent: each chunk applied as it arrives (pipelined puts), or all
         at the end. on_done(reply, chunks) after each put; a chunk not applied raises. Returns
-        {chunks, bytes, import_s, applied_at}: applied_at is when the agent applied the last
-        chunk (its CLOCK_MONOTONIC), None if there was nothing to send."""
-        out = {"chunks": 0, "bytes": 0, "import_s": 0.0, "applied_at": None}
+        {chunks, entries, bytes, import_s, applied_at}: applied_at is when the agent applied the
+        last chunk (its CLOCK_MONOTONIC), None if there was nothing to send."""
+        out = {"chunks": 0, "entries": 0, "bytes": 0, "import_s": 0.0, "applied_at": None}
 
         def done(r, cs):
             if r["failed"]:
                 raise NfxError(f"{self.instance} did not apply {len(r['failed'])} state chunk(s): "
                                f"{r['failed'][0]['error']}")
             out["chunks"] += len(cs)
+            out["entries"] += sum(c.count for c in cs)
             out["bytes"] += sum(c.nbytes for c in cs)
             out["import_s"] += r.get("apply_s") or 0.0
             out["applied_at"] = r.get("applied_at")

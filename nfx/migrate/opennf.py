@@ -120,8 +120,7 @@ def _transfer(x: Ctx) -> tuple[int, int, float | None, dict]:
     x.outside = None if flt.everything else outside
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, flt))
-    entries = sum(c.count for c in chunks)
-    return sent["chunks"], sent["bytes"], sent["applied_at"], {"entries": entries}
+    return sent["chunks"], sent["bytes"], sent["applied_at"], {"entries": sent["entries"]}
 
 
 def _early(dst, ctrl, c) -> None:
