@@ -8,7 +8,8 @@ up:   etcd (the one given, or a local one started here, on free ports, that outl
       sharing its flows' deltas with the other members of its cluster, joined in etcd under its
       agent's lease, its commutative counters published there.
 down: the reverse; the testbed's keys in etcd go.
-What runs is in the registry record (rec["cluster"], rec["sharing"], rec["clusters"])."""
+What runs is in the registry record (rec["cluster"]: etcd and settings; rec["sharing"]: what
+shares, sharing.py)."""
 from .. import registry
 from ..errors import BadInput, NfxError
 from ..etcd import Etcd, LocalEtcd
@@ -132,7 +133,7 @@ def down(name: str) -> dict:
 def status(name: str) -> dict:
     rec = registry.load(name)
     cl = rec.get("cluster")
-    out = {"name": name, "up": bool(cl), "clusters": rec.get("clusters") or {}}
+    out = {"name": name, "up": bool(cl), "clusters": sharing.in_force(rec)}
     if not cl:
         return out
     out.update(etcd=cl["etcd"], batch=cl["batch"], idle_ms=cl["idle_ms"], stamp=cl["stamp"])

@@ -1,7 +1,8 @@
 """A testbed's clusters and their batched sharing, across the agents (issue 13): which instances
 form which cluster, and each instance sharing its flows' deltas with the other members of its
 own (nfx/agent/share.py). What runs is recorded in the testbed's registry record
-(rec["sharing"]), where the controller reads it per move: a move between two sharing members of
+(rec["sharing"]: S_batch and the clusters in force, which `--clusters` may set apart from the
+topology's rec["clusters"]), where the controller reads it per move: a move between two sharing members of
 one cluster carries only the last batch (nfx/migrate/opennf.py, dist.py)."""
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
@@ -60,15 +61,19 @@ def start(rec, clusters: dict[str, list[str]], batch: int, idle_ms: float, etcd:
             except NfxError:
                 pass
         raise
-    rec["clusters"] = clusters
-    rec["sharing"] = {"batch": batch, "idle_ms": idle_ms}
+    rec["sharing"] = {"batch": batch, "idle_ms": idle_ms, "clusters": clusters}
     rec.save()
     return out
 
 
+def in_force(rec) -> dict[str, list[str]]:
+    """The clusters that share now (nfx cluster up's), else the topology's."""
+    return (rec.get("sharing") or {}).get("clusters") or rec.get("clusters") or {}
+
+
 def stop(rec) -> dict:
     out = {}
-    for c, ms in (rec.get("clusters") or {}).items():
+    for c, ms in in_force(rec).items():
         for m in ms:
             try:
                 with AgentClient(rec["name"], m, timeout=10.0) as a:
@@ -82,7 +87,7 @@ def stop(rec) -> dict:
 
 def status(rec) -> dict:
     out = {}
-    for c, ms in (rec.get("clusters") or {}).items():
+    for c, ms in in_force(rec).items():
         for m in ms:
             try:
                 with AgentClient(rec["name"], m, timeout=10.0) as a:

@@ -59,7 +59,8 @@ class Remote:
         self._inject_lock = threading.Lock()
         self.lock = threading.Lock()          # one request at a time on the request connection
         # its cluster (issue 13), and whether the cluster's members share their state in batches
-        self.cluster = next((c for c, ms in (testbed_rec.get("clusters") or {}).items() if instance in ms), None)
+        clusters = (testbed_rec.get("sharing") or {}).get("clusters") or testbed_rec.get("clusters") or {}
+        self.cluster = next((c for c, ms in clusters.items() if instance in ms), None)
         self.shares = bool(testbed_rec.get("sharing")) and self.cluster is not None
 
     def _client(self, timeout: float) -> AgentClient:
