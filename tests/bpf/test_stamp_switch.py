@@ -135,3 +135,26 @@ def test_a_clone_carries_the_original_stamp(sw):
         sw.maps.sw_ports.delete(L.u32(idx))
     finally:
         s.close()
+
+
+def test_a_frame_the_trailer_would_push_past_a_ports_mtu_goes_unstamped(sw):
+    """A veth drops what its MTU does not fit, uncounted: the switch sends such a frame on as it is."""
+    s = Scratch("tsm")
+    try:
+        ns = s.ns("n")
+        s.veth("tsma", ns, "tsmA", ns)
+        idx = netns.ifindex("tsma", ns)                 # MTU 1500
+        sw.set_port_role(idx, "nf")
+        sw.add_wild(Match(in_port=HOST_A, dport=4001), Rule(output=[idx]), prio=1)
+        with netns.enter(ns):
+            before = sw.stats()
+            fits = udp(dport=4001, payload=bytes(1500 - 28 - 8))
+            assert run(sw, fits)[1] == fits + trailer(1)
+            full = udp(dport=4001, payload=bytes(1500 - 28))
+            assert run(sw, full)[1] == full
+            netns.ip("link", "set", "tsma", "mtu", "1508", ns=ns)
+            assert run(sw, full)[1] == full + trailer(3)
+        assert delta(sw, before, "r_sw_stamp_too_big") == 1 and delta(sw, before, "r_sw_stamped") == 2
+        sw.maps.sw_ports.delete(L.u32(idx))
+    finally:
+        s.close()

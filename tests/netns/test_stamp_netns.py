@@ -1,6 +1,7 @@
 """The stamper end to end on the sharp testbed (h1 -> si -> nf0 -> so -> h2): with si stamping,
 every packet reaches nf0 with its flow's count as a trailer, nf0 takes it off, and h2's sink sees
-the bytes h1 sent: nothing lost, no frame longer than its datagram, no payload changed."""
+the bytes h1 sent: nothing lost, no frame longer than its datagram, no payload changed, at the
+smallest frame size and at full size (the builder gives switch-NF links room for the trailer)."""
 from nfx.control.switch import Switch
 from nfx.testbed import builder
 from nfx.traffic.report import measure
@@ -35,6 +36,13 @@ def test_stamped_traffic_arrives_as_sent_and_the_nf_counts_each_stamp():
             counts = sw.stamp_counts()
             assert len(counts) == FLOWS and sum(counts.values()) == sent
             assert sw.stats().get("r_sw_stamped", 0) == sent
+            # full-size frames too: the testbed's switch-NF links fit the trailer
+            with rig(name, FLOWS, size=1514) as (gen, sink):
+                big = measure(gen, sink, RATE // 4, 0.5)
+            assert big["clean"] and big["sent"] > 0, big
+            assert nf0.stats().get("r_stamped", 0) - before.get("r_stamped", 0) == sent + big["sent"]
+            assert sw.stats().get("r_sw_stamp_too_big", 0) == 0
+            sent += big["sent"]
             # with the stamper off, nothing more is stamped
             sw.set_stamp(False)
             with rig(name, FLOWS) as (gen, sink):
