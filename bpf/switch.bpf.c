@@ -364,6 +364,22 @@ static __always_inline int sw_to_nfs_only(struct nfx_sw_rule *r)
     return 1;
 }
 
+/* 1: the frame, `grow` bytes longer, fits the MTU of every output port of rule r that exists
+ * here (a veth drops a frame its receiving end's MTU does not fit, uncounted) */
+static __always_inline int sw_stamp_fits(struct __sk_buff *skb, struct nfx_sw_rule *r, __s32 grow)
+{
+    __u32 n = r->nports;
+#pragma unroll
+    for (__u32 i = 0; i < NFX_SW_MAX_PORTS; i++) {
+        if (i < n) {
+            __u32 mtu = 0;
+            if (bpf_check_mtu(skb, r->ports[i], &mtu, grow, 0) > 0)
+                return 0;
+        }
+    }
+    return 1;
+}
+
 /* The flow's packet count, this packet included. The add is atomic, the read after it is not
  * (LLVM 14 cannot use an atomic add's result): two CPUs adding at once to one flow may read
  * the same count, but none is lost. A flow's packets from one host port come through one
@@ -410,9 +426,14 @@ static __always_inline void sw_stamp(struct __sk_buff *skb, struct nfx_sw_rule *
         sw_note(NFX_SW_R_STAMP_SKIPPED);
         return;
     }
+    __u32 count = sw_stamp_count(k);      /* counted either way: a gap tells of an unstamped one */
+    if (!sw_stamp_fits(skb, r, (__s32)(l3_end + NFX_STAMP_LEN) - (__s32)len)) {
+        sw_note(NFX_SW_R_STAMP_TOO_BIG);   /* sent on unstamped, as the port would drop it */
+        return;
+    }
     struct nfx_stamp st = {};
     st.magic = bpf_htonl(NFX_STAMP_MAGIC);
-    st.count = bpf_htonl((__u32)sw_stamp_count(k));
+    st.count = bpf_htonl(count);
     if (bpf_skb_change_tail(skb, l3_end + NFX_STAMP_LEN, 0)) {
         sw_note(NFX_SW_R_STAMP_FAIL);
         return;

@@ -163,8 +163,9 @@ class Gate:
     # ---- sharing ----
     def set_share(self, on: bool) -> L.GateCfg:
         """Share state: every packet the NF processes with plain PROCESS writes its statelet record
-        as if marked STATELET, led by a STAMP statelet with its flow key and stamp (SLiM's STATELET
-        marks and filters are left as they are). The records go to the instance's statelet ring."""
+        as if marked STATELET (counted r_shared). Every record written meanwhile starts with a
+        STAMP statelet: the packet's flow key and stamp (0: none); SLiM's STATELET marks and
+        filters are otherwise left as they are. The records go to the instance's statelet ring."""
         with _GATE_LOCK:
             g = self.cfg()
             g.share = 1 if on else 0

@@ -409,11 +409,14 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
         *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark, mv);
         return 2;                       /* p's packet pointers may be stale: see NFX_NF_GATED */
     }
-    /* only plain PROCESS: SLiM's STATELET (and the cuts above) stay as they are */
-    if (*act == NFX_ACT_PROCESS && nfx_sharing()) {
-        *act = NFX_ACT_STATELET;
+    /* sharing mirrors plain PROCESS packets; SLiM's STATELET ones (and the cuts above) stay as
+     * they are, their records led by the STAMP statelet too */
+    if (nfx_sharing()) {
         p->shared = 1;
-        nfx_count(NFX_R_SHARED);
+        if (*act == NFX_ACT_PROCESS) {
+            *act = NFX_ACT_STATELET;
+            nfx_count(NFX_R_SHARED);
+        }
     }
     return 1;
 }

@@ -18,9 +18,9 @@
  * connection never lands on a later one under the same key. Replay is exact and idempotent:
  * values are absolute; within an incarnation counters only grow and pkts orders the rest.
  *
- * STAMP (NFX_ST_STAMP) names no map: it says which packet the record is. The record of a packet
- * mirrored because the gate shares state (nfx_gate_cfg.share), and the record of every packet
- * that came stamped (struct nfx_stamp in nfx_flow.h), start with one: op SET, nval 1, mask 1
+ * STAMP (NFX_ST_STAMP) names no map: it says which packet the record is. The record of every
+ * packet mirrored while the gate shares state (nfx_gate_cfg.share), and of every packet that
+ * came stamped (struct nfx_stamp in nfx_flow.h), starts with one: op SET, nval 1, mask 1
  * (field 0), inc 0, key = the packet's flow key as the gate saw it (2 words), value = its stamp
  * (0: it came unstamped). Such a record is written even when the packet changed nothing.
  * Replay skips it. */

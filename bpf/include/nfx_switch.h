@@ -31,10 +31,12 @@ enum nfx_sw_reason {
     NFX_SW_R_HSL_FORGED,             /* an HSL mark from a host port that is no expected test */
     /* the stamper (nfx_sw_cfg.stamp), on packets from a host port to NF ports only: stamped;
      * could not be (the skb would not grow, or the trailer not be written); not stamped as no
-     * flow packet (not parsed, a reserved mark, a datagram longer than the frame, GSO) */
+     * flow packet (not parsed, a reserved mark, a datagram longer than the frame, GSO); not
+     * stamped as the trailer would not fit an output port's MTU (sent on unstamped) */
     NFX_SW_R_STAMPED,
     NFX_SW_R_STAMP_FAIL,
     NFX_SW_R_STAMP_SKIPPED,
+    NFX_SW_R_STAMP_TOO_BIG,
     NFX_SW_R_MAX = 8,
 };
 

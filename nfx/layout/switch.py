@@ -24,6 +24,7 @@ class SwReason(enum.IntEnum):
     STAMPED = 3
     STAMP_FAIL = 4
     STAMP_SKIPPED = 5
+    STAMP_TOO_BIG = 6
 
 
 SW_R_MAX = 8

@@ -81,6 +81,9 @@ class Netlink:
     def bridge(self, name: str) -> None:
         self._do(f"add bridge {name}", "link", "add", ifname=name, kind="bridge")
 
+    def mtu(self, ifname: str, mtu: int) -> None:
+        self._do(f"set {ifname} mtu {mtu}", "link", "set", index=self.index(ifname), mtu=mtu)
+
     def up(self, *ifnames: str) -> None:
         for n in ifnames:
             self._do(f"set {n} up", "link", "set", index=self.index(n), state="up")

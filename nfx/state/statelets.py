@@ -10,9 +10,9 @@ and their NEW absolute values; creation carries every field (for NAT also the po
 for the IDS the host counters and the port seen-set).
 
 A record may start with a STAMP statelet (table 7, no map): the packet's flow key and the
-stamper's count it came with (0: none). The gate writes one in front of the record of every
-packet it mirrors because it shares state (Gate.set_share), and of every stamped packet's;
-stamp_of() reads it, and replay skips it.
+stamper's count it came with (0: none). The NF writes one in front of every record while its
+gate shares state (Gate.set_share: then every processed packet writes one), and in front of
+every stamped packet's; stamp_of() reads it, and replay skips it.
 """
 import ctypes as ct
 import struct

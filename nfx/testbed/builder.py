@@ -138,6 +138,8 @@ def _build_all(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int,
         progress(f"{len(topo.links)} links")
         for a, b in topo.links:
             nls[ns_name(tb, a)].veth(ifname(topo, a, b), ifname(topo, b, a), nls[ns_name(tb, b)])
+            if {topo.nodes[a]["role"], topo.nodes[b]["role"]} == {"switch", "nf"}:
+                _stamp_room(nls[ns_name(tb, a)], ifname(topo, a, b), nls[ns_name(tb, b)], ifname(topo, b, a))
 
         progress("hosts")
         stub = _stub_program(rec)
@@ -173,6 +175,14 @@ def _build_all(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int,
 
 
 RELEASE_IF, RELEASE_PEER = "rl0", "rl1"
+# a link that carries stamped frames (switch to NF, NF to NF) fits a full-size frame plus the
+# stamper's trailer: a veth drops what exceeds its receiving end's MTU
+STAMP_MTU = 1500 + L.STAMP_LEN
+
+
+def _stamp_room(nl_a, if_a: str, nl_b, if_b: str) -> None:
+    nl_a.mtu(if_a, STAMP_MTU)
+    nl_b.mtu(if_b, STAMP_MTU)
 
 
 def peer_slot(index: int) -> int:
@@ -190,6 +200,7 @@ def _move_links(rec, topo: Topology, nls: netlink.Sockets) -> dict[str, dict[int
         nl.veth(RELEASE_IF, RELEASE_PEER)
         for j, b in enumerate(nfs[i + 1:], start=i + 1):
             nl.veth(f"p{j}", f"p{i}", nls[ns_name(rec["name"], b)])
+            _stamp_room(nl, f"p{j}", nls[ns_name(rec["name"], b)], f"p{i}")
             peers[a][peer_slot(j)] = f"p{j}"
             peers[b][peer_slot(i)] = f"p{i}"
     return peers

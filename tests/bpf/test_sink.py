@@ -119,6 +119,34 @@ def test_clean_run(sink):
     assert r["received"] == r["sent"] == 420 and r["clean"] is True and r["exact"] is True
 
 
+def test_clean_run_has_no_bad_bytes(sink):
+    for size in (66, 80, 1500):
+        assert run(sink, gen_pkt(seq=size, size=size)) == DROP
+    r = sink.read([1501, 0, 0, 0])
+    assert (r["bad_len"], r["bad_payload"]) == (0, 0)
+
+
+def test_a_leaked_trailer_is_bad_and_the_run_not_clean(sink):
+    """A frame longer than its datagram (e.g. the stamper's trailer an NF let through) is counted
+    and judged as usual, and makes the run not clean."""
+    import struct
+    send(sink, 0, [0, 1])
+    assert run(sink, gen_pkt(seq=2) + struct.pack(">II", L.STAMP_MAGIC, 3)) == DROP
+    r = sink.read([3, 0, 0, 0])
+    assert (r["received"], r["lost"], r["bad_len"], r["bad_payload"]) == (3, 0, 1, 0)
+    assert r["exact"] is True and r["clean"] is False
+
+
+@pytest.mark.parametrize("what", ["tail", "pad"])
+def test_a_payload_not_the_generators_is_bad(sink, what):
+    pl = bytes(L.GenPayload(magic=L.GEN_MAGIC, flow=1, seq=0, pad=1 if what == "pad" else 0))
+    if what == "tail":
+        pl += bytes(20) + b"x"                     # the last byte of the datagram
+    assert run(sink, gen_pkt(flow=1, payload=pl, size=14 + 28 + len(pl))) == DROP
+    r = sink.read([0, 1, 0, 0])
+    assert (r["bad_payload"], r["bad_len"], r["clean"]) == (1, 0, False)
+
+
 def test_reset_forgets_the_bitmap(sink):
     send(sink, 0, range(70))
     sink.reset()
