@@ -96,7 +96,7 @@ class Stat(enum.IntEnum):
 STAT_MAX = 96
 
 SIDE_IN, SIDE_OUT = 0, 1
-TX_SLOTS = 8
+TX_SLOTS = 16
 
 
 class Mac(ct.Structure):
