@@ -97,3 +97,23 @@ def test_a_move_of_one_flow_across_clusters_wins_over_the_spread(tb):
     assert (r["lost"], r["echo"]["lost"]) == (0, 0), r
     assert per_flow(name, dst)[sport]["pkts_in"] > before
     assert sport not in per_flow(name, src)
+
+
+def test_an_ids_sees_both_directions_of_exactly_its_flows():
+    """IDS instances on the same testbed: the egress switch spreads the return traffic by the
+    same symmetric hash, so each instance's flow table holds both directions of its flows and
+    of no others."""
+    with running_testbed("cluster", "ids", hold_slots=1024) as rec:
+        name = rec["name"]
+        with rig(name, FLOWS, echo=True) as (gen, sink, echo):
+            r = measure(gen, sink, 20000, 1.0, 1.0, echo=echo)
+        assert (r["lost"], r["echo"]["lost"], r["echo"]["reflected"]) == (0, 0, 20000), r
+        seen: set[int] = set()
+        for n in NFS:
+            fl = builder.instance(name, n).flows()
+            out = {f["sport"] for f in fl if f["dport"] == 9000}
+            back = {f["dport"] for f in fl if f["sport"] == 9000}
+            assert out and out == back, (n, len(out), len(back))
+            assert not out & seen
+            seen |= out
+        assert len(seen) == FLOWS
