@@ -175,6 +175,58 @@ static __always_inline struct nfx_sw_rule *sw_lookup(struct nfx_flow_key *k, int
     return 0;
 }
 
+/* spread rules (NFX_SW_SPREAD): the rule's group, by rule id, and how many packets each of its
+ * ports got (rule id * NFX_SW_SPREAD_PORTS + index), for the controller and the tests */
+BPF_ARRAY(sw_spread, struct nfx_sw_spread, NFX_SW_MAX_RULES);
+BPF_PERCPU_ARRAY(sw_spread_hits, __u64, NFX_SW_MAX_RULES * NFX_SW_SPREAD_PORTS);
+
+/* a 32-bit hash of the flow that both its directions share: each pair of addresses and ports
+ * taken in order, then mixed (murmur3's finalizer) so the high bits the index uses are even.
+ * Python mirror: nfx/control/spread.py spread_hash */
+static __always_inline __u32 sw_spread_hash(struct nfx_flow_key *k)
+{
+    __u32 a = k->saddr < k->daddr ? k->saddr : k->daddr;
+    __u32 b = k->saddr < k->daddr ? k->daddr : k->saddr;
+    __u32 p = k->sport < k->dport ? k->sport : k->dport;
+    __u32 q = k->sport < k->dport ? k->dport : k->sport;
+    __u32 h = a * 0x9e3779b1u;
+    h = (h ^ b) * 0x85ebca6bu;
+    h = (h ^ (p << 16 | q)) * 0xc2b2ae35u;
+    h ^= k->proto;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+/* the port spread rule `rid` sends this packet to, or 0 (no group: dropped as no port) */
+static __always_inline __u32 sw_spread_port(__u32 rid, struct nfx_flow_key *k)
+{
+    struct nfx_sw_spread *g = sw_spread.lookup(&rid);
+    if (!g)
+        return 0;
+    __u32 n = g->nports;
+    if (n < 1 || n > NFX_SW_SPREAD_PORTS)
+        return 0;
+    __u64 i = ((__u64)sw_spread_hash(k) * n) >> 32;    /* 64-bit: a 32-bit index loses its bound */
+    if (g->mode == NFX_SW_SPREAD_SLICE) {
+        __u32 o = (__u32)bpf_ntohs(k->dport) - g->lo;      /* wraps below lo: outside too */
+        if (g->span && o < g->span)
+            i = ((__u64)(o + 1) * n - 1) / g->span;
+        else
+            sw_note(NFX_SW_R_SPREAD_NO_SLICE);
+    }
+    if (i >= n || i >= NFX_SW_SPREAD_PORTS)
+        return 0;
+    __u32 slot = rid * NFX_SW_SPREAD_PORTS + (__u32)i;
+    __u64 *hits = sw_spread_hits.lookup(&slot);
+    if (hits)
+        (*hits)++;
+    return g->ports[i];
+}
+
 /* IPv4 TOS := tos, header checksum fixed incrementally over the 16-bit word holding it */
 static __always_inline void sw_set_tos(struct __sk_buff *skb, __u8 tos)
 {
@@ -502,7 +554,12 @@ int nfx_switch(struct __sk_buff *skb)
         nfx_count(NFX_R_NO_PORT);
         goto out;
     }
-    /* ports[1..] get clones; ports[0] gets the packet itself once we return */
+    /* ports[1..] get clones; ports[0] (or the spread group's pick) the packet itself once we return */
+    __u32 out0 = a & NFX_SW_SPREAD ? sw_spread_port(rid, &k) : r->ports[0];
+    if (!out0) {
+        nfx_count(NFX_R_NO_PORT);
+        goto out;
+    }
     __u32 tag = a & NFX_SW_TAG;
 #pragma unroll
     for (__u32 i = 1; i < NFX_SW_MAX_PORTS; i++) {
@@ -515,7 +572,7 @@ int nfx_switch(struct __sk_buff *skb)
     }
     if (tag)
         sw_tag(skb, 0);
-    act = bpf_redirect(r->ports[0], 0);
+    act = bpf_redirect(out0, 0);
     if (act != TC_ACT_REDIRECT) {
         nfx_count(NFX_R_REDIRECT_FAIL);
         act = TC_ACT_SHOT;

@@ -163,7 +163,7 @@ struct nfx_stamp {
 /* ---- NF wiring (array of 1, per instance) ------------------------------------------------ */
 #define NFX_SIDE_IN  0   /* tx devmap slot toward the inside (h1) switch */
 #define NFX_SIDE_OUT 1   /* tx devmap slot toward the outside (h2) switch */
-#define NFX_TX_SLOTS 8   /* slots 2.. are peers for REDIRECT */
+#define NFX_TX_SLOTS 16  /* slots 2.. are peers for REDIRECT: 14 peers, a cluster testbed's 12 and two more */
 
 struct nfx_mac {             /* a struct, not __u8[2][6]: BCC 0.26 mis-sizes 2-D arrays */
     __u8 addr[6];

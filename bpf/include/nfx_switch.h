@@ -18,6 +18,17 @@
 #define NFX_SW_TO_CTRL   0x08
 #define NFX_SW_DROP      0x10
 #define NFX_SW_TAG       0x20   /* dup: each port's copy gets its tag MAC (nfx_move.h) */
+#define NFX_SW_SPREAD    0x40   /* output: the packet itself goes to a port of the rule's spread
+                                 * group (sw_spread), chosen per flow, not to ports[0]; ports[1..]
+                                 * still get clones */
+
+/* spread groups: one per spread rule, by rule id */
+#define NFX_SW_SPREAD_PORTS 16  /* ports a group chooses among */
+#define NFX_SW_SPREAD_HASH  0   /* by a hash of the 5-tuple that both directions of a flow share */
+#define NFX_SW_SPREAD_SLICE 1   /* by the destination port's slice of [lo, lo + span): port lo + o
+                                 * goes to ports[((o + 1) * nports - 1) / span], the instance whose
+                                 * NAT share of the range holds it (nfx/testbed/builder.py
+                                 * instance_config); a port outside the range is hashed */
 
 /* the `rule` of a controller-ring record that holds an HSL message (nfx_hsl.h), not a packet
  * a rule sent: rule ids stop below NFX_SW_MAX_RULES, so no rule has it */
@@ -37,6 +48,7 @@ enum nfx_sw_reason {
     NFX_SW_R_STAMP_FAIL,
     NFX_SW_R_STAMP_SKIPPED,
     NFX_SW_R_STAMP_TOO_BIG,
+    NFX_SW_R_SPREAD_NO_SLICE,        /* a slice-spread packet whose port is outside the range: hashed */
     NFX_SW_R_MAX = 8,
 };
 
@@ -62,6 +74,14 @@ struct nfx_sw_wild {                 /* a wildcard match; 0 fields match anythin
     __u8  used;
     __u16 prio;                      /* user space keeps the slots sorted by it; unused here */
     __u32 rule;                      /* index into the rule array */
+};
+
+struct nfx_sw_spread {               /* by rule id: where a spread rule's packets may go */
+    __u32 mode;                      /* NFX_SW_SPREAD_* */
+    __u32 nports;                    /* 1..NFX_SW_SPREAD_PORTS */
+    __u32 ports[NFX_SW_SPREAD_PORTS];    /* ifindexes; every instance's index is the same at both switches */
+    __u32 lo;                        /* slice: the range's first port (host order) */
+    __u32 span;                      /* slice: its number of ports */
 };
 
 struct nfx_sw_cfg {                  /* array of 1, written by the controller */

@@ -79,3 +79,5 @@ def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (def
             detail = n.get("addr") or ", ".join(f"{k}={v}" for k, v in sorted(n.get("stats", {}).items())[:6])
             t.add_row(node, n["role"], n["netns"] + ("" if n["alive"] else " [red](gone)[/red]"), detail or "")
         show(t)
+        for c, members in r.get("clusters", {}).items():
+            console.print(f"cluster {c}: {', '.join(members)}")

@@ -18,6 +18,8 @@ arriving with such a MAC is dropped as forged.
 With the stamper on (`set_stamp`), a flow packet from a host port that goes to NF ports only
 leaves with the flow's packet count (per direction) as an 8-byte trailer past its IPv4 datagram,
 which the NF takes off before its logic runs (bpf/include/nfx_stamp.h).
+A spread rule sends each flow to one of its `spread` ports, chosen per flow (nfx/control/spread.py);
+its `output` ports, if any, get clones as usual.
 
 One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
 against a second writer."""
@@ -35,6 +37,7 @@ from ..loader import attach, bpfsys, netns, pin
 from ..loader.compile import compile_source, load
 from ..loader.maps import stats_dict
 from ..loader.spec import MapSet, MapSpec
+from .spread import Spread, decode as decode_spread, encode as encode_spread, group_hits, write_group
 from .switch_ring import CtrlReader, Port
 
 class SWITCH_MAPS(MapSet):
@@ -49,6 +52,8 @@ class SWITCH_MAPS(MapSet):
     sw_hsl_epochs = MapSpec(L.u32, L.u32)
     sw_reasons = MapSpec(L.u32, L.u64)
     sw_stamps = MapSpec(L.FlowKey, L.u64)
+    sw_spread = MapSpec(L.u32, L.SwSpread)
+    sw_spread_hits = MapSpec(L.u32, L.u64)
     nfx_stats = MapSpec(L.u32, L.u64)
 
 
@@ -66,6 +71,8 @@ class Rule:
     drop: bool = False
     token: int = 0               # nonzero: armed, in force once a trigger with it arrived
     tagged: bool = False         # dup: output[i]'s copy gets source MAC layout.dup_tag(i)
+    spread: list[Port] = field(default_factory=list)   # the packet goes to one of these, per flow
+    spread_by: Spread = Spread()                        # how the port is chosen
 
 
 @dataclass
@@ -283,13 +290,18 @@ class Switch:
         r = L.SwRule(used=1)
         if rule.set_tos is not None and rule.clear_tos:
             raise BadInput("a rule cannot both set and clear the TOS")
-        if len(rule.output) > L.SW_MAX_PORTS:
-            raise BadInput(f"at most {L.SW_MAX_PORTS} output ports per rule")
-        if rule.output:
+        # a spread rule's pick takes ports[0]'s place (the group's first stands in for it)
+        ports = rule.spread[:1] + rule.output
+        if len(ports) > L.SW_MAX_PORTS:
+            raise BadInput(f"at most {L.SW_MAX_PORTS} output ports per rule (a spread counts as one)")
+        if ports:
             r.actions |= L.SW_OUTPUT
-            r.nports = len(rule.output)
-            for i, p in enumerate(rule.output):
+            r.nports = len(ports)
+            for i, p in enumerate(ports):
                 r.ports[i] = self.ifindex(p)
+        if rule.spread:
+            rule.spread_by.check(len(rule.spread))
+            r.actions |= L.SW_SPREAD
         if rule.set_tos is not None:
             if not 0 <= rule.set_tos <= 255:
                 raise BadInput(f"TOS {rule.set_tos} is not a byte")
@@ -302,6 +314,8 @@ class Switch:
         if rule.drop:
             r.actions |= L.SW_DROP
         if rule.tagged:
+            if rule.spread:
+                raise BadInput("a spread rule cannot be tagged: tags name a move's two instances")
             if len(rule.output) < 2:
                 raise BadInput("a tagged rule duplicates: it needs two output ports or more")
             r.actions |= L.SW_TAG
@@ -310,12 +324,25 @@ class Switch:
         r.token = rule.token
         return r
 
-    def _decode(self, r: L.SwRule) -> Rule:
+    def _decode(self, r: L.SwRule, rid: int) -> Rule:
         out = [self.port_name(r.ports[i]) for i in range(min(r.nports, L.SW_MAX_PORTS))] \
             if r.actions & L.SW_OUTPUT else []
+        spread, by = [], Spread()
+        if r.actions & L.SW_SPREAD:
+            by, idx = decode_spread(self.maps.sw_spread.get(L.u32(rid)) or L.SwSpread())
+            spread, out = [self.port_name(i) for i in idx], out[1:]
         return Rule(output=out, set_tos=r.tos if r.actions & L.SW_SET_TOS else None,
                     clear_tos=bool(r.actions & L.SW_CLEAR_TOS), to_ctrl=bool(r.actions & L.SW_TO_CTRL),
-                    drop=bool(r.actions & L.SW_DROP), token=r.token, tagged=bool(r.actions & L.SW_TAG))
+                    drop=bool(r.actions & L.SW_DROP), token=r.token, tagged=bool(r.actions & L.SW_TAG),
+                    spread=spread, spread_by=by)
+
+    def _write_spread(self, rid: int, rule: Rule) -> None:
+        if rule.spread:
+            write_group(self.maps, rid, encode_spread(rule.spread_by, [self.ifindex(p) for p in rule.spread]))
+
+    def spread_hits(self, rule_id: int) -> list[int]:
+        """Packets spread rule `rule_id` sent to each port of its group, summed over CPUs."""
+        return group_hits(self.maps, rule_id)
 
     def _used_rules(self) -> dict[int, L.SwRule]:
         n, keys, vals = self.maps.sw_rules.export()
@@ -335,6 +362,7 @@ class Switch:
             raise BadInput(f"switch {self.name}: all {len(ids)} {'shared ' if shared else ''}rule ids are in use")
         cm = self.maps.sw_counters
         cm.put(L.u32(rid), cm.Slot())
+        self._write_spread(rid, rule)
         self.maps.sw_rules.put(L.u32(rid), enc)
         return rid
 
@@ -362,7 +390,9 @@ class Switch:
         """Change what a rule does, in one update: every entry pointing at it follows at once."""
         if self.maps.sw_rules.get(L.u32(rule_id)) is None:
             raise NotFound(f"switch {self.name}: no rule {rule_id}")
-        self.maps.sw_rules.put(L.u32(rule_id), self._encode(rule))
+        enc = self._encode(rule)
+        self._write_spread(rule_id, rule)
+        self.maps.sw_rules.put(L.u32(rule_id), enc)
 
     def point_exact(self, keys: list[L.FlowKey], rule_id: int) -> None:
         """These flows' exact entries point at shared rule `rule_id` (one batch update)."""
@@ -438,14 +468,14 @@ class Switch:
                       src=_prefix_str(w.saddr, w.smask), dst=_prefix_str(w.daddr, w.dmask),
                       sport=socket.ntohs(w.sport), dport=socket.ntohs(w.dport), proto=w.proto)
             if w.rule in used:
-                out.append(RuleInfo(w.rule, "wild", self._decode(used.pop(w.rule)), m, w.prio))
+                out.append(RuleInfo(w.rule, "wild", self._decode(used.pop(w.rule), w.rule), m, w.prio))
         n, keys, vals = self.maps.sw_exact.export()
         for i in range(n):
             rid = vals[i]
             if rid in used:
-                out.append(RuleInfo(rid, "exact", self._decode(used.pop(rid)), _key_tuple(keys[i])))
+                out.append(RuleInfo(rid, "exact", self._decode(used.pop(rid), rid), _key_tuple(keys[i])))
         # written but not (or no longer) reachable: shown so nothing is hidden
-        out += [RuleInfo(rid, "orphan", self._decode(r), None) for rid, r in sorted(used.items())]
+        out += [RuleInfo(rid, "orphan", self._decode(r, rid), None) for rid, r in sorted(used.items())]
         return out
 
     # ---- armed rules ----

@@ -112,7 +112,7 @@ class Stamp(ct.Structure):
 
 
 SIDE_IN, SIDE_OUT = 0, 1
-TX_SLOTS = 8
+TX_SLOTS = 16
 
 
 class Mac(ct.Structure):

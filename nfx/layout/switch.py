@@ -13,6 +13,9 @@ SW_PORT_HOST, SW_PORT_NF = 1, 2
 SW_MAX_STAMPS = 65536
 SW_OUTPUT, SW_SET_TOS, SW_CLEAR_TOS, SW_TO_CTRL, SW_DROP = 0x01, 0x02, 0x04, 0x08, 0x10
 SW_TAG = 0x20
+SW_SPREAD = 0x40
+SW_SPREAD_PORTS = 16
+SW_SPREAD_HASH, SW_SPREAD_SLICE = 0, 1
 SW_RULE_HSL = 4096
 
 
@@ -25,6 +28,7 @@ class SwReason(enum.IntEnum):
     STAMP_FAIL = 4
     STAMP_SKIPPED = 5
     STAMP_TOO_BIG = 6
+    SPREAD_NO_SLICE = 7
 
 
 SW_R_MAX = 8
@@ -40,6 +44,10 @@ class SwWild(ct.Structure):
                 ("sport", u16), ("dport", u16), ("proto", u8), ("used", u8), ("prio", u16), ("rule", u32)]
 
 
+class SwSpread(ct.Structure):
+    _fields_ = [("mode", u32), ("nports", u32), ("ports", u32 * SW_SPREAD_PORTS), ("lo", u32), ("span", u32)]
+
+
 class SwCfg(ct.Structure):
     _fields_ = [("ibc_epoch", u32), ("stamp", u32)]
 
@@ -52,5 +60,5 @@ class SwCtrlHdr(ct.Structure):
     _fields_ = [("len", u32), ("in_port", u32), ("rule", u32), ("pad", u32), ("ts_ns", u64)]
 
 
-MIRRORS = {"nfx_sw_rule": SwRule, "nfx_sw_wild": SwWild, "nfx_sw_cfg": SwCfg, "nfx_sw_counter": SwCounter,
+MIRRORS = {"nfx_sw_rule": SwRule, "nfx_sw_wild": SwWild, "nfx_sw_cfg": SwCfg, "nfx_sw_spread": SwSpread, "nfx_sw_counter": SwCounter,
            "nfx_sw_ctrl_hdr": SwCtrlHdr}

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .. import layout as L, registry
+from ..control.spread import Spread
 from ..control.switch import Match, Rule, Switch
 from ..errors import BadInput, NfxError
 from ..etcd import LocalEtcd
@@ -93,7 +94,8 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
     # every agent request carries this token; the registry file is root-only (0600)
     rec = registry.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
                        max_flows=max_flows, pin_root=str(registry.pin_root(name)), started=time.time(),
-                       token=secrets.token_hex(16))
+                       token=secrets.token_hex(16), clusters={c: list(m) for c, m in topo.clusters.items()},
+                       spread=topo.spread)
     try:
         rec["nf_settings"] = list(nf_settings or [])
         _build(rec, topo, kind, max_flows, progress, config, defines)
@@ -148,7 +150,7 @@ def _build_all(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int,
 
         for sw in topo.role("switch"):
             progress(f"switch {sw}")
-            _switch(rec, topo, sw, stub)
+            _switch(rec, topo, sw, stub, config)
 
         progress("peer links and release ports")
         peers = _move_links(rec, topo, nls)
@@ -250,7 +252,7 @@ def _host(rec, topo: Topology, h: str, stub, nl: netlink.Netlink) -> None:
     rec.save()
 
 
-def _switch(rec, topo: Topology, sw: str, stub) -> None:
+def _switch(rec, topo: Topology, sw: str, stub, config=None) -> None:
     ns = ns_name(rec["name"], sw)
     ports = [ifname(topo, sw, p) for p in topo.neighbours(sw)]
     pin_dir = registry.pin_root(rec["name"]) / sw
@@ -261,14 +263,27 @@ def _switch(rec, topo: Topology, sw: str, stub) -> None:
     # roles: a host-facing port drops nfx's reserved marks, an NF-facing one takes triggers
     for p in topo.neighbours(sw):
         s.set_port_role(ifname(topo, sw, p), "host" if topo.nodes[p]["role"] == "host" else "nf")
-    # default plan: everything from the host goes to the first instance, everything from an
-    # instance goes to the host; moves install more specific rules above these
+    # default plan: everything from the host goes to the first instance (or, with spread, each
+    # flow to one instance: _spread), everything from an instance goes to the host; moves
+    # install more specific rules above these
     for h in hosts:
         if nfs:
-            s.add_wild(Match(in_port=h), Rule(output=[nfs[0]]), prio=1000)
+            s.add_wild(Match(in_port=h), _spread(topo, sw, h, config) if topo.spread else Rule(output=[nfs[0]]),
+                       prio=1000)
         s.add_wild(Match(), Rule(output=[h]), prio=2000)
     rec["nodes"][sw].update(pin=str(pin_dir), ports=ports)
     rec.save()
+
+
+def _spread(topo: Topology, sw: str, host: str, config) -> Rule:
+    """A host's traffic spread over every instance, listed by instance index at every switch so
+    both directions of a flow pick the same one: from the inside host by the flow's symmetric
+    hash; from the outside host, a NAT's return traffic by the public port's slice of the range
+    (each instance's own, instance_config), anything else (an IDS's) by the same hash."""
+    by = Spread()
+    if "gateway" not in topo.nodes[host] and isinstance(config, NatConfig):
+        by = Spread("slice", config.port_lo, config.port_hi)
+    return Rule(spread=[ifname(topo, sw, nf) for nf in topo.role("nf")], spread_by=by)
 
 
 def _mac_toward(rec, topo: Topology, nf: str, neighbour: str) -> bytes:
@@ -341,7 +356,8 @@ def down(name: str) -> dict:
 def status(name: str) -> dict:
     rec = registry.load(name)
     out = {"name": name, "status": rec.get("status"), "topology": rec.get("topology"), "nf": rec.get("nf"),
-           "instances": rec.get("instances"), "nodes": {}}
+           "instances": rec.get("instances"), "clusters": rec.get("clusters", {}), "spread": rec.get("spread", False),
+           "nodes": {}}
     for node, info in rec.get("nodes", {}).items():
         n = {"role": info["role"], "netns": info["ns"], "alive": netns.exists(info["ns"])}
         if info["role"] == "nf" and "pin" in info:

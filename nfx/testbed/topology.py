@@ -1,13 +1,16 @@
-"""Topology files (netns/*.json): nodes by role, links, and the addressing plan. `nf{i}` in a
-node or link name stands for every NF instance 0..N-1."""
+"""Topology files (netns/*.json): nodes by role, links, the addressing plan, and optionally
+clusters of NF instances and whether the switches spread flows over the instances. `nf{i}` in a
+node, link or cluster member name stands for every NF instance 0..N-1."""
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import layout as L
 from ..errors import BadInput, NotFound
 from ..paths import TOPOLOGY_DIR
 
 ROLES = {"host", "switch", "nf"}
+MAX_INSTANCES = L.TX_SLOTS - 2      # tx devmap slots 0 and 1 are the sides, the rest one per peer
 
 
 @dataclass
@@ -22,6 +25,8 @@ class Topology:
     instances: int
     source: str = ""
     extra: dict = field(default_factory=dict)
+    clusters: dict[str, list[str]] = field(default_factory=dict)   # cluster -> its NF instances
+    spread: bool = False             # switches spread flows over the instances (builder's default plan)
 
     def role(self, role: str) -> list[str]:
         return [n for n, spec in self.nodes.items() if spec["role"] == role]
@@ -52,8 +57,8 @@ def load(name_or_file: str, instances: int | None = None) -> Topology:
     except json.JSONDecodeError as e:
         raise BadInput(f"{path}: not valid JSON: {e}") from None
     n = instances if instances is not None else int(raw.get("instances", 1))
-    if not 1 <= n <= 6:
-        raise BadInput(f"instances must be 1..6 (tx devmap has slots for 6 peers), got {n}")
+    if not 1 <= n <= MAX_INSTANCES:
+        raise BadInput(f"instances must be 1..{MAX_INSTANCES} (tx devmap has slots for {MAX_INSTANCES} peers), got {n}")
     try:
         nodes: dict[str, dict] = {}
         for name, spec in raw["nodes"].items():
@@ -76,6 +81,15 @@ def load(name_or_file: str, instances: int | None = None) -> Topology:
                         instances=n, source=str(path))
     except KeyError as e:
         raise BadInput(f"{path}: missing field {e}") from None
+    if not isinstance(raw.get("spread", False), bool):
+        raise BadInput(f"{path}: spread is true or false, not {raw['spread']!r}")
+    topo.spread = raw.get("spread", False)
+    for sw in topo.role("switch") if topo.spread else ():
+        # the switch picks among all instances, in instance order (builder._spread)
+        missing = [nf for nf in topo.role("nf") if nf not in topo.neighbours(sw)]
+        if missing:
+            raise BadInput(f"{path}: spread: switch {sw} has no link to {', '.join(missing)}; it needs one to every NF instance")
+    topo.clusters = _clusters(path, raw.get("clusters", {}), topo)
     for nf in topo.role("nf"):
         if len(topo.neighbours(nf)) != 2:
             raise BadInput(f"{path}: NF {nf} needs exactly two links (inside, outside)")
@@ -83,6 +97,34 @@ def load(name_or_file: str, instances: int | None = None) -> Topology:
         if len(topo.neighbours(h)) != 1:
             raise BadInput(f"{path}: host {h} needs exactly one link")
     return topo
+
+
+def _clusters(path: Path, raw, topo: Topology) -> dict[str, list[str]]:
+    """Cluster name -> its members, expanded; every member an NF node, none in two clusters."""
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: clusters maps a cluster name to a list of NF instances, not {raw!r}")
+    nfs = topo.role("nf")
+    out: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for name, members in raw.items():
+        if not name or not isinstance(members, list) or not members or \
+                not all(isinstance(m, str) for m in members):
+            raise BadInput(f"{path}: cluster {name!r} needs a non-empty list of NF instance names")
+        out[name] = []
+        for m in members:
+            for inst in _expand(m, topo.instances):
+                if inst not in nfs:
+                    what = f"a {topo.nodes[inst]['role']}" if inst in topo.nodes else "no node"
+                    raise BadInput(f"{path}: cluster {name!r} names {inst!r}, which is {what}, not an NF instance "
+                                   f"(the NF instances: {', '.join(nfs) or 'none'})")
+                if owner.get(inst) == name:
+                    raise BadInput(f"{path}: cluster {name!r} lists {inst} twice")
+                if inst in owner:
+                    raise BadInput(f"{path}: {inst} is in cluster {owner[inst]!r} and in cluster {name!r}: "
+                                   f"an instance belongs to one cluster at most")
+                owner[inst] = name
+                out[name].append(inst)
+    return out
 
 
 def _expand(name: str, n: int) -> list[str]:
