@@ -4,7 +4,7 @@ import secrets
 import time
 
 from .. import movespec
-from .mechanism import Ctx, Mechanism, spawn, steer_to_dst, wait_for
+from .mechanism import Ctx, Mechanism, cluster_report, inside_cluster, spawn, steer_to_dst, wait_for
 
 
 class Dist(Mechanism):
@@ -29,7 +29,7 @@ class Dist(Mechanism):
             x.token, x.steered = secrets.randbits(64) or 1, True
             armed = spawn(lambda: steer.arm(flt, [dst.name], x.token))
         try:
-            inside = src.shares and dst.shares and src.cluster == dst.cluster and "ll" not in req.opts
+            inside = inside_cluster(x)
             run = src.move_dist(dst, x.epoch, req.guarantee, req.opts, flt, req.scopes, req.timeout, fire=x.token,
                                 data_link=req.data_link, cluster_inside=inside)
             try:
@@ -61,10 +61,9 @@ class Dist(Mechanism):
         armed_at = armed() if armed else 0.0
         r = {"state_chunks": d.get("chunks", 0), "state_bytes": d.get("bytes", 0),
              "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0), "go_ms": d.get("go_ms")}
-        if src.cluster is not None or dst.cluster is not None:
-            r["cluster"] = {"kind": "inside" if inside else "across", "src": src.cluster, "dst": dst.cluster,
-                            "sharing": src.shares and dst.shares,
-                            **(d.get("cluster") or {"entries": d.get("entries")})}
+        cl = cluster_report(x, inside, d.get("cluster") or {"entries": d.get("entries")})
+        if cl:
+            r["cluster"] = cl
         if dt:
             r["trigger"] = _fired(x, armed_at, d.get("fired_at"))
             return r

@@ -221,6 +221,23 @@ def steer_to_dst(x: Ctx, phase: int = 0) -> None:
         x.steer.point(x.flt, [x.dst.name], x.outside)
 
 
+def inside_cluster(x: Ctx) -> bool:
+    """Both ends share in batches in one cluster (issue 13): the move carries the last batch only
+    (not with ll, whose holds follow the export chunk by chunk)."""
+    src, dst = x.src, x.dst
+    return bool(getattr(src, "shares", False) and getattr(dst, "shares", False) and src.cluster == dst.cluster
+                and "ll" not in x.req.opts)
+
+
+def cluster_report(x: Ctx, inside: bool, figures: dict) -> dict | None:
+    """The move's `cluster` figures: which kind it was and what it sent; None outside clusters."""
+    sc, dc = getattr(x.src, "cluster", None), getattr(x.dst, "cluster", None)
+    if sc is None and dc is None:
+        return None
+    return {"kind": "inside" if inside else "across", "src": sc, "dst": dc,
+            "sharing": bool(getattr(x.src, "shares", False) and getattr(x.dst, "shares", False)), **figures}
+
+
 def spawn(fn):
     """Run fn on a thread; returns a join that returns what fn returned, or raises what it raised."""
     out, err = [None], []

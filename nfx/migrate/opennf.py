@@ -9,7 +9,7 @@ from .. import packets as pk
 from ..agent.share import cluster_figures
 from ..errors import NfxError
 from .ctrlbuf import ControllerBuffer
-from .mechanism import Ctx, Mechanism, spawn, steer_to_dst, wait_for
+from .mechanism import Ctx, Mechanism, cluster_report, inside_cluster, spawn, steer_to_dst, wait_for
 
 
 class OpenNF(Mechanism):
@@ -41,7 +41,7 @@ class OpenNF(Mechanism):
             x.phase("held")
         x.t_state = time.perf_counter()
         time.sleep(x.req.state_delay_s)     # emulated: a slower state transfer (bench sharp, Fig. 7)
-        inside = src.shares and dst.shares and src.cluster == dst.cluster and not ll
+        inside = inside_cluster(x)
         chunks, nbytes, applied_at, cluster = (_transfer_inside if inside else _transfer)(x)
         if synth:
             x.ibc = list(synth)
@@ -54,9 +54,9 @@ class OpenNF(Mechanism):
         steer_to_dst(x)
         x.phase("steered")
         out = {"state_chunks": chunks, "state_bytes": nbytes, "transfer_s": x.state_at - x.t_state}
-        if src.cluster is not None or dst.cluster is not None:
-            out["cluster"] = {"kind": "inside" if inside else "across", "src": src.cluster, "dst": dst.cluster,
-                              "sharing": src.shares and dst.shares, **cluster}
+        cl = cluster_report(x, inside, cluster)
+        if cl:
+            out["cluster"] = cl
         return out
 
     def cut(self, x: Ctx) -> None:

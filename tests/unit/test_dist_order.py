@@ -44,7 +44,7 @@ class Src:
     def __init__(self, log):
         self.log = log
 
-    def move_dist(self, dst, epoch, guarantee, opts, flt, scopes, timeout, fire=0, data_link=(0, 0)):
+    def move_dist(self, dst, epoch, guarantee, opts, flt, scopes, timeout, fire=0, data_link=(0, 0), cluster_inside=False):
         self.log.append(("request", guarantee, tuple(sorted(opts)), data_link))
         return Run(self.log)
 
