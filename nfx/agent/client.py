@@ -404,14 +404,14 @@ class AgentClient(ClosedWhenCollected):
 
     def move_dist(self, dst: str, epoch: int, guarantee: str, opts, filter: str, scopes, timeout: float,
                   fire: int = 0, data_delay_ms: float = 0.0, data_rate_mbit: float = 0.0,
-                  cluster_inside: bool = False) -> DistStream:
+                  cluster_inside: bool = False, want_keys: bool = False) -> DistStream:
         """DiST's move, run by this (source) agent, on this connection until the stream is
         closed: fire is the token of rules armed on the switches, for the agent to fire once
         it may; data_*: the emulated link it sends to dst over."""
         args = {"dst": dst, "epoch": epoch, "guarantee": guarantee, "opts": sorted(opts), "filter": filter,
                 "scopes": list(scopes), "timeout": timeout,
                 "data_delay_ms": data_delay_ms or None, "data_rate_mbit": data_rate_mbit or None,
-                "cluster_inside": cluster_inside or None}
+                "cluster_inside": cluster_inside or None, "want_keys": want_keys or None}
         if fire:
             args["fire"] = f"{fire:x}"
         self._begin("move_dist", args)

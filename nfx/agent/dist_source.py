@@ -115,7 +115,9 @@ class DistSource:
             wire.write(sock, wire.encode_json({
                 "ok": True, "op": "move_dist", "flows": len(flows),
                 "ibc": [[side, enc(bytes(k))] for side, k in ibc],
-                "outside": enc(keys_blob(outside)) if not flt.everything else None}))
+                "outside": enc(keys_blob(outside)) if not flt.everything else None,
+                # a spread testbed's switches are steered by the flows' own keys (every one)
+                "keys": enc(keys_blob(flows + outside)) if req.get("want_keys") else None}))
             go_ms = None
             if lf and not ov:
                 self._await_go(sock, r, timeout)

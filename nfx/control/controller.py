@@ -80,8 +80,8 @@ class DelayedSteering:
             self.down.pass_(RULE_BYTES)
         return done
 
-    def point(self, *a, tagged: bool = False):
-        done = self._change(lambda *b: self.s.point(*b, tagged=tagged), *a)
+    def point(self, *a, tagged: bool = False, keys: list | None = None):
+        done = self._change(lambda *b: self.s.point(*b, tagged=tagged, keys=keys), *a)
         self.applied_at = done["at"]
         return done["result"]
 

@@ -1,6 +1,7 @@
 """Steering a filter's flows between NF instances on a testbed's switches, in one step or in
 DiST's two phases (duplicate to source and destination, cut with an in-band control packet,
 then destination only), and sending that control packet (IBC) into the flow's path."""
+import ipaddress
 import socket
 import struct
 import threading
@@ -61,6 +62,7 @@ class Steering:
             raise NfxError(f"testbed {rec['name']} has no switches to steer (topology {rec['topology']})")
         self.lock = threading.Lock()
         self.active: dict[str, list[tuple[str, int]]] = {}    # filter text -> (switch, rule id)
+        self.key_rules: dict[str, set[int]] = {}    # switch -> shared rules moves by key point at
         # every wildcard rule in the move band, read once: the ones an earlier controller left
         # (moves stay in force) and, from then on, the ones we add; nobody else writes the band
         self.wild: dict[str, dict[int, _Wild]] = {
@@ -78,7 +80,7 @@ class Steering:
         return L.SIDE_IN if "gen_if" in self.rec["nodes"][self.host_of[sw]] else L.SIDE_OUT
 
     def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None, token: int = 0,
-              tagged: bool = False) -> None:
+              tagged: bool = False, keys: list | None = None) -> None:
         """Send the filter's flows to `nfs` (two instances: duplicate). On the inside switch
         the filter matches as written; on the outside switch return traffic is matched by
         `outside_keys` (exact, e.g. a NAT's public tuples) or, without them, by the filter
@@ -87,6 +89,9 @@ class Steering:
         With a token the new rules are armed (Switch) and the old stay, deciding until the
         token fires; the next point of the filter removes both. tagged (dup): each instance's
         copy carries its tag (Switch), the first instance's layout.dup_tag(0)."""
+        if keys is not None:
+            self._point_keys(nfs, keys, token, tagged)
+            return
         if token and outside_keys is not None and not flt.everything:
             # an exact key has one rule: arming it would drop the rule in force meanwhile
             raise BadInput("armed rules are wildcards: a move by flow keys cannot be armed")
@@ -117,6 +122,42 @@ class Steering:
                 return
             for name, rid in old - set(new):
                 self.remove_rule(name, rid)
+
+    def _point_keys(self, nfs: list[str], keys: list, token: int, tagged: bool) -> None:
+        """A spread testbed: the moved flows by their own keys (a NAT's inside and public tuples,
+        an IDS's two directions), each at the switch whose host sends it (an exact entry matches
+        on any port: at the other switch it would send the NF's own output back to it), so the
+        flows other instances hold stay where the spread sends them. An exact rule is repointed
+        in place: no gap, nothing to remove."""
+        if token:
+            raise BadInput("armed rules are wildcards: a move by flow keys cannot be armed")
+        by_sw = self._keys_by_switch(keys)
+        with self.lock:
+            for name, s in self.sw.items():
+                both = by_sw.get(name)
+                if not both:
+                    continue
+                # one shared rule per switch and step, every key pointed at it in one batch update
+                rid = s.shared_rule(Rule(output=[self.port_of(name, nf) for nf in nfs], tagged=tagged))
+                s.point_exact(both, rid)
+                mine = self.key_rules.setdefault(name, set())
+                mine.add(rid)
+                live = s.exact_rule_ids()
+                for old in [r for r in mine if r not in live]:     # no key left on it: its id goes back
+                    mine.discard(old)
+                    self.remove_rule(name, old)
+
+    def _keys_by_switch(self, keys: list) -> dict[str, list]:
+        """Each key at the switch whose host's network holds its source address."""
+        nets = {sw: ipaddress.IPv4Interface(self.rec["nodes"][h]["addr"]).network for sw, h in self.host_of.items()}
+        out: dict[str, list] = {}
+        for k in keys:
+            src = ipaddress.IPv4Address(be_to_ip(k.saddr))
+            sw = next((sw for sw, net in nets.items() if src in net), None)
+            if sw is None:
+                raise BadInput(f"flow {src} -> {be_to_ip(k.daddr)}: no switch's host sends from {src}")
+            out.setdefault(sw, []).append(k)
+        return out
 
     def fired(self, token: int) -> list[int | None]:
         """When each switch took the trigger with `token` (CLOCK_MONOTONIC ns, None: not yet)."""

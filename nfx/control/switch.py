@@ -405,6 +405,11 @@ class Switch:
         va = (L.u32 * n)(*([rule_id] * n))
         self.maps.sw_exact.update_batch(ka, va, n)
 
+    def exact_rule_ids(self) -> set[int]:
+        """The rule ids some exact entry points at."""
+        n, _, vals = self.maps.sw_exact.export()
+        return {int(vals[i]) for i in range(n)}
+
     def unpoint_exact(self, keys: list[L.FlowKey]) -> None:
         """Remove these flows' exact entries (those not there are skipped)."""
         for k in keys:

@@ -34,7 +34,7 @@ class Dist(Mechanism):
                                 data_link=req.data_link, cluster_inside=inside)
             try:
                 h = run.held()
-                x.flows, x.ibc = h["flows"], h["ibc"]
+                x.flows, x.ibc, x.keys = h["flows"], h["ibc"], h.get("keys")
                 x.outside = None if flt.everything else h["outside"]
                 x.phase("held")
                 if lf and ov and not dt:

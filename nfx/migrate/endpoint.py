@@ -62,6 +62,8 @@ class Remote:
         clusters = (testbed_rec.get("sharing") or {}).get("clusters") or testbed_rec.get("clusters") or {}
         self.cluster = next((c for c, ms in clusters.items() if instance in ms), None)
         self.shares = bool(testbed_rec.get("sharing")) and self.cluster is not None
+        # the switches spread flows over the instances: a move steers its own flows, by key
+        self.spread = bool(testbed_rec.get("spread"))
 
     def _client(self, timeout: float) -> AgentClient:
         """Another connection to this agent, behind the move's control link."""
@@ -118,7 +120,7 @@ class Remote:
         rate Mbit/s) of the emulated link the agent sends to dst over."""
         return self._run(dst, guarantee, lambda: self.c.move_dist(
             dst.name, epoch, guarantee, opts, flt.text, scopes, timeout, fire, data_link[0], data_link[1],
-            cluster_inside))
+            cluster_inside, self.spread))
 
     def move_slim(self, dst: "Remote", epoch: int, guarantee: str, flt: Filter, scopes, timeout: float,
                   ready_statelets: int = 0, data_link=(0.0, 0.0), stall_reader_ms: float = 0.0,
@@ -274,6 +276,7 @@ class DistRun:
         r = self.stream.held()
         r["ibc"] = [(side, pk.keys_from_blob(base64.b64decode(k))[0]) for side, k in r.get("ibc") or []]
         r["outside"] = pk.keys_from_blob(base64.b64decode(r["outside"])) if r.get("outside") else []
+        r["keys"] = pk.keys_from_blob(base64.b64decode(r["keys"])) if r.get("keys") else None
         return r
 
     def ready(self) -> dict:

@@ -67,6 +67,9 @@ class Ctx:
         self.flows = 0
         self.outside: list | None = []
         self.ibc: list = []
+        # a spread testbed (the switches spread flows over the instances): the moved flows' keys,
+        # inside and outside, that the switches are pointed by (None: by the filter)
+        self.keys: list | None = None
         self.t_state = self.state_at = 0.0
         self.token = 0                    # dt: the armed rules' token
         self.switched_at = 0.0            # dt: when the armed rules took force on every switch
@@ -94,6 +97,7 @@ class Mechanism(Protocol):
 
 
 REGISTRY: dict[str, type[Mechanism]] = {}
+SPREAD_MECHANISMS = ("opennf", "dist")     # those that steer by the moved flows' keys (Ctx.keys)
 
 
 def register(cls: type[Mechanism]) -> type[Mechanism]:
@@ -120,6 +124,10 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
     MoveTime ends when both are true: the state is in at dst (dst's own stamp: one clock on a
     testbed) and the switches' last forwarding update has taken effect."""
     check_ports(req.filter)
+    if getattr(src, "spread", False) and (req.mechanism not in SPREAD_MECHANISMS or "dt" in req.opts):
+        raise BadInput(f"this testbed's switches spread the flows over the instances: a move there steers its "
+                       f"own flows by key, which {', '.join(SPREAD_MECHANISMS)} do (without dt, whose armed rules "
+                       f"are wildcards), not {req.mechanism}" + (" with dt" if "dt" in req.opts else ""))
     mech = REGISTRY[req.mechanism]()
     epoch = new_epoch()
     m = MoveMetrics(mechanism=req.mechanism, guarantee=req.guarantee, opts=sorted(req.opts), src=src.name,
@@ -213,12 +221,12 @@ def steer_to_dst(x: Ctx, phase: int = 0) -> None:
     back, in order on the switch's control link). phase 0: all of it."""
     x.steered = True
     if x.op and phase in (0, 1):
-        x.steer.point(x.flt, [x.src.name, x.dst.name], x.outside)
+        x.steer.point(x.flt, [x.src.name, x.dst.name], x.outside, keys=x.keys)
     if x.op and phase in (0, 2):
         for side, key in x.ibc:
             x.steer.ibc(side, key, x.epoch)
     if not x.op or phase in (0, 2):
-        x.steer.point(x.flt, [x.dst.name], x.outside)
+        x.steer.point(x.flt, [x.dst.name], x.outside, keys=x.keys)
 
 
 def inside_cluster(x: Ctx) -> bool:
@@ -265,7 +273,7 @@ def _rollback(x: Ctx) -> None:
     src, dst, steer, flt = x.src, x.dst, x.steer, x.flt
     try:
         if x.steered:
-            steer.point(flt, [src.name], None)
+            steer.point(flt, [src.name], None, keys=x.keys)
             if x.token:
                 steer.forget_token(x.token)
         if x.ctrl is not None:

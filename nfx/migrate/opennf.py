@@ -81,6 +81,8 @@ def _transfer_inside(x: Ctx) -> tuple[int, int, float | None, dict]:
         raise NfxError(f"{dst.name} could not write the replicas of {len(got['failed'])} chunks: {got['failed'][0]}")
     flows, outside = pk.keys_from_blob(_raw(got["flows"])), pk.keys_from_blob(_raw(got["outside"]))
     x.flows = len(flows)
+    if getattr(src, "spread", False):
+        x.keys = flows + outside
     x.outside = None if flt.everything else outside
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, flt))
@@ -117,6 +119,8 @@ def _transfer(x: Ctx) -> tuple[int, int, float | None, dict]:
         exported.close()          # lets go of src's connection even if dst failed half way
     flows, outside = pk.flow_keys(chunks)
     x.flows = len(flows)
+    if getattr(src, "spread", False):
+        x.keys = flows + outside
     x.outside = None if flt.everything else outside
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, flt))

@@ -30,6 +30,7 @@ class Replicas:
         self.flows = Tables(kind)
         self.multi: dict[str, Tables] = {}
         self.stamps: dict[bytes, int] = {}         # flow -> stamp of the last batch applied
+        self.owner: dict[tuple[str, bytes], str] = {}   # per-flow entry -> the member whose flow it is
         self.lock = threading.Lock()
         self.counts = {"batches": 0, "stale": 0, "statelets": 0, "bytes": 0, "bases": 0, "orphans": 0}
 
@@ -56,6 +57,8 @@ class Replicas:
                 mf = [u for u in b.updates if _name(u) not in self.per_flow]
                 if pf:
                     apply_slow(self.flows, pf, rep)
+                    for u in pf:
+                        self.owner[(SCHEMAS[u.table].name, u.key)] = src
                 if mf:
                     apply_slow(multi, mf, rep)
                 got["batches"] += 1
@@ -77,6 +80,8 @@ class Replicas:
             snap = Tables.from_chunks(chunks, self.kind) if chunks else Tables(self.kind)
             for name, d in snap.data.items():
                 (self.flows if name in self.per_flow else multi).data[name].update(d)
+                if name in self.per_flow:
+                    self.owner.update(((name, k), src) for k in d)
                 n += len(d)
             self.multi[src] = multi
             self.counts["bases"] += 1
@@ -84,9 +89,13 @@ class Replicas:
         return n
 
     def select(self, flt: Filter, src: str) -> list[wire.Chunk]:
-        """The replicas `flt` selects: per-flow entries, and `src`'s multi-flow ones."""
+        """The replicas `flt` selects of `src`'s flows: their per-flow entries (the last member
+        that shared an entry holds its flow), and `src`'s multi-flow entries."""
         with self.lock:
-            chunks = [c for c in self.flows.chunks() if c.table in self.per_flow and c.count]
+            mine = Tables(self.kind)
+            for name in self.per_flow:
+                mine.data[name] = {k: v for k, v in self.flows.data[name].items() if self.owner.get((name, k)) == src}
+            chunks = [c for c in mine.chunks() if c.table in self.per_flow and c.count]
             if src in self.multi:
                 chunks += [c for c in self.multi[src].chunks() if c.table not in self.per_flow and c.count]
         return ops.select_chunks(chunks, flt)

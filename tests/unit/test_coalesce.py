@@ -93,3 +93,22 @@ def test_replica_base_then_batches():
     fwd = [c for c in r.select(parse(None), "nf2") if c.table == "nat_fwd"]
     assert L.NatEntry.from_buffer_copy(bytes(fwd[0].values)).pkts == 9
     assert r.counts["orphans"] == 0
+
+
+def test_replicas_select_only_the_sources_flows():
+    """One store for the cluster's per-flow entries, but a move from nf0 takes nf0's flows only."""
+    r = Replicas("nat")
+    da, db = Delta(), Delta()
+    da.add([create(10)])
+    db.add([create(10, key=B)])
+    fa = bytes(make_key("10.0.1.2", "10.0.2.2", 5000, 53, "udp"))
+    r.apply("nf0", encode_batch(fa, 1, 1, da.record()))
+    r.apply("nf2", encode_batch(bytes(B), 1, 1, db.record()))
+    got = [c for c in r.select(parse(None), "nf0") if c.table == "nat_fwd"]
+    assert sum(c.count for c in got) == 1 and bytes(got[0].keys) == fa
+    # after a move nf0 -> nf2, nf2's batches for the flow make it nf2's
+    d2 = Delta()
+    d2.add([touch(5, 500, 12)])
+    r.apply("nf2", encode_batch(fa, 5, 4, d2.record()))
+    assert sum(c.count for c in r.select(parse(None), "nf0") if c.table == "nat_fwd") == 0
+    assert sum(c.count for c in r.select(parse(None), "nf2") if c.table == "nat_fwd") == 2
