@@ -12,8 +12,8 @@ from ..paths import BPF_DIR
 QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 # one header per concern, each mirrored by nfx/layout/<concern>.py. nfx_bpf.h, nfx_nf.h, nfx_dup.h,
-# nfx_stamp.h and nfx_st_write.h hold code, not layouts: their includes are followed, their text is not hashed
-# (as before the split)
+# nfx_stamp.h, nfx_sw_stamp.h and nfx_st_write.h hold code, not layouts: their includes are
+# followed, their text is not hashed (as before the split)
 LAYOUT_HEADERS = ("nfx_flow.h", "nfx_gate.h", "nfx_move.h", "nfx_statelet.h", "nfx_nat.h", "nfx_ids.h",
                   "nfx_switch.h", "nfx_bench.h", "nfx_hsl.h")
 

@@ -9,7 +9,7 @@ from nfx.paths import BPF_INCLUDE
 
 HEADER_OF = {mod: header for header, mod in L.MODULES.items()}
 CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h", "nfx_release.h",
-                "nfx_stamp.h"}   # helpers, no layouts of their own
+                "nfx_stamp.h", "nfx_sw_stamp.h"}   # helpers, no layouts of their own
 
 
 def text(header: str) -> str:

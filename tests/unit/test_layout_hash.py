@@ -33,7 +33,7 @@ def test_includes_follow_headers_transitively():
                                               "nfx_move.h", "nfx_hsl.h", "nfx_statelet.h", "nfx_nat.h", "nfx_stamp.h"}
     assert set(L.hashing.includes("sink")) == {"nfx_bpf.h", "nfx_flow.h", "nfx_bench.h"}
     assert set(L.hashing.includes("switch")) == {"nfx_bpf.h", "nfx_flow.h", "nfx_move.h", "nfx_switch.h",
-                                                 "nfx_hsl.h"}
+                                                 "nfx_hsl.h", "nfx_sw_stamp.h"}
 
 
 def test_kinds_hash_apart_unless_they_share_every_layout_and_an_unknown_kind_is_an_error():
@@ -56,7 +56,7 @@ def test_editing_the_sinks_header_leaves_nat_state_valid(bpf):
     ("nfx_move.h", {"nat", "ids", "switch"}), ("nfx_flow.h", set(KINDS)),
     ("nfx_switch.h", {"switch"}), ("nfx_hsl.h", {"nat", "ids", "switch"}),
     ("nfx_nf.h", set()), ("nfx_bpf.h", set()), ("nfx_st_write.h", set()),   # code, not layouts
-    ("nfx_stamp.h", set()),
+    ("nfx_stamp.h", set()), ("nfx_sw_stamp.h", set()),
 ])
 def test_an_edit_changes_the_hash_of_the_kinds_that_include_it(bpf, header, changed):
     before = {k: L.layout_hash(k, bpf) for k in KINDS}
