@@ -86,23 +86,27 @@ class DistSource:
             return flow_keys(ops.export(self.nf, ("per-flow",), flt))
         # the hold needs the keys only to mark a partial filter's flows or to cut (op); otherwise
         # they are read once the filter holds every flow, off the way to the hold (and trigger)
-        keys_first = op or not flt.everything
+        # want_keys: a spread testbed, where the filter also matches flows other instances hold
+        # (dst's own among them): the move holds and cuts its flows by key, never by the filter
+        spread = bool(req.get("want_keys"))
+        keys_first = op or not flt.everything or spread
         flows, outside = keys() if keys_first else ([], [])
-        explicit = [] if flt.everything else outside
+        explicit = list(flows) + outside if spread else [] if flt.everything else outside
         ibc = ibc_keys(flows, outside, flt) if op else []
         synth = []
-        if op and not flt.everything and not any(bytes(k) == bytes(ibc[0][1]) for k in flows):
+        if op and (not flt.everything or spread) and not any(bytes(k) == bytes(ibc[0][1]) for k in flows):
             # a made-up cut (no flow matches yet): its outside tuple is marked and steered like
             # a public tuple (nfx/movespec.py ibc_synthetic)
-            synth = [ibc[1][1]]
+            synth = [ibc[1][1]] + ([ibc[0][1]] if spread else [])
             outside = outside + synth
         peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
         try:
             if lf:
                 peer.request("move_begin", role="dst", epoch=epoch, order=op,
-                             keys=enc(keys_blob(explicit + synth)), filter=flt.text, er="er" in opts)
+                             keys=enc(keys_blob(explicit + synth)), filter=None if spread else flt.text,
+                             er="er" in opts)
                 s = self._begin_session("src-redirect", epoch, op, [] if ll else explicit,
-                                        None if ll else flt, slot)
+                                        None if ll or spread else flt, slot)
                 if synth:
                     s.mark(synth, slot)
                 if token and ov:

@@ -15,6 +15,7 @@ from ..gate import Gate
 from ..state import ops, wire
 from ..filter import Filter, parse
 from .sessions import HOLDERS, ROLES, MoveSession
+from .transport import arg_bytes
 
 # the protocol's move ops; move_dist's handler is in nfx/agent/dist_source.py, move_dup_push's
 # in nfx/agent/dup_source.py
@@ -22,14 +23,7 @@ MOVE_OPS = ("move_begin", "move_drain", "move_inject", "move_ctrl", "move_status
             "move_dist", "move_dup_push", "move_dup_go")
 
 
-def _b64(req, name, default=b"") -> bytes:
-    v = req.get(name)
-    if v is None:
-        return default
-    try:
-        return base64.b64decode(v, validate=True)
-    except Exception:
-        raise BadInput(f"{name} is not base64") from None
+_b64 = arg_bytes      # the name the move's modules know it by
 
 
 def enc(b: bytes) -> str:

@@ -14,7 +14,8 @@ from ..state.tables import tables
 from . import streams
 from .client import AgentClient
 from .protocol import PORT, REQUEST_MAX
-from .transport import KIND_NAMES, Closed, arg_filter, arg_int, arg_scopes, read_header, send_frames
+from ..packets import keys_from_blob
+from .transport import KIND_NAMES, Closed, arg_bytes, arg_filter, arg_int, arg_scopes, read_header, send_frames
 
 log = logging.getLogger("nfx.agent")
 
@@ -188,7 +189,13 @@ class StateOps:
 
     def op_del(self, sock, r, req) -> dict:
         scopes, flt = arg_scopes(req), arg_filter(req)
-        chunks = self._export_chunks(scopes, flt, ops.CHUNK_ENTRIES, True)
+        if req.get("keys") is not None:
+            # these flows only (a move's on a spread testbed): their per-flow entries and the
+            # multi-flow entries that name them (a NAT's public ports); a host's counters stay
+            keyset = {bytes(k) for k in keys_from_blob(arg_bytes(req, "keys"))}
+            chunks = list(ops.export_flows(self.nf, scopes, flt, keyset))
+        else:
+            chunks = self._export_chunks(scopes, flt, ops.CHUNK_ENTRIES, True)
 
         def delete(group):
             done = {}

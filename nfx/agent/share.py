@@ -23,7 +23,7 @@ from ..etcd import Etcd
 from ..etcd.globalstate import GlobalState
 from ..filter import parse
 from ..gate import Gate
-from ..packets import flow_keys, keys_blob
+from ..packets import flow_keys, keys_blob, keys_from_blob
 from ..state import ops
 from ..state.replicas import Replicas, chunks_blob
 from ..state.statelets import StateletReader
@@ -138,20 +138,26 @@ class ShareOps:
     def op_share_flush(self, sock, r, req) -> dict:
         if self.sharer is None:
             raise BadInput(f"{self.instance} does not share its state (nfx cluster up starts sharing)")
+        return self._flush(parse(req.get("filter")))
+
+    def _flush(self, flt) -> dict:
+        """Every pending batch out, and the flows `flt` selects here (their keys: what the
+        destination takes from its replicas, and nothing else)."""
         time.sleep(SETTLE_S)                          # a packet that read no mark has been processed
-        return self.sharer.flush()
+        sent = self.sharer.flush()
+        flows = flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
+        return {**sent, "keys": enc(keys_blob(flows)), "keys_bytes": 16 * len(flows)}
 
     def cluster_push(self, peer, flt) -> dict:
         """DiST's state push inside a cluster (dist_source.py): this instance's pending batches to
         every member, then dst writes the moved flows from its replicas. Answers like a put."""
         if self.sharer is None:
             raise BadInput(f"{self.instance} does not share its state: a move inside a cluster needs sharing on")
-        time.sleep(SETTLE_S)
-        sent = self.sharer.flush()
+        sent = self._flush(flt)
         if sent["errors"]:
             raise NfxError(f"{self.instance}'s batches to {', '.join(sent['errors'])} failed: "
                            "their replicas are incomplete; the move is called off")
-        got = peer.request("replica_promote", filter=flt.text, src=self.instance)
+        got = peer.request("replica_promote", filter=flt.text, src=self.instance, keys=sent["keys"])
         if got.get("failed"):
             raise NfxError(f"the destination could not write {len(got['failed'])} replica chunks: {got['failed'][0]}")
         return {"chunks": len(got.get("applied") or []), "bytes": sent["bytes"], "import_s": got["apply_s"],
@@ -162,8 +168,9 @@ class ShareOps:
         if not isinstance(src, str) or not src:
             raise BadInput("replica_promote needs src: the member the flows move from")
         flt = parse(req.get("filter"))
+        keyset = {bytes(k) for k in keys_from_blob(_b64(req, "keys"))} if req.get("keys") is not None else None
         t0 = time.perf_counter()
-        chunks = self.replicas.select(flt, src)
+        chunks = self.replicas.select(flt, src, keyset)
         report = self._apply(chunks, True)
         self._state_changed()
         flows, outside = flow_keys(chunks)
@@ -178,4 +185,5 @@ def cluster_figures(sent: dict, got: dict) -> dict:
     members = max(1, len(sent.get("members") or ()))
     return {"batches": sent["batches"], "batch_statelets": sent["statelets"], "batch_flows": sent["flows"],
             "batch_bytes_per_member": sent["bytes"], "batch_bytes": sent["bytes"] * members, "members": members,
+            "keys_bytes": sent.get("keys_bytes", 0),
             "replica_entries": got["entries"], "replica_bytes": got["bytes"]}

@@ -5,6 +5,7 @@ handler (`op_<name>`, in the ops modules). A bad request gets an ERROR frame; it
 agent. Also the request arguments the ops share, and `main` (python -m nfx.agent). See
 nfx/agent/PROTOCOL.md."""
 import argparse
+import base64
 import errno
 import logging
 import os
@@ -76,6 +77,17 @@ def arg_filter(req) -> F.Filter:
     if f is not None and not isinstance(f, str):
         raise BadInput("filter: a string such as 'proto=udp src=10.0.1.0/24'")
     return F.parse(f)
+
+
+def arg_bytes(req, name, default=b"") -> bytes:
+    """A request's bytes argument (base64 on the wire)."""
+    v = req.get(name)
+    if v is None:
+        return default
+    try:
+        return base64.b64decode(v, validate=True)
+    except Exception:
+        raise BadInput(f"{name} is not base64") from None
 
 
 def arg_int(req, name, default, lo, hi) -> int:

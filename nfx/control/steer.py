@@ -148,15 +148,16 @@ class Steering:
                     self.remove_rule(name, old)
 
     def _keys_by_switch(self, keys: list) -> dict[str, list]:
-        """Each key at the switch whose host's network holds its source address."""
+        """Each key at the switch whose host's network holds its source address; a key from no
+        host's network (an IBC's tuple made from the filter, ibc_synthetic) at every switch: only
+        the controller's IBC carries it, entering at a host port."""
         nets = {sw: ipaddress.IPv4Interface(self.rec["nodes"][h]["addr"]).network for sw, h in self.host_of.items()}
         out: dict[str, list] = {}
         for k in keys:
             src = ipaddress.IPv4Address(be_to_ip(k.saddr))
-            sw = next((sw for sw, net in nets.items() if src in net), None)
-            if sw is None:
-                raise BadInput(f"flow {src} -> {be_to_ip(k.daddr)}: no switch's host sends from {src}")
-            out.setdefault(sw, []).append(k)
+            at = [sw for sw, net in nets.items() if src in net] or list(nets)
+            for sw in at:
+                out.setdefault(sw, []).append(k)
         return out
 
     def fired(self, token: int) -> list[int | None]:

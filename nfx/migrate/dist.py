@@ -4,7 +4,7 @@ import secrets
 import time
 
 from .. import movespec
-from .mechanism import Ctx, Mechanism, cluster_report, inside_cluster, spawn, steer_to_dst, wait_for
+from .mechanism import Ctx, Mechanism, by_key, cluster_report, inside_cluster, spawn, steer_to_dst, wait_for
 
 
 class Dist(Mechanism):
@@ -34,7 +34,9 @@ class Dist(Mechanism):
                                 data_link=req.data_link, cluster_inside=inside)
             try:
                 h = run.held()
-                x.flows, x.ibc, x.keys = h["flows"], h["ibc"], h.get("keys")
+                x.flows, x.ibc = h["flows"], h["ibc"]
+                if h.get("keys") is not None:
+                    x.keys = by_key(h["keys"], [], x.ibc)
                 x.outside = None if flt.everything else h["outside"]
                 x.phase("held")
                 if lf and ov and not dt:

@@ -100,18 +100,22 @@ class Remote:
         self.timing["import_s"] += r["import_s"]
         return r
 
-    def share_flush(self) -> dict:
-        """Batched sharing: every pending batch to the cluster's members now (nfx/agent/sharer.py)."""
-        return self._req("share_flush")
+    def share_flush(self, flt: Filter) -> dict:
+        """Batched sharing: every pending batch to the cluster's members now (nfx/agent/sharer.py),
+        and the keys (base64) of the flows `flt` selects here."""
+        return self._req("share_flush", filter=flt.text)
 
-    def replica_promote(self, flt: Filter, src: str) -> dict:
-        """The flows `flt` selects, from this member's replicas of `src` into its maps."""
-        r = self._req("replica_promote", filter=flt.text, src=src)
+    def replica_promote(self, flt: Filter, src: str, keys: str | None = None) -> dict:
+        """The flows `flt` selects (among `keys`, base64, if given), from this member's replicas
+        of `src` into its maps."""
+        r = self._req("replica_promote", filter=flt.text, src=src, keys=keys)
         self.timing["import_s"] += r.get("apply_s") or 0.0
         return r
 
-    def delete(self, scopes, flt: Filter) -> dict:
-        return self._req("del", scopes=list(scopes), filter=flt.text)
+    def delete(self, scopes, flt: Filter, keys: list | None = None) -> dict:
+        """The state `flt` selects; with `keys` (a spread testbed's move) those flows' only."""
+        return self._req("del", scopes=list(scopes), filter=flt.text,
+                         keys=None if keys is None else pk.keys_blob(keys))
 
     def move_dist(self, dst: "Remote", epoch: int, guarantee: str, opts, flt: Filter, scopes,
                   timeout: float, fire: int = 0, data_link=(0.0, 0.0), cluster_inside: bool = False) -> "DistRun":
@@ -255,9 +259,10 @@ class Remote:
         force_end(self.info, self.name)
         self.session = None
 
-    def force_delete(self, scopes, flt: Filter) -> None:
-        """The agent is gone: delete the state straight through the instance's pins."""
-        ops.delete(self._open(), scopes, flt)
+    def force_delete(self, scopes, flt: Filter, keys: list | None = None) -> None:
+        """The agent is gone: delete the state straight through the instance's pins (with `keys`,
+        those flows' only)."""
+        ops.delete(self._open(), scopes, flt, None if keys is None else {bytes(k) for k in keys})
 
     def stats(self) -> dict:
         return self._req("stats")["stats"]

@@ -167,7 +167,7 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
     finally:
         if x.ctrl:
             x.ctrl.stop()
-    src.delete(req.scopes, req.filter)
+    src.delete(req.scopes, req.filter, x.keys)
     m.total_s = time.perf_counter() - x.t0
     ctrl = x.ctrl
     m.controller_buffer_peak = ctrl.peak if ctrl else 0
@@ -227,6 +227,14 @@ def steer_to_dst(x: Ctx, phase: int = 0) -> None:
             x.steer.ibc(side, key, x.epoch)
     if not x.op or phase in (0, 2):
         x.steer.point(x.flt, [x.dst.name], x.outside, keys=x.keys)
+
+
+def by_key(flows: list, outside: list, ibc: list) -> list:
+    """A spread testbed's steering keys (Ctx.keys): the moved flows', their public tuples, and
+    the IBCs' (a move with no flow of its own cuts on a tuple made from the filter, which must
+    reach both instances like the flows would)."""
+    have = {bytes(k) for k in flows} | {bytes(k) for k in outside}
+    return list(flows) + list(outside) + [k for _, k in ibc if bytes(k) not in have]
 
 
 def inside_cluster(x: Ctx) -> bool:
@@ -296,9 +304,9 @@ def _rollback(x: Ctx) -> None:
                 except Exception:
                     pass
         try:
-            dst.delete(SCOPES, flt)
+            dst.delete(SCOPES, flt, x.keys)
         except Exception:
             try:
-                dst.force_delete(SCOPES, flt)
+                dst.force_delete(SCOPES, flt, x.keys)
             except Exception:
                 pass

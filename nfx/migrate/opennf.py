@@ -9,7 +9,7 @@ from .. import packets as pk
 from ..agent.share import cluster_figures
 from ..errors import NfxError
 from .ctrlbuf import ControllerBuffer
-from .mechanism import Ctx, Mechanism, cluster_report, inside_cluster, spawn, steer_to_dst, wait_for
+from .mechanism import Ctx, Mechanism, by_key, cluster_report, inside_cluster, spawn, steer_to_dst, wait_for
 
 
 class OpenNF(Mechanism):
@@ -22,7 +22,11 @@ class OpenNF(Mechanism):
             x.ctrl = ControllerBuffer(op)
         explicit: list = []
         synth = None
-        if not flt.everything:
+        # a spread testbed: the filter also matches flows other instances hold (dst's own among
+        # them), so the move holds and cuts its flows by key, never by the filter
+        spread = getattr(src, "spread", False)
+        by_flt = None if spread else flt
+        if not flt.everything or spread:
             # a partial filter cannot see a NAT's public tuples: they are marked explicitly
             flows, explicit = src.keys(flt)
             x.phase("keys")
@@ -30,13 +34,15 @@ class OpenNF(Mechanism):
                 # nothing to take the cut's tuple from: one made from the filter, whose outside
                 # tuple is marked and steered like a public tuple (ibc_synthetic)
                 synth = ibc_synthetic(flt)
-                explicit = explicit + [synth[1][1]]
+                explicit = explicit + [synth[1][1]] + ([synth[0][1]] if spread else [])
+            if spread:
+                explicit = list(flows) + explicit
         if lf:
             x.progress("holding the flows back")
             # the two requests at once, each waiting for its own round trip
-            began = spawn(lambda: dst.begin("dst", x.epoch, op, explicit if op else [], flt if op else None))
+            began = spawn(lambda: dst.begin("dst", x.epoch, op, explicit if op else [], by_flt if op else None))
             src.begin("src-ctrl", x.epoch, op, ([] if ll else explicit) + ([synth[1][1]] if synth and ll else []),
-                      None if ll else flt, on_ctrl=x.ctrl.take)
+                      None if ll else by_flt, on_ctrl=x.ctrl.take)
             began()
             x.phase("held")
         x.t_state = time.perf_counter()
@@ -45,7 +51,10 @@ class OpenNF(Mechanism):
         chunks, nbytes, applied_at, cluster = (_transfer_inside if inside else _transfer)(x)
         if synth:
             x.ibc = list(synth)
-            x.outside = x.outside + [synth[1][1]]
+            if x.outside is not None:
+                x.outside = x.outside + [synth[1][1]]
+            if x.keys is not None:
+                x.keys = by_key(x.keys, [], x.ibc)
         x.state_at = applied_at or time.perf_counter()
         x.phase("state")
         if lf and not op:
@@ -72,20 +81,20 @@ def _transfer_inside(x: Ctx) -> tuple[int, int, float | None, dict]:
     flow's pending batch (what changed since its last one) to every member, then dst writes the
     moved flows from its replicas into its maps. Only the last batch crosses during the move."""
     src, dst, flt = x.src, x.dst, x.flt
-    sent = src.share_flush()
+    sent = src.share_flush(flt)
     if sent.get("errors"):
         raise NfxError(f"{src.name}'s batches to {', '.join(sent['errors'])} failed ({next(iter(sent['errors'].values()))}): "
                        "their replicas are incomplete; the move is called off")
-    got = dst.replica_promote(flt, src.name)
+    got = dst.replica_promote(flt, src.name, sent["keys"])
     if got.get("failed"):
         raise NfxError(f"{dst.name} could not write the replicas of {len(got['failed'])} chunks: {got['failed'][0]}")
     flows, outside = pk.keys_from_blob(_raw(got["flows"])), pk.keys_from_blob(_raw(got["outside"]))
     x.flows = len(flows)
-    if getattr(src, "spread", False):
-        x.keys = flows + outside
     x.outside = None if flt.everything else outside
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, flt))
+    if getattr(src, "spread", False):
+        x.keys = by_key(flows, outside, x.ibc)
     return len(got.get("applied") or []), sent["bytes"], got.get("applied_at"), cluster_figures(sent, got)
 
 
@@ -119,11 +128,11 @@ def _transfer(x: Ctx) -> tuple[int, int, float | None, dict]:
         exported.close()          # lets go of src's connection even if dst failed half way
     flows, outside = pk.flow_keys(chunks)
     x.flows = len(flows)
-    if getattr(src, "spread", False):
-        x.keys = flows + outside
     x.outside = None if flt.everything else outside
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, flt))
+    if getattr(src, "spread", False):
+        x.keys = by_key(flows, outside, x.ibc)
     return sent["chunks"], sent["bytes"], sent["applied_at"], {"entries": sent["entries"]}
 
 

@@ -88,16 +88,17 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
             seq += 1
 
 
-def select_chunks(chunks: Iterable[wire.Chunk], flt: Filter) -> list[wire.Chunk]:
-    """The entries of `chunks` that `flt` selects, by the same rules as export (a replica store's
-    chunks, nfx/state/replicas.py, are selected like an instance's maps)."""
+def select_chunks(chunks: Iterable[wire.Chunk], flt: Filter, keyset: set | None = None) -> list[wire.Chunk]:
+    """The entries of `chunks` that `flt` selects (per-flow tables: among the flows in `keyset`,
+    raw 16-byte keys, if given), by the same rules as export (a replica store's chunks,
+    nfx/state/replicas.py, are selected like an instance's maps)."""
     out = []
     for c in chunks:
         t = next((t for t in tables(c.kind) if t.name == c.table), None)
         if t is None:
             raise BadInput(f"no state table {c.table!r} for NF kind {c.kind!r}")
         slot = c.value_size * c.ncpu
-        idx = _select(t, c.count, c.keys, c.values, slot, flt)
+        idx = _select(t, c.count, c.keys, c.values, slot, flt, keyset)
         if idx is None:
             out.append(c)
             continue
@@ -174,10 +175,20 @@ def put(nf, chunks: Iterable[wire.Chunk], stats: dict | None = None) -> dict:
     return {"applied": applied, "failed": failed, "entries": entries}
 
 
-def delete(nf, scopes=SCOPES, flt: Filter = Filter()) -> dict:
-    """Remove the selected entries (all-flows arrays are zeroed). Returns entries removed by table."""
+def export_flows(nf, scopes, flt: Filter, keyset: set) -> Iterator[wire.Chunk]:
+    """export, restricted to the flows in `keyset` (raw keys): their per-flow entries and the
+    multi-flow entries that name them (a NAT's public ports); a host's entries (key_host) belong
+    to no one flow and are left out."""
+    for c in export(nf, scopes, flt, keyset=keyset):
+        if next(t for t in tables(nf.kind) if t.name == c.table).select != "key_host":
+            yield c
+
+
+def delete(nf, scopes=SCOPES, flt: Filter = Filter(), keyset: set | None = None) -> dict:
+    """Remove the selected entries (all-flows arrays are zeroed; with `keyset`, export_flows's).
+    Returns entries removed by table."""
     out = {}
-    for c in export(nf, scopes, flt):
+    for c in (export(nf, scopes, flt) if keyset is None else export_flows(nf, scopes, flt, keyset)):
         out[c.table] = out.get(c.table, 0) + delete_chunk(nf, c)
     return out
 

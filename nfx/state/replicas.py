@@ -88,17 +88,20 @@ class Replicas:
             self.counts["bytes"] += len(blob)
         return n
 
-    def select(self, flt: Filter, src: str) -> list[wire.Chunk]:
+    def select(self, flt: Filter, src: str, keyset: set | None = None) -> list[wire.Chunk]:
         """The replicas `flt` selects of `src`'s flows: their per-flow entries (the last member
-        that shared an entry holds its flow), and `src`'s multi-flow entries."""
+        that shared an entry holds its flow), and `src`'s multi-flow entries; with `keyset` (the
+        flows src holds, raw keys) only those flows, whoever shared them last: a replica of a
+        flow that has left the cluster since is never taken for one src holds."""
         with self.lock:
             mine = Tables(self.kind)
             for name in self.per_flow:
-                mine.data[name] = {k: v for k, v in self.flows.data[name].items() if self.owner.get((name, k)) == src}
+                mine.data[name] = dict(self.flows.data[name]) if keyset is not None else \
+                    {k: v for k, v in self.flows.data[name].items() if self.owner.get((name, k)) == src}
             chunks = [c for c in mine.chunks() if c.table in self.per_flow and c.count]
             if src in self.multi:
                 chunks += [c for c in self.multi[src].chunks() if c.table not in self.per_flow and c.count]
-        return ops.select_chunks(chunks, flt)
+        return ops.select_chunks(chunks, flt, keyset)
 
     def entries(self) -> dict:
         with self.lock:

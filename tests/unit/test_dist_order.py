@@ -59,7 +59,7 @@ class Steer:
     def __init__(self, log):
         self.log = log
 
-    def point(self, flt, nfs, outside):
+    def point(self, flt, nfs, outside, keys=None):
         self.log.append(("point", tuple(nfs)))
 
     def ibc(self, side, key, epoch):
