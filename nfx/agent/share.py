@@ -146,6 +146,11 @@ class ShareOps:
         time.sleep(SETTLE_S)                          # a packet that read no mark has been processed
         sent = self.sharer.flush()
         flows = flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
+        # this instance keeps a replica of what it gives away (its members send it none of its
+        # own flows): the batches of the flows' next instance land on it, and a move back finds it
+        keyset = {bytes(k) for k in flows}
+        self.replicas.base(self.instance, chunks_blob(list(ops.export_flows(self.nf, BASE_SCOPES, flt, keyset))),
+                           replace=False)
         return {**sent, "keys": enc(keys_blob(flows)), "keys_bytes": 16 * len(flows)}
 
     def cluster_push(self, peer, flt) -> dict:

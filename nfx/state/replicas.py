@@ -27,6 +27,7 @@ class Replicas:
     def __init__(self, kind: str):
         self.kind = kind
         self.per_flow = {t.name for t in tables(kind, (PER_FLOW,))}
+        self.by_flow = {t.name for t in tables(kind) if t.select == "value_flow" and t.name not in self.per_flow}
         self.flows = Tables(kind)
         self.multi: dict[str, Tables] = {}
         self.stamps: dict[bytes, int] = {}         # flow -> stamp of the last batch applied
@@ -99,8 +100,11 @@ class Replicas:
                 mine.data[name] = dict(self.flows.data[name]) if keyset is not None else \
                     {k: v for k, v in self.flows.data[name].items() if self.owner.get((name, k)) == src}
             chunks = [c for c in mine.chunks() if c.table in self.per_flow and c.count]
-            if src in self.multi:
-                chunks += [c for c in self.multi[src].chunks() if c.table not in self.per_flow and c.count]
+            for sender, t in self.multi.items():
+                # a multi-flow entry that names its flow (a NAT port's owner) is that flow's,
+                # whoever sent it: with keyset from every sender; a host's (key_host) is src's
+                chunks += [c for c in t.chunks() if c.table not in self.per_flow and c.count and
+                           (sender == src or (keyset is not None and c.table in self.by_flow))]
         return ops.select_chunks(chunks, flt, keyset)
 
     def entries(self) -> dict:

@@ -3,18 +3,27 @@ two switches that spread flows over them. Traffic with its return path (the sink
 packet) crosses it with nothing lost: the ingress switch spreads the flows by their hash, every
 instance gets some, and the egress switch sends each public port's return traffic to the
 instance whose share of the port range holds it (a wrong pick is a NAT with no mapping: lost
-echoes). A move of one flow to an instance of another cluster still wins over the spread."""
+echoes). A move of one flow to an instance of another cluster still wins over the spread.
+
+Then `nfx cluster up` (a local etcd, the NAT pool's owners, the stamper, batched sharing with
+S_batch 30): an OP move of an instance's flows to a member of its cluster carries at most one
+batch per flow, one to another cluster the whole state; both lose, duplicate and reorder
+nothing, leave every moved connection's counters at what a single instance would hold, and
+leave every other instance's flows alone. `nfx cluster down` leaves no etcd behind."""
+import json
+import os
 import time
 
 import pytest
 
 from nfx import registry
+from nfx.agent.global_counters import instance_counters
 from nfx.control.switch import Switch
 from nfx.procs import controller
 from nfx.testbed import builder, topology
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
-from tests.netns.tbutil import running_testbed, under_traffic
+from tests.netns.tbutil import nfx, running_testbed, under_traffic
 
 FLOWS = 1200
 NFS = [f"nf{i}" for i in range(12)]
@@ -99,15 +108,107 @@ def test_a_move_of_one_flow_across_clusters_wins_over_the_spread(tb):
     assert sport not in per_flow(name, src)
 
 
+def cluster_up(name: str, *args: str) -> dict:
+    r = nfx("cluster", "up", "--name", name, "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_cluster_up_shares_in_batches_inside_each_cluster(tb):
+    rec, (gen, sink, echo) = tb
+    name = rec["name"]
+    up = cluster_up(name, "--batch", "30")
+    assert up["clusters"] == rec["clusters"] and up["local_etcd"] and up["stamp"]
+    pool = sorted(tuple(v) for v in up["nat_pool"].values())     # each instance's share, claimed in etcd
+    assert len(pool) == 12 and all(a[1] < b[0] for a, b in zip(pool, pool[1:]))
+    r = measure(gen, sink, 24000, 1.0, 1.0)
+    assert r["lost"] == 0 and r["bad_len"] == 0, r
+    r = nfx("cluster", "status", "--name", name, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert {c: sorted(ms) for c, ms in st["etcd_members"].items()} == {c: sorted(ms) for c, ms in rec["clusters"].items()}
+    for c, members in rec["clusters"].items():
+        for m in members:
+            i = st["instances"][m]
+            assert i["sharing"]["batches"] > 0 and i["sharing"]["unstamped"] == 0 and not i["sharing"]["errors"], i
+            assert i["replicas"]["orphans"] == 0
+            # a member holds replicas of its cluster's flows only: 2 per-flow entries a NAT connection
+            others = sum(len(per_flow(name, o)) for o in members if o != m)
+            assert i["replicas"]["per_flow"] == 2 * others, (m, i["replicas"], others)
+
+
+@pytest.mark.parametrize("mechanism", ["opennf", "dist"])
+def test_moves_inside_carry_one_batch_across_the_whole_state(tb, mechanism):
+    """nf1's flows to nf2 (its cluster, c0), then nf2's to nf5 (c1), and back where they were."""
+    rec, (gen, sink, echo) = tb
+    name = rec["name"]
+    assert registry.load(name).get("sharing"), "cluster up first (the test above)"
+    for src, dst, kind in (("nf1", "nf2", "inside"), ("nf2", "nf5", "across"), ("nf5", "nf1", "across"),
+                           ("nf1", "nf2", "inside"), ("nf2", "nf1", "inside")):
+        before = {n: per_flow(name, n) for n in NFS}
+        moved = set(before[src])
+        # 20k pps: the sink echoes, so 40k through the instances, each sharing both directions
+        m, r = under_traffic(name, gen, sink, 20000, 1.5, 0.6, lambda: controller.call(
+            name, "POST", "/move", {"src": src, "dst": dst, "filter": "all", "guarantee": "op",
+                                    "mechanism": mechanism, "scopes": "per-flow,multi-flow"}), what="move")
+        assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"], r["bad_len"]) == (0, 0, 0, 0, 0), \
+            (src, dst, m, r)
+        c = m["cluster"]
+        assert c["kind"] == kind, c
+        each = r["sent"] // FLOWS
+        after = {n: per_flow(name, n) for n in NFS}
+        # the moved connections' counters are what one instance that saw all the traffic holds;
+        # every other instance's flows stayed where the spread sends them
+        assert not after[src] and set(after[dst]) == moved | set(before[dst])
+        for n in NFS:
+            for sp in after[n]:
+                was = before[src][sp] if sp in moved else before[n][sp]
+                assert after[n][sp]["pkts_out"] == was["pkts_out"] + each, (n, sp)
+        if kind == "inside":
+            # what changed since each flow's last batch: at most one batch per flow (the stamper's
+            # flows are directions: the sink echoes, so a connection is two)
+            assert c["batches"] <= 2 * len(moved) and c["batch_flows"] <= 2 * len(moved), c
+            assert c["replica_entries"] == 3 * len(moved), c
+        else:
+            assert c["entries"] >= 3 * len(moved), c
+        if kind == "inside" and src == "nf1":
+            inside_bytes = m["state_bytes"]
+        if kind == "across" and src == "nf2":
+            across_bytes = m["state_bytes"]
+    assert inside_bytes < across_bytes
+
+
+def test_cluster_down_leaves_no_etcd(tb):
+    rec, _ = tb
+    name = rec["name"]
+    info = registry.load(name)["cluster"]["local_etcd"]
+    r = nfx("cluster", "down", "--name", name, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["local_etcd_stopped"] and not os.path.exists(f"/proc/{info['pid']}")
+    assert all(m.get("stopped") for m in d["members"].values())
+    r = nfx("cluster", "down", "--name", name)
+    assert r.returncode == 2 and "no clusters up" in r.stderr
+
+
 def test_an_ids_sees_both_directions_of_exactly_its_flows():
     """IDS instances on the same testbed: the egress switch spreads the return traffic by the
     same symmetric hash, so each instance's flow table holds both directions of its flows and
     of no others."""
     with running_testbed("cluster", "ids", hold_slots=1024) as rec:
         name = rec["name"]
+        cluster_up(name)
         with rig(name, FLOWS, echo=True) as (gen, sink, echo):
             r = measure(gen, sink, 20000, 1.0, 1.0, echo=echo)
         assert (r["lost"], r["echo"]["lost"], r["echo"]["reflected"]) == (0, 0, 20000), r
+        # the IDS's global counters, each instance's published to etcd, merge to the sum
+        time.sleep(2.5)                                        # agents publish once a second
+        want: dict[str, int] = {}
+        for n in NFS:
+            for k, v in instance_counters(builder.instance(name, n))["ids_global"].items():
+                want[k] = want.get(k, 0) + v
+        st = json.loads(nfx("cluster", "status", "--name", name, "--json").stdout)
+        assert st["ids_global"] == want and want.get("pkts", 0) >= 40000, (st["ids_global"], want)
         seen: set[int] = set()
         for n in NFS:
             fl = builder.instance(name, n).flows()
