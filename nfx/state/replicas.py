@@ -99,12 +99,15 @@ class Replicas:
             for name in self.per_flow:
                 mine.data[name] = dict(self.flows.data[name]) if keyset is not None else \
                     {k: v for k, v in self.flows.data[name].items() if self.owner.get((name, k)) == src}
-            chunks = [c for c in mine.chunks() if c.table in self.per_flow and c.count]
-            for sender, t in self.multi.items():
-                # a multi-flow entry that names its flow (a NAT port's owner) is that flow's,
-                # whoever sent it: with keyset from every sender; a host's (key_host) is src's
-                chunks += [c for c in t.chunks() if c.table not in self.per_flow and c.count and
-                           (sender == src or (keyset is not None and c.table in self.by_flow))]
+            # a multi-flow entry that names its flow (a NAT port's owner) is that flow's, whoever
+            # sent it: with keyset from every sender (src's last, so its values win); a host's
+            # (key_host) is src's alone
+            senders = [s for s in self.multi if s != src] if keyset is not None else []
+            for sender in senders + ([src] if src in self.multi else []):
+                for name, d in self.multi[sender].data.items():
+                    if name not in self.per_flow and (sender == src or name in self.by_flow):
+                        mine.data[name].update(d)
+            chunks = [c for c in mine.chunks() if c.count]
         return ops.select_chunks(chunks, flt, keyset)
 
     def entries(self) -> dict:
