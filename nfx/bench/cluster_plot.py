@@ -12,22 +12,22 @@ SLIDES = ("Slides: clustered throughput > not clustered, for every batch size an
           "text we have).")
 
 
-def _rows(r, layout, flat_out: bool):
-    return [x for x in r["rows"] if x["layout"] == layout and (x["offered_pps"] is None) == flat_out]
+def _rows(r, layout, sweep: str):
+    return [x for x in r["rows"] if x["layout"] == layout and x["sweep"] == sweep]
 
 
 def table(r: dict) -> str:
     out = [f"# nfx bench cluster ({r['nf']}, {r['flows']} flows, {r['duration_s']} s a point) on {machine()}", "",
-           SLIDES, "", "## Throughput against S_batch (generator flat out)", "",
+           SLIDES, "", f"## Throughput against S_batch (offered {max(r['rates']):,} pps)", "",
            "| layout | S_batch | throughput pps | lost | agents CPU s | batches | bytes to members |", "|---|---|---|---|---|---|---|"]
     for layout in LAYOUTS:
-        for x in _rows(r, layout, True):
+        for x in _rows(r, layout, "batch"):
             out.append(f"| {LAYOUTS[layout]} | {x['batch'] or '-'} | {x['throughput_pps']:,} | {x['lost']:,} | "
                        f"{x['agents_cpu_s']:.2f} | {x.get('batches', '-')} | {x.get('bytes_to_members', '-')} |")
     out += ["", f"## Throughput against the offered rate (S_batch {r['slides_batch']})", "",
             "| layout | offered pps | throughput pps | lost | agents CPU s |", "|---|---|---|---|---|"]
     for layout in LAYOUTS:
-        for x in _rows(r, layout, False):
+        for x in _rows(r, layout, "rate"):
             out.append(f"| {LAYOUTS[layout]} | {x['offered_pps']:,} | {x['throughput_pps']:,} | {x['lost']:,} | "
                        f"{x['agents_cpu_s']:.2f} |")
     out += ["", "## Migration overhead (op, opennf, under traffic)", "",
@@ -45,21 +45,21 @@ def plot(r: dict, d: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     paths = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    base = _rows(r, "none", True)
+    base = [x for x in _rows(r, "none", "rate") if x["offered_pps"] == max(r["rates"])]
     for layout, style in (("clustered", "o-"), ("flat", "s--")):
-        xs = _rows(r, layout, True)
+        xs = _rows(r, layout, "batch")
         ax.plot([x["batch"] for x in xs], [x["throughput_pps"] for x in xs], style, label=LAYOUTS[layout])
     if base:
         ax.axhline(base[0]["throughput_pps"], color="grey", lw=1, label="no sharing")
     ax.set_xscale("log")
     ax.set_xlabel("S_batch (packets of a flow per shared batch)")
     ax.set_ylabel("throughput (packets/s at the sink)")
-    ax.set_title(f"{r['nf'].upper()}: throughput against batch size, 12 NFs")
+    ax.set_title(f"{r['nf'].upper()}: throughput against batch size, 12 NFs, {max(r['rates']):,} pps offered")
     ax.legend()
     paths.append(_save(fig, d / "cluster-batch.png"))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for layout, style in (("none", "^:"), ("clustered", "o-"), ("flat", "s--")):
-        xs = _rows(r, layout, False)
+        xs = _rows(r, layout, "rate")
         ax.plot([x["offered_pps"] for x in xs], [x["throughput_pps"] for x in xs], style, label=LAYOUTS[layout])
     ax.set_xlabel("offered packet rate (packets/s)")
     ax.set_ylabel("throughput (packets/s at the sink)")
