@@ -13,19 +13,11 @@ DEFAULT_IDLE_MS = 200
 
 def parse_clusters(text: str, instances: list[str]) -> dict[str, list[str]]:
     """'nf0,nf1/nf2,nf3' -> {"c0": [nf0, nf1], "c1": [nf2, nf3]} (every name an instance, none twice)."""
-    out: dict[str, list[str]] = {}
-    seen: set[str] = set()
-    for i, part in enumerate(p for p in text.split("/") if p.strip()):
-        names = [n.strip() for n in part.split(",") if n.strip()]
-        for n in names:
-            if n not in instances:
-                raise BadInput(f"cluster {i}: {n!r} is not an instance of the testbed ({', '.join(instances)})")
-            if n in seen:
-                raise BadInput(f"{n} is in two clusters")
-            seen.add(n)
-        out[f"c{i}"] = names
+    out = {f"c{i}": [n.strip() for n in part.split(",") if n.strip()]
+           for i, part in enumerate(p for p in text.split("/") if p.strip())}
     if not out:
         raise BadInput("no clusters in --clusters: give them as nf0,nf1/nf2,nf3")
+    check_clusters(out, instances)
     return out
 
 
@@ -34,7 +26,7 @@ def check_clusters(clusters: dict, instances: list[str]) -> None:
     for c, ms in clusters.items():
         for m in ms:
             if m not in instances:
-                raise BadInput(f"cluster {c}: {m!r} is not an instance of the testbed")
+                raise BadInput(f"cluster {c}: {m!r} is not an instance of the testbed ({', '.join(instances)})")
             if m in seen:
                 raise BadInput(f"{m} is in two clusters")
             seen.add(m)

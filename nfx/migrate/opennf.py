@@ -88,14 +88,19 @@ def _transfer_inside(x: Ctx) -> tuple[int, int, float | None, dict]:
     got = dst.replica_promote(flt, src.name, sent["keys"])
     if got.get("failed"):
         raise NfxError(f"{dst.name} could not write the replicas of {len(got['failed'])} chunks: {got['failed'][0]}")
-    flows, outside = pk.keys_from_blob(_raw(got["flows"])), pk.keys_from_blob(_raw(got["outside"]))
-    x.flows = len(flows)
-    x.outside = None if flt.everything else outside
-    if x.op:
-        x.ibc = list(ibc_keys(flows, outside, flt))
-    if getattr(src, "spread", False):
-        x.keys = by_key(flows, outside, x.ibc)
+    _learn(x, pk.keys_from_blob(_raw(got["flows"])), pk.keys_from_blob(_raw(got["outside"])))
     return len(got.get("applied") or []), sent["bytes"], got.get("applied_at"), cluster_figures(sent, got)
+
+
+def _learn(x: Ctx, flows: list, outside: list) -> None:
+    """What the moved state says for the rest of the move: the flows, a NAT's public tuples, the
+    IBCs' tuples (op) and, on a spread testbed, the keys the switches are pointed by."""
+    x.flows = len(flows)
+    x.outside = None if x.flt.everything else outside
+    if x.op:
+        x.ibc = list(ibc_keys(flows, outside, x.flt))
+    if getattr(x.src, "spread", False):
+        x.keys = by_key(flows, outside, x.ibc)
 
 
 def _raw(b64: str | None) -> bytes:
@@ -126,13 +131,7 @@ def _transfer(x: Ctx) -> tuple[int, int, float | None, dict]:
         sent = dst.send_state(kept(), "pz" in opts, applied)
     finally:
         exported.close()          # lets go of src's connection even if dst failed half way
-    flows, outside = pk.flow_keys(chunks)
-    x.flows = len(flows)
-    x.outside = None if flt.everything else outside
-    if x.op:
-        x.ibc = list(ibc_keys(flows, outside, flt))
-    if getattr(src, "spread", False):
-        x.keys = by_key(flows, outside, x.ibc)
+    _learn(x, *pk.flow_keys(chunks))
     return sent["chunks"], sent["bytes"], sent["applied_at"], {"entries": sent["entries"]}
 
 
