@@ -294,12 +294,6 @@ class Etcd:
         """Seconds the lease has left, -1 if it does not exist."""
         return int(self.call("/v3/lease/timetolive", {"ID": str(int(lease))}).get("TTL", -1))
 
-    def watch(self, prefix: Key, callback: Callable, start_revision: int | None = None,
-              on_error: Callable[[NfxError], None] | None = None):
-        """A Watch (nfx.etcd.watch) calling `callback(Event)` for each change under `prefix`."""
-        from .watch import Watch
-        return Watch(self, prefix, callback, start_revision, on_error)
-
 
 class KeepAlive:
     """Keeps a lease alive from a thread (a refresh every TTL/3) until stop(). If the lease is lost

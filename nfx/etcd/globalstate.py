@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from ..errors import AlreadyExists, BadInput, NfxError
 from .client import Etcd, KeepAlive
+from .watch import Watch
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -101,7 +102,7 @@ class GlobalState:
         def on_event(ev):
             c, i = ev.key.decode()[len(p):].split("/", 1)
             callback(ev.type, c, i)
-        return self.etcd.watch(p, on_event, on_error=on_error)
+        return Watch(self.etcd, p, on_event, on_error=on_error)
 
     # ---- NAT pool ownership (strong) ----
     def owners(self) -> dict[str, tuple[int, int]]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nfx import errors as E
-from nfx.etcd import Compare, Etcd, KeepAlive, LocalEtcd, Op, find_etcd, prefix_end
+from nfx.etcd import Compare, Etcd, KeepAlive, LocalEtcd, Op, Watch, find_etcd, prefix_end
 
 from .etcd_fixture import etcd, local_etcd  # noqa: F401  (fixtures)
 
@@ -113,7 +113,7 @@ def test_watch_sees_puts_and_deletes(etcd):
         seen.append((ev.type, ev.key, ev.value))
         if len(seen) == 3:
             got3.set()
-    w = etcd.watch("/w/", cb)
+    w = Watch(etcd, "/w/", cb)
     try:
         etcd.put("/w/a", "1")
         etcd.put("/other", "x")
@@ -129,7 +129,7 @@ def test_watch_sees_puts_and_deletes(etcd):
 def test_watch_reports_etcd_going_away(local_etcd):
     c = local_etcd.client()
     errs = []
-    w = c.watch("/w/", lambda ev: None, on_error=errs.append)
+    w = Watch(c, "/w/", lambda ev: None, on_error=errs.append)
     local_etcd.kill()
     w._t.join(5)
     assert not w.alive and isinstance(w.error, E.EtcdDown) and errs == [w.error]
