@@ -1,5 +1,6 @@
-"""The cluster slides' testbed (netns/cluster.json): 12 NAT instances in 3 clusters of 4 between
-two switches that spread flows over them. Traffic with its return path (the sink echoes every
+"""The cluster slides' testbed's shape at the size of a test (tests/netns/spread4.json: 4 NAT
+instances in 2 clusters of 2 between two switches that spread flows over them; netns/cluster.json's
+12 in 3 clusters of 4 run in `nfx bench cluster`). Traffic with its return path (the sink echoes every
 packet) crosses it with nothing lost: the ingress switch spreads the flows by their hash, every
 instance gets some, and the egress switch sends each public port's return traffic to the
 instance whose share of the port range holds it (a wrong pick is a NAT with no mapping: lost
@@ -13,11 +14,11 @@ leave every other instance's flows alone. `nfx cluster down` leaves no etcd behi
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from nfx import registry
-from nfx.agent.global_counters import instance_counters
 from nfx.control.switch import Switch
 from nfx.procs import controller
 from nfx.testbed import builder, topology
@@ -26,14 +27,15 @@ from nfx.traffic.rig import rig
 from tests.netns.tbutil import nfx, running_testbed, under_traffic
 
 FLOWS = 1200
-NFS = [f"nf{i}" for i in range(12)]
+NFS = [f"nf{i}" for i in range(4)]
+TOPO = str(Path(__file__).with_name("spread4.json"))
 
 
 @pytest.fixture(scope="module")
 def tb():
     t0 = time.monotonic()
-    with running_testbed("cluster", "nat") as rec:
-        print(f"testbed up (12 NAT instances): {time.monotonic() - t0:.1f} s")
+    with running_testbed(TOPO, "nat", hold_slots=1024) as rec:
+        print(f"testbed up ({len(NFS)} NAT instances): {time.monotonic() - t0:.1f} s")
         with rig(rec["name"], FLOWS, echo=True) as sides:
             yield rec, sides
 
@@ -49,13 +51,13 @@ def spread_rule(sw: Switch) -> int:
 
 def test_the_record_and_status_name_the_clusters(tb):
     rec, _ = tb
-    assert rec["clusters"] == {"c0": NFS[0:4], "c1": NFS[4:8], "c2": NFS[8:12]} and rec["spread"]
+    assert rec["clusters"] == {"c0": NFS[0:2], "c1": NFS[2:4]} and rec["spread"]
     st = builder.status(rec["name"])
-    assert st["clusters"] == rec["clusters"] and st["instances"] == 12
+    assert st["clusters"] == rec["clusters"] and st["instances"] == len(NFS)
     assert all(st["nodes"][n]["agent"]["alive"] for n in NFS)
 
 
-def test_flows_spread_over_all_twelve_and_return_to_their_instance(tb):
+def test_flows_spread_over_every_instance_and_return_to_their_instance(tb):
     rec, (gen, sink, echo) = tb
     name = rec["name"]
     r = measure(gen, sink, 20000, 1.5, 1.0, echo=echo)
@@ -71,9 +73,9 @@ def test_flows_spread_over_all_twelve_and_return_to_their_instance(tb):
         assert st.get("v_redirect", 0) >= 2 * sum(m["pkts_out"] for m in flows[n].values()) > 0, (n, st)
     # each instance's mappings use its own share of the public ports, and the echoes came back
     # through the instance that made them
-    whole = builder.nf_config("nat", topology.load("cluster"))
+    whole = builder.nf_config("nat", topology.load(TOPO))
     for i, n in enumerate(NFS):
-        share = builder.instance_config(whole, i, 12)
+        share = builder.instance_config(whole, i, len(NFS))
         for m in flows[n].values():
             assert share.port_lo <= int(m["public"].rsplit(":", 1)[1]) <= share.port_hi
             assert m["pkts_in"] == m["pkts_out"] > 0
@@ -85,16 +87,16 @@ def test_flows_spread_over_all_twelve_and_return_to_their_instance(tb):
             hits = s.spread_hits(spread_rule(s))
         finally:
             s.close()
-        assert len(hits) == 12 and min(hits) > 0 and sum(hits) == 30000, (sw, hits)
+        assert len(hits) == len(NFS) and min(hits) > 0 and sum(hits) == 30000, (sw, hits)
 
 
 def test_a_move_of_one_flow_across_clusters_wins_over_the_spread(tb):
     rec, (gen, sink, echo) = tb
     name = rec["name"]
     flows = {n: per_flow(name, n) for n in NFS}
-    src = next(n for n in NFS[:4] if flows[n])                  # a flow of cluster c0 ...
+    src = next(n for n in NFS[:2] if flows[n])                  # a flow of cluster c0 ...
     sport = min(flows[src])
-    dst = "nf9"                                                 # ... to an instance of c2
+    dst = "nf3"                                                 # ... to an instance of c1
     m, r = under_traffic(name, gen, sink, 10000, 1.5, 0.6, lambda: controller.call(
         name, "POST", "/move", {"src": src, "dst": dst, "guarantee": "lf", "mechanism": "dist",
                                 "filter": f"proto=udp sport={sport}"}, timeout=120), what="move", echo=echo)
@@ -120,7 +122,7 @@ def test_cluster_up_shares_in_batches_inside_each_cluster(tb):
     up = cluster_up(name, "--batch", "30")
     assert up["clusters"] == rec["clusters"] and up["local_etcd"] and up["stamp"]
     pool = sorted(tuple(v) for v in up["nat_pool"].values())     # each instance's share, claimed in etcd
-    assert len(pool) == 12 and all(a[1] < b[0] for a, b in zip(pool, pool[1:]))
+    assert len(pool) == len(NFS) and all(a[1] < b[0] for a, b in zip(pool, pool[1:]))
     r = measure(gen, sink, 24000, 1.0, 1.0)
     assert r["lost"] == 0 and r["bad_len"] == 0, r
     r = nfx("cluster", "status", "--name", name, "--json")
@@ -139,12 +141,14 @@ def test_cluster_up_shares_in_batches_inside_each_cluster(tb):
 
 @pytest.mark.parametrize("mechanism", ["opennf", "dist"])
 def test_moves_inside_carry_one_batch_across_the_whole_state(tb, mechanism):
-    """nf1's flows to nf2 (its cluster, c0), then nf2's to nf5 (c1), and back where they were."""
+    """One c0 instance's flows to the other (inside), all of them to nf2 (c1) and back, then inside
+    again: among them the second's own first flows, which it gave away (it kept their replicas)."""
     rec, (gen, sink, echo) = tb
     name = rec["name"]
     assert registry.load(name).get("sharing"), "cluster up first (the test above)"
-    for src, dst, kind in (("nf1", "nf2", "inside"), ("nf2", "nf5", "across"), ("nf5", "nf1", "across"),
-                           ("nf1", "nf2", "inside"), ("nf2", "nf1", "inside")):
+    # from whichever of c0's two holds more flows (the run before may have left them all on one)
+    a, b = sorted(NFS[:2], key=lambda n: -len(per_flow(name, n)))
+    for src, dst, kind in ((a, b, "inside"), (b, "nf2", "across"), ("nf2", a, "across"), (a, b, "inside")):
         before = {n: per_flow(name, n) for n in NFS}
         moved = set(before[src])
         # 20k pps: the sink echoes, so 40k through the instances, each sharing both directions
@@ -173,7 +177,7 @@ def test_moves_inside_carry_one_batch_across_the_whole_state(tb, mechanism):
             assert c["entries"] >= 3 * len(moved), c
         # what crossed: the batches (inside), or every entry (across); `nfx bench cluster` sets
         # them side by side
-        assert m["state_bytes"] > 0
+        assert m["state_bytes"] > 0 and moved
 
 
 def test_cluster_down_leaves_no_etcd(tb):
@@ -187,32 +191,3 @@ def test_cluster_down_leaves_no_etcd(tb):
     assert all(m.get("stopped") for m in d["members"].values())
     r = nfx("cluster", "down", "--name", name)
     assert r.returncode == 2 and "no clusters up" in r.stderr
-
-
-def test_an_ids_sees_both_directions_of_exactly_its_flows():
-    """IDS instances on the same testbed: the egress switch spreads the return traffic by the
-    same symmetric hash, so each instance's flow table holds both directions of its flows and
-    of no others."""
-    with running_testbed("cluster", "ids", hold_slots=1024) as rec:
-        name = rec["name"]
-        cluster_up(name)
-        with rig(name, FLOWS, echo=True) as (gen, sink, echo):
-            r = measure(gen, sink, 20000, 1.0, 1.0, echo=echo)
-        assert (r["lost"], r["echo"]["lost"], r["echo"]["reflected"]) == (0, 0, 20000), r
-        # the IDS's global counters, each instance's published to etcd, merge to the sum
-        time.sleep(2.5)                                        # agents publish once a second
-        want: dict[str, int] = {}
-        for n in NFS:
-            for k, v in instance_counters(builder.instance(name, n))["ids_global"].items():
-                want[k] = want.get(k, 0) + v
-        st = json.loads(nfx("cluster", "status", "--name", name, "--json").stdout)
-        assert st["ids_global"] == want and want.get("pkts", 0) >= 40000, (st["ids_global"], want)
-        seen: set[int] = set()
-        for n in NFS:
-            fl = builder.instance(name, n).flows()
-            out = {f["sport"] for f in fl if f["dport"] == 9000}
-            back = {f["dport"] for f in fl if f["sport"] == 9000}
-            assert out and out == back, (n, len(out), len(back))
-            assert not out & seen
-            seen |= out
-        assert len(seen) == FLOWS

@@ -7,7 +7,8 @@ from nfx.etcd import LocalEtcd
 
 @pytest.fixture
 def local_etcd():
-    e = LocalEtcd()
+    # a lone member elects itself after one election timeout: 100 ms starts it in a third of the time
+    e = LocalEtcd(heartbeat_ms=10, election_ms=100)
     try:
         yield e
     finally:
