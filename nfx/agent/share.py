@@ -25,15 +25,17 @@ from ..filter import parse
 from ..gate import Gate
 from ..packets import flow_keys, keys_blob, keys_from_blob
 from ..state import ops
-from ..state.replicas import Replicas, chunks_blob
+from ..state.replicas import Replicas, blob_pieces, chunks_blob
 from ..state.statelets import StateletReader
 from .global_counters import COUNTER_TABLES, publish_instance_counters
 from .ops_move import _b64, enc
+from .transport import arg_int
 from .sessions import SETTLE_S
 from .sharer import Sharer
 
 SHARE_OPS = ("share_start", "share_stop", "share_status", "share_put", "share_flush", "replica_promote")
 BASE_SCOPES = ("per-flow", "multi-flow")
+PIECE_BYTES = 512 << 10    # state per share_put request (a request stops at 1 MiB; base64 adds a third)
 MEMBER_TTL_S = 10          # a member whose agent is gone leaves etcd within this (issue 14 detects failures)
 
 
@@ -51,11 +53,12 @@ class ShareOps:
 
     def op_share_start(self, sock, r, req) -> dict:
         members = req.get("members")
-        batch, idle_ms = int(req.get("batch", 30)), float(req.get("idle_ms", 200))
+        batch = arg_int(req, "batch", 30, 1, 1 << 20)
+        idle_ms = req.get("idle_ms", 200)
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members) or self.instance in members:
             raise BadInput("share_start needs members: the other instances of the cluster (names)")
-        if not 1 <= batch <= 1 << 20 or not 1 <= idle_ms <= 600_000:
-            raise BadInput(f"share_start: batch must be 1..1048576 packets and idle_ms 1..600000, not {batch}, {idle_ms:g}")
+        if isinstance(idle_ms, bool) or not isinstance(idle_ms, (int, float)) or not 1 <= idle_ms <= 600_000:
+            raise BadInput(f"share_start: idle_ms is 1..600000, not {idle_ms!r}")
         if self.sharer is not None:
             raise BadInput(f"{self.instance} already shares with {', '.join(self.sharer.members)}: share_stop first")
         if getattr(self, "session", None) is not None:
@@ -86,12 +89,13 @@ class ShareOps:
             # the base is read after mirroring began: replaying the ring onto it is exact
             t0 = time.perf_counter()
             chunks = list(ops.export(self.nf, BASE_SCOPES))
-            blob = chunks_blob(chunks)
+            pieces = blob_pieces(chunks, PIECE_BYTES)
             publish = (lambda: publish_instance_counters(gs, self.testbed, self.instance, self.nf)) \
                 if gs is not None and self.kind in COUNTER_TABLES else None
             sharer = Sharer(self, members, batch, idle_ms / 1e3, reader, publish)
             for m, c in sharer.peers.items():
-                c.request("share_put", src=self.instance, base=blob)
+                for i, piece in enumerate(pieces or [b""]):      # the first replaces, the rest add
+                    c.request("share_put", src=self.instance, **{"base" if i == 0 else "add": piece})
             sharer.start()
         except BaseException:
             Gate(self.nf).set_share(False)
@@ -99,7 +103,7 @@ class ShareOps:
             raise
         self.sharer, self.global_state = sharer, gs
         return {"members": members, "batch": batch, "base_entries": sum(c.count for c in chunks),
-                "base_bytes": len(blob), "base_s": time.perf_counter() - t0}
+                "base_bytes": sum(map(len, pieces)), "base_s": time.perf_counter() - t0}
 
     def op_share_stop(self, sock, r, req) -> dict:
         s = self.sharer
@@ -130,7 +134,7 @@ class ShareOps:
     def shared_put(self, chunks) -> None:
         """After a put (nfx/agent/ops_state.py): what it wrote joins the members' replicas."""
         if self.sharer is not None and chunks:
-            r = self.sharer.add_base(chunks_blob(chunks))
+            r = self.sharer.add_base(blob_pieces(chunks, PIECE_BYTES))
             if r["errors"]:
                 raise BadInput(f"{self.instance} wrote the state but could not share it with "
                                f"{', '.join(r['errors'])}: {next(iter(r['errors'].values()))}")

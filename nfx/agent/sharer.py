@@ -66,10 +66,10 @@ class Sharer:
         """Everything pending, now, to every member; returns what that sent."""
         return self._call(self._flush_all, timeout)
 
-    def add_base(self, blob: bytes, timeout: float = 30.0) -> dict:
+    def add_base(self, pieces: list[bytes], timeout: float = 30.0) -> dict:
         """State written here by a put (a move from outside the cluster), to every member as a base
         for the batches that will follow: sent before the put answers, so before those flows run."""
-        return self._call(lambda: self._send_base(blob), timeout)
+        return self._call(lambda: self._send_base(pieces), timeout)
 
     def _call(self, fn, timeout: float) -> dict:
         if not self.thread.is_alive():
@@ -180,15 +180,17 @@ class Sharer:
         except Exception as e:   # noqa: BLE001 (etcd away: counters merge late, nothing else waits)
             self.publish_error = str(e)
 
-    def _send_base(self, blob: bytes) -> dict:
+    def _send_base(self, pieces: list[bytes]) -> dict:
         self._send()
         for m, c in self.peers.items():
             try:
-                c.request("share_put", src=self.me, add=blob)
+                for piece in pieces:
+                    c.request("share_put", src=self.me, add=piece)
             except Exception as e:   # noqa: BLE001
                 self.errors[m] = str(e)
-        self.counts["base_bytes"] = self.counts.get("base_bytes", 0) + len(blob)
-        return {"bytes": len(blob), "errors": dict(self.errors)}
+        n = sum(map(len, pieces))
+        self.counts["base_bytes"] = self.counts.get("base_bytes", 0) + n
+        return {"bytes": n, "errors": dict(self.errors)}
 
     def _send(self) -> None:
         if not self.outbox:

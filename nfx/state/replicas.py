@@ -124,6 +124,28 @@ def chunks_blob(chunks) -> bytes:
     return b"".join(bytes(p) for c in chunks for p in wire.encode_chunk(c))
 
 
+def blob_pieces(chunks, max_bytes: int) -> list[bytes]:
+    """chunks_blob, cut into blobs of at most about max_bytes (a chunk is split by entries), so
+    each fits in one request."""
+    out, cur, size = [], [], 0
+    for c in chunks:
+        per = c.key_size + c.value_size * c.ncpu
+        step = max(1, max_bytes // per)
+        for lo in range(0, c.count, step):
+            hi = min(c.count, lo + step)
+            part = wire.Chunk(c.table, c.scope, c.kind, hi - lo, c.key_size, c.value_size, c.ncpu, c.layout,
+                              bytes(c.keys[lo * c.key_size:hi * c.key_size]),
+                              bytes(c.values[lo * c.value_size * c.ncpu:hi * c.value_size * c.ncpu]), c.seq)
+            if cur and size + part.nbytes > max_bytes:
+                out.append(chunks_blob(cur))
+                cur, size = [], 0
+            cur.append(part)
+            size += part.nbytes
+    if cur:
+        out.append(chunks_blob(cur))
+    return out
+
+
 def _chunks(blob) -> list[wire.Chunk]:
     r = wire.Reader(io.BytesIO(bytes(blob)))
     out = []

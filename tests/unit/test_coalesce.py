@@ -112,3 +112,16 @@ def test_replicas_select_only_the_sources_flows():
     r.apply("nf2", encode_batch(fa, 5, 4, d2.record()))
     assert sum(c.count for c in r.select(parse(None), "nf0") if c.table == "nat_fwd") == 0
     assert sum(c.count for c in r.select(parse(None), "nf2") if c.table == "nat_fwd") == 2
+
+
+def test_a_large_base_goes_in_pieces_that_add_up():
+    from nfx.state.replicas import blob_pieces
+    snap = R.Tables("nat")
+    R.apply_slow(snap, [create(10, key=make_key("10.0.1.2", "10.0.2.2", 1000 + i, 53, "udp")) for i in range(3000)], {})
+    pieces = blob_pieces(snap.chunks(), 64 << 10)
+    assert len(pieces) > 2 and all(len(p) <= (64 << 10) + 4096 for p in pieces)
+    r = Replicas("nat")
+    r.base("nf0", pieces[0])
+    for p in pieces[1:]:
+        r.base("nf0", p, replace=False)
+    assert r.entries()["per_flow"] == 3000
