@@ -148,11 +148,13 @@ class ShareOps:
         """Every pending batch out, and the flows `flt` selects here (their keys: what the
         destination takes from its replicas, and nothing else)."""
         time.sleep(SETTLE_S)                          # a packet that read no mark has been processed
-        sent = self.sharer.flush()
-        flows = flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
+        flows, outside = flow_keys(ops.export(self.nf, ("per-flow",), flt))
+        keyset = {bytes(k) for k in flows}
+        # the moved connections' pending batches, both directions (a NAT's return packets are
+        # keyed by the public tuple)
+        sent = self.sharer.flush(keyset | {bytes(k) for k in outside})
         # this instance keeps a replica of what it gives away (its members send it none of its
         # own flows): the batches of the flows' next instance land on it, and a move back finds it
-        keyset = {bytes(k) for k in flows}
         self.replicas.base(self.instance, chunks_blob(list(ops.export_flows(self.nf, BASE_SCOPES, flt, keyset))),
                            replace=False)
         return {**sent, "keys": enc(keys_blob(flows)), "keys_bytes": 16 * len(flows)}

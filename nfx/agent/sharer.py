@@ -62,9 +62,10 @@ class Sharer:
             c.close()
 
     # ---- commands from other threads (run on the sharer's thread, in ring order) ----
-    def flush(self, timeout: float = 30.0) -> dict:
-        """Everything pending, now, to every member; returns what that sent."""
-        return self._call(self._flush_all, timeout)
+    def flush(self, flows: set | None = None, timeout: float = 30.0) -> dict:
+        """What is pending of `flows` (raw keys, each direction's; None: every flow), now, to every
+        member; returns what that sent."""
+        return self._call(lambda: self._flush_all(flows), timeout)
 
     def add_base(self, pieces: list[bytes], timeout: float = 30.0) -> dict:
         """State written here by a put (a move from outside the cluster), to every member as a base
@@ -159,13 +160,15 @@ class Sharer:
             self._out(f)
         self.counts["idle"] += len(old)
 
-    def _flush_all(self) -> dict:
+    def _flush_all(self, only: set | None = None) -> dict:
+        self._take(self.reader.poll_raw(0))
+        self._take(self.reader.poll_raw(0))
+        self._send()                    # batches already due go first, and are not counted here
         c0 = dict(self.counts)
-        self._take(self.reader.poll_raw(0))
-        self._take(self.reader.poll_raw(0))
-        flows = len(self.pending)
-        for f in list(self.pending):
+        due = [f for f in self.pending if only is None or f in only]
+        for f in due:
             self._out(f)
+        flows = len(due)
         self._send()
         self.counts["flushes"] += 1
         return {"flows": flows, "batches": self.counts["batches"] - c0["batches"],
