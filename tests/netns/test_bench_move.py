@@ -70,12 +70,12 @@ def _cmdline_has(pid: str, word: str) -> bool:
 def test_bench_move_table1_smoke(tmp_path):
     """--table1 with one run per config and no added delay: 1100 connections = 2200 states, the
     combined (de)serialisation share split in two, the ratio per optimisation set, the paper's rows."""
-    r = nfx_json("bench", "move", "--table1", "--repeat", "1", "--ctrl-delay-ms", "0", "--duration", "1",
-                 "--at", "0.3", "--csv", str(tmp_path / "t1.csv"), timeout=300)
+    r = nfx_json("bench", "move", "--table1", "--repeat", "1", "--ctrl-delay-ms", "0", "--duration", "0.5",
+                 "--at", "0.2", "--csv", str(tmp_path / "t1.csv"), timeout=300)
     n = len(t1.TABLE1_CONFIGS)
     assert r["mode"] == "table1" and r["rate_pps"] == 1000 and len(r["runs"]) == n and r["violations"] == []
     for run in r["runs"]:
-        assert run["states"] == 2 * t1.TABLE1_CONNECTIONS and run["sent"] == 1000 and run["lost"] == 0
+        assert run["states"] == 2 * t1.TABLE1_CONNECTIONS and run["sent"] == 500 and run["lost"] == 0
         assert run["ser_share"] > 0 and run["deser_share"] > 0
         assert run["ser_share"] + run["deser_share"] == pytest.approx(run["serialization_share"])
     # DiST as published, and with nfx's ov, dt and both, against OpenNF

@@ -148,7 +148,11 @@ def test_moves_inside_carry_one_batch_across_the_whole_state(tb, mechanism):
     assert registry.load(name).get("sharing"), "cluster up first (the test above)"
     # from whichever of c0's two holds more flows (the run before may have left them all on one)
     a, b = sorted(NFS[:2], key=lambda n: -len(per_flow(name, n)))
-    for src, dst, kind in ((a, b, "inside"), (b, "nf2", "across"), ("nf2", a, "across"), (a, b, "inside")):
+    plan = [(a, b, "inside"), (b, "nf2", "across"), ("nf2", a, "across"), (a, b, "inside")]
+    # opennf the whole round; dist (for the suite's time) across, back, then inside
+    if mechanism == "dist":
+        plan = [(a, "nf2", "across"), ("nf2", b, "across"), (b, a, "inside")]
+    for src, dst, kind in plan:
         before = {n: per_flow(name, n) for n in NFS}
         moved = set(before[src])
         # 20k pps: the sink echoes, so 40k through the instances, each sharing both directions
