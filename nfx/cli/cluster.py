@@ -18,8 +18,9 @@ def up(name: str = NameOpt,
        batch: int = typer.Option(DEFAULT_BATCH, "--batch", help="S_batch: a flow's deltas go to the cluster's "
                                  "members after every this many of its packets (and when it idles or ends)."),
        idle_ms: float = typer.Option(DEFAULT_IDLE_MS, "--idle-ms", help="A flow idle this long sends its deltas."),
-       etcd: str = typer.Option(None, "--etcd", help="An etcd to use (http://host:port); default: start a local "
-                                "one on free ports, stopped by cluster down or testbed down."),
+       etcd: str = typer.Option(None, "--etcd", help="An etcd to use (http://host:port), reachable from the testbed's "
+                                "management network; default: start a private one there on free ports, stopped "
+                                "by cluster down or testbed down."),
        stamp: bool = typer.Option(True, "--stamp/--no-stamp", help="The switches stamp each flow's packet count "
                                   "on its packets (batches follow the stamps)."),
        json_: bool = JsonOpt):

@@ -10,6 +10,8 @@ up:   etcd (the one given, or a local one started here, on free ports, that outl
 down: the reverse; the testbed's keys in etcd go.
 What runs is in the registry record (rec["cluster"]: etcd and settings; rec["sharing"]: what
 shares, sharing.py)."""
+import urllib.parse
+
 from .. import registry
 from ..errors import BadInput, NfxError
 from ..etcd import Etcd, LocalEtcd
@@ -20,6 +22,9 @@ from ..procs import controller
 from . import sharing
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def _nfs(rec) -> list[str]:
     return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
 
@@ -27,6 +32,10 @@ def _nfs(rec) -> list[str]:
 def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT_BATCH,
        idle_ms: float = sharing.DEFAULT_IDLE_MS, etcd_url: str | None = None, stamp: bool = True,
        progress=lambda m: None) -> dict:
+    if etcd_url is not None and urllib.parse.urlsplit(etcd_url).hostname in LOOPBACK:
+        raise BadInput(f"--etcd {etcd_url}: the agents run in their own network namespaces, where a loopback "
+                       "address is their own", hint="give an address the testbed's management network reaches, "
+                       "or leave --etcd out for a private etcd there")
     rec = registry.load(name)
     if rec.get("cluster"):
         raise BadInput(f"testbed {name}'s clusters are up already", hint=f"nfx cluster down --name {name}")

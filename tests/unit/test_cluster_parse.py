@@ -25,3 +25,9 @@ def test_in_force_prefers_what_shares():
     assert in_force({"clusters": {"c0": NFS}}) == {"c0": NFS}
     with pytest.raises(BadInput):
         check_clusters({"c0": ["nf0"], "c1": ["nf0"]}, NFS)
+
+
+def test_a_loopback_etcd_is_refused_before_anything():
+    from nfx.cluster import manage
+    with pytest.raises(BadInput, match="loopback"):
+        manage.up("nosuchtb", etcd_url="http://127.0.0.1:2379")
