@@ -63,31 +63,26 @@ def in_force(rec) -> dict[str, list[str]]:
     return (rec.get("sharing") or {}).get("clusters") or rec.get("clusters") or {}
 
 
-def stop(rec) -> dict:
+def _each(rec, op: str) -> dict:
+    """`op` at every member of the clusters in force: {instance: {cluster, ...its answer} or
+    {cluster, error}}; an agent that does not answer is reported, not fatal."""
     out = {}
     for c, ms in in_force(rec).items():
         for m in ms:
             try:
                 with AgentClient(rec["name"], m, timeout=10.0) as a:
-                    out[m] = a.request("share_stop")
+                    out[m] = {"cluster": c, **a.request(op)}
             except NfxError as e:
-                out[m] = {"error": str(e)}
+                out[m] = {"cluster": c, "error": str(e)}
+    return out
+
+
+def stop(rec) -> dict:
+    out = _each(rec, "share_stop")
     rec.pop("sharing", None)
     rec.save()
     return out
 
 
 def status(rec) -> dict:
-    out = {}
-    for c, ms in in_force(rec).items():
-        for m in ms:
-            try:
-                with AgentClient(rec["name"], m, timeout=10.0) as a:
-                    out[m] = {"cluster": c, **a.request("share_status")}
-            except NfxError as e:
-                out[m] = {"cluster": c, "error": str(e)}
-    return out
-
-
-def _nfs(rec) -> list[str]:
-    return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
+    return _each(rec, "share_status")
