@@ -25,10 +25,6 @@ from . import sharing
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _nfs(rec) -> list[str]:
-    return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
-
-
 def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT_BATCH,
        idle_ms: float = sharing.DEFAULT_IDLE_MS, etcd_url: str | None = None, stamp: bool = True,
        progress=lambda m: None) -> dict:
@@ -39,7 +35,7 @@ def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT
     rec = registry.load(name)
     if rec.get("cluster"):
         raise BadInput(f"testbed {name}'s clusters are up already", hint=f"nfx cluster down --name {name}")
-    nfs = _nfs(rec)
+    nfs = sharing.nf_instances(rec)
     clusters = sharing.parse_clusters(clusters_text, nfs) if clusters_text else rec.get("clusters")
     if not clusters:
         raise BadInput(f"testbed {name} has no clusters: its topology names none",

@@ -36,7 +36,7 @@ def start(rec, clusters: dict[str, list[str]], batch: int, idle_ms: float, etcd:
     """Every member of every cluster shares with the others of its own; all or nothing."""
     if rec.get("sharing"):
         raise BadInput(f"testbed {rec['name']}'s clusters already share (nfx cluster down first)")
-    check_clusters(clusters, _nfs(rec))
+    check_clusters(clusters, nf_instances(rec))
     started, out = [], {}
     try:
         for c, ms in clusters.items():
@@ -86,3 +86,7 @@ def stop(rec) -> dict:
 
 def status(rec) -> dict:
     return _each(rec, "share_status")
+
+
+def nf_instances(rec) -> list[str]:
+    return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
