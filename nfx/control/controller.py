@@ -227,7 +227,7 @@ class Controller:
 
 BODY_MAX = 64 << 10       # a move request is a few hundred bytes
 READ_TIMEOUT_S = 5.0      # each read of a request; a client that stalls longer is dropped
-REQUEST_DEADLINE_S = 10.0  # the whole request (line, headers, body), however it trickles in
+REQUEST_DEADLINE_S = 5.0   # the whole request (line, headers, body), however it trickles in
 MAX_CONNECTIONS = 32      # served at once; more are closed at once
 
 
