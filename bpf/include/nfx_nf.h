@@ -81,10 +81,9 @@ static __always_inline int nfx_rx(struct xdp_md *ctx, struct nfx_port_cfg *pc, _
  * been released, and the last of them has left the NF (flushed_seq): so a live packet never
  * overtakes a buffered one. `*mp` is the mark, for the caller to undo a failed buffering. */
 static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx, __u32 seq, __u32 *peer,
-                                      struct nfx_mark **mp, struct nfx_move_cfg *mv)
+                                      struct nfx_mark **mp, struct nfx_move_cfg *mv, struct nfx_gate_cfg *g)
 {
     __u32 z = 0;
-    struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);
     struct nfx_move_state *ms = nfx_move_state.lookup(&z);
     __u32 act = NFX_ACT_PROCESS;
     *mp = 0;
@@ -351,14 +350,6 @@ static __always_inline int nfx_forward(struct xdp_md *ctx, struct nfx_port_cfg *
     return v;
 }
 
-/* 1: the gate shares state (nfx_gate_cfg.share): every PROCESS packet is mirrored */
-static __always_inline int nfx_sharing(void)
-{
-    __u32 z = 0;
-    struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);
-    return g && g->share;
-}
-
 /* What every NF's entry runs before its own logic: which side and how the packet came, the
  * stamper's trailer taken off, the parse, DiST's IBC, and the gate. Returns 1 when the NF
  * processes the packet (act: PROCESS or STATELET); otherwise *verdict is the packet's verdict,
@@ -401,7 +392,8 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
         return 0;
     }
     struct nfx_mark *mark = 0;
-    *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark, mv);
+    struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);    /* once: the gate and the share flag */
+    *act = nfx_gate(&p->key, *side, rx, rel_seq, &peer, &mark, mv, g);
     if (*act != NFX_ACT_PROCESS && *act != NFX_ACT_STATELET) {
         *shadow = 0;                    /* held (or passed on), not processed: shadowed when it is */
         if (*act == NFX_ACT_BUFFER || *act == NFX_ACT_TO_CTRL || *act == NFX_ACT_REDIRECT)
@@ -411,7 +403,7 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
     }
     /* sharing mirrors plain PROCESS packets; SLiM's STATELET ones (and the cuts above) stay as
      * they are, their records led by the STAMP statelet too */
-    if (nfx_sharing()) {
+    if (g && g->share) {                /* sharing (nfx_gate_cfg.share): every PROCESS packet mirrored */
         p->shared = 1;
         if (*act == NFX_ACT_PROCESS) {
             *act = NFX_ACT_STATELET;
