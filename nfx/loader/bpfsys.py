@@ -108,6 +108,9 @@ def btf_fd_by_id(btf_id: int) -> int:
         raise BpfError(f"cannot open BTF object {btf_id}: {e.strerror}") from None
 
 
+PROG_TYPES = {"xdp": 6, "tc": 3}        # BPF_PROG_TYPE_XDP, BPF_PROG_TYPE_SCHED_CLS
+
+
 class _ProgLoadAttr(ct.Structure):
     _fields_ = [("prog_type", ct.c_uint32), ("insn_cnt", ct.c_uint32), ("insns", ct.c_uint64),
                 ("license", ct.c_uint64), ("log_level", ct.c_uint32), ("log_size", ct.c_uint32),

@@ -3,6 +3,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 
 from ..errors import BpfError, KernelFeature
 from ..layout.hashing import QUOTED_INCLUDE as _QUOTED_INCLUDE
@@ -69,6 +70,8 @@ def expand_includes(text: str, seen: set[str] | None = None, name: str = "main")
 _compiled: dict[tuple, Image] = {}
 # key -> a call that waits for a child compiling it (loader/precompile.py): its Image or None
 _pending: dict[tuple, object] = {}
+# one thread at a time takes a child's Image (loader/parallel.py loads copies in threads)
+_taking = threading.Lock()
 
 
 def compile_source(name: str, defines: dict[str, object] | None = None, path=None):
@@ -79,11 +82,7 @@ def compile_source(name: str, defines: dict[str, object] | None = None, path=Non
     fresh maps where the compile opens the pinned."""
     bcc = _bcc()
     path, text, cflags, key = source_key(name, defines, path)
-    if key in _pending:
-        img = _pending.pop(key)()
-        if img is not None:
-            _compiled[key] = img
-    if key in _compiled:
+    if _take(key) is not None:
         return _compiled[key].load()
     b = _compile(bcc, path, text, cflags, defines)
     if key is not None:
@@ -109,6 +108,23 @@ def source_key(name: str, defines: dict | None = None, path=None):
 
 def cached(key) -> bool:
     return key in _compiled or key in _pending
+
+
+def _take(key) -> Image | None:
+    """The Image compiled for `key` in this process or by a child (waiting for it), or None."""
+    with _taking:
+        if key in _pending:
+            img = _pending.pop(key)()
+            if img is not None:
+                _compiled[key] = img
+        return _compiled.get(key)
+
+
+def compiled_image(name: str, defines: dict | None = None) -> Image | None:
+    """The Image of bpf/<name>.bpf.c with `defines` if this process (or a child for it) has
+    compiled it, else None: never compiles, so any thread may call it (BCC compiles in threads
+    crash)."""
+    return _take(source_key(name, defines)[3])
 
 
 def _compile(bcc, path, text: bytes, cflags: list[str], defines):

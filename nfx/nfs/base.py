@@ -85,10 +85,15 @@ class NF:
     # ---- lifecycle ----
     @classmethod
     def create(cls, instance: str, wiring: Wiring, pin_dir: Path, config=None, max_flows: int = 262144,
-               defines: dict | None = None) -> "NF":
-        """Compile, configure, attach to both sides, pin. On failure nothing stays attached."""
-        b = compile_source(cls.kind, {"NFX_MAX_FLOWS": max_flows, **(defines or {})})
-        fn = load(b, f"nfx_{cls.kind}", "xdp")
+               defines: dict | None = None, program=None) -> "NF":
+        """Compile, configure, attach to both sides, pin. On failure nothing stays attached.
+        `program`: the (object, function) of a copy already loaded with these defines
+        (loader/parallel.py), used instead of compiling and loading here."""
+        if program is None:
+            b = compile_source(cls.kind, cls.build_defines(max_flows, defines))
+            fn = load(b, f"nfx_{cls.kind}", "xdp")
+        else:
+            b, fn = program
         maps = cls.MAPS.from_bcc(b)
         self = cls(instance, pin_dir, maps, bpf=b, fn=fn, wiring=wiring)
         attached = []
@@ -106,6 +111,10 @@ class NF:
             pin.unpin(pin_dir)
             raise
         return self
+
+    @staticmethod
+    def build_defines(max_flows: int, defines: dict | None = None) -> dict:
+        return {"NFX_MAX_FLOWS": max_flows, **(defines or {})}
 
     def _wire(self, w: Wiring) -> None:
         pc = L.PortCfg()

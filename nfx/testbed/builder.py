@@ -15,6 +15,7 @@ from ..errors import BadInput, NfxError
 from ..etcd import LocalEtcd
 from ..loader import attach, netlink, netns, pin
 from ..loader.compile import compile_source, load as load_prog
+from ..loader.parallel import Preloads
 from ..loader.precompile import Precompiled
 from ..nfs import nf_class, open_node
 from ..nfs.base import Wiring, apply_settings
@@ -117,14 +118,17 @@ def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, pro
            defines: dict | None = None) -> None:
     # the stub, the switch and the NF compile in children while the namespaces and links are
     # made (a compile costs 1.1-1.7 s of one CPU); the steps below load copies of them
-    jobs = [("stub", None)] + [("switch", None)] * bool(topo.role("switch")) + \
-        [(kind, {"NFX_MAX_FLOWS": max_flows, **(defines or {})})] * bool(topo.role("nf"))
-    with Precompiled(jobs):
-        _build_all(rec, topo, kind, max_flows, progress, config, defines)
+    cls, nfs = nf_class(kind), topo.role("nf")
+    nf_defines = cls.build_defines(max_flows, defines)
+    jobs = [("stub", None)] + [("switch", None)] * bool(topo.role("switch")) + [(kind, nf_defines)] * bool(nfs)
+    # and the instances' copies are verified in threads as soon as the NF's compile is in (the
+    # verifier is most of an instance's cost), while this thread makes everything else
+    with Precompiled(jobs), Preloads(kind, nf_defines, f"nfx_{kind}", "xdp", len(nfs)) as programs:
+        _build_all(rec, topo, kind, max_flows, progress, config, defines, programs)
 
 
 def _build_all(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, progress, config=None,
-               defines: dict | None = None) -> None:
+               defines: dict | None = None, programs: Preloads | None = None) -> None:
     tb = rec["name"]
     progress(f"namespaces for {len(topo.nodes)} nodes")
     for node in topo.nodes:
@@ -164,7 +168,8 @@ def _build_all(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int,
                        release=RELEASE_IF, peers=peers[nf])
             pin_dir = registry.pin_root(tb) / nf
             rec.register("nf", nf)
-            cls.create(nf, w, pin_dir, instance_config(config, i, len(nfs)), max_flows=max_flows, defines=defines)
+            cls.create(nf, w, pin_dir, instance_config(config, i, len(nfs)), max_flows=max_flows, defines=defines,
+                       program=programs.take() if programs else None)
             if defines:
                 rec["nodes"][nf]["build"] = {"defines": dict(defines)}    # an upgrade builds with them too
             rec["nodes"][nf].update(kind=kind, pin=str(pin_dir), wiring=[w.ifname[0], w.ifname[1]],
