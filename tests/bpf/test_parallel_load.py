@@ -16,15 +16,15 @@ from nfx.loader.compile import compile_source, load
 from nfx.loader.parallel import Preloads
 from nfx.loader.precompile import Precompiled
 
-defines = {"NFX_MAX_FLOWS": 1024}
+defines = {"NFX_SW_MAX_EXACT": 512}
 compiled = []
 real = comp._compile
 comp._compile = lambda *a: compiled.append(a[1].name) or real(*a)
 fds = lambda: len(os.listdir("/proc/self/fd"))
 out = {}
-with Precompiled([("ids", defines)]):
+with Precompiled([("switch", defines)]):
     before = fds()
-    with Preloads("ids", defines, "nfx_ids", "xdp", 3) as pl:
+    with Preloads("switch", defines, "nfx_switch", "tc", 3) as pl:
         got = [pl.take(), pl.take()]
     out["after_close"] = fds() - before
     out["held"] = sum(len(b.fds) + len(b.funcs) for b, _ in got)
@@ -32,8 +32,8 @@ with Precompiled([("ids", defines)]):
     out["maps_distinct"] = len({fd for b, _ in got for fd in b.fds.values()}) == sum(len(b.fds) for b, _ in got)
     out["prog_ids"] = [bpfsys.prog_info(f.fd)[0].id for _, f in got]
     out["tags"] = [bytes(bpfsys.prog_info(f.fd)[0].tag).hex() for _, f in got]
-b = compile_source("ids", defines)          # the Image's copy, as the caller would load it
-out["tag_here"] = bytes(bpfsys.prog_info(load(b, "nfx_ids", "xdp").fd)[0].tag).hex()
+b = compile_source("switch", defines)          # the Image's copy, as the caller would load it
+out["tag_here"] = bytes(bpfsys.prog_info(load(b, "nfx_switch", "tc").fd)[0].tag).hex()
 out["compiled_here"] = compiled
 print(json.dumps(out))
 """
