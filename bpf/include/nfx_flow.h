@@ -143,6 +143,9 @@ enum nfx_stat {
      * or padding), one whose payload is not the generator's (pad word or tail not zero) */
     NFX_R_SINK_BAD_LEN,
     NFX_R_SINK_BAD_PAYLOAD,
+    /* a packet processed while the gate shares state that wrote no record: not at its flow's
+     * batch boundary (nfx_gate_cfg.share_batch) and it made or ended no entry */
+    NFX_R_SHARE_QUIET,
     NFX_STAT_MAX = 96,
 };
 

@@ -83,7 +83,7 @@ class ShareOps:
     def _share_start(self, members, batch, idle_ms, gs) -> dict:
         reader = StateletReader(self.nf)
         reader.drain(idle_ms=0, timeout_s=1.0)          # records of no one's (an earlier move's) go
-        Gate(self.nf).set_share(True)
+        Gate(self.nf).set_share(True, batch)
         try:
             time.sleep(SETTLE_S)
             # the base is read after mirroring began: replaying the ring onto it is exact
