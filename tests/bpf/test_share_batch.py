@@ -4,6 +4,8 @@ multiple of S, when it came unstamped, or when the NF makes an entry (a NAT mapp
 flow or host); the others write none and are counted r_share_quiet. A boundary record carries
 every field of the entries it touches, so the records alone replay to the state the instance
 had at that packet."""
+import time
+
 import pytest
 from scapy.all import IP, Raw, UDP, raw
 
@@ -13,6 +15,7 @@ from nfx.gate import Gate
 from nfx.state import ops
 from nfx.state import replay as R
 from nfx.state import statelets as S
+from nfx.state.sweep import SharedLog
 from tests.bpf.test_stamp_nf import (H1, H2, IdsConfig, NAT, NAT_CFG, IDS, XDP_REDIRECT, _instance, eth,
                                      fresh, one_cpu, run, stamp)   # noqa: F401 (one_cpu: an autouse fixture)
 
@@ -125,3 +128,40 @@ def test_ids_writes_a_flow_and_host_creation_and_whole_values_at_boundaries(ids)
     [hb] = [u for u in ub if u.table == L.StTable.IDS_HOSTS]
     assert S.fields_of(hb)["pkts"] == 6 and S.fields_of(hb)["flows"] == 2 and S.fields_of(hb)["dports"] == 2
     Gate(ids).set_share(False)
+
+
+def test_a_sweep_shares_an_idle_flows_packets_after_its_last_boundary(nat):
+    """The records stop at the last boundary (stamp 4); the sweep (nfx/state/sweep.py) reads
+    the rest from the maps once the flow idles, whole; the records plus the sweep's statelets
+    replay to the live state; a second sweep has nothing left to share."""
+    fresh(nat)
+    Gate(nat).set_share(True, BATCH)
+    log = SharedLog("nat")
+    key = make_key(H1, H2, 6200, 53, "udp")
+    recs = []
+    for n in range(1, 7):
+        run(nat, stamp(_udp(6200), n))
+        recs += nat.reader.poll_raw()
+    assert [S.stamp_of(r)[1] for r in recs] == [1, 4]
+    for r in recs:                                  # what the sharer sent
+        log.note(S.parse_record(r))
+    assert log.changed_idle(nat, idle_ns=10**9) == {}  # not idle yet: nothing
+    time.sleep(0.06)
+    got = log.changed_idle(nat, idle_ns=50_000_000)
+    [(flow, ups)] = got.items()
+    assert flow == bytes(key)
+    [u] = ups
+    assert u.table == L.StTable.NAT_FWD and u.mask == S.SCHEMAS[u.table].full_mask
+    assert S.fields_of(u)["pkts"] == 6                 # the two packets past the boundary
+    log.note(ups)
+    rep = R.apply(R.Tables("nat"), recs + ups)
+    live = [c for c in ops.export(nat, STATE) if c.table in S.BY_NAME]
+    assert ops.diff(rep["tables"].chunks(), live)["same"]
+    assert log.changed_idle(nat, idle_ns=50_000_000) == {}
+    # a move's flush reads the moved flows whatever their idle time: one more packet, then
+    run(nat, stamp(_udp(6200), 7))
+    assert nat.reader.poll_raw() == []
+    moved = log.changed_flows(nat, {bytes(key)})
+    assert [S.fields_of(u)["pkts"] for u in moved[bytes(key)]] == [7]
+    assert log.changed_flows(nat, {bytes(make_key(H1, H2, 1, 2, "udp"))}) == {}
+    Gate(nat).set_share(False)
