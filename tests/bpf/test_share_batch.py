@@ -165,3 +165,35 @@ def test_a_sweep_shares_an_idle_flows_packets_after_its_last_boundary(nat):
     assert [S.fields_of(u)["pkts"] for u in moved[bytes(key)]] == [7]
     assert log.changed_flows(nat, {bytes(make_key(H1, H2, 1, 2, "udp"))}) == {}
     Gate(nat).set_share(False)
+
+
+def test_a_sweep_shares_idle_ids_flows_and_hosts_whose_counters_settled(ids):
+    """IDS hosts have no time of their own: the sweep shares a host once its pkts stood still
+    between two sweeps; flows once idle. Their whole values replay to the live state."""
+    fresh(ids)
+    Gate(ids).set_share(True, BATCH)
+    log = SharedLog("ids")
+    recs = []
+    for n in range(1, 7):
+        run(ids, stamp(_udp(6300), n))
+        recs += ids.reader.poll_raw()
+    assert [S.stamp_of(r)[1] for r in recs] == [1, 4]
+    for r in recs:
+        log.note(S.parse_record(r))
+    time.sleep(0.06)
+    first = log.changed_idle(ids, idle_ns=50_000_000)
+    host = bytes(L.u32(make_key(H1, H2, 6300, 53, "udp").saddr))
+    [(flow, ups)] = first.items()                   # the flow; the host's pkts were seen once only
+    assert flow == bytes(make_key(H1, H2, 6300, 53, "udp"))
+    assert [(u.table, S.fields_of(u)["pkts"]) for u in ups] == [(L.StTable.IDS_FLOWS, 6)]
+    log.note(ups)
+    second = log.changed_idle(ids, idle_ns=50_000_000)
+    [(zero, hups)] = second.items()
+    assert zero == SharedLog.ZERO_FLOW and [u.key for u in hups] == [host]
+    assert S.fields_of(hups[0])["pkts"] == 6 and hups[0].mask == S.SCHEMAS[hups[0].table].full_mask
+    log.note(hups)
+    rep = R.apply(R.Tables("ids"), recs + ups + hups)
+    live = [c for c in ops.export(ids, STATE) if c.table in S.BY_NAME]
+    assert ops.diff(rep["tables"].chunks(), live)["same"]
+    assert log.changed_idle(ids, idle_ns=50_000_000) == {}
+    Gate(ids).set_share(False)
