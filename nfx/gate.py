@@ -162,11 +162,11 @@ class Gate:
 
     # ---- sharing ----
     def set_share(self, on: bool, batch: int = 1) -> L.GateCfg:
-        """Share state: a packet the NF processes with plain PROCESS writes its statelet record as
-        if marked STATELET (counted r_shared) when it is at its flow's batch boundary (its stamp a
-        multiple of `batch`, or no stamp), or when it makes or ends an entry; the others write
-        none (counted r_share_quiet). A shared record carries every field of the entries it
-        touches. Every record written meanwhile starts with a STAMP statelet: the packet's flow
+        """Share state: a packet the NF processes with plain PROCESS is mirrored as if marked
+        STATELET (counted r_shared), and its record goes out when it is at its flow's batch
+        boundary (its stamp a multiple of `batch`, or no stamp) or makes or ends an entry; the
+        others write none (counted r_share_quiet too). A shared record carries every field of
+        the entries it touches. Every record written meanwhile starts with a STAMP statelet: the packet's flow
         key and stamp (0: none); SLiM's STATELET marks and filters are otherwise left as they
         are. The records go to the instance's statelet ring."""
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 0xFFFFFFFF:

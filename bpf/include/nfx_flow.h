@@ -137,7 +137,8 @@ enum nfx_stat {
     NFX_R_STAMP_KEPT,
     NFX_R_STAMP_LOST,
     NFX_R_STAMP_TRIM_FAIL,
-    /* a PROCESS packet mirrored because the gate shares its state (nfx_gate_cfg.share) */
+    /* a PROCESS packet mirrored because the gate shares its state (nfx_gate_cfg.share); those
+     * of them that wrote no record are r_share_quiet too */
     NFX_R_SHARED,
     /* sink: a generator packet in a frame longer than its IPv4 datagram (a trailer that leaked,
      * or padding), one whose payload is not the generator's (pad word or tail not zero) */
