@@ -80,6 +80,10 @@ static __always_inline struct nfx_ids_flow *ids_flow_get(struct nfx_flow_key *k,
 #define IDS_EV_SCAN     0x08     /* scan token inserted; scan_alerted set, alerts grew */
 #define IDS_EV_SIG      0x10     /* a signature matched: sig_hits and the host's alerts grew */
 #define IDS_EV_FLOW_NEW 0x20     /* the flow's entry was created */
+#define IDS_EV_FULL     0x40     /* shared state (p->shared): every field of what it touched */
+/* what a shared packet between its flow's batch boundaries still writes its record for: it
+ * made an entry (a flow, a host, a seen port, a scan token) */
+#define IDS_EV_MADE     (IDS_EV_FLOW_NEW | IDS_EV_HOST_NEW | IDS_EV_PORT_NEW | IDS_EV_SCAN)   /* 0x2e */
 
 static __always_inline struct nfx_ids_host *ids_host_get(__u32 saddr, __u32 *ev)
 {
@@ -195,7 +199,10 @@ static __always_inline void ids_match(struct xdp_md *ctx, struct nfx_pkt *p, __u
     }
 }
 
-/* ---- statelets (nfx_statelet.h): a mirrored packet's changes to ids_flows, ids_hosts, ids_hostports ---- */
+/* ---- statelets (nfx_statelet.h): a mirrored packet's changes to ids_flows, ids_hosts, ids_hostports.
+ * While the gate shares state an entry's statelet carries all its fields (IDS_EV_FULL): the
+ * packets between two batch boundaries wrote nothing, and a host's counters are absolute, so
+ * a later record of any flow of the host supersedes an earlier one. ---- */
 #define IDS_FLOW_ALL   0x3f
 #define IDS_FLOW_TOUCH (NFX_ST_BIT(NFX_STF_FLOW_PKTS) | NFX_ST_BIT(NFX_STF_FLOW_BYTES) | \
                         NFX_ST_BIT(NFX_STF_FLOW_LAST_NS))
@@ -223,9 +230,13 @@ static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, s
 {
     int k;
     ev = nfx_st_opaque(s, ev);
+    /* shared between the flow's batch boundaries: the record goes out if the packet made an
+     * entry. Branch-free (x is 0..0x2e, so x + 0x3f reaches bit 6 iff x > 0): a branch on ev
+     * would have the verifier walk the rest twice */
+    s->keep |= ((ev & IDS_EV_MADE) + 0x3f) >> 6;
     int created = ev & IDS_EV_FLOW_NEW;
     if (f && (k = nfx_st_open(s)) >= 0) {
-        __u32 m = created ? IDS_FLOW_ALL : IDS_FLOW_TOUCH |
+        __u32 m = created | (ev & IDS_EV_FULL) ? IDS_FLOW_ALL : IDS_FLOW_TOUCH |
                   (ev & IDS_EV_FLAGS ? NFX_ST_BIT(NFX_STF_FLOW_TCP_FLAGS) : 0) |
                   (ev & IDS_EV_SIG ? NFX_ST_BIT(NFX_STF_FLOW_SIG_HITS) : 0);
         nfx_st_flow(s, &p->key);
@@ -238,7 +249,7 @@ static __always_inline void ids_statelets(struct nfx_st *s, struct nfx_pkt *p, s
         nfx_st_close(s, k, NFX_ST_IDS_FLOWS, NFX_ST_SET, 2, m, f->first_ns);
     }
     if (h && (k = nfx_st_open(s)) >= 0) {
-        __u32 m = ev & IDS_EV_HOST_NEW ? IDS_HOST_ALL : IDS_HOST_TOUCH |
+        __u32 m = ev & (IDS_EV_HOST_NEW | IDS_EV_FULL) ? IDS_HOST_ALL : IDS_HOST_TOUCH |
                   (created ? NFX_ST_BIT(NFX_STF_HOST_FLOWS) : 0) |
                   (ev & IDS_EV_PORT_NEW ? NFX_ST_BIT(NFX_STF_HOST_DPORTS) : 0) |
                   (ev & (IDS_EV_SCAN | IDS_EV_SIG) ? NFX_ST_BIT(NFX_STF_HOST_ALERTS) : 0) |
@@ -337,7 +348,7 @@ int nfx_ids(struct xdp_md *ctx)
     if (mirror) {            /* the only cost to unmirrored packets */
         struct nfx_st *st = nfx_st_begin_pkt(&e.p);
         if (st) {
-            ids_statelets(st, &e.p, t.f, t.h, t.ev);
+            ids_statelets(st, &e.p, t.f, t.h, t.ev | (e.p.shared ? IDS_EV_FULL : 0));
             nfx_st_end(st, e.p.len);
         }
     }

@@ -60,7 +60,9 @@ static __always_inline int nat_expired(struct nfx_nat_cfg *c, struct nfx_nat_ent
     return now - last > nat_timeout(c, proto, flags);
 }
 
-/* ---- statelets (nfx_statelet.h): a mirrored packet's changes to nat_fwd, nat_rev and nat_ports ---- */
+/* ---- statelets (nfx_statelet.h): a mirrored packet's changes to nat_fwd, nat_rev and nat_ports.
+ * While the gate shares state (p->shared) an entry's statelet carries all its fields: the
+ * packets between two batch boundaries wrote nothing, so the boundary's values must stand alone. */
 #define NAT_STF_ALL   0x3f       /* every field of an entry: what creation wrote */
 #define NAT_STF_TOUCH (NFX_ST_BIT(NFX_STF_NAT_PKTS) | NFX_ST_BIT(NFX_STF_NAT_BYTES) | \
                        NFX_ST_BIT(NFX_STF_NAT_LAST_SEEN_NS))
@@ -270,6 +272,7 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
         nfx_count(NFX_R_NAT_NEW);
         nat_host_add(p->key.saddr, 1);
         if (st) {
+            nfx_st_keep(st);             /* a mapping is shared at once, boundary or not */
             nat_st_entry(st, NFX_ST_NAT_REV, &fwd.peer, &rev, NAT_STF_ALL);
             nat_st_port(st, &pk, &p->key);
         }
@@ -280,7 +283,7 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
     }
     __u32 grew = nat_touch(e, p, now);
     if (st)
-        nat_st_entry(st, NFX_ST_NAT_FWD, &p->key, e, created ? NAT_STF_ALL : NAT_STF_TOUCH | grew);
+        nat_st_entry(st, NFX_ST_NAT_FWD, &p->key, e, created | p->shared ? NAT_STF_ALL : NAT_STF_TOUCH | grew);
     __u32 new_addr = e->peer.daddr;
     __u16 new_port = e->peer.dport;
     if (p->sport_p)
@@ -298,7 +301,7 @@ static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, st
     }
     __u32 grew = nat_touch(r, p, now);
     if (st)
-        nat_st_entry(st, NFX_ST_NAT_REV, &p->key, r, NAT_STF_TOUCH | grew);
+        nat_st_entry(st, NFX_ST_NAT_REV, &p->key, r, p->shared ? NAT_STF_ALL : NAT_STF_TOUCH | grew);
     __u32 new_addr = r->peer.saddr;
     __u16 new_port = r->peer.sport;
     nat_rewrite(p, &p->ip->daddr, p->dport_p, new_addr, new_port);
@@ -439,7 +442,9 @@ int nfx_nat(struct xdp_md *ctx)
             e.verdict = XDP_PASS;
         goto out;
     }
-    int mirror = e.act == NFX_ACT_STATELET;   /* emit this packet's state update as a statelet */
+    /* emit this packet's state update as a statelet (when shared between its flow's batch
+     * boundaries, only if it makes or ends a mapping: nfx_st_begin_pkt) */
+    int mirror = e.act == NFX_ACT_STATELET;
     /* unmirrored packets pay a NULL test where state changes; mirrored ones build a record */
     struct nfx_st *st = mirror ? nfx_st_begin_pkt(&e.p) : 0;
     /* idle timeouts are seconds: the coarse clock (same CLOCK_MONOTONIC base) is enough */

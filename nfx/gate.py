@@ -161,14 +161,20 @@ class Gate:
         return out
 
     # ---- sharing ----
-    def set_share(self, on: bool) -> L.GateCfg:
-        """Share state: every packet the NF processes with plain PROCESS writes its statelet record
-        as if marked STATELET (counted r_shared). Every record written meanwhile starts with a
-        STAMP statelet: the packet's flow key and stamp (0: none); SLiM's STATELET marks and
-        filters are otherwise left as they are. The records go to the instance's statelet ring."""
+    def set_share(self, on: bool, batch: int = 1) -> L.GateCfg:
+        """Share state: a packet the NF processes with plain PROCESS is mirrored as if marked
+        STATELET (counted r_shared), and its record goes out when it is at its flow's batch
+        boundary (its stamp a multiple of `batch`, or no stamp) or makes or ends an entry; the
+        others write none (counted r_share_quiet too). A shared record carries every field of
+        the entries it touches. Every record written meanwhile starts with a STAMP statelet: the packet's flow
+        key and stamp (0: none); SLiM's STATELET marks and filters are otherwise left as they
+        are. The records go to the instance's statelet ring."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 0xFFFFFFFF:
+            raise BadInput(f"share batch is 1..{0xFFFFFFFF}, not {batch!r}")
         with _GATE_LOCK:
             g = self.cfg()
             g.share = 1 if on else 0
+            g.share_batch = batch
             # the program raises `marks` itself for a flow first seen under a BUFFER filter; it
             # may do so between this read and write, so with filters in use the flag stays up
             # (a spare mark lookup per packet, never a skipped mark)

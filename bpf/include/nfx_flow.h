@@ -137,12 +137,16 @@ enum nfx_stat {
     NFX_R_STAMP_KEPT,
     NFX_R_STAMP_LOST,
     NFX_R_STAMP_TRIM_FAIL,
-    /* a PROCESS packet mirrored because the gate shares its state (nfx_gate_cfg.share) */
+    /* a PROCESS packet mirrored because the gate shares its state (nfx_gate_cfg.share); those
+     * of them that wrote no record are r_share_quiet too */
     NFX_R_SHARED,
     /* sink: a generator packet in a frame longer than its IPv4 datagram (a trailer that leaked,
      * or padding), one whose payload is not the generator's (pad word or tail not zero) */
     NFX_R_SINK_BAD_LEN,
     NFX_R_SINK_BAD_PAYLOAD,
+    /* a packet processed while the gate shares state that wrote no record: not at its flow's
+     * batch boundary (nfx_gate_cfg.share_batch) and it made or ended no entry */
+    NFX_R_SHARE_QUIET,
     NFX_STAT_MAX = 96,
 };
 

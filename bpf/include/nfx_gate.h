@@ -50,8 +50,12 @@ struct nfx_filter {
 struct nfx_gate_cfg {
     __u32 marks;     /* nonzero while per-flow marks may exist */
     __u32 filters;   /* used filter slots are below this */
-    __u32 share;     /* nonzero: every PROCESS packet is mirrored as if marked STATELET, its
-                      * record led by a STAMP statelet (nfx_statelet.h) */
+    __u32 share;     /* nonzero: PROCESS packets are mirrored as if marked STATELET at their
+                      * flow's batch boundaries (share_batch), their records led by a STAMP
+                      * statelet (nfx_statelet.h) */
+    __u32 share_batch;   /* the cluster's S_batch: with share on, a PROCESS packet writes a record
+                          * only when its stamp is a multiple of it, it came unstamped, or the NF
+                          * makes or ends an entry (0 or 1: every packet) */
 };
 
 #endif /* NFX_GATE_H */

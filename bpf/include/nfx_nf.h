@@ -25,6 +25,36 @@ NFX_TABLE("array", __u32, struct nfx_gate_cfg, nfx_gate_cfg, 1);
 NFX_TABLE("array", __u32, struct nfx_port_cfg, nfx_port_cfg, 1);
 BPF_DEVMAP(nfx_tx, NFX_TX_SLOTS);
 
+/* The scratch record of a packet the NF mirrors (nfx_st_begin, nfx_st_write.h). Its record
+ * starts with its STAMP statelet when the gate shares state or the packet came stamped
+ * (nfx_statelet.h): the flow key as the gate saw it and the stamp (0: none). Here, not in
+ * nfx_stamp.h: it reads nfx_gate_cfg. */
+static __always_inline struct nfx_st *nfx_st_begin_pkt(struct nfx_pkt *p)
+{
+    struct nfx_st *s = nfx_st_begin();
+    if (!s)
+        return s;
+    /* shared: the record goes out at the flow's batch boundary (a stamp that is a multiple of
+     * share_batch, or none) or if the packet makes or ends an entry (nfx_st_keep). Read here and
+     * kept in map memory, unknown to the verifier: one walk of the NF, not one per case */
+    if (p->shared) {
+        __u32 z = 0;
+        struct nfx_gate_cfg *g = nfx_gate_cfg.lookup(&z);
+        if (g && g->share_batch)
+            s->keep = p->stamp % g->share_batch == 0;
+    }
+    if (!(p->stamped | p->shared))
+        return s;
+    int h = nfx_st_open(s);
+    if (h < 0)
+        return s;
+    nfx_st_flow(s, &p->key);
+    nfx_st_word(s, p->stamp);
+    nfx_st_close(s, h, NFX_ST_STAMP, NFX_ST_SET, 2, NFX_ST_BIT(NFX_STF_VALUE), 0);
+    return s;
+}
+
+
 static __always_inline int nfx_filter_match(struct nfx_filter *f, struct nfx_flow_key *k, int swap)
 {
     __u32 s = swap ? k->daddr : k->saddr, d = swap ? k->saddr : k->daddr;
@@ -401,9 +431,13 @@ static __always_inline int nfx_front(struct xdp_md *ctx, struct nfx_port_cfg *pc
         *verdict = nfx_gate_act(ctx, &p->key, *act, peer, *side, rx, mark, mv);
         return 2;                       /* p's packet pointers may be stale: see NFX_NF_GATED */
     }
-    /* sharing mirrors plain PROCESS packets; SLiM's STATELET ones (and the cuts above) stay as
-     * they are, their records led by the STAMP statelet too */
-    if (g && g->share) {                /* sharing (nfx_gate_cfg.share): every PROCESS packet mirrored */
+    /* sharing mirrors plain PROCESS packets; whether a record goes out is decided where it is
+     * written (nfx_st_begin_pkt, nfx_st_keep): at the flow's batch boundaries (share_batch), or
+     * when the NF makes or ends an entry. Deciding it here, on the stack, doubled the verifier's
+     * walk of the IDS. SLiM's STATELET ones (and the cuts above) stay as they are, their records
+     * led by the STAMP statelet too (while sharing they follow the batch rule as well: the agent
+     * never runs SLiM and sharing on one instance, the ring has one reader) */
+    if (g && g->share) {
         p->shared = 1;
         if (*act == NFX_ACT_PROCESS) {
             *act = NFX_ACT_STATELET;

@@ -17,7 +17,10 @@ struct nfx_st {
     __u32 n;                 /* words written */
     __u32 lost;              /* a statelet did not fit: the record is dropped and counted */
     __u32 tmp;               /* for nfx_st_opaque */
-    __u32 pad;
+    __u32 keep;              /* 0: a shared packet between its flow's batch boundaries: its
+                              * record is dropped at nfx_st_end unless the packet made or ended
+                              * an entry (nfx_st_keep). Map memory: unknown to the verifier,
+                              * which so walks one path, not one per case */
     __u64 w[NFX_STATELET_WORDS];
 };
 BPF_PERCPU_ARRAY(nfx_st_buf, struct nfx_st, 1);
@@ -33,8 +36,16 @@ static __always_inline struct nfx_st *nfx_st_begin(void)
     if (s) {
         s->n = 0;
         s->lost = 0;
+        s->keep = 1;
     }
     return s;
+}
+
+/* The packet made or ended an entry: its record goes out even between batch boundaries (a
+ * connection's mapping must be on every member before anyone needs it; an end is never missed). */
+static __always_inline void nfx_st_keep(struct nfx_st *s)
+{
+    s->keep = 1;
 }
 
 /* `v` with its value hidden from the verifier (a round trip through map memory): branching on
@@ -115,6 +126,7 @@ static __always_inline void nfx_st_close(struct nfx_st *s, int h, __u32 table, _
 static __always_inline void nfx_st_del_flow(struct nfx_st *s, __u32 table, const struct nfx_flow_key *k,
                                             __u64 inc_ns)
 {
+    s->keep = 1;             /* an end is shared at once, even between batch boundaries */
     int h = nfx_st_open(s);
     if (h < 0)
         return;
@@ -125,6 +137,7 @@ static __always_inline void nfx_st_del_flow(struct nfx_st *s, __u32 table, const
 /* The entry with the one-word key `kw` of `table` is gone. */
 static __always_inline void nfx_st_del_word(struct nfx_st *s, __u32 table, __u64 kw)
 {
+    s->keep = 1;
     int h = nfx_st_open(s);
     if (h < 0)
         return;
@@ -132,10 +145,14 @@ static __always_inline void nfx_st_del_word(struct nfx_st *s, __u32 table, __u64
     nfx_st_close(s, h, table, NFX_ST_DEL, 1, 0, 0);
 }
 
-/* Send the packet's record (if it changed anything) and count it. */
+/* Send the packet's record (if it changed anything, and is not a quiet one) and count it. */
 static __always_inline void nfx_st_end(struct nfx_st *s, __u32 pkt_len)
 {
     __u32 n = s->n;
+    if (!s->keep) {
+        nfx_count(NFX_R_SHARE_QUIET);    /* between boundaries, nothing made or ended */
+        return;
+    }
     nfx_count_add(NFX_R_STATELET_PKT_BYTES, pkt_len);
     if (s->lost) {
         nfx_count(NFX_R_STATELET_TOO_BIG);

@@ -63,21 +63,4 @@ static __always_inline void nfx_stamp_put(struct xdp_md *ctx, struct nfx_pkt *p)
     nfx_count(NFX_R_STAMP_KEPT);
 }
 
-/* The scratch record of a packet the NF mirrors (nfx_st_begin). Its record starts with its STAMP
- * statelet when the gate shares state or the packet came stamped (nfx_statelet.h): the flow key as the
- * gate saw it and the stamp (0: none). */
-static __always_inline struct nfx_st *nfx_st_begin_pkt(struct nfx_pkt *p)
-{
-    struct nfx_st *s = nfx_st_begin();
-    if (!s || !(p->stamped | p->shared))
-        return s;
-    int h = nfx_st_open(s);
-    if (h < 0)
-        return s;
-    nfx_st_flow(s, &p->key);
-    nfx_st_word(s, p->stamp);
-    nfx_st_close(s, h, NFX_ST_STAMP, NFX_ST_SET, 2, NFX_ST_BIT(NFX_STF_VALUE), 0);
-    return s;
-}
-
 #endif /* NFX_STAMP_H */

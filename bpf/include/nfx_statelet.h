@@ -12,14 +12,16 @@
  * Field bit i is the i-th field of the table's value struct, pad not counted (enum nfx_stf_*,
  * beside each NF's structs in nfx_nat.h and nfx_ids.h); a value that is not a struct
  * (nat_ports' owner key, ids_hostports' u8) is field 0.
- * NFX_ST_SET with every field set is what creation wrote; NFX_ST_DEL carries no values.
+ * NFX_ST_SET with every field set is what creation wrote (and what every SET of a shared
+ * record carries: the packets between batch boundaries wrote none); NFX_ST_DEL carries no values.
  * `inc` names the entry's incarnation in tables whose keys can come back after a deletion
  * (NAT: created_ns, IDS flows: first_ns, >> NFX_STATELET_INC_SHIFT), so a statelet of an earlier
  * connection never lands on a later one under the same key. Replay is exact and idempotent:
  * values are absolute; within an incarnation counters only grow and pkts orders the rest.
  *
  * STAMP (NFX_ST_STAMP) names no map: it says which packet the record is. The record of every
- * packet mirrored while the gate shares state (nfx_gate_cfg.share), and of every packet that
+ * packet mirrored while the gate shares state (nfx_gate_cfg.share: written at the flow's batch
+ * boundaries and when an entry is made or ended, nfx_gate.h), and of every packet that
  * came stamped (struct nfx_stamp in nfx_flow.h), starts with one: op SET, nval 1, mask 1
  * (field 0), inc 0, key = the packet's flow key as the gate saw it (2 words), value = its stamp
  * (0: it came unstamped). Such a record is written even when the packet changed nothing.

@@ -83,7 +83,7 @@ class ShareOps:
     def _share_start(self, members, batch, idle_ms, gs) -> dict:
         reader = StateletReader(self.nf)
         reader.drain(idle_ms=0, timeout_s=1.0)          # records of no one's (an earlier move's) go
-        Gate(self.nf).set_share(True)
+        Gate(self.nf).set_share(True, batch)
         try:
             time.sleep(SETTLE_S)
             # the base is read after mirroring began: replaying the ring onto it is exact
@@ -93,6 +93,7 @@ class ShareOps:
             publish = (lambda: publish_instance_counters(gs, self.testbed, self.instance, self.nf)) \
                 if gs is not None and self.kind in COUNTER_TABLES else None
             sharer = Sharer(self, members, batch, idle_ms / 1e3, reader, publish)
+            sharer.log.seed(chunks)                      # the members hold these already
             for m, c in sharer.peers.items():
                 for i, piece in enumerate(pieces or [b""]):      # the first replaces, the rest add
                     c.request("share_put", src=self.instance, **{"base" if i == 0 else "add": piece})

@@ -1,15 +1,21 @@
 """Batched sharing, an instance's sending half (issue 13; the cluster slides): one thread reads the
-instance's statelet ring while the gate's `share` flag has every processed packet write its
-statelet record, first of which is the packet's STAMP (the ingress switch's count of the flow's
-packets, nfx_statelet.h). Per flow it coalesces what the packets did (nfx/state/coalesce.py) and
-sends the flow's batch to every other member of the cluster (`share_put`, nfx/agent/share.py):
-- when the flow's stamp reaches a multiple of S_batch (unstamped: every S_batch packets);
-- at once when the packet created a NAT mapping (a connection's mapping must be on every member
-  before anyone needs it) or deleted a per-flow entry (the flow ended);
-- when the flow has been idle for idle_s.
+instance's statelet ring while the gate shares state. The NF writes a packet's record only at its
+flow's batch boundary (its stamp, the ingress switch's count of the flow's packets, a multiple of
+S_batch: nfx_gate_cfg.share_batch), when it came unstamped, or when it made or ended an entry;
+each record starts with the packet's STAMP and carries whole entries (nfx_statelet.h). Per flow
+the thread coalesces records (nfx/state/coalesce.py) and sends the flow's batch to every other
+member of the cluster (`share_put`, nfx/agent/share.py):
+- at a boundary record (unstamped: every S_batch records);
+- at once when the packet made a NAT mapping (a connection's mapping must be on every member
+  before anyone needs it) or ended an entry (the flow ended);
+- when the flow's pending records have been idle for idle_s;
+- and every idle_s a sweep of the maps (nfx/state/sweep.py) shares the entries that changed
+  since they were last shared and went idle: a flow's packets after its last boundary.
 Batches go out at least every SEND_EVERY_S, in ring order, over one connection per member.
-A move (`flush`) first takes what the ring holds, then sends every flow's pending batch: after
-it, a member holds everything this instance did, up to the move."""
+A move (`flush`) first takes what the ring holds, then sends, as one batch per flow direction,
+its pending records plus what the maps hold of the moved flows beyond what was last shared
+(they are cut at the source already): after it, a member holds everything this instance did to
+them, up to the move."""
 import logging
 import queue
 import threading
@@ -18,7 +24,8 @@ import time
 from .. import layout as L
 from ..errors import NfxError
 from ..state.coalesce import Delta, encode_batch
-from ..state.statelets import SCHEMAS, StateletReader, parse_record, replayable, stamp_of
+from ..state.statelets import StateletReader, parse_record, replayable, stamp_of
+from ..state.sweep import SharedLog
 from .client import AgentClient
 
 log = logging.getLogger("nfx.agent.share")
@@ -29,7 +36,7 @@ SEND_MAX = 512 << 10          # batch bytes per request (a request stops at 1 Mi
 IDLE_CHECK_S = 0.02
 COUNTERS_EVERY_S = 1.0        # the instance's commutative counters to etcd (merged eventually)
 SET = int(L.StOp.SET)
-AT_ONCE = {int(L.StTable.NAT_FWD), int(L.StTable.NAT_REV)}     # a NAT mapping's creation
+AT_ONCE = {int(L.StTable.NAT_PORTS)}     # a NAT mapping's creation (a port is claimed only then)
 
 
 class Sharer:
@@ -43,7 +50,8 @@ class Sharer:
         self.out_bytes = 0
         self.peers = {m: AgentClient(self.testbed, m, ns=None, timeout=10.0) for m in self.members}   # from this netns
         self.counts = {"records": 0, "unstamped": 0, "batches": 0, "statelets": 0, "bytes": 0, "sends": 0,
-                       "at_once": 0, "idle": 0, "flushes": 0}
+                       "at_once": 0, "idle": 0, "swept": 0, "sweeps": 0, "flushes": 0}
+        self.log = SharedLog(self.nf.kind)        # what was last shared of each entry
         self.errors: dict[str, str] = {}           # member -> its last send error (sharing with it is broken)
         self.cmds: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
@@ -87,13 +95,14 @@ class Sharer:
 
     def status(self) -> dict:
         return {"members": self.members, "batch": self.batch, "idle_ms": self.idle_s * 1e3,
-                "pending_flows": len(self.pending), **self.counts, "errors": dict(self.errors),
+                "pending_flows": len(self.pending), "shared_entries": self.log.entries(), **self.counts,
+                "errors": dict(self.errors),
                 "alive": self.thread.is_alive(), "failed": repr(self.failed) if self.failed else None,
                 "publish_error": self.publish_error}
 
     # ---- the loop ----
     def _run(self) -> None:
-        last_send = last_idle = last_pub = time.monotonic()
+        last_send = last_idle = last_pub = last_sweep = time.monotonic()
         try:
             while not self.stopping.is_set():
                 self._take(self.reader.poll_raw(POLL_MS))
@@ -101,6 +110,9 @@ class Sharer:
                 if now - last_idle >= IDLE_CHECK_S:
                     self._idle(now)
                     last_idle = now
+                if now - last_sweep >= self.idle_s:
+                    self._sweep(now)
+                    last_sweep = now
                 while not self.cmds.empty():
                     fn, done = self.cmds.get()
                     try:
@@ -137,7 +149,7 @@ class Sharer:
             d.packets += 1
             d.stamp = stamp
             d.last = now
-            at_once = any(u.op != SET or (u.table in AT_ONCE and u.mask == SCHEMAS[u.table].full_mask) for u in ups)
+            at_once = any(u.op != SET or u.table in AT_ONCE for u in ups)
             if at_once:
                 self.counts["at_once"] += 1
             if at_once or (stamp % self.batch == 0 if stamp else d.packets >= self.batch):
@@ -145,6 +157,7 @@ class Sharer:
 
     def _out(self, flow: bytes) -> None:
         d = self.pending.pop(flow)
+        self.log.note(d.entries.values())
         rec = d.record()
         blob = encode_batch(flow, d.stamp, d.packets, rec)
         self.outbox.append(blob)
@@ -160,11 +173,35 @@ class Sharer:
             self._out(f)
         self.counts["idle"] += len(old)
 
+    def _join(self, got: dict, now: float) -> None:
+        """Whole entries read from the maps (nfx/state/sweep.py), into their flows' pending batches."""
+        for flow, ups in got.items():
+            d = self.pending.get(flow)
+            if d is None:
+                d = self.pending[flow] = Delta()
+            d.add(ups)
+            d.last = now
+
+    def _sweep(self, now: float, force: bool = False) -> None:
+        """The entries that changed since last shared and went idle (force: all that changed),
+        each flow's as its batch."""
+        got = self.log.changed_idle(self.nf, int(self.idle_s * 1e9), force)
+        self._join(got, now)
+        for f in got:
+            self._out(f)
+        self.counts["swept"] += len(got)
+        self.counts["sweeps"] += 1
+
     def _flush_all(self, only: set | None = None) -> dict:
         self._take(self.reader.poll_raw(0))
         self._take(self.reader.poll_raw(0))
         self._send()                    # batches already due go first, and are not counted here
         c0 = dict(self.counts)
+        # what the maps hold beyond the last shared batches: of the moved flows (cut at the
+        # source already, so final), or of every flow when sharing stops
+        now = time.monotonic()
+        self._join(self.log.changed_idle(self.nf, 0, force=True) if only is None
+                   else self.log.changed_flows(self.nf, only), now)
         due = [f for f in self.pending if only is None or f in only]
         for f in due:
             self._out(f)

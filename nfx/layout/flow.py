@@ -98,6 +98,7 @@ class Stat(enum.IntEnum):
     R_SHARED = 82
     R_SINK_BAD_LEN = 83
     R_SINK_BAD_PAYLOAD = 84
+    R_SHARE_QUIET = 85
 
 
 STAT_MAX = 96

@@ -36,7 +36,7 @@ class Filter(ct.Structure):
 
 
 class GateCfg(ct.Structure):
-    _fields_ = [("marks", u32), ("filters", u32), ("share", u32)]
+    _fields_ = [("marks", u32), ("filters", u32), ("share", u32), ("share_batch", u32)]
 
 
 MIRRORS = {"nfx_mark": Mark, "nfx_filter": Filter, "nfx_gate_cfg": GateCfg}

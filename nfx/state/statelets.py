@@ -235,6 +235,20 @@ def from_dict(d: dict) -> Update:
     return Update(s.table, int(op), key, mask, tuple(vals), int(d.get("inc", 0)))
 
 
+def entry_update(s: Schema, key: bytes, v) -> Update:
+    """The full-mask SET statelet of entry key -> v (a value struct, or a whole value) of table
+    `s`: what creation writes, and what a shared boundary carries (every field, absolute)."""
+    vals = []
+    for f in s.fields:
+        x = v if f.name is None else getattr(v, f.name)
+        if f.flow:
+            vals += struct.unpack("<QQ", bytes(x))
+        else:
+            vals.append(int(x.value if isinstance(x, ct._SimpleCData) else x))
+    inc = inc_tag(getattr(v, s.incarnation)) if s.incarnation else 0
+    return Update(s.table, int(L.StOp.SET), bytes(key), s.full_mask, tuple(vals), inc)
+
+
 def stamp_of(ups) -> tuple[bytes, int] | None:
     """(flow key bytes, stamp) of one packet's record (its Updates, or the record's bytes): what
     its leading STAMP statelet says, or None when it has none (stamp 0: the packet came unstamped)."""
