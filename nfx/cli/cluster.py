@@ -15,8 +15,9 @@ def up(name: str = NameOpt,
        clusters: str = typer.Option(None, "--clusters",
                                     help="Which instances form which cluster, e.g. nf0,nf1/nf2,nf3 "
                                          "(default: the topology's clusters)."),
-       batch: int = typer.Option(DEFAULT_BATCH, "--batch", help="S_batch: a flow's deltas go to the cluster's "
-                                 "members after every this many of its packets (and when it idles or ends)."),
+       batch: str = typer.Option(str(DEFAULT_BATCH), "--batch", help="S_batch: a flow's deltas go to the cluster's "
+                                 "members after every this many of its packets (and when it idles or ends); "
+                                 "per cluster as c0=10,c1=50, or 30,c1=10 (c1 10, the others 30)."),
        idle_ms: float = typer.Option(DEFAULT_IDLE_MS, "--idle-ms", help="A flow idle this long sends its deltas."),
        etcd: str = typer.Option(None, "--etcd", help="An etcd to use (http://host:port), reachable from the testbed's "
                                 "management network; default: start a private one there on free ports, stopped "
@@ -32,7 +33,8 @@ def up(name: str = NameOpt,
         return
     console.print(f"[green]clusters of {name} up[/green]: "
                   + "; ".join(f"{c}: {', '.join(ms)}" for c, ms in r["clusters"].items())
-                  + f" · S_batch {batch} · etcd {r['etcd']}" + (" (local)" if r["local_etcd"] else ""))
+                  + f" · S_batch {manage.batch_text(r['batch'])} · etcd {r['etcd']}"
+                  + (" (local)" if r["local_etcd"] else ""))
 
 
 @app.command()
@@ -57,14 +59,14 @@ def status(name: str = NameOpt, json_: bool = JsonOpt):
     if not r["up"]:
         console.print(f"{name}: clusters not up" + (f" (topology clusters: {r['clusters']})" if r["clusters"] else ""))
         return
-    t = Table(title=f"{name}: S_batch {r['batch']} · etcd {r['etcd']}")
-    for col in ("instance", "cluster", "in etcd", "batches sent", "bytes sent", "replica entries", "errors"):
+    t = Table(title=f"{name}: S_batch {manage.batch_text(r['batch'])} · etcd {r['etcd']}")
+    for col in ("instance", "cluster", "S_batch", "in etcd", "batches sent", "bytes sent", "replica entries", "errors"):
         t.add_column(col)
     members = {m for ms in (r.get("etcd_members") or {}).values() for m in ms}
     for inst, s in r["instances"].items():
         sh = s.get("sharing") or {}
         rp = s.get("replicas") or {}
-        t.add_row(inst, s["cluster"], "yes" if inst in members else "no", str(sh.get("batches", "-")),
+        t.add_row(inst, s["cluster"], str(sh.get("batch", "-")), "yes" if inst in members else "no", str(sh.get("batches", "-")),
                   str(sh.get("bytes", "-")), str(rp.get("per_flow", "-")),
                   s.get("error") or ", ".join(sh.get("errors") or {}) or "")
     show(t)

@@ -25,7 +25,7 @@ from . import sharing
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT_BATCH,
+def up(name: str, clusters_text: str | None = None, batch: int | str = sharing.DEFAULT_BATCH,
        idle_ms: float = sharing.DEFAULT_IDLE_MS, etcd_url: str | None = None, stamp: bool = True,
        progress=lambda m: None) -> dict:
     if etcd_url is not None and urllib.parse.urlsplit(etcd_url).hostname in LOOPBACK:
@@ -41,8 +41,7 @@ def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT
         raise BadInput(f"testbed {name} has no clusters: its topology names none",
                        hint="give them: --clusters nf0,nf1/nf2,nf3")
     sharing.check_clusters(clusters, nfs)
-    if not 1 <= batch <= 1 << 20:
-        raise BadInput(f"--batch is 1..1048576 packets, not {batch}")
+    batch = sharing.parse_batch(batch, clusters)      # S_batch per cluster
     if not 1 <= idle_ms <= 600_000:
         raise BadInput(f"--idle-ms is 1..600000, not {idle_ms:g}")
     local = None
@@ -73,13 +72,20 @@ def up(name: str, clusters_text: str | None = None, batch: int = sharing.DEFAULT
             progress("the stamper on")
             controller.call(name, "POST", "/stamp", {"on": True})
             done.append("stamp")
-        progress(f"sharing in {len(clusters)} clusters (S_batch {batch})")
+        progress(f"sharing in {len(clusters)} clusters (S_batch {batch_text(batch)})")
         shared = sharing.start(rec, clusters, batch, idle_ms, etcd_url)
     except BaseException:
         _undo(name, rec, gs, done)
         raise
     return {"name": name, "clusters": clusters, "etcd": etcd_url, "local_etcd": bool(local), "batch": batch,
             "idle_ms": idle_ms, "stamp": stamp, "nat_pool": gs.owners(), "members": shared}
+
+
+def batch_text(batch: dict[str, int]) -> str:
+    """'30' when every cluster has the same S_batch, else 'c0 30, c1 10'."""
+    if len(set(batch.values())) == 1:
+        return str(next(iter(batch.values())))
+    return ", ".join(f"{c} {n}" for c, n in batch.items())
 
 
 def _enter(rec, host: str):

@@ -21,6 +21,35 @@ def parse_clusters(text: str, instances: list[str]) -> dict[str, list[str]]:
     return out
 
 
+MAX_BATCH = 1 << 20
+
+
+def parse_batch(text, clusters: dict) -> dict[str, int]:
+    """S_batch per cluster from --batch: 'N' (every cluster), 'c0=N,c1=M' (those clusters; the
+    others DEFAULT_BATCH), or both ('30,c1=10': c1 10, the rest 30). An int is every cluster's."""
+    if isinstance(text, int):
+        text = str(text)
+    default, out = DEFAULT_BATCH, {}
+    for item in (i.strip() for i in str(text).split(",")):
+        if not item:
+            continue
+        name, eq, value = item.rpartition("=")
+        name = name.strip()
+        if eq and name not in clusters:
+            raise BadInput(f"--batch {item}: there is no cluster {name!r} ({', '.join(clusters) or 'none'})")
+        try:
+            n = int(value)
+        except ValueError:
+            raise BadInput(f"--batch {item}: S_batch is a whole number of packets, e.g. 30 or c0=30") from None
+        if not 1 <= n <= MAX_BATCH:
+            raise BadInput(f"--batch {item}: S_batch is 1..{MAX_BATCH} packets")
+        if eq:
+            out[name] = n
+        else:
+            default = n
+    return {c: out.get(c, default) for c in clusters}
+
+
 def check_clusters(clusters: dict, instances: list[str]) -> None:
     seen: set[str] = set()
     for c, ms in clusters.items():
@@ -32,8 +61,9 @@ def check_clusters(clusters: dict, instances: list[str]) -> None:
             seen.add(m)
 
 
-def start(rec, clusters: dict[str, list[str]], batch: int, idle_ms: float, etcd: str | None = None) -> dict:
-    """Every member of every cluster shares with the others of its own; all or nothing."""
+def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: float, etcd: str | None = None) -> dict:
+    """Every member of every cluster shares with the others of its own, every batch[cluster]
+    packets of a flow; all or nothing."""
     if rec.get("sharing"):
         raise BadInput(f"testbed {rec['name']}'s clusters already share (nfx cluster down first)")
     check_clusters(clusters, nf_instances(rec))
@@ -42,7 +72,7 @@ def start(rec, clusters: dict[str, list[str]], batch: int, idle_ms: float, etcd:
         for c, ms in clusters.items():
             for m in ms:
                 with AgentClient(rec["name"], m, timeout=30.0) as a:
-                    out[m] = a.request("share_start", members=[o for o in ms if o != m], batch=batch, idle_ms=idle_ms,
+                    out[m] = a.request("share_start", members=[o for o in ms if o != m], batch=batch[c], idle_ms=idle_ms,
                                        etcd=etcd, cluster=c if etcd else None)
                 started.append(m)
     except BaseException:

@@ -119,8 +119,9 @@ def cluster_up(name: str, *args: str) -> dict:
 def test_cluster_up_shares_in_batches_inside_each_cluster(tb):
     rec, (gen, sink, echo) = tb
     name = rec["name"]
-    up = cluster_up(name, "--batch", "30")
+    up = cluster_up(name, "--batch", "30,c1=20")         # S_batch per cluster
     assert up["clusters"] == rec["clusters"] and up["local_etcd"] and up["stamp"]
+    assert up["batch"] == {"c0": 30, "c1": 20}
     pool = sorted(tuple(v) for v in up["nat_pool"].values())     # each instance's share, claimed in etcd
     assert len(pool) == len(NFS) and all(a[1] < b[0] for a, b in zip(pool, pool[1:]))
     r = measure(gen, sink, 24000, 1.0, 1.0)
@@ -133,6 +134,7 @@ def test_cluster_up_shares_in_batches_inside_each_cluster(tb):
         for m in members:
             i = st["instances"][m]
             assert i["sharing"]["batches"] > 0 and i["sharing"]["unstamped"] == 0 and not i["sharing"]["errors"], i
+            assert i["sharing"]["batch"] == up["batch"][c]
             assert i["replicas"]["orphans"] == 0
             # a member holds replicas of its cluster's flows only: 2 per-flow entries a NAT connection
             others = sum(len(per_flow(name, o)) for o in members if o != m)
