@@ -6,7 +6,8 @@ each rx queue with its own NAPI, on the CPU whose frames fill it.
 One chain testbed (h1 -> nf0 -> h2, netns/chain.json) per NF kind and queue count, every
 data-plane veth with that many rx and tx queues. The generator sends from one pinned thread per
 CPU (`senders`, by default every CPU this process may use), each thread its own block of the
-flows, in every point: only the queue count changes. Per point:
+flows, in every point: only the queue count changes (and, for reference, 1 queue is also fed by 1
+sender: the most one queue takes when no other CPU pushes into its ring). Per point:
 - throughput: the most the NF forwards, found by offering more than it can take (every sender
   flat out), counted at the sink (received / elapsed), with what was lost;
 - latency: the sink's one-way p50/p99 at fixed offered rates below the maximum;
@@ -98,28 +99,31 @@ def run(nfs=("nat", "ids"), queues=QUEUES, lat_rates=LAT_RATES, napi=NAPI, flows
     out = {"nfs": list(nfs), "queues": list(queues), "lat_rates": list(lat_rates), "napi": list(napi),
            "flows": flows, "duration_s": duration, "reps": reps, "senders": senders,
            "cpus": len(os.sched_getaffinity(0)), "rows": []}
+    # (queues, senders) of each testbed; with several senders, 1 queue also with 1 sender: the
+    # most one queue takes when nothing else pushes into its ring (a single-threaded NF)
+    setups = [(q, senders) for q in queues] + [(1, 1)] * (1 in queues and senders > 1)
     for kind in nfs:
         with ExitStack() as stack:
             beds = {}
-            for q in queues:
+            for q, k in setups:
                 rec = stack.enter_context(_testbed(kind, q, progress))
-                gen, sink = stack.enter_context(rig(rec["name"], flows, cpus=senders))
-                beds[q] = (rec, gen, sink, open_node(rec.nf("nf0")))
+                gen, sink = stack.enter_context(rig(rec["name"], flows, cpus=k))
+                beds[(q, k)] = (rec, gen, sink, open_node(rec.nf("nf0")))
                 measure(gen, sink, 20_000, 0.3)                 # every flow's state in place
             for mode in napi:
                 for rec, *_ in beds.values():
                     set_threaded(rec, mode == "threaded")
                 for rate in (None, *lat_rates):
                     what = "flat out" if rate is None else f"{rate:,} pps"
-                    runs: dict[int, list] = {q: [] for q in queues}
+                    runs: dict[tuple, list] = {b: [] for b in beds}
                     for i in range(reps):
-                        progress(f"{kind}, {mode} NAPI, {what}: run {i + 1}/{reps} of queues {list(queues)}")
-                        for q, (rec, gen, sink, nf) in beds.items():
-                            runs[q].append(_point(rec, gen, sink, nf, rate, duration))
-                    for q in queues:
-                        out["rows"].append({"nf": kind, "queues": q, "napi": mode,
+                        progress(f"{kind}, {mode} NAPI, {what}: run {i + 1}/{reps} of (queues, senders) {setups}")
+                        for b, (rec, gen, sink, nf) in beds.items():
+                            runs[b].append(_point(rec, gen, sink, nf, rate, duration))
+                    for (q, k), rs in runs.items():
+                        out["rows"].append({"nf": kind, "queues": q, "senders": k, "napi": mode,
                                             "sweep": "throughput" if rate is None else "latency",
-                                            **summary(runs[q]), "runs": runs[q]})
+                                            **summary(rs), "runs": rs})
     return out
 
 

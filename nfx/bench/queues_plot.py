@@ -10,9 +10,12 @@ SLIDES = ("Slides (multithreading, 1 NF, 100 pkt/s, S_batch 30): \"latency decre
           "the text we have).")
 
 
-def _rows(r, sweep, nf=None, napi=None, rate=None):
+def _rows(r, sweep, nf=None, napi=None, rate=None, senders="all"):
+    """senders "all": the rows fed by every sender (the sweep); an int: by that many; None: any."""
+    want = r["senders"] if senders == "all" else senders
     return [x for x in r["rows"] if x["sweep"] == sweep and (nf is None or x["nf"] == nf)
-            and (napi is None or x["napi"] == napi) and (rate is None or x["offered_pps"] == rate)]
+            and (napi is None or x["napi"] == napi) and (rate is None or x["offered_pps"] == rate)
+            and (want is None or x.get("senders", r["senders"]) == want)]
 
 
 def _us(v):
@@ -39,17 +42,21 @@ def findings(r: dict) -> list[str]:
            f"- This machine has {r['cpus']} vCPUs: 1 and 2 queues are the measurable range; 4 queues on 2 CPUs "
            "only ever fill queues 0 and 1 (see frames per rx queue) and gain nothing."]
     tp = {(x["nf"], x["napi"], x["queues"]): x for x in _rows(r, "throughput")}
+    one = {x["nf"]: x for x in _rows(r, "throughput", napi="softirq", senders=1) if x["queues"] == 1}
     for nf in r["nfs"]:
-        a, b = tp.get((nf, "softirq", 1)), tp.get((nf, "softirq", 2))
+        a, b, c = tp.get((nf, "softirq", 1)), tp.get((nf, "softirq", 2)), one.get(nf)
         if a and b and a["throughput_pps"]:
-            out.append(f"- {nf.upper()}: 2 queues forward {b['throughput_pps'] / a['throughput_pps']:.2f}x what "
-                       f"1 queue does ({b['throughput_pps']:,} vs {a['throughput_pps']:,} pps).")
+            out.append(f"- {nf.upper()}: 2 queues forward {b['throughput_pps'] / a['throughput_pps']:.2f}x what 1 queue "
+                       f"does under the same {r['senders']} senders ({b['throughput_pps']:,} vs {a['throughput_pps']:,} "
+                       "pps)" + (f", {b['throughput_pps'] / c['throughput_pps']:.2f}x what 1 queue takes from 1 sender "
+                                 f"({c['throughput_pps']:,} pps, nothing lost)" if c and c["throughput_pps"] else "") + ".")
     th = [(x, tp.get((x["nf"], "softirq", x["queues"]))) for x in _rows(r, "throughput", napi="threaded")]
     if th:
         worse = all(s and t["throughput_pps"] < s["throughput_pps"] for t, s in th)
         out.append("- NAPI threads (`/sys/class/net/<dev>/threaded`) are not needed to spread the work"
-                   + (" and hurt here: a NAPI thread cannot run while a sender holds its CPU in a live "
-                      "test run, so the 256-slot rings overflow (rows `threaded`)." if worse else
+                   + (" and hurt here (rows `threaded`): each batch waits for a thread wake-up (compare p50 at the "
+                      "lowest rate), and at high rates the threads cannot run while the senders hold both CPUs in "
+                      "their test runs, so the 256-slot rings overflow." if worse else
                       ": compare the `threaded` rows."))
     return out
 
@@ -60,16 +67,16 @@ def table(r: dict) -> str:
            f"from {r['senders']} pinned senders (one per CPU) in every point; {r['duration_s']} s a run, median of "
            f"{r['reps']}.", "", SLIDES, "",
            "## Throughput against queues (every sender flat out; the sink's count)", "",
-           "| NF | NAPI | queues | offered pps | throughput pps | lost | NF work per CPU | frames per rx queue |",
-           "|---|---|---|---|---|---|---|---|"]
-    for x in _rows(r, "throughput"):
-        out.append(f"| {x['nf']} | {x['napi']} | {x['queues']} | {x['sent_pps']:,} | **{x['throughput_pps']:,}** | "
+           "| NF | NAPI | queues | senders | offered pps | throughput pps | lost | NF work per CPU | frames per rx queue |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for x in _rows(r, "throughput", senders=None):
+        out.append(f"| {x['nf']} | {x['napi']} | {x['queues']} | {x.get('senders', r['senders'])} | {x['sent_pps']:,} | **{x['throughput_pps']:,}** | "
                    f"{x['lost']:,} | {_share(x)} | {' / '.join(f'{n:,}' for n in x['nf_rx_queues'])} |")
     out += ["", "## Latency against queues (fixed offered rates; the sink's one-way delay)", "",
-            "| NF | NAPI | queues | offered pps | throughput pps | lost | p50 µs | p99 µs | NF work per CPU |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for x in _rows(r, "latency"):
-        out.append(f"| {x['nf']} | {x['napi']} | {x['queues']} | {x['offered_pps']:,} | {x['throughput_pps']:,} | "
+            "| NF | NAPI | queues | senders | offered pps | throughput pps | lost | p50 µs | p99 µs | NF work per CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in _rows(r, "latency", senders=None):
+        out.append(f"| {x['nf']} | {x['napi']} | {x['queues']} | {x.get('senders', r['senders'])} | {x['offered_pps']:,} | {x['throughput_pps']:,} | "
                    f"{x['lost']:,} | {_us(x['lat_p50_us'])} | {_us(x['lat_p99_us'])} | {_share(x)} |")
     out += [""] + findings(r)
     return "\n".join(out) + "\n"
@@ -87,6 +94,10 @@ def plot(r: dict, d: Path) -> list[Path]:
             if xs:
                 a1.plot([x["queues"] for x in xs], [x["throughput_pps"] / 1e6 for x in xs], style, color=colour,
                         label=f"{nf.upper()} ({napi} NAPI)")
+            solo = [x for x in _rows(r, "throughput", nf, napi, senders=1) if x["queues"] == 1]
+            if solo and napi == "softirq":
+                a1.plot([1], [solo[0]["throughput_pps"] / 1e6], "D", color=colour, mfc="none",
+                        label=f"{nf.upper()}, 1 queue, 1 sender")
             ls = _rows(r, "latency", nf, napi, top)
             if ls and napi == "softirq":
                 a2.plot([x["queues"] for x in ls], [x["lat_p50_us"] for x in ls], "o-", color=colour,
