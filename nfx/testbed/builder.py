@@ -258,6 +258,8 @@ def _switch(rec, topo: Topology, sw: str, stub, config=None) -> None:
     pin_dir = registry.pin_root(rec["name"]) / sw
     rec.register("switch", sw)
     s = Switch.create(sw, ns, ports, pin_dir, stub=stub)
+    for p in ports if topo.queues > 1 else ():
+        netns.xps_by_cpu(ns, p, topo.queues)       # a flow keeps its CPU's queue past the switch
     hosts = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "host"]
     nfs = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "nf"]
     # roles: a host-facing port drops nfx's reserved marks, an NF-facing one takes triggers
