@@ -30,9 +30,13 @@ def findings(r: dict) -> list[str]:
     """What the kernel does, with this run's numbers where they show it."""
     out = ["## What the kernel does (Linux 6.18, veth)", "",
            "- A frame redirected into a veth (XDP_REDIRECT, `ndo_xdp_xmit`) lands in rx queue "
-           "`sending CPU % queues`; skb traffic into a veth uses the skb's queue mapping. Each rx queue has its "
-           "own NAPI, scheduled on the CPU that filled it, so without NAPI threads an XDP NF runs in the "
-           "sender's softirq, on the sender's CPU (run to completion).",
+           "`sending CPU % queues`. Each rx queue has its own NAPI, scheduled on the CPU that filled it, so "
+           "without NAPI threads an XDP NF runs in the sender's softirq, on the sender's CPU (run to completion).",
+           "- An skb sent into a veth (a tc switch's redirect) takes the rx queue of the tx queue it leaves on, "
+           "which the kernel picks by XPS, else by flow hash: then the next NAPI may run on another CPU than "
+           "the last hop's, and a flow gets two queues further on (reordered). Testbeds with N queues set XPS "
+           "on the switches' ports (CPU c → queue c % N), so a flow stays on its CPU through the switches too "
+           "(tests/netns/test_queues_netns.py, sharp with 2 queues: 0 lost, 0 reordered; it fails without XPS).",
            "- So one sender feeds one queue whatever the count: the generator sends from one pinned thread per "
            f"CPU ({r['senders']} here), each with its own block of the flows (bpf/gen.bpf.c), so each flow keeps "
            "one queue, one NAPI, at every hop (no reordering; the sink's one-writer-per-flow rule holds).",
