@@ -10,6 +10,10 @@
  * because one live test-run call runs on one CPU with migration disabled, and nfx.traffic.gen
  * issues calls one at a time from one thread: there is never a second writer. Two processes
  * driving the same loaded generator at once would break per-flow sequence numbers.
+ * Per-CPU senders (cfg.cpus > 1): nfx.traffic.gen runs one thread pinned to each CPU
+ * 0..cpus-1; the call on CPU c sends only the flows of block c % cpus (a contiguous share) with
+ * its own counter slot, so again every word has one writer, and every flow one sending CPU --
+ * which keeps it in one queue of a multi-queue veth (rx queue = sending CPU % queues).
  *
  * The payload beyond nfx_gen_payload is whatever the initial frame held (zeros); nothing on
  * the path writes L4 payload, so the template checksum keeps covering it. */
@@ -26,7 +30,9 @@
 
 BPF_ARRAY(gen_cfg, struct nfx_gen_cfg, 1);
 BPF_ARRAY(gen_tmpl, struct nfx_gen_tmpl, 1);
-BPF_ARRAY(gen_ctr, __u64, 1);                  /* packets generated since load (flow picker) */
+#define GEN_CTR_STRIDE 8               /* one counter per sending CPU, a cache line apart */
+#define GEN_MAX_CPUS   64
+BPF_ARRAY(gen_ctr, __u64, GEN_MAX_CPUS * GEN_CTR_STRIDE);   /* packets generated (flow picker) */
 BPF_ARRAY(gen_seq, __u32, NFX_GEN_FLOWS);      /* next sequence number per flow = sent so far */
 BPF_DEVMAP(gen_tx, 4);
 
@@ -49,9 +55,18 @@ int nfx_gen(struct xdp_md *ctx)
     __u32 z = 0;
     struct nfx_gen_cfg *c = gen_cfg.lookup(&z);
     struct nfx_gen_tmpl *t = gen_tmpl.lookup(&z);
-    __u64 *ctr = gen_ctr.lookup(&z);
-    if (!c || !t || !ctr || !c->nflows || !c->flows_per_addr)
+    if (!c || !t || !c->nflows || !c->flows_per_addr)
         return nfx_exit(XDP_ABORTED);
+    __u32 part = 0, lo = 0, cnt = c->nflows;
+    if (c->cpus > 1) {
+        part = bpf_get_smp_processor_id() % c->cpus;
+        lo = (__u64)c->nflows * part / c->cpus;
+        cnt = (__u64)c->nflows * (part + 1) / c->cpus - lo;
+    }
+    __u32 slot = part * GEN_CTR_STRIDE;
+    __u64 *ctr = gen_ctr.lookup(&slot);
+    if (!ctr || !cnt)
+        return nfx_exit(XDP_ABORTED);       /* more CPUs than GEN_MAX_CPUS, or than flows */
 
     /* the frame length is the initial frame's; adjust only if a caller passed another size */
     __u32 len = bpf_xdp_get_buff_len(ctx);
@@ -66,7 +81,7 @@ int nfx_gen(struct xdp_md *ctx)
 
     __u64 n = *ctr;
     *ctr = n + 1;
-    __u32 flow = n % c->nflows;
+    __u32 flow = lo + n % cnt;
     __u32 *seqp = gen_seq.lookup(&flow);
     if (!seqp)
         return nfx_exit(XDP_ABORTED);       /* nflows larger than the compiled NFX_GEN_FLOWS */

@@ -19,7 +19,7 @@ struct nfx_gen_cfg {
     __u16 l4_off;                    /* ethernet + IP header length */
     __u16 frame_len;
     __u8  proto;
-    __u8  pad;
+    __u8  cpus;                      /* >1: the caller on CPU c sends only block c % cpus of the flows */
     __u32 tx_slot;
 };
 

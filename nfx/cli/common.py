@@ -45,9 +45,8 @@ def show(t: Table, console: Console = out) -> None:
     console.print(t)
 
 
-def write_bench(plot_dir: str, stem: str, result: dict, table, plot, json_: bool) -> None:
-    """A bench's results: the raw rows (<stem>.json), its markdown table (<stem>.md) and its
-    PNGs in plot_dir; then the table (or, --json, the whole result) on stdout."""
+def write_files(plot_dir: str, stem: str, result: dict, table, plot):
+    """A bench's raw rows (<stem>.json), markdown table (<stem>.md) and PNGs in plot_dir."""
     import json
     from pathlib import Path
     d = Path(plot_dir)
@@ -55,6 +54,12 @@ def write_bench(plot_dir: str, stem: str, result: dict, table, plot, json_: bool
     (d / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     (d / f"{stem}.md").write_text(table(result))
     result["plots"] = [str(p) for p in plot(result, d)]
+    return d
+
+
+def write_bench(plot_dir: str, stem: str, result: dict, table, plot, json_: bool) -> None:
+    """A bench's results (write_files), then the table (or, --json, the whole result) on stdout."""
+    d = write_files(plot_dir, stem, result, table, plot)
     if json_:
         emit_json(result)
     else:

@@ -28,20 +28,24 @@ def up(name: str = NameOpt,
                                       help="Packet slots of every instance's hold FIFO (held packets kept in the gate), "
                                            "a power of two, 16-65536 (default 16384: 24 MiB; a move that fills it "
                                            "goes on through the buffer ring)."),
+       queues: int = typer.Option(None, "--queues", "-q",
+                                  help=f"rx and tx queues of every data-plane veth, 1-{topology.MAX_QUEUES} "
+                                       "(default: the topology's, else 1); XDP runs one NAPI per rx queue."),
        json_: bool = JsonOpt):
     """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
     need_root()
-    topo = topology.load(topology_, instances)
+    topo = topology.load(topology_, instances, queues)
     nf_class(nf)                     # an unknown kind fails before anything is built
     rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms,
                      nf_settings=nf_set, statelet_ring_kib=statelet_ring_kib, hold_slots=hold_slots)
     if json_:
         emit_json({"name": name, "status": rec["status"], "topology": topo.name, "nf": nf,
-                   "instances": topo.instances, "netns": rec["created"]["netns"],
+                   "instances": topo.instances, "queues": topo.queues, "netns": rec["created"]["netns"],
                    "agents": {n: (i.get("agent") or {}).get("pid") for n, i in rec["nodes"].items()
                               if i["role"] == "nf"}})
     else:
-        console.print(f"[green]testbed {name} up[/green]: {topo.name}, {topo.instances} × {nf}")
+        console.print(f"[green]testbed {name} up[/green]: {topo.name}, {topo.instances} × {nf}"
+                      + (f", {topo.queues} queues a veth" if topo.queues > 1 else ""))
 
 
 @app.command()
@@ -70,7 +74,8 @@ def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (def
         console.print("no testbeds")
         return
     for r in reports:
-        t = Table(title=f"{r['name']}: {r['topology']} · {r['instances']} × {r['nf']} · {r['status']}")
+        t = Table(title=f"{r['name']}: {r['topology']} · {r['instances']} × {r['nf']} · "
+                        f"{r.get('queues', 1)} queue{'s' if r.get('queues', 1) > 1 else ''} · {r['status']}")
         t.add_column("node")
         t.add_column("role")
         t.add_column("netns")

@@ -57,11 +57,14 @@ class Netlink:
             raise NotFound(f"no interface {ifname!r} in {self.where}")
         return found[0]
 
-    def veth(self, name: str, peer: str, peer_at: "Netlink | None" = None, up: bool = True) -> None:
+    def veth(self, name: str, peer: str, peer_at: "Netlink | None" = None, up: bool = True, queues: int = 1) -> None:
         """A veth pair: `name` here, `peer` in the netns of socket `peer_at` (None: here too); both up
-        unless `up` is False."""
+        unless `up` is False. With `queues` > 1 both ends get that many rx and tx queues, all
+        enabled (the kernel's default allocates one per CPU but enables one); a frame redirected
+        into a veth lands in rx queue (sending CPU % queues), each rx queue with its own NAPI."""
         at = peer_at or self
-        p: dict = {"ifname": peer}
+        q = {"num_rx_queues": queues, "num_tx_queues": queues} if queues > 1 else {}
+        p: dict = {"ifname": peer, **q}
         fd = None
         if at.ns != self.ns:
             try:
@@ -71,7 +74,7 @@ class Netlink:
             p["net_ns_fd"] = fd
         try:
             self._do(f"add veth {name} (peer {peer} in {at.where})", "link", "add", ifname=name, kind="veth", peer=p,
-                     **({"state": "up"} if up else {}))
+                     **q, **({"state": "up"} if up else {}))
         finally:
             if fd is not None:
                 os.close(fd)

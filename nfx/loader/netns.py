@@ -69,6 +69,29 @@ def run(cmd: list[str], ns: str | None = None, check: bool = True, timeout: floa
     return r.stdout
 
 
+def xps_by_cpu(name: str | None, ifname: str, queues: int) -> None:
+    """XPS on `ifname`: CPU c transmits on queue c % queues, the queue a redirected XDP frame
+    picks on that CPU. A forwarded skb (a tc switch's redirect) then stays in its CPU's queue
+    at the next veth; without it the kernel picks by flow hash, the next NAPI may run on
+    another CPU than the previous hop's, and a flow gets two queues further on (reordered)."""
+    cmds = []
+    for i in range(queues):
+        mask = sum(1 << c for c in range(os.cpu_count() or 1) if c % queues == i)
+        cmds.append(f"echo {_cpumask(mask)} > /sys/class/net/{ifname}/queues/tx-{i}/xps_cpus")
+    # sysfs shows the netns of whoever mounted it: `ip netns exec` remounts it
+    run(["sh", "-c", " && ".join(cmds)], ns=name)
+
+
+def _cpumask(mask: int) -> str:
+    """A CPU mask as sysfs writes it: hex, in comma-separated 32-bit groups."""
+    groups = []
+    while True:
+        groups.append(f"{mask & 0xFFFFFFFF:x}")
+        mask >>= 32
+        if not mask:
+            return ",".join(reversed(groups))
+
+
 def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
     """`ip` itself, for tests and one-off checks; nfx changes links through loader/netlink.py."""
     # `ip -n` switches netns for the netlink socket only; `ip netns exec` would also remount

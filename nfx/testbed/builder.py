@@ -96,7 +96,7 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
     rec = registry.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
                        max_flows=max_flows, pin_root=str(registry.pin_root(name)), started=time.time(),
                        token=secrets.token_hex(16), clusters={c: list(m) for c, m in topo.clusters.items()},
-                       spread=topo.spread)
+                       spread=topo.spread, queues=topo.queues)
     try:
         rec["nf_settings"] = list(nf_settings or [])
         _build(rec, topo, kind, max_flows, progress, config, defines)
@@ -143,7 +143,7 @@ def _build_all(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int,
     with netlink.Sockets() as nls:
         progress(f"{len(topo.links)} links")
         for a, b in topo.links:
-            nls[ns_name(tb, a)].veth(ifname(topo, a, b), ifname(topo, b, a), nls[ns_name(tb, b)])
+            nls[ns_name(tb, a)].veth(ifname(topo, a, b), ifname(topo, b, a), nls[ns_name(tb, b)], queues=topo.queues)
             if {topo.nodes[a]["role"], topo.nodes[b]["role"]} == {"switch", "nf"}:
                 _stamp_room(nls[ns_name(tb, a)], ifname(topo, a, b), nls[ns_name(tb, b)], ifname(topo, b, a))
 
@@ -206,7 +206,7 @@ def _move_links(rec, topo: Topology, nls: netlink.Sockets) -> dict[str, dict[int
         nl = nls[ns_name(rec["name"], a)]
         nl.veth(RELEASE_IF, RELEASE_PEER)
         for j, b in enumerate(nfs[i + 1:], start=i + 1):
-            nl.veth(f"p{j}", f"p{i}", nls[ns_name(rec["name"], b)])
+            nl.veth(f"p{j}", f"p{i}", nls[ns_name(rec["name"], b)], queues=topo.queues)
             _stamp_room(nl, f"p{j}", nls[ns_name(rec["name"], b)], f"p{i}")
             peers[a][peer_slot(j)] = f"p{j}"
             peers[b][peer_slot(i)] = f"p{i}"
@@ -263,6 +263,8 @@ def _switch(rec, topo: Topology, sw: str, stub, config=None) -> None:
     pin_dir = registry.pin_root(rec["name"]) / sw
     rec.register("switch", sw)
     s = Switch.create(sw, ns, ports, pin_dir, stub=stub)
+    for p in ports if topo.queues > 1 else ():
+        netns.xps_by_cpu(ns, p, topo.queues)       # a flow keeps its CPU's queue past the switch
     hosts = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "host"]
     nfs = [p for p in topo.neighbours(sw) if topo.nodes[p]["role"] == "nf"]
     # roles: a host-facing port drops nfx's reserved marks, an NF-facing one takes triggers
@@ -362,7 +364,7 @@ def status(name: str) -> dict:
     rec = registry.load(name)
     out = {"name": name, "status": rec.get("status"), "topology": rec.get("topology"), "nf": rec.get("nf"),
            "instances": rec.get("instances"), "clusters": rec.get("clusters", {}), "spread": rec.get("spread", False),
-           "nodes": {}}
+           "queues": rec.get("queues", 1), "nodes": {}}
     for node, info in rec.get("nodes", {}).items():
         n = {"role": info["role"], "netns": info["ns"], "alive": netns.exists(info["ns"])}
         if info["role"] == "nf" and "pin" in info:

@@ -11,6 +11,7 @@ from ..paths import TOPOLOGY_DIR
 
 ROLES = {"host", "switch", "nf"}
 MAX_INSTANCES = L.TX_SLOTS - 2      # tx devmap slots 0 and 1 are the sides, the rest one per peer
+MAX_QUEUES = 16                     # rx and tx queues of every data-plane veth (one NAPI per rx queue)
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Topology:
     extra: dict = field(default_factory=dict)
     clusters: dict[str, list[str]] = field(default_factory=dict)   # cluster -> its NF instances
     spread: bool = False             # switches spread flows over the instances (builder's default plan)
+    queues: int = 1                  # rx/tx queues of every veth that carries traffic (1: the kernel's default)
 
     def role(self, role: str) -> list[str]:
         return [n for n, spec in self.nodes.items() if spec["role"] == role]
@@ -46,7 +48,8 @@ def available() -> list[str]:
     return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.json"))
 
 
-def load(name_or_file: str, instances: int | None = None) -> Topology:
+def load(name_or_file: str, instances: int | None = None, queues: int | None = None) -> Topology:
+    """`instances` and `queues`, when given, override the file's."""
     path = Path(name_or_file)
     if not path.suffix:
         path = TOPOLOGY_DIR / f"{name_or_file}.json"
@@ -84,6 +87,7 @@ def load(name_or_file: str, instances: int | None = None) -> Topology:
     if not isinstance(raw.get("spread", False), bool):
         raise BadInput(f"{path}: spread is true or false, not {raw['spread']!r}")
     topo.spread = raw.get("spread", False)
+    topo.queues = check_queues(queues) if queues is not None else check_queues(raw.get("queues", 1), path)
     for sw in topo.role("switch") if topo.spread else ():
         # the switch picks among all instances, in instance order (builder._spread)
         missing = [nf for nf in topo.role("nf") if nf not in topo.neighbours(sw)]
@@ -97,6 +101,14 @@ def load(name_or_file: str, instances: int | None = None) -> Topology:
         if len(topo.neighbours(h)) != 1:
             raise BadInput(f"{path}: host {h} needs exactly one link")
     return topo
+
+
+def check_queues(q, where: Path | str = "--queues") -> int:
+    """A queue count: an int in 1..MAX_QUEUES (a bool or a string is not one)."""
+    if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= MAX_QUEUES:
+        raise BadInput(f"{where}: queues is an integer from 1 to {MAX_QUEUES} (rx and tx queues of every "
+                       f"data-plane veth), not {q!r}")
+    return q
 
 
 def _clusters(path: Path, raw, topo: Topology) -> dict[str, list[str]]:

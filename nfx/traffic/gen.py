@@ -4,9 +4,16 @@ The program stays attached to `attach_if` (an interface that receives nothing) b
 call on an unattached program pays ~24 ms of dispatcher rebuild; attached, 256 frames cost
 ~0.24 ms. Frames leave through devmap slot 0, `tx_if`. Rate control: every ~1 ms tick, send
 what is owed since the start in one call (capped), so the long-run rate is exact and a slow
-tick is caught up in the next one."""
+tick is caught up in the next one.
+
+Per-CPU senders (cpus > 1): one thread pinned to each CPU 0..cpus-1 runs that loop at
+rate / cpus, and the program gives the call on CPU c its own block of the flows
+(bpf/gen.bpf.c). A frame redirected into a veth lands in rx queue (sending CPU % queues) and
+is processed by that queue's NAPI on the sending CPU, so this is what feeds several queues of
+a multi-queue testbed, each flow through one queue at every hop."""
 import ctypes as ct
 import ipaddress
+import os
 import threading
 import time
 
@@ -75,7 +82,7 @@ class Generator(Closing):
                  dst_ip: str, src_ip: str, src_mac: bytes | str | None = None, dport: int = 9000,
                  proto: str = "udp", size: int | None = None, nflows: int = 1, sport_base: int = 1024,
                  flows_per_addr: int | None = None, batch_size: int = DEFAULT_BATCH,
-                 max_burst: int = DEFAULT_MAX_BURST):
+                 max_burst: int = DEFAULT_MAX_BURST, cpus: int = 1):
         if proto not in PROTOS:
             raise BadInput(f"proto must be one of {sorted(PROTOS)}, not {proto!r}")
         self.proto = PROTOS[proto]
@@ -92,6 +99,11 @@ class Generator(Closing):
             raise BadInput("source addresses overflow")
         if not 1 <= batch_size <= 256:
             raise BadInput("batch_size must be in [1, 256] (kernel limit)")
+        usable = os.sched_getaffinity(0)
+        if not 1 <= cpus <= 64 or cpus > nflows or not set(range(cpus)) <= usable:
+            raise BadInput(f"cpus (sending threads, pinned to CPUs 0..cpus-1) must be 1..64, at most the flows "
+                           f"({nflows}), on CPUs this process may use ({sorted(usable)}); got {cpus}")
+        self.cpus = cpus
         self.ns, self.attach_if, self.tx_if = ns, attach_if, tx_if
         self.nflows, self.flows_per_addr, self.sport_base = nflows, fpa, sport_base
         self.src_ip, self.dst_ip, self.dport = src_ip, dst_ip, dport
@@ -115,7 +127,7 @@ class Generator(Closing):
         self.maps.gen_tmpl.put(L.u32(0), tmpl)
         self.maps.gen_cfg.put(L.u32(0), L.GenCfg(
             nflows=nflows, flows_per_addr=fpa, sport_base=sport_base, l4_off=14 + 20,
-            frame_len=self.size, proto=self.proto, tx_slot=0))
+            frame_len=self.size, proto=self.proto, cpus=cpus, tx_slot=0))
         # attach_if/tx_if None: load only, for plain test runs of the program
         self.ifindex = self.tx_ifindex = 0
         try:
@@ -157,40 +169,82 @@ class Generator(Closing):
         progress(sent, elapsed) is called about every 100 ms. Per-flow counts are this run's."""
         self._need_attached()
         before = self.per_flow_total()
-        sent, calls, t_prog = 0, 0, 0.0
-        total = int(rate_pps * duration_s) if rate_pps else None
-        with self._lock, netns.enter(self.ns):
-            t0 = time.perf_counter()
-            while True:
-                el = time.perf_counter() - t0
-                if total is not None:
-                    if sent >= total:
-                        break
-                    owed = min(int(rate_pps * el), total) - sent
-                else:
-                    if el >= duration_s:
-                        break
-                    owed = self.max_burst
-                if owed > 0:
-                    n = min(owed, self.max_burst)
-                    self._call(n)
-                    sent += n
-                    calls += 1
-                if progress and el - t_prog >= 0.1:
-                    t_prog = el
-                    progress(sent, el)
-                if total is not None and owed <= self.max_burst:
-                    # caught up: sleep to the next tick (or the next packet's due time at
-                    # rates under one packet per tick) rather than spin on a shared CPU
-                    now = time.perf_counter() - t0
-                    due = max((sent + 1) / rate_pps, (int(now / tick_s) + 1) * tick_s)
-                    time.sleep(max(due - now, 0))
-            elapsed = time.perf_counter() - t0
+        with self._lock:
+            if self.cpus == 1:
+                with netns.enter(self.ns):
+                    sent, calls, elapsed = self._loop(rate_pps, duration_s, progress, tick_s)
+            else:
+                sent, calls, elapsed = self._parallel(rate_pps, duration_s, progress, tick_s)
         after = self.per_flow_total()
         per_flow = [(a - b) & 0xFFFFFFFF for a, b in zip(after, before)]
         return {"requested": sent, "sent": sum(per_flow), "per_flow": per_flow, "elapsed_s": elapsed,
                 "pps": sum(per_flow) / elapsed if elapsed else 0.0, "calls": calls,
-                "rate_pps": rate_pps or None}
+                "rate_pps": rate_pps or None, "cpus": self.cpus}
+
+    def _parallel(self, rate_pps, duration_s: float, progress, tick_s: float) -> tuple[int, int, float]:
+        """One _loop per CPU 0..cpus-1, each pinned there, at rate / cpus, started together."""
+        k = self.cpus
+        start = threading.Barrier(k)
+        res: list = [None] * k
+        sent_now = [0] * k
+
+        def one(i: int) -> None:
+            try:
+                os.sched_setaffinity(0, {i})           # this thread only (Linux: a task's own affinity)
+                with netns.enter(self.ns):
+                    prog = None
+                    if progress and i == 0:
+                        prog = lambda n, el: progress(n + sum(sent_now[1:]), el)   # noqa: E731
+                    start.wait(5)
+                    res[i] = self._loop(rate_pps / k if rate_pps else None, duration_s, prog, tick_s,
+                                        lambda n: sent_now.__setitem__(i, n))
+            except BaseException as e:       # noqa: BLE001 -- re-raised in the caller below
+                res[i] = e
+                start.abort()
+
+        threads = [threading.Thread(target=one, args=(i,), name=f"gen-cpu{i}") for i in range(k)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        errors = [r for r in res if isinstance(r, BaseException)]
+        if errors:       # the cause first, not a thread's broken barrier
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+        return sum(r[0] for r in res), sum(r[1] for r in res), max(r[2] for r in res)
+
+    def _loop(self, rate_pps, duration_s: float, progress, tick_s: float, note=None) -> tuple[int, int, float]:
+        """The rate loop of one sending thread (in the generator's netns): (sent, calls, elapsed)."""
+        sent, calls, t_prog = 0, 0, 0.0
+        total = int(rate_pps * duration_s) if rate_pps else None
+        t0 = time.perf_counter()
+        while True:
+            el = time.perf_counter() - t0
+            if total is not None:
+                if sent >= total:
+                    break
+                owed = min(int(rate_pps * el), total) - sent
+            else:
+                if el >= duration_s:
+                    break
+                owed = self.max_burst
+            if owed > 0:
+                n = min(owed, self.max_burst)
+                self._call(n)
+                sent += n
+                calls += 1
+                if note:
+                    note(sent)
+            if progress and el - t_prog >= 0.1:
+                t_prog = el
+                progress(sent, el)
+            if total is not None and owed <= self.max_burst:
+                # caught up: sleep to the next tick (or the next packet's due time at
+                # rates under one packet per tick) rather than spin on a shared CPU
+                now = time.perf_counter() - t0
+                due = max((sent + 1) / rate_pps, (int(now / tick_s) + 1) * tick_s)
+                time.sleep(max(due - now, 0))
+        elapsed = time.perf_counter() - t0
+        return sent, calls, elapsed
 
     # ---- reading / housekeeping ----
     def per_flow_total(self) -> list[int]:
@@ -205,7 +259,7 @@ class Generator(Closing):
         """Restart the flow rotation and every flow's sequence at 0 (pair with Sink.reset)."""
         with self._lock:
             self.maps.gen_seq.clear()
-            self.maps.gen_ctr.put(L.u32(0), L.u64(0))
+            self.maps.gen_ctr.clear()
 
     def close(self) -> None:
         if self._attached:

@@ -3,6 +3,7 @@ the sink in h2 (in place of the XDP stub, which is put back afterwards). With ec
 reflects every packet it counts and a second sink on h1's eth0 (in place of its stub, put back
 too) counts the echoes: its latency is the round-trip time, on h1's clock alone."""
 import contextlib
+import os
 
 from .. import registry
 from ..testbed.builder import GEN_IF, HOST_IF
@@ -26,24 +27,31 @@ def gen_and_sink_hosts(rec) -> tuple[dict, dict]:
 
 @contextlib.contextmanager
 def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_ip: str | None = None,
-        flows_per_addr: int = 0, echo: bool = False):
+        flows_per_addr: int = 0, echo: bool = False, cpus: int | None = None):
     """Yields (generator, sink) wired into testbed `name`, or with echo (generator, sink,
     echo sink). The flows come from the sending host's address, or from `src_ip` on,
-    `flows_per_addr` flows per address (0: all from one)."""
+    `flows_per_addr` flows per address (0: all from one). `cpus`: sending threads, one per CPU
+    (nfx.traffic.gen); default 1, and on a testbed with several queues a veth, one per CPU up to
+    the queue count (one sender feeds one queue only)."""
     rec = registry.load(name)
     if rec.get("status") != "up":
         raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
     src, dst = gen_and_sink_hosts(rec)
     # the next hop's real MAC: switches ignore it, a kernel router (the baseline) needs it
     peer_mac = _peer_mac(rec, src)
+    queues = rec.get("queues", 1)
+    if cpus is None:
+        cpus = min(queues, len(os.sched_getaffinity(0)), flows)
     gen = sink = back = None
     try:
-        sink = Sink(dst["ns"], HOST_IF, flows, echo=echo)
+        # several queues: each flow still has one sending CPU, so one queue at every hop
+        mq = queues > 1
+        sink = Sink(dst["ns"], HOST_IF, flows, echo=echo, multi_queue=mq)
         if echo:
-            back = Sink(src["ns"], HOST_IF, flows)
+            back = Sink(src["ns"], HOST_IF, flows, multi_queue=mq)
         gen = Generator(src["ns"], GEN_IF, HOST_IF, dst_mac=peer_mac, dst_ip=dst["addr"].split("/")[0],
                         src_ip=src_ip or src["addr"].split("/")[0], dport=DPORT, proto=proto, size=size,
-                        nflows=flows, flows_per_addr=flows_per_addr)
+                        nflows=flows, flows_per_addr=flows_per_addr, cpus=cpus)
         yield (gen, sink, back) if echo else (gen, sink)
     finally:
         if gen:

@@ -97,12 +97,15 @@ class SINK_MAPS(MapSet):
 
 class Sink(Closing):
     def __init__(self, ns: str | None, ifname: str | None, nflows: int, pass_gen: bool = False,
-                 window: int | None = None, echo: bool = False):
+                 window: int | None = None, echo: bool = False, multi_queue: bool = False):
         """ifname None: load only (for plain test runs). pass_gen: generator packets go on to the
         stack after counting (tests use it to see them) instead of being dropped. echo: they are
         reflected back out of `ifname` instead (see the module docstring). window: seqs
         per flow the bitmap holds (rounded up to 64 x a power of two; default: see
-        window_words); a flow's run that fits it is judged exactly, whatever the reordering."""
+        window_words); a flow's run that fits it is judged exactly, whatever the reordering.
+        multi_queue: accept an interface with several rx queues; only when every flow is sent
+        from one CPU (a Generator with cpus > 1, or one pinned sender), so that each flow takes
+        one queue, one NAPI, at every hop and still has one writer here."""
         if nflows < 1:
             raise BadInput("nflows must be at least 1")
         if pass_gen and echo:
@@ -112,7 +115,7 @@ class Sink(Closing):
         self.window = self.words * 64
         self._attached = None
         self._epoch = 1
-        if ifname is not None:
+        if ifname is not None and not multi_queue:
             self._check_one_queue()
         defines = {"NFX_SINK_FLOWS": nflows, "NFX_SINK_WORDS": self.words,
                    "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP}
