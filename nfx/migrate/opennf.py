@@ -4,7 +4,7 @@ dst, then steers. Its agent half is the sessions' src-ctrl and dst roles (nfx/ag
 import base64
 import time
 
-from ..movespec import ibc_keys, ibc_synthetic
+from ..movespec import ibc_keys, ibc_synthetic, spread_keys
 from .. import packets as pk
 from ..agent.share import cluster_figures
 from ..errors import NfxError
@@ -28,15 +28,15 @@ class OpenNF(Mechanism):
         by_flt = None if spread else flt
         if not flt.everything or spread:
             # a partial filter cannot see a NAT's public tuples: they are marked explicitly
-            flows, explicit = src.keys(flt)
+            flows, outside = src.keys(flt)
+            # spread: the flows' own keys (an IDS's both directions: movespec.spread_keys)
+            explicit = spread_keys(flows, outside) if spread else outside
             x.phase("keys")
-            if op and not any(bytes(k) not in {bytes(o) for o in explicit} for k in flows):
+            if op and not any(bytes(k) not in {bytes(o) for o in outside} for k in flows):
                 # nothing to take the cut's tuple from: one made from the filter, whose outside
                 # tuple is marked and steered like a public tuple (ibc_synthetic)
                 synth = ibc_synthetic(flt)
                 explicit = explicit + [synth[1][1]] + ([synth[0][1]] if spread else [])
-            if spread:
-                explicit = list(flows) + explicit
         if lf:
             x.progress("holding the flows back")
             # the two requests at once, each waiting for its own round trip
@@ -100,7 +100,7 @@ def _learn(x: Ctx, flows: list, outside: list) -> None:
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, x.flt))
     if getattr(x.src, "spread", False):
-        x.keys = by_key(flows, outside, x.ibc)
+        x.keys = by_key(spread_keys(flows, outside), [], x.ibc)
 
 
 def _raw(b64: str | None) -> bytes:
