@@ -49,6 +49,12 @@ class OpenNF(Mechanism):
         time.sleep(x.req.state_delay_s)     # emulated: a slower state transfer (bench sharp, Fig. 7)
         inside = inside_cluster(x)
         chunks, nbytes, applied_at, cluster = (_transfer_inside if inside else _transfer)(x)
+        if spread and lf and not ll:
+            # the move's flows are those held since the start. One born at src after src.keys()
+            # was not held (the transfer may carry a copy of its state): steered to dst by key
+            # it would be processed at both in phase 1 (duplicates) and at dst without src's
+            # updates since the copy. It stays at src, where the spread sends it.
+            _learn(x, flows, outside)
         if synth:
             x.ibc = list(synth)
             if x.outside is not None:
