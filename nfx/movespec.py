@@ -130,6 +130,27 @@ def ibc_keys(flows: list, outside: list, flt: "Filter") -> list:
     return [(L.SIDE_IN, inside), (L.SIDE_OUT, outside[0] if outside else reverse(inside))]
 
 
+def spread_keys(flows: list, outside: list) -> list:
+    """The keys a move on a spread testbed holds, cuts, steers and deletes its flows by (the
+    filter there also matches other instances' flows). A NAT's return traffic carries its public
+    tuples (`outside`). An NF that rewrites no address (the IDS: no outside keys) sees a
+    connection's return traffic under the reverse of its flow's tuple, and the spread sends both
+    directions to the same instance (its hash is symmetric): so each flow's reverse goes too,
+    whether or not a packet of it has come yet. The outside IBC carries that reverse
+    (ibc_keys), and the source must pass it on like a moved flow's packet, or the controller
+    never sees the source's cut on that side."""
+    keys = list(flows) + list(outside)
+    if outside:
+        return keys
+    have = {bytes(k) for k in keys}
+    for k in flows:
+        r = reverse(k)
+        if bytes(r) not in have:
+            have.add(bytes(r))
+            keys.append(r)
+    return keys
+
+
 def ibc_synthetic(flt: "Filter") -> tuple:
     """The IBCs of a move with no flow of its own to cut (none matches the filter when the
     source holds them): a tuple that matches the filter, wildcards filled, and its reverse.

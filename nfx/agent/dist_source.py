@@ -9,7 +9,7 @@ import time
 
 from ..errors import BadInput
 from ..frames import trigger_frame
-from ..movespec import GUARANTEES, ibc_keys, parse_data_link, parse_opts
+from ..movespec import GUARANTEES, ibc_keys, parse_data_link, parse_opts, spread_keys
 from ..packets import flow_keys, keys_blob
 from ..state import ops, wire
 from ..filter import parse
@@ -91,7 +91,8 @@ class DistSource:
         spread = bool(req.get("want_keys"))
         keys_first = op or not flt.everything or spread
         flows, outside = keys() if keys_first else ([], [])
-        explicit = list(flows) + outside if spread else [] if flt.everything else outside
+        # spread: the flows' own keys, an IDS's both directions (movespec.spread_keys)
+        explicit = spread_keys(flows, outside) if spread else [] if flt.everything else outside
         ibc = ibc_keys(flows, outside, flt) if op else []
         synth = []
         if op and (not flt.everything or spread) and not any(bytes(k) == bytes(ibc[0][1]) for k in flows):
@@ -121,7 +122,7 @@ class DistSource:
                 "ibc": [[side, enc(bytes(k))] for side, k in ibc],
                 "outside": enc(keys_blob(outside)) if not flt.everything else None,
                 # a spread testbed's switches are steered by the flows' own keys (every one)
-                "keys": enc(keys_blob(flows + outside)) if req.get("want_keys") else None}))
+                "keys": enc(keys_blob(explicit + synth)) if spread else None}))
             go_ms = None
             if lf and not ov:
                 self._await_go(sock, r, timeout)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import layout as L
 from ..errors import BadInput, NfxError, NotFound
-from ..flows import be_to_ip
+from ..flows import be_to_ip, reverse
 from ..loader import netns
 from ..filter import Filter
 from .. import registry
@@ -217,6 +217,7 @@ class Steering:
         port, in the same queue, as the flow's own packets: the cut is the same in both copies."""
         sw = next(n for n in self.sw if self.side_of(n) == side)
         host = self.host_of[sw]
+        key = self.from_host(sw, key)
         frame = ibc_frame(key, bytes.fromhex(self.rec["nodes"][host]["mac"].replace(":", "")), epoch)
         # The host-facing port drops IBCs (a host could forge one) except those of the epoch
         # written here. It stays set: an IBC of this epoch is only acted on during its move
@@ -229,6 +230,19 @@ class Steering:
             # closed meanwhile, or the interface was recreated (the binding holds the old ifindex)
             self._drop_ibc_sock(host, s)
             self.host_socket(host).send(frame)
+
+    def from_host(self, sw: str, key: L.FlowKey) -> L.FlowKey:
+        """The IBC's tuple as the host in front of `sw` sends it. An NF that rewrites no address
+        (the IDS) holds both directions of a connection as flows, and the cut's tuple may be
+        either (movespec.ibc_keys): one whose source is the other host's would miss the move's
+        exact rules at this switch (each key sits at the switch whose host's network holds its
+        source: _keys_by_switch), so its reverse (marked and steered too) goes instead. A tuple
+        from neither network (ibc_synthetic) stays as it is."""
+        net = ipaddress.IPv4Interface(self.rec["nodes"][self.host_of[sw]]["addr"]).network
+        if ipaddress.IPv4Address(be_to_ip(key.saddr)) in net:
+            return key
+        back = reverse(key)
+        return back if ipaddress.IPv4Address(be_to_ip(back.saddr)) in net else key
 
     def host_socket(self, host: str) -> socket.socket:
         # kept open: closing a packet socket waits out an RCU grace period (7-19 ms). It belongs

@@ -4,7 +4,7 @@ dst, then steers. Its agent half is the sessions' src-ctrl and dst roles (nfx/ag
 import base64
 import time
 
-from ..movespec import ibc_keys, ibc_synthetic
+from ..movespec import ibc_keys, ibc_synthetic, spread_keys
 from .. import packets as pk
 from ..agent.share import cluster_figures
 from ..errors import NfxError
@@ -28,15 +28,15 @@ class OpenNF(Mechanism):
         by_flt = None if spread else flt
         if not flt.everything or spread:
             # a partial filter cannot see a NAT's public tuples: they are marked explicitly
-            flows, explicit = src.keys(flt)
+            flows, outside = src.keys(flt)
+            # spread: the flows' own keys (an IDS's both directions: movespec.spread_keys)
+            explicit = spread_keys(flows, outside) if spread else outside
             x.phase("keys")
-            if op and not any(bytes(k) not in {bytes(o) for o in explicit} for k in flows):
+            if op and not any(bytes(k) not in {bytes(o) for o in outside} for k in flows):
                 # nothing to take the cut's tuple from: one made from the filter, whose outside
                 # tuple is marked and steered like a public tuple (ibc_synthetic)
                 synth = ibc_synthetic(flt)
                 explicit = explicit + [synth[1][1]] + ([synth[0][1]] if spread else [])
-            if spread:
-                explicit = list(flows) + explicit
         if lf:
             x.progress("holding the flows back")
             # the two requests at once, each waiting for its own round trip
@@ -49,6 +49,12 @@ class OpenNF(Mechanism):
         time.sleep(x.req.state_delay_s)     # emulated: a slower state transfer (bench sharp, Fig. 7)
         inside = inside_cluster(x)
         chunks, nbytes, applied_at, cluster = (_transfer_inside if inside else _transfer)(x)
+        if spread and lf and not ll:
+            # the move's flows are those held since the start. One born at src after src.keys()
+            # was not held (the transfer may carry a copy of its state): steered to dst by key
+            # it would be processed at both in phase 1 (duplicates) and at dst without src's
+            # updates since the copy. It stays at src, where the spread sends it.
+            _learn(x, flows, outside)
         if synth:
             x.ibc = list(synth)
             if x.outside is not None:
@@ -100,7 +106,7 @@ def _learn(x: Ctx, flows: list, outside: list) -> None:
     if x.op:
         x.ibc = list(ibc_keys(flows, outside, x.flt))
     if getattr(x.src, "spread", False):
-        x.keys = by_key(flows, outside, x.ibc)
+        x.keys = by_key(spread_keys(flows, outside), [], x.ibc)
 
 
 def _raw(b64: str | None) -> bytes:
