@@ -207,7 +207,11 @@ class StateOps:
             for t, n in part.items():
                 d[t] = d.get(t, 0) + n
         self._state_changed()
-        return {"deleted": d, "entries": sum(d.values())}
+        out = {"deleted": d, "entries": sum(d.values())}
+        if req.get("forget"):
+            # the flows left this instance's cluster (a move across it): no replica keeps them
+            out["replicas_forgotten"] = self.shared_forget(chunks)
+        return out
 
     def _state_changed(self, after_s: float = 0.3) -> None:
         """nf.state_changed once the puts and deletes of a move have stopped for after_s: one

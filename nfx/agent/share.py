@@ -130,6 +130,8 @@ class ShareOps:
             return {"base_entries": self.replicas.base(src, _b64(req, "base"))}
         if req.get("add") is not None:
             return {"base_entries": self.replicas.base(src, _b64(req, "add"), replace=False)}
+        if req.get("forget") is not None:
+            return {"forgot": self.replicas.forget({bytes(k) for k in keys_from_blob(_b64(req, "forget"))})}
         return self.replicas.apply(src, _b64(req, "blob"))
 
     def shared_put(self, chunks) -> None:
@@ -139,6 +141,17 @@ class ShareOps:
             if r["errors"]:
                 raise BadInput(f"{self.instance} wrote the state but could not share it with "
                                f"{', '.join(r['errors'])}: {next(iter(r['errors'].values()))}")
+
+    def shared_forget(self, chunks) -> dict | None:
+        """After a move across the cluster deleted its flows here (ops_state.op_del): this
+        instance and its members forget their replicas of them."""
+        if self.sharer is None:
+            return None
+        flows, outside = flow_keys(chunks)
+        keys = list(flows) + list(outside)
+        here = self.replicas.forget({bytes(k) for k in keys})
+        r = self.sharer.forget(enc(keys_blob(keys)))
+        return {"here": here, **r}
 
     def op_share_flush(self, sock, r, req) -> dict:
         if self.sharer is None:

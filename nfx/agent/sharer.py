@@ -80,6 +80,11 @@ class Sharer:
         for the batches that will follow: sent before the put answers, so before those flows run."""
         return self._call(lambda: self._send_base(pieces), timeout)
 
+    def forget(self, keys_blob: str, timeout: float = 30.0) -> dict:
+        """Flows that left the cluster (a move across, done): every member drops its replicas of
+        them. On this thread, after any batch of theirs already taken (in ring order)."""
+        return self._call(lambda: self._send_forget(keys_blob), timeout)
+
     def _call(self, fn, timeout: float) -> dict:
         if not self.thread.is_alive():
             raise NfxError(f"the sharing of {self.me} has stopped ({self.failed!r}): share_stop, then cluster up again")
@@ -231,6 +236,16 @@ class Sharer:
         n = sum(map(len, pieces))
         self.counts["base_bytes"] = self.counts.get("base_bytes", 0) + n
         return {"bytes": n, "errors": dict(self.errors)}
+
+    def _send_forget(self, keys_blob: str) -> dict:
+        self._send()
+        forgot = {}
+        for m, c in self.peers.items():
+            try:
+                forgot[m] = c.request("share_put", src=self.me, forget=keys_blob)["forgot"]
+            except Exception as e:   # noqa: BLE001 (a member that keeps them wastes memory, nothing more)
+                self.errors[m] = str(e)
+        return {"forgot": forgot, "errors": dict(self.errors)}
 
     def _send(self) -> None:
         if not self.outbox:

@@ -112,10 +112,11 @@ class Remote:
         self.timing["import_s"] += r.get("apply_s") or 0.0
         return r
 
-    def delete(self, scopes, flt: Filter, keys: list | None = None) -> dict:
-        """The state `flt` selects; with `keys` (a spread testbed's move) those flows' only."""
+    def delete(self, scopes, flt: Filter, keys: list | None = None, forget: bool = False) -> dict:
+        """The state `flt` selects; with `keys` (a spread testbed's move) those flows' only;
+        `forget`: they left this instance's cluster, its members drop their replicas of them."""
         return self._req("del", scopes=list(scopes), filter=flt.text,
-                         keys=None if keys is None else pk.keys_blob(keys))
+                         keys=None if keys is None else pk.keys_blob(keys), forget=forget)
 
     def move_dist(self, dst: "Remote", epoch: int, guarantee: str, opts, flt: Filter, scopes,
                   timeout: float, fire: int = 0, data_link=(0.0, 0.0), cluster_inside: bool = False) -> "DistRun":

@@ -167,7 +167,9 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
     finally:
         if x.ctrl:
             x.ctrl.stop()
-    src.delete(req.scopes, req.filter, x.keys)
+    # a move across clusters: the flows left src's, whose members drop their replicas of them
+    across = getattr(src, "shares", False) and (m.extra.get("cluster") or {}).get("kind") == "across"
+    src.delete(req.scopes, req.filter, x.keys, forget=across)
     m.total_s = time.perf_counter() - x.t0
     ctrl = x.ctrl
     m.controller_buffer_peak = ctrl.peak if ctrl else 0

@@ -33,7 +33,8 @@ class Replicas:
         self.stamps: dict[bytes, int] = {}         # flow -> stamp of the last batch applied
         self.owner: dict[tuple[str, bytes], str] = {}   # per-flow entry -> the member whose flow it is
         self.lock = threading.Lock()
-        self.counts = {"batches": 0, "stale": 0, "statelets": 0, "bytes": 0, "bases": 0, "orphans": 0}
+        self.counts = {"batches": 0, "stale": 0, "statelets": 0, "bytes": 0, "bases": 0, "orphans": 0,
+                       "forgotten": 0}
 
     def _mine(self, src: str) -> Tables:
         t = self.multi.get(src)
@@ -87,6 +88,29 @@ class Replicas:
             self.multi[src] = multi
             self.counts["bases"] += 1
             self.counts["bytes"] += len(blob)
+        return n
+
+    def forget(self, keyset: set[bytes]) -> int:
+        """Flows that left the cluster (a move across it; raw 16-byte keys, each direction's):
+        their per-flow entries, stamps and owners, and every sender's multi-flow entries that
+        name them (a NAT port's owner). Returns the entries dropped."""
+        n = 0
+        with self.lock:
+            for name in self.per_flow:
+                d = self.flows.data[name]
+                for k in keyset & d.keys():
+                    del d[k]
+                    self.owner.pop((name, k), None)
+                    n += 1
+            for t in self.multi.values():
+                for name in self.by_flow:
+                    d = t.data[name]
+                    for k in [k for k, v in d.items() if bytes(v) in keyset]:
+                        del d[k]
+                        n += 1
+            for k in keyset:
+                self.stamps.pop(k, None)
+            self.counts["forgotten"] += n
         return n
 
     def select(self, flt: Filter, src: str, keyset: set | None = None) -> list[wire.Chunk]:

@@ -183,6 +183,13 @@ def test_moves_inside_carry_one_batch_across_the_whole_state(tb, mechanism):
             assert c["replica_entries"] == 3 * len(moved), c
         else:
             assert c["entries"] >= 3 * len(moved), c
+            # the flows left src's cluster: no member there (src included) keeps a replica of
+            # them; what a member holds are its cluster's flows (2 per-flow entries a connection)
+            st = json.loads(nfx("cluster", "status", "--name", name, "--json").stdout)
+            cl = next(ms for ms in rec["clusters"].values() if src in ms)
+            held = sum(len(after[n]) for n in cl)
+            for n in cl:
+                assert st["instances"][n]["replicas"]["per_flow"] <= 2 * held, (n, st["instances"][n]["replicas"], held)
         # what crossed: the batches (inside), or every entry (across); `nfx bench cluster` sets
         # them side by side
         assert m["state_bytes"] > 0 and moved

@@ -125,3 +125,23 @@ def test_a_large_base_goes_in_pieces_that_add_up():
     for p in pieces[1:]:
         r.base("nf0", p, replace=False)
     assert r.entries()["per_flow"] == 3000
+
+
+def test_forget_drops_a_departed_flows_replicas_and_the_port_it_owned():
+    """A move across clusters: the flows' replicas go from every sender's entries; others stay."""
+    import struct
+    r = Replicas("nat")
+    fa = make_key("10.0.1.2", "10.0.2.2", 5000, 53, "udp")
+    da, db = Delta(), Delta()
+    port_of_a = S.Update(L.StTable.NAT_PORTS, L.StOp.SET, b"\x0a\x00\x02\x64\x27\x10\x11\x00", 1,
+                         struct.unpack("<QQ", bytes(fa)), 0)
+    da.add([create(10, key=fa), port_of_a])
+    db.add([create(10, key=B)])
+    r.apply("nf0", encode_batch(bytes(fa), 1, 1, da.record()) + encode_batch(bytes(B), 1, 1, db.record()))
+    assert r.entries()["per_flow"] == 2 and len(r.multi["nf0"].data["nat_ports"]) == 1
+    assert r.forget({bytes(fa)}) == 2                  # its nat_fwd entry and the port it owned
+    assert r.entries()["per_flow"] == 1 and not r.multi["nf0"].data["nat_ports"]
+    assert bytes(fa) not in r.stamps and bytes(B) in r.stamps
+    got = [c for c in r.select(parse(None), "nf0") if c.table == "nat_fwd"]
+    assert sum(c.count for c in got) == 1 and bytes(got[0].keys) == bytes(B)
+    assert r.forget({bytes(fa)}) == 0 and r.counts["forgotten"] == 2
