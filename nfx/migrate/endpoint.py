@@ -64,6 +64,7 @@ class Remote:
         self.shares = bool(testbed_rec.get("sharing")) and self.cluster is not None
         # the switches spread flows over the instances: a move steers its own flows, by key
         self.spread = bool(testbed_rec.get("spread"))
+        self.queues = int(testbed_rec.get("queues") or 1)      # rx/tx queues a data-plane veth
 
     def _client(self, timeout: float) -> AgentClient:
         """Another connection to this agent, behind the move's control link."""

@@ -43,7 +43,7 @@ import time
 from typing import Protocol
 
 from .. import movespec
-from ..errors import NfxError
+from ..errors import BadInput, NfxError
 from ..gate import check_ports
 from ..movespec import MECHANISMS, MoveMetrics, MoveRequest, new_epoch
 from ..filter import Filter
@@ -128,6 +128,13 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
         raise BadInput(f"this testbed's switches spread the flows over the instances: a move there steers its "
                        f"own flows by key, which {', '.join(SPREAD_MECHANISMS)} do (without dt, whose armed rules "
                        f"are wildcards), not {req.mechanism}" + (" with dt" if "dt" in req.opts else ""))
+    queues = getattr(src, "queues", 1)
+    if req.guarantee == "op" and queues > 1:
+        # the in-band cut (an IBC, a marker) orders one FIFO; each queue of a veth is one
+        raise BadInput(f"an order-preserving move cuts each link's packet FIFO with an in-band packet, and "
+                       f"this testbed's veths have {queues} queues, each a FIFO of its own: the cut would be "
+                       f"exact in one of them", hint="ng and lf moves work here; for op, a testbed with one "
+                       "queue (the default)")
     mech = REGISTRY[req.mechanism]()
     epoch = new_epoch()
     m = MoveMetrics(mechanism=req.mechanism, guarantee=req.guarantee, opts=sorted(req.opts), src=src.name,
