@@ -154,7 +154,10 @@ class AgentClient(ClosedWhenCollected):
                     raise socket.timeout from None
             else:
                 if wait is not None:
-                    if not select.select([self._sock], [], [], wait)[0]:
+                    # poll, not select: the caller may hold over 1023 fds (a test run's BPF objects)
+                    waiting = select.poll()
+                    waiting.register(self._sock, select.POLLIN)
+                    if not waiting.poll(wait * 1000):
                         return None
                 fr = self._reader.frame()
         except socket.timeout:

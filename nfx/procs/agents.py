@@ -176,8 +176,10 @@ def wait_ready(rec, instance: str, p: subprocess.Popen, rfd: int, timeout: float
         buf, deadline = b"", time.monotonic() + timeout
         while b"\n" not in buf:
             left = deadline - time.monotonic()
-            rd, _, _ = select.select([rfd], [], [], max(left, 0))
-            if not rd:
+            # poll, not select: a caller with over 1023 fds open (a test run's BPF objects) is fine
+            waiting = select.poll()
+            waiting.register(rfd, select.POLLIN)
+            if not waiting.poll(max(left, 0) * 1000):
                 _kill([p.pid], rec["name"], instance)
                 raise Timeout(f"the agent of {instance} did not come up within {timeout:g} s",
                               hint=f"its log: {log_path(rec['name'], instance)}")
