@@ -22,6 +22,7 @@ JSON, CHUNK, END, ERROR, STATELETS = 1, 2, 3, 4, 5
 KIND_NAMES = {JSON: "JSON", CHUNK: "CHUNK", END: "END", ERROR: "ERROR", STATELETS: "STATELETS"}
 MAX_JSON = 16 << 20
 MAX_PAYLOAD = 1 << 34
+GROW_FROM = 16 << 20          # Reader: a payload's buffer starts this large at most
 
 
 class WireError(BadInput):
@@ -140,15 +141,19 @@ class Reader:
         self.max_frame = max_frame
 
     def _exact(self, n: int) -> memoryview:
-        buf = bytearray(n)
-        mv = memoryview(buf)
+        # the buffer grows as the bytes come (doubling past GROW_FROM): a damaged header that
+        # claims gigabytes fails at the stream's end, not after zeroing gigabytes first
+        buf = bytearray(min(n, GROW_FROM))
         got = 0
         while got < n:
-            r = self._into(mv[got:], n - got) if self._sock else self._into(mv[got:])
+            if got == len(buf):
+                buf.extend(bytes(min(len(buf), n - got)))
+            with memoryview(buf) as mv:
+                r = self._into(mv[got:], len(buf) - got) if self._sock else self._into(mv[got:])
             if not r:
                 raise WireError(f"stream ended {n - got} bytes short of a frame")
             got += r
-        return mv
+        return memoryview(buf)
 
     def header(self):
         """(kind, payload length) of the next frame; None at a clean EOF. A WireError here means
