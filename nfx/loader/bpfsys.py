@@ -11,7 +11,7 @@ SYS_BPF = 321
 
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
 MAP_CREATE, PROG_LOAD = 0, 5
-OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD, BTF_GET_FD_BY_ID = 6, 7, 10, 15, 19
+OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD, BTF_LOAD, BTF_GET_FD_BY_ID = 6, 7, 10, 15, 18, 19
 MAP_LOOKUP_BATCH, MAP_LOOKUP_AND_DELETE_BATCH, MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 24, 25, 26, 27
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
@@ -106,6 +106,38 @@ def btf_fd_by_id(btf_id: int) -> int:
         return _call(BTF_GET_FD_BY_ID, a)
     except OSError as e:
         raise BpfError(f"cannot open BTF object {btf_id}: {e.strerror}") from None
+
+
+class _BtfInfo(ct.Structure):
+    _fields_ = [("btf", ct.c_uint64), ("btf_size", ct.c_uint32), ("id", ct.c_uint32), ("name", ct.c_uint64),
+                ("name_len", ct.c_uint32), ("kernel_btf", ct.c_uint32)]
+
+
+def btf_data(fd: int) -> tuple[int, bytes]:
+    """(id, raw BTF) of a BTF object: what btf_load() makes a like one of."""
+    info = _BtfInfo()
+    a = _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info))
+    _call(OBJ_GET_INFO_BY_FD, a)
+    buf = ct.create_string_buffer(info.btf_size)
+    info2 = _BtfInfo(btf=ct.addressof(buf), btf_size=info.btf_size)
+    a = _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info2), info=ct.addressof(info2))
+    _call(OBJ_GET_INFO_BY_FD, a)
+    return info.id, buf.raw[:info2.btf_size]
+
+
+class _BtfLoadAttr(ct.Structure):
+    _fields_ = [("btf", ct.c_uint64), ("btf_log_buf", ct.c_uint64), ("btf_size", ct.c_uint32),
+                ("btf_log_size", ct.c_uint32), ("btf_log_level", ct.c_uint32)]
+
+
+def btf_load(data: bytes) -> int:
+    """A BTF object from raw BTF (btf_data); its fd."""
+    buf = ct.create_string_buffer(data, len(data))
+    a = _BtfLoadAttr(btf=ct.addressof(buf), btf_size=len(data))
+    try:
+        return _call(BTF_LOAD, a)
+    except OSError as e:
+        raise BpfError(f"cannot load BTF ({len(data)} bytes): {e.strerror}") from None
 
 
 PROG_TYPES = {"xdp": 6, "tc": 3}        # BPF_PROG_TYPE_XDP, BPF_PROG_TYPE_SCHED_CLS

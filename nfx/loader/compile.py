@@ -8,6 +8,7 @@ import threading
 from ..errors import BpfError, KernelFeature
 from ..layout.hashing import QUOTED_INCLUDE as _QUOTED_INCLUDE
 from ..paths import BPF_DIR, BPF_INCLUDE, RUN_DIR
+from . import imagecache
 from .image import Image
 
 COMPILE_LOG = RUN_DIR / "compile.log"
@@ -82,11 +83,12 @@ def compile_source(name: str, defines: dict[str, object] | None = None, path=Non
     fresh maps where the compile opens the pinned."""
     bcc = _bcc()
     path, text, cflags, key = source_key(name, defines, path)
-    if _take(key) is not None:
+    if _take(key) is not None or from_disk(key):
         return _compiled[key].load()
     b = _compile(bcc, path, text, cflags, defines)
     if key is not None:
         _compiled[key] = Image.of(b)
+        imagecache.save(key, _compiled[key])      # the next process loads it instead of compiling
     return b
 
 
@@ -118,6 +120,20 @@ def _take(key) -> Image | None:
             if img is not None:
                 _compiled[key] = img
         return _compiled.get(key)
+
+
+def from_disk(key) -> bool:
+    """The Image of `key` from the disk cache (loader/imagecache.py) into this process's."""
+    if key is None or os.environ.get("NFX_NO_IMAGE_CACHE", "") not in ("", "0"):
+        return False
+    img = imagecache.load(key)
+    if img is None:
+        return False
+    with _taking:
+        _compiled.setdefault(key, img)
+    if _compiled[key] is not img:
+        img.close()
+    return True
 
 
 def compiled_image(name: str, defines: dict | None = None) -> Image | None:

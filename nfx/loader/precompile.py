@@ -35,7 +35,8 @@ class Precompiled:
         try:
             for name, defines in self.jobs:
                 _, _, _, key = comp.source_key(name, defines)
-                if key is None or comp.cached(key) or key in self.children:
+                # compiled before, here or by an earlier process (loader/imagecache.py): no child
+                if key is None or comp.cached(key) or key in self.children or comp.from_disk(key):
                     continue
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 # Ctrl-C and SIGTERM held off until the child is on its own and recorded here:

@@ -2,6 +2,7 @@
 copies and never compiles; a child that fails leaves the compile, and its error, to the process.
 Run in a fresh interpreter each: forking needs a single-threaded process."""
 import json
+import os
 import subprocess
 import sys
 
@@ -34,7 +35,9 @@ print(json.dumps(out))
 
 
 def _run(jobs) -> dict:
-    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(jobs)], capture_output=True, text=True, timeout=180)
+    # without the disk cache (loader/imagecache.py): these compile, in children or here
+    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(jobs)], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "NFX_NO_IMAGE_CACHE": "1"})
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
