@@ -1,7 +1,6 @@
 """Topology files: the instance limit (tx devmap slots), clusters of NF instances (expanded like
 nodes, every member an NF instance, none in two clusters) and the spread flag, with BadInput
 messages that name the file."""
-import copy
 import json
 
 import pytest
@@ -9,6 +8,8 @@ import pytest
 from nfx import layout as L
 from nfx.errors import BadInput
 from nfx.testbed import topology
+
+from .topofile import write_topology
 
 BASE = {
     "nodes": {"h1": {"role": "host", "addr": "10.0.1.2/24", "gateway": "10.0.1.1"},
@@ -20,11 +21,7 @@ BASE = {
 
 
 def write(tmp_path, **extra):
-    raw = copy.deepcopy(BASE)
-    raw.update(extra)
-    p = tmp_path / "t.json"
-    p.write_text(json.dumps(raw))
-    return p
+    return write_topology(tmp_path, BASE, **extra)
 
 
 def test_the_cluster_topology_is_the_slides_setup():

@@ -1,12 +1,11 @@
 """Topology files: `queues` (rx/tx queues of every data-plane veth), 1 by default, 1..16, an
 override from the CLI, and BadInput messages that say where the bad value came from."""
-import copy
-import json
-
 import pytest
 
 from nfx.errors import BadInput
 from nfx.testbed import topology
+
+from .topofile import write_topology
 
 BASE = {
     "nodes": {"h1": {"role": "host", "addr": "10.0.1.2/24", "gateway": "10.0.1.1"},
@@ -17,11 +16,7 @@ BASE = {
 
 
 def write(tmp_path, **extra):
-    raw = copy.deepcopy(BASE)
-    raw.update(extra)
-    p = tmp_path / "t.json"
-    p.write_text(json.dumps(raw))
-    return str(p)
+    return str(write_topology(tmp_path, BASE, **extra))
 
 
 def test_one_queue_by_default():
