@@ -6,9 +6,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from nfx import registry
-
+from nfx.control.switch import Switch
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 
@@ -86,12 +87,21 @@ def path_errors(name: str) -> dict:
                 if ("drop" in key or "err" in key) and val.strip().isdigit() and int(val) and \
                         not key.endswith("xdp_drops"):        # XDP_DROP verdicts: the NFs' and the sink's own
                     out[f"{node}/{link['ifname']}:{key}"] = int(val)
-        if info.get("role") == "nf":
-            try:
+        try:
+            if info.get("role") == "nf":
                 st = builder.instance(name, node).stats()
-                out[f"{node}/reasons"] = {k: v for k, v in st.items() if v}
-            except Exception as e:        # the message must not hide the failure it explains
-                out[f"{node}/reasons"] = f"unreadable: {e}"
+            elif info.get("role") == "switch" and info.get("pin"):
+                # a switch's drops (a rule miss, a rule id gone) are counted there, not at a port
+                sw = Switch.open(node, ns, Path(info["pin"]))
+                try:
+                    st = sw.stats()
+                finally:
+                    sw.close()
+            else:
+                continue
+            out[f"{node}/reasons"] = {k: v for k, v in st.items() if v}
+        except Exception as e:            # the message must not hide the failure it explains
+            out[f"{node}/reasons"] = f"unreadable: {e}"
     return out
 
 
