@@ -117,13 +117,14 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
 def _build(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int, progress, config=None,
            defines: dict | None = None) -> None:
     # the stub, the switch and the NF compile in children while the namespaces and links are
-    # made (a compile costs 1.1-1.7 s of one CPU); the steps below load copies of them
+    # made (a compile costs 1.1-1.7 s of one CPU), unless an earlier process left them on disk
+    # (loader/imagecache.py); the steps below load copies of them
     cls, nfs = nf_class(kind), topo.role("nf")
-    nf_defines = cls.build_defines(max_flows, defines)
-    jobs = [("stub", None)] + [("switch", None)] * bool(topo.role("switch")) + [(kind, nf_defines)] * bool(nfs)
+    nf_build = cls.build_defines(max_flows, defines)
+    jobs = [("stub", None)] + [("switch", None)] * bool(topo.role("switch")) + [(kind, nf_build)] * bool(nfs)
     # and the instances' copies are verified in threads as soon as the NF's compile is in (the
     # verifier is most of an instance's cost), while this thread makes everything else
-    with Precompiled(jobs), Preloads(kind, nf_defines, f"nfx_{kind}", "xdp", len(nfs)) as programs:
+    with Precompiled(jobs), Preloads(kind, nf_build, f"nfx_{kind}", "xdp", len(nfs)) as programs:
         _build_all(rec, topo, kind, max_flows, progress, config, defines, programs)
 
 
