@@ -347,8 +347,8 @@ static __always_inline int sw_hsl(struct __sk_buff *skb, __u32 reason, __u8 prot
  * FIFO into this port, and a host could send the same bytes; what tells them apart is the epoch,
  * which the controller writes into sw_cfg just before it sends (nfx/control/steer.py). The NF's
  * gate checks that epoch against the move once more. HSL messages: see sw_hsl. Returns 1:
- * consumed (a trigger, an HSL message), -1: forged (drop), 0: an ordinary packet or the
- * controller's IBC. */
+ * consumed (a trigger, an HSL message), -1: forged (drop), 0: an ordinary packet, 2: the
+ * controller's IBC (forwarded like an ordinary packet, and counted once it is). */
 static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8 proto, __u32 l4_off,
                                        __u32 in_port)
 {
@@ -370,7 +370,7 @@ static __always_inline int sw_reserved(struct __sk_buff *skb, __u32 reason, __u8
         return reason == NFX_R_OK && proto == IPPROTO_UDP && sw_fire(skb, l4_off);
     }
     if (tos == NFX_TOS_IBC && !(roles & NFX_SW_PORT_NF))
-        return reason == NFX_R_OK && sw_ibc_expected(skb, proto, l4_off) ? 0 : -1;
+        return reason == NFX_R_OK && sw_ibc_expected(skb, proto, l4_off) ? 2 : -1;
     return 0;
 }
 
@@ -417,12 +417,14 @@ int nfx_switch(struct __sk_buff *skb)
         nfx_count(NFX_R_FORGED);
         goto out;
     }
+    int ibc = 0;
     if (ip_ok) {
         int res = sw_reserved(skb, reason, k.proto, l4_off, in_port);
         if (res < 0)
             nfx_count(NFX_R_FORGED);
-        if (res)
+        if (res == 1 || res < 0)
             goto out;               /* consumed (a trigger, an HSL message) or forged */
+        ibc = res == 2;
     }
     __u32 rid = 0;
     struct nfx_sw_rule *r = sw_lookup(&k, reason == NFX_R_OK, in_port, &rid);
@@ -476,6 +478,9 @@ int nfx_switch(struct __sk_buff *skb)
     if (act != TC_ACT_REDIRECT) {
         nfx_count(NFX_R_REDIRECT_FAIL);
         act = TC_ACT_SHOT;
+    } else if (ibc) {
+        /* past its rule lookup: a rule changed from now on decides only for packets behind it */
+        sw_note(NFX_SW_R_IBC);
     }
 out:
     return sw_exit(act);

@@ -49,7 +49,10 @@ enum nfx_sw_reason {
     NFX_SW_R_STAMP_SKIPPED,
     NFX_SW_R_STAMP_TOO_BIG,
     NFX_SW_R_SPREAD_NO_SLICE,        /* a slice-spread packet whose port is outside the range: hashed */
-    NFX_SW_R_MAX = 8,
+    NFX_SW_R_IBC,                    /* the controller's IBC, sent on by its rule: the controller
+                                      * changes that rule only once this count has moved
+                                      * (nfx/control/steer.py ibc) */
+    NFX_SW_R_MAX = 16,
 };
 
 struct nfx_sw_rule {

@@ -5,6 +5,7 @@ import ipaddress
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from .switch import Match, Rule, Switch
 # Below PRIO_MIN lies SHarP's handover band (nfx/control/sharp_plane.py), above every move.
 PRIO_TOP = 999
 PRIO_MIN = 512
+# the IBC is on its way once sent, but a rule changed before the switch has taken it would
+# decide for the packets queued ahead of it too (they would reach the destination alone, before
+# its cut: lost); ibc() returns once the switch has sent it on, or fails past this
+IBC_PASS_S = 2.0
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Steering:
             for name, s in self.sw.items()}
         self._ibc_socks: dict[str, socket.socket] = {}      # host node -> bound AF_PACKET socket
         self._ibc_lock = threading.Lock()
+        self._ibc_send_lock = threading.Lock()
 
     def port_of(self, sw: str, nf: str) -> str:
         return self.rec["nodes"][sw]["ifaces"][nf]
@@ -214,22 +220,39 @@ class Steering:
 
     def ibc(self, side: int, key: L.FlowKey, epoch: int) -> None:
         """Send the IBC from the host in front of `side`, so it enters the switch on the same
-        port, in the same queue, as the flow's own packets: the cut is the same in both copies."""
+        port, in the same queue, as the flow's own packets: the cut is the same in both copies.
+        Returns once the switch has sent it on (DiST's switch takes the packet-out before the
+        rule update behind it; here the packet may wait in the port's queue, behind the flow's
+        own, while the controller already writes the next rule)."""
         sw = next(n for n in self.sw if self.side_of(n) == side)
         host = self.host_of[sw]
         key = self.from_host(sw, key)
         frame = ibc_frame(key, bytes.fromhex(self.rec["nodes"][host]["mac"].replace(":", "")), epoch)
-        # The host-facing port drops IBCs (a host could forge one) except those of the epoch
-        # written here. It stays set: an IBC of this epoch is only acted on during its move
-        # (the NF's gate checks the epoch against the move), and the next move overwrites it.
-        self.sw[sw].expect_ibc(epoch)
-        s = self.host_socket(host)
-        try:
-            s.send(frame)
-        except OSError:
-            # closed meanwhile, or the interface was recreated (the binding holds the old ifindex)
-            self._drop_ibc_sock(host, s)
-            self.host_socket(host).send(frame)
+        # one IBC at a time: the switch expects one epoch, and counts every IBC it sends on
+        with self._ibc_send_lock:
+            # The host-facing port drops IBCs (a host could forge one) except those of the epoch
+            # written here. It stays set: an IBC of this epoch is only acted on during its move
+            # (the NF's gate checks the epoch against the move), and the next move overwrites it.
+            self.sw[sw].expect_ibc(epoch)
+            before = self.sw[sw].ibcs_passed()
+            s = self.host_socket(host)
+            try:
+                s.send(frame)
+            except OSError:
+                # closed meanwhile, or the interface was recreated (the binding holds the old ifindex)
+                self._drop_ibc_sock(host, s)
+                self.host_socket(host).send(frame)
+            self._wait_passed(sw, before)
+
+    def _wait_passed(self, sw: str, before: int) -> None:
+        end = time.monotonic() + IBC_PASS_S
+        pause = 20e-6
+        while self.sw[sw].ibcs_passed() == before:
+            if time.monotonic() > end:
+                raise NfxError(f"the IBC did not pass switch {sw} within {IBC_PASS_S:g} s: no rule sends "
+                               f"its flow on (its r_sw_miss / r_forged counters say which)")
+            time.sleep(pause)
+            pause = min(pause * 2, 1e-3)
 
     def from_host(self, sw: str, key: L.FlowKey) -> L.FlowKey:
         """The IBC's tuple as the host in front of `sw` sends it. An NF that rewrites no address

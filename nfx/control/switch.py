@@ -172,6 +172,10 @@ class Switch:
         """The controller is about to send an IBC of `epoch` into a host-facing port (0: none)."""
         self._set_cfg(ibc_epoch=epoch)
 
+    def ibcs_passed(self) -> int:
+        """The controller's IBCs this switch has sent on by their rules, summed over CPUs."""
+        return self.maps.sw_reasons.sum_percpu(L.u32(L.SwReason.IBC))
+
     # ---- the stamper ----
     def set_stamp(self, on: bool) -> None:
         """The stamper on or off: a flow packet from a host port to NF ports only leaves with the

@@ -29,9 +29,10 @@ class SwReason(enum.IntEnum):
     STAMP_SKIPPED = 5
     STAMP_TOO_BIG = 6
     SPREAD_NO_SLICE = 7
+    IBC = 8
 
 
-SW_R_MAX = 8
+SW_R_MAX = 16
 
 
 class SwRule(ct.Structure):

@@ -464,8 +464,10 @@ def test_forged_ibc_from_a_host_port_is_dropped(sw, expected, sent):
     sw.add_wild(Match(in_port=P1), Rule(output=[P2, P3]))
     sw.expect_ibc(expected)
     before = sw.stats()
+    passed = sw.ibcs_passed()
     assert run(sw, ibc(sent))[0] == TC_ACT_SHOT
     assert delta(sw, before, "r_forged") == 1 and sum(c for c, _ in sw.counters().values()) == 0
+    assert sw.ibcs_passed() == passed
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
@@ -473,9 +475,20 @@ def test_the_controllers_ibc_passes_the_host_port(sw, proto):
     rid = sw.add_wild(Match(in_port=P1), Rule(output=[P2, P3]))
     sw.expect_ibc(41)
     before = sw.stats()
+    passed = sw.ibcs_passed()
     verdict, out = run(sw, ibc(41, proto))
     assert verdict == TC_ACT_REDIRECT and out == ibc(41, proto) and sw.counters()[rid][0] == 1
     assert delta(sw, before, "r_forged") == 0
+    # counted once sent on: the controller changes the flow's rule only after this (steer.ibc)
+    assert sw.ibcs_passed() == passed + 1 and delta(sw, before, "r_sw_ibc") == 1
+
+
+def test_an_ibc_no_rule_sends_on_is_not_counted_as_passed(sw):
+    sw.add_wild(Match(in_port=P2), Rule(output=[P3]))       # nothing from the host port
+    sw.expect_ibc(43)
+    passed = sw.ibcs_passed()
+    assert run(sw, ibc(43))[0] == TC_ACT_SHOT
+    assert sw.ibcs_passed() == passed
 
 
 def test_reserved_tos_without_magic_from_a_host_port_is_dropped(sw):

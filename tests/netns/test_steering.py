@@ -113,7 +113,10 @@ def test_ibc_keeps_one_socket_per_host_and_works_from_any_thread(tb):
         fd = s._ibc_socks["h1"].fileno()
         nfds = len(os.listdir("/proc/self/fd"))
         for e in range(2, 22):
+            passed = s.sw["si"].ibcs_passed()
             s.ibc(L.SIDE_IN, key, e)
+            # returned once the switch sent it on: a rule changed now decides only behind it
+            assert s.sw["si"].ibcs_passed() == passed + 1
         assert s._ibc_socks["h1"].fileno() == fd and len(os.listdir("/proc/self/fd")) == nfds
 
         def from_elsewhere():
