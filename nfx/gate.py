@@ -160,6 +160,24 @@ class Gate:
                 out[slot] = f
         return out
 
+    # ---- fencing (issue 14) ----
+    FENCE_SLOT = 0       # the first filter slot: the gate takes the first that matches
+
+    def fence(self) -> None:
+        """An instance the cluster failed over from forwards nothing (every packet dropped,
+        counted r_gate_drop) until unfenced: a drop filter for every flow in the first slot,
+        then no marks (a marked flow would skip the filters)."""
+        self.set_filter(self.FENCE_SLOT, Filter(), L.Action.DROP)
+        self.unmark()
+
+    def unfence(self) -> None:
+        self.clear_filter(self.FENCE_SLOT)
+
+    def fenced(self) -> bool:
+        f = self.maps.nfx_filters.get(L.u32(self.FENCE_SLOT))
+        return bool(f is not None and f.flags & L.FILTER_USED and f.action == L.Action.DROP
+                    and not (f.smask or f.dmask or f.sport or f.dport or f.proto))
+
     # ---- sharing ----
     def set_share(self, on: bool, batch: int = 1) -> L.GateCfg:
         """Share state: a packet the NF processes with plain PROCESS is mirrored as if marked

@@ -13,10 +13,12 @@ attaches anything) and serves the southbound API on the management network
     dup_source.py     move_dup_push, the duplication baseline's snapshot
     slim_source.py    move_slim, SLiM's source half; slim_dest.py slim_in, its destination half
     hsl.py            SHarP's handover support layer (in-band START_HO/END, hsl_state_in)
-    share.py          a cluster's batched sharing (sharer.py) and the replicas it feeds"""
+    share.py          a cluster's batched sharing (sharer.py) and the replicas it feeds
+    heartbeat.py      heartbeats to the failure detection unit (issue 14)"""
 from . import transport
 from .dist_source import DistSource
 from .dup_source import DupSource
+from .heartbeat import HEARTBEAT_OPS, HeartbeatOps
 from .hsl import HSL_OPS, HslOps
 from .instance import Instance
 from .ops_gate import GateOps
@@ -31,8 +33,8 @@ from .transport import Transport
 
 
 class Agent(Transport, StateOps, GateOps, SubscribeOps, HslOps, MoveOps, DistSource, DupSource, SlimSource,
-            SlimDest, ShareOps, Instance):
-    ops = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS + SHARE_OPS
+            SlimDest, ShareOps, HeartbeatOps, Instance):
+    ops = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS + SHARE_OPS + HEARTBEAT_OPS
 
 
 def main(argv=None) -> None:

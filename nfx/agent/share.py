@@ -1,12 +1,14 @@
 """The agent's cluster ops (issue 13): batched sharing and the replicas it feeds.
 
     share_start {members, batch, idle_ms,   the gate's share flag on; this instance's state as a
-                 etcd, cluster}             base to every member; then the sharer (sharer.py);
-                                            with etcd: membership under this agent's lease, and
+                 etcd, cluster, ttl_s}      base to every member; then the sharer (sharer.py);
+                                            with etcd: membership under this agent's lease (of
+                                            ttl_s), and
                                             its counters published there
     share_stop                              the flag off, the sharer's last batches out, the
                                             membership ended
     share_status                            what the sharer sent, what the replicas hold
+    share_drop {member}                     stop sharing with a member that failed, at once
     share_put {src, blob | base | add}      from a member: its batches (coalesce.py), its base
                                             (wire chunks), or state a put wrote there, into this
                                             instance's replicas
@@ -33,10 +35,10 @@ from .transport import arg_int
 from .sessions import SETTLE_S
 from .sharer import Sharer
 
-SHARE_OPS = ("share_start", "share_stop", "share_status", "share_put", "share_flush", "replica_promote")
+SHARE_OPS = ("share_start", "share_stop", "share_status", "share_put", "share_flush", "replica_promote", "share_drop")
 BASE_SCOPES = ("per-flow", "multi-flow")
 PIECE_BYTES = 512 << 10    # state per share_put request (a request stops at 1 MiB; base64 adds a third)
-MEMBER_TTL_S = 10          # a member whose agent is gone leaves etcd within this (issue 14 detects failures)
+MEMBER_TTL_S = 10          # a member whose agent is gone leaves etcd within this (failover's backstop)
 
 
 class ShareOps:
@@ -72,7 +74,7 @@ class ShareOps:
             if not isinstance(etcd, str) or not isinstance(cluster, str):
                 raise BadInput("share_start: etcd is a URL and cluster the cluster's name")
             gs = GlobalState(Etcd(etcd), self.testbed)
-            gs.join(cluster, self.instance, ttl_s=MEMBER_TTL_S, mgmt=self.addr)
+            gs.join(cluster, self.instance, ttl_s=arg_int(req, "ttl_s", MEMBER_TTL_S, 1, 3600), mgmt=self.addr)
         try:
             return self._share_start(members, batch, idle_ms, gs)
         except BaseException:
@@ -117,6 +119,12 @@ class ShareOps:
             self.global_state.close()           # revokes the membership's lease
         self.sharer = self.global_state = None
         return {"stopped": True, **s.status()}
+
+    def op_share_drop(self, sock, r, req) -> dict:
+        member = req.get("member")
+        if not isinstance(member, str) or not member:
+            raise BadInput("share_drop needs member: the instance to stop sharing with")
+        return {"dropped": self.sharer.drop(member) if self.sharer is not None else False}
 
     def op_share_status(self, sock, r, req) -> dict:
         return {"sharing": self.sharer.status() if self.sharer else None,

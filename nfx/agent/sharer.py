@@ -18,6 +18,7 @@ its pending records plus what the maps hold of the moved flows beyond what was l
 them, up to the move."""
 import logging
 import queue
+import socket
 import threading
 import time
 
@@ -66,8 +67,24 @@ class Sharer:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(10)
-        for c in self.peers.values():
+        for c in list(self.peers.values()):
             c.close()
+
+    def drop(self, member: str) -> bool:
+        """Stop sharing with `member` (it failed: issue 14), from any thread, at once: a send
+        blocked on it (a stopped process still accepts, and never answers) is cut short."""
+        c = self.peers.pop(member, None)
+        if c is None:
+            return False
+        self.members = [m for m in self.members if m != member]
+        sock = c._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.errors.pop(member, None)
+        return True
 
     # ---- commands from other threads (run on the sharer's thread, in ring order) ----
     def flush(self, flows: set | None = None, timeout: float = 30.0) -> dict:
@@ -225,9 +242,14 @@ class Sharer:
         except Exception as e:   # noqa: BLE001 (etcd away: counters merge late, nothing else waits)
             self.publish_error = str(e)
 
+    def _working(self) -> list:
+        """The members to send to: not one that missed a batch (its replicas are broken: it is
+        waited on no longer, which a member that stopped answering would make take seconds)."""
+        return [(m, c) for m, c in list(self.peers.items()) if m not in self.errors]
+
     def _send_base(self, pieces: list[bytes]) -> dict:
         self._send()
-        for m, c in self.peers.items():
+        for m, c in self._working():
             try:
                 for piece in pieces:
                     c.request("share_put", src=self.me, add=piece)
@@ -240,7 +262,7 @@ class Sharer:
     def _send_forget(self, keys_blob: str) -> dict:
         self._send()
         forgot = {}
-        for m, c in self.peers.items():
+        for m, c in self._working():
             try:
                 forgot[m] = c.request("share_put", src=self.me, forget=keys_blob)["forgot"]
             except Exception as e:   # noqa: BLE001 (a member that keeps them wastes memory, nothing more)
@@ -252,7 +274,7 @@ class Sharer:
             return
         blob = b"".join(self.outbox)
         self.outbox, self.out_bytes = [], 0
-        for m, c in self.peers.items():
+        for m, c in self._working():
             try:
                 c.request("share_put", src=self.me, blob=blob)
             except Exception as e:   # noqa: BLE001 (a member that misses a batch is marked broken)

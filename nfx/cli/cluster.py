@@ -3,6 +3,7 @@ import typer
 from rich.table import Table
 
 from ..cluster import manage
+from ..cluster import pairs as P
 from ..cluster.sharing import DEFAULT_BATCH, DEFAULT_IDLE_MS
 from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, show
 
@@ -24,10 +25,22 @@ def up(name: str = NameOpt,
                                 "by cluster down or testbed down."),
        stamp: bool = typer.Option(True, "--stamp/--no-stamp", help="The switches stamp each flow's packet count "
                                   "on its packets (batches follow the stamps)."),
+       pairs: str = typer.Option(None, "--pairs", help="Primary=secondary pairs for failover, e.g. nf0=nf1 "
+                                 "(default: the topology's pairs); each pair in one cluster."),
+       spares: str = typer.Option(None, "--spares", help="Instances that become a pair's new secondary after a "
+                                  "failover, e.g. nf2 (default: the topology's spares)."),
+       heartbeat_ms: float = typer.Option(P.DEFAULT_HEARTBEAT_MS, "--heartbeat-ms",
+                                          help="Failover: each agent's heartbeat period."),
+       misses: int = typer.Option(P.DEFAULT_MISSES, "--misses", help="Failover: heartbeats missed in a row before "
+                                  "a primary is failed over."),
+       lease_s: int = typer.Option(P.DEFAULT_TTL_S, "--lease-s", help="Failover: each member's etcd lease (whole "
+                                   "seconds); its expiry fails a primary over too (the backstop)."),
        json_: bool = JsonOpt):
-    """Bring a testbed's clusters up: etcd, the NAT pool's owners, the stamper, batched sharing."""
+    """Bring a testbed's clusters up: etcd, the NAT pool's owners, the stamper, batched sharing, and
+    with pairs, failover (a failure detection unit in the controller)."""
     need_root()
-    r = manage.up(name, clusters, batch, idle_ms, etcd, stamp, progress=(lambda m: None) if json_ else progress)
+    r = manage.up(name, clusters, batch, idle_ms, etcd, stamp, progress=(lambda m: None) if json_ else progress,
+                  pairs_text=pairs, spares_text=spares, heartbeat_ms=heartbeat_ms, misses=misses, ttl_s=lease_s)
     if json_:
         emit_json(r)
         return
@@ -35,6 +48,10 @@ def up(name: str = NameOpt,
                   + "; ".join(f"{c}: {', '.join(ms)}" for c, ms in r["clusters"].items())
                   + f" · S_batch {manage.batch_text(r['batch'])} · etcd {r['etcd']}"
                   + (" (local)" if r["local_etcd"] else ""))
+    if r.get("pairs"):
+        console.print("failover: " + ", ".join(f"{p} -> {s}" for p, s in r["pairs"].items())
+                      + (f" · spares {', '.join(r['spares'])}" if r["spares"] else "")
+                      + f" · heartbeat {heartbeat_ms:g} ms x {misses} · lease {lease_s} s")
 
 
 @app.command()
@@ -70,3 +87,42 @@ def status(name: str = NameOpt, json_: bool = JsonOpt):
                   str(sh.get("bytes", "-")), str(rp.get("per_flow", "-")),
                   s.get("error") or ", ".join(sh.get("errors") or {}) or "")
     show(t)
+    fo = r.get("failover")
+    if fo and not fo.get("error"):
+        for slot, s in fo["slots"].items():
+            console.print(f"pair {slot}: primary {s['primary']}, secondary {s['secondary'] or '-'}")
+        for ev in fo["events"]:
+            console.print(f"failed over {ev['failed']} ({ev['by']}): {ev.get('outcome') or ev.get('error')}"
+                          + (f", traffic to {ev['promoted']} {ev['recovered_ms']} ms after detection" if ev.get("recovered_ms") else ""))
+        if fo["fenced"]:
+            console.print(f"fenced: {', '.join(fo['fenced'])}")
+    elif fo:
+        console.print(f"failover: {fo['error']}")
+
+
+@app.command()
+def rejoin(name: str = NameOpt, instance: str = typer.Option(..., "--instance", help="The instance that failed."),
+           json_: bool = JsonOpt):
+    """A failed instance back: its program and agent restarted, fenced, syncing as its pair's
+    secondary (or a spare); it takes traffic again only by `nfx cluster failback`."""
+    need_root()
+    r = manage.rejoin(name, instance)
+    if json_:
+        emit_json(r)
+        return
+    console.print(f"{instance} rejoined as {r['role']}" + (f" of {r['primary']} (pair {r['slot']}, synced in "
+                  f"{r['sync_s']} s)" if r["role"] == "secondary" else "") + (" · fenced" if r["fenced"] else ""))
+
+
+@app.command()
+def failback(name: str = NameOpt, slot: str = typer.Option(..., "--slot", help="The pair (its first primary's name)."),
+             to: str = typer.Option(..., "--to", help="The pair's secondary that takes the traffic back."),
+             json_: bool = JsonOpt):
+    """Give a pair's traffic back to its secondary, only once it has synced: its fence lifted, the
+    pair's record changed in etcd, and an order-preserving move carries the flows."""
+    need_root()
+    r = manage.failback(name, slot, to)
+    if json_:
+        emit_json(r)
+        return
+    console.print(f"pair {slot}: {r['primary']} serves again ({r['secondary']} stands by), in {r['failback_s']} s")

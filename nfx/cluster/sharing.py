@@ -61,7 +61,8 @@ def check_clusters(clusters: dict, instances: list[str]) -> None:
             seen.add(m)
 
 
-def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: float, etcd: str | None = None) -> dict:
+def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: float, etcd: str | None = None,
+          ttl_s: int | None = None) -> dict:
     """Every member of every cluster shares with the others of its own, every batch[cluster]
     packets of a flow; all or nothing."""
     if rec.get("sharing"):
@@ -72,8 +73,9 @@ def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: f
         for c, ms in clusters.items():
             for m in ms:
                 with AgentClient(rec["name"], m, timeout=30.0) as a:
+                    extra = {"ttl_s": ttl_s} if ttl_s else {}     # failover: the lease is the backstop detector
                     out[m] = a.request("share_start", members=[o for o in ms if o != m], batch=batch[c], idle_ms=idle_ms,
-                                       etcd=etcd, cluster=c if etcd else None)
+                                       etcd=etcd, cluster=c if etcd else None, **extra)
                 started.append(m)
     except BaseException:
         for m in started:

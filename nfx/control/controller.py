@@ -25,6 +25,8 @@ from ..state.tables import parse_scopes
 from .. import registry
 from ..agent import link
 from ..procs.controller import moves_path
+from . import failback
+from .failover import Failover, parse_body as failover_body
 from .handover import Handovers
 from .steer import Steering
 
@@ -141,12 +143,55 @@ class Controller:
         self.moves = 0
         self.started = time.time()
         self.last: dict | None = None
+        self.fdu: Failover | None = None      # issue 14: POST /failover {on}
+        self.fdu_lock = threading.Lock()
+
+    def failover(self, body: dict) -> dict:
+        """The failure detection unit on (POST /failover {on: true, pairs, ...}: nfx cluster up
+        --pairs) or off ({on: false}); its state and what it did (on: false answers the last)."""
+        on = body.get("on")
+        if not isinstance(on, bool):
+            raise BadInput("POST /failover needs on: true or false")
+        with self.fdu_lock:
+            if not on:
+                fdu, self.fdu = self.fdu, None
+                return {"on": False, **(fdu.stop() if fdu else {})}
+            if self.fdu is not None:
+                raise BadInput("failover is on already (POST /failover {on: false} first)")
+            fdu = Failover(self, **failover_body(body))
+            try:
+                out = fdu.start()
+            except BaseException:
+                fdu.stop()
+                raise
+            self.fdu = fdu
+            return {"on": True, **out}
+
+    def _fdu(self) -> Failover:
+        if self.fdu is None:
+            raise BadInput("failover is off on this testbed", hint="nfx cluster up --pairs ...")
+        return self.fdu
+
+    def rejoin(self, body: dict) -> dict:
+        """POST /rejoin {instance}: a failed instance back (nfx cluster rejoin), still fenced."""
+        inst = body.get("instance")
+        if not isinstance(inst, str):
+            raise BadInput("POST /rejoin needs instance")
+        return failback.rejoin(self._fdu(), inst)
+
+    def failback(self, body: dict) -> dict:
+        """POST /failback {slot, to}: sync-gated (nfx cluster failback)."""
+        slot, to = body.get("slot"), body.get("to")
+        if not isinstance(slot, str) or not isinstance(to, str):
+            raise BadInput("POST /failback needs slot and to")
+        return failback.failback(self._fdu(), slot, to, body.get("mechanism", "dist"))
 
     def status(self) -> dict:
         return {"testbed": self.testbed, "uptime_s": round(time.time() - self.started, 1), "moves": self.moves,
                 "ctrl_delay_ms": self.delay_ms, "ctrl_rate_mbit": self.rate_mbit, "busy": self.move_lock.locked(),
                 "instances": [n for n, i in self.rec["nodes"].items() if i["role"] == "nf"],
-                "last_move": self.last, "handovers": self.handovers.status()}
+                "last_move": self.last, "handovers": self.handovers.status(),
+                "failover": self.fdu.status() if self.fdu else None}
 
     def stamp(self, body: dict) -> dict:
         """The stamper on every switch on or off (POST /stamp {on}: nfx cluster up|down). Between
@@ -320,7 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self._authorized():
             return
-        if self.path not in ("/move", "/handover", "/stamp"):
+        if self.path not in ("/move", "/handover", "/stamp", "/failover", "/rejoin", "/failback"):
             return self._refuse(404, f"no such endpoint {self.path}", "NotFound", 3)
         raw = self._body()
         if raw is None:
@@ -333,7 +378,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, BadInput) as e:
             return self._reply(400, {"error": f"bad request: {e}", "code": 2})
         try:
-            act = {"/handover": self.ctl.handover, "/stamp": self.ctl.stamp}.get(self.path, self.ctl.move)
+            act = {"/handover": self.ctl.handover, "/stamp": self.ctl.stamp, "/failover": self.ctl.failover,
+                   "/rejoin": self.ctl.rejoin, "/failback": self.ctl.failback}.get(self.path, self.ctl.move)
             self._reply(200, act(req))
         except NfxError as e:
             self._reply(400 if isinstance(e, BadInput) else 500,

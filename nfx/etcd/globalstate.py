@@ -8,6 +8,9 @@ membership, their counters) and by nfx/cluster (the NAT pool's owners, status):
     counters/<table>/<instance>    JSON {name: value}: each instance's commutative counters, summed on
                                    read (merged eventually: each instance publishes its own key)
     strong/<name>                  an integer changed only by CAS transactions (ordered global updates)
+    pairs/<slot>                   JSON {primary, secondary, epoch}: who serves a slot (named after its
+                                   first primary) and who stands by; the switches follow it, and
+                                   only a transaction that finds it unchanged changes it (issue 14)
 """
 import contextlib
 import json
@@ -139,6 +142,58 @@ class GlobalState:
         self.etcd.update(self.key("nat", "pool"), release, deadline_s)
         return tuple(had[0]) if had and had[0] else None
 
+    # ---- primary/secondary pairs (strong) ----
+    def set_pair(self, slot: str, primary: str, secondary: str | None) -> dict:
+        _name("slot", slot), _name("instance", primary)
+        rec = {"primary": primary, "secondary": secondary, "epoch": 1}
+        self.etcd.put_json(self.key("pairs", slot), rec)
+        return rec
+
+    def pair(self, slot: str) -> tuple[dict, int] | None:
+        """The slot's record and its mod revision (what a transaction compares)."""
+        kv = self.etcd.get_kv(self.key("pairs", _name("slot", slot)))
+        return (json.loads(kv.value), kv.mod_revision) if kv else None
+
+    def pairs(self) -> dict[str, dict]:
+        p = self.key("pairs") + "/"
+        return {k[len(p):]: json.loads(v) for k, v in self.etcd.range(p).items()}
+
+    def take_over(self, slot: str, failed: str, secondary: str | None = None,
+                  known: tuple[dict, int] | None = None) -> dict | None:
+        """The slot's secondary becomes its primary, if `failed` is still the primary and the
+        record has not changed since it was read (one transaction): the new record, or None when
+        somebody else changed it first (two detectors, one winner). `known`: the record and its
+        revision as the caller last saw them (saves a read; if it is stale the transaction
+        fails and nothing changes)."""
+        got = known or self.pair(slot)
+        if got is None:
+            raise BadInput(f"no pair {slot!r} in etcd")
+        rec, rev = got
+        if rec["primary"] != failed or not rec.get("secondary"):
+            return None
+        new = {"primary": rec["secondary"], "secondary": secondary, "epoch": rec["epoch"] + 1}
+        if not self.etcd.swap(self.key("pairs", slot), json.dumps(new, sort_keys=True), rev):
+            return None
+        return new
+
+    def swap_primary(self, slot: str, primary: str, to: str) -> bool:
+        """A planned change (failback): `to`, the secondary, serves the slot, `primary` stands by."""
+        got = self.pair(slot)
+        if got is None or got[0]["primary"] != primary or got[0].get("secondary") != to:
+            return False
+        rec, rev = got
+        new = {"primary": to, "secondary": primary, "epoch": rec["epoch"] + 1}
+        return self.etcd.swap(self.key("pairs", slot), json.dumps(new, sort_keys=True), rev)
+
+    def set_secondary(self, slot: str, primary: str, secondary: str | None) -> dict | None:
+        """A new secondary for the slot while `primary` serves it (one transaction)."""
+        got = self.pair(slot)
+        if got is None or got[0]["primary"] != primary:
+            return None
+        rec, rev = got
+        new = {**rec, "secondary": secondary, "epoch": rec["epoch"] + 1}
+        return new if self.etcd.swap(self.key("pairs", slot), json.dumps(new, sort_keys=True), rev) else None
+
     # ---- commutative counters (eventual) ----
     def publish_counters(self, instance: str, table: str, counters: dict[str, int]) -> int:
         """Replace the instance's counters of `table` (its own key: no conflicts); the revision."""
@@ -180,7 +235,7 @@ class GlobalState:
 
     # ---- the whole testbed ----
     def dump(self) -> dict:
-        return {"members": self.members(), "nat_pool": self.owners(),
+        return {"members": self.members(), "nat_pool": self.owners(), "pairs": self.pairs(),
                 "strong": {k.rsplit("/", 1)[1]: int(v) for k, v in self.etcd.range(self.key("strong") + "/").items()}}
 
     def wipe(self) -> int:

@@ -12,6 +12,7 @@ A move to this member takes the moved flows from here (`select`, by the filter, 
 would select them from maps) plus the source's last batch, which the move sends first."""
 import io
 import threading
+import time
 
 from ..filter import Filter
 from . import ops, wire
@@ -35,6 +36,7 @@ class Replicas:
         self.lock = threading.Lock()
         self.counts = {"batches": 0, "stale": 0, "statelets": 0, "bytes": 0, "bases": 0, "orphans": 0,
                        "forgotten": 0}
+        self.based: dict[str, float] = {}       # member -> when its base (first piece) came: in sync since
 
     def _mine(self, src: str) -> Tables:
         t = self.multi.get(src)
@@ -86,6 +88,8 @@ class Replicas:
                     self.owner.update(((name, k), src) for k in d)
                 n += len(d)
             self.multi[src] = multi
+            if replace:
+                self.based[src] = time.time()
             self.counts["bases"] += 1
             self.counts["bytes"] += len(blob)
         return n
@@ -137,7 +141,8 @@ class Replicas:
     def entries(self) -> dict:
         with self.lock:
             return {"per_flow": sum(len(d) for n, d in self.flows.data.items() if n in self.per_flow),
-                    "multi_flow": {s: t.entries() for s, t in self.multi.items()}}
+                    "multi_flow": {s: t.entries() for s, t in self.multi.items()},
+                    "based": dict(self.based)}
 
 
 def _name(u) -> str:

@@ -96,6 +96,7 @@ def up(name: str, topo: Topology, kind: str = "nat", max_flows: int = 262144, pr
     rec = registry.new(name, topology=topo.name, topology_file=topo.source, nf=kind, instances=topo.instances,
                        max_flows=max_flows, pin_root=str(registry.pin_root(name)), started=time.time(),
                        token=secrets.token_hex(16), clusters={c: list(m) for c, m in topo.clusters.items()},
+                       pairs=dict(topo.pairs), spares=list(topo.spares),
                        spread=topo.spread, queues=topo.queues)
     try:
         rec["nf_settings"] = list(nf_settings or [])

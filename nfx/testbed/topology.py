@@ -29,6 +29,8 @@ class Topology:
     clusters: dict[str, list[str]] = field(default_factory=dict)   # cluster -> its NF instances
     spread: bool = False             # switches spread flows over the instances (builder's default plan)
     queues: int = 1                  # rx/tx queues of every veth that carries traffic (1: the kernel's default)
+    pairs: dict[str, str] = field(default_factory=dict)   # primary -> secondary (nfx cluster up's failover)
+    spares: list[str] = field(default_factory=list)       # instances that stand by for a pair
 
     def role(self, role: str) -> list[str]:
         return [n for n, spec in self.nodes.items() if spec["role"] == role]
@@ -94,6 +96,14 @@ def load(name_or_file: str, instances: int | None = None, queues: int | None = N
         if missing:
             raise BadInput(f"{path}: spread: switch {sw} has no link to {', '.join(missing)}; it needs one to every NF instance")
     topo.clusters = _clusters(path, raw.get("clusters", {}), topo)
+    pairs, spares = raw.get("pairs", {}), raw.get("spares", [])
+    if not isinstance(pairs, dict) or not all(isinstance(v, str) for v in pairs.values()):
+        raise BadInput(f"{path}: pairs maps a primary to its secondary, not {pairs!r}")
+    if not isinstance(spares, list) or not all(isinstance(v, str) for v in spares):
+        raise BadInput(f"{path}: spares is a list of NF instances, not {spares!r}")
+    if pairs:
+        check_pairs(pairs, spares, topo.clusters, topo.role("nf"), where=f"{path}: pairs")
+    topo.pairs, topo.spares = dict(pairs), list(spares)
     for nf in topo.role("nf"):
         if len(topo.neighbours(nf)) != 2:
             raise BadInput(f"{path}: NF {nf} needs exactly two links (inside, outside)")
@@ -141,3 +151,28 @@ def _clusters(path: Path, raw, topo: Topology) -> dict[str, list[str]]:
 
 def _expand(name: str, n: int) -> list[str]:
     return [name.replace("{i}", str(i)) for i in range(n)] if "{i}" in name else [name]
+
+
+def check_pairs(pairs: dict[str, str], spares: list[str], clusters: dict[str, list[str]], instances: list[str],
+                where: str = "--pairs") -> None:
+    """A secondary holds its primary's state through its cluster's sharing: the two are in one
+    cluster; a spare is in no pair."""
+    used: set[str] = set()
+    of = {m: c for c, ms in clusters.items() for m in ms}
+    for p, s in pairs.items():
+        for n in (p, s):
+            if n not in instances:
+                raise BadInput(f"{where}: {n!r} is no NF instance (instances: {', '.join(instances)})")
+            if n in used:
+                raise BadInput(f"{where}: {n} is in two pairs")
+            used.add(n)
+        if p == s:
+            raise BadInput(f"{where}: {p} cannot be its own secondary")
+        if of.get(p) is None or of.get(p) != of.get(s):
+            raise BadInput(f"{where}: {p} and {s} are not in one cluster (the secondary holds the primary's "
+                           "state through the cluster's sharing)", hint="--clusters puts them in one")
+    for n in spares:
+        if n not in instances:
+            raise BadInput(f"--spares: {n!r} is no NF instance (instances: {', '.join(instances)})")
+        if n in used:
+            raise BadInput(f"--spares: {n} is in a pair")
