@@ -160,14 +160,14 @@ def check_pairs(pairs: dict[str, str], spares: list[str], clusters: dict[str, li
     used: set[str] = set()
     of = {m: c for c, ms in clusters.items() for m in ms}
     for p, s in pairs.items():
+        if p == s:
+            raise BadInput(f"{where}: {p} cannot be its own secondary")
         for n in (p, s):
             if n not in instances:
                 raise BadInput(f"{where}: {n!r} is no NF instance (instances: {', '.join(instances)})")
             if n in used:
                 raise BadInput(f"{where}: {n} is in two pairs")
             used.add(n)
-        if p == s:
-            raise BadInput(f"{where}: {p} cannot be its own secondary")
         if of.get(p) is None or of.get(p) != of.get(s):
             raise BadInput(f"{where}: {p} and {s} are not in one cluster (the secondary holds the primary's "
                            "state through the cluster's sharing)", hint="--clusters puts them in one")

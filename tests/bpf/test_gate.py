@@ -120,3 +120,23 @@ def test_reopen_refuses_a_missing_declared_pin(nf):
         assert again.maps["nfx_marks"].Value is L.Mark
     finally:
         pin.unpin(pd)
+
+
+def test_a_fenced_gate_drops_every_flow_marked_or_not_until_unfenced(nf):
+    """Failover (issue 14): the instance a pair failed over from forwards nothing, whatever its
+    marks said (a PROCESS mark would skip the filters)."""
+    g = Gate(nf)
+    g.mark([key(1)], L.Action.PROCESS, epoch=3)
+    assert verdict(nf, 1) == XDP_REDIRECT and verdict(nf, 2) == XDP_REDIRECT and not g.fenced()
+    g.fence()
+    assert g.fenced() and g.marks() == {}
+    before = nf.stats().get("r_gate_drop", 0)
+    assert [verdict(nf, p) for p in (1, 2, 3)] == [XDP_DROP] * 3
+    assert verdict(nf, 4, TCP) == XDP_DROP
+    assert nf.stats().get("r_gate_drop", 0) - before == 4
+    g.unfence()
+    assert not g.fenced() and verdict(nf, 1) == XDP_REDIRECT and verdict(nf, 5, TCP) == XDP_REDIRECT
+    # a move's filter in the fence's slot is no fence
+    g.set_filter(Gate.FENCE_SLOT, parse("proto=udp"), L.Action.DROP)
+    assert not g.fenced()
+    g.clear_filter(Gate.FENCE_SLOT)

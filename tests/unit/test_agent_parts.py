@@ -8,11 +8,12 @@ from nfx.agent.ops_move import MOVE_OPS
 from nfx.agent.protocol import OPS
 from nfx.agent.server import Agent
 from nfx.agent.share import SHARE_OPS
+from nfx.agent.heartbeat import HEARTBEAT_OPS
 from nfx.agent.slim_dest import SLIM_OPS
 
 
 def test_every_op_has_a_handler():
-    every = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS + SHARE_OPS
+    every = OPS + MOVE_OPS + HSL_OPS + SLIM_OPS + SHARE_OPS + HEARTBEAT_OPS
     missing = [op for op in every if not callable(getattr(Agent, "op_" + op, None))]
     assert not missing and Agent.ops == every
 

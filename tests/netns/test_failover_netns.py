@@ -1,0 +1,178 @@
+"""Failover on netns/pair.json (nf0 primary, nf1 its secondary in cluster c0, nf2 a spare), with
+real packets (issue 14). `nfx cluster up` starts the failure detection unit in the controller:
+
+- nf0 killed (agent SIGKILL, program detached) under 100k pps: the traffic comes back through
+  nf1 within 100 ms of the kill, nf1 holds every NAT mapping nf0 had (same public tuple), its
+  counters at most S_batch - 1 packets a flow behind; nf2 becomes nf1's secondary;
+- nf1 paused (SIGSTOP: its program still runs) under traffic: nf2 takes over, nf1 is fenced,
+  and once resumed it forwards nothing and stays out of the pair;
+- nf0 back (`nfx cluster rejoin`): fenced, it syncs as nf2's secondary and takes no traffic;
+  `nfx cluster failback` gives it the traffic back by an order-preserving move: nothing lost,
+  duplicated or reordered. Failback to an instance that has not synced is refused."""
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from nfx import registry
+from nfx.bench import failover as F
+from nfx.gate import Gate
+from nfx.nfs import open_node
+from nfx.procs import agents
+from nfx.testbed import builder
+from nfx.traffic.report import measure
+from nfx.traffic.rig import rig
+from tests.netns.tbutil import nfx, running_testbed
+
+FLOWS = 200
+RATE = 100_000
+BATCH = 30
+
+
+@pytest.fixture(scope="module")
+def tb():
+    with running_testbed("pair", "nat", hold_slots=256) as rec:
+        with rig(rec["name"], FLOWS) as sides:
+            yield rec, sides
+
+
+def status(name) -> dict:
+    return F.failover_status(name)
+
+
+def fenced(name, inst) -> bool:
+    return Gate(open_node(registry.load(name).nf(inst))).fenced()
+
+
+def wait_secondary(name, slot, inst, timeout=10.0) -> None:
+    """After recovery the FDU syncs the new secondary (its base snapshot): wait for that."""
+    end = time.monotonic() + timeout
+    while status(name)["slots"][slot]["secondary"] != inst:
+        assert time.monotonic() < end, status(name)
+        time.sleep(0.05)
+
+
+def forwarded(name, inst) -> int:
+    return builder.instance(name, inst).stats().get("v_redirect", 0)
+
+
+def under_traffic(gen, sink, action, rate=RATE, duration=2.0, at=0.8):
+    """`action()` `at` s into the traffic, with the sink's count sampled throughout."""
+    out = {}
+    with F.Timeline(sink) as tl:
+        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0)))
+        t.start()
+        time.sleep(at)
+        try:
+            a = action()
+        finally:
+            t.join()
+    return a, tl, out["r"]
+
+
+def test_cluster_up_with_pairs_starts_the_failure_detector(tb):
+    rec, (gen, sink) = tb
+    name = rec["name"]
+    # 4 heartbeats of 10 ms: a loaded 2-CPU machine delays a beat by up to ~25 ms
+    r = nfx("cluster", "up", "--name", name, "--batch", str(BATCH), "--misses", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    up = json.loads(r.stdout)
+    assert up["pairs"] == {"nf0": "nf1"} and up["spares"] == ["nf2"]
+    assert up["failover"]["slots"] == {"nf0": {"primary": "nf0", "secondary": "nf1"}}
+    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    assert r["lost"] == 0, r
+    st = json.loads(nfx("cluster", "status", "--name", name, "--json").stdout)
+    assert st["pairs"] == {"nf0": {"primary": "nf0", "secondary": "nf1", "epoch": 1}}
+    fo = st["failover"]
+    assert fo["beats"]["nf0"] > 10 and fo["beats"]["nf1"] > 10 and not fo["events"] and not fo["fenced"]
+
+
+def test_a_killed_primary_fails_over_within_100ms_keeping_every_mapping(tb):
+    rec, (gen, sink) = tb
+    name = rec["name"]
+    before = {}
+
+    def kill():
+        before.update(F.mappings(name, "nf0"))
+        t0 = time.time()
+        t_kill = F.kill_instance(name, "nf0")
+        return t_kill, F.wait_failed_over(name, "nf0", t0)
+    (t_kill, ev), tl, r = under_traffic(gen, sink, kill)
+    gap = tl.gap_after(t_kill)
+    assert ev["outcome"] == "failed over" and ev["by"] == "heartbeat" and ev["promoted"] == "nf1", ev
+    assert gap["recovery_ms"] is not None and gap["recovery_ms"] < 100, (gap, ev)
+    # what was lost is the gap's packets, nothing after it; nothing twice, nothing out of order
+    assert 0 < r["lost"] <= RATE * (gap["recovery_ms"] + 10) / 1e3, (r, gap)
+    assert (r["duplicated"], r["reordered"], r["unexpected"]) == (0, 0, 0), r
+    kept = F.compare_mappings(before, F.mappings(name, "nf1"), BATCH)
+    assert kept["nat_mappings"] == FLOWS and kept["nat_mappings_lost"] == 0, kept
+    assert kept["drift_max"] <= BATCH - 1, kept
+    # nf1 serves, nf2 stands by with a base of nf1's state, nf0 is fenced
+    wait_secondary(name, "nf0", "nf2")
+    fo = status(name)
+    assert fo["slots"]["nf0"] == {"primary": "nf1", "secondary": "nf2"} and fo["fenced"] == ["nf0"]
+    assert fenced(name, "nf0")
+    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    assert r["lost"] == 0, r
+
+
+def test_a_paused_primary_resumed_after_promotion_does_not_forward(tb):
+    rec, (gen, sink) = tb
+    name = rec["name"]
+    pid = agents.pid_of(registry.load(name), "nf1")
+
+    def pause():
+        t0 = time.time()
+        os.kill(pid, signal.SIGSTOP)
+        return F.wait_failed_over(name, "nf1", t0)
+    try:
+        ev, tl, r = under_traffic(gen, sink, pause)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ev["outcome"] == "failed over" and ev["promoted"] == "nf2", ev
+    assert (r["duplicated"], r["reordered"]) == (0, 0), r
+    # resumed, it beats again, yet stays fenced and out of the pair: it forwards nothing
+    beats = status(name)["beats"]["nf1"]
+    was = forwarded(name, "nf1")
+    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    assert r["lost"] == 0, r
+    fo = status(name)
+    assert fo["beats"]["nf1"] > beats and fenced(name, "nf1")
+    assert fo["slots"]["nf0"]["primary"] == "nf2" and forwarded(name, "nf1") == was
+
+
+def test_a_restarted_primary_takes_no_traffic_until_synced_then_fails_back(tb):
+    rec, (gen, sink) = tb
+    name = rec["name"]
+    # nf0 is no secondary yet: it has not synced, so it takes nothing back
+    r = nfx("cluster", "failback", "--name", name, "--slot", "nf0", "--to", "nf0")
+    assert r.returncode == 2 and "synced" in r.stderr, r.stderr
+    r = nfx("cluster", "rejoin", "--name", name, "--instance", "nf0", "--json")
+    assert r.returncode == 0, r.stderr
+    rj = json.loads(r.stdout)
+    assert rj["role"] == "secondary" and rj["primary"] == "nf2" and rj["fenced"] and rj["agent_started"]
+    assert sorted(rj["reattached"]) == ["si", "so"]
+    was = forwarded(name, "nf0")
+    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    assert r["lost"] == 0 and forwarded(name, "nf0") == was, r
+    fb, _, r = under_traffic(gen, sink, lambda: json.loads(nfx("cluster", "failback", "--name", name, "--slot", "nf0",
+                                                               "--to", "nf0", "--json").stdout),
+                             rate=20_000, duration=1.5, at=0.5)
+    assert fb["primary"] == "nf0" and fb["secondary"] == "nf2", fb
+    assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (0, 0, 0, 0), r
+    assert not fenced(name, "nf0") and len(F.mappings(name, "nf0")) == FLOWS
+    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    assert r["lost"] == 0 and forwarded(name, "nf0") > was, r
+
+
+def test_cluster_down_stops_the_failure_detector(tb):
+    rec, _ = tb
+    name = rec["name"]
+    r = nfx("cluster", "down", "--name", name, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["failover"]["on"] is False and len(d["failover"]["events"]) == 2
+    assert status(name) == {}
