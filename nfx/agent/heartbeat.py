@@ -1,15 +1,15 @@
 """The agent's heartbeats (issue 14): a datagram every `every_ms` to the failure detection unit
-(nfx/control/failover.py) over the management network, from a thread of their own, so a
-stopped or killed agent falls silent at once while a busy one keeps beating.
+(nfx/control/failover.py) over the management network, from a process of the agent's own
+(beater.py), so a stopped or killed agent falls silent at once while a busy one keeps beating.
 
     heartbeat {to: "addr:port", every_ms}   start beating (again: to the new address)
     heartbeat {to: null}                    stop
 
 A beat is MAGIC, the sequence number, then the instance's name."""
-import os
 import socket
 import struct
-import threading
+import subprocess
+import sys
 
 from ..errors import BadInput
 
@@ -36,35 +36,21 @@ def parse_beat(data: bytes) -> tuple[int, str] | None:
 
 
 class _Beater:
-    def __init__(self, instance: str, to: tuple[str, int], every_s: float):
-        self.instance, self.to, self.every_s = instance, to, every_s
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.stop_ev = threading.Event()
-        self.sent = self.errors = 0
-        self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self.thread.start()
+    """The beater process (beater.py): it alone sends, so no thread of the agent delays a beat."""
 
-    def _run(self) -> None:
-        # ahead of the agent's other threads and the machine's ordinary processes: a beat late
-        # for want of a CPU looks like a dead agent (best effort: without the right, as it is)
-        try:
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(RT_PRIO))
-        except (OSError, AttributeError):
-            pass
-        while True:
-            try:
-                self.sock.sendto(beat(self.sent, self.instance), self.to)
-                self.sent += 1
-            except OSError:
-                self.errors += 1         # no route yet, or the FDU's socket gone: it decides
-            if self.stop_ev.wait(self.every_s):
-                return
+    def __init__(self, instance: str, to: tuple[str, int], every_s: float):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nfx.agent.beater", "--to", f"{to[0]}:{to[1]}", "--every-ms", str(every_s * 1e3),
+             "--instance", instance], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> dict:
-        self.stop_ev.set()
-        self.thread.join(timeout=2.0)
-        self.sock.close()
-        return {"sent": self.sent, "errors": self.errors}
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        return {"pid": self.proc.pid, "exit": rc}
 
 
 class HeartbeatOps:

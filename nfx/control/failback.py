@@ -28,7 +28,7 @@ def rejoin(fo, inst: str) -> dict:
         if inst in serving or inst in fo.spares:
             raise BadInput(f"{inst} is in a pair or a spare already")
         slot = next((k for k, s in fo.slots.items() if not s["secondary"]), None)
-    fo.last_seen[inst] = time.monotonic()
+    fo.last_seen.pop(inst, None)          # watched again from its first beat
     fo.beat_request(inst, fo.addr)
     if slot is None:
         with fo.lock:
@@ -72,6 +72,21 @@ def failback(fo, slot: str, to: str, mechanism: str = "dist") -> dict:
     sync = synced(fo, to, primary)
     if not sync["synced"]:
         raise BadInput(f"{to} has not synced with {primary} (no base of its state): no failback before")
+    with fo.lock:
+        if slot in fo.planned or primary in fo.failing:
+            raise BadInput(f"pair {slot} is changing already")
+        fo.planned.add(slot)
+    try:
+        return _failback(fo, slot, primary, to, sync, mechanism)
+    finally:
+        with fo.lock:
+            fo.planned.discard(slot)
+        now = time.monotonic()
+        for inst in (primary, to):
+            fo.last_seen[inst] = max(fo.last_seen.get(inst, now), now)   # watched afresh from here
+
+
+def _failback(fo, slot: str, primary: str, to: str, sync: dict, mechanism: str) -> dict:
     got = fo.gs.pair(slot)
     if got is None or got[0]["primary"] != primary:
         raise NfxError(f"pair {slot}'s record changed meanwhile")

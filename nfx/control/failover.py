@@ -36,6 +36,7 @@ from ..loader import netns
 from ..nfs import open_node
 
 PROMOTE_TIMEOUT_S = 10.0
+FIRST_BEAT_S = 5.0
 
 
 class Failover:
@@ -61,6 +62,8 @@ class Failover:
         self.max_gap: dict[str, float] = {}
         self.failing: set[str] = set()            # primaries being failed over now
         self.known: dict[str, tuple[dict, int]] = {}   # slot -> its etcd record and revision
+        self.planned: set[str] = set()            # slots a failback is moving (not watched meanwhile)
+        self.stranded: set[str] = set()           # silent primaries with no secondary (said once)
         self.fenced: set[str] = set()
         self.lease_ignored: dict[str, int] = {}   # memberships that ended while their agent beat
         self.events: list[dict] = []
@@ -77,12 +80,17 @@ class Failover:
     # ---- lifetime ----
     def start(self) -> dict:
         self.refresh()
-        now = time.monotonic()
-        for inst in self.watched():
-            self.last_seen[inst] = now
-            self.beat_request(inst, self.addr)
         for t in self.threads:
             t.start()
+        for inst in self.watched():
+            self.beat_request(inst, self.addr)
+        # an instance is watched from its first beat on (its beater takes a moment to start)
+        end = time.monotonic() + FIRST_BEAT_S
+        while missing := [i for i in self.watched() if i not in self.last_seen]:
+            if time.monotonic() > end:
+                raise NfxError(f"no heartbeat from {', '.join(missing)} within {FIRST_BEAT_S:g} s of asking",
+                               hint="is the management network up? nfx testbed status shows the agents")
+            time.sleep(0.01)
         self.watch = self.gs.watch_members(self._member_event)
         return self.status()
 
@@ -146,6 +154,7 @@ class Failover:
                 self.max_gap[inst] = max(self.max_gap.get(inst, 0.0), now - last)
             self.last_seen[inst] = now
             self.beats[inst] = self.beats.get(inst, 0) + 1
+            self.stranded.discard(inst)
 
     def _monitor(self) -> None:
         limit = self.misses * self.heartbeat_ms / 1e3
@@ -153,6 +162,8 @@ class Failover:
         while not self.stop_ev.wait(tick):
             now = time.monotonic()
             for slot, s in list(self.slots.items()):
+                if slot in self.planned:
+                    continue                  # a failback moves it: its primary changes by plan
                 p = s["primary"]
                 seen = self.last_seen.get(p)
                 if seen is not None and now - seen > limit:
@@ -178,7 +189,15 @@ class Failover:
         """A primary that fell silent (or lost its lease) is failed over, once."""
         with self.lock:
             slot = next((k for k, s in self.slots.items() if s["primary"] == inst), None)
-            if slot is None or inst in self.failing or self.stop_ev.is_set():
+            if slot is None or slot in self.planned or inst in self.failing or self.stop_ev.is_set():
+                return
+            if not self.slots[slot]["secondary"]:
+                # nobody to fail over to (no spare was left): said once, until it beats again
+                if inst not in self.stranded:
+                    self.stranded.add(inst)
+                    self.events.append({"slot": slot, "failed": inst, "by": by, "at": time.time(),
+                                        "silent_ms": round(silent_ms, 1) if silent_ms is not None else None,
+                                        "outcome": "no secondary to fail over to"})
                 return
             self.failing.add(inst)
         threading.Thread(target=self._fail_over, args=(slot, inst, by, silent_ms), daemon=True,
@@ -258,7 +277,6 @@ class Failover:
             ev["secondary_note"] = "the pair's record changed meanwhile"
         with self.lock:
             self.slots[slot]["secondary"] = spare
-        self.last_seen[spare] = time.monotonic()
         self.beat_request(spare, self.addr)
         self.record(slot, failed, primary, spare)
         return spare
