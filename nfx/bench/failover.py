@@ -35,17 +35,22 @@ from ..traffic.rig import DPORT, rig
 SAMPLE_S = 0.0005
 
 
-def kill_instance(name: str, inst: str) -> float:
+def kill_instance(name: str, inst: str, times: dict | None = None) -> float:
     """SIGKILL the instance's agent, then detach its XDP program from every data-plane port: the
-    instance is gone. Returns when (time.monotonic) the program stopped forwarding."""
+    instance is gone. Returns when (time.monotonic) the program stopped forwarding; `times`, if
+    given, gets "sigkill" and "detached" (time.monotonic): between the two the program still
+    forwards and counts, with no agent to share what it counted."""
     rec = registry.load(name)
     node = rec["nodes"][inst]
     pid = agents.pid_of(rec, inst)
+    t_sig = time.monotonic()
     if pid:
         os.kill(pid, signal.SIGKILL)
     for ifname in node["ifaces"].values():
         attach.detach_xdp(node["ns"], ifname)
     t = time.monotonic()
+    if times is not None:
+        times.update(sigkill=t_sig, detached=t)
     if pid:
         agents.wait_gone(pid)
     return t
@@ -247,8 +252,8 @@ def one(run_no: int, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batc
                 try:
                     box["before"] = mappings(name, "nf0")
                     since = time.time()
-                    tk = kill_instance(name, "nf0")
-                    wall_kill = time.time() - (time.monotonic() - tk)
+                    tk = kill_instance(name, "nf0", box)
+                    wall_off = time.time() - time.monotonic()      # the FDU's event is stamped time.time()
                     box["ev"] = wait_failed_over(name, "nf0", since)
                 finally:
                     t.join()
@@ -262,22 +267,38 @@ def one(run_no: int, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batc
         cmp = compare_mappings(udp_before, after, batch, expected)
         tcp_before = {k: m for k, m in before.items() if m["proto"] == "tcp"}
         tcp_cmp = compare_mappings(tcp_before, after, batch)
+        try:
+            final0 = mappings(name, "nf0")       # what nf0 had counted when its program stopped (pins)
+        except (NfxError, OSError):
+            final0 = {}
+        # each UDP flow's shortfall at nf1 against what nf0 counted in the end, and how far past
+        # its last S_batch boundary nf0 was then (a shortfall of a whole batch or more: that
+        # boundary's batch never reached nf1)
+        short = sorted((expected[k] - after[k]["pkts_out"], final0[k]["pkts_out"] % batch)
+                       for k in udp_before if k in after and k in final0 and k in expected)
         gap = tl.gap_after(tk)
-        det_kill = round((ev["at"] - wall_kill) * 1e3, 2)
+        # detection from the SIGKILL (the heartbeats stop there); the sink's gap, the verdict on the
+        # plot and the controller's recovery from the detach (the program stops forwarding there)
+        det_kill = round((ev["at"] - wall_off - box["sigkill"]) * 1e3, 2)
+        verdict = round((ev["at"] - wall_off - tk) * 1e3, 2)
         row = {"run": run_no, "testbed": name, "rate_pps": rate, "flows": flows, "batch": batch,
                "heartbeat_ms": heartbeat_ms, "misses": misses, "by": ev.get("by"), "outcome": ev.get("outcome"),
                "error": ev.get("error"),
                "detection_ms": ev.get("silent_ms"), "detection_ms_kill_clock": det_kill,
                "record_ms": ev.get("record_ms"), "fenced_ms": ev.get("fenced_ms"),
                "promoted_ms": ev.get("promoted_ms"), "steered_ms": ev.get("steered_ms"),
-               "recovered_ms_kill_clock": round(det_kill + ev["steered_ms"], 2) if ev.get("steered_ms") is not None else None,
+               "verdict_ms_after_detach": verdict,
+               "recovered_ms_kill_clock": round(verdict + ev["steered_ms"], 2) if ev.get("steered_ms") is not None else None,
+               "kill_window_ms": round((box["detached"] - box["sigkill"]) * 1e3, 2),
+               "drift_hist": {str(d): sum(1 for x, _ in short if x == d) for d in sorted({x for x, _ in short})},
+               "past_boundary_at_kill": {str(m): sum(1 for _, x in short if x == m) for m in sorted({x for _, x in short})},
                "promoted_entries": ev.get("entries"), "new_secondary": ev.get("new_secondary"),
                "recovery_ms": gap.get("recovery_ms"), "stalled_ms": gap.get("stalled_ms"), "gap_ms": gap.get("gap_ms"),
                "sent": r["sent"], "received": r["received"], "lost": r["lost"],
                "duplicated": r["duplicated"], "reordered": r["reordered"], "sent_pps": round(r.get("pps") or 0),
                **cmp, "tcp_mappings": tcp_cmp["nat_mappings"], "tcp_mappings_lost": tcp_cmp["nat_mappings_lost"],
                **tcp_r, "lost_control": ctl["lost"], "tcp_survived_control": ctl_tcp.get("tcp_survived"),
-               "tcp_retransmits_control": ctl_tcp.get("tcp_retransmits"), "rate_bins": tl.rate(tk)}
+               "tcp_retransmits_control": ctl_tcp.get("tcp_retransmits"), "rate_bins": tl.rate(tk, bin_s=0.005)}
         done = [e for e in failover_status(name).get("events", []) if e.get("failed") == "nf0"]
         if done:
             row.update(new_secondary=done[-1].get("new_secondary"), secondary_ms=done[-1].get("secondary_ms"))
@@ -301,6 +322,7 @@ def summary(rows: list[dict], batch: int) -> dict:
             "all_mappings_kept": all(x["nat_mappings_lost"] == 0 and x.get("tcp_mappings_lost", 0) == 0 for x in rows),
             "drift_max": max((x["drift_max"] for x in rows), default=None),
             "drift_within_batch": all(x["drift_over_batch"] == 0 for x in rows),
+            "drift_over_batch_runs": [x["run"] for x in rows if x["drift_over_batch"]],
             "all_tcp_survived": all(x.get("tcp_survived") for x in rows), "batch": batch}
 
 

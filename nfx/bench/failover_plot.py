@@ -18,15 +18,17 @@ def table(r: dict) -> str:
            f"iperf3 TCP -b {r['tcp_bitrate']}, S_batch {r['batch']}, heartbeat {r['heartbeat_ms']:g} ms x "
            f"{r['misses']} misses) on {machine()}", "",
            f"nf0 (primary) killed {r['kill_at_s']:g} s into {r['duration_s']:g} s of traffic: its agent SIGKILLed, "
-           "its XDP program detached. Detection: the FDU's silence at its verdict (heartbeat or lease) and kill "
-           "to verdict; recovery: kill to the first packet the sink got again; control: the same traffic "
-           "just before, without a kill.", "",
-           "| run | by | detection ms (silent / from kill) | promoted / steered ms | recovery ms | lost (control) | "
-           "NAT mappings lost | drift max (> S_batch-1) | TCP survived | TCP bytes sent / received | retransmits |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "then its XDP program detached (the kill window: between the two the program still forwards and "
+           "counts, with no agent to share). Detection: the FDU's silence at its verdict (heartbeat or lease) "
+           "/ SIGKILL to verdict; recovery: detach to the first packet the sink got again; control: the same "
+           "UDP and TCP traffic just before, without a kill. Drift: what nf1 counted of each UDP flow short of "
+           "what nf0 and nf1 forwarded (the sink's count); in parentheses the flows short by more than S_batch-1.", "",
+           "| run | by | detection ms | kill window ms | promoted / steered ms | recovery ms | lost (control) | "
+           "NAT mappings lost | drift max (flows > S_batch-1) | TCP survived | TCP bytes sent / received | retransmits |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         out.append(f"| {x['run']} | {x['by']} | {_f(x['detection_ms'])} / {_f(x['detection_ms_kill_clock'])} | "
-                   f"{_f(x['promoted_ms'])} / {_f(x['steered_ms'])} | {_f(x['recovery_ms'])} | "
+                   f"{_f(x.get('kill_window_ms'))} | {_f(x['promoted_ms'])} / {_f(x['steered_ms'])} | {_f(x['recovery_ms'])} | "
                    f"{x['lost']:,} ({_f(x.get('lost_control'), '{:,}')}) | "
                    f"{x['nat_mappings_lost']}/{x['nat_mappings']} UDP, {x['tcp_mappings_lost']}/{x['tcp_mappings']} TCP | "
                    f"{x['drift_max']} ({x['drift_over_batch']}) | {'yes' if x.get('tcp_survived') else 'NO'} | "
@@ -37,6 +39,12 @@ def table(r: dict) -> str:
                 f"mappings all kept: {'yes' if s['all_mappings_kept'] else 'NO'}; counters within S_batch-1: "
                 f"{'yes' if s['drift_within_batch'] else 'NO'} (max {s['drift_max']}); "
                 f"TCP survived every run: {'yes' if s['all_tcp_survived'] else 'NO'}."]
+    for x in r["rows"]:
+        if x["drift_over_batch"]:
+            out.append(f"\nRun {x['run']}: {x['drift_over_batch']} flows short by more than S_batch-1 (shortfall: flows "
+                       f"{x.get('drift_hist')}); when nf0 stopped they were this many packets past their last "
+                       f"S_batch boundary: flows {x.get('past_boundary_at_kill')}, so that boundary's batch never "
+                       "reached nf1.")
     return "\n".join(out) + "\n"
 
 
@@ -51,15 +59,15 @@ def plot(r: dict, d: Path) -> list[Path]:
         bins = x.get("rate_bins") or []
         ax.plot([b[0] for b in bins], [b[1] / 1e3 for b in bins], "-", color=c, lw=1,
                 label=f"run {x['run']}: recovery {_f(x['recovery_ms'])} ms")
-        if x.get("detection_ms_kill_clock") is not None:
-            ax.axvline(x["detection_ms_kill_clock"], color=c, ls=":", lw=1)
+        if x.get("verdict_ms_after_detach") is not None:
+            ax.axvline(x["verdict_ms_after_detach"], color=c, ls=":", lw=1)
         if x.get("recovery_ms") is not None:
             ax.axvline(x["recovery_ms"], color=c, ls="--", lw=1)
     ax.axvline(0, color="black", lw=1.2)
     ax.text(2, ax.get_ylim()[1] * 0.95, "kill", va="top")
     ax.set_xlim(-200, 400)
-    ax.set_xlabel("ms from the kill of nf0 (dotted: FDU verdict, dashed: sink sees packets again)")
-    ax.set_ylabel("packets/s at the sink (thousands, 2 ms bins)")
+    ax.set_xlabel("ms from the kill of nf0, its program detached (dotted: FDU verdict, dashed: sink sees packets again)")
+    ax.set_ylabel("packets/s at the sink (thousands, 5 ms bins)")
     ax.set_title(f"{r['nf'].upper()} failover under {r['rate_pps']:,} pps + iperf3 TCP: the sink's rate")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
