@@ -114,9 +114,13 @@ class Timeline:
 
 
 def mappings(name: str, inst: str) -> dict[tuple, dict]:
-    """The instance's NAT mappings by inside tuple."""
-    return {(m["src"], m["sport"], m["dst"], m["dport"], m["proto"]): m
-            for m in builder.instance(name, inst).mappings()}
+    """The instance's NAT mappings by inside tuple; of an IDS, its flow entries by tuple (their
+    packet count as pkts_out, no public tuple)."""
+    nf = builder.instance(name, inst)
+    if hasattr(nf, "mappings"):
+        return {(m["src"], m["sport"], m["dst"], m["dport"], m["proto"]): m for m in nf.mappings()}
+    return {(f["src"], f["sport"], f["dst"], f["dport"], f["proto"]): dict(f, public=None, pkts_out=f["pkts"])
+            for f in nf.flows()}
 
 
 def compare_mappings(before: dict, after: dict, batch: int, expected: dict | None = None) -> dict:

@@ -24,7 +24,7 @@ def table(r: dict) -> str:
            "UDP and TCP traffic just before, without a kill. Drift: what nf1 counted of each UDP flow short of "
            "what nf0 and nf1 forwarded (the sink's count); in parentheses the flows short by more than S_batch-1.", "",
            "| run | by | detection ms | kill window ms | promoted / steered ms | recovery ms | lost (control) | "
-           "NAT mappings lost | drift max (flows > S_batch-1) | TCP survived | TCP bytes sent / received | retransmits |",
+           f"{'NAT mappings' if r['nf'] == 'nat' else 'IDS flow entries'} lost | drift max (flows > S_batch-1) | TCP survived | TCP bytes sent / received | retransmits |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         out.append(f"| {x['run']} | {x['by']} | {_f(x['detection_ms'])} / {_f(x['detection_ms_kill_clock'])} | "
@@ -36,7 +36,7 @@ def table(r: dict) -> str:
                    f"{_f(x.get('tcp_retransmits'), '{}')} |")
     out += ["", f"Recovery: median {_f(s['recovery_ms_median'])} ms, max {_f(s['recovery_ms_max'])} ms "
                 f"(target < {TARGET_MS} ms: {'met' if s['recovery_under_100ms'] else 'MISSED'}); "
-                f"mappings all kept: {'yes' if s['all_mappings_kept'] else 'NO'}; counters within S_batch-1: "
+                f"{'mappings' if r['nf'] == 'nat' else 'flow entries'} all kept: {'yes' if s['all_mappings_kept'] else 'NO'}; counters within S_batch-1: "
                 f"{'yes' if s['drift_within_batch'] else 'NO'} (max {s['drift_max']}); "
                 f"TCP survived every run: {'yes' if s['all_tcp_survived'] else 'NO'}."]
     for x in r["rows"]:
@@ -66,7 +66,7 @@ def plot(r: dict, d: Path) -> list[Path]:
     ax.axvline(0, color="black", lw=1.2)
     ax.text(2, ax.get_ylim()[1] * 0.95, "kill", va="top")
     ax.set_xlim(-200, 400)
-    ax.set_xlabel("ms from the kill of nf0, its program detached (dotted: FDU verdict, dashed: sink sees packets again)")
+    ax.set_xlabel("ms from the kill (nf0's program detached); dotted: FDU verdict, dashed: traffic back")
     ax.set_ylabel("packets/s at the sink (thousands, 5 ms bins)")
     ax.set_title(f"{r['nf'].upper()} failover under {r['rate_pps']:,} pps + iperf3 TCP: the sink's rate")
     ax.legend(fontsize=8, loc="lower right")

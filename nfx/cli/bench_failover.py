@@ -8,7 +8,8 @@ from ..errors import BadInput
 from .common import JsonOpt, need_root, progress, write_bench
 
 
-def failover_(runs: int = typer.Option(5, "--runs", help="Kills, each on a fresh testbed of netns/pair.json."),
+def failover_(nf: str = typer.Option("nat", "--nf", help="NF kind of the 3 instances: nat (mappings) or ids (flow counters)."),
+              runs: int = typer.Option(5, "--runs", help="Kills, each on a fresh testbed of netns/pair.json."),
               rate: int = typer.Option(failover.RATE, "--rate", help="UDP packets/s offered through the NAT."),
               flows: int = typer.Option(failover.FLOWS, "--flows", "-f", help="UDP flows (one NAT mapping each)."),
               batch: int = typer.Option(30, "--batch", help="S_batch: packets of a flow per batch shared with the secondary."),
@@ -22,6 +23,8 @@ def failover_(runs: int = typer.Option(5, "--runs", help="Kills, each on a fresh
     detection and recovery time, packets lost, NAT mappings lost, counter drift, whether TCP survived.
     Writes failover.png (the sink's rate around the kill), failover.md and failover.json."""
     need_root()
+    if nf not in ("nat", "ids"):
+        raise BadInput(f"--nf is nat or ids, not {nf!r}")
     if runs < 1 or rate < 1000 or flows < 1 or flows > 60_000:
         raise BadInput(f"--runs is at least 1, --rate at least 1000 pps, --flows 1..60000 "
                        f"(got {runs}, {rate}, {flows})")
@@ -30,5 +33,5 @@ def failover_(runs: int = typer.Option(5, "--runs", help="Kills, each on a fresh
                        f"(got {batch}, {heartbeat_ms:g}, {misses})")
     if not re.fullmatch(r"[1-9]\d*(\.\d+)?[KMG]?", tcp_bitrate):
         raise BadInput(f"--tcp-bitrate is iperf3's -b, a positive number with K, M or G, not {tcp_bitrate!r}")
-    r = failover.run(runs, rate, flows, "nat", batch, heartbeat_ms, misses, tcp_bitrate, progress=progress)
+    r = failover.run(runs, rate, flows, nf, batch, heartbeat_ms, misses, tcp_bitrate, progress=progress)
     write_bench(plot_dir, "failover", r, failover_plot.table, failover_plot.plot, json_)
