@@ -71,7 +71,7 @@ def plot(r: dict, d: Path) -> list[Path]:
     ax.set_title(f"{r['nf'].upper()} failover under {r['rate_pps']:,} pps + iperf3 TCP: the sink's rate")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    p = d / "failover.png"
+    p = d / ("failover.png" if r["nf"] == "nat" else f"failover-{r['nf']}.png")
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return [p]

@@ -21,7 +21,8 @@ def failover_(nf: str = typer.Option("nat", "--nf", help="NF kind of the 3 insta
               json_: bool = JsonOpt):
     """Kill -9 the primary NAT's agent and detach its program under UDP traffic and an iperf3 TCP stream:
     detection and recovery time, packets lost, NAT mappings lost, counter drift, whether TCP survived.
-    Writes failover.png (the sink's rate around the kill), failover.md and failover.json."""
+    Writes failover.png (the sink's rate around the kill), failover.md and failover.json (--nf ids:
+    failover-ids.*)."""
     need_root()
     if nf not in ("nat", "ids"):
         raise BadInput(f"--nf is nat or ids, not {nf!r}")
@@ -34,4 +35,4 @@ def failover_(nf: str = typer.Option("nat", "--nf", help="NF kind of the 3 insta
     if not re.fullmatch(r"[1-9]\d*(\.\d+)?[KMG]?", tcp_bitrate):
         raise BadInput(f"--tcp-bitrate is iperf3's -b, a positive number with K, M or G, not {tcp_bitrate!r}")
     r = failover.run(runs, rate, flows, nf, batch, heartbeat_ms, misses, tcp_bitrate, progress=progress)
-    write_bench(plot_dir, "failover", r, failover_plot.table, failover_plot.plot, json_)
+    write_bench(plot_dir, "failover" if nf == "nat" else f"failover-{nf}", r, failover_plot.table, failover_plot.plot, json_)
