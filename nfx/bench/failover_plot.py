@@ -40,6 +40,8 @@ def table(r: dict) -> str:
                 f"{'yes' if s['drift_within_batch'] else 'NO'} (max {s['drift_max']}); "
                 f"TCP survived every run: {'yes' if s['all_tcp_survived'] else 'NO'}."]
     for x in r["rows"]:
+        if x.get("error"):
+            out.append(f"\nRun {x['run']}: the failover did not complete: {x['error']}")
         if x["drift_over_batch"]:
             out.append(f"\nRun {x['run']}: {x['drift_over_batch']} flows short by more than S_batch-1 (shortfall: flows "
                        f"{x.get('drift_hist')}); when nf0 stopped they were this many packets past their last "
