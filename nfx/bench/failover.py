@@ -13,30 +13,44 @@ answers. Measured, each run:
 - with iperf3, whether a TCP connection through the NAT survived the kill (no reset, every
   byte it sent arrived).
 Every figure comes from the sink, the instances' maps and the controller's own report."""
+import json
 import os
+import secrets
 import signal
+import statistics
+import subprocess
 import threading
 import time
+from contextlib import contextmanager
 
 from .. import registry
+from ..cluster import manage
+from ..errors import NfxError
 from ..loader import attach
 from ..procs import agents, controller
-from ..testbed import builder
+from ..testbed import builder, topology
+from ..traffic.report import measure
+from ..traffic.rig import DPORT, rig
 
 SAMPLE_S = 0.0005
 
 
-def kill_instance(name: str, inst: str) -> float:
+def kill_instance(name: str, inst: str, times: dict | None = None) -> float:
     """SIGKILL the instance's agent, then detach its XDP program from every data-plane port: the
-    instance is gone. Returns when (time.monotonic) the program stopped forwarding."""
+    instance is gone. Returns when (time.monotonic) the program stopped forwarding; `times`, if
+    given, gets "sigkill" and "detached" (time.monotonic): between the two the program still
+    forwards and counts, with no agent to share what it counted."""
     rec = registry.load(name)
     node = rec["nodes"][inst]
     pid = agents.pid_of(rec, inst)
+    t_sig = time.monotonic()
     if pid:
         os.kill(pid, signal.SIGKILL)
     for ifname in node["ifaces"].values():
         attach.detach_xdp(node["ns"], ifname)
     t = time.monotonic()
+    if times is not None:
+        times.update(sigkill=t_sig, detached=t)
     if pid:
         agents.wait_gone(pid)
     return t
@@ -100,16 +114,23 @@ class Timeline:
 
 
 def mappings(name: str, inst: str) -> dict[tuple, dict]:
-    """The instance's NAT mappings by inside tuple."""
-    return {(m["src"], m["sport"], m["dst"], m["dport"], m["proto"]): m
-            for m in builder.instance(name, inst).mappings()}
+    """The instance's NAT mappings by inside tuple; of an IDS, its flow entries by tuple (their
+    packet count as pkts_out, no public tuple)."""
+    nf = builder.instance(name, inst)
+    if hasattr(nf, "mappings"):
+        return {(m["src"], m["sport"], m["dst"], m["dport"], m["proto"]): m for m in nf.mappings()}
+    return {(f["src"], f["sport"], f["dst"], f["dport"], f["proto"]): dict(f, public=None, pkts_out=f["pkts"])
+            for f in nf.flows()}
 
 
-def compare_mappings(before: dict, after: dict, batch: int) -> dict:
+def compare_mappings(before: dict, after: dict, batch: int, expected: dict | None = None) -> dict:
     """What the new primary holds of the old one's mappings: lost (no entry, or another public
-    tuple), and how far each one's packet counts lag (drift; at most batch - 1 a flow)."""
+    tuple), and how far each one's packet counts lag (drift; at most batch - 1 a flow).
+    `expected`: what each mapping's pkts_out should be in `after` (e.g. its count before the
+    traffic plus what the sink got of it since); without it, before's own count."""
     lost = [k for k, m in before.items() if k not in after or after[k]["public"] != m["public"]]
-    drift = [max(m["pkts_out"] - after[k]["pkts_out"], 0) for k, m in before.items() if k in after]
+    want = expected if expected is not None else {k: m["pkts_out"] for k, m in before.items()}
+    drift = [max(want[k] - after[k]["pkts_out"], 0) for k in before if k in after and k in want]
     return {"nat_mappings": len(before), "nat_mappings_lost": len(lost),
             "drift_max": max(drift, default=0), "drift_over_batch": sum(d > batch - 1 for d in drift)}
 
@@ -127,3 +148,197 @@ def wait_failed_over(name: str, failed: str, since: float, timeout: float = 10.0
             return evs[-1]
         time.sleep(0.02)
     raise TimeoutError(f"no failover of {failed} within {timeout:g} s")
+
+
+# ---- the bench: one fresh testbed a run ----
+
+RATE = 100_000
+FLOWS = 200
+DURATION_S = 2.0
+KILL_AT_S = 0.8
+TCP_LEAD_S = 1.0          # the TCP stream starts this long before the kill
+TCP_SECONDS = 3           # and ends well after recovery (2 s after the kill)
+TCP_BITRATE = "20M"       # a cap: at 50M the UDP run without a kill lost 1-14k packets (2 vCPUs), at 20M 0-1.3k
+TCP_PORT = 5202
+H1_ADDR, H2_ADDR = "10.0.1.2", "10.0.2.2"
+
+
+def _udp(m: dict) -> bool:
+    return m["proto"] == "udp" and m["dport"] == DPORT
+
+
+class Iperf:
+    """An iperf3 server in h2's netns (one test) and a client in h1's, through the NAT."""
+
+    def __init__(self, name: str, seconds: int, bitrate: str, port: int = TCP_PORT):
+        rec = registry.load(name)
+        self.h1, self.h2 = rec["nodes"]["h1"]["ns"], rec["nodes"]["h2"]["ns"]
+        self.seconds, self.bitrate, self.port = seconds, bitrate, port
+        self.srv = self.cli = None
+
+    def __enter__(self) -> "Iperf":
+        self.srv = subprocess.Popen(["ip", "netns", "exec", self.h2, "iperf3", "-s", "-1", "-p", str(self.port)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)                                    # listening before the client connects
+        return self
+
+    def start(self) -> None:
+        self.cli = subprocess.Popen(["ip", "netns", "exec", self.h1, "iperf3", "-c", H2_ADDR, "-p", str(self.port),
+                                     "-t", str(self.seconds), "-b", self.bitrate, "-J"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self, timeout: float = 30.0) -> dict:
+        """tcp_survived: iperf3 ended without an error and the server got every byte the client sent."""
+        so, se = self.cli.communicate(timeout=timeout)
+        try:
+            j = json.loads(so)
+        except ValueError:
+            j = {"error": (so or se or f"iperf3 exited {self.cli.returncode}").strip()[-300:]}
+        end = j.get("end") or {}
+        sent = (end.get("sum_sent") or {}).get("bytes")
+        recv = (end.get("sum_received") or {}).get("bytes")
+        err = j.get("error")
+        return {"tcp_survived": bool(self.cli.returncode == 0 and not err and sent and sent == recv),
+                "tcp_bytes_sent": sent, "tcp_bytes_received": recv,
+                "tcp_retransmits": (end.get("sum_sent") or {}).get("retransmits"),
+                "tcp_error": err, "tcp_exit": self.cli.returncode}
+
+    def __exit__(self, *exc) -> None:
+        for p in (self.cli, self.srv):
+            if p is not None and p.poll() is None:
+                p.kill()
+            if p is not None:
+                p.wait(timeout=10)
+
+
+@contextmanager
+def _testbed(nf: str, progress):
+    name = "bf" + secrets.token_hex(3)
+    progress(f"testbed {name}: netns/pair.json, 3 {nf.upper()} instances (nf0 primary, nf1 secondary, nf2 spare)")
+    try:
+        builder.up(name, topology.load("pair"), nf, 65536, hold_slots=256)
+        yield name
+    finally:
+        if registry.path(name).exists():
+            progress(f"testbed {name} down")
+            builder.down(name)
+
+
+def one(run_no: int, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batch: int = 30,
+        heartbeat_ms: float = 10.0, misses: int = 3, tcp: bool = True, tcp_bitrate: str = TCP_BITRATE,
+        progress=lambda m: None) -> dict:
+    """One run on a fresh testbed: UDP at `rate` (and an iperf3 stream), nf0 killed KILL_AT_S into it."""
+    with _testbed(nf, progress) as name, rig(name, flows) as (gen, sink):
+        manage.up(name, batch=batch, heartbeat_ms=heartbeat_ms, misses=misses)
+        warm = measure(gen, sink, 20_000, max(0.3, flows / 20_000 * 3), 1.0)   # every flow's mapping, shared
+        if warm["lost"]:
+            raise NfxError(f"{warm['lost']} of {warm['sent']} packets lost before the kill (warm-up)")
+        if tcp:
+            progress(f"run {run_no}: control, the same UDP and TCP traffic without a kill")
+            with Iperf(name, TCP_SECONDS, tcp_bitrate) as ip:
+                ip.start()
+                time.sleep(max(TCP_LEAD_S - KILL_AT_S, 0))
+                ctl = measure(gen, sink, rate, DURATION_S, 1.0)
+                ctl_tcp = ip.result()
+        else:
+            ctl, ctl_tcp = measure(gen, sink, rate, DURATION_S, 1.0), {}
+        time.sleep(0.3)                                    # the idle sweep shares what the traffic left
+        c0 = mappings(name, "nf0")
+        with Iperf(name, TCP_SECONDS, tcp_bitrate) as ip:
+            res, box = {}, {}
+            with Timeline(sink) as tl:
+                t = threading.Thread(target=lambda: res.setdefault("r", measure(gen, sink, rate, DURATION_S, 1.0)))
+                if tcp:
+                    ip.start()
+                    time.sleep(max(TCP_LEAD_S - KILL_AT_S, 0))
+                t.start()
+                time.sleep(KILL_AT_S)
+                try:
+                    box["before"] = mappings(name, "nf0")
+                    since = time.time()
+                    tk = kill_instance(name, "nf0", box)
+                    wall_off = time.time() - time.monotonic()      # the FDU's event is stamped time.time()
+                    try:
+                        box["ev"] = wait_failed_over(name, "nf0", since)
+                    except TimeoutError as e:       # a miss to report, not a reason to stop the bench
+                        box["ev"] = {"error": str(e)}
+                finally:
+                    t.join()
+            r = res["r"]
+            tcp_r = ip.result() if tcp else {}
+        rcv = {1024 + i: f.received for i, f in enumerate(sink.flows())}
+        after = mappings(name, "nf1")
+        ev, before = box["ev"], box["before"]
+        udp_before = {k: m for k, m in before.items() if _udp(m)}
+        expected = {k: c0[k]["pkts_out"] + rcv.get(k[1], 0) for k in udp_before if k in c0}
+        cmp = compare_mappings(udp_before, after, batch, expected)
+        tcp_before = {k: m for k, m in before.items() if m["proto"] == "tcp"}
+        tcp_cmp = compare_mappings(tcp_before, after, batch)
+        try:
+            final0 = mappings(name, "nf0")       # what nf0 had counted when its program stopped (pins)
+        except (NfxError, OSError):
+            final0 = {}
+        # each UDP flow's shortfall at nf1 against what nf0 counted in the end, and how far past
+        # its last S_batch boundary nf0 was then (a shortfall of a whole batch or more: that
+        # boundary's batch never reached nf1)
+        short = sorted((expected[k] - after[k]["pkts_out"], final0[k]["pkts_out"] % batch)
+                       for k in udp_before if k in after and k in final0 and k in expected)
+        gap = tl.gap_after(tk)
+        # detection from the SIGKILL (the heartbeats stop there); the sink's gap, the verdict on the
+        # plot and the controller's recovery from the detach (the program stops forwarding there)
+        det_kill = round((ev["at"] - wall_off - box["sigkill"]) * 1e3, 2) if "at" in ev else None
+        verdict = round((ev["at"] - wall_off - tk) * 1e3, 2) if "at" in ev else None
+        row = {"run": run_no, "testbed": name, "rate_pps": rate, "flows": flows, "batch": batch,
+               "heartbeat_ms": heartbeat_ms, "misses": misses, "by": ev.get("by"), "outcome": ev.get("outcome"),
+               "error": ev.get("error"),
+               "detection_ms": ev.get("silent_ms"), "detection_ms_kill_clock": det_kill,
+               "record_ms": ev.get("record_ms"), "fenced_ms": ev.get("fenced_ms"),
+               "promoted_ms": ev.get("promoted_ms"), "steered_ms": ev.get("steered_ms"),
+               "verdict_ms_after_detach": verdict,
+               "recovered_ms_kill_clock": round(verdict + ev["steered_ms"], 2) if ev.get("steered_ms") is not None and verdict is not None else None,
+               "kill_window_ms": round((box["detached"] - box["sigkill"]) * 1e3, 2),
+               "drift_hist": {str(d): sum(1 for x, _ in short if x == d) for d in sorted({x for x, _ in short})},
+               "past_boundary_at_kill": {str(m): sum(1 for _, x in short if x == m) for m in sorted({x for _, x in short})},
+               "promoted_entries": ev.get("entries"), "new_secondary": ev.get("new_secondary"),
+               "recovery_ms": gap.get("recovery_ms"), "stalled_ms": gap.get("stalled_ms"), "gap_ms": gap.get("gap_ms"),
+               "sent": r["sent"], "received": r["received"], "lost": r["lost"],
+               "duplicated": r["duplicated"], "reordered": r["reordered"], "sent_pps": round(r.get("pps") or 0),
+               **cmp, "tcp_mappings": tcp_cmp["nat_mappings"], "tcp_mappings_lost": tcp_cmp["nat_mappings_lost"],
+               **tcp_r, "lost_control": ctl["lost"], "tcp_survived_control": ctl_tcp.get("tcp_survived"),
+               "tcp_retransmits_control": ctl_tcp.get("tcp_retransmits"), "rate_bins": tl.rate(tk, bin_s=0.005)}
+        done = [e for e in failover_status(name).get("events", []) if e.get("failed") == "nf0"]
+        if done:
+            row.update(new_secondary=done[-1].get("new_secondary"), secondary_ms=done[-1].get("secondary_ms"))
+        progress(f"run {run_no}: by {row['by']}, detection {row['detection_ms']} ms, recovery {row['recovery_ms']} ms, "
+                 f"lost {row['lost']:,} (control {row['lost_control']:,}), mappings lost {row['nat_mappings_lost']}/{row['nat_mappings']}, "
+                 f"drift max {row['drift_max']}, TCP {'survived' if row.get('tcp_survived') else 'NOT survived'}")
+        manage.down(name)
+        return row
+
+
+def summary(rows: list[dict], batch: int) -> dict:
+    rec = [x["recovery_ms"] for x in rows if x.get("recovery_ms") is not None]
+    det = [x["detection_ms"] for x in rows if x.get("detection_ms") is not None]
+    return {"runs": len(rows),
+            "recovery_ms_median": statistics.median(rec) if rec else None, "recovery_ms_max": max(rec, default=None),
+            "detection_ms_median": statistics.median(det) if det else None, "detection_ms_max": max(det, default=None),
+            "recovered_all": len(rec) == len(rows),
+            "recovery_under_100ms": bool(rec) and len(rec) == len(rows) and max(rec) < 100,
+            "lost_median": statistics.median([x["lost"] for x in rows]) if rows else None,
+            "nat_mappings_lost_total": sum(x["nat_mappings_lost"] + x.get("tcp_mappings_lost", 0) for x in rows),
+            "all_mappings_kept": all(x["nat_mappings_lost"] == 0 and x.get("tcp_mappings_lost", 0) == 0 for x in rows),
+            "drift_max": max((x["drift_max"] for x in rows), default=None),
+            "drift_within_batch": all(x["drift_over_batch"] == 0 for x in rows),
+            "drift_over_batch_runs": [x["run"] for x in rows if x["drift_over_batch"]],
+            "all_tcp_survived": all(x.get("tcp_survived") for x in rows), "batch": batch}
+
+
+def run(runs: int = 5, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batch: int = 30,
+        heartbeat_ms: float = 10.0, misses: int = 3, tcp_bitrate: str = TCP_BITRATE, progress=lambda m: None) -> dict:
+    rows = []
+    for i in range(1, runs + 1):
+        progress(f"run {i}/{runs}: {rate:,} pps, {flows} flows, iperf3 -b {tcp_bitrate}, kill nf0 at {KILL_AT_S:g} s")
+        rows.append(one(i, rate, flows, nf, batch, heartbeat_ms, misses, True, tcp_bitrate, progress))
+    return {"nf": nf, "rate_pps": rate, "flows": flows, "batch": batch, "heartbeat_ms": heartbeat_ms,
+            "misses": misses, "duration_s": DURATION_S, "kill_at_s": KILL_AT_S, "tcp_bitrate": tcp_bitrate,
+            "tcp_seconds": TCP_SECONDS, "rows": rows, "summary": summary(rows, batch)}

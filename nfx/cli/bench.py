@@ -13,6 +13,7 @@ from ..bench import table1 as t1
 from ..bench.move_cells import DEFAULT_FLOWS, DEFAULT_RATES, link_text, parse_opts_list, split
 from ..errors import BadInput
 from .bench_cluster import cluster_
+from .bench_failover import failover_
 from .bench_queues import queues_
 from .bench_slim import slim_
 from .common import JsonOpt, emit_json, need_root, out, progress, write_bench
@@ -176,6 +177,7 @@ def soak_(moves: int = typer.Option(1000, "--moves", "-n", help="Consecutive mov
 app.command("slim")(slim_)
 app.command("cluster")(cluster_)
 app.command("queues")(queues_)
+app.command("failover")(failover_)
 
 
 @app.command("sharp")
