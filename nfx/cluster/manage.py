@@ -1,13 +1,16 @@
-"""`nfx cluster up|down|status` (issue 13): a testbed's clusters brought up and down as one step,
-all or nothing.
+"""`nfx cluster up|down|status|rejoin|failback` (issues 13, 14): a testbed's clusters brought up
+and down as one step, all or nothing.
 
 up:   etcd (the one given, or a local one started here, on free ports, that outlives the command
       and is stopped by `down` or by `testbed down`); each NAT instance's slice of the public port
       range claimed in etcd by compare-and-swap (no two instances own a port); the stamper on at
       the switches (through the controller, the switches' one writer at runtime); every member
       sharing its flows' deltas with the other members of its cluster, joined in etcd under its
-      agent's lease, its commutative counters published there.
+      agent's lease, its commutative counters published there; with pairs, their records in
+      etcd and failover's detector in the controller (nfx/control/failover.py).
 down: the reverse; the testbed's keys in etcd go.
+rejoin, failback: a failed instance back, and the traffic back to it once synced
+      (nfx/control/failback.py).
 What runs is in the registry record (rec["cluster"]: etcd and settings; rec["sharing"]: what
 shares, sharing.py)."""
 import urllib.parse
@@ -19,6 +22,7 @@ from ..etcd import Etcd, LocalEtcd
 from ..etcd.globalstate import GlobalState
 from ..loader import attach, netns
 from ..procs import agents
+from ..testbed.topology import check_pairs
 from ..nfs import open_node
 from ..procs import controller
 from . import pairs as pairs_
@@ -50,7 +54,7 @@ def up(name: str, clusters_text: str | None = None, batch: int | str = sharing.D
     pairs = pairs_.parse_pairs(pairs_text) if pairs_text else dict(rec.get("pairs") or {})
     spares = pairs_.parse_spares(spares_text) if spares_text is not None else list(rec.get("spares") or [])
     if pairs:
-        pairs_.check_pairs(pairs, spares, clusters, nfs)
+        check_pairs(pairs, spares, clusters, nfs)
         if not 1 <= heartbeat_ms <= 10_000 or not 1 <= misses <= 1000 or not 1 <= ttl_s <= 3600:
             raise BadInput("--heartbeat-ms is 1..10000, --misses 1..1000, --lease-s 1..3600")
     if not 1 <= idle_ms <= 600_000:

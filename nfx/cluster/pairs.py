@@ -1,10 +1,10 @@
-"""Primary/secondary pairs and spares (issue 14), as `nfx cluster up --pairs --spares` and the
-topology give them, checked against the clusters: a secondary holds its primary's state through
-the cluster's batched sharing, so the two are members of one cluster; a spare is in no pair (it
-becomes a secondary once its pair's primary failed over). The failure detection unit runs in
-the controller (nfx/control/failover.py)."""
+"""Primary/secondary pairs and spares (issue 14) as `nfx cluster up --pairs --spares` gives
+them, and failover's defaults. They are checked against the clusters by the topology's
+check_pairs: a secondary holds its primary's state through the cluster's batched sharing, so
+the two are members of one cluster; a spare is in no pair (it becomes a secondary once its
+pair's primary failed over). The failure detection unit runs in the controller
+(nfx/control/failover.py)."""
 from ..errors import BadInput
-from ..testbed.topology import check_pairs
 
 DEFAULT_HEARTBEAT_MS = 10.0
 DEFAULT_MISSES = 3

@@ -67,6 +67,7 @@ class Failover:
         self.fenced: set[str] = set()
         self.lease_ignored: dict[str, int] = {}   # memberships that ended while their agent beat
         self.events: list[dict] = []
+        self.beating: set[str] = set()            # asked to beat here (told to stop at the end)
         self.stop_ev = threading.Event()
         with netns.enter(self.mgmt["ns"]):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -96,15 +97,16 @@ class Failover:
 
     def stop(self) -> dict:
         self.stop_ev.set()
-        for inst in self.watched():
+        for inst in sorted(self.beating):
             try:
                 self.beat_request(inst, None)
             except NfxError:
-                pass
+                pass                      # gone (failed over from): its beater went with its agent
         if self.watch is not None:
             self.watch.stop()
         for t in self.threads:
-            t.join(timeout=2.0)
+            if t.ident is not None:
+                t.join(timeout=2.0)
         self.sock.close()
         return self.status()
 
@@ -133,6 +135,7 @@ class Failover:
     def beat_request(self, inst: str, to: str | None) -> None:
         with AgentClient(self.testbed, inst, timeout=5.0) as a:
             a.request("heartbeat", to=to, every_ms=self.heartbeat_ms)
+        (self.beating.add if to else self.beating.discard)(inst)
 
     # ---- detection ----
     def _receive(self) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from nfx.bench import failover as F
 from nfx.testbed import builder
+from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
 from tests.netns.test_failover_netns import BATCH, FLOWS, LATE_BOUND, counts, short_by, under_traffic
 from tests.netns.tbutil import nfx, running_testbed
@@ -25,7 +26,7 @@ def test_a_killed_ids_primary_fails_over_with_counters_at_most_a_batch_behind(tb
     name = rec["name"]
     r = nfx("cluster", "up", "--name", name, "--batch", str(BATCH), "--misses", "4", "--json")
     assert r.returncode == 0, r.stderr
-    under_traffic(gen, sink, lambda: None, rate=50_000, duration=0.5, at=0.1)
+    measure(gen, sink, 50_000, 0.5, 0.5)
     time.sleep(0.5)
     base = counts(name, "nf0")
     assert len(base) == FLOWS
@@ -34,7 +35,7 @@ def test_a_killed_ids_primary_fails_over_with_counters_at_most_a_batch_behind(tb
         t0 = time.time()
         t_kill = F.kill_instance(name, "nf0")
         return t_kill, F.wait_failed_over(name, "nf0", t0)
-    (t_kill, ev), tl, r = under_traffic(gen, sink, kill)
+    (t_kill, ev), tl, r = under_traffic(name, gen, sink, kill)
     assert ev["outcome"] == "failed over" and ev["promoted"] == "nf1", ev
     gap = tl.gap_after(t_kill)
     assert gap["recovery_ms"] is not None and gap["recovery_ms"] < 100, (gap, ev)

@@ -12,7 +12,6 @@ real packets (issue 14). `nfx cluster up` starts the failure detection unit in t
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -25,7 +24,7 @@ from nfx.procs import agents
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
-from tests.netns.tbutil import nfx, running_testbed
+from tests.netns.tbutil import nfx, running_testbed, under_traffic as traffic_with
 
 FLOWS = 200
 RATE = 100_000
@@ -84,18 +83,11 @@ def forwarded(name, inst) -> int:
     return builder.instance(name, inst).stats().get("v_redirect", 0)
 
 
-def under_traffic(gen, sink, action, rate=RATE, duration=2.0, at=0.8):
+def under_traffic(name, gen, sink, action, rate=RATE, duration=1.4, at=0.6):
     """`action()` `at` s into the traffic, with the sink's count sampled throughout."""
-    out = {}
     with F.Timeline(sink) as tl:
-        t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0)))
-        t.start()
-        time.sleep(at)
-        try:
-            a = action()
-        finally:
-            t.join()
-    return a, tl, out["r"]
+        a, r = traffic_with(name, gen, sink, rate, duration, at, action, what="failover")
+    return a, tl, r
 
 
 def test_cluster_up_with_pairs_starts_the_failure_detector(tb):
@@ -107,7 +99,7 @@ def test_cluster_up_with_pairs_starts_the_failure_detector(tb):
     up = json.loads(r.stdout)
     assert up["pairs"] == {"nf0": "nf1"} and up["spares"] == ["nf2"]
     assert up["failover"]["slots"] == {"nf0": {"primary": "nf0", "secondary": "nf1"}}
-    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    r = measure(gen, sink, 50_000, 0.5, 0.5)
     assert r["lost"] == 0, r
     st = json.loads(nfx("cluster", "status", "--name", name, "--json").stdout)
     assert st["pairs"] == {"nf0": {"primary": "nf0", "secondary": "nf1", "epoch": 1}}
@@ -127,7 +119,7 @@ def test_a_killed_primary_fails_over_within_100ms_keeping_every_mapping(tb):
         t0 = time.time()
         t_kill = F.kill_instance(name, "nf0")
         return t_kill, F.wait_failed_over(name, "nf0", t0)
-    (t_kill, ev), tl, r = under_traffic(gen, sink, kill)
+    (t_kill, ev), tl, r = under_traffic(name, gen, sink, kill)
     gap = tl.gap_after(t_kill)
     assert ev["outcome"] == "failed over" and ev["by"] == "heartbeat" and ev["promoted"] == "nf1", ev
     assert gap["recovery_ms"] is not None and gap["recovery_ms"] < 100, (gap, ev)
@@ -145,7 +137,7 @@ def test_a_killed_primary_fails_over_within_100ms_keeping_every_mapping(tb):
     fo = status(name)
     assert fo["slots"]["nf0"] == {"primary": "nf1", "secondary": "nf2"} and fo["fenced"] == ["nf0"]
     assert fenced(name, "nf0")
-    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    r = measure(gen, sink, 50_000, 0.5, 0.5)
     assert r["lost"] == 0, r
 
 
@@ -159,7 +151,7 @@ def test_a_paused_primary_resumed_after_promotion_does_not_forward(tb):
         os.kill(pid, signal.SIGSTOP)
         return F.wait_failed_over(name, "nf1", t0)
     try:
-        ev, tl, r = under_traffic(gen, sink, pause)
+        ev, tl, r = under_traffic(name, gen, sink, pause)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert ev["outcome"] == "failed over" and ev["promoted"] == "nf2", ev
@@ -167,7 +159,7 @@ def test_a_paused_primary_resumed_after_promotion_does_not_forward(tb):
     # resumed, it beats again, yet stays fenced and out of the pair: it forwards nothing
     beats = status(name)["beats"]["nf1"]
     was = forwarded(name, "nf1")
-    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    r = measure(gen, sink, 50_000, 0.5, 0.5)
     assert r["lost"] == 0, r
     fo = status(name)
     assert fo["beats"]["nf1"] > beats and fenced(name, "nf1")
@@ -186,15 +178,15 @@ def test_a_restarted_primary_takes_no_traffic_until_synced_then_fails_back(tb):
     assert rj["role"] == "secondary" and rj["primary"] == "nf2" and rj["fenced"] and rj["agent_started"]
     assert sorted(rj["reattached"]) == ["si", "so"]
     was = forwarded(name, "nf0")
-    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    r = measure(gen, sink, 50_000, 0.5, 0.5)
     assert r["lost"] == 0 and forwarded(name, "nf0") == was, r
-    fb, _, r = under_traffic(gen, sink, lambda: json.loads(nfx("cluster", "failback", "--name", name, "--slot", "nf0",
+    fb, _, r = under_traffic(name, gen, sink, lambda: json.loads(nfx("cluster", "failback", "--name", name, "--slot", "nf0",
                                                                "--to", "nf0", "--json").stdout),
-                             rate=20_000, duration=1.5, at=0.5)
+                             rate=20_000, duration=1.2, at=0.4)
     assert fb["primary"] == "nf0" and fb["secondary"] == "nf2", fb
     assert (r["lost"], r["duplicated"], r["reordered"], r["unexpected"]) == (0, 0, 0, 0), r
     assert not fenced(name, "nf0") and len(F.mappings(name, "nf0")) == FLOWS
-    r = measure(gen, sink, 50_000, 1.0, 0.5)
+    r = measure(gen, sink, 50_000, 0.5, 0.5)
     assert r["lost"] == 0 and forwarded(name, "nf0") > was, r
 
 

@@ -50,7 +50,8 @@ def test_thousands_of_points_then_a_restart(tb):
     name = tb["name"]
     s = Steering(name)
     try:
-        for i in range(3000):
+        # 1200 points, a prio each: past the band's floor (PRIO_TOP - PRIO_MIN) twice, so renumbered twice
+        for i in range(1200):
             s.point(ALL if i % 2 else UDP, ["nf1"] if i % 3 else ["nf0"])
         s.point(ALL, ["nf0"])
         s.point(UDP, ["nf1"])                    # newest: UDP goes to nf1
