@@ -68,7 +68,10 @@ class HeartbeatOps:
             raise BadInput(f"heartbeat: every_ms is {MIN_MS}..{MAX_MS}, not {every_ms!r}")
         try:
             host, port = to.rsplit(":", 1)
-            dest = (str(socket.inet_aton(host) and host), int(port))
+            socket.inet_aton(host)                 # an IPv4 address, not a name to resolve
+            dest = (host, int(port))
+            if not 1 <= dest[1] <= 65535:
+                raise ValueError
         except (AttributeError, ValueError, OSError):
             raise BadInput(f"heartbeat: to is \"address:port\", not {to!r}") from None
         self._beater = _Beater(self.instance, dest, every_ms / 1e3)

@@ -8,8 +8,9 @@ answers. Measured, each run:
   (the sink's packet count sampled every SAMPLE_S);
 - packets lost (the sink's sequence numbers), NAT mappings lost (the primary's mappings read
   just before the kill, looked up in the new primary after: same inside tuple, same public
-  tuple), counter drift (each moved mapping's packet counts against what the primary had: at
-  most S_batch - 1 packets a flow behind);
+  tuple), counter drift (each flow's count at the new primary against its count before the run
+  plus what the sink got of it: what one instance that never failed would hold; the target is
+  at most S_batch - 1 packets a flow behind);
 - with iperf3, whether a TCP connection through the NAT survived the kill (no reset, every
   byte it sent arrived).
 Every figure comes from the sink, the instances' maps and the controller's own report."""
@@ -101,7 +102,7 @@ class Timeline:
     def rate(self, t_kill: float, before_s: float = 0.2, after_s: float = 0.4, bin_s: float = 0.002):
         """(ms from the kill, packets/s) in bins of bin_s: the sink's rate around the kill."""
         pts = [(t - t_kill, n) for t, n in self.samples if -before_s <= t - t_kill <= after_s]
-        out, i = [], 0
+        out = []
         edge = -before_s
         while edge < after_s and pts:
             lo = [n for t, n in pts if t <= edge]
@@ -109,7 +110,6 @@ class Timeline:
             if lo and hi:
                 out.append((round((edge + bin_s / 2) * 1e3, 2), (hi[-1] - lo[-1]) / bin_s))
             edge += bin_s
-            i += 1
         return out
 
 

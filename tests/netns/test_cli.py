@@ -130,9 +130,12 @@ def test_interrupted_build_leaves_nothing(sig, step):
     registry entry or process stays."""
     import sys
     n = unique_name()
+    # Ctrl-C as at a terminal: a suite started in the background without job control inherits
+    # SIGINT ignored (the shell's rule for background jobs), and so would the CLI
     p = subprocess.Popen([sys.executable, "-m", "nfx", "testbed", "up", "--name", n, "--instances", "2"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in p.stdout:
