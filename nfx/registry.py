@@ -1,6 +1,7 @@
 """The testbed registry: one JSON file per testbed under /run/nfx/testbeds/, written before each
 thing is created, so teardown removes exactly what was made even after a failure half way.
 `Testbed` is that record (a dict, saved as it is) with typed views of its nodes."""
+import ipaddress
 import json
 import os
 import re
@@ -120,6 +121,17 @@ class Testbed(dict):
 
     def _role(self, role: str) -> list[str]:
         return [n for n, i in self.get("nodes", {}).items() if i.get("role") == role]
+
+    def via_mgmt(self, host: str) -> bool:
+        """Whether `host` is reached from the management namespace: an address of the testbed's
+        management network, or of the one a join routes to (nfx/testbed/join.py)."""
+        mg, j = self.get("mgmt") or {}, self.get("join") or {}
+        try:
+            ip = ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        nets = [n for n in (mg.get("net"), j.get("peer_net"), j.get("transit")) if n]
+        return host == mg.get("controller") or any(ip in ipaddress.IPv4Network(n) for n in nets)
 
     def instances(self) -> list[str]:
         """The NF instances' node names (nf0, nf1, ...)."""

@@ -4,7 +4,7 @@ from rich.table import Table
 
 from .. import registry
 from ..nfs import nf_class
-from ..testbed import builder, topology
+from ..testbed import builder, join, topology
 from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, show
 
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove netns testbeds.")
@@ -31,10 +31,12 @@ def up(name: str = NameOpt,
        queues: int = typer.Option(None, "--queues", "-q",
                                   help=f"rx and tx queues of every data-plane veth, 1-{topology.MAX_QUEUES} "
                                        "(default: the topology's, else 1); XDP runs one NAPI per rx queue."),
+       mgmt: str = typer.Option(None, "--mgmt", help="The management network (default: the topology's, "
+                                "10.255.0.0/24); two testbeds that `nfx testbed join` need different ones."),
        json_: bool = JsonOpt):
     """Create a testbed: namespaces, veths, switches, NF instances (attached and pinned)."""
     need_root()
-    topo = topology.load(topology_, instances, queues)
+    topo = topology.load(topology_, instances, queues, mgmt)
     nf_class(nf)                     # an unknown kind fails before anything is built
     rec = builder.up(name, topo, nf, max_flows, progress=None if json_ else progress, ctrl_delay_ms=ctrl_delay_ms,
                      nf_settings=nf_set, statelet_ring_kib=statelet_ring_kib, hold_slots=hold_slots)
@@ -86,3 +88,28 @@ def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (def
         show(t)
         for c, members in r.get("clusters", {}).items():
             console.print(f"cluster {c}: {', '.join(members)}")
+
+
+@app.command("join")
+def join_(name: str = NameOpt, peer: str = typer.Option(..., "--peer", help="The other testbed (the other machine)."),
+          json_: bool = JsonOpt):
+    """Join two testbeds as two machines: a routed link between their management networks (each
+    routes the other's, its NF namespaces too), so one etcd and each other's agents are in reach."""
+    need_root()
+    r = join.join(name, peer)
+    if json_:
+        emit_json(r)
+        return
+    console.print(f"[green]{name} and {peer} joined[/green]: {r['mgmt'][name]} <-> {r['mgmt'][peer]} over "
+                  f"{r['transit']} ({r['addrs'][name]}, {r['addrs'][peer]})")
+
+
+@app.command()
+def unjoin(name: str = NameOpt, json_: bool = JsonOpt):
+    """Undo `nfx testbed join` (testbed down of either does it too)."""
+    need_root()
+    r = join.unjoin(name)
+    if json_:
+        emit_json(r)
+        return
+    console.print(f"{name} and {r['peer']} no longer joined")

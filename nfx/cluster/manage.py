@@ -117,10 +117,9 @@ def batch_text(batch: dict[str, int]) -> str:
 
 
 def _enter(rec, host: str):
-    """Connections to an etcd on the testbed's management network are made from its namespace."""
-    if host != rec["mgmt"]["controller"]:
-        return None
-    return lambda: netns.enter(rec["mgmt"]["ns"])
+    """Connections to an etcd the management network reaches (registry.via_mgmt) are made from
+    its namespace; any other from here."""
+    return (lambda: netns.enter(rec["mgmt"]["ns"])) if rec.via_mgmt(host) else None
 
 
 def _etcd(rec, url: str) -> Etcd:

@@ -47,7 +47,7 @@ class Failover:
         self.mgmt = rec["mgmt"]
         self.etcd_url = etcd_url
         etcd = Etcd(etcd_url)
-        if etcd.host == self.mgmt["controller"]:
+        if rec.via_mgmt(etcd.host):
             etcd.enter = lambda: netns.enter(self.mgmt["ns"])
         self.gs = GlobalState(etcd, self.testbed)
         self.heartbeat_ms, self.misses, self.ttl_s = heartbeat_ms, misses, ttl_s

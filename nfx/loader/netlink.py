@@ -107,6 +107,14 @@ class Netlink:
         where = {} if dst == "default" else {"dst": dst}
         self._do(f"add route {dst} via {via}", "route", "add", gateway=via, **where)
 
+    def route_del(self, dst: str) -> None:
+        """The route to `dst` ("a.b.c.d/len"), if there is one."""
+        net, _, plen = dst.partition("/")
+        try:
+            self.ipr.route("del", dst=net, dst_len=int(plen or 32))
+        except Exception:       # noqa: BLE001 (pyroute2's NetlinkError: no such route, which is the goal)
+            pass
+
     def neigh(self, addr: str, lladdr: str, ifname: str) -> None:
         """A permanent neighbour entry (replacing any): `addr` is at `lladdr` on `ifname`."""
         self._do(f"set neighbour {addr} lladdr {lladdr} on {ifname}", "neigh", "replace", dst=addr, lladdr=lladdr,

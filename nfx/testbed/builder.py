@@ -22,6 +22,7 @@ from ..nfs.base import Wiring, apply_settings
 from ..nfs.ids import IdsConfig
 from ..nfs.nat import NatConfig, parse_pool
 from ..procs import agents as agent_procs, controller
+from . import join
 from .topology import Topology
 
 log = logging.getLogger("nfx.testbed")
@@ -318,7 +319,7 @@ def _mgmt(rec, topo: Topology, nls: netlink.Sockets) -> None:
     mgl.bridge("br0")
     mgl.addr("br0", f"{hosts[-1]}/{net.prefixlen}")
     mgl.up("br0")
-    mg = {"ns": ns, "bridge": "br0", "controller": str(hosts[-1]), "agents": {}}
+    mg = {"ns": ns, "bridge": "br0", "controller": str(hosts[-1]), "agents": {}, "net": str(net)}
     for i, nf in enumerate(topo.role("nf")):
         nfl = nls[ns_name(tb, nf)]
         nfl.veth("mg", nf, mgl, up=False)
@@ -335,6 +336,9 @@ def down(name: str) -> dict:
     rec = registry.load(name)
     created = rec.get("created", {})
     removed = {"netns": 0, "pins": 0, "agents": 0}
+    if rec.get("join"):
+        # the other testbed's end of the routed link and its routes to this one go too
+        removed["unjoined"] = join.unjoin(name)["peer"]
     # the controller and the agents first: they hold the maps open and listen in the namespaces about to go
     removed["controller"] = controller.stop(name, rec)
     removed["agents"] = agent_procs.stop_all(name, rec)

@@ -1,6 +1,7 @@
 """Topology files (netns/*.json): nodes by role, links, the addressing plan, and optionally
 clusters of NF instances and whether the switches spread flows over the instances. `nf{i}` in a
 node, link or cluster member name stands for every NF instance 0..N-1."""
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +51,9 @@ def available() -> list[str]:
     return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.json"))
 
 
-def load(name_or_file: str, instances: int | None = None, queues: int | None = None) -> Topology:
-    """`instances` and `queues`, when given, override the file's."""
+def load(name_or_file: str, instances: int | None = None, queues: int | None = None,
+         mgmt: str | None = None) -> Topology:
+    """`instances`, `queues` and `mgmt` (the management network), when given, override the file's."""
     path = Path(name_or_file)
     if not path.suffix:
         path = TOPOLOGY_DIR / f"{name_or_file}.json"
@@ -96,6 +98,7 @@ def load(name_or_file: str, instances: int | None = None, queues: int | None = N
         if missing:
             raise BadInput(f"{path}: spread: switch {sw} has no link to {', '.join(missing)}; it needs one to every NF instance")
     topo.clusters = _clusters(path, raw.get("clusters", {}), topo)
+    topo.mgmt = check_mgmt(mgmt if mgmt is not None else topo.mgmt, topo.instances, "--mgmt" if mgmt else path)
     pairs, spares = raw.get("pairs", {}), raw.get("spares", [])
     if not isinstance(pairs, dict) or not all(isinstance(v, str) for v in pairs.values()):
         raise BadInput(f"{path}: pairs maps a primary to its secondary, not {pairs!r}")
@@ -111,6 +114,19 @@ def load(name_or_file: str, instances: int | None = None, queues: int | None = N
         if len(topo.neighbours(h)) != 1:
             raise BadInput(f"{path}: host {h} needs exactly one link")
     return topo
+
+
+def check_mgmt(net: str, instances: int, where: Path | str = "--mgmt") -> str:
+    """The management network: IPv4, room for the controller and an agent an instance (they
+    start at its 11th address), and private: two joined testbeds route between theirs."""
+    try:
+        n = ipaddress.IPv4Network(net)
+    except ValueError as e:
+        raise BadInput(f"{where}: mgmt is an IPv4 network like 10.254.0.0/24, not {net!r} ({e})") from None
+    if n.num_addresses - 2 < 11 + instances or not n.is_private:
+        raise BadInput(f"{where}: mgmt {n} must be private and hold {11 + instances} hosts "
+                       f"(the controller and {instances} agents from its 11th address)")
+    return str(n)
 
 
 def check_queues(q, where: Path | str = "--queues") -> int:

@@ -21,7 +21,7 @@ def unique_name(prefix: str = "t") -> str:
 @contextlib.contextmanager
 def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None = None, max_flows: int = 65536,
                     nf_set: tuple[str, ...] = (), statelet_ring_kib: int | None = None,
-                    hold_slots: int | None = None, queues: int | None = None):
+                    hold_slots: int | None = None, queues: int | None = None, mgmt: str | None = None):
     """A testbed built by `nfx testbed up` in a child process: BCC keeps every BPF object it loads
     (and its fds) until its process exits, so building in the test process would leave ~50-120 fds
     per testbed open for the rest of the run, and past fd 1023 select() fails."""
@@ -38,6 +38,8 @@ def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None 
             args += ["--hold-slots", str(hold_slots)]
         if queues is not None:
             args += ["--queues", str(queues)]
+        if mgmt is not None:
+            args += ["--mgmt", mgmt]
         r = nfx(*args, "--json", timeout=300)
         if r.returncode:
             raise AssertionError(f"nfx testbed up failed ({r.returncode}): {r.stderr}")
