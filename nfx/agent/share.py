@@ -1,7 +1,8 @@
 """The agent's cluster ops (issue 13): batched sharing and the replicas it feeds.
 
     share_start {members, batch, idle_ms,   the gate's share flag on; this instance's state as a
-                 etcd, cluster, ttl_s}      base to every member; then the sharer (sharer.py);
+                 etcd, cluster, ttl_s,      base to every member; then the sharer (sharer.py,
+                 send_ms}                   its batches out every send_ms);
                                             with etcd: membership under this agent's lease (of
                                             ttl_s), and
                                             its counters published there
@@ -33,7 +34,7 @@ from .global_counters import COUNTER_TABLES, publish_instance_counters
 from .ops_move import _b64, enc
 from .transport import arg_int
 from .sessions import SETTLE_S
-from .sharer import Sharer
+from .sharer import SEND_EVERY_S, Sharer
 
 SHARE_OPS = ("share_start", "share_stop", "share_status", "share_put", "share_flush", "replica_promote", "share_drop")
 BASE_SCOPES = ("per-flow", "multi-flow")
@@ -57,6 +58,9 @@ class ShareOps:
         members = req.get("members")
         batch = arg_int(req, "batch", 30, 1, 1 << 20)
         idle_ms = req.get("idle_ms", 200)
+        send_ms = req.get("send_ms", SEND_EVERY_S * 1e3)
+        if isinstance(send_ms, bool) or not isinstance(send_ms, (int, float)) or not 0 <= send_ms <= 1000:
+            raise BadInput(f"share_start: send_ms is 0..1000, not {send_ms!r}")
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members) or self.instance in members:
             raise BadInput("share_start needs members: the other instances of the cluster (names)")
         if isinstance(idle_ms, bool) or not isinstance(idle_ms, (int, float)) or not 1 <= idle_ms <= 600_000:
@@ -76,13 +80,13 @@ class ShareOps:
             gs = GlobalState(Etcd(etcd), self.testbed)
             gs.join(cluster, self.instance, ttl_s=arg_int(req, "ttl_s", MEMBER_TTL_S, 1, 3600), mgmt=self.addr)
         try:
-            return self._share_start(members, batch, idle_ms, gs)
+            return self._share_start(members, batch, idle_ms, gs, send_ms)
         except BaseException:
             if gs is not None:
                 gs.close()
             raise
 
-    def _share_start(self, members, batch, idle_ms, gs) -> dict:
+    def _share_start(self, members, batch, idle_ms, gs, send_ms) -> dict:
         reader = StateletReader(self.nf)
         reader.drain(idle_ms=0, timeout_s=1.0)          # records of no one's (an earlier move's) go
         Gate(self.nf).set_share(True, batch)
@@ -94,7 +98,7 @@ class ShareOps:
             pieces = blob_pieces(chunks, PIECE_BYTES)
             publish = (lambda: publish_instance_counters(gs, self.testbed, self.instance, self.nf)) \
                 if gs is not None and self.kind in COUNTER_TABLES else None
-            sharer = Sharer(self, members, batch, idle_ms / 1e3, reader, publish)
+            sharer = Sharer(self, members, batch, idle_ms / 1e3, reader, publish, send_ms / 1e3)
             sharer.log.seed(chunks)                      # the members hold these already
             for m, c in sharer.peers.items():
                 for i, piece in enumerate(pieces or [b""]):      # the first replaces, the rest add

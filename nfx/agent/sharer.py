@@ -11,7 +11,8 @@ member of the cluster (`share_put`, nfx/agent/share.py):
 - when the flow's pending records have been idle for idle_s;
 - and every idle_s a sweep of the maps (nfx/state/sweep.py) shares the entries that changed
   since they were last shared and went idle: a flow's packets after its last boundary.
-Batches go out at least every SEND_EVERY_S, in ring order, over one connection per member.
+Batches go out at least every send period (SEND_EVERY_S unless share_start gives send_ms; 0:
+after every read of the ring that made one), in ring order, over one connection per member.
 A move (`flush`) first takes what the ring holds, then sends, as one batch per flow direction,
 its pending records plus what the maps hold of the moved flows beyond what was last shared
 (they are cut at the source already): after it, a member holds everything this instance did to
@@ -42,9 +43,10 @@ AT_ONCE = {int(L.StTable.NAT_PORTS)}     # a NAT mapping's creation (a port is c
 
 class Sharer:
     def __init__(self, agent, members: list[str], batch: int, idle_s: float, reader: StateletReader,
-                 publish=None):
+                 publish=None, send_every_s: float = SEND_EVERY_S):
         self.nf, self.me, self.testbed = agent.nf, agent.instance, agent.testbed
         self.members, self.batch, self.idle_s = list(members), batch, idle_s
+        self.send_every_s = send_every_s
         self.reader = reader
         self.pending: dict[bytes, Delta] = {}
         self.outbox: list[bytes] = []
@@ -117,6 +119,7 @@ class Sharer:
 
     def status(self) -> dict:
         return {"members": self.members, "batch": self.batch, "idle_ms": self.idle_s * 1e3,
+                "send_ms": self.send_every_s * 1e3,
                 "pending_flows": len(self.pending), "shared_entries": self.log.entries(), **self.counts,
                 "errors": dict(self.errors),
                 "alive": self.thread.is_alive(), "failed": repr(self.failed) if self.failed else None,
@@ -141,7 +144,7 @@ class Sharer:
                         done.put(fn())
                     except Exception as e:   # noqa: BLE001 (handed to the caller)
                         done.put(e)
-                if self.outbox and (now - last_send >= SEND_EVERY_S or self.out_bytes >= SEND_MAX):
+                if self.outbox and (now - last_send >= self.send_every_s or self.out_bytes >= SEND_MAX):
                     self._send()
                     last_send = now
                 if self.publish is not None and now - last_pub >= COUNTERS_EVERY_S:

@@ -35,12 +35,16 @@ def up(name: str = NameOpt,
                                   "a primary is failed over."),
        lease_s: int = typer.Option(P.DEFAULT_TTL_S, "--lease-s", help="Failover: each member's etcd lease (whole "
                                    "seconds); its expiry fails a primary over too (the backstop)."),
+       send_ms: float = typer.Option(None, "--send-ms", help="Batches go to the members at least this often, "
+                                     "ms (default 5; with pairs 0: as soon as they are read, so a failover finds "
+                                     "them)."),
        json_: bool = JsonOpt):
     """Bring a testbed's clusters up: etcd, the NAT pool's owners, the stamper, batched sharing, and
     with pairs, failover (a failure detection unit in the controller)."""
     need_root()
     r = manage.up(name, clusters, batch, idle_ms, etcd, stamp, progress=(lambda m: None) if json_ else progress,
-                  pairs_text=pairs, spares_text=spares, heartbeat_ms=heartbeat_ms, misses=misses, ttl_s=lease_s)
+                  pairs_text=pairs, spares_text=spares, heartbeat_ms=heartbeat_ms, misses=misses, ttl_s=lease_s,
+                  send_ms=send_ms)
     if json_:
         emit_json(r)
         return

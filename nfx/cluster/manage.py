@@ -36,7 +36,7 @@ def up(name: str, clusters_text: str | None = None, batch: int | str = sharing.D
        idle_ms: float = sharing.DEFAULT_IDLE_MS, etcd_url: str | None = None, stamp: bool = True,
        progress=lambda m: None, pairs_text: str | None = None, spares_text: str | None = None,
        heartbeat_ms: float = pairs_.DEFAULT_HEARTBEAT_MS, misses: int = pairs_.DEFAULT_MISSES,
-       ttl_s: int = pairs_.DEFAULT_TTL_S) -> dict:
+       ttl_s: int = pairs_.DEFAULT_TTL_S, send_ms: float | None = None) -> dict:
     if etcd_url is not None and urllib.parse.urlsplit(etcd_url).hostname in LOOPBACK:
         raise BadInput(f"--etcd {etcd_url}: the agents run in their own network namespaces, where a loopback "
                        "address is their own", hint="give an address the testbed's management network reaches, "
@@ -59,6 +59,10 @@ def up(name: str, clusters_text: str | None = None, batch: int | str = sharing.D
             raise BadInput("--heartbeat-ms is 1..10000, --misses 1..1000, --lease-s 1..3600")
     if not 1 <= idle_ms <= 600_000:
         raise BadInput(f"--idle-ms is 1..600000, not {idle_ms:g}")
+    if send_ms is None and pairs:
+        send_ms = pairs_.PAIR_SEND_MS
+    if send_ms is not None and not 0 <= send_ms <= 1000:
+        raise BadInput(f"--send-ms is 0..1000, not {send_ms:g}")
     local = None
     done: list[str] = []
     gs = None
@@ -89,7 +93,7 @@ def up(name: str, clusters_text: str | None = None, batch: int | str = sharing.D
             controller.call(name, "POST", "/stamp", {"on": True})
             done.append("stamp")
         progress(f"sharing in {len(clusters)} clusters (S_batch {batch_text(batch)})")
-        shared = sharing.start(rec, clusters, batch, idle_ms, etcd_url, ttl_s=ttl_s if pairs else None)
+        shared = sharing.start(rec, clusters, batch, idle_ms, etcd_url, ttl_s=ttl_s if pairs else None, send_ms=send_ms)
         done.append("sharing")
         failover = None
         if pairs:
@@ -100,7 +104,7 @@ def up(name: str, clusters_text: str | None = None, batch: int | str = sharing.D
             failover = controller.call(name, "POST", "/failover", {
                 "on": True, "etcd": etcd_url, "pairs": {p: [p, s] for p, s in pairs.items()}, "spares": spares,
                 "heartbeat_ms": heartbeat_ms, "misses": misses, "ttl_s": ttl_s,
-                "batch": max(batch[of[p]] for p in pairs), "idle_ms": idle_ms})
+                "batch": max(batch[of[p]] for p in pairs), "idle_ms": idle_ms, "send_ms": send_ms})
     except BaseException:
         _undo(name, rec, gs, done)
         raise

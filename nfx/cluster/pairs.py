@@ -9,6 +9,9 @@ from ..errors import BadInput
 DEFAULT_HEARTBEAT_MS = 10.0
 DEFAULT_MISSES = 3
 DEFAULT_TTL_S = 2
+# a pair's batches go out as soon as the sharer reads them (not every 5 ms): a batch still on its
+# way when the primary dies is one more batch its secondary's counters miss
+PAIR_SEND_MS = 0.0
 
 
 def parse_pairs(text: str) -> dict[str, str]:

@@ -62,7 +62,7 @@ def check_clusters(clusters: dict, instances: list[str]) -> None:
 
 
 def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: float, etcd: str | None = None,
-          ttl_s: int | None = None) -> dict:
+          ttl_s: int | None = None, send_ms: float | None = None) -> dict:
     """Every member of every cluster shares with the others of its own, every batch[cluster]
     packets of a flow; all or nothing."""
     if rec.get("sharing"):
@@ -74,6 +74,8 @@ def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: f
             for m in ms:
                 with AgentClient(rec["name"], m, timeout=30.0) as a:
                     extra = {"ttl_s": ttl_s} if ttl_s else {}     # failover: the lease is the backstop detector
+                    if send_ms is not None:
+                        extra["send_ms"] = send_ms
                     out[m] = a.request("share_start", members=[o for o in ms if o != m], batch=batch[c], idle_ms=idle_ms,
                                        etcd=etcd, cluster=c if etcd else None, **extra)
                 started.append(m)
@@ -85,7 +87,7 @@ def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: f
             except NfxError:
                 pass
         raise
-    rec["sharing"] = {"batch": batch, "idle_ms": idle_ms, "clusters": clusters}
+    rec["sharing"] = {"batch": batch, "idle_ms": idle_ms, "clusters": clusters, "send_ms": send_ms}
     rec.save()
     return out
 

@@ -41,7 +41,7 @@ FIRST_BEAT_S = 5.0
 
 class Failover:
     def __init__(self, ctl, etcd_url: str, pairs: dict[str, list[str]], spares: list[str], heartbeat_ms: float,
-                 misses: int, ttl_s: int, batch: int, idle_ms: float):
+                 misses: int, ttl_s: int, batch: int, idle_ms: float, send_ms: float = 0.0):
         self.ctl, self.testbed = ctl, ctl.testbed
         rec = registry.load(self.testbed)
         self.mgmt = rec["mgmt"]
@@ -51,7 +51,7 @@ class Failover:
             etcd.enter = lambda: netns.enter(self.mgmt["ns"])
         self.gs = GlobalState(etcd, self.testbed)
         self.heartbeat_ms, self.misses, self.ttl_s = heartbeat_ms, misses, ttl_s
-        self.batch, self.idle_ms = batch, idle_ms
+        self.batch, self.idle_ms, self.send_ms = batch, idle_ms, send_ms
         self.spares = list(spares)
         self.lock = threading.Lock()
         self.slots: dict[str, dict] = {}          # slot -> {primary, secondary}, as in etcd
@@ -289,7 +289,7 @@ class Failover:
         secondary's sync: share_start returns once every piece is in); and the secondary with it."""
         cluster = self._cluster_of(primary)
         args = {"batch": self.batch, "idle_ms": self.idle_ms, "etcd": self.etcd_url, "cluster": cluster,
-                "ttl_s": self.ttl_s}
+                "ttl_s": self.ttl_s, "send_ms": self.send_ms}
         with AgentClient(self.testbed, primary, timeout=PROMOTE_TIMEOUT_S) as a:
             a.request("share_stop")
             a.request("share_start", members=[secondary], **args)
@@ -335,5 +335,9 @@ def parse_body(body: dict) -> dict:
         raise BadInput(f"ttl_s is 1..3600 (etcd leases are whole seconds), not {ttl!r}")
     if not isinstance(body.get("etcd"), str):
         raise BadInput("POST /failover needs etcd: the URL the cluster uses")
+    send_ms = body.get("send_ms", 0.0)
+    if not isinstance(send_ms, (int, float)) or isinstance(send_ms, bool) or not 0 <= send_ms <= 1000:
+        raise BadInput(f"send_ms is 0..1000, not {send_ms!r}")
     return {"etcd_url": body["etcd"], "pairs": pairs, "spares": spares, "heartbeat_ms": hb, "misses": misses,
-            "ttl_s": ttl, "batch": int(body.get("batch", 30)), "idle_ms": float(body.get("idle_ms", 200))}
+            "ttl_s": ttl, "batch": int(body.get("batch", 30)), "idle_ms": float(body.get("idle_ms", 200)),
+            "send_ms": send_ms}
