@@ -31,10 +31,10 @@ RATE = 100_000
 BATCH = 30
 SPORT0 = 1024               # the generator's first source port (flow i: SPORT0 + i)
 # A counter is short by at most S_batch - 1 packets when its flow's last boundary batch reached
-# the secondary before the kill. A batch takes the sharer's poll and send period and a request
-# (~5-10 ms) to get there; a kill inside that window after a boundary (the flows here run in
-# lockstep: ~1 run in 6 at 500 pps a flow) loses that batch too, so one batch more is what the
-# mechanism bounds. `nfx bench failover` counts how often the S_batch - 1 target holds.
+# the secondary before the kill. A pair's sharer sends a batch as soon as it reads it, but that
+# and one request still take a few ms; a kill inside that window after a boundary (the flows
+# here run in lockstep) loses that batch too, so one batch more is what the mechanism bounds.
+# `nfx bench failover` counts how often the S_batch - 1 target holds.
 LATE_BOUND = 2 * BATCH - 1
 
 

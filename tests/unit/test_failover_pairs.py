@@ -44,9 +44,11 @@ def test_the_failover_body_is_checked():
     ok = {"etcd": "http://10.0.0.1:2379", "pairs": {"nf0": ["nf0", "nf1"]}}
     got = parse_body(ok)
     assert got["heartbeat_ms"] == 10 and got["misses"] == 3 and got["ttl_s"] == 2 and got["spares"] == []
+    assert got["send_ms"] == 0.0          # a pair's batches go out as soon as they are read
     for change, msg in (({"pairs": {}}, "pairs"), ({"pairs": {"nf0": ["nf0"]}}, "pairs"),
                         ({"spares": "nf2"}, "spares"), ({"heartbeat_ms": 0}, "heartbeat_ms"),
-                        ({"misses": True}, "misses"), ({"ttl_s": 0.5}, "ttl_s"), ({"etcd": None}, "etcd")):
+                        ({"misses": True}, "misses"), ({"ttl_s": 0.5}, "ttl_s"), ({"etcd": None}, "etcd"),
+                        ({"send_ms": -1}, "send_ms"), ({"send_ms": "0"}, "send_ms")):
         with pytest.raises(BadInput, match=msg):
             parse_body({**ok, **change})
 
