@@ -5,7 +5,7 @@ from rich.table import Table
 from ..cluster import manage
 from ..cluster import pairs as P
 from ..cluster.sharing import DEFAULT_BATCH, DEFAULT_IDLE_MS
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, show
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, report, show
 
 app = typer.Typer(no_args_is_help=True,
                   help="Clusters of NF instances: batched state sharing inside each, global state on etcd.")
@@ -110,12 +110,9 @@ def rejoin(name: str = NameOpt, instance: str = typer.Option(..., "--instance", 
     """A failed instance back: its program and agent restarted, fenced, syncing as its pair's
     secondary (or a spare); it takes traffic again only by `nfx cluster failback`."""
     need_root()
-    r = manage.rejoin(name, instance)
-    if json_:
-        emit_json(r)
-        return
-    console.print(f"{instance} rejoined as {r['role']}" + (f" of {r['primary']} (pair {r['slot']}, synced in "
-                  f"{r['sync_s']} s)" if r["role"] == "secondary" else "") + (" · fenced" if r["fenced"] else ""))
+    report(manage.rejoin(name, instance), json_, lambda r: f"{instance} rejoined as {r['role']}" + (
+        f" of {r['primary']} (pair {r['slot']}, synced in {r['sync_s']} s)" if r["role"] == "secondary" else "")
+        + (" · fenced" if r["fenced"] else ""))
 
 
 @app.command()
@@ -125,8 +122,5 @@ def failback(name: str = NameOpt, slot: str = typer.Option(..., "--slot", help="
     """Give a pair's traffic back to its secondary, only once it has synced: its fence lifted, the
     pair's record changed in etcd, and an order-preserving move carries the flows."""
     need_root()
-    r = manage.failback(name, slot, to)
-    if json_:
-        emit_json(r)
-        return
-    console.print(f"pair {slot}: {r['primary']} serves again ({r['secondary']} stands by), in {r['failback_s']} s")
+    report(manage.failback(name, slot, to), json_,
+           lambda r: f"pair {slot}: {r['primary']} serves again ({r['secondary']} stands by), in {r['failback_s']} s")

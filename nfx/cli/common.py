@@ -27,6 +27,14 @@ def emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
+def report(result: dict, json_: bool, line) -> None:
+    """A command's answer: the JSON object with --json, else `line(result)` for people."""
+    if json_:
+        emit_json(result)
+    else:
+        console.print(line(result))
+
+
 def progress(msg: str) -> None:
     console.print(f"[dim]·[/dim] {msg}")
 

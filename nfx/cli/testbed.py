@@ -5,7 +5,7 @@ from rich.table import Table
 from .. import registry
 from ..nfs import nf_class
 from ..testbed import builder, join, topology
-from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, show
+from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, report, show
 
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove netns testbeds.")
 
@@ -96,20 +96,12 @@ def join_(name: str = NameOpt, peer: str = typer.Option(..., "--peer", help="The
     """Join two testbeds as two machines: a routed link between their management networks (each
     routes the other's, its NF namespaces too), so one etcd and each other's agents are in reach."""
     need_root()
-    r = join.join(name, peer)
-    if json_:
-        emit_json(r)
-        return
-    console.print(f"[green]{name} and {peer} joined[/green]: {r['mgmt'][name]} <-> {r['mgmt'][peer]} over "
-                  f"{r['transit']} ({r['addrs'][name]}, {r['addrs'][peer]})")
+    report(join.join(name, peer), json_, lambda r: f"[green]{name} and {peer} joined[/green]: {r['mgmt'][name]} <-> "
+           f"{r['mgmt'][peer]} over {r['transit']} ({r['addrs'][name]}, {r['addrs'][peer]})")
 
 
 @app.command()
 def unjoin(name: str = NameOpt, json_: bool = JsonOpt):
     """Undo `nfx testbed join` (testbed down of either does it too)."""
     need_root()
-    r = join.unjoin(name)
-    if json_:
-        emit_json(r)
-        return
-    console.print(f"{name} and {r['peer']} no longer joined")
+    report(join.unjoin(name), json_, lambda r: f"{name} and {r['peer']} no longer joined")
