@@ -73,6 +73,9 @@ def join(name: str, peer: str) -> dict:
             done.append("link")
             for i, r in enumerate(recs):
                 here, there = mg[i], mg[1 - i]
+                # on the record first: a failure from here on finds what to take back (_undo)
+                r["join"] = {"peer": recs[1 - i]["name"], "transit": str(transit), "addr": ends[i],
+                             "peer_addr": ends[1 - i], "peer_net": str(nets[1 - i]), "peer_controller": there["controller"]}
                 nl = nls[here["ns"]]
                 nl.addr(LINK, f"{ends[i]}/{transit.prefixlen}")
                 nl.route(str(nets[1 - i]), ends[1 - i])
@@ -82,8 +85,6 @@ def join(name: str, peer: str) -> dict:
                     # other management namespace sends from), through its management namespace
                     for dst in (str(nets[1 - i]), str(transit)):
                         nls[r["nodes"][inst]["ns"]].route(dst, here["controller"])
-                r["join"] = {"peer": recs[1 - i]["name"], "transit": str(transit), "addr": ends[i],
-                             "peer_addr": ends[1 - i], "peer_net": str(nets[1 - i]), "peer_controller": there["controller"]}
     except BaseException:
         if done:
             _undo(recs)
