@@ -122,6 +122,11 @@ class Testbed(dict):
     def _role(self, role: str) -> list[str]:
         return [n for n, i in self.get("nodes", {}).items() if i.get("role") == role]
 
+    def clusters_in_force(self) -> dict[str, list[str]]:
+        """The clusters that share now (`nfx cluster up`'s, as failovers changed them), else the
+        topology's."""
+        return (self.get("sharing") or {}).get("clusters") or self.get("clusters") or {}
+
     def via_mgmt(self, host: str) -> bool:
         """Whether `host` is reached from the management namespace: an address of the testbed's
         management network, or of the one a join routes to (nfx/testbed/join.py)."""

@@ -119,6 +119,16 @@ class AgentClient(ClosedWhenCollected):
         if self.links:
             self._conn = link.DelayedConn(s, *self.links)
 
+    def interrupt(self) -> None:
+        """From another thread: a request blocked on this connection fails at once (a peer that
+        stopped still accepts, and never answers). close() still follows."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         if self._sock is not None:
             try:

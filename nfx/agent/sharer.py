@@ -19,7 +19,6 @@ its pending records plus what the maps hold of the moved flows beyond what was l
 them, up to the move."""
 import logging
 import queue
-import socket
 import threading
 import time
 
@@ -79,12 +78,8 @@ class Sharer:
         if c is None:
             return False
         self.members = [m for m in self.members if m != member]
-        sock = c._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        c.interrupt()
+        c.close()            # a send still inside it fails, and is not counted against anyone
         self.errors.pop(member, None)
         return True
 
@@ -245,6 +240,10 @@ class Sharer:
         except Exception as e:   # noqa: BLE001 (etcd away: counters merge late, nothing else waits)
             self.publish_error = str(e)
 
+    def _failed(self, member: str, e: BaseException) -> None:
+        if member in self.peers:          # a member dropped meanwhile (drop) is no error
+            self.errors[member] = str(e)
+
     def _working(self) -> list:
         """The members to send to: not one that missed a batch (its replicas are broken: it is
         waited on no longer, which a member that stopped answering would make take seconds)."""
@@ -257,7 +256,7 @@ class Sharer:
                 for piece in pieces:
                     c.request("share_put", src=self.me, add=piece)
             except Exception as e:   # noqa: BLE001
-                self.errors[m] = str(e)
+                self._failed(m, e)
         n = sum(map(len, pieces))
         self.counts["base_bytes"] = self.counts.get("base_bytes", 0) + n
         return {"bytes": n, "errors": dict(self.errors)}
@@ -269,7 +268,7 @@ class Sharer:
             try:
                 forgot[m] = c.request("share_put", src=self.me, forget=keys_blob)["forgot"]
             except Exception as e:   # noqa: BLE001 (a member that keeps them wastes memory, nothing more)
-                self.errors[m] = str(e)
+                self._failed(m, e)
         return {"forgot": forgot, "errors": dict(self.errors)}
 
     def _send(self) -> None:
@@ -281,7 +280,7 @@ class Sharer:
             try:
                 c.request("share_put", src=self.me, blob=blob)
             except Exception as e:   # noqa: BLE001 (a member that misses a batch is marked broken)
-                self.errors[m] = str(e)
+                self._failed(m, e)
                 log.warning("share to %s failed: %s", m, e)
         self.counts["bytes"] += len(blob)
         self.counts["sends"] += 1

@@ -160,7 +160,6 @@ TCP_LEAD_S = 1.0          # the TCP stream starts this long before the kill
 TCP_SECONDS = 3           # and ends well after recovery (2 s after the kill)
 TCP_BITRATE = "20M"       # a cap: at 50M the UDP run without a kill lost 1-14k packets (2 vCPUs), at 20M 0-1.3k
 TCP_PORT = 5202
-H1_ADDR, H2_ADDR = "10.0.1.2", "10.0.2.2"
 
 
 def _udp(m: dict) -> bool:
@@ -173,6 +172,7 @@ class Iperf:
     def __init__(self, name: str, seconds: int, bitrate: str, port: int = TCP_PORT):
         rec = registry.load(name)
         self.h1, self.h2 = rec["nodes"]["h1"]["ns"], rec["nodes"]["h2"]["ns"]
+        self.server = rec["nodes"]["h2"]["addr"].split("/")[0]
         self.seconds, self.bitrate, self.port = seconds, bitrate, port
         self.srv = self.cli = None
 
@@ -183,7 +183,7 @@ class Iperf:
         return self
 
     def start(self) -> None:
-        self.cli = subprocess.Popen(["ip", "netns", "exec", self.h1, "iperf3", "-c", H2_ADDR, "-p", str(self.port),
+        self.cli = subprocess.Popen(["ip", "netns", "exec", self.h1, "iperf3", "-c", self.server, "-p", str(self.port),
                                      "-t", str(self.seconds), "-b", self.bitrate, "-J"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -266,7 +266,7 @@ def one(run_no: int, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batc
                     t.join()
             r = res["r"]
             tcp_r = ip.result() if tcp else {}
-        rcv = {1024 + i: f.received for i, f in enumerate(sink.flows())}
+        rcv = {gen.sport_base + i: f.received for i, f in enumerate(sink.flows())}
         after = mappings(name, "nf1")
         ev, before = box["ev"], box["before"]
         udp_before = {k: m for k, m in before.items() if _udp(m)}

@@ -97,7 +97,7 @@ def status(name: str = NameOpt, json_: bool = JsonOpt):
             console.print(f"pair {slot}: primary {s['primary']}, secondary {s['secondary'] or '-'}")
         for ev in fo["events"]:
             console.print(f"failed over {ev['failed']} ({ev['by']}): {ev.get('outcome') or ev.get('error')}"
-                          + (f", traffic to {ev['promoted']} {ev['recovered_ms']} ms after detection" if ev.get("recovered_ms") else ""))
+                          + (f", traffic to {ev['promoted']} {ev['steered_ms']} ms after detection" if ev.get("steered_ms") else ""))
         if fo["fenced"]:
             console.print(f"fenced: {', '.join(fo['fenced'])}")
     elif fo:

@@ -215,7 +215,7 @@ def down(name: str) -> dict:
 def status(name: str) -> dict:
     rec = registry.load(name)
     cl = rec.get("cluster")
-    out = {"name": name, "up": bool(cl), "clusters": sharing.in_force(rec)}
+    out = {"name": name, "up": bool(cl), "clusters": rec.clusters_in_force()}
     if not cl:
         return out
     out.update(etcd=cl["etcd"], batch=cl["batch"], idle_ms=cl["idle_ms"], stamp=cl["stamp"])

@@ -92,16 +92,11 @@ def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: f
     return out
 
 
-def in_force(rec) -> dict[str, list[str]]:
-    """The clusters that share now (nfx cluster up's), else the topology's."""
-    return (rec.get("sharing") or {}).get("clusters") or rec.get("clusters") or {}
-
-
 def _each(rec, op: str) -> dict:
     """`op` at every member of the clusters in force: {instance: {cluster, ...its answer} or
     {cluster, error}}; an agent that does not answer is reported, not fatal."""
     out = {}
-    for c, ms in in_force(rec).items():
+    for c, ms in rec.clusters_in_force().items():
         for m in ms:
             try:
                 with AgentClient(rec["name"], m, timeout=10.0) as a:

@@ -87,10 +87,7 @@ def failback(fo, slot: str, to: str, mechanism: str = "dist") -> dict:
 
 
 def _failback(fo, slot: str, primary: str, to: str, sync: dict, mechanism: str) -> dict:
-    got = fo.gs.pair(slot)
-    if got is None or got[0]["primary"] != primary:
-        raise NfxError(f"pair {slot}'s record changed meanwhile")
-    if not fo.gs.swap_primary(slot, primary, to):
+    if not fo.gs.swap_primary(slot, primary, to):      # reads the record and compares it in one step
         raise NfxError(f"pair {slot}'s record changed meanwhile")
     t0 = time.perf_counter()
     Gate(open_node(registry.load(fo.testbed).nf(to))).unfence()

@@ -234,7 +234,6 @@ class Failover:
             mark("promoted_ms")
             self.ctl.steer.point(Filter(), [primary])
             mark("steered_ms")
-            ev["recovered_ms"] = ev["steered_ms"]
             ev["outcome"] = "failed over"
             with self.lock:
                 self.events.append(ev)        # recovered: what follows is the new secondary
@@ -298,8 +297,7 @@ class Failover:
             a.request("share_start", members=[primary], **args)
 
     def _cluster_of(self, inst: str) -> str:
-        rec = registry.load(self.testbed)
-        clusters = (rec.get("sharing") or {}).get("clusters") or rec.get("clusters") or {}
+        clusters = registry.load(self.testbed).clusters_in_force()
         return next((c for c, ms in clusters.items() if inst in ms), "failover")
 
     def record(self, slot: str, failed: str, primary: str, secondary: str | None) -> None:

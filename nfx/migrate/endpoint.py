@@ -59,8 +59,7 @@ class Remote:
         self._inject_lock = threading.Lock()
         self.lock = threading.Lock()          # one request at a time on the request connection
         # its cluster (issue 13), and whether the cluster's members share their state in batches
-        clusters = (testbed_rec.get("sharing") or {}).get("clusters") or testbed_rec.get("clusters") or {}
-        self.cluster = next((c for c, ms in clusters.items() if instance in ms), None)
+        self.cluster = next((c for c, ms in testbed_rec.clusters_in_force().items() if instance in ms), None)
         self.shares = bool(testbed_rec.get("sharing")) and self.cluster is not None
         # the switches spread flows over the instances: a move steers its own flows, by key
         self.spread = bool(testbed_rec.get("spread"))

@@ -39,7 +39,7 @@ def test_a_killed_ids_primary_fails_over_with_counters_at_most_a_batch_behind(tb
     assert ev["outcome"] == "failed over" and ev["promoted"] == "nf1", ev
     gap = tl.gap_after(t_kill)
     assert gap["recovery_ms"] is not None and gap["recovery_ms"] < 100, (gap, ev)
-    drift = short_by(counts(name, "nf1"), base, sink)
+    drift = short_by(counts(name, "nf1"), base, gen, sink)
     assert len(drift) == FLOWS and 0 <= min(drift) and max(drift) <= LATE_BOUND, sorted(drift)
     [host] = builder.instance(name, "nf1").hosts()
     assert host["flows"] == FLOWS

@@ -29,7 +29,6 @@ from tests.netns.tbutil import nfx, running_testbed, under_traffic as traffic_wi
 FLOWS = 200
 RATE = 100_000
 BATCH = 30
-SPORT0 = 1024               # the generator's first source port (flow i: SPORT0 + i)
 # A counter is short by at most S_batch - 1 packets when its flow's last boundary batch reached
 # the secondary before the kill. A pair's sharer sends a batch as soon as it reads it, but that
 # and one request still take a few ms; a kill inside that window after a boundary (the flows
@@ -74,9 +73,11 @@ def rec_kind(name) -> str:
     return registry.load(name)["nf"]
 
 
-def short_by(now: dict[int, int], base: dict[int, int], sink) -> list[int]:
-    """Per flow: (its count before the run + what the sink got of it in the run) - its count now."""
-    return [base.get(SPORT0 + i, 0) + f.received - now.get(SPORT0 + i, 0) for i, f in enumerate(sink.flows())]
+def short_by(now: dict[int, int], base: dict[int, int], gen, sink) -> list[int]:
+    """Per flow (flow i leaves from port gen.sport_base + i): (its count before the run + what
+    the sink got of it in the run) - its count now."""
+    return [base.get(gen.sport_base + i, 0) + f.received - now.get(gen.sport_base + i, 0)
+            for i, f in enumerate(sink.flows())]
 
 
 def forwarded(name, inst) -> int:
@@ -130,7 +131,7 @@ def test_a_killed_primary_fails_over_within_100ms_keeping_every_mapping(tb):
     assert kept["nat_mappings"] == FLOWS and kept["nat_mappings_lost"] == 0, kept
     # each flow's counter against what one instance that never failed would hold (every packet
     # the sink got passed one of the two): short by what nf0 counted since the flow's last batch
-    drift = short_by(counts(name, "nf1"), base, sink)
+    drift = short_by(counts(name, "nf1"), base, gen, sink)
     assert 0 <= min(drift) and max(drift) <= LATE_BOUND, sorted(drift)
     # nf1 serves, nf2 stands by with a base of nf1's state, nf0 is fenced
     wait_secondary(name, "nf0", "nf2")

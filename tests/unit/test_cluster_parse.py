@@ -1,8 +1,9 @@
 """`nfx cluster up --clusters`: which instances form which cluster, and clear refusals."""
 import pytest
 
-from nfx.cluster.sharing import DEFAULT_BATCH, check_clusters, in_force, parse_batch, parse_clusters
+from nfx.cluster.sharing import DEFAULT_BATCH, check_clusters, parse_batch, parse_clusters
 from nfx.errors import BadInput
+from nfx import registry
 
 NFS = ["nf0", "nf1", "nf2", "nf3"]
 
@@ -38,8 +39,8 @@ def test_batch_refusals(text, why):
 
 def test_in_force_prefers_what_shares():
     rec = {"clusters": {"c0": NFS}, "sharing": {"clusters": {"c0": ["nf0"], "c1": ["nf1"]}}}
-    assert in_force(rec) == {"c0": ["nf0"], "c1": ["nf1"]}
-    assert in_force({"clusters": {"c0": NFS}}) == {"c0": NFS}
+    assert registry.Testbed(rec).clusters_in_force() == {"c0": ["nf0"], "c1": ["nf1"]}
+    assert registry.Testbed({"clusters": {"c0": NFS}}).clusters_in_force() == {"c0": NFS}
     with pytest.raises(BadInput):
         check_clusters({"c0": ["nf0"], "c1": ["nf0"]}, NFS)
 
