@@ -12,7 +12,8 @@
  * Each rule's counter stamps its last hit (per CPU), for the controller's idle timeouts.
  * dup: a rule with NFX_SW_TAG gives each port's copy its tag as Ethernet source MAC (nfx_move.h:
  * the first port's copy is the move's source's, the second its destination's); a frame that
- * arrives already carrying a tag is forged (no NF sends one) and dropped. */
+ * arrives already carrying a tag is forged (no NF sends one) and dropped, unless it came over a
+ * trunk (NFX_SW_PORT_TRUNK): the joined site's switch tagged it, and the tag says which copy it is. */
 #include "nfx_bpf.h"
 #include "nfx_move.h"
 #include "nfx_switch.h"
@@ -388,6 +389,13 @@ static __always_inline int sw_dup_tagged(struct __sk_buff *skb)
            eth->h_source[5] >= NFX_DUP_TAG_SRC && eth->h_source[5] <= NFX_SW_MAX_PORTS;
 }
 
+/* 1: the port is a trunk to a joined site (looked up only for a tagged frame) */
+static __always_inline int sw_trunk(__u32 in_port)
+{
+    __u32 *role = sw_ports.lookup(&in_port);
+    return role && (*role & NFX_SW_PORT_TRUNK);
+}
+
 /* the copy to the rule's port i (0-based) carries tag i + 1 */
 static __always_inline void sw_tag(struct __sk_buff *skb, __u32 i)
 {
@@ -413,7 +421,7 @@ int nfx_switch(struct __sk_buff *skb)
     nfx_count(reason);
 
     int act = TC_ACT_SHOT;
-    if (sw_dup_tagged(skb)) {
+    if (sw_dup_tagged(skb) && !sw_trunk(in_port)) {
         nfx_count(NFX_R_FORGED);
         goto out;
     }

@@ -138,6 +138,17 @@ class Testbed(dict):
         nets = [n for n in (mg.get("net"), j.get("peer_net"), j.get("transit")) if n]
         return host == mg.get("controller") or any(ip in ipaddress.IPv4Network(n) for n in nets)
 
+    def borrowed(self) -> list[str]:
+        """The instance the joined testbed lends this one, as this one names it (["nf1@B"])."""
+        j = self.get("join") or {}
+        if not j:
+            return []
+        try:
+            lent = ((load(j["peer"]).get("join") or {}).get("lent") or {}).get("instance")
+        except NotFound:
+            return []
+        return [f"{lent}{SITE_SEP}{j['peer']}"] if lent else []
+
     def instances(self) -> list[str]:
         """The NF instances' node names (nf0, nf1, ...)."""
         return self._role("nf")
@@ -199,3 +210,53 @@ def orphaned(name: str) -> bool:
 
 def remove(name: str) -> None:
     path(name).unlink(missing_ok=True)
+
+
+SITE_SEP = "@"
+
+
+def split_instance(name: str) -> tuple[str, str | None]:
+    """"nf1@B" (instance nf1 of the joined testbed B, lent: nfx/testbed/lend.py) -> ("nf1", "B");
+    "nf1" -> ("nf1", None)."""
+    inst, sep, tb = name.partition(SITE_SEP)
+    if sep and (not inst or not tb):
+        raise BadInput(f"bad instance {name!r}: a joined testbed's instance is INSTANCE{SITE_SEP}TESTBED")
+    return inst, (tb if sep else None)
+
+
+def view(name: str, home: str, viewer: str) -> str:
+    """Instance `name` as testbed `home` writes it, as testbed `viewer` writes it: nf0 of A is
+    "nf0" to A and "nf0@A" to B; "nf1@B" to A is "nf1" to B."""
+    inst, tb = split_instance(name)
+    tb = tb or home
+    return inst if tb == viewer else f"{inst}{SITE_SEP}{tb}"
+
+
+def joined_node(rec, name: str) -> tuple["Testbed", str]:
+    """For an instance of the testbed `rec`'s is joined to ("nf1@B"): B's record and "nf1".
+    What an agent connection needs, lent or not (agents share state and beat across the routed
+    link); the switches reach only a lent one (remote_instance)."""
+    inst, tb = split_instance(name)
+    j = rec.get("join") or {}
+    if tb is None or j.get("peer") != tb:
+        raise BadInput(f"{name}: testbed {rec['name']} is not joined to {tb}",
+                       hint=f"nfx testbed join --name {rec['name']} --peer {tb}")
+    return load(tb), inst
+
+
+def remote_instance(rec, name: str) -> tuple[str, str] | None:
+    """For "nf1@B": (B, nf1), once checked that `rec`'s testbed is joined to B and B lends it nf1
+    (nfx testbed lend); None for a local name. On two machines the lent instance would be read
+    from the shared etcd; here both records are on this machine."""
+    inst, tb = split_instance(name)
+    if tb is None:
+        return None
+    j = rec.get("join") or {}
+    if j.get("peer") != tb:
+        raise BadInput(f"{name}: testbed {rec['name']} is not joined to {tb}",
+                       hint=f"nfx testbed join --name {rec['name']} --peer {tb}")
+    lent = ((load(tb).get("join") or {}).get("lent") or {}).get("instance")
+    if lent != inst:
+        raise BadInput(f"{name}: testbed {tb} does not lend {inst} to {rec['name']}"
+                       + (f" (it lends {lent})" if lent else ""), hint=f"nfx testbed lend --name {tb} --instance {inst}")
+    return tb, inst

@@ -10,6 +10,9 @@
 #define NFX_SW_PORT_SLOTS 64    /* ports with a role (sw_ports) */
 #define NFX_SW_PORT_HOST 1      /* faces a host: nfx's reserved marks are dropped there */
 #define NFX_SW_PORT_NF   2      /* faces an NF instance: triggers are taken there */
+#define NFX_SW_PORT_TRUNK 4     /* with NF: the tunnel to a joined site's same switch (nfx testbed
+                                 * join), which sends what its NFs sent and the dup copies this
+                                 * switch tagged: tagged frames are taken there */
 #define NFX_SW_MAX_STAMPS 65536 /* flows (per direction) the stamper counts; LRU: the idlest go */
 
 #define NFX_SW_OUTPUT    0x01

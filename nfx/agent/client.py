@@ -58,10 +58,15 @@ class AgentClient(ClosedWhenCollected):
     def __init__(self, testbed: str, instance: str, *, timeout: float = 30.0, delay_ms: float = 0.0,
                  rate_mbit: float = 0.0, ns: str | None = "mgmt", addr: str | None = None, port: int | None = None,
                  token: str | None = None):
-        """The agent of `instance`, found in the testbed's registry (read here, once)."""
+        """The agent of `instance`, found in the testbed's registry (read here, once); nf1@B is
+        instance nf1 of the testbed this one is joined to, reached over the routed link from
+        this testbed's management netns (or, ns=None, the caller's)."""
         rec = registry.load(testbed)
+        mgmt_ns = rec["mgmt"]["ns"]
+        if registry.SITE_SEP in instance:
+            rec, instance = registry.joined_node(rec, instance)
         node = nf_node(rec, instance)
-        self._setup(node, rec.get("token") if token is None else token, rec["mgmt"]["ns"] if ns == "mgmt" else ns,
+        self._setup(node, rec.get("token") if token is None else token, mgmt_ns if ns == "mgmt" else ns,
                     timeout, delay_ms, rate_mbit, addr, port)
 
     @classmethod
@@ -73,6 +78,17 @@ class AgentClient(ClosedWhenCollected):
         c = cls.__new__(cls)
         c._setup(node, token, mgmt_ns, timeout, delay_ms, rate_mbit, addr, port)
         return c
+
+    @classmethod
+    def peer(cls, testbed: str, dst: str, at: dict | None, **kw) -> "AgentClient":
+        """The agent a move's source sends to, from the caller's netns: instance `dst` of
+        `testbed`, or, with `at` (an instance a joined testbed lends: nfx/testbed/lend.py), the
+        one at the address the controller gave: {testbed, name, agent_addr, agent_port, token}."""
+        if not at:
+            return cls(testbed, dst, ns=None, **kw)
+        if not isinstance(at, dict) or not all(isinstance(at.get(f), str) for f in ("testbed", "name", "agent_addr")):
+            raise BadInput("dst_at needs testbed, name and agent_addr")
+        return cls.for_node(at, at.get("token"), None, **kw)
 
     def _setup(self, node, token, ns, timeout, delay_ms, rate_mbit, addr, port) -> None:
         if delay_ms < 0 or rate_mbit < 0:
@@ -432,10 +448,11 @@ class AgentClient(ClosedWhenCollected):
 
     def move_slim(self, dst: str, epoch: int, guarantee: str, filter: str, scopes, timeout: float,
                   ready_statelets: int = 0, data_delay_ms: float = 0.0, data_rate_mbit: float = 0.0,
-                  stall_reader_ms: float = 0.0, rt: bool = False) -> DistStream:
+                  stall_reader_ms: float = 0.0, rt: bool = False, dst_at: dict | None = None) -> DistStream:
         """SLiM's move, run by this (source) agent, on this connection until the stream is closed:
-        held() is the "mirroring" answer, then "ready" (relayed from dst), go(), done()."""
-        args = {"dst": dst, "epoch": epoch, "guarantee": guarantee, "filter": filter, "scopes": list(scopes),
+        held() is the "mirroring" answer, then "ready" (relayed from dst), go(), done().
+        dst_at: where dst's agent is, when it is in a joined testbed (AgentClient.peer)."""
+        args = {"dst": dst, "dst_at": dst_at, "epoch": epoch, "guarantee": guarantee, "filter": filter, "scopes": list(scopes),
                 "timeout": timeout, "ready_statelets": ready_statelets or None,
                 "data_delay_ms": data_delay_ms or None, "data_rate_mbit": data_rate_mbit or None,
                 "stall_reader_ms": stall_reader_ms or None, "rt": rt or None}

@@ -56,7 +56,8 @@ class DupSource:
         if s is not None:
             s.drain()
         released_at = time.perf_counter()
-        peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
+        peer = AgentClient.peer(self.testbed, dst, req.get("dst_at"), timeout=timeout, delay_ms=data_delay,
+                                rate_mbit=data_rate)
         try:
             sent = peer.send_state(iter(chunks), pipelined="pz" in opts)
             peer.request("move_drain")              # the destination processes its copies in shadow

@@ -2,7 +2,8 @@
 (nfx/control/failover.py) over the management network, from a process of the agent's own
 (beater.py), so a stopped or killed agent falls silent at once while a busy one keeps beating.
 
-    heartbeat {to: "addr:port", every_ms}   start beating (again: to the new address)
+    heartbeat {to: "addr:port", every_ms, name}   start beating (again: to the new address), as
+                                            `name` (how the FDU knows it: nf1@B across a join)
     heartbeat {to: null}                    stop
 
 A beat is MAGIC, the sequence number, then the instance's name."""
@@ -74,5 +75,8 @@ class HeartbeatOps:
                 raise ValueError
         except (AttributeError, ValueError, OSError):
             raise BadInput(f"heartbeat: to is \"address:port\", not {to!r}") from None
-        self._beater = _Beater(self.instance, dest, every_ms / 1e3)
+        name = req.get("name") or self.instance
+        if not isinstance(name, str) or len(name) > 64:
+            raise BadInput("heartbeat: name is the instance's name as the FDU knows it (up to 64 characters)")
+        self._beater = _Beater(name, dest, every_ms / 1e3)
         return {"beating": True, "to": to, "every_ms": every_ms, "last": last}

@@ -102,7 +102,7 @@ class ShareOps:
             sharer.log.seed(chunks)                      # the members hold these already
             for m, c in sharer.peers.items():
                 for i, piece in enumerate(pieces or [b""]):      # the first replaces, the rest add
-                    c.request("share_put", src=self.instance, **{"base" if i == 0 else "add": piece})
+                    c.request("share_put", src=sharer.name_for(m), **{"base" if i == 0 else "add": piece})
             sharer.start()
         except BaseException:
             Gate(self.nf).set_share(False)

@@ -27,6 +27,7 @@ from ..errors import NfxError
 from ..state.coalesce import Delta, encode_batch
 from ..state.statelets import StateletReader, parse_record, replayable, stamp_of
 from ..state.sweep import SharedLog
+from .. import registry
 from .client import AgentClient
 
 log = logging.getLogger("nfx.agent.share")
@@ -249,12 +250,16 @@ class Sharer:
         waited on no longer, which a member that stopped answering would make take seconds)."""
         return [(m, c) for m, c in list(self.peers.items()) if m not in self.errors]
 
+    def name_for(self, member: str) -> str:
+        """How `member` knows this instance: its name in this testbed, nf0@A in a joined one."""
+        return registry.view(self.me, self.testbed, registry.split_instance(member)[1] or self.testbed)
+
     def _send_base(self, pieces: list[bytes]) -> dict:
         self._send()
         for m, c in self._working():
             try:
                 for piece in pieces:
-                    c.request("share_put", src=self.me, add=piece)
+                    c.request("share_put", src=self.name_for(m), add=piece)
             except Exception as e:   # noqa: BLE001
                 self._failed(m, e)
         n = sum(map(len, pieces))
@@ -266,7 +271,7 @@ class Sharer:
         forgot = {}
         for m, c in self._working():
             try:
-                forgot[m] = c.request("share_put", src=self.me, forget=keys_blob)["forgot"]
+                forgot[m] = c.request("share_put", src=self.name_for(m), forget=keys_blob)["forgot"]
             except Exception as e:   # noqa: BLE001 (a member that keeps them wastes memory, nothing more)
                 self._failed(m, e)
         return {"forgot": forgot, "errors": dict(self.errors)}
@@ -278,7 +283,7 @@ class Sharer:
         self.outbox, self.out_bytes = [], 0
         for m, c in self._working():
             try:
-                c.request("share_put", src=self.me, blob=blob)
+                c.request("share_put", src=self.name_for(m), blob=blob)
             except Exception as e:   # noqa: BLE001 (a member that misses a batch is marked broken)
                 self._failed(m, e)
                 log.warning("share to %s failed: %s", m, e)

@@ -85,7 +85,8 @@ class SlimSource:
             outside = outside + [ibc[1][1]]      # a made-up cut: steered like a public tuple (ibc_synthetic)
         reader = StateletReader(self.nf)
         reader.drain(idle_ms=0, timeout_s=1.0)  # records of no move of ours (an earlier one's) go
-        peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
+        peer = AgentClient.peer(self.testbed, dst, req.get("dst_at"), timeout=timeout, delay_ms=data_delay,
+                                rate_mbit=data_rate)
         run = _Run(self, sock, r, peer, reader, lf, op, rt, timeout)
         run.got(req)                             # the controller's request
         try:

@@ -13,7 +13,7 @@ app = typer.Typer(no_args_is_help=True, help="The testbed's controller (northbou
 
 def move(name: str = NameOpt,
          src: str = typer.Option(None, "--from", help="Source instance (e.g. nf0); SHarP finds it itself."),
-         dst: str = typer.Option(..., "--to", help="Destination instance."),
+         dst: str = typer.Option(..., "--to", help="Destination instance; a joined testbed's lent one as INSTANCE@TESTBED (slim, dup)."),
          filter_: str = typer.Option("all", "--filter", "-f", help="Flows to move: proto=udp src=10.0.1.0/24 sport=... (both directions)."),
          scope: str = typer.Option("all", "--scope", help="per-flow, multi-flow, all-flows (comma-separated) or all."),
          guarantee: str = typer.Option("lf", "--guarantee", "-g", help=f"{'|'.join(GUARANTEES)}"),

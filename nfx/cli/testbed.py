@@ -1,10 +1,10 @@
-"""nfx testbed up|down|status"""
+"""nfx testbed up|down|status|join|unjoin|lend|unlend"""
 import typer
 from rich.table import Table
 
 from .. import registry
 from ..nfs import nf_class
-from ..testbed import builder, join, topology
+from ..testbed import builder, join, lend as lending, topology
 from .common import JsonOpt, NameOpt, console, emit_json, need_root, progress, report, show
 
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove netns testbeds.")
@@ -94,10 +94,12 @@ def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (def
 def join_(name: str = NameOpt, peer: str = typer.Option(..., "--peer", help="The other testbed (the other machine)."),
           json_: bool = JsonOpt):
     """Join two testbeds as two machines: a routed link between their management networks (each
-    routes the other's, its NF namespaces too), so one etcd and each other's agents are in reach."""
+    routes the other's, its NF namespaces too), so one etcd and each other's agents are in reach;
+    and a trunk (VXLAN over that link) between each pair of their switches of the same name."""
     need_root()
     report(join.join(name, peer), json_, lambda r: f"[green]{name} and {peer} joined[/green]: {r['mgmt'][name]} <-> "
-           f"{r['mgmt'][peer]} over {r['transit']} ({r['addrs'][name]}, {r['addrs'][peer]})")
+           f"{r['mgmt'][peer]} over {r['transit']} ({r['addrs'][name]}, {r['addrs'][peer]}); "
+           f"trunks at {', '.join(r['trunks']) or 'no switch'}")
 
 
 @app.command()
@@ -105,3 +107,20 @@ def unjoin(name: str = NameOpt, json_: bool = JsonOpt):
     """Undo `nfx testbed join` (testbed down of either does it too)."""
     need_root()
     report(join.unjoin(name), json_, lambda r: f"{name} and {r['peer']} no longer joined")
+
+
+@app.command()
+def lend(name: str = NameOpt, instance: str = typer.Option(..., "--instance", help="The instance to lend (nf1, ...)."),
+         json_: bool = JsonOpt):
+    """Lend an instance to the joined testbed: it serves what that testbed's switches send over the
+    trunks, and that testbed's controller moves flows to it as INSTANCE@NAME."""
+    need_root()
+    report(lending.lend(name, instance), json_,
+           lambda r: f"[green]{name} lends {instance} to {r['peer']}[/green]: there it is {r['as']}")
+
+
+@app.command()
+def unlend(name: str = NameOpt, json_: bool = JsonOpt):
+    """Take back the lent instance (its rules at this testbed's switches)."""
+    need_root()
+    report(lending.unlend(name), json_, lambda r: f"{name} lends {r['instance']} no more")

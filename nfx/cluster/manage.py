@@ -84,7 +84,7 @@ def up(name: str, clusters_text: str | None = None, batch: int | str = sharing.D
         gs = GlobalState(etcd, name)
         if rec.get("nf") == "nat":
             progress("the NAT pool's owners in etcd")
-            for n in nfs:
+            for n in rec.instances():        # a borrowed instance's pool is its own testbed's
                 c = open_node(rec.nf(n)).config()
                 gs.claim_ports(n, c.port_lo, c.port_hi)
             done.append("ports")

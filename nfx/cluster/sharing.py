@@ -4,6 +4,7 @@ own (nfx/agent/share.py). What runs is recorded in the testbed's registry record
 (rec["sharing"]: S_batch and the clusters in force, which `--clusters` may set apart from the
 topology's rec["clusters"]), where the controller reads it per move: a move between two sharing members of
 one cluster carries only the last batch (nfx/migrate/opennf.py, dist.py)."""
+from .. import registry
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 
@@ -76,7 +77,9 @@ def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: f
                     extra = {"ttl_s": ttl_s} if ttl_s else {}     # failover: the lease is the backstop detector
                     if send_ms is not None:
                         extra["send_ms"] = send_ms
-                    out[m] = a.request("share_start", members=[o for o in ms if o != m], batch=batch[c], idle_ms=idle_ms,
+                    there = registry.split_instance(m)[1] or rec["name"]     # names as m's testbed writes them
+                    out[m] = a.request("share_start", members=[registry.view(o, rec["name"], there) for o in ms if o != m],
+                                       batch=batch[c], idle_ms=idle_ms,
                                        etcd=etcd, cluster=c if etcd else None, **extra)
                 started.append(m)
     except BaseException:
@@ -118,4 +121,6 @@ def status(rec) -> dict:
 
 
 def nf_instances(rec) -> list[str]:
-    return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
+    """The testbed's instances, and the one a joined testbed lends it (nf1@B), which may be a
+    cluster member and a secondary like its own."""
+    return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"] + rec.borrowed()

@@ -119,6 +119,9 @@ class DelayedSteering:
 
 
 RULE_BYTES = 128       # an OpenFlow flow-mod or packet-out, about
+# the mechanisms that move between joined testbeds: nothing of theirs needs the peer link between
+# one testbed's instances (dist's redirects) or the controller's packet-outs at the destination
+CROSS_SITE = ("slim", "dup")
 
 
 def _float(body: dict, key: str, default: float = 0.0) -> float:
@@ -212,14 +215,26 @@ class Controller:
         """A POST /move body as a move, checked (the filter parsed here, once)."""
         src, dst = body.get("src"), body.get("dst")
         nfs = [n for n, i in rec["nodes"].items() if i["role"] == "nf"]
+        far = 0
         for what, n in (("source", src), ("destination", dst)):
-            if n not in nfs:
-                raise BadInput(f"unknown {what} instance {n!r}: instances are {', '.join(nfs)}")
+            if isinstance(n, str) and registry.remote_instance(rec, n):
+                far += 1            # a joined testbed's lent instance (nf1@B): checked there
+            elif n not in nfs:
+                raise BadInput(f"unknown {what} instance {n!r}: instances are {', '.join(nfs)}"
+                               + (f", and {rec['join']['peer']}'s lent one as INSTANCE@{rec['join']['peer']}"
+                                  if rec.get("join") else ""))
+        mechanism = body.get("mechanism", "dist")
+        if far == 2:
+            raise BadInput("both instances are the joined testbed's: its own controller moves between them")
+        if far and mechanism not in CROSS_SITE:
+            raise BadInput(f"a move between testbeds goes by {' or '.join(CROSS_SITE)}, whose state and statelets "
+                           f"travel between the agents and whose packets the switches steer over the trunk; "
+                           f"{mechanism} is not one")
         flt = parse(body.get("filter"))
         scopes = parse_scopes(body.get("scopes"))
         opts = parse_opts(body.get("opts"))
         return MoveRequest(src, dst, flt, scopes, guarantee=body.get("guarantee", "lf"),
-                           mechanism=body.get("mechanism", "dist"), opts=frozenset(opts),
+                           mechanism=mechanism, opts=frozenset(opts),
                            timeout=float(body.get("timeout", 30)),
                            data_link=parse_data_link(body),      # the emulated link between instances
                            state_delay_s=_float(body, "state_delay_ms") / 1e3,
@@ -241,6 +256,13 @@ class Controller:
         self.last = out
         return out
 
+    @staticmethod
+    def _endpoint(rec, name: str, delay: float, rate: float) -> Remote:
+        far = registry.remote_instance(rec, name)
+        if far is None:
+            return Remote(rec, name, delay, rate)
+        return Remote(registry.load(far[0]), far[1], delay, rate, named=name, via_ns=rec["mgmt"]["ns"])
+
     def move(self, body: dict) -> dict:
         if body.get("mechanism") == "sharp":
             return self.handover(body)
@@ -250,8 +272,10 @@ class Controller:
         if not self.move_lock.acquire(timeout=float(body.get("wait", 0))):
             raise BadInput("another move is in progress (one at a time)")
         try:
-            a = Remote(rec, req.src, delay, rate)
-            b = Remote(rec, req.dst, delay, rate)
+            a = self._endpoint(rec, req.src, delay, rate)
+            b = self._endpoint(rec, req.dst, delay, rate)
+            if a.testbed != b.testbed:
+                b.at = b.address()        # the source's agent sends to it over the routed link
             sw = DelayedSteering(self.steer, delay, rate)
             try:
                 m = migrate.move(req, a, b, sw)

@@ -134,7 +134,7 @@ class Failover:
 
     def beat_request(self, inst: str, to: str | None) -> None:
         with AgentClient(self.testbed, inst, timeout=5.0) as a:
-            a.request("heartbeat", to=to, every_ms=self.heartbeat_ms)
+            a.request("heartbeat", to=to, every_ms=self.heartbeat_ms, name=inst)
         (self.beating.add if to else self.beating.discard)(inst)
 
     # ---- detection ----
@@ -229,7 +229,7 @@ class Failover:
             ev["fence"] = self._fence(failed)
             mark("fenced_ms")
             with AgentClient(self.testbed, primary, timeout=PROMOTE_TIMEOUT_S) as a:
-                got = a.request("replica_promote", src=failed, filter="all")
+                got = a.request("replica_promote", src=self._as_seen(failed, primary), filter="all")
             ev["entries"] = got.get("entries", 0)
             mark("promoted_ms")
             self.ctl.steer.point(Filter(), [primary])
@@ -239,7 +239,7 @@ class Failover:
                 self.events.append(ev)        # recovered: what follows is the new secondary
             self.record(slot, failed, primary, None)
             with AgentClient(self.testbed, primary, timeout=PROMOTE_TIMEOUT_S) as a:
-                a.request("share_drop", member=failed)
+                a.request("share_drop", member=self._as_seen(failed, primary))
             ev["new_secondary"] = self._new_secondary(slot, primary, failed, ev)
             mark("secondary_ms")
         except Exception as e:
@@ -257,7 +257,8 @@ class Failover:
     def _fence(self, inst: str) -> str:
         """Its gate drops everything, written through its pins (its agent may be stopped)."""
         try:
-            Gate(open_node(registry.load(self.testbed).nf(inst))).fence()
+            inst_there, tb = registry.split_instance(inst)
+            Gate(open_node(registry.load(tb or self.testbed).nf(inst_there))).fence()
         except (NfxError, OSError) as e:
             return f"not fenced: {e}"      # its program and pins are gone: nothing left to forward
         with self.lock:
@@ -291,10 +292,15 @@ class Failover:
                 "ttl_s": self.ttl_s, "send_ms": self.send_ms}
         with AgentClient(self.testbed, primary, timeout=PROMOTE_TIMEOUT_S) as a:
             a.request("share_stop")
-            a.request("share_start", members=[secondary], **args)
+            a.request("share_start", members=[self._as_seen(secondary, primary)], **args)
         with AgentClient(self.testbed, secondary, timeout=PROMOTE_TIMEOUT_S) as a:
             a.request("share_stop")
-            a.request("share_start", members=[primary], **args)
+            a.request("share_start", members=[self._as_seen(primary, secondary)], **args)
+
+    def _as_seen(self, name: str, by: str) -> str:
+        """Instance `name` (as this testbed writes it) as the agent of `by` knows it: across a
+        join (nf1@B) the two testbeds name each other's instances INSTANCE@TESTBED."""
+        return registry.view(name, self.testbed, registry.split_instance(by)[1] or self.testbed)
 
     def _cluster_of(self, inst: str) -> str:
         clusters = registry.load(self.testbed).clusters_in_force()

@@ -79,7 +79,16 @@ class Steering:
         self._ibc_send_lock = threading.Lock()
 
     def port_of(self, sw: str, nf: str) -> str:
-        return self.rec["nodes"][sw]["ifaces"][nf]
+        """The switch's port toward instance `nf`; for a joined testbed's lent instance
+        (nf1@B), the switch's trunk (nfx/testbed/join.py)."""
+        if registry.SITE_SEP not in nf:
+            return self.rec["nodes"][sw]["ifaces"][nf]
+        rec = registry.load(self.rec["name"])       # joined after this controller started, maybe
+        registry.remote_instance(rec, nf)
+        trunks = rec["join"].get("trunks") or {}
+        if sw not in trunks:
+            raise BadInput(f"{nf}: switch {sw} has no trunk to {rec['join']['peer']}")
+        return trunks[sw]
 
     def side_of(self, sw: str) -> int:
         # the switch in front of the inside host (the one with a gateway) carries the inside side

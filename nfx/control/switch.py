@@ -57,7 +57,15 @@ class SWITCH_MAPS(MapSet):
 
 
 RING = "sw_ctrl"
+PROG = "prog"             # the tc program's pin: a port added later (a join's trunk) gets it
 _CFG_LOCK = threading.Lock()        # sw_cfg's read-modify-write, within this process
+
+
+class _Pinned:
+    """A pinned program, as attach_tc takes one (its fd and name)."""
+
+    def __init__(self, fd: int, name: str):
+        self.fd, self.name = fd, name
 
 
 class Switch:
@@ -104,6 +112,7 @@ class Switch:
                 done_tc.append(p)
                 done_xdp.append((p, attach.attach_xdp(ns, p, stub)))
             pin.pin_maps(self.bpf, pin_dir, skip=("sw_scratch",))
+            pin.pin_prog(self.fn.fd, pin_dir / PROG)
             self.pin_dir = pin_dir
         except BaseException:
             for p in done_tc:
@@ -120,6 +129,23 @@ class Switch:
         if not (pin_dir / "sw_rules").exists():
             raise NotFound(f"switch {name!r} is not running (no pins at {pin_dir})")
         return cls(name, ns, pin_dir, SWITCH_MAPS.open_pinned(pin_dir), bpfsys.obj_get(str(pin_dir / RING)))
+
+    def add_trunk(self, port: str) -> None:
+        """A port made after the build (nfx testbed join's tunnel to the joined site's switch of
+        the same name): the pinned program on its ingress, and the trunk role. Its removal is the
+        interface's (the filter and the role's ifindex go with it: forget_port)."""
+        if self.pin_dir is None or not (self.pin_dir / PROG).exists():
+            raise NotFound(f"switch {self.name!r} has no pinned program (built by an older nfx)", hint="rebuild the testbed")
+        fd = bpfsys.obj_get(str(self.pin_dir / PROG))
+        try:
+            attach.attach_tc(self.ns, port, _Pinned(fd, "nfx_switch"), "ingress")
+        finally:
+            os.close(fd)
+        self.set_port_role(port, "trunk")
+
+    def forget_port(self, ifindex: int) -> None:
+        """A removed port's role (its ifindex could be some later interface's)."""
+        self.maps.sw_ports.delete(L.u32(ifindex))
 
     @staticmethod
     def destroy(ns: str, ports: list[str], pin_dir: Path) -> None:
@@ -144,10 +170,12 @@ class Switch:
                 return idx
         return self._names[idx]
 
-    ROLES = {"host": L.SW_PORT_HOST, "nf": L.SW_PORT_NF}
+    # a trunk faces the joined site's NFs (through its switch): an NF port that also takes tags
+    ROLES = {"host": L.SW_PORT_HOST, "nf": L.SW_PORT_NF, "trunk": L.SW_PORT_NF | L.SW_PORT_TRUNK}
 
     def set_port_role(self, port: Port, role: str) -> None:
-        """'host' (reserved marks dropped) or 'nf' (triggers taken) for one port."""
+        """'host' (reserved marks dropped), 'nf' (triggers taken) or 'trunk' (an NF port that
+        takes dup-tagged frames) for one port."""
         if role not in self.ROLES:
             raise BadInput(f"unknown port role {role!r}: one of {', '.join(self.ROLES)}")
         self.maps.sw_ports.put(L.u32(self.ifindex(port)), L.u32(self.ROLES[role]))

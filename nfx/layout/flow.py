@@ -106,6 +106,9 @@ STAT_MAX = 96
 # the stamper's trailer, past the IPv4 datagram (both words in network order)
 STAMP_MAGIC = 0x6e667873
 STAMP_LEN = 8
+# a link that carries stamped frames fits a full-size frame plus the trailer (a veth drops what
+# exceeds its receiving end's MTU)
+STAMP_MTU = 1500 + STAMP_LEN
 
 
 class Stamp(ct.Structure):

@@ -87,6 +87,28 @@ class Netlink:
     def mtu(self, ifname: str, mtu: int) -> None:
         self._do(f"set {ifname} mtu {mtu}", "link", "set", index=self.index(ifname), mtu=mtu)
 
+    def set_mac(self, ifname: str, mac: str) -> None:
+        self._do(f"set {ifname} address {mac}", "link", "set", index=self.index(ifname), address=mac)
+
+    def vxlan(self, name: str, vni: int, local: str, remote: str, at: "Netlink", port: int = 4789) -> None:
+        """A VXLAN device `name` in the netns of socket `at`, whose UDP socket stays in this one:
+        its frames go out, and come in, by this namespace's routes between `local` and `remote`."""
+        fd = None
+        extra = {}
+        if at.ns != self.ns:
+            try:
+                fd = os.open(f"{netns.NETNS_RUN}/{at.ns}", os.O_RDONLY)
+            except FileNotFoundError:
+                raise NotFound(f"network namespace {at.ns!r} does not exist") from None
+            extra["net_ns_fd"] = fd
+        try:
+            self._do(f"add vxlan {name} (vni {vni}, {local} -> {remote}) in {at.where}", "link", "add", ifname=name,
+                     kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_group=remote, vxlan_port=port,
+                     vxlan_learning=0, **extra)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     def up(self, *ifnames: str) -> None:
         for n in ifnames:
             self._do(f"set {n} up", "link", "set", index=self.index(n), state="up")

@@ -40,15 +40,20 @@ def end_session(rec: dict, instance: str) -> None:
 
 class Remote:
     def __init__(self, testbed_rec: dict, instance: str, delay_ms: float = 0.0, rate_mbit: float = 0.0,
-                 timeout: float = 60.0):
-        """`testbed_rec`: the registry's record, read once by the caller for the whole move."""
+                 timeout: float = 60.0, named: str | None = None, via_ns: str | None = None):
+        """`testbed_rec`: the registry's record, read once by the caller for the whole move.
+        An instance a joined testbed lends (nfx/testbed/lend.py) is `named` as the controller's
+        switches know it (nf1@B) and reached from the controller's own management netns
+        (`via_ns`), over the routed link, as from another machine."""
         self.node = nf_node(testbed_rec, instance)
         self.info = testbed_rec["nodes"][instance]
-        self.name = instance
+        self.instance = instance
+        self.name = named or instance
         self.testbed = testbed_rec["name"]
         self.index = self.node["index"]
         self.peer_slots = self.node["peer_slots"]
-        self.token, self.mgmt_ns = testbed_rec.get("token"), testbed_rec["mgmt"]["ns"]
+        self.token, self.mgmt_ns = testbed_rec.get("token"), via_ns or testbed_rec["mgmt"]["ns"]
+        self.at: dict | None = None     # set when the other end is in another testbed (address())
         self.delay_ms, self.rate_mbit = delay_ms, rate_mbit
         self.c = self._client(timeout)
         self.timing = {"export_s": 0.0, "import_s": 0.0}
@@ -64,6 +69,11 @@ class Remote:
         # the switches spread flows over the instances: a move steers its own flows, by key
         self.spread = bool(testbed_rec.get("spread"))
         self.queues = int(testbed_rec.get("queues") or 1)      # rx/tx queues a data-plane veth
+
+    def address(self) -> dict:
+        """Where this agent is, for a source agent in another testbed (AgentClient.peer)."""
+        return {"testbed": self.testbed, "name": self.instance, "agent_addr": self.node["agent_addr"],
+                "agent_port": self.node["agent_port"], "token": self.token}
 
     def _client(self, timeout: float) -> AgentClient:
         """Another connection to this agent, behind the move's control link."""
@@ -135,7 +145,7 @@ class Remote:
         that dst applied the last statelets."""
         return self._run(dst, guarantee, lambda: self.c.move_slim(
             dst.name, epoch, guarantee, flt.text, scopes, timeout, ready_statelets, data_link[0], data_link[1],
-            stall_reader_ms, rt))
+            stall_reader_ms, rt, dst.at))
 
     def _run(self, dst: "Remote", guarantee: str, open_stream) -> "DistRun":
         """A move the source's agent runs on this client's connection, which it holds (the lock)
@@ -218,7 +228,7 @@ class Remote:
                  data_link=(0.0, 0.0)) -> dict:
         """dup: this source's snapshot to dst (nfx/agent/dup_source.py), over the data link;
         its held copies go meanwhile. Returns {chunks, bytes, import_s, applied_at, export_s, ...}."""
-        r = self._req("move_dup_push", dst=dst.name, epoch=epoch, filter=flt.text, scopes=list(scopes),
+        r = self._req("move_dup_push", dst=dst.name, dst_at=dst.at, epoch=epoch, filter=flt.text, scopes=list(scopes),
                       opts=sorted(opts), timeout=timeout, data_delay_ms=data_link[0] or None,
                       data_rate_mbit=data_link[1] or None)
         self.timing["export_s"] += r.get("export_s") or 0.0
@@ -252,12 +262,12 @@ class Remote:
 
     def _open(self):
         """The instance straight through its pins (its agent is gone)."""
-        return nf_class(self.info["kind"]).open(self.name, Path(self.info["pin"]))
+        return nf_class(self.info["kind"]).open(self.instance, Path(self.info["pin"]))
 
     def force_end(self) -> None:
         """The agent is gone: undo the move's marks, filter and settings straight through the
         instance's pins, so its dataplane stops holding or passing the flows on."""
-        force_end(self.info, self.name)
+        force_end(self.info, self.instance)
         self.session = None
 
     def force_delete(self, scopes, flt: Filter, keys: list | None = None) -> None:

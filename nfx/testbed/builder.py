@@ -185,9 +185,7 @@ def _build_all(rec: registry.Testbed, topo: Topology, kind: str, max_flows: int,
 
 
 RELEASE_IF, RELEASE_PEER = "rl0", "rl1"
-# a link that carries stamped frames (switch to NF, NF to NF) fits a full-size frame plus the
-# stamper's trailer: a veth drops what exceeds its receiving end's MTU
-STAMP_MTU = 1500 + L.STAMP_LEN
+STAMP_MTU = L.STAMP_MTU       # switch to NF, NF to NF
 
 
 def _stamp_room(nl_a, if_a: str, nl_b, if_b: str) -> None:
@@ -233,9 +231,16 @@ def _stub_program(rec):
     return fn
 
 
+def host_mac(addr: str) -> str:
+    """A host's MAC, made of its address: the same in every testbed of a topology, so an NF lent
+    to a joined testbed (nfx testbed join) addresses the borrower's hosts right."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Interface(addr).ip.packed)
+
+
 def _host(rec, topo: Topology, h: str, stub, nl: netlink.Netlink) -> None:
     spec = topo.nodes[h]
     ns = ns_name(rec["name"], h)
+    nl.set_mac(HOST_IF, host_mac(spec["addr"]))
     nl.addr(HOST_IF, spec["addr"])
     # checksums complete in software and no GSO super-frames: XDP NFs see real wire packets
     netns.run(["ethtool", "-K", HOST_IF, "tx", "off", "tso", "off", "gso", "off", "gro", "off"], ns=ns)
@@ -338,7 +343,7 @@ def down(name: str) -> dict:
     removed = {"netns": 0, "pins": 0, "agents": 0}
     if rec.get("join"):
         # the other testbed's end of the routed link and its routes to this one go too
-        removed["unjoined"] = join.unjoin(name)["peer"]
+        removed["unjoined"] = join.unjoin(name, force=True)["peer"]
     # the controller and the agents first: they hold the maps open and listen in the namespaces about to go
     removed["controller"] = controller.stop(name, rec)
     removed["agents"] = agent_procs.stop_all(name, rec)

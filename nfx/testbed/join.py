@@ -7,16 +7,29 @@ routes the other's network through its own management namespace. Over it B's age
 etcd in A's management network (`nfx cluster up --name B --etcd` A's URL) and A's controller
 reaches B's agents. Each testbed keeps its own agents, controller and switches.
 
+The data plane crosses the same routed link: every switch that both testbeds have (by name: si,
+so) gets a trunk, a VXLAN device whose UDP socket sits in the management namespace (so its
+frames are routed over the transit like any other traffic between the machines) and which
+carries frames between the two switches of that name. Its switch's program runs on it, in the
+trunk role (nfx/control/switch.py). An instance one testbed lends the other (nfx/testbed/lend.py)
+is reached over the trunks.
+
 On two real machines the same is: the machines' own network between them (the transit), a route
 on each to the other's management network, and one etcd both reach (README, "Two machines")."""
 import ipaddress
+from pathlib import Path
 
-from .. import registry
+from .. import layout as L, registry
+from ..control.switch import Switch
 from ..errors import AlreadyExists, BadInput, NotFound
 from ..loader import netlink, netns
 
 TRANSITS = ipaddress.IPv4Network("10.253.0.0/16")
 LINK = "join"                 # the routed link's end in each management namespace
+TRUNK = "trunk"               # a switch's end of the tunnel to the joined testbed's same switch
+VNI_BASE = 4000               # trunk of the i-th shared switch (by name): VNI_BASE + i
+VXLAN_PORT = 4789
+VXLAN_HDRS = 50               # outer IPv4 + UDP + VXLAN + inner Ethernet
 
 
 def _mgmt_net(rec) -> ipaddress.IPv4Network:
@@ -71,6 +84,9 @@ def join(name: str, peer: str) -> dict:
             mg = [r["mgmt"] for r in recs]
             nls[mg[0]["ns"]].veth(LINK, LINK, peer_at=nls[mg[1]["ns"]])
             done.append("link")
+            for m in mg:
+                # a trunk carries whole (stamped) frames: the transit fits them with their tunnel headers
+                nls[m["ns"]].mtu(LINK, L.STAMP_MTU + VXLAN_HDRS)
             for i, r in enumerate(recs):
                 here, there = mg[i], mg[1 - i]
                 # on the record first: a failure from here on finds what to take back (_undo)
@@ -85,6 +101,8 @@ def join(name: str, peer: str) -> dict:
                     # other management namespace sends from), through its management namespace
                     for dst in (str(nets[1 - i]), str(transit)):
                         nls[r["nodes"][inst]["ns"]].route(dst, here["controller"])
+            for i, r in enumerate(recs):
+                _trunks(nls, r, recs[1 - i], ends[i], ends[1 - i])
     except BaseException:
         if done:
             _undo(recs)
@@ -92,7 +110,27 @@ def join(name: str, peer: str) -> dict:
     for r in recs:
         r.save()
     return {"name": name, "peer": peer, "transit": str(transit), "addrs": {name: ends[0], peer: ends[1]},
-            "mgmt": {name: str(nets[0]), peer: str(nets[1])}}
+            "mgmt": {name: str(nets[0]), peer: str(nets[1])}, "trunks": sorted(recs[0]["join"]["trunks"])}
+
+
+def _switches(rec) -> list[str]:
+    return sorted(n for n, i in rec["nodes"].items() if i.get("role") == "switch")
+
+
+def _trunks(nls, rec, peer_rec, local: str, remote: str) -> None:
+    """Each switch both testbeds have gets its trunk: made from the management namespace (where
+    its UDP socket stays) into the switch's, with the switch's program and the trunk role."""
+    rec["join"]["trunks"] = {}
+    shared = [sw for sw in _switches(rec) if sw in _switches(peer_rec)]
+    mg = nls[rec["mgmt"]["ns"]]
+    for i, sw in enumerate(shared):
+        info = rec["nodes"][sw]
+        here = nls[info["ns"]]
+        mg.vxlan(TRUNK, VNI_BASE + i, local, remote, at=here, port=VXLAN_PORT)
+        rec["join"]["trunks"][sw] = TRUNK       # before anything else: _undo deletes it
+        here.mtu(TRUNK, L.STAMP_MTU)
+        here.up(TRUNK)
+        Switch.open(sw, info["ns"], Path(info["pin"])).add_trunk(TRUNK)
 
 
 def _undo(recs) -> None:
@@ -105,6 +143,25 @@ def _undo(recs) -> None:
             nls[mg["ns"]].delete(LINK, missing_ok=True)
             _forwarding(mg["ns"], False)
             j = r.get("join") or {}
+            for sw in j.get("trunks", {}):
+                info = r["nodes"][sw]
+                if not netns.exists(info["ns"]):
+                    continue
+                try:
+                    idx = nls[info["ns"]].index(TRUNK)
+                except NotFound:
+                    continue
+                try:
+                    s = Switch.open(sw, info["ns"], Path(info["pin"]))
+                except NotFound:
+                    continue                    # the switch is gone already, and its trunk with it
+                for rid in ((j.get("lent") or {}).get("rules") or {}).get(sw, []):
+                    try:
+                        s.remove(rid)           # nfx testbed lend's rules, which point at the trunk
+                    except NotFound:
+                        pass
+                s.forget_port(idx)
+                nls[info["ns"]].delete(TRUNK, missing_ok=True)
             for inst in r.instances():
                 ns = r["nodes"][inst]["ns"]
                 for dst in (j.get("peer_net"), j.get("transit")):
@@ -113,7 +170,25 @@ def _undo(recs) -> None:
             r.pop("join", None)
 
 
-def unjoin(name: str) -> dict:
+def _over_trunk(rec) -> list[str]:
+    """The switches of `rec` with a rule that sends flows over a trunk, other than a lend's."""
+    j = rec.get("join") or {}
+    lent = (j.get("lent") or {}).get("rules") or {}
+    out = []
+    for sw in j.get("trunks", {}):
+        info = rec["nodes"][sw]
+        try:
+            rules = Switch.open(sw, info["ns"], Path(info["pin"])).rules()
+        except NotFound:
+            continue
+        if any(TRUNK in r.rule.output and r.id not in lent.get(sw, []) for r in rules):
+            out.append(f"{rec['name']}'s {sw}")
+    return out
+
+
+def unjoin(name: str, force: bool = False) -> dict:
+    """Refused while a switch sends flows over a trunk (they would be cut off): move them back
+    first. `force` (a testbed going down) unjoins anyway."""
     rec = registry.load(name)
     j = rec.get("join")
     if not j:
@@ -123,6 +198,10 @@ def unjoin(name: str) -> dict:
         recs.append(registry.load(j["peer"]))
     except NotFound:
         pass                          # gone already: its end of the link went with it
+    busy = [] if force else [w for r in recs for w in _over_trunk(r)]
+    if busy:
+        raise BadInput(f"flows go over the trunks to the joined testbed ({', '.join(busy)}): unjoining would cut them off",
+                       hint="move them back first (nfx move --from INSTANCE@TESTBED --to ...)")
     _undo(recs)
     for r in recs:
         r.save()

@@ -107,6 +107,26 @@ def test_a_frame_that_arrives_tagged_is_forged(clean_sw, tag):
                              ingress_ifindex=P_HOST)[0] == TC_ACT_REDIRECT
 
 
+P_TRUNK, P_NF = 900013, 900014
+
+
+@pytest.mark.parametrize("tag", [0, 1])
+def test_a_tagged_frame_from_a_trunk_keeps_its_tag_and_goes_on(clean_sw, tag):
+    """A joined site's switch tagged it (nfx testbed join): taken on a trunk port, and only there;
+    an NF port's role alone is not enough."""
+    sw = clean_sw
+    rid = sw.add_wild(Match(), Rule(output=[P_SRC]))
+    sw.maps.sw_ports.put(L.u32(P_TRUNK), L.u32(L.SW_PORT_NF | L.SW_PORT_TRUNK))
+    sw.maps.sw_ports.put(L.u32(P_NF), L.u32(L.SW_PORT_NF))
+    f = udp(src_mac=mac(L.dup_tag(tag)))
+    before = sw.stats()
+    verdict, out, _ = prog_test_run_skb(sw.fn.fd, f, ingress_ifindex=P_TRUNK)
+    assert verdict == TC_ACT_REDIRECT and out == f
+    assert sw.stats().get("r_forged", 0) == before.get("r_forged", 0) and sw.counters()[rid][0] == 1
+    assert prog_test_run_skb(sw.fn.fd, f, ingress_ifindex=P_NF)[0] == TC_ACT_SHOT
+    assert sw.stats().get("r_forged", 0) == before.get("r_forged", 0) + 1
+
+
 def test_a_tagged_rule_needs_two_ports(clean_sw):
     with pytest.raises(BadInput, match="two output ports"):
         clean_sw.add_wild(Match(), Rule(output=[P_SRC], tagged=True))
