@@ -508,4 +508,7 @@ def test_port_roles_read_back(sw):
     roles = sw.port_roles()
     assert roles[P1] == "host" and roles[P2] == roles[P3] == roles[P4] == "nf"
     with pytest.raises(BadInput):
-        sw.set_port_role(P1, "trunk")
+        sw.set_port_role(P1, "uplink")
+    # a join's trunk: an NF port that also takes tagged frames (tests/bpf/test_dup.py)
+    sw.set_port_role(P4, "trunk")
+    assert sw.port_roles()[P4] == "trunk"

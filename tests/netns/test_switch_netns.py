@@ -120,8 +120,13 @@ class Taps:
                 settled_at = now + settle
             if settled_at is not None and now >= settled_at:
                 break
-            r, _, _ = select.select(self.socks, [], [], 0.05)
-            for s in r:
+            # poll, not select: by now the test process may hold more than 1023 fds (every BPF
+            # object the suite loads in-process)
+            p = select.poll()
+            for s in self.socks:
+                p.register(s, select.POLLIN)
+            ready = {fd for fd, _ in p.poll(50)}
+            for s in (s for s in self.socks if s.fileno() in ready):
                 while True:
                     try:
                         data, addr = s.recvfrom(65535)
