@@ -120,13 +120,13 @@ class Bed:
 
 
 @contextmanager
-def testbed(max_flow_count: int, progress, nf: str = "nat"):
-    """A fresh sharp testbed with two `nf` instances whose tables hold max_flow_count flows;
-    yields (name, max_flows) and takes it down."""
+def testbed(max_flow_count: int, progress, nf: str = "nat", mgmt: str | None = None):
+    """A fresh sharp testbed with two `nf` instances whose tables hold max_flow_count flows (and
+    management network `mgmt`, default the topology's); yields (name, max_flows) and takes it down."""
     name = "bm" + secrets.token_hex(3)
     max_flows = max(65536, 1 << (int(max_flow_count * 2.2)).bit_length())
     progress(f"testbed {name}: sharp, 2 {nf.upper()} instances, max_flows {max_flows:,}")
-    builder.up(name, topology.load("sharp", 2), nf, max_flows, progress=lambda m: progress(f"  {m}"))
+    builder.up(name, topology.load("sharp", 2, mgmt=mgmt), nf, max_flows, progress=lambda m: progress(f"  {m}"))
     try:
         yield name, max_flows
     finally:

@@ -11,16 +11,23 @@ and the rig echoes every packet back through the NF so the round trip is measure
 - bytes on the wire: snapshot, statelets (SLiM) or duplicated packets (dup), control;
 - σ: the move's statelet bytes over the bytes of the packets they mirror (the NF's counters).
 
+With `joined` (a link capacity in Mbit/s, 0 for as fast as the machine goes) the destination is
+another testbed's instance: a second testbed is built and joined to the first (nfx testbed join,
+its transit shaped to that capacity), lends its nf1, and the flows move between nf0 and nf1 of
+the other testbed. Then everything a move sends crosses one link as between two machines: the
+snapshot and statelets (SLiM) or the duplicated packets (dup), beside the traffic already there.
+
 `scale()` is the issue's acceptance run: SLiM moves of 10,000 flows at 100k pps for each NF,
 with the destination's state checked against what one instance that saw all the traffic holds.
 bench/slim_plot.py draws the figures, Fig. 3's bound included."""
 import threading
 import time
+from contextlib import contextmanager
 
 from ..errors import BadInput, NfxError
 from ..migrate import MECHANISMS
 from ..procs import controller
-from ..testbed import builder
+from ..testbed import builder, join, lend
 from ..traffic.report import measure
 from ..traffic.rig import rig
 from ..traffic.sink import over
@@ -84,8 +91,25 @@ def row(nf: str, size: int, mbit: float, mechanism: str, m: dict, r: dict, rtt_h
             "resyncs": s.get("resyncs"), "statelet_ring_drops": s.get("statelet_ring_drops")}
 
 
+PEER_MGMT = "10.254.0.0/24"      # the joined testbed's management network
+
+
+@contextmanager
+def _beds(flows: int, progress, nf: str, joined: float | None):
+    """(testbed, the instance nf0's flows move to): nf1 of the same testbed, or with `joined`
+    nf1 of a second testbed joined to it over a link of `joined` Mbit/s."""
+    with testbed(flows, progress, nf) as (name, _):
+        if joined is None:
+            yield name, "nf1"
+            return
+        with testbed(flows, progress, nf, mgmt=PEER_MGMT) as (peer, _):
+            progress(f"joined over {joined:g} Mbit/s" if joined else "joined, the link unshaped")
+            join.join(name, peer, joined)
+            yield name, lend.lend(peer, "nf1")["as"]
+
+
 def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"), flows: int = FLOWS,
-        timeout: float = 20.0, progress=lambda m: None, repeat: int = 1) -> dict:
+        timeout: float = 20.0, progress=lambda m: None, repeat: int = 1, joined: float | None = None) -> dict:
     """Every (NF, size, rate), each mechanism in turn on the same testbed and rig, moving the
     flows back and forth, `repeat` times (a move of 1,000 flows takes about 0.1 s, so one run
     alone is noisy; slim_plot reports the median). Each rate first runs with no move: a rate at
@@ -97,11 +121,13 @@ def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"),
         raise BadInput(f"unknown mechanism {bad}: registered are {', '.join(MECHANISMS)}")
     if any(r <= 0 for r in rates_mbit) or any(s < 64 or s > 1514 for s in sizes) or flows < 1 or repeat < 1:
         raise BadInput("rates must be > 0 Mbit/s, sizes 64-1514 bytes, flows >= 1, repeat >= 1")
+    if joined is not None and not 0 <= joined <= 100_000:
+        raise BadInput(f"--joined is a link capacity of 0 (unshaped) to 100000 Mbit/s, not {joined:g}")
     rows, baselines = [], []
     total = len(nfs) * len(sizes) * len(rates_mbit) * len(mechanisms) * repeat
     n = 0
     for nf in nfs:
-        with testbed(flows, progress, nf) as (name, _):
+        with _beds(flows, progress, nf, joined) as (name, other):
             at = "nf0"                   # the flows are the same whatever the frame size
             for size in sizes:
                 with rig(name, flows, size=size, echo=True) as (gen, sink, echo):
@@ -120,7 +146,7 @@ def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"),
                             break
                         for mech in [m for _ in range(repeat) for m in mechanisms]:
                             n += 1
-                            dst = "nf1" if at == "nf0" else "nf0"
+                            dst = other if at == "nf0" else "nf0"
                             progress(f"[{n}/{total}] {nf}, {size} B at {mbit} Mbit/s ({pps:,} pps): {mech} {at} -> {dst}")
                             m, r = one(name, gen, sink, echo, mech, at, dst, pps, timeout)
                             rows.append(row(nf, size, mbit, mech, m, r, echo.histogram()))
@@ -131,7 +157,7 @@ def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"),
     violations = [r for r in rows if r["lost"] or r["duplicated"] or r["reordered"] or r.get("echo_lost")]
     incomplete = [r for r in rows if r["error"]]
     return {"rows": rows, "baselines": baselines, "violations": violations, "incomplete": incomplete,
-            "flows": flows, "repeat": repeat, "duration_s": DURATION_S,
+            "flows": flows, "repeat": repeat, "duration_s": DURATION_S, "joined_mbit": joined,
             "rtt_limit_ms": RTT_LIMIT_NS / 1e6}
 
 

@@ -79,17 +79,23 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.suptitle(f"SLiM vs duplication on nfx, {nf.upper()}: every flow ({result.get('flows')}) moved under "
+        j = result.get("joined_mbit")
+        where = "" if j is None else f" to a joined testbed ({f'{j:g} Mbit/s link' if j else 'unshaped link'})"
+        fig.suptitle(f"SLiM vs duplication on nfx, {nf.upper()}: every flow ({result.get('flows')}) moved{where} under "
                      f"traffic, echoed, order-preserving; median of {result.get('repeat', 1)} run(s); a missing point: "
                      f"no run finished\n{machine()}",
                      fontsize=9)
         fig.tight_layout()
-        p = out_dir / f"slim-{nf}.png"
+        p = out_dir / f"{_stem(result)}-{nf}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
         made.append(p)
     made.append(fig3(result, out_dir, plt))
     return made
+
+
+def _stem(result: dict) -> str:
+    return "slim" if result.get("joined_mbit") is None else "slim-joined"
 
 
 def sigma_bound(capacity_mbit: float, t_s: float, snapshot_mb: float = SNAPSHOT_MB,
@@ -122,7 +128,7 @@ def fig3(result: dict, out_dir: Path, plt) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    p = out_dir / "slim-fig3.png"
+    p = out_dir / f"{_stem(result)}-fig3.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
@@ -149,7 +155,10 @@ def table(result: dict) -> str:
     agg = summary(result["rows"])
     n = result.get("repeat", 1)
     runs = f"median of {n} runs each; " if n > 1 else ""
-    lines = [f"SLiM vs duplication on nfx, {machine()}; {result.get('flows')} flows, all moved under traffic, "
+    j = result.get("joined_mbit")
+    where = ("" if j is None else f" to a joined testbed's instance over a {j:g} Mbit/s link" if j
+             else " to a joined testbed's instance over an unshaped link")
+    lines = [f"SLiM vs duplication on nfx, {machine()}; {result.get('flows')} flows, all moved{where} under traffic, "
              f"order-preserving. Paper: SLiM takes about a third of duplication's time at high rates and under "
              f"1 s at 100 Mbit/s; duplication puts about 3x the statelets' bytes on the wire.", "",
              f"Migration: from the request until the destination has released everything it held ({runs}"

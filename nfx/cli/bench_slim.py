@@ -31,6 +31,9 @@ def slim_(rates: str = typer.Option(",".join(map(str, slim.RATES_MBIT)), "--rate
                                      "if one lost, reordered or differed (writes slim-scale.json)."),
           repeat: int = typer.Option(None, "--repeat", help="Moves per mechanism and rate (default 1), or with "
                                      "--scale per NF and variant (default 3); the table and plots show medians."),
+          joined: float = typer.Option(None, "--joined", help="Move to another testbed's instance, joined over a link "
+                                       "of this many Mbit/s each way (0: unshaped): snapshot, statelets and duplicated "
+                                       "packets cross it as between two machines. Files get a -joined suffix."),
           json_: bool = JsonOpt):
     """SLiM's evaluation (duration, seconds of loss, seconds of RTT > 15 ms, bytes on the wire
     against the data rate) with duplication in the same runs, on testbeds of their own. Writes
@@ -61,7 +64,7 @@ def slim_(rates: str = typer.Option(",".join(map(str, slim.RATES_MBIT)), "--rate
             raise typer.Exit(1)
         return
     r = slim.run(split(rates, float), split(sizes, int), split(nfs, str), split(mechanisms, str), flows, timeout,
-                 progress=progress, repeat=repeat or 1)
-    write_bench(plot_dir, "slim", r, slim_plot.table, slim_plot.plot, json_)
+                 progress=progress, repeat=repeat or 1, joined=joined)
+    write_bench(plot_dir, "slim" if joined is None else "slim-joined", r, slim_plot.table, slim_plot.plot, json_)
     if r["violations"]:
         raise typer.Exit(1)

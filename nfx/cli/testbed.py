@@ -92,14 +92,17 @@ def status(name: str = typer.Option(None, "--name", "-n", help="One testbed (def
 
 @app.command("join")
 def join_(name: str = NameOpt, peer: str = typer.Option(..., "--peer", help="The other testbed (the other machine)."),
+          rate_mbit: float = typer.Option(0.0, "--rate-mbit", help="The link's capacity each way in Mbit/s (a tbf at "
+                                          "each end; 0: as fast as the machine goes). Trunks, state and management "
+                                          "traffic share it."),
           json_: bool = JsonOpt):
     """Join two testbeds as two machines: a routed link between their management networks (each
     routes the other's, its NF namespaces too), so one etcd and each other's agents are in reach;
     and a trunk (VXLAN over that link) between each pair of their switches of the same name."""
     need_root()
-    report(join.join(name, peer), json_, lambda r: f"[green]{name} and {peer} joined[/green]: {r['mgmt'][name]} <-> "
+    report(join.join(name, peer, rate_mbit), json_, lambda r: f"[green]{name} and {peer} joined[/green]: {r['mgmt'][name]} <-> "
            f"{r['mgmt'][peer]} over {r['transit']} ({r['addrs'][name]}, {r['addrs'][peer]}); "
-           f"trunks at {', '.join(r['trunks']) or 'no switch'}")
+           f"trunks at {', '.join(r['trunks']) or 'no switch'}" + (f"; {rate_mbit:g} Mbit/s each way" if rate_mbit else ""))
 
 
 @app.command()

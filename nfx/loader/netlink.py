@@ -109,6 +109,15 @@ class Netlink:
             if fd is not None:
                 os.close(fd)
 
+    def shape(self, ifname: str, rate_mbit: float, queue_ms: float = 20.0) -> None:
+        """A token bucket (tbf) on `ifname`'s egress: `rate_mbit`, a burst of 4 ms of it (one
+        timer tick at HZ 250, at least 64 KiB), and a queue that holds `queue_ms` of it, past
+        which packets are dropped: a link of that capacity."""
+        rate = rate_mbit * 1e6 / 8          # bytes a second
+        burst = max(64 << 10, int(rate * 0.004))
+        self._do(f"shape {ifname} to {rate_mbit:g} Mbit/s", "tc", "add", "tbf", self.index(ifname), handle="1:",
+                 rate=f"{rate_mbit * 1e6:.0f}bit", burst=burst, limit=int(burst + rate * queue_ms / 1e3))
+
     def up(self, *ifnames: str) -> None:
         for n in ifnames:
             self._do(f"set {n} up", "link", "set", index=self.index(n), state="up")

@@ -62,9 +62,14 @@ def _forwarding(ns: str, on: bool) -> None:
             f.write("1" if on else "0")
 
 
-def join(name: str, peer: str) -> dict:
+def join(name: str, peer: str, rate_mbit: float = 0.0) -> dict:
+    """`rate_mbit` (0: unshaped): the transit's capacity each way, as a link between two machines
+    has one (a tbf at each end): what crosses it (trunk frames, state, statelets, the
+    management traffic) shares it."""
     if name == peer:
         raise BadInput("a testbed cannot join itself")
+    if not 0 <= rate_mbit <= 100_000:
+        raise BadInput(f"--rate-mbit is 0 (unshaped) to 100000, not {rate_mbit:g}")
     recs = [registry.load(name), registry.load(peer)]
     for r in recs:
         if r.get("status") != "up":
@@ -87,10 +92,12 @@ def join(name: str, peer: str) -> dict:
             for m in mg:
                 # a trunk carries whole (stamped) frames: the transit fits them with their tunnel headers
                 nls[m["ns"]].mtu(LINK, L.STAMP_MTU + VXLAN_HDRS)
+                if rate_mbit:
+                    nls[m["ns"]].shape(LINK, rate_mbit)
             for i, r in enumerate(recs):
                 here, there = mg[i], mg[1 - i]
                 # on the record first: a failure from here on finds what to take back (_undo)
-                r["join"] = {"peer": recs[1 - i]["name"], "transit": str(transit), "addr": ends[i],
+                r["join"] = {"peer": recs[1 - i]["name"], "transit": str(transit), "rate_mbit": rate_mbit, "addr": ends[i],
                              "peer_addr": ends[1 - i], "peer_net": str(nets[1 - i]), "peer_controller": there["controller"]}
                 nl = nls[here["ns"]]
                 nl.addr(LINK, f"{ends[i]}/{transit.prefixlen}")
@@ -110,7 +117,8 @@ def join(name: str, peer: str) -> dict:
     for r in recs:
         r.save()
     return {"name": name, "peer": peer, "transit": str(transit), "addrs": {name: ends[0], peer: ends[1]},
-            "mgmt": {name: str(nets[0]), peer: str(nets[1])}, "trunks": sorted(recs[0]["join"]["trunks"])}
+            "mgmt": {name: str(nets[0]), peer: str(nets[1])}, "trunks": sorted(recs[0]["join"]["trunks"]),
+            "rate_mbit": rate_mbit}
 
 
 def _switches(rec) -> list[str]:
