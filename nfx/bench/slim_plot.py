@@ -81,7 +81,7 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
             ax.legend(fontsize=7)
         j = result.get("joined_mbit")
         where = "" if j is None else f" to a joined testbed ({f'{j:g} Mbit/s link' if j else 'unshaped link'})"
-        fig.suptitle(f"SLiM vs duplication on nfx, {nf.upper()}: every flow ({result.get('flows')}) moved{where} under "
+        fig.suptitle(f"SLiM vs duplication on nfx, {nf.upper()}: every flow ({result.get('flows')}) moved{where}\nunder "
                      f"traffic, echoed, order-preserving; median of {result.get('repeat', 1)} run(s); a missing point: "
                      f"no run finished\n{machine()}",
                      fontsize=9)
@@ -177,6 +177,15 @@ def table(result: dict) -> str:
                      f"{_f(s.get('max_added_delay_ms'), 1)} / {_f(d.get('max_added_delay_ms'), 1)} | "
                      f"{_f(s.get('lost'))} / {_f(d.get('lost'))} | "
                      f"{_f(s.get('seconds_rtt_over_15ms'), 4)} / {_f(d.get('seconds_rtt_over_15ms'), 4)} |")
+    lossy = [r for r in result["rows"] if r["lost"] or r.get("echo_lost")]
+    if lossy:
+        lines += ["", "Runs with a loss, beside the frames the testbeds' interfaces dropped in the same run (a "
+                  "veth's peer backlog full: the receiving CPU behind, as a NIC drops past its ring; the link "
+                  "between joined testbeds included):", ""]
+        lines += [f"- {r['mechanism']} {r['nf']}, {r['size']} B at {r['rate_mbit']:g} Mbit/s, {r['src']} -> {r['dst']}"
+                  f"{' (generator capped)' if r['capped'] else ''}: lost {r['lost']:,} (echo {r.get('echo_lost') or 0:,})"
+                  + (f", the interfaces dropped {r['path_drops']:,}" if "path_drops" in r else "")
+                  + (" (did not finish)" if r["error"] else "") for r in lossy]
     stops = [b for b in result.get("baselines", []) if b["lost"] or b["achieved_pps"] < 0.95 * b["rate_pps"]]
     if stops:
         lines += ["", "Where the sweep stopped (the same traffic with no move: what the machine itself loses):", ""]

@@ -109,6 +109,11 @@ class Netlink:
             if fd is not None:
                 os.close(fd)
 
+    def tx_dropped(self) -> int:
+        """Frames the interfaces here could not send, summed (a veth: its peer's backlog was
+        full, the receiving CPU behind)."""
+        return sum(m.get_attr("IFLA_STATS64")["tx_dropped"] for m in self._do("read the links' counters", "get_links"))
+
     def shape(self, ifname: str, rate_mbit: float, queue_ms: float = 20.0) -> None:
         """A token bucket (tbf) on `ifname`'s egress: `rate_mbit`, a burst of 4 ms of it (one
         timer tick at HZ 250, at least 64 KiB), and a queue that holds `queue_ms` of it, past

@@ -38,3 +38,10 @@ def test_a_name_of_a_testbed_not_joined_is_refused():
         registry.remote_instance(rec, "nf1@B")
     assert registry.remote_instance(rec, "nf1") is None
     assert rec.borrowed() == []
+
+
+def test_join_refuses_a_bad_link_rate():
+    from nfx.testbed import join
+    for bad in (-1, 100_001):
+        with pytest.raises(BadInput, match="rate-mbit"):
+            join.join("a", "b", bad)
