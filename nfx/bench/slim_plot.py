@@ -182,10 +182,11 @@ def table(result: dict) -> str:
         lines += ["", "Runs with a loss, beside the frames the testbeds' interfaces dropped in the same run (a "
                   "veth's peer backlog full: the receiving CPU behind, as a NIC drops past its ring; the link "
                   "between joined testbeds included):", ""]
-        lines += [f"- {r['mechanism']} {r['nf']}, {r['size']} B at {r['rate_mbit']:g} Mbit/s, {r['src']} -> {r['dst']}"
-                  f"{' (generator capped)' if r['capped'] else ''}: lost {r['lost']:,} (echo {r.get('echo_lost') or 0:,})"
+        lines += [f"- {r['mechanism']} {r['nf']}, {r['size']} B at {r['rate_mbit']:g} Mbit/s"
+                  + (f", {r['src']} -> {r['dst']}" if r.get("src") else "")
+                  + f"{' (generator capped)' if r.get('capped') else ''}: lost {r['lost']:,} (echo {r.get('echo_lost') or 0:,})"
                   + (f", the interfaces dropped {r['path_drops']:,}" if "path_drops" in r else "")
-                  + (" (did not finish)" if r["error"] else "") for r in lossy]
+                  + (" (did not finish)" if r.get("error") else "") for r in lossy]
     stops = [b for b in result.get("baselines", []) if b["lost"] or b["achieved_pps"] < 0.95 * b["rate_pps"]]
     if stops:
         lines += ["", "Where the sweep stopped (the same traffic with no move: what the machine itself loses):", ""]
