@@ -73,7 +73,10 @@ class SubscribeOps:
                 for n, ev in out:
                     send_frames(sock, wire.encode_json({"stream": n, "ts": time.time(), **jsonable(ev)}))
                 events += len(out)
-                rd, _, _ = select.select([sock], [], [], 0.01 if out else 0.05)
+                # wake for a source's next event on time (a stats event 50 ms late is jitter)
+                wait = min([0.01 if out else 0.05] + [max(0.0, src.wait_s()) for src in own.values()
+                                                      if hasattr(src, "wait_s")])
+                rd, _, _ = select.select([sock], [], [], wait)
                 if rd:
                     # anything from the client ends the subscription; EOF ends the connection
                     h = read_header(r, sock)

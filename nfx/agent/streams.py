@@ -8,11 +8,13 @@ raises (NotFound, ...) makes the stream unavailable, with its message, to that
 subscriber."""
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
 
-from ..errors import NotFound
+from ..errors import BpfError, NotFound
+from ..loader import bpfsys
 from ..nfs.ids import AlertReader
 from ..state.statelets import StateletReader
 
@@ -34,13 +36,29 @@ def register(name: str, factory, exclusive: bool = False) -> None:
 
 
 # ---- stats: counter deltas every interval -------------------------------------------------------
+FLOWS_BUDGET = 0.05      # the share of its time a stats stream may spend counting flows
+
+
 class StatsSource:
+    """Every `interval`: the verdict/reason counters' deltas and totals, and `gauges`: what the
+    instance holds now (flows, state_bytes, hold_depth/slots/peak, where the NF can tell) and its
+    program's run time totals (prog_run_ns, prog_run_cnt: counted only while the kernel's run
+    stats are on, BPF_ENABLE_STATS; the orchestration monitor turns them on while it runs)."""
+
     def __init__(self, nf, params: dict):
         self.nf = nf
         self.interval = max(0.05, float(params.get("interval", 1.0)))
         self.last = nf.stats()
         self.t_last = time.monotonic()
         self.next = self.t_last + self.interval
+        self.flows: int | None = None
+        self.flows_at = 0.0
+        self.flows_due = 0.0
+        self.prog_fd: int | None = None
+        try:
+            self.prog_fd = bpfsys.obj_get(str(nf.pin_dir / "prog"))
+        except (BpfError, AttributeError, TypeError):
+            pass                              # no pinned program: no run times
 
     def poll(self, timeout_ms: int = 0) -> list[dict]:
         now = time.monotonic()
@@ -53,15 +71,46 @@ class StatsSource:
         cur = self.nf.stats()
         now = time.monotonic()
         delta = {k: v - self.last.get(k, 0) for k, v in cur.items() if v != self.last.get(k, 0)}
-        ev = {"interval_s": round(now - self.t_last, 4), "delta": delta, "total": cur}
+        ev = {"interval_s": round(now - self.t_last, 4), "delta": delta, "total": cur, "gauges": self._gauges(now)}
         self.last, self.t_last = cur, now
         self.next += self.interval
         if self.next < now:                     # fell behind: no burst of catch-up events
             self.next = now + self.interval
         return [ev]
 
+    def wait_s(self) -> float:
+        """Seconds until the next event is due: how long the subscription may sleep."""
+        return self.next - time.monotonic()
+
+    def _gauges(self, now: float) -> dict:
+        g: dict = {}
+        if now >= self.flows_due:
+            t0 = time.perf_counter()
+            self.flows = self.nf.flow_count()
+            cost = time.perf_counter() - t0
+            self.flows_at = now
+            # a dear count (a big LRU walked entry by entry) is read less often, not every time
+            self.flows_due = now + cost / FLOWS_BUDGET
+        if self.flows is not None:
+            g["flows"] = self.flows
+            g["flows_age_s"] = round(now - self.flows_at, 4)
+            if self.nf.FLOW_BYTES:
+                g["state_bytes"] = self.flows * self.nf.FLOW_BYTES
+        try:
+            hs = self.nf.gate.hold_state()
+            g["hold_depth"] = (hs.head - hs.cursor) & 0xFFFFFFFF
+            g["hold_peak"] = hs.peak
+            g["hold_slots"] = self.nf.maps.nfx_hold.max_entries
+        except (BpfError, AttributeError):
+            pass                              # an instance built without the hold FIFO
+        if self.prog_fd is not None:
+            g["prog_run_ns"], g["prog_run_cnt"] = bpfsys.prog_run_stats(self.prog_fd)
+        return g
+
     def close(self) -> None:
-        pass
+        if self.prog_fd is not None:
+            os.close(self.prog_fd)
+            self.prog_fd = None
 
 
 # ---- IDS alerts: the ids_alerts ringbuf ---------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ..errors import NfxError
-from . import bench, cluster, inspect, move, nf, state, testbed, traffic
+from . import bench, cluster, inspect, move, nf, orchestrate, state, testbed, traffic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Move live network-function state between XDP NF instances, with measured guarantees.")
@@ -26,6 +26,7 @@ app.add_typer(nf.app, name="nf")
 app.add_typer(state.app, name="state")
 app.add_typer(bench.app, name="bench")
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(orchestrate.app, name="orchestrate")
 app.add_typer(move.app, name="controller")
 app.command("move")(move.move)
 app.command("handover")(move.handover)

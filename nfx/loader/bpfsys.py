@@ -339,3 +339,29 @@ def map_info_path(path: str) -> MapInfo:
         return map_info(fd)
     finally:
         os.close(fd)
+
+
+# ---- program run time (BPF_ENABLE_STATS; struct bpf_prog_info's run_time_ns/run_cnt) ----
+ENABLE_STATS, STATS_RUN_TIME = 32, 0
+_RUN_TIME_AT = 192          # offsetof(struct bpf_prog_info, run_time_ns); run_cnt follows
+
+
+def enable_run_stats() -> int:
+    """Turn the kernel's per-program run time accounting on for as long as the returned fd is
+    open (BPF_ENABLE_STATS; it costs two clock reads per program run, so only while wanted).
+    OSError if the kernel refuses (too old, or no CAP_SYS_ADMIN)."""
+    return _call(ENABLE_STATS, ct.c_uint32(STATS_RUN_TIME))
+
+
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program: totals counted while run stats were on (0, 0 if never)."""
+    buf = (ct.c_uint8 * (_RUN_TIME_AT + 16))()
+    a = _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(buf), info=ct.addressof(buf))
+    try:
+        _call(OBJ_GET_INFO_BY_FD, a)
+    except OSError as e:
+        raise BpfError(f"cannot read program info: {e.strerror}") from None
+    if a.info_len < _RUN_TIME_AT + 16:       # a kernel whose prog info ends before run_cnt
+        return 0, 0
+    run_ns, cnt = ct.c_uint64.from_buffer(buf, _RUN_TIME_AT).value, ct.c_uint64.from_buffer(buf, _RUN_TIME_AT + 8).value
+    return run_ns, cnt

@@ -72,6 +72,7 @@ def apply_settings(config, pairs: list[str]):
 class NF:
     kind = "base"
     MAPS: type[NF_MAPS] = NF_MAPS       # a subclass declares its own tables on top
+    FLOW_BYTES = 0                      # key + value bytes one flow holds in the per-flow tables; 0: unknown
 
     def __init__(self, instance: str, pin_dir: Path, maps: NF_MAPS, bpf=None, fn=None,
                  wiring: Wiring | None = None):
@@ -158,6 +159,11 @@ class NF:
 
     def stats(self) -> dict[str, int]:
         return stats_dict(self.maps.nfx_stats)
+
+    def flow_count(self) -> int | None:
+        """Live flows (per-flow entries), where the NF can count them without reading every
+        entry's state; None where it cannot."""
+        return None
 
     @property
     def gate(self) -> Gate:

@@ -84,6 +84,12 @@ class IDS(NF):
     kind = "ids"
     MAPS = IDS_MAPS
     STATE_MAPS = ("ids_flows", "ids_hosts", "ids_hostports", "ids_global", "ids_sig_hits")
+    FLOW_BYTES = ct.sizeof(L.FlowKey) + ct.sizeof(L.IdsFlow)
+
+    def flow_count(self) -> int | None:
+        """Entries of ids_flows (an LRU: nothing else counts them), read with one batch walk;
+        the stats stream measures what that costs and reads it less often when it is dear."""
+        return self.maps.ids_flows.export()[0]
 
     # ---- configuration ----
     def configure(self, config: IdsConfig | None) -> None:

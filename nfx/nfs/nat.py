@@ -88,6 +88,8 @@ class NAT_MAPS(NF_MAPS):
 class NAT(NF):
     kind = "nat"
     MAPS = NAT_MAPS
+    # a mapping: its nat_fwd and nat_rev entries and its nat_ports entry
+    FLOW_BYTES = 2 * (ct.sizeof(L.FlowKey) + ct.sizeof(L.NatEntry)) + ct.sizeof(L.NatPort) + ct.sizeof(L.FlowKey)
 
     def configure(self, config: NatConfig | None) -> None:
         self.maps.nat_cfg.put(L.u32(0), (config or NatConfig()).to_struct())
@@ -143,6 +145,17 @@ class NAT(NF):
                 m.delete(k)
         self.recount_hosts()
         return len(dead_fwd)
+
+    def flow_count(self) -> int | None:
+        """Mappings held: the sum of nat_hosts (one entry per inside address, kept by the
+        datapath as it makes and evicts mappings and settled by recount_hosts after sweeps and
+        moves), so the count costs a walk of the hosts, not of every mapping. None for an
+        instance built before the quota map."""
+        m = self.maps.nat_hosts
+        if m is None:
+            return None
+        n, _, vals = m.export()
+        return sum(max(0, vals[i]) for i in range(n))   # a count may dip below 0 for a moment
 
     def state_changed(self) -> None:
         self.recount_hosts()               # moved-in or deleted mappings count for the quota
