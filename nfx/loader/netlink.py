@@ -2,6 +2,7 @@
 no `ip` process per change, and failures as NfxError subclasses that say what was being done."""
 import errno
 import os
+from contextlib import contextmanager
 
 from ..errors import AlreadyExists, KernelFeature, NeedRoot, NfxError, NotFound
 from . import netns
@@ -51,6 +52,21 @@ class Netlink:
         except NetlinkError as e:
             raise error(e.code, f"{what} in {self.where}") from None
 
+    @contextmanager
+    def _ns_fd(self, at: "Netlink"):
+        """{net_ns_fd: ...} for a link made into the netns of socket `at` ({} for this one)."""
+        if at.ns == self.ns:
+            yield {}
+            return
+        try:
+            fd = os.open(f"{netns.NETNS_RUN}/{at.ns}", os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"network namespace {at.ns!r} does not exist") from None
+        try:
+            yield {"net_ns_fd": fd}
+        finally:
+            os.close(fd)
+
     def index(self, ifname: str) -> int:
         found = self.ipr.link_lookup(ifname=ifname)
         if not found:
@@ -64,20 +80,9 @@ class Netlink:
         into a veth lands in rx queue (sending CPU % queues), each rx queue with its own NAPI."""
         at = peer_at or self
         q = {"num_rx_queues": queues, "num_tx_queues": queues} if queues > 1 else {}
-        p: dict = {"ifname": peer, **q}
-        fd = None
-        if at.ns != self.ns:
-            try:
-                fd = os.open(f"{netns.NETNS_RUN}/{at.ns}", os.O_RDONLY)
-            except FileNotFoundError:
-                raise NotFound(f"network namespace {at.ns!r} does not exist") from None
-            p["net_ns_fd"] = fd
-        try:
-            self._do(f"add veth {name} (peer {peer} in {at.where})", "link", "add", ifname=name, kind="veth", peer=p,
-                     **q, **({"state": "up"} if up else {}))
-        finally:
-            if fd is not None:
-                os.close(fd)
+        with self._ns_fd(at) as there:
+            self._do(f"add veth {name} (peer {peer} in {at.where})", "link", "add", ifname=name, kind="veth",
+                     peer={"ifname": peer, **q, **there}, **q, **({"state": "up"} if up else {}))
         if up:
             at.up(peer)         # pyroute2 sends the peer's attributes only, not its flags
 
@@ -93,21 +98,10 @@ class Netlink:
     def vxlan(self, name: str, vni: int, local: str, remote: str, at: "Netlink", port: int = 4789) -> None:
         """A VXLAN device `name` in the netns of socket `at`, whose UDP socket stays in this one:
         its frames go out, and come in, by this namespace's routes between `local` and `remote`."""
-        fd = None
-        extra = {}
-        if at.ns != self.ns:
-            try:
-                fd = os.open(f"{netns.NETNS_RUN}/{at.ns}", os.O_RDONLY)
-            except FileNotFoundError:
-                raise NotFound(f"network namespace {at.ns!r} does not exist") from None
-            extra["net_ns_fd"] = fd
-        try:
+        with self._ns_fd(at) as there:
             self._do(f"add vxlan {name} (vni {vni}, {local} -> {remote}) in {at.where}", "link", "add", ifname=name,
                      kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_group=remote, vxlan_port=port,
-                     vxlan_learning=0, **extra)
-        finally:
-            if fd is not None:
-                os.close(fd)
+                     vxlan_learning=0, **there)
 
     def tx_dropped(self) -> int:
         """Frames the interfaces here could not send, summed (a veth: its peer's backlog was
