@@ -210,6 +210,7 @@ def orphaned(name: str) -> bool:
 
 def remove(name: str) -> None:
     path(name).unlink(missing_ok=True)
+    path(name).with_suffix(".tmp").unlink(missing_ok=True)     # a save cut short (a process killed in it)
 
 
 SITE_SEP = "@"

@@ -20,7 +20,10 @@ Promotion of a suspect primary P with secondary S:
 5. a spare becomes S's secondary: S shares with it, its base snapshot first, while traffic runs.
 P comes back only as a fenced spare: it takes traffic again after a planned move to it, whose
 state transfer is the sync (nfx cluster failback)."""
+import array
+import fcntl
 import socket
+import termios
 import threading
 import time
 
@@ -159,6 +162,12 @@ class Failover:
             self.beats[inst] = self.beats.get(inst, 0) + 1
             self.stranded.discard(inst)
 
+    def _unread(self) -> int:
+        """Bytes of beats the socket holds that the receiver has not read yet."""
+        buf = array.array("i", [0])
+        fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, buf)
+        return buf[0]
+
     def _monitor(self) -> None:
         limit = self.misses * self.heartbeat_ms / 1e3
         tick = max(self.heartbeat_ms / 2e3, 0.001)
@@ -169,8 +178,16 @@ class Failover:
                     continue                  # a failback moves it: its primary changes by plan
                 p = s["primary"]
                 seen = self.last_seen.get(p)
-                if seen is not None and now - seen > limit:
-                    self.suspect(p, "heartbeat", (now - seen) * 1e3)
+                if seen is None or now - seen <= limit:
+                    continue
+                # this process stalled (the interpreter lock, a long request) with beats waiting
+                # in the socket: they are read first, so the stall is not taken for a silence
+                try:
+                    if self._unread():
+                        continue
+                except OSError:
+                    return                    # the socket is closed: stopping
+                self.suspect(p, "heartbeat", (now - seen) * 1e3)
 
     def _member_event(self, kind: str, cluster: str, inst: str) -> None:
         """A membership that ended: its lease expired (the agent stopped renewing it), or the
