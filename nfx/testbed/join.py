@@ -178,13 +178,14 @@ def _undo(recs) -> None:
                 try:
                     s = Switch.open(sw, info["ns"], Path(info["pin"]))
                 except NotFound:
-                    continue                    # the switch is gone already, and its trunk with it
-                for rid in ((j.get("lent") or {}).get("rules") or {}).get(sw, []):
+                    s = None                    # the switch is gone already: no rule or role left
+                for rid in ((j.get("lent") or {}).get("rules") or {}).get(sw, []) if s else ():
                     try:
                         s.remove(rid)           # nfx testbed lend's rules, which point at the trunk
                     except NotFound:
                         pass
-                s.forget_port(idx)
+                if s:
+                    s.forget_port(idx)
                 nls[info["ns"]].delete(TRUNK, missing_ok=True)
             for inst in r.instances():
                 ns = r["nodes"][inst]["ns"]
@@ -194,7 +195,7 @@ def _undo(recs) -> None:
             r.pop("join", None)
 
 
-def _over_trunk(rec) -> list[str]:
+def over_trunk(rec) -> list[str]:
     """The switches of `rec` with a rule that sends flows over a trunk, other than a lend's."""
     j = rec.get("join") or {}
     lent = (j.get("lent") or {}).get("rules") or {}
@@ -222,7 +223,7 @@ def unjoin(name: str, force: bool = False) -> dict:
         recs.append(registry.load(j["peer"]))
     except NotFound:
         pass                          # gone already: its end of the link went with it
-    busy = [] if force else [w for r in recs for w in _over_trunk(r)]
+    busy = [] if force else [w for r in recs for w in over_trunk(r)]
     if busy:
         raise BadInput(f"flows go over the trunks to the joined testbed ({', '.join(busy)}): unjoining would cut them off",
                        hint="move them back first (nfx move --from INSTANCE@TESTBED --to ...)")

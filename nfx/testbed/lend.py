@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import registry
 from ..control.switch import Match, Rule, Switch
 from ..errors import AlreadyExists, BadInput, NotFound
-from .join import TRUNK
+from .join import TRUNK, over_trunk
 
 # above the testbed's catch-all (anything to the host, 2000), below the host's default (1000) and
 # every move's rule, which match on a host port or on a flow and so never on what a trunk carries
@@ -69,6 +69,14 @@ def unlend(name: str) -> dict:
     lent = (rec.get("join") or {}).get("lent")
     if not lent:
         raise BadInput(f"testbed {name} lends no instance")
+    try:
+        busy = over_trunk(registry.load(rec["join"]["peer"]))
+    except NotFound:
+        busy = []
+    if busy:
+        raise BadInput(f"{', '.join(busy)} still sends flows over the trunk to {lent['instance']}: taking it back would cut "
+                       "them off", hint=f"move them back first (nfx move --name {rec['join']['peer']} --from "
+                       f"{lent['instance']}@{name} --to ...)")
     _take_back(rec)
     rec.save()
     return {"name": name, "instance": lent["instance"]}

@@ -130,9 +130,10 @@ def test_flows_move_to_a_joined_testbeds_lent_instance_and_back(two):
                     served = builder.instance(b, "nf1").stats().get("v_redirect", 0)
                     assert measure(gen, sink, 20_000, 0.3, 0.3)["lost"] == 0
                     assert builder.instance(b, "nf1").stats().get("v_redirect", 0) >= served + 6000
-                    # unjoining now would cut the flows off
-                    r = nfx("testbed", "unjoin", "--name", b)
-                    assert r.returncode == 2 and "move them back" in r.stderr, r.stderr
+                    # unjoining, or taking the instance back, would cut the flows off now
+                    for cmd in ("unjoin", "unlend"):
+                        r = nfx("testbed", cmd, "--name", b)
+                        assert r.returncode == 2 and "move them back" in r.stderr, r.stderr
             assert {k: v["public"] for k, v in nat_flows(a, "nf0").items() if k in before} == \
                 {k: v["public"] for k, v in before.items()}
     finally:
