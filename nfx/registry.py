@@ -144,7 +144,7 @@ class Testbed(dict):
         if not j:
             return []
         try:
-            lent = ((load(j["peer"]).get("join") or {}).get("lent") or {}).get("instance")
+            lent = lent_by(j["peer"])
         except NotFound:
             return []
         return [f"{lent}{SITE_SEP}{j['peer']}"] if lent else []
@@ -233,6 +233,17 @@ def view(name: str, home: str, viewer: str) -> str:
     return inst if tb == viewer else f"{inst}{SITE_SEP}{tb}"
 
 
+def as_seen_by(name: str, home: str, by: str) -> str:
+    """Instance `name` as testbed `home` writes it, as the agent of instance `by` (as `home`
+    writes that one too) knows it: view() from `by`'s own testbed."""
+    return view(name, home, split_instance(by)[1] or home)
+
+
+def lent_by(name: str) -> str | None:
+    """The instance testbed `name` lends the one it is joined to (nfx testbed lend), if any."""
+    return ((load(name).get("join") or {}).get("lent") or {}).get("instance")
+
+
 def joined_node(rec, name: str) -> tuple["Testbed", str]:
     """For an instance of the testbed `rec`'s is joined to ("nf1@B"): B's record and "nf1".
     What an agent connection needs, lent or not (agents share state and beat across the routed
@@ -256,7 +267,7 @@ def remote_instance(rec, name: str) -> tuple[str, str] | None:
     if j.get("peer") != tb:
         raise BadInput(f"{name}: testbed {rec['name']} is not joined to {tb}",
                        hint=f"nfx testbed join --name {rec['name']} --peer {tb}")
-    lent = ((load(tb).get("join") or {}).get("lent") or {}).get("instance")
+    lent = lent_by(tb)
     if lent != inst:
         raise BadInput(f"{name}: testbed {tb} does not lend {inst} to {rec['name']}"
                        + (f" (it lends {lent})" if lent else ""), hint=f"nfx testbed lend --name {tb} --instance {inst}")

@@ -252,7 +252,7 @@ class Sharer:
 
     def name_for(self, member: str) -> str:
         """How `member` knows this instance: its name in this testbed, nf0@A in a joined one."""
-        return registry.view(self.me, self.testbed, registry.split_instance(member)[1] or self.testbed)
+        return registry.as_seen_by(self.me, self.testbed, member)
 
     def _send_base(self, pieces: list[bytes]) -> dict:
         self._send()

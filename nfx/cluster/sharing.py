@@ -77,8 +77,8 @@ def start(rec, clusters: dict[str, list[str]], batch: dict[str, int], idle_ms: f
                     extra = {"ttl_s": ttl_s} if ttl_s else {}     # failover: the lease is the backstop detector
                     if send_ms is not None:
                         extra["send_ms"] = send_ms
-                    there = registry.split_instance(m)[1] or rec["name"]     # names as m's testbed writes them
-                    out[m] = a.request("share_start", members=[registry.view(o, rec["name"], there) for o in ms if o != m],
+                    # the members as m's own testbed names them (nf0@A to an instance of B)
+                    out[m] = a.request("share_start", members=[registry.as_seen_by(o, rec["name"], m) for o in ms if o != m],
                                        batch=batch[c], idle_ms=idle_ms,
                                        etcd=etcd, cluster=c if etcd else None, **extra)
                 started.append(m)

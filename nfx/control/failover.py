@@ -246,7 +246,7 @@ class Failover:
             ev["fence"] = self._fence(failed)
             mark("fenced_ms")
             with AgentClient(self.testbed, primary, timeout=PROMOTE_TIMEOUT_S) as a:
-                got = a.request("replica_promote", src=self._as_seen(failed, primary), filter="all")
+                got = a.request("replica_promote", src=registry.as_seen_by(failed, self.testbed, primary), filter="all")
             ev["entries"] = got.get("entries", 0)
             mark("promoted_ms")
             self.ctl.steer.point(Filter(), [primary])
@@ -256,7 +256,7 @@ class Failover:
                 self.events.append(ev)        # recovered: what follows is the new secondary
             self.record(slot, failed, primary, None)
             with AgentClient(self.testbed, primary, timeout=PROMOTE_TIMEOUT_S) as a:
-                a.request("share_drop", member=self._as_seen(failed, primary))
+                a.request("share_drop", member=registry.as_seen_by(failed, self.testbed, primary))
             ev["new_secondary"] = self._new_secondary(slot, primary, failed, ev)
             mark("secondary_ms")
         except Exception as e:
@@ -309,15 +309,10 @@ class Failover:
                 "ttl_s": self.ttl_s, "send_ms": self.send_ms}
         with AgentClient(self.testbed, primary, timeout=PROMOTE_TIMEOUT_S) as a:
             a.request("share_stop")
-            a.request("share_start", members=[self._as_seen(secondary, primary)], **args)
+            a.request("share_start", members=[registry.as_seen_by(secondary, self.testbed, primary)], **args)
         with AgentClient(self.testbed, secondary, timeout=PROMOTE_TIMEOUT_S) as a:
             a.request("share_stop")
-            a.request("share_start", members=[self._as_seen(primary, secondary)], **args)
-
-    def _as_seen(self, name: str, by: str) -> str:
-        """Instance `name` (as this testbed writes it) as the agent of `by` knows it: across a
-        join (nf1@B) the two testbeds name each other's instances INSTANCE@TESTBED."""
-        return registry.view(name, self.testbed, registry.split_instance(by)[1] or self.testbed)
+            a.request("share_start", members=[registry.as_seen_by(primary, self.testbed, secondary)], **args)
 
     def _cluster_of(self, inst: str) -> str:
         clusters = registry.load(self.testbed).clusters_in_force()

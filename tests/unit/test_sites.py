@@ -24,6 +24,12 @@ def test_view(name, home, viewer, seen):
     assert registry.view(name, home, viewer) == seen
 
 
+def test_as_seen_by_an_agent():
+    assert registry.as_seen_by("nf0", "A", "nf1@B") == "nf0@A"      # A's nf0, to B's nf1
+    assert registry.as_seen_by("nf1@B", "A", "nf0") == "nf1@B"      # B's nf1, to A's nf0
+    assert registry.as_seen_by("nf2", "A", "nf0") == "nf2"
+
+
 def test_view_round_trips():
     for name in ("nf0", "nf7@B"):
         there = registry.view(name, "A", "B")
