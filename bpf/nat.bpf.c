@@ -183,22 +183,30 @@ claimed:
     return 0;
 }
 
-/* Rewrite one address and one port (or ICMP id) with incremental checksums. */
-static __always_inline void nat_rewrite(struct nfx_pkt *p, __u32 *addr_p, __u16 *port_p,
-                                        __u32 new_addr, __u16 new_port)
+/* Rewrite the source (outbound) or destination (inbound) address and port (or ICMP id), with
+ * incremental checksums. Returns -1 if a header word is not where the parse found it. */
+static __always_inline int nat_rewrite(struct xdp_md *ctx, struct nfx_pkt *p, int outbound,
+                                       __u32 new_addr, __u16 new_port)
 {
+    struct iphdr *ip = nfx_pkt_ip(ctx);
+    __u16 *port_p = nfx_pkt_u16(ctx, outbound ? p->sport_off : p->dport_off);
+    if (!ip || !port_p)
+        return -1;
+    __u32 *addr_p = outbound ? &ip->saddr : &ip->daddr;
     __u32 old_addr = *addr_p;
     __u16 old_port = *port_p;
     *addr_p = new_addr;
-    nfx_csum_replace4(&p->ip->check, old_addr, new_addr);
+    nfx_csum_replace4(&ip->check, old_addr, new_addr);
     *port_p = new_port;
-    if (!p->l4_csum)
-        return;          /* UDP without checksum stays without */
+    __u16 *csum = nfx_pkt_u16(ctx, p->csum_off);
+    if (!csum)
+        return 0;        /* UDP without checksum stays without */
     if (p->key.proto != IPPROTO_ICMP)
-        nfx_csum_replace4(p->l4_csum, old_addr, new_addr);   /* pseudo-header */
-    nfx_csum_replace2(p->l4_csum, old_port, new_port);
-    if (p->key.proto == IPPROTO_UDP && *p->l4_csum == 0)
-        *p->l4_csum = 0xffff;
+        nfx_csum_replace4(csum, old_addr, new_addr);   /* pseudo-header */
+    nfx_csum_replace2(csum, old_port, new_port);
+    if (p->key.proto == IPPROTO_UDP && *csum == 0)
+        *csum = 0xffff;
+    return 0;
 }
 
 /* Count the packet on its entry; returns the statelet bit of tcp_flags if they grew. */
@@ -225,7 +233,7 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
         nfx_count(NFX_R_NAT_NOT_INSIDE);
         return XDP_DROP;
     }
-    if (p->key.proto == IPPROTO_ICMP && !p->sport_p) {
+    if (p->key.proto == IPPROTO_ICMP && !p->sport_off) {
         nfx_count(NFX_R_ICMP_NOT_ECHO);      /* an echo reply going out: nothing to map */
         return XDP_DROP;
     }
@@ -286,8 +294,8 @@ static __always_inline int nat_outbound(struct xdp_md *ctx, struct nfx_pkt *p, s
         nat_st_entry(st, NFX_ST_NAT_FWD, &p->key, e, created | p->shared ? NAT_STF_ALL : NAT_STF_TOUCH | grew);
     __u32 new_addr = e->peer.daddr;
     __u16 new_port = e->peer.dport;
-    if (p->sport_p)
-        nat_rewrite(p, &p->ip->saddr, p->sport_p, new_addr, new_port);
+    if (p->sport_off && nat_rewrite(ctx, p, 1, new_addr, new_port))
+        return XDP_DROP;
     return nfx_forward(ctx, pc, NFX_SIDE_OUT);
 }
 
@@ -295,7 +303,7 @@ static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, st
                                        struct nfx_port_cfg *pc, __u64 now, struct nfx_st *st)
 {
     struct nfx_nat_entry *r = nat_rev.lookup(&p->key);
-    if (!r || !p->dport_p) {
+    if (!r || !p->dport_off) {
         nfx_count(NFX_R_NAT_NO_MAPPING);
         return XDP_DROP;
     }
@@ -304,7 +312,8 @@ static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, st
         nat_st_entry(st, NFX_ST_NAT_REV, &p->key, r, p->shared ? NAT_STF_ALL : NAT_STF_TOUCH | grew);
     __u32 new_addr = r->peer.saddr;
     __u16 new_port = r->peer.sport;
-    nat_rewrite(p, &p->ip->daddr, p->dport_p, new_addr, new_port);
+    if (nat_rewrite(ctx, p, 0, new_addr, new_port))
+        return XDP_DROP;
     return nfx_forward(ctx, pc, NFX_SIDE_IN);
 }
 
@@ -313,14 +322,13 @@ static __always_inline int nat_inbound(struct xdp_md *ctx, struct nfx_pkt *p, st
  * outer IP; quoted IP; quoted L4 (when quoted at all: 8 bytes of TCP hold no checksum); and the
  * outer ICMP checksum, which covers all the quoted bytes. All words sit at even offsets from
  * the ICMP header, so each change is one incremental update. */
-static __always_inline void nat_icmp_rewrite(struct nfx_pkt *p, struct iphdr *eip, __u32 *outer_addr,
-                                             __u32 *emb_addr, __u16 *emb_port, __u16 *el4_csum,
-                                             __u32 eproto, __u32 na, __u16 np)
+static __always_inline void nat_icmp_rewrite(struct iphdr *ip, struct icmphdr *ic, struct iphdr *eip,
+                                             __u32 *outer_addr, __u32 *emb_addr, __u16 *emb_port,
+                                             __u16 *el4_csum, __u32 eproto, __u32 na, __u16 np)
 {
-    struct icmphdr *ic = p->l4;
     __u32 oa = *emb_addr;
     __u16 op = *emb_port;
-    nfx_csum_replace4(&p->ip->check, *outer_addr, na);
+    nfx_csum_replace4(&ip->check, *outer_addr, na);
     *outer_addr = na;
     __u16 old_ec = eip->check;
     nfx_csum_replace4(&eip->check, oa, na);
@@ -348,9 +356,10 @@ static __always_inline void nat_icmp_rewrite(struct nfx_pkt *p, struct iphdr *ei
 static __always_inline int nat_icmp_error(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_port_cfg *pc,
                                           int side)
 {
-    void *end = (void *)(long)ctx->data_end;
-    struct icmphdr *ic = p->l4;
-    if (!ic || (void *)(ic + 1) > end)
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct iphdr *ip = nfx_pkt_ip(ctx);
+    struct icmphdr *ic = data + (p->l4_off & 0xff);
+    if (!ip || !p->l4_off || (void *)(ic + 1) > end)
         return XDP_DROP;
     if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED && ic->type != ICMP_PARAMETERPROB)
         return XDP_DROP;
@@ -362,7 +371,7 @@ static __always_inline int nat_icmp_error(struct xdp_md *ctx, struct nfx_pkt *p,
     if (eip->version != 4 || eihl < 5 || (eip->frag_off & bpf_htons(0x1fff)))
         goto bad;
     __u8 *el4 = (void *)eip + eihl * 4;
-    __u32 el4_off = sizeof(struct ethhdr) + p->ip->ihl * 4 + sizeof(*ic) + eihl * 4;
+    __u32 el4_off = p->l4_off + sizeof(*ic) + eihl * 4;
     if ((void *)(el4 + 8) > end || el4_off + 8 > p->l3_end)
         goto bad;
     __u32 eproto = eip->protocol;
@@ -400,22 +409,22 @@ static __always_inline int nat_icmp_error(struct xdp_md *ctx, struct nfx_pkt *p,
     if (side == NFX_SIDE_IN) {
         struct nfx_nat_entry *e = nat_fwd.lookup(&k);
         /* a host's own answer; an inside router's would need a mapping of its own */
-        if (!e || p->ip->saddr != eip->daddr)
+        if (!e || ip->saddr != eip->daddr)
             goto none;
         na = e->peer.daddr;
         np = e->peer.dport;
-        outer_addr = &p->ip->saddr;
+        outer_addr = &ip->saddr;
         emb_addr = &eip->daddr;
     } else {
         struct nfx_nat_entry *r = nat_rev.lookup(&k);
-        if (!r || p->ip->daddr != eip->saddr)
+        if (!r || ip->daddr != eip->saddr)
             goto none;
         na = r->peer.saddr;
         np = r->peer.sport;
-        outer_addr = &p->ip->daddr;
+        outer_addr = &ip->daddr;
         emb_addr = &eip->saddr;
     }
-    nat_icmp_rewrite(p, eip, outer_addr, emb_addr, emb_port, el4_csum, eproto, na, np);
+    nat_icmp_rewrite(ip, ic, eip, outer_addr, emb_addr, emb_port, el4_csum, eproto, na, np);
     nfx_count(NFX_R_NAT_ICMP_ERR);
     return nfx_forward(ctx, pc, side == NFX_SIDE_IN ? NFX_SIDE_OUT : NFX_SIDE_IN);
 none:

@@ -143,20 +143,23 @@ static __always_inline void sink_check_bytes(struct xdp_md *ctx, struct nfx_pkt 
 /* Swap source and destination at every layer. Both checksums stay valid without an update:
  * the IPv4 header sum and the UDP/TCP sum (over the pseudo-header's two addresses and the two
  * ports) are one's-complement sums, which do not depend on the order of the words swapped. */
-static __always_inline void sink_reflect(struct nfx_pkt *p)
+static __always_inline void sink_reflect(struct xdp_md *ctx, struct nfx_pkt *p)
 {
-    struct ethhdr *eth = p->eth;
+    struct ethhdr *eth = (void *)(long)ctx->data;
+    struct iphdr *ip = nfx_pkt_ip(ctx);
+    __u16 *sport = nfx_pkt_u16(ctx, p->sport_off), *dport = nfx_pkt_u16(ctx, p->dport_off);
+    if (!ip || !sport || !dport)
+        return;                  /* parsed: never */
     __u8 mac[ETH_ALEN];
     __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
     __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
     __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-    struct iphdr *ip = p->ip;
     __u32 a = ip->saddr;
     ip->saddr = ip->daddr;
     ip->daddr = a;
-    __u16 port = *p->sport_p;
-    *p->sport_p = *p->dport_p;
-    *p->dport_p = port;
+    __u16 port = *sport;
+    *sport = *dport;
+    *dport = port;
 }
 #endif
 
@@ -195,7 +198,7 @@ int nfx_sink(struct xdp_md *ctx)
     sink_seq(s, flow, g->seq, c ? c->epoch : 0);
     sink_latency(g->tx_ns);
 #ifdef NFX_SINK_ECHO
-    sink_reflect(&p);
+    sink_reflect(ctx, &p);
 #endif
     verdict = NFX_SINK_VERDICT;
     goto out;

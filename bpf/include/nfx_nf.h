@@ -273,7 +273,7 @@ static __always_inline int nfx_gate_act(struct xdp_md *ctx, struct nfx_flow_key 
  * flow), TOS NFX_TOS_IBC, payload starting with NFX_IBC_MAGIC. */
 static __always_inline int nfx_is_ibc(struct xdp_md *ctx, struct nfx_pkt *p)
 {
-    if (p->ip->tos != NFX_TOS_IBC)
+    if (p->tos != NFX_TOS_IBC)
         return 0;
     __u32 magic = 0;
     if (bpf_xdp_load_bytes(ctx, p->payload_off, &magic, sizeof(magic)))
@@ -287,7 +287,7 @@ static __always_inline int nfx_is_ibc(struct xdp_md *ctx, struct nfx_pkt *p)
  * else sends them here. */
 static __always_inline int nfx_is_hsl(struct xdp_md *ctx, struct nfx_pkt *p, __u32 rx)
 {
-    if (p->ip->tos != NFX_TOS_HSL || p->key.proto != IPPROTO_UDP || rx)
+    if (p->tos != NFX_TOS_HSL || p->key.proto != IPPROTO_UDP || rx)
         return 0;
     __u32 magic = 0;
     if (bpf_xdp_load_bytes(ctx, p->payload_off, &magic, sizeof(magic)))
