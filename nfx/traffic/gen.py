@@ -10,7 +10,11 @@ Per-CPU senders (cpus > 1): one thread pinned to each CPU 0..cpus-1 runs that lo
 rate / cpus, and the program gives the call on CPU c its own block of the flows
 (bpf/gen.bpf.c). A frame redirected into a veth lands in rx queue (sending CPU % queues) and
 is processed by that queue's NAPI on the sending CPU, so this is what feeds several queues of
-a multi-queue testbed, each flow through one queue at every hop."""
+a multi-queue testbed, each flow through one queue at every hop.
+
+One sender pinned (pin_cpu): the one sending thread runs on that CPU alone. The redirects, and
+the receivers' NAPI they schedule, run on the sending CPU, so a path measured flat out this way
+costs that CPU's time per packet: generator, NF and sink on one CPU, the others left out."""
 import ctypes as ct
 import ipaddress
 import os
@@ -82,7 +86,7 @@ class Generator(Closing):
                  dst_ip: str, src_ip: str, src_mac: bytes | str | None = None, dport: int = 9000,
                  proto: str = "udp", size: int | None = None, nflows: int = 1, sport_base: int = 1024,
                  flows_per_addr: int | None = None, batch_size: int = DEFAULT_BATCH,
-                 max_burst: int = DEFAULT_MAX_BURST, cpus: int = 1):
+                 max_burst: int = DEFAULT_MAX_BURST, cpus: int = 1, pin_cpu: int | None = None):
         if proto not in PROTOS:
             raise BadInput(f"proto must be one of {sorted(PROTOS)}, not {proto!r}")
         self.proto = PROTOS[proto]
@@ -103,7 +107,13 @@ class Generator(Closing):
         if not 1 <= cpus <= 64 or cpus > nflows or not set(range(cpus)) <= usable:
             raise BadInput(f"cpus (sending threads, pinned to CPUs 0..cpus-1) must be 1..64, at most the flows "
                            f"({nflows}), on CPUs this process may use ({sorted(usable)}); got {cpus}")
+        if pin_cpu is not None and (cpus != 1 or pin_cpu not in usable):
+            raise BadInput(f"pin_cpu (the one sending thread's CPU) needs cpus 1 and a CPU this process may use "
+                           f"({sorted(usable)}); got pin_cpu {pin_cpu}, cpus {cpus}")
         self.cpus = cpus
+        self.pin_cpu = pin_cpu
+        # the CPU of each pinned sending thread; None: one thread, the caller's, not pinned
+        self.sender_cpus = list(range(cpus)) if cpus > 1 else [pin_cpu] if pin_cpu is not None else None
         self.ns, self.attach_if, self.tx_if = ns, attach_if, tx_if
         self.nflows, self.flows_per_addr, self.sport_base = nflows, fpa, sport_base
         self.src_ip, self.dst_ip, self.dport = src_ip, dst_ip, dport
@@ -170,7 +180,7 @@ class Generator(Closing):
         self._need_attached()
         before = self.per_flow_total()
         with self._lock:
-            if self.cpus == 1:
+            if self.sender_cpus is None:
                 with netns.enter(self.ns):
                     sent, calls, elapsed = self._loop(rate_pps, duration_s, progress, tick_s)
             else:
@@ -179,18 +189,19 @@ class Generator(Closing):
         per_flow = [(a - b) & 0xFFFFFFFF for a, b in zip(after, before)]
         return {"requested": sent, "sent": sum(per_flow), "per_flow": per_flow, "elapsed_s": elapsed,
                 "pps": sum(per_flow) / elapsed if elapsed else 0.0, "calls": calls,
-                "rate_pps": rate_pps or None, "cpus": self.cpus}
+                "rate_pps": rate_pps or None, "cpus": self.cpus, "pin_cpu": self.pin_cpu}
 
     def _parallel(self, rate_pps, duration_s: float, progress, tick_s: float) -> tuple[int, int, float]:
-        """One _loop per CPU 0..cpus-1, each pinned there, at rate / cpus, started together."""
-        k = self.cpus
+        """One _loop per sender CPU (0..cpus-1, or pin_cpu alone), each thread pinned there, at
+        rate / senders, started together."""
+        k = len(self.sender_cpus)
         start = threading.Barrier(k)
         res: list = [None] * k
         sent_now = [0] * k
 
         def one(i: int) -> None:
             try:
-                os.sched_setaffinity(0, {i})           # this thread only (Linux: a task's own affinity)
+                os.sched_setaffinity(0, {self.sender_cpus[i]})   # this thread only (Linux: a task's own affinity)
                 with netns.enter(self.ns):
                     prog = None
                     if progress and i == 0:
@@ -202,7 +213,7 @@ class Generator(Closing):
                 res[i] = e
                 start.abort()
 
-        threads = [threading.Thread(target=one, args=(i,), name=f"gen-cpu{i}") for i in range(k)]
+        threads = [threading.Thread(target=one, args=(i,), name=f"gen-cpu{c}") for i, c in enumerate(self.sender_cpus)]
         for t in threads:
             t.start()
         for t in threads:

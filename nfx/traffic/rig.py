@@ -27,12 +27,12 @@ def gen_and_sink_hosts(rec) -> tuple[dict, dict]:
 
 @contextlib.contextmanager
 def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_ip: str | None = None,
-        flows_per_addr: int = 0, echo: bool = False, cpus: int | None = None):
+        flows_per_addr: int = 0, echo: bool = False, cpus: int | None = None, pin_cpu: int | None = None):
     """Yields (generator, sink) wired into testbed `name`, or with echo (generator, sink,
     echo sink). The flows come from the sending host's address, or from `src_ip` on,
     `flows_per_addr` flows per address (0: all from one). `cpus`: sending threads, one per CPU
     (nfx.traffic.gen); default 1, and on a testbed with several queues a veth, one per CPU up to
-    the queue count (one sender feeds one queue only)."""
+    the queue count (one sender feeds one queue only). `pin_cpu`: the one sender pinned to that CPU."""
     rec = registry.load(name)
     if rec.get("status") != "up":
         raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
@@ -41,7 +41,7 @@ def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_
     peer_mac = _peer_mac(rec, src)
     queues = rec.get("queues", 1)
     if cpus is None:
-        cpus = min(queues, len(os.sched_getaffinity(0)), flows)
+        cpus = 1 if pin_cpu is not None else min(queues, len(os.sched_getaffinity(0)), flows)
     gen = sink = back = None
     try:
         # several queues: each flow still has one sending CPU, so one queue at every hop
@@ -51,7 +51,7 @@ def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_
             back = Sink(src["ns"], HOST_IF, flows, multi_queue=mq)
         gen = Generator(src["ns"], GEN_IF, HOST_IF, dst_mac=peer_mac, dst_ip=dst["addr"].split("/")[0],
                         src_ip=src_ip or src["addr"].split("/")[0], dport=DPORT, proto=proto, size=size,
-                        nflows=flows, flows_per_addr=flows_per_addr, cpus=cpus)
+                        nflows=flows, flows_per_addr=flows_per_addr, cpus=cpus, pin_cpu=pin_cpu)
         yield (gen, sink, back) if echo else (gen, sink)
     finally:
         if gen:

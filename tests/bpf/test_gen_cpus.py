@@ -76,3 +76,34 @@ def test_one_cpu_keeps_the_global_rotation():
 def test_bad_cpus(cpus, nflows):
     with pytest.raises(BadInput, match="cpus"):
         make(nflows, cpus)
+
+
+@pytest.mark.parametrize("cpus,pin", [(2, 1), (1, max(os.sched_getaffinity(0)) + 1), (1, -1)])
+def test_bad_pin_cpu(cpus, pin):
+    with pytest.raises(BadInput, match="pin_cpu"):
+        Generator(None, None, None, src_mac=MAC1, dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1",
+                  nflows=4, cpus=cpus, pin_cpu=pin)
+
+
+@pytest.mark.parametrize("cpu", [0, 1])
+def test_pinned_sender_sends_from_its_cpu_only(cpu):
+    """Live frames from a generator pinned to `cpu`: its per-CPU counter of frames sent grows on
+    that CPU and no other (the calling thread's own affinity is left as it was)."""
+    from tests.scratch import Scratch
+    s = Scratch("tgp")
+    g = None
+    mine = os.sched_getaffinity(0)
+    try:
+        ns = s.ns("n")
+        s.veth("ga0", ns, "ga1", ns)
+        s.veth("tx0", ns, "rx0", ns)
+        g = Generator(ns, "ga0", "tx0", dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1", nflows=4, pin_cpu=cpu)
+        r = g.run(None, 0.2)
+        per_cpu = list(g.maps.nfx_stats.get(L.u32(L.Stat.R_GEN_SENT)))
+        assert r["pin_cpu"] == cpu and r["sent"] > 0
+        assert per_cpu[cpu] == r["sent"] and sum(per_cpu) == r["sent"], per_cpu
+        assert os.sched_getaffinity(0) == mine
+    finally:
+        if g is not None:
+            g.close()
+        s.close()
