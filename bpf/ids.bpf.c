@@ -279,7 +279,7 @@ struct ids_touched {
 static __always_inline void ids_inspect(struct xdp_md *ctx, struct nfx_pkt *p, struct nfx_ids_cfg *c,
                                         struct ids_touched *t)
 {
-    __u64 now = bpf_ktime_get_ns();
+    __u64 now = nfx_now();      /* the tick's time (nfx_clock.h): flows and alerts are seconds */
     __u32 l3_end = p->l3_end;
     int created = 0;
     __u32 ev = 0;

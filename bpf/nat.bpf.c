@@ -456,8 +456,8 @@ int nfx_nat(struct xdp_md *ctx)
     int mirror = e.act == NFX_ACT_STATELET;
     /* unmirrored packets pay a NULL test where state changes; mirrored ones build a record */
     struct nfx_st *st = mirror ? nfx_st_begin_pkt(&e.p) : 0;
-    /* idle timeouts are seconds: the coarse clock (same CLOCK_MONOTONIC base) is enough */
-    __u64 now = bpf_ktime_get_coarse_ns();
+    /* idle timeouts are seconds: the tick's time is enough (nfx_clock.h) */
+    __u64 now = nfx_now();
     if (e.side == NFX_SIDE_IN)
         e.verdict = nat_outbound(ctx, &e.p, c, e.pc, now, st);
     else

@@ -2,7 +2,8 @@
  * wildcard filters for flows with no mark), moves, and the wiring that forwards a packet out the
  * other side; statelets are written by nfx_st_write.h, dup's tagged copies told apart by
  * nfx_dup.h, held packets kept and let go by nfx_release.h, the stamper's trailer taken off and
- * put back by nfx_stamp.h. Layouts are in nfx_gate.h, nfx_move.h and nfx_statelet.h. */
+ * put back by nfx_stamp.h, the time read by nfx_clock.h. Layouts are in nfx_gate.h, nfx_move.h
+ * and nfx_statelet.h. */
 #ifndef NFX_NF_H
 #define NFX_NF_H
 
@@ -14,6 +15,7 @@
 #include "nfx_dup.h"
 #include "nfx_release.h"
 #include "nfx_stamp.h"
+#include "nfx_clock.h"
 
 #ifndef NFX_MAX_FLOWS
 #define NFX_MAX_FLOWS 262144
