@@ -10,8 +10,8 @@ from ..orchestrate import watch as W
 from .common import JsonOpt, NameOpt, console, emit_json, need_root, out
 
 app = typer.Typer(no_args_is_help=True,
-                  help="The orchestration loop: a policy, a monitor of every NF instance, and an analyser "
-                       "raising overload, underload and imbalance.")
+                  help="The orchestration loop: a policy, a monitor of every NF instance, an analyser "
+                       "raising overload, underload and imbalance, a planner and the actions it takes.")
 
 PolicyOpt = typer.Option(..., "--policy", "-p", help="The policy, a TOML file of sections instance (capacity_pps), "
                          "thresholds, hysteresis and monitor; nfx orchestrate check shows every field.")
@@ -110,6 +110,72 @@ def watch(name: str = NameOpt, policy: str = PolicyOpt,
     if r["lost"]:
         raise AgentDown("; ".join(f"lost the agent of {n}: {e}" for n, e in r["lost"].items()),
                         hint=f"nfx nf list --name {name}")
+
+
+@app.command()
+def run(name: str = NameOpt, policy: str = PolicyOpt,
+        scenario: str = typer.Option(None, "--scenario", "-s", help="Drive the testbed's generator through "
+                                     "ramp (low, up in steps to peak, held, down, held), flash (low, peak at once, "
+                                     "low) or steady (peak); the sink judges the whole run. Without one the loop "
+                                     "runs against whatever traffic there is, for --duration."),
+        duration: float = typer.Option(None, "--duration", "-d", help="Without --scenario: seconds to run "
+                                       "(default: until Ctrl-C)."),
+        flows: int = typer.Option(4096, "--flows", help="Scenario: UDP flows (source ports 1024 on)."),
+        low: float = typer.Option(50_000, "--low", help="Scenario: the low rate, pps."),
+        peak: float = typer.Option(400_000, "--peak", help="Scenario: the peak rate, pps."),
+        step_s: float = typer.Option(1.0, "--step-s", help="Ramp: seconds per step."),
+        hold_s: float = typer.Option(4.0, "--hold-s", help="Seconds at the peak."),
+        tail_s: float = typer.Option(6.0, "--tail-s", help="Seconds at the low rate at the end (the scale-in)."),
+        out_json: str = typer.Option(None, "--out", help="Write the whole timeline (samples, plans, actions "
+                                     "with their move metrics, the traffic's figures) to this JSON file."),
+        png: str = typer.Option(None, "--plot", help="Draw the timeline to this PNG."),
+        run_stats: bool = typer.Option(False, "--run-stats", help="Count the programs' run time too "
+                                       "(BPF_ENABLE_STATS: two clock reads a packet)."),
+        json_: bool = typer.Option(False, "--json", help="No lines: the timeline's summary as one JSON object "
+                                   "(scale-outs, scale-ins, moves, lost, duplicated, reordered, seconds over budget).")):
+    """The orchestration loop on a running testbed: monitor, analyse, plan (which flows go where,
+    when to add or remove an instance, with which mechanism), and act: nfx nf add, moves through
+    the controller, nfx nf remove. Every plan and action is printed with its reason."""
+    from ..orchestrate import scenario as S
+    from ..orchestrate import session, timeline_plot
+    from ..orchestrate.run import Loop
+    p = P.load(policy)
+    if scenario is not None:
+        S.profile(scenario, low, peak, step_s, hold_s, tail_s)      # refused before anything runs
+        if duration is not None:
+            raise BadInput("--duration is for a run without --scenario (a scenario's length is its profile's)")
+        if flows < 1:
+            raise BadInput(f"--flows must be at least 1, not {flows}")
+    elif duration is not None and duration <= 0:
+        raise BadInput(f"--duration must be > 0, not {duration:g}")
+    need_root()
+    t0 = time.monotonic()
+    say = (lambda m: None) if json_ else \
+        (lambda m: out.print(f"{time.monotonic() - t0:7.2f}s  {m}", markup=False, highlight=False, soft_wrap=True))
+    term = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if scenario is not None:
+            tl = session.run(name, p, scenario, flows, low, peak, step_s, hold_s, tail_s,
+                             run_stats=run_stats, on_line=say)
+        else:
+            try:
+                tl = Loop(name, p, run_stats=run_stats, on_line=say).run(duration)
+            except KeyboardInterrupt:
+                raise
+    finally:
+        signal.signal(signal.SIGTERM, term)
+    if out_json:
+        import json
+        from pathlib import Path
+        Path(out_json).write_text(json.dumps(tl, indent=1, default=str))
+    if png:
+        timeline_plot.plot(tl, png, f"nfx orchestrate run --scenario {scenario}" if scenario else "nfx orchestrate run")
+    s = tl["summary"]
+    if json_:
+        emit_json(s)
+    else:
+        out.print(", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, dict)), markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 def _interrupt(*_):

@@ -140,6 +140,26 @@ class Analyser:
                 self.events.append(ev)
         return changed
 
+    def watch(self, instance: str) -> None:
+        """Judge one more instance (the loop added it)."""
+        if instance not in self.instances:
+            self.instances.append(instance)
+
+    def forget(self, instance: str, t: float) -> list[Event]:
+        """Stop judging an instance (the loop removed it at `t`); its active events end then
+        and are returned."""
+        if instance in self.instances:
+            self.instances.remove(instance)
+        self.latest.pop(instance, None)
+        self.fresh.discard(instance)
+        ended = []
+        for key in [k for k in self.conditions if k[1] == instance]:
+            ev = self.conditions.pop(key).event
+            if ev is not None:
+                ev.cleared_at = t
+                ended.append(ev)
+        return ended
+
     def shares(self) -> dict[str, float] | None:
         """Each instance's share of the testbed's flows (or pps), from its latest sample; None
         when it cannot be judged (one instance, a count missing, or less than imbalance_min)."""

@@ -115,6 +115,7 @@ class Monitor:
         self.queued_drops = 0                   # samples nobody read in time
         self._q: queue.Queue = queue.Queue(QUEUE)
         self._stop = threading.Event()
+        self._stops: dict[str, threading.Event] = {}     # one instance's, for drop()
         self._threads: list[threading.Thread] = []
         self._stats_fd: int | None = None
         self._cpu0 = 0.0
@@ -146,10 +147,32 @@ class Monitor:
             raise
         self._cpu0 = time.process_time()
         for n in targets:
-            t = threading.Thread(target=self._run, args=(n, *opened[n]), name=f"monitor-{n}", daemon=True)
-            self._threads.append(t)
-            t.start()
+            self._start_thread(n, *opened[n])
         return self
+
+    def add(self, instance: str) -> None:
+        """Sample one more instance (one the loop added while running)."""
+        if instance in self._stops and not self._stops[instance].is_set():
+            return
+        c, sub = self._subscribe(instance)
+        if instance not in self.instances:
+            self.instances.append(instance)
+        self.history.setdefault(instance, collections.deque(maxlen=self.policy.monitor.history))
+        self._start_thread(instance, c, sub)
+
+    def drop(self, instance: str) -> None:
+        """Stop sampling one instance (before the loop removes it: its end is not a loss)."""
+        ev = self._stops.get(instance)
+        if ev is not None:
+            ev.set()
+        if instance in self.instances:
+            self.instances.remove(instance)
+
+    def _start_thread(self, instance: str, client, sub) -> None:
+        self._stops[instance] = threading.Event()
+        t = threading.Thread(target=self._run, args=(instance, client, sub), name=f"monitor-{instance}", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def stop(self) -> None:
         """End every subscription (each thread closes its own) and the run stats."""
@@ -200,11 +223,12 @@ class Monitor:
 
     def _run(self, instance: str, client: AgentClient, sub: Subscription) -> None:
         prev_prog = None
+        mine = self._stops[instance]
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not mine.is_set():
                 ev = sub.next_event(0.2)
                 if ev is None:
-                    if not sub.open:
+                    if not sub.open and not mine.is_set():
                         raise AgentDown(f"the agent of {instance} ended the subscription ({sub.summary})")
                     continue
                 if ev.get("stream") != "stats":

@@ -18,6 +18,18 @@ anything runs.
     [monitor]
     interval_ms = 100
     history = 600              # samples kept per instance
+    [planner]
+    strategy = "heaviest"      # heaviest | least-state | least-bytes: which flows a move takes
+    target = 0.6               # the load (fraction of capacity) a plan aims each instance at
+    min_instances = 1
+    max_instances = 4
+    block_ports = 64           # flows move in runs of source-port blocks of this many ports
+    mechanisms = "dist"        # comma-separated; each move takes the one past moves say is fastest
+    guarantee = "op"           # ng | lf | op
+    opts = ""                  # the move's optimisations (nfx move --opt)
+    interval_ms = 500          # how often the loop plans
+    cooldown_ms = 1000         # an instance an action touched waits this long before the next
+    retry_ms = 2000            # a failed action is planned again after this long
 """
 import dataclasses
 import tomllib
@@ -27,6 +39,9 @@ from pathlib import Path
 from ..errors import BadInput, NotFound
 
 BASES = ("flows", "pps")
+STRATEGIES = ("heaviest", "least-state", "least-bytes")
+MECHANISMS = ("dist", "opennf", "slim", "dup")       # the moves that carry part of an instance
+GUARANTEES = ("ng", "lf", "op")
 
 
 @dataclass(frozen=True)
@@ -56,11 +71,31 @@ class Monitor:
 
 
 @dataclass(frozen=True)
+class Planner:
+    strategy: str = "heaviest"
+    target: float = 0.6
+    min_instances: int = 1
+    max_instances: int = 4
+    block_ports: int = 64
+    mechanisms: str = "dist"
+    guarantee: str = "op"
+    opts: str = ""
+    interval_ms: int = 500
+    cooldown_ms: int = 1000
+    retry_ms: int = 2000
+
+    @property
+    def mechanism_list(self) -> list[str]:
+        return [m.strip() for m in self.mechanisms.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
 class Policy:
     instance: Instance = field(default_factory=Instance)
     thresholds: Thresholds = field(default_factory=Thresholds)
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
     monitor: Monitor = field(default_factory=Monitor)
+    planner: Planner = field(default_factory=Planner)
     source: str | None = None              # the file it came from
 
     @property
@@ -73,7 +108,8 @@ class Policy:
         return d
 
 
-SECTIONS = {"instance": Instance, "thresholds": Thresholds, "hysteresis": Hysteresis, "monitor": Monitor}
+SECTIONS = {"instance": Instance, "thresholds": Thresholds, "hysteresis": Hysteresis, "monitor": Monitor,
+            "planner": Planner}
 
 # field -> (lowest, highest, whether each end is allowed); numbers only
 RANGES = {
@@ -87,6 +123,13 @@ RANGES = {
     ("hysteresis", "clear"): (0, 0.5, True, False),
     ("monitor", "interval_ms"): (50, 60_000, True, True),       # the agents' stats stream: 0.05 s at least
     ("monitor", "history"): (1, 1_000_000, True, True),
+    ("planner", "target"): (0, 1, False, False),
+    ("planner", "min_instances"): (1, 64, True, True),
+    ("planner", "max_instances"): (1, 64, True, True),
+    ("planner", "block_ports"): (1, 32768, True, True),
+    ("planner", "interval_ms"): (50, 600_000, True, True),
+    ("planner", "cooldown_ms"): (0, 600_000, True, True),
+    ("planner", "retry_ms"): (0, 600_000, True, True),
 }
 
 
@@ -147,6 +190,22 @@ def check(p: Policy) -> None:
         raise BadInput(f"policy [hysteresis] clear ({h.clear:g}) is too wide for underload {t.underload:g} and "
                        f"overload {t.overload:g}: their clear points cross",
                        hint="clear must be below (overload - underload) / 2")
+    pl = p.planner
+    if pl.strategy not in STRATEGIES:
+        raise BadInput(f"policy [planner] strategy = {pl.strategy!r}: one of {', '.join(STRATEGIES)}")
+    bad = [m for m in pl.mechanism_list if m not in MECHANISMS]
+    if bad or not pl.mechanism_list:
+        raise BadInput(f"policy [planner] mechanisms = {pl.mechanisms!r}: a comma-separated list of "
+                       f"{', '.join(MECHANISMS)}")
+    if pl.guarantee not in GUARANTEES:
+        raise BadInput(f"policy [planner] guarantee = {pl.guarantee!r}: one of {', '.join(GUARANTEES)}")
+    if pl.min_instances > pl.max_instances:
+        raise BadInput(f"policy [planner] min_instances ({pl.min_instances}) is above max_instances "
+                       f"({pl.max_instances})")
+    # a plan that aims at a load the analyser calls overload (or underload) would never settle
+    if not t.underload + h.clear < pl.target < t.overload - h.clear:
+        raise BadInput(f"policy [planner] target ({pl.target:g}) must lie between underload and overload "
+                       f"and clear of their margins: ({t.underload + h.clear:g}, {t.overload - h.clear:g})")
     if t.imbalance - h.clear <= 0.5:
         raise BadInput(f"policy [hysteresis] clear ({h.clear:g}) takes imbalance ({t.imbalance:g}) down to one half "
                        f"or below: an even split would not clear it",

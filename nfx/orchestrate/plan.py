@@ -1,0 +1,299 @@
+"""The planner: from each instance's load and the flows it holds (in blocks of source ports),
+the actions that bring every instance to the policy's target load: add instances, move runs of
+blocks from one instance to another, take an instance out. Pure: give it views, read actions.
+
+A block is the source ports [k * B, (k + 1) * B) (B: the policy's block_ports) across every
+address and protocol. The loop keeps each block's flows at one instance, so a move's filter
+(`sport=LO-HI`) names exactly the flows it carries, and a run of consecutive blocks that one
+instance holds moves as one filter, in one move. A block whose flows sit at two instances
+(placed that way before the loop began) is never moved, and never inside a run.
+
+How much a move carries: the most loaded instance sheds towards the mean, the least loaded
+takes up to the mean, and neither goes past the target. Which run: `heaviest` takes the pps
+in the fewest flows; `least-state` the fewest state bytes per pps; `least-bytes` the fewest
+state bytes in all. Which mechanism: the one of the policy's whose past moves (CostModel) say
+it moves that many flows fastest."""
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .analyse import Event
+from .policy import Policy
+
+
+@dataclass(frozen=True)
+class Block:
+    index: int                 # source ports index * B .. (index + 1) * B - 1
+    flows: int
+    pps: float
+    state_bytes: int
+
+
+@dataclass
+class InstanceView:
+    name: str
+    pps: float
+    flows: int = 0
+    state_bytes: int = 0
+    blocks: dict[int, Block] = field(default_factory=dict)    # the blocks only this instance holds
+    removable: bool = True     # the loop may take it out (not one the testbed was built with)
+
+
+@dataclass
+class Action:
+    kind: str                  # add | move | remove
+    reason: str
+    instance: str              # add, remove: the instance; move: the source
+    dst: str | None = None
+    filter: str | None = None
+    blocks: tuple[int, int] | None = None   # first and last block index of a move's run
+    flows: int = 0
+    pps: float = 0.0
+    state_bytes: int = 0
+    mechanism: str | None = None
+    guarantee: str | None = None
+    opts: str | None = None
+    est_s: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+class CostModel:
+    """Move time against flows moved, per mechanism, from the moves the loop has made: a least
+    squares line through (flows, seconds), a mean before there are two sizes, `prior_s` before
+    there is any."""
+
+    def __init__(self, prior_s: float = 0.2):
+        self.prior_s = prior_s
+        self.points: dict[str, list[tuple[int, float]]] = {}
+
+    def record(self, mechanism: str, flows: int, seconds: float) -> None:
+        pts = self.points.setdefault(mechanism, [])
+        pts.append((flows, seconds))
+        del pts[:-50]                    # the recent past: the machine's load changes
+
+    def estimate(self, mechanism: str, flows: int) -> float:
+        pts = self.points.get(mechanism)
+        if not pts:
+            return self.prior_s
+        xs = [p[0] for p in pts]
+        ys = [p[1] for p in pts]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        if var == 0:
+            return my
+        slope = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var)
+        return max(0.0, my + slope * (flows - mx))
+
+    def choose(self, mechanisms: list[str], flows: int) -> tuple[str, float]:
+        return min(((m, self.estimate(m, flows)) for m in mechanisms), key=lambda x: x[1])
+
+
+def views_from(flows: dict[str, list[tuple[int, float, int]]], pps: dict[str, float], block_ports: int,
+               fixed: set[str] = frozenset()) -> dict[str, InstanceView]:
+    """Each instance's view from the flows it holds, (source port, pps, state bytes) each, and
+    its measured pps. A block whose flows sit at two instances is split: in neither's blocks.
+    `fixed`: the instances the loop may not take out."""
+    owners: dict[int, set[str]] = {}
+    for name, fl in flows.items():
+        for sport, _, _ in fl:
+            owners.setdefault(sport // block_ports, set()).add(name)
+    views = {}
+    for name in set(flows) | set(pps):
+        acc: dict[int, list] = {}
+        fl = flows.get(name, [])
+        for sport, f_pps, sb in fl:
+            a = acc.setdefault(sport // block_ports, [0, 0.0, 0])
+            a[0] += 1
+            a[1] += f_pps
+            a[2] += sb
+        blocks = {i: Block(i, a[0], a[1], a[2]) for i, a in acc.items() if owners[i] == {name}}
+        views[name] = InstanceView(name, pps.get(name, sum(f[1] for f in fl)), len(fl),
+                                   sum(f[2] for f in fl), blocks, name not in fixed)
+    return views
+
+
+def runs_of(view: InstanceView) -> list[list[Block]]:
+    """The maximal runs of consecutive blocks `view` holds: no other instance's, nor a split
+    one, inside. A block nobody holds ends a run too: a filter over it would steer its new
+    flows to wherever the last move of a run around it went."""
+    held = sorted(view.blocks)
+    runs, cur = [], []
+    for i in held:
+        if cur and i != cur[-1].index + 1:
+            runs.append(cur)
+            cur = []
+        cur.append(view.blocks[i])
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def _score(strategy: str, run: list[Block]) -> tuple:
+    pps = sum(b.pps for b in run) or 1e-9
+    flows = sum(b.flows for b in run)
+    sb = sum(b.state_bytes for b in run)
+    if strategy == "heaviest":
+        return (flows / pps, sb)
+    if strategy == "least-state":
+        return (sb / pps, flows)
+    return (sb, flows)                   # least-bytes
+
+
+def choose_run(runs: list[list[Block]], amount: float, room: float, strategy: str) -> list[Block] | None:
+    """The run of consecutive blocks (a window of one of `runs`) that carries at least `amount`
+    pps and at most `room`, best by `strategy`; failing that, the one closest below `amount`."""
+    best, best_key = None, None
+    under, under_pps = None, 0.0
+    for run in runs:
+        for i in range(len(run)):
+            pps = 0.0
+            for j in range(i, len(run)):
+                pps += run[j].pps
+                win = run[i:j + 1]
+                if pps > room:
+                    break
+                if pps >= amount:
+                    key = _score(strategy, win)
+                    if best_key is None or key < best_key:
+                        best, best_key = win, key
+                    break                # longer windows only carry more
+                if pps > under_pps:
+                    under, under_pps = win, pps
+    return best or under
+
+
+class Planner:
+    def __init__(self, policy: Policy, cost: CostModel | None = None):
+        self.policy = policy
+        self.cost = cost or CostModel()
+
+    @property
+    def target_pps(self) -> float:
+        return self.policy.planner.target * self.policy.instance.capacity_pps
+
+    def wanted(self, total_pps: float) -> int:
+        pl = self.policy.planner
+        return min(pl.max_instances, max(pl.min_instances, math.ceil(total_pps / self.target_pps - 1e-9)))
+
+    def plan(self, views: dict[str, InstanceView], events: list[Event], spare: list[str],
+             busy: set[str] = frozenset()) -> list[Action]:
+        """The actions for this round, in the order to take them. `spare`: names for instances
+        the loop may add, in order; `busy`: instances an action has touched too recently."""
+        views = {n: dataclasses.replace(v, blocks=dict(v.blocks)) for n, v in views.items()}
+        total = sum(v.pps for v in views.values())
+        want = self.wanted(total)
+        actions: list[Action] = []
+        kinds = {(e.kind, e.instance) for e in events if e.active}
+        over = sorted(n for k, n in kinds if k == "overload")
+        if want > len(views) and (over or total > len(views) * self.target_pps):
+            for name in spare[:want - len(views)]:
+                actions.append(Action("add", f"{total:,.0f} pps wants {want} instances at "
+                                              f"{self.target_pps:,.0f} pps each; {len(views)} run", name))
+                views[name] = InstanceView(name, 0.0, removable=True)
+        actions += self._balance(views, busy, over)
+        if not actions:
+            actions += self._flows_balance(views, busy, sorted(n for k, n in kinds if k == "imbalance"))
+        if not actions and want < len(views):
+            actions += self._scale_in(views, busy, want,
+                                      sorted(n for k, n in kinds if k == "underload"))
+        return actions
+
+    def _move(self, src: InstanceView, dst: InstanceView, run: list[Block], reason: str) -> Action:
+        pl, B = self.policy.planner, self.policy.planner.block_ports
+        lo, hi = run[0].index, run[-1].index
+        flows = sum(b.flows for b in run)
+        mech, est = self.cost.choose(pl.mechanism_list, flows)
+        a = Action("move", reason, src.name, dst.name, f"sport={lo * B}-{min(65535, (hi + 1) * B - 1)}",
+                   (lo, hi), flows, sum(b.pps for b in run), sum(b.state_bytes for b in run),
+                   mech, pl.guarantee, pl.opts or None, est)
+        for b in run:                    # what the views look like after it
+            del src.blocks[b.index]
+            dst.blocks[b.index] = b
+        src.pps -= a.pps
+        dst.pps += a.pps
+        src.flows -= flows
+        dst.flows += flows
+        src.state_bytes -= a.state_bytes
+        dst.state_bytes += a.state_bytes
+        return a
+
+    def _balance(self, views: dict[str, InstanceView], busy, over: list[str]) -> list[Action]:
+        """Moves from the most loaded instance to the least, while one is above the target (or
+        overloaded) and another has room below it."""
+        actions = []
+        target = self.target_pps
+        for _ in range(2 * len(views)):
+            ready = [v for v in views.values() if v.name not in busy]
+            if len(ready) < 2:
+                break
+            mean = sum(v.pps for v in views.values()) / len(views)
+            src = max(ready, key=lambda v: v.pps)
+            if src.pps <= target and src.name not in over:
+                break
+            dst = min((v for v in ready if v is not src), key=lambda v: v.pps)
+            shed = src.pps - max(mean, 0.0)
+            room = max(mean, target) - dst.pps      # past the target only when the mean is
+            if shed <= 0 or room <= 0:
+                break
+            run = choose_run(runs_of(src), min(shed, room), room, self.policy.planner.strategy)
+            if not run:
+                break
+            why = (f"{src.name} at {src.pps:,.0f} pps is over the target {target:,.0f}"
+                   + (" (overloaded)" if src.name in over else "") + f"; {dst.name} has {room:,.0f} pps of room")
+            actions.append(self._move(src, dst, run, why))
+        return actions
+
+    def _flows_balance(self, views: dict[str, InstanceView], busy, imbalanced: list[str]) -> list[Action]:
+        """An instance holding too large a share of the flows gives a run of them to the one
+        holding the fewest, towards an even split, within the target's pps."""
+        actions = []
+        for name in imbalanced:
+            src = views.get(name)
+            if src is None or name in busy:
+                continue
+            others = [v for v in views.values() if v is not src and v.name not in busy]
+            if not others:
+                continue
+            dst = min(others, key=lambda v: v.flows)
+            mean = sum(v.flows for v in views.values()) / len(views)
+            want_flows = min(src.flows - mean, mean - dst.flows)
+            if want_flows <= 0 or src.flows <= 0:
+                continue
+            # in pps, the share of src's load those flows carry
+            amount = src.pps * want_flows / src.flows
+            room = max(0.0, self.target_pps - dst.pps)
+            run = choose_run(runs_of(src), amount, max(room, amount), self.policy.planner.strategy)
+            if run:
+                actions.append(self._move(src, dst, run, f"{name} holds {src.flows} of "
+                                          f"{sum(v.flows for v in views.values())} flows (imbalance); "
+                                          f"{dst.name} holds {dst.flows}"))
+        return actions
+
+    def _scale_in(self, views: dict[str, InstanceView], busy, want: int, under: list[str]) -> list[Action]:
+        """One instance out: the underloaded, removable one with the least state; its runs go to
+        the others, least loaded first, each within the target; removed once they all went."""
+        cands = [views[n] for n in under if n in views and views[n].removable and n not in busy]
+        if not cands:
+            return []
+        victim = min(cands, key=lambda v: (v.state_bytes, v.pps))
+        rest = [v for v in views.values() if v is not victim and v.name not in busy]
+        if not rest:
+            return []
+        moves = []
+        for run in runs_of(victim):
+            while run:
+                dst = min(rest, key=lambda v: v.pps)
+                room = self.target_pps - dst.pps
+                part = choose_run([run], sum(b.pps for b in run), room, self.policy.planner.strategy)
+                if not part or sum(b.pps for b in part) > room:
+                    return []            # the others cannot take it all: not now
+                moves.append(self._move(victim, dst, part,
+                                        f"{want} instances carry {sum(v.pps for v in views.values()):,.0f} pps; "
+                                        f"{victim.name} is underloaded: its flows go to {dst.name}"))
+                taken = {b.index for b in part}
+                run = [b for b in run if b.index not in taken]
+        if victim.flows > 0:
+            return []                    # flows no run carries (a split block's) keep it
+        return moves + [Action("remove", f"{victim.name} is empty after its flows moved", victim.name)]

@@ -1,0 +1,155 @@
+"""The orchestration loop (`nfx orchestrate run`): the monitor samples every instance, the
+analyser raises and clears conditions, and every planner interval, unless the last plan's
+actions still run, the loop reads what each instance holds (inventory.py), plans
+(plan.py) and hands the actions over (actions.py). The instances the testbed had when the loop
+began are never removed by it; the ones it adds are nf<N> names the testbed does not use.
+
+A lost instance (its agent stopped answering) leaves the plan: if the controller has a
+secondary for it (nfx cluster up --pairs), its failure detector promotes that one, and the
+loop notes the recovery when the controller's status names it; the flows then count at the
+secondary. Without a secondary the loop notes the loss; it does not restart instances."""
+import re
+import time
+
+from .. import registry
+from ..errors import NfxError
+from ..procs import controller
+from .actions import Actions
+from .analyse import Analyser
+from .inventory import Inventory
+from .monitor import Lost, Monitor, Sample
+from .plan import CostModel, Planner, views_from
+from .policy import Policy
+from .timeline import Timeline
+
+
+def spare_names(rec, n: int = 16) -> list[str]:
+    used = set(rec.get("nodes", {}))
+    idx = [int(m.group(1)) for k in used if (m := re.fullmatch(r"nf(\d+)", k))]
+    start = max(idx, default=-1) + 1
+    return [f"nf{i}" for i in range(start, start + n)]
+
+
+class Loop:
+    def __init__(self, testbed: str, policy: Policy, run_stats: bool = False, on_line=None):
+        self.testbed, self.policy = testbed, policy
+        rec = registry.load(testbed)
+        nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
+        if not nfs:
+            raise NfxError(f"testbed {testbed} has no NF instances")
+        self.kind = rec["nodes"][nfs[0]].get("kind")
+        self.fixed = set(nfs)                    # the loop never takes these out
+        self.run_stats = run_stats
+        self.on_line = on_line or (lambda msg: None)
+        self.timeline = Timeline(policy.instance.capacity_pps, policy.interval_s)
+        self.cost = CostModel()
+        self.planner = Planner(policy, self.cost)
+        self.lost: dict[str, str] = {}            # instance -> why it was lost
+        self.recovered: dict[str, str] = {}       # lost instance -> the secondary promoted for it
+
+    def run(self, duration: float | None = None, stop=None) -> dict:
+        """Until `duration` s passed or stop() is true; the last plan's actions are let finish.
+        Returns the timeline (Timeline.as_dict without traffic)."""
+        mon = Monitor(self.testbed, self.policy, run_stats=self.run_stats).start()
+        an = Analyser(self.policy)
+        inv = Inventory(self.testbed, self.kind)
+        acts = Actions(self.testbed, self.policy, self.timeline, self.cost,
+                       on_added=lambda n: self._added(mon, an, n), before_remove=lambda n: self._removing(mon, an, n),
+                       on_removed=lambda n: self._removed(inv, n))
+        self.timeline.in_service(list(mon.instances))
+        interval = self.policy.planner.interval_ms / 1000
+        next_plan = time.monotonic() + interval
+        end = time.monotonic() + duration if duration else None
+        try:
+            while end is None or time.monotonic() < end:
+                if stop is not None and stop():
+                    break
+                item = mon.next(timeout=0.05)
+                if isinstance(item, Sample):
+                    self.timeline.sample(item)
+                    for ev in an.feed(item):
+                        self.timeline.event(ev)
+                        self.on_line(f"{'raised' if ev.active else 'cleared'} {ev.kind} on {ev.instance}")
+                elif isinstance(item, Lost):
+                    self._lost(mon, an, item)
+                if time.monotonic() >= next_plan:
+                    next_plan = time.monotonic() + interval
+                    if not acts.running:
+                        self._plan_round(mon, an, inv, acts)
+                    if self.lost:
+                        self._check_recovery()
+        finally:
+            acts.wait(120)
+            mon.stop()
+            inv.close()
+        return self.timeline.as_dict()
+
+    # ---- a round ----
+    def _plan_round(self, mon: Monitor, an: Analyser, inv: Inventory, acts: Actions) -> None:
+        live = [n for n in mon.instances if n not in self.lost]
+        latest = an.latest
+        if not live or any(n not in latest for n in live):
+            return                               # a sample of each before judging
+        pps = {n: latest[n].pps for n in live}
+        try:
+            flows = inv.read(live, pps)
+        except NfxError as e:
+            self.timeline.note("inventory-failed", error=str(e))
+            return
+        views = views_from(flows, pps, self.policy.planner.block_ports, self.fixed)
+        rec = registry.load(self.testbed)
+        spare = spare_names(rec)
+        actions = self.planner.plan(views, an.active(), spare, busy=acts.busy())
+        if actions:
+            self.timeline.plan(views, actions, inv.read_s)
+            for a in actions:
+                self.on_line(f"plan: {a.kind} {a.instance}" + (f" -> {a.dst} {a.filter} ({a.flows} flows, "
+                                                               f"{a.pps:,.0f} pps)" if a.kind == "move" else "")
+                             + f": {a.reason}")
+            acts.start(actions)
+
+    # ---- instances coming and going ----
+    def _added(self, mon: Monitor, an: Analyser, name: str) -> None:
+        mon.add(name)
+        an.watch(name)
+        self.timeline.in_service(list(mon.instances))
+        self.on_line(f"added {name}")
+
+    def _removing(self, mon: Monitor, an: Analyser, name: str) -> None:
+        mon.drop(name)
+        for ev in an.forget(name, time.time()):
+            self.timeline.event(ev)
+
+    def _removed(self, inv: Inventory, name: str) -> None:
+        inv.forget(name)
+        self.timeline.in_service([n for n in self.timeline.instances[-1][1] if n != name])
+        self.on_line(f"removed {name}")
+
+    def _lost(self, mon: Monitor, an: Analyser, item: Lost) -> None:
+        if item.instance in self.lost:
+            return
+        self.lost[item.instance] = item.error
+        mon.drop(item.instance)
+        for ev in an.forget(item.instance, time.time()):
+            self.timeline.event(ev)
+        self.timeline.note("lost", instance=item.instance, error=item.error)
+        self.on_line(f"lost {item.instance}: {item.error}")
+
+    def _check_recovery(self) -> None:
+        """A lost primary the controller's failover replaced: noted once."""
+        waiting = [n for n in self.lost if n not in self.recovered]
+        if not waiting:
+            return
+        try:
+            st = controller.call(self.testbed, "GET", "/status", timeout=5)
+        except NfxError:
+            return
+        events = (st.get("failover") or {}).get("events") or []
+        for name in waiting:
+            done = [e for e in events if e.get("failed") == name and e.get("promoted") and not e.get("error")]
+            if done:
+                e = done[-1]
+                self.recovered[name] = e["promoted"]
+                self.timeline.note("recovered", instance=name, by=e["promoted"], steered_ms=e.get("steered_ms"))
+                self.on_line(f"{name} recovered by failover to {e['promoted']} "
+                             f"(traffic there {e.get('steered_ms')} ms after the verdict)")

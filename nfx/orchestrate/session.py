@@ -1,0 +1,51 @@
+"""A run of the loop against a scenario's traffic: the testbed's generator and sink (its rig),
+the loop in a thread of its own from before the first packet to a while after the last (so
+the scale-in at the end is seen), and the sink's verdict over the whole run joined to the
+loop's timeline."""
+import threading
+import time
+
+from ..traffic.rig import rig
+from . import scenario as S
+from .policy import Policy
+from .run import Loop
+
+
+def run(testbed: str, policy: Policy, name: str, flows: int = 4096, low: float = 50_000, peak: float = 400_000,
+        step_s: float = 1.0, hold_s: float = 4.0, tail_s: float = 6.0, after_s: float = 3.0,
+        run_stats: bool = False, on_line=None) -> dict:
+    """The timeline (Timeline.as_dict with the traffic's figures and the profile)."""
+    on_line = on_line or (lambda msg: None)
+    prof = S.profile(name, low, peak, step_s, hold_s, tail_s)
+    loop = Loop(testbed, policy, run_stats=run_stats, on_line=on_line)
+    done = threading.Event()
+    box: dict = {}
+
+    def loop_thread():
+        try:
+            box["timeline"] = loop.run(stop=done.is_set)
+        except BaseException as e:            # noqa: BLE001 -- re-raised below, in the caller
+            box["error"] = e
+
+    with rig(testbed, flows) as (gen, sink):
+        t = threading.Thread(target=loop_thread, name="orchestrate-loop", daemon=True)
+        t.start()
+        try:
+            time.sleep(min(1.0, after_s))       # the monitor's first samples before traffic
+            if "error" in box:
+                raise box["error"]
+
+            def step(i, rate, secs):
+                loop.timeline.note("step", rate=rate, seconds=secs)
+                on_line(f"traffic: {rate:,.0f} pps for {secs:g} s")
+            traffic = S.drive(gen, sink, prof, on_step=step, stop=lambda: "error" in box,
+                              before_read=lambda: time.sleep(after_s))
+        finally:
+            done.set()
+            t.join(180)
+    if "error" in box:
+        raise box["error"]
+    tl = loop.timeline.as_dict(traffic)
+    tl["scenario"] = {"name": name, "profile": prof, "flows": flows, "low": low, "peak": peak}
+    tl["summary"]["scenario"] = name
+    return tl

@@ -1,0 +1,204 @@
+"""The planner on made-up views: how many instances, which runs of blocks go where, scale-in,
+imbalance, the cost model, and what it must never do (split blocks, busy instances, past the
+target)."""
+import pytest
+
+from nfx.errors import BadInput
+from nfx.orchestrate.analyse import Event
+from nfx.orchestrate.plan import (Block, CostModel, InstanceView, Planner, choose_run, runs_of,
+                                  views_from)
+from nfx.orchestrate.policy import parse
+
+POLICY = parse("""
+[instance]
+capacity_pps = 150000
+[planner]
+target = 0.6
+max_instances = 4
+block_ports = 64
+""")
+
+
+def ev(kind, inst, active=True):
+    return Event(kind, inst, 0.0, 0.0, 0.0, since=0.0, raised_at=0.0, cleared_at=None if active else 1.0)
+
+
+def flows(n, pps_each, base=1024, state=96):
+    return [(base + i, pps_each, state) for i in range(n)]
+
+
+def test_views_group_flows_into_blocks_and_leave_split_blocks_out():
+    v = views_from({"nf0": [(1024, 10.0, 96), (1030, 5.0, 96), (1100, 1.0, 96)],
+                    "nf1": [(1090, 2.0, 96), (2000, 3.0, 96)]}, {"nf0": 20.0}, 64, fixed={"nf0"})
+    # block 16 (1024-1087) is nf0's alone; block 17 (1088-1151) has flows at both: split
+    assert set(v["nf0"].blocks) == {16}
+    assert v["nf0"].blocks[16] == Block(16, 2, 15.0, 192)
+    assert set(v["nf1"].blocks) == {31}
+    assert v["nf0"].pps == 20.0 and v["nf1"].pps == 5.0      # measured where given, else summed
+    assert v["nf0"].flows == 3 and not v["nf0"].removable and v["nf1"].removable
+
+
+def test_runs_stop_at_a_gap():
+    v = InstanceView("a", 0, blocks={i: Block(i, 1, 1.0, 1) for i in (1, 2, 3, 7, 8)})
+    assert [[b.index for b in r] for r in runs_of(v)] == [[1, 2, 3], [7, 8]]
+
+
+def test_choose_run_meets_the_amount_within_room_by_strategy():
+    light = [Block(i, 10, 10.0, 1000) for i in range(4)]
+    heavy = [Block(10 + i, 1, 10.0, 100) for i in range(4)]
+    # heaviest: the same pps in the fewest flows
+    r = choose_run([light, heavy], 20.0, 100.0, "heaviest")
+    assert [b.index for b in r] == [10, 11]
+    r = choose_run([light, heavy], 20.0, 100.0, "least-bytes")
+    assert [b.index for b in r] == [10, 11]
+    # nothing fits the room: the best below the amount
+    r = choose_run([[Block(0, 1, 50.0, 1)]], 20.0, 30.0, "heaviest")
+    assert r is None
+    r = choose_run([[Block(0, 1, 5.0, 1), Block(1, 1, 5.0, 1)]], 20.0, 30.0, "heaviest")
+    assert [b.index for b in r] == [0, 1]
+
+
+def test_ramp_peak_on_one_instance_adds_up_to_the_maximum_and_spreads_the_load():
+    views = views_from({"nf0": flows(4096, 400_000 / 4096)}, {"nf0": 400_000}, 64, fixed={"nf0"})
+    acts = Planner(POLICY).plan(views, [ev("overload", "nf0")], spare=["nf1", "nf2", "nf3", "nf4"])
+    adds = [a for a in acts if a.kind == "add"]
+    # 400k at 90k a target wants 5; the policy allows 4
+    assert [a.instance for a in adds] == ["nf1", "nf2", "nf3"]
+    moves = [a for a in acts if a.kind == "move"]
+    assert moves and all(a.instance == "nf0" for a in moves)
+    load = {"nf0": 400_000.0, "nf1": 0.0, "nf2": 0.0, "nf3": 0.0}
+    for m in moves:
+        load[m.instance] -= m.pps
+        load[m.dst] += m.pps
+        lo, hi = m.filter.removeprefix("sport=").split("-")
+        assert int(lo) % 64 == 0 and (int(hi) + 1) % 64 == 0
+        assert m.mechanism == "dist" and m.guarantee == "op" and m.est_s is not None
+    # every instance ends near the mean (within a block's pps)
+    assert max(load.values()) - min(load.values()) <= 2 * 64 * 400_000 / 4096 + 1, load
+    # runs carried never overlap
+    spans = sorted(m.blocks for m in moves)
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_nothing_to_do_below_the_target():
+    views = views_from({"nf0": flows(100, 300.0), "nf1": flows(100, 300.0, base=20000)},
+                       {"nf0": 30_000, "nf1": 30_000}, 64, fixed={"nf0", "nf1"})
+    assert Planner(POLICY).plan(views, [], spare=["nf2"]) == []
+
+
+def test_busy_instances_are_left_alone():
+    views = views_from({"nf0": flows(1000, 200.0), "nf1": []}, {"nf0": 200_000, "nf1": 0}, 64,
+                       fixed={"nf0", "nf1"})
+    p = Planner(POLICY)
+    assert [a.kind for a in p.plan(views, [], spare=[], busy={"nf1"})] == []
+    assert {a.dst for a in p.plan(views, [], spare=[]) if a.kind == "move"} == {"nf1"}
+
+
+def test_imbalance_moves_flows_towards_an_even_split():
+    views = views_from({"nf0": flows(800, 10.0), "nf1": flows(200, 10.0, base=30000)},
+                       {"nf0": 8000, "nf1": 2000}, 64, fixed={"nf0", "nf1"})
+    acts = Planner(POLICY).plan(views, [ev("imbalance", "nf0")], spare=[])
+    assert len(acts) == 1 and acts[0].kind == "move" and acts[0].dst == "nf1"
+    assert 250 <= acts[0].flows <= 350          # towards 500 each, in whole blocks of 64
+
+
+def test_scale_in_empties_the_underloaded_removable_instance_then_removes_it():
+    views = views_from({"nf0": flows(300, 50.0), "nf1": flows(300, 50.0, base=30000)},
+                       {"nf0": 15_000, "nf1": 15_000}, 64, fixed={"nf0"})
+    acts = Planner(POLICY).plan(views, [ev("underload", "nf1"), ev("underload", "nf0")], spare=[])
+    assert [a.kind for a in acts][-1] == "remove" and acts[-1].instance == "nf1"
+    moves = acts[:-1]
+    assert moves and all(a.kind == "move" and a.instance == "nf1" and a.dst == "nf0" for a in moves)
+    assert sum(a.flows for a in moves) == 300
+
+
+def test_scale_in_waits_when_the_rest_cannot_take_the_load():
+    views = views_from({"nf0": flows(100, 800.0), "nf1": flows(100, 300.0, base=30000)},
+                       {"nf0": 80_000, "nf1": 30_000}, 64, fixed={"nf0"})
+    # 110k wants 2 at 90k each: no scale-in; and with a forced underload the rest has no room
+    assert Planner(POLICY).plan(views, [ev("underload", "nf1")], spare=[]) == []
+
+
+def test_a_split_block_keeps_its_instance():
+    views = views_from({"nf0": flows(10, 10.0), "nf1": [(1030, 10.0, 96)]}, {"nf0": 100, "nf1": 10}, 64,
+                       fixed={"nf0"})
+    acts = Planner(POLICY).plan(views, [ev("underload", "nf1")], spare=[])
+    assert acts == []                      # nf1's one flow shares a block with nf0's: not movable
+
+
+def test_cost_model_picks_the_faster_mechanism_from_past_moves():
+    c = CostModel(prior_s=0.2)
+    assert c.estimate("dist", 100) == 0.2
+    c.record("dist", 100, 0.1)
+    assert c.estimate("dist", 5000) == pytest.approx(0.1)
+    c.record("dist", 1100, 0.2)
+    assert c.estimate("dist", 2100) == pytest.approx(0.3)
+    c.record("opennf", 100, 0.5)
+    assert c.choose(["dist", "opennf"], 100)[0] == "dist"
+
+
+@pytest.mark.parametrize("text, field", [
+    ('[planner]\nstrategy = "random"', "strategy"),
+    ('[planner]\nmechanisms = "dist,teleport"', "mechanisms"),
+    ('[planner]\nguarantee = "maybe"', "guarantee"),
+    ('[planner]\nmin_instances = 3\nmax_instances = 2', "min_instances"),
+    ('[planner]\ntarget = 0.95', "target"),
+    ('[planner]\ntarget = 0.2', "target"),
+    ('[planner]\nblock_ports = 0', "block_ports"),
+    ('[planner]\nsurprise = 1', "surprise"),
+])
+def test_bad_planner_sections_are_refused(text, field):
+    with pytest.raises(BadInput, match=field):
+        parse(text)
+
+
+# ---- the loop's pure parts: the inventory's decoding, the scenarios, the timeline ----
+def test_flows_of_reads_source_ports_and_counts_from_chunks():
+    import ctypes as ct
+    from nfx import layout as L
+    from nfx.orchestrate.inventory import flows_of
+    from nfx.state.wire import Chunk
+    keys = (L.FlowKey * 2)()
+    vals = (L.NatEntry * 2)()
+    for i, (sport, pkts) in enumerate(((1024, 7), (0x1234, 9))):
+        keys[i].sport = int.from_bytes(sport.to_bytes(2, "big"), "little")    # network order
+        vals[i].pkts = pkts
+    c = Chunk("nat_fwd", "per-flow", "hash", 2, ct.sizeof(L.FlowKey), ct.sizeof(L.NatEntry), 1, "x",
+              bytes(keys), bytes(vals))
+    other = Chunk("nat_rev", "per-flow", "hash", 2, ct.sizeof(L.FlowKey), ct.sizeof(L.NatEntry), 1, "x",
+                  bytes(keys), bytes(vals))
+    k, sports, pkts = flows_of([c, other], "nat_fwd", L.NatEntry)
+    assert sports.tolist() == [1024, 0x1234] and pkts.tolist() == [7, 9] and len(k) == 2
+    bad = Chunk("nat_fwd", "per-flow", "hash", 1, 8, 8, 1, "x", bytes(8), bytes(8))
+    with pytest.raises(BadInput, match="nat_fwd"):
+        flows_of([bad], "nat_fwd", L.NatEntry)
+
+
+def test_scenario_profiles_and_refusals():
+    from nfx.orchestrate import scenario as S
+    ramp = S.profile("ramp", 50_000, 400_000, step_s=1, hold_s=4, tail_s=6, steps=7)
+    rates = [r for r, _ in ramp]
+    assert rates[0] == 50_000 and max(rates) == 400_000 and rates[-1] == 50_000
+    assert rates == sorted(rates[:rates.index(400_000) + 1]) + sorted(rates[rates.index(400_000) + 1:], reverse=True)
+    assert S.duration(ramp) == 2 + 6 + 4 + 6 + 6
+    assert S.profile("flash", 10, 20, hold_s=2, tail_s=4) == [(10, 2), (20, 2), (10, 4)]
+    for bad in (dict(name="zigzag"), dict(name="ramp", low=0), dict(name="ramp", low=5, peak=4),
+                dict(name="ramp", hold_s=0)):
+        with pytest.raises(BadInput):
+            S.profile(**{"low": 1, "peak": 2, **bad})
+
+
+def test_timeline_counts_time_over_budget_and_actions():
+    from types import SimpleNamespace
+    from nfx.orchestrate.timeline import Timeline
+    tl = Timeline(capacity_pps=100.0, interval_s=0.1)
+    for i, pps in enumerate((50, 150, 160, 90)):
+        tl.sample(SimpleNamespace(got=tl.t0 + i * 0.1, instance="nf0", pps=pps, drops=0, flows=1))
+    tl.action({"kind": "add", "ok": True, "start": 0.1})
+    tl.action({"kind": "move", "ok": True, "start": 0.2})
+    tl.action({"kind": "move", "ok": False, "start": 0.3})
+    tl.in_service(["nf0", "nf1"])
+    s = tl.summary({"sent": 10, "received": 10, "lost": 0, "duplicated": 0, "reordered": 0, "lat_p99_us": 5.0})
+    assert s["seconds_over_budget"] == pytest.approx(0.2)
+    assert (s["scale_outs"], s["moves"], s["failed_actions"], s["instances_peak"]) == (1, 1, 1, 2)
+    assert s["lost"] == 0 and s["latency_us"]["p99"] == 5.0
