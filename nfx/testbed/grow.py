@@ -164,7 +164,7 @@ def _make(rec, p: slots.Plan, kind: str, config, ports, defines, programs: Prelo
                             **({"nat_ports": list(ports)} if ports else {})}
     rec["mgmt"]["agents"][p.name] = p.agent_addr
     rec.register("netns", p.ns)
-    with clock.step("agent"):
+    with clock.step("agent_spawn"):
         agent = agent_procs.Held(rec, p.name)      # its imports beside the build and the program's load
     try:
         _build(rec, p, kind, config, defines, programs, switches, clock, progress, agent)
@@ -234,7 +234,7 @@ def _build(rec, p: slots.Plan, kind: str, config, defines, programs: Preloads, s
             _join_peer(rec, other, p)
 
     progress(f"{p.name}: agent")
-    with clock.step("agent"):
+    with clock.step("agent_ready"):
         agent.go()
     rec["instances"] = len(slots.instances(rec))
     rec.save()

@@ -171,8 +171,8 @@ def test_added_instance_takes_flows_and_gives_them_back(tb):
         p2 = netns.ifindex("p2", f"{name}-{other}")
         assert now["tx"][other] == {**before["tx"][other], 4: p2} and now["peer_cfg"][other][4] == p2
         assert "p2" in now["xdp"][other]
-    assert set(add["timings_ms"]) >= {"netns_links", "switch", "program_load", "attach_pin", "peers", "agent",
-                                      "controller", "registry", "total"}
+    assert set(add["timings_ms"]) >= {"netns_links", "switch", "program_load", "attach_pin", "peers", "agent_spawn",
+                                      "agent_ready", "controller", "registry", "total"}
     assert add["program_load_ms"] > 0
     rec = registry.load(name)
     assert rec["nodes"]["nf0"]["peer_slots"]["nf2"] == 4 and rec["nodes"]["nf2"]["peer_slots"] == {"nf0": 2, "nf1": 3}
