@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import registry
 from ..control import switch_ports
 from ..control.switch import Switch
-from ..errors import BadInput, NfxError, NotFound
+from ..errors import BadInput, NfxError
 from ..loader import attach, netlink, netns
 from ..loader.parallel import Preloads
 from ..loader.precompile import Precompiled

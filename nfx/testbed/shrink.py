@@ -10,10 +10,7 @@ switches' ports (role, program, stub), deletes its namespace (its veths, to the 
 other instances and the management bridge, go with it: the call returns once they are gone)
 and its pins, and takes it off the record. A NAT's slice is kept as retired: it is free for a
 later add once no instance holds a mapping in it (flows moved off it keep their ports)."""
-import contextlib
-import fcntl
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -33,23 +30,13 @@ log = logging.getLogger("nfx.testbed")
 GONE_WAIT_S = 10.0          # a deleted namespace's veths leave the others' namespaces by then
 
 
-@contextlib.contextmanager
 def one_change(name: str):
     """One nfx nf add|remove at a time on a testbed: two would pick the same index, slot and
-    ports. A lock on its pin directory, which lives as long as the testbed (no file to leave)."""
+    ports. A lock on the testbed's pin directory."""
     registry.load(name)                      # NotFound for a testbed that is not there
-    try:
-        fd = os.open(registry.pin_root(name), os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        raise NotFound(f"testbed {name} has no pins (still building, or half taken down)") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BadInput(f"another nfx nf add or remove is running on testbed {name}") from None
-        yield
-    finally:
-        os.close(fd)
+    if not registry.pin_root(name).is_dir():
+        raise NotFound(f"testbed {name} has no pins (still building, or half taken down)")
+    return pin.locked(registry.pin_root(name), BadInput(f"another nfx nf add or remove is running on testbed {name}"))
 
 
 def remove(name: str, instance: str, force: bool = False, progress=None) -> dict:
@@ -64,6 +51,7 @@ def _remove(name: str, instance: str, force: bool, progress) -> dict:
     with clock.step("plan"):
         slots.check_removable(rec, instance)
     node = rec["nodes"][instance]
+    was = node.get("changing")              # "add": an add that died half way, taken out now
     node["changing"] = "remove"
     rec.save()
     try:
@@ -77,6 +65,8 @@ def _remove(name: str, instance: str, force: bool, progress) -> dict:
                                 "or --force (its flows are lost)")
     except BaseException:
         node.pop("changing", None)
+        if was:
+            node["changing"] = was
         rec.save()
         controller.tell_instances(name, quiet=True)
         raise
