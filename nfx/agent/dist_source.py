@@ -64,6 +64,7 @@ class DistSource:
         flt = parse(req.get("filter"))
         scopes = tuple(req.get("scopes") or SCOPES)
         data_delay, data_rate = parse_data_link(req)
+        self.peers()                         # an instance added since this agent started
         slot = self.peer_slots.get(dst)
         if slot is None:
             raise BadInput(f"{self.instance} has no peer link to {dst}: cannot redirect to it")

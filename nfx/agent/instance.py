@@ -1,6 +1,7 @@
-"""The NF instance an agent serves. The testbed's registry is read once, when the agent starts:
-what the agent needs from it (the instance's netns, pins, wiring, release interface and peer
-slots; the management addresses and the token) is fixed when the testbed is built. The pinned
+"""The NF instance an agent serves. The testbed's registry is read when the agent starts: the
+instance's netns, pins, wiring and release interface and the token are fixed when it is built.
+The other instances (their peer slots and management addresses) change when one is added or
+removed (nfx nf add|remove): `peers()` reads the record again when it changed. The pinned
 maps are reopened whenever a hot upgrade re-pins them."""
 import logging
 import os
@@ -22,6 +23,7 @@ class Instance:
     adoptions = 0
 
     def __init__(self, testbed: str, instance: str, port: int | None = None):
+        self._rec_stamp = _stamp(testbed)      # before the read: a change meanwhile is read again
         rec = registry.load(testbed)
         node = rec.get("nodes", {}).get(instance)
         nfs = [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
@@ -47,6 +49,17 @@ class Instance:
         self.started = time.time()
         self.lock = threading.Lock()          # serialises mark/filter writes (gate config)
         self.nf = None
+
+    def peers(self) -> dict:
+        """The testbed's record as it is now (read again only when the file changed): for the
+        other instances' tx slots (self.peer_slots) and addresses."""
+        stamp = _stamp(self.testbed)
+        if stamp is not None and stamp != self._rec_stamp:
+            rec = registry.load(self.testbed)
+            node = rec.get("nodes", {}).get(self.instance)
+            if node is not None:
+                self.rec, self.peer_slots, self._rec_stamp = rec, node.get("peer_slots", {}), stamp
+        return self.rec
 
     def open(self) -> None:
         """Enter the instance's netns for good (threads made later inherit it) and reopen the
@@ -90,3 +103,12 @@ class Instance:
             if self._pins() != self._pinned:
                 log.info("pins under %s changed: re-adopting the instance's maps", self.pin)
                 self._adopt()
+
+
+def _stamp(testbed: str) -> tuple[int, int] | None:
+    """When the testbed's record was last written (a save replaces the file: a new inode)."""
+    try:
+        st = registry.path(testbed).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino

@@ -230,9 +230,10 @@ class StateOps:
             log.warning("settling after a state change failed: %s", e)
 
     def _peer_addr(self, to: str, addr, port) -> tuple[str, int]:
-        """Where instance `to` of this testbed listens, from the registry (as read at start). State
-        goes to the testbed's own instances only: `addr`/`port`, if given, must be that instance's."""
-        rec = self.rec
+        """Where instance `to` of this testbed listens, from the registry (as it is now: instances
+        come and go). State goes to the testbed's own instances only: `addr`/`port`, if given,
+        must be that instance's."""
+        rec = self.peers()
         nodes = rec.get("nodes", {})
         nfs = [n for n, i in nodes.items() if i.get("role") == "nf"]
         if to not in nfs:

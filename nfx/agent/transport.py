@@ -255,6 +255,9 @@ def main(make_agent, argv=None) -> None:
     ap.add_argument("--port", type=int, default=None)
     ap.add_argument("--log", default=None, help="log file (default: stderr)")
     ap.add_argument("--ready-fd", type=int, default=None, help="write 'ready <pid>' here once serving")
+    ap.add_argument("--go-fd", type=int, default=None,
+                    help="wait for 'go' here before reading the registry (started ahead of the instance's build); "
+                         "end at once on anything else")
     a = ap.parse_args(argv)
     fmt = "%(asctime)s %(process)d %(threadName)s %(levelname)s %(message)s"
     if a.log:
@@ -266,6 +269,11 @@ def main(make_agent, argv=None) -> None:
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if a.go_fd is not None:
+        with os.fdopen(a.go_fd, "rb") as go:
+            if go.readline().strip() != b"go":
+                log.info("agent %s/%s not needed after all: ended before it started", a.testbed, a.instance)
+                sys.exit(0)
     try:
         agent = make_agent(a.testbed, a.instance, a.port)
         agent.start()

@@ -8,10 +8,10 @@ from .. import upgrade as up
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 from ..procs import agents
-from ..testbed import builder
+from ..testbed import builder, grow, shrink
 from .common import JsonOpt, NameOpt, emit_json, need_root, out, progress, show
 
-app = typer.Typer(no_args_is_help=True, help="Inspect and maintain NF instances.")
+app = typer.Typer(no_args_is_help=True, help="Inspect, maintain, add and remove NF instances.")
 InstOpt = typer.Option(..., "--instance", "-I", help="NF instance (node name, e.g. nf0).")
 
 
@@ -48,6 +48,52 @@ def list_(name: str = NameOpt, json_: bool = JsonOpt):
 
 def _targets(rec, instance: str | None) -> list[str]:
     return rec.instances() if instance is None else [instance]
+
+
+def _timings(t: dict) -> str:
+    return ", ".join(f"{k} {v:.0f} ms" for k, v in t.items() if k != "total") + f"; total {t['total']:.0f} ms"
+
+
+@app.command()
+def add(name: str = NameOpt,
+        instance: str = typer.Option(None, "--instance", "-I", help="Its name (default: the next free nfN)."),
+        json_: bool = JsonOpt):
+    """Add an NF instance to a running testbed, made like its others: netns, links to the switches
+    and to every other instance, program (the testbed's NF), agent, switch ports. A NAT gets a
+    port slice no instance uses (README, "Instances at runtime"). Moves may name it once this
+    returns; anything that fails is undone."""
+    need_root()
+    r = grow.add(name, instance, progress=None if json_ else progress)
+    if json_:
+        emit_json(r)
+        return
+    out.print(f"{name}/{r['instance']} added ({r['kind']}, like {r['like']}): index {r['index']}, tx slot {r['tx_slot']}, "
+              f"agent pid {r['agent']['pid']} at {r['agent']['addr']}:{r['agent']['port']}"
+              + (f", NAT ports {r['nat_ports'][0]}-{r['nat_ports'][1]}" if r["nat_ports"] else ""))
+    out.print(f"  {_timings(r['timings_ms'])}")
+    if r["program_load_ms"]:
+        out.print(f"  the program's load took {r['program_load_ms']:.0f} ms from the start, beside the other steps; "
+                  "program_load is what was left of it to wait for")
+
+
+@app.command()
+def remove(name: str = NameOpt, instance: str = InstOpt,
+           force: bool = typer.Option(False, "--force", help="Remove it even if it still holds flows or "
+                                      "switch rules send to it (its flows are lost)."),
+           json_: bool = JsonOpt):
+    """Remove an NF instance from a running testbed: its agent, program, switch ports, links,
+    netns and record. Refused while it holds flows, gate marks or filters, or a switch rule sends
+    to it (move its flows away first), unless --force."""
+    need_root()
+    r = shrink.remove(name, instance, force=force, progress=None if json_ else progress)
+    if json_:
+        emit_json(r)
+        return
+    out.print(f"{name}/{instance} removed" + (f" (forced: it held {shrink.describe(r['held'])})" if r["forced"] else ""))
+    out.print(f"  {_timings(r['timings_ms'])}")
+    if r["held"].get("rules"):
+        out.print(f"  [yellow]the switch rules that sent to {instance} send nowhere now[/yellow]: a move of the same "
+                  f"filter to another instance repoints them (nfx move --name {name} --from ANY --to nf0)")
 
 
 @app.command()

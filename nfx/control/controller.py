@@ -6,6 +6,7 @@ it programs the switches (their pinned maps) and talks to the agents on the mana
 It holds OpenNF's packet buffer and reports its peak. `ctrl_delay_ms` emulates a one-way delay
 on every control message (agents and switches); the data plane gets none (the kernel has no
 netem, so the delay lives in the control-channel transport)."""
+import copy
 import hmac
 import json
 import logging
@@ -131,6 +132,12 @@ def _float(body: dict, key: str, default: float = 0.0) -> float:
         raise BadInput(f"{key} must be a number, not {body.get(key)!r}") from None
 
 
+def in_service(rec) -> list[str]:
+    """A record's NF instances, less those being added or removed (nfx nf add|remove mark them
+    "changing" until they are done)."""
+    return [n for n, i in rec["nodes"].items() if i["role"] == "nf" and not i.get("changing")]
+
+
 def log_file(testbed: str):
     return moves_path(testbed)
 
@@ -189,10 +196,33 @@ class Controller:
             raise BadInput("POST /failback needs slot and to")
         return failback.failback(self._fdu(), slot, to, body.get("mechanism", "dist"))
 
+    def instances(self) -> list[str]:
+        """The instances a move may name: the record's, less one being added or removed."""
+        return in_service(self.rec)
+
+    def instances_changed(self, body: dict) -> dict:
+        """POST /instances (nfx nf add|remove): re-read the testbed's record, between moves (one
+        under way ends first). The views the switches' steering and SHarP read are updated in
+        place. Refused while a handover runs through an instance being removed."""
+        if not self.move_lock.acquire(timeout=_float(body, "wait", 30.0)):
+            raise BadInput("a move is in progress: the instances change between moves")
+        try:
+            fresh = registry.load(self.testbed)
+            leaving = [n for n, i in fresh["nodes"].items() if i.get("changing") == "remove"]
+            busy = sorted({n for h in self.handovers.running.values() for n in h["instances"] if n in leaving})
+            for view in (self.rec, self.steer.rec):
+                view.update(copy.deepcopy(fresh))
+            if busy:
+                raise BadInput(f"a handover through {', '.join(busy)} is running")
+        finally:
+            self.move_lock.release()
+        return {"instances": self.instances(), "changing": {n: i["changing"] for n, i in fresh["nodes"].items()
+                                                            if i.get("changing")}}
+
     def status(self) -> dict:
         return {"testbed": self.testbed, "uptime_s": round(time.time() - self.started, 1), "moves": self.moves,
                 "ctrl_delay_ms": self.delay_ms, "ctrl_rate_mbit": self.rate_mbit, "busy": self.move_lock.locked(),
-                "instances": [n for n, i in self.rec["nodes"].items() if i["role"] == "nf"],
+                "instances": self.instances(),
                 "last_move": self.last, "handovers": self.handovers.status(),
                 "failover": self.fdu.status() if self.fdu else None}
 
@@ -214,11 +244,15 @@ class Controller:
     def request(self, rec: dict, body: dict) -> MoveRequest:
         """A POST /move body as a move, checked (the filter parsed here, once)."""
         src, dst = body.get("src"), body.get("dst")
-        nfs = [n for n, i in rec["nodes"].items() if i["role"] == "nf"]
+        nfs = in_service(rec)
         far = 0
         for what, n in (("source", src), ("destination", dst)):
             if isinstance(n, str) and registry.remote_instance(rec, n):
                 far += 1            # a joined testbed's lent instance (nf1@B): checked there
+            elif isinstance(n, str) and (rec["nodes"].get(n) or {}).get("changing"):
+                doing = rec["nodes"][n]["changing"]
+                raise BadInput(f"{what} instance {n} is being {'added' if doing == 'add' else 'removed'} "
+                               f"(nfx nf {doing}): no move names it meanwhile")
             elif n not in nfs:
                 raise BadInput(f"unknown {what} instance {n!r}: instances are {', '.join(nfs)}"
                                + (f", and {rec['join']['peer']}'s lent one as INSTANCE@{rec['join']['peer']}"
@@ -389,7 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self._authorized():
             return
-        if self.path not in ("/move", "/handover", "/stamp", "/failover", "/rejoin", "/failback"):
+        if self.path not in ("/move", "/handover", "/stamp", "/failover", "/rejoin", "/failback", "/instances"):
             return self._refuse(404, f"no such endpoint {self.path}", "NotFound", 3)
         raw = self._body()
         if raw is None:
@@ -403,7 +437,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(400, {"error": f"bad request: {e}", "code": 2})
         try:
             act = {"/handover": self.ctl.handover, "/stamp": self.ctl.stamp, "/failover": self.ctl.failover,
-                   "/rejoin": self.ctl.rejoin, "/failback": self.ctl.failback}.get(self.path, self.ctl.move)
+                   "/rejoin": self.ctl.rejoin, "/failback": self.ctl.failback,
+                   "/instances": self.ctl.instances_changed}.get(self.path, self.ctl.move)
             self._reply(200, act(req))
         except NfxError as e:
             self._reply(400 if isinstance(e, BadInput) else 500,

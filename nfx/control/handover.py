@@ -40,7 +40,7 @@ class Handovers:
         self.done = 0
 
     def request(self, body: dict) -> HandoverRequest:
-        nfs = [n for n, i in self.ctl.rec["nodes"].items() if i["role"] == "nf"]
+        nfs = self.ctl.instances()
         try:
             r = int(body.get("priority", 0))
         except (TypeError, ValueError):

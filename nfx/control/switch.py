@@ -134,6 +134,11 @@ class Switch:
         """A port made after the build (nfx testbed join's tunnel to the joined site's switch of
         the same name): the pinned program on its ingress, and the trunk role. Its removal is the
         interface's (the filter and the role's ifindex go with it: forget_port)."""
+        self.attach_pinned(port)
+        self.set_port_role(port, "trunk")
+
+    def attach_pinned(self, port: str) -> None:
+        """The switch's pinned program on the ingress of a port made after the build."""
         if self.pin_dir is None or not (self.pin_dir / PROG).exists():
             raise NotFound(f"switch {self.name!r} has no pinned program (built by an older nfx)", hint="rebuild the testbed")
         fd = bpfsys.obj_get(str(self.pin_dir / PROG))
@@ -141,7 +146,6 @@ class Switch:
             attach.attach_tc(self.ns, port, _Pinned(fd, "nfx_switch"), "ingress")
         finally:
             os.close(fd)
-        self.set_port_role(port, "trunk")
 
     def forget_port(self, ifindex: int) -> None:
         """A removed port's role (its ifindex could be some later interface's)."""

@@ -7,6 +7,7 @@ load here; a program this process has not compiled (and no child compiles for it
 the caller, because BCC compiles in threads crash."""
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .bpfsys import PROG_TYPES
@@ -28,17 +29,21 @@ class Preloads:
         self.lock = threading.Lock()
         self.futures: list[Future] = [self.pool.submit(self._load) for _ in range(count)]
         self.taken = 0
+        self.load_s: list[float] = []     # each copy's load (its verifier run most of it), as they end
 
     def _load(self):
         img = compiled_image(self.name, self.defines)
         if img is None:
             return None
+        t = time.perf_counter()
         copy = img.load()
         try:
-            return copy, copy.load_func(self.fn_name.encode(), self.prog_type)
+            got = copy, copy.load_func(self.fn_name.encode(), self.prog_type)
         except BaseException:
             copy.cleanup()
             raise
+        self.load_s.append(time.perf_counter() - t)
+        return got
 
     def take(self):
         """The next copy, waiting for it; the verifier's rejection raises here (BpfError)."""

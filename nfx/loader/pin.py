@@ -1,9 +1,12 @@
-"""Pin a BCC object's maps under /sys/fs/bpf/nfx/... and find them again from another process."""
+"""Pin a BCC object's maps under /sys/fs/bpf/nfx/... and find them again from another process;
+lock a pin directory against a second writer."""
+import contextlib
+import fcntl
 import os
 import shutil
 from pathlib import Path
 
-from ..errors import KernelFeature
+from ..errors import KernelFeature, NfxError
 from . import bpfsys
 
 
@@ -55,3 +58,18 @@ def unpin(directory: Path) -> None:
         while p.name and p != Path("/sys/fs/bpf") and p.exists() and not any(p.iterdir()):
             p.rmdir()
             p = p.parent
+
+
+@contextlib.contextmanager
+def locked(directory: Path, busy: NfxError):
+    """Hold an exclusive lock on a pin directory (it lives as long as what it pins: no lock file
+    to leave behind); raise `busy` at once if another process holds it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        yield
+    finally:
+        os.close(fd)

@@ -135,6 +135,30 @@ class NF:
                 self.maps.nfx_tx.put(L.u32(slot), L.u32(idx))
         self.maps.nfx_port_cfg.put(L.u32(0), pc)
 
+    def add_peer(self, slot: int, ifname: str, ns: str) -> None:
+        """A peer link made after the build (nfx nf add): tx slot `slot` sends out `ifname` of
+        netns `ns`. The devmap slot first, then the port config's peer_ifindex, which tells the
+        gate that a frame arriving there was redirected by a peer."""
+        if not 2 <= slot < L.TX_SLOTS:
+            raise BadInput(f"tx slot {slot} is no peer's: peers have slots 2..{L.TX_SLOTS - 1}")
+        with netns.enter(ns):
+            idx = netns.ifindex(ifname)
+            self.maps.nfx_tx.put(L.u32(slot), L.u32(idx))    # resolved in the caller's netns
+        pc = self.maps.nfx_port_cfg.get(L.u32(0))
+        pc.peer_ifindex[slot] = idx
+        self.maps.nfx_port_cfg.put(L.u32(0), pc)
+
+    def drop_peer(self, slot: int) -> None:
+        """Undo add_peer (nfx nf remove): no frame is taken as a peer's there, nothing is sent
+        there. A slot never filled is fine."""
+        if not 2 <= slot < L.TX_SLOTS:
+            raise BadInput(f"tx slot {slot} is no peer's: peers have slots 2..{L.TX_SLOTS - 1}")
+        pc = self.maps.nfx_port_cfg.get(L.u32(0))
+        if pc is not None and pc.peer_ifindex[slot]:
+            pc.peer_ifindex[slot] = 0
+            self.maps.nfx_port_cfg.put(L.u32(0), pc)
+        self.maps.nfx_tx.delete(L.u32(slot))
+
     def configure(self, config) -> None:
         """Subclasses write their config map here."""
 

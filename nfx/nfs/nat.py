@@ -91,8 +91,11 @@ class NAT(NF):
     # a mapping: its nat_fwd and nat_rev entries and its nat_ports entry
     FLOW_BYTES = 2 * (ct.sizeof(L.FlowKey) + ct.sizeof(L.NatEntry)) + ct.sizeof(L.NatPort) + ct.sizeof(L.FlowKey)
 
-    def configure(self, config: NatConfig | None) -> None:
-        self.maps.nat_cfg.put(L.u32(0), (config or NatConfig()).to_struct())
+    def configure(self, config: NatConfig | L.NatCfg | None) -> None:
+        """A NatConfig, or the raw struct of a running instance (nfx nf add copies one's, with
+        another port slice)."""
+        raw = config if isinstance(config, L.NatCfg) else (config or NatConfig()).to_struct()
+        self.maps.nat_cfg.put(L.u32(0), raw)
 
     def config(self) -> L.NatCfg:
         return self.maps.nat_cfg.get(L.u32(0))

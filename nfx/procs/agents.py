@@ -121,19 +121,25 @@ def _nf_names(rec) -> list[str]:
     return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
 
 
-def _check(rec, instance: str) -> dict:
+def _check(rec, instance: str, built: bool = True) -> dict:
     if instance not in _nf_names(rec):
         raise NotFound(f"no NF instance {instance!r} in testbed {rec['name']}",
                        hint=f"instances: {', '.join(_nf_names(rec)) or 'none'}")
     node = rec["nodes"][instance]
-    if "pin" not in node or instance not in (rec.get("mgmt") or {}).get("agents", {}):
+    if ("pin" not in node and built) or instance not in (rec.get("mgmt") or {}).get("agents", {}):
         raise NotFound(f"instance {instance} of {rec['name']} is not built yet (no pins or management address)")
     return node
 
 
-def spawn(rec, instance: str) -> tuple[subprocess.Popen, int]:
-    """Register, then start one agent; returns the process and the read end of its ready pipe."""
-    node = _check(rec, instance)
+def spawn(rec, instance: str, held: bool = False) -> tuple[subprocess.Popen, int]:
+    """Register, then start one agent; returns the process and the read end of its ready pipe.
+    `held` (see Held): the instance need not be built yet."""
+    p, r, _ = _spawn(rec, instance, held)
+    return p, r
+
+
+def _spawn(rec, instance: str, held: bool) -> tuple[subprocess.Popen, int, int | None]:
+    node = _check(rec, instance, built=not held)
     pid = pid_of(rec, instance)
     if pid:
         raise AlreadyExists(f"the agent of {instance} already runs (pid {pid})",
@@ -147,21 +153,50 @@ def spawn(rec, instance: str) -> tuple[subprocess.Popen, int]:
         rec.save()
     log.parent.mkdir(parents=True, exist_ok=True)
     r, w = os.pipe()
+    go_r, go_w = os.pipe() if held else (None, None)
+    hold = ["--go-fd", str(go_r)] if held else []
     try:
         with open(log, "ab") as lf:
             p = subprocess.Popen([sys.executable, "-m", "nfx.agent", "--testbed", rec["name"], "--instance", instance,
-                                  "--log", str(log), "--ready-fd", str(w)],
-                                 stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, pass_fds=(w,),
+                                  "--log", str(log), "--ready-fd", str(w), *hold],
+                                 stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, pass_fds=(w, go_r) if held else (w,),
                                  start_new_session=True, cwd=str(REPO))
     except BaseException:
         os.close(r)
+        if held:
+            os.close(go_w)
         raise
     finally:
         os.close(w)
+        if held:
+            os.close(go_r)
     _children[p.pid] = p
     node["agent"]["pid"] = p.pid
     rec.save()
-    return p, r
+    return p, r, go_w
+
+
+class Held:
+    """An agent started before its instance is built (nfx nf add): the process does its imports
+    (a few hundred ms) while the program loads, then waits; `go()` once the instance's pins are
+    on the record lets it read the record, open them and serve, and waits until it does.
+    Dropped without go (close(), or the process that holds it ending), it exits at once."""
+
+    def __init__(self, rec, instance: str):
+        self.rec, self.instance = rec, instance
+        self.p, self._ready, self._go = _spawn(rec, instance, held=True)
+
+    def go(self, timeout: float = 30.0) -> dict:
+        try:
+            os.write(self._go, b"go\n")
+        finally:
+            self.close()
+        return wait_ready(self.rec, self.instance, self.p, self._ready, timeout)
+
+    def close(self) -> None:
+        if self._go is not None:
+            os.close(self._go)
+            self._go = None
 
 
 def _tail(path: str, lines: int = 6) -> str:

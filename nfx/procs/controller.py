@@ -1,5 +1,6 @@
 """Start, find and stop a testbed's controller process (registered in the testbed's registry)."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -95,3 +96,20 @@ def call(name: str, method: str, path: str, body: dict | None = None, timeout: f
                      "hint": obj.get("hint")})
     except (urllib.error.URLError, TimeoutError) as e:
         raise Timeout(f"the controller of {name} did not answer: {e}") from None
+
+
+def tell_instances(name: str, quiet: bool = False) -> bool:
+    """The testbed's instances changed (nfx nf add|remove): its controller re-reads them (POST
+    /instances). False when none runs (one that starts later reads them then). `quiet`: on the
+    way out of a failure, the controller's own error is only logged."""
+    try:
+        call(name, "POST", "/instances", {})
+    except NotFound:
+        return False
+    except NfxError as e:
+        if not quiet:
+            raise
+        logging.getLogger("nfx.controller").warning("the controller of %s did not take the change of instances: %s",
+                                                    name, e)
+        return False
+    return True

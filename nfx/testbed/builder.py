@@ -23,6 +23,7 @@ from ..nfs.ids import IdsConfig
 from ..nfs.nat import NatConfig, parse_pool
 from ..procs import agents as agent_procs, controller
 from . import join
+from .slots import agent_addr, mgmt_mac, peer_slot
 from .topology import Topology
 
 log = logging.getLogger("nfx.testbed")
@@ -193,11 +194,6 @@ def _stamp_room(nl_a, if_a: str, nl_b, if_b: str) -> None:
     nl_b.mtu(if_b, STAMP_MTU)
 
 
-def peer_slot(index: int) -> int:
-    """tx devmap slot of instance `index` in every other instance (slots 0 and 1 are the sides)."""
-    return 2 + index
-
-
 def _move_links(rec, topo: Topology, nls: netlink.Sockets) -> dict[str, dict[int, str]]:
     """A veth between every two instances (redirects travel over the data plane) and, inside
     each instance, a spare veth the release path's live test runs name as their ingress."""
@@ -329,9 +325,10 @@ def _mgmt(rec, topo: Topology, nls: netlink.Sockets) -> None:
         nfl = nls[ns_name(tb, nf)]
         nfl.veth("mg", nf, mgl, up=False)
         mgl.master(nf, "br0")
-        nfl.addr("mg", f"{hosts[10 + i]}/{net.prefixlen}")
+        mg["agents"][nf] = agent_addr(str(net), i)
+        nfl.set_mac("mg", mgmt_mac(mg["agents"][nf]))
+        nfl.addr("mg", f"{mg['agents'][nf]}/{net.prefixlen}")
         nfl.up("mg")
-        mg["agents"][nf] = str(hosts[10 + i])
     rec["mgmt"] = mg
     rec.save()
 

@@ -5,7 +5,6 @@ every interface, merge what the old program changed since (pass 2), re-pin, reco
 registry. Kernel calls go through nfx.loader."""
 import contextlib
 import ctypes as ct
-import fcntl
 import hashlib
 import json
 import logging
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput, BpfError, NfxError, NotFound
-from ..loader import attach, bpfsys, netns
+from ..loader import attach, bpfsys, netns, pin
 from ..loader import swap as live
 from ..loader.compile import compile_source, expand_includes, load
 from ..loader.pin import map_names
@@ -32,17 +31,8 @@ log = logging.getLogger("nfx.upgrade")
 _DEFINE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-@contextlib.contextmanager
 def locked(pin_dir: Path, instance: str):
-    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise NfxError(f"another upgrade of {instance} is running") from None
-        yield
-    finally:
-        os.close(fd)
+    return pin.locked(pin_dir, NfxError(f"another upgrade of {instance} is running"))
 
 
 def _source_hash(text: str, defines: dict) -> str:
