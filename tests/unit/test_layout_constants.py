@@ -8,8 +8,10 @@ from nfx import layout as L
 from nfx.paths import BPF_INCLUDE
 
 HEADER_OF = {mod: header for header, mod in L.MODULES.items()}
+# helpers, no layouts of their own (nfx_clock.h's per-CPU tick cache is the program's own: no
+# Python reads it, no state carries it, an upgrade starts it afresh)
 CODE_HEADERS = {"nfx_bpf.h", "nfx_nf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h", "nfx_release.h",
-                "nfx_stamp.h", "nfx_sw_stamp.h"}   # helpers, no layouts of their own
+                "nfx_stamp.h", "nfx_sw_stamp.h", "nfx_clock.h"}
 
 
 def text(header: str) -> str:

@@ -30,7 +30,8 @@ def edit(bpf, header):
 
 def test_includes_follow_headers_transitively():
     assert set(L.hashing.includes("nat")) == {"nfx_nf.h", "nfx_bpf.h", "nfx_st_write.h", "nfx_dup.h", "nfx_hold.h", "nfx_release.h", "nfx_flow.h", "nfx_gate.h",
-                                              "nfx_move.h", "nfx_hsl.h", "nfx_statelet.h", "nfx_nat.h", "nfx_stamp.h"}
+                                              "nfx_move.h", "nfx_hsl.h", "nfx_statelet.h", "nfx_nat.h", "nfx_stamp.h",
+                                              "nfx_clock.h"}
     assert set(L.hashing.includes("sink")) == {"nfx_bpf.h", "nfx_flow.h", "nfx_bench.h"}
     assert set(L.hashing.includes("switch")) == {"nfx_bpf.h", "nfx_flow.h", "nfx_move.h", "nfx_switch.h",
                                                  "nfx_hsl.h", "nfx_sw_stamp.h"}
