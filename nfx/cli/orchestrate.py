@@ -120,7 +120,10 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
                                      "runs against whatever traffic there is, for --duration."),
         duration: float = typer.Option(None, "--duration", "-d", help="Without --scenario: seconds to run "
                                        "(default: until Ctrl-C)."),
-        flows: int = typer.Option(4096, "--flows", help="Scenario: UDP flows (source ports 1024 on)."),
+        flows: int = typer.Option(2048, "--flows", help="Scenario: UDP flows."),
+        flows_per_addr: int = typer.Option(16, "--flows-per-addr", help="Scenario: flows from each source "
+                                           "address (consecutive addresses from the sending host's): the loop "
+                                           "moves flows by source prefix."),
         low: float = typer.Option(50_000, "--low", help="Scenario: the low rate, pps."),
         peak: float = typer.Option(400_000, "--peak", help="Scenario: the peak rate, pps."),
         step_s: float = typer.Option(1.0, "--step-s", help="Ramp: seconds per step."),
@@ -144,8 +147,8 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
         S.profile(scenario, low, peak, step_s, hold_s, tail_s)      # refused before anything runs
         if duration is not None:
             raise BadInput("--duration is for a run without --scenario (a scenario's length is its profile's)")
-        if flows < 1:
-            raise BadInput(f"--flows must be at least 1, not {flows}")
+        if flows < 1 or flows_per_addr < 1:
+            raise BadInput(f"--flows and --flows-per-addr must be at least 1, not {flows} and {flows_per_addr}")
     elif duration is not None and duration <= 0:
         raise BadInput(f"--duration must be > 0, not {duration:g}")
     need_root()
@@ -155,7 +158,7 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
     term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if scenario is not None:
-            tl = session.run(name, p, scenario, flows, low, peak, step_s, hold_s, tail_s,
+            tl = session.run(name, p, scenario, flows, flows_per_addr, low, peak, step_s, hold_s, tail_s,
                              run_stats=run_stats, on_line=say)
         else:
             try:

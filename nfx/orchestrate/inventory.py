@@ -19,9 +19,9 @@ FLOW_TABLES = {"nat": ("nat_fwd", L.NatEntry, NAT.FLOW_BYTES), "ids": ("ids_flow
 
 
 def flows_of(chunks, table: str, value_layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keys as bytes, source ports in host order, packet counts) of `table`'s entries."""
+    """(keys as bytes, source addresses as host-order ints, packet counts) of `table`'s entries."""
     kdt, vdt = np.dtype(L.FlowKey), np.dtype(value_layout)
-    keys, sports, pkts = [], [], []
+    keys, addrs, pkts = [], [], []
     for c in chunks:
         if c.table != table or not c.count:
             continue
@@ -31,11 +31,11 @@ def flows_of(chunks, table: str, value_layout) -> tuple[np.ndarray, np.ndarray, 
         k = np.frombuffer(c.keys, kdt, c.count)
         v = np.frombuffer(c.values, vdt, c.count)
         keys.append(np.frombuffer(c.keys, f"V{kdt.itemsize}", c.count))
-        sports.append(k["sport"].astype(np.uint16).byteswap())     # network order in the key
+        addrs.append(k["saddr"].astype(np.uint32).byteswap())      # network order in the key
         pkts.append(v["pkts"].astype(np.uint64))
     if not keys:
-        return np.zeros(0, "V16"), np.zeros(0, np.uint16), np.zeros(0, np.uint64)
-    return np.concatenate(keys), np.concatenate(sports), np.concatenate(pkts)
+        return np.zeros(0, "V16"), np.zeros(0, np.uint32), np.zeros(0, np.uint64)
+    return np.concatenate(keys), np.concatenate(addrs), np.concatenate(pkts)
 
 
 class Inventory:
@@ -65,13 +65,13 @@ class Inventory:
             self.forget(n)
 
     def read(self, instances: list[str], pps: dict[str, float]) -> dict[str, list[tuple[int, float, int]]]:
-        """{instance: [(source port, pps, state bytes), ...]} as views_from takes it."""
+        """{instance: [(source address, pps, state bytes), ...]} as views_from takes it."""
         t0 = time.monotonic()
         dt = t0 - self.prev_t if self.prev_t is not None else None
         now: dict[bytes, int] = {}
         out = {}
         for inst in instances:
-            keys, sports, pkts = flows_of(self._client(inst).get(scopes=["per-flow"]), self.table, self.layout)
+            keys, addrs, pkts = flows_of(self._client(inst).get(scopes=["per-flow"]), self.table, self.layout)
             rates = np.zeros(len(keys))
             known = np.zeros(len(keys), bool)
             for i, (k, n) in enumerate(zip(keys.tolist(), pkts.tolist())):
@@ -87,7 +87,7 @@ class Inventory:
                 rates[~known] = rest * new_pkts / new_pkts.sum()
             elif (~known).any():
                 rates[~known] = rest / int((~known).sum())
-            out[inst] = [(int(s), float(r), self.flow_bytes) for s, r in zip(sports.tolist(), rates.tolist())]
+            out[inst] = [(int(a), float(r), self.flow_bytes) for a, r in zip(addrs.tolist(), rates.tolist())]
         self.prev, self.prev_t = now, t0
         self.read_s = time.monotonic() - t0
         return out

@@ -237,6 +237,8 @@ class Monitor:
                 self.history[instance].append(s)
                 self._put(s)
         except NfxError as e:
+            if mine.is_set():
+                return                          # dropped: its end is not a loss
             self.errors[instance] = str(e)
             self._put(Lost(instance, str(e), time.time()))
         except Exception as e:                  # a bug here must not pass for a quiet instance

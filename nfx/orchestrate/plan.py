@@ -1,12 +1,14 @@
-"""The planner: from each instance's load and the flows it holds (in blocks of source ports),
-the actions that bring every instance to the policy's target load: add instances, move runs of
-blocks from one instance to another, take an instance out. Pure: give it views, read actions.
+"""The planner: from each instance's load and the flows it holds (in blocks of source
+addresses), the actions that bring every instance to the policy's target load: add instances,
+move a prefix of blocks from one instance to another, take an instance out. Pure: give it views,
+read actions.
 
-A block is the source ports [k * B, (k + 1) * B) (B: the policy's block_ports) across every
-address and protocol. The loop keeps each block's flows at one instance, so a move's filter
-(`sport=LO-HI`) names exactly the flows it carries, and a run of consecutive blocks that one
-instance holds moves as one filter, in one move. A block whose flows sit at two instances
-(placed that way before the loop began) is never moved, and never inside a run.
+A block is 2^b consecutive source addresses, aligned (b: the policy's block_bits; 0, one
+inside host), every port and protocol of them. The loop keeps each block's flows at one
+instance, so a move's filter (`src=A/P`, the one kind of range the gate's filters take) names
+exactly the flows it carries; an aligned power-of-two window of blocks one instance holds
+moves as one prefix, in one move. A block whose flows sit at two instances (placed that way
+before the loop began) is never moved, nor any prefix over it.
 
 How much a move carries: the most loaded instance sheds towards the mean, the least loaded
 takes up to the mean, and neither goes past the target. Which run: `heaviest` takes the pps
@@ -14,6 +16,7 @@ in the fewest flows; `least-state` the fewest state bytes per pps; `least-bytes`
 state bytes in all. Which mechanism: the one of the policy's whose past moves (CostModel) say
 it moves that many flows fastest."""
 import dataclasses
+import ipaddress
 import math
 from dataclasses import dataclass, field
 
@@ -23,7 +26,7 @@ from .policy import Policy
 
 @dataclass(frozen=True)
 class Block:
-    index: int                 # source ports index * B .. (index + 1) * B - 1
+    index: int                 # source addresses index * 2^b .. (index + 1) * 2^b - 1 (host order)
     flows: int
     pps: float
     state_bytes: int
@@ -46,7 +49,7 @@ class Action:
     instance: str              # add, remove: the instance; move: the source
     dst: str | None = None
     filter: str | None = None
-    blocks: tuple[int, int] | None = None   # first and last block index of a move's run
+    blocks: tuple[int, int] | None = None   # first and last block index of a move's prefix
     flows: int = 0
     pps: float = 0.0
     state_bytes: int = 0
@@ -90,21 +93,21 @@ class CostModel:
         return min(((m, self.estimate(m, flows)) for m in mechanisms), key=lambda x: x[1])
 
 
-def views_from(flows: dict[str, list[tuple[int, float, int]]], pps: dict[str, float], block_ports: int,
+def views_from(flows: dict[str, list[tuple[int, float, int]]], pps: dict[str, float], block_bits: int,
                fixed: set[str] = frozenset()) -> dict[str, InstanceView]:
-    """Each instance's view from the flows it holds, (source port, pps, state bytes) each, and
-    its measured pps. A block whose flows sit at two instances is split: in neither's blocks.
-    `fixed`: the instances the loop may not take out."""
+    """Each instance's view from the flows it holds, (source address as an int, pps, state
+    bytes) each, and its measured pps. A block whose flows sit at two instances is split: in
+    neither's blocks. `fixed`: the instances the loop may not take out."""
     owners: dict[int, set[str]] = {}
     for name, fl in flows.items():
-        for sport, _, _ in fl:
-            owners.setdefault(sport // block_ports, set()).add(name)
+        for addr, _, _ in fl:
+            owners.setdefault(addr >> block_bits, set()).add(name)
     views = {}
     for name in set(flows) | set(pps):
         acc: dict[int, list] = {}
         fl = flows.get(name, [])
-        for sport, f_pps, sb in fl:
-            a = acc.setdefault(sport // block_ports, [0, 0.0, 0])
+        for addr, f_pps, sb in fl:
+            a = acc.setdefault(addr >> block_bits, [0, 0.0, 0])
             a[0] += 1
             a[1] += f_pps
             a[2] += sb
@@ -112,6 +115,14 @@ def views_from(flows: dict[str, list[tuple[int, float, int]]], pps: dict[str, fl
         views[name] = InstanceView(name, pps.get(name, sum(f[1] for f in fl)), len(fl),
                                    sum(f[2] for f in fl), blocks, name not in fixed)
     return views
+
+
+def prefix_filter(first: int, blocks: int, block_bits: int) -> str:
+    """The filter of `blocks` blocks (a power of two, `first` a multiple of it): src=A/P."""
+    bits = block_bits + blocks.bit_length() - 1
+    if blocks & (blocks - 1) or first % blocks:
+        raise ValueError(f"blocks {first}+{blocks} are no prefix")
+    return f"src={ipaddress.IPv4Address(first << block_bits)}/{32 - bits}"
 
 
 def runs_of(view: InstanceView) -> list[list[Block]]:
@@ -141,27 +152,33 @@ def _score(strategy: str, run: list[Block]) -> tuple:
     return (sb, flows)                   # least-bytes
 
 
+def prefixes(run: list[Block]):
+    """Every window of `run` that one prefix names: 2^j blocks whose first index is a multiple of 2^j."""
+    if not run:
+        return
+    lo, hi = run[0].index, run[-1].index
+    size = 1
+    while size <= len(run):
+        start = (lo + size - 1) // size * size
+        while start + size - 1 <= hi:
+            yield run[start - lo:start - lo + size]
+            start += size
+        size *= 2
+
+
 def choose_run(runs: list[list[Block]], amount: float, room: float, strategy: str) -> list[Block] | None:
-    """The run of consecutive blocks (a window of one of `runs`) that carries at least `amount`
-    pps and at most `room`, best by `strategy`; failing that, the one closest below `amount`."""
+    """The prefix of blocks (within one of `runs`) that carries about `amount` pps and at most
+    `room`: the closest to it (to a tenth of it), and among those the best by `strategy`."""
     best, best_key = None, None
-    under, under_pps = None, 0.0
     for run in runs:
-        for i in range(len(run)):
-            pps = 0.0
-            for j in range(i, len(run)):
-                pps += run[j].pps
-                win = run[i:j + 1]
-                if pps > room:
-                    break
-                if pps >= amount:
-                    key = _score(strategy, win)
-                    if best_key is None or key < best_key:
-                        best, best_key = win, key
-                    break                # longer windows only carry more
-                if pps > under_pps:
-                    under, under_pps = win, pps
-    return best or under
+        for win in prefixes(run):
+            pps = sum(b.pps for b in win)
+            if pps > room or pps <= 0:
+                continue
+            key = (round(abs(pps - amount) / max(amount, 1e-9), 1), _score(strategy, win))
+            if best_key is None or key < best_key:
+                best, best_key = win, key
+    return best
 
 
 class Planner:
@@ -201,11 +218,11 @@ class Planner:
         return actions
 
     def _move(self, src: InstanceView, dst: InstanceView, run: list[Block], reason: str) -> Action:
-        pl, B = self.policy.planner, self.policy.planner.block_ports
+        pl = self.policy.planner
         lo, hi = run[0].index, run[-1].index
         flows = sum(b.flows for b in run)
         mech, est = self.cost.choose(pl.mechanism_list, flows)
-        a = Action("move", reason, src.name, dst.name, f"sport={lo * B}-{min(65535, (hi + 1) * B - 1)}",
+        a = Action("move", reason, src.name, dst.name, prefix_filter(lo, len(run), pl.block_bits),
                    (lo, hi), flows, sum(b.pps for b in run), sum(b.state_bytes for b in run),
                    mech, pl.guarantee, pl.opts or None, est)
         for b in run:                    # what the views look like after it
@@ -282,18 +299,17 @@ class Planner:
         if not rest:
             return []
         moves = []
-        for run in runs_of(victim):
-            while run:
-                dst = min(rest, key=lambda v: v.pps)
-                room = self.target_pps - dst.pps
-                part = choose_run([run], sum(b.pps for b in run), room, self.policy.planner.strategy)
-                if not part or sum(b.pps for b in part) > room:
-                    return []            # the others cannot take it all: not now
-                moves.append(self._move(victim, dst, part,
-                                        f"{want} instances carry {sum(v.pps for v in views.values()):,.0f} pps; "
-                                        f"{victim.name} is underloaded: its flows go to {dst.name}"))
-                taken = {b.index for b in part}
-                run = [b for b in run if b.index not in taken]
+        while victim.blocks and len(moves) <= 4 * len(views) + 64:
+            dst = min(rest, key=lambda v: v.pps)
+            room = self.target_pps - dst.pps
+            runs = runs_of(victim)
+            # the largest prefix that fits dst's room (all of it, if it fits)
+            part = choose_run(runs, sum(b.pps for r in runs for b in r), room, self.policy.planner.strategy)
+            if not part or sum(b.pps for b in part) > room:
+                return []                # the others cannot take it all: not now
+            moves.append(self._move(victim, dst, part,
+                                    f"{want} instances carry {sum(v.pps for v in views.values()):,.0f} pps; "
+                                    f"{victim.name} is underloaded: its flows go to {dst.name}"))
         if victim.flows > 0:
             return []                    # flows no run carries (a split block's) keep it
         return moves + [Action("remove", f"{victim.name} is empty after its flows moved", victim.name)]

@@ -23,7 +23,7 @@ anything runs.
     target = 0.6               # the load (fraction of capacity) a plan aims each instance at
     min_instances = 1
     max_instances = 4
-    block_ports = 64           # flows move in runs of source-port blocks of this many ports
+    block_bits = 0             # flows move by source address, in aligned blocks of 2^block_bits addresses
     mechanisms = "dist"        # comma-separated; each move takes the one past moves say is fastest
     guarantee = "op"           # ng | lf | op
     opts = ""                  # the move's optimisations (nfx move --opt)
@@ -76,7 +76,7 @@ class Planner:
     target: float = 0.6
     min_instances: int = 1
     max_instances: int = 4
-    block_ports: int = 64
+    block_bits: int = 0
     mechanisms: str = "dist"
     guarantee: str = "op"
     opts: str = ""
@@ -126,7 +126,7 @@ RANGES = {
     ("planner", "target"): (0, 1, False, False),
     ("planner", "min_instances"): (1, 64, True, True),
     ("planner", "max_instances"): (1, 64, True, True),
-    ("planner", "block_ports"): (1, 32768, True, True),
+    ("planner", "block_bits"): (0, 16, True, True),
     ("planner", "interval_ms"): (50, 600_000, True, True),
     ("planner", "cooldown_ms"): (0, 600_000, True, True),
     ("planner", "retry_ms"): (0, 600_000, True, True),

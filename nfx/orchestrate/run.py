@@ -96,7 +96,7 @@ class Loop:
         except NfxError as e:
             self.timeline.note("inventory-failed", error=str(e))
             return
-        views = views_from(flows, pps, self.policy.planner.block_ports, self.fixed)
+        views = views_from(flows, pps, self.policy.planner.block_bits, self.fixed)
         rec = registry.load(self.testbed)
         spare = spare_names(rec)
         actions = self.planner.plan(views, an.active(), spare, busy=acts.busy())
@@ -110,6 +110,8 @@ class Loop:
 
     # ---- instances coming and going ----
     def _added(self, mon: Monitor, an: Analyser, name: str) -> None:
+        self.lost.pop(name, None)                # a name used again: a new instance
+        self.recovered.pop(name, None)
         mon.add(name)
         an.watch(name)
         self.timeline.in_service(list(mon.instances))
@@ -126,8 +128,8 @@ class Loop:
         self.on_line(f"removed {name}")
 
     def _lost(self, mon: Monitor, an: Analyser, item: Lost) -> None:
-        if item.instance in self.lost:
-            return
+        if item.instance in self.lost or item.instance not in mon.instances:
+            return                               # known, or one the loop itself took out
         self.lost[item.instance] = item.error
         mon.drop(item.instance)
         for ev in an.forget(item.instance, time.time()):

@@ -11,7 +11,8 @@ from .policy import Policy
 from .run import Loop
 
 
-def run(testbed: str, policy: Policy, name: str, flows: int = 4096, low: float = 50_000, peak: float = 400_000,
+def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_addr: int = 16,
+        low: float = 50_000, peak: float = 400_000,
         step_s: float = 1.0, hold_s: float = 4.0, tail_s: float = 6.0, after_s: float = 3.0,
         run_stats: bool = False, on_line=None) -> dict:
     """The timeline (Timeline.as_dict with the traffic's figures and the profile)."""
@@ -27,7 +28,8 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 4096, low: float =
         except BaseException as e:            # noqa: BLE001 -- re-raised below, in the caller
             box["error"] = e
 
-    with rig(testbed, flows) as (gen, sink):
+    # flows from consecutive inside addresses, flows_per_addr each: the loop moves them by prefix
+    with rig(testbed, flows, flows_per_addr=flows_per_addr) as (gen, sink):
         t = threading.Thread(target=loop_thread, name="orchestrate-loop", daemon=True)
         t.start()
         try:
@@ -46,6 +48,7 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 4096, low: float =
     if "error" in box:
         raise box["error"]
     tl = loop.timeline.as_dict(traffic)
-    tl["scenario"] = {"name": name, "profile": prof, "flows": flows, "low": low, "peak": peak}
+    tl["scenario"] = {"name": name, "profile": prof, "flows": flows, "flows_per_addr": flows_per_addr,
+                      "low": low, "peak": peak}
     tl["summary"]["scenario"] = name
     return tl

@@ -53,25 +53,31 @@ def test_thousands_of_points_then_a_restart(tb):
         # 1200 points, a prio each: past the band's floor (PRIO_TOP - PRIO_MIN) twice, so renumbered twice
         for i in range(1200):
             s.point(ALL if i % 2 else UDP, ["nf1"] if i % 3 else ["nf0"])
-        s.point(ALL, ["nf0"])
-        s.point(UDP, ["nf1"])                    # newest: UDP goes to nf1
+        s.point(ALL, ["nf1"])
+        s.point(UDP, ["nf0"])                    # newest: UDP goes to nf0
         for prios in band(s).values():
             assert len(prios) == 2 and all(PRIO_MIN <= p <= PRIO_TOP for p in prios)
         send_udp(tb, 4242)
-        assert handled_by(name, 4242) == ["nf1"]
-        s.point(ALL, ["nf0"])                    # now "all" is newer and covers UDP too
+        assert handled_by(name, 4242) == ["nf0"]
+        s.point(ALL, ["nf1"])                    # now "all" is newer and covers UDP too: UDP's rule goes
+        assert [len(p) for p in band(s).values()] == [1, 1]
         send_udp(tb, 4243)
-        assert handled_by(name, 4243) == ["nf0"]
+        assert handled_by(name, 4243) == ["nf1"]
     finally:
         s.close()
     # a new controller finds those rules, puts its own above them and replaces same-match ones
     s2 = Steering(name)
     try:
-        s2.point(UDP, ["nf1"])
+        s2.point(UDP, ["nf0"])
         for prios in band(s2).values():
             assert len(prios) == 2
         send_udp(tb, 4244)
-        assert handled_by(name, 4244) == ["nf1"]
+        assert handled_by(name, 4244) == ["nf0"]
+        # a rule that sends where the rule under it would goes: UDP to nf1, under "all" to nf1
+        s2.point(UDP, ["nf1"])
+        assert [len(p) for p in band(s2).values()] == [1, 1]
+        send_udp(tb, 4245)
+        assert handled_by(name, 4245) == ["nf1"]
         s2.point(ALL, ["nf0"])
         s2.forget(ALL)
         s2.point(UDP, ["nf0"])

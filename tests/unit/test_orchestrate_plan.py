@@ -1,12 +1,14 @@
 """The planner on made-up views: how many instances, which runs of blocks go where, scale-in,
 imbalance, the cost model, and what it must never do (split blocks, busy instances, past the
 target)."""
+import ipaddress
+
 import pytest
 
 from nfx.errors import BadInput
 from nfx.orchestrate.analyse import Event
-from nfx.orchestrate.plan import (Block, CostModel, InstanceView, Planner, choose_run, runs_of,
-                                  views_from)
+from nfx.orchestrate.plan import (Block, CostModel, InstanceView, Planner, choose_run, prefix_filter,
+                                  prefixes, runs_of, views_from)
 from nfx.orchestrate.policy import parse
 
 POLICY = parse("""
@@ -15,25 +17,27 @@ capacity_pps = 150000
 [planner]
 target = 0.6
 max_instances = 4
-block_ports = 64
+block_bits = 2
 """)
+A = 0x0A000100          # 10.0.1.0: block_bits 2 makes blocks of 4 addresses
 
 
 def ev(kind, inst, active=True):
     return Event(kind, inst, 0.0, 0.0, 0.0, since=0.0, raised_at=0.0, cleared_at=None if active else 1.0)
 
 
-def flows(n, pps_each, base=1024, state=96):
-    return [(base + i, pps_each, state) for i in range(n)]
+def flows(n, pps_each, base=A, state=96, per_addr=4):
+    """n flows from consecutive addresses, per_addr flows each"""
+    return [(base + i // per_addr, pps_each, state) for i in range(n)]
 
 
 def test_views_group_flows_into_blocks_and_leave_split_blocks_out():
-    v = views_from({"nf0": [(1024, 10.0, 96), (1030, 5.0, 96), (1100, 1.0, 96)],
-                    "nf1": [(1090, 2.0, 96), (2000, 3.0, 96)]}, {"nf0": 20.0}, 64, fixed={"nf0"})
-    # block 16 (1024-1087) is nf0's alone; block 17 (1088-1151) has flows at both: split
-    assert set(v["nf0"].blocks) == {16}
-    assert v["nf0"].blocks[16] == Block(16, 2, 15.0, 192)
-    assert set(v["nf1"].blocks) == {31}
+    v = views_from({"nf0": [(A, 10.0, 96), (A + 3, 5.0, 96), (A + 5, 1.0, 96)],
+                    "nf1": [(A + 6, 2.0, 96), (A + 20, 3.0, 96)]}, {"nf0": 20.0}, 2, fixed={"nf0"})
+    # block A/4 (.0-.3) is nf0's alone; the next (.4-.7) has flows at both: split
+    assert set(v["nf0"].blocks) == {A >> 2}
+    assert v["nf0"].blocks[A >> 2] == Block(A >> 2, 2, 15.0, 192)
+    assert set(v["nf1"].blocks) == {(A + 20) >> 2}
     assert v["nf0"].pps == 20.0 and v["nf1"].pps == 5.0      # measured where given, else summed
     assert v["nf0"].flows == 3 and not v["nf0"].removable and v["nf1"].removable
 
@@ -43,14 +47,24 @@ def test_runs_stop_at_a_gap():
     assert [[b.index for b in r] for r in runs_of(v)] == [[1, 2, 3], [7, 8]]
 
 
+def test_windows_are_prefixes():
+    run = [Block(i, 1, 1.0, 1) for i in range(3, 9)]          # 3..8
+    wins = [(w[0].index, len(w)) for w in prefixes(run)]
+    assert wins == [(i, 1) for i in range(3, 9)] + [(4, 2), (6, 2), (4, 4)]
+    assert prefix_filter(A >> 2, 1, 2) == "src=10.0.1.0/30"
+    assert prefix_filter(A >> 2, 4, 2) == "src=10.0.1.0/28"
+    with pytest.raises(ValueError):
+        prefix_filter((A >> 2) + 1, 2, 2)
+
+
 def test_choose_run_meets_the_amount_within_room_by_strategy():
     light = [Block(i, 10, 10.0, 1000) for i in range(4)]
-    heavy = [Block(10 + i, 1, 10.0, 100) for i in range(4)]
+    heavy = [Block(8 + i, 1, 10.0, 100) for i in range(4)]
     # heaviest: the same pps in the fewest flows
     r = choose_run([light, heavy], 20.0, 100.0, "heaviest")
-    assert [b.index for b in r] == [10, 11]
+    assert [b.index for b in r] == [8, 9]
     r = choose_run([light, heavy], 20.0, 100.0, "least-bytes")
-    assert [b.index for b in r] == [10, 11]
+    assert [b.index for b in r] == [8, 9]
     # nothing fits the room: the best below the amount
     r = choose_run([[Block(0, 1, 50.0, 1)]], 20.0, 30.0, "heaviest")
     assert r is None
@@ -59,7 +73,7 @@ def test_choose_run_meets_the_amount_within_room_by_strategy():
 
 
 def test_ramp_peak_on_one_instance_adds_up_to_the_maximum_and_spreads_the_load():
-    views = views_from({"nf0": flows(4096, 400_000 / 4096)}, {"nf0": 400_000}, 64, fixed={"nf0"})
+    views = views_from({"nf0": flows(4096, 400_000 / 4096, per_addr=8)}, {"nf0": 400_000}, 2, fixed={"nf0"})
     acts = Planner(POLICY).plan(views, [ev("overload", "nf0")], spare=["nf1", "nf2", "nf3", "nf4"])
     adds = [a for a in acts if a.kind == "add"]
     # 400k at 90k a target wants 5; the policy allows 4
@@ -70,24 +84,24 @@ def test_ramp_peak_on_one_instance_adds_up_to_the_maximum_and_spreads_the_load()
     for m in moves:
         load[m.instance] -= m.pps
         load[m.dst] += m.pps
-        lo, hi = m.filter.removeprefix("sport=").split("-")
-        assert int(lo) % 64 == 0 and (int(hi) + 1) % 64 == 0
+        net = ipaddress.IPv4Network(m.filter.removeprefix("src="))      # a prefix, aligned
+        assert net.prefixlen <= 30
         assert m.mechanism == "dist" and m.guarantee == "op" and m.est_s is not None
-    # every instance ends near the mean (within a block's pps)
-    assert max(load.values()) - min(load.values()) <= 2 * 64 * 400_000 / 4096 + 1, load
+    # every instance ends near the mean (prefixes come in powers of two: within a few blocks' pps)
+    assert max(load.values()) - min(load.values()) <= 0.1 * 400_000, load
     # runs carried never overlap
     spans = sorted(m.blocks for m in moves)
     assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
 
 
 def test_nothing_to_do_below_the_target():
-    views = views_from({"nf0": flows(100, 300.0), "nf1": flows(100, 300.0, base=20000)},
-                       {"nf0": 30_000, "nf1": 30_000}, 64, fixed={"nf0", "nf1"})
+    views = views_from({"nf0": flows(100, 300.0), "nf1": flows(100, 300.0, base=A + 64)},
+                       {"nf0": 30_000, "nf1": 30_000}, 2, fixed={"nf0", "nf1"})
     assert Planner(POLICY).plan(views, [], spare=["nf2"]) == []
 
 
 def test_busy_instances_are_left_alone():
-    views = views_from({"nf0": flows(1000, 200.0), "nf1": []}, {"nf0": 200_000, "nf1": 0}, 64,
+    views = views_from({"nf0": flows(1000, 200.0), "nf1": []}, {"nf0": 200_000, "nf1": 0}, 2,
                        fixed={"nf0", "nf1"})
     p = Planner(POLICY)
     assert [a.kind for a in p.plan(views, [], spare=[], busy={"nf1"})] == []
@@ -95,16 +109,16 @@ def test_busy_instances_are_left_alone():
 
 
 def test_imbalance_moves_flows_towards_an_even_split():
-    views = views_from({"nf0": flows(800, 10.0), "nf1": flows(200, 10.0, base=30000)},
-                       {"nf0": 8000, "nf1": 2000}, 64, fixed={"nf0", "nf1"})
+    views = views_from({"nf0": flows(800, 10.0), "nf1": flows(200, 10.0, base=A + 256)},
+                       {"nf0": 8000, "nf1": 2000}, 2, fixed={"nf0", "nf1"})
     acts = Planner(POLICY).plan(views, [ev("imbalance", "nf0")], spare=[])
     assert len(acts) == 1 and acts[0].kind == "move" and acts[0].dst == "nf1"
     assert 250 <= acts[0].flows <= 350          # towards 500 each, in whole blocks of 64
 
 
 def test_scale_in_empties_the_underloaded_removable_instance_then_removes_it():
-    views = views_from({"nf0": flows(300, 50.0), "nf1": flows(300, 50.0, base=30000)},
-                       {"nf0": 15_000, "nf1": 15_000}, 64, fixed={"nf0"})
+    views = views_from({"nf0": flows(300, 50.0), "nf1": flows(300, 50.0, base=A + 256)},
+                       {"nf0": 15_000, "nf1": 15_000}, 2, fixed={"nf0"})
     acts = Planner(POLICY).plan(views, [ev("underload", "nf1"), ev("underload", "nf0")], spare=[])
     assert [a.kind for a in acts][-1] == "remove" and acts[-1].instance == "nf1"
     moves = acts[:-1]
@@ -113,14 +127,14 @@ def test_scale_in_empties_the_underloaded_removable_instance_then_removes_it():
 
 
 def test_scale_in_waits_when_the_rest_cannot_take_the_load():
-    views = views_from({"nf0": flows(100, 800.0), "nf1": flows(100, 300.0, base=30000)},
-                       {"nf0": 80_000, "nf1": 30_000}, 64, fixed={"nf0"})
+    views = views_from({"nf0": flows(100, 800.0), "nf1": flows(100, 300.0, base=A + 256)},
+                       {"nf0": 80_000, "nf1": 30_000}, 2, fixed={"nf0"})
     # 110k wants 2 at 90k each: no scale-in; and with a forced underload the rest has no room
     assert Planner(POLICY).plan(views, [ev("underload", "nf1")], spare=[]) == []
 
 
 def test_a_split_block_keeps_its_instance():
-    views = views_from({"nf0": flows(10, 10.0), "nf1": [(1030, 10.0, 96)]}, {"nf0": 100, "nf1": 10}, 64,
+    views = views_from({"nf0": flows(10, 10.0), "nf1": [(A + 1, 10.0, 96)]}, {"nf0": 100, "nf1": 10}, 2,
                        fixed={"nf0"})
     acts = Planner(POLICY).plan(views, [ev("underload", "nf1")], spare=[])
     assert acts == []                      # nf1's one flow shares a block with nf0's: not movable
@@ -144,7 +158,7 @@ def test_cost_model_picks_the_faster_mechanism_from_past_moves():
     ('[planner]\nmin_instances = 3\nmax_instances = 2', "min_instances"),
     ('[planner]\ntarget = 0.95', "target"),
     ('[planner]\ntarget = 0.2', "target"),
-    ('[planner]\nblock_ports = 0', "block_ports"),
+    ('[planner]\nblock_bits = 17', "block_bits"),
     ('[planner]\nsurprise = 1', "surprise"),
 ])
 def test_bad_planner_sections_are_refused(text, field):
@@ -160,15 +174,15 @@ def test_flows_of_reads_source_ports_and_counts_from_chunks():
     from nfx.state.wire import Chunk
     keys = (L.FlowKey * 2)()
     vals = (L.NatEntry * 2)()
-    for i, (sport, pkts) in enumerate(((1024, 7), (0x1234, 9))):
-        keys[i].sport = int.from_bytes(sport.to_bytes(2, "big"), "little")    # network order
+    for i, (addr, pkts) in enumerate(((A + 2, 7), (0xC0A80001, 9))):
+        keys[i].saddr = int.from_bytes(addr.to_bytes(4, "big"), "little")    # network order
         vals[i].pkts = pkts
     c = Chunk("nat_fwd", "per-flow", "hash", 2, ct.sizeof(L.FlowKey), ct.sizeof(L.NatEntry), 1, "x",
               bytes(keys), bytes(vals))
     other = Chunk("nat_rev", "per-flow", "hash", 2, ct.sizeof(L.FlowKey), ct.sizeof(L.NatEntry), 1, "x",
                   bytes(keys), bytes(vals))
-    k, sports, pkts = flows_of([c, other], "nat_fwd", L.NatEntry)
-    assert sports.tolist() == [1024, 0x1234] and pkts.tolist() == [7, 9] and len(k) == 2
+    k, addrs, pkts = flows_of([c, other], "nat_fwd", L.NatEntry)
+    assert addrs.tolist() == [A + 2, 0xC0A80001] and pkts.tolist() == [7, 9] and len(k) == 2
     bad = Chunk("nat_fwd", "per-flow", "hash", 1, 8, 8, 1, "x", bytes(8), bytes(8))
     with pytest.raises(BadInput, match="nat_fwd"):
         flows_of([bad], "nat_fwd", L.NatEntry)
