@@ -116,10 +116,12 @@ static __always_inline __u32 nfx_gate(struct nfx_flow_key *k, int side, __u32 rx
                                       struct nfx_mark **mp, struct nfx_move_cfg *mv, struct nfx_gate_cfg *g)
 {
     __u32 z = 0;
-    struct nfx_move_state *ms = nfx_move_state.lookup(&z);
     __u32 act = NFX_ACT_PROCESS;
     *mp = 0;
-    if (!g || !mv || !ms)
+    if (!g || (!g->marks && !g->filters))
+        return act;                      /* no move, no filter: nothing below could say otherwise */
+    struct nfx_move_state *ms = nfx_move_state.lookup(&z);
+    if (!mv || !ms)
         return act;
     if (rx & NFX_RX_INJECTED)
         return act;
