@@ -57,7 +57,9 @@ static __always_inline int nat_expired(struct nfx_nat_cfg *c, struct nfx_nat_ent
             last = rev->last_seen_ns;
         flags |= rev->tcp_flags;
     }
-    return now - last > nat_timeout(c, proto, flags);
+    /* signed: an entry another CPU (or instance) touched a tick later than this CPU's clock
+     * reads (nfx_clock.h) is fresh, not 2^64 ns old */
+    return (__s64)(now - last) > (__s64)nat_timeout(c, proto, flags);
 }
 
 /* ---- statelets (nfx_statelet.h): a mirrored packet's changes to nat_fwd, nat_rev and nat_ports.

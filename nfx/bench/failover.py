@@ -30,31 +30,11 @@ from ..errors import NfxError
 from ..loader import attach
 from ..procs import agents, controller
 from ..testbed import builder, topology
+from ..testbed.fault import kill_instance  # noqa: F401 -- the tests call it as failover.kill_instance
 from ..traffic.report import measure
 from ..traffic.rig import DPORT, rig
 
 SAMPLE_S = 0.0005
-
-
-def kill_instance(name: str, inst: str, times: dict | None = None) -> float:
-    """SIGKILL the instance's agent, then detach its XDP program from every data-plane port: the
-    instance is gone. Returns when (time.monotonic) the program stopped forwarding; `times`, if
-    given, gets "sigkill" and "detached" (time.monotonic): between the two the program still
-    forwards and counts, with no agent to share what it counted."""
-    rec = registry.load(name)
-    node = rec["nodes"][inst]
-    pid = agents.pid_of(rec, inst)
-    t_sig = time.monotonic()
-    if pid:
-        os.kill(pid, signal.SIGKILL)
-    for ifname in node["ifaces"].values():
-        attach.detach_xdp(node["ns"], ifname)
-    t = time.monotonic()
-    if times is not None:
-        times.update(sigkill=t_sig, detached=t)
-    if pid:
-        agents.wait_gone(pid)
-    return t
 
 
 class Timeline:

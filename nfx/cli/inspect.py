@@ -14,12 +14,14 @@ from ..errors import AgentDown, BadInput, NotFound
 from ..inspect import view
 from ..inspect.flows import FlowMatch
 from ..inspect.model import Model
+from ..inspect.decisions import DecisionTail
 from ..inspect.watch import Watcher, subscribe
 from .. import filter as F
 from .. import registry
 from .common import NameOpt, console, need_root, out
 
-STREAMS = "stats,alerts,statelets"
+STREAMS = "stats,alerts,statelets,decisions"
+LOCAL = ("decisions",)          # not an agent's: the orchestration loop's log, followed here
 REFRESH_S = 0.25
 
 
@@ -28,17 +30,21 @@ def inspect(name: str = NameOpt,
             flow: str = typer.Option(None, "--flow", "-f", help="Only alerts, statelets and per-flow rows of these flows "
                                      "(nfx filter: proto=udp src=10.0.1.0/24 sport=1024-1100 ...; 'all' for every flow). "
                                      "Also polls the matching per-flow state every max(1 s, interval)."),
-            streams: str = typer.Option(STREAMS, "--streams", help="Event streams, comma-separated (stats, alerts, statelets)."),
+            streams: str = typer.Option(STREAMS, "--streams", help="Event streams, comma-separated (stats, alerts, statelets; "
+                                        "decisions: what a running `nfx orchestrate run` decides)."),
             interval: float = typer.Option(0.5, "--interval", help="Seconds between stats events (0.05-3600)."),
             duration: float = typer.Option(None, "--duration", help="Stop after this many seconds (default: until Ctrl-C)."),
             top: int = typer.Option(10, "--top", help="Per-flow rows to show (top N by packets)."),
             json_: bool = typer.Option(False, "--json", help="No screen: every event as one JSON object per line, "
                                        "tagged with instance and stream.")):
-    """Watch NF instances live: verdict rates, drop reasons, moves, IDS alerts, statelets, per-flow state.
+    """Watch NF instances live: verdict rates, drop reasons, moves, IDS alerts, statelets, per-flow state,
+    and the orchestration loop's decisions.
 
     One subscription per instance, each in its own thread. Statelets appear only while a STATELET mark or filter mirrors flows. Ctrl-C (or --duration) ends every subscription."""
     match = FlowMatch(F.parse(flow)) if flow is not None else FlowMatch()   # refused before anything starts
     names = _stream_names(streams)
+    local = [s for s in names if s in LOCAL]
+    names = [s for s in names if s not in LOCAL]
     if not 0.05 <= interval <= 3600:
         raise BadInput(f"--interval: seconds between stats events, 0.05..3600, not {interval:g}")
     if duration is not None and duration <= 0:
@@ -58,12 +64,12 @@ def inspect(name: str = NameOpt,
     opened = {}
     try:
         for n in targets:                  # every agent answers before the watch starts
-            opened[n] = subscribe(name, n, names, interval)
+            opened[n] = subscribe(name, n, names or ["stats"], interval)
     except BaseException:
         for c, s in opened.values():
             c.close()
         raise
-    if streams != STREAMS:
+    if set(names) != set(STREAMS.split(",")) - set(LOCAL):
         for n, (_, s) in opened.items():
             for st, why in s.unavailable.items():
                 console.print(f"[yellow]nfx: {n}: stream {st} unavailable:[/yellow] {why}")
@@ -71,8 +77,10 @@ def inspect(name: str = NameOpt,
     q: queue.Queue = queue.Queue(50_000)
     stop = threading.Event()
     model = Model(name, targets, match, flow)
-    watchers = [Watcher(name, n, rec["nodes"][n].get("kind"), opened[n], names, interval, q, stop, flow, top)
-                for n in targets]
+    watchers = [Watcher(name, n, rec["nodes"][n].get("kind"), opened[n], names or ["stats"], interval, q, stop,
+                        flow, top) for n in targets]
+    if local:
+        watchers.append(DecisionTail(name, q, stop))
     for w in watchers:
         w.start()
     end = time.monotonic() + duration if duration else None
@@ -85,7 +93,7 @@ def inspect(name: str = NameOpt,
         stop.set()
         _finish(watchers, model, q, json_)
         signal.signal(signal.SIGTERM, term)
-    lost = [w for w in watchers if w.down]
+    lost = [w for w in watchers if getattr(w, "down", None)]
     if lost:
         raise AgentDown("; ".join(f"lost the agent of {w.instance}: {w.down}" for w in lost),
                         hint=f"nfx nf list --name {name}")

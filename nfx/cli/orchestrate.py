@@ -116,8 +116,13 @@ def watch(name: str = NameOpt, policy: str = PolicyOpt,
 def run(name: str = NameOpt, policy: str = PolicyOpt,
         scenario: str = typer.Option(None, "--scenario", "-s", help="Drive the testbed's generator through "
                                      "ramp (low, up in steps to peak, held, down, held), flash (low, peak at once, "
-                                     "low) or steady (peak); the sink judges the whole run. Without one the loop "
-                                     "runs against whatever traffic there is, for --duration."),
+                                     "low), steady (peak) or failure (steady, --kill's instance killed at --kill-at); "
+                                     "the sink judges the whole run. Without one the loop runs against whatever "
+                                     "traffic there is, for --duration."),
+        kill: str = typer.Option(None, "--kill", help="Failure scenario: the instance to kill (its agent SIGKILLed, "
+                                 "its program detached); recovered through failover where it has a secondary."),
+        kill_at: float = typer.Option(None, "--kill-at", help="Failure scenario: seconds into the traffic "
+                                      "(default: halfway)."),
         duration: float = typer.Option(None, "--duration", "-d", help="Without --scenario: seconds to run "
                                        "(default: until Ctrl-C)."),
         flows: int = typer.Option(2048, "--flows", help="Scenario: UDP flows."),
@@ -143,6 +148,8 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
     from ..orchestrate import session, timeline_plot
     from ..orchestrate.run import Loop
     p = P.load(policy)
+    if (scenario == "failure") != (kill is not None) or (kill_at is not None and kill is None):
+        raise BadInput("--kill (and --kill-at) go with --scenario failure, which needs --kill")
     if scenario is not None:
         S.profile(scenario, low, peak, step_s, hold_s, tail_s)      # refused before anything runs
         if duration is not None:
@@ -159,7 +166,7 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
     try:
         if scenario is not None:
             tl = session.run(name, p, scenario, flows, flows_per_addr, low, peak, step_s, hold_s, tail_s,
-                             run_stats=run_stats, on_line=say)
+                             run_stats=run_stats, on_line=say, kill=kill, kill_at=kill_at)
         else:
             try:
                 tl = Loop(name, p, run_stats=run_stats, on_line=say).run(duration)

@@ -372,6 +372,10 @@ class Switch:
         for k in keys:
             self.maps.sw_exact.delete(k)
 
+    def wild_used(self) -> int:
+        """Wildcard slots in use."""
+        return len(self._wild_list())
+
     def _wild_list(self) -> list[L.SwWild]:
         n, _, vals = self.maps.sw_wild.export()
         return [L.SwWild.from_buffer_copy(vals[i]) for i in range(n) if vals[i].used]

@@ -78,6 +78,7 @@ class Model:
         self.filter_text = filter_text
         self.t0 = time.monotonic()
         self.events = 0
+        self.loop: deque = deque(maxlen=2 * keep)     # the orchestration loop's latest decisions
 
     @property
     def watching_s(self) -> float:
@@ -85,6 +86,10 @@ class Model:
 
     def apply(self, ev: dict) -> bool:
         """Take one event in; False if the flow filter leaves it out (it is counted, not kept)."""
+        if ev.get("stream") == "decisions":
+            self.events += 1
+            self.loop.append(ev)
+            return True
         inst = self.instances[ev["instance"]]
         stream = ev.get("stream")
         self.events += 1

@@ -153,10 +153,38 @@ def footer(m: Model) -> Text:
     return t
 
 
+def decision_line(d: dict) -> str:
+    """One of the loop's decisions, short."""
+    what, t = d.get("what"), d.get("t")
+    at = f"{t:7.2f}s " if isinstance(t, (int, float)) else ""
+    if what == "event":
+        return f"{at}{'raised' if d.get('active') else 'cleared'} {d.get('condition')} on {d.get('instance')}"
+    if what == "plan":
+        acts = d.get("actions") or []
+        return at + "plan: " + "; ".join(
+            f"{a.get('kind')} {a.get('instance')}" + (f" -> {a.get('dst')} {a.get('filter')}" if a.get("dst") else "")
+            + f" ({a.get('reason')})" for a in acts[:3]) + (f"; +{len(acts) - 3} more" if len(acts) > 3 else "")
+    if what == "action":
+        ok = "done" if d.get("ok") else f"FAILED: {d.get('error')}"
+        return (f"{at}{d.get('kind')} {d.get('instance')}" + (f" -> {d.get('dst')}" if d.get("dst") else "")
+                + f" {ok} in {d.get('seconds', 0):.2f} s")
+    if what == "note":
+        extra = {k: v for k, v in d.items() if k not in ("what", "t", "ts", "kind", "instance", "stream")}
+        return f"{at}{d.get('kind')} {d.get('instance') or ''} {extra if extra else ''}".rstrip()
+    return f"{at}{what}"
+
+
+def loop_panel(m: Model, rows: int) -> Panel:
+    lines = [decision_line(d) for d in list(m.loop)[-rows:]]
+    return Panel(Text("\n".join(lines), no_wrap=True, overflow="ellipsis"), title="orchestration loop",
+                 title_align="left")
+
+
 def screen(m: Model, streams: list[str], height: int, top: int) -> Group:
     n = max(1, len(m.instances))
     # fixed lines per panel: borders 2, traffic table ~8, list titles+headers 2, flows title+header 2
     spare = (height - 2) // n - 12 - (2 if m.filter_text is not None else 0)
     rows = max(2, min(8, spare // 2 if m.filter_text is not None else spare))
     top = max(2, min(top, spare - rows)) if m.filter_text is not None else top
-    return Group(*(instance_panel(m, i, streams, rows, top) for i in m.instances.values()), footer(m))
+    loop = [loop_panel(m, max(3, min(8, spare)))] if m.loop else []
+    return Group(*(instance_panel(m, i, streams, rows, top) for i in m.instances.values()), *loop, footer(m))

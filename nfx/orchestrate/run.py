@@ -20,7 +20,7 @@ from .inventory import Inventory
 from .monitor import Lost, Monitor, Sample
 from .plan import CostModel, Planner, views_from
 from .policy import Policy
-from .timeline import Timeline
+from .timeline import Timeline, decision_log
 
 
 def spare_names(rec, n: int = 16) -> list[str]:
@@ -41,7 +41,7 @@ class Loop:
         self.fixed = set(nfs)                    # the loop never takes these out
         self.run_stats = run_stats
         self.on_line = on_line or (lambda msg: None)
-        self.timeline = Timeline(policy.instance.capacity_pps, policy.interval_s)
+        self.timeline = Timeline(policy.instance.capacity_pps, policy.interval_s, decision_log(testbed))
         self.cost = CostModel()
         self.planner = Planner(policy, self.cost)
         self.lost: dict[str, str] = {}            # instance -> why it was lost
@@ -82,6 +82,7 @@ class Loop:
             acts.wait(120)
             mon.stop()
             inv.close()
+            self.timeline.close()
         return self.timeline.as_dict()
 
     # ---- a round ----

@@ -4,12 +4,13 @@ the whole run at the end (lost, duplicated, reordered over every step and every 
 
     ramp    low, up in steps to peak, held, down in steps to low, held (the scale-in's time)
     flash   low, then peak at once (a flash crowd), held, then low again
-    steady  peak for the whole time (the failure scenario's traffic: an instance dies in it)
+    steady  peak for the whole time
+    failure steady, and an instance killed halfway (its agent SIGKILLed, its program detached)
 """
 from ..errors import BadInput
 from ..traffic.report import settle
 
-NAMES = ("ramp", "flash", "steady")
+NAMES = ("ramp", "flash", "steady", "failure")
 
 
 def profile(name: str, low: float = 50_000, peak: float = 400_000, step_s: float = 1.0,
@@ -20,7 +21,7 @@ def profile(name: str, low: float = 50_000, peak: float = 400_000, step_s: float
         raise BadInput(f"rates must be 0 < low ({low:g}) <= peak ({peak:g})")
     if min(step_s, hold_s, tail_s) <= 0 or steps < 1:
         raise BadInput("step, hold and tail times must be positive, steps at least 1")
-    if name == "steady":
+    if name in ("steady", "failure"):
         return [(peak, hold_s)]
     if name == "flash":
         return [(low, tail_s / 2), (peak, hold_s), (low, tail_s)]

@@ -5,6 +5,9 @@ loop's timeline."""
 import threading
 import time
 
+from ..errors import BadInput
+from ..testbed.fault import kill_instance
+
 from ..traffic.rig import rig
 from . import scenario as S
 from .policy import Policy
@@ -14,10 +17,16 @@ from .run import Loop
 def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_addr: int = 16,
         low: float = 50_000, peak: float = 400_000,
         step_s: float = 1.0, hold_s: float = 4.0, tail_s: float = 6.0, after_s: float = 3.0,
-        run_stats: bool = False, on_line=None) -> dict:
-    """The timeline (Timeline.as_dict with the traffic's figures and the profile)."""
+        run_stats: bool = False, on_line=None, kill: str | None = None, kill_at: float | None = None) -> dict:
+    """The timeline (Timeline.as_dict with the traffic's figures and the profile). `kill` (the
+    failure scenario): the instance killed `kill_at` s into the traffic (default: halfway)."""
     on_line = on_line or (lambda msg: None)
     prof = S.profile(name, low, peak, step_s, hold_s, tail_s)
+    if (name == "failure") != (kill is not None):
+        raise BadInput("the failure scenario needs --kill INSTANCE, and only it takes one")
+    kill_at = hold_s / 2 if kill_at is None else kill_at
+    if kill is not None and not 0 <= kill_at < S.duration(prof):
+        raise BadInput(f"--kill-at must fall inside the traffic (0..{S.duration(prof):g} s), not {kill_at:g}")
     loop = Loop(testbed, policy, run_stats=run_stats, on_line=on_line)
     done = threading.Event()
     box: dict = {}
@@ -37,9 +46,18 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
             if "error" in box:
                 raise box["error"]
 
+            def killer():
+                if done.wait(kill_at):
+                    return
+                kill_instance(testbed, kill)
+                loop.timeline.note("killed", instance=kill)
+                on_line(f"killed {kill} (its agent SIGKILLed, its program detached)")
+
             def step(i, rate, secs):
                 loop.timeline.note("step", rate=rate, seconds=secs)
                 on_line(f"traffic: {rate:,.0f} pps for {secs:g} s")
+                if i == 0 and kill is not None:
+                    threading.Thread(target=killer, name="orchestrate-kill", daemon=True).start()
             traffic = S.drive(gen, sink, prof, on_step=step, stop=lambda: "error" in box,
                               before_read=lambda: time.sleep(after_s))
         finally:
@@ -49,6 +67,6 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
         raise box["error"]
     tl = loop.timeline.as_dict(traffic)
     tl["scenario"] = {"name": name, "profile": prof, "flows": flows, "flows_per_addr": flows_per_addr,
-                      "low": low, "peak": peak}
+                      "low": low, "peak": peak, "kill": kill, "kill_at": kill_at if kill else None}
     tl["summary"]["scenario"] = name
     return tl

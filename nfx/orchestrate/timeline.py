@@ -2,13 +2,30 @@
 action with its outcome (a move's metrics as the controller returned them), on one clock
 (time.monotonic() from the run's start, seconds). Thread-safe: the monitor's side, the
 planner's and the actions' all write to it. summary() is what `orchestrate run --json` prints."""
+import json
 import threading
 import time
+from pathlib import Path
+
+from ..paths import RUN_DIR
+
+
+def decision_log(testbed: str) -> Path:
+    """Where `nfx orchestrate run` appends its decisions (JSON lines) for `nfx inspect`."""
+    return RUN_DIR / f"orchestrate-{testbed}.jsonl"
 
 
 class Timeline:
-    def __init__(self, capacity_pps: float, interval_s: float):
+    def __init__(self, capacity_pps: float, interval_s: float, log_path: Path | None = None):
+        """log_path: the decision log, started over (events, plans, actions, notes; not samples)."""
         self.t0 = time.monotonic()
+        self.log = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = log_path.with_suffix(".tmp")
+            tmp.write_text("")
+            tmp.replace(log_path)            # a new file: a follower sees the run start over
+            self.log = open(log_path, "a", buffering=1)
         self.capacity_pps = capacity_pps
         self.interval_s = interval_s
         self.samples: list[dict] = []
@@ -18,6 +35,20 @@ class Timeline:
         self.instances: list[tuple[float, list[str]]] = []     # (t, instances in service from t)
         self.notes: list[dict] = []                              # losses, recoveries, the scenario's phases
         self._lock = threading.Lock()
+
+    def _logged(self, what: str, rec: dict) -> None:
+        """One line of the decision log (under the lock)."""
+        if self.log is not None:
+            try:
+                self.log.write(json.dumps({"what": what, "ts": time.time(), **rec}, default=str) + "\n")
+            except (OSError, ValueError):
+                self.log = None              # a log that cannot be written is no reason to stop
+
+    def close(self) -> None:
+        with self._lock:
+            if self.log is not None:
+                self.log.close()
+                self.log = None
 
     def t(self, mono: float | None = None) -> float:
         return round((time.monotonic() if mono is None else mono) - self.t0, 4)
@@ -31,6 +62,8 @@ class Timeline:
         with self._lock:
             self.events.append({"t": self.t(), "kind": ev.kind, "instance": ev.instance,
                                 "active": ev.active, "value": ev.value})
+            self._logged("event", {"t": self.events[-1]["t"], "condition": ev.kind, "instance": ev.instance,
+                                   "active": ev.active, "value": ev.value})
 
     def plan(self, views: dict, actions: list, inventory_s: float) -> None:
         with self._lock:
@@ -38,10 +71,12 @@ class Timeline:
                                "load": {n: round(v.pps, 1) for n, v in views.items()},
                                "flows": {n: v.flows for n, v in views.items()},
                                "actions": [a.as_dict() for a in actions]})
+            self._logged("plan", self.plans[-1])
 
     def action(self, record: dict) -> None:
         with self._lock:
             self.actions.append(record)
+            self._logged("action", record)
 
     def in_service(self, names: list[str]) -> None:
         with self._lock:
@@ -50,6 +85,7 @@ class Timeline:
     def note(self, kind: str, **fields) -> None:
         with self._lock:
             self.notes.append({"t": self.t(), "kind": kind, **fields})
+            self._logged("note", self.notes[-1])
 
     def seconds_over_budget(self) -> dict[str, float]:
         """Per instance: the time its samples stood above the capacity (each sample stands for

@@ -257,6 +257,25 @@ def test_idle_mapping_evicted_by_datapath_and_sweeper(nat):
         assert len(nat.maps[m]) == 0
 
 
+def test_an_entry_seen_later_than_this_cpus_clock_is_fresh(nat):
+    """Each CPU reads the time once a tick (nfx_clock.h), so another CPU, or the instance a flow
+    moved from, can have stamped an entry a tick later than this CPU's clock says it is now: that
+    entry is fresh. Read unsigned, it was 2^64 ns old: the NAT evicted a live TCP connection's
+    mapping and gave it a new port (a reset, in tests/netns/test_moves.py's ten moves)."""
+    nat.configure(NatConfig(inside="10.0.1.0/24", pool="10.0.2.100-10.0.2.100", port_lo=30000, port_hi=30009,
+                            timeouts_s={"udp": 1.0, "tcp": 1.0, "tcp_closed": 1.0, "icmp": 1.0}))
+    v, first = run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=7, dport=9))
+    assert v == XDP_REDIRECT
+    for table in ("nat_fwd", "nat_rev"):
+        m = nat.maps[table]
+        for k, e in list(m.items()):
+            e.last_seen_ns += 20_000_000          # 20 ms ahead of any clock here
+            m.put(k, e)
+    v, again = run(nat, eth() / IP(src=H1, dst=H2) / UDP(sport=7, dport=9))
+    assert v == XDP_REDIRECT and again[UDP].sport == first[UDP].sport
+    assert stat(nat, "r_nat_expired") == 0 and len(nat.maps["nat_fwd"]) == 1
+
+
 def test_gate_drop_by_mark_and_by_filter(nat):
     key = make_key(H1, H2, 5555, 53, "udp")
     nat.gate.mark([key], L.Action.DROP)

@@ -35,7 +35,7 @@ def test_ramp_scales_out_moves_and_scales_back_in_without_loss(tmp_path):
         name = rec["name"]
         out, png = tmp_path / "tl.json", tmp_path / "tl.png"
         r = nfx("orchestrate", "run", "--name", name, "--policy", str(pol), "--scenario", "ramp", "--flows", "2048",
-                "--low", "8000", "--peak", "80000", "--step-s", "0.5", "--hold-s", "3", "--tail-s", "8",
+                "--low", "8000", "--peak", "80000", "--step-s", "0.5", "--hold-s", "2", "--tail-s", "6",
                 "--out", str(out), "--plot", str(png), "--json", timeout=240)
         assert r.returncode == 0, r.stderr
         s = json.loads(r.stdout)
@@ -96,3 +96,42 @@ def test_imbalance_is_corrected_within_two_seconds():
         # no instance was added or removed: the load is far under budget
         assert not [a for a in tl["actions"] if a["kind"] != "move"]
         assert traffic["lost"] == 0 and traffic["duplicated"] == 0 and traffic["reordered"] == 0, traffic
+
+
+
+
+def test_a_failed_instance_is_recovered_through_failover_without_an_operator(tmp_path):
+    """netns/pair.json: nf0 primary, nf1 its secondary, nf2 a spare, failure detection on. The
+    loop runs (far under budget: it has nothing to plan) while `--scenario failure` kills nf0
+    under traffic: the controller promotes nf1, the loop notes nf0 lost and recovered by nf1,
+    and asks no operator for anything."""
+    pol = tmp_path / "p.toml"
+    pol.write_text("""
+[instance]
+capacity_pps = 1000000
+[thresholds]
+imbalance_min = 1000000000
+[planner]
+interval_ms = 200
+min_instances = 3
+""")
+    with running_testbed("pair", "nat", hold_slots=256) as rec:
+        name = rec["name"]
+        r = nfx("cluster", "up", "--name", name, "--batch", "30", "--misses", "4", "--json")
+        assert r.returncode == 0, r.stderr
+        try:
+            out = tmp_path / "tl.json"
+            r = nfx("orchestrate", "run", "--name", name, "--policy", str(pol), "--scenario", "failure",
+                    "--kill", "nf0", "--flows", "200", "--flows-per-addr", "10", "--peak", "50000", "--hold-s", "3",
+                    "--out", str(out), "--json", timeout=180)
+            assert r.returncode == 0, r.stderr
+            s = json.loads(r.stdout)
+            tl = json.loads(out.read_text())
+            kinds = [(n["kind"], n.get("instance"), n.get("by")) for n in tl["notes"] if n["kind"] != "step"]
+            assert ("killed", "nf0", None) in kinds and ("lost", "nf0", None) in kinds, kinds
+            assert ("recovered", "nf0", "nf1") in kinds, kinds
+            assert s["failed_actions"] == 0 and s["scale_outs"] == 0 and s["scale_ins"] == 0, s
+            # the failover's own loss: at most the detection and steering time's packets
+            assert s["sent"] > 0 and s["lost"] <= 50_000 * 0.25 and s["duplicated"] == 0, s
+        finally:
+            nfx("cluster", "down", "--name", name)

@@ -73,11 +73,16 @@ def test_thousands_of_points_then_a_restart(tb):
             assert len(prios) == 2
         send_udp(tb, 4244)
         assert handled_by(name, 4244) == ["nf0"]
-        # a rule that sends where the rule under it would goes: UDP to nf1, under "all" to nf1
+        # the newest set stays even where it repeats the one under it ("all" to nf1)...
         s2.point(UDP, ["nf1"])
-        assert [len(p) for p in band(s2).values()] == [1, 1]
+        assert [len(p) for p in band(s2).values()] == [2, 2]
         send_udp(tb, 4245)
         assert handled_by(name, 4245) == ["nf1"]
+        # ...and goes once a newer point makes it an older repeat: "all" to nf1 stays, UDP's goes
+        s2.point(parse("proto=tcp"), ["nf0"])
+        assert len(band(s2)["si"]) == 2
+        send_udp(tb, 4246)
+        assert handled_by(name, 4246) == ["nf1"]
         s2.point(ALL, ["nf0"])
         s2.forget(ALL)
         s2.point(UDP, ["nf0"])

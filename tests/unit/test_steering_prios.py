@@ -13,12 +13,14 @@ from nfx import layout as L
 from nfx.control import steer
 from nfx.control.steer import PRIO_MIN, PRIO_TOP, Steering
 from nfx.control.switch import Match, Rule, RuleInfo
+from nfx.control.switch_rules import _key_tuple
 from nfx.errors import BadInput, NfxError, NotFound
 from nfx.filter import FLOW_DTYPE, parse
 
 
 class FakeSwitch:
     """sw_wild/sw_exact/sw_rules as lists and dicts, with Switch's ordering and id rules."""
+    SHARED_RULES = L.SW_MAX_RULES - 256
 
     def __init__(self, name):
         self.name = name
@@ -43,6 +45,19 @@ class FakeSwitch:
         self.slots.insert(pos, (prio, rid, match))
         self.on_change()
         return rid
+
+    def wild_used(self) -> int:
+        return len(self.slots)
+
+    def shared_rule(self, rule):
+        rid = next(i for i in range(self.SHARED_RULES, L.SW_MAX_RULES) if i not in self.rule)
+        self.rule[rid] = rule
+        return rid
+
+    def point_exact(self, keys, rid):
+        for k in keys:
+            self.exact[_key_tuple(k)] = rid
+        self.on_change()
 
     def add_exact(self, key, rule):
         rid = self._new(rule)
@@ -208,7 +223,9 @@ def test_latest_point_wins_at_every_step():
             ck.forget(st, rnd.choice(FILTERS))
         for s in sw.values():
             band = s.band()
-            assert len(band) == len(ck.pointed) and len(set(band)) == len(band)
+            # a set whose flows all go where the rules under it send them is taken out (the
+            # Checker holds every probe to the latest point): never more sets than points
+            assert len(band) <= len(ck.pointed) and len(set(band)) == len(band)
             assert all(PRIO_MIN <= p <= PRIO_TOP for p in band)
     assert renumbered >= 5 and ck.changes > 6000 * 4
 
@@ -229,9 +246,13 @@ def test_earlier_controllers_rules_are_kept_in_order_and_replaced():
     assert sorted(sw["si"].band()) == [PRIO_TOP - 2, PRIO_TOP - 1, PRIO_TOP]
     # replaces the earlier controller's "all" set, and retires this controller's dport=9000
     ck.point(st, FILTERS[0], ["nf0"])
-    assert len(sw["si"].band()) == 2 and len(sw["so"].band()) == 2
+    # two sets, or one where "all" to nf0 repeats the default under it (the Checker holds the
+    # flows to where the latest points send them either way)
+    assert len(sw["si"].band()) in (1, 2) and len(sw["so"].band()) in (1, 2)
     ck.point(st, FILTERS[1], ["nf1"])            # replaces the earlier controller's proto=udp set
-    assert len(sw["si"].band()) == 2 and len(sw["so"].band()) == 2
+    # and "all" to nf0, older now, repeats the default: taken out (the outside switch keeps
+    # what an earlier controller's reversed sets need)
+    assert len(sw["si"].band()) == 1 and len(sw["so"].band()) <= 2
     assert sum(s.rules_calls for s in sw.values()) == 2
 
 
@@ -242,7 +263,8 @@ def test_exact_rules_on_the_outside_switch_do_not_leak():
     st = Steering.over(rec, sw)
     for i in range(3000):
         ck.point(st, FILTERS[1], TARGETS[i % 3])
-    assert len(sw["so"].exact) == 5 and len(sw["so"].rule) == 5 + 2
+    # the five keys point at one shared rule, the point's; the earlier points' are gone
+    assert len(sw["so"].exact) == 5 and len(sw["so"].rule) == 1 + 2
     assert len(sw["si"].band()) == 1 and len(sw["si"].rule) == 1 + 2
     ck.keys = []
     ck.forget(st, FILTERS[1])
@@ -258,7 +280,9 @@ def test_renumbering_gives_up_only_when_the_band_is_full(monkeypatch):
     for t in TARGETS:                            # renumbers on the way
         for f in FILTERS[:3]:
             ck.point(st, f, t)
-    ck.point(st, FILTERS[3], ["nf1"])
+    # four sets none of which sends where the ones under it would: none is taken out
+    for f, t in zip(FILTERS, (["nf1"], ["nf0", "nf1"], ["nf1", "nf0"], ["nf0"])):
+        ck.point(st, f, t)
     assert sorted(sw["si"].band()) == [0, 1, 2, 3]
     with pytest.raises(NfxError, match="no prio left"):
         st.point(FILTERS[0], ["nf1"])
