@@ -173,9 +173,8 @@ class Steering:
         newer wildcards of the same kind (port, ports, protocol) cover between them, and a shared
         exact rule no entry points at (its keys were repointed); and the older rules that send
         where the rules under them would. All still name an instance as a destination: nfx nf
-        remove refuses an instance a rule names. The rules this point just made (`keep`) stay:
-        a move's switch update ends with its own rule in force (taking it out at once broke a
-        TCP connection moved back and forth under lf in 3 runs of 4, not found why)."""
+        remove refuses an instance a rule names. The rules a point just made (`keep`) stay in
+        force until a later point or forget(), repeat or not."""
         for name, s in self.sw.items():
             ws = self.wild[name]
             dead = {rid for rid, w in ws.items()
@@ -201,9 +200,9 @@ class Steering:
                     if w is not None:
                         self.pruned.setdefault(text, []).append((n, w.prio, w.match, w.rule))
                     self.remove_rule(n, rid)
-                keep = [x for x in ids if x not in gone]
-                if keep:
-                    self.active[text] = keep
+                left = [x for x in ids if x not in gone]
+                if left:
+                    self.active[text] = left
                 else:
                     del self.active[text]
 

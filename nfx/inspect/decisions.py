@@ -11,6 +11,7 @@ import threading
 import time
 
 from ..orchestrate.timeline import decision_log
+from .watch import put
 
 LOOP = "loop"          # the inspector's name for the orchestration loop's events
 
@@ -24,13 +25,7 @@ class DecisionTail(threading.Thread):
         self.backlog, self.poll_s = backlog, poll_s
 
     def _put(self, ev: dict) -> None:
-        ev = {"instance": LOOP, "stream": "decisions", "ts": ev.get("ts") or time.time(), **ev}
-        while not self.stop.is_set():
-            try:
-                self.out.put(ev, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        put(self.out, self.stop, {"instance": LOOP, "stream": "decisions", "ts": ev.get("ts") or time.time(), **ev})
 
     def run(self) -> None:
         f, ino, rest = None, None, b""

@@ -23,6 +23,16 @@ def subscribe(testbed: str, instance: str, streams: list[str], interval: float) 
         raise
 
 
+def put(out: queue.Queue, stop: threading.Event, ev: dict) -> None:
+    """Onto the inspector's queue, waiting while it is full, unless the watch ends meanwhile."""
+    while not stop.is_set():
+        try:
+            out.put(ev, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
 class Watcher(threading.Thread):
     def __init__(self, testbed: str, instance: str, kind: str | None, first: tuple[AgentClient, Subscription],
                  streams: list[str], interval: float, out: queue.Queue, stop: threading.Event,
@@ -39,13 +49,8 @@ class Watcher(threading.Thread):
         self.down: str | None = None              # why the agent is lost, while it is
 
     def _put(self, stream: str, **ev) -> None:
-        ev = {"instance": self.instance, "stream": stream, "ts": ev.pop("ts", None) or time.time(), **ev}
-        while not self.stop.is_set():
-            try:
-                self.out.put(ev, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        put(self.out, self.stop, {"instance": self.instance, "stream": stream,
+                                  "ts": ev.pop("ts", None) or time.time(), **ev})
 
     def run(self) -> None:
         try:
