@@ -5,9 +5,9 @@ loop's timeline."""
 import threading
 import time
 
+from .. import registry
 from ..errors import BadInput
 from ..testbed.fault import kill_instance
-
 from ..traffic.rig import rig
 from . import scenario as S
 from .policy import Policy
@@ -24,6 +24,11 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
     prof = S.profile(name, low, peak, step_s, hold_s, tail_s)
     if (name == "failure") != (kill is not None):
         raise BadInput("the failure scenario needs --kill INSTANCE, and only it takes one")
+    if kill is not None:
+        nodes = registry.load(testbed).get("nodes", {})
+        if nodes.get(kill, {}).get("role") != "nf":
+            raise BadInput(f"--kill {kill!r}: not an NF instance of testbed {testbed}",
+                           hint=f"instances: {', '.join(n for n, i in nodes.items() if i.get('role') == 'nf')}")
     kill_at = hold_s / 2 if kill_at is None else kill_at
     if kill is not None and not 0 <= kill_at < S.duration(prof):
         raise BadInput(f"--kill-at must fall inside the traffic (0..{S.duration(prof):g} s), not {kill_at:g}")
