@@ -181,6 +181,12 @@ def choose_run(runs: list[list[Block]], amount: float, room: float, strategy: st
     return best
 
 
+# scale in only when the instances left would run at most this share of the target: a total that
+# hovers at a multiple of the target otherwise adds and removes an instance every few seconds
+# (seen in a ramp held at this machine's limit)
+SCALE_IN_BELOW = 0.8
+
+
 class Planner:
     def __init__(self, policy: Policy, cost: CostModel | None = None):
         self.policy = policy
@@ -212,8 +218,9 @@ class Planner:
         actions += self._balance(views, busy, over)
         if not actions:
             actions += self._flows_balance(views, busy, sorted(n for k, n in kinds if k == "imbalance"))
-        if not actions and want < len(views):
-            actions += self._scale_in(views, busy, want,
+        want_in = self.wanted(total / SCALE_IN_BELOW)
+        if not actions and want_in < len(views):
+            actions += self._scale_in(views, busy, want_in,
                                       sorted(n for k, n in kinds if k == "underload"))
         return actions
 

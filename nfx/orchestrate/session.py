@@ -9,9 +9,26 @@ from .. import registry
 from ..errors import BadInput
 from ..testbed.fault import kill_instance
 from ..traffic.rig import rig
+from ..traffic.sink import percentile
 from . import scenario as S
 from .policy import Policy
 from .run import Loop
+
+
+SAMPLE_S = 0.25
+
+
+def sample_traffic(gen, sink, timeline, stop: threading.Event) -> None:
+    """Every SAMPLE_S: what the generator sent and the sink received so far, and the p99 latency
+    of the packets received since the last sample (the sink's histogram, differenced)."""
+    prev = sink.histogram()
+    while not stop.wait(SAMPLE_S):
+        hist = sink.histogram()
+        delta = [max(0, a - b) for a, b in zip(hist, prev)]
+        prev = hist
+        p99 = percentile(delta, 0.99)
+        received = sink.received_total()        # before sent: a packet counted in it was sent
+        timeline.traffic_sample(sum(gen.per_flow_total()), received, None if p99 is None else round(p99 / 1e3, 1))
 
 
 def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_addr: int = 16,
@@ -61,6 +78,9 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
             def step(i, rate, secs):
                 loop.timeline.note("step", rate=rate, seconds=secs)
                 on_line(f"traffic: {rate:,.0f} pps for {secs:g} s")
+                if i == 0:
+                    threading.Thread(target=sample_traffic, args=(gen, sink, loop.timeline, done),
+                                     name="orchestrate-traffic", daemon=True).start()
                 if i == 0 and kill is not None:
                     threading.Thread(target=killer, name="orchestrate-kill", daemon=True).start()
             traffic = S.drive(gen, sink, prof, on_step=step, stop=lambda: "error" in box,

@@ -34,6 +34,7 @@ class Timeline:
         self.actions: list[dict] = []
         self.instances: list[tuple[float, list[str]]] = []     # (t, instances in service from t)
         self.notes: list[dict] = []                              # losses, recoveries, the scenario's phases
+        self.traffic: list[dict] = []                            # the generator's and the sink's, over time
         self._lock = threading.Lock()
 
     def _logged(self, what: str, rec: dict) -> None:
@@ -57,6 +58,11 @@ class Timeline:
         with self._lock:
             self.samples.append({"t": self.t(s.got), "instance": s.instance, "pps": round(s.pps, 1),
                                  "drops": s.drops, "flows": s.flows})
+
+    def traffic_sample(self, sent: int, received: int, p99_us: float | None) -> None:
+        """The traffic so far (sent, received: totals) and the p99 latency since the last sample."""
+        with self._lock:
+            self.traffic.append({"t": self.t(), "sent": sent, "received": received, "p99_us": p99_us})
 
     def event(self, ev) -> None:
         with self._lock:
@@ -119,5 +125,6 @@ class Timeline:
         with self._lock:
             body = {"samples": list(self.samples), "events": list(self.events), "plans": list(self.plans),
                     "actions": list(self.actions), "instances": [{"t": t, "names": n} for t, n in self.instances],
-                    "notes": list(self.notes), "capacity_pps": self.capacity_pps}
+                    "notes": list(self.notes), "capacity_pps": self.capacity_pps,
+                    "traffic_samples": list(self.traffic)}
         return {"summary": self.summary(traffic), **body, "traffic": traffic}

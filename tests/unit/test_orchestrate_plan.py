@@ -216,3 +216,17 @@ def test_timeline_counts_time_over_budget_and_actions():
     assert s["seconds_over_budget"] == pytest.approx(0.2)
     assert (s["scale_outs"], s["moves"], s["failed_actions"], s["instances_peak"]) == (1, 1, 1, 2)
     assert s["lost"] == 0 and s["latency_us"]["p99"] == 5.0
+
+
+def test_no_scale_in_while_the_rest_would_run_near_the_target():
+    # 3 instances at 55k each (165k): 2 would carry it at 82.5k, under the 90k target but above
+    # 80% of it: a total hovering there must not add and remove an instance by turns
+    views = views_from({"nf0": flows(64, 55_000 / 64), "nf1": flows(64, 55_000 / 64, base=A + 64),
+                        "nf2": flows(64, 55_000 / 64, base=A + 128)},
+                       {"nf0": 55_000, "nf1": 55_000, "nf2": 55_000}, 2, fixed={"nf0"})
+    assert Planner(POLICY).plan(views, [ev("underload", "nf2")], spare=[]) == []
+    # at 40k each (120k: 60k each on two), it goes
+    views = views_from({"nf0": flows(64, 40_000 / 64), "nf1": flows(64, 40_000 / 64, base=A + 64),
+                        "nf2": flows(64, 40_000 / 64, base=A + 128)},
+                       {"nf0": 40_000, "nf1": 40_000, "nf2": 40_000}, 2, fixed={"nf0"})
+    assert Planner(POLICY).plan(views, [ev("underload", "nf2")], spare=[])[-1].kind == "remove"
