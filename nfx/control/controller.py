@@ -84,7 +84,7 @@ class DelayedSteering:
         return done
 
     def point(self, *a, tagged: bool = False, keys: list | None = None):
-        done = self._change(lambda *b: self.s.point(*b, tagged=tagged, keys=keys), *a)
+        done = self._change(lambda *b: self.s.point(*b, tagged=tagged, keys=keys, prune=True), *a)
         self.applied_at = done["at"]
         return done["result"]
 

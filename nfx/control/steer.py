@@ -84,6 +84,9 @@ class Steering:
         # filter text -> the wildcards _prune took out of its set (switch, prio, match, rule): a
         # forget() of the rules that made them unneeded puts them back
         self.pruned: dict[str, list[tuple[str, int, Match, Rule]]] = {}
+        # the filters whose rules _prune may take out: the moves' (prune=True); SHarP's handover
+        # plane keeps its own (taking one out made its overlapping requests fail 1 run in 3)
+        self.prunable: set[str] = set()
         self._ibc_socks: dict[str, socket.socket] = {}      # host node -> bound AF_PACKET socket
         self._ibc_lock = threading.Lock()
         self._ibc_send_lock = threading.Lock()
@@ -105,7 +108,7 @@ class Steering:
         return L.SIDE_IN if "gen_if" in self.rec["nodes"][self.host_of[sw]] else L.SIDE_OUT
 
     def point(self, flt: Filter, nfs: list[str], outside_keys: list | None = None, token: int = 0,
-              tagged: bool = False, keys: list | None = None) -> None:
+              tagged: bool = False, keys: list | None = None, prune: bool = False) -> None:
         """Send the filter's flows to `nfs` (two instances: duplicate). On the inside switch
         the filter matches as written; on the outside switch return traffic is matched by
         `outside_keys` (exact, e.g. a NAT's public tuples) or, without them, by the filter
@@ -166,7 +169,9 @@ class Steering:
                 return
             for name, rid in old - set(new):
                 self.remove_rule(name, rid)
-            self._prune(keep=set(new))
+            if prune:
+                self.prunable.add(flt.text)
+                self._prune(keep=set(new))
 
     def _prune(self, keep: set) -> None:
         """Take out the move rules no packet can reach any more: a wildcard whose addresses the
@@ -191,6 +196,8 @@ class Steering:
                     below.pop(rid, None)
             empty = {r for (n, r), ks in self.exact_of.items() if n == name and not ks}
             for text, ids in list(self.active.items()):
+                if text not in self.prunable:
+                    continue
                 gone = [(n, rid) for n, rid in ids if n == name and (n, rid) not in keep
                         and (rid in dead or rid in empty)]
                 if not gone:

@@ -52,14 +52,14 @@ def test_thousands_of_points_then_a_restart(tb):
     try:
         # 1200 points, a prio each: past the band's floor (PRIO_TOP - PRIO_MIN) twice, so renumbered twice
         for i in range(1200):
-            s.point(ALL if i % 2 else UDP, ["nf1"] if i % 3 else ["nf0"])
-        s.point(ALL, ["nf1"])
-        s.point(UDP, ["nf0"])                    # newest: UDP goes to nf0
+            s.point(ALL if i % 2 else UDP, ["nf1"] if i % 3 else ["nf0"], prune=True)
+        s.point(ALL, ["nf1"], prune=True)
+        s.point(UDP, ["nf0"], prune=True)                    # newest: UDP goes to nf0
         for prios in band(s).values():
             assert len(prios) == 2 and all(PRIO_MIN <= p <= PRIO_TOP for p in prios)
         send_udp(tb, 4242)
         assert handled_by(name, 4242) == ["nf0"]
-        s.point(ALL, ["nf1"])                    # now "all" is newer and covers UDP too: UDP's rule goes
+        s.point(ALL, ["nf1"], prune=True)                    # now "all" is newer and covers UDP too: UDP's rule goes
         assert [len(p) for p in band(s).values()] == [1, 1]
         send_udp(tb, 4243)
         assert handled_by(name, 4243) == ["nf1"]
@@ -68,24 +68,24 @@ def test_thousands_of_points_then_a_restart(tb):
     # a new controller finds those rules, puts its own above them and replaces same-match ones
     s2 = Steering(name)
     try:
-        s2.point(UDP, ["nf0"])
+        s2.point(UDP, ["nf0"], prune=True)
         for prios in band(s2).values():
             assert len(prios) == 2
         send_udp(tb, 4244)
         assert handled_by(name, 4244) == ["nf0"]
         # the newest set stays even where it repeats the one under it ("all" to nf1)...
-        s2.point(UDP, ["nf1"])
+        s2.point(UDP, ["nf1"], prune=True)
         assert [len(p) for p in band(s2).values()] == [2, 2]
         send_udp(tb, 4245)
         assert handled_by(name, 4245) == ["nf1"]
         # ...and goes once a newer point makes it an older repeat: "all" to nf1 stays, UDP's goes
-        s2.point(parse("proto=tcp"), ["nf0"])
+        s2.point(parse("proto=tcp"), ["nf0"], prune=True)
         assert len(band(s2)["si"]) == 2
         send_udp(tb, 4246)
         assert handled_by(name, 4246) == ["nf1"]
-        s2.point(ALL, ["nf0"])
+        s2.point(ALL, ["nf0"], prune=True)
         s2.forget(ALL)
-        s2.point(UDP, ["nf0"])
+        s2.point(UDP, ["nf0"], prune=True)
         s2.forget(UDP)
         assert band(s2) == {n: [] for n in s2.sw}
     finally:

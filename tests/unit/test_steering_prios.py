@@ -178,7 +178,7 @@ class Checker:
         after = {f: t for f, t in self.pointed.items() if f != flt.text and keep(f)} | {flt.text: nfs}
         self.earlier.discard(flt.text)
         self.during = {p: self.want(p, after) for p in PROBES} | {"keys": nfs}
-        st.point(flt, nfs, self.keys or None)
+        st.point(flt, nfs, self.keys or None, prune=True)    # as the controller's moves do
         self.pointed, self.during = after, {}
         self.check()
 
@@ -198,7 +198,7 @@ def test_any_number_of_points_reuses_prios():
     rec, sw = sharp()
     st = Steering.over(rec, sw)
     for i in range(100_000):
-        st.point(FILTERS[0], TARGETS[i % 2])
+        st.point(FILTERS[0], TARGETS[i % 2], prune=True)
     for s in sw.values():
         [prio] = s.band()
         assert PRIO_MIN <= prio <= PRIO_TOP
@@ -285,5 +285,5 @@ def test_renumbering_gives_up_only_when_the_band_is_full(monkeypatch):
         ck.point(st, f, t)
     assert sorted(sw["si"].band()) == [0, 1, 2, 3]
     with pytest.raises(NfxError, match="no prio left"):
-        st.point(FILTERS[0], ["nf1"])
+        st.point(FILTERS[0], ["nf1"], prune=True)
     ck.check()                                   # refused before anything changed
