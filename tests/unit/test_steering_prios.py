@@ -59,15 +59,6 @@ class FakeSwitch:
             self.exact[_key_tuple(k)] = rid
         self.on_change()
 
-    def add_exact(self, key, rule):
-        rid = self._new(rule)
-        prev = self.exact.get(key)
-        self.exact[key] = rid
-        if prev is not None:
-            del self.rule[prev]
-        self.on_change()
-        return rid
-
     def remove(self, rid):
         if rid not in self.rule:
             raise NotFound(f"no rule {rid}")
