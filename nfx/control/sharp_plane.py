@@ -75,9 +75,10 @@ class Plane:
         out: set[str] = set()
         with self.lock:
             running = {rid for (name, rid) in self._by_rule if name == sw}
+            rules = self.steer.sw[sw].rules()
         # a running handover's entries are in flux (detection, a destination not reached yet):
         # its flows are still where the rules under them send them
-        for info in sorted((r for r in self.steer.sw[sw].rules()
+        for info in sorted((r for r in rules
                             if r.kind == "wild" and r.prio > below and r.id not in running), key=lambda r: r.prio):
             m = info.match
             if not _overlaps(m, want):
@@ -89,13 +90,23 @@ class Plane:
 
     # ---- rules ----
     # the handover band is this plane's: Steering's own book keeps the move band only
-    def add_detection(self, sw: str, flt: Filter, r: int) -> int:
+    # a handover's wildcards are installed and owned in one step (under the plane's lock, which
+    # sources() holds while it reads the rules): seen unowned for a moment, another request took
+    # a detection entry (no output) for where its flows go, and found them nowhere
+    def add_detection(self, sw: str, flt: Filter, r: int, handover) -> int:
         """2r+1: the filter's packets to the controller."""
-        return self.steer.sw[sw].add_wild(self.match(sw, flt), Rule(to_ctrl=True), prio=prio(r, True))
+        with self.lock:
+            rid = self.steer.sw[sw].add_wild(self.match(sw, flt), Rule(to_ctrl=True), prio=prio(r, True))
+            self._by_rule[(sw, rid)] = handover
+        return rid
 
-    def add_forward(self, sw: str, flt: Filter, r: int, dst: str) -> int:
+    def add_forward(self, sw: str, flt: Filter, r: int, dst: str, handover) -> int:
         """2r+0: the filter's packets to dst."""
-        return self.steer.sw[sw].add_wild(self.match(sw, flt), Rule(output=[self.port(sw, dst)]), prio=prio(r, False))
+        with self.lock:
+            rid = self.steer.sw[sw].add_wild(self.match(sw, flt), Rule(output=[self.port(sw, dst)]),
+                                             prio=prio(r, False))
+            self._by_rule[(sw, rid)] = handover
+        return rid
 
     def shared_to_ctrl(self, sw: str) -> int:
         return self.steer.sw[sw].shared_rule(Rule(to_ctrl=True))

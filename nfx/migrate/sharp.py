@@ -174,11 +174,9 @@ class Handover:
                 self.n["rule_changes"] += 1
                 continue
             # detection first: with the forward entry alone for a moment, a packet would pass by
-            s.detect = plane.add_detection(name, req.filter, req.priority)
-            plane.own(name, s.detect, self)
+            s.detect = plane.add_detection(name, req.filter, req.priority, self)
             s.detect_since_ns = time.monotonic_ns()
-            s.forward = plane.add_forward(name, req.filter, req.priority, req.dst)
-            plane.own(name, s.forward, self)      # in flux until this handover ends
+            s.forward = plane.add_forward(name, req.filter, req.priority, req.dst, self)   # in flux until it ends
             self.n["rule_changes"] += 2
         self.phase("detecting")
         silence = int(req.max_silence_s * 1e9)

@@ -109,3 +109,73 @@ def test_a_higher_handover_keeps_its_entry_until_the_lower_overlapping_one_is_do
     # low's rule first, then high's: the newest move rule wins, so the higher r keeps the overlap
     assert m.plane.points == [("all", "nf1"), ("proto=udp sport=1024", "nf2")]
     assert m.finished == [] and m.plane.removed == [("si", 1), ("si", 5)]
+
+
+# ---- sources() against a handover installing its entries ------------------------------------
+class _Switch:
+    """The inside switch's wildcards; add_wild leaves a moment between the rule being in the
+    switch and add_wild returning (where a request on another thread once looked)."""
+
+    def __init__(self):
+        import threading
+        self.rules_in, self.next_id, self.installed = [], 1, threading.Event()
+
+    def add_wild(self, m, rule, prio):
+        import time
+        from nfx.control.switch_rules import RuleInfo
+        rid, self.next_id = self.next_id, self.next_id + 1
+        self.rules_in.append(RuleInfo(rid, "wild", rule, m, prio))
+        self.installed.set()
+        time.sleep(0.2)
+        return rid
+
+    def rules(self):
+        return list(self.rules_in)
+
+    def ctrl_reader(self):
+        class _R:
+            def poll(self, timeout):
+                return []
+        return _R()
+
+
+class _Steer:
+    def __init__(self):
+        from nfx import layout as L
+        self.sw = {"si": _Switch()}
+        self.host_port = {"si": "si-h1"}
+        self.rec = {"nodes": {"si": {"ifaces": {"nf0": "si-nf0", "nf1": "si-nf1", "h1": "si-h1"}},
+                              "nf0": {"role": "nf"}, "nf1": {"role": "nf"}, "h1": {"role": "host"}}}
+        self._in = L.SIDE_IN
+
+    def side_of(self, sw):
+        return self._in
+
+    def port_of(self, sw, nf):
+        return self.rec["nodes"][sw]["ifaces"][nf]
+
+
+def test_a_detection_entry_being_installed_is_never_taken_for_where_flows_go():
+    """Handover A (r=1) installs its detection entry (to the controller, no output) over every
+    flow while request B (r=5) asks where its flows go: B waits for the entry to be owned and
+    looks past it, to the move rule that sends them to nf0 (it once saw the entry unowned and
+    found the flows nowhere: "they go to the destination already")."""
+    import threading
+    from nfx.control.sharp_plane import Plane
+    from nfx.control.steer import filter_match
+    from nfx.control.switch import Rule
+    from nfx.control.switch_rules import RuleInfo
+    steer = _Steer()
+    sw = steer.sw["si"]
+    # the move rule in force: every flow to nf0
+    sw.rules_in.append(RuleInfo(99, "wild", Rule(output=["si-nf0"]), filter_match(parse("all"), "si-h1", reverse=False),
+                                PRIO_MIN))
+    plane = Plane(steer)
+    try:
+        a = threading.Thread(target=lambda: plane.add_detection("si", parse("all"), 1, object()))
+        a.start()
+        assert sw.installed.wait(2)
+        assert plane.sources(parse("proto=udp sport=1024"), prio(5, False)) == {"nf0"}
+        a.join()
+    finally:
+        plane._stop.set()
