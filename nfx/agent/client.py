@@ -321,9 +321,10 @@ class AgentClient(ClosedWhenCollected):
         return r
 
     def put(self, chunks: Iterable[wire.Chunk], parallel: bool | None = None,
-            on_chunk: Callable | None = None) -> dict:
+            on_chunk: Callable | None = None, stream: bool = False) -> dict:
         """Stream chunks; the agent checks them all, then applies them (all or nothing on a bad
-        chunk). Returns its report: applied, failed, entries, recv_s, apply_s."""
+        chunk), or with `stream` applies each as it arrives (a bad chunk or a broken stream takes
+        back what it applied). Returns its report: applied, failed, entries, recv_s, apply_s."""
         count = [0, 0]
 
         def frames():
@@ -334,7 +335,7 @@ class AgentClient(ClosedWhenCollected):
                 if on_chunk:
                     on_chunk(c)
             yield wire.encode_json({"chunks": count[0], "entries": count[1]}, wire.END)
-        self._begin("put", {"parallel": parallel}, frames())
+        self._begin("put", {"parallel": parallel, "stream": stream or None}, frames())
         return self._reply("put")
 
     def send_state(self, chunks: Iterable[wire.Chunk], pipelined: bool, on_done: Callable | None = None) -> dict:
@@ -397,10 +398,11 @@ class AgentClient(ClosedWhenCollected):
         return self.request("del", scopes=_scopes_arg(scopes), filter=filter)
 
     def push(self, to: str, scopes=None, filter: str | None = None, addr: str | None = None,
-             port: int | None = None, parallel: bool | None = None) -> dict:
-        """Have this agent send its selected state straight to agent `to` (peer to peer)."""
+             port: int | None = None, parallel: bool | None = None, pipelined: bool = True) -> dict:
+        """Have this agent send its selected state straight to agent `to` (peer to peer);
+        pipelined: export, transfer and import overlap chunk by chunk."""
         return self.request("push", to=to, scopes=_scopes_arg(scopes), filter=filter, addr=addr, port=port,
-                            parallel=parallel, timeout=max(self.timeout, 60))
+                            parallel=parallel, pipelined=pipelined, timeout=max(self.timeout, 60))
 
     def mark(self, action: str | int, flows: list[dict] | None = None, filter: str | None = None,
              peer: int = 0, tag: int = 0, epoch: int = 0) -> dict:

@@ -3,6 +3,7 @@ run one thread per scope, puts and deletes spread over the CPUs: a batch map ope
 time in the kernel with the GIL released."""
 import logging
 import os
+import queue
 import threading
 import time
 
@@ -18,6 +19,8 @@ from ..packets import keys_from_blob
 from .transport import KIND_NAMES, Closed, arg_bytes, arg_filter, arg_int, arg_scopes, read_header, send_frames
 
 log = logging.getLogger("nfx.agent")
+# chunks read ahead of the one being applied in a streamed put (64k entries each: ~4 MB of NAT)
+STREAM_QUEUE = 8
 
 
 def _xdp_ids(ifnames) -> dict:
@@ -87,10 +90,11 @@ class StateOps:
     def _export(self, req) -> tuple[list, dict]:
         scopes, flt = arg_scopes(req), arg_filter(req)
         ce = arg_int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         chunks = self._export_chunks(scopes, flt, ce, req.get("parallel", True))
         summary = {"chunks": len(chunks), "entries": sum(c.count for c in chunks),
                    "bytes": sum(c.nbytes for c in chunks), "export_s": time.perf_counter() - t0,
+                   "export_cpu_s": time.process_time() - c0,
                    "tables": sorted({c.table for c in chunks}), "scopes": list(scopes), "filter": flt.text,
                    "layout": self.layout}
         return chunks, summary
@@ -119,7 +123,11 @@ class StateOps:
 
     def op_put(self, sock, r, req) -> dict:
         """Take every chunk up to END, check them all, then apply: a put with one bad chunk (or of
-        another layout) changes nothing."""
+        another layout) changes nothing. A streamed put (`stream`) applies each chunk as it
+        arrives, on a thread of its own while the next is read; a bad chunk or a broken stream
+        takes back everything it applied (ops.undo) before the error is returned."""
+        if req.get("stream"):
+            return self._put_streamed(sock, r, req.get("parallel", True))
         t0 = time.perf_counter()
         chunks, problem, end = [], None, None
         while True:
@@ -152,15 +160,104 @@ class StateOps:
             raise BadInput(f"{problem}; nothing was applied")
         if isinstance(end, dict) and "chunks" in end and end["chunks"] != len(chunks):
             raise BadInput(f"put: END says {end['chunks']} chunks, {len(chunks)} arrived; nothing was applied")
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         report = self._apply(chunks, req.get("parallel", True))
         apply_s = time.perf_counter() - t1
+        report["apply_cpu_s"] = time.process_time() - c1
+        return self._put_done(chunks, report, recv_s, apply_s, t1 + apply_s)
+
+    def _put_done(self, chunks: list, report: dict, recv_s: float, apply_s: float, applied_at: float) -> dict:
         self.shared_put(chunks)              # a cluster's members hold it before these flows run here
         self.er_after_put(chunks)            # a move with early release lets these flows go now
         self._state_changed()
         # applied_at: CLOCK_MONOTONIC, comparable with stamps taken elsewhere on this machine
         return {**report, "chunks": len(chunks), "bytes": sum(c.nbytes for c in chunks),
-                "recv_s": recv_s, "apply_s": apply_s, "applied_at": t1 + apply_s}
+                "recv_s": recv_s, "apply_s": apply_s, "applied_at": applied_at}
+
+    def _put_streamed(self, sock, r, parallel: bool = True) -> dict:
+        t0 = time.perf_counter()
+        todo: queue.Queue = queue.Queue(maxsize=STREAM_QUEUE)
+        chunks, failed = [], []
+        span = {"first": None, "last": None, "cpu_s": 0.0}
+        log_ = ops.PutLog(self.nf)
+        lock = threading.Lock()
+        cpus = sorted(os.sched_getaffinity(0))[:2] if parallel else []
+
+        def apply(cpu):
+            # pinned, each worker takes hash elements from its own CPU's free list (as _spread)
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            c0 = time.thread_time()
+            while (c := todo.get()) is not None:
+                if failed:
+                    continue                 # drain: the reader must never block on a full queue
+                t = time.perf_counter()
+                with lock:
+                    span["first"] = span["first"] or t
+                try:
+                    log_.put(c)
+                except (BadInput, NfxError) as e:
+                    failed.append(f"chunk {c.seq} ({c.table}): {e}")
+                with lock:
+                    span["last"] = max(span["last"] or 0.0, time.perf_counter())
+            with lock:
+                span["cpu_s"] += time.thread_time() - c0
+        workers = [threading.Thread(target=apply, args=(cpu,), name=f"put-apply-{cpu}", daemon=True)
+                   for cpu in (cpus if len(cpus) > 1 else [None])]
+        for w in workers:
+            w.start()
+        problem, end, read_all = None, None, False
+        try:
+            while True:
+                h = read_header(r, sock)          # a malformed frame raises (Closed), its error sent
+                if h is None:
+                    problem = "the stream closed before its END"
+                    break
+                kind, length = h
+                if kind == wire.END:
+                    if length > REQUEST_MAX:
+                        r.skip(length)
+                    else:
+                        try:
+                            end = r.body(kind, length)
+                        except wire.WireError as e:
+                            problem = f"malformed END frame: {e}"
+                    break
+                if kind != wire.CHUNK or problem or failed:
+                    r.skip(length)
+                    problem = problem or (None if failed else
+                                          f"expected CHUNK or END frames after put, got {KIND_NAMES[kind]}")
+                    continue
+                try:
+                    c = r.body(kind, length)
+                    ops.check(self.nf, c)
+                except (BadInput, wire.WireError) as e:
+                    problem = str(e)
+                    continue
+                chunks.append(c)
+                todo.put(c)
+            read_all = True
+        finally:
+            for _ in workers:
+                todo.put(None)
+            for w in workers:
+                w.join()
+            if not read_all:
+                log.warning("streamed put broken off: taken back (%d entries removed, %d restored)", *log_.undo())
+        recv_s = time.perf_counter() - t0
+        if not problem and not failed and isinstance(end, dict) and end.get("chunks", len(chunks)) != len(chunks):
+            problem = f"END says {end['chunks']} chunks, {len(chunks)} arrived"
+        if problem or failed:
+            removed, restored = log_.undo()
+            if problem == "the stream closed before its END":
+                log.warning("streamed put: %s; taken back (%d entries removed, %d restored)", problem, removed, restored)
+                raise Closed("closed during a put")
+            raise BadInput(f"{problem or failed[0]}; what the put had applied was taken back "
+                           f"({removed} entries removed, {restored} restored)")
+        report = {"applied": [c.seq for c in chunks], "failed": [], "entries": sum(c.count for c in chunks),
+                  "apply_cpu_s": span["cpu_s"]}
+        apply_s = (span["last"] - span["first"]) if span["first"] else 0.0
+        return self._put_done(chunks, report, recv_s, apply_s, span["last"] or time.perf_counter())
 
     @staticmethod
     def _spread(fn, chunks: list, parallel: bool = True, min_entries: int = 200_000) -> list:
@@ -250,26 +347,96 @@ class StateOps:
         return a, p
 
     def op_push(self, sock, r, req) -> dict:
+        """This instance's selected state straight to agent `to`. Pipelined (the default): the
+        export, the transfer and the import overlap chunk by chunk (the chunks go out as the
+        kernel hands them over, in a streamed put the peer applies as they arrive), so the push
+        takes about as long as its slowest leg; a failure takes back what the peer applied.
+        `pipelined: false` exports everything first, then sends it, then the peer applies it."""
         to = req.get("to")
         if not isinstance(to, str) or not to:
             raise BadInput("push needs 'to': the instance to send the state to")
         addr, port = self._peer_addr(to, req.get("addr"), req.get("port"))
         timeout = req.get("timeout", 600)
+        pipelined = req.get("pipelined", True)
+        parallel = req.get("parallel", True)
         t0 = time.perf_counter()
-        chunks, summary = self._export(req)
+        if pipelined:
+            chunks, summary = self._export_stream(req)
+        else:
+            chunks, summary = self._export(req)
         peer = AgentClient(self.testbed, to, ns=None, addr=addr, port=port, timeout=timeout)
         try:
             t1 = time.perf_counter()
             try:
-                report = peer.put(chunks, parallel=req.get("parallel", True))
+                report = peer.put(chunks, parallel=parallel, stream=bool(pipelined))
             except NfxError as e:
                 raise type(e)(f"push to {to}: {e}", hint=e.hint) from None
             send_s = peer.last_send_s
         finally:
             peer.close()
+            if pipelined:
+                chunks.close()
         t2 = time.perf_counter()
-        return {"to": to, "entries": summary["entries"], "chunks": summary["chunks"], "bytes": summary["bytes"],
-                "tables": summary["tables"], "export_s": summary["export_s"], "send_s": send_s,
-                "transfer_s": report["recv_s"], "import_s": report["apply_s"], "put_s": t2 - t1,
+        return {"to": to, "pipelined": bool(pipelined), "entries": summary["entries"], "chunks": summary["chunks"],
+                "bytes": summary["bytes"], "tables": sorted(summary["tables"]), "export_s": summary["export_s"],
+                "send_s": send_s, "transfer_s": report["recv_s"], "import_s": report["apply_s"], "put_s": t2 - t1,
+                "export_cpu_s": summary.get("export_cpu_s"), "import_cpu_s": report.get("apply_cpu_s"),
                 "total_s": t2 - t0, "applied": len(report["applied"]), "failed": report["failed"],
                 "imported": report["entries"]}
+
+    def _export_stream(self, req):
+        """(chunks, summary) like _export, but the chunks are a generator fed by one export
+        thread per scope as the kernel hands entries over; summary fills in as they pass (read it
+        once the generator is done). Closing the generator stops the threads."""
+        scopes, flt = arg_scopes(req), arg_filter(req)
+        ce = arg_int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22)
+        parallel = req.get("parallel", True)
+        groups = [(sc,) for sc in scopes] if parallel and len(scopes) > 1 else [tuple(scopes)]
+        summary = {"chunks": 0, "entries": 0, "bytes": 0, "export_s": 0.0, "export_cpu_s": 0.0, "tables": set()}
+        out: queue.Queue = queue.Queue(maxsize=STREAM_QUEUE)
+        stop, lock = threading.Event(), threading.Lock()
+        t0 = time.perf_counter()
+
+        def produce(group):
+            c0 = time.thread_time()
+            try:
+                for c in ops.export(self.nf, group, flt, ce):
+                    if stop.is_set():
+                        return
+                    out.put(c)
+            except BaseException as e:
+                out.put(e)
+            finally:
+                with lock:
+                    summary["export_cpu_s"] += time.thread_time() - c0
+                out.put(None)
+        threads = [threading.Thread(target=produce, args=(g,), name=f"export-{'+'.join(g)}", daemon=True)
+                   for g in groups]
+        for t in threads:
+            t.start()
+
+        def chunks():
+            left = len(threads)
+            try:
+                while left:
+                    c = out.get()
+                    if c is None:
+                        left -= 1
+                        continue
+                    if isinstance(c, BaseException):
+                        raise c
+                    c.seq = summary["chunks"]
+                    summary["chunks"] += 1
+                    summary["entries"] += c.count
+                    summary["bytes"] += c.nbytes
+                    summary["tables"].add(c.table)
+                    yield c
+                summary["export_s"] = time.perf_counter() - t0
+            finally:
+                stop.set()
+                while any(t.is_alive() for t in threads):    # unblock producers waiting on a full queue
+                    try:
+                        out.get(timeout=0.05)
+                    except queue.Empty:
+                        pass
+        return chunks(), summary

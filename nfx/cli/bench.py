@@ -45,7 +45,8 @@ def state_(flows: int = typer.Option(1_000_000, "--flows", "-f", help="NAT conne
     rows = [("export", "agent nf0: batch lookup → chunks", r["export"]),
             ("transfer", "nf0 → nf1 agent, TCP on the mgmt bridge", r["transfer"]),
             ("import", "agent nf1: chunks → batch update", r["import"]),
-            ("push total", "all three, one push request", r["push_total"])]
+            ("push, sequential", "the three one after the other [dim](baseline)[/dim]", r["push_sequential"]),
+            ("push total", "pipelined: the three overlap chunk by chunk", r["push_total"])]
     for label, how, p in rows:
         t.add_row(label, how, f"{p['seconds']:.3f}", f"{p['entries_per_s'] / 1e6:.2f}",
                   " ".join(f"{x:.3f}" for x in p["runs_s"]))
@@ -56,6 +57,11 @@ def state_(flows: int = typer.Option(1_000_000, "--flows", "-f", help="NAT conne
                   f"{b['extrapolated_s']:.3f}", f"{b['entries_per_s'] / 1e6:.2f}", f"{b['sample_s']:.3f}")
     out.print(t)
     v = r["verify"]
+    b = r["cpu_bound"]
+    out.print(f"pipelined push: {r['push_total']['speedup_over_sequential']:.2f}x the sequential one's speed, "
+              f"{r['push_total']['over_slowest_leg']:.2f}x its slowest leg's time; the CPUs allow "
+              f"{b['entries_per_s'] / 1e6:.2f} M entries/s (export {b['export_cpu_s']:.2f} + import "
+              f"{b['import_cpu_s']:.2f} CPU-s over {b['cpus']} CPUs)")
     out.print(f"batch vs per-entry: export {r['speedup']['export']:.1f}x, import {r['speedup']['import']:.1f}x; "
               f"transfer {r['transfer']['mbytes_per_s']:.0f} MB/s")
     out.print("nf1 == nf0 after import: " + ("[green]yes[/green]" if v["same"] else

@@ -98,13 +98,41 @@ class Map:
     # ---- batches ----
     EXPORT_FIRST = 4096      # entries in the first batch; it doubles while more come
 
+    def export_batches(self, most: int, capacity: int | None = None):
+        """The entries as the kernel hands them over, (count, keys array, values array) per
+        BPF_MAP_LOOKUP_BATCH (a hash map's batch ends on a bucket), each in buffers of its own: a
+        consumer may work on one batch while the next is read. Batches start at EXPORT_FIRST
+        entries and double up to `most` (small tables stay cheap)."""
+        cap = capacity or self.max_entries
+        in_b, out_b = ct.c_uint64(0), ct.c_uint64(0)   # hash tokens are u32; u64 fits any map kind
+        most = max(1, min(cap, most))
+        step = min(most, self.EXPORT_FIRST)
+        total, first = 0, True
+        while total < cap:
+            keys, vals = (self.Key * step)(), (self.Slot * step)()
+            n, err = sys_.map_batch(sys_.MAP_LOOKUP_BATCH, self.fd, ct.addressof(keys), ct.addressof(vals),
+                                    min(step, cap - total), None if first else in_b, out_b)
+            if err == errno.ENOSPC and n == 0 and step < cap:
+                step = min(cap, step * 2)     # a hash bucket holds more entries than the buffer
+                continue
+            if err and err != errno.ENOENT:
+                raise BpfError(f"batch lookup of {self.name}: {os.strerror(err)}")
+            if n:
+                yield n, keys, vals
+            total += n
+            first = False
+            if err == errno.ENOENT:
+                return
+            in_b.value = out_b.value
+            step = min(most, step * 2)
+
     def export(self, capacity: int | None = None):
         """All entries as (count, keys array, values array), via BPF_MAP_LOOKUP_BATCH. The
         buffers start small and grow: sizing them for max_entries up front cost ~9 ms per
         export of an empty 256k-entry table (zeroing ~40 MB)."""
         cap = capacity or self.max_entries
         ksz, vsz = ct.sizeof(self.Key), ct.sizeof(self.Slot)
-        in_b, out_b = ct.c_uint64(0), ct.c_uint64(0)   # hash tokens are u32; u64 fits any map kind
+        in_b, out_b = ct.c_uint64(0), ct.c_uint64(0)
         step = min(cap, self.EXPORT_FIRST)
         keys, vals = (self.Key * step)(), (self.Slot * step)()
         parts: list[tuple[bytes, bytes]] = []

@@ -2,6 +2,9 @@
 vectorised selection, zero-copy slices), import chunks (batch update; per-chunk report), delete,
 readable dumps, state files, and diffs."""
 import ctypes as ct
+import errno
+import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
@@ -57,7 +60,9 @@ def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: s
 def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK_ENTRIES,
            stats: dict | None = None, keyset: set | None = None, skip: set | None = None) -> Iterator[wire.Chunk]:
     """Chunks of the selected entries of every state table in `scopes` (per-flow tables
-    restricted to the flows in `keyset`, or to those not in `skip`: raw 16-byte keys)."""
+    restricted to the flows in `keyset`, or to those not in `skip`: raw 16-byte keys). Each
+    chunk leaves as soon as the kernel has handed over its entries (a consumer sends or applies
+    it while the next batch is read); the small first batches of a table go out as one chunk."""
     if keyset is not None and skip is not None:
         raise ValueError("export: keyset or skip, not both")
     layout = L.layout_hash(nf.kind)
@@ -66,26 +71,48 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
         m = nf.maps.get(t.name)
         if m is None:
             raise NfxError(f"instance {nf.instance} has no map {t.name}")
-        t0 = time.perf_counter()
-        n, keys, vals = m.export()
         ksz, ssz = ct.sizeof(m.Key), ct.sizeof(m.Slot)
-        idx = _select(t, n, keys, vals, ssz, flt, keyset if skip is None else skip, skip is not None)
-        if idx is None:
-            kb = memoryview(keys).cast("B")[:n * ksz]
-            vb = memoryview(vals).cast("B")[:n * ssz]
-            count = n
-        else:
-            count = len(idx)
-            kb = memoryview(np.frombuffer(keys, dtype=np.dtype((np.void, ksz)), count=n)[idx].tobytes())
-            vb = memoryview(np.frombuffer(vals, dtype=np.dtype((np.void, ssz)), count=n)[idx].tobytes())
-        if stats is not None:
-            stats["export_s"] = stats.get("export_s", 0.0) + time.perf_counter() - t0
-            stats["entries"] = stats.get("entries", 0) + count
-        for lo in range(0, count, chunk_entries):
-            hi = min(lo + chunk_entries, count)
-            yield wire.Chunk(t.name, t.scope, nf.kind, hi - lo, ksz, ct.sizeof(m.Value), m.ncpu, layout,
-                             kb[lo * ksz:hi * ksz], vb[lo * ssz:hi * ssz], seq)
+        pending: list[tuple[memoryview, memoryview, int]] = []
+
+        def flush():
+            nonlocal seq
+            count = sum(p[2] for p in pending)
+            if len(pending) == 1:
+                kb, vb = pending[0][0], pending[0][1]
+            else:
+                kb = memoryview(b"".join(p[0] for p in pending))
+                vb = memoryview(b"".join(p[1] for p in pending))
+            pending.clear()
             seq += 1
+            return wire.Chunk(t.name, t.scope, nf.kind, count, ksz, ct.sizeof(m.Value), m.ncpu, layout,
+                              kb, vb, seq - 1)
+        batches = m.export_batches(chunk_entries)
+        while True:
+            t0 = time.perf_counter()
+            got = next(batches, None)
+            if stats is not None:
+                stats["export_s"] = stats.get("export_s", 0.0) + time.perf_counter() - t0
+            if got is None:
+                break
+            n, keys, vals = got
+            idx = _select(t, n, keys, vals, ssz, flt, keyset if skip is None else skip, skip is not None)
+            if idx is None:
+                kb, vb, count = memoryview(keys).cast("B")[:n * ksz], memoryview(vals).cast("B")[:n * ssz], n
+            else:
+                count = len(idx)
+                if not count:
+                    continue
+                kb = memoryview(np.frombuffer(keys, dtype=np.dtype((np.void, ksz)), count=n)[idx].tobytes())
+                vb = memoryview(np.frombuffer(vals, dtype=np.dtype((np.void, ssz)), count=n)[idx].tobytes())
+            if stats is not None:
+                stats["entries"] = stats.get("entries", 0) + count
+            if pending and sum(p[2] for p in pending) + count > chunk_entries:
+                yield flush()
+            pending.append((kb, vb, count))
+            if sum(p[2] for p in pending) >= chunk_entries // 2:
+                yield flush()
+        if pending:
+            yield flush()
 
 
 def select_chunks(chunks: Iterable[wire.Chunk], flt: Filter, keyset: set | None = None) -> list[wire.Chunk]:
@@ -173,6 +200,70 @@ def put(nf, chunks: Iterable[wire.Chunk], stats: dict | None = None) -> dict:
         except (BadInput, BpfError) as e:
             failed.append({"seq": c.seq, "table": c.table, "count": c.count, "error": str(e)})
     return {"applied": applied, "failed": failed, "entries": entries}
+
+
+class PutLog:
+    """Chunks applied so that undo() can take them back: before a table's first chunk its
+    entries as they are are read (one batch export: ~9 ms for an empty 2^21-bucket map); undo
+    removes the keys the chunks brought and puts back the old values of those that were there.
+    (The kernel's batch update takes no BPF_NOEXIST, so a put cannot tell new keys from old.)"""
+
+    def __init__(self, nf):
+        self.nf = nf
+        self.before: dict[str, tuple] = {}      # table -> (count, keys, values) before the first chunk
+        self.applied: dict[str, list] = {}      # table -> [(raw keys, count)], slices of the chunks
+        self.lock = threading.Lock()            # put() may run on several threads
+
+    def put(self, c: wire.Chunk) -> None:
+        t, m = _check(self.nf, c, L.layout_hash(self.nf.kind))
+        if c.count == 0:
+            return
+        with self.lock:
+            if c.table not in self.before:
+                self.before[c.table] = m.export()
+            # listed before it is applied: undo after a half-done batch removes its keys too
+            self.applied.setdefault(c.table, []).append((memoryview(c.keys).cast("B")[:c.count * c.key_size], c.count))
+        m.update_batch(_array(m.Key, c.keys, c.count), _values(m, c), c.count)
+
+    def undo(self) -> tuple[int, int]:
+        """Every table back as it was before the first chunk (as far as the chunks touched it);
+        returns (entries removed, entries restored to their old values)."""
+        removed = restored = 0
+        for table, parts in self.applied.items():
+            m = self.nf.maps[table]
+            ksz = ct.sizeof(m.Key)
+            n, keys, vals = self.before[table]
+            back = []
+            if n:
+                mine = {bytes(raw[i:i + ksz]) for raw, _ in parts for i in range(0, len(raw), ksz)}
+                kb = memoryview(keys).cast("B")
+                back = [i for i in range(n) if bytes(kb[i * ksz:(i + 1) * ksz]) in mine]
+            if m.info.type not in (bpfsys.MAP_ARRAY, bpfsys.MAP_PERCPU_ARRAY):
+                for raw, count in parts:
+                    removed += _delete_all(m, _array(m.Key, raw, count), count)
+                removed -= len(back)
+            for i in back:
+                m.put(keys[i] if not isinstance(keys[i], int) else m.Key(keys[i]),
+                      vals[i] if not isinstance(vals[i], int) else m.Slot(vals[i]))
+                restored += 1
+        self.applied.clear()
+        return removed, restored
+
+
+def _delete_all(m, keys, count: int) -> int:
+    """delete_batch, past keys that are gone already (the kernel's batch stops at the first)."""
+    at, done = 0, 0
+    ksz = ct.sizeof(m.Key)
+    while at < count:
+        n, err = bpfsys.map_batch(bpfsys.MAP_DELETE_BATCH, m.fd, ct.addressof(keys) + at * ksz, 0, count - at)
+        done += n
+        at += n
+        if not err:
+            break
+        if err != errno.ENOENT:
+            raise BpfError(f"batch delete from {m.name}: {os.strerror(err)} after {at} of {count}")
+        at += 1
+    return done
 
 
 def export_flows(nf, scopes, flt: Filter, keyset: set) -> Iterator[wire.Chunk]:

@@ -167,17 +167,85 @@ def test_ids_round_trip_by_scope(ids, scope):
         assert same(got, b.get([scope]))
 
 
-def test_push_peer_to_peer(nat):
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_push_peer_to_peer(nat, pipelined):
     clear(nat, "nf1")
     with client(nat, "nf0") as a, client(nat, "nf1") as b:
-        r = a.push("nf1", filter="sport=1024-1073")
-        assert r["failed"] == [] and r["to"] == "nf1"
+        r = a.push("nf1", filter="sport=1024-1073", pipelined=pipelined)
+        assert r["failed"] == [] and r["to"] == "nf1" and r["pipelined"] is pipelined
         assert r["imported"] == r["entries"] == 50 * 3 + 1
-        for k in ("export_s", "transfer_s", "import_s", "total_s"):
+        for k in ("export_s", "transfer_s", "import_s", "total_s", "export_cpu_s", "import_cpu_s"):
             assert r[k] >= 0
         assert same(a.get(filter="sport=1024-1073"), b.get())
         with pytest.raises(BadInput, match="is this instance"):
             a.push("nf0")
+
+
+def _altered(c: wire.Chunk) -> wire.Chunk:
+    """The chunk with the last byte of every value flipped: the same keys, other values."""
+    v = bytearray(c.values)
+    slot = c.value_size * c.ncpu
+    for i in range(c.count):
+        v[(i + 1) * slot - 1] ^= 0xFF
+    return wire.Chunk(c.table, c.scope, c.kind, c.count, c.key_size, c.value_size, c.ncpu, c.layout,
+                      bytes(c.keys), bytes(v), c.seq)
+
+
+@pytest.mark.parametrize("how", ["bad frame", "stream closed"])
+def test_a_streamed_put_broken_off_takes_back_what_it_applied(nat, how):
+    """nf1 holds 50 flows' entries; a streamed put brings all 200 (the 50 with other values),
+    then breaks off: nf1 is left exactly as it was (the 150 new keys gone, the 50 old values
+    back), and the agent goes on serving."""
+    clear(nat, "nf1")
+    with client(nat, "nf0") as a, client(nat, "nf1") as b:
+        b.put(a.get(("per-flow",), filter="sport=1024-1073"))
+        before = b.get()
+        chunks = a.get(("per-flow",))
+    assert sum(c.count for c in before if c.scope == "per-flow") == 100 and sum(c.count for c in chunks) == 400
+    raw = Raw(nat, "nf1")
+    try:
+        raw.send(wire.encode_json({"op": "put", "token": raw.token, "stream": True}))
+        for c in chunks:
+            raw.send(wire.encode_chunk(_altered(c)))
+        if how == "bad frame":
+            raw.send(wire.encode_json({"op": "ping"}))
+            raw.send(wire.encode_json({}, wire.END))
+            kind, obj = raw.r.frame()
+            assert kind == wire.ERROR and "expected CHUNK or END" in obj["error"], obj
+            assert "taken back (300 entries removed, 100 restored)" in obj["error"], obj
+            assert ping_ok(raw)
+        else:
+            raw.s.shutdown(socket.SHUT_WR)
+            assert raw.r.frame() is None     # the agent ends the connection once it took all back
+    finally:
+        raw.close()
+    with client(nat, "nf1") as b:
+        assert same(b.get(), before)
+        assert b.ping()["ok"]
+
+
+def test_export_chunks_follow_the_kernels_batches(nat):
+    """Chunks leave as the kernel's batches come (never over chunk_entries); the small first
+    batches of a table leave as one chunk; the state is the same whatever the size."""
+    with client(nat, "nf0") as a:
+        whole = a.get(("per-flow",))
+        small = a.get(("per-flow",), chunk_entries=64)
+        one = a.get(("per-flow",), filter="sport=1030")
+    assert [(c.table, c.count) for c in whole] == [("nat_fwd", 200), ("nat_rev", 200)]
+    assert all(0 < c.count <= 64 for c in small) and len(small) >= 8
+    assert {t: sum(c.count for c in small if c.table == t) for t in ("nat_fwd", "nat_rev")} == \
+        {"nat_fwd": 200, "nat_rev": 200}
+    assert same(whole, small)
+    assert [(c.table, c.count) for c in one] == [("nat_fwd", 1), ("nat_rev", 1)]
+
+
+def test_a_streamed_put_applies_every_chunk(nat):
+    clear(nat, "nf1")
+    with client(nat, "nf0") as a, client(nat, "nf1") as b:
+        got = a.get()
+        r = b.put(got, stream=True)
+        assert r["failed"] == [] and r["entries"] == sum(c.count for c in got) and r["apply_cpu_s"] >= 0
+        assert same(got, b.get())
 
 
 def test_push_to_a_dead_peer_says_so(nat):
