@@ -20,7 +20,16 @@ from .inventory import Inventory
 from .monitor import Lost, Monitor, Sample
 from .plan import CostModel, Planner, views_from
 from .policy import Policy
+from .slots import SlotBook
 from .timeline import Timeline, decision_log
+
+
+def sharing_clusters(rec) -> dict[str, str]:
+    """Instance -> its cluster, where the clusters share (nfx cluster up): what cluster-first
+    prefers. Without sharing a move carries everything wherever it goes: none."""
+    if not rec.get("sharing"):
+        return {}
+    return {m: c for c, ms in rec.clusters_in_force().items() for m in ms}
 
 
 def spare_names(rec, n: int = 16) -> list[str]:
@@ -46,6 +55,8 @@ class Loop:
         self.planner = Planner(policy, self.cost)
         self.lost: dict[str, str] = {}            # instance -> why it was lost
         self.recovered: dict[str, str] = {}       # lost instance -> the secondary promoted for it
+        self.status: dict | None = None           # the controller's, as last read
+        self.last_notes: list[str] = []
 
     def run(self, duration: float | None = None, stop=None) -> dict:
         """Until `duration` s passed or stop() is true; the last plan's actions are let finish.
@@ -100,14 +111,37 @@ class Loop:
         views = views_from(flows, pps, self.policy.planner.block_bits, self.fixed)
         rec = registry.load(self.testbed)
         spare = spare_names(rec)
-        actions = self.planner.plan(views, an.active(), spare, busy=acts.busy())
+        slots = self._slots()
+        actions = self.planner.plan(views, an.active(), spare, busy=acts.busy(), slots=slots,
+                                    clusters=sharing_clusters(rec))
+        self._held(self.planner.notes)
         if actions:
-            self.timeline.plan(views, actions, inv.read_s)
+            self.timeline.plan(views, actions, inv.read_s, slots_free=None if slots is None else slots.free)
             for a in actions:
                 self.on_line(f"plan: {a.kind} {a.instance}" + (f" -> {a.dst} {a.filter} ({a.flows} flows, "
                                                                f"{a.pps:,.0f} pps)" if a.kind == "move" else "")
                              + f": {a.reason}")
             acts.start(actions)
+
+    def _slots(self) -> SlotBook | None:
+        """The switches' wildcard slots, from the controller's status (read between actions: no
+        move runs). None if it does not answer: the plan goes on without them, the controller
+        still refuses a move that lacks them."""
+        try:
+            st = controller.call(self.testbed, "GET", "/status", timeout=5)
+        except NfxError as e:
+            self._held([f"the controller's status (switch slots) is not read: {e}"])
+            return None
+        self.status = st
+        return SlotBook.from_status(st)
+
+    def _held(self, notes: list[str]) -> None:
+        """Why moves the loop wanted were not planned: logged when it changes."""
+        if notes and notes != self.last_notes:
+            self.timeline.note("held", reasons=notes)
+            for n in notes:
+                self.on_line(f"held: {n}")
+        self.last_notes = list(notes)
 
     # ---- instances coming and going ----
     def _added(self, mon: Monitor, an: Analyser, name: str) -> None:

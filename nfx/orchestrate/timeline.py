@@ -71,11 +71,14 @@ class Timeline:
             self._logged("event", {"t": self.events[-1]["t"], "condition": ev.kind, "instance": ev.instance,
                                    "active": ev.active, "value": ev.value})
 
-    def plan(self, views: dict, actions: list, inventory_s: float) -> None:
+    def plan(self, views: dict, actions: list, inventory_s: float, slots_free: int | None = None,
+             kind: str = "balance") -> None:
+        """kind: balance (the planner's round) or a drain's phase (off, upgrade, back)."""
         with self._lock:
-            self.plans.append({"t": self.t(), "inventory_s": round(inventory_s, 4),
+            self.plans.append({"t": self.t(), "kind": kind, "inventory_s": round(inventory_s, 4),
                                "load": {n: round(v.pps, 1) for n, v in views.items()},
                                "flows": {n: v.flows for n, v in views.items()},
+                               "slots_free": slots_free,
                                "actions": [a.as_dict() for a in actions]})
             self._logged("plan", self.plans[-1])
 
