@@ -275,7 +275,7 @@ class Planner:
                               f"(a prefix with a rule in force needs 1)")
         return run
 
-    def _move(self, src: InstanceView, dst: InstanceView, run: list[Block], reason: str) -> Action:
+    def move(self, src: InstanceView, dst: InstanceView, run: list[Block], reason: str) -> Action:
         pl = self.policy.planner
         lo, hi = run[0].index, run[-1].index
         flows = sum(b.flows for b in run)
@@ -363,7 +363,7 @@ class Planner:
             dst, run, room, cwhy = got
             why = (f"{src.name} at {src.pps:,.0f} pps is over the target {target:,.0f}"
                    + (" (overloaded)" if src.name in over else "") + f"; {dst.name} has {room:,.0f} pps of room" + cwhy)
-            actions.append(self._move(src, dst, run, why))
+            actions.append(self.move(src, dst, run, why))
         return actions
 
     def _flows_balance(self, views: dict[str, InstanceView], busy, imbalanced: list[str]) -> list[Action]:
@@ -387,7 +387,7 @@ class Planner:
             got = self._place(src, others, lambda v: v.flows, want)
             if got:
                 dst, run, _, cwhy = got
-                actions.append(self._move(src, dst, run, f"{name} holds {src.flows} of "
+                actions.append(self.move(src, dst, run, f"{name} holds {src.flows} of "
                                           f"{sum(v.flows for v in views.values())} flows (imbalance); "
                                           f"{dst.name} holds {dst.flows}" + cwhy))
         return actions
@@ -404,7 +404,7 @@ class Planner:
             if not got:
                 return None              # the others cannot take it all: not now
             dst, part, _, cwhy = got
-            moves.append(self._move(victim, dst, part, f"{why}: its flows go to {dst.name}{cwhy}"))
+            moves.append(self.move(victim, dst, part, f"{why}: its flows go to {dst.name}{cwhy}"))
         return moves
 
     def _scale_in(self, views: dict[str, InstanceView], busy, want: int, under: list[str]) -> list[Action]:
