@@ -123,6 +123,12 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
                                  "its program detached); recovered through failover where it has a secondary."),
         kill_at: float = typer.Option(None, "--kill-at", help="Failure scenario: seconds into the traffic "
                                       "(default: halfway)."),
+        drain: str = typer.Option(None, "--drain", help="Any scenario: the instance to take out of service and "
+                                  "back (maintenance drain): its flows moved to the others (an instance added if "
+                                  "they lack room), its program hot-upgraded, its flows moved back; each step a "
+                                  "plan with its reason."),
+        drain_at: float = typer.Option(None, "--drain-at", help="With --drain: seconds into the traffic "
+                                       "(default: a third of the way)."),
         duration: float = typer.Option(None, "--duration", "-d", help="Without --scenario: seconds to run "
                                        "(default: until Ctrl-C)."),
         flows: int = typer.Option(2048, "--flows", help="Scenario: UDP flows."),
@@ -143,13 +149,18 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
                                    "(scale-outs, scale-ins, moves, lost, duplicated, reordered, seconds over budget).")):
     """The orchestration loop on a running testbed: monitor, analyse, plan (which flows go where,
     when to add or remove an instance, with which mechanism), and act: nfx nf add, moves through
-    the controller, nfx nf remove. Every plan and action is printed with its reason."""
+    the controller, nfx nf remove; with --drain, a maintenance drain (off, hot upgrade, back).
+    Every plan and action is printed with its reason."""
     from ..orchestrate import scenario as S
     from ..orchestrate import session, timeline_plot
     from ..orchestrate.run import Loop
     p = P.load(policy)
     if (scenario == "failure") != (kill is not None) or (kill_at is not None and kill is None):
         raise BadInput("--kill (and --kill-at) go with --scenario failure, which needs --kill")
+    if drain_at is not None and drain is None:
+        raise BadInput("--drain-at goes with --drain INSTANCE")
+    if drain is not None and scenario is None:
+        raise BadInput("--drain is a scenario event: give --scenario (steady, ramp, flash or failure)")
     if scenario is not None:
         S.profile(scenario, low, peak, step_s, hold_s, tail_s)      # refused before anything runs
         if duration is not None:
@@ -166,7 +177,8 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
     try:
         if scenario is not None:
             tl = session.run(name, p, scenario, flows, flows_per_addr, low, peak, step_s, hold_s, tail_s,
-                             run_stats=run_stats, on_line=say, kill=kill, kill_at=kill_at)
+                             run_stats=run_stats, on_line=say, kill=kill, kill_at=kill_at,
+                             drain=drain, drain_at=drain_at)
         else:
             try:
                 tl = Loop(name, p, run_stats=run_stats, on_line=say).run(duration)

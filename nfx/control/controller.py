@@ -30,6 +30,7 @@ from . import failback
 from .failover import Failover, parse_body as failover_body
 from .handover import Handovers
 from .steer import Steering
+from . import steer_slots
 
 log = logging.getLogger("nfx.controller")
 
@@ -108,6 +109,11 @@ class DelayedSteering:
 
     def forget_token(self, token: int) -> None:
         self._change(self.s.forget_token, token)
+
+    def check_room(self, flt, armed: bool = False) -> dict:
+        """Refuse a move of `flt` the switches lack wildcard slots for (steer_slots), before it
+        holds or sends anything. Read here, as the controller's own view of its switches."""
+        return steer_slots.check_room(self.s, flt, armed)
 
     def ibc(self, *a):
         done = self._send(self.s.ibc, *a)
@@ -222,7 +228,8 @@ class Controller:
     def status(self) -> dict:
         return {"testbed": self.testbed, "uptime_s": round(time.time() - self.started, 1), "moves": self.moves,
                 "ctrl_delay_ms": self.delay_ms, "ctrl_rate_mbit": self.rate_mbit, "busy": self.move_lock.locked(),
-                "instances": self.instances(),
+                "instances": self.instances(), "steers_by_key": bool(self.rec.get("spread")),
+                "switches": steer_slots.slots(self.steer),
                 "last_move": self.last, "handovers": self.handovers.status(),
                 "failover": self.fdu.status() if self.fdu else None}
 

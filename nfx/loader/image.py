@@ -31,8 +31,8 @@ class Image:
     @classmethod
     def of(cls, b) -> "Image":
         """The image of a compiled bcc.BPF; independent of it (b.cleanup() does not affect it)."""
-        from bcc.libbcc import lib
-        lib.bpf_table_name.restype = ct.c_char_p
+        from .pin import table_calls
+        lib = table_calls()
         m = b.module
         funcs = {}
         for i in range(lib.bpf_num_functions(m)):

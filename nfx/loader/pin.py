@@ -35,10 +35,22 @@ def pin_maps(b, directory: Path, skip: tuple[str, ...] = ()) -> list[str]:
 def map_names(b) -> list[str]:
     if hasattr(b, "table_names"):       # a loader.image.Copy
         return b.table_names()
+    lib = table_calls()
+    return [lib.bpf_table_name(b.module, i).decode() for i in range(lib.bpf_num_tables(b.module))]
+
+
+def table_calls():
+    """libbcc with its table-listing calls declared (BCC 0.26 declares the function ones, not
+    these): without argtypes ctypes passes the module
+    pointer as a C int, which cuts an address above 2^31 (BCC's module made on a thread other
+    than the main one lives in a high arena: a segfault, seen in the orchestration loop's upgrade)."""
     import ctypes as ct
     from bcc.libbcc import lib
+    lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    lib.bpf_num_tables.restype = ct.c_size_t
+    lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_size_t]
     lib.bpf_table_name.restype = ct.c_char_p
-    return [lib.bpf_table_name(b.module, i).decode() for i in range(lib.bpf_num_tables(b.module))]
+    return lib
 
 
 def pin_prog(fd: int, path: Path) -> None:

@@ -135,6 +135,10 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
                        f"this testbed's veths have {queues} queues, each a FIFO of its own: the cut would be "
                        f"exact in one of them", hint="ng and lf moves work here; for op, a testbed with one "
                        "queue (the default)")
+    if not getattr(src, "spread", False):
+        # the switches' wildcard slots, before anything is held or sent: a move that found them
+        # full at its second point (op's cut) failed late, and so did its rollback's point
+        steer.check_room(req.filter, armed="dt" in req.opts)
     mech = REGISTRY[req.mechanism]()
     epoch = new_epoch()
     m = MoveMetrics(mechanism=req.mechanism, guarantee=req.guarantee, opts=sorted(req.opts), src=src.name,
@@ -290,7 +294,9 @@ def _rollback(x: Ctx) -> None:
     src, dst, steer, flt = x.src, x.dst, x.steer, x.flt
     try:
         if x.steered:
-            steer.point(flt, [src.name], None, keys=x.keys)
+            # the return traffic by the keys the move pointed (None would add a reversed
+            # wildcard on the outside switch, one slot more, and leave the keys at dst)
+            steer.point(flt, [src.name], x.outside if not flt.everything else None, keys=x.keys)
             if x.token:
                 steer.forget_token(x.token)
         if x.ctrl is not None:

@@ -9,8 +9,9 @@ planner wanted is dropped, it is planned again from what the instances then hold
 import threading
 import time
 
+from .. import upgrade as up
 from ..errors import NfxError
-from ..procs import controller
+from ..procs import agents, controller
 from ..testbed import grow, shrink
 from .plan import Action, CostModel
 from .timeline import Timeline
@@ -18,11 +19,15 @@ from .timeline import Timeline
 
 class Actions:
     def __init__(self, testbed: str, policy, timeline: Timeline, cost: CostModel,
-                 on_added=None, before_remove=None, on_removed=None, move_timeout_s: float = 30.0):
+                 on_added=None, before_remove=None, on_removed=None, move_timeout_s: float = 30.0,
+                 before_upgrade=None, after_upgrade=None, on_done=None):
         self.testbed, self.policy, self.timeline, self.cost = testbed, policy, timeline, cost
         self.on_added = on_added or (lambda name: None)
         self.before_remove = before_remove or (lambda name: None)
         self.on_removed = on_removed or (lambda name: None)
+        self.before_upgrade = before_upgrade or (lambda name: None)
+        self.after_upgrade = after_upgrade or self.on_added
+        self.on_done = on_done or (lambda action, record: None)
         self.move_timeout_s = move_timeout_s
         self.quiet_until: dict[str, float] = {}      # instance -> monotonic time it may be planned for again
         self._thread: threading.Thread | None = None
@@ -92,6 +97,8 @@ class Actions:
                 self.before_remove(a.instance)
                 shrink.remove(self.testbed, a.instance)
                 self.on_removed(a.instance)
+            elif a.kind == "upgrade":
+                rec.update(self._upgrade(a.instance))
             else:
                 raise NfxError(f"unknown action {a.kind!r}")
             rec["ok"] = True
@@ -102,4 +109,19 @@ class Actions:
         rec["end"] = self.timeline.t()
         rec["seconds"] = round(rec["end"] - rec["start"], 4)
         self.timeline.action(rec)
+        self.on_done(a, rec)
         return rec["ok"]
+
+    def _upgrade(self, instance: str) -> dict:
+        """nfx nf upgrade's function: the program replaced while it runs, every table kept, its
+        agent restarted on the new objects. The monitor stops sampling it first (its agent's
+        stream ends with the restart) and samples it again after, upgraded or not."""
+        self.before_upgrade(instance)
+        try:
+            r = up.upgrade(self.testbed, instance)
+            agents.restart_stale(self.testbed, instance, r)
+        finally:
+            self.after_upgrade(instance)
+        return {"old_prog_id": r["old_prog_id"], "new_prog_id": r["new_prog_id"], "mode": r.get("mode"),
+                "swap_us": (r.get("swap") or {}).get("total_us"), "agent": r.get("agent"),
+                "warnings": r.get("warnings") or None}

@@ -19,7 +19,9 @@ anything runs.
     interval_ms = 100
     history = 600              # samples kept per instance
     [planner]
-    strategy = "heaviest"      # heaviest | least-state | least-bytes: which flows a move takes
+    strategy = "heaviest"      # heaviest | least-state | least-bytes: which flows a move takes;
+                               # cluster-first: a destination in the source's sharing cluster first
+                               # (its move carries the last batch only), the flows as heaviest
     target = 0.6               # the load (fraction of capacity) a plan aims each instance at
     min_instances = 1
     max_instances = 4
@@ -39,7 +41,7 @@ from pathlib import Path
 from ..errors import BadInput, NotFound
 
 BASES = ("flows", "pps")
-STRATEGIES = ("heaviest", "least-state", "least-bytes")
+STRATEGIES = ("heaviest", "least-state", "least-bytes", "cluster-first")
 MECHANISMS = ("dist", "opennf", "slim", "dup")       # the moves that carry part of an instance
 GUARANTEES = ("ng", "lf", "op")
 

@@ -7,7 +7,11 @@ began are never removed by it; the ones it adds are nf<N> names the testbed does
 A lost instance (its agent stopped answering) leaves the plan: if the controller has a
 secondary for it (nfx cluster up --pairs), its failure detector promotes that one, and the
 loop notes the recovery when the controller's status names it; the flows then count at the
-secondary. Without a secondary the loop notes the loss; it does not restart instances."""
+secondary. Without a secondary the loop notes the loss; it does not restart instances.
+
+A maintenance drain (request_drain; `--drain` of orchestrate run) takes an instance out of
+service, upgrades it and brings its flows back (drain.py); while it runs, the loop plans its
+steps alone."""
 import re
 import time
 
@@ -16,11 +20,21 @@ from ..errors import NfxError
 from ..procs import controller
 from .actions import Actions
 from .analyse import Analyser
+from .drain import Drain
 from .inventory import Inventory
 from .monitor import Lost, Monitor, Sample
 from .plan import CostModel, Planner, views_from
 from .policy import Policy
+from .slots import SlotBook
 from .timeline import Timeline, decision_log
+
+
+def sharing_clusters(rec) -> dict[str, str]:
+    """Instance -> its cluster, where the clusters share (nfx cluster up): what cluster-first
+    prefers. Without sharing a move carries everything wherever it goes: none."""
+    if not rec.get("sharing"):
+        return {}
+    return {m: c for c, ms in rec.clusters_in_force().items() for m in ms}
 
 
 def spare_names(rec, n: int = 16) -> list[str]:
@@ -46,6 +60,10 @@ class Loop:
         self.planner = Planner(policy, self.cost)
         self.lost: dict[str, str] = {}            # instance -> why it was lost
         self.recovered: dict[str, str] = {}       # lost instance -> the secondary promoted for it
+        self.status: dict | None = None           # the controller's, as last read
+        self.drain: Drain | None = None           # the maintenance drain under way
+        self.drain_wanted: list[str] = []         # drains asked for, in turn
+        self.last_notes: list[str] = []
 
     def run(self, duration: float | None = None, stop=None) -> dict:
         """Until `duration` s passed or stop() is true; the last plan's actions are let finish.
@@ -55,7 +73,9 @@ class Loop:
         inv = Inventory(self.testbed, self.kind)
         acts = Actions(self.testbed, self.policy, self.timeline, self.cost,
                        on_added=lambda n: self._added(mon, an, n), before_remove=lambda n: self._removing(mon, an, n),
-                       on_removed=lambda n: self._removed(inv, n))
+                       on_removed=lambda n: self._removed(inv, n),
+                       before_upgrade=lambda n: self._upgrading(mon, an, inv, n),
+                       after_upgrade=lambda n: self._resample(mon, an, n), on_done=self._action_done)
         self.timeline.in_service(list(mon.instances))
         interval = self.policy.planner.interval_ms / 1000
         next_plan = time.monotonic() + interval
@@ -100,14 +120,82 @@ class Loop:
         views = views_from(flows, pps, self.policy.planner.block_bits, self.fixed)
         rec = registry.load(self.testbed)
         spare = spare_names(rec)
-        actions = self.planner.plan(views, an.active(), spare, busy=acts.busy())
+        slots = self._slots()
+        kind = "balance"
+        if self.drain is None and self.drain_wanted:
+            self._start_drain(self.drain_wanted.pop(0), live)
+        if self.drain is not None:
+            # a drain plans alone: nothing else touches its instances meanwhile
+            self.planner.begin(slots, sharing_clusters(rec))
+            kind, actions = self.drain.plan(self.planner, views, spare, acts.busy())
+            self._held(self.planner.notes + ([self.drain.note] if self.drain.note else []))
+            if self.drain.done:
+                self.timeline.note("drain-done", instance=self.drain.instance)
+                self.on_line(f"drain of {self.drain.instance} done: upgraded, its flows back")
+                self.drain = None
+        else:
+            actions = self.planner.plan(views, an.active(), spare, busy=acts.busy(), slots=slots,
+                                        clusters=sharing_clusters(rec))
+            self._held(self.planner.notes)
         if actions:
-            self.timeline.plan(views, actions, inv.read_s)
+            self.timeline.plan(views, actions, inv.read_s, slots_free=None if slots is None else slots.free,
+                               kind=kind)
             for a in actions:
                 self.on_line(f"plan: {a.kind} {a.instance}" + (f" -> {a.dst} {a.filter} ({a.flows} flows, "
                                                                f"{a.pps:,.0f} pps)" if a.kind == "move" else "")
                              + f": {a.reason}")
             acts.start(actions)
+
+    # ---- maintenance drain ----
+    def request_drain(self, instance: str) -> None:
+        """Take `instance` out of service and back (drain.py), from the next planning round on
+        (any thread may ask; one drain at a time, the others wait their turn)."""
+        self.drain_wanted.append(instance)
+
+    def _start_drain(self, instance: str, live: list[str]) -> None:
+        if instance not in live:
+            self.timeline.note("drain-refused", instance=instance, reason=f"{instance} is not in service")
+            self.on_line(f"drain of {instance} refused: not in service")
+            return
+        self.drain = Drain(instance)
+        self.timeline.note("drain-start", instance=instance)
+        self.on_line(f"drain of {instance}: its flows off, a hot upgrade, its flows back")
+
+    def _action_done(self, action, record: dict) -> None:
+        if action.kind == "upgrade" and self.drain is not None and action.instance == self.drain.instance:
+            self.drain.upgraded(record.get("ok", False))
+            if record.get("ok"):
+                self.on_line(f"upgraded {action.instance}: program {record.get('old_prog_id')} -> "
+                             f"{record.get('new_prog_id')}")
+
+    def _upgrading(self, mon: Monitor, an: Analyser, inv: Inventory, name: str) -> None:
+        """Its agent restarts: the monitor's stream and the inventory's connection end with it."""
+        self._removing(mon, an, name)
+        inv.forget(name)
+
+    def _resample(self, mon: Monitor, an: Analyser, name: str) -> None:
+        mon.add(name)
+        an.watch(name)
+
+    def _slots(self) -> SlotBook | None:
+        """The switches' wildcard slots, from the controller's status (read between actions: no
+        move runs). None if it does not answer: the plan goes on without them, the controller
+        still refuses a move that lacks them."""
+        try:
+            st = controller.call(self.testbed, "GET", "/status", timeout=5)
+        except NfxError as e:
+            self._held([f"the controller's status (switch slots) is not read: {e}"])
+            return None
+        self.status = st
+        return SlotBook.from_status(st)
+
+    def _held(self, notes: list[str]) -> None:
+        """Why moves the loop wanted were not planned: logged when it changes."""
+        if notes and notes != self.last_notes:
+            self.timeline.note("held", reasons=notes)
+            for n in notes:
+                self.on_line(f"held: {n}")
+        self.last_notes = list(notes)
 
     # ---- instances coming and going ----
     def _added(self, mon: Monitor, an: Analyser, name: str) -> None:

@@ -34,21 +34,28 @@ def sample_traffic(gen, sink, timeline, stop: threading.Event) -> None:
 def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_addr: int = 16,
         low: float = 50_000, peak: float = 400_000,
         step_s: float = 1.0, hold_s: float = 4.0, tail_s: float = 6.0, after_s: float = 3.0,
-        run_stats: bool = False, on_line=None, kill: str | None = None, kill_at: float | None = None) -> dict:
+        run_stats: bool = False, on_line=None, kill: str | None = None, kill_at: float | None = None,
+        drain: str | None = None, drain_at: float | None = None) -> dict:
     """The timeline (Timeline.as_dict with the traffic's figures and the profile). `kill` (the
-    failure scenario): the instance killed `kill_at` s into the traffic (default: halfway)."""
+    failure scenario): the instance killed `kill_at` s into the traffic (default: halfway).
+    `drain` (any scenario): the instance the loop drains, upgrades and refills from `drain_at`
+    s into the traffic (default: a third of the way)."""
     on_line = on_line or (lambda msg: None)
     prof = S.profile(name, low, peak, step_s, hold_s, tail_s)
     if (name == "failure") != (kill is not None):
         raise BadInput("the failure scenario needs --kill INSTANCE, and only it takes one")
-    if kill is not None:
-        nodes = registry.load(testbed).get("nodes", {})
-        if nodes.get(kill, {}).get("role") != "nf":
-            raise BadInput(f"--kill {kill!r}: not an NF instance of testbed {testbed}",
+    nodes = registry.load(testbed).get("nodes", {})
+    for opt, inst in (("--kill", kill), ("--drain", drain)):
+        if inst is not None and nodes.get(inst, {}).get("role") != "nf":
+            raise BadInput(f"{opt} {inst!r}: not an NF instance of testbed {testbed}",
                            hint=f"instances: {', '.join(n for n, i in nodes.items() if i.get('role') == 'nf')}")
+    if drain is not None and drain == kill:
+        raise BadInput(f"--drain and --kill name the same instance {drain}: a killed instance is not drained")
     kill_at = hold_s / 2 if kill_at is None else kill_at
-    if kill is not None and not 0 <= kill_at < S.duration(prof):
-        raise BadInput(f"--kill-at must fall inside the traffic (0..{S.duration(prof):g} s), not {kill_at:g}")
+    drain_at = S.duration(prof) / 3 if drain_at is None else drain_at
+    for opt, inst, at in (("--kill-at", kill, kill_at), ("--drain-at", drain, drain_at)):
+        if inst is not None and not 0 <= at < S.duration(prof):
+            raise BadInput(f"{opt} must fall inside the traffic (0..{S.duration(prof):g} s), not {at:g}")
     loop = Loop(testbed, policy, run_stats=run_stats, on_line=on_line)
     done = threading.Event()
     box: dict = {}
@@ -83,6 +90,14 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
                                      name="orchestrate-traffic", daemon=True).start()
                 if i == 0 and kill is not None:
                     threading.Thread(target=killer, name="orchestrate-kill", daemon=True).start()
+                if i == 0 and drain is not None:
+                    threading.Thread(target=drainer, name="orchestrate-drain", daemon=True).start()
+
+            def drainer():
+                if done.wait(drain_at):
+                    return
+                loop.timeline.note("drain-asked", instance=drain)
+                loop.request_drain(drain)
             traffic = S.drive(gen, sink, prof, on_step=step, stop=lambda: "error" in box,
                               before_read=lambda: time.sleep(after_s))
         finally:
@@ -92,6 +107,7 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
         raise box["error"]
     tl = loop.timeline.as_dict(traffic)
     tl["scenario"] = {"name": name, "profile": prof, "flows": flows, "flows_per_addr": flows_per_addr,
-                      "low": low, "peak": peak, "kill": kill, "kill_at": kill_at if kill else None}
+                      "low": low, "peak": peak, "kill": kill, "kill_at": kill_at if kill else None,
+                      "drain": drain, "drain_at": drain_at if drain else None}
     tl["summary"]["scenario"] = name
     return tl

@@ -71,11 +71,14 @@ class Timeline:
             self._logged("event", {"t": self.events[-1]["t"], "condition": ev.kind, "instance": ev.instance,
                                    "active": ev.active, "value": ev.value})
 
-    def plan(self, views: dict, actions: list, inventory_s: float) -> None:
+    def plan(self, views: dict, actions: list, inventory_s: float, slots_free: int | None = None,
+             kind: str = "balance") -> None:
+        """kind: balance (the planner's round) or a drain's phase (off, upgrade, back)."""
         with self._lock:
-            self.plans.append({"t": self.t(), "inventory_s": round(inventory_s, 4),
+            self.plans.append({"t": self.t(), "kind": kind, "inventory_s": round(inventory_s, 4),
                                "load": {n: round(v.pps, 1) for n, v in views.items()},
                                "flows": {n: v.flows for n, v in views.items()},
+                               "slots_free": slots_free,
                                "actions": [a.as_dict() for a in actions]})
             self._logged("plan", self.plans[-1])
 
@@ -107,11 +110,16 @@ class Timeline:
         with self._lock:
             done = [a for a in self.actions if a.get("ok")]
             failed = [a for a in self.actions if not a.get("ok")]
-            counts = {k: sum(1 for a in done if a["kind"] == k) for k in ("add", "move", "remove")}
+            counts = {k: sum(1 for a in done if a["kind"] == k) for k in ("add", "move", "remove", "upgrade")}
+            kinds: dict[str, int] = {}
+            for p in self.plans:
+                kinds[p.get("kind", "balance")] = kinds.get(p.get("kind", "balance"), 0) + 1
             over = self.seconds_over_budget()
             peak = max((len(n) for _, n in self.instances), default=0)
             out = {"duration_s": self.t(), "scale_outs": counts["add"], "scale_ins": counts["remove"],
-                   "moves": counts["move"], "failed_actions": len(failed), "plans": len(self.plans),
+                   "moves": counts["move"], "upgrades": counts["upgrade"], "failed_actions": len(failed),
+                   "plans": len(self.plans), "plan_kinds": kinds,
+                   "drains": sum(1 for n in self.notes if n["kind"] == "drain-done"),
                    "instances_peak": peak, "instances_end": len(self.instances[-1][1]) if self.instances else 0,
                    "seconds_over_budget": round(sum(over.values()), 2), "over_budget_by_instance": over,
                    "samples": len(self.samples), "events": len(self.events)}

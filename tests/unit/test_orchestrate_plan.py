@@ -230,3 +230,128 @@ def test_no_scale_in_while_the_rest_would_run_near_the_target():
                         "nf2": flows(64, 40_000 / 64, base=A + 128)},
                        {"nf0": 40_000, "nf1": 40_000, "nf2": 40_000}, 2, fixed={"nf0"})
     assert Planner(POLICY).plan(views, [ev("underload", "nf2")], spare=[])[-1].kind == "remove"
+
+
+# ---- the switches' wildcard slots (slots.py) ----
+from nfx.orchestrate.slots import SlotBook  # noqa: E402
+
+
+def status(moves, used=None, spread=False, default="nf0"):
+    """GET /status's switches: an inside switch with these move rules ((src, to), newest first)
+    over the defaults (the host's traffic to nf0, the rest to the host), and an outside one."""
+    rules = [{"prio": 900 - i, "src": src, "dst": None, "sport": 0, "dport": 0, "proto": None,
+              "from_host": True, "to": [to], "armed": False} for i, (src, to) in enumerate(moves)]
+    defaults = [{"prio": 1000, "src": None, "dst": None, "sport": 0, "dport": 0, "proto": None,
+                 "from_host": True, "to": [default], "armed": False},
+                {"prio": 2000, "src": None, "dst": None, "sport": 0, "dport": 0, "proto": None,
+                 "from_host": False, "to": ["h1"], "armed": False}]
+    return {"steers_by_key": spread, "switches": {
+        "si": {"side": "in", "wild_max": 16, "wild_used": len(moves) + 2 if used is None else used,
+               "moves": sorted(rules, key=lambda r: r["prio"]), "defaults": defaults},
+        "so": {"side": "out", "wild_max": 16, "wild_used": 2, "moves": [], "defaults": []}}}
+
+
+def net(text):
+    return ipaddress.IPv4Network(text)
+
+
+def test_slot_book_reads_the_inside_switch_and_counts_what_a_move_leaves():
+    book = SlotBook.from_status(status([("10.0.1.0/30", "nf1"), ("10.0.1.4/30", "nf1")]))
+    assert [s.name for s in book.switches] == ["si"] and book.free == 12
+    assert book.need(net("10.0.1.0/30")) == 1 and book.need(net("10.0.1.8/30")) == 2
+    assert book.cost(net("10.0.1.8/30"), "nf2") == 1              # a new rule
+    assert book.cost(net("10.0.1.0/30"), "nf2") == 0              # replaces its own
+    # a wider prefix takes out the two it covers: one slot freed
+    assert book.cost(net("10.0.1.0/29"), "nf2") == -1
+    # moved back where the default sends it: replaced now, taken out at the next move's pruning
+    back = book.after(net("10.0.1.0/30"), "nf0")
+    assert back.free == 12 and back.after(net("10.0.2.0/30"), "nf1").free == 12
+    assert SlotBook.from_status(status([], spread=True)) is None
+    # full: only a prefix with a rule of its own fits (one free slot)
+    full = SlotBook.from_status(status([("10.0.1.0/30", "nf1")], used=15))
+    assert full.cost(net("10.0.1.8/30"), "nf1") is None and full.cost(net("10.0.1.0/30"), "nf0") == 0
+
+
+def test_the_planner_never_plans_more_moves_than_the_slots_allow():
+    views = views_from({"nf0": flows(4096, 400_000 / 4096, per_addr=8)}, {"nf0": 400_000}, 2, fixed={"nf0"})
+    free = SlotBook.from_status(status([]))
+    p = Planner(POLICY)
+    unbounded = [a for a in p.plan(views, [ev("overload", "nf0")], spare=["nf1", "nf2", "nf3"], slots=free)
+                 if a.kind == "move"]
+    tight = SlotBook.from_status(status([], used=13))             # 3 free: two new rules at most
+    acts = p.plan(views, [ev("overload", "nf0")], spare=["nf1", "nf2", "nf3"], slots=tight)
+    moves = [a for a in acts if a.kind == "move"]
+    assert 0 < len(moves) < len(unbounded)
+    book = tight
+    for m in moves:                      # each fits when its turn comes, as the controller checks
+        n = net(m.filter.removeprefix("src="))
+        assert book.fits(n), (m, book)
+        book = book.after(n, m.dst)
+        assert "switch slots:" in m.reason
+    assert book.free >= 0
+
+
+def test_with_one_slot_free_only_a_prefix_with_its_own_rule_moves_and_else_the_plan_says_why():
+    # nf0 over the target; one of its prefixes was moved before (to nf2, and back): its rule is in force
+    views = views_from({"nf0": flows(64, 2000.0, per_addr=4), "nf1": []}, {"nf0": 128_000, "nf1": 0}, 2,
+                       fixed={"nf0", "nf1"})
+    p = Planner(POLICY)
+    assert p.plan(views, [ev("overload", "nf0")], spare=[])[0].filter.endswith("/29")    # 64k of 128k
+    one = SlotBook.from_status(status([("10.0.1.8/30", "nf0")], used=15))
+    acts = p.plan(views, [ev("overload", "nf0")], spare=[], slots=one)
+    assert [a.filter for a in acts if a.kind == "move"] == ["src=10.0.1.8/30"], acts
+    assert "replaces its own rule" in acts[0].reason
+    none = SlotBook.from_status(status([("10.0.9.0/28", "nf1")], used=15))
+    assert p.plan(views, [ev("overload", "nf0")], spare=[], slots=none) == []
+    assert any("wildcard slot" in n and "1 free" in n for n in p.notes), p.notes
+
+
+def test_with_few_slots_left_a_move_that_takes_none_goes_first():
+    # nf0 holds two blocks no one prefix names: .4/30 at 40k pps, which has a rule, and .8/30 at 16k;
+    # the host's traffic goes to nf2 by default, so the rule is no redundant one a move takes out
+    fl = [(A + 4 + i // 4, 2500.0, 96) for i in range(16)] + [(A + 8 + i // 4, 1000.0, 96) for i in range(16)]
+    views = views_from({"nf0": fl, "nf1": []}, {"nf0": 56_000, "nf1": 10_000}, 2, fixed={"nf0", "nf1"})
+    p = Planner(POLICY)
+    plenty = SlotBook.from_status(status([("10.0.1.4/30", "nf0")], default="nf2"))
+    scarce = SlotBook.from_status(status([("10.0.1.4/30", "nf0")], used=12, default="nf2"))
+    first = p.plan(views, [ev("overload", "nf0")], spare=[], slots=plenty)[0]
+    assert first.filter == "src=10.0.1.8/30" and "a new rule, 1 taken" in first.reason    # the closest to 23k
+    first = p.plan(views, [ev("overload", "nf0")], spare=[], slots=scarce)[0]
+    assert first.filter == "src=10.0.1.4/30" and "replaces its own rule" in first.reason  # no new slot
+
+
+# ---- cluster-first ----
+CLUSTER_POLICY = parse("""
+[instance]
+capacity_pps = 150000
+[planner]
+target = 0.6
+max_instances = 4
+block_bits = 2
+strategy = "cluster-first"
+""")
+
+
+def test_cluster_first_prefers_a_member_of_the_source_cluster_then_the_others():
+    clusters = {"nf0": "c0", "nf1": "c0", "nf2": "c1", "nf3": "c1"}
+    loads = {"nf0": 120_000, "nf1": 50_000, "nf2": 0, "nf3": 0}
+    views = views_from({"nf0": flows(400, 300.0)}, loads, 2, fixed=set(loads))
+    acts = Planner(CLUSTER_POLICY).plan(views, [ev("overload", "nf0")], spare=[], clusters=clusters)
+    assert acts[0].kind == "move" and acts[0].dst == "nf1", acts
+    assert "nf1 shares nf0's cluster c0" in acts[0].reason
+    # heaviest would send it to an empty instance of the other cluster
+    assert Planner(POLICY).plan(views, [ev("overload", "nf0")], spare=[], clusters=clusters)[0].dst in ("nf2", "nf3")
+    # the member has no room: outside the cluster, and the reason says so
+    loads["nf1"] = 95_000
+    views = views_from({"nf0": flows(400, 300.0)}, loads, 2, fixed=set(loads))
+    acts = Planner(CLUSTER_POLICY).plan(views, [ev("overload", "nf0")], spare=[], clusters=clusters)
+    assert acts[0].dst in ("nf2", "nf3") and "no member of nf0's cluster c0 (nf1) has room" in acts[0].reason
+    # no sharing clusters at all: the least loaded, said so
+    acts = Planner(CLUSTER_POLICY).plan(views, [ev("overload", "nf0")], spare=[], clusters={})
+    assert "nf0 is in no sharing cluster" in acts[0].reason
+
+
+def test_cluster_first_is_a_valid_strategy_and_others_are_refused():
+    assert CLUSTER_POLICY.planner.strategy == "cluster-first"
+    with pytest.raises(BadInput, match="cluster-first"):
+        parse('[planner]\nstrategy = "cluster_first"')
