@@ -22,8 +22,10 @@ A spread rule sends each flow to one of its `spread` ports, chosen per flow (nfx
 its `output` ports, if any, get clones as usual. Rules and matches as Python values, and their
 wire form, are nfx/control/switch_rules.py.
 
-One controller at a time is assumed: rule-id allocation and slot rewrites are not atomic
-against a second writer."""
+This file is the maps' one writer (Switch: load, attach and pin, and every write to the maps);
+what reads them back (rules(), counters, last hits, fired tokens, roles, stats) is
+switch_read.py's SwitchRead, which Switch inherits. One controller at a time is assumed:
+rule-id allocation and slot rewrites are not atomic against a second writer."""
 import os
 import socket
 import threading
@@ -31,13 +33,13 @@ from pathlib import Path
 
 from .. import layout as L
 from ..errors import AlreadyExists, BadInput, BpfError, NotFound
-from ..loader import attach, bpfsys, netns, pin
+from ..loader import attach, bpfsys, pin
 from ..loader.compile import compile_source, load
-from ..loader.maps import stats_dict
 from ..loader.spec import MapSet, MapSpec
-from .spread import Spread, decode as decode_spread, encode as encode_spread, group_hits, write_group
-from .switch_ring import CtrlReader, Port
-from .switch_rules import Match, Rule, RuleInfo, _key_tuple, _prefix, _prefix_str, _proto, flow_key
+from .spread import encode as encode_spread, write_group
+from .switch_read import SwitchRead
+from .switch_ring import Port
+from .switch_rules import Match, Rule, RuleInfo, _prefix, _proto, flow_key  # noqa: F401 (RuleInfo: importable here)
 
 class SWITCH_MAPS(MapSet):
     """The switch program's maps (bpf/switch.bpf.c); its scratch map is its own business."""
@@ -68,7 +70,10 @@ class _Pinned:
         self.fd, self.name = fd, name
 
 
-class Switch:
+class Switch(SwitchRead):
+    """The switch's maps' one writer: loads, attaches and pins the program, and writes every rule,
+    slot, entry, role, setting and token; what it reads back is SwitchRead's (switch_read.py)."""
+
     def __init__(self, name: str, ns: str | None, pin_dir: Path | None, maps: SWITCH_MAPS,
                  ring_fd: int, bpf=None, fn=None, ports: list[str] | None = None):
         self.name = name
@@ -160,37 +165,12 @@ class Switch:
         pin.unpin(pin_dir)
 
     # ---- ports ----
-    def ifindex(self, port: Port) -> int:
-        if isinstance(port, int):
-            return port
-        return netns.ifindex(port, self.ns)
-
-    def port_name(self, idx: int) -> Port:
-        if idx not in self._names:
-            try:
-                with netns.enter(self.ns):
-                    self._names[idx] = socket.if_indextoname(idx)
-            except (OSError, NotFound):
-                return idx
-        return self._names[idx]
-
-    # a trunk faces the joined site's NFs (through its switch): an NF port that also takes tags
-    ROLES = {"host": L.SW_PORT_HOST, "nf": L.SW_PORT_NF, "trunk": L.SW_PORT_NF | L.SW_PORT_TRUNK}
-
     def set_port_role(self, port: Port, role: str) -> None:
         """'host' (reserved marks dropped), 'nf' (triggers taken) or 'trunk' (an NF port that
         takes dup-tagged frames) for one port."""
         if role not in self.ROLES:
             raise BadInput(f"unknown port role {role!r}: one of {', '.join(self.ROLES)}")
         self.maps.sw_ports.put(L.u32(self.ifindex(port)), L.u32(self.ROLES[role]))
-
-    def port_roles(self) -> dict[Port, str]:
-        names = {v: k for k, v in self.ROLES.items()}
-        n, keys, vals = self.maps.sw_ports.export()
-        return {self.port_name(keys[i]): names.get(vals[i], str(vals[i])) for i in range(n)}
-
-    def _cfg(self) -> L.SwCfg:
-        return self.maps.sw_cfg.get(L.u32(0)) or L.SwCfg()
 
     def _set_cfg(self, **fields) -> None:
         # sw_cfg is one value: a read-modify-write keeps the other fields (the program only reads it)
@@ -204,24 +184,12 @@ class Switch:
         """The controller is about to send an IBC of `epoch` into a host-facing port (0: none)."""
         self._set_cfg(ibc_epoch=epoch)
 
-    def ibcs_passed(self) -> int:
-        """The controller's IBCs this switch has sent on by their rules, summed over CPUs."""
-        return self.maps.sw_reasons.sum_percpu(L.u32(L.SwReason.IBC))
-
     # ---- the stamper ----
     def set_stamp(self, on: bool) -> None:
         """The stamper on or off: a flow packet from a host port to NF ports only leaves with the
         flow's packet count as a trailer past its IPv4 datagram (struct nfx_stamp, nfx_flow.h),
         which the NF takes off (bpf/include/nfx_stamp.h)."""
         self._set_cfg(stamp=1 if on else 0)
-
-    def stamping(self) -> bool:
-        return bool(self._cfg().stamp)
-
-    def stamp_counts(self) -> dict[tuple, int]:
-        """The stamper's count per flow (src, dst, sport, dport, proto), one direction each."""
-        n, keys, vals = self.maps.sw_stamps.export()
-        return {_key_tuple(keys[i]): vals[i] for i in range(n)}
 
     # ---- SHarP's test packets ----
     def expect_test(self, epoch: int) -> None:
@@ -237,10 +205,6 @@ class Switch:
     def forget_test(self, epoch: int) -> None:
         """The test of `epoch` arrived or was given up: a host sending it again is forged."""
         self.maps.sw_hsl_epochs.delete(L.u32(epoch))
-
-    def expected_tests(self) -> list[int]:
-        n, keys, _ = self.maps.sw_hsl_epochs.export()
-        return sorted(keys[i] for i in range(n))
 
     # ---- rules ----
     def _encode(self, rule: Rule) -> L.SwRule:
@@ -281,29 +245,9 @@ class Switch:
         r.token = rule.token
         return r
 
-    def _decode(self, r: L.SwRule, rid: int) -> Rule:
-        out = [self.port_name(r.ports[i]) for i in range(min(r.nports, L.SW_MAX_PORTS))] \
-            if r.actions & L.SW_OUTPUT else []
-        spread, by = [], Spread()
-        if r.actions & L.SW_SPREAD:
-            by, idx = decode_spread(self.maps.sw_spread.get(L.u32(rid)) or L.SwSpread())
-            spread, out = [self.port_name(i) for i in idx], out[1:]
-        return Rule(output=out, set_tos=r.tos if r.actions & L.SW_SET_TOS else None,
-                    clear_tos=bool(r.actions & L.SW_CLEAR_TOS), to_ctrl=bool(r.actions & L.SW_TO_CTRL),
-                    drop=bool(r.actions & L.SW_DROP), token=r.token, tagged=bool(r.actions & L.SW_TAG),
-                    spread=spread, spread_by=by)
-
     def _write_spread(self, rid: int, rule: Rule) -> None:
         if rule.spread:
             write_group(self.maps, rid, encode_spread(rule.spread_by, [self.ifindex(p) for p in rule.spread]))
-
-    def spread_hits(self, rule_id: int) -> list[int]:
-        """Packets spread rule `rule_id` sent to each port of its group, summed over CPUs."""
-        return group_hits(self.maps, rule_id)
-
-    def _used_rules(self) -> dict[int, L.SwRule]:
-        n, keys, vals = self.maps.sw_rules.export()
-        return {keys[i]: vals[i] for i in range(n) if vals[i].used}
 
     # rule ids from here up are shared by many exact entries (SHarP's per-flow entries: one rule
     # per handover and step, pointed at by every flow it learnt); below, an exact rule has one key
@@ -362,23 +306,10 @@ class Switch:
         va = (L.u32 * n)(*([rule_id] * n))
         self.maps.sw_exact.update_batch(ka, va, n)
 
-    def exact_rule_ids(self) -> set[int]:
-        """The rule ids some exact entry points at."""
-        n, _, vals = self.maps.sw_exact.export()
-        return {int(vals[i]) for i in range(n)}
-
     def unpoint_exact(self, keys: list[L.FlowKey]) -> None:
         """Remove these flows' exact entries (those not there are skipped)."""
         for k in keys:
             self.maps.sw_exact.delete(k)
-
-    def wild_used(self) -> int:
-        """Wildcard slots in use."""
-        return len(self._wild_list())
-
-    def _wild_list(self) -> list[L.SwWild]:
-        n, _, vals = self.maps.sw_wild.export()
-        return [L.SwWild.from_buffer_copy(vals[i]) for i in range(n) if vals[i].used]
 
     def _write_wild(self, old: list[L.SwWild], new: list[L.SwWild]) -> None:
         """Rewrite the slots so a running packet never misses an entry that is in both lists:
@@ -409,9 +340,7 @@ class Switch:
 
     def remove(self, rule_id: int) -> None:
         """Unhook the rule (wildcard slot and exact entries), then free its id."""
-        r = self.maps.sw_rules.get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None
-        if r is None or not r.used:
-            raise NotFound(f"switch {self.name}: no rule {rule_id}")
+        self._rule_in_use(rule_id)
         self._unhook(rule_id)
         self.maps.sw_rules.put(L.u32(rule_id), L.SwRule())
 
@@ -426,30 +355,7 @@ class Switch:
             if vals[i] == rule_id:
                 ex.delete(keys[i])
 
-    def rules(self) -> list[RuleInfo]:
-        used = self._used_rules()
-        out = []
-        for w in self._wild_list():
-            m = Match(in_port=self.port_name(w.in_port) if w.in_port else None,
-                      src=_prefix_str(w.saddr, w.smask), dst=_prefix_str(w.daddr, w.dmask),
-                      sport=socket.ntohs(w.sport), dport=socket.ntohs(w.dport), proto=w.proto)
-            if w.rule in used:
-                out.append(RuleInfo(w.rule, "wild", self._decode(used.pop(w.rule), w.rule), m, w.prio))
-        n, keys, vals = self.maps.sw_exact.export()
-        for i in range(n):
-            rid = vals[i]
-            if rid in used:
-                out.append(RuleInfo(rid, "exact", self._decode(used.pop(rid), rid), _key_tuple(keys[i])))
-        # written but not (or no longer) reachable: shown so nothing is hidden
-        out += [RuleInfo(rid, "orphan", self._decode(r, rid), None) for rid, r in sorted(used.items())]
-        return out
-
     # ---- armed rules ----
-    def fired(self, token: int) -> int | None:
-        """When a trigger with `token` arrived (CLOCK_MONOTONIC ns), or None."""
-        v = self.maps.sw_fired.get(L.u64(token))
-        return None if v is None else v.value
-
     def forget_token(self, token: int) -> None:
         """Drop a token once no rule is armed with it (the table is small)."""
         self.maps.sw_fired.delete(L.u64(token))
@@ -463,42 +369,6 @@ class Switch:
         for t in stale:
             self.forget_token(t)
         return len(stale)
-
-    # ---- reading ----
-    def counters(self) -> dict[int, tuple[int, int]]:
-        """{rule id: (packets, bytes)} for every rule in use, summed over CPUs."""
-        used = self._used_rules()
-        n, keys, vals = self.maps.sw_counters.export()
-        out = {}
-        for i in range(n):
-            rid = keys[i]
-            if rid in used:
-                out[rid] = (sum(c.pkts for c in vals[i]), sum(c.bytes for c in vals[i]))
-        return out
-
-    def last_hit_ns(self, rule_id: int) -> int | None:
-        """When rule `rule_id` last matched a packet (CLOCK_MONOTONIC ns, as time.monotonic_ns()),
-        or None if it has not since it was added. The latest stamp over CPUs."""
-        r = self.maps.sw_rules.get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None
-        if r is None or not r.used:
-            raise NotFound(f"switch {self.name}: no rule {rule_id}")
-        v = self.maps.sw_counters.get(L.u32(rule_id))
-        last = max((c.last_ns for c in v), default=0) if v is not None else 0
-        return last or None
-
-    def stats(self) -> dict[str, int]:
-        """Verdict and reason counters summed over CPUs, by name; zeros left out. The switch's
-        own reasons (sw_reasons) are among them as r_sw_<reason>."""
-        out = stats_dict(self.maps.nfx_stats)
-        n, keys, vals = self.maps.sw_reasons.export()
-        names = {r.value: f"r_sw_{r.name.lower()}" for r in L.SwReason}
-        for i in range(n):
-            if sum(vals[i]):
-                out[names.get(keys[i], f"sw_reason_{keys[i]}")] = sum(vals[i])
-        return out
-
-    def ctrl_reader(self) -> "CtrlReader":
-        return CtrlReader(self.ring_fd, self.port_name)
 
     def close(self) -> None:
         self.maps.close()

@@ -2,7 +2,8 @@
 analyser raises and clears conditions, and every planner interval, unless the last plan's
 actions still run, the loop reads what each instance holds (inventory.py), plans
 (plan.py) and hands the actions over (actions.py). The instances the testbed had when the loop
-began are never removed by it; the ones it adds are nf<N> names the testbed does not use.
+began are never removed by it; the ones it adds get the names nfx nf add gives by default
+(nfx/testbed/slots.py free_names).
 
 A lost instance (its agent stopped answering) leaves the plan: if the controller has a
 secondary for it (nfx cluster up --pairs), its failure detector promotes that one, and the
@@ -12,12 +13,12 @@ secondary. Without a secondary the loop notes the loss; it does not restart inst
 A maintenance drain (request_drain; `--drain` of orchestrate run) takes an instance out of
 service, upgrades it and brings its flows back (drain.py); while it runs, the loop plans its
 steps alone."""
-import re
 import time
 
 from .. import registry
 from ..errors import NfxError
 from ..procs import controller
+from ..testbed.slots import PEER_SLOTS, free_names
 from .actions import Actions
 from .analyse import Analyser
 from .drain import Drain
@@ -35,13 +36,6 @@ def sharing_clusters(rec) -> dict[str, str]:
     if not rec.get("sharing"):
         return {}
     return {m: c for c, ms in rec.clusters_in_force().items() for m in ms}
-
-
-def spare_names(rec, n: int = 16) -> list[str]:
-    used = set(rec.get("nodes", {}))
-    idx = [int(m.group(1)) for k in used if (m := re.fullmatch(r"nf(\d+)", k))]
-    start = max(idx, default=-1) + 1
-    return [f"nf{i}" for i in range(start, start + n)]
 
 
 class Loop:
@@ -119,7 +113,7 @@ class Loop:
             return
         views = views_from(flows, pps, self.policy.planner.block_bits, self.fixed)
         rec = registry.load(self.testbed)
-        spare = spare_names(rec)
+        spare = free_names(rec, PEER_SLOTS)       # the names nfx nf add would give, in order
         slots = self._slots()
         kind = "balance"
         if self.drain is None and self.drain_wanted:

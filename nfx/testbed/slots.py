@@ -10,6 +10,7 @@ kernel-side checks (switch port room, NAT mappings still held in a slice) are nf
   order (inside, then outside), a veth to each, named as the builder names them.
 - NAT port slice: see free_slice."""
 import ipaddress
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -67,6 +68,25 @@ def instances(rec) -> list[str]:
     return [n for n, i in rec.get("nodes", {}).items() if i.get("role") == "nf"]
 
 
+def free_indexes(rec) -> list[int]:
+    """The indexes no instance has, lowest first: an add takes the first."""
+    nodes = rec.get("nodes", {})
+    used = {nodes[n].get("index", 0) for n in instances(rec)}
+    return [i for i in range(MAX_INDEX + 1) if i not in used]
+
+
+def free_names(rec, n: int) -> list[str]:
+    """The names the next `n` adds get by default, in order (plan's rule): the first nf<K> no
+    node has, K from the index the add takes. Fewer if fewer indexes are free."""
+    nodes = set(rec.get("nodes", {}))
+    out = []
+    for index in free_indexes(rec)[:n]:
+        name = next(f"nf{k}" for k in itertools.count(index) if f"nf{k}" not in nodes)
+        nodes.add(name)
+        out.append(name)
+    return out
+
+
 def check_changeable(rec, what: str) -> None:
     """What refuses any add or remove: a testbed not up, joined to another (the instances route
     to it through the management namespace, and one may be lent), or whose instances share
@@ -93,13 +113,14 @@ def plan(rec, name: str | None = None) -> Plan:
     if not switches or any(nodes.get(s, {}).get("role") != "switch" for s in switches):
         raise BadInput(f"the instances of testbed {rec['name']} ({rec.get('topology')}) are not wired between "
                        "switches: an instance added at runtime hangs off the switches, so moves can steer to it")
-    used = {nodes[n].get("index", 0) for n in instances(rec)}
-    index = next((i for i in range(MAX_INDEX + 1) if i not in used), None)
-    if index is None:
-        raise BadInput(f"testbed {rec['name']} has {len(used)} instances, the most there can be: every instance "
-                       f"redirects to each other one by a slot of its tx devmap ({L.TX_SLOTS} slots, 2 for the sides)")
+    free = free_indexes(rec)
+    if not free:
+        raise BadInput(f"testbed {rec['name']} has {len(instances(rec))} instances, the most there can be: every "
+                       f"instance redirects to each other one by a slot of its tx devmap ({L.TX_SLOTS} slots, 2 for "
+                       "the sides)")
+    index = free[0]
     if name is None:
-        name = next(f"nf{k}" for k in range(index, index + len(nodes) + 1) if f"nf{k}" not in nodes)
+        name = free_names(rec, 1)[0]
     check_name(rec, name)
     mg = rec.get("mgmt") or {}
     if "net" not in mg:

@@ -73,6 +73,57 @@ def test_the_default_name_skips_names_in_use():
     assert slots.plan(r).name == "nf3"
 
 
+def added(r, p: slots.Plan) -> None:
+    r["nodes"][p.name] = dict(copy.deepcopy(RECORD["nodes"]["nf1"]), ns=p.ns, index=p.index)
+
+
+def with_gaps():
+    r = with_instances(6)
+    del r["nodes"]["nf1"], r["nodes"]["nf3"]
+    return r
+
+
+def with_a_host_named_nf3():
+    r = rec()
+    r["nodes"]["nf3"] = {"role": "host", "ns": "tbx-nf3", "ifaces": {}}
+    return r
+
+
+def with_a_renamed_instance():
+    r = with_instances(4)
+    r["nodes"]["edge7"] = dict(r["nodes"].pop("nf1"), ns="tbx-edge7")     # index 1 under another name
+    del r["nodes"]["nf2"]
+    return r
+
+
+@pytest.mark.parametrize("make", [rec, lambda: with_instances(5), with_gaps, with_a_host_named_nf3,
+                                  with_a_renamed_instance])
+def test_free_names_are_the_names_the_next_adds_get(make):
+    r = make()
+    names = slots.free_names(r, 4)
+    for want in names:
+        p = slots.plan(r)
+        assert p.name == want
+        added(r, p)
+    assert len(names) == 4
+
+
+def test_free_names_examples():
+    assert slots.free_names(rec(), 3) == ["nf2", "nf3", "nf4"]
+    r = with_instances(4)
+    del r["nodes"]["nf1"]
+    assert slots.free_names(r, 3) == ["nf1", "nf4", "nf5"]
+    r["nodes"]["nf5"] = {"role": "host", "ns": "tbx-nf5", "ifaces": {}}     # a node, not an instance
+    assert slots.free_names(r, 3) == ["nf1", "nf4", "nf6"]
+    assert slots.free_names(r, 0) == []
+
+
+def test_free_names_stop_where_the_indexes_do():
+    r = with_instances(slots.PEER_SLOTS - 2)
+    assert slots.free_names(r, 5) == ["nf12", "nf13"]
+    assert slots.free_names(with_instances(slots.PEER_SLOTS), 5) == []
+
+
 def test_management_macs_follow_the_address():
     assert slots.mgmt_mac("10.255.0.13") == "02:6d:0a:ff:00:0d"
     assert slots.mgmt_mac("10.255.0.13") != slots.mgmt_mac("10.255.0.14")
