@@ -32,6 +32,7 @@ from ..frames import CTRL_TAG_MAC
 from ..gate import Gate, Releaser
 from ..state import ops
 from ..filter import Filter
+from .prio import enter_rt, leave_rt
 
 log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0
@@ -152,6 +153,7 @@ class MoveSession:
 
     # ---- the ring ----
     def _consume(self) -> None:
+        rt = False
         try:
             while not self._stop.is_set():
                 asked = self._drain_when_read
@@ -167,6 +169,11 @@ class MoveSession:
                     self._drain_when_read = False
                     self.drain()
                 if self.draining:
+                    if not rt:
+                        # releasing is the move's critical window: at normal priority, on CPUs
+                        # the traffic keeps busy, the release fell behind the arrivals it must
+                        # pass first and held them for seconds (the ramp at this machine's peak)
+                        rt = enter_rt()
                     if not self._release_ready() and gate_drain:
                         time.sleep(0.0002)
                 elif self.early_keys:
@@ -175,6 +182,9 @@ class MoveSession:
             # said by settled(): the move fails at once, with the reason, not by a timeout
             self.error = e
             log.exception("move %d: the ring consumer failed", self.epoch)
+        finally:
+            if rt:
+                leave_rt()
 
     def _take(self, pkts: list) -> None:
         ctrl = []

@@ -28,6 +28,7 @@ from ..errors import BadInput, NfxError
 from ..migrate import MECHANISMS
 from ..procs import controller
 from ..testbed import builder, join, lend
+from ..testbed.drops import path_drops
 from ..traffic.report import measure
 from ..traffic.rig import rig
 from ..traffic.sink import over
@@ -148,10 +149,10 @@ def run(rates_mbit=RATES_MBIT, sizes=SIZES, nfs=NFS, mechanisms=("slim", "dup"),
                             n += 1
                             dst = other if at == "nf0" else "nf0"
                             progress(f"[{n}/{total}] {nf}, {size} B at {mbit} Mbit/s ({pps:,} pps): {mech} {at} -> {dst}")
-                            drops = join.path_drops(name)
+                            drops = path_drops(name)
                             m, r = one(name, gen, sink, echo, mech, at, dst, pps, timeout)
                             rows.append(row(nf, size, mbit, mech, m, r, echo.histogram()))
-                            rows[-1]["path_drops"] = join.path_drops(name) - drops
+                            rows[-1]["path_drops"] = path_drops(name) - drops
                             if not m.get("error"):
                                 at = dst
                             else:

@@ -146,7 +146,7 @@ def run(name: str = NameOpt, policy: str = PolicyOpt,
         run_stats: bool = typer.Option(False, "--run-stats", help="Count the programs' run time too "
                                        "(BPF_ENABLE_STATS: two clock reads a packet)."),
         json_: bool = typer.Option(False, "--json", help="No lines: the timeline's summary as one JSON object "
-                                   "(scale-outs, scale-ins, moves, lost, duplicated, reordered, seconds over budget).")):
+                                   "(scale-outs, scale-ins, moves, lost, duplicated, reordered, the interfaces' drops, seconds over budget).")):
     """The orchestration loop on a running testbed: monitor, analyse, plan (which flows go where,
     when to add or remove an instance, with which mechanism), and act: nfx nf add, moves through
     the controller, nfx nf remove; with --drain, a maintenance drain (off, hot upgrade, back).

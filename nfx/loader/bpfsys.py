@@ -245,7 +245,9 @@ def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1, live: bool = Fals
     try:
         _call(PROG_TEST_RUN, a)
     except OSError as e:
-        raise BpfError(f"BPF_PROG_TEST_RUN failed: {e.strerror}") from None
+        err = BpfError(f"BPF_PROG_TEST_RUN failed: {e.strerror}")
+        err.errno = e.errno             # EINTR: a signal cut a live run short (what went, went)
+        raise err from None
     frame_out = None
     if out is not None:
         # the output starts at data_meta; drop the metadata we put in front

@@ -150,6 +150,15 @@ class Netlink:
         self._do(f"set neighbour {addr} lladdr {lladdr} on {ifname}", "neigh", "replace", dst=addr, lladdr=lladdr,
                  ifindex=self.index(ifname), state=NUD_PERMANENT)
 
+    def neigh_forget(self, addr: str, ifname: str) -> None:
+        """Drop the neighbour entry of `addr` on `ifname`, if any (one left FAILED by an
+        address that was unreachable a moment ago answers "No route to host" until it times
+        out; gone, the next packet resolves it afresh)."""
+        try:
+            self.ipr.neigh("del", dst=addr, ifindex=self.index(ifname))
+        except Exception:       # noqa: BLE001 (pyroute2's NetlinkError: no entry, which is the goal)
+            pass
+
     def delete(self, ifname: str, missing_ok: bool = False) -> None:
         found = self.ipr.link_lookup(ifname=ifname)
         if not found:

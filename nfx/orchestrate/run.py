@@ -18,6 +18,7 @@ import time
 from .. import registry
 from ..errors import NfxError
 from ..procs import controller
+from ..testbed.drops import testbed_drops
 from ..testbed.slots import PEER_SLOTS, free_names
 from .actions import Actions
 from .analyse import Analyser
@@ -54,6 +55,7 @@ class Loop:
         self.planner = Planner(policy, self.cost)
         self.lost: dict[str, str] = {}            # instance -> why it was lost
         self.recovered: dict[str, str] = {}       # lost instance -> the secondary promoted for it
+        self.removed_drops = 0                    # tx_dropped of the instances the loop removed
         self.status: dict | None = None           # the controller's, as last read
         self.drain: Drain | None = None           # the maintenance drain under way
         self.drain_wanted: list[str] = []         # drains asked for, in turn
@@ -201,6 +203,8 @@ class Loop:
         self.on_line(f"added {name}")
 
     def _removing(self, mon: Monitor, an: Analyser, name: str) -> None:
+        # its interfaces' drops go with its netns: counted now, for the run's path_drops
+        self.removed_drops += testbed_drops(registry.load(self.testbed), [name])
         mon.drop(name)
         for ev in an.forget(name, time.time()):
             self.timeline.event(ev)

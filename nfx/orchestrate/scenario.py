@@ -34,6 +34,11 @@ def duration(prof: list[tuple[float, float]]) -> float:
     return sum(s for _, s in prof)
 
 
+# a step the generator falls behind (a stall, or more than the machine carries) takes longer
+# rather than catching up in a burst the path drops: at most this much of its schedule is owed
+MAX_LAG_S = 0.005
+
+
 def drive(gen, sink, prof: list[tuple[float, float]], on_step=None, stop=None, settle_s: float = 1.0,
           before_read=None) -> dict:
     """Send the profile from a reset generator and sink, then let the sink settle and judge the
@@ -47,8 +52,9 @@ def drive(gen, sink, prof: list[tuple[float, float]], on_step=None, stop=None, s
             break
         if on_step is not None:
             on_step(i, rate, secs)
-        g = gen.run(rate, secs)
-        steps.append({"rate": rate, "seconds": secs, "sent": g["sent"], "pps": round(g["pps"], 1)})
+        g = gen.run(rate, secs, max_lag_s=MAX_LAG_S)
+        steps.append({"rate": rate, "seconds": secs, "sent": g["sent"], "pps": round(g["pps"], 1),
+                      "elapsed_s": round(g["elapsed_s"], 3)})
     if before_read is not None:
         before_read()
     per_flow = gen.per_flow_total()

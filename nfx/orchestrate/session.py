@@ -7,6 +7,7 @@ import time
 
 from .. import registry
 from ..errors import BadInput
+from ..testbed.drops import path_drops
 from ..testbed.fault import kill_instance
 from ..traffic.rig import rig
 from ..traffic.sink import percentile
@@ -68,6 +69,7 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
 
     # flows from consecutive inside addresses, flows_per_addr each: the loop moves them by prefix
     with rig(testbed, flows, flows_per_addr=flows_per_addr) as (gen, sink):
+        drops0 = path_drops(testbed)
         t = threading.Thread(target=loop_thread, name="orchestrate-loop", daemon=True)
         t.start()
         try:
@@ -103,6 +105,8 @@ def run(testbed: str, policy: Policy, name: str, flows: int = 2048, flows_per_ad
         finally:
             done.set()
             t.join(180)
+        # the interfaces' drops (the machine's loss, not a move's), the removed instances' too
+        traffic["path_drops"] = path_drops(testbed) - drops0 + loop.removed_drops
     if "error" in box:
         raise box["error"]
     tl = loop.timeline.as_dict(traffic)

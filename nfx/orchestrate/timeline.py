@@ -124,7 +124,7 @@ class Timeline:
                    "seconds_over_budget": round(sum(over.values()), 2), "over_budget_by_instance": over,
                    "samples": len(self.samples), "events": len(self.events)}
         if traffic is not None:
-            for k in ("sent", "received", "lost", "duplicated", "reordered"):
+            for k in ("sent", "received", "lost", "duplicated", "reordered", "path_drops"):
                 out[k] = traffic.get(k)
             out["latency_us"] = {k: traffic.get(f"lat_{k}_us") for k in ("p50", "p99", "max")}
         return out

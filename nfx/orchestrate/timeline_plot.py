@@ -47,7 +47,9 @@ def plot(tl: dict, path: str | Path, title: str = "") -> Path:
     verdict = ""
     if s.get("sent") is not None:
         lat = s.get("latency_us") or {}
-        verdict = (f"; sent {s['sent']:,}, lost {s['lost']}, duplicated {s['duplicated']}, reordered {s['reordered']}"
+        verdict = (f"; sent {s['sent']:,}, lost {s['lost']}"
+                   + (f" (interfaces dropped {s['path_drops']:,})" if s.get("path_drops") else "")
+                   + f", duplicated {s['duplicated']}, reordered {s['reordered']}"
                    + (f", p99 {lat['p99'] / 1000:.1f} ms" if lat.get("p99") is not None else ""))
     ax.set_title((title + "\n" if title else "") +
                  f"{s['scale_outs']} scale-outs, {s['scale_ins']} scale-ins, {s['moves']} moves "

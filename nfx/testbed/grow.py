@@ -198,6 +198,9 @@ def _build(rec, p: slots.Plan, kind: str, config, defines, programs: Preloads, s
             mgl.master(p.name, mg["bridge"])
             here.addr("mg", f"{p.agent_addr}/{mg['net'].split('/')[1]}")
             here.up("mg")
+            # an instance of this address removed a moment ago can leave a FAILED entry: the
+            # new agent's first caller got "No route to host" (the loop's add, retried later)
+            mgl.neigh_forget(p.agent_addr, mg["bridge"])
 
     progress(f"{p.name}: switch ports")
     with clock.step("switch"):

@@ -121,22 +121,6 @@ def join(name: str, peer: str, rate_mbit: float = 0.0) -> dict:
             "rate_mbit": rate_mbit}
 
 
-def path_drops(name: str) -> int:
-    """Frames the interfaces of this testbed and the one it is joined to could not send, so far
-    (the transit and the trunks included): with the receiving CPU behind, a veth drops what its
-    peer's backlog cannot take, as a NIC drops past its ring. A lost packet counted here is the
-    machine's, not a mechanism's."""
-    rec = registry.load(name)
-    recs = [rec] + ([registry.load(rec["join"]["peer"])] if rec.get("join") else [])
-    n = 0
-    with netlink.Sockets() as nls:
-        for r in recs:
-            for ns in {i["ns"] for i in r["nodes"].values() if i.get("ns")} | {r["mgmt"]["ns"]}:
-                if netns.exists(ns):
-                    n += nls[ns].tx_dropped()
-    return n
-
-
 def _switches(rec) -> list[str]:
     return sorted(n for n, i in rec["nodes"].items() if i.get("role") == "switch")
 

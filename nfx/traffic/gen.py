@@ -16,6 +16,7 @@ One sender pinned (pin_cpu): the one sending thread runs on that CPU alone. The 
 the receivers' NAPI they schedule, run on the sending CPU, so a path measured flat out this way
 costs that CPU's time per packet: generator, NF and sink on one CPU, the others left out."""
 import ctypes as ct
+import errno
 import ipaddress
 import os
 import threading
@@ -23,7 +24,7 @@ import time
 
 from .. import layout as L
 from ..closing import Closing
-from ..errors import BadInput
+from ..errors import BadInput, BpfError
 from ..loader import attach, bpfsys, netns
 from ..loader.compile import compile_source, load
 from ..loader.maps import stats_dict
@@ -171,27 +172,40 @@ class Generator(Closing):
             raise BadInput("this generator was loaded without an interface: it cannot transmit")
 
     def _call(self, n: int) -> None:
-        bpfsys.prog_test_run(self.fn.fd, self.frame, repeat=n, live=True,
-                             ingress_ifindex=self.ifindex, batch_size=min(self.batch_size, n))
+        try:
+            bpfsys.prog_test_run(self.fn.fd, self.frame, repeat=n, live=True,
+                                 ingress_ifindex=self.ifindex, batch_size=min(self.batch_size, n))
+        except BpfError as e:
+            # a signal to this process (a child's exit: nfx nf add starts an agent) cut the run
+            # short: the frames that went are counted in gen_seq, which is what the sink is
+            # judged against; the rest of this call is not sent again (it would arrive late)
+            if getattr(e, "errno", None) != errno.EINTR:
+                raise
 
-    def run(self, rate_pps: float | None, duration_s: float, progress=None, tick_s: float = 0.001) -> dict:
+    def run(self, rate_pps: float | None, duration_s: float, progress=None, tick_s: float = 0.001,
+            max_lag_s: float | None = None) -> dict:
         """Send at `rate_pps` (None or 0: as fast as possible) for `duration_s`.
-        progress(sent, elapsed) is called about every 100 ms. Per-flow counts are this run's."""
+        progress(sent, elapsed) is called about every 100 ms. Per-flow counts are this run's.
+        A sender that falls behind its schedule catches up at full speed; with `max_lag_s` it
+        owes at most that much of it and the rest of the schedule moves later instead (the run
+        sends as many packets, over a longer time: no burst after a stall or at a rate the
+        machine cannot reach)."""
         self._need_attached()
         before = self.per_flow_total()
         with self._lock:
             if self.sender_cpus is None:
                 with netns.enter(self.ns):
-                    sent, calls, elapsed = self._loop(rate_pps, duration_s, progress, tick_s)
+                    sent, calls, elapsed = self._loop(rate_pps, duration_s, progress, tick_s, max_lag_s=max_lag_s)
             else:
-                sent, calls, elapsed = self._parallel(rate_pps, duration_s, progress, tick_s)
+                sent, calls, elapsed = self._parallel(rate_pps, duration_s, progress, tick_s, max_lag_s)
         after = self.per_flow_total()
         per_flow = [(a - b) & 0xFFFFFFFF for a, b in zip(after, before)]
         return {"requested": sent, "sent": sum(per_flow), "per_flow": per_flow, "elapsed_s": elapsed,
                 "pps": sum(per_flow) / elapsed if elapsed else 0.0, "calls": calls,
                 "rate_pps": rate_pps or None, "cpus": self.cpus, "pin_cpu": self.pin_cpu}
 
-    def _parallel(self, rate_pps, duration_s: float, progress, tick_s: float) -> tuple[int, int, float]:
+    def _parallel(self, rate_pps, duration_s: float, progress, tick_s: float,
+                  max_lag_s: float | None = None) -> tuple[int, int, float]:
         """One _loop per sender CPU (0..cpus-1, or pin_cpu alone), each thread pinned there, at
         rate / senders, started together."""
         k = len(self.sender_cpus)
@@ -208,7 +222,7 @@ class Generator(Closing):
                         prog = lambda n, el: progress(n + sum(sent_now[1:]), el)   # noqa: E731
                     start.wait(5)
                     res[i] = self._loop(rate_pps / k if rate_pps else None, duration_s, prog, tick_s,
-                                        lambda n: sent_now.__setitem__(i, n))
+                                        lambda n: sent_now.__setitem__(i, n), max_lag_s)
             except BaseException as e:       # noqa: BLE001 -- re-raised in the caller below
                 res[i] = e
                 start.abort()
@@ -223,17 +237,23 @@ class Generator(Closing):
             raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
         return sum(r[0] for r in res), sum(r[1] for r in res), max(r[2] for r in res)
 
-    def _loop(self, rate_pps, duration_s: float, progress, tick_s: float, note=None) -> tuple[int, int, float]:
+    def _loop(self, rate_pps, duration_s: float, progress, tick_s: float, note=None,
+              max_lag_s: float | None = None) -> tuple[int, int, float]:
         """The rate loop of one sending thread (in the generator's netns): (sent, calls, elapsed)."""
         sent, calls, t_prog = 0, 0, 0.0
         total = int(rate_pps * duration_s) if rate_pps else None
+        most_owed = max(1, int(rate_pps * max_lag_s)) if rate_pps and max_lag_s is not None else None
         t0 = time.perf_counter()
+        late = 0.0                       # how far the schedule moved (max_lag_s)
         while True:
             el = time.perf_counter() - t0
             if total is not None:
                 if sent >= total:
                     break
-                owed = min(int(rate_pps * el), total) - sent
+                owed = min(int(rate_pps * (el - late)), total) - sent
+                if most_owed is not None and owed > most_owed:
+                    late += (owed - most_owed) / rate_pps
+                    owed = most_owed
             else:
                 if el >= duration_s:
                     break
@@ -252,7 +272,7 @@ class Generator(Closing):
                 # caught up: sleep to the next tick (or the next packet's due time at
                 # rates under one packet per tick) rather than spin on a shared CPU
                 now = time.perf_counter() - t0
-                due = max((sent + 1) / rate_pps, (int(now / tick_s) + 1) * tick_s)
+                due = max((sent + 1) / rate_pps + late, (int(now / tick_s) + 1) * tick_s)
                 time.sleep(max(due - now, 0))
         elapsed = time.perf_counter() - t0
         return sent, calls, elapsed

@@ -51,6 +51,7 @@ def test_ramp_scales_out_moves_and_scales_back_in_without_loss(tmp_path):
         assert all(a["mechanism"] == "dist" and a["guarantee"] == "op" for a in acts if a["kind"] == "move")
         # the traffic is whole over the whole run, moves and all
         assert s["sent"] > 0 and s["lost"] == 0 and s["duplicated"] == 0 and s["reordered"] == 0, s
+        assert isinstance(s["path_drops"], int) and s["path_drops"] >= 0, s
         # the traffic over time (the plot's lower panel): sampled every 0.25 s through the run
         ts = tl["traffic_samples"]
         assert len(ts) >= 30 and ts[-1]["sent"] > 0 and any(x["p99_us"] for x in ts)
