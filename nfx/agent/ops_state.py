@@ -55,6 +55,21 @@ def _in_threads(fns: list, names: list[str]) -> list:
         raise errors[0]
     return out
 
+def _read_end(r, length: int) -> tuple[dict | None, str | None]:
+    """A put's END frame: (its body, None), or (None, why it is refused); too long, skipped."""
+    if length > REQUEST_MAX:
+        r.skip(length)
+        return None, None
+    try:
+        return r.body(wire.END, length), None
+    except wire.WireError as e:
+        return None, f"malformed END frame: {e}"
+
+
+def _not_a_chunk(kind: int) -> str:
+    return f"expected CHUNK or END frames after put, got {KIND_NAMES[kind]}"
+
+
 class StateOps:
     """Mixed into the agent (nfx/agent/server.py): needs the instance (nfx/agent/instance.py)."""
 
@@ -136,17 +151,12 @@ class StateOps:
                 raise Closed("closed during a put")
             kind, length = h
             if kind == wire.END:
-                if length > REQUEST_MAX:
-                    r.skip(length)
-                else:
-                    try:
-                        end = r.body(kind, length)
-                    except wire.WireError as e:
-                        problem = problem or f"malformed END frame: {e}"
+                end, bad = _read_end(r, length)
+                problem = problem or bad
                 break
             if kind != wire.CHUNK or problem:
                 r.skip(length)
-                problem = problem or f"expected CHUNK or END frames after put, got {KIND_NAMES[kind]}"
+                problem = problem or _not_a_chunk(kind)
                 continue
             try:
                 c = r.body(kind, length)
@@ -215,18 +225,12 @@ class StateOps:
                     break
                 kind, length = h
                 if kind == wire.END:
-                    if length > REQUEST_MAX:
-                        r.skip(length)
-                    else:
-                        try:
-                            end = r.body(kind, length)
-                        except wire.WireError as e:
-                            problem = f"malformed END frame: {e}"
+                    end, bad = _read_end(r, length)
+                    problem = problem or bad
                     break
                 if kind != wire.CHUNK or problem or failed:
                     r.skip(length)
-                    problem = problem or (None if failed else
-                                          f"expected CHUNK or END frames after put, got {KIND_NAMES[kind]}")
+                    problem = problem or (None if failed else _not_a_chunk(kind))
                     continue
                 try:
                     c = r.body(kind, length)

@@ -416,16 +416,23 @@ def covered(m: Match, newer: list[Match]) -> bool:
     same = [x for x in newer if (x.in_port, x.sport, x.dport, str(x.proto)) == (m.in_port, m.sport, m.dport, str(m.proto))]
     for mine, other in (("src", "dst"), ("dst", "src")):
         cover = [net(getattr(x, mine)) for x in same if net(getattr(x, other)) == net(getattr(m, other))]
-        left = [net(getattr(m, mine))]
-        for c in cover:
-            nxt = []
-            for r in left:
-                if r.subnet_of(c):
-                    continue
-                nxt.extend(r.address_exclude(c) if c.subnet_of(r) else [r])
-            left = nxt
-            if not left:
-                return True
+        if prefix_covered(net(getattr(m, mine)), cover):
+            return True
+    return False
+
+
+def prefix_covered(net: ipaddress.IPv4Network, cover: list) -> bool:
+    """Whether the prefixes in `cover` hold every address of `net` between them."""
+    left = [net]
+    for c in cover:
+        nxt = []
+        for r in left:
+            if r.subnet_of(c):
+                continue
+            nxt.extend(r.address_exclude(c) if c.subnet_of(r) else [r])
+        left = nxt
+        if not left:
+            return True
     return False
 
 

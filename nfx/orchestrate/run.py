@@ -166,7 +166,7 @@ class Loop:
 
     def _upgrading(self, mon: Monitor, an: Analyser, inv: Inventory, name: str) -> None:
         """Its agent restarts: the monitor's stream and the inventory's connection end with it."""
-        self._removing(mon, an, name)
+        self._unwatch(mon, an, name)
         inv.forget(name)
 
     def _resample(self, mon: Monitor, an: Analyser, name: str) -> None:
@@ -205,6 +205,9 @@ class Loop:
     def _removing(self, mon: Monitor, an: Analyser, name: str) -> None:
         # its interfaces' drops go with its netns: counted now, for the run's path_drops
         self.removed_drops += testbed_drops(registry.load(self.testbed), [name])
+        self._unwatch(mon, an, name)
+
+    def _unwatch(self, mon: Monitor, an: Analyser, name: str) -> None:
         mon.drop(name)
         for ev in an.forget(name, time.time()):
             self.timeline.event(ev)

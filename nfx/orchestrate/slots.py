@@ -11,6 +11,8 @@ their slot and are left alone."""
 import ipaddress
 from dataclasses import dataclass, field, replace
 
+from ..control.steer import prefix_covered
+
 ANY = ipaddress.IPv4Network("0.0.0.0/0")
 
 
@@ -62,17 +64,7 @@ class SwitchSlots:
 
 
 def _covered(net, newer: list) -> bool:
-    left = [net]
-    for c in newer:
-        nxt = []
-        for r in left:
-            if r.subnet_of(c):
-                continue
-            nxt.extend(r.address_exclude(c) if c.subnet_of(r) else [r])
-        left = nxt
-        if not left:
-            return True
-    return False
+    return prefix_covered(net, newer)     # as the controller's pruning judges it
 
 
 def _redundant(r: WildRule, older: list[WildRule]) -> bool:

@@ -188,7 +188,7 @@ def band_min(sw):
 def test_any_number_of_points_reuses_prios():
     rec, sw = sharp()
     st = Steering.over(rec, sw)
-    for i in range(100_000):
+    for i in range(10_000):
         st.point(FILTERS[0], TARGETS[i % 2], prune=True)
     for s in sw.values():
         [prio] = s.band()
