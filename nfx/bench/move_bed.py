@@ -22,6 +22,7 @@ DROP_STATS = ("v_aborted", "r_gate_drop", "r_buf_ring_full", "r_hold_stale", "r_
               "r_release_bad", "r_no_port", "r_nat_no_mapping", "r_nat_ports_exhausted", "r_nat_map_full")
 WARM_PPS = 200_000           # warm-up and per-cell refresh: one packet per flow at this rate
 PORT_USE = 0.75              # fill at most this much of one public address's port range
+POOL = "10.0.2.100-10.0.2.107"   # the NAT's public addresses in the bench's testbed
 
 
 def addressing(flows: int, host_ip: str, inside: str, pool_count: int, span: int) -> tuple[str, int]:
@@ -126,7 +127,14 @@ def testbed(max_flow_count: int, progress, nf: str = "nat", mgmt: str | None = N
     name = "bm" + secrets.token_hex(3)
     max_flows = max(65536, 1 << (int(max_flow_count * 2.2)).bit_length())
     progress(f"testbed {name}: sharp, 2 {nf.upper()} instances, max_flows {max_flows:,}")
-    builder.up(name, topology.load("sharp", 2, mgmt=mgmt), nf, max_flows, progress=lambda m: progress(f"  {m}"))
+    topo = topology.load("sharp", 2, mgmt=mgmt)
+    wide = None
+    if nf == "nat":
+        # a NAT's whole port range, halved between the two, and 8 public addresses: 100k flows
+        # need 5 of them (the testbed's default range leaves room for added instances: 60k flows)
+        topo.pool = POOL
+        wide = ["port_lo=1024", "port_hi=65535"]
+    builder.up(name, topo, nf, max_flows, progress=lambda m: progress(f"  {m}"), nf_settings=wide)
     try:
         yield name, max_flows
     finally:

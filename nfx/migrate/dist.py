@@ -35,6 +35,7 @@ class Dist(Mechanism):
             try:
                 h = run.held()
                 x.flows, x.ibc = h["flows"], h["ibc"]
+                made_up = bool(h.get("ibc_made_up"))
                 if h.get("keys") is not None:
                     x.keys = by_key(h["keys"], [], x.ibc)
                 x.outside = None if flt.everything else h["outside"]
@@ -46,6 +47,8 @@ class Dist(Mechanism):
                 elif lf and not ov:
                     run.go()              # MovePerFlow, once enableEvent is acknowledged
                 d = run.done()
+                if x.flows is None:            # counted as the state went (every flow moved)
+                    x.flows = d.get("flows") or 0
                 x.state_at = d.get("applied_at") or time.perf_counter()
                 x.phase("state")
             finally:
@@ -61,7 +64,7 @@ class Dist(Mechanism):
         if steered:
             steered()
         armed_at = armed() if armed else 0.0
-        r = {"state_chunks": d.get("chunks", 0), "state_bytes": d.get("bytes", 0),
+        r = {"state_chunks": d.get("chunks", 0), "state_bytes": d.get("bytes", 0), "ibc_made_up": made_up,
              "transfer_s": d.get("total_s", 0.0) - d.get("held_s", 0.0), "go_ms": d.get("go_ms")}
         cl = cluster_report(x, inside, d.get("cluster") or {"entries": d.get("entries")})
         if cl:

@@ -105,7 +105,8 @@ def test_op_flows_born_during_the_move(tb, mechanism, opts):
             t.join()
     r = out["r"]
     if mechanism == "dist":
-        assert m["flows"] == 0, m            # the source found nothing to take the cut from
+        # the source found no flow to take the cut from; what moved are the flows born since
+        assert m["ibc_made_up"] and 0 <= m["flows"] <= 2 * FLOWS, m
     assert m["packets_redirected"] + m["instance_buffered"] > 0, m    # the flows lived during the move
     assert (r["lost"], r["duplicated"], r["reordered"]) == (0, 0, 0), (m, r)
     assert held(name, dst) == FLOWS and held(name, src) == 0, (held(name, src), held(name, dst))
