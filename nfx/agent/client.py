@@ -338,11 +338,14 @@ class AgentClient(ClosedWhenCollected):
         self._begin("put", {"parallel": parallel, "stream": stream or None}, frames())
         return self._reply("put")
 
-    def send_state(self, chunks: Iterable[wire.Chunk], pipelined: bool, on_done: Callable | None = None) -> dict:
+    def send_state(self, chunks: Iterable[wire.Chunk], pipelined: bool, on_done: Callable | None = None,
+                   streamed: bool = False) -> dict:
         """A move's state to this agent: each chunk applied as it arrives (pipelined puts), or all
-        at the end. on_done(reply, chunks) after each put; a chunk not applied raises. Returns
-        {chunks, entries, bytes, import_s, applied_at}: applied_at is when the agent applied the
-        last chunk (its CLOCK_MONOTONIC), None if there was nothing to send."""
+        at the end. With `streamed` (pipelined, nothing to do per chunk) one streamed put, whose
+        chunks the agent applies on a worker per CPU as they arrive. on_done(reply, chunks) after
+        each put; a chunk not applied raises. Returns {chunks, entries, bytes, import_s,
+        applied_at}: applied_at is when the agent applied the last chunk (its CLOCK_MONOTONIC),
+        None if there was nothing to send."""
         out = {"chunks": 0, "entries": 0, "bytes": 0, "import_s": 0.0, "applied_at": None}
 
         def done(r, cs):
@@ -356,7 +359,12 @@ class AgentClient(ClosedWhenCollected):
             out["applied_at"] = r.get("applied_at")
             if on_done:
                 on_done(r, cs)
-        if pipelined:
+        if pipelined and streamed:
+            sent: list = []
+            r = self.put(chunks, on_chunk=sent.append, stream=True)
+            if sent:
+                done(r, sent)
+        elif pipelined:
             self.put_each(chunks, done)
         else:
             cs = list(chunks)

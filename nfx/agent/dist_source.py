@@ -155,7 +155,9 @@ class DistSource:
                     chunks = s.export_locked(flows, flt, scopes, slot, t)
                 else:
                     chunks = ops.export(self.nf, scopes, flt, stats=t)
-                sent = peer.send_state(_counted(chunks, moved), pipelined="pz" in opts)
+                # pz without er: one streamed put (applied as it arrives, a worker per CPU);
+                # er releases flows put by put, so it keeps one put per chunk
+                sent = peer.send_state(_counted(chunks, moved), pipelined="pz" in opts, streamed="er" not in opts)
             if lf and not op:
                 peer.request("move_drain")           # ReleaseBuffer
             if token and not fired_at:

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
 from ..migrate import GUARANTEES, MECHANISMS  # nfx.movespec's, filled as nfx.migrate registers them
+from ..testbed.drops import path_drops
 from ..traffic.report import measure
 from .ci import mean_ci
 from .move_bed import Bed, testbed, traffic_rig
@@ -43,7 +44,7 @@ COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "r
            "sent", "received", "lost", "duplicated", "reordered", "unexpected", "out_of_window",
            "lat_p50_us", "lat_p99_us", "lat_max_us", "achieved_pps",
            "move_at_s", "move_end_s", "traffic_s", "move_inside_traffic", "refresh_lost", "loadavg",
-           "nf_drops", "ctrl_received", "ctrl_held", "ctrl_dropped_after_cut", "ctrl_injected", "ctrl_left",
+           "nf_drops", "path_drops", "ctrl_received", "ctrl_held", "ctrl_dropped_after_cut", "ctrl_injected", "ctrl_left",
            "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_steered_ms", "ph_cut_ms",
            "ph_settled_ms"]
 METRICS = ["move_time_s", "redirect_time_s", "total_s", "states", "state_chunks", "state_bytes",
@@ -63,6 +64,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     row["loadavg"] = round(os.getloadavg()[0], 2)
     err = None
     d0 = bed.drops()
+    p0 = path_drops(bed.name)
     # the sink is read only once the move has returned, so packets a move still held when the
     # traffic stopped count as late, not lost
     out, moved = {}, threading.Event()
@@ -87,6 +89,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
         raise NfxError("the traffic run did not finish")
     row["traffic_s"] = round(r["elapsed_s"], 4)
     row["nf_drops"] = " ".join(f"{i}:{k}={v}" for i, d in bed.drops(d0).items() for k, v in sorted(d.items()))
+    row["path_drops"] = path_drops(bed.name) - p0      # the interfaces' (a CPU behind), not the move's
     row["move_inside_traffic"] = row["move_end_s"] <= r["elapsed_s"] + 0.05
     for k in ("move_time_s", "redirect_time_s", "total_s", "transfer_s", "state_chunks", "state_bytes",
               "packets_redirected", "controller_packets", "controller_buffer_peak", "instance_buffer_peak",
