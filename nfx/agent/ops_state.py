@@ -140,7 +140,7 @@ class StateOps:
         """Take every chunk up to END, check them all, then apply: a put with one bad chunk (or of
         another layout) changes nothing. A streamed put (`stream`) applies each chunk as it
         arrives, on a thread of its own while the next is read; a bad chunk or a broken stream
-        takes back everything it applied (ops.undo) before the error is returned."""
+        takes back everything it applied (ops.PutLog.undo) before the error is returned."""
         if req.get("stream"):
             return self._put_streamed(sock, r, req.get("parallel", True))
         t0 = time.perf_counter()

@@ -11,14 +11,15 @@ from nfx.orchestrate.plan import (Block, CostModel, InstanceView, Planner, choos
                                   prefixes, runs_of, views_from)
 from nfx.orchestrate.policy import parse
 
-POLICY = parse("""
+POLICY_TEXT = """
 [instance]
 capacity_pps = 150000
 [planner]
 target = 0.6
 max_instances = 4
 block_bits = 2
-""")
+"""
+POLICY = parse(POLICY_TEXT)
 A = 0x0A000100          # 10.0.1.0: block_bits 2 makes blocks of 4 addresses
 
 
@@ -321,15 +322,7 @@ def test_with_few_slots_left_a_move_that_takes_none_goes_first():
 
 
 # ---- cluster-first ----
-CLUSTER_POLICY = parse("""
-[instance]
-capacity_pps = 150000
-[planner]
-target = 0.6
-max_instances = 4
-block_bits = 2
-strategy = "cluster-first"
-""")
+CLUSTER_POLICY = parse(POLICY_TEXT + 'strategy = "cluster-first"\n')
 
 
 def test_cluster_first_prefers_a_member_of_the_source_cluster_then_the_others():
