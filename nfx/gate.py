@@ -69,7 +69,7 @@ def check_ports(f: Filter) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _key_array(keys):
+def key_array(keys):
     """Flow keys as one ctypes array (given one, as it is)."""
     if isinstance(keys, ct.Array) and keys._type_ is L.FlowKey:
         return keys
@@ -107,7 +107,7 @@ class Gate:
                 self.maps.nfx_gate_cfg.put(L.u32(0), g)
         one = L.Mark(action=int(action), epoch=epoch, peer=peer, tag=tag)
         vals = (L.Mark * n).from_buffer_copy(bytes(one) * n)
-        return self.maps.nfx_marks.update_batch(_key_array(keys), vals, n)
+        return self.maps.nfx_marks.update_batch(key_array(keys), vals, n)
 
     def unmark(self, keys=None) -> int:
         """Remove the marks of `keys` (None: every mark); returns how many there were."""
@@ -117,7 +117,7 @@ class Gate:
         n = len(keys)
         if not n:
             return 0
-        arr = _key_array(keys)
+        arr = key_array(keys)
         done = m.delete_batch(arr, n)
         if done < n:
             # the kernel ends a batch at the first key with no mark: the rest one by one
@@ -238,7 +238,7 @@ class Gate:
         n = len(keys)
         if not n:
             return 0
-        return self.maps.nfx_drain.update_batch(_key_array(keys), (L.u32 * n)(*([1] * n)), n)
+        return self.maps.nfx_drain.update_batch(key_array(keys), (L.u32 * n)(*([1] * n)), n)
 
     def clear_drain(self) -> int:
         return self.maps.nfx_drain.clear()

@@ -65,6 +65,13 @@ def keys_from_blob(blob: bytes) -> list:
     return list((L.FlowKey * (len(blob) // n)).from_buffer_copy(blob)) if blob else []
 
 
+def flow_key_array(chunks):
+    """The keys of the per-flow chunks among `chunks` as one FlowKey array, none decoded alone
+    (an early release takes a put's keys on the hold's path)."""
+    blob = b"".join(bytes(c.keys) for c in chunks if c.scope == "per-flow")
+    return (L.FlowKey * (len(blob) // ct.sizeof(L.FlowKey))).from_buffer_copy(blob)
+
+
 def flow_keys(chunks) -> tuple[list, list]:
     """The flow keys of the per-flow chunks among `chunks`, and those on the outside (a NAT's
     public tuples, the keys of nat_rev)."""

@@ -16,6 +16,7 @@ from ..packets import flow_keys, keys_blob
 from ..state import ops, wire
 from ..filter import parse
 from ..state.tables import SCOPES, tables
+from . import late_locking
 from .client import AgentClient
 from .ops_move import enc
 
@@ -96,8 +97,11 @@ class DistSource:
         t0 = time.perf_counter()
         fired_at = None
 
+        per_flow: list = []         # the per-flow chunks read for the keys: late locking's groups
+
         def keys():
-            return flow_keys(ops.export(self.nf, ("per-flow",), flt))
+            per_flow[:] = ops.export(self.nf, ("per-flow",), flt)
+            return flow_keys(per_flow)
         # the hold needs the keys only to mark a partial filter's flows or to cut (op); otherwise
         # they are read once the filter holds every flow, off the way to the hold (and trigger)
         # want_keys: a spread testbed, where the filter also matches flows other instances hold
@@ -122,9 +126,10 @@ class DistSource:
         peer = AgentClient(self.testbed, dst, ns=None, timeout=timeout, delay_ms=data_delay, rate_mbit=data_rate)
         try:
             if lf:
+                # op: the switches cut only once the state is in, so dst drains at the cut itself
                 peer.request("move_begin", role="dst", epoch=epoch, order=op,
                              keys=enc(keys_blob(explicit + synth)), filter=None if spread else flt.text,
-                             er="er" in opts)
+                             er="er" in opts, drain_on_cut=op)
                 s = self._begin_session("src-redirect", epoch, op, [] if ll else explicit,
                                         None if ll or spread else flt, slot)
                 if synth:
@@ -150,13 +155,19 @@ class DistSource:
             if req.get("cluster_inside") and not ll:
                 sent = self.cluster_push(peer, flt)     # only the last batch: dst holds the rest
             else:
+                pace = None
                 if ll and lf:
-                    chunks = s.export_locked(flows, flt, scopes, slot, t)
+                    # er: each group's packets wait only for that group (Pace); puts ack one by one
+                    pace = late_locking.Pace(timeout) if "er" in opts and "pz" in opts else None
+                    chunks = late_locking.export_locked(s, per_flow, flt, scopes, slot, t, pace)
+                    if pace:
+                        chunks = pace.count(chunks)
                 else:
                     chunks = ops.export(self.nf, scopes, flt, stats=t)
                 # pz without er: one streamed put (applied as it arrives, a worker per CPU);
                 # er releases flows put by put, so it keeps one put per chunk
-                sent = peer.send_state(_counted(chunks, moved), pipelined="pz" in opts, streamed="er" not in opts)
+                sent = peer.send_state(_counted(chunks, moved), pipelined="pz" in opts, streamed="er" not in opts,
+                                       on_done=pace.done if pace else None)
             if lf and not op:
                 peer.request("move_drain")           # ReleaseBuffer
             if token and not fired_at:

@@ -14,6 +14,7 @@ from .. import packets as pk
 from ..gate import Gate
 from ..state import ops, wire
 from ..filter import Filter, parse
+from . import late_locking
 from .sessions import HOLDERS, ROLES, MoveSession
 from .transport import arg_bytes
 
@@ -65,6 +66,8 @@ class MoveOps:
             raise BadInput("dup (shadow the tagged copies) and hold_own are a destination's settings")
         if req.get("hold_own") and not req.get("dup"):
             raise BadInput("hold_own is for a dup move's destination (dup: true)")
+        if req.get("drain_on_cut") and not (role == "dst" and req.get("order")):
+            raise BadInput("drain_on_cut is for an order-preserving move's destination (role dst, order: true)")
         keys = pk.keys_from_blob(_b64(req, "keys"))
         text = req.get("filter")
         flt = parse(text) if text is not None else None     # a malformed one is refused before anything changes
@@ -72,18 +75,18 @@ class MoveOps:
         # dup's holders take their packets in arrival order (one path in): held in the gate
         self._begin_session(role, epoch, bool(req.get("order")), keys, flt, int(req.get("peer", 0)),
                             bool(req.get("er")), dup=dup, hold_own=bool(req.get("hold_own")),
-                            in_gate=role == "src-dup" or dup)
+                            in_gate=role == "src-dup" or dup, drain_on_cut=bool(req.get("drain_on_cut")))
         return {"epoch": epoch, "role": role, "marked": len(keys)}
 
     def _begin_session(self, role: str, epoch: int, op: bool, keys: list, flt: Filter | None, peer: int,
                        er: bool = False, dup: bool = False, hold_own: bool = False,
-                       in_gate: bool = False) -> MoveSession:
+                       in_gate: bool = False, drain_on_cut: bool = False) -> MoveSession:
         if self.session is not None:
             raise BadInput(f"a move (epoch {self.session.epoch}) is already in progress here")
         self._ctrl_q = queue.Queue() if role == "src-ctrl" else None
         on_ctrl = self._ctrl_q.put if self._ctrl_q is not None else None
         s = MoveSession(self.nf, self.ns, self.release_if, epoch, role, op, on_ctrl, egress=self.wiring)
-        s.er, s.dup, s.hold_own, s.in_gate = er, dup, hold_own, in_gate
+        s.er, s.dup, s.hold_own, s.in_gate, s.drain_on_cut = er, dup, hold_own, in_gate, drain_on_cut
         s.begin(keys, flt, peer)
         self.session = s
         return s
@@ -153,8 +156,8 @@ class MoveOps:
         t = {}
         t0 = time.perf_counter()
         if req.get("ll"):
-            flows = pk.flow_keys(ops.export(self.nf, ("per-flow",), flt))[0]
-            chunks = self._session().export_locked(flows, flt, scopes, int(req.get("peer", 0)), t)
+            per_flow = list(ops.export(self.nf, ("per-flow",), flt))
+            chunks = late_locking.export_locked(self._session(), per_flow, flt, scopes, int(req.get("peer", 0)), t)
         else:
             chunks = ops.export(self.nf, scopes, flt, stats=t)
         wire.write(sock, wire.encode_json({"ok": True, "op": "move_get"}))
@@ -171,7 +174,7 @@ class MoveOps:
         s = self.session
         if s is None or not getattr(s, "er", False) or s.role != "dst":
             return
-        keys = pk.flow_keys(chunks)[0]
-        if keys:
+        keys = pk.flow_key_array(chunks)
+        if len(keys):
             s.drain(keys)
 

@@ -29,8 +29,7 @@ from collections import deque
 from .. import layout as L
 from ..errors import NfxError
 from ..frames import CTRL_TAG_MAC
-from ..gate import Gate, Releaser
-from ..state import ops
+from ..gate import Gate, Releaser, key_array
 from ..filter import Filter
 from .prio import enter_rt, leave_rt
 
@@ -68,6 +67,9 @@ class MoveSession:
         self.hold_own = False              # ... op: its own packets wait for release_own(); set before begin()
         self.er = False                    # early release (dist's er option); set before begin()
         self.in_gate = False               # held packets wait in the gate's FIFO; set before begin()
+        # op whose state is in before the switches cut (dist): drain as the source's cut arrives,
+        # not a controller's round trip later (what a held packet would wait for); before begin()
+        self.drain_on_cut = False
         self._hold0 = None                 # the FIFO's head when this move began
         self._ring_held = self._ring_own = 0   # in_gate: what spilled to the ring (own: dup op's)
         self.draining = False
@@ -112,40 +114,6 @@ class MoveSession:
         """Late locking: mark more flows as their state goes out."""
         self.gate.mark(keys, ACTIONS[self.role], epoch=self.epoch, peer=peer_slot)
 
-    def export_locked(self, flows: list, flt: Filter, scopes, peer_slot: int = 0, stats: dict | None = None):
-        """Late locking: the state of `flows` in groups, each group marked (held back or passed
-        on) just before its state is read; then flows born meanwhile are caught by the filter and
-        their state follows; then the other scopes. Yields chunks as they are read. The next
-        group is marked before this one is read, so reading is what gives an XDP run that
-        missed a mark the time to finish (SETTLE_S at least)."""
-        per_flow = "per-flow" in scopes
-        rest = [s for s in scopes if s != "per-flow"]
-        size = max(1024, len(flows) // 8)
-        groups = [flows[i:i + size] for i in range(0, len(flows), size)]
-        steps = [lambda g=g: self.mark(g, peer_slot) for g in groups] + [lambda: self.hold_new(flt, peer_slot)]
-        marked = [0.0] * len(steps)
-
-        def mark(i):
-            steps[i]()
-            marked[i] = time.perf_counter()
-
-        def settled(i):
-            left = SETTLE_S - (time.perf_counter() - marked[i])
-            if left > 0:
-                time.sleep(left)
-        mark(0)
-        for i, g in enumerate(groups):
-            mark(i + 1)
-            settled(i)
-            if per_flow:
-                yield from ops.export(self.nf, ("per-flow",), flt, stats=stats, keyset={bytes(k) for k in g})
-        settled(len(groups))
-        if per_flow:
-            # flows born since the move began: the filter holds them now
-            yield from ops.export(self.nf, ("per-flow",), flt, stats=stats, skip={bytes(k) for k in flows})
-        if rest:
-            yield from ops.export(self.nf, rest, flt, stats=stats)
-
     def start(self) -> None:
         if not self._thread:
             self._thread = threading.Thread(target=self._consume, daemon=True, name=f"move-{self.epoch}")
@@ -163,6 +131,8 @@ class MoveSession:
                 pkts = self.ring.poll(0 if gate_drain else 5)
                 if pkts:
                     self._take(pkts)
+                    if self.drain_on_cut and not self.draining and self.cut_complete():
+                        self.drain()
                 if asked:
                     # this read began after drain_when_read(): it took every record committed
                     # before the call (libbpf consumes up to where the producer is)
@@ -259,8 +229,10 @@ class MoveSession:
             return
         self._early(keys)
 
-    def _early(self, keys: list) -> None:
-        raw = {bytes(k) for k in keys}
+    def _early(self, keys) -> None:
+        keys = key_array(keys)
+        kb = bytes(keys)
+        raw = {kb[i:i + 16] for i in range(0, len(kb), 16)}
         self.gate.drain(keys)
         with self.rlock, self.lock:
             self.early_keys |= raw

@@ -166,6 +166,20 @@ class Map:
             at += len(kb) // ksz
         return total, k, v
 
+    def lookup_many(self, keys) -> tuple[int, "ct.Array", "ct.Array"]:
+        """The entries of these keys (a ctypes array of Key) that exist: (count, keys, values),
+        in the order asked."""
+        n = len(keys)
+        vals = (self.Slot * n)()
+        found = sys_.map_lookup_many(self.fd, ct.addressof(keys), ct.sizeof(self.Key), n, ct.addressof(vals),
+                                     ct.sizeof(self.Slot))
+        if len(found) == n:
+            return n, keys, vals
+        k, v = (self.Key * len(found))(), (self.Slot * len(found))()
+        for j, i in enumerate(found):
+            k[j], v[j] = keys[i], vals[i]
+        return len(found), k, v
+
     def update_batch(self, keys, values, count: int | None = None, flags: int = sys_.BPF_ANY) -> int:
         """Insert/replace `count` entries from ctypes arrays; returns how many the kernel took."""
         n = len(keys) if count is None else count

@@ -115,6 +115,21 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
             yield flush()
 
 
+def read_keys(nf, table: str, raw_keys: bytes) -> wire.Chunk | None:
+    """The entries of one table under these keys (back to back, as the table lays them out) that
+    exist, as one chunk: a few flows' state read key by key, where a batch export would walk
+    every bucket of the table."""
+    m = nf.maps.get(table)
+    if m is None:
+        raise NfxError(f"instance {nf.instance} has no map {table}")
+    t = next(t for t in tables(nf.kind) if t.name == table)
+    n, k, v = m.lookup_many((m.Key * (len(raw_keys) // ct.sizeof(m.Key))).from_buffer_copy(raw_keys))
+    if not n:
+        return None
+    return wire.Chunk(t.name, t.scope, nf.kind, n, ct.sizeof(m.Key), ct.sizeof(m.Value), m.ncpu,
+                      L.layout_hash(nf.kind), memoryview(k).cast("B"), memoryview(v).cast("B"))
+
+
 def select_chunks(chunks: Iterable[wire.Chunk], flt: Filter, keyset: set | None = None) -> list[wire.Chunk]:
     """The entries of `chunks` that `flt` selects (per-flow tables: among the flows in `keyset`,
     raw 16-byte keys, if given), by the same rules as export (a replica store's chunks,

@@ -1,0 +1,74 @@
+"""Late locking's groups and reads on a loaded NAT (nfx/agent/late_locking.py, ops.read_keys):
+every per-flow entry is in exactly one group, a flow's outside tuple in its own flow's group, and
+a group's state read key by key is what a batch export of the whole table gives for those keys."""
+import ctypes as ct
+import os
+
+import pytest
+from scapy.all import IP, Raw, UDP, raw
+
+from nfx.agent import late_locking as LL
+from nfx.state import ops
+from tests.bpf.test_stamp_nf import H1, H2, NAT, NAT_CFG, XDP_REDIRECT, _instance, eth, fresh, run
+
+FLOWS = 400
+
+
+@pytest.fixture(scope="module")
+def nat():
+    yield from _instance(NAT, "tll", NAT_CFG)
+
+
+def _entries(chunks) -> dict:
+    """{(table, key bytes): value bytes} of chunks."""
+    out = {}
+    for c in chunks:
+        slot = c.value_size * c.ncpu
+        kb, vb = bytes(c.keys), bytes(c.values)
+        for i in range(c.count):
+            out[c.table, kb[i * c.key_size:(i + 1) * c.key_size]] = vb[i * slot:(i + 1) * slot]
+    return out
+
+
+def test_groups_cover_every_entry_once_and_reads_match_the_export(nat, monkeypatch):
+    fresh(nat)
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    for sport in range(3000, 3000 + FLOWS):
+        frame = raw(eth() / IP(src=H1, dst=H2) / UDP(sport=sport, dport=53) / Raw(b"x" * 8))
+        assert run(nat, frame)[0] == XDP_REDIRECT
+    per_flow = list(ops.export(nat, ("per-flow",)))
+    whole = _entries(per_flow)
+    assert sum(1 for t, _ in whole if t == "nat_fwd") == FLOWS
+    monkeypatch.setattr(LL, "GROUP_FLOWS", 64)
+    plan, every = LL.groups(nat.kind, per_flow)
+    assert len(every) == FLOWS
+    assert len(plan) == -(-FLOWS // 64)
+
+    group_of = {}
+    for g, (marks, reads) in enumerate(plan):
+        mb = bytes(marks)
+        for i in range(0, len(mb), 16):
+            assert mb[i:i + 16] not in group_of, "a key marked in two groups"
+            group_of[mb[i:i + 16]] = g
+        got = _entries(c for c in (ops.read_keys(nat, t, raw_) for t, raw_ in reads.items()) if c is not None)
+        assert got and all(whole[k] == v for k, v in got.items())
+        assert {k[1][:16] for k in got} == {mb[i:i + 16] for i in range(0, len(mb), 16)}
+    assert set(group_of) == {k[:16] for _, k in whole}
+    for (table, key), value in whole.items():
+        if table == "nat_rev":      # its value begins with the inside flow's key: the same group
+            assert group_of[key[:16]] == group_of[value[:16]]
+
+
+def test_read_keys_skips_keys_that_are_gone(nat):
+    fresh(nat)
+    for sport in (4000, 4001):
+        assert run(nat, raw(eth() / IP(src=H1, dst=H2) / UDP(sport=sport, dport=53)))[0] == XDP_REDIRECT
+    [fwd] = [c for c in ops.export(nat, ("per-flow",)) if c.table == "nat_fwd"]
+    ksz = fwd.key_size
+    keys = bytes(fwd.keys)
+    gone = bytes(ksz)                      # the all-zero key: no flow
+    c = ops.read_keys(nat, "nat_fwd", keys[:ksz] + gone + keys[ksz:2 * ksz])
+    assert c.count == 2 and bytes(c.keys) == keys[:2 * ksz]
+    assert bytes(c.values)[:c.value_size] == bytes(fwd.values)[:fwd.value_size]
+    assert ops.read_keys(nat, "nat_fwd", gone) is None
+    assert ct.sizeof(nat.maps["nat_fwd"].Key) == ksz
