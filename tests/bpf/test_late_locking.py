@@ -2,7 +2,6 @@
 every per-flow entry is in exactly one group, a flow's outside tuple in its own flow's group, and
 a group's state read key by key is what a batch export of the whole table gives for those keys."""
 import ctypes as ct
-import os
 
 import pytest
 from scapy.all import IP, Raw, UDP, raw
@@ -32,7 +31,6 @@ def _entries(chunks) -> dict:
 
 def test_groups_cover_every_entry_once_and_reads_match_the_export(nat, monkeypatch):
     fresh(nat)
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     for sport in range(3000, 3000 + FLOWS):
         frame = raw(eth() / IP(src=H1, dst=H2) / UDP(sport=sport, dport=53) / Raw(b"x" * 8))
         assert run(nat, frame)[0] == XDP_REDIRECT
