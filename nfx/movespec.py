@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 GUARANTEES = ("ng", "lf", "op")
 MECHANISMS: list[str] = []       # the registered ones, in order (nfx.migrate registers opennf, dist, dup, slim)
-OPTIMISATIONS = ("pz", "ll", "er", "ov", "dt", "rt")
+OPTIMISATIONS = ("pz", "ll", "er", "pc", "ov", "dt", "rt")
 QUIET_S = 0.05           # src counts as drained when it passed nothing on for this long
 FIRE_WAIT_S = 1.0        # dt: the trigger left before "done"; past this the controller steers itself
 
@@ -43,7 +43,7 @@ def parse_opts(text: str | None) -> set[str]:
     opts = {o.strip().lower() for o in (text or "").replace("|", ",").split(",") if o.strip()}
     bad = opts - set(OPTIMISATIONS)
     if bad:
-        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er, ov, dt, rt (comma-separated)")
+        raise BadInput(f"unknown optimisation {sorted(bad)}: use pz, ll, er, pc, ov, dt, rt (comma-separated)")
     return opts
 
 
@@ -105,6 +105,9 @@ class MoveRequest:
                 raise BadInput(f"SLiM takes only rt ({', '.join(sorted(self.opts - {'rt'}))} are OpenNF's and DiST's)")
         elif self.stall_reader_s or "rt" in self.opts:
             raise BadInput("rt and stall_reader_ms (an emulated slow statelet reader) are for slim moves")
+        if "pc" in self.opts and (self.mechanism != "dist" or not self.lf or not {"pz", "ll", "er"} <= self.opts):
+            raise BadInput("pc (late locking paced by the destination's releases, nfx's own) is for dist moves with "
+                           "guarantee lf or op and pz,ll,er: it marks each group once the one before is released")
         if "ov" in self.opts and (self.mechanism != "dist" or not self.lf):
             raise BadInput("ov (overlap steering with the state push) is for dist moves with guarantee lf "
                            "or op: only a destination that holds the flows back may get them before their state")

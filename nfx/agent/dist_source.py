@@ -157,8 +157,9 @@ class DistSource:
             else:
                 pace = None
                 if ll and lf:
-                    # er: each group's packets wait only for that group (Pace); puts ack one by one
-                    pace = late_locking.Pace(timeout) if "er" in opts and "pz" in opts else None
+                    # pc: each group's packets wait only for that group (Pace; its puts ack one by
+                    # one, so it needs pz and er)
+                    pace = late_locking.Pace(timeout) if {"pc", "pz", "er"} <= opts else None
                     chunks = late_locking.export_locked(s, per_flow, flt, scopes, slot, t, pace)
                     if pace:
                         chunks = pace.count(chunks)

@@ -6,7 +6,11 @@ A group is a set of flows, by the owning flow's key (a NAT flow's outside tuple 
 made from one read of the per-flow tables before anything is held (numpy, no per-key Python).
 Marking a group is one batch update of keys ready in memory; reading its state is a lookup of
 its own keys (ops.read_keys), not a walk of the tables: a batch export walks every bucket of a
-262k-entry map, 8-15 ms under load for a group of a few hundred flows."""
+262k-entry map, 8-15 ms under load for a group of a few hundred flows.
+
+As published, a group is locked as its state goes out, ahead of the destination's puts. With
+pc (nfx's option, Pace) the next group waits until the last one is released at the
+destination, and groups are smaller: a held packet waits for its own group alone."""
 import threading
 import time
 
@@ -18,8 +22,11 @@ from ..state import ops
 from ..state.tables import tables
 from .sessions import SETTLE_S
 
-GROUP_FLOWS = 160    # flows per group: ~320 lookups, under 1 ms (a smaller group, a shorter hold)
-MAX_GROUPS = 256     # each group costs a round trip to the destination (Pace)
+# as published (groups marked ahead of their puts): few groups, each one put the destination
+# applies and releases while the next is read
+GROUP_FLOWS, MAX_GROUPS = 512, 8
+# pc (Pace): small groups, each one round trip; ~320 lookups a group, under 1 ms
+PACED_GROUP_FLOWS, PACED_MAX_GROUPS = 160, 256
 
 
 def _owners(kind: str, c) -> tuple[np.ndarray, np.ndarray] | None:
@@ -42,15 +49,17 @@ def _group_of(owners: np.ndarray, n_groups: int) -> np.ndarray:
     return ((h >> np.uint64(33)) % np.uint64(n_groups)).astype(np.int64)
 
 
-def groups(kind: str, per_flow_chunks) -> tuple[list, set]:
+def groups(kind: str, per_flow_chunks, paced: bool = False) -> tuple[list, set]:
     """[(the group's keys to mark, as a FlowKey array; {table: its keys there, back to back})],
-    and every owner (16-byte keys: the flows whose state the groups carry)."""
+    and every owner (16-byte keys: the flows whose state the groups carry). Paced (pc): smaller
+    groups."""
     parts = [(c.table, *p) for c in per_flow_chunks if (p := _owners(kind, c)) is not None]
     if not parts:
         return [], set()
     ob = b"".join(np.ascontiguousarray(o).tobytes() for _, _, o in parts)
     every = {ob[i:i + 16] for i in range(0, len(ob), 16)}
-    n_groups = max(1, min(MAX_GROUPS, -(-len(every) // GROUP_FLOWS)))
+    size, most = (PACED_GROUP_FLOWS, PACED_MAX_GROUPS) if paced else (GROUP_FLOWS, MAX_GROUPS)
+    n_groups = max(1, min(most, -(-len(every) // size)))
     gids = [_group_of(o, n_groups) for _, _, o in parts]
     out = []
     for g in range(n_groups):
@@ -67,10 +76,11 @@ def groups(kind: str, per_flow_chunks) -> tuple[list, set]:
 
 
 class Pace:
-    """Early release's pacing: the next group is marked only once every chunk yielded so far is
-    in and released at the destination (its put acknowledged). Marked ahead, groups piled up at
-    a destination that applies and releases one put after another, and each group's packets
-    waited for every group before it (holds of 120-400 ms at 10k flows)."""
+    """pc, nfx's option beside DiST's ll,er: the next group is marked only once every chunk
+    yielded so far is in and released at the destination (its put acknowledged). As published,
+    a group is locked as its state is sent; marked ahead, groups pile up at a destination that
+    applies and releases one put after another, and each group's packets wait for every group
+    before it (holds of 120-400 ms at 10k flows, and seconds with groups as small as pc's)."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -107,7 +117,7 @@ def export_locked(session, per_flow_chunks, flt: Filter, scopes, peer_slot: int 
     nf = session.nf
     per_flow = "per-flow" in scopes
     rest = tuple(s for s in scopes if s != "per-flow")
-    plan, every = groups(nf.kind, per_flow_chunks) if per_flow else ([], set())
+    plan, every = groups(nf.kind, per_flow_chunks, paced=pace is not None) if per_flow else ([], set())
     steps = [lambda k=k: session.mark(k, peer_slot) for k, _ in plan] + [lambda: session.hold_new(flt, peer_slot)]
     marked = [0.0] * len(steps)
 

@@ -79,6 +79,8 @@ def cells(mechanisms, guarantees, opts, rates, flows, delays, skip_ng_opts: bool
                                 continue          # the trigger is dist's, for ng and lf
                             if "ov" in oset and (m != "dist" or g == "ng"):
                                 continue          # the overlap is dist's, for lf and op
+                            if "pc" in oset and (m != "dist" or g == "ng" or not {"pz", "ll", "er"} <= oset):
+                                continue          # paced late locking is dist's, with pz,ll,er
                             if m == "dup" and oset - {"none", "pz"}:
                                 continue          # the duplication baseline takes pz at most
                             if (m == "slim" and oset - {"none", "rt"}) or (m != "slim" and "rt" in oset):

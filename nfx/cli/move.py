@@ -17,7 +17,8 @@ def move(name: str = NameOpt,
          filter_: str = typer.Option("all", "--filter", "-f", help="Flows to move: proto=udp src=10.0.1.0/24 sport=... (both directions)."),
          scope: str = typer.Option("all", "--scope", help="per-flow, multi-flow, all-flows (comma-separated) or all."),
          guarantee: str = typer.Option("lf", "--guarantee", "-g", help=f"{'|'.join(GUARANTEES)}"),
-         opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er (the papers'), ov,dt (nfx's, dist only), rt (nfx's, slim only). ov: overlap "
+         opt: str = typer.Option("", "--opt", help="Optimisations: pz,ll,er (the papers'), pc,ov,dt (nfx's, dist only), rt (nfx's, slim only). pc: "
+                                 "late locking paced by the destination's releases, short holds (with pz,ll,er); ov: overlap "
                                  "steering with the state push (lf, op); dt: data-plane trigger (ng or lf, filter all); rt: SLiM's "
                                  "cut at real-time priority."),
          mechanism: str = typer.Option("dist", "--mechanism", "-m", help=f"{'|'.join(MECHANISMS + ['sharp'])} "

@@ -21,6 +21,9 @@ source to go quiet and the destination to settle, the steering, the rollback. Wh
 - pz: state chunks are imported as they are exported (pipelined) instead of all at once;
   ll: late locking, flows are held back chunk by chunk as their state goes out;
   er: early release, a flow's held packets go to dst as soon as its state is in;
+  pc (dist, with pz,ll,er; nfx's, not in the papers): paced late locking. The source marks the
+  next group of flows only once dst has the last one's state in and its packets released, so a
+  packet waits for its own group alone (nfx/agent/late_locking.py);
   ov (dist, lf/op; nfx's, not in the papers): overlap. One request: the source pushes the state
   as soon as it holds the flows (no separate MovePerFlow), and the controller points the
   switches at dst on the "held" answer, while the state is still moving (op: only the

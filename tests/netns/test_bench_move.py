@@ -106,6 +106,12 @@ def test_matrix_and_stats_helpers():
     c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), ov, (1000,), (100,), (0.0,))
     assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in c} == {
         ("dist", "lf", "ov"), ("dist", "op", "ov"), ("dist", "lf", "pz,ov,dt")}
+    # pc: dist only, lf and op, and only beside pz,ll,er
+    pc = move_cells.parse_opts_list(["pc,er,ll,pz", "pz,pc"])
+    assert pc == ["pz,ll,er,pc", "pz,pc"]
+    c = bm.cells(("opennf", "dist"), ("ng", "lf", "op"), pc, (1000,), (100,), (0.0,))
+    assert {(x["mechanism"], x["guarantee"], x["opts"]) for x in c} == {
+        ("dist", "lf", "pz,ll,er,pc"), ("dist", "op", "pz,ll,er,pc")}
     with pytest.raises(BadInput):
         move_cells.parse_opts_list(["zz"])
     with pytest.raises(BadInput):

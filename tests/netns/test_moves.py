@@ -49,7 +49,7 @@ def move_under_traffic(name, src, dst, guarantee, mechanism, opts="", flows=FLOW
 
 
 CASES = [(m, g, o) for m in ("dist", "opennf") for g in ("ng", "lf", "op") for o in ("", "pz,ll,er")
-         if not (g == "ng" and o)] + [("dist", "ng", "dt"), ("dist", "lf", "pz,ll,er,dt")] + \
+         if not (g == "ng" and o)] + [("dist", "ng", "dt"), ("dist", "lf", "pz,ll,er,dt"), ("dist", "op", "pz,ll,er,pc")] + \
     [("slim", g, "") for g in ("ng", "lf", "op")]
 
 

@@ -76,3 +76,21 @@ def test_registered_names_are_the_requests_mechanisms():
 def test_same_instance_refused():
     with pytest.raises(BadInput, match="same instance"):
         MoveRequest("nf0", "nf0", parse("all"), ("per-flow",))
+
+
+@pytest.mark.parametrize("mech,guarantee,opts", [
+    ("dist", "op", "pz,ll,pc"),          # no er: nothing is released group by group
+    ("dist", "op", "ll,er,pc"),          # no pz: one put at the end, no acknowledgement to pace on
+    ("dist", "ng", "pz,ll,er,pc"),       # ng holds nothing
+    ("opennf", "op", "pz,ll,er,pc"),     # dist's own
+])
+def test_pc_needs_dist_lf_and_pz_ll_er(mech, guarantee, opts):
+    with pytest.raises(BadInput, match="pc \\(late locking paced"):
+        MoveRequest("nf0", "nf1", parse("all"), ("per-flow",), guarantee=guarantee, mechanism=mech,
+                    opts=frozenset(opts.split(",")))
+
+
+def test_pc_with_dist_and_pz_ll_er_is_taken():
+    r = MoveRequest("nf0", "nf1", parse("all"), ("per-flow",), guarantee="op", mechanism="dist",
+                    opts=frozenset({"pz", "ll", "er", "pc"}))
+    assert "pc" in r.opts
