@@ -43,7 +43,7 @@ def test_groups_cover_every_entry_once_and_reads_match_the_export(nat, monkeypat
     assert len(plan) == -(-FLOWS // 64)
 
     group_of = {}
-    for g, (marks, reads) in enumerate(plan):
+    for g, (marks, reads, owners) in enumerate(plan):
         mb = bytes(marks)
         for i in range(0, len(mb), 16):
             assert mb[i:i + 16] not in group_of, "a key marked in two groups"
@@ -51,6 +51,8 @@ def test_groups_cover_every_entry_once_and_reads_match_the_export(nat, monkeypat
         got = _entries(c for c in (ops.read_keys(nat, t, raw_) for t, raw_ in reads.items()) if c is not None)
         assert got and all(whole[k] == v for k, v in got.items())
         assert {k[1][:16] for k in got} == {mb[i:i + 16] for i in range(0, len(mb), 16)}
+        # the owners pick the same entries out of a whole-table export
+        assert _entries(ops.export(nat, ("per-flow",), keyset=owners)) == got
     assert set(group_of) == {k[:16] for _, k in whole}
     for (table, key), value in whole.items():
         if table == "nat_rev":      # its value begins with the inside flow's key: the same group
