@@ -177,6 +177,16 @@ class DistSource:
                                                "export_s": t.get("export_s", 0.0), "held_s": held_s,
                                                "go_ms": go_ms, "fired_at": fired_at,
                                                "total_s": time.perf_counter() - t0}, wire.END))
+        except BaseException:
+            # the controller rolls back by ending both sessions; a source whose own step failed
+            # (or whose controller is gone) must not keep this one: every later move would be
+            # refused as "already in progress"
+            if lf and self.session is not None and self.session.epoch == epoch:
+                try:
+                    self.session.end()
+                finally:
+                    self.session = None
+            raise
         finally:
             peer.close()
         return None

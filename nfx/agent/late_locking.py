@@ -132,7 +132,7 @@ def export_locked(session, per_flow_chunks, flt: Filter, scopes, peer_slot: int 
     per_flow = "per-flow" in scopes
     rest = tuple(s for s in scopes if s != "per-flow")
     plan, every = groups(nf.kind, per_flow_chunks, paced=pace is not None) if per_flow else ([], set())
-    steps = [lambda k=k: session.mark(k, peer_slot) for k, _ in plan] + [lambda: session.hold_new(flt, peer_slot)]
+    steps = [lambda k=k: session.mark(k, peer_slot) for k, *_ in plan] + [lambda: session.hold_new(flt, peer_slot)]
     marked = [0.0] * len(steps)
 
     def mark(i):

@@ -148,6 +148,31 @@ def test_bad_move_requests(tb):
             controller.call(tb["name"], "POST", "/move", body)
 
 
+def test_a_source_whose_move_fails_keeps_no_session(tb):
+    """A DiST source that gives up (here: no MovePerFlow within the move's timeout) ends its own
+    session, so the next move from it is not refused as "already in progress"."""
+    from nfx.agent.client import AgentClient
+    from nfx.errors import BadInput, NfxError
+    from nfx.state.tables import SCOPES
+    name = tb["name"]
+    src, dst = AgentClient(name, "nf0", timeout=5), AgentClient(name, "nf1", timeout=5)
+    try:
+        run = src.move_dist("nf1", 4242, "lf", [], "all", SCOPES, timeout=0.3)
+        assert run.held()["ibc"] == []
+        with pytest.raises(NfxError, match="MovePerFlow"):
+            run.done()                 # the source waited for "go" in vain
+        run.close()
+        with pytest.raises(BadInput, match="no move in progress"):
+            src.request("move_status")
+        dst.request("move_end")        # what the controller's rollback does at the destination
+    finally:
+        src.close()
+        dst.close()
+    m, r = move_under_traffic(name, "nf0", "nf1", "lf", "dist")
+    assert m["flows"] > 0 and r["lost"] == 0
+    move_under_traffic(name, "nf1", "nf0", "lf", "dist")
+
+
 def test_tcp_survives_ten_moves(tb):
     name = tb["name"]
     h1, h2 = tb["nodes"]["h1"]["ns"], tb["nodes"]["h2"]["ns"]
