@@ -225,7 +225,11 @@ class MoveSession:
             # a full drain comes after the source's cut (op), wherever that cut arrived
             self.gate.set_move_cfg(drain_epoch=self.epoch, peer_cut=1)
             self.draining = True
-            self._release_ready()
+            if not (self._thread and self._thread.is_alive()):
+                self._release_ready()
+            # else the ring's consumer releases, at real-time priority: released here, on a
+            # request's thread at normal priority, a backlog fell behind 100k pps of arrivals
+            # and every packet went through the buffer for seconds (250k of them in one move)
             return
         self._early(keys)
 
