@@ -6,7 +6,7 @@ A group is a set of flows, by the owning flow's key (a NAT flow's outside tuple 
 made from one read of the per-flow tables before anything is held (numpy, no per-key Python).
 Marking a group is one batch update of keys ready in memory; reading its state is a lookup of
 its own keys (ops.read_keys) where that is cheaper than a walk of the tables: a batch export
-walks every bucket, 8-15 ms under load at 10k flows for a group of a few hundred.
+walks every bucket, 8-15 ms under load at 10k flows, whatever the group's size.
 
 As published, a group is locked as its state goes out, ahead of the destination's puts. With
 pc (nfx's option, Pace) the next group waits until the last one is released at the
