@@ -20,7 +20,7 @@ import numpy as np
 from .. import layout as L
 from ..filter import Filter
 from ..state import ops
-from ..state.tables import tables
+from ..state.tables import table, tables
 from .sessions import SETTLE_S
 
 # as published (groups marked ahead of their puts): few groups, each one put the destination
@@ -33,8 +33,8 @@ BUCKETS_PER_LOOKUP = 180     # a group's keys are looked up one by one when that
 
 def _owners(kind: str, c) -> tuple[np.ndarray, np.ndarray] | None:
     """A per-flow chunk's keys (n x key size) and the owning flow of each entry (n x 16)."""
-    t = next((t for t in tables(kind, ("per-flow",)) if t.name == c.table), None)
-    if t is None or c.count == 0:
+    t = table(kind, c.table)
+    if t is None or t.scope != "per-flow" or c.count == 0:
         return None
     keys = np.frombuffer(c.keys, dtype=np.uint8, count=c.count * c.key_size).reshape(c.count, c.key_size)
     if t.select == "key_flow":
@@ -66,12 +66,12 @@ def groups(kind: str, per_flow_chunks, paced: bool = False) -> tuple[list, set]:
     out = []
     for g in range(n_groups):
         marks, reads, owners = [], {}, []
-        for (table, keys, own), gid in zip(parts, gids):
+        for (name, keys, own), gid in zip(parts, gids):
             sel = gid == g
             mine = keys[sel]
             if len(mine):
                 marks.append(np.ascontiguousarray(mine[:, :16]).tobytes())
-                reads[table] = reads.get(table, b"") + np.ascontiguousarray(mine).tobytes()
+                reads[name] = reads.get(name, b"") + np.ascontiguousarray(mine).tobytes()
                 owners.append(np.ascontiguousarray(own[sel]).tobytes())
         if reads:
             kb, ob = b"".join(marks), b"".join(owners)
@@ -84,7 +84,7 @@ def _by_keys(nf, reads: dict) -> bool:
     """Read a group by its keys, or walk the tables (one batch export, the group picked out)?
     A lookup costs about what walking BUCKETS_PER_LOOKUP buckets does (2 us against ~11 ns a
     bucket, measured on this VM), and a walk visits every bucket of every per-flow table."""
-    lookups = sum(len(raw) // ct.sizeof(nf.maps[t].Key) for t, raw in reads.items())
+    lookups = sum(len(raw) // ct.sizeof(nf.maps[name].Key) for name, raw in reads.items())
     buckets = sum(nf.maps[t.name].max_entries for t in tables(nf.kind, ("per-flow",)))
     return lookups * BUCKETS_PER_LOOKUP < buckets
 
@@ -156,8 +156,8 @@ def export_locked(session, per_flow_chunks, flt: Filter, scopes, peer_slot: int 
             yield from ops.export(nf, ("per-flow",), flt, stats=stats, keyset=owners)
             continue
         t0 = time.perf_counter()
-        for table, raw in reads.items():
-            c = ops.read_keys(nf, table, raw)
+        for name, raw in reads.items():
+            c = ops.read_keys(nf, name, raw)
             if stats is not None:
                 stats["export_s"] = stats.get("export_s", 0.0) + time.perf_counter() - t0
             if c is not None:

@@ -16,7 +16,7 @@ from ..flows import PROTO_NAMES, be_to_ip, be_to_port, key_fields
 from ..loader import bpfsys
 from . import wire
 from ..filter import FLOW_DTYPE, Filter
-from .tables import SCOPES, Table, tables
+from .tables import SCOPES, Table, table, tables
 
 CHUNK_ENTRIES = 65536
 
@@ -115,14 +115,14 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
             yield flush()
 
 
-def read_keys(nf, table: str, raw_keys: bytes) -> wire.Chunk | None:
+def read_keys(nf, name: str, raw_keys: bytes) -> wire.Chunk | None:
     """The entries of one table under these keys (back to back, as the table lays them out) that
     exist, as one chunk: a few flows' state read key by key, where a batch export would walk
     every bucket of the table."""
-    m = nf.maps.get(table)
+    m = nf.maps.get(name)
     if m is None:
-        raise NfxError(f"instance {nf.instance} has no map {table}")
-    t = next(t for t in tables(nf.kind) if t.name == table)
+        raise NfxError(f"instance {nf.instance} has no map {name}")
+    t = table(nf.kind, name)
     n, k, v = m.lookup_many((m.Key * (len(raw_keys) // ct.sizeof(m.Key))).from_buffer_copy(raw_keys))
     if not n:
         return None
@@ -136,7 +136,7 @@ def select_chunks(chunks: Iterable[wire.Chunk], flt: Filter, keyset: set | None 
     nfx/state/replicas.py, are selected like an instance's maps)."""
     out = []
     for c in chunks:
-        t = next((t for t in tables(c.kind) if t.name == c.table), None)
+        t = table(c.kind, c.table)
         if t is None:
             raise BadInput(f"no state table {c.table!r} for NF kind {c.kind!r}")
         slot = c.value_size * c.ncpu
@@ -157,7 +157,7 @@ def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
                        f"runs layout {layout}: refusing to import state of another layout")
     if c.kind != nf.kind:
         raise BadInput(f"chunk {c.seq} holds {c.kind} state; instance {nf.instance} runs {nf.kind}")
-    t = {t.name: t for t in tables(nf.kind)}.get(c.table)
+    t = table(nf.kind, c.table)
     if t is None:
         raise BadInput(f"chunk {c.seq}: {c.table} is not a state table of {nf.kind}")
     m = nf.maps[c.table]
@@ -286,7 +286,7 @@ def export_flows(nf, scopes, flt: Filter, keyset: set) -> Iterator[wire.Chunk]:
     multi-flow entries that name them (a NAT's public ports); a host's entries (key_host) belong
     to no one flow and are left out."""
     for c in export(nf, scopes, flt, keyset=keyset):
-        if next(t for t in tables(nf.kind) if t.name == c.table).select != "key_host":
+        if table(nf.kind, c.table).select != "key_host":
             yield c
 
 

@@ -12,7 +12,7 @@ from ..errors import BadInput, NotFound
 from . import ops, wire
 from .statelets import (BY_NAME, MAX, OR, SCHEMAS, STAMP, STATE_SCOPES, WHOLE, Schema, flow_of, inc_tag,
                         updates)
-from .tables import tables
+from .tables import table
 
 
 # ---- replay targets -------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ class Tables:
         out = []
         for name, d in self.data.items():
             s = BY_NAME[name]
-            scope = next(t.scope for t in tables(self.kind) if t.name == name)
+            scope = table(self.kind, name).scope
             keys = b"".join(d.keys())
             vals = b"".join(bytes(v) for v in d.values())
             out.append(wire.Chunk(name, scope, self.kind, len(d), ct.sizeof(s.key), ct.sizeof(s.value), 1,

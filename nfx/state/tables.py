@@ -56,6 +56,11 @@ def tables(kind: str, scopes=SCOPES) -> list[Table]:
     return [t for t in TABLES[kind] if t.scope in scopes]
 
 
+def table(kind: str, name: str) -> Table | None:
+    """The state table `name` of NF kind `kind`, or None if it has none of that name."""
+    return next((t for t in tables(kind) if t.name == name), None)
+
+
 def parse_scopes(text: str | None) -> tuple[str, ...]:
     if not text or text == "all":
         return SCOPES
