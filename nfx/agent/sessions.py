@@ -135,7 +135,7 @@ class MoveSession:
                         self.drain()
                 if asked:
                     # this read began after drain_when_read(): it took every record committed
-                    # before the call (libbpf consumes up to where the producer is)
+                    # before the call (a read takes up to where the producer is)
                     self._drain_when_read = False
                     self.drain()
                 if self.draining:
@@ -204,6 +204,7 @@ class MoveSession:
         """drain() after the ring's next read: everything that reached the gate before this call
         is then in the queues, so the first release already has it all, in order."""
         self._drain_when_read = True
+        self.ring.wake()
 
     def cut_complete(self) -> bool:
         """op: both sides' IBCs from the source are in (everything the source had is here).
@@ -227,9 +228,13 @@ class MoveSession:
             self.draining = True
             if not (self._thread and self._thread.is_alive()):
                 self._release_ready()
-            # else the ring's consumer releases, at real-time priority: released here, on a
-            # request's thread at normal priority, a backlog fell behind 100k pps of arrivals
-            # and every packet went through the buffer for seconds (250k of them in one move)
+            else:
+                # the ring's consumer releases, at real-time priority: released here, on a
+                # request's thread at normal priority, a backlog fell behind 100k pps of
+                # arrivals and every packet went through the buffer for seconds (250k of them
+                # in one move). Woken: waiting for a record that may not come (a hold in the
+                # gate sends none) it started up to 5 ms late, and every held packet waited
+                self.ring.wake()
             return
         self._early(keys)
 

@@ -168,8 +168,10 @@ def move(req: MoveRequest, src, dst, steer, progress=lambda m: None) -> MoveMetr
         m.redirect_time_s = _quiet(x) - x.t_state if mech.passes_on else 0.0
         if x.lf:
             _settled(x)
+            x.phase("released")
         m.packets_redirected = src.passed_on() - passed0
         src_st = src.end(req.timeout) if x.lf else {}
+        x.phase("src_ended")
         if x.ctrl:
             x.ctrl.flush(req.timeout)         # what src's stream still brought goes to dst first
         dst_st = dst.end() if x.lf else {}

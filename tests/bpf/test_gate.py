@@ -102,6 +102,29 @@ def test_one_ring_reader_per_ring(nf):
     assert Gate(nf).ring() is Gate(nf).ring()
 
 
+def test_buffer_ring_reads_what_the_gate_held_and_wakes_a_waiting_read(nf):
+    """A BUFFER flow's packets come back from the ring in bulk, as they arrived; a read that waits
+    for a record that does not come (a hold in the gate writes none) ends when woken, not at its
+    timeout (a move's release started up to a poll's timeout late)."""
+    import threading
+    import time
+    g, ring = Gate(nf), Gate(nf).ring()
+    ring.poll(0)
+    g.mark([make_key(H1, H2, 7001, 53, 17)], L.Action.BUFFER, epoch=31)
+    try:
+        assert [verdict(nf, 7001) for _ in range(3)] == [XDP_DROP] * 3
+        got = ring.poll(0)
+        assert [(p.kind, p.epoch, p.side, bytes(p.key)) for p in got] == \
+            [(L.BufKind.PACKET, 31, 0, bytes(make_key(H1, H2, 7001, 53, 17)))] * 3
+        assert UDP in Ether(got[0].data) and Ether(got[0].data)[UDP].sport == 7001
+    finally:
+        g.unmark()
+    threading.Timer(0.05, ring.wake).start()
+    t0 = time.monotonic()
+    assert ring.poll(3000) == []
+    assert time.monotonic() - t0 < 1.0
+
+
 def test_reopen_refuses_a_missing_declared_pin(nf):
     """NAT.open on pins with nfx_drain and nat_ports gone names both; with them all, it opens."""
     pd = pin_dir("tgtc")
