@@ -14,7 +14,7 @@ from .. import packets as pk
 from ..gate import Gate
 from ..state import ops, wire
 from ..filter import Filter, parse
-from . import late_locking
+from . import late_locking, pauses
 from .sessions import HOLDERS, ROLES, MoveSession
 from .transport import arg_bytes
 
@@ -39,6 +39,7 @@ class MoveOps:
 
     def _adopted(self) -> None:
         super()._adopted()
+        pauses.settle()                   # what the agent has loaded stays out of the collector's walks
         self._warm_ring()
 
     def _warm_ring(self) -> None:

@@ -31,6 +31,7 @@ from ..errors import NfxError
 from ..frames import CTRL_TAG_MAC
 from ..gate import Gate, Releaser, key_array
 from ..filter import Filter
+from . import pauses
 from .prio import enter_rt, leave_rt
 
 log = logging.getLogger("nfx.move")
@@ -116,6 +117,7 @@ class MoveSession:
 
     def start(self) -> None:
         if not self._thread:
+            pauses.enter()                # the collector stays off until the consumer stops
             self._thread = threading.Thread(target=self._consume, daemon=True, name=f"move-{self.epoch}")
             self._thread.start()
 
@@ -155,6 +157,7 @@ class MoveSession:
         finally:
             if rt:
                 leave_rt()
+            pauses.leave()
 
     def _take(self, pkts: list) -> None:
         ctrl = []
