@@ -316,7 +316,9 @@ class Releaser:
         next call takes it). What arrives meanwhile is the next call's: under traffic that comes
         as fast as it goes, one call would otherwise never return. Returns how many slots it took:
         released, or dropped as an earlier move's (r_hold_stale)."""
-        with self.lock:
+        # in the instance's netns for the whole loop (release() too): entered per call, its two
+        # setns took 76 us a call, a seventh of the test runs' time, releasing 160k packets
+        with self.lock, netns.enter(self.ns):
             done = 0
             end = self.gate.hold_state().head
             while True:
@@ -326,9 +328,8 @@ class Releaser:
                     break
                 self._wait_for_room()
                 n = min(waiting, self.PER_CALL)
-                with netns.enter(self.ns):
-                    bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=n, live=True, ingress_ifindex=self.ifindex,
-                                         batch_size=min(batch, n))
+                bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=n, live=True, ingress_ifindex=self.ifindex,
+                                     batch_size=min(batch, n))
                 took = (self.gate.hold_state().cursor - hs.cursor) & 0xFFFFFFFF
                 self.gate.set_move_cfg(flushed_seq=self.gate.move_state().release_seq)
                 done += took
@@ -341,7 +342,7 @@ class Releaser:
         """Replay packets (RX_RELEASED: from this instance's buffer, counted by the gate;
         RX_INJECTED: from elsewhere, processed as they are) through the release slots; not while
         the gate holds in its own FIFO (move_cfg.hold), which the release path then reads."""
-        with self.lock:
+        with self.lock, netns.enter(self.ns):
             if self.gate.move_cfg().hold:
                 raise BpfError("the gate holds in its FIFO: its release path does not read release slots now")
             done = 0
@@ -386,9 +387,8 @@ class Releaser:
         for _ in range(RELEASE_TRIES):
             left = cur + n - end
             try:
-                with netns.enter(self.ns):
-                    bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=left, live=True, ingress_ifindex=self.ifindex,
-                                         batch_size=min(batch, left))
+                bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=left, live=True, ingress_ifindex=self.ifindex,
+                                     batch_size=min(batch, left))
             except BpfError as e:
                 err = e
             end = self.gate.move_state().release_cursor
