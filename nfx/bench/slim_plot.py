@@ -10,7 +10,7 @@ PAPER = {"duration_ratio": 1 / 3, "slim_under_s_at_100": 1.0}
 SNAPSHOT_MB = 20                     # Fig. 3: a 20 MB snapshot
 FIG3_RATE_MBIT = 100                 # Fig. 3: at 100 Mbit/s of traffic
 FIG3_TIMES_S = (1, 2, 5, 10)
-PANELS = [("total_s", "migration duration (s), until dst released all it held"), ("seconds_of_loss", "seconds of loss"),
+PANELS = [("duration_s", "migration duration (s), until dst released all it held"), ("seconds_of_loss", "seconds of loss"),
           ("seconds_rtt_over_15ms", "seconds of RTT > 15 ms"), ("bytes_total", "bytes on the wire")]
 STYLE = {("slim", 512): "o-", ("slim", 1400): "s-", ("dup", 512): "o--", ("dup", 1400): "s--"}
 
@@ -27,6 +27,12 @@ def _int(x):
     return None if x is None else int(round(x))
 
 
+def _duration(r: dict):
+    """A run's migration duration: until the destination had released all it held (released_s);
+    results from before that figure was kept give their total_s, cleanup included."""
+    return r.get("released_s") if r.get("released_s") is not None else r.get("total_s")
+
+
 def summary(rows) -> dict[tuple, dict]:
     """The runs of each (NF, size, rate, mechanism) as one: medians of the finished runs'
     duration, bytes and σ; the worst hold, loss and RTT figures of all runs; how many finished."""
@@ -37,7 +43,7 @@ def summary(rows) -> dict[tuple, dict]:
     for k, rs in groups.items():
         done = [r for r in rs if not r.get("error")]
         out[k] = {"runs": len(rs), "finished": len(done), "error": None if done else rs[0].get("error"),
-                  "total_s": _median(r.get("total_s") for r in done),
+                  "duration_s": _median(_duration(r) for r in done),
                   "bytes_total": _int(_median(r.get("bytes_total") for r in done)),
                   "sigma": _median(r.get("sigma") for r in done),
                   "max_added_delay_ms": max((float(r.get("max_added_delay_ms") or 0) for r in done), default=None),
@@ -72,7 +78,7 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
                             label=f"{'SLiM' if mech == 'slim' else 'duplication'}, {size} B")
             if key == "bytes_total":
                 ax.set_yscale("log")             # duplication's bytes are orders of magnitude above
-            if key == "total_s":
+            if key == "duration_s":
                 ax.axhline(PAPER["slim_under_s_at_100"], color="grey", ls=":", lw=1,
                            label="paper: SLiM < 1 s at 100 Mbit/s")
             ax.set_xlabel("data rate (Mbit/s)")
@@ -145,7 +151,7 @@ def _t(a: dict) -> str:
         return "-"
     if not a["finished"]:
         return "did not finish"
-    t = _f(a["total_s"])
+    t = _f(a["duration_s"])
     return t if a["finished"] == a["runs"] else f"{t} ({a['finished']} of {a['runs']} finished)"
 
 
@@ -161,15 +167,15 @@ def table(result: dict) -> str:
     lines = [f"SLiM vs duplication on nfx, {machine()}; {result.get('flows')} flows, all moved{where} under traffic, "
              f"order-preserving. Paper: SLiM takes about a third of duplication's time at high rates and under "
              f"1 s at 100 Mbit/s; duplication puts about 3x the statelets' bytes on the wire.", "",
-             f"Migration: from the request until the destination has released everything it held ({runs}"
-             f"max held, lost and RTT: the worst run).", "",
+             f"Migration: from the request until the destination has released everything it held, the "
+             f"cleanup after it left out ({runs}max held, lost and RTT: the worst run).", "",
              "| NF | size | Mbit/s | pps reached | SLiM s | dup s | SLiM/dup time | SLiM bytes | dup bytes | "
              "SLiM/dup bytes | σ | max held ms (SLiM/dup) | lost (SLiM/dup) | s of RTT>15 ms (SLiM/dup) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     points = sorted({k[:3] for k in agg})
     for nf, size, mbit in points:
         s, d = agg.get((nf, size, mbit, "slim")) or {}, agg.get((nf, size, mbit, "dup")) or {}
-        tr = s["total_s"] / d["total_s"] if s.get("total_s") and d.get("total_s") else None
+        tr = s["duration_s"] / d["duration_s"] if s.get("duration_s") and d.get("duration_s") else None
         br = s["bytes_total"] / d["bytes_total"] if s.get("bytes_total") and d.get("bytes_total") else None
         reached = min((x["achieved_pps"] for x in (s, d) if x), default=None)
         lines.append(f"| {nf} | {size} | {mbit:g} | {_f(reached)} | {_t(s)} | {_t(d)} | {_f(tr, 2)} | {_f(s.get('bytes_total'))} | "
