@@ -120,6 +120,17 @@ class DelayedSteering:
         if self.q is None and "error" in done:
             raise done["error"]
 
+    def ibcs(self, cuts: list, epoch: int) -> None:
+        """Steering.ibcs: the IBCs sent together; over an emulated control link, one packet-out
+        after another as before."""
+        if self.q is not None:
+            for side, key in cuts:
+                self.ibc(side, key, epoch)
+            return
+        done = self._send(self.s.ibcs, cuts, epoch)
+        if "error" in done:
+            raise done["error"]
+
     def close(self) -> None:
         if self.q is not None:
             self.q.put(None)

@@ -315,30 +315,46 @@ class Steering:
         Returns once the switch has sent it on (DiST's switch takes the packet-out before the
         rule update behind it; here the packet may wait in the port's queue, behind the flow's
         own, while the controller already writes the next rule)."""
-        sw = next(n for n in self.sw if self.side_of(n) == side)
-        host = self.host_of[sw]
-        key = self.from_host(sw, key)
-        frame = ibc_frame(key, bytes.fromhex(self.rec["nodes"][host]["mac"].replace(":", "")), epoch)
-        # one IBC at a time: the switch expects one epoch, and counts every IBC it sends on
-        with self._ibc_send_lock:
-            # The host-facing port drops IBCs (a host could forge one) except those of the epoch
-            # written here. It stays set: an IBC of this epoch is only acted on during its move
-            # (the NF's gate checks the epoch against the move), and the next move overwrites it.
-            self.sw[sw].expect_ibc(epoch)
-            before = self.sw[sw].ibcs_passed()
-            s = self.host_socket(host)
-            try:
-                s.send(frame)
-            except OSError:
-                # closed meanwhile, or the interface was recreated (the binding holds the old ifindex)
-                self._drop_ibc_sock(host, s)
-                self.host_socket(host).send(frame)
-            self._wait_passed(sw, before)
+        self.ibcs([(side, key)], epoch)
 
-    def _wait_passed(self, sw: str, before: int) -> None:
+    def ibcs(self, cuts: list, epoch: int) -> None:
+        """ibc() for every (side, key) of `cuts`, all sent before any is waited for: the
+        destination holds a side's packets from that side's IBC, and the source cuts only when
+        both are in, so one IBC waiting for the other to pass made every held packet wait too."""
+        sends = []
+        for side, key in cuts:
+            sw = next(n for n in self.sw if self.side_of(n) == side)
+            host = self.host_of[sw]
+            key = self.from_host(sw, key)
+            sends.append((sw, host, ibc_frame(key, bytes.fromhex(self.rec["nodes"][host]["mac"].replace(":", "")), epoch)))
+        # one sender at a time: a switch expects one epoch, and counts every IBC it sends on
+        with self._ibc_send_lock:
+            expect = {}
+            for sw, _, _ in sends:
+                if sw not in expect:
+                    # The host-facing port drops IBCs (a host could forge one) except those of the
+                    # epoch written here. It stays set: an IBC of this epoch is only acted on during
+                    # its move (the NF's gate checks the epoch against the move), and the next move
+                    # overwrites it.
+                    self.sw[sw].expect_ibc(epoch)
+                    expect[sw] = self.sw[sw].ibcs_passed()
+                expect[sw] += 1
+            for _, host, frame in sends:
+                s = self.host_socket(host)
+                try:
+                    s.send(frame)
+                except OSError:
+                    # closed meanwhile, or the interface was recreated (the binding holds the old ifindex)
+                    self._drop_ibc_sock(host, s)
+                    self.host_socket(host).send(frame)
+            for sw, passed in expect.items():
+                self._wait_passed(sw, passed)
+
+    def _wait_passed(self, sw: str, passed: int) -> None:
+        """Until switch `sw` has sent `passed` IBCs on in all."""
         end = time.monotonic() + IBC_PASS_S
         pause = 20e-6
-        while self.sw[sw].ibcs_passed() == before:
+        while self.sw[sw].ibcs_passed() < passed:
             if time.monotonic() > end:
                 raise NfxError(f"the IBC did not pass switch {sw} within {IBC_PASS_S:g} s: no rule sends "
                                f"its flow on (its r_sw_miss / r_forged counters say which)")

@@ -92,8 +92,7 @@ class Dup(Mechanism):
         steer.point(flt, [src.name, dst.name], x.outside, tagged=True)
         x.phase("dup_on")
         if lf:
-            for side, key in x.ibc:
-                steer.ibc(side, key, x.epoch)
+            steer.ibcs(x.ibc, x.epoch)
         x.t_state = time.perf_counter()
         # the source's agent waits for its cut (lf), then reads, releases and pushes
         pushed = src.dup_push(dst, x.epoch, flt, req.scopes, req.opts, req.timeout, req.data_link)
@@ -114,8 +113,7 @@ class Dup(Mechanism):
         steer.point(flt, [dst.name], x.outside)
         x.phase("repointed")
         # dst's last copy: the untagged IBC follows it on each side
-        for side, key in x.ibc:
-            steer.ibc(side, key, x.epoch)
+        steer.ibcs(x.ibc, x.epoch)
         wait_for(dst.final_cut, req.timeout, "the IBC behind the destination's last copy")
         copies = _delta(dst.stats(), base_dst, "r_dup_copy_dst")
         try:

@@ -241,8 +241,7 @@ def steer_to_dst(x: Ctx, phase: int = 0) -> None:
     if x.op and phase in (0, 1):
         x.steer.point(x.flt, [x.src.name, x.dst.name], x.outside, keys=x.keys)
     if x.op and phase in (0, 2):
-        for side, key in x.ibc:
-            x.steer.ibc(side, key, x.epoch)
+        x.steer.ibcs(x.ibc, x.epoch)
     if not x.op or phase in (0, 2):
         x.steer.point(x.flt, [x.dst.name], x.outside, keys=x.keys)
 

@@ -46,8 +46,7 @@ class Slim(Mechanism):
                 run.send({"duplicating": True})
                 run.caught_up()
                 x.phase("caught_up")
-                for side, key in x.ibc:
-                    steer.ibc(side, key, x.epoch)
+                steer.ibcs(x.ibc, x.epoch)
                 x.phase("ibc_sent")
             steer.point(flt, [dst.name], x.outside)
             x.phase("steered")

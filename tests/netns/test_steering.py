@@ -139,9 +139,13 @@ def test_ibc_keeps_one_socket_per_host_and_works_from_any_thread(tb):
         t.start()
         t.join()
         s.ibc(L.SIDE_OUT, key, 24)
+        # both sides' IBCs at once (a move's cut): each switch has sent its own on at the return
+        passed = {n: s.sw[n].ibcs_passed() for n in ("si", "so")}
+        s.ibcs([(L.SIDE_IN, key), (L.SIDE_OUT, key)], 25)
+        assert {n: s.sw[n].ibcs_passed() for n in ("si", "so")} == {n: p + 1 for n, p in passed.items()}
         assert sorted(s._ibc_socks) == ["h1", "h2"]
-        assert _epochs(caps[L.SIDE_IN]) == list(range(1, 23))
-        assert _epochs(caps[L.SIDE_OUT]) == [23, 24]
+        assert _epochs(caps[L.SIDE_IN]) == list(range(1, 23)) + [25]
+        assert _epochs(caps[L.SIDE_OUT]) == [23, 24, 25]
     finally:
         for c in caps.values():
             c.close()

@@ -62,8 +62,8 @@ class Steer:
     def point(self, flt, nfs, outside, keys=None):
         self.log.append(("point", tuple(nfs)))
 
-    def ibc(self, side, key, epoch):
-        self.log.append(("ibc", side))
+    def ibcs(self, cuts, epoch):
+        self.log += [("ibc", side) for side, _ in cuts]
 
 
 def run(log, guarantee, opts):

@@ -72,13 +72,13 @@ class Steer:
     applied_at = 0.0
 
     def __init__(self):
-        self.keys, self.ibcs = [], []
+        self.keys, self.cuts = [], []
 
     def point(self, flt, nfs, outside, keys=None):
         self.keys.append((tuple(nfs), {bytes(k) for k in keys}))
 
-    def ibc(self, side, k, epoch):
-        self.ibcs.append(bytes(k))
+    def ibcs(self, cuts, epoch):
+        self.cuts += [bytes(k) for _, k in cuts]
 
 
 @pytest.mark.parametrize("guarantee", ["lf", "op"])
@@ -94,6 +94,6 @@ def test_a_spread_move_steers_and_cuts_the_flows_it_held(guarantee):
     assert set(src.marked) == held
     assert steer.keys and all(ks == held for _, ks in steer.keys)      # the born flow is not steered
     assert not {bytes(k) for k in BORN} & {bytes(k) for k in x.keys}   # ... nor deleted at the source
-    assert all(k in set(src.marked) for k in steer.ibcs)                # the cut's tuples are held ones
-    assert len(steer.ibcs) == (2 if guarantee == "op" else 0)
+    assert all(k in set(src.marked) for k in steer.cuts)                # the cut's tuples are held ones
+    assert len(steer.cuts) == (2 if guarantee == "op" else 0)
     assert bytes(reverse(BORN[0])) not in held
