@@ -2,7 +2,6 @@
 (its buffer-ring header, nfx_buf_hdr, then the frame), packets back to back as the buffer ring
 and the agent protocol carry them, and flow keys as a blob."""
 import ctypes as ct
-import struct
 from dataclasses import dataclass
 
 from . import layout as L
@@ -23,30 +22,12 @@ class Packet:
     ts_ns: int = 0
 
 
-# nfx_buf_hdr as struct reads it: ts_ns, key, len, epoch, kind, side, rx (a unit test checks it
-# against L.BufHdr); one unpack a record, where a ctypes copy costs half as much again
-BUF_HDR = struct.Struct("=Q16sIIBBB5x")
-
-
 def decode(raw: bytes) -> Packet | None:
     """One buffer-ring record (None if too short to hold a header)."""
     if len(raw) < HDR:
         return None
     h = L.BufHdr.from_buffer_copy(raw[:HDR])
     return Packet(raw[HDR:HDR + h.len], h.side, bytes(h.key), h.kind, h.rx, h.epoch, h.ts_ns)
-
-
-def decode_span(buf: bytes, offs, lens) -> list[Packet]:
-    """The records at buf[offs[i]:offs[i] + lens[i]] (as MmapRing.take gives them), as decode()
-    reads each; records too short for a header are left out."""
-    out = []
-    unpack = BUF_HDR.unpack_from
-    for o, n in zip(offs, lens):
-        if n < HDR:
-            continue
-        ts, key, ln, epoch, kind, side, rx = unpack(buf, o)
-        out.append(Packet(buf[o + HDR:o + HDR + min(ln, n - HDR)], side, key, kind, rx, epoch, ts))
-    return out
 
 
 def pack(packets: list[Packet]) -> bytes:

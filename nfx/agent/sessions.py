@@ -37,6 +37,7 @@ from .prio import enter_rt, leave_rt
 log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0
 SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is long done
+POLL_IN_GATE_MS = 1  # a destination holding in the gate looks for a drain request this often
 # what each role's marks and filter do to the flows, and the roles that hold packets back
 ACTIONS = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL,
            "src-dup": L.Action.DUP_HOLD, "src-slim": L.Action.STATELET}
@@ -127,17 +128,18 @@ class MoveSession:
         try:
             while not self._stop.is_set():
                 asked = self._drain_when_read
-                # draining from the gate's FIFO: the ring has only IBCs (and what spilled), so
-                # it is not waited on
+                # holding in the gate's FIFO the ring has only IBCs (and what spilled): no record
+                # says a drain was asked, so it is waited on 1 ms at most (5 ms, and every held
+                # packet waited up to 5 ms longer), and not at all once draining
                 gate_drain = self.in_gate and self.draining
-                pkts = self.ring.poll(0 if gate_drain else 5)
+                pkts = self.ring.poll(0 if gate_drain else POLL_IN_GATE_MS if self.in_gate else 5)
                 if pkts:
                     self._take(pkts)
                     if self.drain_on_cut and not self.draining and self.cut_complete():
                         self.drain()
                 if asked:
                     # this read began after drain_when_read(): it took every record committed
-                    # before the call (a read takes up to where the producer is)
+                    # before the call (libbpf consumes up to where the producer is)
                     self._drain_when_read = False
                     self.drain()
                 if self.draining:
@@ -207,7 +209,6 @@ class MoveSession:
         """drain() after the ring's next read: everything that reached the gate before this call
         is then in the queues, so the first release already has it all, in order."""
         self._drain_when_read = True
-        self.ring.wake()
 
     def cut_complete(self) -> bool:
         """op: both sides' IBCs from the source are in (everything the source had is here).
@@ -231,13 +232,9 @@ class MoveSession:
             self.draining = True
             if not (self._thread and self._thread.is_alive()):
                 self._release_ready()
-            else:
-                # the ring's consumer releases, at real-time priority: released here, on a
-                # request's thread at normal priority, a backlog fell behind 100k pps of
-                # arrivals and every packet went through the buffer for seconds (250k of them
-                # in one move). Woken: waiting for a record that may not come (a hold in the
-                # gate sends none) it started up to 5 ms late, and every held packet waited
-                self.ring.wake()
+            # else the ring's consumer releases, at real-time priority: released here, on a
+            # request's thread at normal priority, a backlog fell behind 100k pps of arrivals
+            # and every packet went through the buffer for seconds (250k of them in one move)
             return
         self._early(keys)
 

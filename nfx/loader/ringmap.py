@@ -55,9 +55,6 @@ class MmapRing(ClosedWhenCollected):
         self._page = page
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
-        # wake(): a take() waiting for records returns at once (its owner has other work now)
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._poll.register(self._wake, select.POLLIN)
 
     def _positions(self) -> tuple[int, int]:
         return _POS.unpack_from(self._cons, 0)[0], _POS.unpack_from(self._data, 0)[0]
@@ -75,10 +72,6 @@ class MmapRing(ClosedWhenCollected):
         cons, prod = self._positions()
         if cons == prod and timeout_ms:
             self._poll.poll(timeout_ms)
-            try:
-                os.eventfd_read(self._wake)
-            except BlockingIOError:
-                pass
             cons, prod = self._positions()
         if cons == prod:
             return b"", [], []
@@ -154,11 +147,6 @@ class MmapRing(ClosedWhenCollected):
         buf, offs, lens = self.take(timeout_ms)
         return [buf[o:o + n] for o, n in zip(offs, lens)]
 
-    def wake(self) -> None:
-        """End a take() that is waiting for the first record now (or the next one that would)."""
-        if self._wake is not None:
-            os.eventfd_write(self._wake, 1)
-
     @property
     def closed(self) -> bool:
         return self._fd is None
@@ -171,6 +159,3 @@ class MmapRing(ClosedWhenCollected):
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
-        if getattr(self, "_wake", None) is not None:
-            os.close(self._wake)
-            self._wake = None

@@ -130,25 +130,3 @@ def test_release_slot_head_as_the_releaser_packs_it():
     assert (s.len, s.side, s.rx, bytes(s.data[:3])) == (1234, 1, L.RX_INJECTED, b"abc")
     assert SLOT_SIZE == ct.sizeof(L.ReleaseSlot)
 
-
-def test_buffer_records_read_in_bulk_as_one_by_one():
-    """The buffer ring's bulk reader (packets.decode_span, struct BUF_HDR) reads each record as
-    decode() (ctypes L.BufHdr) does; a short record is left out by both."""
-    from nfx.packets import BUF_HDR, HDR, decode, decode_span
-    assert BUF_HDR.size == HDR
-    recs = []
-    for i, (side, kind, rx) in enumerate([(0, L.BufKind.PACKET, 0), (1, L.BufKind.IBC, L.RX_PEER),
-                                          (1, L.BufKind.TO_CTRL, L.RX_INJECTED | L.RX_PEER)]):
-        h = L.BufHdr(ts_ns=(1 << 40) + i, len=3 + i, epoch=70000 + i, kind=kind, side=side, rx=rx)
-        h.key.saddr, h.key.daddr, h.key.sport, h.key.dport, h.key.proto = 0x0a000001 + i, 0x0b000002, 1000 + i, 53, 17
-        recs.append(bytes(h) + bytes(range(10 + i, 13 + 2 * i)))
-    recs.append(b"\x01" * (HDR - 1))
-    buf, offs, lens, at = b"", [], [], 0
-    for r in recs:
-        buf += b"\xee" * 5 + r            # records at odd offsets, with bytes between them
-        offs.append(at + 5)
-        lens.append(len(r))
-        at += 5 + len(r)
-    got = decode_span(buf, offs, lens)
-    want = [p for p in map(decode, recs) if p is not None]
-    assert len(want) == 3 and got == want
