@@ -46,7 +46,6 @@ from .sessions import SETTLE_S
 
 READY_STATELETS = 2000      # dst asks for the redirect when a batch had fewer statelets than this
 POLL_MS = 1                 # the ring is read at least this often
-CUT_POLL_S = 0.0001         # ... and once the cut is near, the gate's IBC flags this often
 SEND_EVERY_S = 0.001        # statelets go out at least this often,
 SEND_RECORDS = 512          # or once this many records are in hand
 DROP_CHECK_S = 0.02         # how often the NF's ring-full counter is read
@@ -242,12 +241,7 @@ class _Run:
         quiet_since = None
         prev = time.monotonic()
         while True:
-            # once dst has caught up the IBCs come next, and past them no statelet wakes the
-            # read: the cut is looked for every CUT_POLL_S, not once a POLL_MS wait runs out
-            # (dst holds from its IBC until this side has sent its last statelets)
-            recs = self.reader.poll_raw(0 if self.caught_up else POLL_MS)
-            if self.caught_up and not recs:
-                time.sleep(CUT_POLL_S)
+            recs = self.reader.poll_raw(POLL_MS)
             held += recs
             now = time.monotonic()
             self.figures["max_poll_gap_ms"] = max(self.figures.get("max_poll_gap_ms", 0), round((now - prev) * 1e3, 2))
