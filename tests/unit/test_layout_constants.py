@@ -129,4 +129,3 @@ def test_release_slot_head_as_the_releaser_packs_it():
     s = L.ReleaseSlot.from_buffer(buf)
     assert (s.len, s.side, s.rx, bytes(s.data[:3])) == (1234, 1, L.RX_INJECTED, b"abc")
     assert SLOT_SIZE == ct.sizeof(L.ReleaseSlot)
-
