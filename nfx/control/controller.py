@@ -115,21 +115,13 @@ class DelayedSteering:
         holds or sends anything. Read here, as the controller's own view of its switches."""
         return steer_slots.check_room(self.s, flt, armed)
 
-    def ibc(self, *a):
-        done = self._send(self.s.ibc, *a)
-        if self.q is None and "error" in done:
-            raise done["error"]
-
     def ibcs(self, cuts: list, epoch: int) -> None:
         """Steering.ibcs: the IBCs sent together; over an emulated control link, one packet-out
-        after another as before."""
-        if self.q is not None:
-            for side, key in cuts:
-                self.ibc(side, key, epoch)
-            return
-        done = self._send(self.s.ibcs, cuts, epoch)
-        if "error" in done:
-            raise done["error"]
+        after another."""
+        for part in [cuts] if self.q is None else [[c] for c in cuts]:
+            done = self._send(self.s.ibcs, part, epoch)
+            if self.q is None and "error" in done:
+                raise done["error"]
 
     def close(self) -> None:
         if self.q is not None:

@@ -332,10 +332,8 @@ class Steering:
             expect = {}
             for sw, _, _ in sends:
                 if sw not in expect:
-                    # The host-facing port drops IBCs (a host could forge one) except those of the
-                    # epoch written here. It stays set: an IBC of this epoch is only acted on during
-                    # its move (the NF's gate checks the epoch against the move), and the next move
-                    # overwrites it.
+                    # its host port drops IBCs (a host could forge one) but this epoch's, until the
+                    # next move's: only its own move acts on one (the NF's gate checks the epoch)
                     self.sw[sw].expect_ibc(epoch)
                     expect[sw] = self.sw[sw].ibcs_passed()
                 expect[sw] += 1
