@@ -5,13 +5,17 @@
  *
  * Per flow, every packet lands in exactly one of: distinct (its seq's bit was clear: it sets
  * it), dup (the bit was set), out_of_window (the word holding its block was already reused by
- * a block NFX_SINK_WORDS * 64 seqs newer, so neither can be told: counted, never guessed).
+ * a block words * 64 seqs newer, so neither can be told: counted, never guessed).
  * A distinct packet whose seq is below the flow's highest seen seq is also reordered. Nothing
  * slides or is cleared per packet: a word is retagged when a newer block reaches it, so the
  * cost is one word read-modify-write whatever the gap, and a reset only bumps the epoch.
  * Userspace then has, per flow: lost = sent - distinct seqs below sent, and unexpected =
  * distinct seqs at or above sent (never generated) -- exact while out_of_window is 0, which is
- * guaranteed whenever a flow's packets in a run fit NFX_SINK_WORDS * 64.
+ * guaranteed whenever a flow's packets in a run fit words * 64.
+ *
+ * Sizes: the flow count and the words per flow are set at run time (nfx_sink_cfg); the arrays
+ * are capacities, powers of two the loader rounds up to, so that one compiled program serves
+ * every flow count up to its capacity.
  *
  * Concurrency: sink_flows and sink_bits are updated with plain read-modify-write. That is safe
  * because the sink sits on a veth with one rx queue: every frame it sees comes through that
@@ -35,12 +39,12 @@
 #include "nfx_bpf.h"
 #include "nfx_bench.h"
 
+/* capacities: flows, and bitmap words of all flows together */
 #ifndef NFX_SINK_FLOWS
 #define NFX_SINK_FLOWS 1
 #endif
-/* bitmap words per flow, a power of two: the window is NFX_SINK_WORDS * 64 seqs */
-#ifndef NFX_SINK_WORDS
-#define NFX_SINK_WORDS 1
+#ifndef NFX_SINK_BITS
+#define NFX_SINK_BITS 1
 #endif
 /* verdict for generator packets: XDP_DROP normally; XDP_PASS lets tests see them in the stack */
 #ifndef NFX_SINK_VERDICT
@@ -52,7 +56,7 @@
 #endif
 
 BPF_ARRAY(sink_flows, struct nfx_sink_flow, NFX_SINK_FLOWS);
-BPF_ARRAY(sink_bits, struct nfx_sink_word, NFX_SINK_FLOWS * NFX_SINK_WORDS);
+BPF_ARRAY(sink_bits, struct nfx_sink_word, NFX_SINK_BITS);
 BPF_ARRAY(sink_cfg, struct nfx_sink_cfg, 1);
 BPF_PERCPU_ARRAY(sink_lat, __u64, NFX_LAT_BUCKETS);
 BPF_PERCPU_ARRAY(sink_lat_max, __u64, 1);
@@ -79,13 +83,14 @@ static __always_inline __u32 sink_lat_bucket(__u64 v)
     return i < NFX_LAT_BUCKETS ? i : NFX_LAT_BUCKETS - 1;
 }
 
-static __always_inline void sink_seq(struct nfx_sink_flow *s, __u32 flow, __u32 seq, __u32 epoch)
+static __always_inline void sink_seq(struct nfx_sink_flow *s, __u32 flow, __u32 seq,
+                                     struct nfx_sink_cfg *c)
 {
     s->received++;
-    __u32 blk = seq >> 6;
-    __u32 idx = flow * NFX_SINK_WORDS + (blk & (NFX_SINK_WORDS - 1));
+    __u32 blk = seq >> 6, epoch = c->epoch;
+    __u32 idx = flow * c->words + (blk & (c->words - 1));
     struct nfx_sink_word *w = sink_bits.lookup(&idx);
-    if (!w) {                                       /* never: flow < NFX_SINK_FLOWS */
+    if (!w) {                                       /* never: nflows * words <= NFX_SINK_BITS */
         s->out_of_window++;
         return;
     }
@@ -184,18 +189,17 @@ int nfx_sink(struct xdp_md *ctx)
     if ((void *)(g + 1) > end || g->magic != NFX_GEN_MAGIC)
         goto foreign;
 
-    __u32 flow = g->flow;
+    __u32 flow = g->flow, z = 0;
+    struct nfx_sink_cfg *c = sink_cfg.lookup(&z);
     struct nfx_sink_flow *s = sink_flows.lookup(&flow);
-    if (!s) {
+    if (!c || !s || flow >= c->nflows) {
         nfx_count(NFX_R_SINK_BAD_FLOW);
         verdict = XDP_DROP;
         goto out;
     }
-    __u32 z = 0;
-    struct nfx_sink_cfg *c = sink_cfg.lookup(&z);
     nfx_count(NFX_R_SINK_RX);
     sink_check_bytes(ctx, &p, g);
-    sink_seq(s, flow, g->seq, c ? c->epoch : 0);
+    sink_seq(s, flow, g->seq, c);
     sink_latency(g->tx_ns);
 #ifdef NFX_SINK_ECHO
     sink_reflect(ctx, &p);

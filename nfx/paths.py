@@ -7,3 +7,9 @@ BPF_INCLUDE = BPF_DIR / "include"
 TOPOLOGY_DIR = REPO / "netns"
 PIN_ROOT = Path("/sys/fs/bpf/nfx")
 RUN_DIR = Path("/run/nfx")
+
+
+def decision_log(testbed: str) -> Path:
+    """Where `nfx orchestrate run` appends its decisions (JSON lines) for `nfx inspect`; removed
+    with the testbed."""
+    return RUN_DIR / f"orchestrate-{testbed}.jsonl"

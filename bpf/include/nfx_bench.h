@@ -36,8 +36,8 @@ struct nfx_sink_flow {
     __u64 high;                      /* highest seq + 1 (u64: seq 2^32-1 must not wrap it), 0 = none */
 };
 
-/* The sink's seen-bitmap: NFX_SINK_WORDS words per flow, word (seq / 64) % NFX_SINK_WORDS
- * of flow f at index f * NFX_SINK_WORDS + that. A word records one 64-seq block, named by
+/* The sink's seen-bitmap: W = nfx_sink_cfg.words per flow, word (seq / 64) % W of flow f at
+ * index f * W + that. A word records one 64-seq block, named by
  * blk = seq / 64 and the sink's epoch (bumped by a reset, so nothing needs clearing); a word
  * whose tag is older than the arriving block is stale and restarts empty, a newer one means
  * the block's record is gone and the packet is counted out_of_window, never guessed at. */
@@ -49,6 +49,8 @@ struct nfx_sink_word {
 
 struct nfx_sink_cfg {
     __u32 epoch;                     /* nonzero; words of another epoch are empty */
+    __u32 nflows;                    /* flows of this sink; the arrays' sizes are capacities */
+    __u32 words;                     /* bitmap words per flow, a power of two */
     __u32 pad;
 };
 

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 
-from ..orchestrate.timeline import decision_log
+from ..paths import decision_log
 from .watch import put
 
 LOOP = "loop"          # the inspector's name for the orchestration loop's events

@@ -29,7 +29,7 @@ class SinkWord(ct.Structure):
 
 
 class SinkCfg(ct.Structure):
-    _fields_ = [("epoch", u32), ("pad", u32)]
+    _fields_ = [("epoch", u32), ("nflows", u32), ("words", u32), ("pad", u32)]
 
 
 LAT_SUB = 4

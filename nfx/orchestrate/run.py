@@ -17,6 +17,7 @@ import time
 
 from .. import registry
 from ..errors import NfxError
+from ..paths import decision_log
 from ..procs import controller
 from ..testbed.drops import testbed_drops
 from ..testbed.slots import PEER_SLOTS, free_names
@@ -28,7 +29,7 @@ from .monitor import Lost, Monitor, Sample
 from .plan import CostModel, Planner, views_from
 from .policy import Policy
 from .slots import SlotBook
-from .timeline import Timeline, decision_log
+from .timeline import Timeline
 
 
 def sharing_clusters(rec) -> dict[str, str]:

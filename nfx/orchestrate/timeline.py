@@ -7,13 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-from ..paths import RUN_DIR
-
-
-def decision_log(testbed: str) -> Path:
-    """Where `nfx orchestrate run` appends its decisions (JSON lines) for `nfx inspect`."""
-    return RUN_DIR / f"orchestrate-{testbed}.jsonl"
-
 
 class Timeline:
     def __init__(self, capacity_pps: float, interval_s: float, log_path: Path | None = None):

@@ -21,6 +21,7 @@ from ..nfs import nf_class, open_node
 from ..nfs.base import Wiring, apply_settings
 from ..nfs.ids import IdsConfig
 from ..nfs.nat import NatConfig, parse_pool
+from ..paths import decision_log
 from ..procs import agents as agent_procs, controller
 from . import join
 from .slots import agent_addr, mgmt_mac, peer_slot
@@ -349,6 +350,7 @@ def down(name: str) -> dict:
     if local_etcd:
         removed["etcd"] = LocalEtcd.stop_detached(local_etcd)
     controller.remove_logs(name)
+    decision_log(name).unlink(missing_ok=True)      # `nfx orchestrate run`'s, if one ran
     for nf in created.get("nf", []):
         pin.unpin(registry.pin_root(name) / nf)
         removed["pins"] += 1

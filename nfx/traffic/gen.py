@@ -26,7 +26,7 @@ from .. import layout as L
 from ..closing import Closing
 from ..errors import BadInput, BpfError
 from ..loader import attach, bpfsys, netns
-from ..loader.compile import compile_source, load
+from ..loader.compile import compile_source, load, size_class
 from ..loader.maps import stats_dict
 from ..loader.spec import MapSet, MapSpec
 
@@ -129,7 +129,7 @@ class Generator(Closing):
         self.frame = build_frame(src_mac, dst_mac, src_ip, dst_ip, dport, self.proto, self.size,
                                  sport=sport_base)
 
-        self.bpf = compile_source("gen", {"NFX_GEN_FLOWS": nflows})
+        self.bpf = compile_source("gen", {"NFX_GEN_FLOWS": size_class(nflows)})
         self.fn = load(self.bpf, "nfx_gen", "xdp")
         b = self.bpf
         self.maps = GEN_MAPS.from_bcc(b)
@@ -281,7 +281,7 @@ class Generator(Closing):
     def per_flow_total(self) -> list[int]:
         """Frames sent per flow since load or reset (the program's next sequence numbers)."""
         n, _, vals = self.maps.gen_seq.export()
-        return list(vals[:n])
+        return list(vals[:min(n, self.nflows)])          # the array is a capacity
 
     def stats(self) -> dict[str, int]:
         return stats_dict(self.maps.nfx_stats)

@@ -25,7 +25,7 @@ from .. import layout as L
 from ..closing import Closing
 from ..errors import BadInput, NfxError
 from ..loader import attach, netns
-from ..loader.compile import compile_source, load
+from ..loader.compile import compile_source, load, size_class
 from ..loader.maps import stats_dict
 from ..loader.spec import MapSet, MapSpec
 
@@ -117,7 +117,9 @@ class Sink(Closing):
         self._epoch = 1
         if ifname is not None and not multi_queue:
             self._check_one_queue()
-        defines = {"NFX_SINK_FLOWS": nflows, "NFX_SINK_WORDS": self.words,
+        # capacities (powers of two) and the sizes in sink_cfg: one image serves many flow counts
+        defines = {"NFX_SINK_FLOWS": size_class(nflows),
+                   "NFX_SINK_BITS": size_class(nflows * self.words, BITMAP_WORDS),
                    "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP}
         if echo:
             defines["NFX_SINK_ECHO"] = 1        # a build of its own: a plain sink pays nothing for it
@@ -125,13 +127,16 @@ class Sink(Closing):
         self.fn = load(self.bpf, "nfx_sink", "xdp")
         b = self.bpf
         self.maps = SINK_MAPS.from_bcc(b)
-        self.maps.sink_cfg.put(L.u32(0), L.SinkCfg(epoch=self._epoch))
+        self._put_cfg()
         if ifname is not None:
             try:
                 self._attached = attach.attach_xdp(ns, ifname, self.fn)
             except BaseException:
                 self.close()
                 raise
+
+    def _put_cfg(self) -> None:
+        self.maps.sink_cfg.put(L.u32(0), L.SinkCfg(epoch=self._epoch, nflows=self.nflows, words=self.words))
 
     def _check_one_queue(self) -> None:
         # several rx queues would give one flow several concurrent writers (see sink.bpf.c)
@@ -156,12 +161,13 @@ class Sink(Closing):
 
     def flows(self) -> list[L.SinkFlow]:
         n, _, vals = self.maps.sink_flows.export()
-        return [vals[i] for i in range(n)]
+        return [vals[i] for i in range(min(n, self.nflows))]     # the array is a capacity
 
     def _flow_tuples(self):
         """(received, dup, reordered, distinct, out_of_window, high) per flow, without a ctypes object each
         (a million flows read in well under a second)."""
         n, _, vals = self.maps.sink_flows.export()
+        n = min(n, self.nflows)
         return struct.iter_unpack(_FLOW_FMT, ct.string_at(vals, n * ct.sizeof(L.SinkFlow)))
 
     def histogram(self) -> list[int]:
@@ -247,7 +253,7 @@ class Sink(Closing):
         """Forget every flow's counts and bitmap (by a new epoch: nothing to clear), the
         histogram and the counters."""
         self._epoch = self._epoch % 0xFFFFFFFF + 1          # never 0
-        self.maps.sink_cfg.put(L.u32(0), L.SinkCfg(epoch=self._epoch))
+        self._put_cfg()
         for m in (self.maps.sink_flows, self.maps.sink_lat, self.maps.sink_lat_max, self.maps.nfx_stats):
             m.clear()
 

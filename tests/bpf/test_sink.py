@@ -8,7 +8,7 @@ import pytest
 from nfx import layout as L
 from nfx.loader.bpfsys import prog_test_run
 from nfx.traffic.gen import build_frame
-from nfx.traffic.sink import Sink, bucket_bounds, percentile
+from nfx.traffic.sink import Sink, bucket_bounds, percentile, window_words
 
 ABORTED, DROP, PASS = 0, 1, 2
 NFLOWS = 4
@@ -169,9 +169,29 @@ def small(small_loaded):
 
 
 def test_window_rounding():
-    from nfx.traffic.sink import window_words
     assert [window_words(1, w) * 64 for w in (1, 64, 65, 128, 129, 1000)] == [64, 64, 128, 128, 256, 1024]
     assert window_words(1000) == 2048 and window_words(4) == 1 << 19 and window_words(10**7) == 1
+
+
+def test_flow_counts_of_one_size_class_share_one_program():
+    """The arrays are capacities (loader.compile.size_class) and the flow count and window are
+    the sink's settings: sinks of 5 and 60 flows run one compiled program of 64 flows, and each
+    judges exactly its own flows (flow 5 of the first is a bad flow, as flow 60 of the second)."""
+    from nfx.loader import bpfsys
+    from nfx.loader.compile import size_class
+    assert [size_class(n) for n in (1, 5, 64, 65, 1000, 10_000)] == [64, 64, 64, 128, 1024, 16384]
+    a, b = Sink(None, None, 5), Sink(None, None, 60)
+    try:
+        for s, n in ((a, 5), (b, 60)):
+            assert bpfsys.map_info(s.maps.sink_flows.fd).max_entries == 64
+            assert len(s.flows()) == n and s.window == window_words(n) * 64
+            send(s, n - 1, [0, 2, 1])
+            assert run(s, gen_pkt(flow=n, seq=0)) == DROP
+            r = s.read([0] * (n - 1) + [3])
+            assert (r["lost"], r["reordered"], r["bad_flow"], r["unexpected"]) == (0, 1, 1, 1), r
+    finally:
+        a.close()
+        b.close()
 
 
 def test_out_of_window_counted_not_guessed(small):

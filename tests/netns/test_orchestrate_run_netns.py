@@ -10,6 +10,7 @@ import time
 from nfx import registry
 from nfx.orchestrate.policy import parse
 from nfx.orchestrate.run import Loop
+from nfx.paths import decision_log
 from nfx.traffic.report import measure
 from nfx.traffic.rig import rig
 from tests.netns.tbutil import nfx, running_testbed
@@ -57,6 +58,8 @@ def test_ramp_scales_out_moves_and_scales_back_in_without_loss(tmp_path):
         assert len(ts) >= 30 and ts[-1]["sent"] > 0 and any(x["p99_us"] for x in ts)
         assert all(0 <= x["received"] <= x["sent"] for x in ts)
         assert png.stat().st_size > 10_000
+        assert decision_log(name).exists()
+    assert not decision_log(name).exists()          # the testbed took its decision log with it
 
 
 IMBALANCE_POLICY = parse("""

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from nfx import paths
 from nfx.inspect import decisions as D
 from nfx.inspect.flows import FlowMatch
 from nfx.inspect.model import Model
@@ -19,8 +20,8 @@ from nfx.orchestrate.plan import Action
 
 @pytest.fixture
 def log(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "RUN_DIR", tmp_path)
-    return T.decision_log("tb")
+    monkeypatch.setattr(paths, "RUN_DIR", tmp_path)
+    return paths.decision_log("tb")
 
 
 def drain(q, n, timeout=3.0):
