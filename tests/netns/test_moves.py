@@ -18,7 +18,7 @@ from nfx.testbed import builder
 from nfx.traffic.report import measure
 from tests.netns.tbutil import Rigs, running_testbed, under_traffic
 
-FLOWS, RATE, DURATION, AT = 1000, 50000, 1.0, 0.4    # the move starts 20k packets in; 30k follow
+FLOWS, RATE, DURATION, AT = 1000, 50000, 0.7, 0.3    # the move starts 15k packets in; 20k follow
 
 
 RIGS = Rigs()
