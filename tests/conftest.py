@@ -19,14 +19,55 @@ def _bpf_ready() -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     why = _bpf_ready()
+    netns_items = 0
     for item in items:
         path = str(item.fspath)
         if "/tests/bpf/" in path or "/tests/netns/" in path:
             item.add_marker(pytest.mark.root)
             if "/tests/netns/" in path:
                 item.add_marker(pytest.mark.netns)
+                netns_items += 1
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
+    # tests before the netns tier leave a CPU idle: compile what that tier loads first (tests/warm.py)
+    if netns_items and not why and netns_items < len(items) and not config.option.collectonly:
+        _Warmer.start()
+
+
+class _Warmer:
+    proc = None
+
+    @classmethod
+    def start(cls):
+        import subprocess
+        import sys
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cls.proc = subprocess.Popen([sys.executable, "-m", "tests.warm"], cwd=root,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    @classmethod
+    def stop(cls):
+        """Killed, not asked: a compile in clang would finish first. A cache entry it was writing
+        is a temporary file of its pid (imagecache.save), removed here."""
+        if cls.proc is None:
+            return
+        import signal
+        from nfx.loader import imagecache
+        if cls.proc.poll() is None:
+            cls.proc.send_signal(signal.SIGKILL)
+        cls.proc.wait()
+        for tmp in imagecache.CACHE_DIR.glob(f"*.{cls.proc.pid}.tmp"):
+            tmp.unlink(missing_ok=True)
+        cls.proc = None
+
+
+def pytest_runtest_setup(item):
+    if "/tests/netns/" in str(item.fspath):
+        _Warmer.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _Warmer.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

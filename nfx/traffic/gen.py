@@ -45,6 +45,11 @@ DEFAULT_BATCH = 32
 DEFAULT_MAX_BURST = 4096         # frames per call: about one 1 ms tick at full speed
 
 
+def gen_defines(nflows: int) -> dict:
+    """The generator's build: gen_seq is a capacity (the flow count is in gen_cfg)."""
+    return {"NFX_GEN_FLOWS": size_class(nflows)}
+
+
 def min_size(proto: str | int = "udp") -> int:
     p = PROTOS.get(proto, proto)
     return HDR_LEN[p] + PAYLOAD_LEN
@@ -129,7 +134,7 @@ class Generator(Closing):
         self.frame = build_frame(src_mac, dst_mac, src_ip, dst_ip, dport, self.proto, self.size,
                                  sport=sport_base)
 
-        self.bpf = compile_source("gen", {"NFX_GEN_FLOWS": size_class(nflows)})
+        self.bpf = compile_source("gen", gen_defines(nflows))
         self.fn = load(self.bpf, "nfx_gen", "xdp")
         b = self.bpf
         self.maps = GEN_MAPS.from_bcc(b)

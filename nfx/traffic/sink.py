@@ -53,6 +53,16 @@ def window_words(nflows: int, window: int | None = None) -> int:
     return words
 
 
+def sink_defines(nflows: int, words: int, pass_gen: bool = False, echo: bool = False) -> dict:
+    """The sink's build: capacities (powers of two; the flow count and the words per flow are
+    set in sink_cfg at run time), so that one image serves every flow count of a size class."""
+    defines = {"NFX_SINK_FLOWS": size_class(nflows), "NFX_SINK_BITS": size_class(nflows * words, BITMAP_WORDS),
+               "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP}
+    if echo:
+        defines["NFX_SINK_ECHO"] = 1        # a build of its own: a plain sink pays nothing for it
+    return defines
+
+
 def bucket_bounds(i: int) -> tuple[int, int]:
     """[low, high) in ns of latency bucket i (layout described in nfx_bench.h)."""
     s = L.LAT_SUB
@@ -117,13 +127,7 @@ class Sink(Closing):
         self._epoch = 1
         if ifname is not None and not multi_queue:
             self._check_one_queue()
-        # capacities (powers of two) and the sizes in sink_cfg: one image serves many flow counts
-        defines = {"NFX_SINK_FLOWS": size_class(nflows),
-                   "NFX_SINK_BITS": size_class(nflows * self.words, BITMAP_WORDS),
-                   "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP}
-        if echo:
-            defines["NFX_SINK_ECHO"] = 1        # a build of its own: a plain sink pays nothing for it
-        self.bpf = compile_source("sink", defines)
+        self.bpf = compile_source("sink", sink_defines(nflows, self.words, pass_gen, echo))
         self.fn = load(self.bpf, "nfx_sink", "xdp")
         b = self.bpf
         self.maps = SINK_MAPS.from_bcc(b)
