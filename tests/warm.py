@@ -11,8 +11,7 @@ from nfx.nfs import nf_class
 from nfx.testbed.builder import nf_defines
 from nfx.traffic.gen import gen_defines
 from nfx.traffic.sink import sink_defines, window_words
-
-TESTBED_MAX_FLOWS = 65536       # tests/netns/tbutil.running_testbed's
+from tests.netns.tbutil import TESTBED_MAX_FLOWS
 SIZE_CLASSES = [64 << i for i in range(9)]       # 64 .. 16384 flows
 
 

@@ -13,13 +13,15 @@ from nfx.control.switch import Switch
 from nfx.testbed import builder
 from nfx.traffic.report import measure
 
+TESTBED_MAX_FLOWS = 65536       # the NF maps' size in the tests' testbeds (tests/warm.py builds it ahead)
+
 
 def unique_name(prefix: str = "t") -> str:
     return prefix + secrets.token_hex(3)
 
 
 @contextlib.contextmanager
-def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None = None, max_flows: int = 65536,
+def running_testbed(topo: str = "sharp", nf: str = "nat", instances: int | None = None, max_flows: int = TESTBED_MAX_FLOWS,
                     nf_set: tuple[str, ...] = (), statelet_ring_kib: int | None = None,
                     hold_slots: int | None = None, queues: int | None = None, mgmt: str | None = None):
     """A testbed built by `nfx testbed up` in a child process: BCC keeps every BPF object it loads
