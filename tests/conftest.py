@@ -17,8 +17,19 @@ def _bpf_ready() -> str | None:
     return None
 
 
+TIERS = ("/tests/unit/", "/tests/bpf/", "/tests/netns/")
+
+
+def _tier(item) -> int:
+    path = str(item.fspath)
+    return next((i for i, t in enumerate(TIERS) if t in path), 0)
+
+
 def pytest_collection_modifyitems(config, items):
     why = _bpf_ready()
+    # tier by tier, cheapest first (collected by name, netns would come before unit); a
+    # stable sort, so each tier keeps its own order
+    items.sort(key=_tier)
     netns_items = 0
     for item in items:
         path = str(item.fspath)
@@ -29,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
                 netns_items += 1
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))
-    # tests before the netns tier leave a CPU idle: compile what that tier loads first (tests/warm.py)
+    # the unit and BPF tiers leave a CPU idle: compile what the netns tier loads first (tests/warm.py)
     if netns_items and not why and netns_items < len(items) and not config.option.collectonly:
         _Warmer.start()
 
