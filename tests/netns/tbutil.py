@@ -11,6 +11,7 @@ from pathlib import Path
 from nfx import registry
 from nfx.control.switch import Switch
 from nfx.testbed import builder
+from nfx.testbed.drops import path_drops
 from nfx.traffic.report import measure
 
 TESTBED_MAX_FLOWS = 65536       # the NF maps' size in the tests' testbeds (tests/warm.py builds it ahead)
@@ -162,5 +163,6 @@ def under_traffic(name: str, gen, sink, rate: float, duration: float, at: float,
         time.sleep(1.0)
         r["received_1s_later"] = sink.received_total()
         r["path_errors"] = path_errors(name)
+        r["path_drops"] = path_drops(name)      # tx_dropped, which ethtool -S of a veth leaves out
         print(f"{what} with a loss:", json.dumps({what: a, "result": r}, default=str))
     return a, r
