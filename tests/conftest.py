@@ -17,12 +17,13 @@ def _bpf_ready() -> str | None:
     return None
 
 
+UNIT, BPF, NETNS = range(3)
 TIERS = ("/tests/unit/", "/tests/bpf/", "/tests/netns/")
 
 
 def _tier(item) -> int:
     path = str(item.fspath)
-    return next((i for i, t in enumerate(TIERS) if t in path), 0)
+    return next((i for i, t in enumerate(TIERS) if t in path), UNIT)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,10 +33,10 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_tier)
     netns_items = 0
     for item in items:
-        path = str(item.fspath)
-        if "/tests/bpf/" in path or "/tests/netns/" in path:
+        tier = _tier(item)
+        if tier >= BPF:
             item.add_marker(pytest.mark.root)
-            if "/tests/netns/" in path:
+            if tier == NETNS:
                 item.add_marker(pytest.mark.netns)
                 netns_items += 1
             if why:
@@ -73,7 +74,7 @@ class _Warmer:
 
 
 def pytest_runtest_setup(item):
-    if "/tests/netns/" in str(item.fspath):
+    if _tier(item) == NETNS:
         _Warmer.stop()
 
 
