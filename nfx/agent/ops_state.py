@@ -144,6 +144,7 @@ class StateOps:
         if req.get("stream"):
             return self._put_streamed(sock, r, req.get("parallel", True))
         t0 = time.perf_counter()
+        layout = L.layout_hash(self.nf.kind)      # once a put: it stats every header
         chunks, problem, end = [], None, None
         while True:
             h = read_header(r, sock)
@@ -160,7 +161,7 @@ class StateOps:
                 continue
             try:
                 c = r.body(kind, length)
-                ops.check(self.nf, c)
+                ops.check(self.nf, c, layout)
                 chunks.append(c)
             except BadInput as e:
                 problem = str(e)
@@ -171,7 +172,7 @@ class StateOps:
         if isinstance(end, dict) and "chunks" in end and end["chunks"] != len(chunks):
             raise BadInput(f"put: END says {end['chunks']} chunks, {len(chunks)} arrived; nothing was applied")
         t1, c1 = time.perf_counter(), time.process_time()
-        report = self._apply(chunks, req.get("parallel", True))
+        report = self._apply(chunks, req.get("parallel", True), layout)
         apply_s = time.perf_counter() - t1
         report["apply_cpu_s"] = time.process_time() - c1
         return self._put_done(chunks, report, recv_s, apply_s, t1 + apply_s)
@@ -282,9 +283,9 @@ class StateOps:
             return fn(groups[i])
         return _in_threads([lambda i=i: on_cpu(i) for i in range(len(cpus))], [f"cpu{c}" for c in cpus])
 
-    def _apply(self, chunks: list, parallel: bool) -> dict:
+    def _apply(self, chunks: list, parallel: bool, layout: str | None = None) -> dict:
         """ops.put, spread over the CPUs when there is enough to do."""
-        outs = self._spread(lambda g: ops.put(self.nf, g), chunks, parallel)
+        outs = self._spread(lambda g: ops.put(self.nf, g, layout=layout), chunks, parallel)
         return {"applied": sorted(a for o in outs for a in o["applied"]),
                 "failed": [f for o in outs for f in o["failed"]], "entries": sum(o["entries"] for o in outs)}
 

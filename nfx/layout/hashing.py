@@ -15,7 +15,7 @@ QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M
 # nfx_stamp.h, nfx_sw_stamp.h and nfx_st_write.h hold code, not layouts: their includes are
 # followed, their text is not hashed (as before the split)
 LAYOUT_HEADERS = ("nfx_flow.h", "nfx_gate.h", "nfx_move.h", "nfx_statelet.h", "nfx_nat.h", "nfx_ids.h",
-                  "nfx_switch.h", "nfx_bench.h", "nfx_hsl.h")
+                  "nfx_switch.h", "nfx_bench.h", "nfx_hsl.h", "nfx_keyread.h")
 
 def includes(kind: str, bpf_dir: Path = BPF_DIR) -> list[str]:
     """The project headers bpf/<kind>.bpf.c includes, directly or through another, first seen first."""

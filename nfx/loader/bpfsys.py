@@ -141,6 +141,7 @@ def btf_load(data: bytes) -> int:
 
 
 PROG_TYPES = {"xdp": 6, "tc": 3}        # BPF_PROG_TYPE_XDP, BPF_PROG_TYPE_SCHED_CLS
+PROG_SYSCALL, F_SLEEPABLE = 31, 1 << 4  # BPF_PROG_TYPE_SYSCALL (the kernel has it sleepable only)
 
 
 class _ProgLoadAttr(ct.Structure):
@@ -151,12 +152,14 @@ class _ProgLoadAttr(ct.Structure):
                 ("expected_attach_type", ct.c_uint32)]
 
 
-def prog_load(prog_type: int, insns: bytes, name: str, license: bytes, kern_version: int = 0) -> int:
+def prog_load(prog_type: int, insns: bytes, name: str, license: bytes, kern_version: int = 0,
+              flags: int = 0) -> int:
     """Load raw instructions (map fds already in them); on a rejection the verifier's log is in the error."""
     buf = ct.create_string_buffer(insns, len(insns))
     lic = ct.create_string_buffer(license)
     a = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ct.addressof(buf),
-                      license=ct.addressof(lic), kern_version=kern_version, prog_name=name.encode()[:15])
+                      license=ct.addressof(lic), kern_version=kern_version, prog_flags=flags,
+                      prog_name=name.encode()[:15])
     try:
         return _call(PROG_LOAD, a)
     except OSError:
@@ -268,6 +271,17 @@ def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1, live: bool = Fals
         # the output starts at data_meta; drop the metadata we put in front
         frame_out = out.raw[len(meta):a.data_size_out]
     return a.retval, frame_out, a.duration
+
+
+def prog_run_ctx(prog_fd: int, ctx) -> int:
+    """Run a syscall program once on `ctx` (a ctypes object), which the kernel copies in and back
+    into the same object; returns the program's return value."""
+    a = _TestRunAttr(prog_fd=prog_fd, ctx_in=ct.addressof(ctx), ctx_size_in=ct.sizeof(ctx))
+    try:
+        _call(PROG_TEST_RUN, a)
+    except OSError as e:
+        raise BpfError(f"BPF_PROG_TEST_RUN (syscall) failed: {e.strerror}") from None
+    return a.retval
 
 
 class SkBuff(ct.Structure):

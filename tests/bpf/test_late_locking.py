@@ -1,6 +1,7 @@
 """Late locking's groups and reads on a loaded NAT (nfx/agent/late_locking.py, ops.read_keys):
 every per-flow entry is in exactly one group, a flow's outside tuple in its own flow's group, and
-a group's state read key by key is what a batch export of the whole table gives for those keys."""
+a group's state read by its keys (a syscall a key, and through the keyed readers) is what a
+batch export of the whole table gives for those keys."""
 import ctypes as ct
 
 import pytest
@@ -50,6 +51,11 @@ def test_groups_cover_every_entry_once_and_reads_match_the_export(nat, monkeypat
             group_of[mb[i:i + 16]] = g
         got = _entries(c for c in (ops.read_keys(nat, t, raw_) for t, raw_ in reads.items()) if c is not None)
         assert got and all(whole[k] == v for k, v in got.items())
+        # the same through the tables' keyed readers (many keys a syscall)
+        assert all(nat.maps[t].prepare_keyed_reads() for t in reads)
+        assert _entries(c for c in (ops.read_keys(nat, t, raw_) for t, raw_ in reads.items()) if c is not None) == got
+        for t in reads:
+            nat.maps[t].close_keyed_reads()
         assert {k[1][:16] for k in got} == {mb[i:i + 16] for i in range(0, len(mb), 16)}
         # the owners pick the same entries out of a whole-table export
         assert _entries(ops.export(nat, ("per-flow",), keyset=owners)) == got

@@ -95,7 +95,7 @@ def test_enums_match(cname, pyenum, prefix):
     (L.hsl, "NFX_TOS_HSL", "TOS_HSL"), (L.hsl, "NFX_HSL_MAGIC", "HSL_MAGIC"), (L.hsl, "NFX_HSL_PORT", "HSL_PORT"),
     (L.hsl, "NFX_HSL_EPOCHS", "HSL_EPOCHS"),
     (L.bench, "NFX_GEN_MAGIC", "GEN_MAGIC"), (L.bench, "NFX_LAT_BUCKETS", "LAT_BUCKETS"),
-    (L.bench, "NFX_LAT_SUB", "LAT_SUB"),
+    (L.bench, "NFX_LAT_SUB", "LAT_SUB"), (L.keyread, "NFX_KR_MAX", "KR_MAX"),
 ])
 def test_defines_match(mod, cname, pyname):
     assert c_define(HEADER_OF[mod], cname) == getattr(mod, pyname) == getattr(L, pyname)
