@@ -9,8 +9,11 @@ verifier checks it against the map itself. Plain hash and LRU maps only (keyread
 anything else, or a kernel that refuses the program, gets None from `for_map` and the caller
 reads key by key as before."""
 import ctypes as ct
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 
 from ..errors import BpfError, NfxError
@@ -39,18 +42,36 @@ def defines(key_size: int, value_size: int) -> dict:
             "NFX_KR_VALUE_WORDS": value_size // word}
 
 
+def _build(build: dict) -> None:
+    """The reader's image for these defines into this process: from the image cache, else
+    compiled. BCC compiles in threads crash (loader/precompile.py), and an agent asks from a
+    request's thread: there a child process compiles it into the image cache."""
+    from .compile import cached, compile_source, from_disk, source_key
+    key = source_key("keyread", build)[3]
+    if cached(key) or from_disk(key):
+        return
+    if threading.current_thread() is threading.main_thread():
+        compile_source("keyread", build).cleanup()
+        return
+    from . import imagecache
+    r = subprocess.run([sys.executable, "-m", "nfx.loader.keyread", json.dumps(build), str(imagecache.CACHE_DIR)],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 or not from_disk(key):
+        raise NfxError(f"building the keyed reader failed: {(r.stderr or r.stdout).strip()[-500:]}")
+
+
 class KeyReader:
     """The loaded reader of one map; close() unloads it."""
 
     def __init__(self, map_fd: int, key_size: int, value_size: int):
-        from .compile import compile_source, compiled_image
+        from .compile import compiled_image
         self.key_size, self.value_size = key_size, value_size
         self.Request = request_type(key_size, value_size)
         if self.Request is None:
             raise NfxError(f"a request for {key_size} + {value_size} byte entries exceeds a test run's context")
         self.fd = -1
         build = defines(key_size, value_size)
-        compile_source("keyread", build).cleanup()        # compiled (or taken from the cache) once
+        _build(build)
         img = compiled_image("keyread", build)
         if img is None:
             raise NfxError("the keyed reader's image is missing after its compile")
@@ -97,3 +118,13 @@ class KeyReader:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+if __name__ == "__main__":
+    # the child _build runs: compile in this process's main thread, into the parent's image cache
+    from pathlib import Path
+
+    from . import imagecache
+    from .compile import compile_source
+    imagecache.CACHE_DIR = Path(sys.argv[2])
+    compile_source("keyread", json.loads(sys.argv[1])).cleanup()

@@ -101,3 +101,35 @@ def test_the_reader_is_checked_against_the_map_it_reads():
             KeyReader(fd, KS, 8)
     finally:
         os.close(fd)
+
+
+def test_a_thread_has_a_child_process_compile_the_reader(monkeypatch, tmp_path):
+    # BCC compiles in threads crash: from a thread, a cold cache is filled by a child process
+    import threading
+
+    from nfx.loader import compile as comp
+    from nfx.loader import imagecache
+    from nfx.loader import keyread as KR
+    monkeypatch.setattr(imagecache, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(comp, "_compiled", {})
+    compiled_here = []
+    monkeypatch.setattr(comp, "_compile", lambda *a: compiled_here.append(a) or pytest.fail("compiled in a thread"))
+    m = _map(bpfsys.MAP_HASH, 10)
+    out = []
+    try:
+        t = threading.Thread(target=lambda: out.append(m.prepare_keyed_reads()))
+        t.start()
+        t.join()
+        assert out == [True] and not compiled_here
+        assert list(tmp_path.glob("*.img")), "the child's image is in the cache"
+        assert _ask(m, [1, 2, 99]) == _ask_by_syscall(m, [1, 2, 99])
+    finally:
+        m.close()
+
+
+def _ask_by_syscall(m: Map, ids: list[int]):
+    reader, m._reader = m._reader, False
+    try:
+        return _ask(m, ids)
+    finally:
+        m._reader = reader
