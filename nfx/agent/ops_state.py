@@ -190,7 +190,7 @@ class StateOps:
         todo: queue.Queue = queue.Queue(maxsize=STREAM_QUEUE)
         chunks, failed = [], []
         span = {"first": None, "last": None, "cpu_s": 0.0}
-        log_ = ops.PutLog(self.nf)
+        log_ = ops.PutLog(self.nf)              # works out the layout hash, once a put
         lock = threading.Lock()
         cpus = sorted(os.sched_getaffinity(0))[:2] if parallel else []
 
@@ -235,7 +235,7 @@ class StateOps:
                     continue
                 try:
                     c = r.body(kind, length)
-                    ops.check(self.nf, c)
+                    ops.check(self.nf, c, log_.layout)
                 except (BadInput, wire.WireError) as e:
                     problem = str(e)
                     continue

@@ -225,14 +225,15 @@ class PutLog:
     removes the keys the chunks brought and puts back the old values of those that were there.
     (The kernel's batch update takes no BPF_NOEXIST, so a put cannot tell new keys from old.)"""
 
-    def __init__(self, nf):
+    def __init__(self, nf, layout: str | None = None):
         self.nf = nf
+        self.layout = layout or L.layout_hash(nf.kind)     # once: it stats every header
         self.before: dict[str, tuple] = {}      # table -> (count, keys, values) before the first chunk
         self.applied: dict[str, list] = {}      # table -> [(raw keys, count)], slices of the chunks
         self.lock = threading.Lock()            # put() may run on several threads
 
     def put(self, c: wire.Chunk) -> None:
-        t, m = _check(self.nf, c, L.layout_hash(self.nf.kind))
+        t, m = _check(self.nf, c, self.layout)
         if c.count == 0:
             return
         with self.lock:
