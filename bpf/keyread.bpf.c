@@ -4,8 +4,9 @@
  * time its packets were held).
  *
  * A syscall program (BPF_PROG_TYPE_SYSCALL, sleepable): run by a test run on a context the
- * kernel copies in and back, with no packet and no softirq work done on the caller's time (an
- * XDP program run the same way let the pending network softirqs run at its end). kr_table is a
+ * kernel copies in and back, with no packet. An XDP program run the same way (48 keys a run)
+ * cost 4.6 us a key under traffic against this one's 1.2: its test run turns bottom halves off
+ * and on, which likely lets pending network softirqs run on the caller's time. kr_table is a
  * placeholder the loader points at the table to read (loader/image.py swaps its fd); the
  * verifier checks every access against that table's own key and value sizes, which the build's
  * defines repeat as words (NFX_KR_WORD, the widest that divides both).

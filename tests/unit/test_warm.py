@@ -1,6 +1,6 @@
 """What tests/warm.py builds ahead is what the netns tier's rigs and testbeds load: the sink and
-generator of any flow count fall in one of its size classes, the testbed NF builds are the
-builder's own for tbutil's defaults, and the NAT's per-flow tables have their keyed readers."""
+generator of any flow count fall in one of its size classes, and the testbed NF builds are the
+builder's own for tbutil's defaults."""
 import pytest
 
 from nfx.nfs import nf_class
@@ -24,13 +24,3 @@ def test_the_testbed_nfs_are_the_builders_builds():
     for kind in ("nat", "ids"):
         assert (kind, nf_class(kind).build_defines(TESTBED_MAX_FLOWS, nf_defines(None, None))) in built
     assert ("sink", sink_defines(10, window_words(10), pass_gen=True)) not in built     # a test's own build
-
-
-def test_the_nat_tables_keyed_readers_are_built_ahead():
-    import ctypes as ct
-
-    from nfx.loader import keyread
-    from nfx.state.tables import tables
-    built = warm.images()
-    for t in tables("nat", ("per-flow",)):
-        assert ("keyread", keyread.defines(ct.sizeof(t.key), ct.sizeof(t.value))) in built
