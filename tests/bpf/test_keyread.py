@@ -8,9 +8,9 @@ import os
 
 import pytest
 
+from nfx.errors import BpfError
 from nfx.layout import KR_MAX, KrHead
 from nfx.loader import bpfsys
-from nfx.errors import BpfError
 from nfx.loader.keyread import KeyReader
 from nfx.loader.maps import Map
 
