@@ -133,11 +133,9 @@ def export_locked(session, per_flow_chunks, flt: Filter, scopes, peer_slot: int 
     per_flow = "per-flow" in scopes
     rest = tuple(s for s in scopes if s != "per-flow")
     plan, every = groups(nf.kind, per_flow_chunks, paced=pace is not None) if per_flow else ([], set())
-    # before anything is held: the keyed readers (a first build compiles) and the layout hash
-    # (it stats every header: ~0.3 ms a call on CPUs carrying traffic)
+    # the keyed readers before anything is held: a first build compiles
     for name in {name for _, reads, _ in plan if _by_keys(nf, reads) for name in reads}:
         nf.maps[name].prepare_keyed_reads()
-    layout = L.layout_hash(nf.kind)
     steps = [lambda k=k: session.mark(k, peer_slot) for k, *_ in plan] + [lambda: session.hold_new(flt, peer_slot)]
     marked = [0.0] * len(steps)
 
@@ -163,7 +161,7 @@ def export_locked(session, per_flow_chunks, flt: Filter, scopes, peer_slot: int 
             continue
         t0 = time.perf_counter()
         for name, raw in reads.items():
-            c = ops.read_keys(nf, name, raw, layout)
+            c = ops.read_keys(nf, name, raw)
             if stats is not None:
                 stats["export_s"] = stats.get("export_s", 0.0) + time.perf_counter() - t0
             if c is not None:

@@ -144,7 +144,6 @@ class StateOps:
         if req.get("stream"):
             return self._put_streamed(sock, r, req.get("parallel", True))
         t0 = time.perf_counter()
-        layout = L.layout_hash(self.nf.kind)      # once a put: it stats every header
         chunks, problem, end = [], None, None
         while True:
             h = read_header(r, sock)
@@ -161,7 +160,7 @@ class StateOps:
                 continue
             try:
                 c = r.body(kind, length)
-                ops.check(self.nf, c, layout)
+                ops.check(self.nf, c)
                 chunks.append(c)
             except BadInput as e:
                 problem = str(e)
@@ -172,7 +171,7 @@ class StateOps:
         if isinstance(end, dict) and "chunks" in end and end["chunks"] != len(chunks):
             raise BadInput(f"put: END says {end['chunks']} chunks, {len(chunks)} arrived; nothing was applied")
         t1, c1 = time.perf_counter(), time.process_time()
-        report = self._apply(chunks, req.get("parallel", True), layout)
+        report = self._apply(chunks, req.get("parallel", True))
         apply_s = time.perf_counter() - t1
         report["apply_cpu_s"] = time.process_time() - c1
         return self._put_done(chunks, report, recv_s, apply_s, t1 + apply_s)
@@ -190,7 +189,7 @@ class StateOps:
         todo: queue.Queue = queue.Queue(maxsize=STREAM_QUEUE)
         chunks, failed = [], []
         span = {"first": None, "last": None, "cpu_s": 0.0}
-        log_ = ops.PutLog(self.nf)              # works out the layout hash, once a put
+        log_ = ops.PutLog(self.nf)
         lock = threading.Lock()
         cpus = sorted(os.sched_getaffinity(0))[:2] if parallel else []
 
@@ -235,7 +234,7 @@ class StateOps:
                     continue
                 try:
                     c = r.body(kind, length)
-                    ops.check(self.nf, c, log_.layout)
+                    ops.check(self.nf, c)
                 except (BadInput, wire.WireError) as e:
                     problem = str(e)
                     continue
@@ -283,9 +282,9 @@ class StateOps:
             return fn(groups[i])
         return _in_threads([lambda i=i: on_cpu(i) for i in range(len(cpus))], [f"cpu{c}" for c in cpus])
 
-    def _apply(self, chunks: list, parallel: bool, layout: str | None = None) -> dict:
+    def _apply(self, chunks: list, parallel: bool) -> dict:
         """ops.put, spread over the CPUs when there is enough to do."""
-        outs = self._spread(lambda g: ops.put(self.nf, g, layout=layout), chunks, parallel)
+        outs = self._spread(lambda g: ops.put(self.nf, g), chunks, parallel)
         return {"applied": sorted(a for o in outs for a in o["applied"]),
                 "failed": [f for o in outs for f in o["failed"]], "entries": sum(o["entries"] for o in outs)}
 

@@ -25,7 +25,6 @@ snapshot and the statelets are kept apart (`_Merge`) and added once, after END."
 import select
 import time
 
-from .. import layout as L
 from ..errors import BadInput
 from ..filter import parse
 from ..packets import keys_from_blob
@@ -89,7 +88,6 @@ class SlimDest:
             fig["ready_ms"] = fig["ready_ms"] or at
             wire.write(sock, wire.encode_json({"ready": {"applied": report.get("statelets", 0),
                                                          "applied_records": fig["records_applied"], "at_ms": at}}))
-        layout = L.layout_hash(self.nf.kind)      # once a stream: it stats every header
         while True:
             h, ahead = ahead or read_header(r, sock), None
             if h is None:
@@ -97,7 +95,7 @@ class SlimDest:
             kind, length = h
             if kind == wire.CHUNK:
                 c = r.body(kind, length)
-                ops.check(self.nf, c, layout)
+                ops.check(self.nf, c)
                 chunks.append(c)
             elif kind == wire.STATELETS:
                 # what has queued up meanwhile goes in one replay: a batch costs about the same

@@ -2,6 +2,7 @@
 file is refused by an instance built from other layouts, and only by those (editing the sink's
 struct leaves NAT files valid)."""
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -33,31 +34,37 @@ def includes(kind: str, bpf_dir: Path = BPF_DIR) -> list[str]:
     return seen
 
 
-_HASHES: dict[tuple[str, str], tuple[tuple, str]] = {}
+# (kind, bpf dir) -> (the files the hash read, their stamp then, the hash)
+_HASHES: dict[tuple[str, str], tuple[list[str], tuple, str]] = {}
 
 
-def _stamp(kind: str, bpf_dir: Path) -> tuple:
-    """What the hash depends on, cheaply: the program's and the headers' size and mtime."""
-    files = [bpf_dir / f"{kind}.bpf.c"] + sorted((bpf_dir / "include").glob("*.h"))
-    return tuple((f.name, s.st_mtime_ns, s.st_size) for f in files if (s := _stat(f)))
-
-
-def _stat(f: Path):
-    try:
-        return f.stat()
-    except OSError:
-        return None
+def _stamp(files: list[str]) -> tuple:
+    """What the hash depends on, cheaply: the size and mtime of exactly the files it read (the
+    program and the headers it includes; a new include changes the file that names it). os.stat
+    on those alone, not a glob and pathlib over every header: 0.15 ms a call here, 0.3 ms with
+    the CPUs carrying traffic, and every state chunk asks."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def layout_hash(kind: str, bpf_dir: Path = BPF_DIR) -> str:
     """Hash of the text of the layout headers bpf/<kind>.bpf.c includes. Every state chunk asks
-    for it: kept per process, and worked out again only when a header file changes."""
-    key, stamp = (kind, str(bpf_dir)), _stamp(kind, bpf_dir)
+    for it: kept per process, and worked out again only when a file it read changes."""
+    key = (kind, str(bpf_dir))
     hit = _HASHES.get(key)
-    if hit and hit[0] == stamp:
-        return hit[1]
+    if hit and _stamp(hit[0]) == hit[1]:
+        return hit[2]
+    heads = includes(kind, bpf_dir)
+    files = [str(bpf_dir / f"{kind}.bpf.c")] + [str(bpf_dir / "include" / name) for name in heads]
+    stamp = _stamp(files)
     h = hashlib.sha256()
-    for name in sorted(set(includes(kind, bpf_dir)) & set(LAYOUT_HEADERS)):
+    for name in sorted(set(heads) & set(LAYOUT_HEADERS)):
         h.update(name.encode() + b"\0" + (bpf_dir / "include" / name).read_bytes() + b"\0")
-    _HASHES[key] = (stamp, h.hexdigest()[:16])
-    return _HASHES[key][1]
+    _HASHES[key] = (files, stamp, h.hexdigest()[:16])
+    return _HASHES[key][2]

@@ -115,10 +115,10 @@ def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK
             yield flush()
 
 
-def read_keys(nf, name: str, raw_keys: bytes, layout: str | None = None) -> wire.Chunk | None:
+def read_keys(nf, name: str, raw_keys: bytes) -> wire.Chunk | None:
     """The entries of one table under these keys (back to back, as the table lays them out) that
     exist, as one chunk: a few flows' state read by their keys, where a batch export would walk
-    every bucket of the table. `layout`: the NF's layout hash, if the caller has it already."""
+    every bucket of the table."""
     m = nf.maps.get(name)
     if m is None:
         raise NfxError(f"instance {nf.instance} has no map {name}")
@@ -127,7 +127,7 @@ def read_keys(nf, name: str, raw_keys: bytes, layout: str | None = None) -> wire
     if not n:
         return None
     return wire.Chunk(t.name, t.scope, nf.kind, n, ct.sizeof(m.Key), ct.sizeof(m.Value), m.ncpu,
-                      layout or L.layout_hash(nf.kind), memoryview(k).cast("B"), memoryview(v).cast("B"))
+                      L.layout_hash(nf.kind), memoryview(k).cast("B"), memoryview(v).cast("B"))
 
 
 def select_chunks(chunks: Iterable[wire.Chunk], flt: Filter, keyset: set | None = None) -> list[wire.Chunk]:
@@ -167,11 +167,10 @@ def _check(nf, c: wire.Chunk, layout: str) -> tuple[Table, object]:
     return t, m
 
 
-def check(nf, c: wire.Chunk, layout: str | None = None) -> None:
+def check(nf, c: wire.Chunk) -> None:
     """Refuse (BadInput) a chunk that `put` could not apply to `nf`: another layout, NF kind or
-    table, or entries of another size. Lets a receiver validate a whole stream before applying.
-    `layout`: the NF's layout hash, if the caller has it already (it stats every header)."""
-    _check(nf, c, layout or L.layout_hash(nf.kind))
+    table, or entries of another size. Lets a receiver validate a whole stream before applying."""
+    _check(nf, c, L.layout_hash(nf.kind))
 
 
 def _array(T, buf, count):
@@ -195,10 +194,9 @@ def _values(m, c: wire.Chunk):
     return _array(m.Slot, bytearray(out.tobytes()), c.count)
 
 
-def put(nf, chunks: Iterable[wire.Chunk], stats: dict | None = None, layout: str | None = None) -> dict:
-    """Apply chunks; every chunk is applied whole or listed in `failed` with the reason.
-    `layout`: the NF's layout hash, if the caller has it already."""
-    layout = layout or L.layout_hash(nf.kind)
+def put(nf, chunks: Iterable[wire.Chunk], stats: dict | None = None) -> dict:
+    """Apply chunks; every chunk is applied whole or listed in `failed` with the reason."""
+    layout = L.layout_hash(nf.kind)
     applied, failed, entries = [], [], 0
     for c in chunks:
         try:
@@ -225,15 +223,14 @@ class PutLog:
     removes the keys the chunks brought and puts back the old values of those that were there.
     (The kernel's batch update takes no BPF_NOEXIST, so a put cannot tell new keys from old.)"""
 
-    def __init__(self, nf, layout: str | None = None):
+    def __init__(self, nf):
         self.nf = nf
-        self.layout = layout or L.layout_hash(nf.kind)     # once: it stats every header
         self.before: dict[str, tuple] = {}      # table -> (count, keys, values) before the first chunk
         self.applied: dict[str, list] = {}      # table -> [(raw keys, count)], slices of the chunks
         self.lock = threading.Lock()            # put() may run on several threads
 
     def put(self, c: wire.Chunk) -> None:
-        t, m = _check(self.nf, c, self.layout)
+        t, m = _check(self.nf, c, L.layout_hash(self.nf.kind))
         if c.count == 0:
             return
         with self.lock:
