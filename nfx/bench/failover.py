@@ -38,11 +38,14 @@ SAMPLE_S = 0.0005
 
 
 class Timeline:
-    """The sink's received count, sampled on a thread: when packets stopped and came back."""
+    """The sink's received count, and with a generator its sent count, sampled on a thread: when
+    packets stopped and came back, and how many were sent meanwhile (a generator that fell
+    behind sends faster than its rate while it catches up)."""
 
-    def __init__(self, sink, every_s: float = SAMPLE_S):
-        self.sink, self.every_s = sink, every_s
+    def __init__(self, sink, every_s: float = SAMPLE_S, gen=None):
+        self.sink, self.gen, self.every_s = sink, gen, every_s
         self.samples: list[tuple[float, int]] = []
+        self.sent: list[tuple[float, int]] = []
         self.stop_ev = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="timeline")
 
@@ -56,12 +59,25 @@ class Timeline:
 
     def _run(self) -> None:
         while not self.stop_ev.is_set():
-            self.samples.append((time.monotonic(), self.sink.received_total()))
+            t = time.monotonic()
+            self.samples.append((t, self.sink.received_total()))
+            if self.gen is not None:
+                self.sent.append((t, self.gen.sent_total()))
             time.sleep(self.every_s)
 
-    def gap_after(self, t_kill: float) -> dict:
+    def sent_between(self, t0: float, t1: float) -> int | None:
+        """Packets the generator sent from t0 to t1 (by the samples at or before each), or None
+        without a generator's samples."""
+        at0 = [n for t, n in self.sent if t <= t0]
+        at1 = [n for t, n in self.sent if t <= t1]
+        return at1[-1] - at0[-1] if at0 and at1 else None
+
+    def gap_after(self, t_kill: float, t_loss: float | None = None, margin_s: float = 0.010) -> dict:
         """From the kill: the last sample before the count stopped, and the first after it moved
-        again (the recovery), in ms from the kill."""
+        again (the recovery), in ms from the kill. With a generator's samples also
+        `sent_in_gap`: what it sent from `t_loss` (when packets began to be lost: the kill's
+        first step; default t_kill) to `margin_s` past the recovery, the most the gap can have
+        lost."""
         before = [(t, n) for t, n in self.samples if t <= t_kill]
         after = [(t, n) for t, n in self.samples if t > t_kill]
         if not before or not after:
@@ -74,9 +90,12 @@ class Timeline:
             if stalled_at is None and n1 == n0:
                 stalled_at = t0
             elif stalled_at is not None and n1 > n0:
-                return {"recovery_ms": round((t1 - t_kill) * 1e3, 2),
-                        "stalled_ms": round((stalled_at - t_kill) * 1e3, 2),
-                        "gap_ms": round((t1 - stalled_at) * 1e3, 2), "in_flight": n0 - n_kill}
+                out = {"recovery_ms": round((t1 - t_kill) * 1e3, 2),
+                       "stalled_ms": round((stalled_at - t_kill) * 1e3, 2),
+                       "gap_ms": round((t1 - stalled_at) * 1e3, 2), "in_flight": n0 - n_kill}
+                if self.sent:
+                    out["sent_in_gap"] = self.sent_between(t_kill if t_loss is None else t_loss, t1 + margin_s)
+                return out
         return {"recovery_ms": None, "stalled_ms": round((stalled_at - t_kill) * 1e3, 2) if stalled_at else None}
 
     def rate(self, t_kill: float, before_s: float = 0.2, after_s: float = 0.4, bin_s: float = 0.002):
@@ -226,7 +245,7 @@ def one(run_no: int, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batc
         c0 = mappings(name, "nf0")
         with Iperf(name, TCP_SECONDS, tcp_bitrate) as ip:
             res, box = {}, {}
-            with Timeline(sink) as tl:
+            with Timeline(sink, gen=gen) as tl:
                 t = threading.Thread(target=lambda: res.setdefault("r", measure(gen, sink, rate, DURATION_S, 1.0)))
                 if tcp:
                     ip.start()
@@ -263,7 +282,7 @@ def one(run_no: int, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batc
         # boundary's batch never reached nf1)
         short = sorted((expected[k] - after[k]["pkts_out"], final0[k]["pkts_out"] % batch)
                        for k in udp_before if k in after and k in final0 and k in expected)
-        gap = tl.gap_after(tk)
+        gap = tl.gap_after(tk, t_loss=box["sigkill"])
         # detection from the SIGKILL (the heartbeats stop there); the sink's gap, the verdict on the
         # plot and the controller's recovery from the detach (the program stops forwarding there)
         det_kill = round((ev["at"] - wall_off - box["sigkill"]) * 1e3, 2) if "at" in ev else None
@@ -281,6 +300,7 @@ def one(run_no: int, rate: int = RATE, flows: int = FLOWS, nf: str = "nat", batc
                "past_boundary_at_kill": {str(m): sum(1 for _, x in short if x == m) for m in sorted({x for _, x in short})},
                "promoted_entries": ev.get("entries"), "new_secondary": ev.get("new_secondary"),
                "recovery_ms": gap.get("recovery_ms"), "stalled_ms": gap.get("stalled_ms"), "gap_ms": gap.get("gap_ms"),
+               "sent_in_gap": gap.get("sent_in_gap"),
                "sent": r["sent"], "received": r["received"], "lost": r["lost"],
                "duplicated": r["duplicated"], "reordered": r["reordered"], "sent_pps": round(r.get("pps") or 0),
                **cmp, "tcp_mappings": tcp_cmp["nat_mappings"], "tcp_mappings_lost": tcp_cmp["nat_mappings_lost"],

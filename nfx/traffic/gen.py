@@ -288,6 +288,10 @@ class Generator(Closing):
         n, _, vals = self.maps.gen_seq.export()
         return list(vals[:min(n, self.nflows)])          # the array is a capacity
 
+    def sent_total(self) -> int:
+        """Frames sent since load, over every CPU: one per-CPU counter, cheap to poll."""
+        return self.maps.nfx_stats.sum_percpu(L.u32(L.Stat.R_GEN_SENT))
+
     def stats(self) -> dict[str, int]:
         return stats_dict(self.maps.nfx_stats)
 

@@ -24,6 +24,26 @@ def test_gap_after_kill():
     assert g["in_flight"] == 200
 
 
+def test_sent_in_gap_counts_what_the_generator_sent_from_the_loss_to_past_the_recovery():
+    # as above, and the generator, behind its schedule, sends 300 a ms from t=10.005 to 10.030
+    s, sent, n, m = [], [], 0, 0
+    for i in range(60):
+        t = 10.0 + i / 1000
+        if not 10.013 <= t < 10.045:
+            n += 100
+        m += 300 if 10.005 <= t < 10.030 else 100
+        s.append((t, n))
+        sent.append((t, m))
+    tl = _timeline(s)
+    tl.sent = sent
+    g = tl.gap_after(10.0105, t_loss=10.0095)
+    # from the sample at or before 10.0095 (10.009) to the one at or before 10.045 + 0.010
+    # (10.055): 10.010-10.029 at 300, 10.030-10.055 at 100
+    assert g["sent_in_gap"] == 20 * 300 + 26 * 100
+    assert _timeline(s).gap_after(10.0105)["recovery_ms"] == 34.5
+    assert "sent_in_gap" not in _timeline(s).gap_after(10.0105)     # no generator sampled
+
+
 def test_gap_after_never_recovers():
     s = [(i / 1000, min(i, 5) * 10) for i in range(20)]
     g = _timeline(s).gap_after(0.0045)
