@@ -11,7 +11,9 @@ measured in the same run on a sample and extrapolated: per-entry export (get-nex
 and per-entry import (one update per entry). Each run pushes twice: the three legs one after the
 other (`push_sequential`, each leg timed alone), then pipelined (`push_total`: chunks exported,
 sent and applied as they come). `cpu_bound` is what the machine's CPUs allow: the two legs' CPU
-time over the CPU count. nf1's state is checked equal to nf0's afterwards."""
+time over the CPU count. `kernel_floor` is what the kernel's own calls cost an entry (the batch
+lookup and the batch update alone, on nf0's tables, in this process): no push beats it on this
+machine, whatever it overlaps. nf1's state is checked equal to nf0's afterwards."""
 import ctypes as ct
 import ipaddress
 import os
@@ -24,6 +26,9 @@ import numpy as np
 from .. import layout as L
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
+from ..loader import bpfsys
+from ..loader.maps import Map
+from ..state.tables import SCOPES, tables
 from ..nfs.nat import monotonic_ns, parse_pool
 from ..nfs.nat import pool_hash
 from .. import registry
@@ -183,6 +188,40 @@ def per_entry_import(m, keys: np.ndarray, vals: np.ndarray) -> tuple[int, float]
     return n, time.perf_counter() - t0
 
 
+# ---- what the kernel alone costs -----------------------------------------------------------------
+def kernel_floor(nf, chunk_entries: int = 65536) -> dict:
+    """The kernel's own cost of a pushed entry on this machine, CPU time in this process: the
+    instance's tables read with the batch lookup (the export's kernel call) and put into empty
+    copies of them with the batch update (the import's), in chunks as a push sends them. No
+    push, however its legs overlap, beats cpus / (export + import) entries/s."""
+    exp_s = imp_s = 0.0
+    entries = 0
+    for t in tables(nf.kind, SCOPES):
+        m = nf.maps.get(t.name)
+        if m.info.type not in (bpfsys.MAP_HASH, bpfsys.MAP_LRU_HASH, bpfsys.MAP_PERCPU_HASH):
+            continue          # an array's cost is its size, not its entries
+        c0 = time.thread_time()
+        batches = list(m.export_batches(chunk_entries))
+        exp_s += time.thread_time() - c0
+        i = m.info
+        like = bpfsys.MapInfo(type=i.type, key_size=i.key_size, value_size=i.value_size,
+                              max_entries=i.max_entries, map_flags=i.map_flags, name=i.name)
+        copy = Map(bpfsys.map_create(like), m.Key, m.Value, owns_fd=True)
+        try:
+            c0 = time.thread_time()
+            for n, keys, vals in batches:
+                copy.update_batch(keys, vals, n)
+            imp_s += time.thread_time() - c0
+        finally:
+            copy.close()
+        entries += sum(n for n, _, _ in batches)
+    cpus = len(os.sched_getaffinity(0))
+    per = (exp_s + imp_s) / entries if entries else None
+    return {"entries": entries, "export_us": exp_s / entries * 1e6 if entries else None,
+            "import_us": imp_s / entries * 1e6 if entries else None, "cpus": cpus,
+            "entries_per_s": cpus / per if per else None}
+
+
 def run(flows: int = 1_000_000, reps: int = 3, sample: int = 100_000, keep: bool = False,
         parallel: bool = True, progress=None) -> dict:
     progress = progress or (lambda m: None)
@@ -251,6 +290,9 @@ def run(flows: int = 1_000_000, reps: int = 3, sample: int = 100_000, keep: bool
                             "import_cpu_s": statistics.median(x["import_cpu_s"] for x in runs),
                             "seconds": cpu_s / cpus, "entries_per_s": entries * cpus / cpu_s if cpu_s else None}
         res["push_total"]["over_cpu_bound"] = res["push_total"]["seconds"] / res["cpu_bound"]["seconds"]
+
+        progress("the kernel's own cost an entry (batch lookup, batch update)")
+        res["kernel_floor"] = kernel_floor(nf0)
 
         progress("verifying nf1 == nf0")
         a, b = c0.get(), c1.get()

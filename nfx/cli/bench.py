@@ -62,6 +62,9 @@ def state_(flows: int = typer.Option(1_000_000, "--flows", "-f", help="NAT conne
               f"{r['push_total']['over_slowest_leg']:.2f}x its slowest leg's time; the CPUs allow "
               f"{b['entries_per_s'] / 1e6:.2f} M entries/s (export {b['export_cpu_s']:.2f} + import "
               f"{b['import_cpu_s']:.2f} CPU-s over {b['cpus']} CPUs)")
+    f = r["kernel_floor"]
+    out.print(f"the kernel alone: export {f['export_us']:.3f} + import {f['import_us']:.3f} us of CPU an entry "
+              f"(batch lookup, batch update): at most {f['entries_per_s'] / 1e6:.2f} M entries/s on {f['cpus']} CPUs")
     out.print(f"batch vs per-entry: export {r['speedup']['export']:.1f}x, import {r['speedup']['import']:.1f}x; "
               f"transfer {r['transfer']['mbytes_per_s']:.0f} MB/s")
     out.print("nf1 == nf0 after import: " + ("[green]yes[/green]" if v["same"] else

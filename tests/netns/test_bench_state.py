@@ -1,5 +1,5 @@
-"""nfx bench state, small: the three phases are timed, the baseline is there, nf1 ends equal to
-nf0, and the bench's testbed is gone afterwards."""
+"""nfx bench state, small: the three phases are timed, the baseline and the kernel's own cost an
+entry are there, nf1 ends equal to nf0, and the bench's testbed is gone afterwards."""
 from nfx.procs import agents
 from nfx import registry
 from tests.netns.tbutil import nfx_json
@@ -14,6 +14,10 @@ def test_bench_state_small():
     assert r["push_total"]["pipelined"] and r["push_total"]["over_slowest_leg"] > 0
     b = r["cpu_bound"]
     assert b["cpus"] >= 1 and b["export_cpu_s"] > 0 and b["import_cpu_s"] > 0 and b["entries_per_s"] > 0
+    # the kernel's own cost: every hash entry pushed (the cursor is an array), read and put once
+    f = r["kernel_floor"]
+    assert f["entries"] == 3 * 20000 and f["export_us"] > 0 and f["import_us"] > 0
+    assert abs(f["entries_per_s"] - f["cpus"] * 1e6 / (f["export_us"] + f["import_us"])) < 1
     for base in ("per_entry_export", "per_entry_import"):
         assert r[base]["sample"] == 2000 and r[base]["entries_per_s"] > 0
     assert r["verify"]["same"] and r["verify"]["tables"]["nat_fwd"] == {"a": 20000, "b": 20000, "same": True}
