@@ -147,6 +147,9 @@ enum nfx_stat {
     /* a packet processed while the gate shares state that wrote no record: not at its flow's
      * batch boundary (nfx_gate_cfg.share_batch) and it made or ended no entry */
     NFX_R_SHARE_QUIET,
+    /* an NF's runs begun (nfx_nf_entry); its verdicts count the runs ended (its one exit): an
+     * agent that changed a mark waits for every run begun before it to end (nfx/agent/settle.py) */
+    NFX_R_NF_RUN,
     NFX_STAT_MAX = 96,
 };
 

@@ -22,7 +22,7 @@ from .. import layout as L
 from ..filter import Filter
 from ..state import ops
 from ..state.tables import table, tables
-from .sessions import SETTLE_S
+from .settle import settle
 
 # as published (groups marked ahead of their puts): few groups, each one put the destination
 # applies and releases while the next is read
@@ -144,9 +144,7 @@ def export_locked(session, per_flow_chunks, flt: Filter, scopes, peer_slot: int 
         marked[i] = time.perf_counter()
 
     def settled(i):
-        left = SETTLE_S - (time.perf_counter() - marked[i])
-        if left > 0:
-            time.sleep(left)
+        settle(nf, marked[i])
     if pace is None:
         mark(0)
     for i, (_, reads, owners) in enumerate(plan):

@@ -33,10 +33,10 @@ from ..gate import Gate, Releaser, key_array
 from ..filter import Filter
 from . import pauses
 from .prio import enter_rt, leave_rt
+from .settle import SETTLE_S, settle
 
 log = logging.getLogger("nfx.move")
 FILTER_SLOT = 0
-SETTLE_S = 0.001     # after a mark changes, an XDP run that read the old one is long done
 POLL_IN_GATE_MS = 1  # a destination holding in the gate looks for a drain request this often
 # what each role's marks and filter do to the flows, and the roles that hold packets back
 ACTIONS = {"dst": L.Action.BUFFER, "src-redirect": L.Action.REDIRECT, "src-ctrl": L.Action.TO_CTRL,
@@ -387,7 +387,7 @@ class MoveSession:
         self.gate.clear_drain()
         # an XDP run that read a mark just before it went may still be buffering: let it finish,
         # so the last read of the ring below has its packet
-        time.sleep(SETTLE_S)
+        settle(self.nf, time.perf_counter())
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)

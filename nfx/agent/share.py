@@ -33,7 +33,7 @@ from ..state.statelets import StateletReader
 from .global_counters import COUNTER_TABLES, publish_instance_counters
 from .ops_move import _b64, enc
 from .transport import arg_int
-from .sessions import SETTLE_S
+from .settle import settle
 from .sharer import SEND_EVERY_S, Sharer
 
 SHARE_OPS = ("share_start", "share_stop", "share_status", "share_put", "share_flush", "replica_promote", "share_drop")
@@ -91,7 +91,7 @@ class ShareOps:
         reader.drain(idle_ms=0, timeout_s=1.0)          # records of no one's (an earlier move's) go
         Gate(self.nf).set_share(True, batch)
         try:
-            time.sleep(SETTLE_S)
+            settle(self.nf, time.perf_counter())
             # the base is read after mirroring began: replaying the ring onto it is exact
             t0 = time.perf_counter()
             chunks = list(ops.export(self.nf, BASE_SCOPES))
@@ -173,7 +173,7 @@ class ShareOps:
     def _flush(self, flt) -> dict:
         """Every pending batch out, and the flows `flt` selects here (their keys: what the
         destination takes from its replicas, and nothing else)."""
-        time.sleep(SETTLE_S)                          # a packet that read no mark has been processed
+        settle(self.nf, time.perf_counter())          # a packet that read no mark has been processed
         flows, outside = flow_keys(ops.export(self.nf, ("per-flow",), flt))
         keyset = {bytes(k) for k in flows}
         # the moved connections' pending batches, both directions (a NAT's return packets are

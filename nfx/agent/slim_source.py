@@ -42,7 +42,7 @@ from ..state.tables import SCOPES
 from .client import AgentClient
 from .prio import enter_rt, leave_rt
 from .ops_move import enc
-from .sessions import SETTLE_S
+from .settle import settle
 
 READY_STATELETS = 2000      # dst asks for the redirect when a batch had fewer statelets than this
 POLL_MS = 1                 # the ring is read at least this often
@@ -92,7 +92,7 @@ class SlimSource:
         try:
             stats0 = self.nf.stats()
             s = self._begin_session("src-slim", epoch, lf, explicit, flt, 0)
-            time.sleep(SETTLE_S)                 # a packet that read no mark has been processed
+            settle(self.nf, time.perf_counter())  # a packet that read no mark has been processed
             peer._begin("slim_in", {"epoch": epoch, "guarantee": guarantee, "filter": flt.text,
                                     "scopes": list(scopes), "keys": keys_blob(explicit),
                                     "ready_statelets": ready_statelets, "rt": rt or None})

@@ -99,6 +99,7 @@ class Stat(enum.IntEnum):
     R_SINK_BAD_LEN = 83
     R_SINK_BAD_PAYLOAD = 84
     R_SHARE_QUIET = 85
+    R_NF_RUN = 86
 
 
 STAT_MAX = 96

@@ -78,3 +78,18 @@ def test_read_keys_skips_keys_that_are_gone(nat):
     assert bytes(c.values)[:c.value_size] == bytes(fwd.values)[:fwd.value_size]
     assert ops.read_keys(nat, "nat_fwd", gone) is None
     assert ct.sizeof(nat.maps["nat_fwd"].Key) == ksz
+
+
+def test_runs_count_every_run_begun_and_ended_on_its_cpu(nat):
+    # a passed packet, a dropped one (no mapping for a packet from outside) and one the NAT maps:
+    # every run is begun and ended once, whatever its verdict
+    before = nat.runs()
+    assert all(b == e for b, e in before)
+    frames = [(raw(eth() / IP(src=H1, dst=H2) / UDP(sport=9000 + i, dport=53) / Raw(b"x" * 8)), "in")
+              for i in range(5)]
+    frames.append((raw(eth() / IP(src=H2, dst=H1) / UDP(sport=53, dport=1) / Raw(b"x" * 8)), "out"))
+    verdicts = {run(nat, f, side)[0] for f, side in frames}
+    assert len(verdicts) == 2            # redirected and dropped
+    after = nat.runs()
+    assert all(b == e for b, e in after)
+    assert sum(b for b, _ in after) - sum(b for b, _ in before) == len(frames)
