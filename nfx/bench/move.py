@@ -31,6 +31,7 @@ from ..errors import BadInput, NfxError
 from ..migrate import GUARANTEES, MECHANISMS  # nfx.movespec's, filled as nfx.migrate registers them
 from ..testbed.drops import path_drops
 from ..traffic.report import measure
+from . import host
 from .ci import mean_ci
 from .move_bed import Bed, testbed, traffic_rig
 from .move_cells import CELL_KEYS, DEFAULT_FLOWS, DEFAULT_RATES, OPTS, cells, judge, link_text, verdict
@@ -44,7 +45,7 @@ COLUMNS = ["mode", "testbed", "run", "rep", "mechanism", "guarantee", "opts", "r
            "sent", "received", "lost", "duplicated", "reordered", "unexpected", "out_of_window",
            "lat_p50_us", "lat_p99_us", "lat_max_us", "achieved_pps",
            "move_at_s", "move_end_s", "traffic_s", "move_inside_traffic", "refresh_lost", "loadavg",
-           "nf_drops", "path_drops", "ctrl_received", "ctrl_held", "ctrl_dropped_after_cut", "ctrl_injected", "ctrl_left",
+           "steal_pct", "nf_drops", "path_drops", "ctrl_received", "ctrl_held", "ctrl_dropped_after_cut", "ctrl_injected", "ctrl_left",
            "ph_keys_ms", "ph_held_ms", "ph_state_ms", "ph_steered_ms", "ph_cut_ms",
            "ph_settled_ms"]
 METRICS = ["move_time_s", "redirect_time_s", "total_s", "states", "state_chunks", "state_bytes",
@@ -68,6 +69,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
     # the sink is read only once the move has returned, so packets a move still held when the
     # traffic stopped count as late, not lost
     out, moved = {}, threading.Event()
+    host0 = host.cpu_times()
     t = threading.Thread(target=lambda: out.setdefault("r", measure(gen, sink, rate, duration, 1.0,
                                                                     before_read=lambda: moved.wait(timeout * 4))))
     t0 = time.perf_counter()
@@ -84,6 +86,7 @@ def run_cell(bed: Bed, gen, sink, cell: dict, duration: float, at: float, timeou
         row["move_end_s"] = round(time.perf_counter() - t0, 4)
         moved.set()
         t.join()
+    row["steal_pct"] = host.steal_pct(host0, host.cpu_times())     # a slow host, told from a slow run
     r = out.get("r")
     if r is None:
         raise NfxError("the traffic run did not finish")
@@ -251,4 +254,5 @@ def _line(r: dict, i: int, total: int, elapsed: float) -> str:
     return (f"[{i}/{total} eta {eta:4.0f}s] {r['mechanism']:6} {r['guarantee']} {r['opts']:8} "
             f"{r['rate_pps']:>7,} pps {r['flows']:>7,} flows {link_text(r['ctrl_delay_ms'], r.get('ctrl_rate_mbit', 0))}: {mv}, "
             f"sent {r['sent']:,} lost {r['lost']:,} dup {r['duplicated']:,} reo {r['reordered']:,} "
+            + (f"steal {r['steal_pct']:g}% " if r.get("steal_pct") else "") +
             f"[{colour}]{v}[/{colour}]" + (f" [red]{r['error'][:160]}[/red]" if r.get("error") else ""))
