@@ -20,6 +20,7 @@ from ..testbed import builder, topology
 from ..traffic.gen import min_size
 from ..traffic.report import measure
 from ..traffic.rig import rig
+from . import host
 from .dataplane_paths import PATHS, NfPaths
 
 MIN_ETH_FRAME = 60          # the smallest Ethernet frame without its FCS (64 B on the wire)
@@ -107,6 +108,7 @@ def run(flows: int = 1000, duration: float = 3.0, sizes: list[int] | None = None
     name = "bd" + secrets.token_hex(2)
     max_flows = max(65536, flows * 2)
     load_1m = os.getloadavg()[0]
+    host0 = host.cpu_times()
     blocks = []
     progress(f"testbed {name}: chain, nat")
     builder.up(name, topology.load("chain"), "nat", max_flows=max_flows, agents=False)
@@ -138,6 +140,6 @@ def run(flows: int = 1000, duration: float = 3.0, sizes: list[int] | None = None
     first = blocks[0]
     return {"testbed": name, "topology": "chain (h1 -> nf0 -> h2)", "flows": flows, "duration_s": duration,
             "reps": reps, "paths": list(PATHS), "pin_cpu": pin_cpu, "cpus": len(os.sched_getaffinity(0)),
-            "loadavg_1m": load_1m, "ids_config": ids_config,
+            "loadavg_1m": load_1m, "steal_pct": host.steal_pct(host0, host.cpu_times()), "ids_config": ids_config,
             "frame_bytes": first["frame_bytes"], "results": first["results"],
             **{key: first[key] for key in RATIOS}, "sizes": blocks}

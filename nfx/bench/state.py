@@ -33,6 +33,7 @@ from ..nfs.nat import monotonic_ns, parse_pool
 from ..nfs.nat import pool_hash
 from .. import registry
 from ..testbed import builder, topology
+from . import host
 
 POOL = "10.0.2.100-10.0.2.163"          # 64 public addresses: 5.1 M (address, port, proto) slots
 INSIDE_HOSTS = 253                       # 10.0.1.2 .. 10.0.1.254
@@ -242,6 +243,7 @@ def run(flows: int = 1_000_000, reps: int = 3, sample: int = 100_000, keep: bool
     builder.up(name, topo, "nat", max_flows, progress=lambda m: progress(f"  {m}"),
                nf_settings=["port_lo=1024", "port_hi=65535"])
     res = {"testbed": name, "flows": flows, "max_flows": max_flows, "reps": reps, "up_s": time.perf_counter() - t0}
+    host0 = host.cpu_times()
     try:
         nf0, nf1 = builder.instance(name, "nf0"), builder.instance(name, "nf1")
         cfg = nf0.config()
@@ -293,6 +295,7 @@ def run(flows: int = 1_000_000, reps: int = 3, sample: int = 100_000, keep: bool
 
         progress("the kernel's own cost an entry (batch lookup, batch update)")
         res["kernel_floor"] = kernel_floor(nf0)
+        res["steal_pct"] = host.steal_pct(host0, host.cpu_times())     # the pushes' and the floor's
 
         progress("verifying nf1 == nf0")
         a, b = c0.get(), c1.get()

@@ -67,6 +67,8 @@ def state_(flows: int = typer.Option(1_000_000, "--flows", "-f", help="NAT conne
               f"(batch lookup, batch update): at most {f['entries_per_s'] / 1e6:.2f} M entries/s on {f['cpus']} CPUs")
     out.print(f"batch vs per-entry: export {r['speedup']['export']:.1f}x, import {r['speedup']['import']:.1f}x; "
               f"transfer {r['transfer']['mbytes_per_s']:.0f} MB/s")
+    if r.get("steal_pct"):
+        out.print(f"the host stole {r['steal_pct']:g}% of the CPU time meanwhile")
     out.print("nf1 == nf0 after import: " + ("[green]yes[/green]" if v["same"] else
               "[red]NO[/red] " + ", ".join(f"{k}: {x['a']} vs {x['b']}" for k, x in v["tables"].items() if not x["same"])))
 

@@ -62,8 +62,9 @@ def dataplane_(flows: int = typer.Option(1000, "--flows", "-f", help="Distinct f
         return
     for block in r["sizes"]:
         _table(r, block)
-    out.print(f"[dim]load average {r['loadavg_1m']:.1f} at the start; the CPUs are shared, so compare paths "
-              f"within one run (the ratios), not across runs[/dim]")
+    steal = f", the host stole {r['steal_pct']:g}% of the CPU time" if r.get("steal_pct") is not None else ""
+    out.print(f"[dim]load average {r['loadavg_1m']:.1f} at the start{steal}; the CPUs are shared, so compare "
+              f"paths within one run (the ratios), not across runs[/dim]")
 
 
 def _x(v: float | None) -> str:

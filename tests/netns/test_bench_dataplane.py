@@ -21,7 +21,7 @@ def _gone(name: str) -> bool:
 
 def test_bench_dataplane_small():
     r = nfx_json("bench", "dataplane", "--duration", "0.3", "--reps", "1", "--sizes", "64,300", "--pin", timeout=300)
-    assert r["pin_cpu"] in os.sched_getaffinity(0)
+    assert r["pin_cpu"] in os.sched_getaffinity(0) and 0 <= r["steal_pct"] <= 100
     assert [(b["requested_bytes"], b["frame_bytes"]) for b in r["sizes"]] == [(64, 66), (300, 300)]
     for block in [r] + r["sizes"]:
         for key in NEW_RATIOS + ("ratio_xdp_over_kernel_forward",):

@@ -41,6 +41,7 @@ def test_bench_move_tiny(tmp_path):
         assert 0 <= run["serialization_share"] < 1
         assert run["move_inside_traffic"] and run["lat_p50_us"] > 0
         assert run["nf_drops"] == ""
+        assert 0 <= run["steal_pct"] <= 100                 # the host's share, beside every run
     by = {x["mechanism"]: x for x in r["runs"]}
     # at 200 pps per flow, packets of the held flows reach the source during the move
     assert by["opennf"]["controller_packets"] > 0 and by["opennf"]["instance_buffer_peak"] == 0
@@ -49,6 +50,7 @@ def test_bench_move_tiny(tmp_path):
     assert [x["mechanism"] for x in rows] == [x["mechanism"] for x in r["runs"]]
     for row, run in zip(rows, r["runs"]):
         assert int(row["sent"]) == run["sent"] and int(row["state_bytes"]) == run["state_bytes"]
+        assert float(row["steal_pct"]) == run["steal_pct"]
         assert float(row["move_time_s"]) == pytest.approx(run["move_time_s"], rel=1e-5)
     assert len(r["summary"]) == 2 and all(s["n"] == 1 and s["ok"] for s in r["summary"])
     assert r["aborted"] == [] and len(r["testbeds"]) == 1          # one testbed per flow count

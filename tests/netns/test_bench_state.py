@@ -15,6 +15,7 @@ def test_bench_state_small():
     b = r["cpu_bound"]
     assert b["cpus"] >= 1 and b["export_cpu_s"] > 0 and b["import_cpu_s"] > 0 and b["entries_per_s"] > 0
     # the kernel's own cost: every hash entry pushed (the cursor is an array), read and put once
+    assert 0 <= r["steal_pct"] <= 100
     f = r["kernel_floor"]
     assert f["entries"] == 3 * 20000 and f["export_us"] > 0 and f["import_us"] > 0
     assert abs(f["entries_per_s"] - f["cpus"] * 1e6 / (f["export_us"] + f["import_us"])) < 1
