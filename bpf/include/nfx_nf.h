@@ -475,7 +475,7 @@ struct nfx_entry {
 static __always_inline int nfx_nf_entry(struct xdp_md *ctx, struct nfx_entry *e, void *cfg)
 {
     __u32 z = 0;
-    nfx_count(NFX_R_NF_RUN);     /* ended: the verdict nfx_nf_exit counts */
+    nfx_count(NFX_R_NF_RUN);     /* begun; nfx_nf_exit's verdict counts it ended (nfx/agent/settle.py) */
     __builtin_memset(e, 0, sizeof(*e));
     e->verdict = XDP_DROP;
     e->act = NFX_ACT_PROCESS;
