@@ -13,7 +13,12 @@ as the fixed wait let it be. A program that does not count its runs gets the fix
 The begun count is a plain per-CPU add, and a CPU may make it visible a little after the run's
 read of the mark (a store may wait in its store buffer past a later load). That lag is
 nanoseconds; the first count is read at least LEAST_S after the mark, a thousand times that."""
+import logging
 import time
+
+from ..errors import BpfError
+
+log = logging.getLogger("nfx.move")
 
 SETTLE_S = 0.001     # the most a settle waits (the fixed wait it replaced)
 LEAST_S = 50e-6      # before the first count: every CPU's begun count of an earlier run is visible
@@ -26,17 +31,25 @@ def settle(nf, since: float, most_s: float = SETTLE_S) -> bool:
     busy a sleeping thread is woken late (the 1 ms sleep above: 2.8 ms at the median)."""
     while time.perf_counter() - since < LEAST_S:
         pass
-    first = nf.runs()
-    if sum(b for b, _ in first) < sum(e for _, e in first):
-        # more runs ended than begun: a program that does not count its runs (an older build's,
-        # still attached): the fixed wait
-        while time.perf_counter() - since < most_s:
-            pass
-        return False
-    now = first
-    while True:
-        if all(ended >= begun for (begun, _), (_, ended) in zip(first, now)):
-            return True
-        if time.perf_counter() - since >= most_s:
-            return False
-        now = nf.runs()
+    try:
+        first = nf.runs()
+        if sum(b for b, _ in first) < sum(e for _, e in first):
+            # more runs ended than begun: a program that does not count its runs (an older
+            # build's, still attached): the fixed wait
+            return _until(since, most_s)
+        now = first
+        while True:
+            if all(ended >= begun for (begun, _), (_, ended) in zip(first, now)):
+                return True
+            if time.perf_counter() - since >= most_s:
+                return False
+            now = nf.runs()
+    except BpfError as e:                # counts that cannot be read: the fixed wait, as before
+        log.warning("settle: %s; waiting %g ms instead", e, most_s * 1e3)
+        return _until(since, most_s)
+
+
+def _until(since: float, most_s: float) -> bool:
+    while time.perf_counter() - since < most_s:
+        pass
+    return False

@@ -84,6 +84,7 @@ class NF:
         self.bpf = bpf          # set only in the process that compiled it
         self.fn = fn
         self.wiring = wiring
+        self._runs_bufs = None  # runs()'s lookup buffers, made on its first call
 
     # ---- lifecycle ----
     @classmethod
@@ -193,7 +194,7 @@ class NF:
         every run begun before that read. Two lookups (~9 us here) into buffers kept for the
         next call: a settle asks a few times a group."""
         m = self.maps.nfx_stats
-        if getattr(self, "_runs_bufs", None) is None:
+        if self._runs_bufs is None:
             self._runs_bufs = ((L.u32 * 8)(*range(8)), (m.Slot * 8)(), m.Slot(), ct.c_uint64(0))
         keys, verdicts, begun, out_b = self._runs_bufs
         n, err = bpfsys.map_batch(bpfsys.MAP_LOOKUP_BATCH, m.fd, ct.addressof(keys), ct.addressof(verdicts),

@@ -1,6 +1,7 @@
 """The wait after a mark changes (nfx/agent/settle.py), on made-up run counts: it ends as soon
 as every CPU has ended the runs begun before its first read, waits while one has not, and gives
-up at its cap as the fixed wait did; a program that does not count its runs gets the fixed wait."""
+up at its cap as the fixed wait did; a program that does not count its runs, or counts that cannot
+be read, get the fixed wait."""
 import time
 
 from nfx.agent import settle as S
@@ -51,3 +52,14 @@ def test_a_program_that_does_not_count_its_runs_gets_the_fixed_wait():
     t0 = time.perf_counter()
     assert not S.settle(nf, t0)
     assert time.perf_counter() - t0 >= S.SETTLE_S and nf.reads == 1
+
+
+def test_counts_that_cannot_be_read_get_the_fixed_wait(caplog):
+    from nfx.errors import BpfError
+
+    class Broken:
+        def runs(self):
+            raise BpfError("no map")
+    t0 = time.perf_counter()
+    assert not S.settle(Broken(), t0)
+    assert time.perf_counter() - t0 >= S.SETTLE_S and "no map" in caplog.text
