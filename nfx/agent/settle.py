@@ -14,6 +14,7 @@ The begun count is a plain per-CPU add, and a CPU may make it visible a little a
 read of the mark (a store may wait in its store buffer past a later load). That lag is
 nanoseconds; the first count is read at least LEAST_S after the mark, a thousand times that."""
 import logging
+import os
 import time
 
 from ..errors import BpfError
@@ -27,8 +28,10 @@ LEAST_S = 50e-6      # before the first count: every CPU's begun count of an ear
 def settle(nf, since: float, most_s: float = SETTLE_S) -> bool:
     """Return once every run of nf's program begun before `since` (time.perf_counter, taken
     once the mark was in place) has ended, or `most_s` after `since`. True when the counts said
-    so, False when the wait ran out. It spins rather than sleeps: on CPUs the traffic keeps
-    busy a sleeping thread is woken late (the 1 ms sleep above: 2.8 ms at the median)."""
+    so, False when the wait ran out. It spins rather than sleeps, yielding the CPU between
+    reads to whatever else is runnable there: on CPUs the traffic keeps busy a sleeping thread
+    is woken late (the 1 ms sleep above: 2.8 ms at the median; with the yields the settle took
+    p50 0.15 ms, p90 0.22)."""
     while time.perf_counter() - since < LEAST_S:
         pass
     try:
@@ -43,6 +46,7 @@ def settle(nf, since: float, most_s: float = SETTLE_S) -> bool:
                 return True
             if time.perf_counter() - since >= most_s:
                 return False
+            os.sched_yield()             # a runnable thread of this CPU (the traffic's) goes first
             now = nf.runs()
     except BpfError as e:                # counts that cannot be read: the fixed wait, as before
         log.warning("settle: %s; waiting %g ms instead", e, most_s * 1e3)
