@@ -191,8 +191,9 @@ class NF:
         """Per possible CPU, this instance's program runs (begun, ended): begun counted as a run
         enters (nfx_nf_entry), ended as its verdict at its one exit. Runs on one CPU do not
         overlap, so a CPU whose ended count reaches a begun count read earlier has finished
-        every run begun before that read. Two lookups (~9 us here) into buffers kept for the
-        next call: a settle asks a few times a group."""
+        every run begun before that read. The verdicts are read before the begun count, so a
+        run between the two reads shows as begun, not ended. Two lookups (~50 us a call here,
+        idle) into buffers kept for the next call: a settle asks a few times a group."""
         m = self.maps.nfx_stats
         if self._runs_bufs is None:
             self._runs_bufs = ((L.u32 * 8)(*range(8)), (m.Slot * 8)(), m.Slot(), ct.c_uint64(0))
