@@ -54,6 +54,6 @@ def settle(nf, since: float, most_s: float = SETTLE_S) -> bool:
 
 
 def _until(since: float, most_s: float) -> bool:
-    while time.perf_counter() - since < most_s:
-        pass
+    """The fixed wait, slept (a rare path: no reason to spin)."""
+    time.sleep(max(most_s - (time.perf_counter() - since), 0))
     return False

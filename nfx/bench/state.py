@@ -204,10 +204,7 @@ def kernel_floor(nf, chunk_entries: int = 65536) -> dict:
         c0 = time.thread_time()
         batches = list(m.export_batches(chunk_entries))
         exp_s += time.thread_time() - c0
-        i = m.info
-        like = bpfsys.MapInfo(type=i.type, key_size=i.key_size, value_size=i.value_size,
-                              max_entries=i.max_entries, map_flags=i.map_flags, name=i.name)
-        copy = Map(bpfsys.map_create(like), m.Key, m.Value, owns_fd=True)
+        copy = Map(bpfsys.map_create(m.info), m.Key, m.Value, owns_fd=True)     # empty, no BTF
         try:
             c0 = time.thread_time()
             for n, keys, vals in batches:

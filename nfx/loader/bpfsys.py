@@ -85,14 +85,15 @@ F_RDONLY_PROG, MAP_DEVMAP_HASH = 1 << 7, 25
 
 
 def map_create(like: MapInfo, btf_fd: int = 0) -> int:
-    """A new, empty map of the same kind as `like` (type, sizes, flags, name, BTF types); returns its fd."""
+    """A new, empty map of the same kind as `like` (type, sizes, flags, name, and its BTF types
+    when `btf_fd` holds them; without, none); returns its fd."""
     flags = like.map_flags
     if like.type in (MAP_DEVMAP, MAP_DEVMAP_HASH):
         flags &= ~F_RDONLY_PROG         # a devmap gets it from the kernel, which refuses it from us
     a = _MapCreateAttr(map_type=like.type, key_size=like.key_size, value_size=like.value_size,
                        max_entries=like.max_entries, map_flags=flags, map_name=like.name,
                        map_extra=like.map_extra)
-    if like.btf_id:
+    if like.btf_id and btf_fd:
         a.btf_fd, a.btf_key_type_id, a.btf_value_type_id = btf_fd, like.btf_key_type_id, like.btf_value_type_id
     try:
         return _call(MAP_CREATE, a)
