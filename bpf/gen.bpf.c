@@ -1,10 +1,12 @@
-/* gen.bpf.c: traffic generator, run only through BPF_PROG_TEST_RUN with live frames.
+/* gen.bpf.c: traffic generator, run only through BPF_PROG_TEST_RUN, in one of two transports
+ * (nfx/loader/transmit.py): nfx_gen with live frames, or nfx_gen_tc on an skb.
  *
- * Every run rewrites the whole header from gen_tmpl (live-frame pages are recycled and whatever
- * ran downstream may have rewritten them), picks flow = n % nflows, derives the flow's source
- * address and port, writes the nfx_gen_payload fields, patches the IP and L4 checksums
- * incrementally from the template's (computed for flow 0 with zero flow/seq/tx_ns), and
- * redirects through gen_tx.
+ * Every run rewrites the whole header from gen_tmpl (live-frame pages are recycled, an skb test
+ * run hands every run the same skb, and whatever ran downstream may have rewritten them), picks
+ * flow = n % nflows, derives the flow's source address and port, writes the nfx_gen_payload
+ * fields, patches the IP and L4 checksums incrementally from the template's (computed for flow 0
+ * with zero flow/seq/tx_ns), and sends: nfx_gen redirects through gen_tx, nfx_gen_tc sends a
+ * clone out of cfg.tx_ifindex (the kernel unclones the skb before the next run writes to it).
  *
  * Concurrency: gen_ctr and gen_seq are plain read-modify-write, not atomics. That is safe
  * because one live test-run call runs on one CPU with migration disabled, and nfx.traffic.gen
@@ -50,13 +52,18 @@ static __always_inline __u16 gen_fold(__u64 acc)
     return (__u16)acc;
 }
 
-int nfx_gen(struct xdp_md *ctx)
+/* what gen_fill took, to give back when the packet could not be sent */
+struct gen_taken {
+    __u64 *ctr;
+    __u64 n;
+    __u32 *seqp;
+    __u32 seq;
+};
+
+/* The next packet of this CPU's flows into the frame at data: 0, or -1 (nothing taken). */
+static __always_inline int gen_fill(void *data, void *end, struct nfx_gen_cfg *c, struct nfx_gen_tmpl *t,
+                                    struct gen_taken *tk)
 {
-    __u32 z = 0;
-    struct nfx_gen_cfg *c = gen_cfg.lookup(&z);
-    struct nfx_gen_tmpl *t = gen_tmpl.lookup(&z);
-    if (!c || !t || !c->nflows || !c->flows_per_addr)
-        return nfx_exit(XDP_ABORTED);
     __u32 part = 0, lo = 0, cnt = c->nflows;
     if (c->cpus > 1) {
         part = bpf_get_smp_processor_id() % c->cpus;
@@ -66,27 +73,17 @@ int nfx_gen(struct xdp_md *ctx)
     __u32 slot = part * GEN_CTR_STRIDE;
     __u64 *ctr = gen_ctr.lookup(&slot);
     if (!ctr || !cnt)
-        return nfx_exit(XDP_ABORTED);       /* more CPUs than GEN_MAX_CPUS, or than flows */
-
-    /* the frame length is the initial frame's; adjust only if a caller passed another size */
-    __u32 len = bpf_xdp_get_buff_len(ctx);
-    if (len != c->frame_len && bpf_xdp_adjust_tail(ctx, (int)c->frame_len - (int)len))
-        return nfx_exit(XDP_ABORTED);
-
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
+        return -1;                          /* more CPUs than GEN_MAX_CPUS, or than flows */
     if (data + sizeof(struct nfx_gen_tmpl) > end)
-        return nfx_exit(XDP_ABORTED);
+        return -1;
     __builtin_memcpy(data, t->hdr, sizeof(struct nfx_gen_tmpl));
 
     __u64 n = *ctr;
-    *ctr = n + 1;
     __u32 flow = lo + n % cnt;
     __u32 *seqp = gen_seq.lookup(&flow);
     if (!seqp)
-        return nfx_exit(XDP_ABORTED);       /* nflows larger than the compiled NFX_GEN_FLOWS */
+        return -1;                          /* nflows larger than the compiled NFX_GEN_FLOWS */
     __u32 seq = *seqp;
-    *seqp = seq + 1;
 
     struct iphdr *ip = data + sizeof(struct ethhdr);
     __u16 *l4_check, *sport_p;
@@ -104,7 +101,13 @@ int nfx_gen(struct xdp_md *ctx)
         pl = data + GEN_UDP_PL;
     }
     if ((void *)(pl + 1) > end)
-        return nfx_exit(XDP_ABORTED);
+        return -1;
+    *ctr = n + 1;
+    *seqp = seq + 1;
+    tk->ctr = ctr;
+    tk->n = n;
+    tk->seqp = seqp;
+    tk->seq = seq;
 
     __u32 old_addr = ip->saddr;
     __u32 new_addr = bpf_htonl(bpf_ntohl(old_addr) + flow / c->flows_per_addr);
@@ -135,7 +138,52 @@ int nfx_gen(struct xdp_md *ctx)
     if (!sum && !tcp)
         sum = 0xffff;                       /* UDP: 0 would mean "no checksum" */
     *l4_check = sum;
+    return 0;
+}
 
-    nfx_count(NFX_R_GEN_SENT);
-    return nfx_exit(gen_tx.redirect_map(c->tx_slot, 0));
+int nfx_gen(struct xdp_md *ctx)
+{
+    __u32 z = 0;
+    int verdict = XDP_ABORTED;
+    struct nfx_gen_cfg *c = gen_cfg.lookup(&z);
+    struct nfx_gen_tmpl *t = gen_tmpl.lookup(&z);
+    struct gen_taken tk = {};
+    /* the frame length is the initial frame's; adjust only if a caller passed another size */
+    if (c && t && c->nflows && c->flows_per_addr) {
+        __u32 len = bpf_xdp_get_buff_len(ctx);
+        if (len == c->frame_len || !bpf_xdp_adjust_tail(ctx, (int)c->frame_len - (int)len)) {
+            void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+            if (!gen_fill(data, end, c, t, &tk)) {
+                nfx_count(NFX_R_GEN_SENT);
+                verdict = gen_tx.redirect_map(c->tx_slot, 0);
+            }
+        }
+    }
+    return nfx_exit(verdict);
+}
+
+/* The tc transport: the verdict slots count as the switch's do (TC_ACT_SHOT: drop, the
+ * original skb is not wanted; a frame this program cannot make: aborted). */
+int nfx_gen_tc(struct __sk_buff *skb)
+{
+    __u32 z = 0;
+    int verdict = XDP_ABORTED;
+    struct nfx_gen_cfg *c = gen_cfg.lookup(&z);
+    struct nfx_gen_tmpl *t = gen_tmpl.lookup(&z);
+    struct gen_taken tk = {};
+    if (c && t && c->nflows && c->flows_per_addr && skb->len == c->frame_len) {
+        void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+        if (!gen_fill(data, end, c, t, &tk)) {
+            verdict = XDP_DROP;
+            if (bpf_clone_redirect(skb, c->tx_ifindex, 0)) {
+                *tk.seqp = tk.seq;           /* not sent: the flow's next packet takes its number */
+                *tk.ctr = tk.n;
+                nfx_count(NFX_R_GEN_TX_FAIL);
+            } else {
+                nfx_count(NFX_R_GEN_SENT);
+            }
+        }
+    }
+    nfx_exit(verdict);
+    return TC_ACT_SHOT;
 }

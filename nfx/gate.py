@@ -6,8 +6,10 @@ here once:
   lookup while it is 0), and a filter's slot is written before the filter count covers it;
 - the gate's config (marks, filters, share) is read-modify-written under one lock;
 - nfx_move_cfg is read-modify-written under one lock (two agent threads set different fields);
-- the release path replays packets through the instance's own attached program in one live
-  test run per batch, so they are processed exactly as if they had just arrived, in order.
+- the release path replays packets through the instance's own attached program, a batch at a
+  time (one live test run, or on a kernel without live frames one kick of empty frames into the
+  release veth: nfx/release_kick.py), so they are processed exactly as if they had just arrived,
+  in order.
 
     g = Gate(nf)
     g.mark(keys, L.Action.BUFFER, epoch=e)
@@ -24,12 +26,13 @@ from pathlib import Path
 
 from . import layout as L
 from .errors import BadInput, BpfError
-from .loader import bpfsys, netns
+from .loader import bpfsys, netns, transmit
 from .loader.ifstats import VETH_RING, VethRing
 from .loader.ring import RingReader, RingStandIn
 from .loader.spec import MapSet, MapSpec
 from .packets import Packet, decode
 from .filter import Filter
+from .release_kick import KickPath
 
 log = logging.getLogger("nfx.move")
 RELEASE_TRIES = 5
@@ -259,8 +262,8 @@ class Gate:
 
 class Releaser:
     """Hands packets back to the instance's program through its release veth. Each call replays
-    up to PER_CALL packets in order in one live test run; when it returns, they have all left
-    the program, and flushed_seq says so to the gate.
+    up to PER_CALL packets in order in one live test run (or one kick: nfx/release_kick.py);
+    when it returns, they have all left the program, and flushed_seq says so to the gate.
 
     Released packets leave by the instance's egress veths, into the next hop's receive ring,
     which they share with the live traffic. That ring holds VETH_RING frames, and XDP gives a
@@ -280,6 +283,13 @@ class Releaser:
         self.gate = Gate(nf)
         self.prog_fd = bpfsys.obj_get(str(Path(nf.pin_dir) / "prog"))
         self.ifindex = netns.ifindex(release_if, ns)
+        self.kick = None
+        try:
+            if transmit.mode() == "tc":
+                self.kick = KickPath(ns, release_if, self.prog_fd)
+        except BaseException:
+            self.close()
+            raise
         self.rings = [VethRing(i, ns) for i in egress]
         self.lock = threading.Lock()
         self.released = 0
@@ -294,7 +304,9 @@ class Releaser:
         if self.prog_fd >= 0:
             os.close(self.prog_fd)
             self.prog_fd = -1
-        for r in self.rings:
+        if self.kick is not None:
+            self.kick.close()
+        for r in getattr(self, "rings", ()):
             r.close()
         self.rings = []
 
@@ -316,9 +328,9 @@ class Releaser:
                     break
                 self._wait_for_room()
                 n = min(waiting, self.PER_CALL)
-                bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=n, live=True, ingress_ifindex=self.ifindex,
-                                     batch_size=min(batch, n))
-                took = (self.gate.hold_state().cursor - hs.cursor) & 0xFFFFFFFF
+                self._fire(n, batch)
+                cursor = self._cursor(lambda: self.gate.hold_state().cursor, hs.cursor, hs.cursor + n)
+                took = (cursor - hs.cursor) & 0xFFFFFFFF
                 self.gate.set_move_cfg(flushed_seq=self.gate.move_state().release_seq)
                 done += took
                 if took < n:
@@ -341,6 +353,19 @@ class Releaser:
                 done += len(part)
             self.released += len(packets)
             return done
+
+    def _fire(self, n: int, batch: int) -> None:
+        """n runs of the release path (in the instance's netns)."""
+        if self.kick is None:
+            bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=n, live=True, ingress_ifindex=self.ifindex,
+                                 batch_size=min(batch, n))
+        else:
+            self.kick.fire(n)
+
+    def _cursor(self, read, start: int, target: int) -> int:
+        """A cursor of the release path after _fire: final when a live run returns; the kicked
+        frames may still be on their way (KickPath.settle)."""
+        return read() if self.kick is None else self.kick.settle(read, start, target)
 
     def _wait_for_room(self) -> None:
         if not self.rings or max(r.fill() for r in self.rings) <= self.ROOM:
@@ -375,11 +400,10 @@ class Releaser:
         for _ in range(RELEASE_TRIES):
             left = cur + n - end
             try:
-                bpfsys.prog_test_run(self.prog_fd, FRAME0, repeat=left, live=True, ingress_ifindex=self.ifindex,
-                                     batch_size=min(batch, left))
+                self._fire(left, batch)
             except BpfError as e:
                 err = e
-            end = self.gate.move_state().release_cursor
+            end = self._cursor(lambda: self.gate.move_state().release_cursor, end, cur + n)
             if end == cur + n:
                 break
             log.warning("release run stopped at %d of %d slots (%s): running the rest again", end - cur, n, err)

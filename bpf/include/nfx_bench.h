@@ -20,7 +20,8 @@ struct nfx_gen_cfg {
     __u16 frame_len;
     __u8  proto;
     __u8  cpus;                      /* >1: the caller on CPU c sends only block c % cpus of the flows */
-    __u32 tx_slot;
+    __u32 tx_slot;                   /* live transport: gen_tx's slot of the sending interface */
+    __u32 tx_ifindex;                /* tc transport: the sending interface (nfx/loader/transmit.py) */
 };
 
 struct nfx_gen_tmpl {

@@ -150,6 +150,9 @@ enum nfx_stat {
     /* an NF's runs begun (nfx_nf_entry); its verdicts count the runs ended (its one exit): an
      * agent that changed a mark waits for every run begun before it to end (nfx/agent/settle.py) */
     NFX_R_NF_RUN,
+    /* generator, tc transport: a packet bpf_clone_redirect could not send (its flow's sequence
+     * number is given back, so the sink never waits for it) */
+    NFX_R_GEN_TX_FAIL,
     NFX_STAT_MAX = 96,
 };
 

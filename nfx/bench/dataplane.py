@@ -16,6 +16,7 @@ import statistics
 
 from .. import registry
 from ..errors import BadInput
+from ..loader import transmit
 from ..testbed import builder, topology
 from ..traffic.gen import min_size
 from ..traffic.report import measure
@@ -141,5 +142,6 @@ def run(flows: int = 1000, duration: float = 3.0, sizes: list[int] | None = None
     return {"testbed": name, "topology": "chain (h1 -> nf0 -> h2)", "flows": flows, "duration_s": duration,
             "reps": reps, "paths": list(PATHS), "pin_cpu": pin_cpu, "cpus": len(os.sched_getaffinity(0)),
             "loadavg_1m": load_1m, "steal_pct": host.steal_pct(host0, host.cpu_times()), "ids_config": ids_config,
+            "kernel": os.uname().release, "transport": transmit.mode(),
             "frame_bytes": first["frame_bytes"], "results": first["results"],
             **{key: first[key] for key in RATIOS}, "sizes": blocks}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..agent.client import AgentClient
 from ..errors import BadInput, NfxError
+from ..loader import transmit
 from ..migrate import GUARANTEES, MECHANISMS  # nfx.movespec's, filled as nfx.migrate registers them
 from ..testbed.drops import path_drops
 from ..traffic.report import measure
@@ -194,7 +195,9 @@ def run(mechanisms=MECHANISMS, guarantees=GUARANTEES, opts=OPTS, rates=DEFAULT_R
 
 
 def host_info() -> dict:
-    return {"cpus": os.cpu_count(), "kernel": os.uname().release, "loadavg_end": os.getloadavg()}
+    """The machine a bench ran on, and how its generator and release path sent (transmit.py)."""
+    return {"cpus": os.cpu_count(), "kernel": os.uname().release, "loadavg_end": os.getloadavg(),
+            "transport": transmit.mode()}
 
 
 def run_cells(todo, repeat, duration, at, csv_path, mode, timeout, split_ser, progress) -> tuple[list, list, list]:

@@ -64,7 +64,8 @@ def dataplane_(flows: int = typer.Option(1000, "--flows", "-f", help="Distinct f
         _table(r, block)
     steal = f", the host stole {r['steal_pct']:g}% of the CPU time" if r.get("steal_pct") is not None else ""
     out.print(f"[dim]load average {r['loadavg_1m']:.1f} at the start{steal}; the CPUs are shared, so compare "
-              f"paths within one run (the ratios), not across runs[/dim]")
+              f"paths within one run (the ratios), not across runs; the generator sent by {r['transport']} "
+              f"test runs on {r['kernel']}[/dim]")
 
 
 def _x(v: float | None) -> str:

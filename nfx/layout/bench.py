@@ -12,7 +12,8 @@ class GenPayload(ct.Structure):
 
 class GenCfg(ct.Structure):
     _fields_ = [("nflows", u32), ("flows_per_addr", u32), ("sport_base", u16), ("l4_off", u16),
-                ("frame_len", u16), ("proto", u8), ("cpus", u8), ("tx_slot", u32)]
+                ("frame_len", u16), ("proto", u8), ("cpus", u8), ("tx_slot", u32),
+                ("tx_ifindex", u32)]
 
 
 class GenTmpl(ct.Structure):

@@ -100,6 +100,7 @@ class Stat(enum.IntEnum):
     R_SINK_BAD_PAYLOAD = 84
     R_SHARE_QUIET = 85
     R_NF_RUN = 86
+    R_GEN_TX_FAIL = 87
 
 
 STAT_MAX = 96

@@ -316,7 +316,9 @@ def prog_test_run_skb(prog_fd: int, frame: bytes, ingress_ifindex: int = 0, ifin
     try:
         _call(PROG_TEST_RUN, a)
     except OSError as e:
-        raise BpfError(f"BPF_PROG_TEST_RUN (skb) failed: {e.strerror}") from None
+        err = BpfError(f"BPF_PROG_TEST_RUN (skb) failed: {e.strerror}")
+        err.errno = e.errno             # EINTR: a signal cut a repeated run short
+        raise err from None
     return a.retval, out.raw[:a.data_size_out], a.duration
 
 

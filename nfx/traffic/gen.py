@@ -1,6 +1,9 @@
-"""Traffic generator: bpf/gen.bpf.c driven by live-frames BPF_PROG_TEST_RUN.
+"""Traffic generator: bpf/gen.bpf.c driven by BPF_PROG_TEST_RUN, in the transport the kernel
+allows (nfx/loader/transmit.py): live frames (nfx_gen), or an skb test run whose program sends a
+clone of every packet out of `tx_if` (nfx_gen_tc: about 1 Mpps a CPU into a veth here, the skb
+and its copy costing what live frames save; nothing is attached then).
 
-The program stays attached to `attach_if` (an interface that receives nothing) because a live
+Live frames: the program stays attached to `attach_if` (an interface that receives nothing) because a live
 call on an unattached program pays ~24 ms of dispatcher rebuild; attached, 256 frames cost
 ~0.24 ms. Frames leave through devmap slot 0, `tx_if`. Rate control: every ~1 ms tick, send
 what is owed since the start in one call (capped), so the long-run rate is exact and a slow
@@ -25,7 +28,7 @@ import time
 from .. import layout as L
 from ..closing import Closing
 from ..errors import BadInput, BpfError
-from ..loader import attach, bpfsys, netns
+from ..loader import attach, bpfsys, netns, transmit
 from ..loader.compile import compile_source, load, size_class
 from ..loader.maps import stats_dict
 from ..loader.spec import MapSet, MapSpec
@@ -92,7 +95,8 @@ class Generator(Closing):
                  dst_ip: str, src_ip: str, src_mac: bytes | str | None = None, dport: int = 9000,
                  proto: str = "udp", size: int | None = None, nflows: int = 1, sport_base: int = 1024,
                  flows_per_addr: int | None = None, batch_size: int = DEFAULT_BATCH,
-                 max_burst: int = DEFAULT_MAX_BURST, cpus: int = 1, pin_cpu: int | None = None):
+                 max_burst: int = DEFAULT_MAX_BURST, cpus: int = 1, pin_cpu: int | None = None,
+                 transport: str | None = None):
         if proto not in PROTOS:
             raise BadInput(f"proto must be one of {sorted(PROTOS)}, not {proto!r}")
         self.proto = PROTOS[proto]
@@ -134,28 +138,34 @@ class Generator(Closing):
         self.frame = build_frame(src_mac, dst_mac, src_ip, dst_ip, dport, self.proto, self.size,
                                  sport=sport_base)
 
+        if transport is not None and transport not in transmit.MODES:
+            raise BadInput(f"transport is one of {', '.join(transmit.MODES)}, not {transport!r}")
+        self.transport = transport or transmit.mode()      # tests name one to run its program plainly
         self.bpf = compile_source("gen", gen_defines(nflows))
-        self.fn = load(self.bpf, "nfx_gen", "xdp")
+        self.fn = (load(self.bpf, "nfx_gen", "xdp") if self.transport == "live" else
+                   load(self.bpf, "nfx_gen_tc", "tc"))
         b = self.bpf
         self.maps = GEN_MAPS.from_bcc(b)
         tmpl = L.GenTmpl()
         ct.memmove(tmpl.hdr, self.frame[:TMPL_LEN], TMPL_LEN)
         self.maps.gen_tmpl.put(L.u32(0), tmpl)
-        self.maps.gen_cfg.put(L.u32(0), L.GenCfg(
-            nflows=nflows, flows_per_addr=fpa, sport_base=sport_base, l4_off=14 + 20,
-            frame_len=self.size, proto=self.proto, cpus=cpus, tx_slot=0))
         # attach_if/tx_if None: load only, for plain test runs of the program
         self.ifindex = self.tx_ifindex = 0
         try:
             with netns.enter(ns):
-                # devmap entries and the test-run ifindex resolve in the caller's netns
+                # devmap entries, the test-run ifindex and the clone's resolve in the caller's netns
                 if tx_if is not None:
                     self.tx_ifindex = netns.ifindex(tx_if)
                     self.maps.gen_tx.put(L.u32(0), L.u32(self.tx_ifindex))
                 if attach_if is not None:
                     self.ifindex = netns.ifindex(attach_if)
-            if attach_if is not None:
+            self.maps.gen_cfg.put(L.u32(0), L.GenCfg(
+                nflows=nflows, flows_per_addr=fpa, sport_base=sport_base, l4_off=14 + 20,
+                frame_len=self.size, proto=self.proto, cpus=cpus, tx_slot=0, tx_ifindex=self.tx_ifindex))
+            if attach_if is not None and self.transport == "live":
                 self._attached = attach.attach_xdp(ns, attach_if, self.fn)
+            elif attach_if is not None and tx_if is not None:
+                self._attached = "tc"          # sends out of tx_if; nothing attached
         except BaseException:
             self.close()
             raise
@@ -178,8 +188,11 @@ class Generator(Closing):
 
     def _call(self, n: int) -> None:
         try:
-            bpfsys.prog_test_run(self.fn.fd, self.frame, repeat=n, live=True,
-                                 ingress_ifindex=self.ifindex, batch_size=min(self.batch_size, n))
+            if self.transport == "live":
+                bpfsys.prog_test_run(self.fn.fd, self.frame, repeat=n, live=True,
+                                     ingress_ifindex=self.ifindex, batch_size=min(self.batch_size, n))
+            else:
+                bpfsys.prog_test_run_skb(self.fn.fd, self.frame, repeat=n)
         except BpfError as e:
             # a signal to this process (a child's exit: nfx nf add starts an agent) cut the run
             # short: the frames that went are counted in gen_seq, which is what the sink is
@@ -207,7 +220,8 @@ class Generator(Closing):
         per_flow = [(a - b) & 0xFFFFFFFF for a, b in zip(after, before)]
         return {"requested": sent, "sent": sum(per_flow), "per_flow": per_flow, "elapsed_s": elapsed,
                 "pps": sum(per_flow) / elapsed if elapsed else 0.0, "calls": calls,
-                "rate_pps": rate_pps or None, "cpus": self.cpus, "pin_cpu": self.pin_cpu}
+                "rate_pps": rate_pps or None, "cpus": self.cpus, "pin_cpu": self.pin_cpu,
+                "transport": self.transport}
 
     def _parallel(self, rate_pps, duration_s: float, progress, tick_s: float,
                   max_lag_s: float | None = None) -> tuple[int, int, float]:
@@ -302,9 +316,9 @@ class Generator(Closing):
             self.maps.gen_ctr.clear()
 
     def close(self) -> None:
-        if self._attached:
+        if self._attached and self._attached != "tc":
             attach.detach_xdp(self.ns, self.attach_if, self._attached)
-            self._attached = None
+        self._attached = None
         if getattr(self, "bpf", None) is not None:
             self.bpf.cleanup()
             self.bpf = None

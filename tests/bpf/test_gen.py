@@ -14,7 +14,8 @@ MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 def make(proto="udp", size=None, nflows=10, fpa=3):
     g = Generator(None, None, None, src_mac=MAC1, dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1",
-                  dport=7000, proto=proto, size=size, nflows=nflows, sport_base=2000, flows_per_addr=fpa)
+                  dport=7000, proto=proto, size=size, nflows=nflows, sport_base=2000, flows_per_addr=fpa,
+                  transport="live")
     g.maps["gen_tx"].put(L.u32(0), L.u32(1))       # lo: any existing device makes the redirect resolve
     return g
 
@@ -83,7 +84,8 @@ def test_frame_length_adjusted_to_config():
 
 
 def test_unset_tx_slot_aborts_cleanly():
-    g = Generator(None, None, None, src_mac=MAC1, dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1")
+    g = Generator(None, None, None, src_mac=MAC1, dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1",
+                  transport="live")
     try:
         verdict, _, _ = prog_test_run(g.fn.fd, g.frame)
         assert verdict == 0                         # redirect_map's fallback: XDP_ABORTED, counted
@@ -102,3 +104,72 @@ def test_bad_parameters_refused():
     with pytest.raises(BadInput):
         Generator(None, None, None, src_mac=MAC1, dst_mac=MAC2, src_ip="10.1.0.1", dst_ip="10.2.0.1",
                   proto="sctp")
+
+
+def tc_generator(s, transport_if_up: bool = True):
+    """A generator of the tc transport sending out of tx0 (its peer rx0 takes what comes)."""
+    ns = s.ns("n")
+    s.veth("tx0", ns, "rx0", ns)
+    g = Generator(ns, "tx0", "tx0", dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1", dport=7000,
+                  nflows=10, sport_base=2000, flows_per_addr=3, transport="tc")
+    return ns, g
+
+
+def rx_packets(ns: str, ifname: str) -> int:
+    from nfx.loader import netlink
+    with netlink.Netlink(ns) as nl:
+        [link] = nl.ipr.get_links(nl.index(ifname))
+        return link.get_attr("IFLA_STATS64")["rx_packets"]
+
+
+def test_tc_transport_sends_valid_frames_out_of_its_interface():
+    """nfx_gen_tc (nfx/loader/transmit.py's tc transport): each skb test run writes the same
+    valid packets nfx_gen writes, and a clone of each leaves through tx0 (rx0 counts them)."""
+    from nfx.loader import netns
+    from nfx.loader.bpfsys import prog_test_run_skb
+    from tests.scratch import Scratch
+    s = Scratch("tgt")
+    g = None
+    try:
+        ns, g = tc_generator(s)
+        before = rx_packets(ns, "rx0")
+        with netns.enter(ns):
+            for i in range(25):
+                t0 = time.monotonic_ns()
+                verdict, out, _ = prog_test_run_skb(g.fn.fd, g.frame)
+                t1 = time.monotonic_ns()
+                assert verdict == 2                      # TC_ACT_SHOT: the clone went, not the original
+                check_frame(out, "udp", g.size, i % 10, i // 10, t0, t1)
+        assert g.per_flow_total() == [3] * 5 + [2] * 5
+        assert g.stats() == {"r_gen_sent": 25, "v_drop": 25}
+        r = g.run(None, 0.05)                            # the Generator's own calls, repeated runs
+        assert r["sent"] > 0 and g.stats()["r_gen_sent"] == 25 + r["sent"]
+        deadline = time.monotonic() + 2
+        while rx_packets(ns, "rx0") - before < 25 + r["sent"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rx_packets(ns, "rx0") - before == 25 + r["sent"]
+    finally:
+        if g is not None:
+            g.close()
+        s.close()
+
+
+def test_tc_transport_gives_a_packet_it_could_not_send_its_number_back():
+    from nfx.loader import netlink, netns
+    from nfx.loader.bpfsys import prog_test_run_skb
+    from tests.scratch import Scratch
+    s = Scratch("tgf")
+    g = None
+    try:
+        ns, g = tc_generator(s)
+        with netlink.Netlink(ns) as nl:
+            nl.ipr.link("set", index=nl.index("tx0"), state="down")   # the clone's xmit fails: ENETDOWN
+        with netns.enter(ns):
+            verdict, _, _ = prog_test_run_skb(g.fn.fd, g.frame)
+        assert verdict == 2
+        assert g.stats() == {"r_gen_tx_fail": 1, "v_drop": 1}
+        assert g.per_flow_total() == [0] * 10                 # flow 0's packet 0 goes next
+    finally:
+        if g is not None:
+            g.close()
+        s.close()

@@ -9,6 +9,7 @@ import pytest
 
 from nfx import layout as L
 from nfx.errors import BadInput
+from nfx.loader import transmit
 from nfx.loader.bpfsys import prog_test_run
 from nfx.traffic.gen import Generator
 
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0), reason="n
 
 def make(nflows: int, cpus: int) -> Generator:
     g = Generator(None, None, None, src_mac=MAC1, dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1",
-                  dport=7000, nflows=nflows, sport_base=2000, flows_per_addr=3, cpus=cpus)
+                  dport=7000, nflows=nflows, sport_base=2000, flows_per_addr=3, cpus=cpus,
+                  transport="live")
     g.maps["gen_tx"].put(L.u32(0), L.u32(1))
     return g
 
@@ -85,10 +87,14 @@ def test_bad_pin_cpu(cpus, pin):
                   nflows=4, cpus=cpus, pin_cpu=pin)
 
 
+@pytest.mark.parametrize("transport", [
+    pytest.param("live", marks=pytest.mark.skipif(not transmit.live_frames_allowed(),
+                                                  reason="this kernel refuses live frames (nfx/loader/transmit.py)")),
+    "tc"])
 @pytest.mark.parametrize("cpu", [0, 1])
-def test_pinned_sender_sends_from_its_cpu_only(cpu):
-    """Live frames from a generator pinned to `cpu`: its per-CPU counter of frames sent grows on
-    that CPU and no other (the calling thread's own affinity is left as it was)."""
+def test_pinned_sender_sends_from_its_cpu_only(cpu, transport):
+    """Frames from a generator pinned to `cpu`, in either transport: its per-CPU counter of frames
+    sent grows on that CPU and no other (the calling thread's own affinity is left as it was)."""
     from tests.scratch import Scratch
     s = Scratch("tgp")
     g = None
@@ -97,7 +103,8 @@ def test_pinned_sender_sends_from_its_cpu_only(cpu):
         ns = s.ns("n")
         s.veth("ga0", ns, "ga1", ns)
         s.veth("tx0", ns, "rx0", ns)
-        g = Generator(ns, "ga0", "tx0", dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1", nflows=4, pin_cpu=cpu)
+        g = Generator(ns, "ga0", "tx0", dst_mac=MAC2, src_ip="10.1.0.10", dst_ip="10.2.0.1", nflows=4, pin_cpu=cpu,
+                      transport=transport)
         r = g.run(None, 0.2)
         per_cpu = list(g.maps.nfx_stats.get(L.u32(L.Stat.R_GEN_SENT)))
         assert r["pin_cpu"] == cpu and r["sent"] > 0

@@ -8,6 +8,7 @@ host answers them.
     h3 (e3, 10.77.0.3) --- p3 ┘
 """
 import json
+import os
 import secrets
 import select
 import socket
@@ -20,7 +21,7 @@ from scapy.all import IP, UDP, Ether, raw
 
 from nfx.control.switch import Match, Rule, Switch
 from nfx.errors import AlreadyExists, NfxError
-from nfx.loader import bpfsys, netns, pin
+from nfx.loader import bpfsys, netns, pin, transmit
 from nfx.paths import PIN_ROOT, REPO
 
 ETH_P_ALL = 0x0003
@@ -335,6 +336,7 @@ def test_drop_rule(topo, sw):
     assert sw.stats()["v_drop"] - before.get("v_drop", 0) >= 4
 
 
+@pytest.mark.skipif(not transmit.live_frames_allowed(), reason="this kernel refuses live frames (nfx/loader/transmit.py)")
 def test_xdp_redirected_frames_arrive(topo, sw):
     """Native XDP transmission into a host veth (a live-frames XDP_TX, as the traffic generator
     does) reaches the switch only because the stub is attached on its port."""
@@ -348,6 +350,23 @@ def test_xdp_redirected_frames_arrive(topo, sw):
         idx = socket.if_nametoindex(topo.eths[0])
         bpfsys.prog_test_run(fn.fd, f, repeat=10, live=True, ingress_ifindex=idx)
     got = taps.collect(b"xdp-tx-1", expect=10)
+    assert counts(got) == [0, 10, 0]
+
+
+def test_frames_cloned_out_of_a_host_veth_arrive(topo, sw):
+    """The tc transport's send (a clone of an skb test run's frame out of the host's veth, as
+    the generator sends where live frames are refused) reaches the switch like a host's own."""
+    sw.add_wild(Match(in_port=topo.ports[0]), Rule(output=[topo.ports[1]]))
+    f = topo.frame(1, 2, 5012, b"tc-clone-1")
+    taps = topo.taps()
+    with netns.enter(topo.hosts[0]):
+        fd = transmit.kick_program(socket.if_nametoindex(topo.eths[0]))
+        try:
+            verdict, _, _ = bpfsys.prog_test_run_skb(fd, f, repeat=10)
+        finally:
+            os.close(fd)
+    assert verdict == 0                                  # bpf_clone_redirect's result: sent
+    got = taps.collect(b"tc-clone-1", expect=10)
     assert counts(got) == [0, 10, 0]
 
 

@@ -1,7 +1,9 @@
 """The generator's rate loop (no BPF: its sends are recorded or faked): behind its schedule it
 catches up at full speed, or, with max_lag_s, owes at most that much and sends later instead;
-a live run a signal cut short is not an error."""
+a run a signal cut short is not an error."""
 import time
+
+import pytest
 
 from nfx.traffic.gen import Generator
 
@@ -39,22 +41,23 @@ def test_with_max_lag_it_sends_as_many_later_instead():
     assert _most_in(sends[1:], 0.005) <= 0.005 * RATE * 2 + 16
 
 
-def test_a_live_run_cut_short_by_a_signal_is_not_an_error(monkeypatch):
+@pytest.mark.parametrize("transport,call", [("live", "prog_test_run"), ("tc", "prog_test_run_skb")])
+def test_a_run_cut_short_by_a_signal_is_not_an_error(monkeypatch, transport, call):
     """EINTR (a child's exit signalled this process mid-run): what went is counted in the
-    program's map; the call returns. Any other failure still raises."""
+    program's map; the call returns. Any other failure still raises. Either transport."""
     import errno
-    import pytest
     from nfx.errors import BpfError
     from nfx.loader import bpfsys
     g = object.__new__(Generator)
     g.fn, g.frame, g.ifindex, g.batch_size = type("F", (), {"fd": -1})(), b"", 1, 64
+    g.transport = transport
     code = [errno.EINTR]
 
     def run(*a, **kw):
         e = BpfError("BPF_PROG_TEST_RUN failed")
         e.errno = code[0]
         raise e
-    monkeypatch.setattr(bpfsys, "prog_test_run", run)
+    monkeypatch.setattr(bpfsys, call, run)
     g._call(100)
     code[0] = errno.EINVAL
     with pytest.raises(BpfError):

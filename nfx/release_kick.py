@@ -1,0 +1,65 @@
+"""The release path's tc transport (nfx/loader/transmit.py), for kernels that refuse live frames.
+
+The live transport runs the instance's program on an empty frame named as received on the
+release veth (rl0). Here the program is attached to rl0 itself (native XDP), and a tc program
+run by skb test runs sends an empty frame out of rl0's peer for every slot to release: rl0's
+NAPI hands each to the program as the live run did. The program grows or shrinks the frame to
+the packet it takes from its slot, and a frame taken off an skb leaves no room to grow
+(veth copies it into a buffer of its own size), so the empty frame is MAX_PKT long and both
+ends of the veth carry it (MTU MAX_PKT).
+
+The frames are received in the softirq that the sends raise, mostly before the test run
+returns, but not surely: `settle` waits until the release's cursor stops moving. Each frame
+takes a slot when it arrives, so a frame still in flight must never be sent again."""
+import os
+import time
+
+from . import layout as L
+from .errors import BpfError
+from .loader import attach, bpfsys, netlink, transmit
+
+STILL_S = 0.002        # the cursor unmoved this long, and short of its target: frames lost on the way
+MOST_S = 1.0           # a cursor still moving after this: given up on (the caller sees how far)
+
+
+class KickPath:
+    def __init__(self, ns: str, release_if: str, prog_fd: int):
+        self.ns, self.release_if = ns, release_if
+        with netlink.Netlink(ns) as nl:
+            idx = nl.index(release_if)
+            [link] = nl.ipr.get_links(idx)
+            peer = link.get_attr("IFLA_LINK")
+            if not peer:
+                raise BpfError(f"{release_if} in {ns} is no veth: the tc release transport sends from its peer")
+            for i in (peer, idx):
+                [ln] = nl.ipr.get_links(i)
+                if ln.get_attr("IFLA_MTU") < L.MAX_PKT:
+                    nl.ipr.link("set", index=i, mtu=L.MAX_PKT)
+        want, _ = bpfsys.prog_info(prog_fd)
+        if attach.xdp_attachments(ns).get(release_if, (None,))[0] != want.id:
+            attach.attach_xdp_fd(ns, release_if, prog_fd, allow_generic=False)
+        self.fd = transmit.kick_program(peer)
+        self.frame = bytes(L.MAX_PKT)
+
+    def fire(self, n: int) -> None:
+        """n empty frames to the program (in the instance's netns: the caller is there)."""
+        bpfsys.prog_test_run_skb(self.fd, self.frame, repeat=n)
+
+    @staticmethod
+    def settle(cursor, start: int, target: int) -> int:
+        """The cursor once it reached target (start + the frames sent) or stopped moving."""
+        t0 = last_move = time.monotonic()
+        seen = cursor()
+        while (seen - start) & 0xFFFFFFFF < (target - start) & 0xFFFFFFFF:
+            time.sleep(0.0001)
+            now, c = time.monotonic(), cursor()
+            if c != seen:
+                seen, last_move = c, now
+            elif now - last_move >= STILL_S or now - t0 >= MOST_S:
+                break
+        return seen
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,70 @@
+"""The transport choice (nfx/loader/transmit.py) and the release kick's wait for its frames
+(nfx/release_kick.py), without the kernel: the probe and the cursor are stand-ins."""
+import pytest
+
+from nfx.errors import BadInput, KernelFeature
+from nfx.loader import transmit
+from nfx.release_kick import KickPath
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    monkeypatch.setattr(transmit, "_mode", None)
+    monkeypatch.delenv(transmit.ENV, raising=False)
+    probes = []
+
+    def probe(allowed):
+        monkeypatch.setattr(transmit, "live_frames_allowed", lambda: probes.append(1) or allowed)
+    return monkeypatch, probe, probes
+
+
+@pytest.mark.parametrize("env,allowed,want", [("", True, "live"), ("", False, "tc"), ("auto", False, "tc"),
+                                              ("tc", True, "tc"), ("live", True, "live"), (" TC ", False, "tc")])
+def test_the_transport_is_what_the_kernel_allows_unless_named(fresh, env, allowed, want):
+    mp, probe, probes = fresh
+    probe(allowed)
+    mp.setenv(transmit.ENV, env)
+    assert transmit.mode() == want
+    assert transmit.mode() == want and len(probes) <= 1          # asked once a process
+    if env.strip().lower() == "tc":
+        assert not probes                                        # named: the kernel is not asked
+
+
+def test_live_named_where_the_kernel_refuses_it_says_so(fresh):
+    mp, probe, _ = fresh
+    probe(False)
+    mp.setenv(transmit.ENV, "live")
+    with pytest.raises(KernelFeature, match="refuses live-frame"):
+        transmit.mode()
+
+
+def test_a_bad_transport_name_is_refused(fresh):
+    mp, probe, _ = fresh
+    probe(True)
+    mp.setenv(transmit.ENV, "xdp")
+    with pytest.raises(BadInput, match="live, tc or auto"):
+        transmit.mode()
+
+
+def cursor_of(values):
+    it = iter(values)
+    last = [None]
+
+    def read():
+        last[0] = next(it, last[0])
+        return last[0]
+    return read
+
+
+def test_the_kick_waits_for_its_frames_to_arrive():
+    # the frames land a few reads after the run returned
+    assert KickPath.settle(cursor_of([10, 10, 12, 13, 14]), 10, 14) == 14
+
+
+def test_the_kick_stops_waiting_once_the_cursor_stands_still():
+    # two frames lost on the way: the cursor stops short, and the wait ends (STILL_S later)
+    assert KickPath.settle(cursor_of([10, 11, 12]), 10, 14) == 12
+
+
+def test_the_kick_counts_across_the_cursors_wrap():
+    assert KickPath.settle(cursor_of([0xFFFFFFFE, 0xFFFFFFFF, 0, 1]), 0xFFFFFFFE, 1) == 1
