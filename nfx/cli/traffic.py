@@ -39,7 +39,7 @@ def run(name: str = NameOpt,
         r = rig.run(name, flows, rate or None, duration, size, proto,
                     progress=lambda sent, el: prog.update(task, completed=el, sent=sent), echo=echo)
     t = Table(title=f"{name}: {flows:,} flows, {r['size']} B {proto}, {duration:g} s",
-              caption=f"sent by {r['transport']} test runs (nfx/loader/transmit.py)")
+              caption=f"sent by {r['transport']} test runs")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k in ("sent", "received", "lost", "duplicated", "reordered", "unexpected", "out_of_window", "bad_len",
