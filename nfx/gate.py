@@ -328,9 +328,11 @@ class Releaser:
                     break
                 self._wait_for_room()
                 n = min(waiting, self.PER_CALL)
+                before = self._held_frames() if self.kick is not None else 0
                 self._fire(n, batch)
-                cursor = self._cursor(lambda: self.gate.hold_state().cursor, hs.cursor, hs.cursor + n)
-                took = (cursor - hs.cursor) & 0xFFFFFFFF
+                if self.kick is not None:
+                    self.kick.settle(self._held_frames, before, before + n)
+                took = (self.gate.hold_state().cursor - hs.cursor) & 0xFFFFFFFF
                 self.gate.set_move_cfg(flushed_seq=self.gate.move_state().release_seq)
                 done += took
                 if took < n:
@@ -361,6 +363,12 @@ class Releaser:
                                  batch_size=min(batch, n))
         else:
             self.kick.fire(n)
+
+    def _held_frames(self) -> int:
+        """Release frames the program has taken while it holds: each takes a slot of the FIFO
+        (its cursor) or finds the next not written yet (r_release_wait)."""
+        waits = self.nf.maps.nfx_stats.sum_percpu(L.u32(L.Stat.R_RELEASE_WAIT))
+        return (self.gate.hold_state().cursor + waits) & 0xFFFFFFFF
 
     def _cursor(self, read, start: int, target: int) -> int:
         """A cursor of the release path after _fire: final when a live run returns; the kicked
