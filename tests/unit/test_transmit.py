@@ -30,19 +30,14 @@ def test_the_transport_is_what_the_kernel_allows_unless_named(fresh, env, allowe
         assert not probes                                        # named: the kernel is not asked
 
 
-def test_live_named_where_the_kernel_refuses_it_says_so(fresh):
+@pytest.mark.parametrize("env,allowed,error,says", [
+    ("live", False, KernelFeature, "refuses live-frame"),      # named where the kernel refuses it
+    ("xdp", True, BadInput, "live, tc or auto")])              # no such transport
+def test_a_transport_that_cannot_be_had_is_refused_clearly(fresh, env, allowed, error, says):
     mp, probe, _ = fresh
-    probe(False)
-    mp.setenv(transmit.ENV, "live")
-    with pytest.raises(KernelFeature, match="refuses live-frame"):
-        transmit.mode()
-
-
-def test_a_bad_transport_name_is_refused(fresh):
-    mp, probe, _ = fresh
-    probe(True)
-    mp.setenv(transmit.ENV, "xdp")
-    with pytest.raises(BadInput, match="live, tc or auto"):
+    probe(allowed)
+    mp.setenv(transmit.ENV, env)
+    with pytest.raises(error, match=says):
         transmit.mode()
 
 
