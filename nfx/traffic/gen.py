@@ -46,6 +46,7 @@ MAX_SIZE = 3000                  # one live-frames page holds the frame plus hea
 # floor grows with the batch: p50 1.9 us at 16, 3.8 us at 32, 7.7 us at 64, 31 us at 256.
 DEFAULT_BATCH = 32
 DEFAULT_MAX_BURST = 4096         # frames per call: about one 1 ms tick at full speed
+REFUSED_S = 1.0                  # tc: an interface that takes nothing this long is an error
 
 
 def gen_defines(nflows: int) -> dict:
@@ -175,18 +176,25 @@ class Generator(Closing):
         """Send `count` frames now, in calls of at most max_burst. Returns frames sent."""
         self._need_attached()
         done = 0
+        refused_since = None
         with self._lock, netns.enter(self.ns):
             while done < count:
                 n = min(count - done, self.max_burst)
-                self._call(n)
-                done += n
+                got = self._call(n)
+                done += got
+                refused_since = self._refused(got, refused_since)
         return done
 
     def _need_attached(self) -> None:
         if not self._attached:
             raise BadInput("this generator was loaded without an interface: it cannot transmit")
 
-    def _call(self, n: int) -> None:
+    def _call(self, n: int, cpu: int | None = None) -> int:
+        """n frames from this thread (on `cpu` if it is pinned there); returns how many went.
+        Live: n. tc: what the program counted sent on this thread's CPU (r_gen_sent), fewer when
+        a clone was refused (a full veth ring; its sequence number was given back, so it is
+        owed again and goes later, in order) or a signal cut the run short."""
+        before = self._sent_on(cpu) if self.transport == "tc" else 0
         try:
             if self.transport == "live":
                 bpfsys.prog_test_run(self.fn.fd, self.frame, repeat=n, live=True,
@@ -199,6 +207,26 @@ class Generator(Closing):
             # judged against; the rest of this call is not sent again (it would arrive late)
             if getattr(e, "errno", None) != errno.EINTR:
                 raise
+        return n if self.transport == "live" else self._sent_on(cpu) - before
+
+    def _sent_on(self, cpu: int | None) -> int:
+        per_cpu = self.maps.nfx_stats.get(L.u32(L.Stat.R_GEN_SENT))
+        return sum(per_cpu) if cpu is None else per_cpu[cpu]
+
+    @staticmethod
+    def _refused(got: int, since: float | None) -> float | None:
+        """When the interface began taking nothing (None: it took something); an error after
+        REFUSED_S of nothing."""
+        if got:
+            return None
+        now = time.monotonic()
+        if since is None:
+            return now
+        if now - since > REFUSED_S:
+            raise BpfError(f"the generator's interface took no packet for {REFUSED_S:g} s (its veth ring "
+                           f"stays full: r_gen_tx_fail)")
+        time.sleep(0.001)
+        return since
 
     def run(self, rate_pps: float | None, duration_s: float, progress=None, tick_s: float = 0.001,
             max_lag_s: float | None = None) -> dict:
@@ -241,7 +269,7 @@ class Generator(Closing):
                         prog = lambda n, el: progress(n + sum(sent_now[1:]), el)   # noqa: E731
                     start.wait(5)
                     res[i] = self._loop(rate_pps / k if rate_pps else None, duration_s, prog, tick_s,
-                                        lambda n: sent_now.__setitem__(i, n), max_lag_s)
+                                        lambda n: sent_now.__setitem__(i, n), max_lag_s, self.sender_cpus[i])
             except BaseException as e:       # noqa: BLE001 -- re-raised in the caller below
                 res[i] = e
                 start.abort()
@@ -257,9 +285,11 @@ class Generator(Closing):
         return sum(r[0] for r in res), sum(r[1] for r in res), max(r[2] for r in res)
 
     def _loop(self, rate_pps, duration_s: float, progress, tick_s: float, note=None,
-              max_lag_s: float | None = None) -> tuple[int, int, float]:
-        """The rate loop of one sending thread (in the generator's netns): (sent, calls, elapsed)."""
+              max_lag_s: float | None = None, cpu: int | None = None) -> tuple[int, int, float]:
+        """The rate loop of one sending thread (in the generator's netns; pinned to `cpu` if
+        given): (sent, calls, elapsed). What the transport could not send stays owed."""
         sent, calls, t_prog = 0, 0, 0.0
+        refused_since = None
         total = int(rate_pps * duration_s) if rate_pps else None
         most_owed = max(1, int(rate_pps * max_lag_s)) if rate_pps and max_lag_s is not None else None
         t0 = time.perf_counter()
@@ -279,9 +309,10 @@ class Generator(Closing):
                 owed = self.max_burst
             if owed > 0:
                 n = min(owed, self.max_burst)
-                self._call(n)
-                sent += n
+                got = self._call(n, cpu)
+                sent += got
                 calls += 1
+                refused_since = self._refused(got, refused_since)
                 if note:
                     note(sent)
             if progress and el - t_prog >= 0.1:

@@ -15,10 +15,11 @@ def _loop(max_lag_s):
     g.max_burst = 16
     sends = []
 
-    def call(n):
+    def call(n, cpu=None):
         if not sends:
             time.sleep(STALL_S)          # the sender's first call stalls (a CPU taken away)
         sends.append((time.perf_counter(), n))
+        return n
     g._call = call
     sent, calls, elapsed = g._loop(RATE, SECS, None, 0.001, max_lag_s=max_lag_s)
     return sent, elapsed, sends
@@ -51,6 +52,7 @@ def test_a_run_cut_short_by_a_signal_is_not_an_error(monkeypatch, transport, cal
     g = object.__new__(Generator)
     g.fn, g.frame, g.ifindex, g.batch_size = type("F", (), {"fd": -1})(), b"", 1, 64
     g.transport = transport
+    g._sent_on = lambda cpu: 0
     code = [errno.EINTR]
 
     def run(*a, **kw):
@@ -62,3 +64,29 @@ def test_a_run_cut_short_by_a_signal_is_not_an_error(monkeypatch, transport, cal
     code[0] = errno.EINVAL
     with pytest.raises(BpfError):
         g._call(100)
+
+
+def test_what_the_transport_refused_stays_owed():
+    """tc: a call whose clones were refused (a full veth ring) sent fewer than asked; the loop
+    sends the rest later, so the run sends its whole schedule."""
+    g = object.__new__(Generator)
+    g.max_burst = 64
+    asked = []
+
+    def call(n, cpu=None):
+        asked.append(n)
+        return n // 2 if len(asked) % 3 == 0 else n      # every third call half refused
+    g._call = call
+    sent, calls, _ = g._loop(RATE, SECS, None, 0.001)
+    assert sent == RATE * SECS and sum(asked) > sent
+
+
+def test_an_interface_that_takes_nothing_is_an_error(monkeypatch):
+    from nfx.errors import BpfError
+    from nfx.traffic import gen
+    monkeypatch.setattr(gen, "REFUSED_S", 0.05)
+    g = object.__new__(Generator)
+    g.max_burst = 64
+    g._call = lambda n, cpu=None: 0
+    with pytest.raises(BpfError, match="took no packet"):
+        g._loop(RATE, SECS, None, 0.001)
