@@ -91,8 +91,9 @@ def _by_keys(nf, reads: dict) -> bool:
 
 
 class Pace:
-    """pc, nfx's option beside DiST's ll,er: the next group is marked only once every chunk
-    yielded so far is in and released at the destination (its put acknowledged). As published,
+    """pc, nfx's option beside DiST's ll,er: the next group, and after the last group the hold
+    of new flows, is marked only once every chunk yielded so far is in and released at the
+    destination (its put acknowledged). As published,
     a group is locked as its state is sent; marked ahead, groups pile up at a destination that
     applies and releases one put after another, and each group's packets wait for every group
     before it (holds of 120-400 ms at 10k flows, and seconds with groups as small as pc's)."""
@@ -166,6 +167,10 @@ def export_locked(session, per_flow_chunks, flt: Filter, scopes, peer_slot: int 
                 yield c
             t0 = time.perf_counter()
     if pace is not None:
+        # the last group released before the new flows are held and the tables walked: that
+        # walk keeps this CPU busy for 8-15 ms, and the last group's puts, queued on it to the
+        # destination, went only after it (its packets held 13-18 ms, the worst of the move)
+        pace.wait()
         mark(len(plan))
     settled(len(plan))
     if per_flow:
