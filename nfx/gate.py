@@ -300,6 +300,19 @@ class Releaser:
         self._slots = bytearray(SLOT_SIZE * self.PER_CALL)
         self._keys = (L.u32 * self.PER_CALL)()
 
+    @staticmethod
+    def prepare(nf, ns: str, release_if: str) -> None:
+        """The release path made ready before any move needs it: on the tc transport, the release
+        veth's MTU raised for the kick's frames (done in a first move's Releaser, it added 50 ms
+        to that move's hold) and the NF's program on it (the builder attaches it already)."""
+        if transmit.mode() != "tc":
+            return
+        fd = bpfsys.obj_get(str(Path(nf.pin_dir) / "prog"))
+        try:
+            KickPath(ns, release_if, fd).close()
+        finally:
+            os.close(fd)
+
     def close(self):
         if self.prog_fd >= 0:
             os.close(self.prog_fd)

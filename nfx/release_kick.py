@@ -1,7 +1,8 @@
 """The release path's tc transport (nfx/loader/transmit.py), for kernels that refuse live frames.
 
 The live transport runs the instance's program on an empty frame named as received on the
-release veth (rl0). Here the program is attached to rl0 itself (native XDP), and a tc program
+release veth (rl0). Here the program runs attached to rl0 (native XDP: the testbed's builder
+attaches it there, and KickPath makes sure), and a tc program
 run by skb test runs sends an empty frame out of rl0's peer for every slot to release: rl0's
 NAPI hands each to the program as the live run did. The program grows or shrinks the frame to
 the packet it takes from its slot, and a frame taken off an skb leaves no room to grow

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import layout as L
 from ..errors import NfxError, NotFound
+from ..gate import Releaser
 from ..loader import netns
 from .. import registry
 from ..nfs import nf_class
@@ -70,6 +71,11 @@ class Instance:
         self.layout = L.layout_hash(self.kind)
         if not (self.pin / "prog").exists():
             log.warning("no pinned program at %s: the instance may not be attached", self.pin / "prog")
+        elif self.release_if:
+            try:
+                Releaser.prepare(self.nf, self.ns, self.release_if)
+            except Exception as e:      # noqa: BLE001 -- a move prepares it again, and fails saying why
+                log.warning("the release path of %s is not ready: %s", self.instance, e)
 
     def _pins(self) -> dict[str, int]:
         """Pin name -> inode: a pin replaced by another object gets another inode."""

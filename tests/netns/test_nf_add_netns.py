@@ -142,6 +142,23 @@ except RuntimeError as e:
 """
 
 
+def test_every_instance_s_release_path_is_ready_before_a_move(tb):
+    """The release veth runs the NF's own program, and on the tc transport (nfx/loader/
+    transmit.py) both its ends carry the kick's MAX_PKT frames from the agent's start, not from a
+    move's first hold (set there, it added 50 ms to it)."""
+    from nfx.loader import transmit
+    for inst in ("nf0", "nf1"):
+        info = registry.load(tb["name"])["nodes"][inst]
+        att = attach.xdp_attachments(info["ns"])
+        wired = {att[i][0] for i in info["ifaces"].values() if i in att}
+        assert wired == {att[builder.RELEASE_IF][0]}, att
+        if transmit.mode() == "tc":
+            with netlink.Netlink(info["ns"]) as nl:
+                mtus = [nl.ipr.get_links(nl.index(i))[0].get_attr("IFLA_MTU")
+                        for i in (builder.RELEASE_IF, builder.RELEASE_PEER)]
+            assert min(mtus) >= L.MAX_PKT, mtus
+
+
 @pytest.mark.parametrize("step", ["peers", "agent", "controller"])
 def test_an_add_that_fails_late_leaves_nothing(tb, step):
     name = tb["name"]
