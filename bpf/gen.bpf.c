@@ -141,15 +141,23 @@ static __always_inline int gen_fill(void *data, void *end, struct nfx_gen_cfg *c
     return 0;
 }
 
-int nfx_gen(struct xdp_md *ctx)
+/* The generator's config and template: 0 until a caller has set both. */
+static __always_inline int gen_setup(struct nfx_gen_cfg **c, struct nfx_gen_tmpl **t)
 {
     __u32 z = 0;
+    *c = gen_cfg.lookup(&z);
+    *t = gen_tmpl.lookup(&z);
+    return *c && *t && (*c)->nflows && (*c)->flows_per_addr;
+}
+
+int nfx_gen(struct xdp_md *ctx)
+{
     int verdict = XDP_ABORTED;
-    struct nfx_gen_cfg *c = gen_cfg.lookup(&z);
-    struct nfx_gen_tmpl *t = gen_tmpl.lookup(&z);
+    struct nfx_gen_cfg *c;
+    struct nfx_gen_tmpl *t;
     struct gen_taken tk = {};
     /* the frame length is the initial frame's; adjust only if a caller passed another size */
-    if (c && t && c->nflows && c->flows_per_addr) {
+    if (gen_setup(&c, &t)) {
         __u32 len = bpf_xdp_get_buff_len(ctx);
         if (len == c->frame_len || !bpf_xdp_adjust_tail(ctx, (int)c->frame_len - (int)len)) {
             void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
@@ -166,12 +174,11 @@ int nfx_gen(struct xdp_md *ctx)
  * original skb is not wanted; a frame this program cannot make: aborted). */
 int nfx_gen_tc(struct __sk_buff *skb)
 {
-    __u32 z = 0;
     int verdict = XDP_ABORTED;
-    struct nfx_gen_cfg *c = gen_cfg.lookup(&z);
-    struct nfx_gen_tmpl *t = gen_tmpl.lookup(&z);
+    struct nfx_gen_cfg *c;
+    struct nfx_gen_tmpl *t;
     struct gen_taken tk = {};
-    if (c && t && c->nflows && c->flows_per_addr && skb->len == c->frame_len) {
+    if (gen_setup(&c, &t) && skb->len == c->frame_len) {
         void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
         if (!gen_fill(data, end, c, t, &tk)) {
             verdict = XDP_DROP;

@@ -9,8 +9,8 @@ the packet it takes from its slot, and a frame taken off an skb leaves no room t
 (veth copies it into a buffer of its own size), so the empty frame is MAX_PKT long and both
 ends of the veth carry it (MTU MAX_PKT).
 
-The frames are received in the softirq that the sends raise, mostly before the test run
-returns, but not surely: `settle` waits until the release's cursor stops moving. Each frame
+The frames are received in the softirq that the sends raise, which may run after the test run
+has returned: `settle` waits until the release's cursor stops moving. Each frame
 takes a slot when it arrives, so a frame still in flight must never be sent again."""
 import os
 import time
@@ -23,23 +23,29 @@ STILL_S = 0.002        # the cursor unmoved this long, and short of its target: 
 MOST_S = 1.0           # a cursor still moving after this: given up on (the caller sees how far)
 
 
+def ready(ns: str, release_if: str, prog_fd: int) -> int:
+    """The release veth ready for kicks (both ends' MTU MAX_PKT, the NF's program on it);
+    returns its peer's ifindex, where the kicks go out."""
+    with netlink.Netlink(ns) as nl:
+        idx = nl.index(release_if)
+        [link] = nl.ipr.get_links(idx)
+        peer = link.get_attr("IFLA_LINK")
+        if not peer:
+            raise BpfError(f"{release_if} in {ns} is no veth: the tc release transport sends from its peer")
+        for i in (peer, idx):
+            [ln] = nl.ipr.get_links(i)
+            if ln.get_attr("IFLA_MTU") < L.MAX_PKT:
+                nl.ipr.link("set", index=i, mtu=L.MAX_PKT)
+    want, _ = bpfsys.prog_info(prog_fd)
+    if attach.xdp_attachments(ns).get(release_if, (None,))[0] != want.id:
+        attach.attach_xdp_fd(ns, release_if, prog_fd, allow_generic=False)
+    return peer
+
+
 class KickPath:
     def __init__(self, ns: str, release_if: str, prog_fd: int):
         self.ns, self.release_if = ns, release_if
-        with netlink.Netlink(ns) as nl:
-            idx = nl.index(release_if)
-            [link] = nl.ipr.get_links(idx)
-            peer = link.get_attr("IFLA_LINK")
-            if not peer:
-                raise BpfError(f"{release_if} in {ns} is no veth: the tc release transport sends from its peer")
-            for i in (peer, idx):
-                [ln] = nl.ipr.get_links(i)
-                if ln.get_attr("IFLA_MTU") < L.MAX_PKT:
-                    nl.ipr.link("set", index=i, mtu=L.MAX_PKT)
-        want, _ = bpfsys.prog_info(prog_fd)
-        if attach.xdp_attachments(ns).get(release_if, (None,))[0] != want.id:
-            attach.attach_xdp_fd(ns, release_if, prog_fd, allow_generic=False)
-        self.fd = transmit.kick_program(peer)
+        self.fd = transmit.kick_program(ready(ns, release_if, prog_fd))
         self.frame = bytes(L.MAX_PKT)
 
     def fire(self, n: int) -> None:

@@ -16,7 +16,7 @@ from . import bpfsys
 
 LD_IMM64 = 0x18                         # BPF_LD | BPF_IMM | BPF_DW, two instruction slots
 PSEUDO_MAP_FD, PSEUDO_MAP_VALUE = 1, 2  # src_reg of an ld_imm64 whose imm is a map fd
-_INSN = struct.Struct("<BBhi")
+INSN = struct.Struct("<BBhi")
 
 
 @dataclass
@@ -78,11 +78,11 @@ class Image:
         """The function's instructions with every map fd replaced by the one in `fds` (by map name)."""
         code = bytearray(self.funcs[func])
         for off in range(0, len(code) - 8, 8):
-            op, regs, o, imm = _INSN.unpack_from(code, off)
+            op, regs, o, imm = INSN.unpack_from(code, off)
             if op == LD_IMM64 and (regs >> 4) in (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE):
                 if imm not in self.fd_names:
                     raise BpfError(f"{func}: instruction {off // 8} names fd {imm}, which is none of the program's maps")
-                _INSN.pack_into(code, off, op, regs, o, fds[self.fd_names[imm]])
+                INSN.pack_into(code, off, op, regs, o, fds[self.fd_names[imm]])
         return bytes(code)
 
 

@@ -13,11 +13,11 @@ bpf_clone_redirect from an skb test run still work there. `mode()` asks the kern
 process (NFX_TX=live|tc picks one instead: for A/B runs, and for testing `tc` where `live` works).
 """
 import os
-import struct
 import threading
 
 from ..errors import BadInput, BpfError, KernelFeature
 from . import bpfsys
+from .image import INSN
 
 ENV = "NFX_TX"
 MODES = ("live", "tc")
@@ -28,7 +28,7 @@ _mode: str | None = None
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+    return INSN.pack(code, (src << 4) | dst, off, imm)
 
 
 MOV64_IMM, CALL, EXIT = 0xB7, 0x85, 0x95

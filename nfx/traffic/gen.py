@@ -210,8 +210,9 @@ class Generator(Closing):
         return n if self.transport == "live" else self._sent_on(cpu) - before
 
     def _sent_on(self, cpu: int | None) -> int:
-        per_cpu = self.maps.nfx_stats.get(L.u32(L.Stat.R_GEN_SENT))
-        return sum(per_cpu) if cpu is None else per_cpu[cpu]
+        if cpu is None:
+            return self.sent_total()
+        return self.maps.nfx_stats.get(L.u32(L.Stat.R_GEN_SENT))[cpu]
 
     @staticmethod
     def _refused(got: int, since: float | None) -> float | None:

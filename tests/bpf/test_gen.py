@@ -106,7 +106,7 @@ def test_bad_parameters_refused():
                   proto="sctp")
 
 
-def tc_generator(s, transport_if_up: bool = True):
+def tc_generator(s):
     """A generator of the tc transport sending out of tx0 (its peer rx0 takes what comes)."""
     ns = s.ns("n")
     s.veth("tx0", ns, "rx0", ns)

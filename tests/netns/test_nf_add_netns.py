@@ -145,7 +145,7 @@ except RuntimeError as e:
 def test_every_instance_s_release_path_is_ready_before_a_move(tb):
     """The release veth runs the NF's own program, and on the tc transport (nfx/loader/
     transmit.py) both its ends carry the kick's MAX_PKT frames from the agent's start, not from a
-    move's first hold (set there, it added 50 ms to it)."""
+    move's first hold (set there, the move's hold phase took 56 ms against 6)."""
     from nfx.loader import transmit
     for inst in ("nf0", "nf1"):
         info = registry.load(tb["name"])["nodes"][inst]
