@@ -256,9 +256,8 @@ class Switch(SwitchRead):
     def _new_rule(self, rule: Rule, shared: bool = False) -> int:
         """Write the rule and zero its counters before anything points at it."""
         enc = self._encode(rule)
-        used = self._used_rules()
         ids = range(self.SHARED_RULES, L.SW_MAX_RULES) if shared else range(1, self.SHARED_RULES)
-        rid = next((i for i in ids if i not in used), None)
+        rid = self._free_rule_id(ids)
         if rid is None:
             raise BadInput(f"switch {self.name}: all {len(ids)} {'shared ' if shared else ''}rule ids are in use")
         cm = self.maps.sw_counters

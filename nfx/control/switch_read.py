@@ -72,6 +72,23 @@ class SwitchRead:
         n, keys, vals = self.maps.sw_rules.export()
         return {keys[i]: vals[i] for i in range(n) if vals[i].used}
 
+    FREE_SCAN = 64          # rule slots read at once looking for a free one (then 4x as many)
+
+    def _free_rule_id(self, ids: range) -> int | None:
+        """The lowest id of `ids` whose rule slot is unused, read a chunk at a time from the
+        range's start: ids go lowest first, so the first chunk mostly has one. Reading the whole
+        table (4096 slots) for each new rule cost ~1 ms a rule, 2 per point of a move."""
+        at, step = ids.start, self.FREE_SCAN
+        while at < ids.stop:
+            n, keys, vals = self.maps.sw_rules.read_from(at, min(step, ids.stop - at))
+            for i in range(n):
+                if not vals[i].used:
+                    return int(keys[i])
+            if n == 0:
+                return None
+            at, step = at + n, step * 4
+        return None
+
     def _rule_in_use(self, rule_id: int) -> L.SwRule:
         """Rule `rule_id`'s slot; NotFound if it is not a rule in use."""
         r = self.maps.sw_rules.get(L.u32(rule_id)) if 0 < rule_id < L.SW_MAX_RULES else None

@@ -177,6 +177,17 @@ class Map:
             at += len(kb) // ksz
         return total, k, v
 
+    def read_from(self, first: int, count: int) -> tuple[int, "ct.Array", "ct.Array"]:
+        """An array map's entries first .. first+count-1 (fewer at its end) in one batch lookup:
+        (count, keys, values). The batch continues after the key it is given, so first-1."""
+        keys, vals = (self.Key * count)(), (self.Slot * count)()
+        after, out_b = ct.c_uint64(max(first - 1, 0)), ct.c_uint64(0)
+        n, err = sys_.map_batch(sys_.MAP_LOOKUP_BATCH, self.fd, ct.addressof(keys), ct.addressof(vals), count,
+                                after if first > 0 else None, out_b)
+        if err and err != errno.ENOENT:
+            raise BpfError(f"batch lookup of {self.name} from {first}: {os.strerror(err)}")
+        return n, keys, vals
+
     def prepare_keyed_reads(self) -> bool:
         """Load this map's keyed reader (loader/keyread.py), for lookup_many to read many keys a
         syscall; False where the map cannot have one (it then reads a key a syscall). Worth

@@ -145,6 +145,11 @@ def delete(name: str) -> None:
             os.unlink(path)
 
 
+def inode(name: str | None) -> int:
+    """The netns's identity while it exists (a name may be reused by a new one)."""
+    return os.stat(f"{NETNS_RUN}/{name}" if name else "/proc/self/ns/net").st_ino
+
+
 def ifindex(ifname: str, ns: str | None = None) -> int:
     with enter(ns):
         try:

@@ -284,6 +284,19 @@ def test_remove_and_listing(sw):
     assert again == e and sw.counters()[again] == (0, 0)
 
 
+def test_rule_ids_go_lowest_free_first_past_the_first_chunk(sw):
+    """_free_rule_id reads the rule slots a chunk at a time: the lowest free id is found in a
+    later chunk, a hole below is taken first, and the shared range is searched on its own."""
+    n = sw.FREE_SCAN + 5
+    ids = [sw.add_exact(("10.0.9.1", "10.0.2.1", 1000 + i, 2000, "udp"), Rule(drop=True)) for i in range(n)]
+    assert ids == list(range(1, n + 1))
+    assert sw.add_exact(("10.0.9.2", "10.0.2.1", 1, 2000, "udp"), Rule(drop=True)) == n + 1
+    sw.remove(ids[3])
+    assert sw.add_exact(("10.0.9.3", "10.0.2.1", 1, 2000, "udp"), Rule(drop=True)) == ids[3]
+    assert sw.shared_rule(Rule(drop=True)) == sw.SHARED_RULES
+    assert sw.shared_rule(Rule(drop=True)) == sw.SHARED_RULES + 1
+
+
 def test_exact_replace_frees_old_rule(sw):
     k = ("10.0.1.1", "10.0.2.1", 1000, 2000, "udp")
     old = sw.add_exact(k, Rule(drop=True))

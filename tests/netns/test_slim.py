@@ -83,21 +83,26 @@ def test_split_then_merge(tb):
     assert both == {i: want[i] for i in range(FLOWS)}, "merge: per-flow counters differ from a single instance's"
     publics = [m["public"] for m in builder.instance(name, "nf1").mappings()]
     assert len(set(publics)) == len(publics) == FLOWS
-    for m in (m1, m2):
+    # back to nf0 as a whole, for the tests after this one
+    m3, r3 = slim(tb, "nf1", "nf0", "all")
+    assert clean(r3), r3
+    assert per_flow(name, "nf0") == dict(enumerate(expected(tb)))
+    for m in (m1, m2, m3):
         s = m["slim"]
         assert m["mechanism"] == "slim" and m["flows"] >= FLOWS // 2
         # a record the NF could not write (r_statelet_ring_full) is always met by a fresh snapshot;
         # 1-2 per move are sometimes counted here though the reader is never more than ~10 ms
         # behind (the README's open items), and the state must come out exact either way
-        assert (s["resyncs"] > 0) == (s["statelet_ring_drops"] > 0) and 0 < s["sigma"] < 1.5, (m["filter"], s)
-        assert s["replay"]["orphans"] == 0 and s["statelet_records"] > 0
+        assert (s["resyncs"] > 0) == (s["statelet_ring_drops"] > 0), (m["filter"], s)
+        # the generator goes round the flows in order, one half's after the other's (12.5 ms
+        # each at this rate): a half's move of ~12 ms may see none of its packets, so no
+        # statelets; the whole instance's always has some
+        assert s["statelet_records"] > 0 or m is not m3, (m["filter"], s)
+        assert 0 < s["sigma"] < 1.5 if s["statelet_records"] else s["sigma"] == 0, (m["filter"], s)
+        assert s["replay"].get("orphans", 0) == 0      # none applied: none waiting
         assert m["bytes_on_wire"]["total"] == m["bytes_on_wire"]["snapshot"] + m["bytes_on_wire"]["statelets"] + \
             m["bytes_on_wire"]["control"]
         assert set(m["phases_ms"]) >= {"mirroring", "ready", "steered", "applied", "settled"}
-    # back to nf0 as a whole, for the tests after this one
-    m3, r3 = slim(tb, "nf1", "nf0", "all")
-    assert clean(r3), r3
-    assert per_flow(name, "nf0") == dict(enumerate(expected(tb)))
 
 
 def test_a_full_ring_falls_back_to_a_fresh_snapshot(tb):

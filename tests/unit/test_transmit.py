@@ -4,6 +4,7 @@ import pytest
 
 from nfx.errors import BadInput, KernelFeature
 from nfx.loader import transmit
+from nfx import release_kick
 from nfx.release_kick import KickPath
 
 
@@ -63,3 +64,22 @@ def test_the_kick_stops_waiting_once_the_cursor_stands_still():
 
 def test_the_kick_counts_across_the_cursors_wrap():
     assert KickPath.settle(cursor_of([0xFFFFFFFE, 0xFFFFFFFF, 0, 1]), 0xFFFFFFFE, 1) == 1
+
+
+def test_the_release_veth_is_set_up_once_per_netns_veth_and_program(monkeypatch):
+    """ready() checks the veth (netlink dumps, ms) once for a program: again for a new program
+    (an upgrade) or a netns of the same name made anew, never for the same one."""
+    monkeypatch.setattr(release_kick, "_ready", {})
+    world = {"ino": 7, "prog": 41}
+    set_ups = []
+    monkeypatch.setattr(release_kick.netns, "inode", lambda ns: world["ino"])
+    monkeypatch.setattr(release_kick.netns, "ifindex", lambda name, ns: 3)
+    monkeypatch.setattr(release_kick.bpfsys, "prog_info", lambda fd: (type("I", (), {"id": world["prog"]}), None))
+    monkeypatch.setattr(release_kick, "_set_up", lambda ns, rl, fd, pid: set_ups.append(pid) or 99)
+    assert release_kick.ready("n", "rl0", 5) == 99 and release_kick.ready("n", "rl0", 5) == 99
+    assert set_ups == [41]
+    world["prog"] = 42                      # the instance's program was upgraded
+    release_kick.ready("n", "rl0", 5)
+    world["ino"] = 8                        # the netns was made anew under its name
+    release_kick.ready("n", "rl0", 5)
+    assert set_ups == [41, 42, 42]
