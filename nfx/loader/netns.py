@@ -82,6 +82,13 @@ def xps_by_cpu(name: str | None, ifname: str, queues: int) -> None:
     run(["sh", "-c", " && ".join(cmds)], ns=name)
 
 
+def rps_one_cpu(name: str | None, ifname: str, cpu: int = 0) -> None:
+    """RPS on `ifname`'s rx queue: every frame it receives goes through CPU `cpu`'s backlog, in
+    the order it arrived. A veth without XDP hands each frame to the backlog of the CPU that sent
+    it, so frames sent on two CPUs can be processed in the other order."""
+    run(["sh", "-c", f"echo {_cpumask(1 << cpu)} > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"], ns=name)
+
+
 def _cpumask(mask: int) -> str:
     """A CPU mask as sysfs writes it: hex, in comma-separated 32-bit groups."""
     groups = []

@@ -56,6 +56,11 @@ def test_joined_testbeds_reach_each_others_agents_and_share_one_etcd(two):
     r = nfx("testbed", "join", "--name", b, "--peer", a)
     assert r.returncode == 4 and "joined" in r.stderr        # one join a testbed
     ra, rb = registry.load(a), registry.load(b)
+    # the link's frames are received by one CPU, in the order they came (a cut's IBC overtaken
+    # on the way lost packets)
+    for r_ in (ra, rb):
+        rps = netns.run(["cat", f"/sys/class/net/{join.LINK}/queues/rx-0/rps_cpus"], ns=r_["mgmt"]["ns"])
+        assert int(rps.strip().replace(",", ""), 16) == 1, rps
     # A's management side (where its controller talks to agents) reaches B's agent: a request
     node = {"testbed": b, "name": "nf0", "agent_addr": rb["mgmt"]["agents"]["nf0"], "agent_port": rb["nodes"]["nf0"]["agent"]["port"]}
     with AgentClient.for_node(node, rb["token"], ra["mgmt"]["ns"], timeout=10) as c:
