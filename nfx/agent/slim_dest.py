@@ -144,7 +144,7 @@ class SlimDest:
         merge.finish()
         applied_at = time.perf_counter()
         if lf:
-            self.session.drain()                  # the held packets go, in order
+            self.session.drain(here=True)         # the held packets go, in order, from this thread
         fig["end_ms"] = {"applied": round((applied_at - t_end) * 1e3, 3),
                          "released": round((time.perf_counter() - t_end) * 1e3, 3)}
         self._state_changed()

@@ -18,6 +18,14 @@ class RingStandIn(ct.Structure):
     _fields_ = []
 
 
+class _EpollEvent(ct.Structure):
+    _pack_ = 1                      # x86-64's struct epoll_event is packed
+    _fields_ = [("events", ct.c_uint32), ("data", ct.c_uint64)]
+
+
+EPOLLIN, EPOLL_CTL_ADD = 0x1, 1
+
+
 class RingReader(ClosedWhenCollected):
     """RingReader(map_fd, decode=None): poll() returns decode(record) for every record, leaving
     out the ones decode maps to None (no decode: the raw bytes); poll_raw() the raw bytes."""
@@ -38,6 +46,23 @@ class RingReader(ClosedWhenCollected):
         if not self._rb:
             os.close(self._fd)
             raise BpfError(f"cannot open the {what} ringbuf (fd {map_fd})")
+        self._wake_fd = -1
+
+    def wake(self) -> None:
+        """End a poll_raw() that waits, now or next (another thread's): an eventfd in libbpf's
+        epoll set, as ring 0 (what libbpf reads then is the ring itself: harmless)."""
+        if self._wake_fd < 0:
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            ev = _EpollEvent(EPOLLIN, 0)
+            libc = ct.CDLL(None, use_errno=True)
+            epoll_fd = self._lib.ring_buffer__epoll_fd
+            epoll_fd.argtypes, epoll_fd.restype = [ct.c_void_p], ct.c_int
+            if libc.epoll_ctl(epoll_fd(self._rb), EPOLL_CTL_ADD, fd, ct.byref(ev)) != 0:
+                os.close(fd)
+                raise BpfError(f"cannot add a wake-up to the {self.what} ringbuf's epoll: "
+                               f"{os.strerror(ct.get_errno())}")
+            self._wake_fd = fd
+        os.eventfd_write(self._wake_fd, 1)
 
     def _on_record(self, _ctx, data, size) -> int:
         self._pending.append(ct.string_at(data, size))
@@ -49,6 +74,11 @@ class RingReader(ClosedWhenCollected):
             raise BpfError(f"{self.what} reader is closed")
         if timeout_ms:
             self._lib.bpf_poll_ringbuf(self._rb, timeout_ms)
+            if self._wake_fd >= 0:
+                try:
+                    os.eventfd_read(self._wake_fd)      # level-triggered: read, or every poll returns at once
+                except BlockingIOError:
+                    pass
         self._lib.bpf_consume_ringbuf(self._rb)
         out, self._pending = self._pending, []
         self.records += len(out)
@@ -70,3 +100,6 @@ class RingReader(ClosedWhenCollected):
             self._lib.bpf_free_ringbuf(self._rb)
             self._rb = None
             os.close(self._fd)
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1

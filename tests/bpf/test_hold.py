@@ -64,3 +64,28 @@ def test_held_in_slots_in_order_then_spilled_to_the_ring(nf):
     assert (g.hold_state().spilled, g.hold_state().head) == (3, st.head)
     assert [p.data for p in ring.poll(0)] == [frame(1000, pad=99)]
     g.set_move_cfg(hold=0)
+
+
+def test_a_wait_on_the_ring_ends_when_woken(nf):
+    """RingReader.wake (a drain's request to the ring's consumer): a poll waiting on an empty
+    ring returns when another thread wakes it, not at its timeout; the wake-up is read, so the
+    next poll waits again."""
+    import threading
+    import time
+    ring = Gate(nf).ring()
+    ring.poll_raw(0)
+    took = []
+
+    def waiter():
+        t0 = time.monotonic()
+        ring.poll_raw(2000)
+        took.append(time.monotonic() - t0)
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.05)
+    ring.wake()
+    t.join(5)
+    assert took and took[0] < 0.5, took
+    t0 = time.monotonic()
+    assert ring.poll_raw(100) == []
+    assert time.monotonic() - t0 >= 0.09         # waited its timeout: nothing left to wake it
