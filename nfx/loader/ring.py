@@ -6,6 +6,7 @@ A ringbuf has one consumer position: a second reader on the same ring competes f
 does not get copies. Open one reader per ring and fan out in user space."""
 import ctypes as ct
 import os
+import platform
 from collections.abc import Callable
 
 from ..closing import ClosedWhenCollected
@@ -19,7 +20,8 @@ class RingStandIn(ct.Structure):
 
 
 class _EpollEvent(ct.Structure):
-    _pack_ = 1                      # x86-64's struct epoll_event is packed
+    if platform.machine() == "x86_64":
+        _pack_ = 1                  # the kernel packs struct epoll_event there (only there)
     _fields_ = [("events", ct.c_uint32), ("data", ct.c_uint64)]
 
 

@@ -96,8 +96,8 @@ def join(name: str, peer: str, rate_mbit: float = 0.0) -> dict:
                     nls[m["ns"]].shape(LINK, rate_mbit)
                 # a link delivers in order; frames its veth received on two CPUs could be
                 # processed out of order (an IBC overtaken by the frames behind it: the far
-                # instance took them for the source's and dropped them, 2-5 packets in one SLiM
-                # move of five), so one CPU receives them all
+                # instance took them for the source's and dropped them: 2-5 packets in 5 of 20
+                # SLiM moves), so one CPU receives them all
                 netns.rps_one_cpu(m["ns"], LINK)
             for i, r in enumerate(recs):
                 here, there = mg[i], mg[1 - i]
