@@ -235,8 +235,8 @@ class MoveSession:
             if here or not (self._thread and self._thread.is_alive()):
                 self._release_ready()
             if self._thread and self._thread.is_alive() and threading.current_thread() is not self._thread:
-                # the consumer may be waiting on the ring: up to 1 ms, then its wake-up. That
-                # wait was 0.3-4.9 ms of the longest holds of SLiM's destination (40 moves, timed)
+                # the consumer may be waiting on the ring: up to 1 ms, then its wake-up. Until
+                # then, up to 4.9 ms of SLiM's destination's longest holds (40 moves, timed)
                 self.ring.wake()
             # the consumer releases the rest, at real-time priority: released on a request's
             # thread at normal priority, a backlog fell behind 100k pps of arrivals and every

@@ -11,7 +11,6 @@ entry the destination already had before the move is the merge case:
   instance of a testbed its own slice of the port range, so a merge never meets one.
 The final add is one read-modify-write per merged host: a packet of the destination's own flows
 of that host in those microseconds is not counted in the host's totals."""
-import ctypes as ct
 import dataclasses
 import itertools
 import struct
@@ -19,6 +18,7 @@ import struct
 from ..errors import BadInput
 from ..state import ops, replay
 from ..state.fastapply import StreamApplier
+from ..state.replay_one import schema_of
 from ..state.stbatch import parse_span
 from ..state.statelets import BY_NAME, SCHEMAS, STATE_SCOPES, replayable, updates
 
@@ -52,14 +52,9 @@ class Merge:
         every entry into a dict and back cost about 1 us an entry (2.5-3.6 ms for 3,000)."""
         out = []
         for c in chunks:
-            s = BY_NAME.get(c.table)
-            if c.kind != self.kind:
-                raise BadInput(f"chunk of {c.kind} state in a {self.kind} snapshot")
-            if s is None or s.kind != self.kind:
+            s = schema_of(c, self.kind)
+            if s is None:
                 raise BadInput(f"a SLiM snapshot holds only per-flow and multi-flow state, not {c.table}")
-            if (c.key_size, c.value_size, c.ncpu) != (ct.sizeof(s.key), ct.sizeof(s.value), 1):
-                raise BadInput(f"chunk of {c.table}: entries of {c.key_size}+{c.value_size}x{c.ncpu} "
-                               f"bytes, statelets know {ct.sizeof(s.key)}+{ct.sizeof(s.value)}")
             if c.table in MERGE_TABLES and here:
                 c = self._without_own(c, s, here)
             c.seq = len(out)

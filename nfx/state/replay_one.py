@@ -16,6 +16,20 @@ from .tables import table
 
 
 # ---- replay targets -------------------------------------------------------------------------------
+def schema_of(c: wire.Chunk, kind: str) -> Schema | None:
+    """The statelet schema of a chunk of a `kind` snapshot, None for a table statelets do not
+    mirror; a chunk of another NF kind, or whose entries are not the schema's size, is refused."""
+    s = BY_NAME.get(c.table)
+    if c.kind != kind:
+        raise BadInput(f"chunk of {c.kind} state in a {kind} snapshot")
+    if s is None or s.kind != kind:
+        return None
+    if (c.key_size, c.value_size, c.ncpu) != (ct.sizeof(s.key), ct.sizeof(s.value), 1):
+        raise BadInput(f"chunk of {c.table}: entries of {c.key_size}+{c.value_size}x{c.ncpu} "
+                       f"bytes, statelets know {ct.sizeof(s.key)}+{ct.sizeof(s.value)}")
+    return s
+
+
 class Tables:
     """An NF's per-flow and multi-flow state as dicts (raw key -> value struct): a snapshot that
     statelets replay onto. Chunks of other tables (all-flows) pass through unchanged."""
@@ -33,15 +47,10 @@ class Tables:
             raise BadInput("no chunks and no NF kind: cannot tell which tables a snapshot holds")
         self = cls(kind)
         for c in chunks:
-            s = BY_NAME.get(c.table)
-            if c.kind != kind:
-                raise BadInput(f"chunk of {c.kind} state in a {kind} snapshot")
-            if s is None or s.kind != kind:
+            s = schema_of(c, kind)
+            if s is None:
                 self.other.append(c)
                 continue
-            if (c.key_size, c.value_size, c.ncpu) != (ct.sizeof(s.key), ct.sizeof(s.value), 1):
-                raise BadInput(f"chunk of {c.table}: entries of {c.key_size}+{c.value_size}x{c.ncpu} "
-                               f"bytes, statelets know {ct.sizeof(s.key)}+{ct.sizeof(s.value)}")
             d = self.data[c.table]
             kb, vb, ks, vs = bytes(c.keys), bytes(c.values), c.key_size, c.value_size
             for i in range(c.count):

@@ -2,6 +2,9 @@
 packet goes into the next slot, committed with its sequence number, its move and its bytes, not
 into the buffer ring; once the FIFO is full the move's packets spill to the ring, every later one
 of the move too (so they are released after the FIFO's, in order), and nothing is lost."""
+import threading
+import time
+
 import pytest
 from scapy.all import Ether, IP, UDP, raw
 
@@ -70,8 +73,6 @@ def test_a_wait_on_the_ring_ends_when_woken(nf):
     """RingReader.wake (a drain's request to the ring's consumer): a poll waiting on an empty
     ring returns when another thread wakes it, not at its timeout; the wake-up is read, so the
     next poll waits again."""
-    import threading
-    import time
     ring = Gate(nf).ring()
     ring.poll_raw(0)
     took = []
