@@ -17,6 +17,8 @@
  * its own counter slot, so again every word has one writer, and every flow one sending CPU --
  * which keeps it in one queue of a multi-queue veth (rx queue = sending CPU % queues).
  *
+ * Built with NFX_GEN_UNTIMED (a traffic loop's generator), tx_ns is 0: no clock read.
+ *
  * The payload beyond nfx_gen_payload is whatever the initial frame held (zeros); nothing on
  * the path writes L4 payload, so the template checksum keeps covering it. */
 #include "nfx_bpf.h"
@@ -113,7 +115,11 @@ static __always_inline int gen_fill(void *data, void *end, struct nfx_gen_cfg *c
     __u32 new_addr = bpf_htonl(bpf_ntohl(old_addr) + flow / c->flows_per_addr);
     __u16 old_port = *sport_p;
     __u16 new_port = bpf_htons(c->sport_base + flow % c->flows_per_addr);
+#ifdef NFX_GEN_UNTIMED
+    __u64 now = 0;                          /* a loop's build: see nfx/traffic/loop.py */
+#else
     __u64 now = bpf_ktime_get_ns();
+#endif
 
     ip->saddr = new_addr;
     nfx_csum_replace4(&ip->check, old_addr, new_addr);

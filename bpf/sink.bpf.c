@@ -35,7 +35,12 @@
  * of the interface it came in on (XDP_TX) with MACs, IPv4 addresses and L4 ports swapped and the
  * payload untouched, so a second sink at the sender reads the round trip from its tx_ns.
  * Echoes are counted by their verdict (NFX_V_TX): no other packet leaves the sink that way,
- * and a reason of their own would change nfx_flow.h, the layout hash of every NF's state. */
+ * and a reason of their own would change nfx_flow.h, the layout hash of every NF's state.
+ *
+ * Loop (built with NFX_SINK_LOOP): a counted generator packet is redirected into sink_loop's
+ * one slot, a veth whose peer is the generator's: the generator's XDP program makes the frame
+ * its next packet and sends it into the path again (nfx/traffic/loop.py). Counted by the verdict
+ * (NFX_V_REDIRECT), as echoes are. */
 #include "nfx_bpf.h"
 #include "nfx_bench.h"
 
@@ -60,6 +65,7 @@ BPF_ARRAY(sink_bits, struct nfx_sink_word, NFX_SINK_BITS);
 BPF_ARRAY(sink_cfg, struct nfx_sink_cfg, 1);
 BPF_PERCPU_ARRAY(sink_lat, __u64, NFX_LAT_BUCKETS);
 BPF_PERCPU_ARRAY(sink_lat_max, __u64, 1);
+BPF_DEVMAP(sink_loop, 1);       /* the loop's veth (NFX_SINK_LOOP builds only) */
 
 static __always_inline __u32 sink_log2(__u64 v)
 {
@@ -200,11 +206,17 @@ int nfx_sink(struct xdp_md *ctx)
     nfx_count(NFX_R_SINK_RX);
     sink_check_bytes(ctx, &p, g);
     sink_seq(s, flow, g->seq, c);
+#ifndef NFX_SINK_LOOP
     sink_latency(g->tx_ns);
+#endif
 #ifdef NFX_SINK_ECHO
     sink_reflect(ctx, &p);
 #endif
+#ifdef NFX_SINK_LOOP
+    verdict = sink_loop.redirect_map(0, 0);
+#else
     verdict = NFX_SINK_VERDICT;
+#endif
     goto out;
 
 foreign:

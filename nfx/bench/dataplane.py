@@ -5,9 +5,14 @@ masquerade + conntrack) and plain kernel forwarding. Same veths, generator and s
 Each XDP NF is reported as a ratio to the bare forward (what its logic costs) and to nftables
 (what it gains over the kernel).
 
-The generator sends flat out and the path pushes back, so the received rate is the whole
-path's cost per packet. With pin_cpu its one sending thread, and with it the path's softirq
-work, runs on that CPU alone. The reps go round the paths in turn (rep 1 of every path, then
+The traffic goes flat out and the path pushes back, so the received rate is the whole
+path's cost per packet. By default it goes round a loop (nfx.traffic.loop): the sink sends
+every packet back to the generator, which makes it the next packet, so every frame is XDP-born
+and no packet costs an skb to make, on any kernel. `traffic="send"` has the generator send each
+packet by the kernel's test-run transport instead (live frames, or an skb where live frames are
+refused: about 1 us a packet on the sending CPU, most of a fast path's time). With pin_cpu the
+loop's seeds, or the one sending thread, and with them all the path's softirq work, run on that
+CPU alone. The reps go round the paths in turn (rep 1 of every path, then
 rep 2, ...): the CPUs are shared, and a slow second then costs every path alike. One block of
 results per frame size."""
 import os
@@ -16,7 +21,6 @@ import statistics
 
 from .. import registry
 from ..errors import BadInput
-from ..loader import transmit
 from ..testbed import builder, topology
 from ..traffic.gen import min_size
 from ..traffic.report import measure
@@ -62,7 +66,12 @@ def frame_sizes(requested: list[int] | None) -> list[dict]:
     return plan
 
 
-def check_args(flows: int, duration: float, reps: int, pin_cpu: int | None) -> None:
+TRAFFIC = ("loop", "send")
+
+
+def check_args(flows: int, duration: float, reps: int, pin_cpu: int | None, traffic: str = "loop") -> None:
+    if traffic not in TRAFFIC:
+        raise BadInput(f"traffic is {' or '.join(TRAFFIC)}, not {traffic!r}")
     if flows < 1 or reps < 1 or not duration > 0:
         raise BadInput(f"--flows and --reps must be at least 1 and --duration above 0 "
                        f"(got {flows}, {reps}, {duration:g})")
@@ -100,12 +109,12 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
 
 
 def run(flows: int = 1000, duration: float = 3.0, sizes: list[int] | None = None, reps: int = 3,
-        pin_cpu: int | None = None, progress=lambda msg: None) -> dict:
+        pin_cpu: int | None = None, progress=lambda msg: None, traffic: str = "loop") -> dict:
     """Every path × frame size, `reps` runs each of `duration` s flat out; the result has one
     block per size under "sizes" and, for the readers of one size, the first block's keys at
     the top as well (frame_bytes, results, ratio_*)."""
     plan = frame_sizes(sizes)
-    check_args(flows, duration, reps, pin_cpu)
+    check_args(flows, duration, reps, pin_cpu, traffic)
     name = "bd" + secrets.token_hex(2)
     max_flows = max(65536, flows * 2)
     load_1m = os.getloadavg()[0]
@@ -124,7 +133,8 @@ def run(flows: int = 1000, duration: float = 3.0, sizes: list[int] | None = None
                 if size["requested_bytes"] not in (None, size["frame_bytes"]):
                     progress(f"{size['requested_bytes']} B is below the generator's smallest UDP frame: "
                              f"measured as {size['frame_bytes']} B")
-                with rig(name, flows, size["frame_bytes"], pin_cpu=pin_cpu) as (gen, sink):
+                with rig(name, flows, size["frame_bytes"], pin_cpu=pin_cpu, loop=traffic == "loop") as (gen, sink):
+                    transport = gen.transport
                     runs: dict[str, list[dict]] = {p: [] for p in PATHS}
                     for i in range(reps):
                         for path in PATHS:
@@ -142,6 +152,6 @@ def run(flows: int = 1000, duration: float = 3.0, sizes: list[int] | None = None
     return {"testbed": name, "topology": "chain (h1 -> nf0 -> h2)", "flows": flows, "duration_s": duration,
             "reps": reps, "paths": list(PATHS), "pin_cpu": pin_cpu, "cpus": len(os.sched_getaffinity(0)),
             "loadavg_1m": load_1m, "steal_pct": host.steal_pct(host0, host.cpu_times()), "ids_config": ids_config,
-            "kernel": os.uname().release, "transport": transmit.mode(),
+            "kernel": os.uname().release, "traffic": traffic, "transport": transport,
             "frame_bytes": first["frame_bytes"], "results": first["results"],
             **{key: first[key] for key in RATIOS}, "sizes": blocks}

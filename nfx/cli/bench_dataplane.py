@@ -43,10 +43,14 @@ def dataplane_(flows: int = typer.Option(1000, "--flows", "-f", help="Distinct f
                                          f"(default: the smallest UDP frame the generator makes, {SMALLEST} B; "
                                          f"{dataplane.MIN_ETH_FRAME}-{SMALLEST - 1} are measured as {SMALLEST})."),
                reps: int = typer.Option(3, "--reps", help="Runs per path and size (median reported)."),
-               pin: bool = typer.Option(False, "--pin", help="Pin the generator's sending thread to one CPU (the last "
-                                        "one this process may use): the path's work runs there, so the rate is its "
-                                        "cost per packet on one CPU."),
+               pin: bool = typer.Option(False, "--pin", help="Run the traffic on one CPU (the last one this process may "
+                                        "use): the loop's seeds or the sending thread, and with them the path's work, "
+                                        "go there, so the rate is the path's cost per packet on one CPU."),
                pin_cpu: int = typer.Option(None, "--pin-cpu", help="Pin it to this CPU (implies --pin)."),
+               traffic: str = typer.Option("loop", "--traffic", help="loop: the sink sends every packet back to "
+                                           "the generator, which sends it again (XDP-born frames, no skb per "
+                                           "packet, on any kernel). send: the generator sends each packet by "
+                                           "test run (live frames, or an skb where the kernel refuses them)."),
                json_: bool = JsonOpt):
     """The bare XDP forward, the XDP NAT, the XDP IDS, nftables masquerade and kernel forwarding on
     one chain testbed (h1 -> nf0 -> h2): pps at the sink, each NF as a ratio to the bare forward
@@ -54,9 +58,10 @@ def dataplane_(flows: int = typer.Option(1000, "--flows", "-f", help="Distinct f
     requested = parse_sizes(size, sizes)
     cpu = pinned_cpu(pin, pin_cpu)
     dataplane.frame_sizes(requested)              # bad input fails here, before anything is built
-    dataplane.check_args(flows, duration, reps, cpu)
+    dataplane.check_args(flows, duration, reps, cpu, traffic)
     need_root()
-    r = dataplane.run(flows, duration, requested, reps, cpu, progress=(lambda m: None) if json_ else progress)
+    r = dataplane.run(flows, duration, requested, reps, cpu, progress=(lambda m: None) if json_ else progress,
+                      traffic=traffic)
     if json_:
         emit_json(r)
         return
@@ -64,8 +69,13 @@ def dataplane_(flows: int = typer.Option(1000, "--flows", "-f", help="Distinct f
         _table(r, block)
     steal = f", the host stole {r['steal_pct']:g}% of the CPU time" if r.get("steal_pct") is not None else ""
     out.print(f"[dim]load average {r['loadavg_1m']:.1f} at the start{steal}; the CPUs are shared, so compare "
-              f"paths within one run (the ratios), not across runs; the generator sent by {r['transport']} "
-              f"test runs on {r['kernel']}[/dim]")
+              f"paths within one run (the ratios), not across runs; {_how_sent(r)} on {r['kernel']}[/dim]")
+
+
+def _how_sent(r: dict) -> str:
+    if r["traffic"] == "loop":
+        return "the frames went round a loop (the sink sent each back to the generator)"
+    return f"the generator sent by {r['transport']} test runs"
 
 
 def _x(v: float | None) -> str:

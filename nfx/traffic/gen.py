@@ -17,7 +17,11 @@ a multi-queue testbed, each flow through one queue at every hop.
 
 One sender pinned (pin_cpu): the one sending thread runs on that CPU alone. The redirects, and
 the receivers' NAPI they schedule, run on the sending CPU, so a path measured flat out this way
-costs that CPU's time per packet: generator, NF and sink on one CPU, the others left out."""
+costs that CPU's time per packet: generator, NF and sink on one CPU, the others left out.
+
+A loop (loop_from; nfx/traffic/loop.py): `nfx_gen` stays attached to the loop's end and makes
+every frame the sink sends round its next packet. It runs flat out only; the frames are
+XDP-born whatever the kernel allows test runs to do."""
 import ctypes as ct
 import errno
 import ipaddress
@@ -32,6 +36,7 @@ from ..loader import attach, bpfsys, netns, transmit
 from ..loader.compile import compile_source, load, size_class
 from ..loader.maps import stats_dict
 from ..loader.spec import MapSet, MapSpec
+from . import loop
 
 PROTOS = {"udp": 17, "tcp": 6}
 HDR_LEN = {17: 14 + 20 + 8, 6: 14 + 20 + 20}
@@ -49,9 +54,10 @@ DEFAULT_MAX_BURST = 4096         # frames per call: about one 1 ms tick at full 
 REFUSED_S = 1.0                  # tc: an interface that takes nothing this long is an error
 
 
-def gen_defines(nflows: int) -> dict:
-    """The generator's build: gen_seq is a capacity (the flow count is in gen_cfg)."""
-    return {"NFX_GEN_FLOWS": size_class(nflows)}
+def gen_defines(nflows: int, timed: bool = True) -> dict:
+    """The generator's build: gen_seq is a capacity (the flow count is in gen_cfg). Not timed
+    (a loop's): tx_ns stays 0."""
+    return {"NFX_GEN_FLOWS": size_class(nflows), **({} if timed else {"NFX_GEN_UNTIMED": 1})}
 
 
 def min_size(proto: str | int = "udp") -> int:
@@ -97,9 +103,13 @@ class Generator(Closing):
                  proto: str = "udp", size: int | None = None, nflows: int = 1, sport_base: int = 1024,
                  flows_per_addr: int | None = None, batch_size: int = DEFAULT_BATCH,
                  max_burst: int = DEFAULT_MAX_BURST, cpus: int = 1, pin_cpu: int | None = None,
-                 transport: str | None = None):
+                 transport: str | None = None, loop_from: tuple[str, str] | None = None):
+        """loop_from: (netns, interface) of the sink's end of a loop whose other end is
+        `attach_if` (nfx.traffic.loop): the generator runs as that loop's, transport `loop`."""
         if proto not in PROTOS:
             raise BadInput(f"proto must be one of {sorted(PROTOS)}, not {proto!r}")
+        if loop_from is not None and (attach_if is None or tx_if is None or cpus != 1):
+            raise BadInput("a loop's generator needs its end of the loop (attach_if), tx_if and one sender")
         self.proto = PROTOS[proto]
         self.size = size or min_size(proto)
         if not min_size(proto) <= self.size <= MAX_SIZE:
@@ -141,9 +151,11 @@ class Generator(Closing):
 
         if transport is not None and transport not in transmit.MODES:
             raise BadInput(f"transport is one of {', '.join(transmit.MODES)}, not {transport!r}")
-        self.transport = transport or transmit.mode()      # tests name one to run its program plainly
-        self.bpf = compile_source("gen", gen_defines(nflows))
-        self.fn = (load(self.bpf, "nfx_gen", "xdp") if self.transport == "live" else
+        self.loop_from = loop_from
+        # tests name a transport to run its program plainly
+        self.transport = "loop" if loop_from else transport or transmit.mode()
+        self.bpf = compile_source("gen", gen_defines(nflows, timed=self.transport != "loop"))
+        self.fn = (load(self.bpf, "nfx_gen", "xdp") if self.transport in ("live", "loop") else
                    load(self.bpf, "nfx_gen_tc", "tc"))
         b = self.bpf
         self.maps = GEN_MAPS.from_bcc(b)
@@ -160,10 +172,8 @@ class Generator(Closing):
                     self.maps.gen_tx.put(L.u32(0), L.u32(self.tx_ifindex))
                 if attach_if is not None:
                     self.ifindex = netns.ifindex(attach_if)
-            self.maps.gen_cfg.put(L.u32(0), L.GenCfg(
-                nflows=nflows, flows_per_addr=fpa, sport_base=sport_base, l4_off=14 + 20,
-                frame_len=self.size, proto=self.proto, cpus=cpus, tx_slot=0, tx_ifindex=self.tx_ifindex))
-            if attach_if is not None and self.transport == "live":
+            self._put_cfg(running=self.transport != "loop")    # a loop runs only in run()
+            if attach_if is not None and self.transport in ("live", "loop"):
                 self._attached = attach.attach_xdp(ns, attach_if, self.fn)
             elif attach_if is not None and tx_if is not None:
                 self._attached = "tc"          # sends out of tx_if; nothing attached
@@ -171,10 +181,19 @@ class Generator(Closing):
             self.close()
             raise
 
+    def _put_cfg(self, running: bool = True) -> None:
+        """The program's config; not running: no flows, so it makes no packet (a loop's stop)."""
+        self.maps.gen_cfg.put(L.u32(0), L.GenCfg(
+            nflows=self.nflows if running else 0, flows_per_addr=self.flows_per_addr, sport_base=self.sport_base,
+            l4_off=14 + 20, frame_len=self.size, proto=self.proto, cpus=self.cpus, tx_slot=0,
+            tx_ifindex=self.tx_ifindex))
+
     # ---- sending ----
     def send(self, count: int) -> int:
         """Send `count` frames now, in calls of at most max_burst. Returns frames sent."""
         self._need_attached()
+        if self.transport == "loop":
+            raise BadInput("a loop's generator sends only flat out, for a time (run)")
         done = 0
         refused_since = None
         with self._lock, netns.enter(self.ns):
@@ -238,9 +257,13 @@ class Generator(Closing):
         sends as many packets, over a longer time: no burst after a stall or at a rate the
         machine cannot reach)."""
         self._need_attached()
+        if self.transport == "loop" and rate_pps:
+            raise BadInput("a loop runs flat out: it has no rate", hint="no --rate with a loop")
         before = self.per_flow_total()
         with self._lock:
-            if self.sender_cpus is None:
+            if self.transport == "loop":
+                sent, calls, elapsed = self._circulate(duration_s, progress)
+            elif self.sender_cpus is None:
                 with netns.enter(self.ns):
                     sent, calls, elapsed = self._loop(rate_pps, duration_s, progress, tick_s, max_lag_s=max_lag_s)
             else:
@@ -328,6 +351,26 @@ class Generator(Closing):
         elapsed = time.perf_counter() - t0
         return sent, calls, elapsed
 
+    def _circulate(self, duration_s: float, progress) -> tuple[int, int, float]:
+        """A loop's run: seed it, let it go round for duration_s, stop it. (sent, 1, elapsed)"""
+        t0, sent0 = time.perf_counter(), self.sent_total()
+        self._put_cfg(running=True)
+        try:
+            loop.seed(*self.loop_from, self.size, cpu=self.pin_cpu)
+            el, t_prog = 0.0, 0.0
+            while el < duration_s:
+                time.sleep(min(0.05, duration_s - el))
+                el = time.perf_counter() - t0
+                if progress and el - t_prog >= 0.1:
+                    t_prog = el
+                    progress(self.sent_total() - sent0, el)
+                if el >= REFUSED_S and self.sent_total() == sent0:
+                    raise BpfError(f"no frame went round the loop in {REFUSED_S:g} s (is {self.attach_if} "
+                                   f"the peer of {self.loop_from[1]} in {self.loop_from[0]}?)")
+        finally:
+            self._put_cfg(running=False)
+        return self.sent_total() - sent0, 1, time.perf_counter() - t0
+
     # ---- reading / housekeeping ----
     def per_flow_total(self) -> list[int]:
         """Frames sent per flow since load or reset (the program's next sequence numbers)."""
@@ -348,6 +391,8 @@ class Generator(Closing):
             self.maps.gen_ctr.clear()
 
     def close(self) -> None:
+        if self._attached and self.transport == "loop":
+            self._put_cfg(running=False)        # nothing more goes round
         if self._attached and self._attached != "tc":
             attach.detach_xdp(self.ns, self.attach_if, self._attached)
         self._attached = None

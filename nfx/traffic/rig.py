@@ -7,9 +7,10 @@ import os
 
 from .. import registry
 from ..testbed.builder import GEN_IF, HOST_IF
-from ..errors import NfxError
+from ..errors import BadInput, NfxError
 from ..loader import attach, netns
 from .gen import Generator
+from .loop import link as loop_link
 from .report import measure
 from .sink import Sink
 
@@ -27,12 +28,15 @@ def gen_and_sink_hosts(rec) -> tuple[dict, dict]:
 
 @contextlib.contextmanager
 def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_ip: str | None = None,
-        flows_per_addr: int = 0, echo: bool = False, cpus: int | None = None, pin_cpu: int | None = None):
+        flows_per_addr: int = 0, echo: bool = False, cpus: int | None = None, pin_cpu: int | None = None,
+        loop: bool = False):
     """Yields (generator, sink) wired into testbed `name`, or with echo (generator, sink,
     echo sink). The flows come from the sending host's address, or from `src_ip` on,
     `flows_per_addr` flows per address (0: all from one). `cpus`: sending threads, one per CPU
     (nfx.traffic.gen); default 1, and on a testbed with several queues a veth, one per CPU up to
-    the queue count (one sender feeds one queue only). `pin_cpu`: the one sender pinned to that CPU."""
+    the queue count (one sender feeds one queue only). `pin_cpu`: the one sender pinned to that CPU.
+    `loop`: the sink sends every packet back round a veth pair to the generator, which sends it
+    again (nfx.traffic.loop): XDP-born traffic, flat out only; the pair goes with the rig."""
     rec = registry.load(name)
     if rec.get("status") != "up":
         raise NfxError(f"testbed {name} is {rec.get('status')}, not up")
@@ -41,17 +45,25 @@ def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_
     peer_mac = _peer_mac(rec, src)
     queues = rec.get("queues", 1)
     if cpus is None:
-        cpus = 1 if pin_cpu is not None else min(queues, len(os.sched_getaffinity(0)), flows)
+        cpus = 1 if pin_cpu is not None or loop else min(queues, len(os.sched_getaffinity(0)), flows)
+    if loop and (echo or cpus != 1):
+        raise BadInput("a traffic loop has one sender and no echo")
     gen = sink = back = None
+    ends = contextlib.ExitStack()
     try:
+        gen_if = loop_from = sink_end = None
+        if loop:
+            gen_if, sink_end = ends.enter_context(loop_link(src["ns"], dst["ns"]))
+            loop_from = (dst["ns"], sink_end)
         # several queues: each flow still has one sending CPU, so one queue at every hop
         mq = queues > 1
-        sink = Sink(dst["ns"], HOST_IF, flows, echo=echo, multi_queue=mq)
+        sink = Sink(dst["ns"], HOST_IF, flows, echo=echo, multi_queue=mq, loop_if=sink_end)
         if echo:
             back = Sink(src["ns"], HOST_IF, flows, multi_queue=mq)
-        gen = Generator(src["ns"], GEN_IF, HOST_IF, dst_mac=peer_mac, dst_ip=dst["addr"].split("/")[0],
+        gen = Generator(src["ns"], gen_if or GEN_IF, HOST_IF, dst_mac=peer_mac, dst_ip=dst["addr"].split("/")[0],
                         src_ip=src_ip or src["addr"].split("/")[0], dport=DPORT, proto=proto, size=size,
-                        nflows=flows, flows_per_addr=flows_per_addr, cpus=cpus, pin_cpu=pin_cpu)
+                        nflows=flows, flows_per_addr=flows_per_addr, cpus=cpus, pin_cpu=pin_cpu,
+                        loop_from=loop_from)
         yield (gen, sink, back) if echo else (gen, sink)
     finally:
         if gen:
@@ -60,6 +72,7 @@ def rig(name: str, flows: int, size: int | None = None, proto: str = "udp", src_
             if s:
                 s.close()
                 attach.attach_xdp_pinned(host["ns"], HOST_IF, rec["stub"])
+        ends.close()
 
 
 def _peer_mac(rec, host: dict) -> bytes:

@@ -53,13 +53,15 @@ def window_words(nflows: int, window: int | None = None) -> int:
     return words
 
 
-def sink_defines(nflows: int, words: int, pass_gen: bool = False, echo: bool = False) -> dict:
+def sink_defines(nflows: int, words: int, pass_gen: bool = False, echo: bool = False, loop: bool = False) -> dict:
     """The sink's build: capacities (powers of two; the flow count and the words per flow are
     set in sink_cfg at run time), so that one image serves every flow count of a size class."""
     defines = {"NFX_SINK_FLOWS": size_class(nflows), "NFX_SINK_BITS": size_class(nflows * words, BITMAP_WORDS),
                "NFX_SINK_VERDICT": XDP_PASS if pass_gen else XDP_DROP}
     if echo:
         defines["NFX_SINK_ECHO"] = 1        # a build of its own: a plain sink pays nothing for it
+    if loop:
+        defines["NFX_SINK_LOOP"] = 1
     return defines
 
 
@@ -102,12 +104,14 @@ class SINK_MAPS(MapSet):
     sink_cfg = MapSpec(L.u32, L.SinkCfg)
     sink_lat = MapSpec(L.u32, L.u64)
     sink_lat_max = MapSpec(L.u32, L.u64)
+    sink_loop = MapSpec(L.u32, L.u32)
     nfx_stats = MapSpec(L.u32, L.u64)
 
 
 class Sink(Closing):
     def __init__(self, ns: str | None, ifname: str | None, nflows: int, pass_gen: bool = False,
-                 window: int | None = None, echo: bool = False, multi_queue: bool = False):
+                 window: int | None = None, echo: bool = False, multi_queue: bool = False,
+                 loop_if: str | None = None):
         """ifname None: load only (for plain test runs). pass_gen: generator packets go on to the
         stack after counting (tests use it to see them) instead of being dropped. echo: they are
         reflected back out of `ifname` instead (see the module docstring). window: seqs
@@ -115,11 +119,14 @@ class Sink(Closing):
         window_words); a flow's run that fits it is judged exactly, whatever the reordering.
         multi_queue: accept an interface with several rx queues; only when every flow is sent
         from one CPU (a Generator with cpus > 1, or one pinned sender), so that each flow takes
-        one queue, one NAPI, at every hop and still has one writer here."""
+        one queue, one NAPI, at every hop and still has one writer here. loop_if: they are
+        redirected out of that interface of `ns` instead, the sink's end of a traffic loop
+        (nfx.traffic.loop)."""
         if nflows < 1:
             raise BadInput("nflows must be at least 1")
-        if pass_gen and echo:
-            raise BadInput("a sink either passes generator packets to the stack or echoes them, not both")
+        if pass_gen + echo + (loop_if is not None) > 1:
+            raise BadInput("a sink passes generator packets to the stack, echoes them or sends them round a "
+                           "loop: one of those at most")
         self.ns, self.ifname, self.nflows, self.echo = ns, ifname, nflows, echo
         self.words = window_words(nflows, window)
         self.window = self.words * 64
@@ -127,17 +134,20 @@ class Sink(Closing):
         self._epoch = 1
         if ifname is not None and not multi_queue:
             self._check_one_queue()
-        self.bpf = compile_source("sink", sink_defines(nflows, self.words, pass_gen, echo))
+        self.bpf = compile_source("sink", sink_defines(nflows, self.words, pass_gen, echo, loop_if is not None))
         self.fn = load(self.bpf, "nfx_sink", "xdp")
         b = self.bpf
         self.maps = SINK_MAPS.from_bcc(b)
         self._put_cfg()
-        if ifname is not None:
-            try:
+        try:
+            if loop_if is not None:
+                with netns.enter(ns):        # a devmap entry's ifindex resolves in the caller's netns
+                    self.maps.sink_loop.put(L.u32(0), L.u32(netns.ifindex(loop_if)))
+            if ifname is not None:
                 self._attached = attach.attach_xdp(ns, ifname, self.fn)
-            except BaseException:
-                self.close()
-                raise
+        except BaseException:
+            self.close()
+            raise
 
     def _put_cfg(self) -> None:
         self.maps.sink_cfg.put(L.u32(0), L.SinkCfg(epoch=self._epoch, nflows=self.nflows, words=self.words))

@@ -22,6 +22,7 @@ def _gone(name: str) -> bool:
 def test_bench_dataplane_small():
     r = nfx_json("bench", "dataplane", "--duration", "0.3", "--reps", "1", "--sizes", "64,300", "--pin", timeout=300)
     assert r["pin_cpu"] in os.sched_getaffinity(0) and 0 <= r["steal_pct"] <= 100
+    assert r["traffic"] == r["transport"] == "loop"          # the default: XDP-born frames on any kernel
     assert [(b["requested_bytes"], b["frame_bytes"]) for b in r["sizes"]] == [(64, 66), (300, 300)]
     for block in [r] + r["sizes"]:
         for key in NEW_RATIOS + ("ratio_xdp_over_kernel_forward",):
@@ -29,6 +30,7 @@ def test_bench_dataplane_small():
         assert list(block["results"]) == list(dpp.PATHS)
         for path, s in block["results"].items():
             assert s["rx_pps_median"] > 0 and len(s["rx_pps_runs"]) == 1, (path, s)
+            assert s["lost_runs"] == [0], (path, s)          # a loop loses nothing unless the path does
             # a run lasts the duration at least, so it received rx_pps * duration at least
             least_received = s["rx_pps_runs"][0] * 0.3
             [redirected] = s["redirected_runs"]

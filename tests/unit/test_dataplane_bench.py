@@ -96,3 +96,33 @@ def test_summarise_medians_and_per_rep_ratios():
     assert b["ratio_ids_over_xdp_forward"] == 150 / 400
     assert b["ratio_runs"]["ratio_nat_over_xdp_forward"] == [0.5, 1.0, 0.72]
     assert b["ratio_runs"]["ratio_xdp_over_nft"] == [4.0, 3.0, 6.0]
+
+
+def test_traffic_is_loop_or_send():
+    dp.check_args(10, 0.5, 1, None, "loop")
+    dp.check_args(10, 0.5, 1, None, "send")
+    with pytest.raises(BadInput, match="loop or send"):
+        dp.check_args(10, 0.5, 1, None, "live")
+
+
+def test_cli_refuses_a_bad_traffic():
+    r = subprocess.run([sys.executable, "-m", "nfx", "bench", "dataplane", "--traffic", "x"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "loop or send" in r.stderr, r.stderr
+
+
+def test_loop_builds_and_refusals():
+    """The loop's sink and generator are builds of their own (no clock, a redirect); a sink does one
+    thing with a generator packet; a loop's generator needs its end and one sender (refused before
+    anything is compiled)."""
+    from nfx.traffic.gen import Generator, gen_defines
+    from nfx.traffic.sink import Sink, sink_defines
+    assert sink_defines(4, 1, loop=True)["NFX_SINK_LOOP"] == 1 and "NFX_SINK_LOOP" not in sink_defines(4, 1)
+    assert gen_defines(4, timed=False)["NFX_GEN_UNTIMED"] == 1 and "NFX_GEN_UNTIMED" not in gen_defines(4)
+    for kw in ({"echo": True}, {"pass_gen": True}):
+        with pytest.raises(BadInput, match="one of those"):
+            Sink(None, None, 4, loop_if="lp1", **kw)
+    for attach_if, cpus in ((None, 1), ("lp0", 2)):
+        with pytest.raises(BadInput, match="loop's generator"):
+            Generator(None, attach_if, "eth0", src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02",
+                      src_ip="10.0.0.1", dst_ip="10.0.0.2", nflows=4, cpus=cpus, loop_from=("h2", "lp1"))

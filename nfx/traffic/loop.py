@@ -1,0 +1,71 @@
+"""A traffic loop: XDP-born traffic on a kernel that refuses live-frame test runs.
+
+The tc transport (nfx/loader/transmit.py) makes every packet an skb, which costs the sending
+CPU about 1 us: flat out, that is most of what a bench on one CPU measures. In a loop, a fixed
+set of frames goes round instead. The sink's loop build (bpf/sink.bpf.c, NFX_SINK_LOOP)
+counts each generator packet and redirects it out of its end of a veth pair from the sink's
+host to the generator's. The generator's `nfx_gen`, attached to the other end, makes the
+frame its next packet (header, flow, sequence number, timestamp) and sends it into the path
+again. Frames are redirected from XDP to XDP at every XDP hop, as with live frames. The path
+under test still gets them exactly as from the live transport, and the sink judges each one.
+
+A few frames start the loop: a tc program sends each out of the sink's end, so the
+generator's program receives them (the same kick the release path uses). Every redirect and
+every NAPI it schedules stays on the CPU that sent the seeds, so one seeding thread pinned to
+a CPU puts the whole loop on that CPU, generator, path and sink alike. The loop stops when the
+generator's config says no flows: `nfx_gen` then drops what comes round (XDP_ABORTED, counted)
+and the frames still on the way reach the sink.
+
+SEED_FRAMES stays below a veth ring's 256 slots, so no ring can overflow even if every frame
+in the loop sits in it at once: a loop loses nothing unless the path does."""
+import contextlib
+import os
+import threading
+
+from ..errors import BpfError
+from ..loader import bpfsys, netns, netlink, transmit
+
+GEN_END, SINK_END = "lp0", "lp1"      # the pair's ends: in the generator's netns, in the sink's
+SEED_FRAMES = 128                     # frames in the loop
+VETH_RING = 256                       # a veth rx ring's slots (the kernel's VETH_RING_SIZE)
+
+
+@contextlib.contextmanager
+def link(gen_ns: str, sink_ns: str):
+    """The loop's veth pair (GEN_END in gen_ns, SINK_END in sink_ns), removed on the way out."""
+    with netlink.Netlink(gen_ns) as here, netlink.Netlink(sink_ns) as there:
+        here.veth(GEN_END, SINK_END, peer_at=there)
+        try:
+            yield GEN_END, SINK_END
+        finally:
+            here.delete(GEN_END, missing_ok=True)      # takes its peer with it
+
+
+def seed(sink_ns: str, sink_end: str, frame_len: int, count: int = SEED_FRAMES, cpu: int | None = None) -> None:
+    """Send `count` empty frames of `frame_len` out of `sink_end` (in sink_ns), so its peer's
+    XDP program receives them, from a thread pinned to `cpu` (None: this thread)."""
+    if not 1 <= count < VETH_RING:
+        raise ValueError(f"a loop holds 1..{VETH_RING - 1} frames, not {count}")
+    err: list[BaseException] = []
+
+    def kick() -> None:
+        try:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})       # this thread only
+            with netns.enter(sink_ns):
+                fd = transmit.kick_program(netns.ifindex(sink_end))
+                try:
+                    bpfsys.prog_test_run_skb(fd, bytes(frame_len), repeat=count)
+                finally:
+                    os.close(fd)
+        except BaseException as e:       # noqa: BLE001 -- re-raised in the caller
+            err.append(e)
+
+    if cpu is None:
+        kick()
+    else:
+        t = threading.Thread(target=kick, name=f"loop-seed-cpu{cpu}")
+        t.start()
+        t.join()
+    if err:
+        raise err[0] if not isinstance(err[0], OSError) else BpfError(f"seeding the loop: {err[0]}")
