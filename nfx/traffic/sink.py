@@ -16,7 +16,8 @@ not `exact`; that cannot happen when s_f <= window.
 
 With echo=True every counted generator packet is reflected back out of the interface (XDP_TX,
 addresses and ports swapped, payload kept): a second Sink on the sending host then counts the
-echoes per flow and its latency histogram is the round-trip time (one clock: the sender's)."""
+echoes per flow and its latency histogram is the round-trip time (one clock: the sender's).
+With loop_if they are redirected round a traffic loop instead (nfx.traffic.loop), not timed."""
 import ctypes as ct
 import re
 import struct
