@@ -5,8 +5,9 @@ CPU about 1 us: flat out, that is most of what a bench on one CPU measures. In a
 set of frames goes round instead. The sink's loop build (bpf/sink.bpf.c, NFX_SINK_LOOP)
 counts each generator packet and redirects it out of its end of a veth pair from the sink's
 host to the generator's. The generator's `nfx_gen`, attached to the other end, makes the
-frame its next packet (header, flow, sequence number, timestamp) and sends it into the path
-again. Frames are redirected from XDP to XDP at every XDP hop, as with live frames. The path
+frame its next packet (header, flow, sequence number) and sends it into the path again. Neither
+reads a clock (NFX_GEN_UNTIMED, and the sink's loop build keeps no latency): a loop's latency
+is only its frames over its rate. Frames are redirected from XDP to XDP at every XDP hop, as with live frames. The path
 under test still gets them exactly as from the live transport, and the sink judges each one.
 
 A few frames start the loop: a tc program sends each out of the sink's end, so the
@@ -34,11 +35,11 @@ VETH_RING = 256                       # a veth rx ring's slots (the kernel's VET
 def link(gen_ns: str, sink_ns: str):
     """The loop's veth pair (GEN_END in gen_ns, SINK_END in sink_ns), removed on the way out."""
     with netlink.Netlink(gen_ns) as here, netlink.Netlink(sink_ns) as there:
-        here.veth(GEN_END, SINK_END, peer_at=there)
         try:
+            here.veth(GEN_END, SINK_END, peer_at=there)
             yield GEN_END, SINK_END
         finally:
-            here.delete(GEN_END, missing_ok=True)      # takes its peer with it
+            here.delete(GEN_END, missing_ok=True)      # takes its peer with it; also a pair made half way
 
 
 def seed(sink_ns: str, sink_end: str, frame_len: int, count: int = SEED_FRAMES, cpu: int | None = None) -> None:
