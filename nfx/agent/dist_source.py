@@ -163,12 +163,19 @@ class DistSource:
                     chunks = late_locking.export_locked(s, per_flow, flt, scopes, slot, t, pace)
                     if pace:
                         chunks = pace.count(chunks)
+                    exported = None
                 else:
-                    chunks = ops.export(self.nf, scopes, flt, stats=t)
+                    # a thread per table, as a push exports (the kernel's walks overlap on the CPUs)
+                    chunks, exported = self.export_stream(scopes, flt)
                 # pz without er: one streamed put (applied as it arrives, a worker per CPU);
                 # er releases flows put by put, so it keeps one put per chunk
-                sent = peer.send_state(_counted(chunks, moved), pipelined="pz" in opts, streamed="er" not in opts,
-                                       on_done=pace.done if pace else None)
+                try:
+                    sent = peer.send_state(_counted(chunks, moved), pipelined="pz" in opts, streamed="er" not in opts,
+                                           on_done=pace.done if pace else None)
+                finally:
+                    if exported is not None:
+                        chunks.close()                      # its threads stop, however the put ended
+                        t["export_s"] = exported["export_s"]
             if lf and not op:
                 peer.request("move_drain")           # ReleaseBuffer
             if token and not fired_at:

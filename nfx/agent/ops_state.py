@@ -114,13 +114,21 @@ class StateOps:
                    "layout": self.layout}
         return chunks, summary
 
+    def _export_groups(self, scopes, parallel: bool) -> list:
+        """The tables each export thread reads: one each when parallel (a batch lookup spends its
+        time in the kernel, per hash bucket, with the GIL released, so tables overlap on the
+        CPUs; per table rather than per scope, as a NAT's per-flow scope holds two of its three
+        big tables), else all of them in one."""
+        names = [t.name for t in tables(self.kind, scopes)]
+        return [(n,) for n in names] if parallel and len(names) > 1 else [tuple(names)]
+
     def _export_chunks(self, scopes, flt, ce, parallel: bool) -> list:
-        """ops.export, one thread per scope when there are several: a batch lookup spends its
-        time in the kernel (per hash bucket) with the GIL released, so scopes overlap on two CPUs."""
-        if not parallel or len(scopes) < 2:
+        """ops.export, one thread per table when parallel (_export_groups)."""
+        groups = self._export_groups(scopes, parallel)
+        if len(groups) < 2:
             return list(ops.export(self.nf, scopes, flt, ce))
-        out = _in_threads([lambda sc=sc: list(ops.export(self.nf, (sc,), flt, ce)) for sc in scopes],
-                          [f"export-{sc}" for sc in scopes])
+        out = _in_threads([lambda g=g: list(ops.export(self.nf, scopes, flt, ce, names=g)) for g in groups],
+                          [f"export-{'+'.join(g)}" for g in groups])
         chunks = [c for part in out for c in part]
         for i, c in enumerate(chunks):
             c.seq = i
@@ -389,13 +397,15 @@ class StateOps:
                 "imported": report["entries"]}
 
     def _export_stream(self, req):
+        """export_stream as a request asks for it."""
+        return self.export_stream(arg_scopes(req), arg_filter(req),
+                                  arg_int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22), req.get("parallel", True))
+
+    def export_stream(self, scopes, flt, ce: int = ops.CHUNK_ENTRIES, parallel: bool = True):
         """(chunks, summary) like _export, but the chunks are a generator fed by one export
-        thread per scope as the kernel hands entries over; summary fills in as they pass (read it
-        once the generator is done). Closing the generator stops the threads."""
-        scopes, flt = arg_scopes(req), arg_filter(req)
-        ce = arg_int(req, "chunk_entries", ops.CHUNK_ENTRIES, 1, 1 << 22)
-        parallel = req.get("parallel", True)
-        groups = [(sc,) for sc in scopes] if parallel and len(scopes) > 1 else [tuple(scopes)]
+        thread per table (_export_groups) as the kernel hands entries over; summary fills in as
+        they pass (read it once the generator is done). Closing the generator stops the threads."""
+        groups = self._export_groups(scopes, parallel)
         summary = {"chunks": 0, "entries": 0, "bytes": 0, "export_s": 0.0, "export_cpu_s": 0.0, "tables": set()}
         out: queue.Queue = queue.Queue(maxsize=STREAM_QUEUE)
         stop, lock = threading.Event(), threading.Lock()
@@ -404,7 +414,7 @@ class StateOps:
         def produce(group):
             c0 = time.thread_time()
             try:
-                for c in ops.export(self.nf, group, flt, ce):
+                for c in ops.export(self.nf, scopes, flt, ce, names=group):
                     if stop.is_set():
                         return
                     out.put(c)

@@ -58,16 +58,20 @@ def _select(t: Table, n: int, keys, vals, slot_size: int, flt: Filter, keyset: s
 
 
 def export(nf, scopes=SCOPES, flt: Filter = Filter(), chunk_entries: int = CHUNK_ENTRIES,
-           stats: dict | None = None, keyset: set | None = None, skip: set | None = None) -> Iterator[wire.Chunk]:
-    """Chunks of the selected entries of every state table in `scopes` (per-flow tables
-    restricted to the flows in `keyset`, or to those not in `skip`: raw 16-byte keys). Each
-    chunk leaves as soon as the kernel has handed over its entries (a consumer sends or applies
-    it while the next batch is read); the small first batches of a table go out as one chunk."""
+           stats: dict | None = None, keyset: set | None = None, skip: set | None = None,
+           names: tuple[str, ...] | None = None) -> Iterator[wire.Chunk]:
+    """Chunks of the selected entries of every state table in `scopes` (only those `names`, if
+    given; per-flow tables restricted to the flows in `keyset`, or to those not in `skip`: raw
+    16-byte keys). Each chunk leaves as soon as the kernel has handed over its entries (a
+    consumer sends or applies it while the next batch is read); the small first batches of a
+    table go out as one chunk."""
     if keyset is not None and skip is not None:
         raise ValueError("export: keyset or skip, not both")
     layout = L.layout_hash(nf.kind)
     seq = 0
     for t in tables(nf.kind, scopes):
+        if names is not None and t.name not in names:
+            continue
         m = nf.maps.get(t.name)
         if m is None:
             raise NfxError(f"instance {nf.instance} has no map {t.name}")
