@@ -21,9 +21,7 @@ SEED_FRAMES stays below a veth ring's 256 slots, so no ring can overflow even if
 in the loop sits in it at once: a loop loses nothing unless the path does."""
 import contextlib
 import os
-import threading
 
-from ..errors import BpfError
 from ..loader import bpfsys, netns, netlink, transmit
 
 GEN_END, SINK_END = "lp0", "lp1"      # the pair's ends: in the generator's netns, in the sink's
@@ -44,29 +42,19 @@ def link(gen_ns: str, sink_ns: str):
 
 def seed(sink_ns: str, sink_end: str, frame_len: int, count: int = SEED_FRAMES, cpu: int | None = None) -> None:
     """Send `count` empty frames of `frame_len` out of `sink_end` (in sink_ns), so its peer's
-    XDP program receives them, from a thread pinned to `cpu` (None: this thread)."""
+    XDP program receives them, this thread on `cpu` while it does (None: wherever it runs)."""
     if not 1 <= count < VETH_RING:
         raise ValueError(f"a loop holds 1..{VETH_RING - 1} frames, not {count}")
-    err: list[BaseException] = []
-
-    def kick() -> None:
-        try:
-            if cpu is not None:
-                os.sched_setaffinity(0, {cpu})       # this thread only
-            with netns.enter(sink_ns):
-                fd = transmit.kick_program(netns.ifindex(sink_end))
-                try:
-                    bpfsys.prog_test_run_skb(fd, bytes(frame_len), repeat=count)
-                finally:
-                    os.close(fd)
-        except BaseException as e:       # noqa: BLE001 -- re-raised in the caller
-            err.append(e)
-
-    if cpu is None:
-        kick()
-    else:
-        t = threading.Thread(target=kick, name=f"loop-seed-cpu{cpu}")
-        t.start()
-        t.join()
-    if err:
-        raise err[0] if not isinstance(err[0], OSError) else BpfError(f"seeding the loop: {err[0]}")
+    was = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})          # this thread only; it runs there once this returns
+    try:
+        with netns.enter(sink_ns):
+            fd = transmit.kick_program(netns.ifindex(sink_end))
+            try:
+                bpfsys.prog_test_run_skb(fd, bytes(frame_len), repeat=count)
+            finally:
+                os.close(fd)
+    finally:
+        if cpu is not None:
+            os.sched_setaffinity(0, was)
